@@ -1,0 +1,342 @@
+//! `console --batch`: runs a script of commands, one per line, printing each
+//! result as human text or as exactly one JSON object per command.
+//!
+//! Lines are read and executed one at a time, so a script piped from another
+//! program runs as it arrives: a WRITE takes its lock when its `WRITE` line is
+//! read, each edit line is applied as it comes, and ETIRW commits.
+
+use crate::client::Client;
+use crate::render;
+use crate::script::{is_etirw, parse_edit, parse_line, Command, Line};
+use serde::Serialize;
+use serde_json::Value;
+use shared::proto::NmReply;
+use shared::proto::NmRequest;
+use shared::{ErrorCode, WireError};
+use std::io::{self, Write};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, Lines};
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+/// The result of one command, as `--json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub command: String,
+    pub ok: bool,
+    pub code: Option<ErrorCode>,
+    pub message: String,
+    pub data: Value,
+    /// What human mode prints on success.
+    #[serde(skip)]
+    pub human: String,
+}
+
+impl Outcome {
+    pub fn success(command: &str, message: impl Into<String>, data: Value, human: String) -> Self {
+        Outcome {
+            command: command.to_owned(),
+            ok: true,
+            code: None,
+            message: message.into(),
+            data,
+            human,
+        }
+    }
+
+    pub fn failure(command: &str, error: WireError) -> Self {
+        Outcome {
+            command: command.to_owned(),
+            ok: false,
+            code: Some(error.code),
+            message: error.message,
+            data: Value::Null,
+            human: String::new(),
+        }
+    }
+
+    fn print(&self, format: Format, out: &mut impl Write) -> io::Result<()> {
+        match format {
+            Format::Json => {
+                serde_json::to_writer(&mut *out, self)?;
+                writeln!(out)?;
+            }
+            Format::Human if self.ok => {
+                if !self.human.is_empty() {
+                    writeln!(out, "{}", self.human.trim_end_matches('\n'))?;
+                }
+            }
+            Format::Human => {
+                let code = self.code.map(|c| c.as_str()).unwrap_or("ERROR");
+                writeln!(out, "ERROR {code}: {}", self.message)?;
+            }
+        }
+        out.flush()
+    }
+}
+
+fn to_value<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// Runs a script; returns whether every command succeeded.
+pub async fn run<R: AsyncBufRead + Unpin>(
+    client: &mut Client,
+    input: R,
+    format: Format,
+    out: &mut impl Write,
+) -> io::Result<bool> {
+    let mut lines = input.lines();
+    let mut all_ok = true;
+    while let Some(line) = lines.next_line().await? {
+        let text = line.trim().to_owned();
+        let command = match parse_line(&line) {
+            Ok(Line::Nothing) => continue,
+            Ok(Line::Command(Command::Exit)) => break,
+            Ok(Line::Command(command)) => command,
+            Err(error) => {
+                all_ok = false;
+                Outcome::failure(&text, error).print(format, out)?;
+                continue;
+            }
+        };
+        let outcome = match command {
+            Command::Write { file, sentence } => {
+                write(client, &text, &file, sentence, &mut lines).await?
+            }
+            Command::Stream { file } if format == Format::Human => {
+                let mut printed = false;
+                let result = client
+                    .stream(&file, |word| {
+                        let _ = write!(out, "{}{word}", if printed { " " } else { "" });
+                        let _ = out.flush();
+                        printed = true;
+                    })
+                    .await;
+                if printed {
+                    writeln!(out)?;
+                }
+                match result {
+                    Ok(words) => Outcome::success(
+                        &text,
+                        "",
+                        to_value(&serde_json::json!({ "words": words })),
+                        String::new(),
+                    ),
+                    Err(e) => Outcome::failure(&text, e),
+                }
+            }
+            command => execute(client, &text, command).await,
+        };
+        all_ok &= outcome.ok;
+        outcome.print(format, out)?;
+    }
+    client.write_abort().await;
+    Ok(all_ok)
+}
+
+/// Executes one command other than WRITE.
+pub async fn execute(client: &mut Client, text: &str, command: Command) -> Outcome {
+    let result = match command {
+        Command::View { all, long } => {
+            client
+                .nm(NmRequest::View { all, long })
+                .await
+                .map(|reply| match reply {
+                    NmReply::Files { rows } => {
+                        let human = render::view(&rows, long);
+                        Outcome::success(
+                            text,
+                            format!("{} files", rows.len()),
+                            to_value(&serde_json::json!({ "files": rows })),
+                            human,
+                        )
+                    }
+                    other => unexpected(text, other),
+                })
+        }
+        Command::Read { file } => client.read(&file).await.map(|content| {
+            let content = String::from_utf8_lossy(&content).into_owned();
+            Outcome::success(
+                text,
+                "",
+                to_value(&serde_json::json!({ "content": content })),
+                content.clone(),
+            )
+        }),
+        Command::Stream { file } => client.stream(&file, |_| {}).await.map(|words| {
+            let human = words.join(" ");
+            Outcome::success(
+                text,
+                "",
+                to_value(&serde_json::json!({ "words": words })),
+                human,
+            )
+        }),
+        Command::Create { file } => {
+            done(
+                client,
+                text,
+                NmRequest::Create { file: file.clone() },
+                "File Created Successfully!",
+            )
+            .await
+        }
+        Command::Delete { file } => {
+            let message = format!("File '{file}' deleted successfully!");
+            done(client, text, NmRequest::Delete { file }, &message).await
+        }
+        Command::Undo { file } => {
+            done(client, text, NmRequest::Undo { file }, "Undo Successful!").await
+        }
+        Command::Info { file } => {
+            client
+                .nm(NmRequest::Info { file })
+                .await
+                .map(|reply| match reply {
+                    NmReply::Info { info } => {
+                        let human = render::info(&info);
+                        Outcome::success(text, "", to_value(&info), human)
+                    }
+                    other => unexpected(text, other),
+                })
+        }
+        Command::List => client.nm(NmRequest::List).await.map(|reply| match reply {
+            NmReply::Users { users } => {
+                let human = render::list(&users);
+                Outcome::success(
+                    text,
+                    format!("{} users", users.len()),
+                    to_value(&serde_json::json!({ "users": users })),
+                    human,
+                )
+            }
+            other => unexpected(text, other),
+        }),
+        Command::Status => client.nm(NmRequest::Status).await.map(|reply| match reply {
+            NmReply::Status { status } => {
+                let human = render::status(&status);
+                Outcome::success(text, "", to_value(&status), human)
+            }
+            other => unexpected(text, other),
+        }),
+        Command::Write { .. } | Command::Exit => {
+            Err(WireError::bad_request("not a single-line command"))
+        }
+    };
+    result.unwrap_or_else(|e| Outcome::failure(text, e))
+}
+
+async fn done(
+    client: &mut Client,
+    text: &str,
+    request: NmRequest,
+    message: &str,
+) -> Result<Outcome, WireError> {
+    match client.nm(request).await? {
+        NmReply::Done => Ok(Outcome::success(
+            text,
+            message,
+            Value::Null,
+            message.to_owned(),
+        )),
+        other => Ok(unexpected(text, other)),
+    }
+}
+
+fn unexpected(text: &str, reply: NmReply) -> Outcome {
+    Outcome::failure(
+        text,
+        WireError::internal(format!("unexpected reply from nm: {reply:?}")),
+    )
+}
+
+/// A rejected edit line of a WRITE.
+#[derive(Debug, Serialize)]
+struct RejectedLine {
+    line: String,
+    code: ErrorCode,
+    message: String,
+}
+
+/// WRITE f n, its edit lines, ETIRW. One outcome for the whole block; a
+/// rejected edit line leaves the WRITE open and makes the outcome a failure.
+async fn write<R: AsyncBufRead + Unpin>(
+    client: &mut Client,
+    text: &str,
+    file: &str,
+    sentence: i64,
+    lines: &mut Lines<R>,
+) -> io::Result<Outcome> {
+    let mut failure = client.write_begin(file, sentence).await.err();
+    let mut rejected = Vec::new();
+    let mut ended = false;
+    while let Some(line) = lines.next_line().await? {
+        if is_etirw(&line) {
+            ended = true;
+            break;
+        }
+        if failure.is_some() || matches!(parse_line(&line), Ok(Line::Nothing)) {
+            continue;
+        }
+        let result = match parse_edit(&line) {
+            Ok((index, content)) => client.write_edit(index, &content).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            if e.code == ErrorCode::Unavailable {
+                failure = Some(WireError::unavailable(format!(
+                    "the WRITE was lost: {}",
+                    e.message
+                )));
+            } else {
+                rejected.push(RejectedLine {
+                    line: line.trim().to_owned(),
+                    code: e.code,
+                    message: e.message,
+                });
+            }
+        }
+    }
+    if let Some(error) = failure {
+        return Ok(Outcome::failure(text, error));
+    }
+    if !ended {
+        client.write_abort().await;
+        return Ok(Outcome::failure(
+            text,
+            WireError::bad_request("the script ended before ETIRW; the WRITE was abandoned"),
+        ));
+    }
+    let stats = match client.write_commit().await {
+        Ok(stats) => stats,
+        Err(e) => return Ok(Outcome::failure(text, e)),
+    };
+    let data = to_value(&serde_json::json!({ "stats": stats, "rejected_lines": rejected }));
+    if let Some(first) = rejected.first() {
+        let message = format!(
+            "committed, but {} edit line(s) were rejected; first: {:?}: {}",
+            rejected.len(),
+            first.line,
+            first.message
+        );
+        return Ok(Outcome {
+            command: text.to_owned(),
+            ok: false,
+            code: Some(first.code),
+            message,
+            data,
+            human: String::new(),
+        });
+    }
+    Ok(Outcome::success(
+        text,
+        "Write Successful!",
+        data,
+        "Write Successful!".to_owned(),
+    ))
+}

@@ -1,0 +1,34 @@
+//! The console's command line.
+
+use clap::Parser;
+use std::path::PathBuf;
+
+/// The Docs++ console: runs commands against a cluster.
+///
+/// With --batch it reads commands from FILE (or standard input), one per
+/// line: VIEW [-a|-l|-al], READ f, CREATE f, WRITE f n (then `<word_index>
+/// <content>` lines and ETIRW), UNDO f, INFO f, DELETE f, STREAM f, LIST,
+/// STATUS, EXIT. `#` starts a comment.
+///
+/// Exit status: 0 when every command succeeded, 1 when any failed, 2 for
+/// usage or connection errors.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "console", version)]
+pub struct Args {
+    /// nm's address.
+    #[arg(long, env = "CONSOLE_NM", default_value = "127.0.0.1:5000")]
+    pub nm: String,
+
+    /// The user to act as.
+    #[arg(long, env = "CONSOLE_USER", default_value = "admin")]
+    pub user: String,
+
+    /// Run commands from FILE, or from standard input without FILE.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    pub batch: Option<PathBuf>,
+
+    /// Print exactly one JSON object per command:
+    /// {"command", "ok", "code", "message", "data"}.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,246 @@
+//! A client of the cluster: one connection to nm, and direct connections to
+//! the storage servers nm sends it to (kept open and reused).
+//!
+//! Every failure comes back as a [`WireError`]; a lost connection is
+//! `E_UNAVAILABLE`, and the next call through nm dials again.
+
+use shared::connection::{ConnectionError, RpcClient};
+use shared::proto::{FileStats, Location, NmReply, NmRequest, Op, Role, SsReply, SsRequest};
+use shared::WireError;
+use std::collections::HashMap;
+
+pub struct Client {
+    user: String,
+    nm_address: String,
+    nm: Option<RpcClient>,
+    servers: HashMap<String, RpcClient>,
+    /// The server address of the open WRITE, if any.
+    open_write: Option<String>,
+}
+
+fn unexpected<T: std::fmt::Debug>(reply: T) -> WireError {
+    WireError::internal(format!("unexpected reply: {reply:?}"))
+}
+
+impl Client {
+    /// Connects to nm as `user`.
+    pub async fn connect(nm_address: &str, user: &str) -> Result<Self, ConnectionError> {
+        let nm = RpcClient::connect(nm_address, Role::Client, user).await?;
+        Ok(Client {
+            user: user.to_owned(),
+            nm_address: nm_address.to_owned(),
+            nm: Some(nm),
+            servers: HashMap::new(),
+            open_write: None,
+        })
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// One request to nm; reconnects once if the connection was lost.
+    pub async fn nm(&mut self, request: NmRequest) -> Result<NmReply, WireError> {
+        for attempt in 0..2 {
+            if self.nm.is_none() {
+                let nm = RpcClient::connect(&self.nm_address, Role::Client, &self.user)
+                    .await
+                    .map_err(|e| e.to_wire())?;
+                self.nm = Some(nm);
+            }
+            let nm = self.nm.as_mut().expect("connected above");
+            match nm.call(request.clone()).await {
+                Ok(reply) => return reply,
+                Err(e) => {
+                    self.nm = None;
+                    if attempt == 1 {
+                        return Err(e.to_wire());
+                    }
+                }
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    pub async fn locate(&mut self, file: &str, op: Op) -> Result<Location, WireError> {
+        match self
+            .nm(NmRequest::Locate {
+                file: file.to_owned(),
+                op,
+            })
+            .await?
+        {
+            NmReply::Located { location } => Ok(location),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn server(&mut self, address: &str) -> Result<&mut RpcClient, WireError> {
+        if !self.servers.contains_key(address) {
+            let client = RpcClient::connect(address, Role::Client, &self.user)
+                .await
+                .map_err(|e| e.to_wire())?;
+            self.servers.insert(address.to_owned(), client);
+        }
+        Ok(self.servers.get_mut(address).expect("inserted above"))
+    }
+
+    /// Sends a request to a storage server and passes each reply to `each`
+    /// until `End` (or the first non-streamed reply, which is returned).
+    async fn exchange(
+        &mut self,
+        address: &str,
+        request: SsRequest,
+        mut each: impl FnMut(SsReply) -> Result<(), WireError>,
+    ) -> Result<SsReply, WireError> {
+        let streamed = matches!(request, SsRequest::Read { .. } | SsRequest::Stream { .. });
+        let result: Result<SsReply, WireError> = async {
+            let server = self.server(address).await?;
+            let id = server.send(request).await.map_err(|e| e.to_wire())?;
+            loop {
+                let reply = server
+                    .next_reply::<SsReply>(id)
+                    .await
+                    .map_err(|e| e.to_wire())??;
+                match reply {
+                    SsReply::Chunk { .. } | SsReply::Word { .. } if streamed => each(reply)?,
+                    other => return Ok(other),
+                }
+            }
+        }
+        .await;
+        if let Err(e) = &result {
+            if e.code == shared::ErrorCode::Unavailable {
+                self.servers.remove(address);
+            }
+        }
+        result
+    }
+
+    /// READ: the whole content.
+    pub async fn read(&mut self, file: &str) -> Result<Vec<u8>, WireError> {
+        let location = self.locate(file, Op::Read).await?;
+        let mut content = Vec::new();
+        let request = SsRequest::Read {
+            file: file.to_owned(),
+            ticket: location.ticket,
+        };
+        let end = self
+            .exchange(&location.address, request, |reply| {
+                if let SsReply::Chunk { data } = reply {
+                    content.extend_from_slice(&data);
+                }
+                Ok(())
+            })
+            .await?;
+        match end {
+            SsReply::End => Ok(content),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// STREAM: calls `on_word` for each word as it arrives; returns them all.
+    pub async fn stream(
+        &mut self,
+        file: &str,
+        mut on_word: impl FnMut(&str),
+    ) -> Result<Vec<String>, WireError> {
+        let location = self.locate(file, Op::Stream).await?;
+        let mut words = Vec::new();
+        let request = SsRequest::Stream {
+            file: file.to_owned(),
+            ticket: location.ticket,
+        };
+        let result = self
+            .exchange(&location.address, request, |reply| {
+                if let SsReply::Word { word } = reply {
+                    on_word(&word);
+                    words.push(word);
+                }
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(SsReply::End) => Ok(words),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) if e.code == shared::ErrorCode::Unavailable && !words.is_empty() => {
+                Err(WireError::unavailable(format!(
+                    "stream interrupted after {} words: the storage server went away ({})",
+                    words.len(),
+                    e.message
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// WRITE f n: locks the sentence; returns its word count.
+    pub async fn write_begin(&mut self, file: &str, sentence: i64) -> Result<u64, WireError> {
+        if self.open_write.is_some() {
+            return Err(WireError::bad_request(
+                "a WRITE is already open; end it with ETIRW",
+            ));
+        }
+        let location = self.locate(file, Op::Write).await?;
+        let request = SsRequest::WriteBegin {
+            file: file.to_owned(),
+            sentence,
+            ticket: location.ticket,
+        };
+        match self
+            .exchange(&location.address, request, |_| Ok(()))
+            .await?
+        {
+            SsReply::WriteOpen { words } => {
+                self.open_write = Some(location.address);
+                Ok(words)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn open_write_address(&self) -> Result<String, WireError> {
+        self.open_write
+            .clone()
+            .ok_or_else(|| WireError::bad_request("no WRITE is open"))
+    }
+
+    /// One edit line of the open WRITE; returns the working copy's word count.
+    pub async fn write_edit(&mut self, word_index: i64, content: &str) -> Result<u64, WireError> {
+        let address = self.open_write_address()?;
+        let request = SsRequest::WriteEdit {
+            word_index,
+            content: content.to_owned(),
+        };
+        let result = self.exchange(&address, request, |_| Ok(())).await;
+        if matches!(&result, Err(e) if e.code == shared::ErrorCode::Unavailable) {
+            self.open_write = None;
+        }
+        match result? {
+            SsReply::Edited { words } => Ok(words),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// ETIRW: commits the open WRITE.
+    pub async fn write_commit(&mut self) -> Result<FileStats, WireError> {
+        let address = self.open_write_address()?;
+        self.open_write = None;
+        match self
+            .exchange(&address, SsRequest::WriteCommit, |_| Ok(()))
+            .await?
+        {
+            SsReply::Applied { stats } => Ok(stats),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Abandons the open WRITE, releasing its lock.
+    pub async fn write_abort(&mut self) {
+        if let Some(address) = self.open_write.take() {
+            let _ = self
+                .exchange(&address, SsRequest::WriteAbort, |_| Ok(()))
+                .await;
+        }
+    }
+}

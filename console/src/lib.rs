@@ -1,0 +1,13 @@
+//! `console`, the operator's client of the Docs++ document store.
+//!
+//! - [`cli`]: the command line.
+//! - [`client`]: a connection to nm plus direct connections to storage servers.
+//! - [`script`]: parsing of command lines.
+//! - [`batch`]: `--batch` mode, human or `--json` output.
+//! - [`render`]: human text for results.
+
+pub mod batch;
+pub mod cli;
+pub mod client;
+pub mod render;
+pub mod script;

@@ -1,0 +1,48 @@
+use clap::Parser;
+use console::batch::{self, Format};
+use console::cli::Args;
+use console::client::Client;
+use std::process::ExitCode;
+use tokio::io::{AsyncBufRead, BufReader};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = color_eyre::install();
+    let args = Args::parse();
+    let Some(script) = args.batch.clone() else {
+        eprintln!("console: the interactive console is not built yet; use --batch [FILE]");
+        return ExitCode::from(2);
+    };
+    let input: Box<dyn AsyncBufRead + Unpin> = if script.as_os_str() == "-" {
+        Box::new(BufReader::new(tokio::io::stdin()))
+    } else {
+        match tokio::fs::File::open(&script).await {
+            Ok(f) => Box::new(BufReader::new(f)),
+            Err(e) => {
+                eprintln!("console: cannot open {}: {e}", script.display());
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let mut client = match Client::connect(&args.nm, &args.user).await {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("console: cannot connect to nm at {}: {e}", args.nm);
+            return ExitCode::from(2);
+        }
+    };
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    let mut out = std::io::stdout().lock();
+    match batch::run(&mut client, input, format, &mut out).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("console: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

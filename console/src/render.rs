@@ -1,0 +1,129 @@
+//! Human text for command results: what `console --batch` prints without `--json`.
+
+use shared::proto::{ClusterStatus, FileInfo, FileRow};
+use std::fmt::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// A Unix-milliseconds time as an RFC 3339 string, or "never".
+pub fn time(ms: u64) -> String {
+    if ms == 0 {
+        return "never".to_owned();
+    }
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+pub fn view(rows: &[FileRow], long: bool) -> String {
+    let mut out = String::new();
+    if rows.is_empty() {
+        return "(no files)".to_owned();
+    }
+    if !long {
+        for row in rows {
+            let _ = writeln!(out, "--> {}", row.name);
+        }
+        return out;
+    }
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(8).max(8);
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>6}  {:>6}  {:<20}  {}",
+        "Filename", "Words", "Chars", "Last Access", "Owner"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(width + 46));
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>6}  {:>6}  {:<20}  {}",
+            r.name,
+            r.words,
+            r.chars,
+            time(r.accessed_ms),
+            r.owner
+        );
+    }
+    out
+}
+
+pub fn info(info: &FileInfo) -> String {
+    let access = std::iter::once(format!("{} (RW)", info.owner))
+        .chain(
+            info.acl
+                .iter()
+                .map(|(user, access)| format!("{user} ({})", access.label())),
+        )
+        .collect::<Vec<_>>()
+        .join(", ");
+    let s = &info.stats;
+    let accessed = match &s.accessed_by {
+        Some(user) => format!("{} by {user}", time(s.accessed_ms)),
+        None => "never".to_owned(),
+    };
+    let in_sync = match info.backup_in_sync {
+        Some(true) => "yes",
+        Some(false) => "no (catching up)",
+        None => "no backup",
+    };
+    format!(
+        "--> File: {}\n--> Owner: {}\n--> Created: {}\n--> Last Modified: {}\n--> Size: {} bytes\n--> Words: {}\n--> Chars: {}\n--> Access: {}\n--> Last Accessed: {}\n--> Version: {}\n--> Servers: {}\n--> Backup in sync: {}",
+        info.name,
+        info.owner,
+        time(s.created_ms),
+        time(s.modified_ms),
+        s.size,
+        s.words,
+        s.chars,
+        access,
+        accessed,
+        s.version,
+        info.servers.join(", "),
+        in_sync,
+    )
+}
+
+pub fn list(users: &[String]) -> String {
+    users.iter().map(|u| format!("--> {u}\n")).collect()
+}
+
+pub fn status(status: &ClusterStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:<8} {:<7} {:<22} {:>10} {:>7}",
+        "SERVER", "ROLE", "STATE", "ADDRESS", "HEARTBEAT", "FILES"
+    );
+    for s in &status.servers {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<8} {:<7} {:<22} {:>8}ms {:>7}",
+            s.name,
+            format!("{:?}", s.role).to_uppercase(),
+            format!("{:?}", s.state).to_uppercase(),
+            s.address,
+            s.ms_since_heartbeat,
+            s.files
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<16} {:<16} {:<15} {:>5} {:>8}",
+        "PRIMARY", "BACKUP", "STATE", "EPOCH", "PENDING"
+    );
+    for p in &status.pairs {
+        let state = serde_json::to_value(p.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<16} {:<16} {:<15} {:>5} {:>8}",
+            p.primary,
+            p.backup.as_deref().unwrap_or("-"),
+            state,
+            p.epoch,
+            p.pending_jobs
+        );
+    }
+    let _ = write!(out, "replication queue depth: {}", status.queue_depth);
+    out
+}

@@ -1,0 +1,51 @@
+//! nm's command line. Every flag also reads an `NM_…` variable.
+
+use clap::{ArgAction, Parser};
+use shared::connection::DEFAULT_MAX_FRAME;
+use shared::logging::LogFormat;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The Docs++ name manager: namespace, users, access lists, and which
+/// storage server holds each file. Clients ask it first; storage servers
+/// register with it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "nm", version)]
+pub struct Config {
+    /// Address to listen on for clients and storage servers (port 0 picks a free one).
+    #[arg(long, env = "NM_LISTEN", default_value = "127.0.0.1:5000")]
+    pub listen: String,
+
+    /// Folder where nm keeps users, owners, access lists and file placement.
+    #[arg(long, env = "NM_DATA_DIR", default_value = "nm-data")]
+    pub data_dir: PathBuf,
+
+    /// Once listening, write the bound address to this file (for scripts and tests).
+    #[arg(long, env = "NM_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+
+    /// How long a READ/WRITE/STREAM ticket handed to a client stays valid.
+    #[arg(long, env = "NM_TICKET_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ticket_ttl: Duration,
+
+    /// How long nm waits for a storage server to answer a forwarded command.
+    #[arg(long, env = "NM_SS_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ss_timeout: Duration,
+
+    /// fsync the journal before acknowledging a change. Turn off only for throwaway data.
+    #[arg(long, env = "NM_FSYNC", default_value_t = true, action = ArgAction::Set)]
+    pub fsync: bool,
+
+    /// Largest frame accepted or sent, in bytes.
+    #[arg(long, env = "NM_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]
+    pub max_frame: usize,
+
+    /// Log as JSON lines or human-readable text (to stderr; RUST_LOG filters).
+    /// One human line per operation also goes to stdout.
+    #[arg(long, env = "NM_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+
+    /// Do not print the human line per operation on stdout.
+    #[arg(long, env = "NM_QUIET")]
+    pub quiet: bool,
+}

@@ -1,0 +1,28 @@
+//! `nm`, the name manager of the Docs++ document store.
+//!
+//! nm owns the namespace (users, files, owners, access lists) and knows which
+//! storage server holds each file. Clients ask nm first: it answers VIEW,
+//! INFO, LIST and STATUS itself, forwards CREATE, DELETE and UNDO to a
+//! storage server, and for READ, WRITE and STREAM returns the server's address
+//! with a signed ticket so the client can go there directly.
+//!
+//! - [`config`]: the command line.
+//! - [`namespace`]: users, files and access lists in memory, with O(1) lookups.
+//! - [`journal`]: what survives a restart (snapshot + fsynced journal).
+//! - [`registry`]: the storage servers, their liveness and load.
+//! - [`server`]: the listener and connection loops.
+//! - [`commands`]: the client commands.
+//! - [`storage_servers`]: registration, inventories, heartbeats, notices.
+//! - [`ss_client`]: nm's connections to storage servers.
+
+pub mod commands;
+pub mod config;
+pub mod journal;
+pub mod namespace;
+pub mod registry;
+pub mod server;
+pub mod ss_client;
+pub mod storage_servers;
+
+pub use config::Config;
+pub use server::run;

@@ -1,0 +1,221 @@
+//! nm's listener and connection loops.
+//!
+//! Clients and storage servers both dial nm; the handshake's role decides
+//! which loop serves the connection. Client commands live in
+//! [`crate::commands`], storage-server registration and notices in
+//! [`crate::storage_servers`].
+
+use crate::journal::{Journal, Record};
+use crate::namespace::Namespace;
+use crate::registry::Registry;
+use crate::Config;
+use color_eyre::eyre::{Context, Result};
+use shared::connection::{Connection, ConnectionError, Incoming};
+use shared::names::validate_user;
+use shared::proto::{NmReply, NmRequest, Role};
+use shared::ticket::TicketKey;
+use shared::{ErrorCode, WireError};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Everything nm holds in memory, behind one mutex that is never held across an await.
+pub struct State {
+    pub ns: Namespace,
+    pub registry: Registry,
+}
+
+pub struct Nm {
+    pub config: Config,
+    state: Mutex<State>,
+    pub journal: Journal,
+    pub ticket_key: TicketKey,
+}
+
+impl Nm {
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Binds, restores the namespace and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let (journal, ns) = Journal::open(&config.data_dir, config.fsync)
+        .with_context(|| format!("opening data folder {}", config.data_dir.display()))?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let key: [u8; 32] = rand::random();
+    let nm = Arc::new(Nm {
+        state: Mutex::new(State {
+            ns,
+            registry: Registry::default(),
+        }),
+        journal,
+        ticket_key: TicketKey::new(key.to_vec()),
+        config,
+    });
+    tracing::info!(event = "nm_listening", address = %address, "name manager ready");
+    if let Some(path) = &nm.config.ready_file {
+        let temp = path.with_extension("tmp");
+        std::fs::write(&temp, address.to_string())?;
+        std::fs::rename(&temp, path)?;
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let nm = nm.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = nm.serve_connection(stream, peer) => {}
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(event = "nm_accept_failed", error = %e),
+            },
+        }
+    }
+    tracing::info!(event = "nm_shutdown", "name manager stopped");
+    Ok(())
+}
+
+impl Nm {
+    async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let (conn, hello) =
+            match Connection::accept(stream, Role::NameManager, self.config.max_frame).await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(event = "nm_handshake_failed", peer = %peer, error = %e);
+                    return;
+                }
+            };
+        if let Err(error) = validate_user(&hello.name) {
+            tracing::warn!(event = "nm_connection_refused", peer = %peer, error = %error);
+            conn.refuse(error).await;
+            return;
+        }
+        match hello.role {
+            Role::Client => {
+                if self.state().ns.add_user(&hello.name) {
+                    let record = Record::User {
+                        name: hello.name.clone(),
+                    };
+                    if let Err(error) = self.journal.append(vec![record]).await {
+                        conn.refuse(error).await;
+                        return;
+                    }
+                    tracing::info!(event = "nm_user_added", user = %hello.name, peer = %peer);
+                }
+                self.serve_client(conn, hello.name, peer).await;
+            }
+            Role::StorageServer => self.serve_storage_server(conn, hello.name, peer).await,
+            Role::NameManager => {
+                conn.refuse(WireError::unauthorized(
+                    "nm does not accept other name managers",
+                ))
+                .await;
+            }
+        }
+    }
+
+    async fn serve_client(&self, mut conn: Connection, user: String, peer: SocketAddr) {
+        while let Some((id, request)) = next_request(&mut conn, peer).await {
+            let Some(request) = request else { continue };
+            let started = Instant::now();
+            let summary = summarize(&request);
+            let result = self.handle_client(&user, request).await;
+            self.log_operation(&user, peer, &summary, &result, started);
+            if conn.reply(id, result).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// The JSON log event, and the one human line per operation on stdout.
+    fn log_operation(
+        &self,
+        user: &str,
+        peer: SocketAddr,
+        summary: &str,
+        result: &Result<NmReply, WireError>,
+        started: Instant,
+    ) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) => e.code.as_str(),
+        };
+        let micros = started.elapsed().as_micros() as u64;
+        tracing::info!(event = "nm_request", peer = %peer, user, operation = summary, outcome, micros);
+        if !self.config.quiet {
+            let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "{now} {user}@{peer} {summary} -> {outcome} ({:.1} ms)",
+                micros as f64 / 1000.0
+            );
+        }
+    }
+}
+
+/// Reads the next request. `None` ends the loop; `Some((id, None))` was a
+/// malformed request that has been answered with an error already.
+pub(crate) async fn next_request(
+    conn: &mut Connection,
+    peer: SocketAddr,
+) -> Option<(u64, Option<NmRequest>)> {
+    match conn.recv_request::<NmRequest>().await {
+        Ok(Some(Incoming::Message(request))) => Some((request.id, Some(request.body))),
+        Ok(Some(Incoming::Malformed { id, error })) => {
+            tracing::warn!(event = "nm_malformed_request", peer = %peer, error = %error);
+            let error = WireError::bad_request(format!("malformed request: {error}"));
+            conn.reply::<NmReply>(id, Err(error)).await.ok()?;
+            Some((id, None))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(event = "nm_connection_error", peer = %peer, error = %e);
+            if let ConnectionError::Io(io) = &e {
+                if io.kind() == std::io::ErrorKind::InvalidData {
+                    let error = WireError::new(ErrorCode::TooLarge, io.to_string());
+                    let _ = conn.reply::<NmReply>(0, Err(error)).await;
+                }
+            }
+            None
+        }
+    }
+}
+
+/// A request as the log shows it: the command and its file.
+fn summarize(request: &NmRequest) -> String {
+    match request {
+        NmRequest::View { all, long } => {
+            let flags = match (all, long) {
+                (true, true) => " -al",
+                (true, false) => " -a",
+                (false, true) => " -l",
+                (false, false) => "",
+            };
+            format!("VIEW{flags}")
+        }
+        NmRequest::Info { file } => format!("INFO {file}"),
+        NmRequest::List => "LIST".into(),
+        NmRequest::Status => "STATUS".into(),
+        NmRequest::Create { file } => format!("CREATE {file}"),
+        NmRequest::Delete { file } => format!("DELETE {file}"),
+        NmRequest::Undo { file } => format!("UNDO {file}"),
+        NmRequest::Locate { file, op } => format!("LOCATE {op:?} {file}"),
+        NmRequest::Register { name, .. } => format!("REGISTER {name}"),
+        NmRequest::Heartbeat => "HEARTBEAT".into(),
+        NmRequest::FileChanged { file, .. } => format!("FILE_CHANGED {file}"),
+        NmRequest::FileAccessed { file, .. } => format!("FILE_ACCESSED {file}"),
+    }
+}

@@ -1,0 +1,292 @@
+//! The one place that turns bytes into messages.
+//!
+//! Frames are length-delimited (a 4-byte big-endian length, then the body) by
+//! tokio-util's codec, built by [`frame_codec`] for every peer; bodies are
+//! MessagePack maps. [`Connection`] sends and receives typed messages and runs
+//! the handshake; nothing else in the project touches the wire format.
+
+use crate::error::{ErrorCode, WireError};
+use crate::proto::{Hello, HelloReply, Reply, Request, RequestId, Role, MAGIC, PROTOCOL_VERSION};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde::{de::DeserializeOwned, Serialize};
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// Largest frame any peer sends or accepts by default. File contents travel
+/// in [`CHUNK_SIZE`] pieces, far below it.
+pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+/// The size of one content chunk (READ, transfers).
+pub const CHUNK_SIZE: usize = 64 * 1024;
+/// How long the dialled side waits for a [`Hello`].
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The frame codec every peer uses.
+pub fn frame_codec(max_frame: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_type::<u32>()
+        .max_frame_length(max_frame)
+        .new_codec()
+}
+
+/// Why a connection could not carry a message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed message: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("message could not be encoded: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("handshake refused: {0}")]
+    Refused(WireError),
+    #[error("timed out")]
+    Timeout,
+}
+
+impl ConnectionError {
+    /// The error as a client shows it: lost connections are `E_UNAVAILABLE`.
+    pub fn to_wire(&self) -> WireError {
+        match self {
+            ConnectionError::Refused(e) => e.clone(),
+            ConnectionError::Decode(_) | ConnectionError::Encode(_) => {
+                WireError::new(ErrorCode::BadRequest, self.to_string())
+            }
+            _ => WireError::unavailable(self.to_string()),
+        }
+    }
+}
+
+/// What arrived in one frame.
+pub enum Incoming<T> {
+    Message(T),
+    /// A well-framed body that is not a valid message; the request id is
+    /// recovered where possible so the error reply can echo it.
+    Malformed {
+        id: u64,
+        error: String,
+    },
+}
+
+/// A framed, typed connection.
+pub struct Connection {
+    framed: Framed<TcpStream, LengthDelimitedCodec>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, max_frame: usize) -> io::Result<Self> {
+        let peer = stream.peer_addr()?;
+        stream.set_nodelay(true)?;
+        Ok(Connection {
+            framed: Framed::new(stream, frame_codec(max_frame)),
+            peer,
+        })
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Encodes and sends one message.
+    pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), ConnectionError> {
+        let body = rmp_serde::to_vec_named(message)?;
+        self.framed.send(Bytes::from(body)).await?;
+        Ok(())
+    }
+
+    /// Encodes one message into the write buffer without flushing; pair with [`Connection::flush`].
+    pub async fn feed<T: Serialize>(&mut self, message: &T) -> Result<(), ConnectionError> {
+        let body = rmp_serde::to_vec_named(message)?;
+        self.framed.feed(Bytes::from(body)).await?;
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ConnectionError> {
+        SinkExt::<Bytes>::flush(&mut self.framed).await?;
+        Ok(())
+    }
+
+    /// Receives one message; `Ok(None)` when the peer closed cleanly.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {
+        match self.framed.next().await {
+            None => Ok(None),
+            Some(frame) => Ok(Some(rmp_serde::from_slice(&frame?)?)),
+        }
+    }
+
+    /// Receives one request, telling a malformed body apart from a broken stream.
+    /// Framing errors (an oversize frame, a cut connection) end the connection.
+    pub async fn recv_request<B: DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<Incoming<Request<B>>>, ConnectionError> {
+        let frame = match self.framed.next().await {
+            None => return Ok(None),
+            Some(frame) => frame?,
+        };
+        match rmp_serde::from_slice::<Request<B>>(&frame) {
+            Ok(request) => Ok(Some(Incoming::Message(request))),
+            Err(error) => {
+                let id = rmp_serde::from_slice::<RequestId>(&frame)
+                    .map(|r| r.id)
+                    .unwrap_or(0);
+                Ok(Some(Incoming::Malformed {
+                    id,
+                    error: error.to_string(),
+                }))
+            }
+        }
+    }
+
+    /// Receives a message that must arrive, or fails with `Closed`.
+    pub async fn expect<T: DeserializeOwned>(&mut self) -> Result<T, ConnectionError> {
+        self.recv().await?.ok_or(ConnectionError::Closed)
+    }
+
+    /// Sends a reply.
+    pub async fn reply<B: Serialize>(
+        &mut self,
+        id: u64,
+        result: Result<B, WireError>,
+    ) -> Result<(), ConnectionError> {
+        self.send(&Reply { id, result }).await
+    }
+
+    /// Dials `addr` and introduces itself as `role` named `name`.
+    pub async fn connect(
+        addr: impl ToSocketAddrs,
+        role: Role,
+        name: &str,
+        max_frame: usize,
+    ) -> Result<Self, ConnectionError> {
+        let stream = TcpStream::connect(addr).await?;
+        let mut conn = Connection::new(stream, max_frame)?;
+        conn.send(&Hello::new(role, name)).await?;
+        let reply: HelloReply = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.expect())
+            .await
+            .map_err(|_| ConnectionError::Timeout)??;
+        match reply {
+            HelloReply::Welcome { .. } => Ok(conn),
+            HelloReply::Refused { error } => Err(ConnectionError::Refused(error)),
+        }
+    }
+
+    /// Waits for the dialler's [`Hello`] and checks its magic and version.
+    /// A bad handshake is answered with the reason and the connection ends.
+    pub async fn accept(
+        stream: TcpStream,
+        my_role: Role,
+        max_frame: usize,
+    ) -> Result<(Self, Hello), ConnectionError> {
+        let mut conn = Connection::new(stream, max_frame)?;
+        let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.recv::<Hello>())
+            .await
+            .map_err(|_| ConnectionError::Timeout)?;
+        let hello = match hello {
+            Ok(Some(hello)) => hello,
+            Ok(None) => return Err(ConnectionError::Closed),
+            Err(e) => {
+                let error = WireError::new(ErrorCode::Protocol, format!("bad handshake: {e}"));
+                let _ = conn.send(&HelloReply::Refused { error }).await;
+                return Err(e);
+            }
+        };
+        let refusal = if hello.magic != MAGIC {
+            Some(format!(
+                "bad magic {:#010x}: not a Docs++ peer",
+                hello.magic
+            ))
+        } else if hello.version != PROTOCOL_VERSION {
+            Some(format!(
+                "protocol version {} is not supported (this peer speaks {PROTOCOL_VERSION})",
+                hello.version
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            let error = WireError::new(ErrorCode::Protocol, message);
+            let _ = conn
+                .send(&HelloReply::Refused {
+                    error: error.clone(),
+                })
+                .await;
+            return Err(ConnectionError::Refused(error));
+        }
+        conn.send(&HelloReply::Welcome {
+            version: PROTOCOL_VERSION,
+            role: my_role,
+        })
+        .await?;
+        Ok((conn, hello))
+    }
+
+    /// Refuses a connection after a valid handshake (wrong role, bad name).
+    pub async fn refuse(mut self, error: WireError) {
+        let _ = self
+            .send(&Reply::<()> {
+                id: 0,
+                result: Err(error),
+            })
+            .await;
+    }
+}
+
+/// A client-side helper: sends requests with increasing ids and reads their replies.
+pub struct RpcClient {
+    conn: Connection,
+    next_id: u64,
+}
+
+impl RpcClient {
+    pub fn new(conn: Connection) -> Self {
+        RpcClient { conn, next_id: 1 }
+    }
+
+    pub async fn connect(
+        addr: impl ToSocketAddrs,
+        role: Role,
+        name: &str,
+    ) -> Result<Self, ConnectionError> {
+        Ok(Self::new(
+            Connection::connect(addr, role, name, DEFAULT_MAX_FRAME).await?,
+        ))
+    }
+
+    /// Sends a request and returns its id; read the answers with [`RpcClient::next_reply`].
+    pub async fn send<Q: Serialize>(&mut self, body: Q) -> Result<u64, ConnectionError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.conn.send(&Request { id, body }).await?;
+        Ok(id)
+    }
+
+    /// The next reply to request `id` (replies to other ids are protocol errors).
+    pub async fn next_reply<R: DeserializeOwned>(
+        &mut self,
+        id: u64,
+    ) -> Result<Result<R, WireError>, ConnectionError> {
+        let reply: Reply<R> = self.conn.expect().await?;
+        if reply.id != id && reply.id != 0 {
+            return Err(ConnectionError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("reply to request {} while waiting for {id}", reply.id),
+            )));
+        }
+        Ok(reply.result)
+    }
+
+    /// One request, one reply.
+    pub async fn call<Q: Serialize, R: DeserializeOwned>(
+        &mut self,
+        body: Q,
+    ) -> Result<Result<R, WireError>, ConnectionError> {
+        let id = self.send(body).await?;
+        self.next_reply(id).await
+    }
+}

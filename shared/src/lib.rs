@@ -1,0 +1,27 @@
+//! The wire protocol shared by `nm`, `ss` and `console`.
+//!
+//! - [`proto`]: every message, the handshake and the small common types
+//!   (file stats, access lists, tickets, cluster status).
+//! - [`connection`]: the frame codec and a typed [`connection::Connection`];
+//!   the only code that turns bytes into messages.
+//! - [`error`]: the one error-code enum every peer uses.
+//! - [`names`]: file and user name rules, checked by every peer.
+//! - [`ticket`]: nm's signed permissions for direct READ, WRITE and STREAM.
+//! - [`logging`]: tracing set-up for the daemons.
+
+pub mod connection;
+pub mod error;
+pub mod logging;
+pub mod names;
+pub mod proto;
+pub mod ticket;
+
+pub use error::{ErrorCode, WireError};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

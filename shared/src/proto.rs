@@ -1,0 +1,393 @@
+//! Every message that crosses the wire.
+//!
+//! A connection opens with a [`Hello`] from the side that dialled, answered by
+//! a [`HelloReply`]. After that every frame is a [`Request`] or a [`Reply`]
+//! whose `id` echoes the request's, so several replies (a READ's chunks, a
+//! STREAM's words) and later pushed events can share one connection.
+//!
+//! Messages are MessagePack maps (field names on the wire), so a field can be
+//! added without breaking older peers; enums are externally tagged.
+//!
+//! | connection            | requests      | replies     |
+//! |-----------------------|---------------|-------------|
+//! | console → nm          | [`NmRequest`] | [`NmReply`] |
+//! | ss → nm (control)     | [`NmRequest`] | [`NmReply`] |
+//! | console → ss (direct) | [`SsRequest`] | [`SsReply`] |
+//! | nm → ss (commands)    | [`SsRequest`] | [`SsReply`] |
+
+use crate::error::WireError;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::collections::BTreeMap;
+
+/// `DOC+` in ASCII: the first field of every connection.
+pub const MAGIC: u32 = u32::from_be_bytes(*b"DOC+");
+/// Bumped on any change that an older peer could misread.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Who is speaking on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Role {
+    Client,
+    StorageServer,
+    NameManager,
+}
+
+/// The first frame on every connection, sent by the side that dialled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: u32,
+    pub version: u32,
+    pub role: Role,
+    /// The user name of a client, the server name of a storage server.
+    pub name: String,
+}
+
+impl Hello {
+    pub fn new(role: Role, name: impl Into<String>) -> Self {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            role,
+            name: name.into(),
+        }
+    }
+}
+
+/// The answer to a [`Hello`]: welcome, or the reason the connection closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    Welcome { version: u32, role: Role },
+    Refused { error: WireError },
+}
+
+/// A request frame; the reply echoes `id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request<B> {
+    pub id: u64,
+    pub body: B,
+}
+
+/// A reply frame. A streamed answer is several replies with the same `id`,
+/// the last of which says it is the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply<B> {
+    pub id: u64,
+    pub result: Result<B, WireError>,
+}
+
+/// Just the id of a request, to answer a frame whose body could not be decoded.
+#[derive(Debug, Deserialize)]
+pub struct RequestId {
+    pub id: u64,
+}
+
+/// What a grantee may do with a file. Write implies read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Access {
+    #[serde(rename = "R")]
+    Read,
+    #[serde(rename = "W")]
+    Write,
+}
+
+impl Access {
+    pub fn allows(self, op: Op) -> bool {
+        match op {
+            Op::Read | Op::Stream => true,
+            Op::Write => self == Access::Write,
+        }
+    }
+
+    /// `R` or `RW`, as INFO shows it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Access::Read => "R",
+            Access::Write => "RW",
+        }
+    }
+}
+
+/// Grantees other than the owner, by user name.
+pub type AccessList = BTreeMap<String, Access>;
+
+/// The operations a client performs directly on a storage server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Op {
+    Read,
+    Write,
+    Stream,
+}
+
+/// Counters and times of one file. Times are Unix milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStats {
+    pub size: u64,
+    pub words: u64,
+    pub chars: u64,
+    /// Bumped by every change on the server that applied it.
+    pub version: u64,
+    pub created_ms: u64,
+    pub modified_ms: u64,
+    pub accessed_ms: u64,
+    pub accessed_by: Option<String>,
+}
+
+/// Everything a storage server keeps about a file besides its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub owner: String,
+    pub acl: AccessList,
+    pub stats: FileStats,
+}
+
+/// One file in a storage server's inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryEntry {
+    pub file: String,
+    pub meta: FileMeta,
+}
+
+/// nm's signed permission for one user to perform one operation on one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub user: String,
+    pub file: String,
+    pub op: Op,
+    pub epoch: u64,
+    pub expires_ms: u64,
+    #[serde(with = "serde_bytes")]
+    pub mac: Vec<u8>,
+}
+
+/// Requests served by nm, from clients and from storage servers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NmRequest {
+    /// Files the user can read, or all files with `all`.
+    View {
+        all: bool,
+        long: bool,
+    },
+    Info {
+        file: String,
+    },
+    List,
+    Status,
+    Create {
+        file: String,
+    },
+    Delete {
+        file: String,
+    },
+    Undo {
+        file: String,
+    },
+    /// Where to READ, WRITE or STREAM a file, with a ticket for that server.
+    Locate {
+        file: String,
+        op: Op,
+    },
+
+    /// First request on a storage server's control connection.
+    Register {
+        name: String,
+        client_addr: String,
+        inventory: Vec<InventoryEntry>,
+    },
+    Heartbeat,
+    /// A storage server applied a change (a WRITE's ETIRW, an UNDO, …).
+    FileChanged {
+        file: String,
+        stats: FileStats,
+    },
+    /// A storage server served a READ or STREAM.
+    FileAccessed {
+        file: String,
+        user: String,
+        at_ms: u64,
+    },
+}
+
+/// Replies from nm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NmReply {
+    /// The request succeeded and has nothing more to say.
+    Done,
+    Files {
+        rows: Vec<FileRow>,
+    },
+    Info {
+        info: FileInfo,
+    },
+    Users {
+        users: Vec<String>,
+    },
+    Status {
+        status: ClusterStatus,
+    },
+    Located {
+        location: Location,
+    },
+    /// A storage server is registered; `ticket_key` verifies client tickets.
+    Registered {
+        #[serde(with = "serde_bytes")]
+        ticket_key: Vec<u8>,
+    },
+}
+
+/// One row of VIEW.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRow {
+    pub name: String,
+    pub owner: String,
+    pub words: u64,
+    pub chars: u64,
+    pub size: u64,
+    pub modified_ms: u64,
+    pub accessed_ms: u64,
+    pub accessed_by: Option<String>,
+}
+
+/// INFO's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub name: String,
+    pub owner: String,
+    pub acl: AccessList,
+    pub stats: FileStats,
+    /// The servers holding the file, primary first.
+    pub servers: Vec<String>,
+    /// Whether the backup holds the primary's version; `None` without a backup.
+    pub backup_in_sync: Option<bool>,
+}
+
+/// Where a client goes for a direct operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub server: String,
+    pub address: String,
+    pub ticket: Ticket,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerRole {
+    Primary,
+    Backup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerState {
+    Alive,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PairState {
+    Unpaired,
+    Syncing,
+    Active,
+    PrimaryFailed,
+    BackupFailed,
+    Recovering,
+    Offline,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub name: String,
+    pub role: ServerRole,
+    pub state: ServerState,
+    pub address: String,
+    pub ms_since_heartbeat: u64,
+    pub files: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairStatus {
+    pub primary: String,
+    pub backup: Option<String>,
+    pub state: PairState,
+    pub epoch: u64,
+    pub pending_jobs: u64,
+}
+
+/// STATUS's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub servers: Vec<ServerStatus>,
+    pub pairs: Vec<PairStatus>,
+    pub queue_depth: u64,
+}
+
+/// Requests served by a storage server, from clients (with a ticket) and from nm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SsRequest {
+    /// Answered with `Chunk`s and a final `End`.
+    Read {
+        file: String,
+        ticket: Ticket,
+    },
+    /// Answered with `Word`s, one per stream interval, and a final `End`.
+    Stream {
+        file: String,
+        ticket: Ticket,
+    },
+    /// Locks a sentence for this connection until `WriteCommit` or `WriteAbort`.
+    WriteBegin {
+        file: String,
+        sentence: i64,
+        ticket: Ticket,
+    },
+    WriteEdit {
+        word_index: i64,
+        content: String,
+    },
+    /// ETIRW: applies the edits as one change and releases the lock.
+    WriteCommit,
+    WriteAbort,
+
+    /// From nm: make an empty file owned by `owner`.
+    CreateFile {
+        file: String,
+        owner: String,
+    },
+    /// From nm: remove a file and everything kept with it.
+    DeleteFile {
+        file: String,
+    },
+    /// From nm: restore the content before the last change.
+    UndoFile {
+        file: String,
+    },
+}
+
+/// Replies from a storage server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SsReply {
+    Chunk {
+        data: ByteBuf,
+    },
+    Word {
+        word: String,
+    },
+    End,
+    /// The sentence is locked; `words` is its word count.
+    WriteOpen {
+        words: u64,
+    },
+    /// An edit line applied to the working copy; `words` is its new count.
+    Edited {
+        words: u64,
+    },
+    /// A change was applied; the file's stats after it.
+    Applied {
+        stats: FileStats,
+    },
+    /// Done, nothing to report.
+    Done,
+}

@@ -1,0 +1,58 @@
+//! The storage server's command line. Every flag also reads an `SS_…` variable.
+
+use clap::{ArgAction, Parser};
+use shared::connection::DEFAULT_MAX_FRAME;
+use shared::logging::LogFormat;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A Docs++ storage server: stores file contents and metadata under --storage
+/// and serves READ, WRITE and STREAM to clients that nm sends here.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ss", version)]
+pub struct Config {
+    /// nm's address; the server registers there and reconnects with backoff.
+    #[arg(long, env = "SS_NM", default_value = "127.0.0.1:5000")]
+    pub nm: String,
+
+    /// This server's name. `ssN_backup` is the backup of `ssN`.
+    #[arg(long, env = "SS_USERNAME")]
+    pub username: String,
+
+    /// Folder holding contents and metadata; nothing is written outside it.
+    #[arg(long, env = "SS_STORAGE")]
+    pub storage: PathBuf,
+
+    /// Port for clients and nm; 0 picks a free one and reports it to nm.
+    #[arg(long, env = "SS_CLIENT_PORT", default_value_t = 0)]
+    pub client_port: u16,
+
+    /// Host name or address advertised to clients.
+    #[arg(long, env = "SS_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Address to listen on.
+    #[arg(long, env = "SS_BIND", default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+
+    /// Time between heartbeats to nm ("1s", "100ms").
+    #[arg(long, env = "SS_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Pause between words of a STREAM.
+    #[arg(long, env = "SS_STREAM_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub stream_delay: Duration,
+
+    /// fsync contents, metadata and directories on every change. Turn off only for throwaway data.
+    #[arg(long, env = "SS_FSYNC", default_value_t = true, action = ArgAction::Set)]
+    pub fsync: bool,
+
+    /// Largest frame accepted or sent, in bytes.
+    #[arg(long, env = "SS_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]
+    pub max_frame: usize,
+
+    /// Log as JSON lines or human-readable text (to stderr; RUST_LOG filters).
+    #[arg(long, env = "SS_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}

@@ -1,0 +1,383 @@
+//! The files a storage server holds: metadata in memory, sentence locks, and
+//! the WRITE sessions that hold them.
+//!
+//! Each file has its own mutex, so commits to one file are ordered and other
+//! files are not held up. A file's parsed [`Document`] stays in memory only
+//! while some sentence of it is locked (the sentence ids live there); when the
+//! last lock goes, the next WRITE parses the file again.
+//!
+//! Disk work happens inside these mutexes (it is what orders commits) and is
+//! called from async code through `block_in_place`.
+
+use crate::document::{count, insert_words, Document, SentenceId};
+use crate::store::{Store, StoreError};
+use shared::proto::{AccessList, FileMeta, FileStats};
+use shared::{now_ms, ErrorCode, WireError};
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+struct Entry {
+    meta: FileMeta,
+    /// Present while any sentence is locked.
+    doc: Option<Document>,
+    /// Locked sentence → the session holding it.
+    locks: HashMap<SentenceId, u64>,
+    /// Set when the file is deleted, for sessions still holding the entry.
+    deleted: bool,
+}
+
+type EntryRef = Arc<Mutex<Entry>>;
+
+fn lock(entry: &EntryRef) -> MutexGuard<'_, Entry> {
+    entry
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl From<StoreError> for WireError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Name(e) => e,
+            other => WireError::internal(other.to_string()),
+        }
+    }
+}
+
+/// All files of this server.
+pub struct Files {
+    store: Store,
+    entries: Mutex<HashMap<String, EntryRef>>,
+    next_session: AtomicU64,
+}
+
+impl Files {
+    /// Loads the inventory of `store` into memory.
+    pub fn load(store: Store) -> Result<Self, StoreError> {
+        let mut entries = HashMap::new();
+        for (file, meta) in store.inventory()? {
+            let entry = Entry {
+                meta,
+                doc: None,
+                locks: HashMap::new(),
+                deleted: false,
+            };
+            entries.insert(file, Arc::new(Mutex::new(entry)));
+        }
+        Ok(Files {
+            store,
+            entries: Mutex::new(entries),
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    fn entry(&self, file: &str) -> Result<EntryRef, WireError> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(file)
+            .cloned()
+            .ok_or_else(|| WireError::not_found(&format!("file {file:?}")))
+    }
+
+    /// Every file and its metadata, for registration with nm.
+    pub fn inventory(&self) -> Vec<(String, FileMeta)> {
+        let entries: Vec<(String, EntryRef)> = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        entries
+            .into_iter()
+            .map(|(file, entry)| (file, lock(&entry).meta.clone()))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn create(&self, file: &str, owner: &str) -> Result<FileStats, WireError> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.contains_key(file) {
+            return Err(WireError::new(
+                ErrorCode::Exists,
+                format!("file {file:?} already exists on this server"),
+            ));
+        }
+        let now = now_ms();
+        let meta = FileMeta {
+            owner: owner.to_owned(),
+            acl: AccessList::new(),
+            stats: FileStats {
+                version: 1,
+                created_ms: now,
+                modified_ms: now,
+                ..FileStats::default()
+            },
+        };
+        self.store.create(file, &meta)?;
+        let stats = meta.stats.clone();
+        entries.insert(
+            file.to_owned(),
+            Arc::new(Mutex::new(Entry {
+                meta,
+                doc: None,
+                locks: HashMap::new(),
+                deleted: false,
+            })),
+        );
+        Ok(stats)
+    }
+
+    pub fn delete(&self, file: &str) -> Result<(), WireError> {
+        let entry = self.entry(file)?;
+        let mut e = lock(&entry);
+        if !e.locks.is_empty() {
+            return Err(WireError::new(
+                ErrorCode::Locked,
+                format!("{file:?} has a sentence being written"),
+            ));
+        }
+        self.store.delete(file)?;
+        e.deleted = true;
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(file);
+        Ok(())
+    }
+
+    pub fn undo(&self, file: &str) -> Result<FileStats, WireError> {
+        let entry = self.entry(file)?;
+        let mut e = lock(&entry);
+        if !e.locks.is_empty() {
+            return Err(WireError::new(
+                ErrorCode::Locked,
+                format!("{file:?} has a sentence being written; UNDO after its ETIRW"),
+            ));
+        }
+        if !self.store.has_undo(file)? {
+            return Err(WireError::new(
+                ErrorCode::NothingToUndo,
+                format!("{file:?} has no change to undo"),
+            ));
+        }
+        let previous = self.store.read_content_of_undo(file)?;
+        let mut meta = e.meta.clone();
+        apply_content_stats(&mut meta.stats, &previous);
+        self.store.undo(file, &meta)?;
+        e.meta = meta;
+        Ok(e.meta.stats.clone())
+    }
+
+    /// Opens the content for a READ or STREAM and records the access.
+    pub fn open_for_read(&self, file: &str, user: &str) -> Result<File, WireError> {
+        let entry = self.entry(file)?;
+        let mut e = lock(&entry);
+        let handle = self.store.open_content(file)?;
+        e.meta.stats.accessed_ms = now_ms();
+        e.meta.stats.accessed_by = Some(user.to_owned());
+        Ok(handle)
+    }
+
+    /// Locks sentence `index` of `file` for a new WRITE session.
+    pub fn begin_write(
+        self: &Arc<Self>,
+        file: &str,
+        index: i64,
+    ) -> Result<WriteSession, WireError> {
+        let entry = self.entry(file)?;
+        let mut e = lock(&entry);
+        if e.doc.is_none() {
+            let text = self.store.read_content(file)?;
+            e.doc = Some(Document::parse(&String::from_utf8_lossy(&text)));
+        }
+        let doc = e.doc.as_mut().expect("just parsed");
+        let sentence = match doc.open(index) {
+            Ok(sentence) => sentence,
+            Err(err) => {
+                if e.locks.is_empty() {
+                    e.doc = None;
+                }
+                return Err(err);
+            }
+        };
+        let words = doc.words(sentence);
+        if e.locks.contains_key(&sentence) {
+            return Err(WireError::new(
+                ErrorCode::Locked,
+                format!("sentence {index} of {file:?} is being written by another user"),
+            ));
+        }
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        e.locks.insert(sentence, session);
+        drop(e);
+        Ok(WriteSession {
+            files: self.clone(),
+            file: file.to_owned(),
+            entry,
+            sentence,
+            words,
+            open: true,
+        })
+    }
+}
+
+fn apply_content_stats(stats: &mut FileStats, content: &[u8]) {
+    let (words, chars) = count(&String::from_utf8_lossy(content));
+    stats.size = content.len() as u64;
+    stats.words = words;
+    stats.chars = chars;
+    stats.version += 1;
+    stats.modified_ms = now_ms();
+}
+
+/// One open WRITE: a locked sentence and the working copy of its words.
+/// Dropping it without [`WriteSession::commit`] releases the lock and loses the edits.
+pub struct WriteSession {
+    files: Arc<Files>,
+    file: String,
+    entry: EntryRef,
+    sentence: SentenceId,
+    words: Vec<String>,
+    open: bool,
+}
+
+impl WriteSession {
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    pub fn word_count(&self) -> u64 {
+        self.words.len() as u64
+    }
+
+    /// Applies one edit line to the working copy.
+    pub fn edit(&mut self, word_index: i64, content: &str) -> Result<(), WireError> {
+        insert_words(&mut self.words, word_index, content)
+    }
+
+    /// ETIRW: splices the working copy into the file as one change.
+    pub fn commit(mut self) -> Result<FileStats, WireError> {
+        let entry = self.entry.clone();
+        let mut e = lock(&entry);
+        if e.deleted {
+            return Err(WireError::not_found(&format!("file {:?}", self.file)));
+        }
+        let Entry {
+            doc, locks, meta, ..
+        } = &mut *e;
+        let doc = doc.as_mut().expect("a locked file keeps its document");
+        let before = doc.clone();
+        doc.replace(self.sentence, &self.words, |s| {
+            s != self.sentence && locks.contains_key(&s)
+        });
+        let content = doc.render();
+        let mut new_meta = meta.clone();
+        apply_content_stats(&mut new_meta.stats, content.as_bytes());
+        if let Err(err) = self
+            .files
+            .store
+            .commit(&self.file, content.as_bytes(), &new_meta)
+        {
+            *doc = before;
+            return Err(err.into());
+        }
+        *meta = new_meta;
+        let stats = meta.stats.clone();
+        self.release(&mut e);
+        Ok(stats)
+    }
+
+    fn release(&mut self, e: &mut Entry) {
+        if !self.open {
+            return;
+        }
+        self.open = false;
+        e.locks.remove(&self.sentence);
+        if let Some(doc) = e.doc.as_mut() {
+            doc.discard_if_empty(self.sentence);
+        }
+        if e.locks.is_empty() {
+            e.doc = None;
+        }
+    }
+}
+
+impl Drop for WriteSession {
+    fn drop(&mut self) {
+        if self.open {
+            let entry = self.entry.clone();
+            let mut e = lock(&entry);
+            self.release(&mut e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> (tempfile::TempDir, Arc<Files>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        (dir, Arc::new(Files::load(store).unwrap()))
+    }
+
+    #[test]
+    fn concurrent_writers_on_different_sentences_both_land() {
+        let (_dir, files) = files();
+        files.create("f", "alice").unwrap();
+        let mut w = files.begin_write("f", 0).unwrap();
+        w.edit(0, "One. Two.").unwrap();
+        w.commit().unwrap();
+        let mut a = files.begin_write("f", 0).unwrap();
+        let mut b = files.begin_write("f", 1).unwrap();
+        assert_eq!(
+            files.begin_write("f", 1).err().unwrap().code,
+            ErrorCode::Locked
+        );
+        a.edit(1, "uno").unwrap();
+        b.edit(1, "dos").unwrap();
+        b.commit().unwrap();
+        a.commit().unwrap();
+        assert_eq!(files.store.read_content("f").unwrap(), b"One. uno Two. dos");
+    }
+
+    #[test]
+    fn dropping_a_session_releases_its_lock_and_loses_its_edits() {
+        let (_dir, files) = files();
+        files.create("f", "alice").unwrap();
+        let mut w = files.begin_write("f", 0).unwrap();
+        w.edit(0, "lost").unwrap();
+        drop(w);
+        let w = files.begin_write("f", 0).unwrap();
+        assert_eq!(w.word_count(), 0);
+    }
+
+    #[test]
+    fn undo_is_one_level_and_refused_while_locked() {
+        let (_dir, files) = files();
+        files.create("f", "alice").unwrap();
+        assert_eq!(files.undo("f").unwrap_err().code, ErrorCode::NothingToUndo);
+        let mut w = files.begin_write("f", 0).unwrap();
+        w.edit(0, "Hello.").unwrap();
+        let stats = w.commit().unwrap();
+        assert_eq!(stats.version, 2);
+        let w = files.begin_write("f", 1).unwrap();
+        assert_eq!(files.undo("f").unwrap_err().code, ErrorCode::Locked);
+        assert_eq!(files.delete("f").unwrap_err().code, ErrorCode::Locked);
+        drop(w);
+        let stats = files.undo("f").unwrap();
+        assert_eq!((stats.version, stats.size), (3, 0));
+        assert_eq!(files.undo("f").unwrap_err().code, ErrorCode::NothingToUndo);
+    }
+}

@@ -1,0 +1,22 @@
+//! `ss`, a storage server of the Docs++ document store.
+//!
+//! It keeps file contents and metadata on disk and serves READ, WRITE and
+//! STREAM to clients directly, once nm has sent them here with a ticket. nm
+//! itself connects to create, delete and undo files.
+//!
+//! - [`config`]: the command line.
+//! - [`store`]: the on-disk layout and its atomic writes.
+//! - [`document`]: the sentence engine behind WRITE.
+//! - [`files`]: files in memory, sentence locks and WRITE sessions.
+//! - [`server`]: the listener and one task per connection.
+//! - [`nm_link`]: registration with nm, heartbeats and change notices.
+
+pub mod config;
+pub mod document;
+pub mod files;
+pub mod nm_link;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::run;

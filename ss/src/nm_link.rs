@@ -1,0 +1,203 @@
+//! The storage server's control connection to nm.
+//!
+//! The server registers with its name, client address and inventory, then
+//! sends heartbeats and change notices. When nm is not up yet, or goes away,
+//! it reconnects with backoff and registers again; the fresh inventory
+//! supersedes any notice that could not be delivered meanwhile.
+
+use crate::files::Files;
+use crate::Config;
+use shared::connection::{ConnectionError, RpcClient};
+use shared::proto::{FileStats, InventoryEntry, NmReply, NmRequest, Role};
+use shared::ticket::TicketKey;
+use shared::{now_ms, WireError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// How long a change waits for nm to acknowledge its notice.
+const NOTICE_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long any call to nm may take before the link is considered broken.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_START: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const NOTICE_QUEUE: usize = 10_000;
+
+struct Notice {
+    request: NmRequest,
+    delivered: Option<oneshot::Sender<()>>,
+}
+
+/// What the rest of the server sees of the link.
+pub struct NmLink {
+    ticket_key: RwLock<Option<TicketKey>>,
+    connected: AtomicBool,
+    notices: mpsc::Sender<Notice>,
+    receiver: std::sync::Mutex<Option<mpsc::Receiver<Notice>>>,
+}
+
+impl NmLink {
+    pub fn new() -> Arc<Self> {
+        let (notices, receiver) = mpsc::channel(NOTICE_QUEUE);
+        Arc::new(NmLink {
+            ticket_key: RwLock::new(None),
+            connected: AtomicBool::new(false),
+            notices,
+            receiver: std::sync::Mutex::new(Some(receiver)),
+        })
+    }
+
+    /// The key that verifies client tickets, once registered.
+    pub fn ticket_key(&self) -> Option<TicketKey> {
+        self.ticket_key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Tells nm a file changed and waits (briefly) until nm has it, so that
+    /// INFO and VIEW right after an ETIRW show the new version.
+    pub async fn file_changed(&self, file: &str, stats: &FileStats) {
+        let request = NmRequest::FileChanged {
+            file: file.to_owned(),
+            stats: stats.clone(),
+        };
+        if !self.connected.load(Ordering::Relaxed) {
+            let _ = self.notices.try_send(Notice {
+                request,
+                delivered: None,
+            });
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self
+            .notices
+            .try_send(Notice {
+                request,
+                delivered: Some(tx),
+            })
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(NOTICE_ACK_TIMEOUT, rx).await;
+        }
+    }
+
+    /// Tells nm a file was read; nobody waits for it.
+    pub fn file_accessed(&self, file: &str, user: &str) {
+        let _ = self.notices.try_send(Notice {
+            request: NmRequest::FileAccessed {
+                file: file.to_owned(),
+                user: user.to_owned(),
+                at_ms: now_ms(),
+            },
+            delivered: None,
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    #[error("nm refused: {0}")]
+    Refused(#[from] WireError),
+    #[error("nm did not answer in time")]
+    Timeout,
+    #[error("unexpected reply from nm: {0:?}")]
+    Unexpected(Box<NmReply>),
+}
+
+async fn call(client: &mut RpcClient, request: NmRequest) -> Result<NmReply, LinkError> {
+    let reply = tokio::time::timeout(CALL_TIMEOUT, client.call::<_, NmReply>(request))
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    Ok(reply?)
+}
+
+/// Keeps the server registered with nm until `shutdown`.
+pub async fn run(
+    config: Config,
+    client_addr: String,
+    files: Arc<Files>,
+    link: Arc<NmLink>,
+    shutdown: CancellationToken,
+) {
+    let mut notices = link
+        .receiver
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .expect("the link runs once");
+    let mut backoff = BACKOFF_START;
+    loop {
+        let session = serve_link(&config, &client_addr, &files, &link, &mut notices);
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = session => result,
+        };
+        link.connected.store(false, Ordering::Relaxed);
+        match result {
+            Ok(()) => backoff = BACKOFF_START,
+            Err(e) => {
+                tracing::warn!(event = "ss_nm_link_down", nm = %config.nm, error = %e, retry_ms = backoff.as_millis() as u64, "nm unreachable; retrying");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One registered session with nm; returns when the connection breaks.
+async fn serve_link(
+    config: &Config,
+    client_addr: &str,
+    files: &Arc<Files>,
+    link: &NmLink,
+    notices: &mut mpsc::Receiver<Notice>,
+) -> Result<(), LinkError> {
+    let mut client = RpcClient::connect(&config.nm, Role::StorageServer, &config.username).await?;
+    // Whatever was queued while disconnected is covered by the inventory.
+    while notices.try_recv().is_ok() {}
+    let inventory = tokio::task::block_in_place(|| files.inventory())
+        .into_iter()
+        .map(|(file, meta)| InventoryEntry { file, meta })
+        .collect::<Vec<_>>();
+    let count = inventory.len();
+    let reply = call(
+        &mut client,
+        NmRequest::Register {
+            name: config.username.clone(),
+            client_addr: client_addr.to_owned(),
+            inventory,
+        },
+    )
+    .await?;
+    let NmReply::Registered { ticket_key } = reply else {
+        return Err(LinkError::Unexpected(Box::new(reply)));
+    };
+    *link.ticket_key.write().unwrap_or_else(|p| p.into_inner()) = Some(TicketKey::new(ticket_key));
+    link.connected.store(true, Ordering::Relaxed);
+    tracing::info!(event = "ss_registered", nm = %config.nm, name = %config.username, address = %client_addr, files = count, "registered with nm");
+
+    let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                call(&mut client, NmRequest::Heartbeat).await?;
+            }
+            notice = notices.recv() => {
+                let Some(notice) = notice else { return Ok(()) };
+                call(&mut client, notice.request).await?;
+                if let Some(delivered) = notice.delivered {
+                    let _ = delivered.send(());
+                }
+            }
+        }
+    }
+}

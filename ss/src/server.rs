@@ -1,0 +1,367 @@
+//! The storage server's listener and its per-connection handlers.
+//!
+//! Clients come with a ticket from nm for every READ, STREAM and WRITE; nm
+//! comes to create, delete and undo files. A connection holds at most one open
+//! WRITE; closing the connection abandons it and releases its lock.
+
+use crate::files::{Files, WriteSession};
+use crate::nm_link::{self, NmLink};
+use crate::store::Store;
+use crate::Config;
+use color_eyre::eyre::{Context, Result};
+use shared::connection::{Connection, ConnectionError, Incoming, CHUNK_SIZE};
+use shared::names::{validate_path, validate_user};
+use shared::proto::{Hello, Op, Role, SsReply, SsRequest, Ticket};
+use shared::{now_ms, ErrorCode, WireError};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// State shared by every connection of this server.
+pub struct Server {
+    config: Config,
+    files: Arc<Files>,
+    link: Arc<NmLink>,
+}
+
+/// Runs the storage server until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let store = Store::open(&config.storage, config.fsync)
+        .with_context(|| format!("opening storage folder {}", config.storage.display()))?;
+    let files = Arc::new(Files::load(store).context("loading the inventory")?);
+    let listener = TcpListener::bind((config.bind, config.client_port))
+        .await
+        .with_context(|| format!("binding {}:{}", config.bind, config.client_port))?;
+    let port = listener.local_addr()?.port();
+    let client_addr = format!("{}:{port}", config.host);
+    tracing::info!(
+        event = "ss_listening",
+        name = %config.username,
+        address = %client_addr,
+        files = files.len(),
+        "storage server ready"
+    );
+    let link = NmLink::new();
+    tokio::spawn(nm_link::run(
+        config.clone(),
+        client_addr,
+        files.clone(),
+        link.clone(),
+        shutdown.clone(),
+    ));
+    let server = Arc::new(Server {
+        config,
+        files,
+        link,
+    });
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let server = server.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = server.serve_connection(stream, peer) => {}
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(event = "ss_accept_failed", error = %e),
+            },
+        }
+    }
+    tracing::info!(event = "ss_shutdown", "storage server stopped");
+    Ok(())
+}
+
+/// Per-connection state.
+struct Session {
+    peer: SocketAddr,
+    hello: Hello,
+    write: Option<WriteSession>,
+}
+
+impl Server {
+    async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let (mut conn, hello) =
+            match Connection::accept(stream, Role::StorageServer, self.config.max_frame).await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(event = "ss_handshake_failed", peer = %peer, error = %e);
+                    return;
+                }
+            };
+        let allowed = match hello.role {
+            Role::Client => validate_user(&hello.name),
+            Role::NameManager => Ok(()),
+            Role::StorageServer => Err(WireError::unauthorized(
+                "storage servers do not connect to each other",
+            )),
+        };
+        if let Err(error) = allowed {
+            tracing::warn!(event = "ss_connection_refused", peer = %peer, user = %hello.name, error = %error);
+            conn.refuse(error).await;
+            return;
+        }
+        tracing::debug!(event = "ss_connection", peer = %peer, user = %hello.name, role = ?hello.role);
+        let mut session = Session {
+            peer,
+            hello,
+            write: None,
+        };
+        loop {
+            let request = match conn.recv_request::<SsRequest>().await {
+                Ok(Some(Incoming::Message(request))) => request,
+                Ok(Some(Incoming::Malformed { id, error })) => {
+                    tracing::warn!(event = "ss_malformed_request", peer = %peer, error = %error);
+                    let error = WireError::bad_request(format!("malformed request: {error}"));
+                    if conn.reply::<SsReply>(id, Err(error)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(event = "ss_connection_error", peer = %peer, error = %e);
+                    if let ConnectionError::Io(io) = &e {
+                        if io.kind() == std::io::ErrorKind::InvalidData {
+                            let error = WireError::new(ErrorCode::TooLarge, io.to_string());
+                            let _ = conn.reply::<SsReply>(0, Err(error)).await;
+                        }
+                    }
+                    break;
+                }
+            };
+            let started = Instant::now();
+            let operation = operation_name(&request.body);
+            let result = self
+                .handle(&mut conn, &mut session, request.id, request.body)
+                .await;
+            let outcome = match &result {
+                Ok(Ok(())) => "ok".to_owned(),
+                Ok(Err(e)) => e.code.to_string(),
+                Err(e) => format!("connection lost: {e}"),
+            };
+            tracing::info!(
+                event = "ss_request",
+                peer = %session.peer,
+                user = %session.hello.name,
+                operation,
+                outcome,
+                micros = started.elapsed().as_micros() as u64,
+            );
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    if conn.reply::<SsReply>(request.id, Err(error)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(write) = session.write.take() {
+            tracing::info!(event = "ss_write_abandoned", peer = %peer, file = %write.file(), "connection closed before ETIRW; lock released");
+        }
+    }
+
+    /// Serves one request. The outer error is a broken connection; the inner
+    /// one is the request's failure, which the caller sends back.
+    async fn handle(
+        &self,
+        conn: &mut Connection,
+        session: &mut Session,
+        id: u64,
+        request: SsRequest,
+    ) -> Result<Result<(), WireError>, ConnectionError> {
+        let user = session.hello.name.clone();
+        let from_nm = session.hello.role == Role::NameManager;
+        let reply = match request {
+            SsRequest::Read { file, ticket } => {
+                if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Read) {
+                    return Ok(Err(e));
+                }
+                return self.send_content(conn, id, &file, &user).await;
+            }
+            SsRequest::Stream { file, ticket } => {
+                if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Stream) {
+                    return Ok(Err(e));
+                }
+                return self.send_words(conn, id, &file, &user).await;
+            }
+            SsRequest::WriteBegin {
+                file,
+                sentence,
+                ticket,
+            } => {
+                if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Write) {
+                    return Ok(Err(e));
+                }
+                if session.write.is_some() {
+                    return Ok(Err(WireError::bad_request(
+                        "a WRITE is already open on this connection; end it with ETIRW",
+                    )));
+                }
+                let files = self.files.clone();
+                match tokio::task::block_in_place(|| files.begin_write(&file, sentence)) {
+                    Ok(write) => {
+                        let words = write.word_count();
+                        session.write = Some(write);
+                        Ok(SsReply::WriteOpen { words })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            SsRequest::WriteEdit {
+                word_index,
+                content,
+            } => match session.write.as_mut() {
+                None => Err(no_open_write()),
+                Some(write) => write.edit(word_index, &content).map(|()| SsReply::Edited {
+                    words: write.word_count(),
+                }),
+            },
+            SsRequest::WriteCommit => match session.write.take() {
+                None => Err(no_open_write()),
+                Some(write) => {
+                    let file = write.file().to_owned();
+                    match tokio::task::block_in_place(|| write.commit()) {
+                        Ok(stats) => {
+                            self.link.file_changed(&file, &stats).await;
+                            Ok(SsReply::Applied { stats })
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            },
+            SsRequest::WriteAbort => {
+                session.write = None;
+                Ok(SsReply::Done)
+            }
+            SsRequest::CreateFile { file, owner } if from_nm => validate_path(&file)
+                .and_then(|()| tokio::task::block_in_place(|| self.files.create(&file, &owner)))
+                .map(|stats| SsReply::Applied { stats }),
+            SsRequest::DeleteFile { file } if from_nm => {
+                tokio::task::block_in_place(|| self.files.delete(&file)).map(|()| SsReply::Done)
+            }
+            SsRequest::UndoFile { file } if from_nm => {
+                tokio::task::block_in_place(|| self.files.undo(&file))
+                    .map(|stats| SsReply::Applied { stats })
+            }
+            SsRequest::CreateFile { .. }
+            | SsRequest::DeleteFile { .. }
+            | SsRequest::UndoFile { .. } => Err(WireError::unauthorized(
+                "only nm may do that; go through nm",
+            )),
+        };
+        match reply {
+            Ok(reply) => conn.reply(id, Ok(reply)).await.map(Ok),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    fn check_ticket(
+        &self,
+        ticket: &Ticket,
+        user: &str,
+        file: &str,
+        op: Op,
+    ) -> Result<(), WireError> {
+        let key = self
+            .link
+            .ticket_key()
+            .ok_or_else(|| WireError::unavailable("this server is not registered with nm yet"))?;
+        key.verify(ticket, user, file, op, now_ms())
+    }
+
+    /// READ: the content in chunks, then `End`.
+    async fn send_content(
+        &self,
+        conn: &mut Connection,
+        id: u64,
+        file: &str,
+        user: &str,
+    ) -> Result<Result<(), WireError>, ConnectionError> {
+        let handle = match tokio::task::block_in_place(|| self.files.open_for_read(file, user)) {
+            Ok(handle) => handle,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut handle = tokio::fs::File::from_std(handle);
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        loop {
+            let n = match handle.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(WireError::internal(format!("reading {file:?}: {e}")))),
+            };
+            if n == 0 {
+                break;
+            }
+            let data = serde_bytes::ByteBuf::from(buf[..n].to_vec());
+            conn.reply(id, Ok(SsReply::Chunk { data })).await?;
+        }
+        conn.reply(id, Ok(SsReply::End)).await?;
+        self.link.file_accessed(file, user);
+        Ok(Ok(()))
+    }
+
+    /// STREAM: the words one by one, `--stream-delay` apart, then `End`.
+    async fn send_words(
+        &self,
+        conn: &mut Connection,
+        id: u64,
+        file: &str,
+        user: &str,
+    ) -> Result<Result<(), WireError>, ConnectionError> {
+        let text = tokio::task::block_in_place(|| {
+            let mut handle = self.files.open_for_read(file, user)?;
+            let mut text = String::new();
+            handle
+                .read_to_string(&mut text)
+                .map_err(|e| WireError::internal(format!("reading {file:?}: {e}")))?;
+            Ok::<_, WireError>(text)
+        });
+        let text = match text {
+            Ok(text) => text,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.link.file_accessed(file, user);
+        for (i, word) in text.split_whitespace().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(self.config.stream_delay).await;
+            }
+            conn.reply(
+                id,
+                Ok(SsReply::Word {
+                    word: word.to_owned(),
+                }),
+            )
+            .await?;
+        }
+        conn.reply(id, Ok(SsReply::End)).await?;
+        Ok(Ok(()))
+    }
+}
+
+fn no_open_write() -> WireError {
+    WireError::bad_request("no WRITE is open on this connection")
+}
+
+fn operation_name(request: &SsRequest) -> &'static str {
+    match request {
+        SsRequest::Read { .. } => "READ",
+        SsRequest::Stream { .. } => "STREAM",
+        SsRequest::WriteBegin { .. } => "WRITE",
+        SsRequest::WriteEdit { .. } => "WRITE_EDIT",
+        SsRequest::WriteCommit => "ETIRW",
+        SsRequest::WriteAbort => "WRITE_ABORT",
+        SsRequest::CreateFile { .. } => "CREATE",
+        SsRequest::DeleteFile { .. } => "DELETE",
+        SsRequest::UndoFile { .. } => "UNDO",
+    }
+}

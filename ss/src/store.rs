@@ -1,0 +1,288 @@
+//! The on-disk layout of a storage server, and the only code that writes it.
+//!
+//! ```text
+//! <storage>/files/<path>   the content
+//! <storage>/meta/<path>    owner, access list and stats (MessagePack)
+//! <storage>/undo/<path>    the content before the last change (one level)
+//! <storage>/tmp/           temp files, emptied at start-up
+//! ```
+//!
+//! Every write goes to a temp file, is fsynced and renamed into place, and the
+//! directory is fsynced, so a crash leaves either the old or the new file,
+//! never a torn one. Names are validated by [`shared::names`] before they are
+//! joined under the storage folder, so nothing is ever written outside it.
+
+use shared::names::validate_path;
+use shared::proto::FileMeta;
+use shared::WireError;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A storage folder.
+pub struct Store {
+    root: PathBuf,
+    fsync: bool,
+    temp_counter: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Name(#[from] WireError),
+    #[error("storage I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("corrupt metadata for {file}: {error}")]
+    Meta { file: String, error: String },
+}
+
+const FILES: &str = "files";
+const META: &str = "meta";
+const UNDO: &str = "undo";
+const TMP: &str = "tmp";
+
+impl Store {
+    /// Opens (creating if needed) a storage folder and removes leftover temp files.
+    pub fn open(root: &Path, fsync: bool) -> Result<Self, StoreError> {
+        for dir in [FILES, META, UNDO, TMP] {
+            fs::create_dir_all(root.join(dir))?;
+        }
+        for leftover in fs::read_dir(root.join(TMP))? {
+            let path = leftover?.path();
+            tracing::info!(event = "ss_tmp_cleanup", path = %path.display(), "removed a leftover temp file");
+            fs::remove_file(path)?;
+        }
+        Ok(Store {
+            root: root.to_owned(),
+            fsync,
+            temp_counter: AtomicU64::new(0),
+        })
+    }
+
+    fn path_in(&self, area: &str, file: &str) -> Result<PathBuf, StoreError> {
+        validate_path(file)?;
+        Ok(self.root.join(area).join(file))
+    }
+
+    pub fn content_path(&self, file: &str) -> Result<PathBuf, StoreError> {
+        self.path_in(FILES, file)
+    }
+
+    pub fn read_content(&self, file: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(fs::read(self.content_path(file)?)?)
+    }
+
+    /// Opens the content for reading; the handle keeps seeing this version
+    /// even if a commit replaces the file meanwhile.
+    pub fn open_content(&self, file: &str) -> Result<File, StoreError> {
+        Ok(File::open(self.content_path(file)?)?)
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join(TMP)
+            .join(format!("{}-{n}.tmp", std::process::id()))
+    }
+
+    /// Writes `bytes` to `target` atomically: temp file, fsync, rename, fsync of the directory.
+    fn write_atomically(&self, target: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        self.ensure_parent(target)?;
+        let temp = self.temp_path();
+        let result = (|| {
+            let mut f = File::create(&temp)?;
+            f.write_all(bytes)?;
+            if self.fsync {
+                f.sync_data()?;
+            }
+            fs::rename(&temp, target)?;
+            self.sync_parent(target)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result.map_err(StoreError::from)
+    }
+
+    fn ensure_parent(&self, target: &Path) -> io::Result<()> {
+        let parent = target.parent().expect("joined under the root");
+        if !parent.exists() {
+            fs::create_dir_all(parent)?;
+            if self.fsync {
+                let mut dir = parent;
+                while let Some(up) = dir.parent() {
+                    File::open(up)?.sync_all()?;
+                    if up == self.root {
+                        break;
+                    }
+                    dir = up;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_parent(&self, target: &Path) -> io::Result<()> {
+        if self.fsync {
+            File::open(target.parent().expect("joined under the root"))?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    pub fn write_meta(&self, file: &str, meta: &FileMeta) -> Result<(), StoreError> {
+        let bytes = rmp_serde::to_vec_named(meta).map_err(|e| StoreError::Meta {
+            file: file.to_owned(),
+            error: e.to_string(),
+        })?;
+        self.write_atomically(&self.path_in(META, file)?, &bytes)
+    }
+
+    pub fn read_meta(&self, file: &str) -> Result<FileMeta, StoreError> {
+        let bytes = fs::read(self.path_in(META, file)?)?;
+        rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Meta {
+            file: file.to_owned(),
+            error: e.to_string(),
+        })
+    }
+
+    /// Creates an empty file and its metadata.
+    pub fn create(&self, file: &str, meta: &FileMeta) -> Result<(), StoreError> {
+        self.write_atomically(&self.content_path(file)?, b"")?;
+        self.write_meta(file, meta)
+    }
+
+    /// Replaces the content, keeping the previous one for UNDO, then the metadata.
+    pub fn commit(&self, file: &str, content: &[u8], meta: &FileMeta) -> Result<(), StoreError> {
+        let current = self.content_path(file)?;
+        let undo = self.path_in(UNDO, file)?;
+        self.ensure_parent(&undo)?;
+        match fs::remove_file(&undo) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        // A hard link keeps the old content without copying it.
+        fs::hard_link(&current, &undo)?;
+        self.sync_parent(&undo)?;
+        self.write_atomically(&current, content)?;
+        self.write_meta(file, meta)
+    }
+
+    pub fn read_content_of_undo(&self, file: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(fs::read(self.path_in(UNDO, file)?)?)
+    }
+
+    /// Whether an UNDO is possible.
+    pub fn has_undo(&self, file: &str) -> Result<bool, StoreError> {
+        Ok(self.path_in(UNDO, file)?.exists())
+    }
+
+    /// Puts the previous content back; the undo level is used up.
+    pub fn undo(&self, file: &str, meta: &FileMeta) -> Result<(), StoreError> {
+        let current = self.content_path(file)?;
+        fs::rename(self.path_in(UNDO, file)?, &current)?;
+        self.sync_parent(&current)?;
+        self.write_meta(file, meta)
+    }
+
+    /// Removes a file's content, metadata and undo level.
+    pub fn delete(&self, file: &str) -> Result<(), StoreError> {
+        for area in [META, FILES, UNDO] {
+            let path = self.path_in(area, file)?;
+            match fs::remove_file(&path) {
+                Ok(()) => self.sync_parent(&path)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every file with its metadata, found by walking `meta/`. A file whose
+    /// content is missing is skipped with a warning.
+    pub fn inventory(&self) -> Result<Vec<(String, FileMeta)>, StoreError> {
+        let mut found = Vec::new();
+        let meta_root = self.root.join(META);
+        let mut stack = vec![meta_root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir)? {
+                let entry = entry?;
+                let path = entry.path();
+                if entry.file_type()?.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let Some(name) = path
+                    .strip_prefix(&meta_root)
+                    .ok()
+                    .and_then(|p| p.to_str())
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                if !self.content_path(&name)?.exists() {
+                    tracing::warn!(event = "ss_inventory_orphan_meta", file = %name, "metadata without content; skipped");
+                    continue;
+                }
+                found.push((name.clone(), self.read_meta(&name)?));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::proto::{AccessList, FileStats};
+
+    fn meta(version: u64) -> FileMeta {
+        FileMeta {
+            owner: "alice".into(),
+            acl: AccessList::new(),
+            stats: FileStats {
+                version,
+                ..FileStats::default()
+            },
+        }
+    }
+
+    #[test]
+    fn create_commit_undo_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        store.create("a/b.txt", &meta(1)).unwrap();
+        assert!(!store.has_undo("a/b.txt").unwrap());
+        store.commit("a/b.txt", b"Hello.", &meta(2)).unwrap();
+        assert_eq!(store.read_content("a/b.txt").unwrap(), b"Hello.");
+        assert!(store.has_undo("a/b.txt").unwrap());
+        store.undo("a/b.txt", &meta(3)).unwrap();
+        assert_eq!(store.read_content("a/b.txt").unwrap(), b"");
+        assert!(!store.has_undo("a/b.txt").unwrap());
+        let inventory = store.inventory().unwrap();
+        assert_eq!(inventory.len(), 1);
+        assert_eq!(inventory[0].0, "a/b.txt");
+        assert_eq!(inventory[0].1.stats.version, 3);
+        store.delete("a/b.txt").unwrap();
+        assert!(store.inventory().unwrap().is_empty());
+    }
+
+    #[test]
+    fn traversal_is_refused_before_touching_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s"), true).unwrap();
+        assert!(store.create("../../x", &meta(1)).is_err());
+        assert!(store.create("/etc/x", &meta(1)).is_err());
+        assert!(!dir.path().join("x").exists());
+    }
+
+    #[test]
+    fn leftover_temp_files_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path(), false).unwrap();
+        fs::write(dir.path().join("tmp/123-0.tmp"), b"partial").unwrap();
+        Store::open(dir.path(), false).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}
