@@ -26,8 +26,8 @@ pub fn view(rows: &[FileRow], long: bool) -> String {
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(8).max(8);
     let _ = writeln!(
         out,
-        "{:<width$}  {:>6}  {:>6}  {:<20}  {}",
-        "Filename", "Words", "Chars", "Last Access", "Owner"
+        "{:<width$}  {:>6}  {:>6}  {:<20}  Owner",
+        "Filename", "Words", "Chars", "Last Access"
     );
     let _ = writeln!(out, "{}", "-".repeat(width + 46));
     for r in rows {

@@ -235,9 +235,9 @@ fn write_loop(mut file: File, mut rx: mpsc::UnboundedReceiver<Pending>, fsync: b
             }
         }
         if result.is_ok() {
-            result =
-                file.write_all(&buf)
-                    .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
+            result = file
+                .write_all(&buf)
+                .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
         }
         for pending in batch {
             let copy = match &result {

@@ -1,1 +1,364 @@
+//! `TestCluster`: the real `nm` and `ss` binaries as child processes in a
+//! temp dir, on free loopback ports.
+//!
+//! The cluster waits for readiness by polling with a deadline (nm's ready
+//! file, then nm's STATUS until each server is ALIVE), and kills every child
+//! when dropped. The binaries are built once per test process by running
+//! `cargo build`, so a test never runs against stale binaries.
 
+use console::client::Client;
+use serde_json::Value;
+use shared::proto::{ClusterStatus, NmReply, NmRequest, ServerState};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long any readiness wait may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The folder holding the built binaries (`target/debug` or `target/release`).
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test-binary>
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_owned();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args([
+            "build", "--quiet", "-p", "nm", "-p", "ss", "-p", "console", "--bins",
+        ]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("running cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+        dir
+    })
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// Polls `check` until it returns `Some`, or panics after `DEADLINE`.
+pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Settings for the daemons a cluster starts.
+#[derive(Clone)]
+pub struct Options {
+    pub heartbeat_interval: &'static str,
+    pub stream_delay: &'static str,
+    pub fsync: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            heartbeat_interval: "100ms",
+            stream_delay: "5ms",
+            fsync: false,
+        }
+    }
+}
+
+pub struct TestCluster {
+    dir: tempfile::TempDir,
+    options: Options,
+    nm: Option<Child>,
+    nm_addr: String,
+    servers: HashMap<String, Child>,
+}
+
+impl TestCluster {
+    /// nm plus one storage server per name, all ready.
+    pub async fn start(servers: &[&str]) -> TestCluster {
+        Self::start_with(servers, Options::default()).await
+    }
+
+    pub async fn start_with(servers: &[&str], options: Options) -> TestCluster {
+        let mut cluster = TestCluster {
+            dir: tempfile::tempdir().expect("temp dir"),
+            options,
+            nm: None,
+            nm_addr: String::new(),
+            servers: HashMap::new(),
+        };
+        cluster.start_nm().await;
+        for name in servers {
+            cluster.start_ss(name).await;
+        }
+        cluster
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn nm_addr(&self) -> &str {
+        &self.nm_addr
+    }
+
+    fn log_file(&self, name: &str) -> Stdio {
+        let path = self.dir().join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("log file");
+        Stdio::from(file)
+    }
+
+    /// Starts nm (again), on its previous port if it had one.
+    pub async fn start_nm(&mut self) {
+        assert!(self.nm.is_none(), "nm is already running");
+        let ready = self.dir().join("nm.addr");
+        let _ = std::fs::remove_file(&ready);
+        let listen = if self.nm_addr.is_empty() {
+            "127.0.0.1:0".to_owned()
+        } else {
+            self.nm_addr.clone()
+        };
+        let child = Command::new(bin("nm"))
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--data-dir")
+            .arg(self.dir().join("nm-data"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--fsync")
+            .arg(self.options.fsync.to_string())
+            .arg("--quiet")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(self.log_file("nm"))
+            .spawn()
+            .expect("starting nm");
+        self.nm = Some(child);
+        self.nm_addr = eventually("nm's ready file", || {
+            let ready = ready.clone();
+            async move {
+                std::fs::read_to_string(ready)
+                    .ok()
+                    .filter(|a| !a.is_empty())
+            }
+        })
+        .await;
+    }
+
+    pub fn storage(&self, name: &str) -> PathBuf {
+        self.dir().join(format!("storage-{name}"))
+    }
+
+    /// Starts (or restarts) a storage server and waits until nm has it ALIVE.
+    pub async fn start_ss(&mut self, name: &str) {
+        self.spawn_ss(name);
+        self.wait_alive(name).await;
+    }
+
+    /// Starts a storage server without waiting for it.
+    pub fn spawn_ss(&mut self, name: &str) {
+        assert!(
+            !self.servers.contains_key(name),
+            "{name} is already running"
+        );
+        let child = Command::new(bin("ss"))
+            .args([
+                "--nm",
+                &self.nm_addr,
+                "--username",
+                name,
+                "--client-port",
+                "0",
+            ])
+            .arg("--storage")
+            .arg(self.storage(name))
+            .args(["--heartbeat-interval", self.options.heartbeat_interval])
+            .args(["--stream-delay", self.options.stream_delay])
+            .args(["--fsync", &self.options.fsync.to_string()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(self.log_file(name))
+            .spawn()
+            .expect("starting ss");
+        self.servers.insert(name.to_owned(), child);
+    }
+
+    pub async fn wait_alive(&self, name: &str) {
+        eventually(&format!("{name} to be ALIVE"), || async {
+            let status = self.try_status().await?;
+            status
+                .servers
+                .iter()
+                .any(|s| s.name == name && s.state == ServerState::Alive)
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// kill -9 of a storage server.
+    pub fn kill_ss(&mut self, name: &str) {
+        let mut child = self.servers.remove(name).expect("no such server");
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+    }
+
+    /// kill -9 of nm.
+    pub fn kill_nm(&mut self) {
+        let mut child = self.nm.take().expect("nm is not running");
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+    }
+
+    pub fn ss_running(&self, name: &str) -> bool {
+        self.servers.contains_key(name)
+    }
+
+    /// A library client connected as `user`.
+    pub async fn client(&self, user: &str) -> Client {
+        Client::connect(&self.nm_addr, user)
+            .await
+            .expect("connecting to nm")
+    }
+
+    async fn try_status(&self) -> Option<ClusterStatus> {
+        let mut client = Client::connect(&self.nm_addr, "harness").await.ok()?;
+        match client.nm(NmRequest::Status).await.ok()? {
+            NmReply::Status { status } => Some(status),
+            _ => None,
+        }
+    }
+
+    pub async fn status(&self) -> ClusterStatus {
+        self.try_status().await.expect("STATUS")
+    }
+
+    /// The client address of a storage server, from STATUS.
+    pub async fn ss_addr(&self, name: &str) -> String {
+        self.status()
+            .await
+            .servers
+            .into_iter()
+            .find(|s| s.name == name)
+            .expect("server in STATUS")
+            .address
+    }
+
+    /// Runs `console --batch --json` with `script` on stdin.
+    pub fn console(&self, user: &str, script: &str) -> Batch {
+        self.console_with(user, script, &["--json"])
+    }
+
+    pub fn console_with(&self, user: &str, script: &str, flags: &[&str]) -> Batch {
+        let mut child = self
+            .console_command(user, flags)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting console");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("writing the script");
+        Batch::from(child.wait_with_output().expect("console output"))
+    }
+
+    /// A `console --batch` command for tests that drive it themselves.
+    pub fn console_command(&self, user: &str, flags: &[&str]) -> Command {
+        let mut command = Command::new(bin("console"));
+        command
+            .args(["--nm", &self.nm_addr, "--user", user, "--batch"])
+            .args(flags);
+        command
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for (_, mut child) in self.servers.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(mut nm) = self.nm.take() {
+            let _ = nm.kill();
+            let _ = nm.wait();
+        }
+        if std::thread::panicking() {
+            // Keep the logs of a failed test where a human can read them.
+            let kept = self.dir.path().to_owned();
+            eprintln!("TestCluster logs kept in {}", kept.display());
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            let _ = dir.keep();
+        }
+    }
+}
+
+/// What a `console --batch --json` run printed.
+pub struct Batch {
+    pub code: Option<i32>,
+    pub outcomes: Vec<Value>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Batch {
+    fn from(output: Output) -> Self {
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let outcomes = stdout
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        Batch {
+            code: output.status.code(),
+            outcomes,
+            stdout,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Batch {
+    /// The outcome of the `i`th command.
+    pub fn get(&self, i: usize) -> &Value {
+        self.outcomes
+            .get(i)
+            .unwrap_or_else(|| panic!("no outcome {i} in:\n{}\n{}", self.stdout, self.stderr))
+    }
+
+    /// Asserts that every command succeeded; returns the outcomes.
+    pub fn all_ok(&self) -> &[Value] {
+        for o in &self.outcomes {
+            assert_eq!(o["ok"], true, "command failed: {o}");
+        }
+        assert_eq!(self.code, Some(0), "exit code; stderr: {}", self.stderr);
+        &self.outcomes
+    }
+
+    /// The error code of the `i`th command.
+    pub fn code_of(&self, i: usize) -> &str {
+        self.get(i)["code"].as_str().unwrap_or("null")
+    }
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs a local cluster (nm and two storage servers) in a temp dir and drives
+# it with a batch script (examples/demo.batch by default).
+#
+#   scripts/demo.sh [SCRIPT]     run the script, then stop the cluster
+#   scripts/demo.sh --keep       start the cluster and keep it running until Ctrl-C
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+keep=false
+script=examples/demo.batch
+case "${1:-}" in
+  --keep) keep=true ;;
+  "") ;;
+  *) script=$1 ;;
+esac
+
+cargo build --quiet --bins
+bin=target/debug
+dir=$(mktemp -d)
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT INT TERM
+
+"$bin/nm" --listen 127.0.0.1:0 --data-dir "$dir/nm" --ready-file "$dir/nm.addr" \
+  >"$dir/nm.out" 2>"$dir/nm.log" &
+for _ in $(seq 100); do [ -s "$dir/nm.addr" ] && break; sleep 0.1; done
+[ -s "$dir/nm.addr" ] || { echo "nm did not start; see $dir/nm.log" >&2; exit 1; }
+nm=$(cat "$dir/nm.addr")
+
+for ss in ss1 ss2; do
+  "$bin/ss" --nm "$nm" --username "$ss" --storage "$dir/$ss" --stream-delay 20ms 2>"$dir/$ss.log" &
+done
+alive=0
+for _ in $(seq 100); do
+  alive=$("$bin/console" --nm "$nm" --user operator --batch --json <<<"STATUS" | grep -o '"state":"ALIVE"' | wc -l || true)
+  [ "$alive" -ge 2 ] && break
+  sleep 0.1
+done
+[ "$alive" -ge 2 ] || { echo "storage servers did not register; see $dir/*.log" >&2; exit 1; }
+echo "cluster up: nm at $nm, storage servers ss1 and ss2 (logs in $dir)"
+
+if $keep; then
+  echo "try: $bin/console --nm $nm --user alice --batch    (Ctrl-C here stops the cluster)"
+  wait
+else
+  "$bin/console" --nm "$nm" --user alice --batch "$script"
+fi

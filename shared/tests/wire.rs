@@ -1,0 +1,244 @@
+//! The wire format: every message round-trips, and golden bytes pin a few so
+//! that an accidental change to the encoding fails here first.
+
+use bytes::BytesMut;
+use serde::{de::DeserializeOwned, Serialize};
+use serde_bytes::ByteBuf;
+use shared::connection::frame_codec;
+use shared::proto::*;
+use shared::ticket::TicketKey;
+use shared::{ErrorCode, WireError};
+use std::fmt::Debug;
+use tokio_util::codec::{Decoder, Encoder};
+
+fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: T) {
+    let bytes = rmp_serde::to_vec_named(&value).unwrap();
+    let back: T = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(back, value);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn stats() -> FileStats {
+    FileStats {
+        size: 16,
+        words: 4,
+        chars: 16,
+        version: 3,
+        created_ms: 1,
+        modified_ms: 2,
+        accessed_ms: 3,
+        accessed_by: Some("bob".into()),
+    }
+}
+
+fn ticket() -> Ticket {
+    TicketKey::new(b"k".to_vec()).issue("alice", "a.txt", Op::Write, 2, 99)
+}
+
+#[test]
+fn every_message_round_trips() {
+    round_trip(Hello::new(Role::StorageServer, "ss1"));
+    round_trip(HelloReply::Welcome {
+        version: 1,
+        role: Role::NameManager,
+    });
+    round_trip(HelloReply::Refused {
+        error: WireError::new(ErrorCode::Protocol, "no"),
+    });
+    let meta = FileMeta {
+        owner: "alice".into(),
+        acl: [("bob".to_string(), Access::Read)].into_iter().collect(),
+        stats: stats(),
+    };
+    for body in [
+        NmRequest::View {
+            all: true,
+            long: false,
+        },
+        NmRequest::Info { file: "a".into() },
+        NmRequest::List,
+        NmRequest::Status,
+        NmRequest::Create { file: "a".into() },
+        NmRequest::Delete { file: "a".into() },
+        NmRequest::Undo { file: "a".into() },
+        NmRequest::Locate {
+            file: "a".into(),
+            op: Op::Stream,
+        },
+        NmRequest::Register {
+            name: "ss1".into(),
+            client_addr: "127.0.0.1:1".into(),
+            inventory: vec![InventoryEntry {
+                file: "a".into(),
+                meta: meta.clone(),
+            }],
+        },
+        NmRequest::Heartbeat,
+        NmRequest::FileChanged {
+            file: "a".into(),
+            stats: stats(),
+        },
+        NmRequest::FileAccessed {
+            file: "a".into(),
+            user: "bob".into(),
+            at_ms: 5,
+        },
+    ] {
+        round_trip(Request { id: 7, body });
+    }
+    for result in [
+        Ok(NmReply::Done),
+        Ok(NmReply::Files {
+            rows: vec![FileRow {
+                name: "a".into(),
+                owner: "alice".into(),
+                words: 1,
+                chars: 2,
+                size: 2,
+                modified_ms: 3,
+                accessed_ms: 4,
+                accessed_by: None,
+            }],
+        }),
+        Ok(NmReply::Info {
+            info: FileInfo {
+                name: "a".into(),
+                owner: "alice".into(),
+                acl: meta.acl.clone(),
+                stats: stats(),
+                servers: vec!["ss1".into(), "ss1_backup".into()],
+                backup_in_sync: Some(true),
+            },
+        }),
+        Ok(NmReply::Users {
+            users: vec!["alice".into()],
+        }),
+        Ok(NmReply::Status {
+            status: ClusterStatus {
+                servers: vec![ServerStatus {
+                    name: "ss1".into(),
+                    role: ServerRole::Primary,
+                    state: ServerState::Alive,
+                    address: "127.0.0.1:1".into(),
+                    ms_since_heartbeat: 12,
+                    files: 3,
+                }],
+                pairs: vec![PairStatus {
+                    primary: "ss1".into(),
+                    backup: Some("ss1_backup".into()),
+                    state: PairState::PrimaryFailed,
+                    epoch: 4,
+                    pending_jobs: 2,
+                }],
+                queue_depth: 2,
+            },
+        }),
+        Ok(NmReply::Located {
+            location: Location {
+                server: "ss1".into(),
+                address: "x:1".into(),
+                ticket: ticket(),
+            },
+        }),
+        Ok(NmReply::Registered {
+            ticket_key: vec![1, 2, 3],
+        }),
+        Err(WireError::new(ErrorCode::Locked, "busy")),
+    ] {
+        round_trip(Reply { id: 9, result });
+    }
+    for body in [
+        SsRequest::Read {
+            file: "a".into(),
+            ticket: ticket(),
+        },
+        SsRequest::Stream {
+            file: "a".into(),
+            ticket: ticket(),
+        },
+        SsRequest::WriteBegin {
+            file: "a".into(),
+            sentence: 2,
+            ticket: ticket(),
+        },
+        SsRequest::WriteEdit {
+            word_index: -1,
+            content: "x y".into(),
+        },
+        SsRequest::WriteCommit,
+        SsRequest::WriteAbort,
+        SsRequest::CreateFile {
+            file: "a".into(),
+            owner: "alice".into(),
+        },
+        SsRequest::DeleteFile { file: "a".into() },
+        SsRequest::UndoFile { file: "a".into() },
+    ] {
+        round_trip(Request { id: 1, body });
+    }
+    for reply in [
+        SsReply::Chunk {
+            data: ByteBuf::from(vec![0, 255, 7]),
+        },
+        SsReply::Word { word: "hi".into() },
+        SsReply::End,
+        SsReply::WriteOpen { words: 3 },
+        SsReply::Edited { words: 4 },
+        SsReply::Applied { stats: stats() },
+        SsReply::Done,
+    ] {
+        round_trip(Reply {
+            id: 1,
+            result: Ok(reply),
+        });
+    }
+}
+
+#[test]
+fn golden_bytes() {
+    // A client's handshake: {magic, version, role, name}.
+    assert_eq!(
+        hex(&rmp_serde::to_vec_named(&Hello::new(Role::Client, "alice")).unwrap()),
+        "84a56d61676963ce444f432ba776657273696f6e01a4726f6c65a6434c49454e54a46e616d65a5616c696365"
+    );
+    // A request: {id, body: {Create: {file}}}.
+    let create = Request {
+        id: 1,
+        body: NmRequest::Create {
+            file: "a.txt".into(),
+        },
+    };
+    assert_eq!(
+        hex(&rmp_serde::to_vec_named(&create).unwrap()),
+        "82a2696401a4626f647981a643726561746581a466696c65a5612e747874"
+    );
+    // An error reply: {id, result: {Err: {code, message}}}.
+    let reply: Reply<NmReply> = Reply {
+        id: 2,
+        result: Err(WireError::new(ErrorCode::NotFound, "x")),
+    };
+    assert_eq!(
+        hex(&rmp_serde::to_vec_named(&reply).unwrap()),
+        "82a2696402a6726573756c7481a345727282a4636f6465ab455f4e4f545f464f554e44a76d657373616765a178"
+    );
+}
+
+#[test]
+fn frames_are_length_prefixed_and_bounded() {
+    let mut codec = frame_codec(16);
+    let mut buf = BytesMut::new();
+    codec
+        .encode(bytes::Bytes::from_static(b"hello"), &mut buf)
+        .unwrap();
+    assert_eq!(&buf[..], b"\x00\x00\x00\x05hello");
+    assert_eq!(&codec.decode(&mut buf).unwrap().unwrap()[..], b"hello");
+    // Too large to send, and too large to receive.
+    assert!(codec
+        .encode(bytes::Bytes::from(vec![0u8; 17]), &mut BytesMut::new())
+        .is_err());
+    let mut oversize = BytesMut::from(&b"\x00\x00\x01\x00"[..]);
+    assert!(codec.decode(&mut oversize).is_err());
+}

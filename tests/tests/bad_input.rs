@@ -1,0 +1,228 @@
+//! Hostile and broken input on every port: each gets a clear error or a
+//! closed connection, nothing changes on disk, and the daemons keep serving.
+
+use rand::RngCore;
+use shared::connection::{Connection, RpcClient, DEFAULT_MAX_FRAME};
+use shared::proto::{
+    Hello, HelloReply, Op, Reply, Request, Role, SsReply, SsRequest, Ticket, PROTOCOL_VERSION,
+};
+use shared::ErrorCode;
+use std::time::Duration;
+use tests::TestCluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the peer closes; fails the test if it never does.
+async fn closed_by_peer(stream: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the daemon kept a garbage connection open");
+}
+
+async fn still_serving(cluster: &TestCluster) {
+    let run = cluster.console(
+        "alice",
+        "CREATE probe.txt\nWRITE probe.txt 0\n0 Alive.\nETIRW\nREAD probe.txt\nDELETE probe.txt\n",
+    );
+    run.all_ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_bytes_on_every_port_leave_the_daemons_serving() {
+    let cluster = TestCluster::start(&["ss1"]).await;
+    let ports = [cluster.nm_addr().to_owned(), cluster.ss_addr("ss1").await];
+    for addr in &ports {
+        for size in [20usize, 1024, 1 << 20] {
+            let mut garbage = vec![0u8; size];
+            rand::thread_rng().fill_bytes(&mut garbage);
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            // The peer may close while we are still writing: that is fine.
+            let _ = stream.write_all(&garbage).await;
+            closed_by_peer(&mut stream).await;
+        }
+        // A line of text, as the earlier C system's clients sent.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let _ = stream.write_all(b"CREATE ../../../x\n").await;
+        closed_by_peer(&mut stream).await;
+    }
+    still_serving(&cluster).await;
+    assert!(!cluster.dir().join("x").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_magic_or_version_is_refused_with_a_clear_error() {
+    let cluster = TestCluster::start(&["ss1"]).await;
+    for addr in [cluster.nm_addr().to_owned(), cluster.ss_addr("ss1").await] {
+        for hello in [
+            Hello {
+                version: PROTOCOL_VERSION + 1,
+                ..Hello::new(Role::Client, "alice")
+            },
+            Hello {
+                magic: 0xdead_beef,
+                ..Hello::new(Role::Client, "alice")
+            },
+        ] {
+            let stream = TcpStream::connect(&addr).await.unwrap();
+            let mut conn = Connection::new(stream, DEFAULT_MAX_FRAME).unwrap();
+            conn.send(&hello).await.unwrap();
+            match conn.expect::<HelloReply>().await.unwrap() {
+                HelloReply::Refused { error } => {
+                    assert_eq!(error.code, ErrorCode::Protocol);
+                    assert!(
+                        error.message.contains("version") || error.message.contains("magic"),
+                        "{}",
+                        error.message
+                    );
+                }
+                other => panic!("accepted a bad handshake: {other:?}"),
+            }
+            assert!(conn
+                .recv::<HelloReply>()
+                .await
+                .map(|r| r.is_none())
+                .unwrap_or(true));
+        }
+    }
+    still_serving(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_and_unknown_messages_get_an_error_and_the_connection_goes_on() {
+    let cluster = TestCluster::start(&["ss1"]).await;
+    let stream = TcpStream::connect(cluster.nm_addr()).await.unwrap();
+    let mut conn = Connection::new(stream, DEFAULT_MAX_FRAME).unwrap();
+    conn.send(&Hello::new(Role::Client, "alice")).await.unwrap();
+    assert!(matches!(
+        conn.expect::<HelloReply>().await.unwrap(),
+        HelloReply::Welcome { .. }
+    ));
+    // An unknown request type, with a readable id.
+    #[derive(serde::Serialize)]
+    enum Unknown {
+        Frobnicate { level: u32 },
+    }
+    conn.send(&Request {
+        id: 42,
+        body: Unknown::Frobnicate { level: 9 },
+    })
+    .await
+    .unwrap();
+    let reply: Reply<serde::de::IgnoredAny> = conn.expect().await.unwrap();
+    assert_eq!(reply.id, 42);
+    assert_eq!(reply.result.unwrap_err().code, ErrorCode::BadRequest);
+    // A frame that is not MessagePack at all.
+    conn.send(&"just a string").await.unwrap();
+    let reply: Reply<serde::de::IgnoredAny> = conn.expect().await.unwrap();
+    assert_eq!(reply.result.unwrap_err().code, ErrorCode::BadRequest);
+    // The same connection still works.
+    let mut client = RpcClient::new(conn);
+    let reply = client
+        .call::<_, shared::proto::NmReply>(shared::proto::NmRequest::List)
+        .await
+        .unwrap();
+    assert!(reply.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversize_frame_closes_only_that_connection() {
+    let cluster = TestCluster::start(&["ss1"]).await;
+    for addr in [cluster.nm_addr().to_owned(), cluster.ss_addr("ss1").await] {
+        let stream = TcpStream::connect(&addr).await.unwrap();
+        let mut conn = Connection::new(stream, 64 << 20).unwrap();
+        conn.send(&Hello::new(Role::Client, "alice")).await.unwrap();
+        conn.expect::<HelloReply>().await.unwrap();
+        let huge = "x".repeat(DEFAULT_MAX_FRAME + 1);
+        let _ = conn
+            .send(&Request {
+                id: 1,
+                body: shared::proto::NmRequest::Info { file: huge },
+            })
+            .await;
+        // Either an E_TOO_LARGE answer, or (when the reset beats it) a closed connection.
+        if let Ok(Some(reply)) = conn.recv::<Reply<serde::de::IgnoredAny>>().await {
+            assert_eq!(reply.result.unwrap_err().code, ErrorCode::TooLarge);
+        }
+        assert!(conn
+            .recv::<Reply<serde::de::IgnoredAny>>()
+            .await
+            .map(|r| r.is_none())
+            .unwrap_or(true));
+    }
+    still_serving(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_skips_nm_gets_nothing_from_a_storage_server() {
+    let cluster = TestCluster::start(&["ss1"]).await;
+    cluster
+        .console(
+            "alice",
+            "CREATE private.txt\nWRITE private.txt 0\n0 Secret.\nETIRW\n",
+        )
+        .all_ok();
+    let ss = cluster.ss_addr("ss1").await;
+    let mut mallory = RpcClient::connect(&ss, Role::Client, "mallory")
+        .await
+        .unwrap();
+    let forged = Ticket {
+        user: "mallory".into(),
+        file: "private.txt".into(),
+        op: Op::Read,
+        epoch: 0,
+        expires_ms: u64::MAX,
+        mac: vec![0; 32],
+    };
+    let reply = mallory
+        .call::<_, SsReply>(SsRequest::Read {
+            file: "private.txt".into(),
+            ticket: forged.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.unwrap_err().code, ErrorCode::Unauthorized);
+    // A real ticket of alice's, replayed by mallory under her own name.
+    let mut alice = cluster.client("alice").await;
+    let location = alice.locate("private.txt", Op::Read).await.unwrap();
+    let reply = mallory
+        .call::<_, SsReply>(SsRequest::Read {
+            file: "private.txt".into(),
+            ticket: location.ticket.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.unwrap_err().code, ErrorCode::Unauthorized);
+    // A read ticket does not open a WRITE.
+    let mut as_alice = RpcClient::connect(&ss, Role::Client, "alice")
+        .await
+        .unwrap();
+    let reply = as_alice
+        .call::<_, SsReply>(SsRequest::WriteBegin {
+            file: "private.txt".into(),
+            sentence: 0,
+            ticket: location.ticket,
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.unwrap_err().code, ErrorCode::Unauthorized);
+    // nm-only commands are refused to clients.
+    let reply = mallory
+        .call::<_, SsReply>(SsRequest::DeleteFile {
+            file: "private.txt".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.unwrap_err().code, ErrorCode::Unauthorized);
+    assert_eq!(
+        std::fs::read_to_string(cluster.storage("ss1").join("files/private.txt")).unwrap(),
+        "Secret."
+    );
+}
