@@ -224,6 +224,154 @@ pub async fn execute(client: &mut Client, text: &str, command: Command) -> Outco
             }
             other => unexpected(text, other),
         }),
+        Command::AddAccess { file, user, access } => {
+            done(
+                client,
+                text,
+                NmRequest::AddAccess { file, user, access },
+                "Access granted successfully!",
+            )
+            .await
+        }
+        Command::RemAccess { file, user } => {
+            done(
+                client,
+                text,
+                NmRequest::RemAccess { file, user },
+                "Access removed successfully!",
+            )
+            .await
+        }
+        Command::RequestAccess { file, access } => client
+            .nm(NmRequest::RequestAccess { file, access })
+            .await
+            .map(|reply| match reply {
+                NmReply::Requests { requests } if requests.len() == 1 => {
+                    let message = format!("Access request {} sent to the owner.", requests[0].id);
+                    Outcome::success(text, message.clone(), to_value(&requests[0]), message)
+                }
+                other => unexpected(text, other),
+            }),
+        Command::ViewRequests => {
+            client
+                .nm(NmRequest::ViewRequests)
+                .await
+                .map(|reply| match reply {
+                    NmReply::Requests { requests } => {
+                        let human = render::requests(&requests);
+                        Outcome::success(
+                            text,
+                            format!("{} pending", requests.len()),
+                            to_value(&serde_json::json!({ "requests": requests })),
+                            human,
+                        )
+                    }
+                    other => unexpected(text, other),
+                })
+        }
+        Command::Approve { id } => {
+            done(
+                client,
+                text,
+                NmRequest::Approve { id },
+                &format!("Request {id} approved."),
+            )
+            .await
+        }
+        Command::Deny { id } => {
+            done(
+                client,
+                text,
+                NmRequest::Deny { id },
+                &format!("Request {id} denied."),
+            )
+            .await
+        }
+        Command::CreateFolder { folder } => {
+            done(
+                client,
+                text,
+                NmRequest::CreateFolder { folder },
+                "Folder created successfully!",
+            )
+            .await
+        }
+        Command::Move { file, folder } => {
+            done(
+                client,
+                text,
+                NmRequest::Move { file, folder },
+                "File moved successfully!",
+            )
+            .await
+        }
+        Command::ViewFolder { folder } => {
+            client
+                .nm(NmRequest::ViewFolder { folder })
+                .await
+                .map(|reply| match reply {
+                    NmReply::Folder { entries } => {
+                        let human = render::folder(&entries);
+                        Outcome::success(
+                            text,
+                            format!("{} entries", entries.len()),
+                            to_value(&serde_json::json!({ "entries": entries })),
+                            human,
+                        )
+                    }
+                    other => unexpected(text, other),
+                })
+        }
+        Command::Checkpoint { file, tag } => {
+            let message = format!("Checkpoint '{tag}' created!");
+            done(client, text, NmRequest::Checkpoint { file, tag }, &message).await
+        }
+        Command::ViewCheckpoint { file, tag } => {
+            client.view_checkpoint(&file, &tag).await.map(|content| {
+                let content = String::from_utf8_lossy(&content).into_owned();
+                Outcome::success(
+                    text,
+                    "",
+                    to_value(&serde_json::json!({ "content": content })),
+                    content.clone(),
+                )
+            })
+        }
+        Command::Revert { file, tag } => {
+            let message = format!("Reverted to checkpoint '{tag}'!");
+            done(client, text, NmRequest::Revert { file, tag }, &message).await
+        }
+        Command::ListCheckpoints { file } => client
+            .nm(NmRequest::ListCheckpoints { file })
+            .await
+            .map(|reply| match reply {
+                NmReply::Checkpoints { checkpoints } => {
+                    let human = render::checkpoints(&checkpoints);
+                    Outcome::success(
+                        text,
+                        format!("{} checkpoints", checkpoints.len()),
+                        to_value(&serde_json::json!({ "checkpoints": checkpoints })),
+                        human,
+                    )
+                }
+                other => unexpected(text, other),
+            }),
+        Command::Exec { file } => {
+            client
+                .nm(NmRequest::Exec { file })
+                .await
+                .map(|reply| match reply {
+                    NmReply::Exec { output } => {
+                        let human = render::exec(&output);
+                        let message = match output.status {
+                            Some(code) => format!("exit status {code}"),
+                            None => "killed by a signal".to_owned(),
+                        };
+                        Outcome::success(text, message, to_value(&output), human)
+                    }
+                    other => unexpected(text, other),
+                })
+        }
         Command::Write { .. } | Command::Exit => {
             Err(WireError::bad_request("not a single-line command"))
         }

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 /// With --batch it reads commands from FILE (or standard input), one per
 /// line: VIEW [-a|-l|-al], READ f, CREATE f, WRITE f n (then `<word_index>
 /// <content>` lines and ETIRW), UNDO f, INFO f, DELETE f, STREAM f, LIST,
-/// STATUS, EXIT. `#` starts a comment.
+/// STATUS, ADDACCESS -R|-W f user, REMACCESS f user, REQUESTACCESS f -R|-W,
+/// VIEWREQUESTS, APPROVE id, DENY id, CREATEFOLDER d, MOVE f d, VIEWFOLDER
+/// [d], CHECKPOINT f tag, VIEWCHECKPOINT f tag, REVERT f tag, LISTCHECKPOINTS
+/// f, EXEC f, EXIT. `#` starts a comment.
 ///
 /// Exit status: 0 when every command succeeded, 1 when any failed, 2 for
 /// usage or connection errors.

@@ -93,7 +93,10 @@ impl Client {
         request: SsRequest,
         mut each: impl FnMut(SsReply) -> Result<(), WireError>,
     ) -> Result<SsReply, WireError> {
-        let streamed = matches!(request, SsRequest::Read { .. } | SsRequest::Stream { .. });
+        let streamed = matches!(
+            request,
+            SsRequest::Read { .. } | SsRequest::Stream { .. } | SsRequest::ReadCheckpoint { .. }
+        );
         let result: Result<SsReply, WireError> = async {
             let server = self.server(address).await?;
             let id = server.send(request).await.map_err(|e| e.to_wire())?;
@@ -123,6 +126,29 @@ impl Client {
         let mut content = Vec::new();
         let request = SsRequest::Read {
             file: file.to_owned(),
+            ticket: location.ticket,
+        };
+        let end = self
+            .exchange(&location.address, request, |reply| {
+                if let SsReply::Chunk { data } = reply {
+                    content.extend_from_slice(&data);
+                }
+                Ok(())
+            })
+            .await?;
+        match end {
+            SsReply::End => Ok(content),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// VIEWCHECKPOINT: a checkpoint's content.
+    pub async fn view_checkpoint(&mut self, file: &str, tag: &str) -> Result<Vec<u8>, WireError> {
+        let location = self.locate(file, Op::Read).await?;
+        let mut content = Vec::new();
+        let request = SsRequest::ReadCheckpoint {
+            file: file.to_owned(),
+            tag: tag.to_owned(),
             ticket: location.ticket,
         };
         let end = self

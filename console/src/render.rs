@@ -1,6 +1,8 @@
 //! Human text for command results: what `console --batch` prints without `--json`.
 
-use shared::proto::{ClusterStatus, FileInfo, FileRow};
+use shared::proto::{
+    AccessRequest, CheckpointInfo, ClusterStatus, ExecOutput, FileInfo, FileRow, FolderEntry,
+};
 use std::fmt::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -125,5 +127,64 @@ pub fn status(status: &ClusterStatus) -> String {
         );
     }
     let _ = write!(out, "replication queue depth: {}", status.queue_depth);
+    out
+}
+
+pub fn requests(requests: &[AccessRequest]) -> String {
+    if requests.is_empty() {
+        return "(no pending requests)".to_owned();
+    }
+    requests
+        .iter()
+        .map(|r| {
+            format!(
+                "[{}] {} asks for {} on {} ({})\n",
+                r.id,
+                r.user,
+                r.access.label(),
+                r.file,
+                time(r.requested_ms)
+            )
+        })
+        .collect()
+}
+
+pub fn folder(entries: &[FolderEntry]) -> String {
+    if entries.is_empty() {
+        return "(empty folder)".to_owned();
+    }
+    entries
+        .iter()
+        .map(|e| format!("--> {}{}\n", e.name, if e.is_folder { "/" } else { "" }))
+        .collect()
+}
+
+pub fn checkpoints(checkpoints: &[CheckpointInfo]) -> String {
+    if checkpoints.is_empty() {
+        return "(no checkpoints)".to_owned();
+    }
+    let mut out = format!("{:<20}  {:<20}  {:>10}\n", "Tag", "Created", "Size");
+    for c in checkpoints {
+        let _ = writeln!(
+            out,
+            "{:<20}  {:<20}  {:>10}",
+            c.tag,
+            time(c.created_ms),
+            c.size
+        );
+    }
+    out
+}
+
+pub fn exec(output: &ExecOutput) -> String {
+    let mut out = output.stdout.clone();
+    out.push_str(&output.stderr);
+    match output.status {
+        Some(0) => {}
+        Some(code) => {
+            let _ = write!(out, "(exit status {code})");
+        }
+        None => out.push_str("(killed by a signal)"),
+    }
     out
 }

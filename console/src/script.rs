@@ -1,20 +1,87 @@
 //! Parsing of command lines, as typed in a batch script (and later the TUI).
 
+use shared::proto::Access;
 use shared::{ErrorCode, WireError};
 
 /// One command line. WRITE's edit lines and ETIRW are read separately.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    View { all: bool, long: bool },
-    Read { file: String },
-    Create { file: String },
-    Write { file: String, sentence: i64 },
-    Undo { file: String },
-    Info { file: String },
-    Delete { file: String },
-    Stream { file: String },
+    View {
+        all: bool,
+        long: bool,
+    },
+    Read {
+        file: String,
+    },
+    Create {
+        file: String,
+    },
+    Write {
+        file: String,
+        sentence: i64,
+    },
+    Undo {
+        file: String,
+    },
+    Info {
+        file: String,
+    },
+    Delete {
+        file: String,
+    },
+    Stream {
+        file: String,
+    },
     List,
     Status,
+    AddAccess {
+        file: String,
+        user: String,
+        access: Access,
+    },
+    RemAccess {
+        file: String,
+        user: String,
+    },
+    RequestAccess {
+        file: String,
+        access: Access,
+    },
+    ViewRequests,
+    Approve {
+        id: u64,
+    },
+    Deny {
+        id: u64,
+    },
+    CreateFolder {
+        folder: String,
+    },
+    Move {
+        file: String,
+        folder: String,
+    },
+    ViewFolder {
+        folder: String,
+    },
+    Checkpoint {
+        file: String,
+        tag: String,
+    },
+    ViewCheckpoint {
+        file: String,
+        tag: String,
+    },
+    Revert {
+        file: String,
+        tag: String,
+    },
+    ListCheckpoints {
+        file: String,
+    },
+    Exec {
+        file: String,
+    },
     Exit,
 }
 
@@ -27,8 +94,40 @@ pub enum Line {
 }
 
 pub const COMMAND_NAMES: &[&str] = &[
-    "VIEW", "READ", "CREATE", "WRITE", "UNDO", "INFO", "DELETE", "STREAM", "LIST", "STATUS", "EXIT",
+    "VIEW",
+    "READ",
+    "CREATE",
+    "WRITE",
+    "UNDO",
+    "INFO",
+    "DELETE",
+    "STREAM",
+    "LIST",
+    "STATUS",
+    "ADDACCESS",
+    "REMACCESS",
+    "REQUESTACCESS",
+    "VIEWREQUESTS",
+    "APPROVE",
+    "DENY",
+    "CREATEFOLDER",
+    "MOVE",
+    "VIEWFOLDER",
+    "CHECKPOINT",
+    "VIEWCHECKPOINT",
+    "REVERT",
+    "LISTCHECKPOINTS",
+    "EXEC",
+    "EXIT",
 ];
+
+fn access_flag(flag: &str) -> Option<Access> {
+    match flag {
+        "-R" | "-r" => Some(Access::Read),
+        "-W" | "-w" => Some(Access::Write),
+        _ => None,
+    }
+}
 
 fn usage(message: impl Into<String>) -> WireError {
     WireError::new(ErrorCode::BadRequest, message)
@@ -103,10 +202,82 @@ pub fn parse_line(line: &str) -> Result<Line, WireError> {
                 ))
             }
         },
-        "LIST" | "STATUS" | "EXIT" if !args.is_empty() => {
+        "ADDACCESS" => match args.as_slice() {
+            [flag, file, user] if access_flag(flag).is_some() => Command::AddAccess {
+                file: (*file).to_owned(),
+                user: (*user).to_owned(),
+                access: access_flag(flag).expect("checked"),
+            },
+            _ => return Err(usage("usage: ADDACCESS -R|-W <file> <user>")),
+        },
+        "REMACCESS" => match args.as_slice() {
+            [file, user] => Command::RemAccess {
+                file: (*file).to_owned(),
+                user: (*user).to_owned(),
+            },
+            _ => return Err(usage("usage: REMACCESS <file> <user>")),
+        },
+        "REQUESTACCESS" => match args.as_slice() {
+            [file, flag] if access_flag(flag).is_some() => Command::RequestAccess {
+                file: (*file).to_owned(),
+                access: access_flag(flag).expect("checked"),
+            },
+            _ => return Err(usage("usage: REQUESTACCESS <file> -R|-W")),
+        },
+        "APPROVE" | "DENY" => {
+            let id = match args.as_slice() {
+                [id] => id
+                    .parse()
+                    .map_err(|_| usage(format!("{keyword}: {id:?} is not a request id")))?,
+                _ => return Err(usage(format!("usage: {keyword} <request_id>"))),
+            };
+            if keyword == "APPROVE" {
+                Command::Approve { id }
+            } else {
+                Command::Deny { id }
+            }
+        }
+        "CREATEFOLDER" => Command::CreateFolder {
+            folder: one_file("CREATEFOLDER")?,
+        },
+        "VIEWFOLDER" => match args.as_slice() {
+            [] => Command::ViewFolder {
+                folder: String::new(),
+            },
+            [folder] => Command::ViewFolder {
+                folder: (*folder).to_owned(),
+            },
+            _ => return Err(usage("usage: VIEWFOLDER [<folder>]")),
+        },
+        "MOVE" => match args.as_slice() {
+            [file, folder] => Command::Move {
+                file: (*file).to_owned(),
+                folder: (*folder).to_owned(),
+            },
+            _ => return Err(usage("usage: MOVE <file> <folder>  (use / for the top)")),
+        },
+        "CHECKPOINT" | "VIEWCHECKPOINT" | "REVERT" => match args.as_slice() {
+            [file, tag] => {
+                let (file, tag) = ((*file).to_owned(), (*tag).to_owned());
+                match keyword.as_str() {
+                    "CHECKPOINT" => Command::Checkpoint { file, tag },
+                    "VIEWCHECKPOINT" => Command::ViewCheckpoint { file, tag },
+                    _ => Command::Revert { file, tag },
+                }
+            }
+            _ => return Err(usage(format!("usage: {keyword} <file> <tag>"))),
+        },
+        "LISTCHECKPOINTS" => Command::ListCheckpoints {
+            file: one_file("LISTCHECKPOINTS")?,
+        },
+        "EXEC" => Command::Exec {
+            file: one_file("EXEC")?,
+        },
+        "LIST" | "STATUS" | "EXIT" | "VIEWREQUESTS" if !args.is_empty() => {
             return Err(usage(format!("{keyword} takes no arguments")))
         }
         "LIST" => Command::List,
+        "VIEWREQUESTS" => Command::ViewRequests,
         "STATUS" => Command::Status,
         "EXIT" => Command::Exit,
         other => {
@@ -169,6 +340,41 @@ mod tests {
         assert!(parse_line("READ").is_err());
         assert!(parse_line("FROB x").is_err());
         assert!(parse_line("VIEW -z").is_err());
+        assert_eq!(
+            parse_line("ADDACCESS -W f bob").unwrap(),
+            Line::Command(Command::AddAccess {
+                file: "f".into(),
+                user: "bob".into(),
+                access: Access::Write
+            })
+        );
+        assert!(parse_line("ADDACCESS -X f bob").is_err());
+        assert_eq!(
+            parse_line("REQUESTACCESS f -R").unwrap(),
+            Line::Command(Command::RequestAccess {
+                file: "f".into(),
+                access: Access::Read
+            })
+        );
+        assert_eq!(
+            parse_line("APPROVE 3").unwrap(),
+            Line::Command(Command::Approve { id: 3 })
+        );
+        assert!(parse_line("DENY x").is_err());
+        assert_eq!(
+            parse_line("VIEWCHECKPOINT f v1").unwrap(),
+            Line::Command(Command::ViewCheckpoint {
+                file: "f".into(),
+                tag: "v1".into()
+            })
+        );
+        assert_eq!(
+            parse_line("MOVE a.txt docs").unwrap(),
+            Line::Command(Command::Move {
+                file: "a.txt".into(),
+                folder: "docs".into()
+            })
+        );
     }
 
     #[test]

@@ -1,19 +1,32 @@
 //! The commands nm answers for clients.
 //!
-//! VIEW, INFO, LIST and STATUS are answered from memory. CREATE, DELETE and
-//! UNDO are forwarded to the storage server that holds (or will hold) the
-//! file, and answered after its acknowledgement. READ, WRITE and STREAM are
-//! `Locate`: nm checks access and returns the server's address with a signed
-//! ticket, and the client talks to that server directly.
+//! VIEW, INFO, LIST, STATUS, VIEWREQUESTS and VIEWFOLDER are answered from
+//! memory. Commands that change a file (CREATE, DELETE, UNDO, ADDACCESS,
+//! REMACCESS, APPROVE, MOVE, CHECKPOINT, REVERT) are forwarded to the storage
+//! server that holds it, and answered after its acknowledgement and nm's
+//! journal write. READ, WRITE and STREAM are `Locate`: nm checks access and
+//! returns the server's address with a signed ticket, and the client talks to
+//! that server directly.
 
 use crate::journal::Record;
 use crate::namespace::FileRecord;
-use crate::server::Nm;
+use crate::server::{Nm, State};
+use crate::ss_client::SsClient;
+use shared::names::{base_name, validate_path, validate_tag};
 use shared::proto::{
-    AccessList, ClusterStatus, FileInfo, FileRow, Location, NmReply, NmRequest, Op, SsReply,
-    SsRequest,
+    Access, AccessList, AccessRequest, ClusterStatus, FileInfo, FileRow, FileStats, Location,
+    NmReply, NmRequest, Op, SsReply, SsRequest,
 };
 use shared::{now_ms, ErrorCode, WireError};
+use std::sync::Arc;
+
+/// What a command needs of its user on a file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Need {
+    Read,
+    Write,
+    Owner,
+}
 
 impl Nm {
     pub async fn handle_client(
@@ -30,8 +43,74 @@ impl Nm {
             NmRequest::Status => Ok(self.status()),
             NmRequest::Create { file } => self.create(user, &file).await,
             NmRequest::Delete { file } => self.delete(user, &file).await,
-            NmRequest::Undo { file } => self.undo(user, &file).await,
+            NmRequest::Undo { file } => {
+                self.change(
+                    user,
+                    &file,
+                    Need::Write,
+                    SsRequest::UndoFile { file: file.clone() },
+                )
+                .await
+            }
             NmRequest::Locate { file, op } => self.locate(user, &file, op),
+            NmRequest::AddAccess {
+                file,
+                user: grantee,
+                access,
+            } => self.add_access(user, &file, &grantee, access).await,
+            NmRequest::RemAccess {
+                file,
+                user: grantee,
+            } => self.remove_access(user, &file, &grantee).await,
+            NmRequest::RequestAccess { file, access } => {
+                self.request_access(user, &file, access).await
+            }
+            NmRequest::ViewRequests => Ok(NmReply::Requests {
+                requests: self.state().ns.requests_for_owner(user).cloned().collect(),
+            }),
+            NmRequest::Approve { id } => self.decide(user, id, true).await,
+            NmRequest::Deny { id } => self.decide(user, id, false).await,
+            NmRequest::CreateFolder { folder } => self.create_folder(&folder).await,
+            NmRequest::Move { file, folder } => self.move_file(user, &file, &folder).await,
+            NmRequest::ViewFolder { folder } => Ok(NmReply::Folder {
+                entries: self.state().ns.folder_entries(top_level(&folder))?,
+            }),
+            NmRequest::Checkpoint { file, tag } => {
+                validate_tag(&tag)?;
+                self.change(
+                    user,
+                    &file,
+                    Need::Write,
+                    SsRequest::CreateCheckpoint {
+                        file: file.clone(),
+                        tag,
+                    },
+                )
+                .await
+            }
+            NmRequest::Revert { file, tag } => {
+                validate_tag(&tag)?;
+                self.change(
+                    user,
+                    &file,
+                    Need::Write,
+                    SsRequest::Revert {
+                        file: file.clone(),
+                        tag,
+                    },
+                )
+                .await
+            }
+            NmRequest::ListCheckpoints { file } => {
+                let client = self.server_for(user, &file, Need::Read)?;
+                match client.call(SsRequest::ListCheckpoints { file }).await? {
+                    SsReply::Checkpoints { checkpoints } => {
+                        Ok(NmReply::Checkpoints { checkpoints })
+                    }
+                    other => Err(unexpected(&other)),
+                }
+            }
+            NmRequest::Exec { file } => self.exec(user, &file).await,
             NmRequest::Register { .. }
             | NmRequest::Heartbeat
             | NmRequest::FileChanged { .. }
@@ -88,10 +167,50 @@ impl Nm {
         }
     }
 
+    /// The client of the live server holding `file`, if `user` may do what `need` says.
+    pub(crate) fn server_for(
+        &self,
+        user: &str,
+        file: &str,
+        need: Need,
+    ) -> Result<Arc<SsClient>, WireError> {
+        let state = self.state();
+        let record = match need {
+            Need::Read => state.ns.check(user, file, Op::Read)?,
+            Need::Write => state.ns.check(user, file, Op::Write)?,
+            Need::Owner => state.ns.check_owner(user, file)?,
+        };
+        live_server(&state, &record.server, file)
+    }
+
+    /// Forwards a change to the file's server and records the stats it reports.
+    async fn change(
+        &self,
+        user: &str,
+        file: &str,
+        need: Need,
+        request: SsRequest,
+    ) -> Result<NmReply, WireError> {
+        let client = self.server_for(user, file, need)?;
+        let stats = applied(client.call(request).await?)?;
+        self.record_stats(file, stats);
+        Ok(NmReply::Done)
+    }
+
+    fn record_stats(&self, file: &str, stats: FileStats) {
+        if let Some(record) = self.state().ns.file_mut(file) {
+            record.stats = stats;
+        }
+    }
+
     async fn create(&self, user: &str, file: &str) -> Result<NmReply, WireError> {
         let (client, server) = {
             let mut state = self.state();
             state.ns.reserve(file)?;
+            if let Err(e) = state.ns.require_parent(file) {
+                state.ns.unreserve(file);
+                return Err(e);
+            }
             match state.registry.placement() {
                 Some(s) => (s.client.clone(), s.name.clone()),
                 None => {
@@ -103,16 +222,14 @@ impl Nm {
             }
         };
         let created = async {
-            let stats = match client
-                .call(SsRequest::CreateFile {
-                    file: file.to_owned(),
-                    owner: user.to_owned(),
-                })
-                .await?
-            {
-                SsReply::Applied { stats } => stats,
-                other => return Err(unexpected(&server, &other)),
-            };
+            let stats = applied(
+                client
+                    .call(SsRequest::CreateFile {
+                        file: file.to_owned(),
+                        owner: user.to_owned(),
+                    })
+                    .await?,
+            )?;
             self.journal
                 .append(vec![Record::FileCreated {
                     file: file.to_owned(),
@@ -121,7 +238,7 @@ impl Nm {
                     acl: AccessList::new(),
                 }])
                 .await?;
-            Ok(stats)
+            Ok::<_, WireError>(stats)
         }
         .await;
         let mut state = self.state();
@@ -150,12 +267,7 @@ impl Nm {
     }
 
     async fn delete(&self, user: &str, file: &str) -> Result<NmReply, WireError> {
-        let (client, server) = {
-            let state = self.state();
-            let record = state.ns.check_owner(user, file)?;
-            let server = record.server.clone();
-            (self.live_server(&state, &server, file)?, server)
-        };
+        let client = self.server_for(user, file, Need::Owner)?;
         match client
             .call(SsRequest::DeleteFile {
                 file: file.to_owned(),
@@ -164,7 +276,11 @@ impl Nm {
         {
             Ok(_) => {}
             Err(e) if e.code == ErrorCode::NotFound => {
-                tracing::warn!(event = "nm_delete_missing", file, server = %server, "the server no longer had the file");
+                tracing::warn!(
+                    event = "nm_delete_missing",
+                    file,
+                    "the server no longer had the file"
+                );
             }
             Err(e) => return Err(e),
         }
@@ -174,32 +290,10 @@ impl Nm {
             }])
             .await?;
         let mut state = self.state();
-        if state.ns.remove(file).is_some() {
-            if let Some(entry) = state.registry.get_mut(&server) {
+        if let Some(record) = state.ns.delete(file) {
+            if let Some(entry) = state.registry.get_mut(&record.server) {
                 entry.files = entry.files.saturating_sub(1);
             }
-        }
-        Ok(NmReply::Done)
-    }
-
-    async fn undo(&self, user: &str, file: &str) -> Result<NmReply, WireError> {
-        let (client, server) = {
-            let state = self.state();
-            let record = state.ns.check(user, file, Op::Write)?;
-            let server = record.server.clone();
-            (self.live_server(&state, &server, file)?, server)
-        };
-        let stats = match client
-            .call(SsRequest::UndoFile {
-                file: file.to_owned(),
-            })
-            .await?
-        {
-            SsReply::Applied { stats } => stats,
-            other => return Err(unexpected(&server, &other)),
-        };
-        if let Some(record) = self.state().ns.file_mut(file) {
-            record.stats = stats;
         }
         Ok(NmReply::Done)
     }
@@ -208,7 +302,7 @@ impl Nm {
         let state = self.state();
         let record = state.ns.check(user, file, op)?;
         let server = record.server.clone();
-        let client = self.live_server(&state, &server, file)?;
+        let client = live_server(&state, &server, file)?;
         let expires_ms = now_ms() + self.config.ticket_ttl.as_millis() as u64;
         Ok(NmReply::Located {
             location: Location {
@@ -219,22 +313,294 @@ impl Nm {
         })
     }
 
-    /// The client for a live server, or `E_UNAVAILABLE` naming the file.
-    fn live_server(
+    /// Sets a file's access list on its server, then in the journal and memory.
+    /// `also` are journal records that commit with it (a resolved request).
+    async fn store_acl(
         &self,
-        state: &crate::server::State,
-        server: &str,
         file: &str,
-    ) -> Result<std::sync::Arc<crate::ss_client::SsClient>, WireError> {
-        match state.registry.get(server) {
-            Some(entry) if entry.connected => Ok(entry.client.clone()),
-            _ => Err(WireError::unavailable(format!(
-                "storage server {server} holding {file:?} is down; retry later"
-            ))),
+        client: &SsClient,
+        acl: AccessList,
+        also: Vec<Record>,
+    ) -> Result<(), WireError> {
+        let stats = applied(
+            client
+                .call(SsRequest::SetAcl {
+                    file: file.to_owned(),
+                    acl: acl.clone(),
+                })
+                .await?,
+        )?;
+        let mut records = vec![Record::AclSet {
+            file: file.to_owned(),
+            acl: acl.clone(),
+        }];
+        records.extend(also.iter().cloned());
+        self.journal.append(records).await?;
+        let mut state = self.state();
+        state.ns.set_acl(file, acl);
+        for record in also {
+            record.apply(&mut state.ns);
         }
+        if let Some(record) = state.ns.file_mut(file) {
+            record.stats = stats;
+        }
+        Ok(())
+    }
+
+    /// The access list after granting `access` to `grantee` (never lowering a write grant).
+    fn granted(
+        &self,
+        owner: &str,
+        file: &str,
+        grantee: &str,
+        access: Access,
+    ) -> Result<(AccessList, Arc<SsClient>), WireError> {
+        let state = self.state();
+        let record = state.ns.check_owner(owner, file)?;
+        if !state.ns.has_user(grantee) {
+            return Err(WireError::new(
+                ErrorCode::NoSuchUser,
+                format!("no user named {grantee:?}"),
+            ));
+        }
+        if grantee == record.owner {
+            return Err(WireError::bad_request(format!(
+                "{grantee} owns {file:?} and always has read and write"
+            )));
+        }
+        let mut acl = record.acl.clone();
+        let level = acl.entry(grantee.to_owned()).or_insert(access);
+        *level = (*level).max(access);
+        Ok((acl, live_server(&state, &record.server, file)?))
+    }
+
+    async fn add_access(
+        &self,
+        owner: &str,
+        file: &str,
+        grantee: &str,
+        access: Access,
+    ) -> Result<NmReply, WireError> {
+        let (mut acl, client) = self.granted(owner, file, grantee, access)?;
+        // ADDACCESS sets the level asked for, lowering W to R if so asked.
+        acl.insert(grantee.to_owned(), access);
+        self.store_acl(file, &client, acl, Vec::new()).await?;
+        Ok(NmReply::Done)
+    }
+
+    async fn remove_access(
+        &self,
+        owner: &str,
+        file: &str,
+        grantee: &str,
+    ) -> Result<NmReply, WireError> {
+        let (acl, client) = {
+            let state = self.state();
+            let record = state.ns.check_owner(owner, file)?;
+            if grantee == record.owner {
+                return Err(WireError::bad_request(
+                    "the owner's own access cannot be removed",
+                ));
+            }
+            if !state.ns.has_user(grantee) {
+                return Err(WireError::new(
+                    ErrorCode::NoSuchUser,
+                    format!("no user named {grantee:?}"),
+                ));
+            }
+            let mut acl = record.acl.clone();
+            if acl.remove(grantee).is_none() {
+                return Err(WireError::not_found(&format!(
+                    "an access grant for {grantee} on {file:?}"
+                )));
+            }
+            (acl, live_server(&state, &record.server, file)?)
+        };
+        self.store_acl(file, &client, acl, Vec::new()).await?;
+        Ok(NmReply::Done)
+    }
+
+    async fn request_access(
+        &self,
+        user: &str,
+        file: &str,
+        access: Access,
+    ) -> Result<NmReply, WireError> {
+        let request = {
+            let mut state = self.state();
+            validate_path(file)?;
+            let record = state
+                .ns
+                .file(file)
+                .ok_or_else(|| WireError::not_found(&format!("file {file:?}")))?;
+            let op = if access == Access::Write {
+                Op::Write
+            } else {
+                Op::Read
+            };
+            if record.allows(user, op) {
+                return Err(WireError::new(
+                    ErrorCode::Exists,
+                    format!("you already have that access to {file:?}"),
+                ));
+            }
+            if let Some(pending) = state
+                .ns
+                .requests()
+                .find(|r| r.file == file && r.user == user && r.access >= access)
+            {
+                return Err(WireError::new(
+                    ErrorCode::Exists,
+                    format!(
+                        "your request {} for {file:?} is already pending",
+                        pending.id
+                    ),
+                ));
+            }
+            AccessRequest {
+                id: state.ns.allocate_request_id(),
+                file: file.to_owned(),
+                user: user.to_owned(),
+                access,
+                requested_ms: now_ms(),
+            }
+        };
+        let mut state_records = vec![Record::RequestAdded {
+            request: request.clone(),
+        }];
+        // A request for more replaces a pending one for less.
+        let replaced: Vec<u64> = self
+            .state()
+            .ns
+            .requests()
+            .filter(|r| r.file == file && r.user == user)
+            .map(|r| r.id)
+            .collect();
+        state_records.extend(replaced.into_iter().map(|id| Record::RequestRemoved { id }));
+        self.journal.append(state_records.clone()).await?;
+        let mut state = self.state();
+        for record in state_records {
+            record.apply(&mut state.ns);
+        }
+        Ok(NmReply::Requests {
+            requests: vec![request],
+        })
+    }
+
+    /// APPROVE (grant and close) or DENY (close) a pending request.
+    async fn decide(&self, owner: &str, id: u64, approve: bool) -> Result<NmReply, WireError> {
+        let request = {
+            let state = self.state();
+            let request = state
+                .ns
+                .request(id)
+                .cloned()
+                .ok_or_else(|| WireError::not_found(&format!("request {id}")))?;
+            state.ns.check_owner(owner, &request.file)?;
+            request
+        };
+        let resolved = Record::RequestRemoved { id };
+        if approve {
+            let (acl, client) =
+                self.granted(owner, &request.file, &request.user, request.access)?;
+            self.store_acl(&request.file, &client, acl, vec![resolved])
+                .await?;
+        } else {
+            self.journal.append(vec![resolved.clone()]).await?;
+            resolved.apply(&mut self.state().ns);
+        }
+        Ok(NmReply::Done)
+    }
+
+    async fn create_folder(&self, folder: &str) -> Result<NmReply, WireError> {
+        self.state().ns.create_folder(folder)?;
+        self.journal
+            .append(vec![Record::FolderCreated {
+                folder: folder.to_owned(),
+            }])
+            .await?;
+        Ok(NmReply::Done)
+    }
+
+    async fn move_file(&self, user: &str, file: &str, folder: &str) -> Result<NmReply, WireError> {
+        let folder = top_level(folder);
+        let to = if folder.is_empty() {
+            base_name(file).to_owned()
+        } else {
+            format!("{folder}/{}", base_name(file))
+        };
+        let client = {
+            let mut state = self.state();
+            let record = state.ns.check_owner(user, file)?;
+            let server = record.server.clone();
+            if !state.ns.has_folder(folder) {
+                return Err(WireError::not_found(&format!("folder {folder:?}")));
+            }
+            let client = live_server(&state, &server, file)?;
+            state.ns.reserve(&to)?;
+            client
+        };
+        let moved = async {
+            let stats = applied(
+                client
+                    .call(SsRequest::MoveFile {
+                        file: file.to_owned(),
+                        to: to.clone(),
+                    })
+                    .await?,
+            )?;
+            self.journal
+                .append(vec![Record::FileMoved {
+                    file: file.to_owned(),
+                    to: to.clone(),
+                }])
+                .await?;
+            Ok::<_, WireError>(stats)
+        }
+        .await;
+        let mut state = self.state();
+        state.ns.unreserve(&to);
+        let stats = moved?;
+        state.ns.rename(file, &to);
+        if let Some(record) = state.ns.file_mut(&to) {
+            record.stats = stats;
+        }
+        Ok(NmReply::Done)
     }
 }
 
-fn unexpected(server: &str, reply: &SsReply) -> WireError {
-    WireError::internal(format!("unexpected answer from {server}: {reply:?}"))
+/// "" and "/" both name the top folder.
+fn top_level(folder: &str) -> &str {
+    if folder == "/" {
+        ""
+    } else {
+        folder
+    }
+}
+
+/// The client for a live server, or `E_UNAVAILABLE` naming the file.
+pub(crate) fn live_server(
+    state: &State,
+    server: &str,
+    file: &str,
+) -> Result<Arc<SsClient>, WireError> {
+    match state.registry.get(server) {
+        Some(entry) if entry.connected => Ok(entry.client.clone()),
+        _ => Err(WireError::unavailable(format!(
+            "storage server {server} holding {file:?} is down; retry later"
+        ))),
+    }
+}
+
+fn applied(reply: SsReply) -> Result<FileStats, WireError> {
+    match reply {
+        SsReply::Applied { stats } => Ok(stats),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(reply: &SsReply) -> WireError {
+    WireError::internal(format!(
+        "unexpected answer from a storage server: {reply:?}"
+    ))
 }

@@ -45,6 +45,19 @@ pub struct Config {
     #[arg(long, env = "NM_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
 
+    /// Allow EXEC, which runs a file's content as a shell script on this
+    /// machine with nm's privileges. Off by default: see the README.
+    #[arg(long, env = "NM_ALLOW_EXEC")]
+    pub allow_exec: bool,
+
+    /// EXEC's time limit; the script is killed when it is reached.
+    #[arg(long, env = "NM_EXEC_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub exec_timeout: Duration,
+
+    /// EXEC's limit on the script's size and on its output (stdout and stderr each), in bytes.
+    #[arg(long, env = "NM_EXEC_MAX_OUTPUT", default_value_t = 1 << 20)]
+    pub exec_max_output: usize,
+
     /// Do not print the human line per operation on stdout.
     #[arg(long, env = "NM_QUIET")]
     pub quiet: bool,

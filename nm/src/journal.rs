@@ -16,7 +16,7 @@ use crate::namespace::{FileRecord, Namespace};
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use shared::connection::frame_codec;
-use shared::proto::AccessList;
+use shared::proto::{AccessList, AccessRequest};
 use shared::WireError;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -43,8 +43,26 @@ pub enum Record {
         server: String,
         acl: AccessList,
     },
+    /// The file and its pending requests are gone.
     FileDeleted {
         file: String,
+    },
+    AclSet {
+        file: String,
+        acl: AccessList,
+    },
+    FolderCreated {
+        folder: String,
+    },
+    FileMoved {
+        file: String,
+        to: String,
+    },
+    RequestAdded {
+        request: AccessRequest,
+    },
+    RequestRemoved {
+        id: u64,
     },
 }
 
@@ -69,7 +87,14 @@ impl Record {
                 },
             ),
             Record::FileDeleted { file } => {
-                ns.remove(&file);
+                ns.delete(&file);
+            }
+            Record::AclSet { file, acl } => ns.set_acl(&file, acl),
+            Record::FolderCreated { folder } => ns.add_folder(&folder),
+            Record::FileMoved { file, to } => ns.rename(&file, &to),
+            Record::RequestAdded { request } => ns.add_request(request),
+            Record::RequestRemoved { id } => {
+                ns.remove_request(id);
             }
         }
     }
@@ -78,7 +103,13 @@ impl Record {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Snapshot {
     users: Vec<String>,
+    #[serde(default)]
+    folders: Vec<String>,
     files: Vec<(String, FileRecord)>,
+    #[serde(default)]
+    requests: Vec<AccessRequest>,
+    #[serde(default)]
+    last_request_id: u64,
 }
 
 struct Pending {
@@ -109,9 +140,16 @@ impl Journal {
             for user in snapshot.users {
                 ns.add_user(&user);
             }
+            for folder in snapshot.folders {
+                ns.add_folder(&folder);
+            }
             for (name, record) in snapshot.files {
                 ns.insert(&name, record);
             }
+            for request in snapshot.requests {
+                ns.add_request(request);
+            }
+            ns.set_last_request_id(snapshot.last_request_id);
         }
         let journal_path = dir.join(JOURNAL);
         let replayed = replay(&journal_path, &mut ns)?;
@@ -190,6 +228,9 @@ fn replay(path: &Path, ns: &mut Namespace) -> io::Result<usize> {
 fn compact(dir: &Path, ns: &Namespace, fsync: bool) -> io::Result<()> {
     let snapshot = Snapshot {
         users: ns.users().cloned().collect(),
+        folders: ns.folders().cloned().collect(),
+        requests: ns.requests().cloned().collect(),
+        last_request_id: ns.last_request_id(),
         files: ns
             .files()
             .map(|(name, record)| (name.clone(), record.clone()))

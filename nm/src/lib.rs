@@ -12,11 +12,13 @@
 //! - [`registry`]: the storage servers, their liveness and load.
 //! - [`server`]: the listener and connection loops.
 //! - [`commands`]: the client commands.
+//! - [`exec`]: EXEC, off unless `--allow-exec`.
 //! - [`storage_servers`]: registration, inventories, heartbeats, notices.
 //! - [`ss_client`]: nm's connections to storage servers.
 
 pub mod commands;
 pub mod config;
+pub mod exec;
 pub mod journal;
 pub mod namespace;
 pub mod registry;

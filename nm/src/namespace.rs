@@ -3,14 +3,15 @@
 //!
 //! Every lookup is a hash-map lookup: files by name, readable files by user
 //! (so VIEW for a user who can read a few files among a million touches only
-//! those), and the folders implied by file paths (so a file and a folder
-//! never share a name).
+//! those, and an access check is one lookup), and folders with their direct
+//! children (so a file and a folder never share a name, and VIEWFOLDER lists
+//! only what is inside). Pending access requests are kept by id.
 
 use serde::{Deserialize, Serialize};
 use shared::names::{parent, validate_path};
-use shared::proto::{AccessList, FileStats, Op};
+use shared::proto::{AccessList, AccessRequest, FileStats, FolderEntry, Op};
 use shared::{ErrorCode, WireError};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// What nm knows of one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,10 +43,18 @@ pub struct Namespace {
     files: HashMap<String, FileRecord>,
     /// Files each user can read (as owner or grantee).
     readable: HashMap<String, HashSet<String>>,
-    /// Folder path → number of files beneath it.
-    folders: HashMap<String, usize>,
-    /// Names of CREATEs in flight, so two cannot race for one name.
+    /// Folder path → its direct children (full paths); "" is the top.
+    folders: HashMap<String, BTreeSet<String>>,
+    /// Names of CREATEs and MOVEs in flight, so two cannot race for one name.
     reserved: HashSet<String>,
+    /// Pending access requests by id.
+    requests: BTreeMap<u64, AccessRequest>,
+    next_request_id: u64,
+}
+
+/// The folder a path lives in ("" at the top).
+fn folder_of(name: &str) -> &str {
+    parent(name).unwrap_or("")
 }
 
 impl Namespace {
@@ -158,7 +167,87 @@ impl Namespace {
         self.reserved.remove(name);
     }
 
-    /// Adds (or replaces) a file.
+    /// `E_NOT_FOUND` unless the folder a path would live in exists.
+    pub fn require_parent(&self, name: &str) -> Result<(), WireError> {
+        let folder = folder_of(name);
+        if folder.is_empty() || self.folders.contains_key(folder) {
+            Ok(())
+        } else {
+            Err(WireError::not_found(&format!(
+                "folder {folder:?} (CREATEFOLDER it first)"
+            )))
+        }
+    }
+
+    pub fn has_folder(&self, folder: &str) -> bool {
+        folder.is_empty() || self.folders.contains_key(folder)
+    }
+
+    /// CREATEFOLDER: the parent must exist; nothing may have the name.
+    pub fn create_folder(&mut self, folder: &str) -> Result<(), WireError> {
+        validate_path(folder)?;
+        if self.folders.contains_key(folder) {
+            return Err(WireError::new(
+                ErrorCode::Exists,
+                format!("folder {folder:?} already exists"),
+            ));
+        }
+        if self.files.contains_key(folder) || self.reserved.contains(folder) {
+            return Err(WireError::new(
+                ErrorCode::Exists,
+                format!("{folder:?} is a file"),
+            ));
+        }
+        self.require_parent(folder)?;
+        self.add_folder(folder);
+        Ok(())
+    }
+
+    /// Adds a folder and any missing ancestors (used by replay and adoption too).
+    pub fn add_folder(&mut self, folder: &str) {
+        if folder.is_empty() || self.folders.contains_key(folder) {
+            return;
+        }
+        let up = folder_of(folder);
+        self.add_folder(up);
+        self.folders.entry(folder.to_owned()).or_default();
+        if !up.is_empty() {
+            if let Some(children) = self.folders.get_mut(up) {
+                children.insert(folder.to_owned());
+            }
+        }
+    }
+
+    pub fn folders(&self) -> impl Iterator<Item = &String> {
+        self.folders.keys()
+    }
+
+    /// VIEWFOLDER: the direct children of a folder ("" is the top).
+    pub fn folder_entries(&self, folder: &str) -> Result<Vec<FolderEntry>, WireError> {
+        let entry = |name: &String| FolderEntry {
+            name: name.clone(),
+            is_folder: self.folders.contains_key(name),
+        };
+        if folder.is_empty() {
+            let mut top: Vec<FolderEntry> = self
+                .files
+                .keys()
+                .chain(self.folders.keys())
+                .filter(|name| parent(name).is_none())
+                .map(entry)
+                .collect();
+            top.sort_by(|a, b| a.name.cmp(&b.name));
+            return Ok(top);
+        }
+        validate_path(folder)?;
+        let children = self
+            .folders
+            .get(folder)
+            .ok_or_else(|| WireError::not_found(&format!("folder {folder:?}")))?;
+        Ok(children.iter().map(entry).collect())
+    }
+
+    /// Adds (or replaces) a file, creating its folders if missing.
     pub fn insert(&mut self, name: &str, record: FileRecord) {
         self.reserved.remove(name);
         self.remove(name);
@@ -168,15 +257,16 @@ impl Namespace {
                 .or_default()
                 .insert(name.to_owned());
         }
-        let mut up = parent(name);
-        while let Some(folder) = up {
-            *self.folders.entry(folder.to_owned()).or_default() += 1;
-            up = parent(folder);
+        let folder = folder_of(name);
+        self.add_folder(folder);
+        if let Some(children) = self.folders.get_mut(folder) {
+            children.insert(name.to_owned());
         }
         self.users.insert(record.owner.clone());
         self.files.insert(name.to_owned(), record);
     }
 
+    /// Forgets a file (its folders stay).
     pub fn remove(&mut self, name: &str) -> Option<FileRecord> {
         let record = self.files.remove(name)?;
         for reader in record.readers() {
@@ -187,17 +277,75 @@ impl Namespace {
                 }
             }
         }
-        let mut up = parent(name);
-        while let Some(folder) = up {
-            if let Some(n) = self.folders.get_mut(folder) {
-                *n -= 1;
-                if *n == 0 {
-                    self.folders.remove(folder);
-                }
-            }
-            up = parent(folder);
+        if let Some(children) = self.folders.get_mut(folder_of(name)) {
+            children.remove(name);
         }
         Some(record)
+    }
+
+    /// Replaces a file's access list, keeping the readers index in step.
+    pub fn set_acl(&mut self, name: &str, acl: AccessList) {
+        if let Some(mut record) = self.remove(name) {
+            record.acl = acl;
+            self.insert(name, record);
+        }
+    }
+
+    /// Renames a file; its pending requests follow it.
+    pub fn rename(&mut self, name: &str, to: &str) {
+        if let Some(record) = self.remove(name) {
+            self.insert(to, record);
+            for request in self.requests.values_mut().filter(|r| r.file == name) {
+                request.file = to.to_owned();
+            }
+        }
+    }
+
+    /// Deletes a file with its pending requests.
+    pub fn delete(&mut self, name: &str) -> Option<FileRecord> {
+        self.requests.retain(|_, r| r.file != name);
+        self.remove(name)
+    }
+
+    /// A fresh request id (ids are never reused, across restarts too).
+    pub fn allocate_request_id(&mut self) -> u64 {
+        self.next_request_id += 1;
+        self.next_request_id
+    }
+
+    pub fn last_request_id(&self) -> u64 {
+        self.next_request_id
+    }
+
+    pub fn set_last_request_id(&mut self, id: u64) {
+        self.next_request_id = self.next_request_id.max(id);
+    }
+
+    pub fn add_request(&mut self, request: AccessRequest) {
+        self.next_request_id = self.next_request_id.max(request.id);
+        self.requests.insert(request.id, request);
+    }
+
+    pub fn remove_request(&mut self, id: u64) -> Option<AccessRequest> {
+        self.requests.remove(&id)
+    }
+
+    pub fn request(&self, id: u64) -> Option<&AccessRequest> {
+        self.requests.get(&id)
+    }
+
+    pub fn requests(&self) -> impl Iterator<Item = &AccessRequest> {
+        self.requests.values()
+    }
+
+    /// The pending requests for files `owner` owns.
+    pub fn requests_for_owner<'a>(
+        &'a self,
+        owner: &'a str,
+    ) -> impl Iterator<Item = &'a AccessRequest> {
+        self.requests
+            .values()
+            .filter(move |r| self.files.get(&r.file).is_some_and(|f| f.owner == owner))
     }
 }
 
@@ -250,14 +398,73 @@ mod tests {
     #[test]
     fn files_and_folders_never_share_a_name() {
         let mut ns = Namespace::default();
+        assert_eq!(
+            ns.require_parent("a/b").unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        ns.create_folder("a").unwrap();
+        assert_eq!(ns.create_folder("a").unwrap_err().code, ErrorCode::Exists);
+        assert_eq!(
+            ns.create_folder("x/y").unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        ns.require_parent("a/b").unwrap();
         ns.reserve("a/b").unwrap();
         assert_eq!(ns.reserve("a/b").unwrap_err().code, ErrorCode::Exists);
         ns.insert("a/b", record("alice"));
         assert_eq!(ns.reserve("a").unwrap_err().code, ErrorCode::Exists);
         assert_eq!(ns.reserve("a/b/c").unwrap_err().code, ErrorCode::Exists);
-        ns.reserve("a/c").unwrap();
-        ns.remove("a/b");
-        ns.unreserve("a/c");
-        ns.reserve("a").unwrap();
+        assert_eq!(ns.create_folder("a/b").unwrap_err().code, ErrorCode::Exists);
+        ns.create_folder("a/sub").unwrap();
+        let names: Vec<_> = ns
+            .folder_entries("a")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.is_folder))
+            .collect();
+        assert_eq!(
+            names,
+            [("a/b".to_owned(), false), ("a/sub".to_owned(), true)]
+        );
+        let top: Vec<_> = ns
+            .folder_entries("")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(top, ["a"]);
+        ns.rename("a/b", "a/sub/b");
+        assert_eq!(ns.folder_entries("a/sub").unwrap()[0].name, "a/sub/b");
+        assert!(ns.file("a/b").is_none());
+    }
+
+    #[test]
+    fn access_lists_and_requests() {
+        let mut ns = Namespace::default();
+        ns.insert("f", record("alice"));
+        let mut acl = AccessList::new();
+        acl.insert("bob".into(), Access::Write);
+        ns.set_acl("f", acl);
+        assert!(ns.check("bob", "f", Op::Write).is_ok());
+        assert_eq!(ns.readable_by("bob").count(), 1);
+        ns.set_acl("f", AccessList::new());
+        assert_eq!(ns.readable_by("bob").count(), 0);
+        let id = ns.allocate_request_id();
+        ns.add_request(AccessRequest {
+            id,
+            file: "f".into(),
+            user: "bob".into(),
+            access: Access::Read,
+            requested_ms: 0,
+        });
+        assert_eq!(ns.requests_for_owner("alice").count(), 1);
+        assert_eq!(ns.requests_for_owner("bob").count(), 0);
+        assert!(ns.allocate_request_id() > id);
+        ns.delete("f");
+        assert_eq!(
+            ns.requests().count(),
+            0,
+            "deleting a file drops its requests"
+        );
     }
 }

@@ -194,6 +194,13 @@ pub(crate) async fn next_request(
     }
 }
 
+fn access_flag(access: shared::proto::Access) -> &'static str {
+    match access {
+        shared::proto::Access::Read => "R",
+        shared::proto::Access::Write => "W",
+    }
+}
+
 /// A request as the log shows it: the command and its file.
 fn summarize(request: &NmRequest) -> String {
     match request {
@@ -213,6 +220,23 @@ fn summarize(request: &NmRequest) -> String {
         NmRequest::Delete { file } => format!("DELETE {file}"),
         NmRequest::Undo { file } => format!("UNDO {file}"),
         NmRequest::Locate { file, op } => format!("LOCATE {op:?} {file}"),
+        NmRequest::AddAccess { file, user, access } => {
+            format!("ADDACCESS -{} {file} {user}", access_flag(*access))
+        }
+        NmRequest::RemAccess { file, user } => format!("REMACCESS {file} {user}"),
+        NmRequest::RequestAccess { file, access } => {
+            format!("REQUESTACCESS {file} -{}", access_flag(*access))
+        }
+        NmRequest::ViewRequests => "VIEWREQUESTS".into(),
+        NmRequest::Approve { id } => format!("APPROVE {id}"),
+        NmRequest::Deny { id } => format!("DENY {id}"),
+        NmRequest::CreateFolder { folder } => format!("CREATEFOLDER {folder}"),
+        NmRequest::Move { file, folder } => format!("MOVE {file} {folder}"),
+        NmRequest::ViewFolder { folder } => format!("VIEWFOLDER {folder}"),
+        NmRequest::Checkpoint { file, tag } => format!("CHECKPOINT {file} {tag}"),
+        NmRequest::Revert { file, tag } => format!("REVERT {file} {tag}"),
+        NmRequest::ListCheckpoints { file } => format!("LISTCHECKPOINTS {file}"),
+        NmRequest::Exec { file } => format!("EXEC {file}"),
         NmRequest::Register { name, .. } => format!("REGISTER {name}"),
         NmRequest::Heartbeat => "HEARTBEAT".into(),
         NmRequest::FileChanged { file, .. } => format!("FILE_CHANGED {file}"),

@@ -65,6 +65,49 @@ impl SsClient {
             .map_err(|e| self.to_wire(e))
     }
 
+    /// Reads a whole content (READ with nm's own ticket), refusing more than `limit` bytes.
+    pub async fn read_all(&self, request: SsRequest, limit: usize) -> Result<Vec<u8>, WireError> {
+        let mut client = tokio::time::timeout(
+            self.timeout,
+            RpcClient::connect(&self.address, Role::NameManager, "nm"),
+        )
+        .await
+        .map_err(|_| self.to_wire(CallError::Timeout))?
+        .map_err(|e| self.to_wire(CallError::Connection(e)))?;
+        let read = async {
+            let id = client.send(request).await.map_err(CallError::Connection)?;
+            let mut content = Vec::new();
+            loop {
+                match client
+                    .next_reply::<SsReply>(id)
+                    .await
+                    .map_err(CallError::Connection)?
+                {
+                    Ok(SsReply::Chunk { data }) => {
+                        if content.len() + data.len() > limit {
+                            return Err(CallError::Refused(WireError::new(
+                                shared::ErrorCode::TooLarge,
+                                format!("the content is larger than {limit} bytes"),
+                            )));
+                        }
+                        content.extend_from_slice(&data);
+                    }
+                    Ok(SsReply::End) => return Ok(content),
+                    Ok(other) => {
+                        return Err(CallError::Refused(WireError::internal(format!(
+                            "unexpected reply to a read: {other:?}"
+                        ))))
+                    }
+                    Err(e) => return Err(CallError::Refused(e)),
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, read)
+            .await
+            .map_err(|_| self.to_wire(CallError::Timeout))?
+            .map_err(|e| self.to_wire(e))
+    }
+
     async fn call_on(
         &self,
         mut client: RpcClient,

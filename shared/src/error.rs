@@ -38,6 +38,9 @@ pub enum ErrorCode {
     /// A name, payload or frame over its limit.
     #[serde(rename = "E_TOO_LARGE")]
     TooLarge,
+    /// An operation ran past its time limit.
+    #[serde(rename = "E_TIMEOUT")]
+    Timeout,
     #[serde(rename = "E_INTERNAL")]
     Internal,
 }
@@ -59,6 +62,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "E_BAD_REQUEST",
             ErrorCode::Protocol => "E_PROTOCOL",
             ErrorCode::TooLarge => "E_TOO_LARGE",
+            ErrorCode::Timeout => "E_TIMEOUT",
             ErrorCode::Internal => "E_INTERNAL",
         }
     }

@@ -48,6 +48,22 @@ pub fn validate_path(name: &str) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Checks a checkpoint tag: one path component (1 to 255 bytes, no `/`).
+pub fn validate_tag(tag: &str) -> Result<(), WireError> {
+    if tag.contains('/') {
+        return Err(WireError::new(
+            ErrorCode::InvalidName,
+            format!("invalid tag {:?}: no '/' allowed", truncate(tag)),
+        ));
+    }
+    validate_path(tag)
+}
+
+/// The last component of a path (`a/b/c` → `c`).
+pub fn base_name(name: &str) -> &str {
+    name.rsplit_once('/').map_or(name, |(_, base)| base)
+}
+
 /// Checks a user (or server) name: 1 to 64 bytes of letters, digits, `_`, `-`, `.`.
 pub fn validate_user(name: &str) -> Result<(), WireError> {
     let ok = !name.is_empty()

@@ -141,6 +141,44 @@ pub struct FileMeta {
     pub owner: String,
     pub acl: AccessList,
     pub stats: FileStats,
+    /// Named snapshots of the content, by tag.
+    #[serde(default)]
+    pub checkpoints: BTreeMap<String, CheckpointInfo>,
+}
+
+/// One checkpoint of a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    pub tag: String,
+    pub created_ms: u64,
+    pub size: u64,
+}
+
+/// A pending REQUESTACCESS, as VIEWREQUESTS shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRequest {
+    pub id: u64,
+    pub file: String,
+    pub user: String,
+    pub access: Access,
+    pub requested_ms: u64,
+}
+
+/// One entry of VIEWFOLDER.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderEntry {
+    /// The full path.
+    pub name: String,
+    pub is_folder: bool,
+}
+
+/// What EXEC's script printed, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutput {
+    pub stdout: String,
+    pub stderr: String,
+    /// The exit status; `None` when killed by a signal.
+    pub status: Option<i32>,
 }
 
 /// One file in a storage server's inventory.
@@ -189,6 +227,51 @@ pub enum NmRequest {
         file: String,
         op: Op,
     },
+    AddAccess {
+        file: String,
+        user: String,
+        access: Access,
+    },
+    RemAccess {
+        file: String,
+        user: String,
+    },
+    RequestAccess {
+        file: String,
+        access: Access,
+    },
+    ViewRequests,
+    Approve {
+        id: u64,
+    },
+    Deny {
+        id: u64,
+    },
+    CreateFolder {
+        folder: String,
+    },
+    /// Moves a file into `folder` ("" is the top), keeping its name.
+    Move {
+        file: String,
+        folder: String,
+    },
+    ViewFolder {
+        folder: String,
+    },
+    Checkpoint {
+        file: String,
+        tag: String,
+    },
+    Revert {
+        file: String,
+        tag: String,
+    },
+    ListCheckpoints {
+        file: String,
+    },
+    Exec {
+        file: String,
+    },
 
     /// First request on a storage server's control connection.
     Register {
@@ -229,6 +312,18 @@ pub enum NmReply {
     },
     Located {
         location: Location,
+    },
+    Requests {
+        requests: Vec<AccessRequest>,
+    },
+    Folder {
+        entries: Vec<FolderEntry>,
+    },
+    Checkpoints {
+        checkpoints: Vec<CheckpointInfo>,
+    },
+    Exec {
+        output: ExecOutput,
     },
     /// A storage server is registered; `ticket_key` verifies client tickets.
     Registered {
@@ -351,6 +446,13 @@ pub enum SsRequest {
     WriteCommit,
     WriteAbort,
 
+    /// A checkpoint's content, in `Chunk`s and a final `End` (a read ticket).
+    ReadCheckpoint {
+        file: String,
+        tag: String,
+        ticket: Ticket,
+    },
+
     /// From nm: make an empty file owned by `owner`.
     CreateFile {
         file: String,
@@ -362,6 +464,29 @@ pub enum SsRequest {
     },
     /// From nm: restore the content before the last change.
     UndoFile {
+        file: String,
+    },
+    /// From nm: replace the access list.
+    SetAcl {
+        file: String,
+        acl: AccessList,
+    },
+    /// From nm: rename a file with everything kept with it.
+    MoveFile {
+        file: String,
+        to: String,
+    },
+    /// From nm: snapshot the content under `tag`.
+    CreateCheckpoint {
+        file: String,
+        tag: String,
+    },
+    /// From nm: make a checkpoint's content the current one (one UNDO step).
+    Revert {
+        file: String,
+        tag: String,
+    },
+    ListCheckpoints {
         file: String,
     },
 }
@@ -387,6 +512,9 @@ pub enum SsReply {
     /// A change was applied; the file's stats after it.
     Applied {
         stats: FileStats,
+    },
+    Checkpoints {
+        checkpoints: Vec<CheckpointInfo>,
     },
     /// Done, nothing to report.
     Done,

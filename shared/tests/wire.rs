@@ -52,6 +52,19 @@ fn every_message_round_trips() {
         owner: "alice".into(),
         acl: [("bob".to_string(), Access::Read)].into_iter().collect(),
         stats: stats(),
+        checkpoints: [(
+            "v1".to_string(),
+            CheckpointInfo { tag: "v1".into(), created_ms: 1, size: 2 },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    let request = AccessRequest {
+        id: 3,
+        file: "a".into(),
+        user: "bob".into(),
+        access: Access::Write,
+        requested_ms: 4,
     };
     for body in [
         NmRequest::View {
@@ -176,6 +189,12 @@ fn every_message_round_trips() {
         },
         SsRequest::DeleteFile { file: "a".into() },
         SsRequest::UndoFile { file: "a".into() },
+        SsRequest::ReadCheckpoint { file: "a".into(), tag: "v1".into(), ticket: ticket() },
+        SsRequest::SetAcl { file: "a".into(), acl: meta.acl.clone() },
+        SsRequest::MoveFile { file: "a".into(), to: "d/a".into() },
+        SsRequest::CreateCheckpoint { file: "a".into(), tag: "v1".into() },
+        SsRequest::Revert { file: "a".into(), tag: "v1".into() },
+        SsRequest::ListCheckpoints { file: "a".into() },
     ] {
         round_trip(Request { id: 1, body });
     }
@@ -188,6 +207,7 @@ fn every_message_round_trips() {
         SsReply::WriteOpen { words: 3 },
         SsReply::Edited { words: 4 },
         SsReply::Applied { stats: stats() },
+        SsReply::Checkpoints { checkpoints: vec![] },
         SsReply::Done,
     ] {
         round_trip(Reply {

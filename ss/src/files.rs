@@ -11,7 +11,7 @@
 
 use crate::document::{count, insert_words, Document, SentenceId};
 use crate::store::{Store, StoreError};
-use shared::proto::{AccessList, FileMeta, FileStats};
+use shared::proto::{AccessList, CheckpointInfo, FileMeta, FileStats};
 use shared::{now_ms, ErrorCode, WireError};
 use std::collections::HashMap;
 use std::fs::File;
@@ -116,6 +116,7 @@ impl Files {
         let meta = FileMeta {
             owner: owner.to_owned(),
             acl: AccessList::new(),
+            checkpoints: Default::default(),
             stats: FileStats {
                 version: 1,
                 created_ms: now,
@@ -140,12 +141,7 @@ impl Files {
     pub fn delete(&self, file: &str) -> Result<(), WireError> {
         let entry = self.entry(file)?;
         let mut e = lock(&entry);
-        if !e.locks.is_empty() {
-            return Err(WireError::new(
-                ErrorCode::Locked,
-                format!("{file:?} has a sentence being written"),
-            ));
-        }
+        refuse_while_written(&e, file, "DELETE")?;
         self.store.delete(file)?;
         e.deleted = true;
         self.entries
@@ -158,12 +154,7 @@ impl Files {
     pub fn undo(&self, file: &str) -> Result<FileStats, WireError> {
         let entry = self.entry(file)?;
         let mut e = lock(&entry);
-        if !e.locks.is_empty() {
-            return Err(WireError::new(
-                ErrorCode::Locked,
-                format!("{file:?} has a sentence being written; UNDO after its ETIRW"),
-            ));
-        }
+        refuse_while_written(&e, file, "UNDO")?;
         if !self.store.has_undo(file)? {
             return Err(WireError::new(
                 ErrorCode::NothingToUndo,
@@ -175,6 +166,116 @@ impl Files {
         apply_content_stats(&mut meta.stats, &previous);
         self.store.undo(file, &meta)?;
         e.meta = meta;
+        Ok(e.meta.stats.clone())
+    }
+
+    /// Replaces the access list (a change: the version moves on).
+    pub fn set_acl(&self, file: &str, acl: AccessList) -> Result<FileStats, WireError> {
+        self.change_meta(file, |meta| {
+            meta.acl = acl;
+            Ok(())
+        })
+    }
+
+    /// Applies `change` to a copy of the metadata, bumps the version, and persists it.
+    fn change_meta(
+        &self,
+        file: &str,
+        change: impl FnOnce(&mut FileMeta) -> Result<(), WireError>,
+    ) -> Result<FileStats, WireError> {
+        let entry = self.entry(file)?;
+        let mut e = lock(&entry);
+        let mut meta = e.meta.clone();
+        change(&mut meta)?;
+        meta.stats.version += 1;
+        self.store.write_meta(file, &meta)?;
+        e.meta = meta;
+        Ok(e.meta.stats.clone())
+    }
+
+    /// Snapshots the content under `tag`.
+    pub fn checkpoint(&self, file: &str, tag: &str) -> Result<FileStats, WireError> {
+        let entry = self.entry(file)?;
+        let mut e = lock(&entry);
+        if e.meta.checkpoints.contains_key(tag) {
+            return Err(WireError::new(
+                ErrorCode::Exists,
+                format!("{file:?} already has a checkpoint {tag:?}"),
+            ));
+        }
+        let mut meta = e.meta.clone();
+        meta.checkpoints.insert(
+            tag.to_owned(),
+            CheckpointInfo {
+                tag: tag.to_owned(),
+                created_ms: now_ms(),
+                size: meta.stats.size,
+            },
+        );
+        meta.stats.version += 1;
+        self.store.checkpoint(file, tag, &meta)?;
+        e.meta = meta;
+        Ok(e.meta.stats.clone())
+    }
+
+    pub fn checkpoints(&self, file: &str) -> Result<Vec<CheckpointInfo>, WireError> {
+        let entry = self.entry(file)?;
+        let e = lock(&entry);
+        Ok(e.meta.checkpoints.values().cloned().collect())
+    }
+
+    fn known_checkpoint(e: &Entry, file: &str, tag: &str) -> Result<(), WireError> {
+        if e.meta.checkpoints.contains_key(tag) {
+            Ok(())
+        } else {
+            Err(WireError::not_found(&format!(
+                "checkpoint {tag:?} of {file:?}"
+            )))
+        }
+    }
+
+    /// Opens a checkpoint's content for VIEWCHECKPOINT.
+    pub fn open_checkpoint(&self, file: &str, tag: &str) -> Result<File, WireError> {
+        let entry = self.entry(file)?;
+        let e = lock(&entry);
+        Self::known_checkpoint(&e, file, tag)?;
+        Ok(self.store.open_checkpoint(file, tag)?)
+    }
+
+    /// Makes a checkpoint's content the current one, as one change UNDO can undo.
+    pub fn revert(&self, file: &str, tag: &str) -> Result<FileStats, WireError> {
+        let entry = self.entry(file)?;
+        let mut e = lock(&entry);
+        refuse_while_written(&e, file, "REVERT")?;
+        Self::known_checkpoint(&e, file, tag)?;
+        let content = self.store.read_checkpoint(file, tag)?;
+        let mut meta = e.meta.clone();
+        apply_content_stats(&mut meta.stats, &content);
+        self.store.commit(file, &content, &meta)?;
+        e.meta = meta;
+        Ok(e.meta.stats.clone())
+    }
+
+    /// Renames a file, keeping its checkpoints and undo level.
+    pub fn rename(&self, file: &str, to: &str) -> Result<FileStats, WireError> {
+        shared::names::validate_path(to)?;
+        let entry = self.entry(file)?;
+        let mut e = lock(&entry);
+        refuse_while_written(&e, file, "MOVE")?;
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.contains_key(to) {
+            return Err(WireError::new(
+                ErrorCode::Exists,
+                format!("{to:?} already exists on this server"),
+            ));
+        }
+        let mut meta = e.meta.clone();
+        meta.stats.version += 1;
+        self.store.rename(file, to, &meta)?;
+        e.meta = meta;
+        if let Some(moved) = entries.remove(file) {
+            entries.insert(to.to_owned(), moved);
+        }
         Ok(e.meta.stats.clone())
     }
 
@@ -228,6 +329,17 @@ impl Files {
             words,
             open: true,
         })
+    }
+}
+
+fn refuse_while_written(e: &Entry, file: &str, what: &str) -> Result<(), WireError> {
+    if e.locks.is_empty() {
+        Ok(())
+    } else {
+        Err(WireError::new(
+            ErrorCode::Locked,
+            format!("{file:?} has a sentence being written; {what} after its ETIRW"),
+        ))
     }
 }
 
@@ -379,5 +491,48 @@ mod tests {
         let stats = files.undo("f").unwrap();
         assert_eq!((stats.version, stats.size), (3, 0));
         assert_eq!(files.undo("f").unwrap_err().code, ErrorCode::NothingToUndo);
+    }
+
+    #[test]
+    fn checkpoints_revert_and_rename() {
+        let (_dir, files) = files();
+        files.create("f", "alice").unwrap();
+        let mut w = files.begin_write("f", 0).unwrap();
+        w.edit(0, "Version one.").unwrap();
+        w.commit().unwrap();
+        files.checkpoint("f", "v1").unwrap();
+        assert_eq!(
+            files.checkpoint("f", "v1").unwrap_err().code,
+            ErrorCode::Exists
+        );
+        let mut w = files.begin_write("f", 1).unwrap();
+        w.edit(0, "Two.").unwrap();
+        w.commit().unwrap();
+        let stats = files.revert("f", "v1").unwrap();
+        assert_eq!(files.store.read_content("f").unwrap(), b"Version one.");
+        assert_eq!(stats.words, 2);
+        files.undo("f").unwrap();
+        assert_eq!(files.store.read_content("f").unwrap(), b"Version one. Two.");
+        assert_eq!(
+            files.revert("f", "nope").unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        files.rename("f", "dir/g").unwrap();
+        assert_eq!(files.entry("f").err().unwrap().code, ErrorCode::NotFound);
+        let list = files.checkpoints("dir/g").unwrap();
+        assert_eq!(list.len(), 1);
+        let mut content = String::new();
+        std::io::Read::read_to_string(
+            &mut files.open_checkpoint("dir/g", "v1").unwrap(),
+            &mut content,
+        )
+        .unwrap();
+        assert_eq!(content, "Version one.");
+        let reloaded = Files::load(Store::open(_dir.path(), false).unwrap()).unwrap();
+        let inventory = reloaded.inventory();
+        assert_eq!(inventory.len(), 1);
+        assert_eq!(inventory[0].0, "dir/g");
+        files.delete("dir/g").unwrap();
+        assert!(!_dir.path().join("checkpoints/dir/g").exists());
     }
 }

@@ -187,7 +187,20 @@ impl Server {
                 if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Read) {
                     return Ok(Err(e));
                 }
-                return self.send_content(conn, id, &file, &user).await;
+                let opened = tokio::task::block_in_place(|| self.files.open_for_read(&file, &user));
+                let result = self.send_chunks(conn, id, &file, opened).await;
+                if matches!(result, Ok(Ok(()))) {
+                    self.link.file_accessed(&file, &user);
+                }
+                return result;
+            }
+            SsRequest::ReadCheckpoint { file, tag, ticket } => {
+                if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Read) {
+                    return Ok(Err(e));
+                }
+                let opened =
+                    tokio::task::block_in_place(|| self.files.open_checkpoint(&file, &tag));
+                return self.send_chunks(conn, id, &file, opened).await;
             }
             SsRequest::Stream { file, ticket } => {
                 if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Stream) {
@@ -254,9 +267,34 @@ impl Server {
                 tokio::task::block_in_place(|| self.files.undo(&file))
                     .map(|stats| SsReply::Applied { stats })
             }
+            SsRequest::SetAcl { file, acl } if from_nm => {
+                tokio::task::block_in_place(|| self.files.set_acl(&file, acl))
+                    .map(|stats| SsReply::Applied { stats })
+            }
+            SsRequest::MoveFile { file, to } if from_nm => {
+                tokio::task::block_in_place(|| self.files.rename(&file, &to))
+                    .map(|stats| SsReply::Applied { stats })
+            }
+            SsRequest::CreateCheckpoint { file, tag } if from_nm => {
+                tokio::task::block_in_place(|| self.files.checkpoint(&file, &tag))
+                    .map(|stats| SsReply::Applied { stats })
+            }
+            SsRequest::Revert { file, tag } if from_nm => {
+                tokio::task::block_in_place(|| self.files.revert(&file, &tag))
+                    .map(|stats| SsReply::Applied { stats })
+            }
+            SsRequest::ListCheckpoints { file } if from_nm => self
+                .files
+                .checkpoints(&file)
+                .map(|checkpoints| SsReply::Checkpoints { checkpoints }),
             SsRequest::CreateFile { .. }
             | SsRequest::DeleteFile { .. }
-            | SsRequest::UndoFile { .. } => Err(WireError::unauthorized(
+            | SsRequest::UndoFile { .. }
+            | SsRequest::SetAcl { .. }
+            | SsRequest::MoveFile { .. }
+            | SsRequest::CreateCheckpoint { .. }
+            | SsRequest::Revert { .. }
+            | SsRequest::ListCheckpoints { .. } => Err(WireError::unauthorized(
                 "only nm may do that; go through nm",
             )),
         };
@@ -280,15 +318,15 @@ impl Server {
         key.verify(ticket, user, file, op, now_ms())
     }
 
-    /// READ: the content in chunks, then `End`.
-    async fn send_content(
+    /// READ and VIEWCHECKPOINT: an opened content in chunks, then `End`.
+    async fn send_chunks(
         &self,
         conn: &mut Connection,
         id: u64,
         file: &str,
-        user: &str,
+        opened: Result<std::fs::File, WireError>,
     ) -> Result<Result<(), WireError>, ConnectionError> {
-        let handle = match tokio::task::block_in_place(|| self.files.open_for_read(file, user)) {
+        let handle = match opened {
             Ok(handle) => handle,
             Err(e) => return Ok(Err(e)),
         };
@@ -306,7 +344,6 @@ impl Server {
             conn.reply(id, Ok(SsReply::Chunk { data })).await?;
         }
         conn.reply(id, Ok(SsReply::End)).await?;
-        self.link.file_accessed(file, user);
         Ok(Ok(()))
     }
 
@@ -363,5 +400,11 @@ fn operation_name(request: &SsRequest) -> &'static str {
         SsRequest::CreateFile { .. } => "CREATE",
         SsRequest::DeleteFile { .. } => "DELETE",
         SsRequest::UndoFile { .. } => "UNDO",
+        SsRequest::ReadCheckpoint { .. } => "VIEWCHECKPOINT",
+        SsRequest::SetAcl { .. } => "SET_ACL",
+        SsRequest::MoveFile { .. } => "MOVE",
+        SsRequest::CreateCheckpoint { .. } => "CHECKPOINT",
+        SsRequest::Revert { .. } => "REVERT",
+        SsRequest::ListCheckpoints { .. } => "LISTCHECKPOINTS",
     }
 }

@@ -4,12 +4,14 @@
 //! <storage>/files/<path>   the content
 //! <storage>/meta/<path>    owner, access list and stats (MessagePack)
 //! <storage>/undo/<path>    the content before the last change (one level)
+//! <storage>/checkpoints/<path>/<tag>   named snapshots of the content
 //! <storage>/tmp/           temp files, emptied at start-up
 //! ```
 //!
 //! Every write goes to a temp file, is fsynced and renamed into place, and the
 //! directory is fsynced, so a crash leaves either the old or the new file,
-//! never a torn one. Names are validated by [`shared::names`] before they are
+//! never a torn one. A content file is never modified in place, only
+//! replaced, so UNDO levels and checkpoints are hard links to old contents. Names are validated by [`shared::names`] before they are
 //! joined under the storage folder, so nothing is ever written outside it.
 
 use shared::names::validate_path;
@@ -41,11 +43,12 @@ const FILES: &str = "files";
 const META: &str = "meta";
 const UNDO: &str = "undo";
 const TMP: &str = "tmp";
+const CHECKPOINTS: &str = "checkpoints";
 
 impl Store {
     /// Opens (creating if needed) a storage folder and removes leftover temp files.
     pub fn open(root: &Path, fsync: bool) -> Result<Self, StoreError> {
-        for dir in [FILES, META, UNDO, TMP] {
+        for dir in [FILES, META, UNDO, TMP, CHECKPOINTS] {
             fs::create_dir_all(root.join(dir))?;
         }
         for leftover in fs::read_dir(root.join(TMP))? {
@@ -185,7 +188,7 @@ impl Store {
         self.write_meta(file, meta)
     }
 
-    /// Removes a file's content, metadata and undo level.
+    /// Removes a file's content, metadata, undo level and checkpoints.
     pub fn delete(&self, file: &str) -> Result<(), StoreError> {
         for area in [META, FILES, UNDO] {
             let path = self.path_in(area, file)?;
@@ -193,6 +196,56 @@ impl Store {
                 Ok(()) => self.sync_parent(&path)?,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
+            }
+        }
+        match fs::remove_dir_all(self.path_in(CHECKPOINTS, file)?) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn checkpoint_path(&self, file: &str, tag: &str) -> Result<PathBuf, StoreError> {
+        shared::names::validate_tag(tag)?;
+        Ok(self.path_in(CHECKPOINTS, file)?.join(tag))
+    }
+
+    /// Snapshots the current content under `tag` (a hard link: contents are never modified in place).
+    pub fn checkpoint(&self, file: &str, tag: &str, meta: &FileMeta) -> Result<(), StoreError> {
+        let target = self.checkpoint_path(file, tag)?;
+        self.ensure_parent(&target)?;
+        fs::hard_link(self.content_path(file)?, &target)?;
+        self.sync_parent(&target)?;
+        self.write_meta(file, meta)
+    }
+
+    pub fn open_checkpoint(&self, file: &str, tag: &str) -> Result<File, StoreError> {
+        Ok(File::open(self.checkpoint_path(file, tag)?)?)
+    }
+
+    pub fn read_checkpoint(&self, file: &str, tag: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(fs::read(self.checkpoint_path(file, tag)?)?)
+    }
+
+    /// Renames a file and everything kept with it. The content is linked under
+    /// the new name first and the metadata moved next, so a crash in between
+    /// leaves the file whole under one of its names (and at worst an orphan
+    /// content file, which the inventory ignores).
+    pub fn rename(&self, file: &str, to: &str, meta: &FileMeta) -> Result<(), StoreError> {
+        let (from_content, to_content) = (self.content_path(file)?, self.content_path(to)?);
+        self.ensure_parent(&to_content)?;
+        fs::hard_link(&from_content, &to_content)?;
+        self.sync_parent(&to_content)?;
+        self.write_meta(to, meta)?;
+        let old_meta = self.path_in(META, file)?;
+        fs::remove_file(&old_meta)?;
+        self.sync_parent(&old_meta)?;
+        fs::remove_file(&from_content)?;
+        for area in [UNDO, CHECKPOINTS] {
+            let (from, target) = (self.path_in(area, file)?, self.path_in(area, to)?);
+            if from.exists() {
+                self.ensure_parent(&target)?;
+                fs::rename(&from, &target)?;
+                self.sync_parent(&target)?;
             }
         }
         Ok(())
@@ -241,6 +294,7 @@ mod tests {
         FileMeta {
             owner: "alice".into(),
             acl: AccessList::new(),
+            checkpoints: Default::default(),
             stats: FileStats {
                 version,
                 ..FileStats::default()

@@ -113,7 +113,7 @@ async fn contents_are_files_under_the_storage_folder() {
     cluster
         .console(
             "alice",
-            "CREATE deep/er/file.txt\nWRITE deep/er/file.txt 0\n0 On disk.\nETIRW\n",
+            "CREATEFOLDER deep\nCREATEFOLDER deep/er\nCREATE deep/er/file.txt\nWRITE deep/er/file.txt 0\n0 On disk.\nETIRW\n",
         )
         .all_ok();
     let path = cluster.storage("ss1").join("files/deep/er/file.txt");
