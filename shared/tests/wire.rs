@@ -54,7 +54,11 @@ fn every_message_round_trips() {
         stats: stats(),
         checkpoints: [(
             "v1".to_string(),
-            CheckpointInfo { tag: "v1".into(), created_ms: 1, size: 2 },
+            CheckpointInfo {
+                tag: "v1".into(),
+                created_ms: 1,
+                size: 2,
+            },
         )]
         .into_iter()
         .collect(),
@@ -159,6 +163,25 @@ fn every_message_round_trips() {
         Ok(NmReply::Registered {
             ticket_key: vec![1, 2, 3],
         }),
+        Ok(NmReply::Requests {
+            requests: vec![request.clone()],
+        }),
+        Ok(NmReply::Folder {
+            entries: vec![FolderEntry {
+                name: "d/a".into(),
+                is_folder: false,
+            }],
+        }),
+        Ok(NmReply::Checkpoints {
+            checkpoints: meta.checkpoints.values().cloned().collect(),
+        }),
+        Ok(NmReply::Exec {
+            output: ExecOutput {
+                stdout: "o".into(),
+                stderr: "e".into(),
+                status: Some(1),
+            },
+        }),
         Err(WireError::new(ErrorCode::Locked, "busy")),
     ] {
         round_trip(Reply { id: 9, result });
@@ -189,11 +212,27 @@ fn every_message_round_trips() {
         },
         SsRequest::DeleteFile { file: "a".into() },
         SsRequest::UndoFile { file: "a".into() },
-        SsRequest::ReadCheckpoint { file: "a".into(), tag: "v1".into(), ticket: ticket() },
-        SsRequest::SetAcl { file: "a".into(), acl: meta.acl.clone() },
-        SsRequest::MoveFile { file: "a".into(), to: "d/a".into() },
-        SsRequest::CreateCheckpoint { file: "a".into(), tag: "v1".into() },
-        SsRequest::Revert { file: "a".into(), tag: "v1".into() },
+        SsRequest::ReadCheckpoint {
+            file: "a".into(),
+            tag: "v1".into(),
+            ticket: ticket(),
+        },
+        SsRequest::SetAcl {
+            file: "a".into(),
+            acl: meta.acl.clone(),
+        },
+        SsRequest::MoveFile {
+            file: "a".into(),
+            to: "d/a".into(),
+        },
+        SsRequest::CreateCheckpoint {
+            file: "a".into(),
+            tag: "v1".into(),
+        },
+        SsRequest::Revert {
+            file: "a".into(),
+            tag: "v1".into(),
+        },
         SsRequest::ListCheckpoints { file: "a".into() },
     ] {
         round_trip(Request { id: 1, body });
@@ -207,7 +246,9 @@ fn every_message_round_trips() {
         SsReply::WriteOpen { words: 3 },
         SsReply::Edited { words: 4 },
         SsReply::Applied { stats: stats() },
-        SsReply::Checkpoints { checkpoints: vec![] },
+        SsReply::Checkpoints {
+            checkpoints: vec![],
+        },
         SsReply::Done,
     ] {
         round_trip(Reply {
