@@ -103,6 +103,38 @@ fn every_message_round_trips() {
             user: "bob".into(),
             at_ms: 5,
         },
+        NmRequest::AddAccess {
+            file: "a".into(),
+            user: "bob".into(),
+            access: Access::Write,
+        },
+        NmRequest::RemAccess {
+            file: "a".into(),
+            user: "bob".into(),
+        },
+        NmRequest::RequestAccess {
+            file: "a".into(),
+            access: Access::Read,
+        },
+        NmRequest::ViewRequests,
+        NmRequest::Approve { id: 1 },
+        NmRequest::Deny { id: 2 },
+        NmRequest::CreateFolder { folder: "d".into() },
+        NmRequest::Move {
+            file: "a".into(),
+            folder: "d".into(),
+        },
+        NmRequest::ViewFolder { folder: "d".into() },
+        NmRequest::Checkpoint {
+            file: "a".into(),
+            tag: "v1".into(),
+        },
+        NmRequest::Revert {
+            file: "a".into(),
+            tag: "v1".into(),
+        },
+        NmRequest::ListCheckpoints { file: "a".into() },
+        NmRequest::Exec { file: "a".into() },
     ] {
         round_trip(Request { id: 7, body });
     }
