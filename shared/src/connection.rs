@@ -32,6 +32,16 @@ pub fn frame_codec(max_frame: usize) -> LengthDelimitedCodec {
         .new_codec()
 }
 
+/// Encodes a message body (a MessagePack map), as every peer does.
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(message)
+}
+
+/// Decodes a message body.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(body)
+}
+
 /// Why a connection could not carry a message.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
@@ -95,15 +105,13 @@ impl Connection {
 
     /// Encodes and sends one message.
     pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), ConnectionError> {
-        let body = rmp_serde::to_vec_named(message)?;
-        self.framed.send(Bytes::from(body)).await?;
+        self.framed.send(Bytes::from(encode(message)?)).await?;
         Ok(())
     }
 
     /// Encodes one message into the write buffer without flushing; pair with [`Connection::flush`].
     pub async fn feed<T: Serialize>(&mut self, message: &T) -> Result<(), ConnectionError> {
-        let body = rmp_serde::to_vec_named(message)?;
-        self.framed.feed(Bytes::from(body)).await?;
+        self.framed.feed(Bytes::from(encode(message)?)).await?;
         Ok(())
     }
 

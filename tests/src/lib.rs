@@ -70,6 +70,8 @@ pub struct Options {
     pub heartbeat_interval: &'static str,
     pub stream_delay: &'static str,
     pub fsync: bool,
+    /// Extra flags for nm.
+    pub nm_args: Vec<&'static str>,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             heartbeat_interval: "100ms",
             stream_delay: "5ms",
             fsync: false,
+            nm_args: Vec::new(),
         }
     }
 }
@@ -149,6 +152,7 @@ impl TestCluster {
             .arg("--fsync")
             .arg(self.options.fsync.to_string())
             .arg("--quiet")
+            .args(&self.options.nm_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(self.log_file("nm"))
