@@ -34,7 +34,10 @@ const WRITES: &str = "WRITE f.txt 1\n0 More.\nETIRW\nUNDO f.txt\nCHECKPOINT f.tx
 async fn permissions_for_owner_reader_writer_and_stranger() {
     let cluster = setup().await;
     cluster
-        .console("alice", "ADDACCESS -R f.txt bob\nADDACCESS -W f.txt carol\n")
+        .console(
+            "alice",
+            "ADDACCESS -R f.txt bob\nADDACCESS -W f.txt carol\n",
+        )
         .all_ok();
     // Owner: everything.
     assert_eq!(codes(&cluster, "alice", READS), ["ok"; 4]);
@@ -122,7 +125,11 @@ async fn access_requests_are_seen_and_decided_by_the_owner() {
     let cluster = setup().await;
     let request = cluster.console("bob", "REQUESTACCESS f.txt -W\nREQUESTACCESS f.txt -R\n");
     let id = request.get(0)["data"]["id"].as_u64().unwrap();
-    assert_eq!(request.code_of(1), "E_EXISTS", "a request for less is already covered");
+    assert_eq!(
+        request.code_of(1),
+        "E_EXISTS",
+        "a request for less is already covered"
+    );
     let carol = cluster.console("carol", "REQUESTACCESS f.txt -R\n");
     let carol_id = carol.get(0)["data"]["id"].as_u64().unwrap();
     assert_ne!(id, carol_id);
@@ -148,14 +155,23 @@ async fn access_requests_are_seen_and_decided_by_the_owner() {
         ),
         ["ok", "ok", "E_NOT_FOUND", "E_EXISTS"]
     );
-    assert_eq!(codes(&cluster, "bob", "WRITE f.txt 1\n0 Bob.\nETIRW\n"), ["ok"]);
+    assert_eq!(
+        codes(&cluster, "bob", "WRITE f.txt 1\n0 Bob.\nETIRW\n"),
+        ["ok"]
+    );
     assert_eq!(codes(&cluster, "carol", "READ f.txt\n"), ["E_UNAUTHORIZED"]);
     assert_eq!(
-        codes(&cluster, "bob", "REQUESTACCESS f.txt -W\nREQUESTACCESS nope.txt -R\n"),
+        codes(
+            &cluster,
+            "bob",
+            "REQUESTACCESS f.txt -W\nREQUESTACCESS nope.txt -R\n"
+        ),
         ["E_EXISTS", "E_NOT_FOUND"]
     );
     // Deleting the file removes its pending requests.
-    cluster.console("carol", "REQUESTACCESS f.txt -R\n").all_ok();
+    cluster
+        .console("carol", "REQUESTACCESS f.txt -R\n")
+        .all_ok();
     cluster.console("alice", "DELETE f.txt\n").all_ok();
     assert_eq!(
         cluster.console("alice", "VIEWREQUESTS\n").get(0)["data"]["requests"],
@@ -166,7 +182,9 @@ async fn access_requests_are_seen_and_decided_by_the_owner() {
 #[tokio::test(flavor = "multi_thread")]
 async fn grants_and_requests_survive_restarts_of_nm_and_ss() {
     let mut cluster = setup().await;
-    cluster.console("alice", "ADDACCESS -R f.txt bob\n").all_ok();
+    cluster
+        .console("alice", "ADDACCESS -R f.txt bob\n")
+        .all_ok();
     let id = cluster.console("carol", "REQUESTACCESS f.txt -W\n").get(0)["data"]["id"]
         .as_u64()
         .unwrap();
@@ -174,10 +192,15 @@ async fn grants_and_requests_survive_restarts_of_nm_and_ss() {
     cluster.kill_ss("ss1");
     cluster.start_nm().await;
     cluster.start_ss("ss1").await;
-    assert_eq!(codes(&cluster, "bob", "READ f.txt\nUNDO f.txt\n"), ["ok", "E_UNAUTHORIZED"]);
+    assert_eq!(
+        codes(&cluster, "bob", "READ f.txt\nUNDO f.txt\n"),
+        ["ok", "E_UNAUTHORIZED"]
+    );
     let pending = cluster.console("alice", "VIEWREQUESTS\n");
     assert_eq!(pending.get(0)["data"]["requests"][0]["id"], id);
-    cluster.console("alice", &format!("APPROVE {id}\n")).all_ok();
+    cluster
+        .console("alice", &format!("APPROVE {id}\n"))
+        .all_ok();
     let next = cluster.console("dave", "REQUESTACCESS f.txt -R\n").get(0)["data"]["id"]
         .as_u64()
         .unwrap();
@@ -186,13 +209,18 @@ async fn grants_and_requests_survive_restarts_of_nm_and_ss() {
     let meta = std::fs::read(cluster.storage("ss1").join("meta/f.txt")).unwrap();
     let meta: shared::proto::FileMeta = shared::connection::decode(&meta).unwrap();
     assert_eq!(meta.acl.len(), 2);
-    assert_eq!(codes(&cluster, "carol", "WRITE f.txt 1\n0 Carol.\nETIRW\n"), ["ok"]);
+    assert_eq!(
+        codes(&cluster, "carol", "WRITE f.txt 1\n0 Carol.\nETIRW\n"),
+        ["ok"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_direct_write_without_permission_gets_nothing() {
     let cluster = setup().await;
-    cluster.console("alice", "ADDACCESS -R f.txt bob\n").all_ok();
+    cluster
+        .console("alice", "ADDACCESS -R f.txt bob\n")
+        .all_ok();
     // bob may read, so nm gives him a read ticket; he tries to WRITE with it.
     let mut bob = cluster.client("bob").await;
     let location = bob.locate("f.txt", Op::Read).await.unwrap();
