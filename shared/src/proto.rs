@@ -24,6 +24,8 @@ use std::collections::BTreeMap;
 pub const MAGIC: u32 = u32::from_be_bytes(*b"DOC+");
 /// Bumped on any change that an older peer could misread.
 pub const PROTOCOL_VERSION: u32 = 1;
+/// Inventory entries per frame (inventories are paged to stay under the frame limit).
+pub const INVENTORY_PAGE: usize = 1000;
 
 /// Who is speaking on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,12 +274,31 @@ pub enum NmRequest {
     Exec {
         file: String,
     },
+    /// Subscribes this connection to cluster events: answered with a
+    /// `Subscribed` and then an `Event` reply per event, all with this id.
+    Watch,
 
     /// First request on a storage server's control connection.
     Register {
         name: String,
         client_addr: String,
         inventory: Vec<InventoryEntry>,
+        /// Files deleted here whose deletion may not have reached the partner.
+        #[serde(default)]
+        tombstones: Vec<Tombstone>,
+        /// `ss --backup-of NAME`; without it, `NAME_backup` backs `NAME`.
+        #[serde(default)]
+        backup_of: Option<String>,
+        /// More of the inventory follows in `InventoryPage`s (frames are bounded).
+        #[serde(default)]
+        more: bool,
+    },
+    /// The rest of a registration's inventory; the page with `last` set is
+    /// answered with `Registered`, the others with `Done`.
+    InventoryPage {
+        inventory: Vec<InventoryEntry>,
+        tombstones: Vec<Tombstone>,
+        last: bool,
     },
     Heartbeat,
     /// A storage server applied a change (a WRITE's ETIRW, an UNDO, …).
@@ -324,6 +345,10 @@ pub enum NmReply {
     },
     Exec {
         output: ExecOutput,
+    },
+    Subscribed,
+    Event {
+        event: Event,
     },
     /// A storage server is registered; `ticket_key` verifies client tickets.
     Registered {
@@ -409,6 +434,12 @@ pub struct PairStatus {
     pub state: PairState,
     pub epoch: u64,
     pub pending_jobs: u64,
+    /// Age of the oldest pending change, in ms (0 when caught up).
+    #[serde(default)]
+    pub lag_ms: u64,
+    /// When the last sync-pair job finished (Unix ms; 0 for never).
+    #[serde(default)]
+    pub last_sync_ms: u64,
 }
 
 /// STATUS's answer.
@@ -489,6 +520,18 @@ pub enum SsRequest {
     ListCheckpoints {
         file: String,
     },
+
+    /// From a backup (or nm): a file's metadata and content, answered with
+    /// `FileHeader`, `Chunk`s and `FileEnd`. Needs a read ticket for the caller.
+    GetFile { file: String, ticket: Ticket },
+    /// From nm to a backup: copy these files from the primary at `from`.
+    PullFiles { from: String, items: Vec<PullItem> },
+    /// From nm to a backup: apply a delete made on the primary at `version`.
+    ApplyDelete { file: String, version: u64 },
+    /// From nm: both sides have the delete; forget its tombstone.
+    PurgeTombstone { file: String },
+    /// From nm: the current inventory and tombstones, in `Inventory` pages and a final `End`.
+    Inventory,
 }
 
 /// Replies from a storage server.
@@ -516,6 +559,113 @@ pub enum SsReply {
     Checkpoints {
         checkpoints: Vec<CheckpointInfo>,
     },
+    /// The first reply to `GetFile`.
+    FileHeader { meta: FileMeta },
+    /// The last reply to `GetFile`: a CRC-32 of the content.
+    FileEnd { checksum: u32, size: u64 },
+    Pulled { results: Vec<PullResult> },
+    Inventory {
+        files: Vec<InventoryEntry>,
+        tombstones: Vec<Tombstone>,
+    },
     /// Done, nothing to report.
     Done,
+}
+
+/// A deleted file, remembered until both servers of the pair have applied the delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub file: String,
+    /// The version the delete gave the file.
+    pub version: u64,
+    pub deleted_ms: u64,
+}
+
+/// One file for a backup to copy from its primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullItem {
+    pub file: String,
+    /// A read ticket for the backup, signed by nm.
+    pub ticket: Ticket,
+}
+
+/// What happened to one [`PullItem`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullResult {
+    pub file: String,
+    pub result: Result<Pulled, WireError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pulled {
+    /// The version the backup now holds.
+    pub version: u64,
+    /// Content and checkpoint bytes that crossed the wire (0 when already current).
+    pub bytes: u64,
+}
+
+/// A cluster event, as WATCH and the TUI see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increasing per nm run.
+    pub seq: u64,
+    pub at_ms: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A replication job step.
+    Job {
+        job: u64,
+        kind: JobKind,
+        step: JobStep,
+        file: Option<String>,
+        primary: String,
+        replica: String,
+        version: Option<u64>,
+        /// Time since the job was queued.
+        duration_ms: u64,
+        /// Bytes transferred, a failure's reason, a retry's delay…
+        detail: Option<String>,
+    },
+    /// A pair changed state.
+    Pair {
+        primary: String,
+        backup: Option<String>,
+        from: PairState,
+        to: PairState,
+        epoch: u64,
+        reason: String,
+    },
+    /// A storage server registered or was declared failed.
+    Server {
+        name: String,
+        state: ServerState,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobKind {
+    Create,
+    Update,
+    Delete,
+    Metadata,
+    SyncPair,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobStep {
+    Queued,
+    Coalesced,
+    Started,
+    Transferred,
+    Applied,
+    Failed,
+    Retried,
+    Dropped,
 }

@@ -20,6 +20,10 @@ pub struct Config {
     #[arg(long, env = "SS_USERNAME")]
     pub username: String,
 
+    /// Make this server the backup of NAME (without it, `NAME_backup` backs `NAME`).
+    #[arg(long, env = "SS_BACKUP_OF", value_name = "NAME")]
+    pub backup_of: Option<String>,
+
     /// Folder holding contents and metadata; nothing is written outside it.
     #[arg(long, env = "SS_STORAGE")]
     pub storage: PathBuf,

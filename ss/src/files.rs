@@ -10,8 +10,8 @@
 //! called from async code through `block_in_place`.
 
 use crate::document::{count, insert_words, Document, SentenceId};
-use crate::store::{Store, StoreError};
-use shared::proto::{AccessList, CheckpointInfo, FileMeta, FileStats};
+use crate::store::{Store, StoreError, TempFile};
+use shared::proto::{AccessList, CheckpointInfo, FileMeta, FileStats, Tombstone};
 use shared::{now_ms, ErrorCode, WireError};
 use std::collections::HashMap;
 use std::fs::File;
@@ -53,10 +53,25 @@ pub struct Files {
 }
 
 impl Files {
-    /// Loads the inventory of `store` into memory.
+    /// Loads the inventory of `store` into memory, finishing any delete or
+    /// create that a crash interrupted (a file and its tombstone side by side).
     pub fn load(store: Store) -> Result<Self, StoreError> {
         let mut entries = HashMap::new();
+        let tombstones: HashMap<String, u64> = store
+            .tombstones()?
+            .into_iter()
+            .map(|t| (t.file, t.version))
+            .collect();
         for (file, meta) in store.inventory()? {
+            match tombstones.get(&file) {
+                Some(&deleted) if deleted > meta.stats.version => {
+                    tracing::info!(event = "ss_finish_delete", file = %file, "completing a delete interrupted by a crash");
+                    store.delete(&file)?;
+                    continue;
+                }
+                Some(_) => store.remove_tombstone(&file)?,
+                None => {}
+            }
             let entry = Entry {
                 meta,
                 doc: None,
@@ -113,18 +128,24 @@ impl Files {
             ));
         }
         let now = now_ms();
+        // A name deleted earlier continues its version sequence, so the new
+        // file is newer than the delete everywhere it is compared.
+        let after_delete = self.store.tombstone(file)?.map_or(0, |t| t.version);
         let meta = FileMeta {
             owner: owner.to_owned(),
             acl: AccessList::new(),
             checkpoints: Default::default(),
             stats: FileStats {
-                version: 1,
+                version: after_delete + 1,
                 created_ms: now,
                 modified_ms: now,
                 ..FileStats::default()
             },
         };
         self.store.create(file, &meta)?;
+        if after_delete > 0 {
+            self.store.remove_tombstone(file)?;
+        }
         let stats = meta.stats.clone();
         entries.insert(
             file.to_owned(),
@@ -138,16 +159,125 @@ impl Files {
         Ok(stats)
     }
 
-    pub fn delete(&self, file: &str) -> Result<(), WireError> {
+    /// Deletes a file, leaving a tombstone; returns the version the delete gave it.
+    pub fn delete(&self, file: &str) -> Result<u64, WireError> {
         let entry = self.entry(file)?;
         let mut e = lock(&entry);
         refuse_while_written(&e, file, "DELETE")?;
+        let version = e.meta.stats.version + 1;
+        self.remove_with_tombstone(&mut e, file, version)?;
+        Ok(version)
+    }
+
+    /// Records the tombstone first, so a crash in between finishes the delete at start-up.
+    fn remove_with_tombstone(&self, e: &mut Entry, file: &str, version: u64) -> Result<(), WireError> {
+        self.store.write_tombstone(&Tombstone {
+            file: file.to_owned(),
+            version,
+            deleted_ms: now_ms(),
+        })?;
         self.store.delete(file)?;
         e.deleted = true;
         self.entries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(file);
+        Ok(())
+    }
+
+    /// A delete made on the primary, applied here at the primary's version.
+    pub fn apply_delete(&self, file: &str, version: u64) -> Result<(), WireError> {
+        match self.entry(file) {
+            Ok(entry) => {
+                let mut e = lock(&entry);
+                refuse_while_written(&e, file, "DELETE")?;
+                self.remove_with_tombstone(&mut e, file, version)
+            }
+            Err(_) => Ok(self.store.write_tombstone(&Tombstone {
+                file: file.to_owned(),
+                version,
+                deleted_ms: now_ms(),
+            })?),
+        }
+    }
+
+    pub fn tombstones(&self) -> Result<Vec<Tombstone>, WireError> {
+        Ok(self.store.tombstones()?)
+    }
+
+    pub fn purge_tombstone(&self, file: &str) -> Result<(), WireError> {
+        Ok(self.store.remove_tombstone(file)?)
+    }
+
+    /// What a transfer sends: the metadata and an open content, consistent with each other.
+    pub fn snapshot(&self, file: &str) -> Result<(FileMeta, File), WireError> {
+        let entry = self.entry(file)?;
+        let e = lock(&entry);
+        Ok((e.meta.clone(), self.store.open_content(file)?))
+    }
+
+    /// The checkpoints this server holds for a file (none if it lacks the file).
+    pub fn local_checkpoints(&self, file: &str) -> Vec<CheckpointInfo> {
+        self.entry(file)
+            .map(|entry| lock(&entry).meta.checkpoints.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn temp_file(&self) -> Result<TempFile, WireError> {
+        Ok(self.store.temp_file()?)
+    }
+
+    /// Installs a file copied from the primary: its new checkpoints, then its
+    /// content, then its metadata (which names them), each atomically.
+    pub fn install(
+        &self,
+        file: &str,
+        meta: FileMeta,
+        content: TempFile,
+        new_checkpoints: Vec<(String, TempFile)>,
+    ) -> Result<(), WireError> {
+        shared::names::validate_path(file)?;
+        let entry = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries
+                .entry(file.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(Mutex::new(Entry {
+                        meta: meta.clone(),
+                        doc: None,
+                        locks: HashMap::new(),
+                        deleted: false,
+                    }))
+                })
+                .clone()
+        };
+        let mut e = lock(&entry);
+        refuse_while_written(&e, file, "a replica update")?;
+        // Never go backwards: a slower transfer of an older version, or one
+        // overtaken by a delete, changes nothing.
+        let incoming = meta.stats.version;
+        let deleted_at = self.store.tombstone(file)?.map_or(0, |t| t.version);
+        let existed = self.store.content_path(file)?.exists();
+        if (existed && e.meta.stats.version >= incoming) || deleted_at >= incoming {
+            if !existed {
+                drop(e);
+                self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(file);
+            }
+            return Ok(());
+        }
+        for (tag, temp) in new_checkpoints {
+            self.store.install_checkpoint(temp, file, &tag)?;
+        }
+        for stale in e.meta.checkpoints.keys() {
+            if !meta.checkpoints.contains_key(stale) {
+                self.store.remove_checkpoint(file, stale)?;
+            }
+        }
+        self.store.install_content(content, file)?;
+        self.store.write_meta(file, &meta)?;
+        self.store.remove_tombstone(file)?;
+        e.meta = meta;
+        e.deleted = false;
         Ok(())
     }
 
@@ -272,6 +402,12 @@ impl Files {
         let mut meta = e.meta.clone();
         meta.stats.version += 1;
         self.store.rename(file, to, &meta)?;
+        // The old name is gone: a tombstone tells the backup so.
+        self.store.write_tombstone(&Tombstone {
+            file: file.to_owned(),
+            version: meta.stats.version,
+            deleted_ms: now_ms(),
+        })?;
         e.meta = meta;
         if let Some(moved) = entries.remove(file) {
             entries.insert(to.to_owned(), moved);

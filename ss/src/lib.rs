@@ -10,11 +10,13 @@
 //! - [`files`]: files in memory, sentence locks and WRITE sessions.
 //! - [`server`]: the listener and one task per connection.
 //! - [`nm_link`]: registration with nm, heartbeats and change notices.
+//! - [`replica`]: copying files from the primary (`GetFile`, `PullFiles`).
 
 pub mod config;
 pub mod document;
 pub mod files;
 pub mod nm_link;
+pub mod replica;
 pub mod server;
 pub mod store;
 

@@ -8,7 +8,7 @@
 use crate::files::Files;
 use crate::Config;
 use shared::connection::{ConnectionError, RpcClient};
-use shared::proto::{FileStats, InventoryEntry, NmReply, NmRequest, Role};
+use shared::proto::{FileStats, InventoryEntry, NmReply, NmRequest, Role, INVENTORY_PAGE};
 use shared::ticket::TicketKey;
 use shared::{now_ms, WireError};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,20 +163,42 @@ async fn serve_link(
     let mut client = RpcClient::connect(&config.nm, Role::StorageServer, &config.username).await?;
     // Whatever was queued while disconnected is covered by the inventory.
     while notices.try_recv().is_ok() {}
-    let inventory = tokio::task::block_in_place(|| files.inventory())
+    let mut inventory = tokio::task::block_in_place(|| files.inventory())
         .into_iter()
         .map(|(file, meta)| InventoryEntry { file, meta })
         .collect::<Vec<_>>();
+    let mut tombstones = tokio::task::block_in_place(|| files.tombstones()).unwrap_or_default();
     let count = inventory.len();
-    let reply = call(
+    // The inventory goes in pages, each well under the frame limit.
+    let first_files: Vec<_> = inventory.drain(..inventory.len().min(INVENTORY_PAGE)).collect();
+    let first_tombstones: Vec<_> = tombstones.drain(..tombstones.len().min(INVENTORY_PAGE)).collect();
+    let mut more = !inventory.is_empty() || !tombstones.is_empty();
+    let mut reply = call(
         &mut client,
         NmRequest::Register {
             name: config.username.clone(),
             client_addr: client_addr.to_owned(),
-            inventory,
+            inventory: first_files,
+            tombstones: first_tombstones,
+            backup_of: config.backup_of.clone(),
+            more,
         },
     )
     .await?;
+    while more {
+        let page: Vec<_> = inventory.drain(..inventory.len().min(INVENTORY_PAGE)).collect();
+        let dead: Vec<_> = tombstones.drain(..tombstones.len().min(INVENTORY_PAGE)).collect();
+        more = !inventory.is_empty() || !tombstones.is_empty();
+        reply = call(
+            &mut client,
+            NmRequest::InventoryPage {
+                inventory: page,
+                tombstones: dead,
+                last: !more,
+            },
+        )
+        .await?;
+    }
     let NmReply::Registered { ticket_key } = reply else {
         return Err(LinkError::Unexpected(Box::new(reply)));
     };

@@ -98,11 +98,8 @@ impl Server {
                 }
             };
         let allowed = match hello.role {
-            Role::Client => validate_user(&hello.name),
+            Role::Client | Role::StorageServer => validate_user(&hello.name),
             Role::NameManager => Ok(()),
-            Role::StorageServer => Err(WireError::unauthorized(
-                "storage servers do not connect to each other",
-            )),
         };
         if let Err(error) = allowed {
             tracing::warn!(event = "ss_connection_refused", peer = %peer, user = %hello.name, error = %error);
@@ -182,7 +179,37 @@ impl Server {
     ) -> Result<Result<(), WireError>, ConnectionError> {
         let user = session.hello.name.clone();
         let from_nm = session.hello.role == Role::NameManager;
+        let reads_only = matches!(
+            request,
+            SsRequest::GetFile { .. } | SsRequest::ReadCheckpoint { .. }
+        );
+        if session.hello.role == Role::StorageServer && !reads_only {
+            return Ok(Err(WireError::unauthorized(
+                "a storage server may only copy files from another",
+            )));
+        }
         let reply = match request {
+            SsRequest::GetFile { file, ticket } => {
+                if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Read) {
+                    return Ok(Err(e));
+                }
+                return crate::replica::send_file(&self.files, conn, id, &file).await;
+            }
+            SsRequest::PullFiles { from, items } if from_nm => {
+                let results =
+                    crate::replica::pull_files(&self.files, &self.config.username, &from, items)
+                        .await;
+                Ok(SsReply::Pulled { results })
+            }
+            SsRequest::ApplyDelete { file, version } if from_nm => {
+                tokio::task::block_in_place(|| self.files.apply_delete(&file, version))
+                    .map(|()| SsReply::Done)
+            }
+            SsRequest::PurgeTombstone { file } if from_nm => {
+                tokio::task::block_in_place(|| self.files.purge_tombstone(&file))
+                    .map(|()| SsReply::Done)
+            }
+            SsRequest::Inventory if from_nm => return self.send_inventory(conn, id).await,
             SsRequest::Read { file, ticket } => {
                 if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Read) {
                     return Ok(Err(e));
@@ -260,9 +287,8 @@ impl Server {
             SsRequest::CreateFile { file, owner } if from_nm => validate_path(&file)
                 .and_then(|()| tokio::task::block_in_place(|| self.files.create(&file, &owner)))
                 .map(|stats| SsReply::Applied { stats }),
-            SsRequest::DeleteFile { file } if from_nm => {
-                tokio::task::block_in_place(|| self.files.delete(&file)).map(|()| SsReply::Done)
-            }
+            SsRequest::DeleteFile { file } if from_nm => tokio::task::block_in_place(|| self.files.delete(&file))
+                .map(|version| SsReply::Applied { stats: shared::proto::FileStats { version, ..Default::default() } }),
             SsRequest::UndoFile { file } if from_nm => {
                 tokio::task::block_in_place(|| self.files.undo(&file))
                     .map(|stats| SsReply::Applied { stats })
@@ -294,7 +320,11 @@ impl Server {
             | SsRequest::MoveFile { .. }
             | SsRequest::CreateCheckpoint { .. }
             | SsRequest::Revert { .. }
-            | SsRequest::ListCheckpoints { .. } => Err(WireError::unauthorized(
+            | SsRequest::ListCheckpoints { .. }
+            | SsRequest::PullFiles { .. }
+            | SsRequest::ApplyDelete { .. }
+            | SsRequest::PurgeTombstone { .. }
+            | SsRequest::Inventory => Err(WireError::unauthorized(
                 "only nm may do that; go through nm",
             )),
         };
@@ -342,6 +372,36 @@ impl Server {
             }
             let data = serde_bytes::ByteBuf::from(buf[..n].to_vec());
             conn.reply(id, Ok(SsReply::Chunk { data })).await?;
+        }
+        conn.reply(id, Ok(SsReply::End)).await?;
+        Ok(Ok(()))
+    }
+
+    /// The inventory and tombstones in pages, then `End`.
+    async fn send_inventory(
+        &self,
+        conn: &mut Connection,
+        id: u64,
+    ) -> Result<Result<(), WireError>, ConnectionError> {
+        let (mut files, mut tombstones) = match tokio::task::block_in_place(|| {
+            let files: Vec<_> = self
+                .files
+                .inventory()
+                .into_iter()
+                .map(|(file, meta)| shared::proto::InventoryEntry { file, meta })
+                .collect();
+            self.files.tombstones().map(|t| (files, t))
+        }) {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e)),
+        };
+        while !files.is_empty() || !tombstones.is_empty() {
+            let page = shared::proto::INVENTORY_PAGE;
+            let reply = SsReply::Inventory {
+                files: files.drain(..files.len().min(page)).collect(),
+                tombstones: tombstones.drain(..tombstones.len().min(page)).collect(),
+            };
+            conn.reply(id, Ok(reply)).await?;
         }
         conn.reply(id, Ok(SsReply::End)).await?;
         Ok(Ok(()))
@@ -406,5 +466,10 @@ fn operation_name(request: &SsRequest) -> &'static str {
         SsRequest::CreateCheckpoint { .. } => "CHECKPOINT",
         SsRequest::Revert { .. } => "REVERT",
         SsRequest::ListCheckpoints { .. } => "LISTCHECKPOINTS",
+        SsRequest::GetFile { .. } => "GET_FILE_CONTENT",
+        SsRequest::PullFiles { .. } => "PULL_FILES",
+        SsRequest::ApplyDelete { .. } => "APPLY_DELETE",
+        SsRequest::PurgeTombstone { .. } => "PURGE_TOMBSTONE",
+        SsRequest::Inventory => "INVENTORY",
     }
 }

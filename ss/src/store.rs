@@ -5,6 +5,7 @@
 //! <storage>/meta/<path>    owner, access list and stats (MessagePack)
 //! <storage>/undo/<path>    the content before the last change (one level)
 //! <storage>/checkpoints/<path>/<tag>   named snapshots of the content
+//! <storage>/tombstones/<path>          deleted files not yet purged (version, time)
 //! <storage>/tmp/           temp files, emptied at start-up
 //! ```
 //!
@@ -15,7 +16,7 @@
 //! joined under the storage folder, so nothing is ever written outside it.
 
 use shared::names::validate_path;
-use shared::proto::FileMeta;
+use shared::proto::{FileMeta, Tombstone};
 use shared::WireError;
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -44,11 +45,33 @@ const META: &str = "meta";
 const UNDO: &str = "undo";
 const TMP: &str = "tmp";
 const CHECKPOINTS: &str = "checkpoints";
+const TOMBSTONES: &str = "tombstones";
+
+/// A temp file being filled (a transfer in progress). Dropping it without
+/// installing it removes it, so an interrupted transfer leaves nothing behind.
+pub struct TempFile {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl TempFile {
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.as_mut().expect("open until installed").write_all(bytes)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
 
 impl Store {
     /// Opens (creating if needed) a storage folder and removes leftover temp files.
     pub fn open(root: &Path, fsync: bool) -> Result<Self, StoreError> {
-        for dir in [FILES, META, UNDO, TMP, CHECKPOINTS] {
+        for dir in [FILES, META, UNDO, TMP, CHECKPOINTS, TOMBSTONES] {
             fs::create_dir_all(root.join(dir))?;
         }
         for leftover in fs::read_dir(root.join(TMP))? {
@@ -251,38 +274,118 @@ impl Store {
         Ok(())
     }
 
+    /// A new temp file for a transfer.
+    pub fn temp_file(&self) -> Result<TempFile, StoreError> {
+        let path = self.temp_path();
+        Ok(TempFile {
+            file: Some(File::create(&path)?),
+            path,
+        })
+    }
+
+    fn install(&self, mut temp: TempFile, target: &Path) -> Result<(), StoreError> {
+        let file = temp.file.take().expect("installed once");
+        if self.fsync {
+            file.sync_data()?;
+        }
+        drop(file);
+        self.ensure_parent(target)?;
+        if let Err(e) = fs::rename(&temp.path, target) {
+            let _ = fs::remove_file(&temp.path);
+            return Err(e.into());
+        }
+        Ok(self.sync_parent(target)?)
+    }
+
+    /// Puts a transferred content in place (fsync, rename, fsync of the directory).
+    pub fn install_content(&self, temp: TempFile, file: &str) -> Result<(), StoreError> {
+        let target = self.content_path(file)?;
+        self.install(temp, &target)
+    }
+
+    pub fn install_checkpoint(&self, temp: TempFile, file: &str, tag: &str) -> Result<(), StoreError> {
+        let target = self.checkpoint_path(file, tag)?;
+        self.install(temp, &target)
+    }
+
+    pub fn remove_checkpoint(&self, file: &str, tag: &str) -> Result<(), StoreError> {
+        match fs::remove_file(self.checkpoint_path(file, tag)?) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn write_tombstone(&self, tombstone: &Tombstone) -> Result<(), StoreError> {
+        let bytes = rmp_serde::to_vec_named(tombstone).map_err(|e| StoreError::Meta {
+            file: tombstone.file.clone(),
+            error: e.to_string(),
+        })?;
+        self.write_atomically(&self.path_in(TOMBSTONES, &tombstone.file)?, &bytes)
+    }
+
+    /// The tombstone of one file, if it has one.
+    pub fn tombstone(&self, file: &str) -> Result<Option<Tombstone>, StoreError> {
+        match fs::read(self.path_in(TOMBSTONES, file)?) {
+            Ok(bytes) => Ok(rmp_serde::from_slice(&bytes).ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn remove_tombstone(&self, file: &str) -> Result<(), StoreError> {
+        match fs::remove_file(self.path_in(TOMBSTONES, file)?) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every tombstone, found by walking `tombstones/`.
+    pub fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
+        let root = self.root.join(TOMBSTONES);
+        let mut found = Vec::new();
+        for name in walk(&root)? {
+            let bytes = fs::read(root.join(&name))?;
+            match rmp_serde::from_slice::<Tombstone>(&bytes) {
+                Ok(t) => found.push(t),
+                Err(e) => tracing::warn!(event = "ss_bad_tombstone", file = %name, error = %e, "unreadable tombstone skipped"),
+            }
+        }
+        Ok(found)
+    }
+
     /// Every file with its metadata, found by walking `meta/`. A file whose
     /// content is missing is skipped with a warning.
     pub fn inventory(&self) -> Result<Vec<(String, FileMeta)>, StoreError> {
         let mut found = Vec::new();
-        let meta_root = self.root.join(META);
-        let mut stack = vec![meta_root.clone()];
-        while let Some(dir) = stack.pop() {
-            for entry in fs::read_dir(&dir)? {
-                let entry = entry?;
-                let path = entry.path();
-                if entry.file_type()?.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
-                let Some(name) = path
-                    .strip_prefix(&meta_root)
-                    .ok()
-                    .and_then(|p| p.to_str())
-                    .map(str::to_owned)
-                else {
-                    continue;
-                };
-                if !self.content_path(&name)?.exists() {
-                    tracing::warn!(event = "ss_inventory_orphan_meta", file = %name, "metadata without content; skipped");
-                    continue;
-                }
-                found.push((name.clone(), self.read_meta(&name)?));
+        for name in walk(&self.root.join(META))? {
+            if !self.content_path(&name)?.exists() {
+                tracing::warn!(event = "ss_inventory_orphan_meta", file = %name, "metadata without content; skipped");
+                continue;
             }
+            let meta = self.read_meta(&name)?;
+            found.push((name, meta));
         }
         found.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(found)
     }
+}
+
+/// The relative paths of all regular files under `root`.
+fn walk(root: &Path) -> Result<Vec<String>, StoreError> {
+    let mut names = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else if let Some(name) = path.strip_prefix(root).ok().and_then(|p| p.to_str()) {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    Ok(names)
 }
 
 #[cfg(test)]

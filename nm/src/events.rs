@@ -1,0 +1,69 @@
+//! Cluster events: every replication job step, pair state change and server
+//! state change. Each goes to the log and to every WATCH subscriber.
+
+use shared::now_ms;
+use shared::proto::{Event, EventKind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::broadcast;
+
+/// Events a slow subscriber may fall behind by before it misses some.
+const BUFFER: usize = 4096;
+
+pub struct Events {
+    tx: broadcast::Sender<Event>,
+    seq: AtomicU64,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            tx: broadcast::channel(BUFFER).0,
+            seq: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Events {
+    pub fn emit(&self, kind: EventKind) {
+        let event = Event {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            at_ms: now_ms(),
+            kind,
+        };
+        match &event.kind {
+            EventKind::Job { job, kind, step, file, primary, replica, version, duration_ms, detail } => {
+                tracing::info!(
+                    event = "nm_repl_job",
+                    job,
+                    kind = ?kind,
+                    step = ?step,
+                    file = file.as_deref().unwrap_or("-"),
+                    primary = %primary,
+                    replica = %replica,
+                    version = version.unwrap_or(0),
+                    duration_ms,
+                    detail = detail.as_deref().unwrap_or(""),
+                );
+            }
+            EventKind::Pair { primary, backup, from, to, epoch, reason } => {
+                tracing::info!(
+                    event = "nm_pair_state",
+                    primary = %primary,
+                    backup = backup.as_deref().unwrap_or("-"),
+                    from = ?from,
+                    to = ?to,
+                    epoch,
+                    reason = %reason,
+                );
+            }
+            EventKind::Server { name, state, reason } => {
+                tracing::info!(event = "nm_server_state", server = %name, state = ?state, reason = %reason);
+            }
+        }
+        let _ = self.tx.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}
