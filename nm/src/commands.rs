@@ -14,8 +14,8 @@ use crate::server::{Nm, State};
 use crate::ss_client::SsClient;
 use shared::names::{base_name, validate_path, validate_tag};
 use shared::proto::{
-    Access, AccessList, AccessRequest, ClusterStatus, FileInfo, FileRow, FileStats, Location,
-    NmReply, NmRequest, Op, SsReply, SsRequest,
+    Access, AccessList, AccessRequest, ClusterStatus, FileInfo, FileRow, FileStats, JobKind,
+    Location, NmReply, NmRequest, Op, PairState, SsReply, SsRequest,
 };
 use shared::{now_ms, ErrorCode, WireError};
 use std::sync::Arc;
@@ -44,13 +44,9 @@ impl Nm {
             NmRequest::Create { file } => self.create(user, &file).await,
             NmRequest::Delete { file } => self.delete(user, &file).await,
             NmRequest::Undo { file } => {
-                self.change(
-                    user,
-                    &file,
-                    Need::Write,
-                    SsRequest::UndoFile { file: file.clone() },
-                )
-                .await
+                let request = SsRequest::UndoFile { file: file.clone() };
+                self.change(user, &file, Need::Write, request, JobKind::Update)
+                    .await
             }
             NmRequest::Locate { file, op } => self.locate(user, &file, op),
             NmRequest::AddAccess {
@@ -77,29 +73,21 @@ impl Nm {
             }),
             NmRequest::Checkpoint { file, tag } => {
                 validate_tag(&tag)?;
-                self.change(
-                    user,
-                    &file,
-                    Need::Write,
-                    SsRequest::CreateCheckpoint {
-                        file: file.clone(),
-                        tag,
-                    },
-                )
-                .await
+                let request = SsRequest::CreateCheckpoint {
+                    file: file.clone(),
+                    tag,
+                };
+                self.change(user, &file, Need::Write, request, JobKind::Metadata)
+                    .await
             }
             NmRequest::Revert { file, tag } => {
                 validate_tag(&tag)?;
-                self.change(
-                    user,
-                    &file,
-                    Need::Write,
-                    SsRequest::Revert {
-                        file: file.clone(),
-                        tag,
-                    },
-                )
-                .await
+                let request = SsRequest::Revert {
+                    file: file.clone(),
+                    tag,
+                };
+                self.change(user, &file, Need::Write, request, JobKind::Update)
+                    .await
             }
             NmRequest::ListCheckpoints { file } => {
                 let client = self.server_for(user, &file, Need::Read)?;
@@ -111,7 +99,11 @@ impl Nm {
                 }
             }
             NmRequest::Exec { file } => self.exec(user, &file).await,
-            NmRequest::Register { .. }
+            NmRequest::Watch => Err(WireError::bad_request(
+                "WATCH takes a connection of its own",
+            )),
+            NmRequest::InventoryPage { .. }
+            | NmRequest::Register { .. }
             | NmRequest::Heartbeat
             | NmRequest::FileChanged { .. }
             | NmRequest::FileAccessed { .. } => Err(WireError::unauthorized(
@@ -144,14 +136,21 @@ impl Nm {
     fn info(&self, user: &str, file: &str) -> Result<NmReply, WireError> {
         let state = self.state();
         let record = state.ns.check(user, file, Op::Read)?;
+        let mut servers = vec![record.server.clone()];
+        let pair = state.registry.pair(&record.server);
+        let backup_in_sync = pair.and_then(|p| p.backup.clone()).map(|backup| {
+            servers.push(backup);
+            pair.is_some_and(|p| p.state == PairState::Active)
+                && !self.queue.has_pending_file(&record.server, file)
+        });
         Ok(NmReply::Info {
             info: FileInfo {
                 name: file.to_owned(),
                 owner: record.owner.clone(),
                 acl: record.acl.clone(),
                 stats: record.stats.clone(),
-                servers: vec![record.server.clone()],
-                backup_in_sync: None,
+                servers,
+                backup_in_sync,
             },
         })
     }
@@ -161,8 +160,10 @@ impl Nm {
         NmReply::Status {
             status: ClusterStatus {
                 servers: state.registry.status(),
-                pairs: state.registry.pairs(),
-                queue_depth: 0,
+                pairs: state
+                    .registry
+                    .pair_status(|primary| self.queue.pending_for(primary)),
+                queue_depth: self.queue.depth(),
             },
         }
     }
@@ -183,24 +184,34 @@ impl Nm {
         live_server(&state, &record.server, file)
     }
 
-    /// Forwards a change to the file's server and records the stats it reports.
+    /// Forwards a change to the file's server, records the stats it reports,
+    /// and queues its replication.
     async fn change(
         &self,
         user: &str,
         file: &str,
         need: Need,
         request: SsRequest,
+        kind: JobKind,
     ) -> Result<NmReply, WireError> {
         let client = self.server_for(user, file, need)?;
         let stats = applied(client.call(request).await?)?;
-        self.record_stats(file, stats);
+        self.record_stats(file, stats, kind);
         Ok(NmReply::Done)
     }
 
-    fn record_stats(&self, file: &str, stats: FileStats) {
-        if let Some(record) = self.state().ns.file_mut(file) {
+    /// Records a change's stats and queues its replication.
+    fn record_stats(&self, file: &str, stats: FileStats, kind: JobKind) {
+        let version = stats.version;
+        let server = {
+            let mut state = self.state();
+            let Some(record) = state.ns.file_mut(file) else {
+                return;
+            };
             record.stats = stats;
-        }
+            record.server.clone()
+        };
+        self.replicate(&server, file, kind, Some(version));
     }
 
     async fn create(&self, user: &str, file: &str) -> Result<NmReply, WireError> {
@@ -244,6 +255,7 @@ impl Nm {
         let mut state = self.state();
         match created {
             Ok(stats) => {
+                let version = stats.version;
                 state.ns.insert(
                     file,
                     FileRecord {
@@ -256,7 +268,9 @@ impl Nm {
                 if let Some(entry) = state.registry.get_mut(&server) {
                     entry.files += 1;
                 }
+                drop(state);
                 tracing::info!(event = "nm_file_created", file, owner = user, server = %server);
+                self.replicate(&server, file, JobKind::Create, Some(version));
                 Ok(NmReply::Done)
             }
             Err(e) => {
@@ -268,13 +282,14 @@ impl Nm {
 
     async fn delete(&self, user: &str, file: &str) -> Result<NmReply, WireError> {
         let client = self.server_for(user, file, Need::Owner)?;
+        let mut deleted_version = None;
         match client
             .call(SsRequest::DeleteFile {
                 file: file.to_owned(),
             })
             .await
         {
-            Ok(_) => {}
+            Ok(reply) => deleted_version = applied(reply).ok().map(|s| s.version),
             Err(e) if e.code == ErrorCode::NotFound => {
                 tracing::warn!(
                     event = "nm_delete_missing",
@@ -289,11 +304,19 @@ impl Nm {
                 file: file.to_owned(),
             }])
             .await?;
-        let mut state = self.state();
-        if let Some(record) = state.ns.delete(file) {
-            if let Some(entry) = state.registry.get_mut(&record.server) {
+        let server = {
+            let mut state = self.state();
+            let record = state.ns.delete(file);
+            if let Some(entry) = record
+                .as_ref()
+                .and_then(|r| state.registry.get_mut(&r.server))
+            {
                 entry.files = entry.files.saturating_sub(1);
             }
+            record.map(|r| r.server)
+        };
+        if let Some(server) = server {
+            self.replicate(&server, file, JobKind::Delete, deleted_version);
         }
         Ok(NmReply::Done)
     }
@@ -336,14 +359,14 @@ impl Nm {
         }];
         records.extend(also.iter().cloned());
         self.journal.append(records).await?;
-        let mut state = self.state();
-        state.ns.set_acl(file, acl);
-        for record in also {
-            record.apply(&mut state.ns);
+        {
+            let mut state = self.state();
+            state.ns.set_acl(file, acl);
+            for record in also {
+                record.apply(&mut state.ns);
+            }
         }
-        if let Some(record) = state.ns.file_mut(file) {
-            record.stats = stats;
-        }
+        self.record_stats(file, stats, JobKind::Metadata);
         Ok(())
     }
 
@@ -558,13 +581,18 @@ impl Nm {
             Ok::<_, WireError>(stats)
         }
         .await;
-        let mut state = self.state();
-        state.ns.unreserve(&to);
-        let stats = moved?;
-        state.ns.rename(file, &to);
-        if let Some(record) = state.ns.file_mut(&to) {
-            record.stats = stats;
+        let (server, stats) = {
+            let mut state = self.state();
+            state.ns.unreserve(&to);
+            let stats = moved?;
+            state.ns.rename(file, &to);
+            (state.ns.file(&to).map(|r| r.server.clone()), stats)
+        };
+        // On the backup the old name goes (the primary left a tombstone) and the new one comes.
+        if let Some(server) = server {
+            self.replicate(&server, file, JobKind::Delete, Some(stats.version));
         }
+        self.record_stats(&to, stats, JobKind::Metadata);
         Ok(NmReply::Done)
     }
 }

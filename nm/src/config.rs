@@ -45,6 +45,14 @@ pub struct Config {
     #[arg(long, env = "NM_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
 
+    /// Most replication jobs waiting at once; beyond it a pair is marked for a full sync.
+    #[arg(long, env = "NM_REPL_QUEUE_CAPACITY", default_value_t = 1000)]
+    pub repl_queue_capacity: usize,
+
+    /// Replication workers running jobs concurrently.
+    #[arg(long, env = "NM_REPL_WORKERS", default_value_t = 4)]
+    pub repl_workers: usize,
+
     /// Allow EXEC, which runs a file's content as a shell script on this
     /// machine with nm's privileges. Off by default: see the README.
     #[arg(long, env = "NM_ALLOW_EXEC")]

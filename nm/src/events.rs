@@ -31,7 +31,17 @@ impl Events {
             kind,
         };
         match &event.kind {
-            EventKind::Job { job, kind, step, file, primary, replica, version, duration_ms, detail } => {
+            EventKind::Job {
+                job,
+                kind,
+                step,
+                file,
+                primary,
+                replica,
+                version,
+                duration_ms,
+                detail,
+            } => {
                 tracing::info!(
                     event = "nm_repl_job",
                     job,
@@ -45,7 +55,14 @@ impl Events {
                     detail = detail.as_deref().unwrap_or(""),
                 );
             }
-            EventKind::Pair { primary, backup, from, to, epoch, reason } => {
+            EventKind::Pair {
+                primary,
+                backup,
+                from,
+                to,
+                epoch,
+                reason,
+            } => {
                 tracing::info!(
                     event = "nm_pair_state",
                     primary = %primary,
@@ -56,7 +73,11 @@ impl Events {
                     reason = %reason,
                 );
             }
-            EventKind::Server { name, state, reason } => {
+            EventKind::Server {
+                name,
+                state,
+                reason,
+            } => {
                 tracing::info!(event = "nm_server_state", server = %name, state = ?state, reason = %reason);
             }
         }

@@ -9,7 +9,9 @@
 //! - [`config`]: the command line.
 //! - [`namespace`]: users, files and access lists in memory, with O(1) lookups.
 //! - [`journal`]: what survives a restart (snapshot + fsynced journal).
-//! - [`registry`]: the storage servers, their liveness and load.
+//! - [`registry`]: the storage servers and their pairs, liveness and load.
+//! - [`replication`]: the replication queue and its workers.
+//! - [`events`]: job, pair and server events for the log and WATCH.
 //! - [`server`]: the listener and connection loops.
 //! - [`commands`]: the client commands.
 //! - [`exec`]: EXEC, off unless `--allow-exec`.
@@ -18,10 +20,12 @@
 
 pub mod commands;
 pub mod config;
+pub mod events;
 pub mod exec;
 pub mod journal;
 pub mod namespace;
 pub mod registry;
+pub mod replication;
 pub mod server;
 pub mod ss_client;
 pub mod storage_servers;

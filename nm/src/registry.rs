@@ -276,7 +276,11 @@ mod tests {
         let events = r.refresh("primary gone");
         assert_eq!(r.pair("ss1").unwrap().state, PairState::PrimaryFailed);
         assert!(!events.is_empty());
-        assert_eq!(r.placement().unwrap().name, "ss2", "backups never get new files");
+        assert_eq!(
+            r.placement().unwrap().name,
+            "ss2",
+            "backups never get new files"
+        );
     }
 
     #[test]

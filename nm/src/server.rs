@@ -5,9 +5,11 @@
 //! [`crate::commands`], storage-server registration and notices in
 //! [`crate::storage_servers`].
 
+use crate::events::Events;
 use crate::journal::{Journal, Record};
 use crate::namespace::Namespace;
 use crate::registry::Registry;
+use crate::replication::ReplQueue;
 use crate::Config;
 use color_eyre::eyre::{Context, Result};
 use shared::connection::{Connection, ConnectionError, Incoming};
@@ -33,6 +35,8 @@ pub struct Nm {
     state: Mutex<State>,
     pub journal: Journal,
     pub ticket_key: TicketKey,
+    pub events: Events,
+    pub queue: ReplQueue,
 }
 
 impl Nm {
@@ -57,8 +61,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         }),
         journal,
         ticket_key: TicketKey::new(key.to_vec()),
+        events: Events::default(),
+        queue: ReplQueue::new(config.repl_queue_capacity.max(1)),
         config,
     });
+    for _ in 0..nm.config.repl_workers.max(1) {
+        tokio::spawn(nm.clone().replication_worker());
+    }
     tracing::info!(event = "nm_listening", address = %address, "name manager ready");
     if let Some(path) = &nm.config.ready_file {
         let temp = path.with_extension("tmp");
@@ -129,12 +138,44 @@ impl Nm {
     async fn serve_client(&self, mut conn: Connection, user: String, peer: SocketAddr) {
         while let Some((id, request)) = next_request(&mut conn, peer).await {
             let Some(request) = request else { continue };
+            if request == NmRequest::Watch {
+                self.serve_watch(conn, id).await;
+                return;
+            }
             let started = Instant::now();
             let summary = summarize(&request);
             let result = self.handle_client(&user, request).await;
             self.log_operation(&user, peer, &summary, &result, started);
             if conn.reply(id, result).await.is_err() {
                 break;
+            }
+        }
+    }
+
+    /// Streams events to a subscriber until it goes away.
+    async fn serve_watch(&self, mut conn: Connection, id: u64) {
+        let mut events = self.events.subscribe();
+        if conn.reply(id, Ok(NmReply::Subscribed)).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(event) => {
+                        if conn.reply(id, Ok(NmReply::Event { event })).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(event = "nm_watch_lagged", missed, "a subscriber fell behind");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                incoming = conn.recv::<serde::de::IgnoredAny>() => {
+                    if !matches!(incoming, Ok(Some(_))) {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -237,6 +278,8 @@ fn summarize(request: &NmRequest) -> String {
         NmRequest::Revert { file, tag } => format!("REVERT {file} {tag}"),
         NmRequest::ListCheckpoints { file } => format!("LISTCHECKPOINTS {file}"),
         NmRequest::Exec { file } => format!("EXEC {file}"),
+        NmRequest::Watch => "WATCH".into(),
+        NmRequest::InventoryPage { .. } => "INVENTORY_PAGE".into(),
         NmRequest::Register { name, .. } => format!("REGISTER {name}"),
         NmRequest::Heartbeat => "HEARTBEAT".into(),
         NmRequest::FileChanged { file, .. } => format!("FILE_CHANGED {file}"),

@@ -3,7 +3,7 @@
 //! one call and put back, so concurrent commands do not queue behind each other.
 
 use shared::connection::{ConnectionError, RpcClient};
-use shared::proto::{Role, SsReply, SsRequest};
+use shared::proto::{InventoryEntry, Role, SsReply, SsRequest, Tombstone};
 use shared::WireError;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -96,6 +96,50 @@ impl SsClient {
                     Ok(other) => {
                         return Err(CallError::Refused(WireError::internal(format!(
                             "unexpected reply to a read: {other:?}"
+                        ))))
+                    }
+                    Err(e) => return Err(CallError::Refused(e)),
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, read)
+            .await
+            .map_err(|_| self.to_wire(CallError::Timeout))?
+            .map_err(|e| self.to_wire(e))
+    }
+
+    /// The server's inventory and tombstones, gathered from its pages.
+    pub async fn inventory(&self) -> Result<(Vec<InventoryEntry>, Vec<Tombstone>), WireError> {
+        let mut client = tokio::time::timeout(
+            self.timeout,
+            RpcClient::connect(&self.address, Role::NameManager, "nm"),
+        )
+        .await
+        .map_err(|_| self.to_wire(CallError::Timeout))?
+        .map_err(|e| self.to_wire(CallError::Connection(e)))?;
+        let read = async {
+            let id = client
+                .send(SsRequest::Inventory)
+                .await
+                .map_err(CallError::Connection)?;
+            let (mut files, mut dead) = (Vec::new(), Vec::new());
+            loop {
+                match client
+                    .next_reply::<SsReply>(id)
+                    .await
+                    .map_err(CallError::Connection)?
+                {
+                    Ok(SsReply::Inventory {
+                        files: page,
+                        tombstones,
+                    }) => {
+                        files.extend(page);
+                        dead.extend(tombstones);
+                    }
+                    Ok(SsReply::End) => return Ok((files, dead)),
+                    Ok(other) => {
+                        return Err(CallError::Refused(WireError::internal(format!(
+                            "unexpected reply to Inventory: {other:?}"
                         ))))
                     }
                     Err(e) => return Err(CallError::Refused(e)),

@@ -523,13 +523,24 @@ pub enum SsRequest {
 
     /// From a backup (or nm): a file's metadata and content, answered with
     /// `FileHeader`, `Chunk`s and `FileEnd`. Needs a read ticket for the caller.
-    GetFile { file: String, ticket: Ticket },
+    GetFile {
+        file: String,
+        ticket: Ticket,
+    },
     /// From nm to a backup: copy these files from the primary at `from`.
-    PullFiles { from: String, items: Vec<PullItem> },
+    PullFiles {
+        from: String,
+        items: Vec<PullItem>,
+    },
     /// From nm to a backup: apply a delete made on the primary at `version`.
-    ApplyDelete { file: String, version: u64 },
+    ApplyDelete {
+        file: String,
+        version: u64,
+    },
     /// From nm: both sides have the delete; forget its tombstone.
-    PurgeTombstone { file: String },
+    PurgeTombstone {
+        file: String,
+    },
     /// From nm: the current inventory and tombstones, in `Inventory` pages and a final `End`.
     Inventory,
 }
@@ -560,10 +571,17 @@ pub enum SsReply {
         checkpoints: Vec<CheckpointInfo>,
     },
     /// The first reply to `GetFile`.
-    FileHeader { meta: FileMeta },
+    FileHeader {
+        meta: FileMeta,
+    },
     /// The last reply to `GetFile`: a CRC-32 of the content.
-    FileEnd { checksum: u32, size: u64 },
-    Pulled { results: Vec<PullResult> },
+    FileEnd {
+        checksum: u32,
+        size: u64,
+    },
+    Pulled {
+        results: Vec<PullResult>,
+    },
     Inventory {
         files: Vec<InventoryEntry>,
         tombstones: Vec<Tombstone>,

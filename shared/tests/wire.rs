@@ -92,7 +92,20 @@ fn every_message_round_trips() {
                 file: "a".into(),
                 meta: meta.clone(),
             }],
+            tombstones: vec![Tombstone {
+                file: "b".into(),
+                version: 3,
+                deleted_ms: 4,
+            }],
+            backup_of: Some("ss1".into()),
+            more: true,
         },
+        NmRequest::InventoryPage {
+            inventory: vec![],
+            tombstones: vec![],
+            last: true,
+        },
+        NmRequest::Watch,
         NmRequest::Heartbeat,
         NmRequest::FileChanged {
             file: "a".into(),
@@ -181,6 +194,8 @@ fn every_message_round_trips() {
                     state: PairState::PrimaryFailed,
                     epoch: 4,
                     pending_jobs: 2,
+                    lag_ms: 5,
+                    last_sync_ms: 6,
                 }],
                 queue_depth: 2,
             },
@@ -194,6 +209,38 @@ fn every_message_round_trips() {
         }),
         Ok(NmReply::Registered {
             ticket_key: vec![1, 2, 3],
+        }),
+        Ok(NmReply::Subscribed),
+        Ok(NmReply::Event {
+            event: Event {
+                seq: 1,
+                at_ms: 2,
+                kind: EventKind::Job {
+                    job: 3,
+                    kind: JobKind::Update,
+                    step: JobStep::Transferred,
+                    file: Some("a".into()),
+                    primary: "ss1".into(),
+                    replica: "ss1_backup".into(),
+                    version: Some(4),
+                    duration_ms: 5,
+                    detail: Some("10 bytes".into()),
+                },
+            },
+        }),
+        Ok(NmReply::Event {
+            event: Event {
+                seq: 2,
+                at_ms: 3,
+                kind: EventKind::Pair {
+                    primary: "ss1".into(),
+                    backup: None,
+                    from: PairState::Syncing,
+                    to: PairState::Active,
+                    epoch: 1,
+                    reason: "sync complete".into(),
+                },
+            },
         }),
         Ok(NmReply::Requests {
             requests: vec![request.clone()],
@@ -266,6 +313,23 @@ fn every_message_round_trips() {
             tag: "v1".into(),
         },
         SsRequest::ListCheckpoints { file: "a".into() },
+        SsRequest::GetFile {
+            file: "a".into(),
+            ticket: ticket(),
+        },
+        SsRequest::PullFiles {
+            from: "x:1".into(),
+            items: vec![PullItem {
+                file: "a".into(),
+                ticket: ticket(),
+            }],
+        },
+        SsRequest::ApplyDelete {
+            file: "a".into(),
+            version: 9,
+        },
+        SsRequest::PurgeTombstone { file: "a".into() },
+        SsRequest::Inventory,
     ] {
         round_trip(Request { id: 1, body });
     }
@@ -280,6 +344,30 @@ fn every_message_round_trips() {
         SsReply::Applied { stats: stats() },
         SsReply::Checkpoints {
             checkpoints: vec![],
+        },
+        SsReply::FileHeader { meta: meta.clone() },
+        SsReply::FileEnd {
+            checksum: 7,
+            size: 8,
+        },
+        SsReply::Pulled {
+            results: vec![
+                PullResult {
+                    file: "a".into(),
+                    result: Ok(Pulled {
+                        version: 1,
+                        bytes: 2,
+                    }),
+                },
+                PullResult {
+                    file: "b".into(),
+                    result: Err(WireError::not_found("b")),
+                },
+            ],
+        },
+        SsReply::Inventory {
+            files: vec![],
+            tombstones: vec![],
         },
         SsReply::Done,
     ] {

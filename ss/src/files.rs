@@ -170,7 +170,12 @@ impl Files {
     }
 
     /// Records the tombstone first, so a crash in between finishes the delete at start-up.
-    fn remove_with_tombstone(&self, e: &mut Entry, file: &str, version: u64) -> Result<(), WireError> {
+    fn remove_with_tombstone(
+        &self,
+        e: &mut Entry,
+        file: &str,
+        version: u64,
+    ) -> Result<(), WireError> {
         self.store.write_tombstone(&Tombstone {
             file: file.to_owned(),
             version,
@@ -261,7 +266,10 @@ impl Files {
         if (existed && e.meta.stats.version >= incoming) || deleted_at >= incoming {
             if !existed {
                 drop(e);
-                self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(file);
+                self.entries
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(file);
             }
             return Ok(());
         }

@@ -170,8 +170,12 @@ async fn serve_link(
     let mut tombstones = tokio::task::block_in_place(|| files.tombstones()).unwrap_or_default();
     let count = inventory.len();
     // The inventory goes in pages, each well under the frame limit.
-    let first_files: Vec<_> = inventory.drain(..inventory.len().min(INVENTORY_PAGE)).collect();
-    let first_tombstones: Vec<_> = tombstones.drain(..tombstones.len().min(INVENTORY_PAGE)).collect();
+    let first_files: Vec<_> = inventory
+        .drain(..inventory.len().min(INVENTORY_PAGE))
+        .collect();
+    let first_tombstones: Vec<_> = tombstones
+        .drain(..tombstones.len().min(INVENTORY_PAGE))
+        .collect();
     let mut more = !inventory.is_empty() || !tombstones.is_empty();
     let mut reply = call(
         &mut client,
@@ -186,8 +190,12 @@ async fn serve_link(
     )
     .await?;
     while more {
-        let page: Vec<_> = inventory.drain(..inventory.len().min(INVENTORY_PAGE)).collect();
-        let dead: Vec<_> = tombstones.drain(..tombstones.len().min(INVENTORY_PAGE)).collect();
+        let page: Vec<_> = inventory
+            .drain(..inventory.len().min(INVENTORY_PAGE))
+            .collect();
+        let dead: Vec<_> = tombstones
+            .drain(..tombstones.len().min(INVENTORY_PAGE))
+            .collect();
         more = !inventory.is_empty() || !tombstones.is_empty();
         reply = call(
             &mut client,

@@ -12,7 +12,7 @@
 use crate::files::Files;
 use crate::store::TempFile;
 use shared::connection::{Connection, ConnectionError, RpcClient, CHUNK_SIZE};
-use shared::proto::{Pulled, PullItem, PullResult, Role, SsReply, SsRequest, Ticket};
+use shared::proto::{PullItem, PullResult, Pulled, Role, SsReply, SsRequest, Ticket};
 use shared::{ErrorCode, WireError};
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
@@ -86,7 +86,12 @@ impl From<std::io::Error> for PullError {
 }
 
 /// Copies `items` from the primary at `from`, over one connection.
-pub async fn pull_files(files: &Arc<Files>, me: &str, from: &str, items: Vec<PullItem>) -> Vec<PullResult> {
+pub async fn pull_files(
+    files: &Arc<Files>,
+    me: &str,
+    from: &str,
+    items: Vec<PullItem>,
+) -> Vec<PullResult> {
     let mut results = Vec::with_capacity(items.len());
     let mut client = match RpcClient::connect(from, Role::StorageServer, me).await {
         Ok(client) => Some(client),
@@ -97,13 +102,17 @@ pub async fn pull_files(files: &Arc<Files>, me: &str, from: &str, items: Vec<Pul
     };
     for item in items {
         let result = match client.as_mut() {
-            None => Err(WireError::unavailable(format!("the primary at {from} is unreachable"))),
+            None => Err(WireError::unavailable(format!(
+                "the primary at {from} is unreachable"
+            ))),
             Some(c) => match pull_one(c, files, &item.file, &item.ticket).await {
                 Ok(pulled) => Ok(pulled),
                 Err(PullError::Item(e)) => Err(e),
                 Err(PullError::Connection(e)) => {
                     client = None;
-                    Err(WireError::unavailable(format!("the transfer from {from} broke: {e}")))
+                    Err(WireError::unavailable(format!(
+                        "the transfer from {from} broke: {e}"
+                    )))
                 }
             },
         };
@@ -120,7 +129,11 @@ async fn next(client: &mut RpcClient, id: u64) -> Result<SsReply, PullError> {
 }
 
 /// Streams replies to `id` into a temp file until the end; returns the bytes and checksum seen.
-async fn receive_into(client: &mut RpcClient, id: u64, temp: &mut TempFile) -> Result<(u64, u32, SsReply), PullError> {
+async fn receive_into(
+    client: &mut RpcClient,
+    id: u64,
+    temp: &mut TempFile,
+) -> Result<(u64, u32, SsReply), PullError> {
     let mut hasher = crc32fast::Hasher::new();
     let mut bytes = 0u64;
     loop {
@@ -130,17 +143,26 @@ async fn receive_into(client: &mut RpcClient, id: u64, temp: &mut TempFile) -> R
                 bytes += data.len() as u64;
                 temp.write_all(&data)?;
             }
-            end @ (SsReply::FileEnd { .. } | SsReply::End) => return Ok((bytes, hasher.finalize(), end)),
+            end @ (SsReply::FileEnd { .. } | SsReply::End) => {
+                return Ok((bytes, hasher.finalize(), end))
+            }
             other => return Err(unexpected(other)),
         }
     }
 }
 
 fn unexpected(reply: SsReply) -> PullError {
-    PullError::Item(WireError::internal(format!("unexpected reply during a transfer: {reply:?}")))
+    PullError::Item(WireError::internal(format!(
+        "unexpected reply during a transfer: {reply:?}"
+    )))
 }
 
-async fn pull_one(client: &mut RpcClient, files: &Arc<Files>, file: &str, ticket: &Ticket) -> Result<Pulled, PullError> {
+async fn pull_one(
+    client: &mut RpcClient,
+    files: &Arc<Files>,
+    file: &str,
+    ticket: &Ticket,
+) -> Result<Pulled, PullError> {
     let id = client
         .send(SsRequest::GetFile {
             file: file.to_owned(),
@@ -154,7 +176,10 @@ async fn pull_one(client: &mut RpcClient, files: &Arc<Files>, file: &str, ticket
     let mut content = files.temp_file()?;
     let (mut bytes, checksum, end) = receive_into(client, id, &mut content).await?;
     match end {
-        SsReply::FileEnd { checksum: sent, size } if sent == checksum && size == bytes => {}
+        SsReply::FileEnd {
+            checksum: sent,
+            size,
+        } if sent == checksum && size == bytes => {}
         _ => {
             return Err(PullError::Item(WireError::new(
                 ErrorCode::Internal,
@@ -165,7 +190,10 @@ async fn pull_one(client: &mut RpcClient, files: &Arc<Files>, file: &str, ticket
     let have = files.local_checkpoints(file);
     let mut new_checkpoints = Vec::new();
     for (tag, info) in &meta.checkpoints {
-        if have.iter().any(|c| &c.tag == tag && c.created_ms == info.created_ms) {
+        if have
+            .iter()
+            .any(|c| &c.tag == tag && c.created_ms == info.created_ms)
+        {
             continue;
         }
         let id = client

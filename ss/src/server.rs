@@ -287,8 +287,15 @@ impl Server {
             SsRequest::CreateFile { file, owner } if from_nm => validate_path(&file)
                 .and_then(|()| tokio::task::block_in_place(|| self.files.create(&file, &owner)))
                 .map(|stats| SsReply::Applied { stats }),
-            SsRequest::DeleteFile { file } if from_nm => tokio::task::block_in_place(|| self.files.delete(&file))
-                .map(|version| SsReply::Applied { stats: shared::proto::FileStats { version, ..Default::default() } }),
+            SsRequest::DeleteFile { file } if from_nm => tokio::task::block_in_place(|| {
+                self.files.delete(&file)
+            })
+            .map(|version| SsReply::Applied {
+                stats: shared::proto::FileStats {
+                    version,
+                    ..Default::default()
+                },
+            }),
             SsRequest::UndoFile { file } if from_nm => {
                 tokio::task::block_in_place(|| self.files.undo(&file))
                     .map(|stats| SsReply::Applied { stats })

@@ -56,7 +56,10 @@ pub struct TempFile {
 
 impl TempFile {
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.as_mut().expect("open until installed").write_all(bytes)
+        self.file
+            .as_mut()
+            .expect("open until installed")
+            .write_all(bytes)
     }
 }
 
@@ -303,7 +306,12 @@ impl Store {
         self.install(temp, &target)
     }
 
-    pub fn install_checkpoint(&self, temp: TempFile, file: &str, tag: &str) -> Result<(), StoreError> {
+    pub fn install_checkpoint(
+        &self,
+        temp: TempFile,
+        file: &str,
+        tag: &str,
+    ) -> Result<(), StoreError> {
         let target = self.checkpoint_path(file, tag)?;
         self.install(temp, &target)
     }
@@ -347,7 +355,9 @@ impl Store {
             let bytes = fs::read(root.join(&name))?;
             match rmp_serde::from_slice::<Tombstone>(&bytes) {
                 Ok(t) => found.push(t),
-                Err(e) => tracing::warn!(event = "ss_bad_tombstone", file = %name, error = %e, "unreadable tombstone skipped"),
+                Err(e) => {
+                    tracing::warn!(event = "ss_bad_tombstone", file = %name, error = %e, "unreadable tombstone skipped")
+                }
             }
         }
         Ok(found)
