@@ -130,6 +130,25 @@ pub async fn run<R: AsyncBufRead + Unpin>(
                     Err(e) => Outcome::failure(&text, e),
                 }
             }
+            Command::Watch { millis } => {
+                let duration = millis.map(std::time::Duration::from_millis);
+                let result = client
+                    .watch(duration, |event| {
+                        let _ = serde_json::to_writer(&mut *out, &event);
+                        let _ = writeln!(out);
+                        let _ = out.flush();
+                    })
+                    .await;
+                match result {
+                    Ok(n) => Outcome::success(
+                        &text,
+                        format!("{n} events"),
+                        to_value(&serde_json::json!({ "events": n })),
+                        String::new(),
+                    ),
+                    Err(e) => Outcome::failure(&text, e),
+                }
+            }
             command => execute(client, &text, command).await,
         };
         all_ok &= outcome.ok;
@@ -372,7 +391,7 @@ pub async fn execute(client: &mut Client, text: &str, command: Command) -> Outco
                     other => unexpected(text, other),
                 })
         }
-        Command::Write { .. } | Command::Exit => {
+        Command::Write { .. } | Command::Watch { .. } | Command::Exit => {
             Err(WireError::bad_request("not a single-line command"))
         }
     };

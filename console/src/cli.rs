@@ -11,7 +11,8 @@ use std::path::PathBuf;
 /// STATUS, ADDACCESS -R|-W f user, REMACCESS f user, REQUESTACCESS f -R|-W,
 /// VIEWREQUESTS, APPROVE id, DENY id, CREATEFOLDER d, MOVE f d, VIEWFOLDER
 /// [d], CHECKPOINT f tag, VIEWCHECKPOINT f tag, REVERT f tag, LISTCHECKPOINTS
-/// f, EXEC f, EXIT. `#` starts a comment.
+/// f, EXEC f, WATCH [seconds] (cluster events as JSON lines), EXIT. `#`
+/// starts a comment.
 ///
 /// Exit status: 0 when every command succeeded, 1 when any failed, 2 for
 /// usage or connection errors.

@@ -5,7 +5,7 @@
 //! `E_UNAVAILABLE`, and the next call through nm dials again.
 
 use shared::connection::{ConnectionError, RpcClient};
-use shared::proto::{FileStats, Location, NmReply, NmRequest, Op, Role, SsReply, SsRequest};
+use shared::proto::{Event, FileStats, Location, NmReply, NmRequest, Op, Role, SsReply, SsRequest};
 use shared::WireError;
 use std::collections::HashMap;
 
@@ -140,6 +140,54 @@ impl Client {
             SsReply::End => Ok(content),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// WATCH: cluster events from a subscription of its own, for `duration`
+    /// (or until nm goes away). Returns how many arrived.
+    pub async fn watch(
+        &self,
+        duration: Option<std::time::Duration>,
+        mut on_event: impl FnMut(Event),
+    ) -> Result<u64, WireError> {
+        let mut subscription = RpcClient::connect(&self.nm_address, Role::Client, &self.user)
+            .await
+            .map_err(|e| e.to_wire())?;
+        let id = subscription
+            .send(NmRequest::Watch)
+            .await
+            .map_err(|e| e.to_wire())?;
+        match subscription
+            .next_reply::<NmReply>(id)
+            .await
+            .map_err(|e| e.to_wire())??
+        {
+            NmReply::Subscribed => {}
+            other => return Err(unexpected(other)),
+        }
+        let mut count = 0;
+        let receive = async {
+            loop {
+                match subscription.next_reply::<NmReply>(id).await {
+                    Ok(Ok(NmReply::Event { event })) => {
+                        count += 1;
+                        on_event(event);
+                    }
+                    Ok(Ok(other)) => return Err(unexpected(other)),
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(e.to_wire()),
+                }
+            }
+        };
+        match duration {
+            Some(d) => {
+                // Running out of time is the normal end of a timed WATCH.
+                if let Ok(Err(e)) = tokio::time::timeout(d, receive).await {
+                    return Err(e);
+                }
+            }
+            None => receive.await?,
+        }
+        Ok(count)
     }
 
     /// VIEWCHECKPOINT: a checkpoint's content.

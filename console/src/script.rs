@@ -82,6 +82,10 @@ pub enum Command {
     Exec {
         file: String,
     },
+    /// Cluster events for this many milliseconds (forever without).
+    Watch {
+        millis: Option<u64>,
+    },
     Exit,
 }
 
@@ -118,6 +122,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "REVERT",
     "LISTCHECKPOINTS",
     "EXEC",
+    "WATCH",
     "EXIT",
 ];
 
@@ -272,6 +277,16 @@ pub fn parse_line(line: &str) -> Result<Line, WireError> {
         },
         "EXEC" => Command::Exec {
             file: one_file("EXEC")?,
+        },
+        "WATCH" => match args.as_slice() {
+            [] => Command::Watch { millis: None },
+            [s] => match s.parse::<f64>() {
+                Ok(seconds) if (0.0..1e9).contains(&seconds) => Command::Watch {
+                    millis: Some((seconds * 1000.0) as u64),
+                },
+                _ => return Err(usage(format!("WATCH: {s:?} is not a number of seconds"))),
+            },
+            _ => return Err(usage("usage: WATCH [seconds]")),
         },
         "LIST" | "STATUS" | "EXIT" | "VIEWREQUESTS" if !args.is_empty() => {
             return Err(usage(format!("{keyword} takes no arguments")))

@@ -128,7 +128,8 @@ impl ReplQueue {
         }
     }
 
-    /// Offers a change. Sync-pair jobs are always accepted (one per pair).
+    /// Offers a change; call [`ReplQueue::wake`] afterwards. Sync-pair jobs
+    /// are always accepted (one per pair).
     pub fn offer(&self, key: JobKey, kind: JobKind, version: Option<u64>) -> Offer {
         let mut state = self.lock();
         if let Some(job) = state.pending.get_mut(&key) {
@@ -148,16 +149,18 @@ impl ReplQueue {
             let job = Self::new_job(&mut state, pair.clone(), JobKind::SyncPair, None);
             state.order.push_back(pair.clone());
             state.pending.insert(pair, job.clone());
-            drop(state);
-            self.notify.notify_waiters();
             return Offer::Overflow { sync: Some(job) };
         }
         let job = Self::new_job(&mut state, key.clone(), kind, version);
         state.order.push_back(key.clone());
         state.pending.insert(key, job.clone());
-        drop(state);
-        self.notify.notify_waiters();
         Offer::Queued(job)
+    }
+
+    /// Lets the workers look at the queue again (after an offer's event is out,
+    /// so that `queued` always comes before `started`).
+    pub fn wake(&self) {
+        self.notify.notify_waiters();
     }
 
     /// Waits for a job that may run now: due, and not for a file already being worked on.
@@ -365,6 +368,7 @@ impl Nm {
                 }
             }
         }
+        self.queue.wake();
     }
 
     /// Marks a pair as needing a sync and queues one.
@@ -389,6 +393,7 @@ impl Nm {
             }
             Offer::Overflow { .. } => {}
         }
+        self.queue.wake();
     }
 
     fn mark_needs_sync(&self, primary: &str, reason: &str) {

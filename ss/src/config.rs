@@ -52,6 +52,11 @@ pub struct Config {
     #[arg(long, env = "SS_FSYNC", default_value_t = true, action = ArgAction::Set)]
     pub fsync: bool,
 
+    /// Pause between the chunks of an outgoing transfer (for tests that need
+    /// a transfer to be in flight; never set in production).
+    #[arg(long, env = "SS_CHUNK_DELAY", hide = true, value_parser = humantime::parse_duration)]
+    pub chunk_delay: Option<Duration>,
+
     /// Largest frame accepted or sent, in bytes.
     #[arg(long, env = "SS_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]
     pub max_frame: usize,

@@ -40,6 +40,10 @@ impl From<StoreError> for WireError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Name(e) => e,
+            // Deleted between the lookup and the open.
+            StoreError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                WireError::not_found(&format!("file ({io})"))
+            }
             other => WireError::internal(other.to_string()),
         }
     }

@@ -23,6 +23,7 @@ pub async fn send_file(
     conn: &mut Connection,
     id: u64,
     file: &str,
+    chunk_delay: Option<std::time::Duration>,
 ) -> Result<Result<(), WireError>, ConnectionError> {
     let (meta, handle) = match tokio::task::block_in_place(|| files.snapshot(file)) {
         Ok(snapshot) => snapshot,
@@ -49,6 +50,10 @@ pub async fn send_file(
             result: Ok::<_, WireError>(SsReply::Chunk { data }),
         })
         .await?;
+        if let Some(delay) = chunk_delay {
+            conn.flush().await?;
+            tokio::time::sleep(delay).await;
+        }
     }
     conn.reply(
         id,

@@ -193,7 +193,14 @@ impl Server {
                 if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Read) {
                     return Ok(Err(e));
                 }
-                return crate::replica::send_file(&self.files, conn, id, &file).await;
+                return crate::replica::send_file(
+                    &self.files,
+                    conn,
+                    id,
+                    &file,
+                    self.config.chunk_delay,
+                )
+                .await;
             }
             SsRequest::PullFiles { from, items } if from_nm => {
                 let results =

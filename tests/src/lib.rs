@@ -8,7 +8,8 @@
 
 use console::client::Client;
 use serde_json::Value;
-use shared::proto::{ClusterStatus, NmReply, NmRequest, ServerState};
+use shared::proto::{ClusterStatus, FileMeta, NmReply, NmRequest, PairState, ServerState};
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,8 @@ pub struct Options {
     pub fsync: bool,
     /// Extra flags for nm.
     pub nm_args: Vec<&'static str>,
+    /// Extra flags for every storage server.
+    pub ss_args: Vec<&'static str>,
 }
 
 impl Default for Options {
@@ -81,6 +84,7 @@ impl Default for Options {
             stream_delay: "5ms",
             fsync: false,
             nm_args: Vec::new(),
+            ss_args: Vec::new(),
         }
     }
 }
@@ -182,6 +186,11 @@ impl TestCluster {
 
     /// Starts a storage server without waiting for it.
     pub fn spawn_ss(&mut self, name: &str) {
+        self.spawn_ss_with(name, &[]);
+    }
+
+    /// Starts a storage server with extra flags, without waiting for it.
+    pub fn spawn_ss_with(&mut self, name: &str, extra: &[&str]) {
         assert!(
             !self.servers.contains_key(name),
             "{name} is already running"
@@ -200,6 +209,8 @@ impl TestCluster {
             .args(["--heartbeat-interval", self.options.heartbeat_interval])
             .args(["--stream-delay", self.options.stream_delay])
             .args(["--fsync", &self.options.fsync.to_string()])
+            .args(&self.options.ss_args)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(self.log_file(name))
@@ -232,6 +243,87 @@ impl TestCluster {
         let mut child = self.nm.take().expect("nm is not running");
         child.kill().expect("kill");
         child.wait().expect("wait");
+    }
+
+    /// Sends a signal (SIGSTOP, SIGCONT, …) to a storage server.
+    pub fn signal_ss(&self, name: &str, signal: i32) {
+        let child = self.servers.get(name).expect("no such server");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({name}, {signal})");
+    }
+
+    /// Waits until every pair is ACTIVE with nothing left to replicate.
+    pub async fn wait_replicated(&self) -> ClusterStatus {
+        eventually("every pair ACTIVE and the queue drained", async || {
+            let status = self.try_status().await?;
+            let settled = status.queue_depth == 0
+                && status.pairs.iter().all(|p| {
+                    p.pending_jobs == 0 && (p.backup.is_none() || p.state == PairState::Active)
+                });
+            settled.then_some(status)
+        })
+        .await
+    }
+
+    /// Waits until `primary`'s pair is in `state`.
+    pub async fn wait_pair(&self, primary: &str, state: PairState) {
+        eventually(&format!("pair {primary} to be {state:?}"), async || {
+            let status = self.try_status().await?;
+            status
+                .pairs
+                .iter()
+                .any(|p| p.primary == primary && p.state == state)
+                .then_some(())
+        })
+        .await
+    }
+
+    /// Asserts that two servers hold the same files, contents, metadata
+    /// (owner, access list, version, counts) and checkpoints, and no temp files.
+    pub fn assert_same_files(&self, a: &str, b: &str) {
+        let (ra, rb) = (self.storage(a), self.storage(b));
+        for area in ["files", "checkpoints"] {
+            let fa = tree(&ra.join(area));
+            let fb = tree(&rb.join(area));
+            assert_eq!(
+                fa.keys().collect::<Vec<_>>(),
+                fb.keys().collect::<Vec<_>>(),
+                "{area}/ of {a} and {b} differ"
+            );
+            for (name, content) in &fa {
+                assert!(
+                    content == &fb[name],
+                    "{area}/{name} differs between {a} and {b}"
+                );
+            }
+        }
+        let ma = tree(&ra.join("meta"));
+        let mb = tree(&rb.join("meta"));
+        assert_eq!(ma.keys().collect::<Vec<_>>(), mb.keys().collect::<Vec<_>>());
+        for (name, bytes) in &ma {
+            let x: FileMeta = shared::connection::decode(bytes).expect("meta");
+            let y: FileMeta = shared::connection::decode(&mb[name]).expect("meta");
+            assert_eq!(
+                (
+                    &x.owner,
+                    &x.acl,
+                    x.stats.version,
+                    x.stats.size,
+                    x.stats.words,
+                    &x.checkpoints
+                ),
+                (
+                    &y.owner,
+                    &y.acl,
+                    y.stats.version,
+                    y.stats.size,
+                    y.stats.words,
+                    &y.checkpoints
+                ),
+                "metadata of {name} differs between {a} and {b}"
+            );
+        }
     }
 
     pub fn ss_running(&self, name: &str) -> bool {
@@ -318,6 +410,31 @@ impl Drop for TestCluster {
             let _ = dir.keep();
         }
     }
+}
+
+/// Every regular file under `root`, by relative path, with its bytes.
+pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut found = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                let name = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                found.insert(name, bytes);
+            }
+        }
+    }
+    found
 }
 
 /// What a `console --batch --json` run printed.

@@ -1,0 +1,380 @@
+//! Primary/backup replication: every operation reaches the backup, pairing in
+//! either order, coalescing, overflow into a sync, sync by difference, and a
+//! backup killed in the middle of a large transfer.
+
+use console::client::Client;
+use shared::proto::{Event, EventKind, JobKind, JobStep, PairState};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tests::{eventually, Options, TestCluster};
+
+/// Collects WATCH events in the background.
+fn watch(cluster: &TestCluster) -> Arc<Mutex<Vec<Event>>> {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let nm = cluster.nm_addr().to_owned();
+    tokio::spawn(async move {
+        let client = Client::connect(&nm, "watcher").await.unwrap();
+        let _ = client
+            .watch(None, |event| sink.lock().unwrap().push(event))
+            .await;
+    });
+    events
+}
+
+/// Waits for the subscription to be live (its own registration shows in nm's LIST).
+async fn watching(cluster: &TestCluster, events: &Arc<Mutex<Vec<Event>>>) {
+    // A sync request on a pair produces an event; any event proves the stream is up.
+    let _ = events;
+    eventually("the watcher to subscribe", async || {
+        let run = cluster.console("probe", "LIST\n");
+        run.get(0)["data"]["users"]
+            .as_array()?
+            .iter()
+            .any(|u| u == "watcher")
+            .then_some(())
+    })
+    .await;
+}
+
+fn job_steps(events: &Arc<Mutex<Vec<Event>>>, file: &str, step: JobStep) -> usize {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::Job { file: Some(f), step: s, .. } if f == file && *s == step))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_operation_reaches_the_backup() {
+    let cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster.console("bob", "LIST\n").all_ok();
+    cluster
+        .console(
+            "alice",
+            "CREATE a.txt
+WRITE a.txt 0
+0 One. Two.
+ETIRW
+CHECKPOINT a.txt v1
+WRITE a.txt 2
+0 Three.
+ETIRW
+UNDO a.txt
+WRITE a.txt 1
+0 Deux
+ETIRW
+REVERT a.txt v1
+ADDACCESS -W a.txt bob
+CREATE b.txt
+ADDACCESS -R b.txt bob
+REMACCESS b.txt bob
+CREATE gone.txt
+WRITE gone.txt 0
+0 Bye.
+ETIRW
+DELETE gone.txt
+CREATEFOLDER docs
+CREATE docs/c.txt
+WRITE docs/c.txt 0
+0 In a folder.
+ETIRW
+CREATE m.txt
+CHECKPOINT m.txt keep
+MOVE m.txt docs
+",
+        )
+        .all_ok();
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    let backup = cluster.storage("ss1_backup");
+    assert_eq!(
+        std::fs::read_to_string(backup.join("files/a.txt")).unwrap(),
+        "One. Two."
+    );
+    assert!(backup.join("files/docs/m.txt").exists());
+    assert!(backup.join("checkpoints/docs/m.txt/keep").exists());
+    assert!(
+        !backup.join("files/m.txt").exists(),
+        "MOVE reached the backup"
+    );
+    assert!(
+        !backup.join("files/gone.txt").exists(),
+        "DELETE reached the backup"
+    );
+    let info = cluster.console("alice", "INFO a.txt\n");
+    assert_eq!(
+        info.get(0)["data"]["servers"],
+        serde_json::json!(["ss1", "ss1_backup"])
+    );
+    assert_eq!(info.get(0)["data"]["backup_in_sync"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pairing_works_whichever_server_registers_first() {
+    let mut cluster = TestCluster::start(&["ss2_backup"]).await;
+    cluster.start_ss("ss2").await;
+    cluster.wait_pair("ss2", PairState::Active).await;
+    cluster.start_ss("ss1").await;
+    cluster.wait_pair("ss1", PairState::Unpaired).await;
+    cluster.console("alice", "CREATE x\nCREATE y\n").all_ok();
+    cluster.start_ss("ss1_backup").await;
+    // An explicit --backup-of pairs a server of any name.
+    cluster.spawn_ss_with("mirror", &["--backup-of", "ss3"]);
+    cluster.wait_alive("mirror").await;
+    cluster.start_ss("ss3").await;
+    let status = cluster.wait_replicated().await;
+    let pairs: Vec<(String, Option<String>, PairState)> = status
+        .pairs
+        .iter()
+        .map(|p| (p.primary.clone(), p.backup.clone(), p.state))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("ss1".into(), Some("ss1_backup".into()), PairState::Active),
+            ("ss2".into(), Some("ss2_backup".into()), PairState::Active),
+            ("ss3".into(), Some("mirror".into()), PairState::Active),
+        ]
+    );
+    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.assert_same_files("ss2", "ss2_backup");
+    let backups_hold = status
+        .servers
+        .iter()
+        .filter(|s| s.name.ends_with("_backup") || s.name == "mirror")
+        .all(|s| s.role == shared::proto::ServerRole::Backup);
+    assert!(backups_hold);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_to_one_file_coalesce_while_the_backup_is_busy() {
+    let cluster = TestCluster::start_with(
+        &["ss1", "ss1_backup"],
+        Options {
+            nm_args: vec!["--repl-workers", "1"],
+            ..Options::default()
+        },
+    )
+    .await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let events = watch(&cluster);
+    watching(&cluster, &events).await;
+    cluster.console("alice", "CREATE hot.txt\n").all_ok();
+    eventually("the create to start", async || {
+        (job_steps(&events, "hot.txt", JobStep::Started) >= 1).then_some(())
+    })
+    .await;
+    // The backup hangs: the running job waits, and every later change queues behind it.
+    cluster.wait_replicated().await;
+    cluster.signal_ss("ss1_backup", libc::SIGSTOP);
+    let writes: String = (0..20)
+        .map(|i| format!("WRITE hot.txt {i}\n0 Sentence {i}.\nETIRW\n"))
+        .collect();
+    cluster.console("alice", &writes).all_ok();
+    cluster.signal_ss("ss1_backup", libc::SIGCONT);
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    let queued = job_steps(&events, "hot.txt", JobStep::Queued);
+    let coalesced = job_steps(&events, "hot.txt", JobStep::Coalesced);
+    assert!(
+        coalesced >= 18 && queued <= 3,
+        "20 changes while the backup hung: {queued} queued, {coalesced} coalesced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_becomes_one_sync_and_nothing_is_lost() {
+    let cluster = TestCluster::start_with(
+        &["ss1", "ss1_backup"],
+        Options {
+            nm_args: vec!["--repl-queue-capacity", "4", "--repl-workers", "1"],
+            ..Options::default()
+        },
+    )
+    .await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let events = watch(&cluster);
+    watching(&cluster, &events).await;
+    cluster.signal_ss("ss1_backup", libc::SIGSTOP);
+    let creates: String = (0..30).map(|i| format!("CREATE f{i:02}\n")).collect();
+    let run = cluster.console("alice", &creates);
+    run.all_ok();
+    let status = cluster.status().await;
+    assert!(status.queue_depth <= 6, "bounded: {}", status.queue_depth);
+    assert_eq!(status.pairs[0].state, PairState::Syncing);
+    cluster.signal_ss("ss1_backup", libc::SIGCONT);
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    assert_eq!(
+        tests::tree(&cluster.storage("ss1_backup").join("files")).len(),
+        30
+    );
+    let overflowed = events.lock().unwrap().iter().any(|e| {
+        matches!(&e.kind, EventKind::Job { kind: JobKind::SyncPair, detail: Some(d), .. } if d.contains("queue is full"))
+    });
+    assert!(overflowed, "the overflow is reported, not silent");
+}
+
+/// The `applied` detail of the last sync-pair job.
+fn last_sync_detail(events: &Arc<Mutex<Vec<Event>>>) -> Option<String> {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find_map(|e| match &e.kind {
+            EventKind::Job {
+                kind: JobKind::SyncPair,
+                step: JobStep::Applied,
+                detail,
+                ..
+            } => detail.clone(),
+            _ => None,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_returning_backup_receives_only_the_difference() {
+    let mut cluster = TestCluster::start(&["ss1"]).await;
+    cluster.console("friend", "LIST\n").all_ok();
+    let creates: String = (0..50)
+        .map(|i| format!("CREATE f{i:02}\nWRITE f{i:02} 0\n0 File {i}.\nETIRW\n"))
+        .collect();
+    cluster.console("alice", &creates).all_ok();
+    let events = watch(&cluster);
+    watching(&cluster, &events).await;
+    // A late backup receives everything.
+    cluster.start_ss("ss1_backup").await;
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    let first = last_sync_detail(&events).expect("a sync ran");
+    assert!(first.starts_with("copied 50 files"), "{first}");
+    // Away for a while: three changes, one delete, one new file.
+    cluster.kill_ss("ss1_backup");
+    cluster.wait_pair("ss1", PairState::BackupFailed).await;
+    cluster
+        .console(
+            "alice",
+            "WRITE f01 1\n0 More.\nETIRW\nWRITE f02 1\n0 More.\nETIRW\nADDACCESS -R f03 friend\nDELETE f04\nCREATE f50\n",
+        )
+        .all_ok();
+    events.lock().unwrap().clear();
+    cluster.start_ss("ss1_backup").await;
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    let second = eventually("the catch-up sync", async || last_sync_detail(&events)).await;
+    assert!(
+        second.starts_with("copied 4 files")
+            && second.contains("46 already current")
+            && second.contains("1 deletes applied"),
+        "{second}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_killed_mid_transfer_keeps_no_partial_file_and_the_next_sync_completes() {
+    let mut cluster = TestCluster::start_with(
+        &["ss1"],
+        Options {
+            ss_args: vec!["--chunk-delay", "2ms"],
+            ..Options::default()
+        },
+    )
+    .await;
+    // About 24 MB in one file, written in edit lines under the frame limit.
+    let mut writer = cluster.client("alice").await;
+    writer
+        .nm(shared::proto::NmRequest::Create {
+            file: "big.txt".into(),
+        })
+        .await
+        .unwrap();
+    writer.write_begin("big.txt", 0).await.unwrap();
+    let line = "abcdefg ".repeat(100_000);
+    let mut words = 0;
+    for _ in 0..30 {
+        words = writer.write_edit(words as i64, &line).await.unwrap();
+    }
+    let stats = writer.write_commit().await.unwrap();
+    assert!(stats.size > 20_000_000);
+
+    cluster.start_ss("ss1_backup").await;
+    let tmp = cluster.storage("ss1_backup").join("tmp");
+    eventually("the transfer to be under way", async || {
+        let partial = std::fs::read_dir(&tmp)
+            .ok()?
+            .flatten()
+            .any(|e| e.metadata().map(|m| m.len() > 1_000_000).unwrap_or(false));
+        partial.then_some(())
+    })
+    .await;
+    cluster.kill_ss("ss1_backup");
+    let interrupted: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(!interrupted.is_empty());
+    let backup = cluster.storage("ss1_backup");
+    assert!(
+        !backup.join("files/big.txt").exists(),
+        "nothing partial was installed"
+    );
+    cluster.start_ss("ss1_backup").await;
+    for path in &interrupted {
+        assert!(!path.exists(), "{} survived the restart", path.display());
+    }
+    tokio::time::timeout(Duration::from_secs(60), cluster.wait_replicated())
+        .await
+        .expect("the sync completes");
+    cluster.assert_same_files("ss1", "ss1_backup");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_prints_job_and_pair_events_as_json_lines() {
+    use std::io::{BufRead, BufReader};
+    let mut cluster = TestCluster::start(&["ss1"]).await;
+    let mut watcher = cluster
+        .console_command("operator", &["--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = watcher.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"WATCH 3\n").unwrap();
+    drop(stdin);
+    eventually("the watcher to subscribe", async || {
+        let run = cluster.console("probe", "LIST\n");
+        run.get(0)["data"]["users"]
+            .as_array()?
+            .iter()
+            .any(|u| u == "operator")
+            .then_some(())
+    })
+    .await;
+    cluster.start_ss("ss1_backup").await;
+    cluster.console("alice", "CREATE w.txt\n").all_ok();
+    let lines: Vec<serde_json::Value> = BufReader::new(watcher.stdout.take().unwrap())
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert!(watcher.wait().unwrap().success());
+    let last = lines.last().unwrap();
+    assert_eq!(last["command"], "WATCH 3");
+    assert_eq!(last["ok"], true);
+    let events = &lines[..lines.len() - 1];
+    assert_eq!(last["data"]["events"], events.len());
+    let became_active = events
+        .iter()
+        .any(|e| e["kind"]["pair"]["to"] == "ACTIVE" && e["kind"]["pair"]["primary"] == "ss1");
+    let applied = events
+        .iter()
+        .any(|e| e["kind"]["job"]["file"] == "w.txt" && e["kind"]["job"]["step"] == "APPLIED");
+    assert!(became_active && applied, "{events:#?}");
+    for e in events {
+        assert!(e["seq"].as_u64().is_some() && e["at_ms"].as_u64().is_some());
+    }
+}
