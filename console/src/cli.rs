@@ -1,6 +1,6 @@
 //! The console's command line.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 /// The Docs++ console: runs commands against a cluster.
@@ -17,8 +17,11 @@ use std::path::PathBuf;
 /// Exit status: 0 when every command succeeded, 1 when any failed, 2 for
 /// usage or connection errors.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "console", version)]
+#[command(name = "console", version, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Sub>,
+
     /// nm's address.
     #[arg(long, env = "CONSOLE_NM", default_value = "127.0.0.1:5000")]
     pub nm: String,
@@ -35,4 +38,11 @@ pub struct Args {
     /// {"command", "ok", "code", "message", "data"}.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Sub {
+    /// Run a workload against a local cluster started for it and print
+    /// throughput, latency, replication lag or transfer rate.
+    Bench(crate::bench::BenchArgs),
 }

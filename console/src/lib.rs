@@ -5,9 +5,13 @@
 //! - [`script`]: parsing of command lines.
 //! - [`batch`]: `--batch` mode, human or `--json` output.
 //! - [`render`]: human text for results.
+//! - [`bench`]: `console bench`, workloads against a local cluster.
+//! - [`local_cluster`]: real nm and ss processes in a temp dir.
 
 pub mod batch;
+pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod local_cluster;
 pub mod render;
 pub mod script;

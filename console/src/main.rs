@@ -1,6 +1,6 @@
 use clap::Parser;
 use console::batch::{self, Format};
-use console::cli::Args;
+use console::cli::{Args, Sub};
 use console::client::Client;
 use std::process::ExitCode;
 use tokio::io::{AsyncBufRead, BufReader};
@@ -9,6 +9,26 @@ use tokio::io::{AsyncBufRead, BufReader};
 async fn main() -> ExitCode {
     let _ = color_eyre::install();
     let args = Args::parse();
+    if let Some(Sub::Bench(bench)) = args.command {
+        let json = bench.json;
+        return match console::bench::run(bench).await {
+            Ok(report) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&report).expect("a report serializes")
+                    );
+                } else {
+                    print!("{}", console::bench::render(&report));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("console bench: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let Some(script) = args.batch.clone() else {
         eprintln!("console: the interactive console is not built yet; use --batch [FILE]");
         return ExitCode::from(2);

@@ -1,0 +1,346 @@
+//! `console bench`: named workloads against a local cluster it starts itself
+//! (real `nm` and `ss` processes from the console's own folder, in a temp dir).
+//!
+//! - `create-write`: each client CREATEs a file and WRITEs one sentence to it, in a loop.
+//! - `repl-lag`: clients WRITE at a steady rate; the lag of each write is the
+//!   time from its acknowledgement to the backup holding that version (seen
+//!   through WATCH: the first `applied` job event at that version or later).
+//! - `resync-small` / `resync-large`: a primary holding many small files, or
+//!   one large one, and an empty backup joining: the time until the pair is ACTIVE.
+//!
+//! A benchmark, not a test: BENCHMARKS.md has the command lines and figures.
+
+use crate::client::Client;
+use crate::local_cluster::{ClusterError, LocalCluster};
+use serde::Serialize;
+use shared::proto::{EventKind, FileMeta, FileStats, JobStep, NmRequest};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    CreateWrite,
+    ReplLag,
+    ResyncSmall,
+    ResyncLarge,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// The workload to run.
+    #[arg(value_enum)]
+    pub workload: Workload,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// How long to run (create-write, repl-lag).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Writes per second across all clients (repl-lag).
+    #[arg(long, default_value_t = 200)]
+    pub rate: u64,
+    /// Number of files (resync-small).
+    #[arg(long, default_value_t = 10_000)]
+    pub files: usize,
+    /// File size in KiB (resync-small) or MiB (resync-large).
+    #[arg(long)]
+    pub size: Option<u64>,
+    /// fsync on every change (as in production).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub fsync: bool,
+    /// Folder holding the nm and ss binaries (default: the console's own).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a run measured.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub workload: Option<Workload>,
+    pub clients: usize,
+    pub fsync: bool,
+    pub seconds: f64,
+    pub ops: u64,
+    pub ops_per_sec: f64,
+    pub latency_ms: Option<Percentiles>,
+    pub replication_lag_ms: Option<Percentiles>,
+    pub bytes: u64,
+    pub mb_per_sec: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> Option<Percentiles> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 * q) as usize).min(samples.len() - 1);
+        samples[i].as_secs_f64() * 1000.0
+    };
+    Some(Percentiles {
+        p50: at(0.50),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: at(1.0),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("{0}")]
+    Wire(#[from] shared::WireError),
+    #[error("connecting: {0}")]
+    Connect(#[from] shared::connection::ConnectionError),
+    #[error("preparing the storage folder: {0}")]
+    Store(String),
+}
+
+pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
+    let mut cluster = LocalCluster::start(args.bin_dir.clone(), args.fsync).await?;
+    let mut report = match args.workload {
+        Workload::CreateWrite => create_write(&mut cluster, &args).await?,
+        Workload::ReplLag => repl_lag(&mut cluster, &args).await?,
+        Workload::ResyncSmall => {
+            let kib = args.size.unwrap_or(4);
+            resync(&mut cluster, args.files, kib * 1024).await?
+        }
+        Workload::ResyncLarge => {
+            let mib = args.size.unwrap_or(1024);
+            resync(&mut cluster, 1, mib << 20).await?
+        }
+    };
+    report.workload = Some(args.workload);
+    report.clients = args.clients;
+    report.fsync = args.fsync;
+    Ok(report)
+}
+
+async fn create_write(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report, BenchError> {
+    cluster.start_ss("ss1").await?;
+    cluster.start_ss("ss1_backup").await?;
+    cluster.wait_replicated("ss1").await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients.max(1) {
+        let nm = cluster.nm_addr().to_owned();
+        let deadline = started + args.duration;
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(&nm, &format!("bench{c}")).await?;
+            let mut latencies = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let file = format!("c{c}-{i}");
+                client.nm(NmRequest::Create { file: file.clone() }).await?;
+                client.write_begin(&file, 0).await?;
+                client
+                    .write_edit(0, "One sentence of the benchmark.")
+                    .await?;
+                client.write_commit().await?;
+                latencies.push(t.elapsed());
+                i += 1;
+            }
+            Ok::<_, BenchError>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("bench task")?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let ops = latencies.len() as u64;
+    Ok(Report {
+        seconds,
+        ops,
+        ops_per_sec: ops as f64 / seconds,
+        latency_ms: percentiles(latencies),
+        ..Report::default()
+    })
+}
+
+async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report, BenchError> {
+    cluster.start_ss("ss1").await?;
+    cluster.start_ss("ss1_backup").await?;
+    cluster.wait_replicated("ss1").await?;
+    // file -> (version, when the backup had it)
+    let applied: Arc<Mutex<HashMap<String, Vec<(u64, Instant)>>>> = Arc::default();
+    let sink = applied.clone();
+    let watcher = Client::connect(cluster.nm_addr(), "bench-watch").await?;
+    let watch = tokio::spawn(async move {
+        let _ = watcher
+            .watch(None, |event| {
+                if let EventKind::Job {
+                    step: JobStep::Applied,
+                    file: Some(file),
+                    version: Some(version),
+                    ..
+                } = event.kind
+                {
+                    sink.lock()
+                        .unwrap()
+                        .entry(file)
+                        .or_default()
+                        .push((version, Instant::now()));
+                }
+            })
+            .await;
+    });
+    let clients = args.clients.max(1);
+    let interval = Duration::from_secs_f64(clients as f64 / args.rate.max(1) as f64);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let nm = cluster.nm_addr().to_owned();
+        let deadline = started + args.duration;
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(&nm, &format!("bench{c}")).await?;
+            let file = format!("lag-{c}");
+            client.nm(NmRequest::Create { file: file.clone() }).await?;
+            let mut acks = Vec::new();
+            let mut next = Instant::now();
+            let mut sentence = 0;
+            while Instant::now() < deadline {
+                tokio::time::sleep_until(next.into()).await;
+                next += interval;
+                let t = Instant::now();
+                client.write_begin(&file, sentence).await?;
+                client.write_edit(0, &format!("Write {sentence}.")).await?;
+                let stats = client.write_commit().await?;
+                acks.push((file.clone(), stats.version, Instant::now(), t.elapsed()));
+                sentence += 1;
+            }
+            Ok::<_, BenchError>(acks)
+        }));
+    }
+    let mut acks = Vec::new();
+    for task in tasks {
+        acks.extend(task.await.expect("bench task")?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    cluster.wait_replicated("ss1").await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    watch.abort();
+    let applied = applied.lock().unwrap();
+    let mut lags = Vec::new();
+    let mut latencies = Vec::new();
+    for (file, version, acked, latency) in &acks {
+        latencies.push(*latency);
+        let held = applied.get(file).and_then(|list| {
+            list.iter()
+                .find(|(v, at)| v >= version && at >= acked)
+                .map(|(_, at)| *at)
+        });
+        if let Some(at) = held {
+            lags.push(at.duration_since(*acked));
+        }
+    }
+    let ops = acks.len() as u64;
+    Ok(Report {
+        seconds,
+        ops,
+        ops_per_sec: ops as f64 / seconds,
+        latency_ms: percentiles(latencies),
+        replication_lag_ms: percentiles(lags),
+        ..Report::default()
+    })
+}
+
+/// Writes `count` files of `size` bytes straight into a stopped primary's storage folder.
+fn prepare_primary(root: &std::path::Path, count: usize, size: u64) -> Result<(), BenchError> {
+    let err = |e: ss::store::StoreError| BenchError::Store(e.to_string());
+    let store = ss::store::Store::open(root, false).map_err(err)?;
+    let line: Vec<u8> = b"lorem ipsum dolor sit amet. ".repeat(2341); // ~64 KiB
+    let now = shared::now_ms();
+    for i in 0..count {
+        let name = format!("f{i:06}");
+        let mut temp = store.temp_file().map_err(err)?;
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(line.len() as u64) as usize;
+            temp.write_all(&line[..n])
+                .map_err(|e| BenchError::Store(e.to_string()))?;
+            left -= n as u64;
+        }
+        store.install_content(temp, &name).map_err(err)?;
+        let meta = FileMeta {
+            owner: "bench".into(),
+            acl: Default::default(),
+            checkpoints: Default::default(),
+            stats: FileStats {
+                size,
+                version: 1,
+                created_ms: now,
+                modified_ms: now,
+                ..FileStats::default()
+            },
+        };
+        store.write_meta(&name, &meta).map_err(err)?;
+    }
+    Ok(())
+}
+
+async fn resync(cluster: &mut LocalCluster, count: usize, size: u64) -> Result<Report, BenchError> {
+    let root = cluster.storage("ss1");
+    tokio::task::spawn_blocking(move || prepare_primary(&root, count, size))
+        .await
+        .expect("prepare task")?;
+    cluster.start_ss("ss1").await?;
+    let started = Instant::now();
+    cluster.start_ss("ss1_backup").await?;
+    cluster.wait_replicated("ss1").await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes = count as u64 * size;
+    Ok(Report {
+        seconds,
+        ops: count as u64,
+        ops_per_sec: count as f64 / seconds,
+        bytes,
+        mb_per_sec: Some(bytes as f64 / 1e6 / seconds),
+        ..Report::default()
+    })
+}
+
+/// The report as text.
+pub fn render(report: &Report) -> String {
+    let mut out = format!(
+        "{:?}: {} clients, fsync {}\n  {} ops in {:.2} s: {:.0} ops/s\n",
+        report.workload.expect("set by run"),
+        report.clients,
+        report.fsync,
+        report.ops,
+        report.seconds,
+        report.ops_per_sec
+    );
+    if let Some(l) = &report.latency_ms {
+        out += &format!(
+            "  latency ms: p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}\n",
+            l.p50, l.p99, l.p999, l.max
+        );
+    }
+    if let Some(l) = &report.replication_lag_ms {
+        out += &format!(
+            "  replication lag ms: p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}\n",
+            l.p50, l.p99, l.p999, l.max
+        );
+    }
+    if let Some(mbps) = report.mb_per_sec {
+        out += &format!("  {} bytes: {:.1} MB/s\n", report.bytes, mbps);
+    }
+    out
+}

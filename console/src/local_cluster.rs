@@ -1,0 +1,177 @@
+//! A local cluster of real `nm` and `ss` processes in a temp dir, for
+//! `console bench` (and the demo). The binaries are taken from the folder the
+//! console itself runs from. Every child is killed when the cluster drops.
+
+use crate::client::Client;
+use shared::proto::{ClusterStatus, NmReply, NmRequest, PairState, ServerState};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct LocalCluster {
+    dir: tempfile::TempDir,
+    bin_dir: PathBuf,
+    nm: Option<Child>,
+    nm_addr: String,
+    servers: BTreeMap<String, Child>,
+    pub fsync: bool,
+    pub heartbeat: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+}
+
+impl LocalCluster {
+    /// Starts nm; storage servers come with [`LocalCluster::start_ss`].
+    pub async fn start(bin_dir: Option<PathBuf>, fsync: bool) -> Result<Self, ClusterError> {
+        let bin_dir = match bin_dir {
+            Some(dir) => dir,
+            None => std::env::current_exe()?
+                .parent()
+                .map(Path::to_owned)
+                .unwrap_or_default(),
+        };
+        let mut cluster = LocalCluster {
+            dir: tempfile::tempdir()?,
+            bin_dir,
+            nm: None,
+            nm_addr: String::new(),
+            servers: BTreeMap::new(),
+            fsync,
+            heartbeat: "100ms".into(),
+        };
+        let ready = cluster.dir.path().join("nm.addr");
+        let nm = Command::new(cluster.bin_dir.join("nm"))
+            .args(["--listen", "127.0.0.1:0", "--quiet"])
+            .arg("--data-dir")
+            .arg(cluster.dir.path().join("nm-data"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(["--fsync", &fsync.to_string()])
+            .stdout(Stdio::null())
+            .stderr(cluster.log("nm")?)
+            .spawn()?;
+        cluster.nm = Some(nm);
+        let started = Instant::now();
+        while !ready.exists() {
+            if started.elapsed() > READY_DEADLINE {
+                return Err(ClusterError::Timeout("nm to listen".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cluster.nm_addr = std::fs::read_to_string(&ready)?;
+        Ok(cluster)
+    }
+
+    pub fn nm_addr(&self) -> &str {
+        &self.nm_addr
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn storage(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("storage-{name}"))
+    }
+
+    fn log(&self, name: &str) -> std::io::Result<Stdio> {
+        Ok(Stdio::from(std::fs::File::create(
+            self.dir.path().join(format!("{name}.log")),
+        )?))
+    }
+
+    /// Starts a storage server (without waiting for it).
+    pub fn spawn_ss(&mut self, name: &str) -> Result<(), ClusterError> {
+        let child = Command::new(self.bin_dir.join("ss"))
+            .args(["--nm", &self.nm_addr, "--username", name])
+            .arg("--storage")
+            .arg(self.storage(name))
+            .args(["--fsync", &self.fsync.to_string()])
+            .args(["--heartbeat-interval", &self.heartbeat])
+            .stdout(Stdio::null())
+            .stderr(self.log(name)?)
+            .spawn()?;
+        self.servers.insert(name.to_owned(), child);
+        Ok(())
+    }
+
+    /// Starts a storage server and waits until nm has it ALIVE.
+    pub async fn start_ss(&mut self, name: &str) -> Result<(), ClusterError> {
+        self.spawn_ss(name)?;
+        self.wait_for(&format!("{name} to register"), |s| {
+            s.servers
+                .iter()
+                .any(|x| x.name == name && x.state == ServerState::Alive)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// kill -9 of a storage server.
+    pub fn kill_ss(&mut self, name: &str) {
+        if let Some(mut child) = self.servers.remove(name) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn status(&self) -> Option<ClusterStatus> {
+        let mut client = Client::connect(&self.nm_addr, "bench").await.ok()?;
+        match client.nm(NmRequest::Status).await.ok()? {
+            NmReply::Status { status } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Polls STATUS until `done` holds.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        done: impl Fn(&ClusterStatus) -> bool,
+    ) -> Result<ClusterStatus, ClusterError> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.status().await {
+                if done(&status) {
+                    return Ok(status);
+                }
+            }
+            if started.elapsed() > READY_DEADLINE * 20 {
+                return Err(ClusterError::Timeout(what.to_owned()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits until `primary`'s pair is ACTIVE with nothing pending.
+    pub async fn wait_replicated(&self, primary: &str) -> Result<ClusterStatus, ClusterError> {
+        self.wait_for(&format!("{primary} to be replicated"), |s| {
+            s.pairs.iter().any(|p| {
+                p.primary == primary && p.state == PairState::Active && p.pending_jobs == 0
+            })
+        })
+        .await
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.servers) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(mut nm) = self.nm.take() {
+            let _ = nm.kill();
+            let _ = nm.wait();
+        }
+    }
+}
