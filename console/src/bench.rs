@@ -174,12 +174,14 @@ async fn create_write(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Re
     })
 }
 
+/// File → the versions the backup reached, and when.
+type AppliedVersions = HashMap<String, Vec<(u64, Instant)>>;
+
 async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report, BenchError> {
     cluster.start_ss("ss1").await?;
     cluster.start_ss("ss1_backup").await?;
     cluster.wait_replicated("ss1").await?;
-    // file -> (version, when the backup had it)
-    let applied: Arc<Mutex<HashMap<String, Vec<(u64, Instant)>>>> = Arc::default();
+    let applied: Arc<Mutex<AppliedVersions>> = Arc::default();
     let sink = applied.clone();
     let watcher = Client::connect(cluster.nm_addr(), "bench-watch").await?;
     let watch = tokio::spawn(async move {
