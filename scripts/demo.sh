@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs a local cluster (nm and two storage servers) in a temp dir and drives
+# Runs a local cluster (nm and two primary/backup pairs) in a temp dir and drives
 # it with a batch script (examples/demo.batch by default).
 #
 #   scripts/demo.sh [SCRIPT]     run the script, then stop the cluster
@@ -31,17 +31,17 @@ for _ in $(seq 100); do [ -s "$dir/nm.addr" ] && break; sleep 0.1; done
 [ -s "$dir/nm.addr" ] || { echo "nm did not start; see $dir/nm.log" >&2; exit 1; }
 nm=$(cat "$dir/nm.addr")
 
-for ss in ss1 ss2; do
+for ss in ss1 ss1_backup ss2 ss2_backup; do
   "$bin/ss" --nm "$nm" --username "$ss" --storage "$dir/$ss" --stream-delay 20ms 2>"$dir/$ss.log" &
 done
 alive=0
 for _ in $(seq 100); do
   alive=$("$bin/console" --nm "$nm" --user operator --batch --json <<<"STATUS" | grep -o '"state":"ALIVE"' | wc -l || true)
-  [ "$alive" -ge 2 ] && break
+  [ "$alive" -ge 4 ] && break
   sleep 0.1
 done
-[ "$alive" -ge 2 ] || { echo "storage servers did not register; see $dir/*.log" >&2; exit 1; }
-echo "cluster up: nm at $nm, storage servers ss1 and ss2 (logs in $dir)"
+[ "$alive" -ge 4 ] || { echo "storage servers did not register; see $dir/*.log" >&2; exit 1; }
+echo "cluster up: nm at $nm, pairs ss1/ss1_backup and ss2/ss2_backup (logs in $dir)"
 
 if $keep; then
   echo "try: $bin/console --nm $nm --user alice --batch    (Ctrl-C here stops the cluster)"

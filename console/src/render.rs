@@ -108,8 +108,8 @@ pub fn status(status: &ClusterStatus) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<16} {:<16} {:<15} {:>5} {:>8}",
-        "PRIMARY", "BACKUP", "STATE", "EPOCH", "PENDING"
+        "{:<16} {:<16} {:<15} {:>5} {:>8} {:>8}",
+        "PRIMARY", "BACKUP", "STATE", "EPOCH", "PENDING", "LAG"
     );
     for p in &status.pairs {
         let state = serde_json::to_value(p.state)
@@ -118,12 +118,13 @@ pub fn status(status: &ClusterStatus) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{:<16} {:<16} {:<15} {:>5} {:>8}",
+            "{:<16} {:<16} {:<15} {:>5} {:>8} {:>6}ms",
             p.primary,
             p.backup.as_deref().unwrap_or("-"),
             state,
             p.epoch,
-            p.pending_jobs
+            p.pending_jobs,
+            p.lag_ms
         );
     }
     let _ = write!(out, "replication queue depth: {}", status.queue_depth);
