@@ -159,7 +159,7 @@ impl Nm {
         let state = self.state();
         NmReply::Status {
             status: ClusterStatus {
-                servers: state.registry.status(),
+                servers: state.registry.status(self.config.heartbeat_timeout),
                 pairs: state
                     .registry
                     .pair_status(|primary| self.queue.pending_for(primary)),
@@ -223,7 +223,7 @@ impl Nm {
                 return Err(e);
             }
             match state.registry.placement() {
-                Some(s) => (s.client.clone(), s.name.clone()),
+                Some((pair, s)) => (s.client.clone(), pair),
                 None => {
                     state.ns.unreserve(file);
                     return Err(WireError::unavailable(
@@ -324,14 +324,16 @@ impl Nm {
     fn locate(&self, user: &str, file: &str, op: Op) -> Result<NmReply, WireError> {
         let state = self.state();
         let record = state.ns.check(user, file, op)?;
-        let server = record.server.clone();
-        let client = live_server(&state, &server, file)?;
+        let (entry, epoch) = state
+            .registry
+            .serving(&record.server)
+            .ok_or_else(|| unavailable(&record.server, file))?;
         let expires_ms = now_ms() + self.config.ticket_ttl.as_millis() as u64;
         Ok(NmReply::Located {
             location: Location {
-                server,
-                address: client.address().to_owned(),
-                ticket: self.ticket_key.issue(user, file, op, 0, expires_ms),
+                server: entry.name.clone(),
+                address: entry.address.clone(),
+                ticket: self.ticket_key.issue(user, file, op, epoch, expires_ms),
             },
         })
     }
@@ -606,18 +608,23 @@ fn top_level(folder: &str) -> &str {
     }
 }
 
-/// The client for a live server, or `E_UNAVAILABLE` naming the file.
+/// The client of the server serving `pair` now, or `E_UNAVAILABLE` naming the file.
 pub(crate) fn live_server(
     state: &State,
-    server: &str,
+    pair: &str,
     file: &str,
 ) -> Result<Arc<SsClient>, WireError> {
-    match state.registry.get(server) {
-        Some(entry) if entry.connected => Ok(entry.client.clone()),
-        _ => Err(WireError::unavailable(format!(
-            "storage server {server} holding {file:?} is down; retry later"
-        ))),
-    }
+    state
+        .registry
+        .serving(pair)
+        .map(|(entry, _)| entry.client.clone())
+        .ok_or_else(|| unavailable(pair, file))
+}
+
+fn unavailable(pair: &str, file: &str) -> WireError {
+    WireError::unavailable(format!(
+        "no live server of pair {pair} can serve {file:?} now (down, catching up or handing over); retry later"
+    ))
 }
 
 fn applied(reply: SsReply) -> Result<FileStats, WireError> {

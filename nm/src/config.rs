@@ -45,6 +45,12 @@ pub struct Config {
     #[arg(long, env = "NM_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
 
+    /// A storage server silent for this long is declared FAILED (a closed
+    /// control connection is detected at once). Servers accept writes only
+    /// under a lease of two thirds of this, renewed by each heartbeat.
+    #[arg(long, env = "NM_HEARTBEAT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Duration,
+
     /// Most replication jobs waiting at once; beyond it a pair is marked for a full sync.
     #[arg(long, env = "NM_REPL_QUEUE_CAPACITY", default_value_t = 1000)]
     pub repl_queue_capacity: usize,

@@ -64,6 +64,12 @@ pub enum Record {
     RequestRemoved {
         id: u64,
     },
+    /// A pair's epoch and active server changed (a promotion or a hand-back).
+    Pair {
+        primary: String,
+        epoch: u64,
+        active: String,
+    },
 }
 
 impl Record {
@@ -96,6 +102,11 @@ impl Record {
             Record::RequestRemoved { id } => {
                 ns.remove_request(id);
             }
+            Record::Pair {
+                primary,
+                epoch,
+                active,
+            } => ns.set_pair(&primary, epoch, &active),
         }
     }
 }
@@ -110,6 +121,8 @@ struct Snapshot {
     requests: Vec<AccessRequest>,
     #[serde(default)]
     last_request_id: u64,
+    #[serde(default)]
+    pairs: Vec<(String, u64, String)>,
 }
 
 struct Pending {
@@ -150,6 +163,9 @@ impl Journal {
                 ns.add_request(request);
             }
             ns.set_last_request_id(snapshot.last_request_id);
+            for (primary, epoch, active) in snapshot.pairs {
+                ns.set_pair(&primary, epoch, &active);
+            }
         }
         let journal_path = dir.join(JOURNAL);
         let replayed = replay(&journal_path, &mut ns)?;
@@ -231,6 +247,10 @@ fn compact(dir: &Path, ns: &Namespace, fsync: bool) -> io::Result<()> {
         folders: ns.folders().cloned().collect(),
         requests: ns.requests().cloned().collect(),
         last_request_id: ns.last_request_id(),
+        pairs: ns
+            .pairs()
+            .map(|(p, (epoch, active))| (p.clone(), *epoch, active.clone()))
+            .collect(),
         files: ns
             .files()
             .map(|(name, record)| (name.clone(), record.clone()))

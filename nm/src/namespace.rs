@@ -50,6 +50,8 @@ pub struct Namespace {
     /// Pending access requests by id.
     requests: BTreeMap<u64, AccessRequest>,
     next_request_id: u64,
+    /// Each pair's epoch and active server, by primary name.
+    pairs: BTreeMap<String, (u64, String)>,
 }
 
 /// The folder a path lives in ("" at the top).
@@ -305,6 +307,20 @@ impl Namespace {
     pub fn delete(&mut self, name: &str) -> Option<FileRecord> {
         self.requests.retain(|_, r| r.file != name);
         self.remove(name)
+    }
+
+    /// A pair's persisted (epoch, active server).
+    pub fn pair(&self, primary: &str) -> Option<(u64, String)> {
+        self.pairs.get(primary).cloned()
+    }
+
+    pub fn set_pair(&mut self, primary: &str, epoch: u64, active: &str) {
+        self.pairs
+            .insert(primary.to_owned(), (epoch, active.to_owned()));
+    }
+
+    pub fn pairs(&self) -> impl Iterator<Item = (&String, &(u64, String))> {
+        self.pairs.iter()
     }
 
     /// A fresh request id (ids are never reused, across restarts too).

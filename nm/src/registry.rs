@@ -28,13 +28,20 @@ pub struct ServerEntry {
     /// How many files the server holds.
     pub files: u64,
     pub client: Arc<SsClient>,
+    /// Clients are sent here: it is its pair's active server and has taken the role.
+    pub serving: bool,
 }
 
 pub struct Pair {
     pub primary: String,
     pub backup: Option<String>,
     pub state: PairState,
+    /// Bumped at every promotion (and hand-back); persisted.
     pub epoch: u64,
+    /// The server clients are sent to: the primary, or the backup after a failover.
+    pub active: String,
+    /// Writes are paused for the final drain of a hand-back.
+    pub paused: bool,
     /// The backup may lack changes (it just registered, or the queue overflowed).
     pub needs_sync: bool,
     pub last_sync_ms: u64,
@@ -57,7 +64,8 @@ pub fn backs(name: &str, backup_of: Option<&str>) -> Option<String> {
 }
 
 impl Registry {
-    /// Records a (re-)registration and returns its generation.
+    /// Records a (re-)registration and returns its generation. `remembered`
+    /// is the pair's persisted (epoch, active server), if any.
     pub fn register(
         &mut self,
         name: &str,
@@ -65,6 +73,7 @@ impl Registry {
         files: u64,
         backup_of: Option<&str>,
         timeout: Duration,
+        remembered: impl FnOnce(&str) -> Option<(u64, String)>,
     ) -> u64 {
         self.next_generation += 1;
         let generation = self.next_generation;
@@ -89,14 +98,18 @@ impl Registry {
                 generation,
                 files,
                 client,
+                serving: false,
             },
         );
         let pair_name = primary.clone().unwrap_or_else(|| name.to_owned());
+        let (epoch, active) = remembered(&pair_name).unwrap_or((0, pair_name.clone()));
         let pair = self.pairs.entry(pair_name.clone()).or_insert_with(|| Pair {
             primary: pair_name,
             backup: None,
             state: PairState::Unpaired,
-            epoch: 0,
+            epoch,
+            active,
+            paused: false,
             needs_sync: false,
             last_sync_ms: 0,
         });
@@ -113,8 +126,9 @@ impl Registry {
     /// Marks a server down, unless it has registered again since `generation`.
     pub fn disconnect(&mut self, name: &str, generation: u64) -> bool {
         match self.servers.get_mut(name) {
-            Some(entry) if entry.generation == generation => {
+            Some(entry) if entry.generation == generation && entry.connected => {
                 entry.connected = false;
+                entry.serving = false;
                 true
             }
             _ => false,
@@ -151,21 +165,41 @@ impl Registry {
         self.pairs.values()
     }
 
-    /// The pair whose primary is `primary`, with a live backup: (backup client, primary address).
-    pub fn replica_of(&self, primary: &str) -> Option<(String, Arc<SsClient>)> {
-        let backup = self.pairs.get(primary)?.backup.as_deref()?;
-        let entry = self.servers.get(backup)?;
-        entry
-            .connected
-            .then(|| (entry.name.clone(), entry.client.clone()))
+    /// The pair a server belongs to.
+    pub fn pair_of(&self, server: &str) -> Option<&Pair> {
+        self.pairs
+            .values()
+            .find(|p| p.primary == server || p.backup.as_deref() == Some(server))
     }
 
-    /// The live primary holding the fewest files, for a new file.
-    pub fn placement(&self) -> Option<&ServerEntry> {
-        self.servers
+    /// The other server of a pair, relative to its active one.
+    pub fn standby(&self, pair: &Pair) -> Option<String> {
+        if pair.active == pair.primary {
+            pair.backup.clone()
+        } else {
+            Some(pair.primary.clone())
+        }
+    }
+
+    /// The server clients of `pair` go to now, with its client and the pair's epoch.
+    pub fn serving(&self, pair: &str) -> Option<(&ServerEntry, u64)> {
+        let pair = self.pairs.get(pair)?;
+        if pair.paused {
+            return None;
+        }
+        let entry = self.servers.get(&pair.active)?;
+        (entry.connected && entry.serving).then_some((entry, pair.epoch))
+    }
+
+    /// The pair with a serving server holding the fewest files, for a new file.
+    pub fn placement(&self) -> Option<(String, &ServerEntry)> {
+        self.pairs
             .values()
-            .filter(|s| s.connected && s.role == ServerRole::Primary)
-            .min_by_key(|s| (s.files, s.name.clone()))
+            .filter_map(|p| {
+                self.serving(&p.primary)
+                    .map(|(e, _)| (p.primary.clone(), e))
+            })
+            .min_by_key(|(name, e)| (e.files, name.clone()))
     }
 
     /// What a pair's state should be now.
@@ -173,12 +207,18 @@ impl Registry {
         let alive = |name: &str| self.servers.get(name).map(|s| s.connected);
         let primary = alive(&pair.primary);
         let backup = pair.backup.as_deref().and_then(alive);
+        let failed_over = pair.active != pair.primary;
         match (primary, backup) {
+            // The returned primary catches up while the backup serves.
+            (Some(true), Some(true)) if failed_over => PairState::Recovering,
             (Some(true), Some(true)) if pair.needs_sync => PairState::Syncing,
             (Some(true), Some(true)) => PairState::Active,
+            (Some(true), Some(false)) if failed_over => PairState::Offline,
             (Some(true), Some(false)) => PairState::BackupFailed,
-            (Some(false), Some(true)) => PairState::PrimaryFailed,
+            (Some(false), Some(true)) if failed_over => PairState::PrimaryFailed,
+            (Some(false), Some(true)) => PairState::Offline,
             (Some(false), Some(false)) | (Some(false), None) => PairState::Offline,
+            (None, Some(true)) if failed_over => PairState::PrimaryFailed,
             (Some(true), None) | (None, _) => PairState::Unpaired,
         }
     }
@@ -208,22 +248,48 @@ impl Registry {
         events
     }
 
-    pub fn status(&self) -> Vec<ServerStatus> {
+    /// Server rows for STATUS; `timeout` is nm's failure timeout.
+    pub fn status(&self, timeout: Duration) -> Vec<ServerStatus> {
         self.servers
             .values()
-            .map(|s| ServerStatus {
-                name: s.name.clone(),
-                role: s.role,
-                state: if s.connected {
-                    ServerState::Alive
-                } else {
-                    ServerState::Failed
-                },
-                address: s.address.clone(),
-                ms_since_heartbeat: s.last_seen.elapsed().as_millis() as u64,
-                files: s.files,
+            .map(|s| {
+                let since = s.last_seen.elapsed();
+                ServerStatus {
+                    name: s.name.clone(),
+                    role: s.role,
+                    state: if s.connected {
+                        ServerState::Alive
+                    } else {
+                        ServerState::Failed
+                    },
+                    address: s.address.clone(),
+                    ms_since_heartbeat: since.as_millis() as u64,
+                    ms_until_timeout: if s.connected {
+                        timeout.saturating_sub(since).as_millis() as u64
+                    } else {
+                        0
+                    },
+                    serving: s.serving,
+                    files: s.files,
+                }
             })
             .collect()
+    }
+
+    /// Live servers that have not been heard from for longer than `timeout`: (name, generation).
+    pub fn silent(&self, timeout: Duration) -> Vec<(String, u64)> {
+        self.servers
+            .values()
+            .filter(|s| s.connected && s.last_seen.elapsed() > timeout)
+            .map(|s| (s.name.clone(), s.generation))
+            .collect()
+    }
+
+    /// Whether this registration of `name` is still the live one.
+    pub fn is_current(&self, name: &str, generation: u64) -> bool {
+        self.servers
+            .get(name)
+            .is_some_and(|s| s.generation == generation && s.connected)
     }
 
     /// Pair rows for STATUS; `pending` gives (jobs, lag in ms) per primary.
@@ -259,27 +325,35 @@ mod tests {
     #[test]
     fn pairs_form_whichever_side_registers_first() {
         let mut r = Registry::default();
-        r.register("ss1_backup", "a:1", 0, None, T);
+        r.register("ss1_backup", "a:1", 0, None, T, |_| None);
         r.refresh("test");
         assert_eq!(states(&r), [PairState::Unpaired], "no primary yet");
-        let g = r.register("ss1", "a:2", 0, None, T);
+        let g = r.register("ss1", "a:2", 0, None, T, |_| None);
         r.refresh("test");
         assert_eq!(states(&r), [PairState::Syncing]);
         r.pair_mut("ss1").unwrap().needs_sync = false;
         r.refresh("test");
         assert_eq!(states(&r), [PairState::Active]);
-        r.register("ss2", "a:3", 0, None, T);
-        r.register("mirror", "a:4", 0, Some("ss2"), T);
+        r.register("ss2", "a:3", 0, None, T, |_| None);
+        r.register("mirror", "a:4", 0, Some("ss2"), T, |_| None);
+        r.get_mut("ss2").unwrap().serving = true;
         r.refresh("test");
         assert_eq!(r.pair("ss2").unwrap().backup.as_deref(), Some("mirror"));
         assert!(r.disconnect("ss1", g));
         let events = r.refresh("primary gone");
-        assert_eq!(r.pair("ss1").unwrap().state, PairState::PrimaryFailed);
         assert!(!events.is_empty());
         assert_eq!(
-            r.placement().unwrap().name,
+            r.pair("ss1").unwrap().state,
+            PairState::Offline,
+            "not promoted yet"
+        );
+        r.pair_mut("ss1").unwrap().active = "ss1_backup".into();
+        r.refresh("promoted");
+        assert_eq!(r.pair("ss1").unwrap().state, PairState::PrimaryFailed);
+        assert_eq!(
+            r.placement().unwrap().0,
             "ss2",
-            "backups never get new files"
+            "only serving servers get new files"
         );
     }
 

@@ -20,9 +20,10 @@
 //! Every step is an event (see [`crate::events`]).
 
 use crate::server::Nm;
+use crate::ss_client::SsClient;
 use shared::proto::{EventKind, JobKind, JobStep, Op, PullItem, SsReply, SsRequest, Tombstone};
 use shared::{now_ms, ErrorCode, WireError};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -287,12 +288,57 @@ impl ReplQueue {
     }
 }
 
-/// The two sides of a pair as a job needs them.
+/// The two sides of a pair as a job needs them: the active server (the
+/// source of truth) and the other one (the target being kept up to date).
 struct Sides {
-    backup: String,
-    backup_client: Arc<crate::ss_client::SsClient>,
-    primary_address: String,
-    primary_client: Arc<crate::ss_client::SsClient>,
+    pair: String,
+    epoch: u64,
+    source: String,
+    source_client: Arc<SsClient>,
+    source_address: String,
+    target: String,
+    target_client: Arc<SsClient>,
+    target_address: String,
+}
+
+/// What one sync of a pair did.
+#[derive(Default)]
+struct SyncOutcome {
+    pulled: usize,
+    bytes: u64,
+    current: usize,
+    deletes: usize,
+    returned: usize,
+    conflicts: Vec<String>,
+    orphans: usize,
+}
+
+impl SyncOutcome {
+    fn detail(&self) -> String {
+        let mut detail = format!(
+            "copied {} files ({} bytes), {} already current, {} deletes applied",
+            self.pulled, self.bytes, self.current, self.deletes
+        );
+        if self.returned > 0 {
+            detail.push_str(&format!(
+                ", {} files only the returning server had copied back",
+                self.returned
+            ));
+        }
+        if !self.conflicts.is_empty() {
+            detail.push_str(&format!(
+                ", conflict copies kept: {}",
+                self.conflicts.join(", ")
+            ));
+        }
+        if self.orphans > 0 {
+            detail.push_str(&format!(
+                ", {} files only on the target left alone",
+                self.orphans
+            ));
+        }
+        detail
+    }
 }
 
 impl Nm {
@@ -310,23 +356,33 @@ impl Nm {
         });
     }
 
-    /// Queues replication of a change to `file` on the pair of `primary`.
-    pub fn replicate(&self, primary: &str, file: &str, kind: JobKind, version: Option<u64>) {
-        let backup = {
-            let state = self.state();
-            let Some(pair) = state.registry.pair(primary) else {
-                return;
-            };
-            let Some(backup) = pair.backup.clone() else {
-                return; // unpaired: the sync when a backup arrives covers it
-            };
-            if !state.registry.is_alive(&backup) || !state.registry.is_alive(primary) {
-                drop(state);
+    /// The server a pair's changes are copied to now (the standby), if alive.
+    fn live_standby(&self, pair: &str) -> Result<String, Option<String>> {
+        let state = self.state();
+        let Some(pair) = state.registry.pair(pair) else {
+            return Err(None);
+        };
+        let Some(standby) = state.registry.standby(pair) else {
+            return Err(None);
+        };
+        if state.registry.is_alive(&standby) && state.registry.is_alive(&pair.active) {
+            Ok(standby)
+        } else {
+            Err(Some(standby))
+        }
+    }
+
+    /// Queues replication of a change to `file` on `pair`.
+    pub fn replicate(&self, pair: &str, file: &str, kind: JobKind, version: Option<u64>) {
+        let standby = match self.live_standby(pair) {
+            Ok(standby) => standby,
+            Err(None) => return, // unpaired: the sync when a backup arrives covers it
+            Err(Some(standby)) => {
                 let job = Job {
                     id: 0,
                     kind,
                     key: JobKey::File {
-                        primary: primary.to_owned(),
+                        primary: pair.to_owned(),
                         file: file.to_owned(),
                     },
                     version,
@@ -337,7 +393,7 @@ impl Nm {
                 self.job_event(
                     &job,
                     JobStep::Dropped,
-                    &backup,
+                    &standby,
                     Some(
                         "a server of the pair is down; the sync when it returns covers this change"
                             .into(),
@@ -345,22 +401,21 @@ impl Nm {
                 );
                 return;
             }
-            backup
         };
         let key = JobKey::File {
-            primary: primary.to_owned(),
+            primary: pair.to_owned(),
             file: file.to_owned(),
         };
         match self.queue.offer(key, kind, version) {
-            Offer::Queued(job) => self.job_event(&job, JobStep::Queued, &backup, None),
-            Offer::Coalesced(job) => self.job_event(&job, JobStep::Coalesced, &backup, None),
+            Offer::Queued(job) => self.job_event(&job, JobStep::Queued, &standby, None),
+            Offer::Coalesced(job) => self.job_event(&job, JobStep::Coalesced, &standby, None),
             Offer::Overflow { sync } => {
-                self.mark_needs_sync(primary, "replication queue full");
+                self.mark_needs_sync(pair, "replication queue full");
                 if let Some(sync) = sync {
                     self.job_event(
                         &sync,
                         JobStep::Queued,
-                        &backup,
+                        &standby,
                         Some(format!(
                             "the queue is full; a sync of the pair covers {file:?}"
                         )),
@@ -372,63 +427,70 @@ impl Nm {
     }
 
     /// Marks a pair as needing a sync and queues one.
-    pub fn request_sync(&self, primary: &str, reason: &str) {
-        let backup = {
-            let state = self.state();
-            match state.registry.pair(primary).and_then(|p| p.backup.clone()) {
-                Some(backup) => backup,
-                None => return,
-            }
+    pub fn request_sync(&self, pair: &str, reason: &str) {
+        let Ok(standby) = self.live_standby(pair) else {
+            return;
         };
-        self.mark_needs_sync(primary, reason);
+        self.mark_needs_sync(pair, reason);
         let key = JobKey::Pair {
-            primary: primary.to_owned(),
+            primary: pair.to_owned(),
         };
         match self.queue.offer(key, JobKind::SyncPair, None) {
             Offer::Queued(job) => {
-                self.job_event(&job, JobStep::Queued, &backup, Some(reason.to_owned()))
+                self.job_event(&job, JobStep::Queued, &standby, Some(reason.to_owned()))
             }
             Offer::Coalesced(job) => {
-                self.job_event(&job, JobStep::Coalesced, &backup, Some(reason.to_owned()))
+                self.job_event(&job, JobStep::Coalesced, &standby, Some(reason.to_owned()))
             }
             Offer::Overflow { .. } => {}
         }
         self.queue.wake();
     }
 
-    fn mark_needs_sync(&self, primary: &str, reason: &str) {
+    fn mark_needs_sync(&self, pair: &str, reason: &str) {
         let mut state = self.state();
-        if let Some(pair) = state.registry.pair_mut(primary) {
+        if let Some(pair) = state.registry.pair_mut(pair) {
             pair.needs_sync = true;
         }
         let events = state.registry.refresh(reason);
         drop(state);
+        self.emit_all(events);
+    }
+
+    pub(crate) fn emit_all(&self, events: Vec<EventKind>) {
         for event in events {
             self.events.emit(event);
         }
     }
 
-    fn sides(&self, primary: &str) -> Result<Sides, (String, &'static str)> {
+    fn sides(&self, pair_name: &str) -> Result<Sides, (String, &'static str)> {
         let state = self.state();
-        let backup = state
+        let pair = state
             .registry
-            .pair(primary)
-            .and_then(|p| p.backup.clone())
+            .pair(pair_name)
+            .ok_or_else(|| (String::new(), "no such pair"))?;
+        let target = state
+            .registry
+            .standby(pair)
             .ok_or_else(|| (String::new(), "the pair has no backup"))?;
-        let backup_entry = state.registry.get(&backup).filter(|b| b.connected);
-        let primary_entry = state.registry.get(primary).filter(|p| p.connected);
-        match (backup_entry, primary_entry) {
-            (Some(b), Some(p)) => Ok(Sides {
-                backup: backup.clone(),
-                backup_client: b.client.clone(),
-                primary_address: p.address.clone(),
-                primary_client: p.client.clone(),
+        let source = state.registry.get(&pair.active).filter(|e| e.connected);
+        let standby = state.registry.get(&target).filter(|e| e.connected);
+        match (source, standby) {
+            (Some(s), Some(t)) => Ok(Sides {
+                pair: pair_name.to_owned(),
+                epoch: pair.epoch,
+                source: s.name.clone(),
+                source_client: s.client.clone(),
+                source_address: s.address.clone(),
+                target: t.name.clone(),
+                target_client: t.client.clone(),
+                target_address: t.address.clone(),
             }),
-            (None, _) => Err((
-                backup,
+            (_, None) => Err((
+                target,
                 "the replica is down; the sync when it returns covers this job",
             )),
-            (_, None) => Err((backup, "the primary is down")),
+            (None, _) => Err((target, "the pair's active server is down")),
         }
     }
 
@@ -444,13 +506,13 @@ impl Nm {
                     continue;
                 }
             };
-            self.job_event(&job, JobStep::Started, &sides.backup, None);
+            self.job_event(&job, JobStep::Started, &sides.target, None);
             match self.run_job(&job, &sides).await {
                 Ok(detail) => {
-                    self.job_event(&job, JobStep::Applied, &sides.backup, detail);
+                    self.job_event(&job, JobStep::Applied, &sides.target, detail);
                     self.queue.finish(&job);
                 }
-                Err(e) => self.job_failed(job, &sides.backup, e),
+                Err(e) => self.job_failed(job, &sides.target, e),
             }
         }
     }
@@ -466,9 +528,9 @@ impl Nm {
             }
         } else {
             self.queue.finish(&job);
-            let primary = job.key.primary().to_owned();
+            let pair = job.key.primary().to_owned();
             if !matches!(job.key, JobKey::Pair { .. }) {
-                self.request_sync(&primary, "a replication job failed for good");
+                self.request_sync(&pair, "a replication job failed for good");
             }
         }
     }
@@ -479,61 +541,69 @@ impl Nm {
             (JobKey::File { file, .. }, JobKind::Delete) => {
                 let version = job.version.unwrap_or(u64::MAX);
                 sides
-                    .backup_client
+                    .target_client
                     .call(SsRequest::ApplyDelete {
                         file: file.clone(),
                         version,
+                        epoch: sides.epoch,
                     })
                     .await?;
-                for side in [&sides.primary_client, &sides.backup_client] {
+                for side in [&sides.source_client, &sides.target_client] {
                     side.call(SsRequest::PurgeTombstone { file: file.clone() })
                         .await?;
                 }
                 Ok(None)
             }
             (JobKey::File { file, .. }, _) => {
-                let (pulled, bytes, failures) = self.pull(sides, vec![file.clone()]).await?;
+                let (pulled, bytes, failures) = self.pull(sides, vec![file.clone()], false).await?;
                 if let Some((_, e)) = failures.into_iter().next() {
                     if e.code == ErrorCode::NotFound {
-                        return Ok(Some("gone on the primary; its delete follows".into()));
+                        return Ok(Some("gone on the source; its delete follows".into()));
                     }
                     return Err(e);
                 }
                 self.job_event(
                     job,
                     JobStep::Transferred,
-                    &sides.backup,
+                    &sides.target,
                     Some(format!("{bytes} bytes")),
                 );
                 Ok(Some(format!(
-                    "backup at version {}",
+                    "replica at version {}",
                     pulled.first().copied().unwrap_or(0)
                 )))
             }
-            (JobKey::Pair { primary }, _) => self.sync_pair(job, primary, sides).await.map(Some),
+            (JobKey::Pair { .. }, _) => self.sync_pair(job, sides).await.map(Some),
         }
     }
 
-    /// Tells the backup to pull `files`; returns the versions pulled, the bytes, and the failures.
+    /// Copies `files` between the sides: to the target from the source, or
+    /// (with `reverse`) to the source from the target. Returns the versions
+    /// copied, the bytes, and the failures.
     async fn pull(
         &self,
         sides: &Sides,
         files: Vec<String>,
+        reverse: bool,
     ) -> Result<(Vec<u64>, u64, Vec<(String, WireError)>), WireError> {
+        let (to_name, to_client, from_address) = if reverse {
+            (&sides.source, &sides.source_client, &sides.target_address)
+        } else {
+            (&sides.target, &sides.target_client, &sides.source_address)
+        };
         let expires_ms = now_ms() + self.config.ticket_ttl.as_millis() as u64;
         let items = files
             .into_iter()
             .map(|file| PullItem {
                 ticket: self
                     .ticket_key
-                    .issue(&sides.backup, &file, Op::Read, 0, expires_ms),
+                    .issue(to_name, &file, Op::Read, sides.epoch, expires_ms),
                 file,
             })
             .collect();
-        let reply = sides
-            .backup_client
+        let reply = to_client
             .call(SsRequest::PullFiles {
-                from: sides.primary_address.clone(),
+                from: from_address.clone(),
                 items,
             })
             .await?;
@@ -555,109 +625,227 @@ impl Nm {
         Ok((versions, bytes, failures))
     }
 
-    /// Copies the difference between the two inventories to the backup.
-    async fn sync_pair(
-        &self,
-        job: &Job,
-        primary: &str,
-        sides: &Sides,
-    ) -> Result<String, WireError> {
-        let (primary_files, primary_dead) = sides.primary_client.inventory().await?;
-        let (backup_files, _) = sides.backup_client.inventory().await?;
-        let held: HashMap<&str, u64> = backup_files
+    /// Brings the target level with the source, then, if the target is a
+    /// returned primary, hands service back to it.
+    async fn sync_pair(&self, job: &Job, sides: &Sides) -> Result<String, WireError> {
+        let outcome = self.sync_once(sides).await?;
+        if outcome.bytes > 0 {
+            self.job_event(
+                job,
+                JobStep::Transferred,
+                &sides.target,
+                Some(format!(
+                    "{} bytes in {} files",
+                    outcome.bytes, outcome.pulled
+                )),
+            );
+        }
+        let hand_back = {
+            let state = self.state();
+            state
+                .registry
+                .pair(&sides.pair)
+                .is_some_and(|p| p.primary == sides.target && p.active != p.primary)
+        };
+        let mut detail = outcome.detail();
+        if hand_back {
+            self.hand_back(sides).await?;
+            detail.push_str("; service handed back to the primary");
+        } else {
+            let events = {
+                let mut state = self.state();
+                if let Some(pair) = state.registry.pair_mut(&sides.pair) {
+                    pair.needs_sync = false;
+                    pair.last_sync_ms = now_ms();
+                }
+                state.registry.refresh("sync complete")
+            };
+            self.emit_all(events);
+        }
+        Ok(detail)
+    }
+
+    /// One comparison of the two inventories, and the copies it calls for.
+    async fn sync_once(&self, sides: &Sides) -> Result<SyncOutcome, WireError> {
+        let (source_files, source_dead) = sides.source_client.inventory().await?;
+        let (target_files, _) = sides.target_client.inventory().await?;
+        let on_source: HashMap<&str, &shared::proto::FileStats> = source_files
             .iter()
-            .map(|e| (e.file.as_str(), e.meta.stats.version))
+            .map(|e| (e.file.as_str(), &e.meta.stats))
             .collect();
-        let to_pull: Vec<String> = primary_files
+        let dead: HashMap<&str, &Tombstone> =
+            source_dead.iter().map(|t| (t.file.as_str(), t)).collect();
+        let mut outcome = SyncOutcome::default();
+        let mut to_pull = Vec::new();
+        let mut to_return = Vec::new();
+        for entry in &target_files {
+            let mine = &entry.meta.stats;
+            match on_source.get(entry.file.as_str()) {
+                Some(theirs) if mine.stamp() > theirs.stamp() => {
+                    // Changed on the target while it was active, never copied.
+                    to_return.push(entry.file.clone());
+                }
+                Some(theirs) if mine.epoch < theirs.epoch && mine.version > theirs.base => {
+                    // Acknowledged on the target in an older epoch, and the
+                    // source has changed the file since: keep both.
+                    let copy = format!("{}.conflict-{}-e{}", entry.file, sides.target, mine.epoch);
+                    self.keep_conflict(sides, entry, &copy).await?;
+                    outcome.conflicts.push(copy.clone());
+                    to_return.push(copy);
+                }
+                Some(_) => {}
+                None => match dead.get(entry.file.as_str()) {
+                    Some(t) if t.stamp() >= mine.stamp() => {}
+                    Some(_) | None if sides.target == self.pair_primary(&sides.pair) => {
+                        // Created on the returning primary and never copied.
+                        to_return.push(entry.file.clone());
+                    }
+                    _ => outcome.orphans += 1,
+                },
+            }
+        }
+        let held: HashMap<&str, (u64, u64)> = target_files
             .iter()
-            .filter(|e| {
-                held.get(e.file.as_str())
-                    .is_none_or(|&v| v < e.meta.stats.version)
-            })
-            .map(|e| e.file.clone())
+            .map(|e| (e.file.as_str(), e.meta.stats.stamp()))
             .collect();
-        let current = primary_files.len() - to_pull.len();
-        let on_primary: HashSet<&str> = primary_files.iter().map(|e| e.file.as_str()).collect();
-        let orphans = backup_files
-            .iter()
-            .filter(|e| !on_primary.contains(e.file.as_str()))
-            .filter(|e| !primary_dead.iter().any(|t| t.file == e.file))
-            .count();
-        let (mut pulled, mut bytes, mut failed) = (0usize, 0u64, Vec::new());
+        for entry in &source_files {
+            match held.get(entry.file.as_str()) {
+                Some(&stamp) if stamp >= entry.meta.stats.stamp() => outcome.current += 1,
+                _ => to_pull.push(entry.file.clone()),
+            }
+        }
+        // The target's own changes first, so nothing it acknowledged is overwritten.
+        let mut failed = Vec::new();
+        for batch in to_return.chunks(SYNC_BATCH) {
+            let (versions, _, failures) = self.pull(sides, batch.to_vec(), true).await?;
+            outcome.returned += versions.len();
+            failed.extend(failures);
+        }
+        self.adopt_returned(sides, &target_files, &to_return);
         for batch in to_pull.chunks(SYNC_BATCH) {
-            let (versions, n, failures) = self.pull(sides, batch.to_vec()).await?;
-            pulled += versions.len();
-            bytes += n;
+            let (versions, n, failures) = self.pull(sides, batch.to_vec(), false).await?;
+            outcome.pulled += versions.len();
+            outcome.bytes += n;
             failed.extend(
                 failures
                     .into_iter()
                     .filter(|(_, e)| e.code != ErrorCode::NotFound),
             );
         }
-        if bytes > 0 {
-            self.job_event(
-                job,
-                JobStep::Transferred,
-                &sides.backup,
-                Some(format!("{bytes} bytes in {pulled} files")),
-            );
-        }
-        let deletes = self.apply_tombstones(sides, &primary_dead, &held).await?;
+        outcome.deletes = self.apply_tombstones(sides, &source_dead, &held).await?;
         if let Some((file, e)) = failed.first() {
             return Err(WireError::new(
                 e.code,
                 format!(
-                    "{} of {} files failed, first {file:?}: {}",
+                    "{} files failed, first {file:?}: {}",
                     failed.len(),
-                    to_pull.len(),
                     e.message
                 ),
             ));
         }
-        let events = {
-            let mut state = self.state();
-            if let Some(pair) = state.registry.pair_mut(primary) {
-                pair.needs_sync = false;
-                pair.last_sync_ms = now_ms();
-            }
-            if let Some(entry) = state.registry.get_mut(&sides.backup) {
-                entry.files = primary_files.len() as u64;
-            }
-            state.registry.refresh("sync complete")
-        };
-        for event in events {
-            self.events.emit(event);
-        }
-        let mut detail = format!("copied {pulled} files ({bytes} bytes), {current} already current, {deletes} deletes applied");
-        if orphans > 0 {
-            detail.push_str(&format!(", {orphans} files only on the backup left alone"));
-        }
-        Ok(detail)
+        Ok(outcome)
     }
 
-    /// Applies the primary's tombstones to the backup and purges them on both sides.
+    fn pair_primary(&self, pair: &str) -> String {
+        self.state()
+            .registry
+            .pair(pair)
+            .map(|p| p.primary.clone())
+            .unwrap_or_default()
+    }
+
+    /// Renames the target's copy to `copy`; the namespace learns it when it is copied back.
+    async fn keep_conflict(
+        &self,
+        sides: &Sides,
+        entry: &shared::proto::InventoryEntry,
+        copy: &str,
+    ) -> Result<(), WireError> {
+        sides
+            .target_client
+            .call(SsRequest::KeepConflict {
+                file: entry.file.clone(),
+                to: copy.to_owned(),
+            })
+            .await?;
+        tracing::warn!(event = "nm_conflict_copy", pair = %sides.pair, file = %entry.file, copy, "a change acknowledged before a failover was superseded; kept as a conflict copy");
+        Ok(())
+    }
+
+    /// Files copied back from a returning server that nm does not know yet
+    /// (conflict copies, creates whose record was lost) join the namespace.
+    fn adopt_returned(
+        &self,
+        sides: &Sides,
+        target_files: &[shared::proto::InventoryEntry],
+        returned: &[String],
+    ) {
+        let mut records = Vec::new();
+        {
+            let mut state = self.state();
+            for file in returned {
+                if state.ns.file(file).is_some() {
+                    continue;
+                }
+                let meta = target_files
+                    .iter()
+                    .find(|e| &e.file == file || file.starts_with(&format!("{}.conflict-", e.file)))
+                    .map(|e| e.meta.clone());
+                let Some(meta) = meta else { continue };
+                if state.ns.reserve(file).is_err() {
+                    continue;
+                }
+                records.push(crate::journal::Record::FileCreated {
+                    file: file.clone(),
+                    owner: meta.owner.clone(),
+                    server: sides.pair.clone(),
+                    acl: meta.acl.clone(),
+                });
+                state.ns.insert(
+                    file,
+                    crate::namespace::FileRecord {
+                        owner: meta.owner,
+                        acl: meta.acl,
+                        server: sides.pair.clone(),
+                        stats: meta.stats,
+                    },
+                );
+            }
+        }
+        if !records.is_empty() {
+            let journal = self.journal.clone();
+            tokio::spawn(async move {
+                if let Err(e) = journal.append(records).await {
+                    tracing::error!(event = "nm_journal_failed", error = %e);
+                }
+            });
+        }
+    }
+
+    /// Applies the source's tombstones to the target and purges them on both sides.
     async fn apply_tombstones(
         &self,
         sides: &Sides,
         dead: &[Tombstone],
-        held: &HashMap<&str, u64>,
+        held: &HashMap<&str, (u64, u64)>,
     ) -> Result<usize, WireError> {
         let mut applied = 0;
         for tombstone in dead {
             if held
                 .get(tombstone.file.as_str())
-                .is_some_and(|&v| v < tombstone.version)
+                .is_some_and(|&stamp| stamp < tombstone.stamp())
             {
                 sides
-                    .backup_client
+                    .target_client
                     .call(SsRequest::ApplyDelete {
                         file: tombstone.file.clone(),
                         version: tombstone.version,
+                        epoch: tombstone.epoch,
                     })
                     .await?;
                 applied += 1;
             }
-            for side in [&sides.primary_client, &sides.backup_client] {
+            for side in [&sides.source_client, &sides.target_client] {
                 side.call(SsRequest::PurgeTombstone {
                     file: tombstone.file.clone(),
                 })
@@ -665,6 +853,149 @@ impl Nm {
             }
         }
         Ok(applied)
+    }
+
+    async fn set_role(
+        &self,
+        client: &SsClient,
+        epoch: u64,
+        serving: bool,
+        writable: bool,
+    ) -> Result<(), WireError> {
+        client
+            .call(SsRequest::SetRole {
+                epoch,
+                serving,
+                writable,
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The returned primary is level with the backup: pause writes, drain the
+    /// last changes, and make the primary active again under a new epoch.
+    async fn hand_back(&self, sides: &Sides) -> Result<(), WireError> {
+        let events = {
+            let mut state = self.state();
+            if let Some(pair) = state.registry.pair_mut(&sides.pair) {
+                pair.paused = true;
+            }
+            state.registry.refresh("pausing writes for the hand-back")
+        };
+        self.emit_all(events);
+        let result = async {
+            self.set_role(&sides.source_client, sides.epoch, true, false)
+                .await?;
+            self.sync_once(sides).await?;
+            let epoch = sides.epoch + 1;
+            self.journal
+                .append(vec![crate::journal::Record::Pair {
+                    primary: sides.pair.clone(),
+                    epoch,
+                    active: sides.target.clone(),
+                }])
+                .await?;
+            self.set_role(&sides.target_client, epoch, true, true)
+                .await?;
+            self.set_role(&sides.source_client, epoch, false, false)
+                .await?;
+            Ok::<_, WireError>(epoch)
+        }
+        .await;
+        let events = {
+            let mut state = self.state();
+            match &result {
+                Ok(epoch) => {
+                    state.ns.set_pair(&sides.pair, *epoch, &sides.target);
+                    if let Some(pair) = state.registry.pair_mut(&sides.pair) {
+                        pair.epoch = *epoch;
+                        pair.active = sides.target.clone();
+                        pair.needs_sync = false;
+                        pair.last_sync_ms = now_ms();
+                    }
+                    if let Some(entry) = state.registry.get_mut(&sides.target) {
+                        entry.serving = true;
+                    }
+                    if let Some(entry) = state.registry.get_mut(&sides.source) {
+                        entry.serving = false;
+                    }
+                }
+                Err(_) => {
+                    // The backup keeps serving; the next attempt tries again.
+                    let client = sides.source_client.clone();
+                    let epoch = sides.epoch;
+                    tokio::spawn(async move {
+                        let _ = client
+                            .call(SsRequest::SetRole {
+                                epoch,
+                                serving: true,
+                                writable: true,
+                            })
+                            .await;
+                    });
+                }
+            }
+            if let Some(pair) = state.registry.pair_mut(&sides.pair) {
+                pair.paused = false;
+            }
+            state.registry.refresh(if result.is_ok() {
+                "hand-back complete"
+            } else {
+                "hand-back failed; the backup keeps serving"
+            })
+        };
+        self.emit_all(events);
+        result.map(|_| ())
+    }
+
+    /// Makes the standby of `pair` its active server under a new epoch.
+    /// Called when the active server failed; its lease has run out or its
+    /// connection is closed, so it accepts no more writes.
+    pub(crate) async fn promote(&self, pair: &str, reason: &str) {
+        let (standby, client, epoch) = {
+            let state = self.state();
+            let Some(p) = state.registry.pair(pair) else {
+                return;
+            };
+            let Some(standby) = state.registry.standby(p) else {
+                return;
+            };
+            let Some(entry) = state.registry.get(&standby).filter(|e| e.connected) else {
+                return;
+            };
+            (standby, entry.client.clone(), p.epoch + 1)
+        };
+        let record = crate::journal::Record::Pair {
+            primary: pair.to_owned(),
+            epoch,
+            active: standby.clone(),
+        };
+        if let Err(e) = self.journal.append(vec![record]).await {
+            tracing::error!(event = "nm_promotion_failed", pair, error = %e);
+            return;
+        }
+        let took_role = self.set_role(&client, epoch, true, true).await;
+        let events = {
+            let mut state = self.state();
+            state.ns.set_pair(pair, epoch, &standby);
+            if let Some(p) = state.registry.pair_mut(pair) {
+                p.epoch = epoch;
+                p.active = standby.clone();
+            }
+            if let Some(entry) = state.registry.get_mut(&standby) {
+                entry.serving = took_role.is_ok();
+            }
+            state
+                .registry
+                .refresh(&format!("{standby} promoted: {reason}"))
+        };
+        self.emit_all(events);
+        match took_role {
+            Ok(()) => tracing::warn!(event = "nm_promoted", pair, server = %standby, epoch, reason),
+            Err(e) => {
+                tracing::error!(event = "nm_promotion_failed", pair, server = %standby, error = %e)
+            }
+        }
     }
 }
 

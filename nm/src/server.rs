@@ -68,6 +68,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     for _ in 0..nm.config.repl_workers.max(1) {
         tokio::spawn(nm.clone().replication_worker());
     }
+    tokio::spawn(nm.clone().heartbeat_monitor());
     tracing::info!(event = "nm_listening", address = %address, "name manager ready");
     if let Some(path) = &nm.config.ready_file {
         let temp = path.with_extension("tmp");

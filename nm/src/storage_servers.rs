@@ -15,11 +15,12 @@ use crate::server::{next_request, Nm};
 use shared::connection::Connection;
 use shared::names::validate_path;
 use shared::proto::{
-    EventKind, InventoryEntry, JobKind, NmReply, NmRequest, ServerState, Tombstone,
+    EventKind, InventoryEntry, JobKind, JobStep, NmReply, NmRequest, ServerState, Tombstone,
 };
 use shared::WireError;
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// What a server said about itself when it registered.
 struct Registration {
@@ -31,7 +32,7 @@ struct Registration {
 
 impl Nm {
     pub(crate) async fn serve_storage_server(
-        &self,
+        self: Arc<Self>,
         mut conn: Connection,
         name: String,
         peer: SocketAddr,
@@ -39,8 +40,9 @@ impl Nm {
         let Some((id, registration)) = read_registration(&mut conn, &name, peer).await else {
             return;
         };
-        let generation = match self.register(&name, registration).await {
-            Ok(generation) => generation,
+        let (generation, epoch, serving, writable) = match self.register(&name, registration).await
+        {
+            Ok(registered) => registered,
             Err(error) => {
                 let _ = conn.reply::<NmReply>(id, Err(error)).await;
                 return;
@@ -48,10 +50,20 @@ impl Nm {
         };
         let registered = NmReply::Registered {
             ticket_key: self.ticket_key.bytes().to_vec(),
+            epoch,
+            serving,
+            writable,
+            lease_ms: self.lease().as_millis() as u64,
         };
         if conn.reply(id, Ok(registered)).await.is_ok() {
             self.after_registration(&name);
             while let Some((id, request)) = next_request(&mut conn, peer).await {
+                // A server declared failed (silent too long) is cut off: closing
+                // its connection stops its writes at once, and it registers
+                // again to catch up. Its heartbeat is not acknowledged.
+                if !self.state().registry.is_current(&name, generation) {
+                    break;
+                }
                 let Some(request) = request else { continue };
                 let result = self.handle_server_message(&name, request);
                 if conn.reply(id, result).await.is_err() {
@@ -62,19 +74,53 @@ impl Nm {
         self.server_lost(&name, generation, "control connection closed");
     }
 
-    /// Marks a server down (unless it has re-registered) and updates its pair.
-    fn server_lost(&self, name: &str, generation: u64, reason: &str) {
-        let (events, dropped_for) = {
+    /// How long a server may accept writes after a heartbeat: shorter than
+    /// the failure timeout, so a silent server has stopped before nm promotes.
+    pub(crate) fn lease(&self) -> std::time::Duration {
+        self.config.heartbeat_timeout * 2 / 3
+    }
+
+    /// Declares servers silent past the heartbeat timeout failed; runs until nm stops.
+    pub async fn heartbeat_monitor(self: Arc<Self>) {
+        let timeout = self.config.heartbeat_timeout;
+        let tick = (timeout / 10).clamp(
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_millis(250),
+        );
+        loop {
+            tokio::time::sleep(tick).await;
+            let silent = self.state().registry.silent(timeout);
+            for (name, generation) in silent {
+                let reason = format!("no heartbeat for {}", humantime::format_duration(timeout));
+                self.server_lost(&name, generation, &reason);
+            }
+        }
+    }
+
+    /// Marks a server down (unless it has re-registered), fails its pair over
+    /// if it was serving, and drops the jobs it can no longer take.
+    pub(crate) fn server_lost(self: &Arc<Self>, name: &str, generation: u64, reason: &str) {
+        let (events, pair, was_active, standby_alive) = {
             let mut state = self.state();
             if !state.registry.disconnect(name, generation) {
                 return;
             }
-            let primary = state
+            let pair = state
                 .registry
-                .pairs()
-                .find(|p| p.backup.as_deref() == Some(name))
-                .map(|p| p.primary.clone());
-            (state.registry.refresh(reason), primary)
+                .pair_of(name)
+                .map(|p| (p.primary.clone(), p.active == name));
+            let standby_alive = pair
+                .as_ref()
+                .and_then(|(p, _)| state.registry.pair(p))
+                .and_then(|p| state.registry.standby(p))
+                .is_some_and(|s| state.registry.is_alive(&s));
+            let (pair, was_active) = pair.unzip();
+            (
+                state.registry.refresh(reason),
+                pair,
+                was_active.unwrap_or(false),
+                standby_alive,
+            )
         };
         self.events.emit(EventKind::Server {
             name: name.to_owned(),
@@ -82,66 +128,49 @@ impl Nm {
             reason: reason.to_owned(),
         });
         tracing::warn!(event = "nm_server_failed", server = %name, reason);
-        for event in events {
-            self.events.emit(event);
+        self.emit_all(events);
+        let Some(pair) = pair else { return };
+        for job in self.queue.drop_pair(&pair) {
+            self.events.emit(EventKind::Job {
+                job: job.id,
+                kind: job.kind,
+                step: JobStep::Dropped,
+                file: match &job.key {
+                    crate::replication::JobKey::File { file, .. } => Some(file.clone()),
+                    crate::replication::JobKey::Pair { .. } => None,
+                },
+                primary: pair.clone(),
+                replica: name.to_owned(),
+                version: job.version,
+                duration_ms: job.queued.elapsed().as_millis() as u64,
+                detail: Some(format!(
+                    "{name} is down; the sync when it returns covers this job"
+                )),
+            });
         }
-        // A replica that is down gets nothing; its return starts a sync.
-        if let Some(primary) = dropped_for {
-            for job in self.queue.drop_pair(&primary) {
-                self.events.emit(EventKind::Job {
-                    job: job.id,
-                    kind: job.kind,
-                    step: shared::proto::JobStep::Dropped,
-                    file: match &job.key {
-                        crate::replication::JobKey::File { file, .. } => Some(file.clone()),
-                        crate::replication::JobKey::Pair { .. } => None,
-                    },
-                    primary: primary.clone(),
-                    replica: name.to_owned(),
-                    version: job.version,
-                    duration_ms: job.queued.elapsed().as_millis() as u64,
-                    detail: Some(
-                        "the replica is down; the sync when it returns covers this job".into(),
-                    ),
-                });
-            }
+        if was_active && standby_alive {
+            let nm = self.clone();
+            let reason = format!("{name} failed: {reason}");
+            tokio::spawn(async move { nm.promote(&pair, &reason).await });
         }
     }
 
     /// Events and the first sync after a server registers.
     fn after_registration(&self, name: &str) {
-        let (events, primary) = {
+        let (events, pair) = {
             let mut state = self.state();
-            let primary = state
-                .registry
-                .pairs()
-                .find(|p| p.primary == name || p.backup.as_deref() == Some(name))
-                .map(|p| p.primary.clone());
-            (
-                state.registry.refresh(&format!("{name} registered")),
-                primary,
-            )
+            let pair = state.registry.pair_of(name).map(|p| p.primary.clone());
+            (state.registry.refresh(&format!("{name} registered")), pair)
         };
         self.events.emit(EventKind::Server {
             name: name.to_owned(),
             state: ServerState::Alive,
             reason: "registered".into(),
         });
-        for event in events {
-            self.events.emit(event);
-        }
-        if let Some(primary) = primary {
-            let both_alive = {
-                let state = self.state();
-                let pair = state.registry.pair(&primary);
-                state.registry.is_alive(&primary)
-                    && pair
-                        .and_then(|p| p.backup.as_deref())
-                        .is_some_and(|b| state.registry.is_alive(b))
-            };
-            if both_alive {
-                self.request_sync(&primary, &format!("{name} registered"));
-            }
+        self.emit_all(events);
+        if let Some(pair) = pair {
+            // Brings whichever side is not active level with the active one.
+            self.request_sync(&pair, &format!("{name} registered"));
         }
     }
 
@@ -156,19 +185,24 @@ impl Nm {
             state.registry.touch(server);
             match request {
                 NmRequest::Heartbeat => {}
-                NmRequest::FileChanged { file, stats } => match state.ns.file_mut(&file) {
-                    Some(record) if record.server == server => {
-                        changed = Some((file, stats.version));
-                        record.stats = stats;
+                NmRequest::FileChanged { file, stats } => {
+                    let pair = state.ns.file(&file).map(|r| r.server.clone());
+                    let from_active = pair
+                        .as_deref()
+                        .and_then(|p| state.registry.pair(p))
+                        .is_some_and(|p| p.active == server);
+                    match (pair, state.ns.file_mut(&file)) {
+                        (Some(pair), Some(record)) if from_active => {
+                            changed = Some((pair, file, stats.version));
+                            record.stats = stats;
+                        }
+                        _ => tracing::warn!(event = "nm_unknown_file_changed", server, file, "change notice from a server that does not serve this file"),
                     }
-                    _ => tracing::warn!(event = "nm_unknown_file_changed", server, file, "change notice for a file not placed on this server"),
-                },
+                }
                 NmRequest::FileAccessed { file, user, at_ms } => {
                     if let Some(record) = state.ns.file_mut(&file) {
-                        if record.server == server {
-                            record.stats.accessed_ms = at_ms;
-                            record.stats.accessed_by = Some(user);
-                        }
+                        record.stats.accessed_ms = at_ms;
+                        record.stats.accessed_by = Some(user);
                     }
                 }
                 _ => {
@@ -178,42 +212,59 @@ impl Nm {
                 }
             }
         }
-        // WRITE_COMPLETE: an ETIRW on the primary.
-        if let Some((file, version)) = changed {
-            self.replicate(server, &file, JobKind::Update, Some(version));
+        // WRITE_COMPLETE: an ETIRW on the pair's active server.
+        if let Some((pair, file, version)) = changed {
+            self.replicate(&pair, &file, JobKind::Update, Some(version));
         }
         Ok(NmReply::Done)
     }
 
-    /// Records a registration and reconciles a primary's inventory; returns its generation.
-    async fn register(&self, name: &str, registration: Registration) -> Result<u64, WireError> {
+    /// Records a registration; the pair's active server also has its
+    /// inventory reconciled with the namespace. Returns the generation and
+    /// the part the server plays now: (generation, epoch, serving, writable).
+    async fn register(
+        &self,
+        name: &str,
+        registration: Registration,
+    ) -> Result<(u64, u64, bool, bool), WireError> {
         let Registration {
             client_addr,
             backup_of,
             inventory,
             tombstones,
         } = registration;
-        let is_backup = backs(name, backup_of.as_deref()).is_some();
         let mut records = Vec::new();
-        let generation = {
+        let role = {
             let mut state = self.state();
             let state = &mut *state;
             let count = inventory.len() as u64;
-            if !is_backup {
-                self.reconcile(state, name, inventory, &mut records);
-            }
+            let remembered: Option<(u64, String)> = {
+                let pair = backs(name, backup_of.as_deref()).unwrap_or_else(|| name.to_owned());
+                state.ns.pair(&pair)
+            };
             let generation = state.registry.register(
                 name,
                 &client_addr,
                 count,
                 backup_of.as_deref(),
                 self.config.ss_timeout,
+                |_| remembered,
             );
-            tracing::info!(event = "nm_server_registered", server = name, address = %client_addr, files = count, tombstones = tombstones.len(), backup = is_backup, "storage server registered");
-            generation
+            let (pair, epoch, active, paused) = {
+                let p = state.registry.pair_of(name).expect("registered above");
+                (p.primary.clone(), p.epoch, p.active == name, p.paused)
+            };
+            if active {
+                self.reconcile(state, &pair, inventory, &mut records);
+                if let Some(entry) = state.registry.get_mut(name) {
+                    entry.serving = true;
+                }
+            }
+            tracing::info!(event = "nm_server_registered", server = name, address = %client_addr, files = count, tombstones = tombstones.len(), active, epoch, "storage server registered");
+            (generation, epoch, active, active && !paused)
         };
         self.journal.append(records).await?;
-        Ok(generation)
+        Ok(role)
     }
 
     fn reconcile(

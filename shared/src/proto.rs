@@ -131,10 +131,41 @@ pub struct FileStats {
     pub chars: u64,
     /// Bumped by every change on the server that applied it.
     pub version: u64,
+    /// The pair epoch in which the last change was made. Versions are
+    /// ordered by (epoch, version): see [`FileStats::stamp`].
+    #[serde(default)]
+    pub epoch: u64,
+    /// The version this file had when its current epoch's changes began: a
+    /// copy from an older epoch with a higher version holds changes this one
+    /// never saw (a conflict).
+    #[serde(default)]
+    pub base: u64,
     pub created_ms: u64,
     pub modified_ms: u64,
     pub accessed_ms: u64,
     pub accessed_by: Option<String>,
+}
+
+impl FileStats {
+    /// The order of versions across failovers: epoch first, then version.
+    pub fn stamp(&self) -> (u64, u64) {
+        (self.epoch, self.version)
+    }
+
+    /// Records one change made in `epoch`.
+    pub fn bump(&mut self, epoch: u64) {
+        if self.epoch != epoch {
+            self.base = self.version;
+            self.epoch = epoch;
+        }
+        self.version += 1;
+    }
+}
+
+impl Tombstone {
+    pub fn stamp(&self) -> (u64, u64) {
+        (self.epoch, self.version)
+    }
 }
 
 /// Everything a storage server keeps about a file besides its content.
@@ -354,6 +385,19 @@ pub enum NmReply {
     Registered {
         #[serde(with = "serde_bytes")]
         ticket_key: Vec<u8>,
+        /// The pair's epoch; tickets and changes from older epochs are refused.
+        #[serde(default)]
+        epoch: u64,
+        /// Whether to serve clients now (a returning server first catches up).
+        #[serde(default)]
+        serving: bool,
+        /// Whether to accept changes now.
+        #[serde(default)]
+        writable: bool,
+        /// How long a heartbeat's acknowledgement lets the server accept
+        /// writes; shorter than nm's failure timeout.
+        #[serde(default)]
+        lease_ms: u64,
     },
 }
 
@@ -424,6 +468,12 @@ pub struct ServerStatus {
     pub state: ServerState,
     pub address: String,
     pub ms_since_heartbeat: u64,
+    /// Time left before nm declares the server failed (0 once it has).
+    #[serde(default)]
+    pub ms_until_timeout: u64,
+    /// Whether clients are sent here (the pair's active server).
+    #[serde(default)]
+    pub serving: bool,
     pub files: u64,
 }
 
@@ -532,10 +582,12 @@ pub enum SsRequest {
         from: String,
         items: Vec<PullItem>,
     },
-    /// From nm to a backup: apply a delete made on the primary at `version`.
+    /// From nm to a backup: apply a delete made on the primary at (`epoch`, `version`).
     ApplyDelete {
         file: String,
         version: u64,
+        #[serde(default)]
+        epoch: u64,
     },
     /// From nm: both sides have the delete; forget its tombstone.
     PurgeTombstone {
@@ -543,6 +595,18 @@ pub enum SsRequest {
     },
     /// From nm: the current inventory and tombstones, in `Inventory` pages and a final `End`.
     Inventory,
+    /// From nm: this server's part in its pair from now on.
+    SetRole {
+        epoch: u64,
+        serving: bool,
+        writable: bool,
+    },
+    /// From nm during recovery: keep this server's copy of `file` under the
+    /// name `to` (a conflict copy), making room for the newer one.
+    KeepConflict {
+        file: String,
+        to: String,
+    },
 }
 
 /// Replies from a storage server.
@@ -596,6 +660,9 @@ pub struct Tombstone {
     pub file: String,
     /// The version the delete gave the file.
     pub version: u64,
+    /// The epoch in which the delete was made.
+    #[serde(default)]
+    pub epoch: u64,
     pub deleted_ms: u64,
 }
 

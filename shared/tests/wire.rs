@@ -27,6 +27,8 @@ fn stats() -> FileStats {
         words: 4,
         chars: 16,
         version: 3,
+        epoch: 2,
+        base: 1,
         created_ms: 1,
         modified_ms: 2,
         accessed_ms: 3,
@@ -95,6 +97,7 @@ fn every_message_round_trips() {
             tombstones: vec![Tombstone {
                 file: "b".into(),
                 version: 3,
+                epoch: 1,
                 deleted_ms: 4,
             }],
             backup_of: Some("ss1".into()),
@@ -186,6 +189,8 @@ fn every_message_round_trips() {
                     state: ServerState::Alive,
                     address: "127.0.0.1:1".into(),
                     ms_since_heartbeat: 12,
+                    ms_until_timeout: 2988,
+                    serving: true,
                     files: 3,
                 }],
                 pairs: vec![PairStatus {
@@ -209,6 +214,10 @@ fn every_message_round_trips() {
         }),
         Ok(NmReply::Registered {
             ticket_key: vec![1, 2, 3],
+            epoch: 2,
+            serving: false,
+            writable: false,
+            lease_ms: 2000,
         }),
         Ok(NmReply::Subscribed),
         Ok(NmReply::Event {
@@ -327,6 +336,16 @@ fn every_message_round_trips() {
         SsRequest::ApplyDelete {
             file: "a".into(),
             version: 9,
+            epoch: 1,
+        },
+        SsRequest::SetRole {
+            epoch: 3,
+            serving: true,
+            writable: false,
+        },
+        SsRequest::KeepConflict {
+            file: "a".into(),
+            to: "a.conflict-ss1-e1".into(),
         },
         SsRequest::PurgeTombstone { file: "a".into() },
         SsRequest::Inventory,

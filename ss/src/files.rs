@@ -52,6 +52,8 @@ impl From<StoreError> for WireError {
 /// All files of this server.
 pub struct Files {
     store: Store,
+    /// The pair epoch this server works in (set by nm), stamped on every change.
+    epoch: Arc<AtomicU64>,
     entries: Mutex<HashMap<String, EntryRef>>,
     next_session: AtomicU64,
 }
@@ -59,16 +61,16 @@ pub struct Files {
 impl Files {
     /// Loads the inventory of `store` into memory, finishing any delete or
     /// create that a crash interrupted (a file and its tombstone side by side).
-    pub fn load(store: Store) -> Result<Self, StoreError> {
+    pub fn load(store: Store, epoch: Arc<AtomicU64>) -> Result<Self, StoreError> {
         let mut entries = HashMap::new();
-        let tombstones: HashMap<String, u64> = store
+        let tombstones: HashMap<String, (u64, u64)> = store
             .tombstones()?
             .into_iter()
-            .map(|t| (t.file, t.version))
+            .map(|t| (t.file.clone(), t.stamp()))
             .collect();
         for (file, meta) in store.inventory()? {
             match tombstones.get(&file) {
-                Some(&deleted) if deleted > meta.stats.version => {
+                Some(&deleted) if deleted > meta.stats.stamp() => {
                     tracing::info!(event = "ss_finish_delete", file = %file, "completing a delete interrupted by a crash");
                     store.delete(&file)?;
                     continue;
@@ -86,9 +88,14 @@ impl Files {
         }
         Ok(Files {
             store,
+            epoch,
             entries: Mutex::new(entries),
             next_session: AtomicU64::new(1),
         })
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
     }
 
     fn entry(&self, file: &str) -> Result<EntryRef, WireError> {
@@ -135,12 +142,15 @@ impl Files {
         // A name deleted earlier continues its version sequence, so the new
         // file is newer than the delete everywhere it is compared.
         let after_delete = self.store.tombstone(file)?.map_or(0, |t| t.version);
+        let epoch = self.epoch();
         let meta = FileMeta {
             owner: owner.to_owned(),
             acl: AccessList::new(),
             checkpoints: Default::default(),
             stats: FileStats {
                 version: after_delete + 1,
+                epoch,
+                base: after_delete,
                 created_ms: now,
                 modified_ms: now,
                 ..FileStats::default()
@@ -168,9 +178,10 @@ impl Files {
         let entry = self.entry(file)?;
         let mut e = lock(&entry);
         refuse_while_written(&e, file, "DELETE")?;
-        let version = e.meta.stats.version + 1;
-        self.remove_with_tombstone(&mut e, file, version)?;
-        Ok(version)
+        let mut stats = e.meta.stats.clone();
+        stats.bump(self.epoch());
+        self.remove_with_tombstone(&mut e, file, stats.stamp())?;
+        Ok(stats.version)
     }
 
     /// Records the tombstone first, so a crash in between finishes the delete at start-up.
@@ -178,11 +189,12 @@ impl Files {
         &self,
         e: &mut Entry,
         file: &str,
-        version: u64,
+        (epoch, version): (u64, u64),
     ) -> Result<(), WireError> {
         self.store.write_tombstone(&Tombstone {
             file: file.to_owned(),
             version,
+            epoch,
             deleted_ms: now_ms(),
         })?;
         self.store.delete(file)?;
@@ -194,17 +206,22 @@ impl Files {
         Ok(())
     }
 
-    /// A delete made on the primary, applied here at the primary's version.
-    pub fn apply_delete(&self, file: &str, version: u64) -> Result<(), WireError> {
+    /// A delete made on the primary, applied here at the primary's (epoch, version).
+    /// A newer local copy is kept.
+    pub fn apply_delete(&self, file: &str, stamp: (u64, u64)) -> Result<(), WireError> {
         match self.entry(file) {
             Ok(entry) => {
                 let mut e = lock(&entry);
+                if e.meta.stats.stamp() > stamp {
+                    return Ok(());
+                }
                 refuse_while_written(&e, file, "DELETE")?;
-                self.remove_with_tombstone(&mut e, file, version)
+                self.remove_with_tombstone(&mut e, file, stamp)
             }
             Err(_) => Ok(self.store.write_tombstone(&Tombstone {
                 file: file.to_owned(),
-                version,
+                version: stamp.1,
+                epoch: stamp.0,
                 deleted_ms: now_ms(),
             })?),
         }
@@ -264,10 +281,10 @@ impl Files {
         refuse_while_written(&e, file, "a replica update")?;
         // Never go backwards: a slower transfer of an older version, or one
         // overtaken by a delete, changes nothing.
-        let incoming = meta.stats.version;
-        let deleted_at = self.store.tombstone(file)?.map_or(0, |t| t.version);
+        let incoming = meta.stats.stamp();
+        let deleted_at = self.store.tombstone(file)?.map_or((0, 0), |t| t.stamp());
         let existed = self.store.content_path(file)?.exists();
-        if (existed && e.meta.stats.version >= incoming) || deleted_at >= incoming {
+        if (existed && e.meta.stats.stamp() >= incoming) || deleted_at >= incoming {
             if !existed {
                 drop(e);
                 self.entries
@@ -305,7 +322,7 @@ impl Files {
         }
         let previous = self.store.read_content_of_undo(file)?;
         let mut meta = e.meta.clone();
-        apply_content_stats(&mut meta.stats, &previous);
+        apply_content_stats(&mut meta.stats, &previous, self.epoch());
         self.store.undo(file, &meta)?;
         e.meta = meta;
         Ok(e.meta.stats.clone())
@@ -329,7 +346,7 @@ impl Files {
         let mut e = lock(&entry);
         let mut meta = e.meta.clone();
         change(&mut meta)?;
-        meta.stats.version += 1;
+        meta.stats.bump(self.epoch());
         self.store.write_meta(file, &meta)?;
         e.meta = meta;
         Ok(e.meta.stats.clone())
@@ -354,7 +371,7 @@ impl Files {
                 size: meta.stats.size,
             },
         );
-        meta.stats.version += 1;
+        meta.stats.bump(self.epoch());
         self.store.checkpoint(file, tag, &meta)?;
         e.meta = meta;
         Ok(e.meta.stats.clone())
@@ -392,7 +409,7 @@ impl Files {
         Self::known_checkpoint(&e, file, tag)?;
         let content = self.store.read_checkpoint(file, tag)?;
         let mut meta = e.meta.clone();
-        apply_content_stats(&mut meta.stats, &content);
+        apply_content_stats(&mut meta.stats, &content, self.epoch());
         self.store.commit(file, &content, &meta)?;
         e.meta = meta;
         Ok(e.meta.stats.clone())
@@ -400,6 +417,17 @@ impl Files {
 
     /// Renames a file, keeping its checkpoints and undo level.
     pub fn rename(&self, file: &str, to: &str) -> Result<FileStats, WireError> {
+        self.rename_inner(file, to, true)
+    }
+
+    /// Keeps this server's copy of `file` as `to` (a conflict copy found
+    /// during recovery): a local rename that leaves no tombstone, so the
+    /// newer copy of `file` can be installed next.
+    pub fn keep_conflict(&self, file: &str, to: &str) -> Result<FileStats, WireError> {
+        self.rename_inner(file, to, false)
+    }
+
+    fn rename_inner(&self, file: &str, to: &str, tombstone: bool) -> Result<FileStats, WireError> {
         shared::names::validate_path(to)?;
         let entry = self.entry(file)?;
         let mut e = lock(&entry);
@@ -412,14 +440,17 @@ impl Files {
             ));
         }
         let mut meta = e.meta.clone();
-        meta.stats.version += 1;
+        meta.stats.bump(self.epoch());
         self.store.rename(file, to, &meta)?;
         // The old name is gone: a tombstone tells the backup so.
-        self.store.write_tombstone(&Tombstone {
-            file: file.to_owned(),
-            version: meta.stats.version,
-            deleted_ms: now_ms(),
-        })?;
+        if tombstone {
+            self.store.write_tombstone(&Tombstone {
+                file: file.to_owned(),
+                version: meta.stats.version,
+                epoch: meta.stats.epoch,
+                deleted_ms: now_ms(),
+            })?;
+        }
         e.meta = meta;
         if let Some(moved) = entries.remove(file) {
             entries.insert(to.to_owned(), moved);
@@ -491,12 +522,12 @@ fn refuse_while_written(e: &Entry, file: &str, what: &str) -> Result<(), WireErr
     }
 }
 
-fn apply_content_stats(stats: &mut FileStats, content: &[u8]) {
+fn apply_content_stats(stats: &mut FileStats, content: &[u8], epoch: u64) {
     let (words, chars) = count(&String::from_utf8_lossy(content));
     stats.size = content.len() as u64;
     stats.words = words;
     stats.chars = chars;
-    stats.version += 1;
+    stats.bump(epoch);
     stats.modified_ms = now_ms();
 }
 
@@ -542,7 +573,7 @@ impl WriteSession {
         });
         let content = doc.render();
         let mut new_meta = meta.clone();
-        apply_content_stats(&mut new_meta.stats, content.as_bytes());
+        apply_content_stats(&mut new_meta.stats, content.as_bytes(), self.files.epoch());
         if let Err(err) = self
             .files
             .store
@@ -589,7 +620,7 @@ mod tests {
     fn files() -> (tempfile::TempDir, Arc<Files>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), false).unwrap();
-        (dir, Arc::new(Files::load(store).unwrap()))
+        (dir, Arc::new(Files::load(store, Arc::default()).unwrap()))
     }
 
     #[test]
@@ -676,7 +707,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(content, "Version one.");
-        let reloaded = Files::load(Store::open(_dir.path(), false).unwrap()).unwrap();
+        let reloaded =
+            Files::load(Store::open(_dir.path(), false).unwrap(), Arc::default()).unwrap();
         let inventory = reloaded.inventory();
         assert_eq!(inventory.len(), 1);
         assert_eq!(inventory[0].0, "dir/g");

@@ -11,9 +11,9 @@ use shared::connection::{ConnectionError, RpcClient};
 use shared::proto::{FileStats, InventoryEntry, NmReply, NmRequest, Role, INVENTORY_PAGE};
 use shared::ticket::TicketKey;
 use shared::{now_ms, WireError};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -30,23 +30,90 @@ struct Notice {
     delivered: Option<oneshot::Sender<()>>,
 }
 
-/// What the rest of the server sees of the link.
+/// What the rest of the server sees of the link: the ticket key, and the
+/// part nm gives this server in its pair (epoch, serving, writable) with the
+/// lease that bounds it.
 pub struct NmLink {
     ticket_key: RwLock<Option<TicketKey>>,
     connected: AtomicBool,
+    epoch: Arc<AtomicU64>,
+    serving: AtomicBool,
+    writable: AtomicBool,
+    /// Writes and reads are accepted only before this instant: renewed by
+    /// each acknowledged heartbeat, cleared when the nm connection closes.
+    lease_until: std::sync::Mutex<Option<Instant>>,
     notices: mpsc::Sender<Notice>,
     receiver: std::sync::Mutex<Option<mpsc::Receiver<Notice>>>,
 }
 
 impl NmLink {
-    pub fn new() -> Arc<Self> {
+    pub fn new(epoch: Arc<AtomicU64>) -> Arc<Self> {
         let (notices, receiver) = mpsc::channel(NOTICE_QUEUE);
         Arc::new(NmLink {
             ticket_key: RwLock::new(None),
             connected: AtomicBool::new(false),
+            epoch,
+            serving: AtomicBool::new(false),
+            writable: AtomicBool::new(false),
+            lease_until: std::sync::Mutex::new(None),
             notices,
             receiver: std::sync::Mutex::new(Some(receiver)),
         })
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    fn lease_valid(&self) -> bool {
+        self.lease_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn renew_lease(&self, until: Option<Instant>) {
+        *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
+
+    /// Applies the part nm gives this server.
+    pub fn set_role(&self, epoch: u64, serving: bool, writable: bool) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+        self.serving.store(serving, Ordering::Relaxed);
+        self.writable.store(writable, Ordering::Relaxed);
+        tracing::info!(
+            event = "ss_role",
+            epoch,
+            serving,
+            writable,
+            "role set by nm"
+        );
+    }
+
+    /// `Ok` when clients may read here: nm sent them, and the lease holds.
+    pub fn check_serving(&self) -> Result<(), WireError> {
+        if !self.serving.load(Ordering::Relaxed) {
+            return Err(WireError::unavailable(
+                "this server is not serving clients now (catching up, or not its pair's active server); ask nm again",
+            ));
+        }
+        if !self.lease_valid() {
+            return Err(WireError::unavailable(
+                "this server has lost contact with nm and stopped serving; ask nm again",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Ok` when changes may be accepted here (serving, writable, lease valid).
+    pub fn check_writable(&self) -> Result<(), WireError> {
+        self.check_serving()?;
+        if !self.writable.load(Ordering::Relaxed) {
+            return Err(WireError::unavailable(
+                "this server does not accept changes now (its pair is handing over); retry through nm",
+            ));
+        }
+        Ok(())
     }
 
     /// The key that verifies client tickets, once registered.
@@ -137,7 +204,9 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             result = session => result,
         };
+        // Without nm, stop accepting anything at once: nm may promote the partner.
         link.connected.store(false, Ordering::Relaxed);
+        link.renew_lease(None);
         match result {
             Ok(()) => backoff = BACKOFF_START,
             Err(e) => {
@@ -161,6 +230,7 @@ async fn serve_link(
     notices: &mut mpsc::Receiver<Notice>,
 ) -> Result<(), LinkError> {
     let mut client = RpcClient::connect(&config.nm, Role::StorageServer, &config.username).await?;
+    let registered_at = Instant::now();
     // Whatever was queued while disconnected is covered by the inventory.
     while notices.try_recv().is_ok() {}
     let mut inventory = tokio::task::block_in_place(|| files.inventory())
@@ -207,9 +277,19 @@ async fn serve_link(
         )
         .await?;
     }
-    let NmReply::Registered { ticket_key } = reply else {
+    let NmReply::Registered {
+        ticket_key,
+        epoch,
+        serving,
+        writable,
+        lease_ms,
+    } = reply
+    else {
         return Err(LinkError::Unexpected(Box::new(reply)));
     };
+    let lease = Duration::from_millis(lease_ms);
+    link.renew_lease(Some(registered_at + lease));
+    link.set_role(epoch, serving, writable);
     *link.ticket_key.write().unwrap_or_else(|p| p.into_inner()) = Some(TicketKey::new(ticket_key));
     link.connected.store(true, Ordering::Relaxed);
     tracing::info!(event = "ss_registered", nm = %config.nm, name = %config.username, address = %client_addr, files = count, "registered with nm");
@@ -219,7 +299,11 @@ async fn serve_link(
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
+                // The lease counts from when the heartbeat left, so it ends
+                // before nm's failure timeout, which counts from its arrival.
+                let sent = Instant::now();
                 call(&mut client, NmRequest::Heartbeat).await?;
+                link.renew_lease(Some(sent + lease));
             }
             notice = notices.recv() => {
                 let Some(notice) = notice else { return Ok(()) };

@@ -32,7 +32,8 @@ pub struct Server {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let store = Store::open(&config.storage, config.fsync)
         .with_context(|| format!("opening storage folder {}", config.storage.display()))?;
-    let files = Arc::new(Files::load(store).context("loading the inventory")?);
+    let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let files = Arc::new(Files::load(store, epoch.clone()).context("loading the inventory")?);
     let listener = TcpListener::bind((config.bind, config.client_port))
         .await
         .with_context(|| format!("binding {}:{}", config.bind, config.client_port))?;
@@ -45,7 +46,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         files = files.len(),
         "storage server ready"
     );
-    let link = NmLink::new();
+    let link = NmLink::new(epoch);
     tokio::spawn(nm_link::run(
         config.clone(),
         client_addr,
@@ -188,7 +189,50 @@ impl Server {
                 "a storage server may only copy files from another",
             )));
         }
+        let gate = match &request {
+            SsRequest::Read { .. }
+            | SsRequest::Stream { .. }
+            | SsRequest::ReadCheckpoint { .. }
+                if session.hello.role == Role::Client =>
+            {
+                self.link.check_serving()
+            }
+            SsRequest::WriteBegin { .. }
+            | SsRequest::WriteEdit { .. }
+            | SsRequest::WriteCommit
+            | SsRequest::CreateFile { .. }
+            | SsRequest::DeleteFile { .. }
+            | SsRequest::UndoFile { .. }
+            | SsRequest::SetAcl { .. }
+            | SsRequest::MoveFile { .. }
+            | SsRequest::CreateCheckpoint { .. }
+            | SsRequest::Revert { .. } => self.link.check_writable(),
+            _ => Ok(()),
+        };
+        if let Err(e) = gate {
+            if matches!(
+                request,
+                SsRequest::WriteEdit { .. } | SsRequest::WriteCommit
+            ) {
+                if let Some(write) = session.write.take() {
+                    tracing::warn!(event = "ss_write_lost", file = %write.file(), error = %e, "an open WRITE was lost: this server stopped accepting changes");
+                }
+            }
+            return Ok(Err(e));
+        }
         let reply = match request {
+            SsRequest::SetRole {
+                epoch,
+                serving,
+                writable,
+            } if from_nm => {
+                self.link.set_role(epoch, serving, writable);
+                Ok(SsReply::Done)
+            }
+            SsRequest::KeepConflict { file, to } if from_nm => {
+                tokio::task::block_in_place(|| self.files.keep_conflict(&file, &to))
+                    .map(|stats| SsReply::Applied { stats })
+            }
             SsRequest::GetFile { file, ticket } => {
                 if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Read) {
                     return Ok(Err(e));
@@ -208,8 +252,12 @@ impl Server {
                         .await;
                 Ok(SsReply::Pulled { results })
             }
-            SsRequest::ApplyDelete { file, version } if from_nm => {
-                tokio::task::block_in_place(|| self.files.apply_delete(&file, version))
+            SsRequest::ApplyDelete {
+                file,
+                version,
+                epoch,
+            } if from_nm => {
+                tokio::task::block_in_place(|| self.files.apply_delete(&file, (epoch, version)))
                     .map(|()| SsReply::Done)
             }
             SsRequest::PurgeTombstone { file } if from_nm => {
@@ -338,6 +386,8 @@ impl Server {
             | SsRequest::PullFiles { .. }
             | SsRequest::ApplyDelete { .. }
             | SsRequest::PurgeTombstone { .. }
+            | SsRequest::SetRole { .. }
+            | SsRequest::KeepConflict { .. }
             | SsRequest::Inventory => Err(WireError::unauthorized(
                 "only nm may do that; go through nm",
             )),
@@ -359,7 +409,13 @@ impl Server {
             .link
             .ticket_key()
             .ok_or_else(|| WireError::unavailable("this server is not registered with nm yet"))?;
-        key.verify(ticket, user, file, op, now_ms())
+        key.verify(ticket, user, file, op, now_ms())?;
+        if ticket.epoch < self.link.epoch() {
+            return Err(WireError::unauthorized(
+                "the ticket is from an older epoch of this pair; ask nm again",
+            ));
+        }
+        Ok(())
     }
 
     /// READ and VIEWCHECKPOINT: an opened content in chunks, then `End`.
@@ -485,5 +541,7 @@ fn operation_name(request: &SsRequest) -> &'static str {
         SsRequest::ApplyDelete { .. } => "APPLY_DELETE",
         SsRequest::PurgeTombstone { .. } => "PURGE_TOMBSTONE",
         SsRequest::Inventory => "INVENTORY",
+        SsRequest::SetRole { .. } => "SET_ROLE",
+        SsRequest::KeepConflict { .. } => "KEEP_CONFLICT",
     }
 }

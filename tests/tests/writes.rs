@@ -92,25 +92,26 @@ async fn a_client_killed_mid_write_releases_its_lock_and_loses_its_edits() {
     let mut stdin = console.stdin.take().unwrap();
     writeln!(stdin, "WRITE f.txt 0\n0 never committed").unwrap();
     stdin.flush().unwrap();
+    // REVERT to a tag that does not exist is a probe without side effects:
+    // E_LOCKED while a sentence is being written, E_NOT_FOUND otherwise.
     let mut probe = cluster.client("alice").await;
+    let revert = shared::proto::NmRequest::Revert {
+        file: "f.txt".into(),
+        tag: "no-such-tag".into(),
+    };
     eventually("the console to hold the lock", async || {
-        match probe.write_begin("f.txt", 0).await {
-            Err(e) if e.code == shared::ErrorCode::Locked => Some(()),
-            Ok(_) => {
-                probe.write_abort().await;
-                None
-            }
-            Err(_) => None,
-        }
+        let reply = probe.nm(revert.clone()).await;
+        matches!(reply, Err(e) if e.code == shared::ErrorCode::Locked).then_some(())
     })
     .await;
     console.kill().unwrap(); // SIGKILL
     console.wait().unwrap();
-    let mut probe = cluster.client("alice").await;
     eventually("the lock to be released", async || {
-        probe.write_begin("f.txt", 0).await.ok()
+        let reply = probe.nm(revert.clone()).await;
+        matches!(reply, Err(e) if e.code == shared::ErrorCode::NotFound).then_some(())
     })
     .await;
+    probe.write_begin("f.txt", 0).await.unwrap();
     probe.write_edit(0, "Yes.").await.unwrap();
     probe.write_commit().await.unwrap();
     assert_eq!(
