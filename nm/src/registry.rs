@@ -215,8 +215,8 @@ impl Registry {
             (Some(true), Some(true)) => PairState::Active,
             (Some(true), Some(false)) if failed_over => PairState::Offline,
             (Some(true), Some(false)) => PairState::BackupFailed,
-            (Some(false), Some(true)) if failed_over => PairState::PrimaryFailed,
-            (Some(false), Some(true)) => PairState::Offline,
+            // Failed over, or about to be (the promotion is under way).
+            (Some(false), Some(true)) => PairState::PrimaryFailed,
             (Some(false), Some(false)) | (Some(false), None) => PairState::Offline,
             (None, Some(true)) if failed_over => PairState::PrimaryFailed,
             (Some(true), None) | (None, _) => PairState::Unpaired,

@@ -733,6 +733,9 @@ impl Nm {
             );
         }
         outcome.deletes = self.apply_tombstones(sides, &source_dead, &held).await?;
+        if let Some(entry) = self.state().registry.get_mut(&sides.target) {
+            entry.files = source_files.len() as u64;
+        }
         if let Some((file, e)) = failed.first() {
             return Err(WireError::new(
                 e.code,

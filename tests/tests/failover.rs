@@ -1,0 +1,229 @@
+//! Failure detection, failover, recovery and fencing, with short timings
+//! (100 ms heartbeats, a 600 ms failure timeout).
+
+use shared::connection::RpcClient;
+use shared::proto::{Op, PairState, Role, ServerState, SsReply, SsRequest};
+use shared::ErrorCode;
+use tests::{eventually, Options, TestCluster};
+
+fn fast() -> Options {
+    Options {
+        nm_args: vec!["--heartbeat-timeout", "600ms"],
+        ..Options::default()
+    }
+}
+
+async fn pair_cluster() -> TestCluster {
+    let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], fast()).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster
+        .console(
+            "alice",
+            "CREATE a.txt\nWRITE a.txt 0\n0 Before the failure.\nETIRW\nCREATE old.txt\n",
+        )
+        .all_ok();
+    cluster.wait_replicated().await;
+    cluster
+}
+
+fn codes(cluster: &TestCluster, user: &str, script: &str) -> Vec<String> {
+    let run = cluster.console(user, script);
+    (0..run.outcomes.len())
+        .map(|i| match run.code_of(i) {
+            "null" => "ok".to_owned(),
+            code => code.to_owned(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_primary_fails_over_and_catches_up_when_it_returns() {
+    let mut cluster = pair_cluster().await;
+    cluster.kill_ss("ss1");
+    cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
+    let status = cluster.status().await;
+    assert_eq!(status.pairs[0].epoch, 1, "a promotion bumps the epoch");
+    let during = cluster.console(
+        "alice",
+        "READ a.txt\nSTREAM a.txt\nWRITE a.txt 1\n0 During it.\nETIRW\nCREATE new.txt\nDELETE old.txt\nUNDO a.txt\nWRITE a.txt 1\n0 Again.\nETIRW\nREAD a.txt\n",
+    );
+    during.all_ok();
+    assert_eq!(during.get(0)["data"]["content"], "Before the failure.");
+    assert_eq!(
+        during.get(7)["data"]["content"],
+        "Before the failure. Again."
+    );
+    // The primary returns: it catches up, then takes over again.
+    cluster.start_ss("ss1").await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let status = cluster.wait_replicated().await;
+    assert_eq!(status.pairs[0].epoch, 2, "the hand-back is a new epoch too");
+    let ss1 = status.servers.iter().find(|s| s.name == "ss1").unwrap();
+    assert!(ss1.serving, "the original primary serves again");
+    cluster.assert_same_files("ss1", "ss1_backup");
+    let ss1_files = cluster.storage("ss1").join("files");
+    assert_eq!(
+        std::fs::read_to_string(ss1_files.join("a.txt")).unwrap(),
+        "Before the failure. Again."
+    );
+    assert!(ss1_files.join("new.txt").exists());
+    assert!(!ss1_files.join("old.txt").exists());
+    let after = cluster.console("alice", "READ a.txt\nWRITE a.txt 2\n0 After.\nETIRW\n");
+    after.all_ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_backup_is_caught_up_when_it_returns() {
+    let mut cluster = pair_cluster().await;
+    cluster.kill_ss("ss1_backup");
+    cluster.wait_pair("ss1", PairState::BackupFailed).await;
+    cluster
+        .console(
+            "alice",
+            "WRITE a.txt 1\n0 Alone.\nETIRW\nCREATE lonely.txt\nDELETE old.txt\n",
+        )
+        .all_ok();
+    cluster.start_ss("ss1_backup").await;
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    assert_eq!(cluster.status().await.pairs[0].epoch, 0, "no promotion");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_primary_is_declared_failed_by_timeout_and_refuses_writes_until_caught_up() {
+    let cluster = pair_cluster().await;
+    // A ticket from before the hang, to try a write behind nm's back later.
+    let mut alice = cluster.client("alice").await;
+    let old = alice.locate("a.txt", Op::Write).await.unwrap();
+    cluster.signal_ss("ss1", libc::SIGSTOP);
+    cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
+    let status = cluster.status().await;
+    let ss1 = status.servers.iter().find(|s| s.name == "ss1").unwrap();
+    assert_eq!(ss1.state, ServerState::Failed);
+    assert_eq!(ss1.ms_until_timeout, 0);
+    cluster
+        .console("alice", "WRITE a.txt 1\n0 On the backup.\nETIRW\n")
+        .all_ok();
+    cluster.signal_ss("ss1", libc::SIGCONT);
+    // Straight after waking up, the old primary takes no write.
+    let mut direct = RpcClient::connect(&old.address, Role::Client, "alice")
+        .await
+        .unwrap();
+    let reply = direct
+        .call::<_, SsReply>(SsRequest::WriteBegin {
+            file: "a.txt".into(),
+            sentence: 0,
+            ticket: old.ticket,
+        })
+        .await
+        .unwrap();
+    let code = reply.unwrap_err().code;
+    assert!(
+        matches!(code, ErrorCode::Unavailable | ErrorCode::Unauthorized),
+        "{code:?}"
+    );
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    let read = cluster.console("alice", "READ a.txt\n");
+    assert_eq!(
+        read.get(0)["data"]["content"],
+        "Before the failure. On the backup."
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_servers_down_is_unavailable_and_nothing_is_lost_when_they_return() {
+    let mut cluster = pair_cluster().await;
+    cluster.kill_ss("ss1_backup");
+    cluster.kill_ss("ss1");
+    cluster.wait_pair("ss1", PairState::Offline).await;
+    assert_eq!(
+        codes(
+            &cluster,
+            "alice",
+            "READ a.txt\nWRITE a.txt 1\n0 x\nETIRW\nDELETE a.txt\n"
+        ),
+        ["E_UNAVAILABLE"; 3]
+    );
+    assert_eq!(
+        codes(&cluster, "alice", "CREATE elsewhere.txt\n"),
+        ["E_UNAVAILABLE"],
+        "no pair can take a new file"
+    );
+    cluster.start_ss("ss1_backup").await;
+    cluster.start_ss("ss1").await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster.wait_replicated().await;
+    let read = cluster.console("alice", "READ a.txt\nREAD old.txt\n");
+    read.all_ok();
+    assert_eq!(read.get(0)["data"]["content"], "Before the failure.");
+    cluster.assert_same_files("ss1", "ss1_backup");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_lost_in_the_async_window_becomes_a_conflict_copy() {
+    let mut cluster = pair_cluster().await;
+    // The backup hangs, so the next change on the primary is acknowledged
+    // but not replicated; then the primary dies.
+    cluster.signal_ss("ss1_backup", libc::SIGSTOP);
+    cluster
+        .console(
+            "alice",
+            "WRITE a.txt 1\n0 Only the primary saw this.\nETIRW\n",
+        )
+        .all_ok();
+    cluster.kill_ss("ss1");
+    cluster.signal_ss("ss1_backup", libc::SIGCONT);
+    cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
+    eventually("the backup to serve", async || {
+        let run = cluster.console("alice", "READ a.txt\n");
+        (run.get(0)["ok"] == true).then_some(())
+    })
+    .await;
+    cluster
+        .console("alice", "WRITE a.txt 1\n0 The backup wrote this.\nETIRW\n")
+        .all_ok();
+    cluster.start_ss("ss1").await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster.wait_replicated().await;
+    let run = cluster.console("alice", "READ a.txt\nREAD a.txt.conflict-ss1-e0\nVIEW\n");
+    run.all_ok();
+    assert_eq!(
+        run.get(0)["data"]["content"],
+        "Before the failure. The backup wrote this."
+    );
+    assert_eq!(
+        run.get(1)["data"]["content"],
+        "Before the failure. Only the primary saw this."
+    );
+    cluster.assert_same_files("ss1", "ss1_backup");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_nm_restart_keeps_the_epoch_and_the_promoted_server() {
+    let mut cluster = pair_cluster().await;
+    cluster.kill_ss("ss1");
+    cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
+    cluster
+        .console("alice", "WRITE a.txt 1\n0 While promoted.\nETIRW\n")
+        .all_ok();
+    cluster.kill_nm();
+    cluster.start_nm().await;
+    cluster.wait_alive("ss1_backup").await;
+    eventually("the promoted backup to serve again", async || {
+        let run = cluster.console("alice", "READ a.txt\n");
+        (run.get(0)["data"]["content"] == "Before the failure. While promoted.").then_some(())
+    })
+    .await;
+    assert_eq!(
+        cluster.status().await.pairs[0].epoch,
+        1,
+        "the epoch survived"
+    );
+    cluster.start_ss("ss1").await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    assert_eq!(cluster.status().await.pairs[0].epoch, 2);
+}
