@@ -7,6 +7,11 @@
 //!   through WATCH: the first `applied` job event at that version or later).
 //! - `resync-small` / `resync-large`: a primary holding many small files, or
 //!   one large one, and an empty backup joining: the time until the pair is ACTIVE.
+//! - `failover`: kill -9 of the primary, then READs through nm until one
+//!   succeeds on the promoted backup: the time from the kill to that READ.
+//! - `catch-up`: the primary is killed, `--files` files are changed on the
+//!   promoted backup, the primary restarts: the time until the pair is ACTIVE
+//!   again with the primary serving.
 //!
 //! A benchmark, not a test: BENCHMARKS.md has the command lines and figures.
 
@@ -26,6 +31,8 @@ pub enum Workload {
     ReplLag,
     ResyncSmall,
     ResyncLarge,
+    Failover,
+    CatchUp,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -51,6 +58,19 @@ pub struct BenchArgs {
     /// fsync on every change (as in production).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub fsync: bool,
+    /// Storage servers' heartbeat interval.
+    #[arg(long, default_value = "1s")]
+    pub heartbeat_interval: String,
+    /// nm's failure timeout.
+    #[arg(long, default_value = "3s")]
+    pub heartbeat_timeout: String,
+    /// Repetitions (failover).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// failover: hang the primary (SIGSTOP) instead of killing it, so nm must
+    /// notice by the heartbeat timeout rather than by a closed connection.
+    #[arg(long)]
+    pub hang: bool,
     /// Folder holding the nm and ss binaries (default: the console's own).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -72,6 +92,8 @@ pub struct Report {
     pub replication_lag_ms: Option<Percentiles>,
     pub bytes: u64,
     pub mb_per_sec: Option<f64>,
+    /// Kill -9 of the primary to the first successful READ through nm.
+    pub failover_ms: Option<Percentiles>,
 }
 
 #[derive(Debug, Serialize)]
@@ -112,7 +134,13 @@ pub enum BenchError {
 }
 
 pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
-    let mut cluster = LocalCluster::start(args.bin_dir.clone(), args.fsync).await?;
+    let mut cluster = LocalCluster::start(
+        args.bin_dir.clone(),
+        args.fsync,
+        &args.heartbeat_interval,
+        &args.heartbeat_timeout,
+    )
+    .await?;
     let mut report = match args.workload {
         Workload::CreateWrite => create_write(&mut cluster, &args).await?,
         Workload::ReplLag => repl_lag(&mut cluster, &args).await?,
@@ -123,6 +151,15 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         Workload::ResyncLarge => {
             let mib = args.size.unwrap_or(1024);
             resync(&mut cluster, 1, mib << 20).await?
+        }
+        Workload::Failover => failover(&mut cluster, args.rounds, args.hang).await?,
+        Workload::CatchUp => {
+            let files = if args.files == 10_000 {
+                1_000
+            } else {
+                args.files
+            };
+            catch_up(&mut cluster, files).await?
         }
     };
     report.workload = Some(args.workload);
@@ -318,6 +355,119 @@ async fn resync(cluster: &mut LocalCluster, count: usize, size: u64) -> Result<R
     })
 }
 
+async fn ready_pair(cluster: &mut LocalCluster) -> Result<(), BenchError> {
+    cluster.start_ss("ss1").await?;
+    cluster.start_ss("ss1_backup").await?;
+    cluster.wait_replicated("ss1").await?;
+    Ok(())
+}
+
+async fn failover(
+    cluster: &mut LocalCluster,
+    rounds: usize,
+    hang: bool,
+) -> Result<Report, BenchError> {
+    ready_pair(cluster).await?;
+    let mut client = Client::connect(cluster.nm_addr(), "bench").await?;
+    // A hung server is given up on quickly, as a latency-sensitive client would.
+    client.set_reply_timeout(Duration::from_millis(100));
+    client
+        .nm(NmRequest::Create {
+            file: "probe.txt".into(),
+        })
+        .await?;
+    client.write_begin("probe.txt", 0).await?;
+    client.write_edit(0, "Still here.").await?;
+    client.write_commit().await?;
+    let started = Instant::now();
+    let mut times = Vec::new();
+    for _ in 0..rounds.max(1) {
+        cluster.wait_replicated("ss1").await?;
+        let killed = Instant::now();
+        if hang {
+            cluster.signal_ss("ss1", libc::SIGSTOP);
+        } else {
+            cluster.kill_ss("ss1");
+        }
+        loop {
+            if client.read("probe.txt").await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        times.push(killed.elapsed());
+        // Back to the start: the primary returns and takes over again.
+        if hang {
+            cluster.signal_ss("ss1", libc::SIGCONT);
+        } else {
+            cluster.start_ss("ss1").await?;
+        }
+        cluster
+            .wait_for("the hand-back", |s| {
+                s.pairs
+                    .iter()
+                    .any(|p| p.primary == "ss1" && p.state == shared::proto::PairState::Active)
+                    && s.servers.iter().any(|x| x.name == "ss1" && x.serving)
+            })
+            .await?;
+    }
+    let ops = times.len() as u64;
+    Ok(Report {
+        seconds: started.elapsed().as_secs_f64(),
+        ops,
+        ops_per_sec: ops as f64 / started.elapsed().as_secs_f64(),
+        failover_ms: percentiles(times),
+        ..Report::default()
+    })
+}
+
+async fn catch_up(cluster: &mut LocalCluster, files: usize) -> Result<Report, BenchError> {
+    ready_pair(cluster).await?;
+    let mut client = Client::connect(cluster.nm_addr(), "bench").await?;
+    for i in 0..files {
+        client
+            .nm(NmRequest::Create {
+                file: format!("c{i:05}"),
+            })
+            .await?;
+    }
+    cluster.wait_replicated("ss1").await?;
+    cluster.kill_ss("ss1");
+    cluster
+        .wait_for("the promotion", |s| {
+            s.servers
+                .iter()
+                .any(|x| x.name == "ss1_backup" && x.serving)
+        })
+        .await?;
+    for i in 0..files {
+        let file = format!("c{i:05}");
+        client.write_begin(&file, 0).await?;
+        client
+            .write_edit(0, "Changed while the primary was away.")
+            .await?;
+        client.write_commit().await?;
+    }
+    let started = Instant::now();
+    cluster.start_ss("ss1").await?;
+    cluster
+        .wait_for("the catch-up and hand-back", |s| {
+            s.pairs.iter().any(|p| {
+                p.primary == "ss1"
+                    && p.state == shared::proto::PairState::Active
+                    && p.pending_jobs == 0
+            }) && s.servers.iter().any(|x| x.name == "ss1" && x.serving)
+        })
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Report {
+        seconds,
+        ops: files as u64,
+        ops_per_sec: files as f64 / seconds,
+        ..Report::default()
+    })
+}
+
 /// The report as text.
 pub fn render(report: &Report) -> String {
     let mut out = format!(
@@ -339,6 +489,12 @@ pub fn render(report: &Report) -> String {
         out += &format!(
             "  replication lag ms: p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}\n",
             l.p50, l.p99, l.p999, l.max
+        );
+    }
+    if let Some(l) = &report.failover_ms {
+        out += &format!(
+            "  failover ms (failure to first successful READ): p50 {:.1}  p99 {:.1}  max {:.1}\n",
+            l.p50, l.p99, l.max
         );
     }
     if let Some(mbps) = report.mb_per_sec {

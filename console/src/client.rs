@@ -16,7 +16,13 @@ pub struct Client {
     servers: HashMap<String, RpcClient>,
     /// The server address of the open WRITE, if any.
     open_write: Option<String>,
+    /// How long to wait for each reply of a storage server before giving it
+    /// up as hung (its connection is dropped; the next call asks nm again).
+    reply_timeout: std::time::Duration,
 }
+
+/// The default wait for a storage server's reply.
+pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn unexpected<T: std::fmt::Debug>(reply: T) -> WireError {
     WireError::internal(format!("unexpected reply: {reply:?}"))
@@ -32,7 +38,13 @@ impl Client {
             nm: Some(nm),
             servers: HashMap::new(),
             open_write: None,
+            reply_timeout: REPLY_TIMEOUT,
         })
+    }
+
+    /// Sets how long to wait for each reply of a storage server.
+    pub fn set_reply_timeout(&mut self, timeout: std::time::Duration) {
+        self.reply_timeout = timeout;
     }
 
     pub fn user(&self) -> &str {
@@ -77,8 +89,14 @@ impl Client {
 
     async fn server(&mut self, address: &str) -> Result<&mut RpcClient, WireError> {
         if !self.servers.contains_key(address) {
-            let client = RpcClient::connect(address, Role::Client, &self.user)
+            let connect = RpcClient::connect(address, Role::Client, &self.user);
+            let client = tokio::time::timeout(self.reply_timeout, connect)
                 .await
+                .map_err(|_| {
+                    WireError::unavailable(format!(
+                        "the storage server at {address} did not answer"
+                    ))
+                })?
                 .map_err(|e| e.to_wire())?;
             self.servers.insert(address.to_owned(), client);
         }
@@ -97,13 +115,19 @@ impl Client {
             request,
             SsRequest::Read { .. } | SsRequest::Stream { .. } | SsRequest::ReadCheckpoint { .. }
         );
+        let timeout = self.reply_timeout;
         let result: Result<SsReply, WireError> = async {
             let server = self.server(address).await?;
             let id = server.send(request).await.map_err(|e| e.to_wire())?;
             loop {
-                let reply = server
-                    .next_reply::<SsReply>(id)
+                let reply = tokio::time::timeout(timeout, server.next_reply::<SsReply>(id))
                     .await
+                    .map_err(|_| {
+                        WireError::unavailable(format!(
+                            "the storage server at {address} did not answer within {} ms",
+                            timeout.as_millis()
+                        ))
+                    })?
                     .map_err(|e| e.to_wire())??;
                 match reply {
                     SsReply::Chunk { .. } | SsReply::Word { .. } if streamed => each(reply)?,

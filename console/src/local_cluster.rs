@@ -31,7 +31,13 @@ pub enum ClusterError {
 
 impl LocalCluster {
     /// Starts nm; storage servers come with [`LocalCluster::start_ss`].
-    pub async fn start(bin_dir: Option<PathBuf>, fsync: bool) -> Result<Self, ClusterError> {
+    /// `heartbeat` is the storage servers' interval, `timeout` nm's failure timeout.
+    pub async fn start(
+        bin_dir: Option<PathBuf>,
+        fsync: bool,
+        heartbeat: &str,
+        timeout: &str,
+    ) -> Result<Self, ClusterError> {
         let bin_dir = match bin_dir {
             Some(dir) => dir,
             None => std::env::current_exe()?
@@ -46,7 +52,7 @@ impl LocalCluster {
             nm_addr: String::new(),
             servers: BTreeMap::new(),
             fsync,
-            heartbeat: "100ms".into(),
+            heartbeat: heartbeat.to_owned(),
         };
         let ready = cluster.dir.path().join("nm.addr");
         let nm = Command::new(cluster.bin_dir.join("nm"))
@@ -56,6 +62,7 @@ impl LocalCluster {
             .arg("--ready-file")
             .arg(&ready)
             .args(["--fsync", &fsync.to_string()])
+            .args(["--heartbeat-timeout", timeout])
             .stdout(Stdio::null())
             .stderr(cluster.log("nm")?)
             .spawn()?;
@@ -114,6 +121,16 @@ impl LocalCluster {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Sends a signal (SIGSTOP, SIGCONT) to a storage server.
+    pub fn signal_ss(&self, name: &str, signal: i32) {
+        if let Some(child) = self.servers.get(name) {
+            // SAFETY: kill(2) on our own child's pid; no memory is involved.
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+        }
     }
 
     /// kill -9 of a storage server.
