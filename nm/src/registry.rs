@@ -344,8 +344,8 @@ mod tests {
         assert!(!events.is_empty());
         assert_eq!(
             r.pair("ss1").unwrap().state,
-            PairState::Offline,
-            "not promoted yet"
+            PairState::PrimaryFailed,
+            "the backup is about to be promoted"
         );
         r.pair_mut("ss1").unwrap().active = "ss1_backup".into();
         r.refresh("promoted");
