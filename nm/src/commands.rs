@@ -164,6 +164,11 @@ impl Nm {
                     .registry
                     .pair_status(|primary| self.queue.pending_for(primary)),
                 queue_depth: self.queue.depth(),
+                replication: match self.config.replication {
+                    crate::config::ReplicationMode::Async => "ASYNC",
+                    crate::config::ReplicationMode::Sync => "SYNC",
+                }
+                .to_owned(),
             },
         }
     }
@@ -196,22 +201,28 @@ impl Nm {
     ) -> Result<NmReply, WireError> {
         let client = self.server_for(user, file, need)?;
         let stats = applied(client.call(request).await?)?;
-        self.record_stats(file, stats, kind);
+        self.record_stats(file, stats, kind).await?;
         Ok(NmReply::Done)
     }
 
     /// Records a change's stats and queues its replication.
-    fn record_stats(&self, file: &str, stats: FileStats, kind: JobKind) {
+    /// In synchronous mode, returns once the backup has the change.
+    async fn record_stats(
+        &self,
+        file: &str,
+        stats: FileStats,
+        kind: JobKind,
+    ) -> Result<(), WireError> {
         let version = stats.version;
         let server = {
             let mut state = self.state();
             let Some(record) = state.ns.file_mut(file) else {
-                return;
+                return Ok(());
             };
             record.stats = stats;
             record.server.clone()
         };
-        self.replicate(&server, file, kind, Some(version));
+        self.replicate_and_wait(&server, file, kind, version).await
     }
 
     async fn create(&self, user: &str, file: &str) -> Result<NmReply, WireError> {
@@ -252,32 +263,35 @@ impl Nm {
             Ok::<_, WireError>(stats)
         }
         .await;
-        let mut state = self.state();
-        match created {
-            Ok(stats) => {
-                let version = stats.version;
-                state.ns.insert(
-                    file,
-                    FileRecord {
-                        owner: user.to_owned(),
-                        acl: AccessList::new(),
-                        server: server.clone(),
-                        stats,
-                    },
-                );
-                if let Some(entry) = state.registry.get_mut(&server) {
-                    entry.files += 1;
+        let version = {
+            let mut state = self.state();
+            match created {
+                Ok(stats) => {
+                    let version = stats.version;
+                    state.ns.insert(
+                        file,
+                        FileRecord {
+                            owner: user.to_owned(),
+                            acl: AccessList::new(),
+                            server: server.clone(),
+                            stats,
+                        },
+                    );
+                    if let Some(entry) = state.registry.get_mut(&server) {
+                        entry.files += 1;
+                    }
+                    version
                 }
-                drop(state);
-                tracing::info!(event = "nm_file_created", file, owner = user, server = %server);
-                self.replicate(&server, file, JobKind::Create, Some(version));
-                Ok(NmReply::Done)
+                Err(e) => {
+                    state.ns.unreserve(file);
+                    return Err(e);
+                }
             }
-            Err(e) => {
-                state.ns.unreserve(file);
-                Err(e)
-            }
-        }
+        };
+        tracing::info!(event = "nm_file_created", file, owner = user, server = %server);
+        self.replicate_and_wait(&server, file, JobKind::Create, version)
+            .await
+            .map(|()| NmReply::Done)
     }
 
     async fn delete(&self, user: &str, file: &str) -> Result<NmReply, WireError> {
@@ -316,7 +330,13 @@ impl Nm {
             record.map(|r| r.server)
         };
         if let Some(server) = server {
-            self.replicate(&server, file, JobKind::Delete, deleted_version);
+            match deleted_version {
+                Some(version) => {
+                    self.replicate_and_wait(&server, file, JobKind::Delete, version)
+                        .await?
+                }
+                None => self.replicate(&server, file, JobKind::Delete, None),
+            }
         }
         Ok(NmReply::Done)
     }
@@ -368,7 +388,7 @@ impl Nm {
                 record.apply(&mut state.ns);
             }
         }
-        self.record_stats(file, stats, JobKind::Metadata);
+        self.record_stats(file, stats, JobKind::Metadata).await?;
         Ok(())
     }
 
@@ -594,7 +614,7 @@ impl Nm {
         if let Some(server) = server {
             self.replicate(&server, file, JobKind::Delete, Some(stats.version));
         }
-        self.record_stats(&to, stats, JobKind::Metadata);
+        self.record_stats(&to, stats, JobKind::Metadata).await?;
         Ok(NmReply::Done)
     }
 }

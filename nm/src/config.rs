@@ -51,6 +51,13 @@ pub struct Config {
     #[arg(long, env = "NM_HEARTBEAT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub heartbeat_timeout: Duration,
 
+    /// async: a change is acknowledged before the backup has it (a failure
+    /// in that window can leave it only on the old primary, kept as a
+    /// conflict copy). sync: acknowledged only once the backup has applied it
+    /// (while the backup is down the pair runs alone; STATUS shows it).
+    #[arg(long, env = "NM_REPLICATION", value_enum, default_value = "async")]
+    pub replication: ReplicationMode,
+
     /// Most replication jobs waiting at once; beyond it a pair is marked for a full sync.
     #[arg(long, env = "NM_REPL_QUEUE_CAPACITY", default_value_t = 1000)]
     pub repl_queue_capacity: usize,
@@ -75,4 +82,11 @@ pub struct Config {
     /// Do not print the human line per operation on stdout.
     #[arg(long, env = "NM_QUIET")]
     pub quiet: bool,
+}
+
+/// When a change is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplicationMode {
+    Async,
+    Sync,
 }

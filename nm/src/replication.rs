@@ -288,6 +288,69 @@ impl ReplQueue {
     }
 }
 
+/// Changes waiting to be confirmed on the backup (synchronous replication).
+#[derive(Default)]
+pub struct Waiters {
+    by_file: Mutex<HashMap<(String, String), Vec<Waiter>>>,
+}
+
+struct Waiter {
+    version: u64,
+    since: Instant,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Waiters {
+    fn register(&self, pair: &str, file: &str, version: u64) -> tokio::sync::oneshot::Receiver<()> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.by_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((pair.to_owned(), file.to_owned()))
+            .or_default()
+            .push(Waiter {
+                version,
+                since: Instant::now(),
+                done,
+            });
+        wait
+    }
+
+    /// Releases the waiters of one file up to `version` (all of them without one).
+    fn release_file(&self, pair: &str, file: &str, version: Option<u64>) {
+        let mut map = self.by_file.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (pair.to_owned(), file.to_owned());
+        if let Some(list) = map.get_mut(&key) {
+            let (done, keep): (Vec<Waiter>, Vec<Waiter>) = list
+                .drain(..)
+                .partition(|w| version.is_none_or(|v| w.version <= v));
+            *list = keep;
+            if list.is_empty() {
+                map.remove(&key);
+            }
+            for w in done {
+                let _ = w.done.send(());
+            }
+        }
+    }
+
+    /// Releases every waiter of a pair registered before `before` (all without it).
+    pub(crate) fn release_pair(&self, pair: &str, before: Option<Instant>) {
+        let mut map = self.by_file.lock().unwrap_or_else(|p| p.into_inner());
+        for ((p, _), list) in map.iter_mut().filter(|((p, _), _)| p == pair) {
+            let _ = p;
+            let (done, keep): (Vec<Waiter>, Vec<Waiter>) = list
+                .drain(..)
+                .partition(|w| before.is_none_or(|b| w.since < b));
+            *list = keep;
+            for w in done {
+                let _ = w.done.send(());
+            }
+        }
+        map.retain(|_, list| !list.is_empty());
+    }
+}
+
 /// The two sides of a pair as a job needs them: the active server (the
 /// source of truth) and the other one (the target being kept up to date).
 struct Sides {
@@ -376,7 +439,11 @@ impl Nm {
     pub fn replicate(&self, pair: &str, file: &str, kind: JobKind, version: Option<u64>) {
         let standby = match self.live_standby(pair) {
             Ok(standby) => standby,
-            Err(None) => return, // unpaired: the sync when a backup arrives covers it
+            Err(None) => {
+                // Unpaired: the sync when a backup arrives covers it; nothing to wait for.
+                self.waiters.release_file(pair, file, None);
+                return;
+            }
             Err(Some(standby)) => {
                 let job = Job {
                     id: 0,
@@ -399,6 +466,8 @@ impl Nm {
                             .into(),
                     ),
                 );
+                // The pair runs alone: nothing to wait for.
+                self.waiters.release_file(pair, file, None);
                 return;
             }
         };
@@ -424,6 +493,30 @@ impl Nm {
             }
         }
         self.queue.wake();
+    }
+
+    /// Queues replication of a change and, in synchronous mode, waits until
+    /// the backup has it (or the pair is running alone).
+    pub async fn replicate_and_wait(
+        &self,
+        pair: &str,
+        file: &str,
+        kind: JobKind,
+        version: u64,
+    ) -> Result<(), WireError> {
+        if self.config.replication == crate::config::ReplicationMode::Async {
+            self.replicate(pair, file, kind, Some(version));
+            return Ok(());
+        }
+        let confirmed = self.waiters.register(pair, file, version);
+        self.replicate(pair, file, kind, Some(version));
+        match tokio::time::timeout(self.config.ss_timeout, confirmed).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(WireError::unavailable(format!(
+                "{file:?} was changed but the backup has not confirmed it within {}; it may not survive a failover",
+                humantime::format_duration(self.config.ss_timeout)
+            ))),
+        }
     }
 
     /// Marks a pair as needing a sync and queues one.
@@ -503,14 +596,24 @@ impl Nm {
                 Err((replica, why)) => {
                     self.job_event(&job, JobStep::Dropped, &replica, Some(why.into()));
                     self.queue.finish(&job);
+                    self.waiters.release_pair(job.key.primary(), None);
                     continue;
                 }
             };
             self.job_event(&job, JobStep::Started, &sides.target, None);
+            let started = Instant::now();
             match self.run_job(&job, &sides).await {
-                Ok(detail) => {
+                Ok((detail, version)) => {
                     self.job_event(&job, JobStep::Applied, &sides.target, detail);
                     self.queue.finish(&job);
+                    match &job.key {
+                        JobKey::File { file, .. } => {
+                            self.waiters.release_file(&sides.pair, file, version)
+                        }
+                        JobKey::Pair { .. } => {
+                            self.waiters.release_pair(&sides.pair, Some(started))
+                        }
+                    }
                 }
                 Err(e) => self.job_failed(job, &sides.target, e),
             }
@@ -536,7 +639,13 @@ impl Nm {
     }
 
     /// Runs one job; the detail goes into its `applied` event.
-    async fn run_job(&self, job: &Job, sides: &Sides) -> Result<Option<String>, WireError> {
+    /// Runs one job; returns the detail for its `applied` event and, for a
+    /// file, the version the replica holds now (`None`: it is gone).
+    async fn run_job(
+        &self,
+        job: &Job,
+        sides: &Sides,
+    ) -> Result<(Option<String>, Option<u64>), WireError> {
         match (&job.key, job.kind) {
             (JobKey::File { file, .. }, JobKind::Delete) => {
                 let version = job.version.unwrap_or(u64::MAX);
@@ -552,13 +661,13 @@ impl Nm {
                     side.call(SsRequest::PurgeTombstone { file: file.clone() })
                         .await?;
                 }
-                Ok(None)
+                Ok((None, None))
             }
             (JobKey::File { file, .. }, _) => {
                 let (pulled, bytes, failures) = self.pull(sides, vec![file.clone()], false).await?;
                 if let Some((_, e)) = failures.into_iter().next() {
                     if e.code == ErrorCode::NotFound {
-                        return Ok(Some("gone on the source; its delete follows".into()));
+                        return Ok((Some("gone on the source; its delete follows".into()), None));
                     }
                     return Err(e);
                 }
@@ -568,12 +677,13 @@ impl Nm {
                     &sides.target,
                     Some(format!("{bytes} bytes")),
                 );
-                Ok(Some(format!(
-                    "replica at version {}",
-                    pulled.first().copied().unwrap_or(0)
-                )))
+                let version = pulled.first().copied();
+                Ok((
+                    Some(format!("replica at version {}", version.unwrap_or(0))),
+                    version,
+                ))
             }
-            (JobKey::Pair { .. }, _) => self.sync_pair(job, sides).await.map(Some),
+            (JobKey::Pair { .. }, _) => self.sync_pair(job, sides).await.map(|d| (Some(d), None)),
         }
     }
 

@@ -37,6 +37,7 @@ pub struct Nm {
     pub ticket_key: TicketKey,
     pub events: Events,
     pub queue: ReplQueue,
+    pub waiters: crate::replication::Waiters,
 }
 
 impl Nm {
@@ -63,6 +64,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         ticket_key: TicketKey::new(key.to_vec()),
         events: Events::default(),
         queue: ReplQueue::new(config.repl_queue_capacity.max(1)),
+        waiters: Default::default(),
         config,
     });
     for _ in 0..nm.config.repl_workers.max(1) {

@@ -12,10 +12,10 @@ use crate::journal::Record;
 use crate::namespace::FileRecord;
 use crate::registry::backs;
 use crate::server::{next_request, Nm};
-use shared::connection::Connection;
+use shared::connection::{Connection, Incoming};
 use shared::names::validate_path;
 use shared::proto::{
-    EventKind, InventoryEntry, JobKind, JobStep, NmReply, NmRequest, ServerState, Tombstone,
+    EventKind, InventoryEntry, JobKind, JobStep, NmReply, NmRequest, Reply, ServerState, Tombstone,
 };
 use shared::WireError;
 use std::collections::HashSet;
@@ -54,24 +54,81 @@ impl Nm {
             serving,
             writable,
             lease_ms: self.lease().as_millis() as u64,
+            sync_replication: self.config.replication == crate::config::ReplicationMode::Sync,
         };
         if conn.reply(id, Ok(registered)).await.is_ok() {
             self.after_registration(&name);
-            while let Some((id, request)) = next_request(&mut conn, peer).await {
-                // A server declared failed (silent too long) is cut off: closing
-                // its connection stops its writes at once, and it registers
-                // again to catch up. Its heartbeat is not acknowledged.
-                if !self.state().registry.is_current(&name, generation) {
-                    break;
-                }
-                let Some(request) = request else { continue };
-                let result = self.handle_server_message(&name, request);
-                if conn.reply(id, result).await.is_err() {
+            self.serve_control_messages(conn, &name, generation, peer)
+                .await;
+        }
+        self.server_lost(&name, generation, "control connection closed");
+    }
+
+    /// Heartbeats and notices, answered as they complete: a WRITE_COMPLETE
+    /// in synchronous mode is answered only once the backup has the change,
+    /// while heartbeats go on being answered meanwhile.
+    async fn serve_control_messages(
+        self: &Arc<Self>,
+        conn: Connection,
+        name: &str,
+        generation: u64,
+        peer: SocketAddr,
+    ) {
+        let (mut writer, mut reader) = conn.split();
+        let (replies, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<Reply<NmReply>>();
+        let writer_task = tokio::spawn(async move {
+            while let Some(reply) = outgoing.recv().await {
+                if writer.send(&reply).await.is_err() {
                     break;
                 }
             }
+        });
+        loop {
+            let (id, request) = match reader.recv_request::<NmRequest>().await {
+                Ok(Some(Incoming::Message(request))) => (request.id, request.body),
+                Ok(Some(Incoming::Malformed { id, error })) => {
+                    tracing::warn!(event = "nm_malformed_request", peer = %peer, error = %error);
+                    let error = WireError::bad_request(format!("malformed request: {error}"));
+                    let _ = replies.send(Reply {
+                        id,
+                        result: Err(error),
+                    });
+                    continue;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(event = "nm_connection_error", peer = %peer, error = %e);
+                    break;
+                }
+            };
+            // A server declared failed (silent too long) is cut off: closing
+            // its connection stops its writes at once, and it registers
+            // again to catch up. Its heartbeat is not acknowledged.
+            if !self.state().registry.is_current(name, generation) {
+                break;
+            }
+            let (result, changed) = self.handle_server_message(name, request);
+            match changed {
+                Some((pair, file, version)) if result.is_ok() => {
+                    let nm = self.clone();
+                    let replies = replies.clone();
+                    tokio::spawn(async move {
+                        let result = nm
+                            .replicate_and_wait(&pair, &file, JobKind::Update, version)
+                            .await
+                            .map(|()| NmReply::Done);
+                        let _ = replies.send(Reply { id, result });
+                    });
+                }
+                _ => {
+                    if replies.send(Reply { id, result }).is_err() {
+                        break;
+                    }
+                }
+            }
         }
-        self.server_lost(&name, generation, "control connection closed");
+        drop(replies);
+        let _ = writer_task.await;
     }
 
     /// How long a server may accept writes after a heartbeat: shorter than
@@ -148,6 +205,11 @@ impl Nm {
                 )),
             });
         }
+        if !was_active {
+            // The standby is gone: the pair runs alone, and synchronous
+            // changes no longer wait for it.
+            self.waiters.release_pair(&pair, None);
+        }
         if was_active && standby_alive {
             let nm = self.clone();
             let reason = format!("{name} failed: {reason}");
@@ -174,11 +236,13 @@ impl Nm {
         }
     }
 
+    /// Handles one control message; a WRITE_COMPLETE also returns what to replicate.
+    #[allow(clippy::type_complexity)]
     fn handle_server_message(
         &self,
         server: &str,
         request: NmRequest,
-    ) -> Result<NmReply, WireError> {
+    ) -> (Result<NmReply, WireError>, Option<(String, String, u64)>) {
         let mut changed = None;
         {
             let mut state = self.state();
@@ -196,7 +260,12 @@ impl Nm {
                             changed = Some((pair, file, stats.version));
                             record.stats = stats;
                         }
-                        _ => tracing::warn!(event = "nm_unknown_file_changed", server, file, "change notice from a server that does not serve this file"),
+                        _ => tracing::warn!(
+                            event = "nm_unknown_file_changed",
+                            server,
+                            file,
+                            "change notice from a server that does not serve this file"
+                        ),
                     }
                 }
                 NmRequest::FileAccessed { file, user, at_ms } => {
@@ -206,17 +275,15 @@ impl Nm {
                     }
                 }
                 _ => {
-                    return Err(WireError::bad_request(
+                    let error = WireError::bad_request(
                         "only heartbeats and file notices are accepted on a storage server's connection",
-                    ))
+                    );
+                    return (Err(error), None);
                 }
             }
         }
-        // WRITE_COMPLETE: an ETIRW on the pair's active server.
-        if let Some((pair, file, version)) = changed {
-            self.replicate(&pair, &file, JobKind::Update, Some(version));
-        }
-        Ok(NmReply::Done)
+        // WRITE_COMPLETE: an ETIRW on the pair's active server; replicated by the caller.
+        (Ok(NmReply::Done), changed)
     }
 
     /// Records a registration; the pair's active server also has its

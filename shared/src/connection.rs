@@ -83,6 +83,60 @@ pub enum Incoming<T> {
     },
 }
 
+fn decode_request<B: DeserializeOwned>(frame: &[u8]) -> Incoming<Request<B>> {
+    match rmp_serde::from_slice::<Request<B>>(frame) {
+        Ok(request) => Incoming::Message(request),
+        Err(error) => {
+            let id = rmp_serde::from_slice::<RequestId>(frame)
+                .map(|r| r.id)
+                .unwrap_or(0);
+            Incoming::Malformed {
+                id,
+                error: error.to_string(),
+            }
+        }
+    }
+}
+
+type Framing = Framed<TcpStream, LengthDelimitedCodec>;
+
+/// The sending half of a split [`Connection`].
+pub struct ConnWriter {
+    sink: futures::stream::SplitSink<Framing, Bytes>,
+}
+
+impl ConnWriter {
+    pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), ConnectionError> {
+        self.sink.send(Bytes::from(encode(message)?)).await?;
+        Ok(())
+    }
+}
+
+/// The receiving half of a split [`Connection`].
+pub struct ConnReader {
+    stream: futures::stream::SplitStream<Framing>,
+}
+
+impl ConnReader {
+    /// Receives one message; `Ok(None)` when the peer closed cleanly.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {
+        match self.stream.next().await {
+            None => Ok(None),
+            Some(frame) => Ok(Some(decode(&frame?)?)),
+        }
+    }
+
+    /// As [`Connection::recv_request`].
+    pub async fn recv_request<B: DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<Incoming<Request<B>>>, ConnectionError> {
+        match self.stream.next().await {
+            None => Ok(None),
+            Some(frame) => Ok(Some(decode_request(&frame?))),
+        }
+    }
+}
+
 /// A framed, typed connection.
 pub struct Connection {
     framed: Framed<TcpStream, LengthDelimitedCodec>,
@@ -133,22 +187,17 @@ impl Connection {
     pub async fn recv_request<B: DeserializeOwned>(
         &mut self,
     ) -> Result<Option<Incoming<Request<B>>>, ConnectionError> {
-        let frame = match self.framed.next().await {
-            None => return Ok(None),
-            Some(frame) => frame?,
-        };
-        match rmp_serde::from_slice::<Request<B>>(&frame) {
-            Ok(request) => Ok(Some(Incoming::Message(request))),
-            Err(error) => {
-                let id = rmp_serde::from_slice::<RequestId>(&frame)
-                    .map(|r| r.id)
-                    .unwrap_or(0);
-                Ok(Some(Incoming::Malformed {
-                    id,
-                    error: error.to_string(),
-                }))
-            }
+        match self.framed.next().await {
+            None => Ok(None),
+            Some(frame) => Ok(Some(decode_request(&frame?))),
         }
+    }
+
+    /// Splits the connection so that one task can read while another writes
+    /// (replies may then go out in any order; their ids match them up).
+    pub fn split(self) -> (ConnWriter, ConnReader) {
+        let (sink, stream) = self.framed.split();
+        (ConnWriter { sink }, ConnReader { stream })
     }
 
     /// Receives a message that must arrive, or fails with `Closed`.
@@ -287,6 +336,12 @@ impl RpcClient {
             )));
         }
         Ok(reply.result)
+    }
+
+    /// The connection and the next request id, for a caller that goes on
+    /// with several requests in flight.
+    pub fn into_parts(self) -> (Connection, u64) {
+        (self.conn, self.next_id)
     }
 
     /// One request, one reply.

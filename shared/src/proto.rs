@@ -398,6 +398,10 @@ pub enum NmReply {
         /// writes; shorter than nm's failure timeout.
         #[serde(default)]
         lease_ms: u64,
+        /// Synchronous replication: an ETIRW is acknowledged only once nm
+        /// confirms (by answering its WRITE_COMPLETE) that the backup has it.
+        #[serde(default)]
+        sync_replication: bool,
     },
 }
 
@@ -498,6 +502,9 @@ pub struct ClusterStatus {
     pub servers: Vec<ServerStatus>,
     pub pairs: Vec<PairStatus>,
     pub queue_depth: u64,
+    /// "ASYNC" or "SYNC".
+    #[serde(default)]
+    pub replication: String,
 }
 
 /// Requests served by a storage server, from clients (with a ticket) and from nm.

@@ -203,6 +203,7 @@ fn every_message_round_trips() {
                     last_sync_ms: 6,
                 }],
                 queue_depth: 2,
+                replication: "SYNC".into(),
             },
         }),
         Ok(NmReply::Located {
@@ -218,6 +219,7 @@ fn every_message_round_trips() {
             serving: false,
             writable: false,
             lease_ms: 2000,
+            sync_replication: true,
         }),
         Ok(NmReply::Subscribed),
         Ok(NmReply::Event {

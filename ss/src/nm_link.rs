@@ -8,9 +8,12 @@
 use crate::files::Files;
 use crate::Config;
 use shared::connection::{ConnectionError, RpcClient};
-use shared::proto::{FileStats, InventoryEntry, NmReply, NmRequest, Role, INVENTORY_PAGE};
+use shared::proto::{
+    FileStats, InventoryEntry, NmReply, NmRequest, Reply, Request, Role, INVENTORY_PAGE,
+};
 use shared::ticket::TicketKey;
 use shared::{now_ms, WireError};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -27,8 +30,13 @@ const NOTICE_QUEUE: usize = 10_000;
 
 struct Notice {
     request: NmRequest,
-    delivered: Option<oneshot::Sender<()>>,
+    /// Gets nm's answer: in synchronous mode, a WRITE_COMPLETE is answered
+    /// once the backup has the change.
+    delivered: Option<oneshot::Sender<Result<(), WireError>>>,
 }
+
+/// How long an ETIRW waits for nm to confirm the backup has it (synchronous mode).
+const SYNC_ACK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What the rest of the server sees of the link: the ticket key, and the
 /// part nm gives this server in its pair (epoch, serving, writable) with the
@@ -37,6 +45,7 @@ pub struct NmLink {
     ticket_key: RwLock<Option<TicketKey>>,
     connected: AtomicBool,
     epoch: Arc<AtomicU64>,
+    sync_replication: AtomicBool,
     serving: AtomicBool,
     writable: AtomicBool,
     /// Writes and reads are accepted only before this instant: renewed by
@@ -53,6 +62,7 @@ impl NmLink {
             ticket_key: RwLock::new(None),
             connected: AtomicBool::new(false),
             epoch,
+            sync_replication: AtomicBool::new(false),
             serving: AtomicBool::new(false),
             writable: AtomicBool::new(false),
             lease_until: std::sync::Mutex::new(None),
@@ -126,28 +136,49 @@ impl NmLink {
 
     /// Tells nm a file changed and waits (briefly) until nm has it, so that
     /// INFO and VIEW right after an ETIRW show the new version.
-    pub async fn file_changed(&self, file: &str, stats: &FileStats) {
+    /// In synchronous mode the result says whether the backup has the
+    /// change; otherwise it is always `Ok`.
+    pub async fn file_changed(&self, file: &str, stats: &FileStats) -> Result<(), WireError> {
         let request = NmRequest::FileChanged {
             file: file.to_owned(),
             stats: stats.clone(),
+        };
+        let sync = self.sync_replication.load(Ordering::Relaxed);
+        let unconfirmed = |why: &str| {
+            if sync {
+                Err(WireError::unavailable(format!(
+                    "the change was applied here but the backup has not confirmed it ({why}); it may not survive a failover"
+                )))
+            } else {
+                Ok(())
+            }
         };
         if !self.connected.load(Ordering::Relaxed) {
             let _ = self.notices.try_send(Notice {
                 request,
                 delivered: None,
             });
-            return;
+            return unconfirmed("nm is unreachable");
         }
         let (tx, rx) = oneshot::channel();
-        if self
-            .notices
-            .try_send(Notice {
-                request,
-                delivered: Some(tx),
-            })
-            .is_ok()
-        {
-            let _ = tokio::time::timeout(NOTICE_ACK_TIMEOUT, rx).await;
+        let queued = self.notices.try_send(Notice {
+            request,
+            delivered: Some(tx),
+        });
+        if queued.is_err() {
+            return unconfirmed("too many notices pending");
+        }
+        let wait = if sync {
+            SYNC_ACK_TIMEOUT
+        } else {
+            NOTICE_ACK_TIMEOUT
+        };
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) if sync => Err(e),
+            Ok(Ok(Err(_))) => Ok(()),
+            Ok(Err(_)) => unconfirmed("the nm connection broke"),
+            Err(_) => unconfirmed("no answer in time"),
         }
     }
 
@@ -283,6 +314,7 @@ async fn serve_link(
         serving,
         writable,
         lease_ms,
+        sync_replication,
     } = reply
     else {
         return Err(LinkError::Unexpected(Box::new(reply)));
@@ -290,28 +322,59 @@ async fn serve_link(
     let lease = Duration::from_millis(lease_ms);
     link.renew_lease(Some(registered_at + lease));
     link.set_role(epoch, serving, writable);
+    link.sync_replication
+        .store(sync_replication, Ordering::Relaxed);
     *link.ticket_key.write().unwrap_or_else(|p| p.into_inner()) = Some(TicketKey::new(ticket_key));
     link.connected.store(true, Ordering::Relaxed);
     tracing::info!(event = "ss_registered", nm = %config.nm, name = %config.username, address = %client_addr, files = count, "registered with nm");
 
+    // From here on requests are pipelined: a WRITE_COMPLETE awaiting the
+    // backup's confirmation must not hold up the heartbeats behind it.
+    let (conn, mut next_id) = client.into_parts();
+    let (mut writer, mut reader) = conn.split();
+    let mut pending: HashMap<u64, Pending> = HashMap::new();
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
+                let stale = pending.values().any(|p| matches!(p, Pending::Heartbeat(sent) if sent.elapsed() > CALL_TIMEOUT));
+                if stale {
+                    return Err(LinkError::Timeout);
+                }
                 // The lease counts from when the heartbeat left, so it ends
                 // before nm's failure timeout, which counts from its arrival.
-                let sent = Instant::now();
-                call(&mut client, NmRequest::Heartbeat).await?;
-                link.renew_lease(Some(sent + lease));
+                let id = next_id;
+                next_id += 1;
+                writer.send(&Request { id, body: NmRequest::Heartbeat }).await?;
+                pending.insert(id, Pending::Heartbeat(Instant::now()));
             }
             notice = notices.recv() => {
                 let Some(notice) = notice else { return Ok(()) };
-                call(&mut client, notice.request).await?;
-                if let Some(delivered) = notice.delivered {
-                    let _ = delivered.send(());
+                let id = next_id;
+                next_id += 1;
+                writer.send(&Request { id, body: notice.request }).await?;
+                pending.insert(id, Pending::Notice(notice.delivered));
+            }
+            reply = reader.recv::<Reply<NmReply>>() => {
+                let Some(reply) = reply? else { return Ok(()) };
+                match pending.remove(&reply.id) {
+                    Some(Pending::Heartbeat(sent)) => {
+                        reply.result?;
+                        link.renew_lease(Some(sent + lease));
+                    }
+                    Some(Pending::Notice(Some(delivered))) => {
+                        let _ = delivered.send(reply.result.map(|_| ()));
+                    }
+                    Some(Pending::Notice(None)) | None => {}
                 }
             }
         }
     }
+}
+
+/// A request to nm awaiting its reply.
+enum Pending {
+    Heartbeat(Instant),
+    Notice(Option<oneshot::Sender<Result<(), WireError>>>),
 }

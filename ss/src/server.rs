@@ -327,10 +327,11 @@ impl Server {
                 Some(write) => {
                     let file = write.file().to_owned();
                     match tokio::task::block_in_place(|| write.commit()) {
-                        Ok(stats) => {
-                            self.link.file_changed(&file, &stats).await;
-                            Ok(SsReply::Applied { stats })
-                        }
+                        Ok(stats) => self
+                            .link
+                            .file_changed(&file, &stats)
+                            .await
+                            .map(|()| SsReply::Applied { stats }),
                         Err(e) => Err(e),
                     }
                 }
