@@ -227,3 +227,106 @@ async fn an_nm_restart_keeps_the_epoch_and_the_promoted_server() {
     cluster.assert_same_files("ss1", "ss1_backup");
     assert_eq!(cluster.status().await.pairs[0].epoch, 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_sync_mode_every_acknowledged_write_survives_five_primary_failures() {
+    let mut options = fast();
+    options.nm_args.extend(["--replication", "sync"]);
+    let mut cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster
+        .console("alice", "CREATE log.txt\nWRITE log.txt 0\n0 start\nETIRW\n")
+        .all_ok();
+    assert_eq!(cluster.status().await.replication, "SYNC");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let nm = cluster.nm_addr().to_owned();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut client = console::client::Client::connect(&nm, "alice")
+                .await
+                .unwrap();
+            client.set_reply_timeout(std::time::Duration::from_millis(500));
+            let (mut acked, mut attempts) = (Vec::new(), 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                attempts += 1;
+                let word = format!("w{attempts}");
+                let ok = async {
+                    client.write_begin("log.txt", 0).await?;
+                    client.write_edit(0, &word).await?;
+                    client.write_commit().await
+                }
+                .await;
+                match ok {
+                    Ok(_) => acked.push(word),
+                    Err(_) => {
+                        client.write_abort().await;
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            acked
+        })
+    };
+    for _ in 0..5 {
+        cluster.kill_ss("ss1");
+        cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
+        cluster.start_ss("ss1").await;
+        cluster.wait_pair("ss1", PairState::Active).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    assert!(
+        acked.len() > 10,
+        "the writer made progress: {}",
+        acked.len()
+    );
+    cluster.wait_replicated().await;
+    let content = cluster.console("alice", "READ log.txt\n").get(0)["data"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let words: std::collections::HashSet<&str> = content.split_whitespace().collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|w| !words.contains(w.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    cluster.assert_same_files("ss1", "ss1_backup");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_cut_by_the_failure_says_so_and_the_next_attempt_reads_the_backup() {
+    let mut options = fast();
+    options.stream_delay = "50ms";
+    let mut cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let words: String = (0..40).map(|i| format!("word{i} ")).collect();
+    cluster
+        .console(
+            "alice",
+            &format!("CREATE s.txt\nWRITE s.txt 0\n0 {words}\nETIRW\n"),
+        )
+        .all_ok();
+    cluster.wait_replicated().await;
+    let mut reader = cluster.client("alice").await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = tokio::spawn(async move {
+        reader
+            .stream("s.txt", |w| {
+                let _ = tx.send(w.to_owned());
+            })
+            .await
+    });
+    // A few words in, the primary dies.
+    for _ in 0..3 {
+        rx.recv().await.unwrap();
+    }
+    cluster.kill_ss("ss1");
+    let error = stream.await.unwrap().unwrap_err();
+    assert_eq!(error.code, ErrorCode::Unavailable);
+    assert!(error.message.contains("interrupted"), "{}", error.message);
+    let again = cluster.console("alice", "STREAM s.txt\n");
+    again.all_ok();
+    assert_eq!(again.get(0)["data"]["words"].as_array().unwrap().len(), 40);
+}
