@@ -64,6 +64,9 @@ pub struct BenchArgs {
     /// nm's failure timeout.
     #[arg(long, default_value = "3s")]
     pub heartbeat_timeout: String,
+    /// nm's replication mode: async or sync.
+    #[arg(long, default_value = "async")]
+    pub replication: String,
     /// Repetitions (failover).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
@@ -83,6 +86,7 @@ pub struct BenchArgs {
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub workload: Option<Workload>,
+    pub replication: String,
     pub clients: usize,
     pub fsync: bool,
     pub seconds: f64,
@@ -139,6 +143,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         args.fsync,
         &args.heartbeat_interval,
         &args.heartbeat_timeout,
+        &args.replication,
     )
     .await?;
     let mut report = match args.workload {
@@ -163,6 +168,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         }
     };
     report.workload = Some(args.workload);
+    report.replication = args.replication.clone();
     report.clients = args.clients;
     report.fsync = args.fsync;
     Ok(report)
@@ -471,10 +477,11 @@ async fn catch_up(cluster: &mut LocalCluster, files: usize) -> Result<Report, Be
 /// The report as text.
 pub fn render(report: &Report) -> String {
     let mut out = format!(
-        "{:?}: {} clients, fsync {}\n  {} ops in {:.2} s: {:.0} ops/s\n",
+        "{:?}: {} clients, fsync {}, {} replication\n  {} ops in {:.2} s: {:.0} ops/s\n",
         report.workload.expect("set by run"),
         report.clients,
         report.fsync,
+        report.replication,
         report.ops,
         report.seconds,
         report.ops_per_sec

@@ -37,6 +37,7 @@ impl LocalCluster {
         fsync: bool,
         heartbeat: &str,
         timeout: &str,
+        replication: &str,
     ) -> Result<Self, ClusterError> {
         let bin_dir = match bin_dir {
             Some(dir) => dir,
@@ -63,6 +64,7 @@ impl LocalCluster {
             .arg(&ready)
             .args(["--fsync", &fsync.to_string()])
             .args(["--heartbeat-timeout", timeout])
+            .args(["--replication", replication])
             .stdout(Stdio::null())
             .stderr(cluster.log("nm")?)
             .spawn()?;
