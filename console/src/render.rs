@@ -66,7 +66,7 @@ pub fn info(info: &FileInfo) -> String {
         None => "no backup",
     };
     format!(
-        "--> File: {}\n--> Owner: {}\n--> Created: {}\n--> Last Modified: {}\n--> Size: {} bytes\n--> Words: {}\n--> Chars: {}\n--> Access: {}\n--> Last Accessed: {}\n--> Version: {}\n--> Servers: {}\n--> Backup in sync: {}",
+        "--> File: {}\n--> Owner: {}\n--> Created: {}\n--> Last Modified: {}\n--> Size: {} bytes\n--> Words: {}\n--> Chars: {}\n--> Access: {}\n--> Last Accessed: {}\n--> Version: {} (epoch {})\n--> Servers: {}\n--> Backup in sync: {}{}",
         info.name,
         info.owner,
         time(s.created_ms),
@@ -77,8 +77,14 @@ pub fn info(info: &FileInfo) -> String {
         access,
         accessed,
         s.version,
+        s.epoch,
         info.servers.join(", "),
         in_sync,
+        if info.conflict_copies.is_empty() {
+            String::new()
+        } else {
+            format!("\n--> Conflict copies: {}", info.conflict_copies.join(", "))
+        },
     )
 }
 

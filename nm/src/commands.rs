@@ -151,6 +151,7 @@ impl Nm {
                 stats: record.stats.clone(),
                 servers,
                 backup_in_sync,
+                conflict_copies: conflict_copies(&state, file, &record.server),
             },
         })
     }
@@ -617,6 +618,21 @@ impl Nm {
         self.record_stats(&to, stats, JobKind::Metadata).await?;
         Ok(NmReply::Done)
     }
+}
+
+/// The conflict copies of `file` (named `file.conflict-<server>-e<epoch>`
+/// for a server of its pair and an epoch it has had): a few lookups.
+fn conflict_copies(state: &State, file: &str, pair: &str) -> Vec<String> {
+    let Some(p) = state.registry.pair(pair) else {
+        return Vec::new();
+    };
+    let servers = std::iter::once(p.primary.as_str()).chain(p.backup.as_deref());
+    servers
+        .flat_map(|server| {
+            (0..=p.epoch).map(move |epoch| format!("{file}.conflict-{server}-e{epoch}"))
+        })
+        .filter(|name| state.ns.file(name).is_some())
+        .collect()
 }
 
 /// "" and "/" both name the top folder.

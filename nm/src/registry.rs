@@ -45,6 +45,8 @@ pub struct Pair {
     /// The backup may lack changes (it just registered, or the queue overflowed).
     pub needs_sync: bool,
     pub last_sync_ms: u64,
+    /// Conflict copies kept by recoveries since nm started.
+    pub conflict_copies: u64,
 }
 
 #[derive(Default)]
@@ -112,6 +114,7 @@ impl Registry {
             paused: false,
             needs_sync: false,
             last_sync_ms: 0,
+            conflict_copies: 0,
         });
         if primary.is_some() {
             pair.backup = Some(name.to_owned());
@@ -306,6 +309,7 @@ impl Registry {
                     pending_jobs,
                     lag_ms,
                     last_sync_ms: p.last_sync_ms,
+                    conflict_copies: p.conflict_copies,
                 }
             })
             .collect()

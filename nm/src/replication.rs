@@ -800,6 +800,9 @@ impl Nm {
                     // source has changed the file since: keep both.
                     let copy = format!("{}.conflict-{}-e{}", entry.file, sides.target, mine.epoch);
                     self.keep_conflict(sides, entry, &copy).await?;
+                    if let Some(pair) = self.state().registry.pair_mut(&sides.pair) {
+                        pair.conflict_copies += 1;
+                    }
                     outcome.conflicts.push(copy.clone());
                     to_return.push(copy);
                 }

@@ -429,6 +429,9 @@ pub struct FileInfo {
     pub servers: Vec<String>,
     /// Whether the backup holds the primary's version; `None` without a backup.
     pub backup_in_sync: Option<bool>,
+    /// Conflict copies of this file kept by a recovery (`name.conflict-…`).
+    #[serde(default)]
+    pub conflict_copies: Vec<String>,
 }
 
 /// Where a client goes for a direct operation.
@@ -494,6 +497,9 @@ pub struct PairStatus {
     /// When the last sync-pair job finished (Unix ms; 0 for never).
     #[serde(default)]
     pub last_sync_ms: u64,
+    /// Conflict copies kept by recoveries of this pair since nm started.
+    #[serde(default)]
+    pub conflict_copies: u64,
 }
 
 /// STATUS's answer.

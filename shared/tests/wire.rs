@@ -176,6 +176,7 @@ fn every_message_round_trips() {
                 stats: stats(),
                 servers: vec!["ss1".into(), "ss1_backup".into()],
                 backup_in_sync: Some(true),
+                conflict_copies: vec!["a.conflict-ss1-e0".into()],
             },
         }),
         Ok(NmReply::Users {
@@ -201,6 +202,7 @@ fn every_message_round_trips() {
                     pending_jobs: 2,
                     lag_ms: 5,
                     last_sync_ms: 6,
+                    conflict_copies: 1,
                 }],
                 queue_depth: 2,
                 replication: "SYNC".into(),

@@ -187,8 +187,21 @@ async fn a_change_lost_in_the_async_window_becomes_a_conflict_copy() {
     cluster.start_ss("ss1").await;
     cluster.wait_pair("ss1", PairState::Active).await;
     cluster.wait_replicated().await;
-    let run = cluster.console("alice", "READ a.txt\nREAD a.txt.conflict-ss1-e0\nVIEW\n");
+    let run = cluster.console(
+        "alice",
+        "READ a.txt\nREAD a.txt.conflict-ss1-e0\nINFO a.txt\n",
+    );
     run.all_ok();
+    assert_eq!(
+        run.get(2)["data"]["conflict_copies"],
+        serde_json::json!(["a.txt.conflict-ss1-e0"]),
+        "INFO reports the conflict copy"
+    );
+    assert_eq!(
+        cluster.status().await.pairs[0].conflict_copies,
+        1,
+        "and STATUS"
+    );
     assert_eq!(
         run.get(0)["data"]["content"],
         "Before the failure. The backup wrote this."
