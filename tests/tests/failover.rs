@@ -343,3 +343,88 @@ async fn a_stream_cut_by_the_failure_says_so_and_the_next_attempt_reads_the_back
     again.all_ok();
     assert_eq!(again.get(0)["data"]["words"].as_array().unwrap().len(), 40);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nm_killed_and_restarted_mid_workload_loses_no_acknowledged_write() {
+    let mut cluster = pair_cluster().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let nm = cluster.nm_addr().to_owned();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut acked, mut attempts) = (Vec::new(), 0u32);
+            let mut client = None;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                attempts += 1;
+                if client.is_none() {
+                    client = console::client::Client::connect(&nm, "alice").await.ok();
+                }
+                let Some(c) = client.as_mut() else {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    continue;
+                };
+                let word = format!("n{attempts}");
+                let done = async {
+                    c.write_begin("a.txt", 0).await?;
+                    c.write_edit(0, &word).await?;
+                    c.write_commit().await
+                }
+                .await;
+                match done {
+                    Ok(_) => acked.push(word),
+                    Err(_) => {
+                        c.write_abort().await;
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            acked
+        })
+    };
+    eventually("some writes before the crash", async || {
+        let run = cluster.console("alice", "READ a.txt\n");
+        run.get(0)["data"]["content"]
+            .as_str()?
+            .contains("n")
+            .then_some(())
+    })
+    .await;
+    cluster.kill_nm();
+    cluster.start_nm().await;
+    cluster.wait_alive("ss1").await;
+    cluster.wait_alive("ss1_backup").await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let before = cluster.console("alice", "READ a.txt\n").get(0)["data"]["content"]
+        .as_str()
+        .map(|c| c.split_whitespace().count())
+        .unwrap_or(0);
+    eventually("writes after the restart", async || {
+        let run = cluster.console("alice", "READ a.txt\n");
+        (run.get(0)["data"]["content"]
+            .as_str()?
+            .split_whitespace()
+            .count()
+            > before + 3)
+            .then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    cluster.wait_replicated().await;
+    let content = cluster.console("alice", "READ a.txt\n").get(0)["data"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let words: std::collections::HashSet<&str> = content.split_whitespace().collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|w| !words.contains(w.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    cluster.assert_same_files("ss1", "ss1_backup");
+    assert_eq!(
+        cluster.status().await.pairs[0].epoch,
+        0,
+        "no failover happened"
+    );
+}
