@@ -121,12 +121,8 @@ pub async fn run<R: AsyncBufRead + Unpin>(
                     writeln!(out)?;
                 }
                 match result {
-                    Ok(words) => Outcome::success(
-                        &text,
-                        "",
-                        to_value(&serde_json::json!({ "words": words })),
-                        String::new(),
-                    ),
+                    // The words are on the screen already.
+                    Ok(words) => listing(&text, "words", &words, String::new()),
                     Err(e) => Outcome::failure(&text, e),
                 }
             }
@@ -140,10 +136,10 @@ pub async fn run<R: AsyncBufRead + Unpin>(
                     })
                     .await;
                 match result {
-                    Ok(n) => Outcome::success(
+                    Ok(events) => Outcome::success(
                         &text,
-                        format!("{n} events"),
-                        to_value(&serde_json::json!({ "events": n })),
+                        format!("{events} events"),
+                        to_value(&WatchSummary { events }),
                         String::new(),
                     ),
                     Err(e) => Outcome::failure(&text, e),
@@ -158,244 +154,140 @@ pub async fn run<R: AsyncBufRead + Unpin>(
     Ok(all_ok)
 }
 
-/// Executes one command other than WRITE.
+/// Executes one command other than WRITE and WATCH.
 pub async fn execute(client: &mut Client, text: &str, command: Command) -> Outcome {
-    let result = match command {
-        Command::View { all, long } => {
-            client
-                .nm(NmRequest::View { all, long })
-                .await
-                .map(|reply| match reply {
-                    NmReply::Files { rows } => {
-                        let human = render::view(&rows, long);
-                        Outcome::success(
-                            text,
-                            format!("{} files", rows.len()),
-                            to_value(&serde_json::json!({ "files": rows })),
-                            human,
-                        )
-                    }
-                    other => unexpected(text, other),
-                })
+    execute_inner(client, text, command)
+        .await
+        .unwrap_or_else(|e| Outcome::failure(text, e))
+}
+
+/// A successful listing: `data` is `{key: items}`, the message counts them.
+fn listing<T: Serialize>(text: &str, key: &str, items: &[T], human: String) -> Outcome {
+    let mut data = serde_json::Map::new();
+    data.insert(key.to_owned(), to_value(&items));
+    Outcome::success(
+        text,
+        format!("{} {key}", items.len()),
+        Value::Object(data),
+        human,
+    )
+}
+
+/// A command whose answer is text content (READ, VIEWCHECKPOINT).
+fn content(text: &str, bytes: Vec<u8>) -> Outcome {
+    let content = String::from_utf8_lossy(&bytes).into_owned();
+    let mut data = serde_json::Map::new();
+    data.insert("content".to_owned(), Value::String(content.clone()));
+    Outcome::success(text, "", Value::Object(data), content)
+}
+
+async fn execute_inner(
+    client: &mut Client,
+    text: &str,
+    command: Command,
+) -> Result<Outcome, WireError> {
+    let request = match command {
+        Command::Read { file } => return Ok(content(text, client.read(&file).await?)),
+        Command::ViewCheckpoint { file, tag } => {
+            return Ok(content(text, client.view_checkpoint(&file, &tag).await?))
         }
-        Command::Read { file } => client.read(&file).await.map(|content| {
-            let content = String::from_utf8_lossy(&content).into_owned();
-            Outcome::success(
-                text,
-                "",
-                to_value(&serde_json::json!({ "content": content })),
-                content.clone(),
-            )
-        }),
-        Command::Stream { file } => client.stream(&file, |_| {}).await.map(|words| {
-            let human = words.join(" ");
-            Outcome::success(
-                text,
-                "",
-                to_value(&serde_json::json!({ "words": words })),
-                human,
-            )
-        }),
+        Command::Stream { file } => {
+            let words = client.stream(&file, |_| {}).await?;
+            return Ok(listing(text, "words", &words, words.join(" ")));
+        }
         Command::Create { file } => {
-            done(
+            return done(
                 client,
                 text,
-                NmRequest::Create { file: file.clone() },
+                NmRequest::Create { file },
                 "File Created Successfully!",
             )
             .await
         }
         Command::Delete { file } => {
             let message = format!("File '{file}' deleted successfully!");
-            done(client, text, NmRequest::Delete { file }, &message).await
+            return done(client, text, NmRequest::Delete { file }, &message).await;
         }
         Command::Undo { file } => {
-            done(client, text, NmRequest::Undo { file }, "Undo Successful!").await
+            return done(client, text, NmRequest::Undo { file }, "Undo Successful!").await
         }
-        Command::Info { file } => {
-            client
-                .nm(NmRequest::Info { file })
-                .await
-                .map(|reply| match reply {
-                    NmReply::Info { info } => {
-                        let human = render::info(&info);
-                        Outcome::success(text, "", to_value(&info), human)
-                    }
-                    other => unexpected(text, other),
-                })
-        }
-        Command::List => client.nm(NmRequest::List).await.map(|reply| match reply {
-            NmReply::Users { users } => {
-                let human = render::list(&users);
-                Outcome::success(
-                    text,
-                    format!("{} users", users.len()),
-                    to_value(&serde_json::json!({ "users": users })),
-                    human,
-                )
-            }
-            other => unexpected(text, other),
-        }),
-        Command::Status => client.nm(NmRequest::Status).await.map(|reply| match reply {
-            NmReply::Status { status } => {
-                let human = render::status(&status);
-                Outcome::success(text, "", to_value(&status), human)
-            }
-            other => unexpected(text, other),
-        }),
         Command::AddAccess { file, user, access } => {
-            done(
-                client,
-                text,
-                NmRequest::AddAccess { file, user, access },
-                "Access granted successfully!",
-            )
-            .await
+            let request = NmRequest::AddAccess { file, user, access };
+            return done(client, text, request, "Access granted successfully!").await;
         }
         Command::RemAccess { file, user } => {
-            done(
-                client,
-                text,
-                NmRequest::RemAccess { file, user },
-                "Access removed successfully!",
-            )
-            .await
-        }
-        Command::RequestAccess { file, access } => client
-            .nm(NmRequest::RequestAccess { file, access })
-            .await
-            .map(|reply| match reply {
-                NmReply::Requests { requests } if requests.len() == 1 => {
-                    let message = format!("Access request {} sent to the owner.", requests[0].id);
-                    Outcome::success(text, message.clone(), to_value(&requests[0]), message)
-                }
-                other => unexpected(text, other),
-            }),
-        Command::ViewRequests => {
-            client
-                .nm(NmRequest::ViewRequests)
-                .await
-                .map(|reply| match reply {
-                    NmReply::Requests { requests } => {
-                        let human = render::requests(&requests);
-                        Outcome::success(
-                            text,
-                            format!("{} pending", requests.len()),
-                            to_value(&serde_json::json!({ "requests": requests })),
-                            human,
-                        )
-                    }
-                    other => unexpected(text, other),
-                })
+            let request = NmRequest::RemAccess { file, user };
+            return done(client, text, request, "Access removed successfully!").await;
         }
         Command::Approve { id } => {
-            done(
-                client,
-                text,
-                NmRequest::Approve { id },
-                &format!("Request {id} approved."),
-            )
-            .await
+            let message = format!("Request {id} approved.");
+            return done(client, text, NmRequest::Approve { id }, &message).await;
         }
         Command::Deny { id } => {
-            done(
-                client,
-                text,
-                NmRequest::Deny { id },
-                &format!("Request {id} denied."),
-            )
-            .await
+            let message = format!("Request {id} denied.");
+            return done(client, text, NmRequest::Deny { id }, &message).await;
         }
         Command::CreateFolder { folder } => {
-            done(
-                client,
-                text,
-                NmRequest::CreateFolder { folder },
-                "Folder created successfully!",
-            )
-            .await
+            let request = NmRequest::CreateFolder { folder };
+            return done(client, text, request, "Folder created successfully!").await;
         }
         Command::Move { file, folder } => {
-            done(
-                client,
-                text,
-                NmRequest::Move { file, folder },
-                "File moved successfully!",
-            )
-            .await
-        }
-        Command::ViewFolder { folder } => {
-            client
-                .nm(NmRequest::ViewFolder { folder })
-                .await
-                .map(|reply| match reply {
-                    NmReply::Folder { entries } => {
-                        let human = render::folder(&entries);
-                        Outcome::success(
-                            text,
-                            format!("{} entries", entries.len()),
-                            to_value(&serde_json::json!({ "entries": entries })),
-                            human,
-                        )
-                    }
-                    other => unexpected(text, other),
-                })
+            let request = NmRequest::Move { file, folder };
+            return done(client, text, request, "File moved successfully!").await;
         }
         Command::Checkpoint { file, tag } => {
             let message = format!("Checkpoint '{tag}' created!");
-            done(client, text, NmRequest::Checkpoint { file, tag }, &message).await
-        }
-        Command::ViewCheckpoint { file, tag } => {
-            client.view_checkpoint(&file, &tag).await.map(|content| {
-                let content = String::from_utf8_lossy(&content).into_owned();
-                Outcome::success(
-                    text,
-                    "",
-                    to_value(&serde_json::json!({ "content": content })),
-                    content.clone(),
-                )
-            })
+            return done(client, text, NmRequest::Checkpoint { file, tag }, &message).await;
         }
         Command::Revert { file, tag } => {
             let message = format!("Reverted to checkpoint '{tag}'!");
-            done(client, text, NmRequest::Revert { file, tag }, &message).await
+            return done(client, text, NmRequest::Revert { file, tag }, &message).await;
         }
-        Command::ListCheckpoints { file } => client
-            .nm(NmRequest::ListCheckpoints { file })
-            .await
-            .map(|reply| match reply {
-                NmReply::Checkpoints { checkpoints } => {
-                    let human = render::checkpoints(&checkpoints);
-                    Outcome::success(
-                        text,
-                        format!("{} checkpoints", checkpoints.len()),
-                        to_value(&serde_json::json!({ "checkpoints": checkpoints })),
-                        human,
-                    )
-                }
-                other => unexpected(text, other),
-            }),
-        Command::Exec { file } => {
-            client
-                .nm(NmRequest::Exec { file })
-                .await
-                .map(|reply| match reply {
-                    NmReply::Exec { output } => {
-                        let human = render::exec(&output);
-                        let message = match output.status {
-                            Some(code) => format!("exit status {code}"),
-                            None => "killed by a signal".to_owned(),
-                        };
-                        Outcome::success(text, message, to_value(&output), human)
-                    }
-                    other => unexpected(text, other),
-                })
-        }
+        Command::View { all, long } => NmRequest::View { all, long },
+        Command::Info { file } => NmRequest::Info { file },
+        Command::List => NmRequest::List,
+        Command::Status => NmRequest::Status,
+        Command::RequestAccess { file, access } => NmRequest::RequestAccess { file, access },
+        Command::ViewRequests => NmRequest::ViewRequests,
+        Command::ViewFolder { folder } => NmRequest::ViewFolder { folder },
+        Command::ListCheckpoints { file } => NmRequest::ListCheckpoints { file },
+        Command::Exec { file } => NmRequest::Exec { file },
         Command::Write { .. } | Command::Watch { .. } | Command::Exit => {
-            Err(WireError::bad_request("not a single-line command"))
+            return Err(WireError::bad_request("not a single-line command"))
         }
     };
-    result.unwrap_or_else(|e| Outcome::failure(text, e))
+    let long = matches!(request, NmRequest::View { long: true, .. });
+    let requested_access = matches!(request, NmRequest::RequestAccess { .. });
+    Ok(match client.nm(request).await? {
+        NmReply::Files { rows } => listing(text, "files", &rows, render::view(&rows, long)),
+        NmReply::Users { users } => listing(text, "users", &users, render::list(&users)),
+        NmReply::Folder { entries } => listing(text, "entries", &entries, render::folder(&entries)),
+        NmReply::Checkpoints { checkpoints } => listing(
+            text,
+            "checkpoints",
+            &checkpoints,
+            render::checkpoints(&checkpoints),
+        ),
+        NmReply::Requests { requests } if requested_access && requests.len() == 1 => {
+            let message = format!("Access request {} sent to the owner.", requests[0].id);
+            Outcome::success(text, message.clone(), to_value(&requests[0]), message)
+        }
+        NmReply::Requests { requests } => {
+            listing(text, "requests", &requests, render::requests(&requests))
+        }
+        NmReply::Info { info } => Outcome::success(text, "", to_value(&info), render::info(&info)),
+        NmReply::Status { status } => {
+            Outcome::success(text, "", to_value(&status), render::status(&status))
+        }
+        NmReply::Exec { output } => {
+            let message = match output.status {
+                Some(code) => format!("exit status {code}"),
+                None => "killed by a signal".to_owned(),
+            };
+            Outcome::success(text, message, to_value(&output), render::exec(&output))
+        }
+        other => unexpected(text, other),
+    })
 }
 
 async fn done(
@@ -420,6 +312,19 @@ fn unexpected(text: &str, reply: NmReply) -> Outcome {
         text,
         WireError::internal(format!("unexpected reply from nm: {reply:?}")),
     )
+}
+
+/// WATCH's `data`.
+#[derive(Serialize)]
+struct WatchSummary {
+    events: u64,
+}
+
+/// WRITE's `data`.
+#[derive(Serialize)]
+struct WriteSummary<'a> {
+    stats: &'a shared::proto::FileStats,
+    rejected_lines: &'a [RejectedLine],
 }
 
 /// A rejected edit line of a WRITE.
@@ -483,7 +388,10 @@ async fn write<R: AsyncBufRead + Unpin>(
         Ok(stats) => stats,
         Err(e) => return Ok(Outcome::failure(text, e)),
     };
-    let data = to_value(&serde_json::json!({ "stats": stats, "rejected_lines": rejected }));
+    let data = to_value(&WriteSummary {
+        stats: &stats,
+        rejected_lines: &rejected,
+    });
     if let Some(first) = rejected.first() {
         let message = format!(
             "committed, but {} edit line(s) were rejected; first: {:?}: {}",
