@@ -482,4 +482,14 @@ impl Batch {
     pub fn code_of(&self, i: usize) -> &str {
         self.get(i)["code"].as_str().unwrap_or("null")
     }
+
+    /// Every command's error code, "ok" for a success.
+    pub fn codes(&self) -> Vec<String> {
+        (0..self.outcomes.len())
+            .map(|i| match self.code_of(i) {
+                "null" => "ok".to_owned(),
+                code => code.to_owned(),
+            })
+            .collect()
+    }
 }

@@ -16,15 +16,8 @@ async fn setup() -> TestCluster {
     cluster
 }
 
-/// The error code (or "ok") of each command `user` runs.
 fn codes(cluster: &TestCluster, user: &str, script: &str) -> Vec<String> {
-    let run = cluster.console(user, script);
-    (0..run.outcomes.len())
-        .map(|i| match run.code_of(i) {
-            "null" => "ok".to_owned(),
-            code => code.to_owned(),
-        })
-        .collect()
+    cluster.console(user, script).codes()
 }
 
 const READS: &str = "READ f.txt\nSTREAM f.txt\nINFO f.txt\nLISTCHECKPOINTS f.txt\n";

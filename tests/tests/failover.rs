@@ -1,10 +1,16 @@
 //! Failure detection, failover, recovery and fencing, with short timings
 //! (100 ms heartbeats, a 600 ms failure timeout).
 
+use console::client::Client;
 use shared::connection::RpcClient;
 use shared::proto::{Op, PairState, Role, ServerState, SsReply, SsRequest};
 use shared::ErrorCode;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use tests::{eventually, Options, TestCluster};
+use tokio::task::JoinHandle;
 
 fn fast() -> Options {
     Options {
@@ -26,14 +32,64 @@ async fn pair_cluster() -> TestCluster {
     cluster
 }
 
+/// A client prepending words `<prefix>1`, `<prefix>2`, … to sentence 0 of
+/// `file` until `stop`, through whatever fails; returns the acknowledged words.
+fn spawn_writer(
+    nm: &str,
+    file: &str,
+    prefix: &str,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<Vec<String>> {
+    let (nm, file, prefix) = (nm.to_owned(), file.to_owned(), prefix.to_owned());
+    tokio::spawn(async move {
+        let (mut acked, mut attempts, mut client) = (Vec::new(), 0u32, None);
+        while !stop.load(Ordering::Relaxed) {
+            attempts += 1;
+            if client.is_none() {
+                client = Client::connect(&nm, "alice").await.ok();
+                if let Some(c) = client.as_mut() {
+                    c.set_reply_timeout(Duration::from_millis(500));
+                }
+            }
+            let Some(c) = client.as_mut() else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            };
+            let word = format!("{prefix}{attempts}");
+            let written = async {
+                c.write_begin(&file, 0).await?;
+                c.write_edit(0, &word).await?;
+                c.write_commit().await
+            }
+            .await;
+            match written {
+                Ok(_) => acked.push(word),
+                Err(_) => {
+                    c.write_abort().await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        acked
+    })
+}
+
+/// Asserts that every acknowledged word is in `file`.
+fn assert_all_present(cluster: &TestCluster, file: &str, acked: &[String]) {
+    let content = cluster.console("alice", &format!("READ {file}\n")).get(0)["data"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let words: HashSet<&str> = content.split_whitespace().collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|w| !words.contains(w.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+}
+
 fn codes(cluster: &TestCluster, user: &str, script: &str) -> Vec<String> {
-    let run = cluster.console(user, script);
-    (0..run.outcomes.len())
-        .map(|i| match run.code_of(i) {
-            "null" => "ok".to_owned(),
-            code => code.to_owned(),
-        })
-        .collect()
+    cluster.console(user, script).codes()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -251,43 +307,15 @@ async fn in_sync_mode_every_acknowledged_write_survives_five_primary_failures() 
         .console("alice", "CREATE log.txt\nWRITE log.txt 0\n0 start\nETIRW\n")
         .all_ok();
     assert_eq!(cluster.status().await.replication, "SYNC");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let nm = cluster.nm_addr().to_owned();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut client = console::client::Client::connect(&nm, "alice")
-                .await
-                .unwrap();
-            client.set_reply_timeout(std::time::Duration::from_millis(500));
-            let (mut acked, mut attempts) = (Vec::new(), 0u32);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                attempts += 1;
-                let word = format!("w{attempts}");
-                let ok = async {
-                    client.write_begin("log.txt", 0).await?;
-                    client.write_edit(0, &word).await?;
-                    client.write_commit().await
-                }
-                .await;
-                match ok {
-                    Ok(_) => acked.push(word),
-                    Err(_) => {
-                        client.write_abort().await;
-                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    }
-                }
-            }
-            acked
-        })
-    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(cluster.nm_addr(), "log.txt", "w", stop.clone());
     for _ in 0..5 {
         cluster.kill_ss("ss1");
         cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
         cluster.start_ss("ss1").await;
         cluster.wait_pair("ss1", PairState::Active).await;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let acked = writer.await.unwrap();
     assert!(
         acked.len() > 10,
@@ -295,16 +323,7 @@ async fn in_sync_mode_every_acknowledged_write_survives_five_primary_failures() 
         acked.len()
     );
     cluster.wait_replicated().await;
-    let content = cluster.console("alice", "READ log.txt\n").get(0)["data"]["content"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let words: std::collections::HashSet<&str> = content.split_whitespace().collect();
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|w| !words.contains(w.as_str()))
-        .collect();
-    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    assert_all_present(&cluster, "log.txt", &acked);
     cluster.assert_same_files("ss1", "ss1_backup");
 }
 
@@ -347,40 +366,8 @@ async fn a_stream_cut_by_the_failure_says_so_and_the_next_attempt_reads_the_back
 #[tokio::test(flavor = "multi_thread")]
 async fn nm_killed_and_restarted_mid_workload_loses_no_acknowledged_write() {
     let mut cluster = pair_cluster().await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let nm = cluster.nm_addr().to_owned();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let (mut acked, mut attempts) = (Vec::new(), 0u32);
-            let mut client = None;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                attempts += 1;
-                if client.is_none() {
-                    client = console::client::Client::connect(&nm, "alice").await.ok();
-                }
-                let Some(c) = client.as_mut() else {
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    continue;
-                };
-                let word = format!("n{attempts}");
-                let done = async {
-                    c.write_begin("a.txt", 0).await?;
-                    c.write_edit(0, &word).await?;
-                    c.write_commit().await
-                }
-                .await;
-                match done {
-                    Ok(_) => acked.push(word),
-                    Err(_) => {
-                        c.write_abort().await;
-                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    }
-                }
-            }
-            acked
-        })
-    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(cluster.nm_addr(), "a.txt", "n", stop.clone());
     eventually("some writes before the crash", async || {
         let run = cluster.console("alice", "READ a.txt\n");
         run.get(0)["data"]["content"]
@@ -408,19 +395,10 @@ async fn nm_killed_and_restarted_mid_workload_loses_no_acknowledged_write() {
             .then_some(())
     })
     .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let acked = writer.await.unwrap();
     cluster.wait_replicated().await;
-    let content = cluster.console("alice", "READ a.txt\n").get(0)["data"]["content"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let words: std::collections::HashSet<&str> = content.split_whitespace().collect();
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|w| !words.contains(w.as_str()))
-        .collect();
-    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    assert_all_present(&cluster, "a.txt", &acked);
     cluster.assert_same_files("ss1", "ss1_backup");
     assert_eq!(
         cluster.status().await.pairs[0].epoch,

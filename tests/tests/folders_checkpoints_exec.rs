@@ -3,13 +3,7 @@
 use tests::{Options, TestCluster};
 
 fn codes(cluster: &TestCluster, user: &str, script: &str) -> Vec<String> {
-    let run = cluster.console(user, script);
-    (0..run.outcomes.len())
-        .map(|i| match run.code_of(i) {
-            "null" => "ok".to_owned(),
-            code => code.to_owned(),
-        })
-        .collect()
+    cluster.console(user, script).codes()
 }
 
 fn names(value: &serde_json::Value) -> Vec<String> {
