@@ -147,13 +147,18 @@ impl Client {
     /// READ: the whole content.
     pub async fn read(&mut self, file: &str) -> Result<Vec<u8>, WireError> {
         let location = self.locate(file, Op::Read).await?;
-        let mut content = Vec::new();
         let request = SsRequest::Read {
             file: file.to_owned(),
             ticket: location.ticket,
         };
+        self.fetch(&location.address, request).await
+    }
+
+    /// A content sent in chunks (READ, VIEWCHECKPOINT), gathered.
+    async fn fetch(&mut self, address: &str, request: SsRequest) -> Result<Vec<u8>, WireError> {
+        let mut content = Vec::new();
         let end = self
-            .exchange(&location.address, request, |reply| {
+            .exchange(address, request, |reply| {
                 if let SsReply::Chunk { data } = reply {
                     content.extend_from_slice(&data);
                 }
@@ -217,24 +222,12 @@ impl Client {
     /// VIEWCHECKPOINT: a checkpoint's content.
     pub async fn view_checkpoint(&mut self, file: &str, tag: &str) -> Result<Vec<u8>, WireError> {
         let location = self.locate(file, Op::Read).await?;
-        let mut content = Vec::new();
         let request = SsRequest::ReadCheckpoint {
             file: file.to_owned(),
             tag: tag.to_owned(),
             ticket: location.ticket,
         };
-        let end = self
-            .exchange(&location.address, request, |reply| {
-                if let SsReply::Chunk { data } = reply {
-                    content.extend_from_slice(&data);
-                }
-                Ok(())
-            })
-            .await?;
-        match end {
-            SsReply::End => Ok(content),
-            other => Err(unexpected(other)),
-        }
+        self.fetch(&location.address, request).await
     }
 
     /// STREAM: calls `on_word` for each word as it arrives; returns them all.

@@ -53,52 +53,41 @@ impl SsClient {
                 other => return other.map_err(|e| self.to_wire(e)),
             }
         }
-        let client = tokio::time::timeout(
-            self.timeout,
-            RpcClient::connect(&self.address, Role::NameManager, "nm"),
-        )
-        .await
-        .map_err(|_| self.to_wire(CallError::Timeout))?
-        .map_err(|e| self.to_wire(CallError::Connection(e)))?;
+        let client = self.fresh().await?;
         self.call_on(client, request)
             .await
             .map_err(|e| self.to_wire(e))
     }
 
-    /// Reads a whole content (READ with nm's own ticket), refusing more than `limit` bytes.
-    pub async fn read_all(&self, request: SsRequest, limit: usize) -> Result<Vec<u8>, WireError> {
-        let mut client = tokio::time::timeout(
+    /// A new connection to the server, within the timeout.
+    async fn fresh(&self) -> Result<RpcClient, WireError> {
+        tokio::time::timeout(
             self.timeout,
             RpcClient::connect(&self.address, Role::NameManager, "nm"),
         )
         .await
         .map_err(|_| self.to_wire(CallError::Timeout))?
-        .map_err(|e| self.to_wire(CallError::Connection(e)))?;
+        .map_err(|e| self.to_wire(CallError::Connection(e)))
+    }
+
+    /// Sends a request answered in several replies, on a connection of its
+    /// own; `each` sees them in turn and returns `true` at the last one.
+    async fn streamed(
+        &self,
+        request: SsRequest,
+        mut each: impl FnMut(SsReply) -> Result<bool, WireError>,
+    ) -> Result<(), WireError> {
+        let mut client = self.fresh().await?;
         let read = async {
             let id = client.send(request).await.map_err(CallError::Connection)?;
-            let mut content = Vec::new();
             loop {
-                match client
+                let reply = client
                     .next_reply::<SsReply>(id)
                     .await
                     .map_err(CallError::Connection)?
-                {
-                    Ok(SsReply::Chunk { data }) => {
-                        if content.len() + data.len() > limit {
-                            return Err(CallError::Refused(WireError::new(
-                                shared::ErrorCode::TooLarge,
-                                format!("the content is larger than {limit} bytes"),
-                            )));
-                        }
-                        content.extend_from_slice(&data);
-                    }
-                    Ok(SsReply::End) => return Ok(content),
-                    Ok(other) => {
-                        return Err(CallError::Refused(WireError::internal(format!(
-                            "unexpected reply to a read: {other:?}"
-                        ))))
-                    }
-                    Err(e) => return Err(CallError::Refused(e)),
+                    .map_err(CallError::Refused)?;
+                if each(reply).map_err(CallError::Refused)? {
+                    return Ok(());
                 }
             }
         };
@@ -108,48 +97,46 @@ impl SsClient {
             .map_err(|e| self.to_wire(e))
     }
 
+    /// Reads a whole content (READ with nm's own ticket), refusing more than `limit` bytes.
+    pub async fn read_all(&self, request: SsRequest, limit: usize) -> Result<Vec<u8>, WireError> {
+        let mut content = Vec::new();
+        self.streamed(request, |reply| match reply {
+            SsReply::Chunk { data } if content.len() + data.len() > limit => Err(WireError::new(
+                shared::ErrorCode::TooLarge,
+                format!("the content is larger than {limit} bytes"),
+            )),
+            SsReply::Chunk { data } => {
+                content.extend_from_slice(&data);
+                Ok(false)
+            }
+            SsReply::End => Ok(true),
+            other => Err(WireError::internal(format!(
+                "unexpected reply to a read: {other:?}"
+            ))),
+        })
+        .await?;
+        Ok(content)
+    }
+
     /// The server's inventory and tombstones, gathered from its pages.
     pub async fn inventory(&self) -> Result<(Vec<InventoryEntry>, Vec<Tombstone>), WireError> {
-        let mut client = tokio::time::timeout(
-            self.timeout,
-            RpcClient::connect(&self.address, Role::NameManager, "nm"),
-        )
-        .await
-        .map_err(|_| self.to_wire(CallError::Timeout))?
-        .map_err(|e| self.to_wire(CallError::Connection(e)))?;
-        let read = async {
-            let id = client
-                .send(SsRequest::Inventory)
-                .await
-                .map_err(CallError::Connection)?;
-            let (mut files, mut dead) = (Vec::new(), Vec::new());
-            loop {
-                match client
-                    .next_reply::<SsReply>(id)
-                    .await
-                    .map_err(CallError::Connection)?
-                {
-                    Ok(SsReply::Inventory {
-                        files: page,
-                        tombstones,
-                    }) => {
-                        files.extend(page);
-                        dead.extend(tombstones);
-                    }
-                    Ok(SsReply::End) => return Ok((files, dead)),
-                    Ok(other) => {
-                        return Err(CallError::Refused(WireError::internal(format!(
-                            "unexpected reply to Inventory: {other:?}"
-                        ))))
-                    }
-                    Err(e) => return Err(CallError::Refused(e)),
-                }
+        let (mut files, mut dead) = (Vec::new(), Vec::new());
+        self.streamed(SsRequest::Inventory, |reply| match reply {
+            SsReply::Inventory {
+                files: page,
+                tombstones,
+            } => {
+                files.extend(page);
+                dead.extend(tombstones);
+                Ok(false)
             }
-        };
-        tokio::time::timeout(self.timeout, read)
-            .await
-            .map_err(|_| self.to_wire(CallError::Timeout))?
-            .map_err(|e| self.to_wire(e))
+            SsReply::End => Ok(true),
+            other => Err(WireError::internal(format!(
+                "unexpected reply to Inventory: {other:?}"
+            ))),
+        })
+        .await?;
+        Ok((files, dead))
     }
 
     async fn call_on(

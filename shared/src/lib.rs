@@ -8,12 +8,14 @@
 //! - [`names`]: file and user name rules, checked by every peer.
 //! - [`ticket`]: nm's signed permissions for direct READ, WRITE and STREAM.
 //! - [`logging`]: tracing set-up for the daemons.
+//! - [`shutdown`]: the cancellation token that stops a daemon on SIGINT/SIGTERM.
 
 pub mod connection;
 pub mod error;
 pub mod logging;
 pub mod names;
 pub mod proto;
+pub mod shutdown;
 pub mod ticket;
 
 pub use error::{ErrorCode, WireError};

@@ -30,6 +30,23 @@ pub async fn send_file(
         Err(e) => return Ok(Err(e)),
     };
     conn.reply(id, Ok(SsReply::FileHeader { meta })).await?;
+    let (checksum, size) = match send_chunks(conn, id, file, handle, chunk_delay).await? {
+        Ok(sent) => sent,
+        Err(e) => return Ok(Err(e)),
+    };
+    conn.reply(id, Ok(SsReply::FileEnd { checksum, size }))
+        .await?;
+    Ok(Ok(()))
+}
+
+/// Sends an open content as `Chunk` replies; returns its CRC-32 and size.
+pub async fn send_chunks(
+    conn: &mut Connection,
+    id: u64,
+    file: &str,
+    handle: std::fs::File,
+    chunk_delay: Option<std::time::Duration>,
+) -> Result<Result<(u32, u64), WireError>, ConnectionError> {
     let mut handle = tokio::fs::File::from_std(handle);
     let mut hasher = crc32fast::Hasher::new();
     let mut size = 0u64;
@@ -55,15 +72,8 @@ pub async fn send_file(
             tokio::time::sleep(delay).await;
         }
     }
-    conn.reply(
-        id,
-        Ok(SsReply::FileEnd {
-            checksum: hasher.finalize(),
-            size,
-        }),
-    )
-    .await?;
-    Ok(Ok(()))
+    conn.flush().await?;
+    Ok(Ok((hasher.finalize(), size)))
 }
 
 /// Why one pull failed: the item alone, or the connection (and every item after it).

@@ -9,7 +9,7 @@ use crate::nm_link::{self, NmLink};
 use crate::store::Store;
 use crate::Config;
 use color_eyre::eyre::{Context, Result};
-use shared::connection::{Connection, ConnectionError, Incoming, CHUNK_SIZE};
+use shared::connection::{Connection, ConnectionError, Incoming};
 use shared::names::{validate_path, validate_user};
 use shared::proto::{Hello, Op, Role, SsReply, SsRequest, Ticket};
 use shared::{now_ms, ErrorCode, WireError};
@@ -17,7 +17,6 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -431,18 +430,8 @@ impl Server {
             Ok(handle) => handle,
             Err(e) => return Ok(Err(e)),
         };
-        let mut handle = tokio::fs::File::from_std(handle);
-        let mut buf = vec![0u8; CHUNK_SIZE];
-        loop {
-            let n = match handle.read(&mut buf).await {
-                Ok(n) => n,
-                Err(e) => return Ok(Err(WireError::internal(format!("reading {file:?}: {e}")))),
-            };
-            if n == 0 {
-                break;
-            }
-            let data = serde_bytes::ByteBuf::from(buf[..n].to_vec());
-            conn.reply(id, Ok(SsReply::Chunk { data })).await?;
+        if let Err(e) = crate::replica::send_chunks(conn, id, file, handle, None).await? {
+            return Ok(Err(e));
         }
         conn.reply(id, Ok(SsReply::End)).await?;
         Ok(Ok(()))
