@@ -1,5 +1,5 @@
 //! Failure detection, failover, recovery and fencing, with short timings
-//! (100 ms heartbeats, a 600 ms failure timeout).
+//! (100 ms heartbeats, a 1 s failure timeout).
 
 use console::client::Client;
 use shared::connection::RpcClient;
@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 fn fast() -> Options {
     Options {
-        nm_args: vec!["--heartbeat-timeout", "600ms"],
+        nm_args: vec!["--heartbeat-timeout", "1s"],
         ..Options::default()
     }
 }
