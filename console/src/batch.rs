@@ -129,7 +129,7 @@ pub async fn run<R: AsyncBufRead + Unpin>(
             Command::Watch { millis } => {
                 let duration = millis.map(std::time::Duration::from_millis);
                 let result = client
-                    .watch(duration, |event| {
+                    .watch(duration, None, |event| {
                         let _ = serde_json::to_writer(&mut *out, &event);
                         let _ = writeln!(out);
                         let _ = out.flush();

@@ -229,7 +229,7 @@ async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report
     let watcher = Client::connect(cluster.nm_addr(), "bench-watch").await?;
     let watch = tokio::spawn(async move {
         let _ = watcher
-            .watch(None, |event| {
+            .watch(None, None, |event| {
                 if let EventKind::Job {
                     step: JobStep::Applied,
                     file: Some(file),

@@ -176,13 +176,16 @@ impl Client {
     pub async fn watch(
         &self,
         duration: Option<std::time::Duration>,
+        snapshots: Option<std::time::Duration>,
         mut on_event: impl FnMut(Event),
     ) -> Result<u64, WireError> {
         let mut subscription = RpcClient::connect(&self.nm_address, Role::Client, &self.user)
             .await
             .map_err(|e| e.to_wire())?;
         let id = subscription
-            .send(NmRequest::Watch)
+            .send(NmRequest::Watch {
+                snapshot_every_ms: snapshots.map(|d| d.as_millis() as u64),
+            })
             .await
             .map_err(|e| e.to_wire())?;
         match subscription

@@ -99,7 +99,7 @@ impl Nm {
                 }
             }
             NmRequest::Exec { file } => self.exec(user, &file).await,
-            NmRequest::Watch => Err(WireError::bad_request(
+            NmRequest::Watch { .. } => Err(WireError::bad_request(
                 "WATCH takes a connection of its own",
             )),
             NmRequest::InventoryPage { .. }
@@ -156,7 +156,7 @@ impl Nm {
         })
     }
 
-    fn status(&self) -> NmReply {
+    pub(crate) fn status(&self) -> NmReply {
         let state = self.state();
         NmReply::Status {
             status: ClusterStatus {

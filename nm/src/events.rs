@@ -73,6 +73,7 @@ impl Events {
                     reason = %reason,
                 );
             }
+            EventKind::Snapshot { .. } => {}
             EventKind::Server {
                 name,
                 state,
@@ -82,6 +83,15 @@ impl Events {
             }
         }
         let _ = self.tx.send(event);
+    }
+
+    /// A snapshot for one subscriber: numbered in the same sequence, not logged.
+    pub fn snapshot(&self, status: shared::proto::ClusterStatus) -> Event {
+        Event {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            at_ms: now_ms(),
+            kind: EventKind::Snapshot { status },
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -47,6 +47,8 @@ pub struct Pair {
     pub last_sync_ms: u64,
     /// Conflict copies kept by recoveries since nm started.
     pub conflict_copies: u64,
+    /// The epoch last reported in an event.
+    reported_epoch: u64,
 }
 
 #[derive(Default)]
@@ -115,6 +117,7 @@ impl Registry {
             needs_sync: false,
             last_sync_ms: 0,
             conflict_copies: 0,
+            reported_epoch: epoch,
         });
         if primary.is_some() {
             pair.backup = Some(name.to_owned());
@@ -236,7 +239,10 @@ impl Registry {
         let mut events = Vec::new();
         for (primary, to) in derived {
             let pair = self.pairs.get_mut(&primary).expect("listed above");
-            if pair.state != to {
+            // A promotion or hand-back changes the epoch even where the
+            // state stays the same: that is reported too.
+            if pair.state != to || pair.reported_epoch != pair.epoch {
+                pair.reported_epoch = pair.epoch;
                 events.push(EventKind::Pair {
                     primary: pair.primary.clone(),
                     backup: pair.backup.clone(),

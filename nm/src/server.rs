@@ -141,8 +141,8 @@ impl Nm {
     async fn serve_client(&self, mut conn: Connection, user: String, peer: SocketAddr) {
         while let Some((id, request)) = next_request(&mut conn, peer).await {
             let Some(request) = request else { continue };
-            if request == NmRequest::Watch {
-                self.serve_watch(conn, id).await;
+            if let NmRequest::Watch { snapshot_every_ms } = request {
+                self.serve_watch(conn, id, snapshot_every_ms).await;
                 return;
             }
             let started = Instant::now();
@@ -156,13 +156,24 @@ impl Nm {
     }
 
     /// Streams events to a subscriber until it goes away.
-    async fn serve_watch(&self, mut conn: Connection, id: u64) {
+    async fn serve_watch(&self, mut conn: Connection, id: u64, snapshot_every_ms: Option<u64>) {
         let mut events = self.events.subscribe();
         if conn.reply(id, Ok(NmReply::Subscribed)).await.is_err() {
             return;
         }
+        let period = snapshot_every_ms.map(|ms| std::time::Duration::from_millis(ms.max(50)));
+        let mut snapshots =
+            tokio::time::interval(period.unwrap_or(std::time::Duration::from_secs(3600)));
+        snapshots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = snapshots.tick(), if period.is_some() => {
+                    let NmReply::Status { status } = self.status() else { continue };
+                    let event = self.events.snapshot(status);
+                    if conn.reply(id, Ok(NmReply::Event { event })).await.is_err() {
+                        return;
+                    }
+                }
                 event = events.recv() => match event {
                     Ok(event) => {
                         if conn.reply(id, Ok(NmReply::Event { event })).await.is_err() {
@@ -281,7 +292,7 @@ fn summarize(request: &NmRequest) -> String {
         NmRequest::Revert { file, tag } => format!("REVERT {file} {tag}"),
         NmRequest::ListCheckpoints { file } => format!("LISTCHECKPOINTS {file}"),
         NmRequest::Exec { file } => format!("EXEC {file}"),
-        NmRequest::Watch => "WATCH".into(),
+        NmRequest::Watch { .. } => "WATCH".into(),
         NmRequest::InventoryPage { .. } => "INVENTORY_PAGE".into(),
         NmRequest::Register { name, .. } => format!("REGISTER {name}"),
         NmRequest::Heartbeat => "HEARTBEAT".into(),

@@ -307,7 +307,12 @@ pub enum NmRequest {
     },
     /// Subscribes this connection to cluster events: answered with a
     /// `Subscribed` and then an `Event` reply per event, all with this id.
-    Watch,
+    Watch {
+        /// Also send a `snapshot` event (servers with their heartbeat
+        /// timers, pairs, queue) at once and then this often.
+        #[serde(default)]
+        snapshot_every_ms: Option<u64>,
+    },
 
     /// First request on a storage server's control connection.
     Register {
@@ -737,6 +742,8 @@ pub enum EventKind {
         epoch: u64,
         reason: String,
     },
+    /// The whole cluster as STATUS shows it (WATCH with snapshots).
+    Snapshot { status: ClusterStatus },
     /// A storage server registered or was declared failed.
     Server {
         name: String,

@@ -108,7 +108,9 @@ fn every_message_round_trips() {
             tombstones: vec![],
             last: true,
         },
-        NmRequest::Watch,
+        NmRequest::Watch {
+            snapshot_every_ms: Some(1000),
+        },
         NmRequest::Heartbeat,
         NmRequest::FileChanged {
             file: "a".into(),

@@ -406,3 +406,44 @@ async fn nm_killed_and_restarted_mid_workload_loses_no_acknowledged_write() {
         "no failover happened"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_event_stream_carries_heartbeat_timers_and_the_failure() {
+    let mut cluster = pair_cluster().await;
+    let client = Client::connect(cluster.nm_addr(), "operator")
+        .await
+        .unwrap();
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let watcher = tokio::spawn(async move {
+        let _ = client
+            .watch(None, Some(Duration::from_millis(100)), |e| {
+                sink.lock().unwrap().push(e)
+            })
+            .await;
+    });
+    eventually("a snapshot with timers", async || {
+        events.lock().unwrap().iter().find_map(|e| match &e.kind {
+            shared::proto::EventKind::Snapshot { status } => status
+                .servers
+                .iter()
+                .all(|s| s.ms_until_timeout > 0 && s.ms_until_timeout <= 1000)
+                .then_some(()),
+            _ => None,
+        })
+    })
+    .await;
+    cluster.kill_ss("ss1");
+    eventually("the failure and the promotion as events", async || {
+        let events = events.lock().unwrap();
+        let failed = events.iter().any(|e| {
+            matches!(&e.kind, shared::proto::EventKind::Server { name, state: ServerState::Failed, .. } if name == "ss1")
+        });
+        let promoted = events.iter().any(|e| {
+            matches!(&e.kind, shared::proto::EventKind::Pair { to: PairState::PrimaryFailed, epoch: 1, .. })
+        });
+        (failed && promoted).then_some(())
+    })
+    .await;
+    watcher.abort();
+}

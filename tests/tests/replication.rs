@@ -16,7 +16,7 @@ fn watch(cluster: &TestCluster) -> Arc<Mutex<Vec<Event>>> {
     tokio::spawn(async move {
         let client = Client::connect(&nm, "watcher").await.unwrap();
         let _ = client
-            .watch(None, |event| sink.lock().unwrap().push(event))
+            .watch(None, None, |event| sink.lock().unwrap().push(event))
             .await;
     });
     events
