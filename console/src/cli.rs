@@ -3,7 +3,10 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-/// The Docs++ console: runs commands against a cluster.
+/// The Docs++ console: a live view of a cluster and a command line for it.
+///
+/// Without --batch it opens the full-screen console (? lists its keys);
+/// `console demo` starts a local cluster and opens the console on it.
 ///
 /// With --batch it reads commands from FILE (or standard input), one per
 /// line: VIEW [-a|-l|-al], READ f, CREATE f, WRITE f n (then `<word_index>
@@ -45,4 +48,8 @@ pub enum Sub {
     /// Run a workload against a local cluster started for it and print
     /// throughput, latency, replication lag or transfer rate.
     Bench(crate::bench::BenchArgs),
+    /// Start nm and two primary/backup pairs in a temp dir (fast heartbeats)
+    /// and open the console on them, with a pane per daemon: Tab selects one,
+    /// K kills it (SIGKILL), R restarts it. Quitting stops them all.
+    Demo,
 }

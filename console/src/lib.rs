@@ -7,6 +7,7 @@
 //! - [`render`]: human text for results.
 //! - [`bench`]: `console bench`, workloads against a local cluster.
 //! - [`local_cluster`]: real nm and ss processes in a temp dir.
+//! - [`tui`]: the interactive console (ratatui), also `console demo`.
 
 pub mod batch;
 pub mod bench;
@@ -15,3 +16,4 @@ pub mod client;
 pub mod local_cluster;
 pub mod render;
 pub mod script;
+pub mod tui;

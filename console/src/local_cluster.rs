@@ -17,8 +17,12 @@ pub struct LocalCluster {
     nm: Option<Child>,
     nm_addr: String,
     servers: BTreeMap<String, Child>,
+    /// Every storage server ever started, running or not.
+    known: Vec<String>,
     pub fsync: bool,
     pub heartbeat: String,
+    timeout: String,
+    replication: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,23 +56,14 @@ impl LocalCluster {
             nm: None,
             nm_addr: String::new(),
             servers: BTreeMap::new(),
+            known: Vec::new(),
             fsync,
             heartbeat: heartbeat.to_owned(),
+            timeout: timeout.to_owned(),
+            replication: replication.to_owned(),
         };
         let ready = cluster.dir.path().join("nm.addr");
-        let nm = Command::new(cluster.bin_dir.join("nm"))
-            .args(["--listen", "127.0.0.1:0", "--quiet"])
-            .arg("--data-dir")
-            .arg(cluster.dir.path().join("nm-data"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .args(["--fsync", &fsync.to_string()])
-            .args(["--heartbeat-timeout", timeout])
-            .args(["--replication", replication])
-            .stdout(Stdio::null())
-            .stderr(cluster.log("nm")?)
-            .spawn()?;
-        cluster.nm = Some(nm);
+        cluster.spawn_nm("127.0.0.1:0")?;
         let started = Instant::now();
         while !ready.exists() {
             if started.elapsed() > READY_DEADLINE {
@@ -78,6 +73,64 @@ impl LocalCluster {
         }
         cluster.nm_addr = std::fs::read_to_string(&ready)?;
         Ok(cluster)
+    }
+
+    fn spawn_nm(&mut self, listen: &str) -> Result<(), ClusterError> {
+        let ready = self.dir.path().join("nm.addr");
+        let mut command = Command::new(self.bin_dir.join("nm"));
+        command
+            .args(["--listen", listen, "--quiet"])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("nm-data"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(["--fsync", &self.fsync.to_string()])
+            .args(["--heartbeat-timeout", &self.timeout])
+            .args(["--replication", &self.replication])
+            .stdout(Stdio::null())
+            .stderr(self.log("nm")?);
+        die_with_parent(&mut command);
+        self.nm = Some(command.spawn()?);
+        Ok(())
+    }
+
+    /// kill -9 of a daemon (`nm` or a storage server).
+    pub fn kill(&mut self, name: &str) {
+        let child = if name == "nm" {
+            self.nm.take()
+        } else {
+            self.servers.remove(name)
+        };
+        if let Some(mut child) = child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed daemon again (nm on its old port), without waiting for it.
+    pub fn restart(&mut self, name: &str) -> Result<(), ClusterError> {
+        if name == "nm" {
+            if self.nm.is_none() {
+                let listen = self.nm_addr.clone();
+                self.spawn_nm(&listen)?;
+            }
+            return Ok(());
+        }
+        if !self.servers.contains_key(name) {
+            self.spawn_ss(name)?;
+        }
+        Ok(())
+    }
+
+    /// nm and every storage server started so far, with whether it runs.
+    pub fn daemons(&self) -> Vec<(String, bool)> {
+        std::iter::once(("nm".to_owned(), self.nm.is_some()))
+            .chain(
+                self.known
+                    .iter()
+                    .map(|name| (name.clone(), self.servers.contains_key(name))),
+            )
+            .collect()
     }
 
     pub fn nm_addr(&self) -> &str {
@@ -93,23 +146,30 @@ impl LocalCluster {
     }
 
     fn log(&self, name: &str) -> std::io::Result<Stdio> {
-        Ok(Stdio::from(std::fs::File::create(
-            self.dir.path().join(format!("{name}.log")),
-        )?))
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))?;
+        Ok(Stdio::from(file))
     }
 
     /// Starts a storage server (without waiting for it).
     pub fn spawn_ss(&mut self, name: &str) -> Result<(), ClusterError> {
-        let child = Command::new(self.bin_dir.join("ss"))
+        let mut command = Command::new(self.bin_dir.join("ss"));
+        command
             .args(["--nm", &self.nm_addr, "--username", name])
             .arg("--storage")
             .arg(self.storage(name))
             .args(["--fsync", &self.fsync.to_string()])
             .args(["--heartbeat-interval", &self.heartbeat])
             .stdout(Stdio::null())
-            .stderr(self.log(name)?)
-            .spawn()?;
+            .stderr(self.log(name)?);
+        die_with_parent(&mut command);
+        let child = command.spawn()?;
         self.servers.insert(name.to_owned(), child);
+        if !self.known.iter().any(|k| k == name) {
+            self.known.push(name.to_owned());
+        }
         Ok(())
     }
 
@@ -179,6 +239,18 @@ impl LocalCluster {
             })
         })
         .await
+    }
+}
+
+/// The child is killed when the console dies, even by SIGKILL (Linux).
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 

@@ -2,6 +2,7 @@ use clap::Parser;
 use console::batch::{self, Format};
 use console::cli::{Args, Sub};
 use console::client::Client;
+use console::local_cluster::LocalCluster;
 use std::process::ExitCode;
 use tokio::io::{AsyncBufRead, BufReader};
 
@@ -29,9 +30,17 @@ async fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Sub::Demo) = args.command {
+        return demo().await;
+    }
     let Some(script) = args.batch.clone() else {
-        eprintln!("console: the interactive console is not built yet; use --batch [FILE]");
-        return ExitCode::from(2);
+        return match console::tui::run(args.nm.clone(), args.user.clone(), None).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("console: {e}");
+                ExitCode::from(2)
+            }
+        };
     };
     let input: Box<dyn AsyncBufRead + Unpin> = if script.as_os_str() == "-" {
         Box::new(BufReader::new(tokio::io::stdin()))
@@ -60,6 +69,33 @@ async fn main() -> ExitCode {
     match batch::run(&mut client, input, format, &mut out).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("console: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `console demo`: a local cluster of nm and two pairs, and the console on it.
+async fn demo() -> ExitCode {
+    eprintln!("console demo: starting nm and two primary/backup pairs…");
+    let started = async {
+        let mut cluster = LocalCluster::start(None, true, "100ms", "1s", "async").await?;
+        for name in ["ss1", "ss1_backup", "ss2", "ss2_backup"] {
+            cluster.start_ss(name).await?;
+        }
+        Ok::<_, console::local_cluster::ClusterError>(cluster)
+    };
+    let cluster = match started.await {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            eprintln!("console demo: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let nm = cluster.nm_addr().to_owned();
+    match console::tui::run(nm, "operator".into(), Some(cluster)).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("console: {e}");
             ExitCode::from(2)

@@ -34,9 +34,8 @@ pub fn bin_dir() -> &'static Path {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args([
-            "build", "--quiet", "-p", "nm", "-p", "ss", "-p", "console", "--bins",
-        ]);
+        // The whole workspace: "-p console" is ambiguous beside a dependency of that name.
+        build.args(["build", "--quiet", "--workspace", "--bins"]);
         if release {
             build.arg("--release");
         }

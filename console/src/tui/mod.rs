@@ -1,0 +1,307 @@
+//! The interactive console: a ratatui TUI on nm's event stream.
+//!
+//! - [`app`]: the model, updated by actions without a terminal.
+//! - [`ui`]: drawing the model.
+//! - this module: the terminal (raw mode, alternate screen, mouse; always
+//!   restored, also after a panic) and the event loop, which merges keys,
+//!   cluster events (a WATCH subscription with status snapshots, so no
+//!   polling), command results and a tick for the heartbeat timers into
+//!   actions, and carries out the effects the model asks for.
+
+pub mod app;
+pub mod ui;
+
+use crate::batch::{self, Format};
+use crate::client::Client;
+use crate::local_cluster::LocalCluster;
+use app::{Action, App, DaemonView, Effect};
+use crossterm::event::{
+    DisableMouseCapture, EnableMouseCapture, Event as TermEvent, EventStream, MouseEventKind,
+};
+use crossterm::execute;
+use crossterm::terminal::{
+    disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
+};
+use futures::StreamExt;
+use ratatui::backend::CrosstermBackend;
+use ratatui::Terminal;
+use shared::proto::{NmReply, NmRequest};
+use std::io::{Read, Seek, SeekFrom};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How often the timers are redrawn (and the demo's logs read).
+const TICK: Duration = Duration::from_millis(250);
+/// How often nm sends a status snapshot on the subscription.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
+
+fn restore_terminal() {
+    let _ = disable_raw_mode();
+    let _ = execute!(std::io::stdout(), LeaveAlternateScreen, DisableMouseCapture);
+}
+
+/// Puts the terminal back however the console ends.
+struct TerminalGuard;
+
+impl TerminalGuard {
+    fn enter() -> std::io::Result<Self> {
+        enable_raw_mode()?;
+        execute!(std::io::stdout(), EnterAlternateScreen, EnableMouseCapture)?;
+        Ok(TerminalGuard)
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+/// Restores the terminal before color-eyre reports a panic.
+fn install_panic_hook() {
+    let (panic_hook, eyre_hook) = color_eyre::config::HookBuilder::default().into_hooks();
+    let _ = eyre_hook.install();
+    let panic_hook = panic_hook.into_panic_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore_terminal();
+        panic_hook(info);
+    }));
+}
+
+/// Runs the TUI against nm at `nm`; with `demo`, also shows and controls its daemons.
+pub async fn run(
+    nm: String,
+    user: String,
+    mut demo: Option<LocalCluster>,
+) -> color_eyre::Result<()> {
+    install_panic_hook();
+    let color = std::env::var_os("NO_COLOR").is_none();
+    let mut app = App::new(&nm, &user, color);
+    let (actions, mut incoming) = mpsc::unbounded_channel::<Action>();
+    spawn_input(actions.clone());
+    spawn_watch(nm.clone(), user.clone(), actions.clone());
+    let commands = spawn_commands(nm.clone(), user.clone(), actions.clone());
+    let _guard = TerminalGuard::enter()?;
+    let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
+    terminal.clear()?;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        terminal.draw(|frame| ui::draw(frame, &app))?;
+        let action = tokio::select! {
+            action = incoming.recv() => match action {
+                Some(action) => action,
+                None => break,
+            },
+            _ = tick.tick() => {
+                if let Some(cluster) = &demo {
+                    app.update(Action::Daemons(daemon_views(cluster)));
+                }
+                Action::Tick
+            }
+        };
+        let mut quit = false;
+        for effect in app.update(action) {
+            match effect {
+                Effect::Quit => quit = true,
+                Effect::Run(block) => {
+                    let _ = commands.send(block);
+                }
+                Effect::Kill(name) => {
+                    if let Some(cluster) = demo.as_mut() {
+                        cluster.kill(&name);
+                    }
+                }
+                Effect::Restart(name) => {
+                    if let Some(cluster) = demo.as_mut() {
+                        let started = cluster.restart(&name);
+                        if let Err(e) = started {
+                            app.update(Action::Output {
+                                title: format!("restart {name}"),
+                                text: e.to_string(),
+                                ok: false,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if quit {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn spawn_input(actions: mpsc::UnboundedSender<Action>) {
+    tokio::spawn(async move {
+        let mut events = EventStream::new();
+        while let Some(Ok(event)) = events.next().await {
+            let action = match event {
+                TermEvent::Key(key) if key.kind == crossterm::event::KeyEventKind::Press => {
+                    Action::Key(key)
+                }
+                TermEvent::Mouse(mouse) => match mouse.kind {
+                    MouseEventKind::ScrollUp => Action::ScrollUp,
+                    MouseEventKind::ScrollDown => Action::ScrollDown,
+                    _ => continue,
+                },
+                TermEvent::Resize(..) => Action::Tick,
+                _ => continue,
+            };
+            if actions.send(action).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Follows nm's event stream, reconnecting when nm goes away.
+fn spawn_watch(nm: String, user: String, actions: mpsc::UnboundedSender<Action>) {
+    tokio::spawn(async move {
+        loop {
+            let result = match Client::connect(&nm, &user).await {
+                Ok(client) => {
+                    let sink = actions.clone();
+                    client
+                        .watch(None, Some(SNAPSHOT_EVERY), |event| {
+                            let _ = sink.send(Action::Cluster(event));
+                        })
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let why = match result {
+                Ok(()) => "nm closed the event stream; reconnecting…".to_owned(),
+                Err(e) => format!("no event stream from nm ({e}); retrying…"),
+            };
+            if actions.send(Action::Disconnected(why)).is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+}
+
+/// Runs commands one after another on a client of its own, and refreshes
+/// the file names used for completion after each.
+fn spawn_commands(
+    nm: String,
+    user: String,
+    actions: mpsc::UnboundedSender<Action>,
+) -> mpsc::UnboundedSender<String> {
+    let (commands, mut queue) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut client = Client::connect(&nm, &user).await.ok();
+        refresh_files(client.as_mut(), &actions).await;
+        while let Some(block) = queue.recv().await {
+            if client.is_none() {
+                client = Client::connect(&nm, &user).await.ok();
+            }
+            let title = block.lines().next().unwrap_or_default().to_owned();
+            let (text, ok) = match client.as_mut() {
+                Some(c) => run_block(c, &block, &actions).await,
+                None => (format!("cannot reach nm at {nm}"), false),
+            };
+            let _ = actions.send(Action::Output { title, text, ok });
+            refresh_files(client.as_mut(), &actions).await;
+        }
+    });
+    commands
+}
+
+async fn refresh_files(client: Option<&mut Client>, actions: &mpsc::UnboundedSender<Action>) {
+    let Some(client) = client else { return };
+    if let Ok(NmReply::Files { rows }) = client
+        .nm(NmRequest::View {
+            all: true,
+            long: false,
+        })
+        .await
+    {
+        let _ = actions.send(Action::Files(rows.into_iter().map(|r| r.name).collect()));
+    }
+}
+
+/// Runs one command block; STREAM words are sent as they arrive.
+async fn run_block(
+    client: &mut Client,
+    block: &str,
+    actions: &mpsc::UnboundedSender<Action>,
+) -> (String, bool) {
+    let mut words = block.split_whitespace();
+    if words
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case("STREAM"))
+    {
+        if let Some(file) = words.next() {
+            let sink = actions.clone();
+            return match client
+                .stream(file, |word| {
+                    let _ = sink.send(Action::StreamWord(word.to_owned()));
+                })
+                .await
+            {
+                Ok(words) => (words.join(" "), true),
+                Err(e) => (format!("ERROR {}: {}", e.code, e.message), false),
+            };
+        }
+    }
+    let mut out = Vec::new();
+    match batch::run(client, block.as_bytes(), Format::Human, &mut out).await {
+        Ok(ok) => (String::from_utf8_lossy(&out).trim_end().to_owned(), ok),
+        Err(e) => (e.to_string(), false),
+    }
+}
+
+/// The demo's daemons with the tails of their logs.
+fn daemon_views(cluster: &LocalCluster) -> Vec<DaemonView> {
+    cluster
+        .daemons()
+        .into_iter()
+        .map(|(name, running)| DaemonView {
+            log: tail(&cluster.dir().join(format!("{name}.log")), 40),
+            name,
+            running,
+        })
+        .collect()
+}
+
+/// The last `lines` lines of a JSON log, made short.
+fn tail(path: &std::path::Path, lines: usize) -> Vec<String> {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let all: Vec<String> = text.lines().filter_map(short_log_line).collect();
+    all[all.len().saturating_sub(lines)..].to_vec()
+}
+
+fn short_log_line(line: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let time = value["timestamp"]
+        .as_str()
+        .and_then(|t| t.get(11..19))
+        .unwrap_or("");
+    let mut out = format!("{time} {}", value["event"].as_str().unwrap_or("-"));
+    for key in [
+        "operation",
+        "outcome",
+        "server",
+        "file",
+        "step",
+        "to",
+        "reason",
+    ] {
+        if let Some(v) = value.get(key).and_then(|v| v.as_str()) {
+            out.push(' ');
+            out.push_str(v);
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,376 @@
+//! Drawing the [`App`] with ratatui: servers, pairs, the event log, the
+//! command output, the command line, and in the demo the daemons and their logs.
+
+use super::app::{describe, App, Mode};
+use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Clear, List, ListItem, Paragraph, Row, Table, Wrap};
+use ratatui::Frame;
+use shared::proto::{EventKind, JobStep, PairState, ServerRole, ServerState};
+
+fn paint(app: &App, color: Color) -> Style {
+    if app.color {
+        Style::default().fg(color)
+    } else {
+        Style::default()
+    }
+}
+
+fn bold(app: &App) -> Style {
+    if app.color {
+        Style::default().add_modifier(Modifier::BOLD)
+    } else {
+        Style::default()
+    }
+}
+
+/// The upper-case name of a state, as STATUS prints it.
+fn word<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn pair_color(state: PairState) -> Color {
+    match state {
+        PairState::Active => Color::Green,
+        PairState::Syncing | PairState::Recovering => Color::Yellow,
+        PairState::PrimaryFailed | PairState::BackupFailed => Color::Magenta,
+        PairState::Offline => Color::Red,
+        PairState::Unpaired => Color::Gray,
+    }
+}
+
+/// A text gauge: `width` cells, `filled` of them solid.
+fn bar(ratio: f64, width: usize) -> String {
+    let filled = ((ratio.clamp(0.0, 1.0)) * width as f64).round() as usize;
+    format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
+}
+
+pub fn draw(frame: &mut Frame, app: &App) {
+    let area = frame.area();
+    let servers = app.status.as_ref().map_or(0, |s| s.servers.len()) as u16;
+    let pairs = app.status.as_ref().map_or(0, |s| s.pairs.len()) as u16;
+    let rows = Layout::default()
+        .direction(Direction::Vertical)
+        .constraints([
+            Constraint::Length(1),
+            Constraint::Length(servers.max(1) + 3),
+            Constraint::Length(pairs.max(1) + 3),
+            Constraint::Min(4),
+            Constraint::Length(7),
+            Constraint::Length(1),
+        ])
+        .split(area);
+    draw_title(frame, app, rows[0]);
+    draw_servers(frame, app, rows[1]);
+    draw_pairs(frame, app, rows[2]);
+    if app.daemons.is_empty() {
+        draw_events(frame, app, rows[3]);
+    } else {
+        let middle = Layout::default()
+            .direction(Direction::Horizontal)
+            .constraints([Constraint::Percentage(60), Constraint::Percentage(40)])
+            .split(rows[3]);
+        draw_events(frame, app, middle[0]);
+        draw_daemons(frame, app, middle[1]);
+    }
+    draw_output(frame, app, rows[4]);
+    draw_prompt(frame, app, rows[5]);
+    if app.help {
+        draw_help(frame, app, area);
+    }
+}
+
+fn draw_title(frame: &mut Frame, app: &App, area: Rect) {
+    let mut spans = vec![
+        Span::styled("Docs++ ", bold(app)),
+        Span::raw(format!("nm {} as {}", app.nm, app.user)),
+    ];
+    if let Some(status) = &app.status {
+        spans.push(Span::raw(format!(
+            "  {} replication, queue {}",
+            status.replication, status.queue_depth
+        )));
+    }
+    match &app.connection {
+        Some(why) => spans.push(Span::styled(format!("  {why}"), paint(app, Color::Red))),
+        None => spans.push(Span::raw("  ? keys")),
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn draw_servers(frame: &mut Frame, app: &App, area: Rect) {
+    let header =
+        Row::new(["SERVER", "ROLE", "STATE", "ADDRESS", "HEARTBEAT", "TIMEOUT"]).style(bold(app));
+    let rows: Vec<Row> = app
+        .status
+        .iter()
+        .flat_map(|s| s.servers.iter().enumerate())
+        .map(|(i, s)| {
+            let (since, until) = app.timers(i).unwrap_or((0, 0));
+            let total = (s.ms_since_heartbeat + s.ms_until_timeout).max(1) as f64;
+            let role = match (s.role, s.serving) {
+                (ServerRole::Backup, true) => "PROMOTED".to_owned(),
+                (role, _) => word(&role),
+            };
+            let (state, color) = match s.state {
+                ServerState::Alive => ("ALIVE", Color::Green),
+                ServerState::Failed => ("FAILED", Color::Red),
+            };
+            Row::new(vec![
+                Cell::from(s.name.clone()),
+                Cell::from(role),
+                Cell::from(state).style(paint(app, color)),
+                Cell::from(s.address.clone()),
+                Cell::from(format!("{since:>5}ms")),
+                Cell::from(format!("{} {:>4}ms", bar(until as f64 / total, 8), until))
+                    .style(paint(app, color)),
+            ])
+        })
+        .collect();
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(12),
+            Constraint::Length(9),
+            Constraint::Length(7),
+            Constraint::Length(16),
+            Constraint::Length(9),
+            Constraint::Min(15),
+        ],
+    )
+    .header(header)
+    .block(Block::default().borders(Borders::ALL).title("Servers"));
+    frame.render_widget(table, area);
+}
+
+fn draw_pairs(frame: &mut Frame, app: &App, area: Rect) {
+    let header = Row::new([
+        "PAIR",
+        "STATE",
+        "EPOCH",
+        "PENDING",
+        "LAG",
+        "LAST SYNC",
+        "CONFLICTS",
+    ])
+    .style(bold(app));
+    let now = shared::now_ms();
+    let rows: Vec<Row> = app
+        .status
+        .iter()
+        .flat_map(|s| s.pairs.iter())
+        .map(|p| {
+            let last_sync = if p.last_sync_ms == 0 {
+                "never".to_owned()
+            } else {
+                format!("{}s ago", now.saturating_sub(p.last_sync_ms) / 1000)
+            };
+            Row::new(vec![
+                Cell::from(format!(
+                    "{} → {}",
+                    p.primary,
+                    p.backup.as_deref().unwrap_or("-")
+                )),
+                Cell::from(word(&p.state)).style(paint(app, pair_color(p.state))),
+                Cell::from(p.epoch.to_string()),
+                Cell::from(p.pending_jobs.to_string()),
+                Cell::from(format!("{}ms", p.lag_ms)),
+                Cell::from(last_sync),
+                Cell::from(p.conflict_copies.to_string()),
+            ])
+        })
+        .collect();
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(19),
+            Constraint::Length(14),
+            Constraint::Length(5),
+            Constraint::Length(7),
+            Constraint::Length(7),
+            Constraint::Length(10),
+            Constraint::Min(9),
+        ],
+    )
+    .header(header)
+    .block(Block::default().borders(Borders::ALL).title("Pairs"));
+    frame.render_widget(table, area);
+}
+
+fn event_color(kind: &EventKind) -> Color {
+    match kind {
+        EventKind::Job { step, .. } => match step {
+            JobStep::Failed => Color::Red,
+            JobStep::Dropped | JobStep::Retried => Color::Yellow,
+            JobStep::Applied => Color::Green,
+            _ => Color::Gray,
+        },
+        EventKind::Pair { to, .. } => pair_color(*to),
+        EventKind::Server { state, .. } => match state {
+            ServerState::Alive => Color::Green,
+            ServerState::Failed => Color::Red,
+        },
+        EventKind::Snapshot { .. } => Color::Gray,
+    }
+}
+
+fn draw_events(frame: &mut Frame, app: &App, area: Rect) {
+    let visible = app.visible_events();
+    let height = area.height.saturating_sub(2) as usize;
+    let end = visible.len().saturating_sub(app.events_scroll);
+    let start = end.saturating_sub(height);
+    let items: Vec<ListItem> = visible[start..end]
+        .iter()
+        .map(|e| ListItem::new(describe(e)).style(paint(app, event_color(&e.kind))))
+        .collect();
+    let mut title = format!(
+        "Events ({})",
+        if app.paused { "paused" } else { "following" }
+    );
+    if !app.filter.is_empty() || app.mode == Mode::Filter {
+        title.push_str(&format!(" /{}", app.filter));
+    }
+    frame.render_widget(
+        List::new(items).block(Block::default().borders(Borders::ALL).title(title)),
+        area,
+    );
+}
+
+fn draw_daemons(frame: &mut Frame, app: &App, area: Rect) {
+    let parts = Layout::default()
+        .direction(Direction::Vertical)
+        .constraints([
+            Constraint::Length(app.daemons.len() as u16 + 2),
+            Constraint::Min(3),
+        ])
+        .split(area);
+    let items: Vec<ListItem> = app
+        .daemons
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let marker = if i == app.selected { "▶ " } else { "  " };
+            let (state, color) = if d.running {
+                ("running", Color::Green)
+            } else {
+                ("killed", Color::Red)
+            };
+            ListItem::new(Line::from(vec![
+                Span::raw(format!("{marker}{:<12}", d.name)),
+                Span::styled(state, paint(app, color)),
+            ]))
+        })
+        .collect();
+    frame.render_widget(
+        List::new(items).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title("Daemons (Tab, K kill, R restart)"),
+        ),
+        parts[0],
+    );
+    let log = app.daemons.get(app.selected).map(|d| {
+        let height = parts[1].height.saturating_sub(2) as usize;
+        let start = d.log.len().saturating_sub(height);
+        (d.name.clone(), d.log[start..].join("\n"))
+    });
+    if let Some((name, text)) = log {
+        frame.render_widget(
+            Paragraph::new(text).block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(format!("{name} log")),
+            ),
+            parts[1],
+        );
+    }
+}
+
+fn draw_output(frame: &mut Frame, app: &App, area: Rect) {
+    let title = if app.output_title.is_empty() {
+        "Output".to_owned()
+    } else {
+        format!(
+            "Output: {}",
+            app.output_title.lines().next().unwrap_or_default()
+        )
+    };
+    let style = if app.output_ok {
+        Style::default()
+    } else {
+        paint(app, Color::Red)
+    };
+    frame.render_widget(
+        Paragraph::new(app.output.clone())
+            .style(style)
+            .wrap(Wrap { trim: false })
+            .scroll((app.output_scroll, 0))
+            .block(Block::default().borders(Borders::ALL).title(title)),
+        area,
+    );
+}
+
+fn draw_prompt(frame: &mut Frame, app: &App, area: Rect) {
+    let line = match &app.mode {
+        Mode::Normal => Line::from(Span::styled(
+            ": command  / filter  p pause  ↑↓ scroll  PgUp/PgDn output  ? keys  q quit",
+            paint(app, Color::DarkGray),
+        )),
+        Mode::Command => Line::from(format!(":{}", app.input)),
+        Mode::Filter => Line::from(format!("/{}", app.filter)),
+        Mode::Write { header, lines } => Line::from(format!(
+            "{header} [{} lines; ETIRW ends, Esc cancels] > {}",
+            lines.len(),
+            app.input
+        )),
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
+    let keys = [
+        (
+            ":",
+            "command line (Tab completes, ↑↓ history; WRITE takes edit lines until ETIRW)",
+        ),
+        ("/", "filter the event log"),
+        ("p, space", "pause or follow the event log"),
+        ("↑ ↓ End", "scroll the event log, back to following"),
+        ("PgUp PgDn", "scroll the command output"),
+        ("Tab ← →", "select a daemon (demo)"),
+        (
+            "K / R",
+            "kill (SIGKILL) / restart the selected daemon (demo)",
+        ),
+        ("?", "this help; any key closes it"),
+        ("q, Ctrl-C", "quit"),
+    ];
+    let lines: Vec<Line> = keys
+        .iter()
+        .map(|(k, what)| {
+            Line::from(vec![
+                Span::styled(format!("{k:<11}"), bold(app)),
+                Span::raw(*what),
+            ])
+        })
+        .collect();
+    let width = area.width.min(90);
+    let height = (lines.len() as u16 + 2).min(area.height);
+    let popup = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    };
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::default().borders(Borders::ALL).title("Keys")),
+        popup,
+    );
+}
