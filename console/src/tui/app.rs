@@ -449,8 +449,8 @@ pub fn describe(event: &Event) -> String {
             detail,
         } => {
             let mut line = format!(
-                "job {job} {kind:?} {step:?} {} {primary}→{replica}",
-                file.as_deref().unwrap_or("(pair)")
+                "job {job} {kind:?} {step:?} {} [{primary}] → {replica}",
+                file.as_deref().unwrap_or("(whole pair)")
             );
             if let Some(v) = version {
                 line.push_str(&format!(" v{v}"));
@@ -482,7 +482,7 @@ pub fn describe(event: &Event) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crossterm::event::KeyEventKind;
     use shared::proto::{

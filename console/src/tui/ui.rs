@@ -374,3 +374,141 @@ fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
         popup,
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tui::app::tests::status;
+    use crate::tui::app::{Action, DaemonView};
+    use ratatui::backend::TestBackend;
+    use shared::proto::{Event, JobKind};
+
+    /// The screen as text, one line per row.
+    fn render(app: &App, width: u16, height: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        terminal.draw(|f| draw(f, app)).unwrap();
+        let buffer = terminal.backend().buffer().clone();
+        (0..height)
+            .map(|y| {
+                (0..width)
+                    .map(|x| buffer[(x, y)].symbol().to_owned())
+                    .collect::<String>()
+                    .trim_end()
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn app_with(pair: PairState) -> App {
+        let mut app = App::new("127.0.0.1:5000", "operator", false);
+        app.connection = None;
+        app.status = Some(status(pair));
+        app
+    }
+
+    use ratatui::Terminal;
+
+    #[test]
+    fn each_pair_state() {
+        for state in [
+            PairState::Active,
+            PairState::Syncing,
+            PairState::PrimaryFailed,
+            PairState::Recovering,
+            PairState::Offline,
+        ] {
+            let mut app = app_with(state);
+            if state == PairState::PrimaryFailed {
+                let s = &mut app.status.as_mut().unwrap().servers;
+                s[0].state = ServerState::Failed;
+                s[0].ms_until_timeout = 0;
+                s[1].serving = true;
+            }
+            insta::assert_snapshot!(
+                format!("pair_{}", word(&state).to_lowercase()),
+                render(&app, 80, 24)
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_servers_timer_is_empty() {
+        let mut app = app_with(PairState::PrimaryFailed);
+        app.update(Action::Cluster(Event {
+            seq: 1,
+            at_ms: 0,
+            kind: EventKind::Server {
+                name: "ss1".into(),
+                state: ServerState::Failed,
+                reason: "no heartbeat for 1s".into(),
+            },
+        }));
+        let screen = render(&app, 80, 24);
+        let row = screen.lines().find(|l| l.contains("ss1 ")).unwrap();
+        assert!(
+            row.contains("FAILED") && row.contains("░░░░░░░░") && row.contains(" 0ms"),
+            "{row}"
+        );
+        insta::assert_snapshot!("failed_server_timer", screen);
+    }
+
+    #[test]
+    fn events_output_help_and_demo_panes() {
+        let mut app = app_with(PairState::Active);
+        for (i, step) in [
+            JobStep::Queued,
+            JobStep::Started,
+            JobStep::Applied,
+            JobStep::Failed,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            app.update(Action::Cluster(Event {
+                seq: i as u64,
+                at_ms: 0,
+                kind: EventKind::Job {
+                    job: 7,
+                    kind: JobKind::Update,
+                    step,
+                    file: Some("notes.txt".into()),
+                    primary: "ss1".into(),
+                    replica: "ss1_backup".into(),
+                    version: Some(3),
+                    duration_ms: 2,
+                    detail: None,
+                },
+            }));
+        }
+        app.update(Action::Output {
+            title: "READ notes.txt".into(),
+            text: "Im just a mouse. I dont like PNS".into(),
+            ok: true,
+        });
+        insta::assert_snapshot!("events_and_output", render(&app, 80, 24));
+        app.update(Action::Daemons(vec![
+            DaemonView {
+                name: "nm".into(),
+                running: true,
+                log: vec!["05:00:00 nm_listening".into()],
+            },
+            DaemonView {
+                name: "ss1".into(),
+                running: false,
+                log: vec![],
+            },
+        ]));
+        insta::assert_snapshot!("demo_panes", render(&app, 100, 30));
+        app.help = true;
+        insta::assert_snapshot!("help", render(&app, 80, 24));
+    }
+
+    #[test]
+    fn tiny_terminals_do_not_panic() {
+        let app = app_with(PairState::Active);
+        for (w, h) in [(1, 1), (20, 5), (80, 24), (200, 60)] {
+            render(&app, w, h);
+        }
+    }
+}
