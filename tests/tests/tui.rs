@@ -13,7 +13,17 @@ struct Tmux {
 impl Tmux {
     fn start(session: &str, command: &str) -> Tmux {
         let status = Command::new("tmux")
-            .args(["new-session", "-d", "-s", session, "-x", "100", "-y", "32", command])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                session,
+                "-x",
+                "100",
+                "-y",
+                "32",
+                command,
+            ])
             .status()
             .expect("tmux is installed (.ci/run installs it)");
         assert!(status.success(), "tmux new-session");
@@ -84,14 +94,18 @@ async fn the_console_shows_failover_and_recovery_live() {
     .await;
     let screen = tmux.screen();
     assert!(
-        screen.lines().any(|l| l.contains("ss1 ") && l.contains("FAILED")),
+        screen
+            .lines()
+            .any(|l| l.contains("ss1 ") && l.contains("FAILED")),
         "{screen}"
     );
 
     // A command typed into the console while the backup serves.
     tmux.keys(&[":", "CREATE during.txt", "Enter"]);
     eventually("the command's output", async || {
-        tmux.screen().contains("File Created Successfully!").then_some(())
+        tmux.screen()
+            .contains("File Created Successfully!")
+            .then_some(())
     })
     .await;
 

@@ -53,14 +53,24 @@ pub fn draw(frame: &mut Frame, app: &App) {
     let area = frame.area();
     let servers = app.status.as_ref().map_or(0, |s| s.servers.len()) as u16;
     let pairs = app.status.as_ref().map_or(0, |s| s.pairs.len()) as u16;
+    // Small terminals keep the servers and pairs whole and give up output
+    // and event lines first.
+    let servers_h = servers.max(1) + 3;
+    let pairs_h = pairs.max(1) + 3;
+    let left = area.height.saturating_sub(2 + servers_h + pairs_h);
+    let output_h = match left {
+        13.. => 7,
+        8.. => 5,
+        _ => left.min(3),
+    };
     let rows = Layout::default()
         .direction(Direction::Vertical)
         .constraints([
             Constraint::Length(1),
-            Constraint::Length(servers.max(1) + 3),
-            Constraint::Length(pairs.max(1) + 3),
-            Constraint::Min(4),
-            Constraint::Length(7),
+            Constraint::Length(servers_h),
+            Constraint::Length(pairs_h),
+            Constraint::Fill(1),
+            Constraint::Length(output_h),
             Constraint::Length(1),
         ])
         .split(area);
@@ -510,5 +520,12 @@ mod tests {
         for (w, h) in [(1, 1), (20, 5), (80, 24), (200, 60)] {
             render(&app, w, h);
         }
+        // A small pane (a tmux split) still shows every server and pair.
+        let screen = render(&app, 66, 16);
+        assert!(
+            screen.contains("ss1_backup  BACKUP") || screen.contains("ss1_backup BACKUP"),
+            "{screen}"
+        );
+        assert!(screen.contains("ACTIVE"), "{screen}");
     }
 }
