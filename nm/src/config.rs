@@ -36,6 +36,9 @@ pub struct Config {
     #[arg(long, env = "NM_FSYNC", default_value_t = true, action = ArgAction::Set)]
     pub fsync: bool,
 
+    #[command(flatten)]
+    pub limits: shared::limits::Limits,
+
     /// Largest frame accepted or sent, in bytes.
     #[arg(long, env = "NM_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]
     pub max_frame: usize,

@@ -13,6 +13,7 @@ use crate::replication::ReplQueue;
 use crate::Config;
 use color_eyre::eyre::{Context, Result};
 use shared::connection::{Connection, ConnectionError, Incoming};
+use shared::limits::ConnectionSlots;
 use shared::names::validate_user;
 use shared::proto::{NmReply, NmRequest, Role};
 use shared::ticket::TicketKey;
@@ -77,11 +78,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         std::fs::write(&temp, address.to_string())?;
         std::fs::rename(&temp, path)?;
     }
+    shared::limits::raise_fd_limit();
+    let slots = ConnectionSlots::new(nm.config.limits.max_connections);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(slot) = slots.take() else {
+                        tracing::warn!(event = "nm_connection_refused", peer = %peer, reason = "too many connections");
+                        tokio::spawn(Connection::turn_away(stream, too_many(nm.config.limits.max_connections)));
+                        continue;
+                    };
                     let nm = nm.clone();
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
@@ -89,9 +97,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                             _ = shutdown.cancelled() => {}
                             _ = nm.serve_connection(stream, peer) => {}
                         }
+                        drop(slot);
                     });
                 }
-                Err(e) => tracing::warn!(event = "nm_accept_failed", error = %e),
+                Err(e) => {
+                    tracing::warn!(event = "nm_accept_failed", error = %e);
+                    tokio::time::sleep(shared::limits::ACCEPT_BACKOFF).await;
+                }
             },
         }
     }
@@ -101,14 +113,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
 impl Nm {
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let (conn, hello) =
-            match Connection::accept(stream, Role::NameManager, self.config.max_frame).await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(event = "nm_handshake_failed", peer = %peer, error = %e);
-                    return;
-                }
-            };
+        let (conn, hello) = match Connection::accept(
+            stream,
+            Role::NameManager,
+            self.config.max_frame,
+            self.config.limits.handshake_timeout,
+        )
+        .await
+        {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(event = "nm_handshake_failed", peer = %peer, error = %e);
+                return;
+            }
+        };
         if let Err(error) = validate_user(&hello.name) {
             tracing::warn!(event = "nm_connection_refused", peer = %peer, error = %error);
             conn.refuse(error).await;
@@ -139,7 +157,15 @@ impl Nm {
     }
 
     async fn serve_client(&self, mut conn: Connection, user: String, peer: SocketAddr) {
-        while let Some((id, request)) = next_request(&mut conn, peer).await {
+        loop {
+            let next = tokio::time::timeout(
+                self.config.limits.idle_timeout,
+                next_request(&mut conn, peer),
+            );
+            let Ok(Some((id, request))) = next.await else {
+                tracing::debug!(event = "nm_client_gone", peer = %peer, user = %user);
+                break;
+            };
             let Some(request) = request else { continue };
             if let NmRequest::Watch { snapshot_every_ms } = request {
                 self.serve_watch(conn, id, snapshot_every_ms).await;
@@ -219,6 +245,10 @@ impl Nm {
             );
         }
     }
+}
+
+pub(crate) fn too_many(max: usize) -> WireError {
+    WireError::unavailable(format!("too many connections (at most {max}); retry later"))
 }
 
 /// Reads the next request. `None` ends the loop; `Some((id, None))` was a

@@ -239,9 +239,10 @@ impl Connection {
         stream: TcpStream,
         my_role: Role,
         max_frame: usize,
+        handshake_timeout: Duration,
     ) -> Result<(Self, Hello), ConnectionError> {
         let mut conn = Connection::new(stream, max_frame)?;
-        let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.recv::<Hello>())
+        let hello = tokio::time::timeout(handshake_timeout, conn.recv::<Hello>())
             .await
             .map_err(|_| ConnectionError::Timeout)?;
         let hello = match hello {
@@ -281,6 +282,14 @@ impl Connection {
         })
         .await?;
         Ok((conn, hello))
+    }
+
+    /// Turns a connection away before its handshake (too many connections):
+    /// the dialler reads the refusal as the answer to its Hello.
+    pub async fn turn_away(stream: TcpStream, error: WireError) {
+        if let Ok(mut conn) = Connection::new(stream, DEFAULT_MAX_FRAME) {
+            let _ = conn.send(&HelloReply::Refused { error }).await;
+        }
     }
 
     /// Refuses a connection after a valid handshake (wrong role, bad name).

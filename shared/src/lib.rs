@@ -7,11 +7,13 @@
 //! - [`error`]: the one error-code enum every peer uses.
 //! - [`names`]: file and user name rules, checked by every peer.
 //! - [`ticket`]: nm's signed permissions for direct READ, WRITE and STREAM.
+//! - [`limits`]: connection limits (count, handshake and idle timeouts).
 //! - [`logging`]: tracing set-up for the daemons.
 //! - [`shutdown`]: the cancellation token that stops a daemon on SIGINT/SIGTERM.
 
 pub mod connection;
 pub mod error;
+pub mod limits;
 pub mod logging;
 pub mod names;
 pub mod proto;

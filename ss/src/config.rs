@@ -44,6 +44,10 @@ pub struct Config {
     #[arg(long, env = "SS_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
 
+    /// Largest file a WRITE may produce, in bytes; a bigger edit is refused with E_TOO_LARGE.
+    #[arg(long, env = "SS_MAX_FILE_SIZE", default_value_t = 256 << 20)]
+    pub max_file_size: u64,
+
     /// Pause between words of a STREAM.
     #[arg(long, env = "SS_STREAM_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub stream_delay: Duration,
@@ -56,6 +60,9 @@ pub struct Config {
     /// a transfer to be in flight; never set in production).
     #[arg(long, env = "SS_CHUNK_DELAY", hide = true, value_parser = humantime::parse_duration)]
     pub chunk_delay: Option<Duration>,
+
+    #[command(flatten)]
+    pub limits: shared::limits::Limits,
 
     /// Largest frame accepted or sent, in bytes.
     #[arg(long, env = "SS_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]

@@ -54,6 +54,8 @@ pub struct Files {
     store: Store,
     /// The pair epoch this server works in (set by nm), stamped on every change.
     epoch: Arc<AtomicU64>,
+    /// Largest content a WRITE may produce.
+    max_file_size: AtomicU64,
     entries: Mutex<HashMap<String, EntryRef>>,
     next_session: AtomicU64,
 }
@@ -89,9 +91,18 @@ impl Files {
         Ok(Files {
             store,
             epoch,
+            max_file_size: AtomicU64::new(u64::MAX),
             entries: Mutex::new(entries),
             next_session: AtomicU64::new(1),
         })
+    }
+
+    pub fn set_max_file_size(&self, bytes: u64) {
+        self.max_file_size.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn max_file_size(&self) -> u64 {
+        self.max_file_size.load(Ordering::Relaxed)
     }
 
     pub fn epoch(&self) -> u64 {
@@ -511,6 +522,13 @@ impl Files {
     }
 }
 
+fn too_large(max: u64) -> WireError {
+    WireError::new(
+        ErrorCode::TooLarge,
+        format!("a file may hold at most {max} bytes (ss --max-file-size); the edit was refused"),
+    )
+}
+
 fn refuse_while_written(e: &Entry, file: &str, what: &str) -> Result<(), WireError> {
     if e.locks.is_empty() {
         Ok(())
@@ -553,6 +571,11 @@ impl WriteSession {
 
     /// Applies one edit line to the working copy.
     pub fn edit(&mut self, word_index: i64, content: &str) -> Result<(), WireError> {
+        let max = self.files.max_file_size();
+        let working: u64 = self.words.iter().map(|w| w.len() as u64 + 1).sum();
+        if working + content.len() as u64 > max {
+            return Err(too_large(max));
+        }
         insert_words(&mut self.words, word_index, content)
     }
 
@@ -572,6 +595,11 @@ impl WriteSession {
             s != self.sentence && locks.contains_key(&s)
         });
         let content = doc.render();
+        let max = self.files.max_file_size();
+        if content.len() as u64 > max {
+            *doc = before;
+            return Err(too_large(max));
+        }
         let mut new_meta = meta.clone();
         apply_content_stats(&mut new_meta.stats, content.as_bytes(), self.files.epoch());
         if let Err(err) = self

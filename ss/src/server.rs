@@ -10,6 +10,7 @@ use crate::store::Store;
 use crate::Config;
 use color_eyre::eyre::{Context, Result};
 use shared::connection::{Connection, ConnectionError, Incoming};
+use shared::limits::ConnectionSlots;
 use shared::names::{validate_path, validate_user};
 use shared::proto::{Hello, Op, Role, SsReply, SsRequest, Ticket};
 use shared::{now_ms, ErrorCode, WireError};
@@ -33,6 +34,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .with_context(|| format!("opening storage folder {}", config.storage.display()))?;
     let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let files = Arc::new(Files::load(store, epoch.clone()).context("loading the inventory")?);
+    files.set_max_file_size(config.max_file_size);
     let listener = TcpListener::bind((config.bind, config.client_port))
         .await
         .with_context(|| format!("binding {}:{}", config.bind, config.client_port))?;
@@ -58,11 +60,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         files,
         link,
     });
+    shared::limits::raise_fd_limit();
+    let slots = ConnectionSlots::new(server.config.limits.max_connections);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(slot) = slots.take() else {
+                        tracing::warn!(event = "ss_connection_refused", peer = %peer, reason = "too many connections");
+                        let max = server.config.limits.max_connections;
+                        let error = WireError::unavailable(format!("too many connections (at most {max}); retry later"));
+                        tokio::spawn(Connection::turn_away(stream, error));
+                        continue;
+                    };
                     let server = server.clone();
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
@@ -70,9 +81,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                             _ = shutdown.cancelled() => {}
                             _ = server.serve_connection(stream, peer) => {}
                         }
+                        drop(slot);
                     });
                 }
-                Err(e) => tracing::warn!(event = "ss_accept_failed", error = %e),
+                Err(e) => {
+                    tracing::warn!(event = "ss_accept_failed", error = %e);
+                    tokio::time::sleep(shared::limits::ACCEPT_BACKOFF).await;
+                }
             },
         }
     }
@@ -89,14 +104,20 @@ struct Session {
 
 impl Server {
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let (mut conn, hello) =
-            match Connection::accept(stream, Role::StorageServer, self.config.max_frame).await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(event = "ss_handshake_failed", peer = %peer, error = %e);
-                    return;
-                }
-            };
+        let (mut conn, hello) = match Connection::accept(
+            stream,
+            Role::StorageServer,
+            self.config.max_frame,
+            self.config.limits.handshake_timeout,
+        )
+        .await
+        {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(event = "ss_handshake_failed", peer = %peer, error = %e);
+                return;
+            }
+        };
         let allowed = match hello.role {
             Role::Client | Role::StorageServer => validate_user(&hello.name),
             Role::NameManager => Ok(()),
@@ -113,7 +134,15 @@ impl Server {
             write: None,
         };
         loop {
-            let request = match conn.recv_request::<SsRequest>().await {
+            let next = tokio::time::timeout(
+                self.config.limits.idle_timeout,
+                conn.recv_request::<SsRequest>(),
+            );
+            let Ok(next) = next.await else {
+                tracing::debug!(event = "ss_idle_closed", peer = %peer, "a connection idle past --idle-timeout was closed");
+                break;
+            };
+            let request = match next {
                 Ok(Some(Incoming::Message(request))) => request,
                 Ok(Some(Incoming::Malformed { id, error })) => {
                     tracing::warn!(event = "ss_malformed_request", peer = %peer, error = %error);

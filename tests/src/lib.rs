@@ -49,6 +49,11 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
+/// Raises the test process's open-file limit (for tests that open thousands of sockets).
+pub fn raise_fd_limit() {
+    shared::limits::raise_fd_limit();
+}
+
 /// Polls `check` until it returns `Some`, or panics after `DEADLINE`.
 pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let start = Instant::now();

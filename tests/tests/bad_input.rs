@@ -8,7 +8,7 @@ use shared::proto::{
 };
 use shared::ErrorCode;
 use std::time::Duration;
-use tests::TestCluster;
+use tests::{eventually, Options, TestCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -225,4 +225,108 @@ async fn a_client_that_skips_nm_gets_nothing_from_a_storage_server() {
         std::fs::read_to_string(cluster.storage("ss1").join("files/private.txt")).unwrap(),
         "Secret."
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_idle_connections_do_not_stop_other_clients() {
+    tests::raise_fd_limit();
+    let options = Options {
+        nm_args: vec!["--handshake-timeout", "1s"],
+        ss_args: vec!["--handshake-timeout", "1s"],
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with(&["ss1"], options).await;
+    let mut idle = Vec::new();
+    for addr in [cluster.nm_addr().to_owned(), cluster.ss_addr("ss1").await] {
+        for _ in 0..1500 {
+            idle.push(TcpStream::connect(&addr).await.unwrap());
+        }
+    }
+    still_serving(&cluster).await;
+    // Each idle connection is closed once its handshake time is up.
+    for stream in idle.iter_mut().step_by(100) {
+        closed_by_peer(stream).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_limit_are_turned_away_with_a_clear_error() {
+    let options = Options {
+        nm_args: vec!["--max-connections", "4"],
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with(&["ss1"], options).await;
+    // ss1's control connection holds one slot; three idle clients take the rest.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            RpcClient::connect(cluster.nm_addr(), Role::Client, "hog")
+                .await
+                .unwrap(),
+        );
+    }
+    let refused = RpcClient::connect(cluster.nm_addr(), Role::Client, "late").await;
+    match refused {
+        Err(shared::connection::ConnectionError::Refused(e)) => {
+            assert_eq!(e.code, ErrorCode::Unavailable);
+            assert!(e.message.contains("too many connections"), "{}", e.message);
+        }
+        Err(other) => panic!("refused without a reason: {other}"),
+        Ok(_) => panic!("a connection past the limit was accepted"),
+    }
+    drop(held);
+    eventually("a freed slot to be usable", async || {
+        RpcClient::connect(cluster.nm_addr(), Role::Client, "late")
+            .await
+            .ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_connection_is_closed() {
+    let options = Options {
+        nm_args: vec!["--idle-timeout", "300ms"],
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with(&["ss1"], options).await;
+    let stream = TcpStream::connect(cluster.nm_addr()).await.unwrap();
+    let mut conn = Connection::new(stream, DEFAULT_MAX_FRAME).unwrap();
+    conn.send(&Hello::new(Role::Client, "sleepy"))
+        .await
+        .unwrap();
+    conn.expect::<HelloReply>().await.unwrap();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(10),
+        conn.recv::<Reply<serde::de::IgnoredAny>>(),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(None)) | Ok(Err(_))),
+        "the idle connection was closed"
+    );
+    // Everyone else is still served.
+    still_serving(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_write_is_refused_and_changes_nothing() {
+    let options = Options {
+        ss_args: vec!["--max-file-size", "1000"],
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with(&["ss1"], options).await;
+    let big = "word ".repeat(400);
+    let run = cluster.console(
+        "alice",
+        &format!("CREATE big.txt\nWRITE big.txt 0\n0 Small.\n1 {big}\nETIRW\nREAD big.txt\n"),
+    );
+    assert_eq!(run.code_of(1), "E_TOO_LARGE", "{}", run.stdout);
+    assert_eq!(
+        run.get(2)["data"]["content"],
+        "Small.",
+        "the edits that fit were kept, the big one refused"
+    );
+    let path = cluster.storage("ss1").join("files/big.txt");
+    assert_eq!(std::fs::read_to_string(path).unwrap(), "Small.");
 }
