@@ -13,10 +13,11 @@ dir=$(mktemp -d)
 cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT INT TERM
 
-"$bin/nm" --listen 127.0.0.1:0 --data-dir "$dir/nm" --ready-file "$dir/nm.addr" --quiet 2>/dev/null &
+head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n" > "$dir/cluster.key"
+"$bin/nm" --listen 127.0.0.1:0 --data-dir "$dir/nm" --ready-file "$dir/nm.addr" --cluster-key-file "$dir/cluster.key" --quiet 2>/dev/null &
 for _ in $(seq 100); do [ -s "$dir/nm.addr" ] && break; sleep 0.1; done
 nm=$(cat "$dir/nm.addr")
-for ss in ss1 ss2; do "$bin/ss" --nm "$nm" --username "$ss" --storage "$dir/$ss" 2>/dev/null & done
+for ss in ss1 ss2; do "$bin/ss" --nm "$nm" --username "$ss" --storage "$dir/$ss" --cluster-key-file "$dir/cluster.key" 2>/dev/null & done
 for _ in $(seq 100); do
   [ "$("$bin/console" --nm "$nm" --batch --json <<<STATUS | grep -o ALIVE | wc -l)" -ge 2 ] && break
   sleep 0.1

@@ -25,14 +25,15 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"$bin/nm" --listen 127.0.0.1:0 --data-dir "$dir/nm" --ready-file "$dir/nm.addr" \
+head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n" > "$dir/cluster.key"
+"$bin/nm" --listen 127.0.0.1:0 --data-dir "$dir/nm" --ready-file "$dir/nm.addr" --cluster-key-file "$dir/cluster.key" \
   >"$dir/nm.out" 2>"$dir/nm.log" &
 for _ in $(seq 100); do [ -s "$dir/nm.addr" ] && break; sleep 0.1; done
 [ -s "$dir/nm.addr" ] || { echo "nm did not start; see $dir/nm.log" >&2; exit 1; }
 nm=$(cat "$dir/nm.addr")
 
 for ss in ss1 ss1_backup ss2 ss2_backup; do
-  "$bin/ss" --nm "$nm" --username "$ss" --storage "$dir/$ss" --stream-delay 20ms 2>"$dir/$ss.log" &
+  "$bin/ss" --nm "$nm" --username "$ss" --storage "$dir/$ss" --cluster-key-file "$dir/cluster.key" --stream-delay 20ms 2>"$dir/$ss.log" &
 done
 alive=0
 for _ in $(seq 100); do

@@ -10,11 +10,12 @@ bin=$PWD/target/release
 dir=$(mktemp -d)
 port=${NM_PORT:-5000}
 session=${SESSION:-docs}
-fast="--heartbeat-interval 100ms"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n" > "$dir/cluster.key"
+fast="--heartbeat-interval 100ms --cluster-key-file $dir/cluster.key"
 ss() { echo "$bin/ss --nm 127.0.0.1:$port --username $1 --storage $dir/$1 $fast --log-format pretty"; }
 
 tmux new-session -d -s "$session" -x 200 -y 50 \
-  "$bin/nm --listen 127.0.0.1:$port --data-dir $dir/nm --heartbeat-timeout 1s --log-format pretty"
+  "$bin/nm --listen 127.0.0.1:$port --data-dir $dir/nm --heartbeat-timeout 1s --cluster-key-file $dir/cluster.key --log-format pretty"
 for name in ss1 ss1_backup ss2 ss2_backup; do
   tmux split-window -t "$session" "$(ss $name)"
   tmux select-layout -t "$session" tiled >/dev/null

@@ -63,6 +63,7 @@ impl LocalCluster {
             replication: replication.to_owned(),
         };
         let ready = cluster.dir.path().join("nm.addr");
+        shared::auth::ClusterKey::generate(&cluster.key_file())?;
         cluster.spawn_nm("127.0.0.1:0")?;
         let started = Instant::now();
         while !ready.exists() {
@@ -84,6 +85,8 @@ impl LocalCluster {
             .arg(self.dir.path().join("nm-data"))
             .arg("--ready-file")
             .arg(&ready)
+            .arg("--cluster-key-file")
+            .arg(self.key_file())
             .args(["--fsync", &self.fsync.to_string()])
             .args(["--heartbeat-timeout", &self.timeout])
             .args(["--replication", &self.replication])
@@ -133,6 +136,11 @@ impl LocalCluster {
             .collect()
     }
 
+    /// The cluster key this local cluster generated for its daemons.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("cluster.key")
+    }
+
     pub fn nm_addr(&self) -> &str {
         &self.nm_addr
     }
@@ -160,6 +168,8 @@ impl LocalCluster {
             .args(["--nm", &self.nm_addr, "--username", name])
             .arg("--storage")
             .arg(self.storage(name))
+            .arg("--cluster-key-file")
+            .arg(self.key_file())
             .args(["--fsync", &self.fsync.to_string()])
             .args(["--heartbeat-interval", &self.heartbeat])
             .stdout(Stdio::null())

@@ -20,6 +20,17 @@ pub struct Config {
     #[arg(long, env = "NM_DATA_DIR", default_value = "nm-data")]
     pub data_dir: PathBuf,
 
+    /// The cluster key shared by nm and every storage server (at least 16
+    /// bytes; `head -c 32 /dev/urandom | xxd -p > key` makes one). Daemons
+    /// prove they hold it to each other, and client tickets are signed with it.
+    #[arg(long, env = "NM_CLUSTER_KEY_FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+
+    /// Run without a cluster key on a non-loopback address (anyone who can
+    /// reach the port can then pose as a daemon).
+    #[arg(long, env = "NM_INSECURE")]
+    pub insecure: bool,
+
     /// Once listening, write the bound address to this file (for scripts and tests).
     #[arg(long, env = "NM_READY_FILE")]
     pub ready_file: Option<PathBuf>,

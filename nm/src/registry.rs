@@ -53,6 +53,8 @@ pub struct Pair {
 
 #[derive(Default)]
 pub struct Registry {
+    /// Given to the clients nm uses to reach storage servers.
+    key: Option<shared::auth::ClusterKey>,
     servers: BTreeMap<String, ServerEntry>,
     /// By primary name.
     pairs: BTreeMap<String, Pair>,
@@ -68,6 +70,13 @@ pub fn backs(name: &str, backup_of: Option<&str>) -> Option<String> {
 }
 
 impl Registry {
+    pub fn with_key(key: Option<shared::auth::ClusterKey>) -> Self {
+        Registry {
+            key,
+            ..Registry::default()
+        }
+    }
+
     /// Records a (re-)registration and returns its generation. `remembered`
     /// is the pair's persisted (epoch, active server), if any.
     pub fn register(
@@ -83,7 +92,7 @@ impl Registry {
         let generation = self.next_generation;
         let client = match self.servers.get(name) {
             Some(old) if old.address == address => old.client.clone(),
-            _ => Arc::new(SsClient::new(name, address, timeout)),
+            _ => Arc::new(SsClient::new(name, address, timeout, self.key.clone())),
         };
         let primary = backs(name, backup_of);
         let role = if primary.is_some() {

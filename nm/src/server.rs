@@ -36,6 +36,8 @@ pub struct Nm {
     state: Mutex<State>,
     pub journal: Journal,
     pub ticket_key: TicketKey,
+    /// Proves nm to storage servers and checks theirs; `None` only in insecure mode.
+    pub cluster_key: Option<shared::auth::ClusterKey>,
     pub events: Events,
     pub queue: ReplQueue,
     pub waiters: crate::replication::Waiters,
@@ -55,14 +57,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
-    let key: [u8; 32] = rand::random();
+    let cluster_key = shared::auth::load_for(
+        config.cluster_key_file.as_deref(),
+        address.ip(),
+        config.insecure,
+    )?;
+    // With a cluster key tickets are signed with a key derived from it;
+    // without, with a random one handed to servers as they register.
+    let ticket_key = match &cluster_key {
+        Some(key) => key.ticket_key(),
+        None => TicketKey::new(rand::random::<[u8; 32]>().to_vec()),
+    };
     let nm = Arc::new(Nm {
         state: Mutex::new(State {
             ns,
-            registry: Registry::default(),
+            registry: Registry::with_key(cluster_key.clone()),
         }),
         journal,
-        ticket_key: TicketKey::new(key.to_vec()),
+        ticket_key,
+        cluster_key,
         events: Events::default(),
         queue: ReplQueue::new(config.repl_queue_capacity.max(1)),
         waiters: Default::default(),
@@ -118,6 +131,7 @@ impl Nm {
             Role::NameManager,
             self.config.max_frame,
             self.config.limits.handshake_timeout,
+            self.cluster_key.as_ref(),
         )
         .await
         {

@@ -15,15 +15,22 @@ pub struct SsClient {
     address: String,
     timeout: Duration,
     idle: Mutex<Vec<RpcClient>>,
+    key: Option<shared::auth::ClusterKey>,
 }
 
 impl SsClient {
-    pub fn new(name: &str, address: &str, timeout: Duration) -> Self {
+    pub fn new(
+        name: &str,
+        address: &str,
+        timeout: Duration,
+        key: Option<shared::auth::ClusterKey>,
+    ) -> Self {
         SsClient {
             name: name.to_owned(),
             address: address.to_owned(),
             timeout,
             idle: Mutex::new(Vec::new()),
+            key,
         }
     }
 
@@ -63,7 +70,7 @@ impl SsClient {
     async fn fresh(&self) -> Result<RpcClient, WireError> {
         tokio::time::timeout(
             self.timeout,
-            RpcClient::connect(&self.address, Role::NameManager, "nm"),
+            RpcClient::connect_keyed(&self.address, Role::NameManager, "nm", self.key.as_ref()),
         )
         .await
         .map_err(|_| self.to_wire(CallError::Timeout))?

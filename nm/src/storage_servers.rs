@@ -49,7 +49,11 @@ impl Nm {
             }
         };
         let registered = NmReply::Registered {
-            ticket_key: self.ticket_key.bytes().to_vec(),
+            // With a cluster key the server derives the ticket key itself.
+            ticket_key: match self.cluster_key {
+                Some(_) => Vec::new(),
+                None => self.ticket_key.bytes().to_vec(),
+            },
             epoch,
             serving,
             writable,

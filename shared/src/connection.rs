@@ -5,8 +5,11 @@
 //! MessagePack maps. [`Connection`] sends and receives typed messages and runs
 //! the handshake; nothing else in the project touches the wire format.
 
+use crate::auth::{self, ClusterKey};
 use crate::error::{ErrorCode, WireError};
-use crate::proto::{Hello, HelloReply, Reply, Request, RequestId, Role, MAGIC, PROTOCOL_VERSION};
+use crate::proto::{
+    Hello, HelloReply, Proof, Reply, Request, RequestId, Role, MAGIC, PROTOCOL_VERSION,
+};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
@@ -214,32 +217,83 @@ impl Connection {
         self.send(&Reply { id, result }).await
     }
 
-    /// Dials `addr` and introduces itself as `role` named `name`.
+    /// Dials `addr` and introduces itself as `role` named `name` (a client).
     pub async fn connect(
         addr: impl ToSocketAddrs,
         role: Role,
         name: &str,
         max_frame: usize,
     ) -> Result<Self, ConnectionError> {
+        Self::connect_keyed(addr, role, name, max_frame, None).await
+    }
+
+    /// Dials as a daemon: with a cluster key, the peer must prove it knows
+    /// the key too, and this side answers the peer's challenge.
+    pub async fn connect_keyed(
+        addr: impl ToSocketAddrs,
+        role: Role,
+        name: &str,
+        max_frame: usize,
+        key: Option<&ClusterKey>,
+    ) -> Result<Self, ConnectionError> {
         let stream = TcpStream::connect(addr).await?;
         let mut conn = Connection::new(stream, max_frame)?;
-        conn.send(&Hello::new(role, name)).await?;
+        let my_nonce = key.map(|_| auth::nonce());
+        let hello = Hello {
+            nonce: my_nonce.clone(),
+            ..Hello::new(role, name)
+        };
+        conn.send(&hello).await?;
         let reply: HelloReply = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.expect())
             .await
             .map_err(|_| ConnectionError::Timeout)??;
-        match reply {
-            HelloReply::Welcome { .. } => Ok(conn),
-            HelloReply::Refused { error } => Err(ConnectionError::Refused(error)),
+        let (peer_role, challenge, proof) = match reply {
+            HelloReply::Welcome {
+                role,
+                challenge,
+                proof,
+                ..
+            } => (role, challenge, proof),
+            HelloReply::Refused { error } => return Err(ConnectionError::Refused(error)),
+        };
+        if let (Some(key), Some(nonce)) = (key, &my_nonce) {
+            let genuine = proof.is_some_and(|p| key.verify(nonce, peer_role, "", &p));
+            if !genuine {
+                return Err(ConnectionError::Refused(WireError::unauthorized(
+                    "the peer could not prove it holds the cluster key",
+                )));
+            }
         }
+        if let Some(challenge) = challenge {
+            let Some(key) = key else {
+                return Err(ConnectionError::Refused(WireError::unauthorized(
+                    "the peer requires the cluster key (--cluster-key-file)",
+                )));
+            };
+            conn.send(&Proof {
+                mac: key.prove(&challenge, role, name),
+            })
+            .await?;
+            let verdict: HelloReply = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.expect())
+                .await
+                .map_err(|_| ConnectionError::Timeout)??;
+            if let HelloReply::Refused { error } = verdict {
+                return Err(ConnectionError::Refused(error));
+            }
+        }
+        Ok(conn)
     }
 
     /// Waits for the dialler's [`Hello`] and checks its magic and version.
     /// A bad handshake is answered with the reason and the connection ends.
+    /// With a cluster key, a dialling daemon (storage server or nm) must
+    /// prove it holds the key; clients are not challenged.
     pub async fn accept(
         stream: TcpStream,
         my_role: Role,
         max_frame: usize,
         handshake_timeout: Duration,
+        key: Option<&ClusterKey>,
     ) -> Result<(Self, Hello), ConnectionError> {
         let mut conn = Connection::new(stream, max_frame)?;
         let hello = tokio::time::timeout(handshake_timeout, conn.recv::<Hello>())
@@ -276,11 +330,41 @@ impl Connection {
                 .await;
             return Err(ConnectionError::Refused(error));
         }
+        let daemon = hello.role != Role::Client;
+        let challenge = key.filter(|_| daemon).map(|_| auth::nonce());
+        let proof = key
+            .zip(hello.nonce.as_deref())
+            .map(|(key, nonce)| key.prove(nonce, my_role, ""));
         conn.send(&HelloReply::Welcome {
             version: PROTOCOL_VERSION,
             role: my_role,
+            challenge: challenge.clone(),
+            proof,
         })
         .await?;
+        if let (Some(key), Some(challenge)) = (key, challenge) {
+            let answer = tokio::time::timeout(handshake_timeout, conn.recv::<Proof>()).await;
+            let genuine = matches!(&answer, Ok(Ok(Some(p))) if key.verify(&challenge, hello.role, &hello.name, &p.mac));
+            if !genuine {
+                let error = WireError::unauthorized(format!(
+                    "{} could not prove it holds the cluster key",
+                    hello.name
+                ));
+                let _ = conn
+                    .send(&HelloReply::Refused {
+                        error: error.clone(),
+                    })
+                    .await;
+                return Err(ConnectionError::Refused(error));
+            }
+            conn.send(&HelloReply::Welcome {
+                version: PROTOCOL_VERSION,
+                role: my_role,
+                challenge: None,
+                proof: None,
+            })
+            .await?;
+        }
         Ok((conn, hello))
     }
 
@@ -319,8 +403,18 @@ impl RpcClient {
         role: Role,
         name: &str,
     ) -> Result<Self, ConnectionError> {
+        Self::connect_keyed(addr, role, name, None).await
+    }
+
+    /// Connects as a daemon proving the cluster key (see [`Connection::connect_keyed`]).
+    pub async fn connect_keyed(
+        addr: impl ToSocketAddrs,
+        role: Role,
+        name: &str,
+        key: Option<&ClusterKey>,
+    ) -> Result<Self, ConnectionError> {
         Ok(Self::new(
-            Connection::connect(addr, role, name, DEFAULT_MAX_FRAME).await?,
+            Connection::connect_keyed(addr, role, name, DEFAULT_MAX_FRAME, key).await?,
         ))
     }
 

@@ -2,6 +2,7 @@
 //!
 //! - [`proto`]: every message, the handshake and the small common types
 //!   (file stats, access lists, tickets, cluster status).
+//! - [`auth`]: the cluster key and the daemons' challenge-response.
 //! - [`connection`]: the frame codec and a typed [`connection::Connection`];
 //!   the only code that turns bytes into messages.
 //! - [`error`]: the one error-code enum every peer uses.
@@ -11,6 +12,7 @@
 //! - [`logging`]: tracing set-up for the daemons.
 //! - [`shutdown`]: the cancellation token that stops a daemon on SIGINT/SIGTERM.
 
+pub mod auth;
 pub mod connection;
 pub mod error;
 pub mod limits;

@@ -44,6 +44,16 @@ pub struct Hello {
     pub role: Role,
     /// The user name of a client, the server name of a storage server.
     pub name: String,
+    /// A daemon's challenge to the side it dials (cluster key in use).
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<Vec<u8>>,
+}
+
+/// A daemon's answer to a challenge: HMAC of the nonce, its role and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    #[serde(with = "serde_bytes")]
+    pub mac: Vec<u8>,
 }
 
 impl Hello {
@@ -53,6 +63,7 @@ impl Hello {
             version: PROTOCOL_VERSION,
             role,
             name: name.into(),
+            nonce: None,
         }
     }
 }
@@ -60,8 +71,20 @@ impl Hello {
 /// The answer to a [`Hello`]: welcome, or the reason the connection closes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
-    Welcome { version: u32, role: Role },
-    Refused { error: WireError },
+    Welcome {
+        version: u32,
+        role: Role,
+        /// The acceptor's challenge: answer with a [`Proof`], then read the
+        /// final Welcome or Refused.
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        challenge: Option<Vec<u8>>,
+        /// The acceptor's proof for the dialler's nonce.
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        proof: Option<Vec<u8>>,
+    },
+    Refused {
+        error: WireError,
+    },
 }
 
 /// A request frame; the reply echoes `id`.

@@ -46,7 +46,14 @@ fn every_message_round_trips() {
     round_trip(HelloReply::Welcome {
         version: 1,
         role: Role::NameManager,
+        challenge: Some(vec![1, 2, 3]),
+        proof: None,
     });
+    round_trip(Hello {
+        nonce: Some(vec![9; 32]),
+        ..Hello::new(Role::StorageServer, "ss1")
+    });
+    round_trip(Proof { mac: vec![7; 32] });
     round_trip(HelloReply::Refused {
         error: WireError::new(ErrorCode::Protocol, "no"),
     });

@@ -24,6 +24,17 @@ pub struct Config {
     #[arg(long, env = "SS_BACKUP_OF", value_name = "NAME")]
     pub backup_of: Option<String>,
 
+    /// The cluster key shared by nm and every storage server (at least 16
+    /// bytes; `head -c 32 /dev/urandom | xxd -p > key` makes one). Daemons
+    /// prove they hold it to each other, and client tickets are signed with it.
+    #[arg(long, env = "SS_CLUSTER_KEY_FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+
+    /// Run without a cluster key on a non-loopback address (anyone who can
+    /// reach the port can then pose as a daemon).
+    #[arg(long, env = "SS_INSECURE")]
+    pub insecure: bool,
+
     /// Folder holding contents and metadata; nothing is written outside it.
     #[arg(long, env = "SS_STORAGE")]
     pub storage: PathBuf,

@@ -43,6 +43,7 @@ const SYNC_ACK_TIMEOUT: Duration = Duration::from_secs(15);
 /// lease that bounds it.
 pub struct NmLink {
     ticket_key: RwLock<Option<TicketKey>>,
+    cluster_key: Option<shared::auth::ClusterKey>,
     connected: AtomicBool,
     epoch: Arc<AtomicU64>,
     sync_replication: AtomicBool,
@@ -56,10 +57,12 @@ pub struct NmLink {
 }
 
 impl NmLink {
-    pub fn new(epoch: Arc<AtomicU64>) -> Arc<Self> {
+    /// With a cluster key, tickets are checked with the key derived from it.
+    pub fn new(epoch: Arc<AtomicU64>, key: Option<shared::auth::ClusterKey>) -> Arc<Self> {
         let (notices, receiver) = mpsc::channel(NOTICE_QUEUE);
         Arc::new(NmLink {
-            ticket_key: RwLock::new(None),
+            ticket_key: RwLock::new(key.as_ref().map(|k| k.ticket_key())),
+            cluster_key: key,
             connected: AtomicBool::new(false),
             epoch,
             sync_replication: AtomicBool::new(false),
@@ -260,7 +263,13 @@ async fn serve_link(
     link: &NmLink,
     notices: &mut mpsc::Receiver<Notice>,
 ) -> Result<(), LinkError> {
-    let mut client = RpcClient::connect(&config.nm, Role::StorageServer, &config.username).await?;
+    let mut client = RpcClient::connect_keyed(
+        &config.nm,
+        Role::StorageServer,
+        &config.username,
+        link.cluster_key.as_ref(),
+    )
+    .await?;
     let registered_at = Instant::now();
     // Whatever was queued while disconnected is covered by the inventory.
     while notices.try_recv().is_ok() {}
@@ -324,7 +333,10 @@ async fn serve_link(
     link.set_role(epoch, serving, writable);
     link.sync_replication
         .store(sync_replication, Ordering::Relaxed);
-    *link.ticket_key.write().unwrap_or_else(|p| p.into_inner()) = Some(TicketKey::new(ticket_key));
+    if link.cluster_key.is_none() {
+        *link.ticket_key.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(TicketKey::new(ticket_key));
+    }
     link.connected.store(true, Ordering::Relaxed);
     tracing::info!(event = "ss_registered", nm = %config.nm, name = %config.username, address = %client_addr, files = count, "registered with nm");
 

@@ -105,10 +105,11 @@ pub async fn pull_files(
     files: &Arc<Files>,
     me: &str,
     from: &str,
+    key: Option<&shared::auth::ClusterKey>,
     items: Vec<PullItem>,
 ) -> Vec<PullResult> {
     let mut results = Vec::with_capacity(items.len());
-    let mut client = match RpcClient::connect(from, Role::StorageServer, me).await {
+    let mut client = match RpcClient::connect_keyed(from, Role::StorageServer, me, key).await {
         Ok(client) => Some(client),
         Err(e) => {
             tracing::warn!(event = "ss_pull_connect_failed", from, error = %e);

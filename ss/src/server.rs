@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 /// State shared by every connection of this server.
 pub struct Server {
     config: Config,
+    key: Option<shared::auth::ClusterKey>,
     files: Arc<Files>,
     link: Arc<NmLink>,
 }
@@ -39,6 +40,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .await
         .with_context(|| format!("binding {}:{}", config.bind, config.client_port))?;
     let port = listener.local_addr()?.port();
+    let key = shared::auth::load_for(
+        config.cluster_key_file.as_deref(),
+        config.bind,
+        config.insecure,
+    )
+    .context("the cluster key")?;
     let client_addr = format!("{}:{port}", config.host);
     tracing::info!(
         event = "ss_listening",
@@ -47,7 +54,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         files = files.len(),
         "storage server ready"
     );
-    let link = NmLink::new(epoch);
+    let link = NmLink::new(epoch, key.clone());
     tokio::spawn(nm_link::run(
         config.clone(),
         client_addr,
@@ -57,6 +64,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     ));
     let server = Arc::new(Server {
         config,
+        key,
         files,
         link,
     });
@@ -109,6 +117,7 @@ impl Server {
             Role::StorageServer,
             self.config.max_frame,
             self.config.limits.handshake_timeout,
+            self.key.as_ref(),
         )
         .await
         {
@@ -275,9 +284,14 @@ impl Server {
                 .await;
             }
             SsRequest::PullFiles { from, items } if from_nm => {
-                let results =
-                    crate::replica::pull_files(&self.files, &self.config.username, &from, items)
-                        .await;
+                let results = crate::replica::pull_files(
+                    &self.files,
+                    &self.config.username,
+                    &from,
+                    self.key.as_ref(),
+                    items,
+                )
+                .await;
                 Ok(SsReply::Pulled { results })
             }
             SsRequest::ApplyDelete {

@@ -108,8 +108,10 @@ impl TestCluster {
     }
 
     pub async fn start_with(servers: &[&str], options: Options) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        shared::auth::ClusterKey::generate(&dir.path().join("cluster.key")).expect("cluster key");
         let mut cluster = TestCluster {
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir,
             options,
             nm: None,
             nm_addr: String::new(),
@@ -157,6 +159,8 @@ impl TestCluster {
             .arg(self.dir().join("nm-data"))
             .arg("--ready-file")
             .arg(&ready)
+            .arg("--cluster-key-file")
+            .arg(self.key_file())
             .arg("--fsync")
             .arg(self.options.fsync.to_string())
             .arg("--quiet")
@@ -176,6 +180,11 @@ impl TestCluster {
             }
         })
         .await;
+    }
+
+    /// The cluster key every daemon of this cluster holds.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir().join("cluster.key")
     }
 
     pub fn storage(&self, name: &str) -> PathBuf {
@@ -210,6 +219,8 @@ impl TestCluster {
             ])
             .arg("--storage")
             .arg(self.storage(name))
+            .arg("--cluster-key-file")
+            .arg(self.key_file())
             .args(["--heartbeat-interval", self.options.heartbeat_interval])
             .args(["--stream-delay", self.options.stream_delay])
             .args(["--fsync", &self.options.fsync.to_string()])

@@ -1,0 +1,161 @@
+//! The cluster key: the secret nm and every storage server share.
+//!
+//! Daemons prove to each other that they know it, both ways, during the
+//! handshake (HMAC-SHA256 challenge-response over fresh nonces; the key
+//! never crosses the wire), so a process without it can neither register as
+//! a storage server, nor push content into one, nor pose as nm. Client
+//! tickets are signed with a key derived from it, so every storage server
+//! checks them without asking nm.
+
+use crate::proto::Role;
+use crate::ticket::TicketKey;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::io;
+use std::path::Path;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Shortest key accepted, in bytes.
+pub const MIN_KEY_BYTES: usize = 16;
+
+#[derive(Clone)]
+pub struct ClusterKey(Vec<u8>);
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterKey(…)")
+    }
+}
+
+impl ClusterKey {
+    pub fn new(bytes: Vec<u8>) -> io::Result<Self> {
+        if bytes.len() < MIN_KEY_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a cluster key needs at least {MIN_KEY_BYTES} bytes"),
+            ));
+        }
+        Ok(ClusterKey(bytes))
+    }
+
+    /// Reads a key file (its bytes, trailing whitespace ignored).
+    pub fn load(path: &Path) -> io::Result<Self> {
+        let mut bytes = std::fs::read(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("reading the cluster key {}: {e}", path.display()),
+            )
+        })?;
+        while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+            bytes.pop();
+        }
+        Self::new(bytes)
+    }
+
+    /// Writes a fresh random key (hex) to `path`, readable by its owner only.
+    pub fn generate(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let bytes: [u8; 32] = rand::random();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        io::Write::write_all(&mut file, hex.as_bytes())?;
+        Self::new(hex.into_bytes())
+    }
+
+    fn mac(&self, label: &[u8], parts: &[&[u8]]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key size");
+        mac.update(label);
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+
+    fn role_bytes(role: Role) -> &'static [u8] {
+        match role {
+            Role::Client => b"client",
+            Role::StorageServer => b"storage-server",
+            Role::NameManager => b"name-manager",
+        }
+    }
+
+    /// The proof that `role` named `name` knows the key, for this `nonce`.
+    pub fn prove(&self, nonce: &[u8], role: Role, name: &str) -> Vec<u8> {
+        self.mac(
+            b"docs-proof",
+            &[nonce, Self::role_bytes(role), name.as_bytes()],
+        )
+        .finalize()
+        .into_bytes()
+        .to_vec()
+    }
+
+    /// Checks a proof (in constant time).
+    pub fn verify(&self, nonce: &[u8], role: Role, name: &str, proof: &[u8]) -> bool {
+        self.mac(
+            b"docs-proof",
+            &[nonce, Self::role_bytes(role), name.as_bytes()],
+        )
+        .verify_slice(proof)
+        .is_ok()
+    }
+
+    /// The key that signs client tickets, derived from the cluster key.
+    pub fn ticket_key(&self) -> TicketKey {
+        TicketKey::new(
+            self.mac(b"docs-tickets", &[])
+                .finalize()
+                .into_bytes()
+                .to_vec(),
+        )
+    }
+}
+
+/// Loads the key, or refuses to go on without one on a non-loopback
+/// address unless `insecure` says so.
+pub fn load_for(
+    file: Option<&Path>,
+    address: std::net::IpAddr,
+    insecure: bool,
+) -> io::Result<Option<ClusterKey>> {
+    match file {
+        Some(path) => ClusterKey::load(path).map(Some),
+        None if address.is_loopback() || insecure => Ok(None),
+        None => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing to listen on {address} without a cluster key: give --cluster-key-file, or --insecure to accept anyone as a daemon"
+            ),
+        )),
+    }
+}
+
+/// A fresh random nonce for a challenge.
+pub fn nonce() -> Vec<u8> {
+    rand::random::<[u8; 32]>().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proofs_bind_the_key_the_nonce_the_role_and_the_name() {
+        let key = ClusterKey::new(b"0123456789abcdef0123".to_vec()).unwrap();
+        let other = ClusterKey::new(b"fedcba9876543210fedc".to_vec()).unwrap();
+        let n = nonce();
+        let proof = key.prove(&n, Role::StorageServer, "ss1");
+        assert!(key.verify(&n, Role::StorageServer, "ss1", &proof));
+        assert!(!other.verify(&n, Role::StorageServer, "ss1", &proof));
+        assert!(!key.verify(&nonce(), Role::StorageServer, "ss1", &proof));
+        assert!(!key.verify(&n, Role::NameManager, "ss1", &proof));
+        assert!(!key.verify(&n, Role::StorageServer, "ss2", &proof));
+        assert!(ClusterKey::new(b"short".to_vec()).is_err());
+    }
+}
