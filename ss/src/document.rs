@@ -179,9 +179,10 @@ impl Document {
         let text = words.join(" ");
         let mut pieces: Vec<Sentence> = split_sentences(&text)
             .into_iter()
-            .map(|(_, text)| Sentence {
+            // A glued piece ("e.g." is "e." and "g.") keeps its empty separator.
+            .map(|(separator, text)| Sentence {
                 id: 0,
-                separator: " ".to_owned(),
+                separator,
                 text,
             })
             .collect();
@@ -368,8 +369,82 @@ mod tests {
     }
 
     #[test]
+    fn a_written_word_with_inner_delimiters_stays_whole() {
+        let mut doc = Document::parse("");
+        write(&mut doc, 0, &[(0, "See e.g. this?!")]).unwrap();
+        assert_eq!(doc.render(), "See e.g. this?!");
+    }
+
+    #[test]
     fn counts() {
         assert_eq!(count("Im just a mouse."), (4, 16));
         assert_eq!(count(""), (0, 0));
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Text of words (some with delimiters, even inside) and spaces.
+        fn text() -> impl Strategy<Value = String> {
+            proptest::collection::vec("[a-z]{1,6}[.!?]?([a-z]{1,3})?", 0..30)
+                .prop_map(|w| w.join(" "))
+        }
+
+        fn words(text: &str) -> Vec<String> {
+            text.split_whitespace().map(str::to_owned).collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn parsing_keeps_every_word_and_splits_at_every_delimiter(t in text()) {
+                let doc = Document::parse(&t);
+                prop_assert_eq!(words(&doc.render()), words(&t));
+                for i in 0..doc.sentence_count().saturating_sub(1) {
+                    let id = doc.sentences[i].id;
+                    let last_word = doc.words(id).pop().unwrap_or_default();
+                    prop_assert!(last_word.ends_with(DELIMITERS), "sentence {} does not end a sentence", i);
+                }
+            }
+
+            #[test]
+            fn a_write_inserts_exactly_its_words_where_asked(
+                t in text(),
+                content in "[a-z.!? ]{0,40}",
+                sentence_pick in any::<prop::sample::Index>(),
+                word_pick in any::<prop::sample::Index>(),
+            ) {
+                let mut doc = Document::parse(&t);
+                let count = doc.sentence_count();
+                // The document's own words, sentence by sentence ("a.b" is two sentences).
+                let mut expected: Vec<String> = (0..count).flat_map(|i| doc.words(doc.sentences[i].id)).collect();
+                let index = if count == 0 { 0 } else { sentence_pick.index(count) };
+                let before_sentence: usize = (0..index).map(|i| doc.words(doc.sentences[i].id).len()).sum();
+                let id = doc.open(index as i64).unwrap();
+                let mut working = doc.words(id);
+                let at = word_pick.index(working.len() + 1);
+                insert_words(&mut working, at as i64, &content).unwrap();
+                doc.replace(id, &working, |_| false);
+                let position = before_sentence + at;
+                expected.splice(position..position, words(&content));
+                // Whitespace aside, the text is exactly the old one with the words inserted.
+                let squeeze = |s: &str| s.split_whitespace().collect::<String>();
+                prop_assert_eq!(squeeze(&doc.render()), expected.concat());
+            }
+
+            #[test]
+            fn out_of_range_indices_are_refused_and_change_nothing(t in text(), extra in 1i64..5, content in "[a-z ]{0,10}") {
+                let mut doc = Document::parse(&t);
+                let rendered = doc.render();
+                let count = doc.sentence_count() as i64;
+                prop_assert_eq!(doc.open(count + extra).unwrap_err().code, ErrorCode::InvalidIndex);
+                prop_assert_eq!(doc.open(-extra).unwrap_err().code, ErrorCode::InvalidIndex);
+                let mut w = vec!["a".to_owned()];
+                prop_assert_eq!(insert_words(&mut w, 1 + extra, &content).unwrap_err().code, ErrorCode::InvalidIndex);
+                prop_assert_eq!(doc.render(), rendered);
+            }
+        }
     }
 }
