@@ -1066,47 +1066,71 @@ impl Nm {
 
     /// Makes the standby of `pair` its active server under a new epoch.
     /// Called when the active server failed; its lease has run out or its
-    /// connection is closed, so it accepts no more writes.
-    pub(crate) async fn promote(&self, pair: &str, reason: &str) {
-        let (standby, client, epoch) = {
-            let state = self.state();
-            let Some(p) = state.registry.pair(pair) else {
-                return;
-            };
-            let Some(standby) = state.registry.standby(p) else {
-                return;
-            };
-            let Some(entry) = state.registry.get(&standby).filter(|e| e.connected) else {
-                return;
-            };
-            (standby, entry.client.clone(), p.epoch + 1)
-        };
+    /// connection is closed, so it accepts no more writes. The switch is made
+    /// in memory at once, under the same lock that saw the failure, so a
+    /// failed server that comes straight back registers as the standby; the
+    /// journal write and the new server's role follow. Until the new server
+    /// has taken its role, clients get `E_UNAVAILABLE`.
+    pub(crate) fn begin_promotion(
+        &self,
+        state: &mut crate::server::State,
+        pair: &str,
+    ) -> Option<(String, Arc<SsClient>, u64)> {
+        let p = state.registry.pair(pair)?;
+        let standby = state.registry.standby(p)?;
+        let client = state
+            .registry
+            .get(&standby)
+            .filter(|e| e.connected)?
+            .client
+            .clone();
+        if state.registry.is_alive(&p.active) {
+            return None; // the active server is back already
+        }
+        let epoch = p.epoch + 1;
+        state.ns.set_pair(pair, epoch, &standby);
+        let p = state.registry.pair_mut(pair)?;
+        p.epoch = epoch;
+        p.active = standby.clone();
+        if let Some(entry) = state.registry.get_mut(&standby) {
+            entry.serving = false;
+        }
+        Some((standby, client, epoch))
+    }
+
+    /// Makes a promotion durable and hands the new server its role.
+    pub(crate) async fn finish_promotion(
+        &self,
+        pair: &str,
+        standby: String,
+        client: Arc<SsClient>,
+        epoch: u64,
+        reason: &str,
+    ) {
         let record = crate::journal::Record::Pair {
             primary: pair.to_owned(),
             epoch,
             active: standby.clone(),
         };
-        if let Err(e) = self.journal.append(vec![record]).await {
-            tracing::error!(event = "nm_promotion_failed", pair, error = %e);
-            return;
-        }
-        let took_role = self.set_role(&client, epoch, true, true).await;
+        let result = match self.journal.append(vec![record]).await {
+            Ok(()) => self.set_role(&client, epoch, true, true).await,
+            Err(e) => Err(e),
+        };
         let events = {
             let mut state = self.state();
-            state.ns.set_pair(pair, epoch, &standby);
-            if let Some(p) = state.registry.pair_mut(pair) {
-                p.epoch = epoch;
-                p.active = standby.clone();
-            }
+            let still_current = state
+                .registry
+                .pair(pair)
+                .is_some_and(|p| p.epoch == epoch && p.active == standby);
             if let Some(entry) = state.registry.get_mut(&standby) {
-                entry.serving = took_role.is_ok();
+                entry.serving = result.is_ok() && still_current;
             }
             state
                 .registry
                 .refresh(&format!("{standby} promoted: {reason}"))
         };
         self.emit_all(events);
-        match took_role {
+        match result {
             Ok(()) => tracing::warn!(event = "nm_promoted", pair, server = %standby, epoch, reason),
             Err(e) => {
                 tracing::error!(event = "nm_promotion_failed", pair, server = %standby, error = %e)

@@ -161,7 +161,7 @@ impl Nm {
     /// Marks a server down (unless it has re-registered), fails its pair over
     /// if it was serving, and drops the jobs it can no longer take.
     pub(crate) fn server_lost(self: &Arc<Self>, name: &str, generation: u64, reason: &str) {
-        let (events, pair, was_active, standby_alive) = {
+        let (events, pair, was_active, promotion) = {
             let mut state = self.state();
             if !state.registry.disconnect(name, generation) {
                 return;
@@ -170,18 +170,13 @@ impl Nm {
                 .registry
                 .pair_of(name)
                 .map(|p| (p.primary.clone(), p.active == name));
-            let standby_alive = pair
-                .as_ref()
-                .and_then(|(p, _)| state.registry.pair(p))
-                .and_then(|p| state.registry.standby(p))
-                .is_some_and(|s| state.registry.is_alive(&s));
             let (pair, was_active) = pair.unzip();
-            (
-                state.registry.refresh(reason),
-                pair,
-                was_active.unwrap_or(false),
-                standby_alive,
-            )
+            let was_active = was_active.unwrap_or(false);
+            let promotion = match (&pair, was_active) {
+                (Some(pair), true) => self.begin_promotion(&mut state, pair),
+                _ => None,
+            };
+            (state.registry.refresh(reason), pair, was_active, promotion)
         };
         self.events.emit(EventKind::Server {
             name: name.to_owned(),
@@ -214,10 +209,13 @@ impl Nm {
             // changes no longer wait for it.
             self.waiters.release_pair(&pair, None);
         }
-        if was_active && standby_alive {
+        if let Some((standby, client, epoch)) = promotion {
             let nm = self.clone();
             let reason = format!("{name} failed: {reason}");
-            tokio::spawn(async move { nm.promote(&pair, &reason).await });
+            tokio::spawn(async move {
+                nm.finish_promotion(&pair, standby, client, epoch, &reason)
+                    .await
+            });
         }
     }
 

@@ -70,7 +70,18 @@ impl Files {
             .into_iter()
             .map(|t| (t.file.clone(), t.stamp()))
             .collect();
-        for (file, meta) in store.inventory()? {
+        for (file, mut meta) in store.inventory()? {
+            // Every change renames the content into place first and writes
+            // the metadata second; content newer than its metadata is a
+            // change a crash cut in between. Its stats are recomputed and its
+            // version moves on, so the content on disk is what counts.
+            if store.content_newer_than_meta(&file)? {
+                let content = store.read_content(&file)?;
+                let epoch = meta.stats.epoch;
+                apply_content_stats(&mut meta.stats, &content, epoch);
+                store.write_meta(&file, &meta)?;
+                tracing::warn!(event = "ss_repaired_meta", file = %file, version = meta.stats.version, "metadata caught up with content after a crash");
+            }
             match tombstones.get(&file) {
                 Some(&deleted) if deleted > meta.stats.stamp() => {
                     tracing::info!(event = "ss_finish_delete", file = %file, "completing a delete interrupted by a crash");
@@ -698,6 +709,33 @@ mod tests {
         let stats = files.undo("f").unwrap();
         assert_eq!((stats.version, stats.size), (3, 0));
         assert_eq!(files.undo("f").unwrap_err().code, ErrorCode::NothingToUndo);
+    }
+
+    #[test]
+    fn content_written_without_its_metadata_is_caught_up_at_load() {
+        let (dir, files) = files();
+        files.create("f", "alice").unwrap();
+        let mut w = files.begin_write("f", 0).unwrap();
+        w.edit(0, "One.").unwrap();
+        let before = w.commit().unwrap();
+        drop(files);
+        // A crash after the content's rename, before the metadata's write.
+        let content = dir.path().join("files/f");
+        std::fs::write(&content, b"One. Two three.").unwrap();
+        let meta_time = std::fs::metadata(dir.path().join("meta/f"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&content)
+            .unwrap()
+            .set_modified(meta_time + std::time::Duration::from_secs(1))
+            .unwrap();
+        let files = Files::load(Store::open(dir.path(), false).unwrap(), Arc::default()).unwrap();
+        let (_, meta) = files.inventory().into_iter().next().unwrap();
+        assert_eq!((meta.stats.size, meta.stats.words), (15, 3));
+        assert!(meta.stats.version > before.version);
     }
 
     #[test]

@@ -167,6 +167,13 @@ impl Store {
         self.write_atomically(&self.path_in(META, file)?, &bytes)
     }
 
+    /// Whether the content was replaced after the metadata was last written.
+    pub fn content_newer_than_meta(&self, file: &str) -> Result<bool, StoreError> {
+        let content = fs::metadata(self.content_path(file)?)?.modified()?;
+        let meta = fs::metadata(self.path_in(META, file)?)?.modified()?;
+        Ok(content > meta)
+    }
+
     pub fn read_meta(&self, file: &str) -> Result<FileMeta, StoreError> {
         let bytes = fs::read(self.path_in(META, file)?)?;
         rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Meta {
