@@ -834,6 +834,17 @@ impl Nm {
             outcome.returned += versions.len();
             failed.extend(failures);
         }
+        // What the returning side alone holds must be safe on the serving
+        // side before anything there is overwritten: otherwise stop and retry.
+        if let Some((file, e)) = failed.first() {
+            return Err(WireError::new(
+                e.code,
+                format!(
+                    "copying back {file:?} failed: {}; the sync will be retried",
+                    e.message
+                ),
+            ));
+        }
         self.adopt_returned(sides, &target_files, &to_return);
         for batch in to_pull.chunks(SYNC_BATCH) {
             let (versions, n, failures) = self.pull(sides, batch.to_vec(), false).await?;

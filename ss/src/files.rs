@@ -306,6 +306,19 @@ impl Files {
         let incoming = meta.stats.stamp();
         let deleted_at = self.store.tombstone(file)?.map_or((0, 0), |t| t.stamp());
         let existed = self.store.content_path(file)?.exists();
+        // A local version from an older epoch that the incoming one does not
+        // descend from holds acknowledged changes the other side never saw:
+        // it is not overwritten here; the pair's sync keeps it as a conflict copy.
+        let local = &e.meta.stats;
+        if existed && local.epoch < meta.stats.epoch && local.version > meta.stats.base {
+            return Err(WireError::new(
+                ErrorCode::Exists,
+                format!(
+                    "{file:?} holds changes (epoch {}, version {}) the incoming copy lacks; left for the sync to keep",
+                    local.epoch, local.version
+                ),
+            ));
+        }
         if (existed && e.meta.stats.stamp() >= incoming) || deleted_at >= incoming {
             if !existed {
                 drop(e);

@@ -49,6 +49,9 @@ pub struct NmLink {
     sync_replication: AtomicBool,
     serving: AtomicBool,
     writable: AtomicBool,
+    /// Changes hold it shared from their check to their commit; a role
+    /// change takes it alone, so no change straddles a new role or epoch.
+    role_change: tokio::sync::RwLock<()>,
     /// Writes and reads are accepted only before this instant: renewed by
     /// each acknowledged heartbeat, cleared when the nm connection closes.
     lease_until: std::sync::Mutex<Option<Instant>>,
@@ -68,6 +71,7 @@ impl NmLink {
             sync_replication: AtomicBool::new(false),
             serving: AtomicBool::new(false),
             writable: AtomicBool::new(false),
+            role_change: tokio::sync::RwLock::new(()),
             lease_until: std::sync::Mutex::new(None),
             notices,
             receiver: std::sync::Mutex::new(Some(receiver)),
@@ -87,6 +91,17 @@ impl NmLink {
 
     fn renew_lease(&self, until: Option<Instant>) {
         *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
+
+    /// Held by a change from its permission check to its commit.
+    pub async fn change_guard(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.role_change.read().await
+    }
+
+    /// Applies a new part from nm once no change is in flight.
+    pub async fn change_role(&self, epoch: u64, serving: bool, writable: bool) {
+        let _alone = self.role_change.write().await;
+        self.set_role(epoch, serving, writable);
     }
 
     /// Applies the part nm gives this server.

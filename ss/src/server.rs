@@ -174,6 +174,7 @@ impl Server {
                 }
             };
             let started = Instant::now();
+            let epoch = self.link.epoch();
             let operation = operation_name(&request.body);
             let result = self
                 .handle(&mut conn, &mut session, request.id, request.body)
@@ -189,6 +190,7 @@ impl Server {
                 user = %session.hello.name,
                 operation,
                 outcome,
+                epoch,
                 micros = started.elapsed().as_micros() as u64,
             );
             match result {
@@ -226,6 +228,23 @@ impl Server {
                 "a storage server may only copy files from another",
             )));
         }
+        // A change keeps the role from changing until it is committed.
+        let is_change = matches!(
+            request,
+            SsRequest::WriteCommit
+                | SsRequest::CreateFile { .. }
+                | SsRequest::DeleteFile { .. }
+                | SsRequest::UndoFile { .. }
+                | SsRequest::SetAcl { .. }
+                | SsRequest::MoveFile { .. }
+                | SsRequest::CreateCheckpoint { .. }
+                | SsRequest::Revert { .. }
+        );
+        let mut change = if is_change {
+            Some(self.link.change_guard().await)
+        } else {
+            None
+        };
         let gate = match &request {
             SsRequest::Read { .. }
             | SsRequest::Stream { .. }
@@ -263,7 +282,7 @@ impl Server {
                 serving,
                 writable,
             } if from_nm => {
-                self.link.set_role(epoch, serving, writable);
+                self.link.change_role(epoch, serving, writable).await;
                 Ok(SsReply::Done)
             }
             SsRequest::KeepConflict { file, to } if from_nm => {
@@ -368,7 +387,13 @@ impl Server {
                 None => Err(no_open_write()),
                 Some(write) => {
                     let file = write.file().to_owned();
-                    match tokio::task::block_in_place(|| write.commit()) {
+                    let committed = tokio::task::block_in_place(|| write.commit());
+                    // Committed: a role change may go ahead while nm confirms.
+                    drop(change.take());
+                    if let Ok(stats) = &committed {
+                        tracing::info!(event = "ss_committed", file = %file, epoch = stats.epoch, version = stats.version, base = stats.base);
+                    }
+                    match committed {
                         Ok(stats) => self
                             .link
                             .file_changed(&file, &stats)

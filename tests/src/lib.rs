@@ -6,6 +6,8 @@
 //! when dropped. The binaries are built once per test process by running
 //! `cargo build`, so a test never runs against stale binaries.
 
+pub mod proxy;
+
 use console::client::Client;
 use serde_json::Value;
 use shared::proto::{ClusterStatus, FileMeta, NmReply, NmRequest, PairState, ServerState};
@@ -99,6 +101,8 @@ pub struct TestCluster {
     nm: Option<Child>,
     nm_addr: String,
     servers: HashMap<String, Child>,
+    /// nm addresses some storage servers dial instead of nm's (a fault proxy).
+    routes: HashMap<String, String>,
 }
 
 impl TestCluster {
@@ -116,6 +120,7 @@ impl TestCluster {
             nm: None,
             nm_addr: String::new(),
             servers: HashMap::new(),
+            routes: HashMap::new(),
         };
         cluster.start_nm().await;
         for name in servers {
@@ -208,15 +213,9 @@ impl TestCluster {
             !self.servers.contains_key(name),
             "{name} is already running"
         );
+        let nm = self.routes.get(name).unwrap_or(&self.nm_addr).clone();
         let child = Command::new(bin("ss"))
-            .args([
-                "--nm",
-                &self.nm_addr,
-                "--username",
-                name,
-                "--client-port",
-                "0",
-            ])
+            .args(["--nm", &nm, "--username", name, "--client-port", "0"])
             .arg("--storage")
             .arg(self.storage(name))
             .arg("--cluster-key-file")
@@ -258,6 +257,11 @@ impl TestCluster {
         let mut child = self.nm.take().expect("nm is not running");
         child.kill().expect("kill");
         child.wait().expect("wait");
+    }
+
+    /// Makes a storage server (when next started) reach nm through `addr`.
+    pub fn route_ss_via(&mut self, name: &str, addr: &str) {
+        self.routes.insert(name.to_owned(), addr.to_owned());
     }
 
     /// Sends a signal (SIGSTOP, SIGCONT, …) to a storage server.

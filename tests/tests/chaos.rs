@@ -1,0 +1,357 @@
+//! The chaos test: clients write and read continuously while a seeded fault
+//! schedule kills, hangs and restarts storage servers and nm, and cuts or
+//! blackholes a primary's connection to nm (through a fault proxy) while
+//! clients can still reach it. At the end nothing acknowledged is lost (in
+//! async mode it may be in a reported conflict copy), the pair's servers are
+//! identical, and no two servers ever accepted writes in the same epoch.
+//!
+//! `CHAOS_SEED` (default 7) picks the schedule, `CHAOS_SECS` (default 25)
+//! the time per replication mode.
+
+use console::client::Client;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use shared::proto::{NmReply, NmRequest, PairState, ServerState};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tests::proxy::FaultProxy;
+use tests::{eventually, Options, TestCluster};
+
+const SERVERS: [&str; 2] = ["ss1", "ss1_backup"];
+const WRITERS: usize = 3;
+
+#[derive(Default)]
+struct Tally {
+    operations: AtomicU64,
+    faults: AtomicU64,
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn pause(rng: &mut StdRng, from_ms: u64, to_ms: u64) {
+    tokio::time::sleep(Duration::from_millis(rng.gen_range(from_ms..to_ms))).await;
+}
+
+/// Every acknowledged change, per file.
+type Acked = Arc<Mutex<BTreeMap<String, Vec<String>>>>;
+
+fn spawn_writer(
+    nm: String,
+    file: String,
+    acked: Acked,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut client: Option<Client> = None;
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            if client.is_none() {
+                client = Client::connect(&nm, "chaos").await.ok();
+                if let Some(c) = client.as_mut() {
+                    c.set_reply_timeout(Duration::from_millis(500));
+                }
+            }
+            let Some(c) = client.as_mut() else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            tally.operations.fetch_add(1, Ordering::Relaxed);
+            let word = format!("{file}-{n}").replace('.', "_");
+            let done = async {
+                c.write_begin(&file, 0).await?;
+                c.write_edit(0, &word).await?;
+                c.write_commit().await
+            }
+            .await;
+            match done {
+                Ok(stats) => acked
+                    .lock()
+                    .unwrap()
+                    .entry(file.clone())
+                    .or_default()
+                    .push(format!("{word}@e{}v{}", stats.epoch, stats.version)),
+                Err(_) => {
+                    c.write_abort().await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    })
+}
+
+fn spawn_reader(
+    nm: String,
+    files: Vec<String>,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut client: Option<Client> = None;
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            if client.is_none() {
+                client = Client::connect(&nm, "chaos").await.ok();
+                if let Some(c) = client.as_mut() {
+                    c.set_reply_timeout(Duration::from_millis(500));
+                }
+            }
+            match client.as_mut() {
+                Some(c) => {
+                    tally.operations.fetch_add(1, Ordering::Relaxed);
+                    let _ = c.read(&files[i % files.len()]).await;
+                }
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+/// The server clients are sent to now, if any.
+async fn serving(cluster: &TestCluster) -> Option<String> {
+    let mut client = Client::connect(cluster.nm_addr(), "chaos-ops").await.ok()?;
+    match client.nm(NmRequest::Status).await.ok()? {
+        NmReply::Status { status } => status
+            .servers
+            .into_iter()
+            .find(|s| s.serving && s.state == ServerState::Alive)
+            .map(|s| s.name),
+        _ => None,
+    }
+}
+
+/// (epoch → servers that accepted a change in it), from the servers' logs.
+fn writers_by_epoch(cluster: &TestCluster) -> BTreeMap<u64, BTreeSet<String>> {
+    const CHANGES: [&str; 9] = [
+        "ETIRW",
+        "CREATE",
+        "DELETE",
+        "UNDO",
+        "SET_ACL",
+        "MOVE",
+        "CHECKPOINT",
+        "REVERT",
+        "WRITE",
+    ];
+    let mut epochs: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for server in SERVERS {
+        let log = std::fs::read_to_string(cluster.dir().join(format!("{server}.log")))
+            .unwrap_or_default();
+        for line in log.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if v["event"] != "ss_request" || v["outcome"] != "ok" {
+                continue;
+            }
+            let Some(op) = v["operation"].as_str() else {
+                continue;
+            };
+            if CHANGES.contains(&op) {
+                if let Some(epoch) = v["epoch"].as_u64() {
+                    epochs.entry(epoch).or_default().insert(server.to_owned());
+                }
+            }
+        }
+    }
+    epochs
+}
+
+async fn run(mode: &str, seed: u64, secs: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let options = Options {
+        nm_args: vec![
+            "--heartbeat-timeout",
+            "1s",
+            "--replication",
+            if mode == "sync" { "sync" } else { "async" },
+        ],
+        ..Options::default()
+    };
+    let mut cluster = TestCluster::start_with(&[], options).await;
+    let mut proxies = BTreeMap::new();
+    for name in SERVERS {
+        let proxy = FaultProxy::start(cluster.nm_addr()).await;
+        cluster.route_ss_via(name, &proxy.addr);
+        proxies.insert(name, proxy);
+        cluster.start_ss(name).await;
+    }
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let files: Vec<String> = (0..WRITERS).map(|i| format!("f{i}.txt")).collect();
+    let creates: String = files.iter().map(|f| format!("CREATE {f}\n")).collect();
+    cluster.console("chaos", &creates).all_ok();
+
+    let acked: Acked = Arc::default();
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks: Vec<_> = files
+        .iter()
+        .map(|f| {
+            spawn_writer(
+                cluster.nm_addr().to_owned(),
+                f.clone(),
+                acked.clone(),
+                tally.clone(),
+                stop.clone(),
+            )
+        })
+        .collect();
+    tasks.push(spawn_reader(
+        cluster.nm_addr().to_owned(),
+        files.clone(),
+        tally.clone(),
+        stop.clone(),
+    ));
+
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut stopped: HashSet<&str> = HashSet::new();
+    let mut dead: HashSet<&str> = HashSet::new();
+    while Instant::now() < deadline {
+        pause(&mut rng, 150, 500).await;
+        let victim = SERVERS[rng.gen_range(0..SERVERS.len())];
+        tally.faults.fetch_add(1, Ordering::Relaxed);
+        match rng.gen_range(0..6) {
+            0 if !dead.contains(victim) => {
+                cluster.kill_ss(victim);
+                stopped.remove(victim);
+                dead.insert(victim);
+            }
+            1 if !dead.contains(victim) && !stopped.contains(victim) => {
+                cluster.signal_ss(victim, libc::SIGSTOP);
+                stopped.insert(victim);
+            }
+            2 => {
+                cluster.kill_nm();
+                pause(&mut rng, 50, 300).await;
+                cluster.start_nm().await;
+            }
+            3 => {
+                if let Some(primary) = serving(&cluster).await {
+                    proxies[primary.as_str()].cut();
+                }
+            }
+            4 => {
+                if let Some(primary) = serving(&cluster).await {
+                    let proxy = &proxies[primary.as_str()];
+                    proxy.set_blackhole(true);
+                    pause(&mut rng, 300, 1500).await;
+                    proxy.set_blackhole(false);
+                }
+            }
+            _ => {
+                // Heal: bring back what is down or hung.
+                for name in stopped.drain() {
+                    cluster.signal_ss(name, libc::SIGCONT);
+                }
+                for name in dead.drain() {
+                    cluster.spawn_ss(name);
+                }
+            }
+        }
+    }
+    // Heal everything, let the writers finish, and let the pair settle.
+    for name in stopped.drain() {
+        cluster.signal_ss(name, libc::SIGCONT);
+    }
+    for name in dead.drain() {
+        cluster.spawn_ss(name);
+    }
+    for proxy in proxies.values() {
+        proxy.set_blackhole(false);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    for name in SERVERS {
+        cluster.wait_alive(name).await;
+    }
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster.wait_replicated().await;
+
+    // Every acknowledged change is readable (in async mode, perhaps in a conflict copy).
+    let listing = cluster.console("chaos", "VIEW -a\n");
+    let all: Vec<String> = listing.get(0)["data"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect();
+    let acked = acked.lock().unwrap().clone();
+    let (mut total, mut lost, mut conflicts) = (0, Vec::new(), 0);
+    for file in &files {
+        let copies: Vec<&String> = all
+            .iter()
+            .filter(|n| n.starts_with(&format!("{file}.conflict-")))
+            .collect();
+        conflicts += copies.len();
+        let mut readable: HashSet<String> = HashSet::new();
+        let mut sources = vec![file];
+        if mode == "async" {
+            sources.extend(copies);
+        }
+        for source in sources {
+            let read = cluster.console("chaos", &format!("READ {source}\n"));
+            let content = read.get(0)["data"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            readable.extend(content.split_whitespace().map(str::to_owned));
+        }
+        for tagged in acked.get(file).into_iter().flatten() {
+            total += 1;
+            let word = tagged.split('@').next().unwrap_or_default();
+            if !readable.contains(word) {
+                lost.push(tagged.clone());
+            }
+        }
+    }
+    let epochs = writers_by_epoch(&cluster);
+    let split: Vec<_> = epochs
+        .iter()
+        .filter(|(_, servers)| servers.len() > 1)
+        .collect();
+    println!(
+        "chaos {mode} seed {seed}: {} operations, {} faults, {total} acknowledged changes, {} lost, {conflicts} conflict copies, {} epochs",
+        tally.operations.load(Ordering::Relaxed),
+        tally.faults.load(Ordering::Relaxed),
+        lost.len(),
+        epochs.len()
+    );
+    assert!(total > 0, "the writers made progress");
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    assert!(
+        split.is_empty(),
+        "two servers accepted writes in one epoch: {split:?}"
+    );
+    cluster.assert_same_files("ss1", "ss1_backup");
+    eventually("the pair to stay ACTIVE", async || {
+        let status = cluster.status().await;
+        status
+            .pairs
+            .iter()
+            .all(|p| p.state == PairState::Active)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_sync_mode_loses_nothing() {
+    run("sync", env_u64("CHAOS_SEED", 7), env_u64("CHAOS_SECS", 25)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_async_mode_loses_nothing_silently() {
+    run("async", env_u64("CHAOS_SEED", 7), env_u64("CHAOS_SECS", 25)).await;
+}
