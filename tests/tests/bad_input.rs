@@ -48,6 +48,18 @@ async fn garbage_bytes_on_every_port_leave_the_daemons_serving() {
             let _ = stream.write_all(&garbage).await;
             closed_by_peer(&mut stream).await;
         }
+        // A truncated frame: a length promising more than ever comes.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let _ = stream.write_all(&[0, 0, 0, 200, 1, 2, 3]).await;
+        drop(stream);
+        // A valid handshake, then a frame cut off in the middle.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let hello = shared::connection::encode(&Hello::new(Role::Client, "cut")).unwrap();
+        let mut framed = (hello.len() as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&hello);
+        framed.extend_from_slice(&[0, 0, 1, 0, 9, 9]);
+        let _ = stream.write_all(&framed).await;
+        drop(stream);
         // A line of text, as the earlier C system's clients sent.
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let _ = stream.write_all(b"CREATE ../../../x\n").await;
