@@ -31,6 +31,10 @@ pub struct Config {
     #[arg(long, env = "NM_INSECURE")]
     pub insecure: bool,
 
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9100).
+    #[arg(long, env = "NM_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
     /// Once listening, write the bound address to this file (for scripts and tests).
     #[arg(long, env = "NM_READY_FILE")]
     pub ready_file: Option<PathBuf>,

@@ -8,6 +8,7 @@
 //!
 //! - [`config`]: the command line.
 //! - [`namespace`]: users, files and access lists in memory, with O(1) lookups.
+//! - [`metrics`]: Prometheus metrics (`--metrics-addr`).
 //! - [`journal`]: what survives a restart (snapshot + fsynced journal).
 //! - [`registry`]: the storage servers and their pairs, liveness and load.
 //! - [`replication`]: the replication queue and its workers.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod events;
 pub mod exec;
 pub mod journal;
+pub mod metrics;
 pub mod namespace;
 pub mod registry;
 pub mod replication;

@@ -406,6 +406,8 @@ impl SyncOutcome {
 
 impl Nm {
     fn job_event(&self, job: &Job, step: JobStep, replica: &str, detail: Option<String>) {
+        self.metrics
+            .job(job.kind, step, job.queued.elapsed().as_secs_f64());
         self.events.emit(EventKind::Job {
             job: job.id,
             kind: job.kind,
@@ -722,7 +724,7 @@ impl Nm {
                 "unexpected reply to PullFiles: {reply:?}"
             )));
         };
-        let (mut versions, mut bytes, mut failures) = (Vec::new(), 0, Vec::new());
+        let (mut versions, mut bytes, mut failures) = (Vec::new(), 0u64, Vec::new());
         for r in results {
             match r.result {
                 Ok(p) => {
@@ -732,6 +734,7 @@ impl Nm {
                 Err(e) => failures.push((r.file, e)),
             }
         }
+        self.metrics.transfer_bytes.inc_by(bytes);
         Ok((versions, bytes, failures))
     }
 
@@ -1142,7 +1145,10 @@ impl Nm {
         };
         self.emit_all(events);
         match result {
-            Ok(()) => tracing::warn!(event = "nm_promoted", pair, server = %standby, epoch, reason),
+            Ok(()) => {
+                self.metrics.failovers.inc();
+                tracing::warn!(event = "nm_promoted", pair, server = %standby, epoch, reason)
+            }
             Err(e) => {
                 tracing::error!(event = "nm_promotion_failed", pair, server = %standby, error = %e)
             }

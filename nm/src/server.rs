@@ -41,6 +41,7 @@ pub struct Nm {
     pub events: Events,
     pub queue: ReplQueue,
     pub waiters: crate::replication::Waiters,
+    pub metrics: crate::metrics::NmMetrics,
 }
 
 impl Nm {
@@ -79,12 +80,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         events: Events::default(),
         queue: ReplQueue::new(config.repl_queue_capacity.max(1)),
         waiters: Default::default(),
+        metrics: Default::default(),
         config,
     });
     for _ in 0..nm.config.repl_workers.max(1) {
         tokio::spawn(nm.clone().replication_worker());
     }
     tokio::spawn(nm.clone().heartbeat_monitor());
+    if let Some(addr) = &nm.config.metrics_addr {
+        let scraped = nm.clone();
+        let bound = shared::metrics::serve(addr, nm.metrics.registry.clone(), move || {
+            if let NmReply::Status { status } = scraped.status() {
+                scraped.metrics.refresh(&status);
+            }
+        })
+        .with_context(|| format!("serving metrics on {addr}"))?;
+        tracing::info!(event = "nm_metrics", address = %bound, "metrics served");
+    }
     tracing::info!(event = "nm_listening", address = %address, "name manager ready");
     if let Some(path) = &nm.config.ready_file {
         let temp = path.with_extension("tmp");
@@ -248,6 +260,10 @@ impl Nm {
             Err(e) => e.code.as_str(),
         };
         let micros = started.elapsed().as_micros() as u64;
+        let operation = summary.split_whitespace().next().unwrap_or("-");
+        self.metrics
+            .requests
+            .observe(operation, outcome, micros as f64 / 1e6);
         tracing::info!(event = "nm_request", peer = %peer, user, operation = summary, outcome, micros);
         if !self.config.quiet {
             let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());

@@ -10,6 +10,7 @@
 //! - [`ticket`]: nm's signed permissions for direct READ, WRITE and STREAM.
 //! - [`limits`]: connection limits (count, handshake and idle timeouts).
 //! - [`logging`]: tracing set-up for the daemons.
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`shutdown`]: the cancellation token that stops a daemon on SIGINT/SIGTERM.
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod connection;
 pub mod error;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod names;
 pub mod proto;
 pub mod shutdown;

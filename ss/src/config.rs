@@ -59,6 +59,12 @@ pub struct Config {
     #[arg(long, env = "SS_MAX_FILE_SIZE", default_value_t = 256 << 20)]
     pub max_file_size: u64,
 
+    /// Serve Prometheus metrics over HTTP on this address: requests by
+    /// operation and outcome (`docs_ss_requests_total`,
+    /// `docs_ss_request_seconds`) and files held (`docs_ss_files`).
+    #[arg(long, env = "SS_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
     /// Pause between words of a STREAM.
     #[arg(long, env = "SS_STREAM_DELAY", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub stream_delay: Duration,

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 /// State shared by every connection of this server.
 pub struct Server {
     config: Config,
+    requests: shared::metrics::RequestMetrics,
     key: Option<shared::auth::ClusterKey>,
     files: Arc<Files>,
     link: Arc<NmLink>,
@@ -62,8 +63,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         link.clone(),
         shutdown.clone(),
     ));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let requests = shared::metrics::RequestMetrics::register(&mut registry, "docs_ss");
+    if let Some(addr) = &config.metrics_addr {
+        let held = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        registry.register("docs_ss_files", "Files this server holds", held.clone());
+        let counted = files.clone();
+        let registry = Arc::new(std::sync::Mutex::new(registry));
+        let bound = shared::metrics::serve(addr, registry, move || {
+            held.set(counted.len() as i64);
+        })
+        .with_context(|| format!("serving metrics on {addr}"))?;
+        tracing::info!(event = "ss_metrics", address = %bound, "metrics served");
+    }
     let server = Arc::new(Server {
         config,
+        requests,
         key,
         files,
         link,
@@ -184,6 +199,8 @@ impl Server {
                 Ok(Err(e)) => e.code.to_string(),
                 Err(e) => format!("connection lost: {e}"),
             };
+            self.requests
+                .observe(operation, &outcome, started.elapsed().as_secs_f64());
             tracing::info!(
                 event = "ss_request",
                 peer = %session.peer,
