@@ -9,6 +9,9 @@
 //!   one large one, and an empty backup joining: the time until the pair is ACTIVE.
 //! - `failover`: kill -9 of the primary, then READs through nm until one
 //!   succeeds on the promoted backup: the time from the kill to that READ.
+//! - `write-heavy` / `read-heavy`: WRITEs, or 90% READs, on existing files.
+//! - `raw-tcp` / `disk-limit`: the machine's own limits, for ratios: a plain
+//!   TCP copy into an fsynced file, and fsynced small-file writes.
 //! - `catch-up`: the primary is killed, `--files` files are changed on the
 //!   promoted backup, the primary restarts: the time until the pair is ACTIVE
 //!   again with the primary serving.
@@ -33,6 +36,16 @@ pub enum Workload {
     ResyncLarge,
     Failover,
     CatchUp,
+    /// WRITEs of one sentence to existing files, many sentences per file.
+    WriteHeavy,
+    /// 90% READs, 10% WRITEs on existing files.
+    ReadHeavy,
+    /// The machine's limit for bulk transfer: `--size` MiB through one plain
+    /// TCP connection on loopback into a file that is then fsynced.
+    RawTcp,
+    /// The disk's small-write limit: fsynced create-write-rename of 4 KiB
+    /// files in one process, for `--duration`.
+    DiskLimit,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -157,6 +170,10 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
             let mib = args.size.unwrap_or(1024);
             resync(&mut cluster, 1, mib << 20).await?
         }
+        Workload::WriteHeavy => mixed(&mut cluster, &args, 0).await?,
+        Workload::ReadHeavy => mixed(&mut cluster, &args, 90).await?,
+        Workload::RawTcp => raw_tcp(cluster.dir(), args.size.unwrap_or(1024) << 20).await?,
+        Workload::DiskLimit => disk_limit(cluster.dir(), args.duration).await?,
         Workload::Failover => failover(&mut cluster, args.rounds, args.hang).await?,
         Workload::CatchUp => {
             let files = if args.files == 10_000 {
@@ -359,6 +376,137 @@ async fn resync(cluster: &mut LocalCluster, count: usize, size: u64) -> Result<R
         mb_per_sec: Some(bytes as f64 / 1e6 / seconds),
         ..Report::default()
     })
+}
+
+/// Clients on files of their own: `read_percent` of operations are READs,
+/// the rest append a sentence with a WRITE.
+async fn mixed(
+    cluster: &mut LocalCluster,
+    args: &BenchArgs,
+    read_percent: u64,
+) -> Result<Report, BenchError> {
+    ready_pair(cluster).await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients.max(1) {
+        let nm = cluster.nm_addr().to_owned();
+        let deadline = started + args.duration;
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(&nm, &format!("bench{c}")).await?;
+            let file = format!("mixed-{c}");
+            client.nm(NmRequest::Create { file: file.clone() }).await?;
+            client.write_begin(&file, 0).await?;
+            client.write_edit(0, "Seed sentence.").await?;
+            client.write_commit().await?;
+            let (mut latencies, mut sentence, mut i) = (Vec::new(), 1i64, 0u64);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if i % 100 < read_percent {
+                    client.read(&file).await?;
+                } else {
+                    client.write_begin(&file, sentence).await?;
+                    client
+                        .write_edit(0, "Another sentence of the benchmark.")
+                        .await?;
+                    client.write_commit().await?;
+                    sentence += 1;
+                }
+                latencies.push(t.elapsed());
+                i += 1;
+            }
+            Ok::<_, BenchError>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("bench task")?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let ops = latencies.len() as u64;
+    Ok(Report {
+        seconds,
+        ops,
+        ops_per_sec: ops as f64 / seconds,
+        latency_ms: percentiles(latencies),
+        ..Report::default()
+    })
+}
+
+/// `bytes` through one loopback TCP connection into a file, then fsync.
+async fn raw_tcp(dir: &std::path::Path, bytes: u64) -> Result<Report, BenchError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = |e: std::io::Error| BenchError::Store(e.to_string());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(io)?;
+    let addr = listener.local_addr().map_err(io)?;
+    let target = dir.join("raw-tcp.bin");
+    let started = Instant::now();
+    let receiver = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await?;
+        let mut file = tokio::fs::File::create(&target).await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&buf[..n]).await?;
+        }
+        file.sync_all().await?;
+        Ok::<_, std::io::Error>(())
+    });
+    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        stream.write_all(&chunk[..n]).await.map_err(io)?;
+        left -= n as u64;
+    }
+    drop(stream);
+    receiver.await.expect("receiver task").map_err(io)?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Report {
+        seconds,
+        ops: 1,
+        ops_per_sec: 1.0 / seconds,
+        bytes,
+        mb_per_sec: Some(bytes as f64 / 1e6 / seconds),
+        ..Report::default()
+    })
+}
+
+/// Fsynced create-write-rename of 4 KiB files (plus the directory fsync) in one process.
+async fn disk_limit(dir: &std::path::Path, duration: Duration) -> Result<Report, BenchError> {
+    let dir = dir.join("disk-limit");
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        std::fs::create_dir_all(&dir)?;
+        let block = vec![b'y'; 4096];
+        let started = Instant::now();
+        let mut ops = 0u64;
+        while started.elapsed() < duration {
+            let temp = dir.join("tmp");
+            let mut f = std::fs::File::create(&temp)?;
+            f.write_all(&block)?;
+            f.sync_data()?;
+            std::fs::rename(&temp, dir.join(format!("f{ops}")))?;
+            std::fs::File::open(&dir)?.sync_all()?;
+            ops += 1;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        Ok::<_, std::io::Error>(Report {
+            seconds,
+            ops,
+            ops_per_sec: ops as f64 / seconds,
+            bytes: ops * 4096,
+            ..Report::default()
+        })
+    })
+    .await
+    .expect("disk-limit task")
+    .map_err(|e| BenchError::Store(e.to_string()))
 }
 
 async fn ready_pair(cluster: &mut LocalCluster) -> Result<(), BenchError> {
