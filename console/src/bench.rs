@@ -219,6 +219,14 @@ async fn create_write(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Re
             Ok::<_, BenchError>(latencies)
         }));
     }
+    latency_report(started, tasks).await
+}
+
+/// Joins the client tasks of a timed workload and reports their operation latencies.
+async fn latency_report(
+    started: Instant,
+    tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>, BenchError>>>,
+) -> Result<Report, BenchError> {
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await.expect("bench task")?);
@@ -417,19 +425,7 @@ async fn mixed(
             Ok::<_, BenchError>(latencies)
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.expect("bench task")?);
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let ops = latencies.len() as u64;
-    Ok(Report {
-        seconds,
-        ops,
-        ops_per_sec: ops as f64 / seconds,
-        latency_ms: percentiles(latencies),
-        ..Report::default()
-    })
+    latency_report(started, tasks).await
 }
 
 /// `bytes` through one loopback TCP connection into a file, then fsync.

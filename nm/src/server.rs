@@ -13,7 +13,6 @@ use crate::replication::ReplQueue;
 use crate::Config;
 use color_eyre::eyre::{Context, Result};
 use shared::connection::{Connection, ConnectionError, Incoming};
-use shared::limits::ConnectionSlots;
 use shared::names::validate_user;
 use shared::proto::{NmReply, NmRequest, Role};
 use shared::ticket::TicketKey;
@@ -103,35 +102,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         std::fs::write(&temp, address.to_string())?;
         std::fs::rename(&temp, path)?;
     }
-    shared::limits::raise_fd_limit();
-    let slots = ConnectionSlots::new(nm.config.limits.max_connections);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Some(slot) = slots.take() else {
-                        tracing::warn!(event = "nm_connection_refused", peer = %peer, reason = "too many connections");
-                        tokio::spawn(Connection::turn_away(stream, too_many(nm.config.limits.max_connections)));
-                        continue;
-                    };
-                    let nm = nm.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => {}
-                            _ = nm.serve_connection(stream, peer) => {}
-                        }
-                        drop(slot);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(event = "nm_accept_failed", error = %e);
-                    tokio::time::sleep(shared::limits::ACCEPT_BACKOFF).await;
-                }
-            },
-        }
-    }
+    let max_connections = nm.config.limits.max_connections;
+    shared::limits::serve_connections(listener, max_connections, shutdown, "nm", |stream, peer| {
+        nm.clone().serve_connection(stream, peer)
+    })
+    .await;
     tracing::info!(event = "nm_shutdown", "name manager stopped");
     Ok(())
 }
@@ -275,10 +250,6 @@ impl Nm {
             );
         }
     }
-}
-
-pub(crate) fn too_many(max: usize) -> WireError {
-    WireError::unavailable(format!("too many connections (at most {max}); retry later"))
 }
 
 /// Reads the next request. `None` ends the loop; `Some((id, None))` was a

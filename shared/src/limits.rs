@@ -1,9 +1,15 @@
 //! Limits every daemon enforces on its connections, as command-line flags.
 
+use crate::connection::Connection;
+use crate::WireError;
 use clap::Args;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 /// Connection limits (the same flags on nm and ss).
 #[derive(Debug, Clone, Args)]
@@ -67,3 +73,53 @@ pub fn raise_fd_limit() {
 /// After a failed accept (out of descriptors, say), a short pause so the
 /// accept loop does not spin.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// A daemon's accept loop: serves each connection on its own task, at most
+/// `max_connections` at once (one more is told E_UNAVAILABLE and closed),
+/// until `shutdown` is cancelled, which also ends every connection.
+/// `daemon` ("nm", "ss") prefixes the log events.
+pub async fn serve_connections<F, Fut>(
+    listener: TcpListener,
+    max_connections: usize,
+    shutdown: CancellationToken,
+    daemon: &'static str,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    raise_fd_limit();
+    let slots = ConnectionSlots::new(max_connections);
+    let refused = format!("{daemon}_connection_refused");
+    let accept_failed = format!("{daemon}_accept_failed");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Some(slot) = slots.take() else {
+                        tracing::warn!(event = %refused, peer = %peer, reason = "too many connections");
+                        let error = WireError::unavailable(format!(
+                            "too many connections (at most {max_connections}); retry later"
+                        ));
+                        tokio::spawn(Connection::turn_away(stream, error));
+                        continue;
+                    };
+                    let connection = serve(stream, peer);
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = connection => {}
+                        }
+                        drop(slot);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(event = %accept_failed, error = %e);
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+}

@@ -10,7 +10,6 @@ use crate::store::Store;
 use crate::Config;
 use color_eyre::eyre::{Context, Result};
 use shared::connection::{Connection, ConnectionError, Incoming};
-use shared::limits::ConnectionSlots;
 use shared::names::{validate_path, validate_user};
 use shared::proto::{Hello, Op, Role, SsReply, SsRequest, Ticket};
 use shared::{now_ms, ErrorCode, WireError};
@@ -83,37 +82,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         files,
         link,
     });
-    shared::limits::raise_fd_limit();
-    let slots = ConnectionSlots::new(server.config.limits.max_connections);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Some(slot) = slots.take() else {
-                        tracing::warn!(event = "ss_connection_refused", peer = %peer, reason = "too many connections");
-                        let max = server.config.limits.max_connections;
-                        let error = WireError::unavailable(format!("too many connections (at most {max}); retry later"));
-                        tokio::spawn(Connection::turn_away(stream, error));
-                        continue;
-                    };
-                    let server = server.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => {}
-                            _ = server.serve_connection(stream, peer) => {}
-                        }
-                        drop(slot);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(event = "ss_accept_failed", error = %e);
-                    tokio::time::sleep(shared::limits::ACCEPT_BACKOFF).await;
-                }
-            },
-        }
-    }
+    let max_connections = server.config.limits.max_connections;
+    shared::limits::serve_connections(listener, max_connections, shutdown, "ss", |stream, peer| {
+        server.clone().serve_connection(stream, peer)
+    })
+    .await;
     tracing::info!(event = "ss_shutdown", "storage server stopped");
     Ok(())
 }
