@@ -3,7 +3,10 @@
 # rsync to an rsync daemon on 127.0.0.1 (same number and size of files, same
 # content), bulk transfer against a plain TCP copy plus fsync, and
 # create-write against the disk's own fsynced small-write rate.
-# Prints each figure and its ratio. A benchmark, not a test.
+# Prints each figure and the ratio of the medians. A benchmark, not a test.
+#
+#   scripts/bench-compare.sh [small] [large] [writes]    (default: all three)
+#   ROUNDS=5 scripts/bench-compare.sh small              (default: 3 rounds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync >/dev/null; }
@@ -15,6 +18,7 @@ trap cleanup EXIT INT TERM
 
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
+large_rsync=()
 # The same content the bench writes into the primary's folder.
 python3 - "$work" <<'PY'
 import os, sys
@@ -54,22 +58,44 @@ rsync_time() { # src dir → fresh empty module folder; seconds
   python3 -c "print($end - $start)"
 }
 
-ours_small=$("$bin/console" bench resync-small --json | field seconds)
-theirs_small=$(rsync_time "$work/small")
-ours_large=$("$bin/console" bench resync-large --json | field seconds)
-theirs_large=$(rsync_time "$work/large")
-raw_mbps=$("$bin/console" bench raw-tcp --json | field mb_per_sec)
-ours_mbps=$(python3 -c "print((1<<30)/1e6/$ours_large)")
-disk=$("$bin/console" bench disk-limit --duration 5s --json | field ops_per_sec)
-pairs=$("$bin/console" bench create-write --clients 16 --duration 5s --json | field ops_per_sec)
+median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 
-python3 - <<PY
-rows = [
-    ("resync-small (10,000 x 4 KiB) vs rsync -a", $ours_small, $theirs_small, "s", "time ratio (target <= 0.5)"),
-    ("resync-large (1 GiB) vs rsync -a", $ours_large, $theirs_large, "s", "time ratio"),
-    ("resync-large MB/s vs raw TCP + fsync", $ours_mbps, $raw_mbps, "MB/s", "throughput ratio (target >= 0.7)"),
-    ("create-write, 16 clients vs disk small writes", $pairs, $disk, "/s", "rate ratio (target >= 0.4)"),
-]
-for name, ours, ref, unit, what in rows:
-    print(f"{name:48} ours {ours:10.2f} {unit:5} reference {ref:10.2f} {unit:5} {what}: {ours/ref:.2f}")
-PY
+# Each comparison runs $rounds times, ours and the reference alternating, and
+# the medians are compared (the machine is shared: neighbours come and go).
+rounds=${ROUNDS:-3}
+only=${*:-small large writes}
+rows=()
+for what in $only; do
+  ours=(); theirs=()
+  for _ in $(seq "$rounds"); do
+    case $what in
+      small)
+        ours+=("$("$bin/console" bench resync-small --json | field seconds)")
+        theirs+=("$(rsync_time "$work/small")") ;;
+      large)
+        ours+=("$("$bin/console" bench resync-large --json | field mb_per_sec)")
+        theirs+=("$("$bin/console" bench raw-tcp --json | field mb_per_sec)")
+        large_rsync+=("$(rsync_time "$work/large")") ;;
+      writes)
+        ours+=("$("$bin/console" bench create-write --clients 16 --duration 5s --json | field ops_per_sec)")
+        theirs+=("$("$bin/console" bench disk-limit --duration 5s --json | field ops_per_sec)") ;;
+    esac
+  done
+  echo "$what: ours ${ours[*]} | reference ${theirs[*]}" >&2
+  rows+=("$what $(median "${ours[@]}") $(median "${theirs[@]}")")
+done
+
+[ ${#large_rsync[@]} -eq 0 ] || echo "large: rsync -a took ${large_rsync[*]} s" >&2
+printf '%s\n' "${rows[@]}" | python3 -c '
+import sys
+names = {
+    "small": ("resync-small (10,000 x 4 KiB) vs rsync -a", "s", "time ratio (target <= 0.5)"),
+    "large": ("resync-large (1 GiB) vs raw TCP + fsync", "MB/s", "throughput ratio (target >= 0.7)"),
+    "writes": ("create-write, 16 clients vs disk small writes", "/s", "rate ratio (target >= 0.4)"),
+}
+for line in sys.stdin:
+    what, ours, ref = line.split()
+    name, unit, ratio = names[what]
+    ours, ref = float(ours), float(ref)
+    print(f"{name:48} median ours {ours:10.2f} {unit:5} reference {ref:10.2f} {unit:5} {ratio}: {ours/ref:.2f}")
+'

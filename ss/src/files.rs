@@ -10,11 +10,12 @@
 //! called from async code through `block_in_place`.
 
 use crate::document::{count, insert_words, Document, SentenceId};
-use crate::store::{Store, StoreError, TempFile};
+use crate::store::{Placed, Store, StoreError, TempFile};
 use shared::proto::{AccessList, CheckpointInfo, FileMeta, FileStats, Tombstone};
 use shared::{now_ms, ErrorCode, WireError};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -47,6 +48,15 @@ impl From<StoreError> for WireError {
             other => WireError::internal(other.to_string()),
         }
     }
+}
+
+/// A file copied from the other server of the pair, in temp files, waiting
+/// for [`Files::install_batch`].
+pub struct Copied {
+    pub file: String,
+    pub meta: FileMeta,
+    pub content: TempFile,
+    pub checkpoints: Vec<(String, TempFile)>,
 }
 
 /// All files of this server.
@@ -275,16 +285,62 @@ impl Files {
         Ok(self.store.temp_file()?)
     }
 
-    /// Installs a file copied from the primary: its new checkpoints, then its
-    /// content, then its metadata (which names them), each atomically.
-    pub fn install(
+    /// Installs files copied from the primary, as one batch: every temp file
+    /// (checkpoints, content, metadata) is made durable in one step, then each
+    /// file's new checkpoints, content and metadata (which names them) are
+    /// renamed into place, then the directories are fsynced once each. A crash
+    /// at any point leaves each file whole at its old or its new version.
+    /// Returns one result per file, in order.
+    pub fn install_batch(&self, copies: Vec<Copied>) -> Vec<Result<(), WireError>> {
+        let mut staged: Vec<Result<(Copied, TempFile), WireError>> = copies
+            .into_iter()
+            .map(|copy| {
+                shared::names::validate_path(&copy.file)?;
+                let meta = self.store.meta_temp(&copy.file, &copy.meta)?;
+                Ok((copy, meta))
+            })
+            .collect();
+        let temps = staged.iter().flatten().flat_map(|(copy, meta)| {
+            std::iter::once(meta)
+                .chain(std::iter::once(&copy.content))
+                .chain(copy.checkpoints.iter().map(|(_, temp)| temp))
+        });
+        if let Err(e) = self.store.sync_temps(temps) {
+            let e = WireError::from(e);
+            return staged.iter().map(|_| Err(e.clone())).collect();
+        }
+        let mut dirs = BTreeSet::new();
+        let mut results: Vec<Result<(), WireError>> = staged
+            .drain(..)
+            .map(|staged| {
+                let (copy, meta) = staged?;
+                self.place_copy(copy, meta, &mut dirs)
+            })
+            .collect();
+        if let Err(e) = self.store.sync_dirs(&dirs) {
+            let e = WireError::from(e);
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(e.clone());
+            }
+        }
+        results
+    }
+
+    /// Renames one durable copy into place, unless the local file is as new
+    /// or holds changes the copy lacks.
+    fn place_copy(
         &self,
-        file: &str,
-        meta: FileMeta,
-        content: TempFile,
-        new_checkpoints: Vec<(String, TempFile)>,
+        copy: Copied,
+        meta_temp: TempFile,
+        dirs: &mut BTreeSet<PathBuf>,
     ) -> Result<(), WireError> {
-        shared::names::validate_path(file)?;
+        let Copied {
+            file,
+            meta,
+            content,
+            checkpoints,
+        } = copy;
+        let file = file.as_str();
         let entry = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             entries
@@ -329,16 +385,17 @@ impl Files {
             }
             return Ok(());
         }
-        for (tag, temp) in new_checkpoints {
-            self.store.install_checkpoint(temp, file, &tag)?;
+        for (tag, temp) in checkpoints {
+            self.store
+                .place(temp, file, Placed::Checkpoint(&tag), dirs)?;
         }
         for stale in e.meta.checkpoints.keys() {
             if !meta.checkpoints.contains_key(stale) {
                 self.store.remove_checkpoint(file, stale)?;
             }
         }
-        self.store.install_content(content, file)?;
-        self.store.write_meta(file, &meta)?;
+        self.store.place(content, file, Placed::Content, dirs)?;
+        self.store.place(meta_temp, file, Placed::Meta, dirs)?;
         self.store.remove_tombstone(file)?;
         e.meta = meta;
         e.deleted = false;

@@ -9,11 +9,12 @@
 //! interrupted transfer leaves the old file intact and its temp file is
 //! removed. nm owns the job and reports its events.
 
-use crate::files::Files;
+use crate::files::{Copied, Files};
 use crate::store::TempFile;
 use shared::connection::{Connection, ConnectionError, RpcClient, CHUNK_SIZE};
-use shared::proto::{PullItem, PullResult, Pulled, Role, SsReply, SsRequest, Ticket};
+use shared::proto::{PullItem, PullResult, Pulled, Role, SsReply, SsRequest};
 use shared::{ErrorCode, WireError};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 
@@ -76,10 +77,19 @@ pub async fn send_chunks(
     Ok(Ok((hasher.finalize(), size)))
 }
 
-/// Why one pull failed: the item alone, or the connection (and every item after it).
+/// Requests kept in flight on the connection to the primary, so that the
+/// round trip of one small file overlaps the transfer of the next.
+const PULL_WINDOW: usize = 32;
+/// Copied files installed together under one durability step, and the bytes
+/// in temp files that end a batch early.
+const INSTALL_BATCH: usize = 128;
+const INSTALL_BATCH_BYTES: u64 = 64 << 20;
+
+/// Why a pull failed: the item alone (the connection stays in step), or the
+/// connection (and every item not yet finished).
 enum PullError {
     Item(WireError),
-    Connection(ConnectionError),
+    Connection(String),
 }
 
 impl From<WireError> for PullError {
@@ -90,17 +100,28 @@ impl From<WireError> for PullError {
 
 impl From<ConnectionError> for PullError {
     fn from(e: ConnectionError) -> Self {
-        PullError::Connection(e)
+        PullError::Connection(e.to_string())
     }
 }
 
-impl From<std::io::Error> for PullError {
-    fn from(e: std::io::Error) -> Self {
-        PullError::Item(WireError::internal(format!("writing a transfer: {e}")))
-    }
+/// A request to the primary whose replies have not been read yet.
+enum InFlight {
+    File { id: u64, index: usize },
+    Checkpoint { id: u64, index: usize, tag: String },
 }
 
-/// Copies `items` from the primary at `from`, over one connection.
+/// One item being copied: what has arrived so far.
+#[derive(Default)]
+struct Arriving {
+    meta: Option<shared::proto::FileMeta>,
+    content: Option<TempFile>,
+    checkpoints: Vec<(String, TempFile)>,
+    checkpoints_due: usize,
+    bytes: u64,
+}
+
+/// Copies `items` from the primary at `from` over one connection, with up
+/// to [`PULL_WINDOW`] requests in flight, installing them in batches.
 pub async fn pull_files(
     files: &Arc<Files>,
     me: &str,
@@ -108,43 +129,218 @@ pub async fn pull_files(
     key: Option<&shared::auth::ClusterKey>,
     items: Vec<PullItem>,
 ) -> Vec<PullResult> {
-    let mut results = Vec::with_capacity(items.len());
-    let mut client = match RpcClient::connect_keyed(from, Role::StorageServer, me, key).await {
-        Ok(client) => Some(client),
-        Err(e) => {
-            tracing::warn!(event = "ss_pull_connect_failed", from, error = %e);
-            None
+    let mut outcomes: Vec<Option<Result<Pulled, WireError>>> = vec![None; items.len()];
+    match RpcClient::connect_keyed(from, Role::StorageServer, me, key).await {
+        Ok(mut client) => {
+            if let Err(broken) = pull_pipelined(&mut client, files, &items, &mut outcomes).await {
+                tracing::warn!(event = "ss_pull_broken", from, error = %broken);
+            }
         }
-    };
-    for item in items {
-        let result = match client.as_mut() {
-            None => Err(WireError::unavailable(format!(
-                "the primary at {from} is unreachable"
-            ))),
-            Some(c) => match pull_one(c, files, &item.file, &item.ticket).await {
-                Ok(pulled) => Ok(pulled),
-                Err(PullError::Item(e)) => Err(e),
-                Err(PullError::Connection(e)) => {
-                    client = None;
-                    Err(WireError::unavailable(format!(
-                        "the transfer from {from} broke: {e}"
+        Err(e) => tracing::warn!(event = "ss_pull_connect_failed", from, error = %e),
+    }
+    items
+        .into_iter()
+        .zip(outcomes)
+        .map(|(item, outcome)| PullResult {
+            file: item.file,
+            result: outcome.unwrap_or_else(|| {
+                Err(WireError::unavailable(format!(
+                    "the transfer from {from} broke before this file was copied"
+                )))
+            }),
+        })
+        .collect()
+}
+
+/// The pipeline of [`pull_files`]. Replies come back in request order (a
+/// server answers one connection's requests one after another), so the
+/// oldest request in flight is always the one whose replies are next.
+/// Returns early, leaving unfinished outcomes empty, if the connection breaks.
+async fn pull_pipelined(
+    client: &mut RpcClient,
+    files: &Arc<Files>,
+    items: &[PullItem],
+    outcomes: &mut [Option<Result<Pulled, WireError>>],
+) -> Result<(), String> {
+    let mut in_flight = VecDeque::new();
+    let mut arriving: Vec<Option<Arriving>> = items.iter().map(|_| None).collect();
+    let mut ready: Vec<(usize, Copied, u64)> = Vec::new();
+    let mut ready_bytes = 0u64;
+    let mut next_item = 0;
+    while next_item < items.len() || !in_flight.is_empty() {
+        while next_item < items.len() && in_flight.len() < PULL_WINDOW {
+            let item = &items[next_item];
+            let id = client
+                .send(SsRequest::GetFile {
+                    file: item.file.clone(),
+                    ticket: item.ticket.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            in_flight.push_back(InFlight::File {
+                id,
+                index: next_item,
+            });
+            arriving[next_item] = Some(Arriving::default());
+            next_item += 1;
+        }
+        let Some(head) = in_flight.pop_front() else {
+            break;
+        };
+        let index = match &head {
+            InFlight::File { index, .. } | InFlight::Checkpoint { index, .. } => *index,
+        };
+        let step = receive_step(
+            client,
+            files,
+            &items[index],
+            head,
+            &mut arriving[index],
+            &mut in_flight,
+        )
+        .await;
+        match step {
+            Err(PullError::Connection(broken)) => {
+                install_ready(files, &mut ready, outcomes);
+                return Err(broken);
+            }
+            Err(PullError::Item(e)) => {
+                // Its temp files go; replies still due for it are read and dropped.
+                arriving[index] = None;
+                if outcomes[index].is_none() {
+                    outcomes[index] = Some(Err(e));
+                }
+            }
+            Ok(()) => {}
+        }
+        let complete = arriving[index]
+            .as_ref()
+            .is_some_and(|a| a.content.is_some() && a.checkpoints_due == 0);
+        if complete && outcomes[index].is_none() {
+            let a = arriving[index].take().expect("complete");
+            ready_bytes += a.bytes;
+            ready.push((
+                index,
+                Copied {
+                    file: items[index].file.clone(),
+                    meta: a.meta.expect("header before content"),
+                    content: a.content.expect("complete"),
+                    checkpoints: a.checkpoints,
+                },
+                a.bytes,
+            ));
+        }
+        if ready.len() >= INSTALL_BATCH || ready_bytes >= INSTALL_BATCH_BYTES {
+            install_ready(files, &mut ready, outcomes);
+            ready_bytes = 0;
+        }
+    }
+    install_ready(files, &mut ready, outcomes);
+    Ok(())
+}
+
+/// Reads the replies of the oldest request in flight.
+async fn receive_step(
+    client: &mut RpcClient,
+    files: &Arc<Files>,
+    item: &PullItem,
+    head: InFlight,
+    arriving: &mut Option<Arriving>,
+    in_flight: &mut VecDeque<InFlight>,
+) -> Result<(), PullError> {
+    match head {
+        InFlight::File { id, index } => {
+            let meta = match next(client, id).await? {
+                SsReply::FileHeader { meta } => meta,
+                other => return Err(unexpected(other)),
+            };
+            let mut content = files.temp_file().map_err(out_of_step)?;
+            let (bytes, checksum, end) = receive_into(client, id, &mut content).await?;
+            match end {
+                SsReply::FileEnd {
+                    checksum: sent,
+                    size,
+                } if sent == checksum && size == bytes => {}
+                _ => {
+                    return Err(PullError::Item(WireError::new(
+                        ErrorCode::Internal,
+                        format!(
+                            "checksum mismatch copying {:?}; the old copy is kept",
+                            item.file
+                        ),
                     )))
                 }
-            },
-        };
-        results.push(PullResult {
-            file: item.file,
-            result,
-        });
+            }
+            let have = files.local_checkpoints(&item.file);
+            let mut due = 0;
+            for (tag, info) in &meta.checkpoints {
+                if have
+                    .iter()
+                    .any(|c| &c.tag == tag && c.created_ms == info.created_ms)
+                {
+                    continue;
+                }
+                let id = client
+                    .send(SsRequest::ReadCheckpoint {
+                        file: item.file.clone(),
+                        tag: tag.clone(),
+                        ticket: item.ticket.clone(),
+                    })
+                    .await?;
+                in_flight.push_back(InFlight::Checkpoint {
+                    id,
+                    index,
+                    tag: tag.clone(),
+                });
+                due += 1;
+            }
+            if let Some(a) = arriving {
+                a.meta = Some(meta);
+                a.content = Some(content);
+                a.checkpoints_due = due;
+                a.bytes += bytes;
+            }
+            Ok(())
+        }
+        InFlight::Checkpoint { id, tag, .. } => {
+            let mut temp = files.temp_file().map_err(out_of_step)?;
+            let (n, _, _) = receive_into(client, id, &mut temp).await?;
+            if let Some(a) = arriving {
+                a.checkpoints.push((tag, temp));
+                a.checkpoints_due -= 1;
+                a.bytes += n;
+            }
+            Ok(())
+        }
     }
-    results
+}
+
+/// Installs the copies waiting in `ready` and records their outcomes.
+fn install_ready(
+    files: &Arc<Files>,
+    ready: &mut Vec<(usize, Copied, u64)>,
+    outcomes: &mut [Option<Result<Pulled, WireError>>],
+) {
+    if ready.is_empty() {
+        return;
+    }
+    let (places, copies): (Vec<(usize, u64, u64)>, Vec<Copied>) = ready
+        .drain(..)
+        .map(|(index, copy, bytes)| ((index, copy.meta.stats.version, bytes), copy))
+        .unzip();
+    let results = tokio::task::block_in_place(|| files.install_batch(copies));
+    for ((index, version, bytes), result) in places.into_iter().zip(results) {
+        outcomes[index] = Some(result.map(|()| Pulled { version, bytes }));
+    }
 }
 
 async fn next(client: &mut RpcClient, id: u64) -> Result<SsReply, PullError> {
     Ok(client.next_reply::<SsReply>(id).await??)
 }
 
-/// Streams replies to `id` into a temp file until the end; returns the bytes and checksum seen.
+/// Streams replies to `id` into a temp file until the end; returns the bytes
+/// and checksum seen. A reply cut short here leaves the connection out of
+/// step, so a local write failure counts as a broken connection.
 async fn receive_into(
     client: &mut RpcClient,
     id: u64,
@@ -157,7 +353,8 @@ async fn receive_into(
             SsReply::Chunk { data } => {
                 hasher.update(&data);
                 bytes += data.len() as u64;
-                temp.write_all(&data)?;
+                temp.write_all(&data)
+                    .map_err(|e| PullError::Connection(format!("writing a transfer: {e}")))?;
             }
             end @ (SsReply::FileEnd { .. } | SsReply::End) => {
                 return Ok((bytes, hasher.finalize(), end))
@@ -167,64 +364,11 @@ async fn receive_into(
     }
 }
 
-fn unexpected(reply: SsReply) -> PullError {
-    PullError::Item(WireError::internal(format!(
-        "unexpected reply during a transfer: {reply:?}"
-    )))
+/// A local failure while replies are still due: the connection is out of step.
+fn out_of_step(e: WireError) -> PullError {
+    PullError::Connection(e.message)
 }
 
-async fn pull_one(
-    client: &mut RpcClient,
-    files: &Arc<Files>,
-    file: &str,
-    ticket: &Ticket,
-) -> Result<Pulled, PullError> {
-    let id = client
-        .send(SsRequest::GetFile {
-            file: file.to_owned(),
-            ticket: ticket.clone(),
-        })
-        .await?;
-    let meta = match next(client, id).await? {
-        SsReply::FileHeader { meta } => meta,
-        other => return Err(unexpected(other)),
-    };
-    let mut content = files.temp_file()?;
-    let (mut bytes, checksum, end) = receive_into(client, id, &mut content).await?;
-    match end {
-        SsReply::FileEnd {
-            checksum: sent,
-            size,
-        } if sent == checksum && size == bytes => {}
-        _ => {
-            return Err(PullError::Item(WireError::new(
-                ErrorCode::Internal,
-                format!("checksum mismatch copying {file:?}; the old copy is kept"),
-            )))
-        }
-    }
-    let have = files.local_checkpoints(file);
-    let mut new_checkpoints = Vec::new();
-    for (tag, info) in &meta.checkpoints {
-        if have
-            .iter()
-            .any(|c| &c.tag == tag && c.created_ms == info.created_ms)
-        {
-            continue;
-        }
-        let id = client
-            .send(SsRequest::ReadCheckpoint {
-                file: file.to_owned(),
-                tag: tag.clone(),
-                ticket: ticket.clone(),
-            })
-            .await?;
-        let mut temp = files.temp_file()?;
-        let (n, _, _) = receive_into(client, id, &mut temp).await?;
-        bytes += n;
-        new_checkpoints.push((tag.clone(), temp));
-    }
-    let version = meta.stats.version;
-    tokio::task::block_in_place(|| files.install(file, meta, content, new_checkpoints))?;
-    Ok(Pulled { version, bytes })
+fn unexpected(reply: SsReply) -> PullError {
+    PullError::Connection(format!("unexpected reply during a transfer: {reply:?}"))
 }
