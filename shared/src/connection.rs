@@ -22,8 +22,11 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// Largest frame any peer sends or accepts by default. File contents travel
 /// in [`CHUNK_SIZE`] pieces, far below it.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
-/// The size of one content chunk (READ, transfers).
+/// The size of one content chunk sent to a client (READ, STREAM).
 pub const CHUNK_SIZE: usize = 64 * 1024;
+/// The size of one content chunk copied between the servers of a pair
+/// (larger: fewer frames per byte; capped at half the sender's max frame).
+pub const TRANSFER_CHUNK_SIZE: usize = 256 * 1024;
 /// How long the dialled side waits for a [`Hello`].
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -158,6 +161,11 @@ impl Connection {
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The largest frame this connection sends or accepts.
+    pub fn max_frame(&self) -> usize {
+        self.framed.codec().max_frame_length()
     }
 
     /// Encodes and sends one message.

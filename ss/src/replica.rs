@@ -11,12 +11,12 @@
 
 use crate::files::{Copied, Files};
 use crate::store::TempFile;
-use shared::connection::{Connection, ConnectionError, RpcClient, CHUNK_SIZE};
+use shared::connection::{Connection, ConnectionError, RpcClient, TRANSFER_CHUNK_SIZE};
 use shared::proto::{PullItem, PullResult, Pulled, Role, SsReply, SsRequest};
 use shared::{ErrorCode, WireError};
 use std::collections::VecDeque;
+use std::io::Read;
 use std::sync::Arc;
-use tokio::io::AsyncReadExt;
 
 /// Serves `GetFile`: header, chunks, end with checksum.
 pub async fn send_file(
@@ -31,41 +31,46 @@ pub async fn send_file(
         Err(e) => return Ok(Err(e)),
     };
     conn.reply(id, Ok(SsReply::FileHeader { meta })).await?;
-    let (checksum, size) = match send_chunks(conn, id, file, handle, chunk_delay).await? {
-        Ok(sent) => sent,
-        Err(e) => return Ok(Err(e)),
-    };
+    let (checksum, size) =
+        match send_chunks(conn, id, file, handle, TRANSFER_CHUNK_SIZE, chunk_delay).await? {
+            Ok(sent) => sent,
+            Err(e) => return Ok(Err(e)),
+        };
     conn.reply(id, Ok(SsReply::FileEnd { checksum, size }))
         .await?;
     Ok(Ok(()))
 }
 
-/// Sends an open content as `Chunk` replies; returns its CRC-32 and size.
+/// Sends an open content as `Chunk` replies of `chunk_size` bytes (at most
+/// half the connection's max frame); returns its CRC-32 and size.
 pub async fn send_chunks(
     conn: &mut Connection,
     id: u64,
     file: &str,
-    handle: std::fs::File,
+    mut handle: std::fs::File,
+    chunk_size: usize,
     chunk_delay: Option<std::time::Duration>,
 ) -> Result<Result<(u32, u64), WireError>, ConnectionError> {
-    let mut handle = tokio::fs::File::from_std(handle);
+    let chunk_size = chunk_size.min(conn.max_frame() / 2).max(1024);
     let mut hasher = crc32fast::Hasher::new();
     let mut size = 0u64;
-    let mut buf = vec![0u8; CHUNK_SIZE];
     loop {
-        let n = match handle.read(&mut buf).await {
+        let mut data = vec![0u8; chunk_size];
+        let n = match tokio::task::block_in_place(|| read_full(&mut handle, &mut data)) {
             Ok(n) => n,
             Err(e) => return Ok(Err(WireError::internal(format!("reading {file:?}: {e}")))),
         };
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        data.truncate(n);
+        hasher.update(&data);
         size += n as u64;
-        let data = serde_bytes::ByteBuf::from(buf[..n].to_vec());
         conn.feed(&shared::proto::Reply {
             id,
-            result: Ok::<_, WireError>(SsReply::Chunk { data }),
+            result: Ok::<_, WireError>(SsReply::Chunk {
+                data: serde_bytes::ByteBuf::from(data),
+            }),
         })
         .await?;
         if let Some(delay) = chunk_delay {
@@ -75,6 +80,18 @@ pub async fn send_chunks(
     }
     conn.flush().await?;
     Ok(Ok((hasher.finalize(), size)))
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(handle: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match handle.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 /// Requests kept in flight on the connection to the primary, so that the

@@ -9,7 +9,7 @@ use crate::nm_link::{self, NmLink};
 use crate::store::Store;
 use crate::Config;
 use color_eyre::eyre::{Context, Result};
-use shared::connection::{Connection, ConnectionError, Incoming};
+use shared::connection::{Connection, ConnectionError, Incoming, CHUNK_SIZE};
 use shared::names::{validate_path, validate_user};
 use shared::proto::{Hello, Op, Role, SsReply, SsRequest, Ticket};
 use shared::{now_ms, ErrorCode, WireError};
@@ -488,7 +488,9 @@ impl Server {
             Ok(handle) => handle,
             Err(e) => return Ok(Err(e)),
         };
-        if let Err(e) = crate::replica::send_chunks(conn, id, file, handle, None).await? {
+        if let Err(e) =
+            crate::replica::send_chunks(conn, id, file, handle, CHUNK_SIZE, None).await?
+        {
             return Ok(Err(e));
         }
         conn.reply(id, Ok(SsReply::End)).await?;
