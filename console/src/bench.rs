@@ -46,6 +46,10 @@ pub enum Workload {
     /// The disk's small-write limit: fsynced create-write-rename of 4 KiB
     /// files in one process, for `--duration`.
     DiskLimit,
+    /// nm's memory holding `--files` files (default 1,000,000): their
+    /// records are written to nm's journal, nm restarts on it, and its
+    /// resident memory is read from /proc once it answers.
+    NmMemory,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -111,6 +115,11 @@ pub struct Report {
     pub mb_per_sec: Option<f64>,
     /// Kill -9 of the primary to the first successful READ through nm.
     pub failover_ms: Option<Percentiles>,
+    /// nm-memory: nm's resident memory once it answers, its peak while
+    /// loading, and the same for an nm holding nothing.
+    pub nm_rss_mib: Option<f64>,
+    pub nm_peak_rss_mib: Option<f64>,
+    pub empty_nm_rss_mib: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -179,6 +188,14 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         Workload::RawTcp => raw_tcp(cluster.dir(), args.size.unwrap_or(1024) << 20).await?,
         Workload::DiskLimit => disk_limit(cluster.dir(), args.duration).await?,
         Workload::Failover => failover(&mut cluster, args.rounds, args.hang).await?,
+        Workload::NmMemory => {
+            let files = if args.files == 10_000 {
+                1_000_000
+            } else {
+                args.files
+            };
+            nm_memory(&mut cluster, files).await?
+        }
         Workload::CatchUp => {
             let files = if args.files == 10_000 {
                 1_000
@@ -632,6 +649,76 @@ async fn catch_up(cluster: &mut LocalCluster, files: usize) -> Result<Report, Be
     })
 }
 
+/// VmRSS and VmHWM of a process, in MiB.
+fn resident_mib(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Fills nm's journal with `files` file records (100 owners, one server),
+/// restarts nm on it, and measures its memory once it answers STATUS.
+async fn nm_memory(cluster: &mut LocalCluster, files: usize) -> Result<Report, BenchError> {
+    let mut probe = Client::connect(cluster.nm_addr(), "bench").await?;
+    probe.nm(NmRequest::Status).await?;
+    let empty = cluster.pid("nm").and_then(resident_mib);
+    drop(probe);
+    cluster.kill("nm");
+    let data_dir = cluster.dir().join("nm-data");
+    let store_err = |e: std::io::Error| BenchError::Store(e.to_string());
+    let (journal, _) = nm::journal::Journal::open(&data_dir, false).map_err(store_err)?;
+    let mut records: Vec<nm::journal::Record> = (0..100)
+        .map(|u| nm::journal::Record::User {
+            name: format!("user{u}"),
+        })
+        .collect();
+    for i in 0..files {
+        records.push(nm::journal::Record::FileCreated {
+            file: format!("docs{}/file-{i:07}.txt", i % 100),
+            owner: format!("user{}", i % 100),
+            server: "ss1".into(),
+            acl: Default::default(),
+        });
+        if records.len() >= 4096 {
+            journal.append(std::mem::take(&mut records)).await?;
+        }
+    }
+    journal.append(records).await?;
+    drop(journal);
+    let started = Instant::now();
+    cluster.restart("nm")?;
+    let deadline = started + Duration::from_secs(300);
+    loop {
+        if let Ok(mut client) = Client::connect(cluster.nm_addr(), "bench").await {
+            if client.nm(NmRequest::Status).await.is_ok() {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(ClusterError::Timeout("nm to load its journal".into()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let loaded = cluster.pid("nm").and_then(resident_mib);
+    Ok(Report {
+        seconds,
+        ops: files as u64,
+        ops_per_sec: files as f64 / seconds,
+        nm_rss_mib: loaded.map(|(rss, _)| rss),
+        nm_peak_rss_mib: loaded.map(|(_, peak)| peak),
+        empty_nm_rss_mib: empty.map(|(rss, _)| rss),
+        ..Report::default()
+    })
+}
+
 /// The report as text.
 pub fn render(report: &Report) -> String {
     let mut out = format!(
@@ -664,6 +751,14 @@ pub fn render(report: &Report) -> String {
     }
     if let Some(mbps) = report.mb_per_sec {
         out += &format!("  {} bytes: {:.1} MB/s\n", report.bytes, mbps);
+    }
+    if let (Some(rss), Some(peak)) = (report.nm_rss_mib, report.nm_peak_rss_mib) {
+        out += &format!(
+            "  nm holding {} files: {rss:.1} MiB resident (peak {peak:.1} MiB while loading; {:.1} MiB empty), answering after {:.2} s\n",
+            report.ops,
+            report.empty_nm_rss_mib.unwrap_or(0.0),
+            report.seconds
+        );
     }
     out
 }

@@ -141,6 +141,15 @@ impl LocalCluster {
         self.dir.path().join("cluster.key")
     }
 
+    /// The process id of a running daemon.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        if name == "nm" {
+            self.nm.as_ref().map(Child::id)
+        } else {
+            self.servers.get(name).map(Child::id)
+        }
+    }
+
     pub fn nm_addr(&self) -> &str {
         &self.nm_addr
     }

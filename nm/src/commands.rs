@@ -114,8 +114,8 @@ impl Nm {
 
     fn view(&self, user: &str, all: bool) -> NmReply {
         let state = self.state();
-        let row = |(name, r): (&String, &FileRecord)| FileRow {
-            name: name.clone(),
+        let row = |(name, r): (&str, &FileRecord)| FileRow {
+            name: name.to_owned(),
             owner: r.owner.clone(),
             words: r.stats.words,
             chars: r.stats.chars,

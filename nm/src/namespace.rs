@@ -12,6 +12,7 @@ use shared::names::{parent, validate_path};
 use shared::proto::{AccessList, AccessRequest, FileStats, FolderEntry, Op};
 use shared::{ErrorCode, WireError};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 /// What nm knows of one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,14 +38,20 @@ impl FileRecord {
     }
 }
 
+/// A file or folder name, shared by every index that holds it.
+type Name = Arc<str>;
+
 #[derive(Debug, Default)]
 pub struct Namespace {
     users: BTreeSet<String>,
-    files: HashMap<String, FileRecord>,
+    /// Records are boxed and a file's name is one shared allocation for the
+    /// three maps that hold it: at a million files the table's empty slots
+    /// then cost 32 bytes each rather than a whole record's size.
+    files: HashMap<Name, Box<FileRecord>>,
     /// Files each user can read (as owner or grantee).
-    readable: HashMap<String, HashSet<String>>,
+    readable: HashMap<String, HashSet<Name>>,
     /// Folder path → its direct children (full paths); "" is the top.
-    folders: HashMap<String, BTreeSet<String>>,
+    folders: HashMap<String, BTreeSet<Name>>,
     /// Names of CREATEs and MOVEs in flight, so two cannot race for one name.
     reserved: HashSet<String>,
     /// Pending access requests by id.
@@ -74,11 +81,11 @@ impl Namespace {
     }
 
     pub fn file(&self, name: &str) -> Option<&FileRecord> {
-        self.files.get(name)
+        self.files.get(name).map(|record| &**record)
     }
 
     pub fn file_mut(&mut self, name: &str) -> Option<&mut FileRecord> {
-        self.files.get_mut(name)
+        self.files.get_mut(name).map(|record| &mut **record)
     }
 
     pub fn len(&self) -> usize {
@@ -89,20 +96,21 @@ impl Namespace {
         self.files.is_empty()
     }
 
-    pub fn files(&self) -> impl Iterator<Item = (&String, &FileRecord)> {
-        self.files.iter()
+    pub fn files(&self) -> impl Iterator<Item = (&str, &FileRecord)> {
+        self.files.iter().map(|(name, record)| (&**name, &**record))
     }
 
     /// The files `user` can read.
     pub fn readable_by<'a>(
         &'a self,
         user: &str,
-    ) -> impl Iterator<Item = (&'a String, &'a FileRecord)> {
+    ) -> impl Iterator<Item = (&'a str, &'a FileRecord)> {
         self.readable
             .get(user)
             .into_iter()
             .flatten()
             .filter_map(|name| self.files.get_key_value(name))
+            .map(|(name, record)| (&**name, &**record))
     }
 
     /// The file, if `user` may perform `op` on it.
@@ -215,7 +223,7 @@ impl Namespace {
         self.folders.entry(folder.to_owned()).or_default();
         if !up.is_empty() {
             if let Some(children) = self.folders.get_mut(up) {
-                children.insert(folder.to_owned());
+                children.insert(Arc::from(folder));
             }
         }
     }
@@ -226,15 +234,16 @@ impl Namespace {
 
     /// VIEWFOLDER: the direct children of a folder ("" is the top).
     pub fn folder_entries(&self, folder: &str) -> Result<Vec<FolderEntry>, WireError> {
-        let entry = |name: &String| FolderEntry {
-            name: name.clone(),
+        let entry = |name: &str| FolderEntry {
+            name: name.to_owned(),
             is_folder: self.folders.contains_key(name),
         };
         if folder.is_empty() {
             let mut top: Vec<FolderEntry> = self
                 .files
                 .keys()
-                .chain(self.folders.keys())
+                .map(|name| &**name)
+                .chain(self.folders.keys().map(String::as_str))
                 .filter(|name| parent(name).is_none())
                 .map(entry)
                 .collect();
@@ -246,31 +255,36 @@ impl Namespace {
             .folders
             .get(folder)
             .ok_or_else(|| WireError::not_found(&format!("folder {folder:?}")))?;
-        Ok(children.iter().map(entry).collect())
+        Ok(children.iter().map(|name| entry(name)).collect())
     }
 
     /// Adds (or replaces) a file, creating its folders if missing.
     pub fn insert(&mut self, name: &str, record: FileRecord) {
         self.reserved.remove(name);
         self.remove(name);
+        let shared: Name = Arc::from(name);
         for reader in record.readers() {
-            self.readable
-                .entry(reader.clone())
-                .or_default()
-                .insert(name.to_owned());
+            if let Some(set) = self.readable.get_mut(reader) {
+                set.insert(shared.clone());
+            } else {
+                self.readable
+                    .insert(reader.clone(), HashSet::from([shared.clone()]));
+            }
         }
         let folder = folder_of(name);
         self.add_folder(folder);
         if let Some(children) = self.folders.get_mut(folder) {
-            children.insert(name.to_owned());
+            children.insert(shared.clone());
         }
-        self.users.insert(record.owner.clone());
-        self.files.insert(name.to_owned(), record);
+        if !self.users.contains(&record.owner) {
+            self.users.insert(record.owner.clone());
+        }
+        self.files.insert(shared, Box::new(record));
     }
 
     /// Forgets a file (its folders stay).
     pub fn remove(&mut self, name: &str) -> Option<FileRecord> {
-        let record = self.files.remove(name)?;
+        let record = *self.files.remove(name)?;
         for reader in record.readers() {
             if let Some(set) = self.readable.get_mut(reader) {
                 set.remove(name);
@@ -359,9 +373,11 @@ impl Namespace {
         &'a self,
         owner: &'a str,
     ) -> impl Iterator<Item = &'a AccessRequest> {
-        self.requests
-            .values()
-            .filter(move |r| self.files.get(&r.file).is_some_and(|f| f.owner == owner))
+        self.requests.values().filter(move |r| {
+            self.files
+                .get(r.file.as_str())
+                .is_some_and(|f| f.owner == owner)
+        })
     }
 }
 
@@ -405,7 +421,7 @@ mod tests {
             ns.check_owner("bob", "f").unwrap_err().code,
             ErrorCode::Unauthorized
         );
-        let bobs: Vec<_> = ns.readable_by("bob").map(|(n, _)| n.clone()).collect();
+        let bobs: Vec<_> = ns.readable_by("bob").map(|(n, _)| n.to_owned()).collect();
         assert_eq!(bobs, ["f"]);
         ns.remove("f");
         assert_eq!(ns.readable_by("bob").count(), 0);

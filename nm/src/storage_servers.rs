@@ -391,7 +391,7 @@ impl Nm {
             .ns
             .files()
             .filter(|(file, record)| record.server == name && !held.contains(*file))
-            .map(|(file, _)| file.clone())
+            .map(|(file, _)| file.to_owned())
             .collect();
         for file in lost {
             tracing::warn!(event = "nm_file_lost", server = name, file = %file, "the server no longer holds this file; forgetting it");
