@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Times one `console --batch` session of N commands (CREATE, WRITE, READ in
 # turn; default 1000) against a local release-built cluster of nm and two
-# storage servers, fsync on. A benchmark, not a test.
+# storage servers, fsync on. With PAIRS=1 the session is N CREATE+WRITE pairs
+# instead, and the rate is pairs per second. A benchmark, not a test.
 #
 #   scripts/bench-batch.sh [N]
+#   PAIRS=1 scripts/bench-batch.sh 2000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000}
-cargo build --quiet --release --bins
-bin=target/release
+[ -n "${BIN:-}" ] || cargo build --quiet --release --bins
+bin=${BIN:-target/release}  # BIN=folder times other builds of nm, ss and console
 dir=$(mktemp -d)
 cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT INT TERM
@@ -24,13 +26,22 @@ for _ in $(seq 100); do
 done
 
 script="$dir/script.batch"
-for ((i = 0; i < n; i += 3)); do
-  printf 'CREATE f%d.txt\nWRITE f%d.txt 0\n0 Sentence number %d of the benchmark.\nETIRW\nREAD f%d.txt\n' "$i" "$i" "$i" "$i"
-done >"$script"
-commands=$(grep -cE '^(CREATE|WRITE|READ)' "$script")
+if [ "${PAIRS:-0}" = 1 ]; then
+  for ((i = 0; i < n; i++)); do
+    printf 'CREATE f%d.txt\nWRITE f%d.txt 0\n0 Sentence number %d of the benchmark.\nETIRW\n' "$i" "$i" "$i"
+  done >"$script"
+  commands=$(grep -cE '^CREATE' "$script")
+  unit=pairs
+else
+  for ((i = 0; i < n; i += 3)); do
+    printf 'CREATE f%d.txt\nWRITE f%d.txt 0\n0 Sentence number %d of the benchmark.\nETIRW\nREAD f%d.txt\n' "$i" "$i" "$i" "$i"
+  done >"$script"
+  commands=$(grep -cE '^(CREATE|WRITE|READ)' "$script")
+  unit=commands
+fi
 
 start=$(date +%s.%N)
 "$bin/console" --nm "$nm" --user bench --batch "$script" >/dev/null
 end=$(date +%s.%N)
-awk -v c="$commands" -v s="$start" -v e="$end" \
-  'BEGIN { t = e - s; printf "%d commands in %.3f s: %.0f commands/s, %.3f ms each\n", c, t, c / t, 1000 * t / c }'
+awk -v c="$commands" -v s="$start" -v e="$end" -v u="$unit" \
+  'BEGIN { t = e - s; printf "%d %s in %.3f s: %.0f %s/s, %.3f ms each\n", c, u, t, c / t, u, 1000 * t / c }'

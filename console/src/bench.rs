@@ -36,6 +36,10 @@ pub enum Workload {
     ResyncLarge,
     Failover,
     CatchUp,
+    /// A backup returning with `--files` (default 10) of `--total` files
+    /// (default 1,000,000) out of date: the time from its restart until the
+    /// pair is ACTIVE with nothing pending.
+    BackupReturn,
     /// WRITEs of one sentence to existing files, many sentences per file.
     WriteHeavy,
     /// 90% READs, 10% WRITEs on existing files.
@@ -66,9 +70,12 @@ pub struct BenchArgs {
     /// Writes per second across all clients (repl-lag).
     #[arg(long, default_value_t = 200)]
     pub rate: u64,
-    /// Number of files (resync-small).
+    /// Number of files (resync-small; the files changed in catch-up and backup-return).
     #[arg(long, default_value_t = 10_000)]
     pub files: usize,
+    /// Files both servers hold before the backup leaves (backup-return).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub total: usize,
     /// File size in KiB (resync-small) or MiB (resync-large).
     #[arg(long)]
     pub size: Option<u64>,
@@ -195,6 +202,10 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
                 args.files
             };
             nm_memory(&mut cluster, files).await?
+        }
+        Workload::BackupReturn => {
+            let changed = if args.files == 10_000 { 10 } else { args.files };
+            backup_return(&mut cluster, args.total, changed).await?
         }
         Workload::CatchUp => {
             let files = if args.files == 10_000 {
@@ -645,6 +656,47 @@ async fn catch_up(cluster: &mut LocalCluster, files: usize) -> Result<Report, Be
         seconds,
         ops: files as u64,
         ops_per_sec: files as f64 / seconds,
+        ..Report::default()
+    })
+}
+
+/// Both servers start holding the same `total` files (written straight into
+/// their storage folders); the backup is killed, `changed` files are written
+/// on the primary, and the backup restarts: the time until the pair is
+/// ACTIVE with nothing pending (start-up, registration, the difference and
+/// the copies included).
+async fn backup_return(
+    cluster: &mut LocalCluster,
+    total: usize,
+    changed: usize,
+) -> Result<Report, BenchError> {
+    for server in ["ss1", "ss1_backup"] {
+        let root = cluster.storage(server);
+        tokio::task::spawn_blocking(move || prepare_primary(&root, total, 64))
+            .await
+            .expect("prepare task")?;
+    }
+    cluster.start_ss("ss1").await?;
+    cluster.start_ss("ss1_backup").await?;
+    cluster.wait_replicated("ss1").await?;
+    cluster.kill_ss("ss1_backup");
+    let mut client = Client::connect(cluster.nm_addr(), "bench").await?;
+    for i in 0..changed.min(total) {
+        let file = format!("f{:06}", i * (total / changed.max(1)).max(1));
+        client.write_begin(&file, 0).await?;
+        client
+            .write_edit(0, "Changed while the backup was away.")
+            .await?;
+        client.write_commit().await?;
+    }
+    let started = Instant::now();
+    cluster.start_ss("ss1_backup").await?;
+    cluster.wait_replicated("ss1").await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Report {
+        seconds,
+        ops: changed as u64,
+        ops_per_sec: changed as f64 / seconds,
         ..Report::default()
     })
 }

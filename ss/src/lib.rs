@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: the command line.
 //! - [`store`]: the on-disk layout and its atomic writes.
+//! - [`wal`]: the write-ahead log that makes a CREATE or a WRITE durable with one fdatasync.
 //! - [`document`]: the sentence engine behind WRITE.
 //! - [`files`]: files in memory, sentence locks and WRITE sessions.
 //! - [`server`]: the listener and one task per connection.
@@ -19,6 +20,7 @@ pub mod nm_link;
 pub mod replica;
 pub mod server;
 pub mod store;
+pub mod wal;
 
 pub use config::Config;
 pub use server::run;

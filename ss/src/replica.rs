@@ -47,7 +47,7 @@ pub async fn send_chunks(
     conn: &mut Connection,
     id: u64,
     file: &str,
-    mut handle: std::fs::File,
+    mut handle: crate::store::OpenContent,
     chunk_size: usize,
     chunk_delay: Option<std::time::Duration>,
 ) -> Result<Result<(u32, u64), WireError>, ConnectionError> {
@@ -83,7 +83,7 @@ pub async fn send_chunks(
 }
 
 /// Reads until `buf` is full or the file ends.
-fn read_full(handle: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(handle: &mut crate::store::OpenContent, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match handle.read(&mut buf[filled..])? {

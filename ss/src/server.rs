@@ -482,7 +482,7 @@ impl Server {
         conn: &mut Connection,
         id: u64,
         file: &str,
-        opened: Result<std::fs::File, WireError>,
+        opened: Result<crate::store::OpenContent, WireError>,
     ) -> Result<Result<(), WireError>, ConnectionError> {
         let handle = match opened {
             Ok(handle) => handle,

@@ -7,24 +7,30 @@
 //! <storage>/checkpoints/<path>/<tag>   named snapshots of the content
 //! <storage>/tombstones/<path>          deleted files not yet purged (version, time)
 //! <storage>/tmp/           temp files and spare inodes for reuse, emptied at start-up
+//! <storage>/wal.log        CREATEs and commits not yet checkpointed (see [`crate::wal`])
 //! ```
 //!
-//! Every write goes to a temp file, is fsynced and renamed into place, and the
+//! With fsync on, a CREATE or a commit is made durable by the write-ahead log
+//! and then written as below without fsyncs; a checkpoint (`syncfs`) makes
+//! those writes durable before any other kind of change, and a restart
+//! replays the log. Every other write goes to a temp file, is fsynced and renamed into place, and the
 //! directory is fsynced (for a batch of copies: one `syncfs` for all the temp
 //! files, then the renames, then one fsync per directory), so a crash leaves either the old or the new file,
 //! never a torn one. A content file is never modified in place, only
 //! replaced, so UNDO levels and checkpoints are hard links to old contents. Names are validated by [`shared::names`] before they are
 //! joined under the storage folder, so nothing is ever written outside it.
 
+use crate::wal::{Wal, WalRecord, MAX_LOGGED_BYTES};
 use shared::names::validate_path;
 use shared::proto::{FileMeta, Tombstone};
 use shared::WireError;
 use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A storage folder.
 pub struct Store {
@@ -35,6 +41,12 @@ pub struct Store {
     /// are kept for the next temp file, so that steady-state changes neither
     /// allocate nor free inodes (see [`Store::replace`]).
     spares: Mutex<Vec<PathBuf>>,
+    /// Inodes open for reading (READ, STREAM, transfers), with how many
+    /// handles each: these are never recycled.
+    readers: Arc<Mutex<HashMap<u64, usize>>>,
+    /// The write-ahead log (with fsync on): CREATEs and commits are durable
+    /// once logged; see [`crate::wal`].
+    wal: Option<Wal>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +65,40 @@ const UNDO: &str = "undo";
 const TMP: &str = "tmp";
 const CHECKPOINTS: &str = "checkpoints";
 const TOMBSTONES: &str = "tombstones";
+const WAL: &str = "wal.log";
+
+/// A content (or checkpoint) open for reading. It keeps seeing the version
+/// it opened, even if a commit replaces the file meanwhile: its inode is
+/// registered and never recycled while the handle lives.
+pub struct OpenContent {
+    file: File,
+    inode: u64,
+    readers: Arc<Mutex<HashMap<u64, usize>>>,
+}
+
+impl OpenContent {
+    pub fn metadata(&self) -> io::Result<fs::Metadata> {
+        self.file.metadata()
+    }
+}
+
+impl io::Read for OpenContent {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+impl Drop for OpenContent {
+    fn drop(&mut self) {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = readers.get_mut(&self.inode) {
+            *count -= 1;
+            if *count == 0 {
+                readers.remove(&self.inode);
+            }
+        }
+    }
+}
 
 /// A temp file being filled (a transfer in progress). Dropping it without
 /// installing it removes it, so an interrupted transfer leaves nothing behind.
@@ -82,6 +128,15 @@ impl TempFile {
             self.flushing_from = self.written;
         }
         Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.written
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -126,12 +181,71 @@ impl Store {
             tracing::info!(event = "ss_tmp_cleanup", path = %path.display(), "removed a leftover temp file");
             fs::remove_file(path)?;
         }
-        Ok(Store {
+        let mut store = Store {
             root: root.to_owned(),
             fsync,
             temp_counter: AtomicU64::new(0),
             spares: Mutex::new(Vec::new()),
-        })
+            readers: Arc::default(),
+            wal: None,
+        };
+        if fsync {
+            let (wal, logged) = Wal::open(&root.join(WAL))?;
+            for record in &logged {
+                store.redo(record)?;
+            }
+            if !logged.is_empty() {
+                tracing::info!(
+                    event = "ss_wal_replayed",
+                    records = logged.len(),
+                    "changes logged before a crash were applied again"
+                );
+            }
+            store.wal = Some(wal);
+            store.barrier()?;
+        }
+        Ok(store)
+    }
+
+    /// Applies a logged change again, rewriting every file it touches.
+    fn redo(&self, record: &WalRecord) -> Result<(), StoreError> {
+        match record {
+            WalRecord::Create { file, meta } => {
+                match fs::remove_file(self.path_in(UNDO, file)?) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+                self.create_files(file, meta, Durable::Later)
+            }
+            WalRecord::Commit {
+                file,
+                content,
+                previous,
+                meta,
+            } => {
+                self.write_atomically(&self.path_in(UNDO, file)?, previous, false, Durable::Later)?;
+                self.write_atomically(&self.content_path(file)?, content, false, Durable::Later)?;
+                self.write_meta_files(file, meta, Durable::Later)
+            }
+            WalRecord::Install {
+                file,
+                content,
+                meta,
+            } => {
+                self.write_atomically(&self.content_path(file)?, content, false, Durable::Later)?;
+                self.write_meta_files(file, meta, Durable::Later)
+            }
+        }
+    }
+
+    /// Makes every change applied from the log durable (one `syncfs`) and
+    /// empties the log. Runs before any change that does not go through the
+    /// log, so that replaying the log after a crash never undoes it.
+    fn barrier(&self) -> Result<(), StoreError> {
+        if let Some(wal) = &self.wal {
+            wal.checkpoint(|| syncfs(&self.root))?;
+        }
+        Ok(())
     }
 
     fn path_in(&self, area: &str, file: &str) -> Result<PathBuf, StoreError> {
@@ -149,8 +263,24 @@ impl Store {
 
     /// Opens the content for reading; the handle keeps seeing this version
     /// even if a commit replaces the file meanwhile.
-    pub fn open_content(&self, file: &str) -> Result<File, StoreError> {
-        Ok(File::open(self.content_path(file)?)?)
+    pub fn open_content(&self, file: &str) -> Result<OpenContent, StoreError> {
+        self.open_registered(&self.content_path(file)?)
+    }
+
+    /// Opens `path` and registers its inode as being read until the handle
+    /// is dropped, so it is never recycled under the reader. The open and
+    /// the registration happen under the lock that recycling checks.
+    fn open_registered(&self, path: &Path) -> Result<OpenContent, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let file = File::open(path)?;
+        let inode = file.metadata()?.ino();
+        *readers.entry(inode).or_default() += 1;
+        Ok(OpenContent {
+            file,
+            inode,
+            readers: self.readers.clone(),
+        })
     }
 
     fn temp_path(&self) -> PathBuf {
@@ -166,15 +296,19 @@ impl Store {
         target: &Path,
         bytes: &[u8],
         recycle: bool,
+        durable: Durable,
     ) -> Result<(), StoreError> {
         self.ensure_parent(target)?;
         let mut temp = self.temp_file()?;
         temp.write_all(bytes)?;
-        if self.fsync {
+        if self.fsync && durable == Durable::Now {
             temp.sync_data()?;
         }
         self.replace(temp, target, recycle)?;
-        Ok(self.sync_parent(target)?)
+        if durable == Durable::Now {
+            self.sync_parent(target)?;
+        }
+        Ok(())
     }
 
     /// Puts a temp file in place of `target`, atomically.
@@ -182,9 +316,9 @@ impl Store {
     /// With `recycle`, an existing `target` is exchanged with the temp file
     /// (`renameat2(RENAME_EXCHANGE)`) and the inode that held the old
     /// version, now under the temp name, becomes a spare for the next temp
-    /// file. Only metadata is recycled: nothing holds a metadata file open
-    /// while the server runs, whereas a content inode may be open in a READ
-    /// or a transfer, which must go on seeing the version it opened.
+    /// file, unless another name still links it (an undo level, a
+    /// checkpoint) or a reader holds it open (see [`OpenContent`]): a READ
+    /// or a transfer must go on seeing the version it opened.
     ///
     /// Why: a rename that replaces a file frees an inode and the next temp
     /// file allocates one; on this machine's ext4 (no journal) the inode
@@ -206,8 +340,11 @@ impl Store {
     /// drops its name when another name still links its inode.
     fn keep_spare(&self, path: PathBuf) {
         use std::os::unix::fs::MetadataExt;
-        let reusable =
-            fs::metadata(&path).is_ok_and(|m| m.nlink() == 1 && m.len() <= SPARE_MAX_BYTES);
+        let readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let reusable = fs::metadata(&path).is_ok_and(|m| {
+            m.nlink() == 1 && m.len() <= SPARE_MAX_BYTES && !readers.contains_key(&m.ino())
+        });
+        drop(readers);
         let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
         if reusable && spares.len() < MAX_SPARES {
             spares.push(path);
@@ -243,11 +380,21 @@ impl Store {
     }
 
     pub fn write_meta(&self, file: &str, meta: &FileMeta) -> Result<(), StoreError> {
+        self.barrier()?;
+        self.write_meta_files(file, meta, Durable::Now)
+    }
+
+    fn write_meta_files(
+        &self,
+        file: &str,
+        meta: &FileMeta,
+        durable: Durable,
+    ) -> Result<(), StoreError> {
         let bytes = rmp_serde::to_vec_named(meta).map_err(|e| StoreError::Meta {
             file: file.to_owned(),
             error: e.to_string(),
         })?;
-        self.write_atomically(&self.path_in(META, file)?, &bytes, true)
+        self.write_atomically(&self.path_in(META, file)?, &bytes, true, durable)
     }
 
     /// Whether the content was replaced after the metadata was last written.
@@ -265,35 +412,92 @@ impl Store {
         })
     }
 
-    /// Creates an empty file and its metadata: both temp files are made
-    /// durable, renamed, and their directories fsynced, so the two renames
-    /// share one journal commit.
+    /// Creates an empty file and its metadata. With the log: logged, then
+    /// written without fsyncs. Without: both temp files are made durable,
+    /// renamed, and their directories fsynced.
     pub fn create(&self, file: &str, meta: &FileMeta) -> Result<(), StoreError> {
+        validate_path(file)?;
+        if let Some(wal) = &self.wal {
+            let logged = wal.append(&WalRecord::Create {
+                file: file.to_owned(),
+                meta: meta.clone(),
+            })?;
+            self.create_files(file, meta, Durable::Later)?;
+            drop(logged);
+            return self.checkpoint_if_due();
+        }
+        self.create_files(file, meta, Durable::Now)
+    }
+
+    fn create_files(
+        &self,
+        file: &str,
+        meta: &FileMeta,
+        durable: Durable,
+    ) -> Result<(), StoreError> {
         let content = self.temp_file()?;
         let meta_temp = self.meta_temp(file, meta)?;
-        self.sync_temps([&meta_temp, &content])?;
+        if durable == Durable::Now {
+            self.sync_temps_now([&meta_temp, &content])?;
+        }
         let mut dirs = BTreeSet::new();
         self.place(content, file, Placed::Content, &mut dirs)?;
         self.place(meta_temp, file, Placed::Meta, &mut dirs)?;
-        self.sync_dirs(&dirs)
+        if durable == Durable::Now {
+            self.sync_dirs(&dirs)?;
+        }
+        Ok(())
     }
 
     /// Replaces the content, keeping the previous one for UNDO, then the
-    /// metadata. The new content and metadata are made durable first; then
-    /// the undo link, the content and the metadata change names in that
-    /// order, and the three directories are fsynced (the first fsync commits
-    /// all three changes; the others find nothing left to do).
+    /// metadata. With the log (and a document under [`MAX_LOGGED_BYTES`]):
+    /// the new and previous contents and the metadata are logged, then
+    /// written without fsyncs. Without: the new content and metadata are
+    /// made durable first; then the undo link, the content and the metadata
+    /// change names in that order, and the three directories are fsynced.
     pub fn commit(&self, file: &str, content: &[u8], meta: &FileMeta) -> Result<(), StoreError> {
+        let current = self.content_path(file)?;
+        if let Some(wal) = &self.wal {
+            let size = fs::metadata(&current)?.len() as usize;
+            if size + content.len() <= MAX_LOGGED_BYTES {
+                let logged = wal.append(&WalRecord::Commit {
+                    file: file.to_owned(),
+                    content: content.to_vec(),
+                    previous: fs::read(&current)?,
+                    meta: meta.clone(),
+                })?;
+                self.commit_files(file, content, meta, Durable::Later)?;
+                drop(logged);
+                return self.checkpoint_if_due();
+            }
+            self.barrier()?;
+        }
+        self.commit_files(file, content, meta, Durable::Now)
+    }
+
+    fn commit_files(
+        &self,
+        file: &str,
+        content: &[u8],
+        meta: &FileMeta,
+        durable: Durable,
+    ) -> Result<(), StoreError> {
         let current = self.content_path(file)?;
         let undo = self.path_in(UNDO, file)?;
         let mut content_temp = self.temp_file()?;
         content_temp.write_all(content)?;
         let meta_temp = self.meta_temp(file, meta)?;
-        self.sync_temps([&meta_temp, &content_temp])?;
+        if durable == Durable::Now {
+            self.sync_temps_now([&meta_temp, &content_temp])?;
+        }
         self.ensure_parent(&undo)?;
-        match fs::remove_file(&undo) {
+        // The undo level before this one is no longer needed: its inode
+        // becomes a spare rather than being freed.
+        let retired = self.temp_path();
+        match fs::rename(&undo, &retired) {
+            Ok(()) => self.keep_spare(retired),
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
+            Err(_) => {}
         }
         // A hard link keeps the old content without copying it.
         fs::hard_link(&current, &undo)?;
@@ -301,7 +505,48 @@ impl Store {
         self.place(content_temp, file, Placed::Content, &mut dirs)?;
         self.place(meta_temp, file, Placed::Meta, &mut dirs)?;
         dirs.insert(undo.parent().expect("joined under the root").to_owned());
-        self.sync_dirs(&dirs)
+        if durable == Durable::Now {
+            self.sync_dirs(&dirs)?;
+        }
+        Ok(())
+    }
+
+    /// Whether CREATEs, commits and small installs go through the write-ahead log.
+    pub fn logs_changes(&self) -> bool {
+        self.wal.is_some()
+    }
+
+    /// Installs a small copy through the write-ahead log: logged with its
+    /// content and metadata, then put in place without fsyncs.
+    pub fn install_logged(
+        &self,
+        file: &str,
+        content: TempFile,
+        meta: &FileMeta,
+    ) -> Result<(), StoreError> {
+        let Some(wal) = &self.wal else {
+            self.sync_temps([&content])?;
+            let mut dirs = BTreeSet::new();
+            self.place(content, file, Placed::Content, &mut dirs)?;
+            self.sync_dirs(&dirs)?;
+            return self.write_meta(file, meta);
+        };
+        let logged = wal.append(&WalRecord::Install {
+            file: file.to_owned(),
+            content: fs::read(&content.path)?,
+            meta: meta.clone(),
+        })?;
+        self.place(content, file, Placed::Content, &mut BTreeSet::new())?;
+        self.write_meta_files(file, meta, Durable::Later)?;
+        drop(logged);
+        self.checkpoint_if_due()
+    }
+
+    fn checkpoint_if_due(&self) -> Result<(), StoreError> {
+        match &self.wal {
+            Some(wal) if wal.wants_checkpoint() => self.barrier(),
+            _ => Ok(()),
+        }
     }
 
     pub fn read_content_of_undo(&self, file: &str) -> Result<Vec<u8>, StoreError> {
@@ -315,6 +560,7 @@ impl Store {
 
     /// Puts the previous content back; the undo level is used up.
     pub fn undo(&self, file: &str, meta: &FileMeta) -> Result<(), StoreError> {
+        self.barrier()?;
         let current = self.content_path(file)?;
         fs::rename(self.path_in(UNDO, file)?, &current)?;
         self.sync_parent(&current)?;
@@ -323,6 +569,7 @@ impl Store {
 
     /// Removes a file's content, metadata, undo level and checkpoints.
     pub fn delete(&self, file: &str) -> Result<(), StoreError> {
+        self.barrier()?;
         for area in [META, FILES, UNDO] {
             let path = self.path_in(area, file)?;
             match fs::remove_file(&path) {
@@ -344,6 +591,7 @@ impl Store {
 
     /// Snapshots the current content under `tag` (a hard link: contents are never modified in place).
     pub fn checkpoint(&self, file: &str, tag: &str, meta: &FileMeta) -> Result<(), StoreError> {
+        self.barrier()?;
         let target = self.checkpoint_path(file, tag)?;
         self.ensure_parent(&target)?;
         fs::hard_link(self.content_path(file)?, &target)?;
@@ -351,8 +599,8 @@ impl Store {
         self.write_meta(file, meta)
     }
 
-    pub fn open_checkpoint(&self, file: &str, tag: &str) -> Result<File, StoreError> {
-        Ok(File::open(self.checkpoint_path(file, tag)?)?)
+    pub fn open_checkpoint(&self, file: &str, tag: &str) -> Result<OpenContent, StoreError> {
+        self.open_registered(&self.checkpoint_path(file, tag)?)
     }
 
     pub fn read_checkpoint(&self, file: &str, tag: &str) -> Result<Vec<u8>, StoreError> {
@@ -364,6 +612,7 @@ impl Store {
     /// leaves the file whole under one of its names (and at worst an orphan
     /// content file, which the inventory ignores).
     pub fn rename(&self, file: &str, to: &str, meta: &FileMeta) -> Result<(), StoreError> {
+        self.barrier()?;
         let (from_content, to_content) = (self.content_path(file)?, self.content_path(to)?);
         self.ensure_parent(&to_content)?;
         fs::hard_link(&from_content, &to_content)?;
@@ -437,6 +686,14 @@ impl Store {
         &self,
         temps: impl IntoIterator<Item = &'a TempFile>,
     ) -> Result<(), StoreError> {
+        self.barrier()?;
+        self.sync_temps_now(temps)
+    }
+
+    fn sync_temps_now<'a>(
+        &self,
+        temps: impl IntoIterator<Item = &'a TempFile>,
+    ) -> Result<(), StoreError> {
         if !self.fsync {
             return Ok(());
         }
@@ -472,7 +729,7 @@ impl Store {
             Placed::Checkpoint(tag) => self.checkpoint_path(file, tag)?,
         };
         self.ensure_parent(&target)?;
-        self.replace(temp, &target, matches!(what, Placed::Meta))?;
+        self.replace(temp, &target, !matches!(what, Placed::Checkpoint(_)))?;
         dirs.insert(target.parent().expect("joined under the root").to_owned());
         Ok(())
     }
@@ -488,6 +745,7 @@ impl Store {
     }
 
     pub fn remove_checkpoint(&self, file: &str, tag: &str) -> Result<(), StoreError> {
+        self.barrier()?;
         match fs::remove_file(self.checkpoint_path(file, tag)?) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
@@ -495,11 +753,17 @@ impl Store {
     }
 
     pub fn write_tombstone(&self, tombstone: &Tombstone) -> Result<(), StoreError> {
+        self.barrier()?;
         let bytes = rmp_serde::to_vec_named(tombstone).map_err(|e| StoreError::Meta {
             file: tombstone.file.clone(),
             error: e.to_string(),
         })?;
-        self.write_atomically(&self.path_in(TOMBSTONES, &tombstone.file)?, &bytes, false)
+        self.write_atomically(
+            &self.path_in(TOMBSTONES, &tombstone.file)?,
+            &bytes,
+            false,
+            Durable::Now,
+        )
     }
 
     /// The tombstone of one file, if it has one.
@@ -512,6 +776,7 @@ impl Store {
     }
 
     pub fn remove_tombstone(&self, file: &str) -> Result<(), StoreError> {
+        self.barrier()?;
         match fs::remove_file(self.path_in(TOMBSTONES, file)?) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
@@ -549,6 +814,14 @@ impl Store {
         found.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(found)
     }
+}
+
+/// Whether a write is made durable by its own fsyncs, or later (it is in the
+/// write-ahead log, or being replayed from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durable {
+    Now,
+    Later,
 }
 
 /// What a temp file becomes when it is placed.
@@ -744,6 +1017,36 @@ mod tests {
         assert_eq!(store.read_content_of_undo("a").unwrap(), b"Three.");
         assert_eq!(store.read_meta("a").unwrap().stats.version, 5);
         assert!(store.temp_file().unwrap().recycled, "a spare is reused");
+    }
+
+    #[test]
+    fn logged_changes_are_redone_over_whatever_a_crash_left() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            store.create("d/a", &meta(1)).unwrap();
+            store.commit("d/a", b"First.", &meta(2)).unwrap();
+            store.commit("d/a", b"Second.", &meta(3)).unwrap();
+            // A crash before the writes reached the disk: torn or missing files.
+            fs::write(dir.path().join("files/d/a"), b"\0\0\0").unwrap();
+            fs::remove_file(dir.path().join("meta/d/a")).unwrap();
+            fs::remove_file(dir.path().join("undo/d/a")).unwrap();
+            assert!(fs::metadata(dir.path().join(WAL)).unwrap().len() > 0);
+        }
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(store.read_content("d/a").unwrap(), b"Second.");
+        assert_eq!(store.read_content_of_undo("d/a").unwrap(), b"First.");
+        assert_eq!(store.read_meta("d/a").unwrap().stats.version, 3);
+        assert_eq!(fs::metadata(dir.path().join(WAL)).unwrap().len(), 0);
+
+        // A change outside the log checkpoints it first, so a later replay
+        // cannot bring back what the change removed.
+        store.commit("d/a", b"Third.", &meta(4)).unwrap();
+        store.delete("d/a").unwrap();
+        assert_eq!(fs::metadata(dir.path().join(WAL)).unwrap().len(), 0);
+        drop(store);
+        let store = Store::open(dir.path(), true).unwrap();
+        assert!(store.inventory().unwrap().is_empty());
     }
 
     #[test]
