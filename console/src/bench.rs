@@ -127,6 +127,9 @@ pub struct Report {
     pub nm_rss_mib: Option<f64>,
     pub nm_peak_rss_mib: Option<f64>,
     pub empty_nm_rss_mib: Option<f64>,
+    /// Seconds from the start of the measured interval to named points in it.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub phases_s: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -691,12 +694,14 @@ async fn backup_return(
     }
     let started = Instant::now();
     cluster.start_ss("ss1_backup").await?;
+    let registered = started.elapsed().as_secs_f64();
     cluster.wait_replicated("ss1").await?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(Report {
         seconds,
         ops: changed as u64,
         ops_per_sec: changed as f64 / seconds,
+        phases_s: [("registered".to_owned(), registered)].into(),
         ..Report::default()
     })
 }
@@ -803,6 +808,9 @@ pub fn render(report: &Report) -> String {
     }
     if let Some(mbps) = report.mb_per_sec {
         out += &format!("  {} bytes: {:.1} MB/s\n", report.bytes, mbps);
+    }
+    for (phase, at) in &report.phases_s {
+        out += &format!("  {phase} after {at:.2} s\n");
     }
     if let (Some(rss), Some(peak)) = (report.nm_rss_mib, report.nm_peak_rss_mib) {
         out += &format!(
