@@ -475,39 +475,11 @@ async fn mixed(
 
 /// `bytes` through one loopback TCP connection into a file, then fsync.
 async fn raw_tcp(dir: &std::path::Path, bytes: u64) -> Result<Report, BenchError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = |e: std::io::Error| BenchError::Store(e.to_string());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(io)?;
-    let addr = listener.local_addr().map_err(io)?;
     let target = dir.join("raw-tcp.bin");
-    let started = Instant::now();
-    let receiver = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await?;
-        let mut file = tokio::fs::File::create(&target).await?;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            file.write_all(&buf[..n]).await?;
-        }
-        file.sync_all().await?;
-        Ok::<_, std::io::Error>(())
-    });
-    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
-    let chunk = vec![b'x'; 64 * 1024];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        stream.write_all(&chunk[..n]).await.map_err(io)?;
-        left -= n as u64;
-    }
-    drop(stream);
-    receiver.await.expect("receiver task").map_err(io)?;
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = tokio::task::spawn_blocking(move || raw_tcp_blocking(&target, bytes))
+        .await
+        .expect("raw-tcp task")
+        .map_err(|e| BenchError::Store(e.to_string()))?;
     Ok(Report {
         seconds,
         ops: 1,
@@ -516,6 +488,40 @@ async fn raw_tcp(dir: &std::path::Path, bytes: u64) -> Result<Report, BenchError
         mb_per_sec: Some(bytes as f64 / 1e6 / seconds),
         ..Report::default()
     })
+}
+
+/// The plainest copy there is: blocking sockets and file writes in 1 MiB
+/// buffers, a sender thread and a receiver thread, one fsync at the end.
+fn raw_tcp_blocking(target: &std::path::Path, bytes: u64) -> std::io::Result<f64> {
+    use std::io::{Read, Write};
+    const BUFFER: usize = 1 << 20;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let started = Instant::now();
+    let sender = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        let chunk = vec![b'x'; BUFFER];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(BUFFER as u64) as usize;
+            stream.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let (mut stream, _) = listener.accept()?;
+    let mut file = std::fs::File::create(target)?;
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n])?;
+    }
+    file.sync_all()?;
+    sender.join().expect("sender thread")?;
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Fsynced create-write-rename of 4 KiB files (plus the directory fsync) in one process.
