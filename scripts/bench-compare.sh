@@ -49,7 +49,7 @@ rsync --daemon --no-detach --config="$work/rsyncd.conf" --port=$port --address=1
 sleep 0.5
 
 rsync_time() { # src dir → fresh empty module folder; seconds
-  rm -rf "$work/dst"/*; sync
+  rm -rf "$work/dst"/*; settle
   local start end
   start=$(date +%s.%N)
   rsync -a "$1/" "rsync://127.0.0.1:$port/dst/"
@@ -57,6 +57,13 @@ rsync_time() { # src dir → fresh empty module folder; seconds
   end=$(date +%s.%N)
   python3 -c "print($end - $start)"
 }
+
+# On this machine's file system (ext4 without a journal) the inode allocator
+# skips every inode freed in the last few seconds (longer while its inode
+# table block is still dirty), so the files one run deletes slow the next
+# run's creates by up to 40x. Before each measured run: write everything
+# back and let five seconds pass.
+settle() { sync; sleep "${SETTLE:-6}"; }
 
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 
@@ -70,15 +77,15 @@ for what in $only; do
   for _ in $(seq "$rounds"); do
     case $what in
       small)
-        ours+=("$("$bin/console" bench resync-small --json | field seconds)")
-        theirs+=("$(rsync_time "$work/small")") ;;
+        settle; ours+=("$("$bin/console" bench resync-small --json | field seconds)")
+        settle; theirs+=("$(rsync_time "$work/small")") ;;
       large)
-        ours+=("$("$bin/console" bench resync-large --json | field mb_per_sec)")
-        theirs+=("$("$bin/console" bench raw-tcp --json | field mb_per_sec)")
-        large_rsync+=("$(rsync_time "$work/large")") ;;
+        settle; ours+=("$("$bin/console" bench resync-large --json | field mb_per_sec)")
+        settle; theirs+=("$("$bin/console" bench raw-tcp --json | field mb_per_sec)")
+        settle; large_rsync+=("$(rsync_time "$work/large")") ;;
       writes)
-        ours+=("$("$bin/console" bench create-write --clients 16 --duration 5s --json | field ops_per_sec)")
-        theirs+=("$("$bin/console" bench disk-limit --duration 5s --json | field ops_per_sec)") ;;
+        settle; ours+=("$("$bin/console" bench create-write --clients 16 --duration 5s --json | field ops_per_sec)")
+        settle; theirs+=("$("$bin/console" bench disk-limit --duration 5s --json | field ops_per_sec)") ;;
     esac
   done
   echo "$what: ours ${ours[*]} | reference ${theirs[*]}" >&2

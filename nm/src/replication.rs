@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Files per `PullFiles` request during a sync.
-const SYNC_BATCH: usize = 256;
+const SYNC_BATCH: usize = 1024;
 const MAX_ATTEMPTS: u32 = 5;
 const RETRY_BASE: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);

@@ -99,7 +99,7 @@ fn read_full(handle: &mut crate::store::OpenContent, buf: &mut [u8]) -> std::io:
 const PULL_WINDOW: usize = 32;
 /// Copied files installed together under one durability step, and the bytes
 /// in temp files that end a batch early.
-const INSTALL_BATCH: usize = 128;
+const INSTALL_BATCH: usize = 512;
 const INSTALL_BATCH_BYTES: u64 = 64 << 20;
 
 /// Why a pull failed: the item alone (the connection stays in step), or the
