@@ -780,8 +780,13 @@ impl Nm {
 
     /// One comparison of the two inventories, and the copies it calls for.
     async fn sync_once(&self, sides: &Sides) -> Result<SyncOutcome, WireError> {
-        let (source_files, source_dead) = sides.source_client.inventory().await?;
-        let (target_files, _) = sides.target_client.inventory().await?;
+        // Both inventories at once: each side lists and sends its own while
+        // nm decodes the other's.
+        let (source, target) = tokio::join!(
+            sides.source_client.inventory(),
+            sides.target_client.inventory()
+        );
+        let ((source_files, source_dead), (target_files, _)) = (source?, target?);
         let on_source: HashMap<&str, &shared::proto::FileStats> = source_files
             .iter()
             .map(|e| (e.file.as_str(), &e.meta.stats))

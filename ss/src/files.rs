@@ -82,12 +82,17 @@ impl Files {
             .into_iter()
             .map(|t| (t.file.clone(), t.stamp()))
             .collect();
-        for (file, mut meta) in store.inventory()? {
+        for crate::store::Found {
+            file,
+            mut meta,
+            content_newer,
+        } in store.scan()?
+        {
             // Every change renames the content into place first and writes
             // the metadata second; content newer than its metadata is a
             // change a crash cut in between. Its stats are recomputed and its
             // version moves on, so the content on disk is what counts.
-            if store.content_newer_than_meta(&file)? {
+            if content_newer {
                 let content = store.read_content(&file)?;
                 let epoch = meta.stats.epoch;
                 apply_content_stats(&mut meta.stats, &content, epoch);
