@@ -411,11 +411,15 @@ impl Store {
     pub fn create(&self, file: &str, meta: &FileMeta) -> Result<(), StoreError> {
         validate_path(file)?;
         if let Some(wal) = &self.wal {
+            // What can fail for a reason other than the disk fails before the
+            // change is logged (see `applied_or_abort`).
+            self.ensure_parent(&self.content_path(file)?)?;
+            self.ensure_parent(&self.path_in(META, file)?)?;
             let logged = wal.append(&WalRecord::Create {
                 file: file.to_owned(),
                 meta: meta.clone(),
             })?;
-            self.create_files(file, meta, Durable::Later)?;
+            applied_or_abort(file, self.create_files(file, meta, Durable::Later));
             drop(logged);
             return self.checkpoint_if_due();
         }
@@ -459,7 +463,7 @@ impl Store {
                     previous: fs::read(&current)?,
                     meta: meta.clone(),
                 })?;
-                self.commit_files(file, content, meta, Durable::Later)?;
+                applied_or_abort(file, self.commit_files(file, content, meta, Durable::Later));
                 drop(logged);
                 return self.checkpoint_if_due();
             }
@@ -529,8 +533,10 @@ impl Store {
             content: fs::read(&content.path)?,
             meta: meta.clone(),
         })?;
-        self.place(content, file, Placed::Content, &mut BTreeSet::new())?;
-        self.write_meta_files(file, meta, Durable::Later)?;
+        let applied = self
+            .place(content, file, Placed::Content, &mut BTreeSet::new())
+            .and_then(|()| self.write_meta_files(file, meta, Durable::Later));
+        applied_or_abort(file, applied);
         drop(logged);
         self.checkpoint_if_due()
     }
@@ -861,6 +867,19 @@ pub struct Found {
     pub file: String,
     pub meta: FileMeta,
     pub content_newer: bool,
+}
+
+/// A change durable in the write-ahead log that could not be written to its
+/// files (a disk error) must not be reported as failed: the next replay will
+/// apply it. Like a database that panics when its data files cannot be
+/// written, the server stops here; clients see a broken connection (outcome
+/// unknown), nm fails over, and the restart replays the log.
+fn applied_or_abort(file: &str, applied: Result<(), StoreError>) {
+    if let Err(e) = applied {
+        tracing::error!(event = "ss_wal_apply_failed", file, error = %e, "a logged change could not be written to its files; stopping so that the restart replays it");
+        eprintln!("ss: a logged change to {file:?} could not be written ({e}); stopping so that the restart replays it");
+        std::process::abort();
+    }
 }
 
 /// Whether a write is made durable by its own fsyncs, or later (it is in the

@@ -17,8 +17,9 @@
 //! but unsynced change is replaced; a torn last record was never acknowledged
 //! and is cut off.
 //!
-//! A known gap: if writing the files fails after a record is durable (a disk
-//! error), the client gets the error, yet the next replay applies the change.
+//! If writing the files fails after a record is durable (a disk error), the
+//! server aborts rather than report a failure the next replay would
+//! contradict: the client sees a broken connection, the restart applies it.
 //!
 //! Each record carries the whole new content and the content it replaced
 //! (for UNDO), so documents larger than [`MAX_LOGGED_BYTES`] bypass the log
