@@ -132,6 +132,18 @@ pub struct Report {
     pub phases_s: std::collections::BTreeMap<String, f64>,
 }
 
+impl Report {
+    /// `ops` operations in `seconds`, and their rate.
+    fn measured(seconds: f64, ops: u64) -> Report {
+        Report {
+            seconds,
+            ops,
+            ops_per_sec: ops as f64 / seconds,
+            ..Report::default()
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Percentiles {
     pub p50: f64,
@@ -243,11 +255,7 @@ async fn create_write(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Re
                 let t = Instant::now();
                 let file = format!("c{c}-{i}");
                 client.nm(NmRequest::Create { file: file.clone() }).await?;
-                client.write_begin(&file, 0).await?;
-                client
-                    .write_edit(0, "One sentence of the benchmark.")
-                    .await?;
-                client.write_commit().await?;
+                write_sentence(&mut client, &file, 0, "One sentence of the benchmark.").await?;
                 latencies.push(t.elapsed());
                 i += 1;
             }
@@ -255,6 +263,18 @@ async fn create_write(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Re
         }));
     }
     latency_report(started, tasks).await
+}
+
+/// One WRITE: locks sentence `sentence` of `file`, sets its words to `text`, commits.
+async fn write_sentence(
+    client: &mut Client,
+    file: &str,
+    sentence: i64,
+    text: &str,
+) -> Result<FileStats, BenchError> {
+    client.write_begin(file, sentence).await?;
+    client.write_edit(0, text).await?;
+    Ok(client.write_commit().await?)
 }
 
 /// Joins the client tasks of a timed workload and reports their operation latencies.
@@ -269,11 +289,8 @@ async fn latency_report(
     let seconds = started.elapsed().as_secs_f64();
     let ops = latencies.len() as u64;
     Ok(Report {
-        seconds,
-        ops,
-        ops_per_sec: ops as f64 / seconds,
         latency_ms: percentiles(latencies),
-        ..Report::default()
+        ..Report::measured(seconds, ops)
     })
 }
 
@@ -324,9 +341,9 @@ async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report
                 tokio::time::sleep_until(next.into()).await;
                 next += interval;
                 let t = Instant::now();
-                client.write_begin(&file, sentence).await?;
-                client.write_edit(0, &format!("Write {sentence}.")).await?;
-                let stats = client.write_commit().await?;
+                let stats =
+                    write_sentence(&mut client, &file, sentence, &format!("Write {sentence}."))
+                        .await?;
                 acks.push((file.clone(), stats.version, Instant::now(), t.elapsed()));
                 sentence += 1;
             }
@@ -357,12 +374,9 @@ async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report
     }
     let ops = acks.len() as u64;
     Ok(Report {
-        seconds,
-        ops,
-        ops_per_sec: ops as f64 / seconds,
         latency_ms: percentiles(latencies),
         replication_lag_ms: percentiles(lags),
-        ..Report::default()
+        ..Report::measured(seconds, ops)
     })
 }
 
@@ -422,12 +436,9 @@ async fn resync(cluster: &mut LocalCluster, count: usize, size: u64) -> Result<R
     let seconds = started.elapsed().as_secs_f64();
     let bytes = count as u64 * size;
     Ok(Report {
-        seconds,
-        ops: count as u64,
-        ops_per_sec: count as f64 / seconds,
         bytes,
         mb_per_sec: Some(bytes as f64 / 1e6 / seconds),
-        ..Report::default()
+        ..Report::measured(seconds, count as u64)
     })
 }
 
@@ -448,20 +459,20 @@ async fn mixed(
             let mut client = Client::connect(&nm, &format!("bench{c}")).await?;
             let file = format!("mixed-{c}");
             client.nm(NmRequest::Create { file: file.clone() }).await?;
-            client.write_begin(&file, 0).await?;
-            client.write_edit(0, "Seed sentence.").await?;
-            client.write_commit().await?;
+            write_sentence(&mut client, &file, 0, "Seed sentence.").await?;
             let (mut latencies, mut sentence, mut i) = (Vec::new(), 1i64, 0u64);
             while Instant::now() < deadline {
                 let t = Instant::now();
                 if i % 100 < read_percent {
                     client.read(&file).await?;
                 } else {
-                    client.write_begin(&file, sentence).await?;
-                    client
-                        .write_edit(0, "Another sentence of the benchmark.")
-                        .await?;
-                    client.write_commit().await?;
+                    write_sentence(
+                        &mut client,
+                        &file,
+                        sentence,
+                        "Another sentence of the benchmark.",
+                    )
+                    .await?;
                     sentence += 1;
                 }
                 latencies.push(t.elapsed());
@@ -481,12 +492,9 @@ async fn raw_tcp(dir: &std::path::Path, bytes: u64) -> Result<Report, BenchError
         .expect("raw-tcp task")
         .map_err(|e| BenchError::Store(e.to_string()))?;
     Ok(Report {
-        seconds,
-        ops: 1,
-        ops_per_sec: 1.0 / seconds,
         bytes,
         mb_per_sec: Some(bytes as f64 / 1e6 / seconds),
-        ..Report::default()
+        ..Report::measured(seconds, 1)
     })
 }
 
@@ -544,11 +552,8 @@ async fn disk_limit(dir: &std::path::Path, duration: Duration) -> Result<Report,
         }
         let seconds = started.elapsed().as_secs_f64();
         Ok::<_, std::io::Error>(Report {
-            seconds,
-            ops,
-            ops_per_sec: ops as f64 / seconds,
             bytes: ops * 4096,
-            ..Report::default()
+            ..Report::measured(seconds, ops)
         })
     })
     .await
@@ -577,9 +582,7 @@ async fn failover(
             file: "probe.txt".into(),
         })
         .await?;
-    client.write_begin("probe.txt", 0).await?;
-    client.write_edit(0, "Still here.").await?;
-    client.write_commit().await?;
+    write_sentence(&mut client, "probe.txt", 0, "Still here.").await?;
     let started = Instant::now();
     let mut times = Vec::new();
     for _ in 0..rounds.max(1) {
@@ -614,11 +617,8 @@ async fn failover(
     }
     let ops = times.len() as u64;
     Ok(Report {
-        seconds: started.elapsed().as_secs_f64(),
-        ops,
-        ops_per_sec: ops as f64 / started.elapsed().as_secs_f64(),
         failover_ms: percentiles(times),
-        ..Report::default()
+        ..Report::measured(started.elapsed().as_secs_f64(), ops)
     })
 }
 
@@ -643,11 +643,7 @@ async fn catch_up(cluster: &mut LocalCluster, files: usize) -> Result<Report, Be
         .await?;
     for i in 0..files {
         let file = format!("c{i:05}");
-        client.write_begin(&file, 0).await?;
-        client
-            .write_edit(0, "Changed while the primary was away.")
-            .await?;
-        client.write_commit().await?;
+        write_sentence(&mut client, &file, 0, "Changed while the primary was away.").await?;
     }
     let started = Instant::now();
     cluster.start_ss("ss1").await?;
@@ -661,12 +657,7 @@ async fn catch_up(cluster: &mut LocalCluster, files: usize) -> Result<Report, Be
         })
         .await?;
     let seconds = started.elapsed().as_secs_f64();
-    Ok(Report {
-        seconds,
-        ops: files as u64,
-        ops_per_sec: files as f64 / seconds,
-        ..Report::default()
-    })
+    Ok(Report::measured(seconds, files as u64))
 }
 
 /// Both servers start holding the same `total` files (written straight into
@@ -692,11 +683,7 @@ async fn backup_return(
     let mut client = Client::connect(cluster.nm_addr(), "bench").await?;
     for i in 0..changed.min(total) {
         let file = format!("f{:06}", i * (total / changed.max(1)).max(1));
-        client.write_begin(&file, 0).await?;
-        client
-            .write_edit(0, "Changed while the backup was away.")
-            .await?;
-        client.write_commit().await?;
+        write_sentence(&mut client, &file, 0, "Changed while the backup was away.").await?;
     }
     let started = Instant::now();
     cluster.start_ss("ss1_backup").await?;
@@ -704,11 +691,8 @@ async fn backup_return(
     cluster.wait_replicated("ss1").await?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(Report {
-        seconds,
-        ops: changed as u64,
-        ops_per_sec: changed as f64 / seconds,
         phases_s: [("registered".to_owned(), registered)].into(),
-        ..Report::default()
+        ..Report::measured(seconds, changed as u64)
     })
 }
 
@@ -772,13 +756,10 @@ async fn nm_memory(cluster: &mut LocalCluster, files: usize) -> Result<Report, B
     let seconds = started.elapsed().as_secs_f64();
     let loaded = cluster.pid("nm").and_then(resident_mib);
     Ok(Report {
-        seconds,
-        ops: files as u64,
-        ops_per_sec: files as f64 / seconds,
         nm_rss_mib: loaded.map(|(rss, _)| rss),
         nm_peak_rss_mib: loaded.map(|(_, peak)| peak),
         empty_nm_rss_mib: empty.map(|(rss, _)| rss),
-        ..Report::default()
+        ..Report::measured(seconds, files as u64)
     })
 }
 

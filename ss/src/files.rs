@@ -327,16 +327,12 @@ impl Files {
         if logged {
             return copies
                 .into_iter()
-                .map(|copy| {
-                    shared::names::validate_path(&copy.file)?;
-                    self.place_copy(copy, None, &mut BTreeSet::new())
-                })
+                .map(|copy| self.place_copy(copy, None, &mut BTreeSet::new()))
                 .collect();
         }
         let mut staged: Vec<Result<(Copied, TempFile), WireError>> = copies
             .into_iter()
             .map(|copy| {
-                shared::names::validate_path(&copy.file)?;
                 let meta = self.store.meta_temp(&copy.file, &copy.meta)?;
                 Ok((copy, meta))
             })
@@ -367,10 +363,10 @@ impl Files {
         results
     }
 
-    /// Renames one durable copy into place, unless the local file is as new
-    /// or holds changes the copy lacks.
-    /// With `meta_temp`, the copy is renamed into place for the batch's
-    /// durability step; without, it goes through the write-ahead log.
+    /// Puts one copy in place, unless the local file is as new or holds
+    /// changes the copy lacks: with `meta_temp` (made durable by the batch),
+    /// renamed into place for the batch's directory fsyncs; without, through
+    /// the write-ahead log.
     fn place_copy(
         &self,
         copy: Copied,
@@ -384,6 +380,7 @@ impl Files {
             checkpoints,
         } = copy;
         let file = file.as_str();
+        shared::names::validate_path(file)?;
         let entry = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             entries

@@ -182,7 +182,6 @@ async fn pull_pipelined(
     let mut in_flight = VecDeque::new();
     let mut arriving: Vec<Option<Arriving>> = items.iter().map(|_| None).collect();
     let mut ready: Vec<(usize, Copied, u64)> = Vec::new();
-    let mut ready_bytes = 0u64;
     let mut next_item = 0;
     while next_item < items.len() || !in_flight.is_empty() {
         while next_item < items.len() && in_flight.len() < PULL_WINDOW {
@@ -235,7 +234,6 @@ async fn pull_pipelined(
             .is_some_and(|a| a.content.is_some() && a.checkpoints_due == 0);
         if complete && outcomes[index].is_none() {
             let a = arriving[index].take().expect("complete");
-            ready_bytes += a.bytes;
             ready.push((
                 index,
                 Copied {
@@ -247,9 +245,9 @@ async fn pull_pipelined(
                 a.bytes,
             ));
         }
+        let ready_bytes: u64 = ready.iter().map(|(_, _, bytes)| bytes).sum();
         if ready.len() >= INSTALL_BATCH || ready_bytes >= INSTALL_BATCH_BYTES {
             install_ready(files, &mut ready, outcomes);
-            ready_bytes = 0;
         }
     }
     install_ready(files, &mut ready, outcomes);

@@ -219,17 +219,7 @@ impl Server {
             )));
         }
         // A change keeps the role from changing until it is committed.
-        let is_change = matches!(
-            request,
-            SsRequest::WriteCommit
-                | SsRequest::CreateFile { .. }
-                | SsRequest::DeleteFile { .. }
-                | SsRequest::UndoFile { .. }
-                | SsRequest::SetAcl { .. }
-                | SsRequest::MoveFile { .. }
-                | SsRequest::CreateCheckpoint { .. }
-                | SsRequest::Revert { .. }
-        );
+        let is_change = changes_files(&request);
         let mut change = if is_change {
             Some(self.link.change_guard().await)
         } else {
@@ -243,16 +233,10 @@ impl Server {
             {
                 self.link.check_serving()
             }
-            SsRequest::WriteBegin { .. }
-            | SsRequest::WriteEdit { .. }
-            | SsRequest::WriteCommit
-            | SsRequest::CreateFile { .. }
-            | SsRequest::DeleteFile { .. }
-            | SsRequest::UndoFile { .. }
-            | SsRequest::SetAcl { .. }
-            | SsRequest::MoveFile { .. }
-            | SsRequest::CreateCheckpoint { .. }
-            | SsRequest::Revert { .. } => self.link.check_writable(),
+            SsRequest::WriteBegin { .. } | SsRequest::WriteEdit { .. } => {
+                self.link.check_writable()
+            }
+            _ if is_change => self.link.check_writable(),
             _ => Ok(()),
         };
         if let Err(e) = gate {
@@ -594,4 +578,21 @@ fn operation_name(request: &SsRequest) -> &'static str {
         SsRequest::SetRole { .. } => "SET_ROLE",
         SsRequest::KeepConflict { .. } => "KEEP_CONFLICT",
     }
+}
+
+/// Whether a request changes files on disk (and so keeps the server's role
+/// from changing until it is committed). WRITE's begin and edits are not
+/// changes yet, but need a writable server as well.
+fn changes_files(request: &SsRequest) -> bool {
+    matches!(
+        request,
+        SsRequest::WriteCommit
+            | SsRequest::CreateFile { .. }
+            | SsRequest::DeleteFile { .. }
+            | SsRequest::UndoFile { .. }
+            | SsRequest::SetAcl { .. }
+            | SsRequest::MoveFile { .. }
+            | SsRequest::CreateCheckpoint { .. }
+            | SsRequest::Revert { .. }
+    )
 }

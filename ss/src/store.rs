@@ -154,8 +154,8 @@ impl TempFile {
 }
 
 /// How many temp files make a batch worth one `syncfs` rather than an
-/// fdatasync each (each fdatasync is a journal commit and a device flush,
-/// about 0.2 ms here; one `syncfs` flushes hundreds of small files in a few ms).
+/// fdatasync each (each fdatasync is a device flush, about 0.2 ms here; one
+/// `syncfs` flushes hundreds of small files in a few ms).
 const SYNCFS_FROM: usize = 4;
 /// Spare inodes kept for reuse, and the largest file kept as one (a larger
 /// one would hold its disk space until it is reused).
@@ -211,10 +211,7 @@ impl Store {
     fn redo(&self, record: &WalRecord) -> Result<(), StoreError> {
         match record {
             WalRecord::Create { file, meta } => {
-                match fs::remove_file(self.path_in(UNDO, file)?) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
-                    _ => {}
-                }
+                remove_if_present(&self.path_in(UNDO, file)?)?;
                 self.create_files(file, meta, Durable::Later)
             }
             WalRecord::Commit {
@@ -390,19 +387,12 @@ impl Store {
         meta: &FileMeta,
         durable: Durable,
     ) -> Result<(), StoreError> {
-        let bytes = rmp_serde::to_vec_named(meta).map_err(|e| StoreError::Meta {
-            file: file.to_owned(),
-            error: e.to_string(),
-        })?;
+        let bytes = encode(file, meta)?;
         self.write_atomically(&self.path_in(META, file)?, &bytes, true, durable)
     }
 
     pub fn read_meta(&self, file: &str) -> Result<FileMeta, StoreError> {
-        let bytes = fs::read(self.path_in(META, file)?)?;
-        rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Meta {
-            file: file.to_owned(),
-            error: e.to_string(),
-        })
+        decode_meta(file, &fs::read(self.path_in(META, file)?)?)
     }
 
     /// Creates an empty file and its metadata. With the log: logged, then
@@ -514,20 +504,18 @@ impl Store {
     }
 
     /// Installs a small copy through the write-ahead log: logged with its
-    /// content and metadata, then put in place without fsyncs.
+    /// content and metadata, then put in place without fsyncs. Only when
+    /// [`Store::logs_changes`].
     pub fn install_logged(
         &self,
         file: &str,
         content: TempFile,
         meta: &FileMeta,
     ) -> Result<(), StoreError> {
-        let Some(wal) = &self.wal else {
-            self.sync_temps([&content])?;
-            let mut dirs = BTreeSet::new();
-            self.place(content, file, Placed::Content, &mut dirs)?;
-            self.sync_dirs(&dirs)?;
-            return self.write_meta(file, meta);
-        };
+        let wal = self
+            .wal
+            .as_ref()
+            .expect("install_logged is called only when the store logs changes");
         let logged = wal.append(&WalRecord::Install {
             file: file.to_owned(),
             content: fs::read(&content.path)?,
@@ -669,10 +657,7 @@ impl Store {
 
     /// A temp file holding a file's serialized metadata, not yet durable.
     pub fn meta_temp(&self, file: &str, meta: &FileMeta) -> Result<TempFile, StoreError> {
-        let bytes = rmp_serde::to_vec_named(meta).map_err(|e| StoreError::Meta {
-            file: file.to_owned(),
-            error: e.to_string(),
-        })?;
+        let bytes = encode(file, meta)?;
         let mut temp = self.temp_file()?;
         temp.write_all(&bytes)?;
         Ok(temp)
@@ -745,18 +730,12 @@ impl Store {
 
     pub fn remove_checkpoint(&self, file: &str, tag: &str) -> Result<(), StoreError> {
         self.barrier()?;
-        match fs::remove_file(self.checkpoint_path(file, tag)?) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        Ok(remove_if_present(&self.checkpoint_path(file, tag)?)?)
     }
 
     pub fn write_tombstone(&self, tombstone: &Tombstone) -> Result<(), StoreError> {
         self.barrier()?;
-        let bytes = rmp_serde::to_vec_named(tombstone).map_err(|e| StoreError::Meta {
-            file: tombstone.file.clone(),
-            error: e.to_string(),
-        })?;
+        let bytes = encode(&tombstone.file, tombstone)?;
         self.write_atomically(
             &self.path_in(TOMBSTONES, &tombstone.file)?,
             &bytes,
@@ -776,10 +755,7 @@ impl Store {
 
     pub fn remove_tombstone(&self, file: &str) -> Result<(), StoreError> {
         self.barrier()?;
-        match fs::remove_file(self.path_in(TOMBSTONES, file)?) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        Ok(remove_if_present(&self.path_in(TOMBSTONES, file)?)?)
     }
 
     /// Every tombstone, found by walking `tombstones/`.
@@ -848,10 +824,7 @@ impl Store {
             let meta_modified = meta_file.metadata()?.modified()?;
             let mut bytes = Vec::new();
             io::Read::read_to_end(&mut meta_file, &mut bytes)?;
-            let meta = rmp_serde::from_slice(&bytes).map_err(|e| StoreError::Meta {
-                file: name.clone(),
-                error: e.to_string(),
-            })?;
+            let meta = decode_meta(name, &bytes)?;
             found.push(Found {
                 file: name.clone(),
                 meta,
@@ -965,6 +938,29 @@ fn syncfs(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes a file; one already gone is fine.
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Serializes what is stored for `file` (its metadata, its tombstone).
+fn encode<T: serde::Serialize>(file: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec_named(value).map_err(|e| StoreError::Meta {
+        file: file.to_owned(),
+        error: e.to_string(),
+    })
+}
+
+fn decode_meta(file: &str, bytes: &[u8]) -> Result<FileMeta, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Meta {
+        file: file.to_owned(),
+        error: e.to_string(),
+    })
+}
+
 /// The relative paths of all regular files under `root`.
 fn walk(root: &Path) -> Result<Vec<String>, StoreError> {
     let mut names = Vec::new();
@@ -1063,7 +1059,7 @@ mod tests {
     }
 
     #[test]
-    fn metadata_inodes_are_recycled_and_content_inodes_never_are() {
+    fn replaced_inodes_are_recycled_but_never_one_a_reader_holds() {
         use std::io::Read;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), true).unwrap();

@@ -74,6 +74,7 @@ struct Envelope {
 }
 
 struct Log {
+    /// Appended to under the lock.
     file: File,
     /// Bytes in the log.
     size: u64,
@@ -89,6 +90,8 @@ struct Log {
 /// The log of one storage folder.
 pub struct Wal {
     log: Mutex<Log>,
+    /// The same file, fdatasynced outside the lock so writers can append meanwhile.
+    sync_handle: File,
     synced: Condvar,
     /// Held (shared) by a writer from its append until its change is applied,
     /// and (exclusively) by a checkpoint, so a checkpoint never empties the
@@ -121,7 +124,9 @@ impl Wal {
         let records = decode_all(&bytes);
         file.seek(io::SeekFrom::End(0))?;
         let size = bytes.len() as u64;
+        let sync_handle = file.try_clone()?;
         let wal = Wal {
+            sync_handle,
             log: Mutex::new(Log {
                 file,
                 size,
@@ -176,9 +181,8 @@ impl Wal {
             // Lead: sync everything written so far, for everyone.
             log.syncing = true;
             let upto = log.written;
-            let file = log.file.try_clone();
             drop(log);
-            let result = file.and_then(|f| f.sync_data());
+            let result = self.sync_handle.sync_data();
             log = lock(&self.log);
             log.syncing = false;
             match result {
