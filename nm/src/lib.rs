@@ -12,6 +12,8 @@
 //! - [`journal`]: what survives a restart (snapshot + fsynced journal).
 //! - [`registry`]: the storage servers and their pairs, liveness and load.
 //! - [`replication`]: the replication queue and its workers.
+//! - [`catch_up`]: which files each standby may lack, so a returning one
+//!   is compared on those alone.
 //! - [`events`]: job, pair and server events for the log and WATCH.
 //! - [`server`]: the listener and connection loops.
 //! - [`commands`]: the client commands.
@@ -19,6 +21,7 @@
 //! - [`storage_servers`]: registration, inventories, heartbeats, notices.
 //! - [`ss_client`]: nm's connections to storage servers.
 
+pub mod catch_up;
 pub mod commands;
 pub mod config;
 pub mod events;

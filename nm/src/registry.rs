@@ -30,6 +30,8 @@ pub struct ServerEntry {
     pub client: Arc<SsClient>,
     /// Clients are sent here: it is its pair's active server and has taken the role.
     pub serving: bool,
+    /// The identity of the server's storage folder (0: not told).
+    pub store_id: u64,
 }
 
 pub struct Pair {
@@ -112,6 +114,7 @@ impl Registry {
                 files,
                 client,
                 serving: false,
+                store_id: 0,
             },
         );
         let pair_name = primary.clone().unwrap_or_else(|| name.to_owned());

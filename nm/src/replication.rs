@@ -19,6 +19,7 @@
 //!
 //! Every step is an event (see [`crate::events`]).
 
+use crate::catch_up::Side;
 use crate::server::Nm;
 use crate::ss_client::SsClient;
 use shared::proto::{EventKind, JobKind, JobStep, Op, PullItem, SsReply, SsRequest, Tombstone};
@@ -359,14 +360,44 @@ struct Sides {
     source: String,
     source_client: Arc<SsClient>,
     source_address: String,
+    source_store: u64,
     target: String,
     target_client: Arc<SsClient>,
     target_address: String,
+    target_store: u64,
+}
+
+impl Sides {
+    /// (active, standby) as the catch-up record names them.
+    fn catch_up_sides(&self) -> (Side, Side) {
+        (
+            Side {
+                server: self.source.clone(),
+                store_id: self.source_store,
+            },
+            Side {
+                server: self.target.clone(),
+                store_id: self.target_store,
+            },
+        )
+    }
+}
+
+/// What a sync compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    /// Only the files changed since the pair was last level, when that is
+    /// known (see [`crate::catch_up`]); otherwise everything.
+    ChangedIfKnown,
+    /// Both whole inventories.
+    Everything,
 }
 
 /// What one sync of a pair did.
 #[derive(Default)]
 struct SyncOutcome {
+    /// `Some(n)`: only the `n` files changed since the pair was last level were compared.
+    compared_changed: Option<usize>,
     pulled: usize,
     bytes: u64,
     current: usize,
@@ -378,7 +409,11 @@ struct SyncOutcome {
 
 impl SyncOutcome {
     fn detail(&self) -> String {
-        let mut detail = format!(
+        let mut detail = match self.compared_changed {
+            Some(n) => format!("caught up on the {n} files changed since the pair was level: "),
+            None => String::new(),
+        };
+        detail += &format!(
             "copied {} files ({} bytes), {} already current, {} deletes applied",
             self.pulled, self.bytes, self.current, self.deletes
         );
@@ -439,6 +474,8 @@ impl Nm {
 
     /// Queues replication of a change to `file` on `pair`.
     pub fn replicate(&self, pair: &str, file: &str, kind: JobKind, version: Option<u64>) {
+        // Recorded even when the standby is down: that is what its catch-up reads.
+        self.catch_up.record(pair, file);
         let standby = match self.live_standby(pair) {
             Ok(standby) => standby,
             Err(None) => {
@@ -481,6 +518,7 @@ impl Nm {
             Offer::Queued(job) => self.job_event(&job, JobStep::Queued, &standby, None),
             Offer::Coalesced(job) => self.job_event(&job, JobStep::Coalesced, &standby, None),
             Offer::Overflow { sync } => {
+                self.catch_up.forget(pair, "replication queue full");
                 self.mark_needs_sync(pair, "replication queue full");
                 if let Some(sync) = sync {
                     self.job_event(
@@ -577,9 +615,11 @@ impl Nm {
                 source: s.name.clone(),
                 source_client: s.client.clone(),
                 source_address: s.address.clone(),
+                source_store: s.store_id,
                 target: t.name.clone(),
                 target_client: t.client.clone(),
                 target_address: t.address.clone(),
+                target_store: t.store_id,
             }),
             (_, None) => Err((
                 target,
@@ -604,12 +644,19 @@ impl Nm {
             };
             self.job_event(&job, JobStep::Started, &sides.target, None);
             let started = Instant::now();
+            let ticket = job
+                .key
+                .file()
+                .and_then(|file| self.catch_up.ticket(&sides.pair, file));
             match self.run_job(&job, &sides).await {
                 Ok((detail, version)) => {
                     self.job_event(&job, JobStep::Applied, &sides.target, detail);
                     self.queue.finish(&job);
                     match &job.key {
                         JobKey::File { file, .. } => {
+                            if let Some(ticket) = ticket {
+                                self.catch_up.settle(&sides.pair, file, ticket);
+                            }
                             self.waiters.release_file(&sides.pair, file, version)
                         }
                         JobKey::Pair { .. } => {
@@ -635,6 +682,8 @@ impl Nm {
             self.queue.finish(&job);
             let pair = job.key.primary().to_owned();
             if !matches!(job.key, JobKey::Pair { .. }) {
+                self.catch_up
+                    .forget(&pair, "a replication job failed for good");
                 self.request_sync(&pair, "a replication job failed for good");
             }
         }
@@ -741,7 +790,7 @@ impl Nm {
     /// Brings the target level with the source, then, if the target is a
     /// returned primary, hands service back to it.
     async fn sync_pair(&self, job: &Job, sides: &Sides) -> Result<String, WireError> {
-        let outcome = self.sync_once(sides).await?;
+        let outcome = self.sync_once(sides, Compare::ChangedIfKnown).await?;
         if outcome.bytes > 0 {
             self.job_event(
                 job,
@@ -778,14 +827,30 @@ impl Nm {
         Ok(detail)
     }
 
-    /// One comparison of the two inventories, and the copies it calls for.
-    async fn sync_once(&self, sides: &Sides) -> Result<SyncOutcome, WireError> {
-        // Both inventories at once: each side lists and sends its own while
-        // nm decodes the other's.
-        let (source, target) = tokio::join!(
-            sides.source_client.inventory(),
-            sides.target_client.inventory()
-        );
+    /// One comparison of the two inventories, and the copies it calls for;
+    /// afterwards the target is level with the source. When the catch-up
+    /// record knows which files changed since the two were last level, only
+    /// those are compared (see [`crate::catch_up`]).
+    async fn sync_once(&self, sides: &Sides, compare: Compare) -> Result<SyncOutcome, WireError> {
+        let mark = self.catch_up.mark(&sides.pair);
+        let (active, standby) = sides.catch_up_sides();
+        let only = match compare {
+            Compare::ChangedIfKnown => self.catch_up.missing(&sides.pair, &active, &standby),
+            Compare::Everything => None,
+        };
+        // Both sides at once: each lists and sends while nm decodes the other.
+        let (source, target) = match &only {
+            Some(files) => {
+                tokio::join!(
+                    sides.source_client.inventory_of(files),
+                    sides.target_client.inventory_of(files)
+                )
+            }
+            None => tokio::join!(
+                sides.source_client.inventory(),
+                sides.target_client.inventory()
+            ),
+        };
         let ((source_files, source_dead), (target_files, _)) = (source?, target?);
         let on_source: HashMap<&str, &shared::proto::FileStats> = source_files
             .iter()
@@ -793,7 +858,10 @@ impl Nm {
             .collect();
         let dead: HashMap<&str, &Tombstone> =
             source_dead.iter().map(|t| (t.file.as_str(), t)).collect();
-        let mut outcome = SyncOutcome::default();
+        let mut outcome = SyncOutcome {
+            compared_changed: only.as_ref().map(Vec::len),
+            ..SyncOutcome::default()
+        };
         let mut to_pull = Vec::new();
         let mut to_return = Vec::new();
         for entry in &target_files {
@@ -865,8 +933,10 @@ impl Nm {
             );
         }
         outcome.deletes = self.apply_tombstones(sides, &source_dead, &held).await?;
-        if let Some(entry) = self.state().registry.get_mut(&sides.target) {
-            entry.files = source_files.len() as u64;
+        if only.is_none() {
+            if let Some(entry) = self.state().registry.get_mut(&sides.target) {
+                entry.files = source_files.len() as u64;
+            }
         }
         if let Some((file, e)) = failed.first() {
             return Err(WireError::new(
@@ -878,6 +948,7 @@ impl Nm {
                 ),
             ));
         }
+        self.catch_up.level(&sides.pair, mark, active, standby);
         Ok(outcome)
     }
 
@@ -1021,7 +1092,10 @@ impl Nm {
         let result = async {
             self.set_role(&sides.source_client, sides.epoch, true, false)
                 .await?;
-            self.sync_once(sides).await?;
+            let mark = self.catch_up.mark(&sides.pair);
+            // In full: a change the source acknowledged just before the pause
+            // may have its notice still on the way, so it is not recorded yet.
+            self.sync_once(sides, Compare::Everything).await?;
             let epoch = sides.epoch + 1;
             self.journal
                 .append(vec![crate::journal::Record::Pair {
@@ -1034,13 +1108,18 @@ impl Nm {
                 .await?;
             self.set_role(&sides.source_client, epoch, false, false)
                 .await?;
-            Ok::<_, WireError>(epoch)
+            Ok::<_, WireError>((epoch, mark))
         }
         .await;
         let events = {
             let mut state = self.state();
             match &result {
-                Ok(epoch) => {
+                Ok((epoch, mark)) => {
+                    // Writes were paused through the final sync: the two
+                    // are level, with the roles the other way round.
+                    let (was_active, was_standby) = sides.catch_up_sides();
+                    self.catch_up
+                        .level(&sides.pair, *mark, was_standby, was_active);
                     state.ns.set_pair(&sides.pair, *epoch, &sides.target);
                     if let Some(pair) = state.registry.pair_mut(&sides.pair) {
                         pair.epoch = *epoch;
@@ -1107,6 +1186,8 @@ impl Nm {
             return None; // the active server is back already
         }
         let epoch = p.epoch + 1;
+        // The failed server may have acknowledged changes nm never heard of.
+        self.catch_up.forget(pair, "promotion");
         state.ns.set_pair(pair, epoch, &standby);
         let p = state.registry.pair_mut(pair)?;
         p.epoch = epoch;

@@ -40,6 +40,8 @@ pub struct Nm {
     pub events: Events,
     pub queue: ReplQueue,
     pub waiters: crate::replication::Waiters,
+    /// Per pair, the files changed since its standby was last level.
+    pub catch_up: crate::catch_up::CatchUp,
     pub metrics: crate::metrics::NmMetrics,
 }
 
@@ -79,6 +81,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         events: Events::default(),
         queue: ReplQueue::new(config.repl_queue_capacity.max(1)),
         waiters: Default::default(),
+        catch_up: Default::default(),
         metrics: Default::default(),
         config,
     });

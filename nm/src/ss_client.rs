@@ -127,8 +127,41 @@ impl SsClient {
 
     /// The server's inventory and tombstones, gathered from its pages.
     pub async fn inventory(&self) -> Result<(Vec<InventoryEntry>, Vec<Tombstone>), WireError> {
+        self.inventory_pages(SsRequest::Inventory).await
+    }
+
+    /// The entries of those of `files` the server holds, and its tombstones.
+    pub async fn inventory_of(
+        &self,
+        files: &[String],
+    ) -> Result<(Vec<InventoryEntry>, Vec<Tombstone>), WireError> {
+        // Names per request, well under the frame limit.
+        const NAMES_PER_REQUEST: usize = 4096;
+        let mut chunks: Vec<&[String]> = files.chunks(NAMES_PER_REQUEST).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let (mut held, mut dead) = (Vec::new(), Vec::new());
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let request = SsRequest::InventoryOf {
+                files: chunk.to_vec(),
+            };
+            let (entries, tombstones) = self.inventory_pages(request).await?;
+            held.extend(entries);
+            // Every answer carries all tombstones; one copy is enough.
+            if i == 0 {
+                dead = tombstones;
+            }
+        }
+        Ok((held, dead))
+    }
+
+    async fn inventory_pages(
+        &self,
+        request: SsRequest,
+    ) -> Result<(Vec<InventoryEntry>, Vec<Tombstone>), WireError> {
         let (mut files, mut dead) = (Vec::new(), Vec::new());
-        self.streamed(SsRequest::Inventory, |reply| match reply {
+        self.streamed(request, |reply| match reply {
             SsReply::Inventory {
                 files: page,
                 tombstones,

@@ -28,6 +28,11 @@ struct Registration {
     backup_of: Option<String>,
     inventory: Vec<InventoryEntry>,
     tombstones: Vec<Tombstone>,
+    /// Whether `inventory` is all the server holds (nm cuts it short when it
+    /// does not need it).
+    complete: bool,
+    store_id: u64,
+    files: u64,
 }
 
 impl Nm {
@@ -37,7 +42,10 @@ impl Nm {
         name: String,
         peer: SocketAddr,
     ) {
-        let Some((id, registration)) = read_registration(&mut conn, &name, peer).await else {
+        let needs_inventory = |backup_of: Option<&str>| self.needs_inventory(&name, backup_of);
+        let Some((id, registration)) =
+            read_registration(&mut conn, &name, peer, needs_inventory).await
+        else {
             return;
         };
         let (generation, epoch, serving, writable) = match self.register(&name, registration).await
@@ -288,6 +296,20 @@ impl Nm {
         (Ok(NmReply::Done), changed)
     }
 
+    /// Whether a registering server's inventory is needed: only the pair's
+    /// active server has its inventory reconciled with the namespace. The
+    /// other one is compared with its partner by the sync its registration
+    /// starts, which asks for what it needs; reading a million entries it
+    /// does not use would only delay its return.
+    fn needs_inventory(&self, name: &str, backup_of: Option<&str>) -> bool {
+        let state = self.state();
+        let pair = backs(name, backup_of).unwrap_or_else(|| name.to_owned());
+        match state.registry.pair(&pair) {
+            Some(p) => p.active == name,
+            None => true,
+        }
+    }
+
     /// Records a registration; the pair's active server also has its
     /// inventory reconciled with the namespace. Returns the generation and
     /// the part the server plays now: (generation, epoch, serving, writable).
@@ -301,12 +323,15 @@ impl Nm {
             backup_of,
             inventory,
             tombstones,
+            complete,
+            store_id,
+            files,
         } = registration;
         let mut records = Vec::new();
         let role = {
             let mut state = self.state();
             let state = &mut *state;
-            let count = inventory.len() as u64;
+            let count = files;
             let remembered: Option<(u64, String)> = {
                 let pair = backs(name, backup_of.as_deref()).unwrap_or_else(|| name.to_owned());
                 state.ns.pair(&pair)
@@ -323,7 +348,18 @@ impl Nm {
                 let p = state.registry.pair_of(name).expect("registered above");
                 (p.primary.clone(), p.epoch, p.active == name, p.paused)
             };
-            if active {
+            if let Some(entry) = state.registry.get_mut(name) {
+                entry.store_id = store_id;
+            }
+            if active && !complete {
+                // Promoted while it was registering: nothing is lost, but
+                // files whose journal records were lost are not adopted.
+                tracing::warn!(
+                    event = "nm_inventory_skipped",
+                    server = name,
+                    "became active while registering; its inventory was not reconciled"
+                );
+            } else if active {
                 self.reconcile(state, &pair, inventory, &mut records);
                 if let Some(entry) = state.registry.get_mut(name) {
                     entry.serving = true;
@@ -402,10 +438,14 @@ impl Nm {
 }
 
 /// Reads `Register` and any `InventoryPage`s; returns the id to answer and the whole registration.
+///
+/// `needs_inventory(backup_of)` says whether to read the rest of a long
+/// inventory; if not, the first page is answered with `Registered` at once.
 async fn read_registration(
     conn: &mut Connection,
     name: &str,
     peer: SocketAddr,
+    needs_inventory: impl FnOnce(Option<&str>) -> bool,
 ) -> Option<(u64, Registration)> {
     let (mut id, request) = next_request(conn, peer).await?;
     let (mut registration, mut more) = match request {
@@ -416,12 +456,17 @@ async fn read_registration(
             tombstones,
             backup_of,
             more,
+            store_id,
+            files,
         }) if registered == name => (
             Registration {
                 client_addr,
+                files: files.unwrap_or(inventory.len() as u64),
+                complete: !more,
                 backup_of,
                 inventory,
                 tombstones,
+                store_id,
             },
             more,
         ),
@@ -433,6 +478,9 @@ async fn read_registration(
             return None;
         }
     };
+    if more && !needs_inventory(registration.backup_of.as_deref()) {
+        return Some((id, registration));
+    }
     while more {
         conn.reply(id, Ok(NmReply::Done)).await.ok()?;
         let (page_id, request) = next_request(conn, peer).await?;
@@ -446,6 +494,7 @@ async fn read_registration(
                 registration.inventory.extend(inventory);
                 registration.tombstones.extend(tombstones);
                 more = !last;
+                registration.complete = last;
             }
             _ => {
                 let error = WireError::bad_request("expected the rest of the inventory");

@@ -349,8 +349,17 @@ pub enum NmRequest {
         #[serde(default)]
         backup_of: Option<String>,
         /// More of the inventory follows in `InventoryPage`s (frames are bounded).
+        /// nm may answer this first frame with `Registered` at once when it
+        /// does not need the rest (the server is not its pair's active one).
         #[serde(default)]
         more: bool,
+        /// Identifies this server's data directory: a new one (an emptied
+        /// disk) means nm can assume nothing about what it holds.
+        #[serde(default)]
+        store_id: u64,
+        /// How many files the server holds (the inventory may be cut short).
+        #[serde(default)]
+        files: Option<u64>,
     },
     /// The rest of a registration's inventory; the page with `last` set is
     /// answered with `Registered`, the others with `Done`.
@@ -636,6 +645,12 @@ pub enum SsRequest {
     },
     /// From nm: the current inventory and tombstones, in `Inventory` pages and a final `End`.
     Inventory,
+    /// From nm: the entries of just these files (those held here) and all
+    /// tombstones, answered like `Inventory`. A catch-up compares only the
+    /// files changed since the pair was last level.
+    InventoryOf {
+        files: Vec<String>,
+    },
     /// From nm: this server's part in its pair from now on.
     SetRole {
         epoch: u64,

@@ -109,6 +109,8 @@ fn every_message_round_trips() {
             }],
             backup_of: Some("ss1".into()),
             more: true,
+            store_id: 7,
+            files: Some(1),
         },
         NmRequest::InventoryPage {
             inventory: vec![],
@@ -362,6 +364,9 @@ fn every_message_round_trips() {
         },
         SsRequest::PurgeTombstone { file: "a".into() },
         SsRequest::Inventory,
+        SsRequest::InventoryOf {
+            files: vec!["a".into()],
+        },
     ] {
         round_trip(Request { id: 1, body });
     }

@@ -311,10 +311,13 @@ async fn serve_link(
             tombstones: first_tombstones,
             backup_of: config.backup_of.clone(),
             more,
+            store_id: files.store_id(),
+            files: Some(count as u64),
         },
     )
     .await?;
-    while more {
+    // nm answers `Registered` early when it does not need the rest.
+    while more && !matches!(reply, NmReply::Registered { .. }) {
         let page: Vec<_> = inventory
             .drain(..inventory.len().min(INVENTORY_PAGE))
             .collect();

@@ -299,7 +299,10 @@ impl Server {
                 tokio::task::block_in_place(|| self.files.purge_tombstone(&file))
                     .map(|()| SsReply::Done)
             }
-            SsRequest::Inventory if from_nm => return self.send_inventory(conn, id).await,
+            SsRequest::Inventory if from_nm => return self.send_inventory(conn, id, None).await,
+            SsRequest::InventoryOf { files } if from_nm => {
+                return self.send_inventory(conn, id, Some(files)).await
+            }
             SsRequest::Read { file, ticket } => {
                 if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Read) {
                     return Ok(Err(e));
@@ -430,7 +433,8 @@ impl Server {
             | SsRequest::PurgeTombstone { .. }
             | SsRequest::SetRole { .. }
             | SsRequest::KeepConflict { .. }
-            | SsRequest::Inventory => Err(WireError::unauthorized(
+            | SsRequest::Inventory
+            | SsRequest::InventoryOf { .. } => Err(WireError::unauthorized(
                 "only nm may do that; go through nm",
             )),
         };
@@ -481,16 +485,19 @@ impl Server {
         Ok(Ok(()))
     }
 
-    /// The inventory and tombstones in pages, then `End`.
+    /// The inventory (of `only` these files, if given) and all tombstones in pages, then `End`.
     async fn send_inventory(
         &self,
         conn: &mut Connection,
         id: u64,
+        only: Option<Vec<String>>,
     ) -> Result<Result<(), WireError>, ConnectionError> {
         let (mut files, mut tombstones) = match tokio::task::block_in_place(|| {
-            let files: Vec<_> = self
-                .files
-                .inventory()
+            let held = match &only {
+                Some(files) => self.files.inventory_of(files),
+                None => self.files.inventory(),
+            };
+            let files: Vec<_> = held
                 .into_iter()
                 .map(|(file, meta)| shared::proto::InventoryEntry { file, meta })
                 .collect();
@@ -575,6 +582,7 @@ fn operation_name(request: &SsRequest) -> &'static str {
         SsRequest::ApplyDelete { .. } => "APPLY_DELETE",
         SsRequest::PurgeTombstone { .. } => "PURGE_TOMBSTONE",
         SsRequest::Inventory => "INVENTORY",
+        SsRequest::InventoryOf { .. } => "INVENTORY_OF",
         SsRequest::SetRole { .. } => "SET_ROLE",
         SsRequest::KeepConflict { .. } => "KEEP_CONFLICT",
     }

@@ -8,6 +8,7 @@
 //! <storage>/tombstones/<path>          deleted files not yet purged (version, time)
 //! <storage>/tmp/           temp files and spare inodes for reuse, emptied at start-up
 //! <storage>/wal.log        CREATEs and commits not yet checkpointed (see [`crate::wal`])
+//! <storage>/store-id       this folder's identity, chosen at random when it is first opened
 //! ```
 //!
 //! With fsync on, a CREATE or a commit is made durable by the write-ahead log
@@ -47,6 +48,8 @@ pub struct Store {
     /// The write-ahead log (with fsync on): CREATEs and commits are durable
     /// once logged; see [`crate::wal`].
     wal: Option<Wal>,
+    /// This folder's identity (see [`Store::id`]).
+    id: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,7 @@ const TMP: &str = "tmp";
 const CHECKPOINTS: &str = "checkpoints";
 const TOMBSTONES: &str = "tombstones";
 const WAL: &str = "wal.log";
+const STORE_ID: &str = "store-id";
 
 /// A content (or checkpoint) open for reading. It keeps seeing the version
 /// it opened, even if a commit replaces the file meanwhile: its inode is
@@ -188,7 +192,9 @@ impl Store {
             spares: Mutex::new(Vec::new()),
             readers: Arc::default(),
             wal: None,
+            id: 0,
         };
+        store.id = store.load_or_create_id()?;
         if fsync {
             let (wal, logged) = Wal::open(&root.join(WAL))?;
             for record in &logged {
@@ -232,6 +238,31 @@ impl Store {
                 self.write_atomically(&self.content_path(file)?, content, false, Durable::Later)?;
                 self.write_meta_files(file, meta, Durable::Later)
             }
+        }
+    }
+
+    /// This folder's identity: chosen at random when the folder is first
+    /// opened and kept for its lifetime. nm remembers which files changed
+    /// since a server was last level with its partner, and that memory is
+    /// only good for the same folder: a server back on an emptied disk has a
+    /// new identity, and is compared file by file.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn load_or_create_id(&self) -> Result<u64, StoreError> {
+        let path = self.root.join(STORE_ID);
+        match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().map_err(|e| StoreError::Meta {
+                file: STORE_ID.to_owned(),
+                error: format!("{e} in {text:?}"),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let id = rand::random::<u64>().max(1);
+                self.write_atomically(&path, format!("{id}\n").as_bytes(), false, Durable::Now)?;
+                Ok(id)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

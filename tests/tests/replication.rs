@@ -266,11 +266,62 @@ async fn a_returning_backup_receives_only_the_difference() {
     cluster.wait_replicated().await;
     cluster.assert_same_files("ss1", "ss1_backup");
     let second = eventually("the catch-up sync", async || last_sync_detail(&events)).await;
+    // nm remembers which files changed while the backup was away and
+    // compares only those (three changes, one delete, one new file).
     assert!(
-        second.starts_with("copied 4 files")
-            && second.contains("46 already current")
+        second.starts_with("caught up on the 5 files changed since the pair was level")
+            && second.contains("copied 4 files")
+            && second.contains("0 already current")
             && second.contains("1 deletes applied"),
         "{second}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_back_on_an_emptied_disk_or_after_an_nm_restart_is_compared_in_full() {
+    let mut cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let creates: String = (0..20)
+        .map(|i| format!("CREATE f{i:02}\nWRITE f{i:02} 0\n0 File {i}.\nETIRW\n"))
+        .collect();
+    cluster.console("alice", &creates).all_ok();
+    cluster.wait_replicated().await;
+    let events = watch(&cluster);
+    watching(&cluster, &events).await;
+
+    // The same folder under a new identity: nm must not trust what it knew.
+    cluster.kill_ss("ss1_backup");
+    cluster.wait_pair("ss1", PairState::BackupFailed).await;
+    cluster
+        .console("alice", "WRITE f01 1\n0 More.\nETIRW\n")
+        .all_ok();
+    let backup = cluster.storage("ss1_backup");
+    std::fs::remove_dir_all(&backup).unwrap();
+    events.lock().unwrap().clear();
+    cluster.start_ss("ss1_backup").await;
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    let detail = eventually("the sync", async || last_sync_detail(&events)).await;
+    assert!(detail.starts_with("copied 20 files"), "{detail}");
+
+    // A restarted nm knows nothing of what changed: it compares everything.
+    cluster.kill_ss("ss1_backup");
+    cluster.wait_pair("ss1", PairState::BackupFailed).await;
+    cluster.kill_nm();
+    cluster.start_nm().await;
+    let events = watch(&cluster);
+    watching(&cluster, &events).await;
+    cluster.wait_alive("ss1").await;
+    cluster
+        .console("alice", "WRITE f02 1\n0 More.\nETIRW\n")
+        .all_ok();
+    cluster.start_ss("ss1_backup").await;
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    let detail = eventually("the sync", async || last_sync_detail(&events)).await;
+    assert!(
+        detail.starts_with("copied 1 files") && detail.contains("19 already current"),
+        "{detail}"
     );
 }
 
