@@ -73,6 +73,10 @@ pub struct BenchArgs {
     /// Number of files (resync-small; the files changed in catch-up and backup-return).
     #[arg(long, default_value_t = 10_000)]
     pub files: usize,
+    /// Keep the local cluster's folder (each daemon's log and data) after
+    /// the run, and print where it is on stderr.
+    #[arg(long)]
+    pub keep_dir: bool,
     /// Files both servers hold before the backup leaves (backup-return).
     #[arg(long, default_value_t = 1_000_000)]
     pub total: usize,
@@ -194,6 +198,10 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         &args.replication,
     )
     .await?;
+    if args.keep_dir {
+        cluster.keep_dir();
+        eprintln!("cluster folder (kept): {}", cluster.dir().display());
+    }
     let mut report = match args.workload {
         Workload::CreateWrite => create_write(&mut cluster, &args).await?,
         Workload::ReplLag => repl_lag(&mut cluster, &args).await?,

@@ -158,6 +158,11 @@ impl LocalCluster {
         self.dir.path()
     }
 
+    /// Leaves the folder (logs and data) in place when the cluster is dropped.
+    pub fn keep_dir(&mut self) {
+        self.dir.disable_cleanup(true);
+    }
+
     pub fn storage(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("storage-{name}"))
     }

@@ -32,7 +32,8 @@ struct Registration {
     /// does not need it).
     complete: bool,
     store_id: u64,
-    files: u64,
+    /// As the server counted them; `None` while its start-up scan runs.
+    files: Option<u64>,
 }
 
 impl Nm {
@@ -331,7 +332,10 @@ impl Nm {
         let role = {
             let mut state = self.state();
             let state = &mut *state;
-            let count = files;
+            let count = files
+                .or(complete.then_some(inventory.len() as u64))
+                .or_else(|| state.registry.get(name).map(|e| e.files))
+                .unwrap_or(0);
             let remembered: Option<(u64, String)> = {
                 let pair = backs(name, backup_of.as_deref()).unwrap_or_else(|| name.to_owned());
                 state.ns.pair(&pair)
@@ -461,7 +465,7 @@ async fn read_registration(
         }) if registered == name => (
             Registration {
                 client_addr,
-                files: files.unwrap_or(inventory.len() as u64),
+                files,
                 complete: !more,
                 backup_of,
                 inventory,

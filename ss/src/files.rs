@@ -13,10 +13,10 @@ use crate::document::{count, insert_words, Document, SentenceId};
 use crate::store::{OpenContent, Placed, Store, StoreError, TempFile};
 use shared::proto::{AccessList, CheckpointInfo, FileMeta, FileStats, Tombstone};
 use shared::{now_ms, ErrorCode, WireError};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 struct Entry {
     meta: FileMeta,
@@ -68,61 +68,191 @@ pub struct Files {
     epoch: Arc<AtomicU64>,
     /// Largest content a WRITE may produce.
     max_file_size: AtomicU64,
-    entries: Mutex<HashMap<String, EntryRef>>,
+    map: Mutex<FileMap>,
+    /// Signalled when the start-up scan has loaded every file.
+    loaded: Condvar,
     next_session: AtomicU64,
 }
 
+/// The files in memory, and while the start-up scan runs, what it must not bring back.
+///
+/// Why a server serves before its scan ends: a standby returning to a pair
+/// needs only the few files that changed while it was away, and scanning a
+/// million files first would keep the pair degraded for seconds. So a name
+/// not in `entries` is looked up on disk until the scan has finished
+/// ([`Files::find`]), and the scan adds only names nobody has touched since
+/// it began: a name already in `entries` is newer than what it read, and a
+/// name in `removed` was deleted or moved away after it read it.
+struct FileMap {
+    entries: HashMap<String, EntryRef>,
+    /// `Some` while the start-up scan runs.
+    removed: Option<HashSet<String>>,
+}
+
+impl FileMap {
+    fn remove(&mut self, file: &str) -> Option<EntryRef> {
+        if let Some(removed) = &mut self.removed {
+            removed.insert(file.to_owned());
+        }
+        self.entries.remove(file)
+    }
+}
+
+/// Files added to the map per lock, when the start-up scan hands them over.
+const SCAN_BATCH: usize = 4096;
+
+/// What the start-up scan read from disk.
+struct ReadAll {
+    found: Vec<crate::store::Found>,
+    tombstones: HashMap<String, (u64, u64)>,
+}
+
 impl Files {
-    /// Loads the inventory of `store` into memory, finishing any delete or
-    /// create that a crash interrupted (a file and its tombstone side by side).
+    /// Loads every file of `store` into memory before returning (see
+    /// [`Files::open`] and [`Files::load_all`]).
     pub fn load(store: Store, epoch: Arc<AtomicU64>) -> Result<Self, StoreError> {
-        let mut entries = HashMap::new();
-        let tombstones: HashMap<String, (u64, u64)> = store
+        let files = Self::open(store, epoch);
+        files.load_all()?;
+        Ok(files)
+    }
+
+    /// Opens `store` with nothing loaded yet: until [`Files::load_all`] has
+    /// run, files are read from disk as they are asked for.
+    pub fn open(store: Store, epoch: Arc<AtomicU64>) -> Self {
+        Files {
+            store,
+            epoch,
+            max_file_size: AtomicU64::new(u64::MAX),
+            map: Mutex::new(FileMap {
+                entries: HashMap::new(),
+                removed: Some(HashSet::new()),
+            }),
+            loaded: Condvar::new(),
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    /// The start-up scan: reads every file's metadata (on every core) and
+    /// adds those not touched meanwhile, finishing any delete or create that
+    /// a crash interrupted. Safe to run while requests are served.
+    pub fn load_all(&self) -> Result<(), StoreError> {
+        let result = self.read_all().and_then(|read| self.add_unchanged(read));
+        // Even after a failure (the server then stops), nobody waits forever.
+        self.lock_map().removed = None;
+        self.loaded.notify_all();
+        result
+    }
+
+    /// The scan's reading half: every file on disk, and every tombstone.
+    fn read_all(&self) -> Result<ReadAll, StoreError> {
+        let found = self.store.scan()?;
+        let tombstones = self
+            .store
             .tombstones()?
             .into_iter()
             .map(|t| (t.file.clone(), t.stamp()))
             .collect();
-        for crate::store::Found {
+        Ok(ReadAll { found, tombstones })
+    }
+
+    /// The scan's second half: adds what it read, except names requests
+    /// have touched since (they hold newer entries, or were removed).
+    fn add_unchanged(&self, read: ReadAll) -> Result<(), StoreError> {
+        let ReadAll { found, tombstones } = read;
+        let mut found = found.into_iter().peekable();
+        while found.peek().is_some() {
+            let mut map = self.lock_map();
+            for file in found.by_ref().take(SCAN_BATCH) {
+                let touched = map.entries.contains_key(&file.file)
+                    || map.removed.as_ref().is_some_and(|r| r.contains(&file.file));
+                if touched {
+                    continue;
+                }
+                let tombstone = tombstones.get(&file.file).copied();
+                let name = file.file.clone();
+                if let Some(entry) = self.admit(file, tombstone)? {
+                    map.entries.insert(name, entry);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A file found on disk, as an entry, after repairing what a crash cut
+    /// short; `None` if it was deleted (its tombstone is newer).
+    fn admit(
+        &self,
+        found: crate::store::Found,
+        tombstone: Option<(u64, u64)>,
+    ) -> Result<Option<EntryRef>, StoreError> {
+        let crate::store::Found {
             file,
             mut meta,
             content_newer,
-        } in store.scan()?
-        {
-            // Every change renames the content into place first and writes
-            // the metadata second; content newer than its metadata is a
-            // change a crash cut in between. Its stats are recomputed and its
-            // version moves on, so the content on disk is what counts.
-            if content_newer {
-                let content = store.read_content(&file)?;
-                let epoch = meta.stats.epoch;
-                apply_content_stats(&mut meta.stats, &content, epoch);
-                store.write_meta(&file, &meta)?;
-                tracing::warn!(event = "ss_repaired_meta", file = %file, version = meta.stats.version, "metadata caught up with content after a crash");
-            }
-            match tombstones.get(&file) {
-                Some(&deleted) if deleted > meta.stats.stamp() => {
-                    tracing::info!(event = "ss_finish_delete", file = %file, "completing a delete interrupted by a crash");
-                    store.delete(&file)?;
-                    continue;
-                }
-                Some(_) => store.remove_tombstone(&file)?,
-                None => {}
-            }
-            let entry = Entry {
-                meta,
-                doc: None,
-                locks: HashMap::new(),
-                deleted: false,
-            };
-            entries.insert(file, Arc::new(Mutex::new(entry)));
+        } = found;
+        // Every change renames the content into place first and writes
+        // the metadata second; content newer than its metadata is a
+        // change a crash cut in between. Its stats are recomputed and its
+        // version moves on, so the content on disk is what counts.
+        if content_newer {
+            let content = self.store.read_content(&file)?;
+            let epoch = meta.stats.epoch;
+            apply_content_stats(&mut meta.stats, &content, epoch);
+            self.store.write_meta(&file, &meta)?;
+            tracing::warn!(event = "ss_repaired_meta", file = %file, version = meta.stats.version, "metadata caught up with content after a crash");
         }
-        Ok(Files {
-            store,
-            epoch,
-            max_file_size: AtomicU64::new(u64::MAX),
-            entries: Mutex::new(entries),
-            next_session: AtomicU64::new(1),
-        })
+        match tombstone {
+            Some(deleted) if deleted > meta.stats.stamp() => {
+                tracing::info!(event = "ss_finish_delete", file = %file, "completing a delete interrupted by a crash");
+                self.store.delete(&file)?;
+                return Ok(None);
+            }
+            Some(_) => self.store.remove_tombstone(&file)?,
+            None => {}
+        }
+        Ok(Some(Arc::new(Mutex::new(Entry {
+            meta,
+            doc: None,
+            locks: HashMap::new(),
+            deleted: false,
+        }))))
+    }
+
+    fn lock_map(&self) -> MutexGuard<'_, FileMap> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The entry of `file`: from memory, or while the start-up scan runs,
+    /// from disk (and then kept in memory).
+    fn find(&self, map: &mut FileMap, file: &str) -> Result<Option<EntryRef>, WireError> {
+        if let Some(entry) = map.entries.get(file) {
+            return Ok(Some(entry.clone()));
+        }
+        if map.removed.is_none() {
+            return Ok(None);
+        }
+        let Some(found) = self.store.find(file)? else {
+            return Ok(None);
+        };
+        let tombstone = self.store.tombstone(file)?.map(|t| t.stamp());
+        let entry = self.admit(found, tombstone)?;
+        if let Some(entry) = &entry {
+            map.entries.insert(file.to_owned(), entry.clone());
+        }
+        Ok(entry)
+    }
+
+    /// Whether the start-up scan has finished.
+    pub fn is_loaded(&self) -> bool {
+        self.lock_map().removed.is_none()
+    }
+
+    /// Waits for the start-up scan to finish.
+    fn wait_loaded(&self) -> MutexGuard<'_, FileMap> {
+        let map = self.lock_map();
+        self.loaded
+            .wait_while(map, |map| map.removed.is_some())
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn set_max_file_size(&self, bytes: u64) {
@@ -138,20 +268,16 @@ impl Files {
     }
 
     fn entry(&self, file: &str) -> Result<EntryRef, WireError> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(file)
-            .cloned()
+        let mut map = self.lock_map();
+        self.find(&mut map, file)?
             .ok_or_else(|| WireError::not_found(&format!("file {file:?}")))
     }
 
-    /// Every file and its metadata, for registration with nm.
+    /// Every file and its metadata (after the start-up scan has finished).
     pub fn inventory(&self) -> Vec<(String, FileMeta)> {
         let entries: Vec<(String, EntryRef)> = self
+            .wait_loaded()
             .entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -184,8 +310,32 @@ impl Files {
         self.store.id()
     }
 
+    /// The metadata of those of `files` held here.
+    pub fn inventory_of(&self, files: &[String]) -> Vec<(String, FileMeta)> {
+        let entries: Vec<(String, EntryRef)> = {
+            let mut map = self.lock_map();
+            files
+                .iter()
+                .filter_map(|file| Some((file.clone(), self.find(&mut map, file).ok()??)))
+                .collect()
+        };
+        entries
+            .into_iter()
+            .filter_map(|(file, entry)| {
+                let e = lock(&entry);
+                (!e.deleted).then(|| (file, e.meta.clone()))
+            })
+            .collect()
+    }
+
+    /// This server's storage folder identity (see [`Store::id`]).
+    pub fn store_id(&self) -> u64 {
+        self.store.id()
+    }
+
+    /// Files in memory (while the start-up scan runs, those loaded so far).
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock_map().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -193,8 +343,8 @@ impl Files {
     }
 
     pub fn create(&self, file: &str, owner: &str) -> Result<FileStats, WireError> {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.contains_key(file) {
+        let mut map = self.lock_map();
+        if self.find(&mut map, file)?.is_some() {
             return Err(WireError::new(
                 ErrorCode::Exists,
                 format!("file {file:?} already exists on this server"),
@@ -229,8 +379,8 @@ impl Files {
             deleted: false,
         }));
         let mut e = lock(&entry);
-        entries.insert(file.to_owned(), entry.clone());
-        drop(entries);
+        map.entries.insert(file.to_owned(), entry.clone());
+        drop(map);
         let created = self.store.create(file, &meta).and_then(|()| {
             if after_delete > 0 {
                 self.store.remove_tombstone(file)
@@ -241,12 +391,13 @@ impl Files {
         if let Err(err) = created {
             e.deleted = true;
             drop(e);
-            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            if entries
+            let mut map = self.lock_map();
+            if map
+                .entries
                 .get(file)
                 .is_some_and(|found| Arc::ptr_eq(found, &entry))
             {
-                entries.remove(file);
+                map.remove(file);
             }
             return Err(err.into());
         }
@@ -279,10 +430,7 @@ impl Files {
         })?;
         self.store.delete(file)?;
         e.deleted = true;
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(file);
+        self.lock_map().remove(file);
         Ok(())
     }
 
@@ -405,18 +553,20 @@ impl Files {
         let file = file.as_str();
         shared::names::validate_path(file)?;
         let entry = {
-            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            entries
-                .entry(file.to_owned())
-                .or_insert_with(|| {
-                    Arc::new(Mutex::new(Entry {
+            let mut map = self.lock_map();
+            match self.find(&mut map, file)? {
+                Some(entry) => entry,
+                None => {
+                    let entry = Arc::new(Mutex::new(Entry {
                         meta: meta.clone(),
                         doc: None,
                         locks: HashMap::new(),
                         deleted: false,
-                    }))
-                })
-                .clone()
+                    }));
+                    map.entries.insert(file.to_owned(), entry.clone());
+                    entry
+                }
+            }
         };
         let mut e = lock(&entry);
         refuse_while_written(&e, file, "a replica update")?;
@@ -441,10 +591,7 @@ impl Files {
         if (existed && e.meta.stats.stamp() >= incoming) || deleted_at >= incoming {
             if !existed {
                 drop(e);
-                self.entries
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(file);
+                self.lock_map().remove(file);
             }
             return Ok(());
         }
@@ -594,8 +741,8 @@ impl Files {
         let entry = self.entry(file)?;
         let mut e = lock(&entry);
         refuse_while_written(&e, file, "MOVE")?;
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.contains_key(to) {
+        let mut map = self.lock_map();
+        if self.find(&mut map, to)?.is_some() {
             return Err(WireError::new(
                 ErrorCode::Exists,
                 format!("{to:?} already exists on this server"),
@@ -614,8 +761,8 @@ impl Files {
             })?;
         }
         e.meta = meta;
-        if let Some(moved) = entries.remove(file) {
-            entries.insert(to.to_owned(), moved);
+        if let Some(moved) = map.remove(file) {
+            map.entries.insert(to.to_owned(), moved);
         }
         Ok(e.meta.stats.clone())
     }
@@ -876,6 +1023,48 @@ mod tests {
         let (_, meta) = files.inventory().into_iter().next().unwrap();
         assert_eq!((meta.stats.size, meta.stats.words), (15, 3));
         assert!(meta.stats.version > before.version);
+    }
+
+    #[test]
+    fn files_are_served_from_disk_while_the_start_up_scan_runs_and_it_brings_back_nothing_changed_meanwhile(
+    ) {
+        let (dir, files) = files();
+        for name in ["kept", "deleted", "moved", "taken", "written"] {
+            files.create(name, "alice").unwrap();
+        }
+        drop(files);
+        let files = Arc::new(Files::open(
+            Store::open(dir.path(), false).unwrap(),
+            Arc::default(),
+        ));
+        assert!(!files.is_loaded());
+        // The scan reads the disk as it was ...
+        let read = files.read_all().unwrap();
+        // ... while requests find their files on disk and change them.
+        files.delete("deleted").unwrap();
+        files.rename("moved", "moved-to").unwrap();
+        assert_eq!(
+            files.create("taken", "bob").unwrap_err().code,
+            ErrorCode::Exists
+        );
+        let mut w = files.begin_write("written", 0).unwrap();
+        w.edit(0, "Now.").unwrap();
+        let written = w.commit().unwrap();
+        assert_eq!(
+            files
+                .inventory_of(&["kept".into(), "nothing".into()])
+                .len(),
+            1
+        );
+        // What the scan read brings back none of the old state.
+        files.add_unchanged(read).unwrap();
+        files.lock_map().removed = None;
+        let mut names: Vec<String> = files.inventory().into_iter().map(|(f, _)| f).collect();
+        names.sort();
+        assert_eq!(names, ["kept", "moved-to", "taken", "written"]);
+        let meta = files.inventory_of(&["written".into()]).remove(0).1;
+        assert_eq!(meta.stats.version, written.version);
+        assert_eq!(meta.owner, "alice");
     }
 
     #[test]

@@ -288,12 +288,18 @@ async fn serve_link(
     let registered_at = Instant::now();
     // Whatever was queued while disconnected is covered by the inventory.
     while notices.try_recv().is_ok() {}
-    let mut inventory = tokio::task::block_in_place(|| files.inventory())
-        .into_iter()
-        .map(|(file, meta)| InventoryEntry { file, meta })
-        .collect::<Vec<_>>();
-    let mut tombstones = tokio::task::block_in_place(|| files.tombstones()).unwrap_or_default();
-    let count = inventory.len();
+    // Until the start-up scan ends the inventory is not known: the first
+    // frame goes without it, and if nm wants it (this server is its pair's
+    // active one) the rest follows once the scan is done. A standby is
+    // answered at once and catches up on the files nm asks about.
+    let loaded = files.is_loaded();
+    let (mut inventory, mut tombstones, count) = if loaded {
+        let (inventory, tombstones) = inventory_and_tombstones(files);
+        let count = inventory.len() as u64;
+        (inventory, tombstones, Some(count))
+    } else {
+        (Vec::new(), Vec::new(), None)
+    };
     // The inventory goes in pages, each well under the frame limit.
     let first_files: Vec<_> = inventory
         .drain(..inventory.len().min(INVENTORY_PAGE))
@@ -301,7 +307,7 @@ async fn serve_link(
     let first_tombstones: Vec<_> = tombstones
         .drain(..tombstones.len().min(INVENTORY_PAGE))
         .collect();
-    let mut more = !inventory.is_empty() || !tombstones.is_empty();
+    let mut more = !loaded || !inventory.is_empty() || !tombstones.is_empty();
     let mut reply = call(
         &mut client,
         NmRequest::Register {
@@ -312,10 +318,16 @@ async fn serve_link(
             backup_of: config.backup_of.clone(),
             more,
             store_id: files.store_id(),
-            files: Some(count as u64),
+            files: count,
         },
     )
     .await?;
+    if more && !loaded && !matches!(reply, NmReply::Registered { .. }) {
+        let files = files.clone();
+        (inventory, tombstones) = tokio::task::spawn_blocking(move || inventory_and_tombstones(&files))
+            .await
+            .map_err(|e| LinkError::Refused(WireError::internal(format!("listing the inventory: {e}"))))?;
+    }
     // nm answers `Registered` early when it does not need the rest.
     while more && !matches!(reply, NmReply::Registered { .. }) {
         let page: Vec<_> = inventory
@@ -356,7 +368,7 @@ async fn serve_link(
             Some(TicketKey::new(ticket_key));
     }
     link.connected.store(true, Ordering::Relaxed);
-    tracing::info!(event = "ss_registered", nm = %config.nm, name = %config.username, address = %client_addr, files = count, "registered with nm");
+    tracing::info!(event = "ss_registered", nm = %config.nm, name = %config.username, address = %client_addr, files = files.len(), "registered with nm");
 
     // From here on requests are pipelined: a WRITE_COMPLETE awaiting the
     // backup's confirmation must not hold up the heartbeats behind it.
@@ -407,4 +419,15 @@ async fn serve_link(
 enum Pending {
     Heartbeat(Instant),
     Notice(Option<oneshot::Sender<Result<(), WireError>>>),
+}
+
+/// Every file (once the start-up scan is done) and every tombstone.
+fn inventory_and_tombstones(files: &Files) -> (Vec<InventoryEntry>, Vec<shared::proto::Tombstone>) {
+    let inventory = files
+        .inventory()
+        .into_iter()
+        .map(|(file, meta)| InventoryEntry { file, meta })
+        .collect();
+    let tombstones = files.tombstones().unwrap_or_default();
+    (inventory, tombstones)
 }

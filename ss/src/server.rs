@@ -31,10 +31,37 @@ pub struct Server {
 
 /// Runs the storage server until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let started = std::time::Instant::now();
     let store = Store::open(&config.storage, config.fsync)
         .with_context(|| format!("opening storage folder {}", config.storage.display()))?;
+    tracing::info!(
+        event = "ss_opened",
+        ms = started.elapsed().as_millis() as u64,
+        "storage folder opened (write-ahead log replayed)"
+    );
     let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let files = Arc::new(Files::load(store, epoch.clone()).context("loading the inventory")?);
+    // Files are served from disk while the scan loads them all.
+    let files = Arc::new(Files::open(store, epoch.clone()));
+    let loading = files.clone();
+    std::thread::Builder::new()
+        .name("ss-scan".into())
+        .spawn(move || {
+            let scan = std::time::Instant::now();
+            match loading.load_all() {
+                Ok(()) => tracing::info!(
+                    event = "ss_loaded",
+                    files = loading.len(),
+                    ms = scan.elapsed().as_millis() as u64,
+                    "every file loaded"
+                ),
+                Err(e) => {
+                    tracing::error!(event = "ss_load_failed", error = %e, "the storage folder could not be scanned; stopping");
+                    eprintln!("ss: loading the storage folder failed: {e}");
+                    std::process::exit(1);
+                }
+            }
+        })
+        .context("starting the scan")?;
     files.set_max_file_size(config.max_file_size);
     let listener = TcpListener::bind((config.bind, config.client_port))
         .await
