@@ -290,29 +290,6 @@ impl Files {
     /// The metadata of those of `files` held here.
     pub fn inventory_of(&self, files: &[String]) -> Vec<(String, FileMeta)> {
         let entries: Vec<(String, EntryRef)> = {
-            let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            files
-                .iter()
-                .filter_map(|file| Some((file.clone(), map.get(file)?.clone())))
-                .collect()
-        };
-        entries
-            .into_iter()
-            .filter_map(|(file, entry)| {
-                let e = lock(&entry);
-                (!e.deleted).then(|| (file, e.meta.clone()))
-            })
-            .collect()
-    }
-
-    /// This server's storage folder identity (see [`Store::id`]).
-    pub fn store_id(&self) -> u64 {
-        self.store.id()
-    }
-
-    /// The metadata of those of `files` held here.
-    pub fn inventory_of(&self, files: &[String]) -> Vec<(String, FileMeta)> {
-        let entries: Vec<(String, EntryRef)> = {
             let mut map = self.lock_map();
             files
                 .iter()
