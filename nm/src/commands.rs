@@ -244,26 +244,42 @@ impl Nm {
                 }
             }
         };
-        let created = async {
-            let stats = applied(
-                client
-                    .call(SsRequest::CreateFile {
-                        file: file.to_owned(),
-                        owner: user.to_owned(),
-                    })
-                    .await?,
-            )?;
-            self.journal
-                .append(vec![Record::FileCreated {
+        // The server's create and nm's journal record are made durable at
+        // the same time (two fsyncs in parallel, not one after the other).
+        // If the server refuses, a second record takes the first back; if
+        // the journal fails, the server's file is adopted at its next
+        // registration, as after any crash between the two.
+        let (on_server, journalled) = tokio::join!(
+            async {
+                applied(
+                    client
+                        .call(SsRequest::CreateFile {
+                            file: file.to_owned(),
+                            owner: user.to_owned(),
+                        })
+                        .await?,
+                )
+            },
+            self.journal.append(vec![Record::FileCreated {
+                file: file.to_owned(),
+                owner: user.to_owned(),
+                server: server.clone(),
+                acl: AccessList::new(),
+            }])
+        );
+        let created = match (on_server, journalled) {
+            (Ok(stats), Ok(())) => Ok(stats),
+            (Err(refused), Ok(())) => {
+                let undo = vec![Record::FileDeleted {
                     file: file.to_owned(),
-                    owner: user.to_owned(),
-                    server: server.clone(),
-                    acl: AccessList::new(),
-                }])
-                .await?;
-            Ok::<_, WireError>(stats)
-        }
-        .await;
+                }];
+                if let Err(e) = self.journal.append(undo).await {
+                    tracing::error!(event = "nm_journal_failed", file, error = %e);
+                }
+                Err(refused)
+            }
+            (_, Err(e)) => Err(e),
+        };
         let version = {
             let mut state = self.state();
             match created {

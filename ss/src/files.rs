@@ -242,6 +242,12 @@ impl Files {
         Ok(entry)
     }
 
+    /// Keeps spare inodes ready for new files; runs forever (see
+    /// [`Store::keep_spares_ready`]).
+    pub fn keep_spares_ready(&self) {
+        self.store.keep_spares_ready()
+    }
+
     /// Whether the start-up scan has finished.
     pub fn is_loaded(&self) -> bool {
         self.lock_map().removed.is_none()
@@ -1028,9 +1034,7 @@ mod tests {
         w.edit(0, "Now.").unwrap();
         let written = w.commit().unwrap();
         assert_eq!(
-            files
-                .inventory_of(&["kept".into(), "nothing".into()])
-                .len(),
+            files.inventory_of(&["kept".into(), "nothing".into()]).len(),
             1
         );
         // What the scan read brings back none of the old state.

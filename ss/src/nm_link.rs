@@ -324,9 +324,12 @@ async fn serve_link(
     .await?;
     if more && !loaded && !matches!(reply, NmReply::Registered { .. }) {
         let files = files.clone();
-        (inventory, tombstones) = tokio::task::spawn_blocking(move || inventory_and_tombstones(&files))
-            .await
-            .map_err(|e| LinkError::Refused(WireError::internal(format!("listing the inventory: {e}"))))?;
+        (inventory, tombstones) =
+            tokio::task::spawn_blocking(move || inventory_and_tombstones(&files))
+                .await
+                .map_err(|e| {
+                    LinkError::Refused(WireError::internal(format!("listing the inventory: {e}")))
+                })?;
     }
     // nm answers `Registered` early when it does not need the rest.
     while more && !matches!(reply, NmReply::Registered { .. }) {

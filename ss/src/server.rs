@@ -62,6 +62,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             }
         })
         .context("starting the scan")?;
+    let spares = files.clone();
+    std::thread::Builder::new()
+        .name("ss-spares".into())
+        .spawn(move || spares.keep_spares_ready())
+        .context("starting the spare-inode thread")?;
     files.set_max_file_size(config.max_file_size);
     let listener = TcpListener::bind((config.bind, config.client_port))
         .await
