@@ -474,9 +474,14 @@ impl Nm {
 
     /// Queues replication of a change to `file` on `pair`.
     pub fn replicate(&self, pair: &str, file: &str, kind: JobKind, version: Option<u64>) {
-        // Recorded even when the standby is down: that is what its catch-up reads.
-        self.catch_up.record(pair, file);
-        let standby = match self.live_standby(pair) {
+        let standby = self.live_standby(pair);
+        if !matches!(standby, Err(None)) {
+            // Recorded even when the standby is down: that is what its
+            // catch-up reads. (A pair without a standby has nothing to catch
+            // up: the first sync with a new one compares everything.)
+            self.catch_up.record(pair, file);
+        }
+        let standby = match standby {
             Ok(standby) => standby,
             Err(None) => {
                 // Unpaired: the sync when a backup arrives covers it; nothing to wait for.

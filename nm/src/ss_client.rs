@@ -85,12 +85,18 @@ impl SsClient {
         mut each: impl FnMut(SsReply) -> Result<bool, WireError>,
     ) -> Result<(), WireError> {
         let mut client = self.fresh().await?;
+        // The timeout is for each reply, not the whole stream: a long
+        // inventory or a large file keeps arriving, a silent server does not.
+        let timeout = self.timeout;
         let read = async {
-            let id = client.send(request).await.map_err(CallError::Connection)?;
+            let id = tokio::time::timeout(timeout, client.send(request))
+                .await
+                .map_err(|_| CallError::Timeout)?
+                .map_err(CallError::Connection)?;
             loop {
-                let reply = client
-                    .next_reply::<SsReply>(id)
+                let reply = tokio::time::timeout(timeout, client.next_reply::<SsReply>(id))
                     .await
+                    .map_err(|_| CallError::Timeout)?
                     .map_err(CallError::Connection)?
                     .map_err(CallError::Refused)?;
                 if each(reply).map_err(CallError::Refused)? {
@@ -98,10 +104,7 @@ impl SsClient {
                 }
             }
         };
-        tokio::time::timeout(self.timeout, read)
-            .await
-            .map_err(|_| self.to_wire(CallError::Timeout))?
-            .map_err(|e| self.to_wire(e))
+        read.await.map_err(|e| self.to_wire(e))
     }
 
     /// Reads a whole content (READ with nm's own ticket), refusing more than `limit` bytes.

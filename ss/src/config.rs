@@ -78,6 +78,11 @@ pub struct Config {
     #[arg(long, env = "SS_CHUNK_DELAY", hide = true, value_parser = humantime::parse_duration)]
     pub chunk_delay: Option<Duration>,
 
+    /// Wait this long before the start-up scan (for tests that need a
+    /// server serving while its scan has not finished; never set in production).
+    #[arg(long, env = "SS_SCAN_DELAY", hide = true, value_parser = humantime::parse_duration)]
+    pub scan_delay: Option<Duration>,
+
     #[command(flatten)]
     pub limits: shared::limits::Limits,
 

@@ -242,15 +242,25 @@ impl Files {
         Ok(entry)
     }
 
-    /// Keeps spare inodes ready for new files; runs forever (see
-    /// [`Store::keep_spares_ready`]).
-    pub fn keep_spares_ready(&self) {
-        self.store.keep_spares_ready()
+    /// Keeps inodes ready for new files; runs forever (see
+    /// [`Store::keep_inodes_ready`]).
+    pub fn keep_inodes_ready(&self) {
+        self.store.keep_inodes_ready()
     }
 
     /// Whether the start-up scan has finished.
     pub fn is_loaded(&self) -> bool {
         self.lock_map().removed.is_none()
+    }
+
+    /// Waits up to `limit` for the start-up scan to finish; whether it has.
+    pub fn wait_loaded_for(&self, limit: std::time::Duration) -> bool {
+        let map = self.lock_map();
+        let (map, _) = self
+            .loaded
+            .wait_timeout_while(map, limit, |map| map.removed.is_some())
+            .unwrap_or_else(|p| p.into_inner());
+        map.removed.is_none()
     }
 
     /// Waits for the start-up scan to finish.

@@ -43,9 +43,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     // Files are served from disk while the scan loads them all.
     let files = Arc::new(Files::open(store, epoch.clone()));
     let loading = files.clone();
+    let scan_delay = config.scan_delay;
     std::thread::Builder::new()
         .name("ss-scan".into())
         .spawn(move || {
+            if let Some(delay) = scan_delay {
+                std::thread::sleep(delay);
+            }
             let scan = std::time::Instant::now();
             match loading.load_all() {
                 Ok(()) => tracing::info!(
@@ -62,11 +66,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             }
         })
         .context("starting the scan")?;
-    let spares = files.clone();
+    let inodes = files.clone();
     std::thread::Builder::new()
-        .name("ss-spares".into())
-        .spawn(move || spares.keep_spares_ready())
-        .context("starting the spare-inode thread")?;
+        .name("ss-inodes".into())
+        .spawn(move || inodes.keep_inodes_ready())
+        .context("starting the thread that makes inodes ahead")?;
     files.set_max_file_size(config.max_file_size);
     let listener = TcpListener::bind((config.bind, config.client_port))
         .await
@@ -524,6 +528,24 @@ impl Server {
         id: u64,
         only: Option<Vec<String>>,
     ) -> Result<Result<(), WireError>, ConnectionError> {
+        // A whole inventory waits for the start-up scan; meanwhile an empty
+        // page every 200 ms tells nm the server is alive and working.
+        if only.is_none() {
+            loop {
+                let files = self.files.clone();
+                let waited = std::time::Duration::from_millis(200);
+                let loaded =
+                    tokio::task::spawn_blocking(move || files.wait_loaded_for(waited)).await;
+                if loaded.unwrap_or(true) {
+                    break;
+                }
+                let keepalive = SsReply::Inventory {
+                    files: Vec::new(),
+                    tombstones: Vec::new(),
+                };
+                conn.reply(id, Ok(keepalive)).await?;
+            }
+        }
         let (mut files, mut tombstones) = match tokio::task::block_in_place(|| {
             let held = match &only {
                 Some(files) => self.files.inventory_of(files),

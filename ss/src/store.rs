@@ -42,8 +42,11 @@ pub struct Store {
     /// are kept for the next temp file, so that steady-state changes neither
     /// allocate nor free inodes (see [`Store::replace`]).
     spares: Mutex<Vec<PathBuf>>,
-    /// Signalled when spares run below [`SPARES_LOW`] (see [`Store::keep_spares_ready`]).
-    spares_low: std::sync::Condvar,
+    /// Unnamed inodes (`O_TMPFILE` in `tmp/`) made ahead by
+    /// [`Store::keep_inodes_ready`], for temp files when no spare is left.
+    unnamed: Mutex<Vec<File>>,
+    /// Signalled when unnamed inodes run below [`UNNAMED_LOW`].
+    unnamed_low: std::sync::Condvar,
     /// Inodes open for reading (READ, STREAM, transfers), with how many
     /// handles each: these are never recycled.
     readers: Arc<Mutex<HashMap<u64, usize>>>,
@@ -166,10 +169,10 @@ const SYNCFS_FROM: usize = 4;
 /// Spare inodes kept for reuse, and the largest file kept as one (a larger
 /// one would hold its disk space until it is reused).
 const MAX_SPARES: usize = 1024;
-/// [`Store::keep_spares_ready`] tops the spares up to `SPARES_READY` when
-/// fewer than `SPARES_LOW` are left.
-const SPARES_LOW: usize = 128;
-const SPARES_READY: usize = 512;
+/// [`Store::keep_inodes_ready`] tops the unnamed inodes up to
+/// `UNNAMED_READY` when fewer than `UNNAMED_LOW` are left.
+const UNNAMED_LOW: usize = 64;
+const UNNAMED_READY: usize = 256;
 const SPARE_MAX_BYTES: u64 = 1 << 20;
 
 impl Drop for TempFile {
@@ -196,7 +199,8 @@ impl Store {
             fsync,
             temp_counter: AtomicU64::new(0),
             spares: Mutex::new(Vec::new()),
-            spares_low: std::sync::Condvar::new(),
+            unnamed: Mutex::new(Vec::new()),
+            unnamed_low: std::sync::Condvar::new(),
             readers: Arc::default(),
             wal: None,
             id: 0,
@@ -389,41 +393,76 @@ impl Store {
         }
     }
 
-    /// Runs forever (on a thread of its own): keeps empty temp files ready
-    /// as spares, so that requests that need a new inode (a CREATE, a copy
-    /// of a new file) take one made earlier instead of allocating it.
+    /// Runs forever (on a thread of its own): keeps unnamed empty inodes
+    /// ready (`O_TMPFILE` in `tmp/`), so that a request that needs a new
+    /// inode (a CREATE, a copy of a new file) names one made earlier
+    /// (`linkat`) instead of allocating it.
     ///
     /// Why: allocating an inode on this machine's ext4 (no journal) costs
     /// 20 µs to 0.8 ms depending on how many were freed recently (it scans
-    /// them); made here, that time overlaps the network and fsync waits of
-    /// the requests instead of adding to them. Made spares are empty and in
-    /// `tmp/`, which start-up empties.
-    pub fn keep_spares_ready(&self) {
+    /// them), and a named create holds its directory's lock meanwhile, so
+    /// every other create and rename in that directory waits. An unnamed
+    /// inode is allocated without any directory lock, off the request path;
+    /// one that is never used vanishes when the process exits.
+    pub fn keep_inodes_ready(&self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = self.root.join(TMP);
         loop {
             let missing = {
-                let spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-                let spares = self
-                    .spares_low
-                    .wait_while(spares, |s| s.len() >= SPARES_LOW)
+                let unnamed = self.unnamed.lock().unwrap_or_else(|p| p.into_inner());
+                let unnamed = self
+                    .unnamed_low
+                    .wait_while(unnamed, |u| u.len() >= UNNAMED_LOW)
                     .unwrap_or_else(|p| p.into_inner());
-                SPARES_READY.saturating_sub(spares.len())
+                UNNAMED_READY.saturating_sub(unnamed.len())
             };
             for _ in 0..missing {
-                let path = self.temp_path();
-                if let Err(e) = File::create(&path) {
-                    tracing::warn!(event = "ss_spare_failed", error = %e, "could not make a spare temp file");
-                    std::thread::sleep(std::time::Duration::from_secs(1));
-                    break;
+                let made = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .mode(0o644)
+                    .custom_flags(libc::O_TMPFILE)
+                    .open(&tmp);
+                match made {
+                    Ok(file) => self
+                        .unnamed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(file),
+                    Err(e) => {
+                        tracing::warn!(event = "ss_unnamed_inode_failed", error = %e, "cannot make inodes ahead (O_TMPFILE); new files allocate their own");
+                        return;
+                    }
                 }
-                let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-                if spares.len() >= SPARES_READY {
-                    drop(spares);
-                    let _ = fs::remove_file(&path);
-                    break;
-                }
-                spares.push(path);
             }
         }
+    }
+
+    /// An inode made ahead, given the name `path`; `None` if none is ready.
+    fn name_unnamed(&self, path: &Path) -> Option<File> {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::io::AsRawFd;
+        let file = {
+            let mut unnamed = self.unnamed.lock().unwrap_or_else(|p| p.into_inner());
+            let file = unnamed.pop();
+            if unnamed.len() < UNNAMED_LOW {
+                self.unnamed_low.notify_one();
+            }
+            file?
+        };
+        let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+        let to = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+        // SAFETY: both arguments are NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        (rc == 0).then_some(file)
     }
 
     fn ensure_parent(&self, target: &Path) -> io::Result<()> {
@@ -697,14 +736,7 @@ impl Store {
 
     /// A new temp file for a transfer.
     pub fn temp_file(&self) -> Result<TempFile, StoreError> {
-        let spare = {
-            let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-            let spare = spares.pop();
-            if spares.len() < SPARES_LOW {
-                self.spares_low.notify_one();
-            }
-            spare
-        };
+        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let reused = spare.and_then(|path| {
             match fs::OpenOptions::new()
                 .write(true)
@@ -723,7 +755,10 @@ impl Store {
             Some(reused) => reused,
             None => {
                 let path = self.temp_path();
-                let file = File::create(&path)?;
+                let file = match self.name_unnamed(&path) {
+                    Some(file) => file,
+                    None => File::create(&path)?,
+                };
                 (path, file)
             }
         };
@@ -1126,53 +1161,55 @@ mod tests {
         assert!(store.inventory().unwrap().is_empty());
     }
 
-    fn spares(store: &Store) -> Vec<PathBuf> {
-        store.spares.lock().unwrap().clone()
+    fn unnamed(store: &Store) -> usize {
+        store.unnamed.lock().unwrap().len()
     }
 
     #[test]
-    fn new_files_take_inodes_made_ahead_by_the_spare_thread() {
+    fn new_files_take_inodes_made_ahead_and_the_thread_tops_them_up() {
         use std::os::unix::fs::MetadataExt;
+        use std::os::unix::io::AsRawFd;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), true).unwrap());
         let background = store.clone();
-        std::thread::spawn(move || background.keep_spares_ready());
+        std::thread::spawn(move || background.keep_inodes_ready());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while spares(&store).len() < SPARES_READY {
-            assert!(std::time::Instant::now() < deadline, "spares never made");
+        while unnamed(&store) < UNNAMED_READY {
+            assert!(std::time::Instant::now() < deadline, "inodes never made");
             std::thread::yield_now();
         }
-        let made_first = spares(&store);
-        let ready: Vec<u64> = made_first
+        let made: Vec<u64> = store
+            .unnamed
+            .lock()
+            .unwrap()
             .iter()
-            .map(|p| fs::metadata(p).unwrap().ino())
+            .map(|f| {
+                let stat = fs::metadata(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
+                stat.ino()
+            })
             .collect();
-        // A create takes two (content and metadata): every new file's
-        // inode is one made ahead ...
-        let creates = (SPARES_READY - SPARES_LOW) / 2 - 1;
+        // A create takes two (content and metadata), each one made ahead ...
+        let creates = (UNNAMED_READY - UNNAMED_LOW) / 2 - 1;
         for i in 0..creates {
             store.create(&format!("f{i}"), &meta(1)).unwrap();
         }
         for i in 0..creates {
             let content = fs::metadata(store.content_path(&format!("f{i}")).unwrap()).unwrap();
             assert!(
-                ready.contains(&content.ino()),
+                made.contains(&content.ino()),
                 "f{i} allocated its own inode"
             );
+            assert_eq!(content.nlink(), 1);
         }
-        // ... and below the low mark the thread tops them up again.
+        // ... and below the low mark the thread makes more.
         for i in creates..creates + 8 {
             store.create(&format!("f{i}"), &meta(1)).unwrap();
         }
-        while spares(&store).len() < SPARES_LOW
-            || spares(&store).iter().all(|p| made_first.contains(p))
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "spares never topped up"
-            );
+        while unnamed(&store) < UNNAMED_LOW {
+            assert!(std::time::Instant::now() < deadline, "never topped up");
             std::thread::yield_now();
         }
+        assert_eq!(store.read_content("f3").unwrap(), b"");
     }
 
     #[test]

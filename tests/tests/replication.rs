@@ -429,3 +429,100 @@ async fn watch_prints_job_and_pair_events_as_json_lines() {
         assert!(e["seq"].as_u64().is_some() && e["at_ms"].as_u64().is_some());
     }
 }
+
+fn sync_failures(events: &Arc<Mutex<Vec<Event>>>) -> usize {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            matches!(
+                &e.kind,
+                EventKind::Job {
+                    kind: JobKind::SyncPair,
+                    step: JobStep::Failed,
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+fn twenty_files(cluster: &TestCluster) {
+    let creates: String = (0..20)
+        .map(|i| format!("CREATE f{i:02}\nWRITE f{i:02} 0\n0 File {i}.\nETIRW\n"))
+        .collect();
+    cluster.console("alice", &creates).all_ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_whose_start_up_scan_has_not_run_catches_up_and_serves_after_a_failover() {
+    let mut cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    twenty_files(&cluster);
+    cluster.wait_replicated().await;
+    cluster.kill_ss("ss1_backup");
+    cluster.wait_pair("ss1", PairState::BackupFailed).await;
+    cluster
+        .console("alice", "WRITE f01 1\n0 Changed while away.\nETIRW\n")
+        .all_ok();
+    // Its scan waits an hour: everything below is served from disk.
+    cluster.spawn_ss_with("ss1_backup", &["--scan-delay", "1h"]);
+    cluster.wait_alive("ss1_backup").await;
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    // Promoted, it serves files it has not loaded yet, and new ones.
+    cluster.kill_ss("ss1");
+    cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
+    let read = |file: &str| {
+        let run = cluster.console("alice", &format!("READ {file}\n"));
+        run.get(0)["data"]["content"].as_str().map(str::to_owned)
+    };
+    let changed = eventually("a READ through the promoted backup", async || read("f01")).await;
+    assert_eq!(changed, "File 1. Changed while away.");
+    assert_eq!(read("f07").as_deref(), Some("File 7."));
+    let codes = cluster
+        .console("alice", "CREATE f07\nCREATE f20\nDELETE f03\nREAD f03\n")
+        .codes();
+    assert_eq!(codes, ["E_EXISTS", "ok", "ok", "E_NOT_FOUND"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_comparison_waits_for_a_slow_start_up_scan_without_failing() {
+    let mut cluster = TestCluster::start_with(
+        &["ss1", "ss1_backup"],
+        Options {
+            nm_args: vec!["--ss-timeout", "1s"],
+            ..Options::default()
+        },
+    )
+    .await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    twenty_files(&cluster);
+    cluster.wait_replicated().await;
+    // An nm restart forgets what changed: the backup's return is compared
+    // in full, and its inventory waits for a scan longer than nm's timeout.
+    cluster.kill_ss("ss1_backup");
+    cluster.kill_nm();
+    cluster.start_nm().await;
+    cluster.wait_alive("ss1").await;
+    let events = watch(&cluster);
+    watching(&cluster, &events).await;
+    cluster
+        .console("alice", "WRITE f02 1\n0 Changed while away.\nETIRW\n")
+        .all_ok();
+    cluster.spawn_ss_with("ss1_backup", &["--scan-delay", "3s"]);
+    cluster.wait_alive("ss1_backup").await;
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    let detail = eventually("the sync", async || last_sync_detail(&events)).await;
+    assert!(
+        detail.starts_with("copied 1 files") && detail.contains("19 already current"),
+        "{detail}"
+    );
+    assert_eq!(
+        sync_failures(&events),
+        0,
+        "the sync timed out waiting for the scan"
+    );
+}
