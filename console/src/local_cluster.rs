@@ -11,8 +11,25 @@ use std::time::{Duration, Instant};
 
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Where a cluster keeps its logs and data.
+enum Folder {
+    /// Removed when the cluster drops, unless kept.
+    Temp(tempfile::TempDir),
+    /// Given by the caller (a folder kept by an earlier run); never removed.
+    Given(PathBuf),
+}
+
+impl Folder {
+    fn path(&self) -> &Path {
+        match self {
+            Folder::Temp(dir) => dir.path(),
+            Folder::Given(path) => path,
+        }
+    }
+}
+
 pub struct LocalCluster {
-    dir: tempfile::TempDir,
+    dir: Folder,
     bin_dir: PathBuf,
     nm: Option<Child>,
     nm_addr: String,
@@ -43,6 +60,19 @@ impl LocalCluster {
         timeout: &str,
         replication: &str,
     ) -> Result<Self, ClusterError> {
+        Self::start_in(None, bin_dir, fsync, heartbeat, timeout, replication).await
+    }
+
+    /// Like [`LocalCluster::start`], in `folder` if given (nm's data and the
+    /// storage folders found there are used as they are), else in a new temp dir.
+    pub async fn start_in(
+        folder: Option<PathBuf>,
+        bin_dir: Option<PathBuf>,
+        fsync: bool,
+        heartbeat: &str,
+        timeout: &str,
+        replication: &str,
+    ) -> Result<Self, ClusterError> {
         let bin_dir = match bin_dir {
             Some(dir) => dir,
             None => std::env::current_exe()?
@@ -51,7 +81,10 @@ impl LocalCluster {
                 .unwrap_or_default(),
         };
         let mut cluster = LocalCluster {
-            dir: tempfile::tempdir()?,
+            dir: match folder {
+                Some(path) => Folder::Given(path),
+                None => Folder::Temp(tempfile::tempdir()?),
+            },
             bin_dir,
             nm: None,
             nm_addr: String::new(),
@@ -63,7 +96,11 @@ impl LocalCluster {
             replication: replication.to_owned(),
         };
         let ready = cluster.dir.path().join("nm.addr");
-        shared::auth::ClusterKey::generate(&cluster.key_file())?;
+        // A given folder may hold an earlier run's address and key.
+        let _ = std::fs::remove_file(&ready);
+        if !cluster.key_file().exists() {
+            shared::auth::ClusterKey::generate(&cluster.key_file())?;
+        }
         cluster.spawn_nm("127.0.0.1:0")?;
         let started = Instant::now();
         while !ready.exists() {
@@ -160,7 +197,9 @@ impl LocalCluster {
 
     /// Leaves the folder (logs and data) in place when the cluster is dropped.
     pub fn keep_dir(&mut self) {
-        self.dir.disable_cleanup(true);
+        if let Folder::Temp(dir) = &mut self.dir {
+            dir.disable_cleanup(true);
+        }
     }
 
     pub fn storage(&self, name: &str) -> PathBuf {
@@ -280,13 +319,15 @@ fn die_with_parent(command: &mut Command) {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for (_, mut child) in std::mem::take(&mut self.servers) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // nm first, so that it records no failover of servers being stopped
+        // (a kept folder then starts again with the pair as it was).
         if let Some(mut nm) = self.nm.take() {
             let _ = nm.kill();
             let _ = nm.wait();
+        }
+        for (_, mut child) in std::mem::take(&mut self.servers) {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

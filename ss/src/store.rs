@@ -406,6 +406,11 @@ impl Store {
     /// one that is never used vanishes when the process exits.
     pub fn keep_inodes_ready(&self) {
         use std::os::unix::fs::OpenOptionsExt;
+        // Idle time only: the requests this serves must not wait for it.
+        // SAFETY: setpriority on this thread's own id; no memory is involved.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+        }
         let tmp = self.root.join(TMP);
         loop {
             let missing = {
