@@ -1,47 +1,86 @@
 #!/usr/bin/env bash
-# Times one `console --batch` session of N commands (CREATE, WRITE, READ in
-# turn; default 1000) against a local release-built cluster of nm and two
-# storage servers, fsync on. With PAIRS=1 the session is N CREATE+WRITE pairs
-# instead, and the rate is pairs per second. A benchmark, not a test.
+# Times `console --batch` sessions of N commands (CREATE, WRITE, READ in turn;
+# default 1000) against a local release-built cluster of nm and two storage
+# servers, fsync on. With PAIRS=1 a session is N CREATE+WRITE pairs instead,
+# and the rate is pairs per second. A benchmark, not a test.
 #
 #   scripts/bench-batch.sh [N]
-#   PAIRS=1 scripts/bench-batch.sh 2000
+#   PAIRS=1 ROUNDS=3 scripts/bench-batch.sh 3000
+#   PAIRS=1 ROUNDS=3 BIN_B=/other/release scripts/bench-batch.sh 3000   # A/B, alternating
+#
+# ROUNDS sessions (default 1) run one after the other on the same cluster,
+# each on new file names, and the median is printed. Nothing is deleted
+# until the end: on this machine's ext4 (no journal) deleting thousands of
+# files slows the next thousands of creates for minutes, so a clean-up
+# between rounds would measure the clean-up. With BIN_B a second cluster
+# runs another build's nm, ss and console, and the rounds alternate.
+# BIN=folder runs the first cluster from another build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000}
+rounds=${ROUNDS:-1}
 [ -n "${BIN:-}" ] || cargo build --quiet --release --bins
-bin=${BIN:-target/release}  # BIN=folder times other builds of nm, ss and console
 dir=$(mktemp -d)
 cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT INT TERM
 
 head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n" > "$dir/cluster.key"
-"$bin/nm" --listen 127.0.0.1:0 --data-dir "$dir/nm" --ready-file "$dir/nm.addr" --cluster-key-file "$dir/cluster.key" --quiet 2>/dev/null &
-for _ in $(seq 100); do [ -s "$dir/nm.addr" ] && break; sleep 0.1; done
-nm=$(cat "$dir/nm.addr")
-for ss in ss1 ss2; do "$bin/ss" --nm "$nm" --username "$ss" --storage "$dir/$ss" --cluster-key-file "$dir/cluster.key" 2>/dev/null & done
-for _ in $(seq 100); do
-  [ "$("$bin/console" --nm "$nm" --batch --json <<<STATUS | grep -o ALIVE | wc -l)" -ge 2 ] && break
-  sleep 0.1
+# start_cluster NAME BIN: nm and two storage servers under $dir/NAME.
+start_cluster() {
+  local name=$1 bin=$2 home="$dir/$1"
+  mkdir -p "$home"
+  "$bin/nm" --listen 127.0.0.1:0 --data-dir "$home/nm" --ready-file "$home/nm.addr" --cluster-key-file "$dir/cluster.key" --quiet 2>/dev/null &
+  for _ in $(seq 100); do [ -s "$home/nm.addr" ] && break; sleep 0.1; done
+  local nm
+  nm=$(cat "$home/nm.addr")
+  for ss in ss1 ss2; do "$bin/ss" --nm "$nm" --username "$ss" --storage "$home/$ss" --cluster-key-file "$dir/cluster.key" 2>/dev/null & done
+  for _ in $(seq 100); do
+    [ "$("$bin/console" --nm "$nm" --batch --json <<<STATUS | grep -o ALIVE | wc -l)" -ge 2 ] && break
+    sleep 0.1
+  done
+}
+
+# script ROUND: the session's commands, on names of its own.
+script() {
+  local r=$1 file="$dir/script-$1.batch" i
+  if [ "${PAIRS:-0}" = 1 ]; then
+    for ((i = 0; i < n; i++)); do
+      printf 'CREATE r%d-f%d.txt\nWRITE r%d-f%d.txt 0\n0 Sentence number %d of the benchmark.\nETIRW\n' "$r" "$i" "$r" "$i" "$i"
+    done >"$file"
+  else
+    for ((i = 0; i < n; i += 3)); do
+      printf 'CREATE r%d-f%d.txt\nWRITE r%d-f%d.txt 0\n0 Sentence number %d of the benchmark.\nETIRW\nREAD r%d-f%d.txt\n' "$r" "$i" "$r" "$i" "$i" "$r" "$i"
+    done >"$file"
+  fi
+  echo "$file"
+}
+unit=commands
+[ "${PAIRS:-0}" = 1 ] && unit=pairs
+
+# session NAME BIN ROUND: prints the rate.
+session() {
+  local name=$1 bin=$2 file start end count
+  file=$(script "$3")
+  if [ "$unit" = pairs ]; then count=$(grep -cE '^CREATE' "$file"); else count=$(grep -cE '^(CREATE|WRITE|READ)' "$file"); fi
+  sync; sleep "${SETTLE:-3}"
+  start=$(date +%s.%N)
+  "$bin/console" --nm "$(cat "$dir/$name/nm.addr")" --user bench --batch "$file" >/dev/null
+  end=$(date +%s.%N)
+  awk -v c="$count" -v s="$start" -v e="$end" 'BEGIN { printf "%.0f", c / (e - s) }'
+}
+
+bin_a=${BIN:-target/release}
+start_cluster a "$bin_a"
+[ -z "${BIN_B:-}" ] || start_cluster b "$BIN_B"
+rates_a=(); rates_b=()
+for ((r = 0; r < rounds; r++)); do
+  rate=$(session a "$bin_a" "$r"); rates_a+=("$rate")
+  echo "round $((r + 1)): $rate $unit/s ($bin_a)" >&2
+  if [ -n "${BIN_B:-}" ]; then
+    rate=$(session b "$BIN_B" "$r"); rates_b+=("$rate")
+    echo "round $((r + 1)): $rate $unit/s ($BIN_B)" >&2
+  fi
 done
-
-script="$dir/script.batch"
-if [ "${PAIRS:-0}" = 1 ]; then
-  for ((i = 0; i < n; i++)); do
-    printf 'CREATE f%d.txt\nWRITE f%d.txt 0\n0 Sentence number %d of the benchmark.\nETIRW\n' "$i" "$i" "$i"
-  done >"$script"
-  commands=$(grep -cE '^CREATE' "$script")
-  unit=pairs
-else
-  for ((i = 0; i < n; i += 3)); do
-    printf 'CREATE f%d.txt\nWRITE f%d.txt 0\n0 Sentence number %d of the benchmark.\nETIRW\nREAD f%d.txt\n' "$i" "$i" "$i" "$i"
-  done >"$script"
-  commands=$(grep -cE '^(CREATE|WRITE|READ)' "$script")
-  unit=commands
-fi
-
-start=$(date +%s.%N)
-"$bin/console" --nm "$nm" --user bench --batch "$script" >/dev/null
-end=$(date +%s.%N)
-awk -v c="$commands" -v s="$start" -v e="$end" -v u="$unit" \
-  'BEGIN { t = e - s; printf "%d %s in %.3f s: %.0f %s/s, %.3f ms each\n", c, u, t, c / t, u, 1000 * t / c }'
+median() { python3 -c "import statistics,sys; print(round(statistics.median(float(x) for x in sys.argv[1:])))" "$@"; }
+echo "$n $unit per session, $rounds rounds: median $(median "${rates_a[@]}") $unit/s (${rates_a[*]}) with $bin_a"
+[ -z "${BIN_B:-}" ] || echo "$n $unit per session, $rounds rounds: median $(median "${rates_b[@]}") $unit/s (${rates_b[*]}) with $BIN_B"
