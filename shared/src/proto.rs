@@ -710,6 +710,14 @@ pub enum SsReply {
     Done,
 }
 
+/// [`SsReply::Chunk`] as a sender writes it, borrowing its bytes: the same
+/// frame on the wire, but a file is streamed through one reused buffer
+/// instead of a new zero-filled one per chunk.
+#[derive(Debug, Serialize)]
+pub enum ChunkOut<'a> {
+    Chunk { data: &'a serde_bytes::Bytes },
+}
+
 /// A deleted file, remembered until both servers of the pair have applied the delete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tombstone {

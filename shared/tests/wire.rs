@@ -460,3 +460,26 @@ fn frames_are_length_prefixed_and_bounded() {
     let mut oversize = BytesMut::from(&b"\x00\x00\x01\x00"[..]);
     assert!(codec.decode(&mut oversize).is_err());
 }
+
+#[test]
+fn a_borrowed_chunk_is_the_same_frame_as_an_owned_one() {
+    let data: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let owned = Reply {
+        id: 9,
+        result: Ok::<_, WireError>(SsReply::Chunk {
+            data: ByteBuf::from(data.clone()),
+        }),
+    };
+    let borrowed = Reply {
+        id: 9,
+        result: Ok::<_, WireError>(ChunkOut::Chunk {
+            data: serde_bytes::Bytes::new(&data),
+        }),
+    };
+    let encode = shared::connection::encode::<Reply<SsReply>>;
+    let a = encode(&owned).unwrap();
+    let b = shared::connection::encode(&borrowed).unwrap();
+    assert_eq!(a, b);
+    let decoded: Reply<SsReply> = rmp_serde::from_slice(&b).unwrap();
+    assert_eq!(decoded, owned);
+}

@@ -54,22 +54,22 @@ pub async fn send_chunks(
     let chunk_size = chunk_size.min(conn.max_frame() / 2).max(1024);
     let mut hasher = crc32fast::Hasher::new();
     let mut size = 0u64;
+    let mut buffer = vec![0u8; chunk_size];
     loop {
-        let mut data = vec![0u8; chunk_size];
-        let n = match tokio::task::block_in_place(|| read_full(&mut handle, &mut data)) {
+        let n = match tokio::task::block_in_place(|| read_full(&mut handle, &mut buffer)) {
             Ok(n) => n,
             Err(e) => return Ok(Err(WireError::internal(format!("reading {file:?}: {e}")))),
         };
         if n == 0 {
             break;
         }
-        data.truncate(n);
-        hasher.update(&data);
+        let data = &buffer[..n];
+        hasher.update(data);
         size += n as u64;
         conn.feed(&shared::proto::Reply {
             id,
-            result: Ok::<_, WireError>(SsReply::Chunk {
-                data: serde_bytes::ByteBuf::from(data),
+            result: Ok::<_, WireError>(shared::proto::ChunkOut::Chunk {
+                data: serde_bytes::Bytes::new(data),
             }),
         })
         .await?;
