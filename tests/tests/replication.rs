@@ -526,3 +526,51 @@ async fn a_full_comparison_waits_for_a_slow_start_up_scan_without_failing() {
         "the sync timed out waiting for the scan"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_failover_and_hand_back_a_returning_backup_is_caught_up_on_what_changed() {
+    let mut cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    twenty_files(&cluster);
+    cluster.wait_replicated().await;
+    let events = watch(&cluster);
+    watching(&cluster, &events).await;
+    // The primary fails; the backup serves and takes changes; the primary
+    // returns, is compared in full (what it acknowledged is unknown) and
+    // takes over again.
+    cluster.kill_ss("ss1");
+    cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
+    eventually("writes on the promoted backup", async || {
+        let run = cluster.console("alice", "WRITE f03 1\n0 On the backup.\nETIRW\n");
+        run.codes().iter().all(|c| c == "ok").then_some(())
+    })
+    .await;
+    cluster.start_ss("ss1").await;
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    let status = cluster.status().await;
+    assert!(status.servers.iter().any(|s| s.name == "ss1" && s.serving));
+    let f03 = std::fs::read_to_string(cluster.storage("ss1").join("files/f03")).unwrap();
+    assert_eq!(f03, "File 3. On the backup.");
+    // The hand-back left the pair level the other way round: the backup's
+    // next return compares only what changed meanwhile.
+    cluster.kill_ss("ss1_backup");
+    cluster.wait_pair("ss1", PairState::BackupFailed).await;
+    cluster
+        .console(
+            "alice",
+            "WRITE f04 1\n0 After the hand-back.\nETIRW\nDELETE f05\n",
+        )
+        .all_ok();
+    events.lock().unwrap().clear();
+    cluster.start_ss("ss1_backup").await;
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    let detail = eventually("the catch-up", async || last_sync_detail(&events)).await;
+    assert!(
+        detail.starts_with("caught up on the 2 files changed since the pair was level")
+            && detail.contains("copied 1 files")
+            && detail.contains("1 deletes applied"),
+        "{detail}"
+    );
+}
