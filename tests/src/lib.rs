@@ -301,48 +301,73 @@ impl TestCluster {
     /// Asserts that two servers hold the same files, contents, metadata
     /// (owner, access list, version, counts) and checkpoints, and no temp files.
     pub fn assert_same_files(&self, a: &str, b: &str) {
+        if let Some(difference) = self.difference(a, b) {
+            panic!("{difference}");
+        }
+    }
+
+    /// Waits until two servers hold the same files (see
+    /// [`TestCluster::assert_same_files`]): for tests whose last change may
+    /// still be on its way when the queue looks empty (a client cut off in
+    /// the middle of a commit whose notice reaches nm afterwards).
+    pub async fn wait_same_files(&self, a: &str, b: &str) {
+        let converged = tokio::time::timeout(Duration::from_secs(20), async {
+            while self.difference(a, b).is_some() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if converged.is_err() {
+            self.assert_same_files(a, b);
+        }
+    }
+
+    /// The first difference between two servers' files, if any.
+    pub fn difference(&self, a: &str, b: &str) -> Option<String> {
         let (ra, rb) = (self.storage(a), self.storage(b));
         for area in ["files", "checkpoints"] {
             let fa = tree(&ra.join(area));
             let fb = tree(&rb.join(area));
-            assert_eq!(
-                fa.keys().collect::<Vec<_>>(),
-                fb.keys().collect::<Vec<_>>(),
-                "{area}/ of {a} and {b} differ"
-            );
+            if fa.keys().ne(fb.keys()) {
+                return Some(format!(
+                    "{area}/ of {a} and {b} differ: {:?} vs {:?}",
+                    fa.keys().collect::<Vec<_>>(),
+                    fb.keys().collect::<Vec<_>>()
+                ));
+            }
             for (name, content) in &fa {
-                assert!(
-                    content == &fb[name],
-                    "{area}/{name} differs between {a} and {b}"
-                );
+                if content != &fb[name] {
+                    return Some(format!("{area}/{name} differs between {a} and {b}"));
+                }
             }
         }
         let ma = tree(&ra.join("meta"));
         let mb = tree(&rb.join("meta"));
-        assert_eq!(ma.keys().collect::<Vec<_>>(), mb.keys().collect::<Vec<_>>());
+        if ma.keys().ne(mb.keys()) {
+            return Some(format!("meta/ of {a} and {b} differ"));
+        }
         for (name, bytes) in &ma {
             let x: FileMeta = shared::connection::decode(bytes).expect("meta");
             let y: FileMeta = shared::connection::decode(&mb[name]).expect("meta");
-            assert_eq!(
+            let summary = |m: &FileMeta| {
                 (
-                    &x.owner,
-                    &x.acl,
-                    x.stats.version,
-                    x.stats.size,
-                    x.stats.words,
-                    &x.checkpoints
-                ),
-                (
-                    &y.owner,
-                    &y.acl,
-                    y.stats.version,
-                    y.stats.size,
-                    y.stats.words,
-                    &y.checkpoints
-                ),
-                "metadata of {name} differs between {a} and {b}"
-            );
+                    m.owner.clone(),
+                    m.acl.clone(),
+                    m.stats.version,
+                    m.stats.size,
+                    m.stats.words,
+                    m.checkpoints.clone(),
+                )
+            };
+            if summary(&x) != summary(&y) {
+                return Some(format!(
+                    "metadata of {name} differs between {a} and {b}: {:?} vs {:?}",
+                    summary(&x),
+                    summary(&y)
+                ));
+            }
         }
+        None
     }
 
     pub fn ss_running(&self, name: &str) -> bool {
@@ -356,7 +381,8 @@ impl TestCluster {
             .expect("connecting to nm")
     }
 
-    async fn try_status(&self) -> Option<ClusterStatus> {
+    /// STATUS, or `None` if nm does not answer (for polling).
+    pub async fn try_status(&self) -> Option<ClusterStatus> {
         let mut client = Client::connect(&self.nm_addr, "harness").await.ok()?;
         match client.nm(NmRequest::Status).await.ok()? {
             NmReply::Status { status } => Some(status),
