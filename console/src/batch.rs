@@ -196,13 +196,14 @@ async fn execute_inner(
             return Ok(listing(text, "words", &words, words.join(" ")));
         }
         Command::Create { file } => {
-            return done(
-                client,
+            client.create(&file).await?;
+            let message = "File Created Successfully!";
+            return Ok(Outcome::success(
                 text,
-                NmRequest::Create { file },
-                "File Created Successfully!",
-            )
-            .await
+                message,
+                Value::Null,
+                message.to_owned(),
+            ));
         }
         Command::Delete { file } => {
             let message = format!("File '{file}' deleted successfully!");

@@ -16,6 +16,9 @@ pub struct Client {
     servers: HashMap<String, RpcClient>,
     /// The server address of the open WRITE, if any.
     open_write: Option<String>,
+    /// Where to WRITE the file this client created last (nm's answer to
+    /// CREATE), used once by the next WRITE of that file instead of a LOCATE.
+    created: Option<(String, Location)>,
     /// How long to wait for each reply of a storage server before giving it
     /// up as hung (its connection is dropped; the next call asks nm again).
     reply_timeout: std::time::Duration,
@@ -38,6 +41,7 @@ impl Client {
             nm: Some(nm),
             servers: HashMap::new(),
             open_write: None,
+            created: None,
             reply_timeout: REPLY_TIMEOUT,
         })
     }
@@ -275,7 +279,43 @@ impl Client {
                 "a WRITE is already open; end it with ETIRW",
             ));
         }
-        let location = self.locate(file, Op::Write).await?;
+        let created = self.created.take().filter(|(f, _)| f == file);
+        let Some((_, location)) = created else {
+            let location = self.locate(file, Op::Write).await?;
+            return self.begin_at(location, file, sentence).await;
+        };
+        match self.begin_at(location, file, sentence).await {
+            // The location from CREATE may be stale (a failover, an expired
+            // ticket): ask nm, once.
+            Err(_) => {
+                let location = self.locate(file, Op::Write).await?;
+                self.begin_at(location, file, sentence).await
+            }
+            begun => begun,
+        }
+    }
+
+    /// CREATE f. nm answers with where to WRITE the new file, kept for the
+    /// WRITE that usually follows (one LOCATE fewer).
+    pub async fn create(&mut self, file: &str) -> Result<(), WireError> {
+        let request = NmRequest::CreateAndLocate {
+            file: file.to_owned(),
+        };
+        match self.nm(request).await? {
+            NmReply::Located { location } => {
+                self.created = Some((file.to_owned(), location));
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn begin_at(
+        &mut self,
+        location: Location,
+        file: &str,
+        sentence: i64,
+    ) -> Result<u64, WireError> {
         let request = SsRequest::WriteBegin {
             file: file.to_owned(),
             sentence,

@@ -42,6 +42,10 @@ impl Nm {
             }),
             NmRequest::Status => Ok(self.status()),
             NmRequest::Create { file } => self.create(user, &file).await,
+            NmRequest::CreateAndLocate { file } => {
+                self.create(user, &file).await?;
+                self.locate(user, &file, Op::Write)
+            }
             NmRequest::Delete { file } => self.delete(user, &file).await,
             NmRequest::Undo { file } => {
                 let request = SsRequest::UndoFile { file: file.clone() };

@@ -305,7 +305,9 @@ fn summarize(request: &NmRequest) -> String {
         NmRequest::Info { file } => format!("INFO {file}"),
         NmRequest::List => "LIST".into(),
         NmRequest::Status => "STATUS".into(),
-        NmRequest::Create { file } => format!("CREATE {file}"),
+        NmRequest::Create { file } | NmRequest::CreateAndLocate { file } => {
+            format!("CREATE {file}")
+        }
         NmRequest::Delete { file } => format!("DELETE {file}"),
         NmRequest::Undo { file } => format!("UNDO {file}"),
         NmRequest::Locate { file, op } => format!("LOCATE {op:?} {file}"),

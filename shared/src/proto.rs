@@ -272,6 +272,12 @@ pub enum NmRequest {
     Create {
         file: String,
     },
+    /// CREATE answered with where to WRITE the new file (`Located`, with a
+    /// write ticket) instead of `Done`: a client about to WRITE it saves the
+    /// LOCATE it would send next.
+    CreateAndLocate {
+        file: String,
+    },
     Delete {
         file: String,
     },

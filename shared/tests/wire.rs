@@ -88,6 +88,7 @@ fn every_message_round_trips() {
         NmRequest::List,
         NmRequest::Status,
         NmRequest::Create { file: "a".into() },
+        NmRequest::CreateAndLocate { file: "a".into() },
         NmRequest::Delete { file: "a".into() },
         NmRequest::Undo { file: "a".into() },
         NmRequest::Locate {

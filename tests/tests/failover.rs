@@ -458,3 +458,38 @@ async fn the_event_stream_carries_heartbeat_timers_and_the_failure() {
     .await;
     watcher.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_after_create_uses_the_location_create_returned_and_asks_nm_again_if_it_went_stale()
+{
+    let mut cluster = pair_cluster().await;
+    let mut client = cluster.client("alice").await;
+    client.create("new.txt").await.unwrap();
+    client.write_begin("new.txt", 0).await.unwrap();
+    client.write_edit(0, "First.").await.unwrap();
+    client.write_commit().await.unwrap();
+    cluster.wait_replicated().await;
+    // The server CREATE pointed to fails before the WRITE that follows.
+    client.create("later.txt").await.unwrap();
+    cluster.wait_replicated().await;
+    cluster.kill_ss("ss1");
+    cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
+    eventually("the backup to serve", async || {
+        let status = cluster.try_status().await?;
+        status
+            .servers
+            .iter()
+            .any(|s| s.name == "ss1_backup" && s.serving)
+            .then_some(())
+    })
+    .await;
+    // One attempt: the kept location fails, and the client asks nm again.
+    client.write_begin("later.txt", 0).await.unwrap();
+    client.write_edit(0, "After the failover.").await.unwrap();
+    client.write_commit().await.unwrap();
+    assert_eq!(
+        client.read("later.txt").await.unwrap(),
+        b"After the failover.".to_vec()
+    );
+    assert_eq!(client.read("new.txt").await.unwrap(), b"First.".to_vec());
+}
