@@ -236,6 +236,23 @@ fn last_sync_detail(events: &Arc<Mutex<Vec<Event>>>) -> Option<String> {
         })
 }
 
+/// Kills the backup, runs `script` as alice meanwhile, brings the backup
+/// back, waits for the two servers to match and returns the sync's detail.
+async fn backup_away_while(
+    cluster: &mut TestCluster,
+    events: &Arc<Mutex<Vec<Event>>>,
+    script: &str,
+) -> String {
+    cluster.kill_ss("ss1_backup");
+    cluster.wait_pair("ss1", PairState::BackupFailed).await;
+    cluster.console("alice", script).all_ok();
+    events.lock().unwrap().clear();
+    cluster.start_ss("ss1_backup").await;
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    eventually("the catch-up sync", async || last_sync_detail(events)).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_returning_backup_receives_only_the_difference() {
     let mut cluster = TestCluster::start(&["ss1"]).await;
@@ -253,19 +270,12 @@ async fn a_returning_backup_receives_only_the_difference() {
     let first = last_sync_detail(&events).expect("a sync ran");
     assert!(first.starts_with("copied 50 files"), "{first}");
     // Away for a while: three changes, one delete, one new file.
-    cluster.kill_ss("ss1_backup");
-    cluster.wait_pair("ss1", PairState::BackupFailed).await;
-    cluster
-        .console(
-            "alice",
-            "WRITE f01 1\n0 More.\nETIRW\nWRITE f02 1\n0 More.\nETIRW\nADDACCESS -R f03 friend\nDELETE f04\nCREATE f50\n",
-        )
-        .all_ok();
-    events.lock().unwrap().clear();
-    cluster.start_ss("ss1_backup").await;
-    cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
-    let second = eventually("the catch-up sync", async || last_sync_detail(&events)).await;
+    let second = backup_away_while(
+        &mut cluster,
+        &events,
+        "WRITE f01 1\n0 More.\nETIRW\nWRITE f02 1\n0 More.\nETIRW\nADDACCESS -R f03 friend\nDELETE f04\nCREATE f50\n",
+    )
+    .await;
     // nm remembers which files changed while the backup was away and
     // compares only those (three changes, one delete, one new file).
     assert!(
@@ -554,19 +564,12 @@ async fn after_a_failover_and_hand_back_a_returning_backup_is_caught_up_on_what_
     assert_eq!(f03, "File 3. On the backup.");
     // The hand-back left the pair level the other way round: the backup's
     // next return compares only what changed meanwhile.
-    cluster.kill_ss("ss1_backup");
-    cluster.wait_pair("ss1", PairState::BackupFailed).await;
-    cluster
-        .console(
-            "alice",
-            "WRITE f04 1\n0 After the hand-back.\nETIRW\nDELETE f05\n",
-        )
-        .all_ok();
-    events.lock().unwrap().clear();
-    cluster.start_ss("ss1_backup").await;
-    cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
-    let detail = eventually("the catch-up", async || last_sync_detail(&events)).await;
+    let detail = backup_away_while(
+        &mut cluster,
+        &events,
+        "WRITE f04 1\n0 After the hand-back.\nETIRW\nDELETE f05\n",
+    )
+    .await;
     assert!(
         detail.starts_with("caught up on the 2 files changed since the pair was level")
             && detail.contains("copied 1 files")
