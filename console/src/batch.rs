@@ -197,13 +197,7 @@ async fn execute_inner(
         }
         Command::Create { file } => {
             client.create(&file).await?;
-            let message = "File Created Successfully!";
-            return Ok(Outcome::success(
-                text,
-                message,
-                Value::Null,
-                message.to_owned(),
-            ));
+            return Ok(done_outcome(text, "File Created Successfully!"));
         }
         Command::Delete { file } => {
             let message = format!("File '{file}' deleted successfully!");
@@ -298,14 +292,14 @@ async fn done(
     message: &str,
 ) -> Result<Outcome, WireError> {
     match client.nm(request).await? {
-        NmReply::Done => Ok(Outcome::success(
-            text,
-            message,
-            Value::Null,
-            message.to_owned(),
-        )),
+        NmReply::Done => Ok(done_outcome(text, message)),
         other => Ok(unexpected(text, other)),
     }
+}
+
+/// A command that succeeded with nothing but `message` to say.
+fn done_outcome(text: &str, message: &str) -> Outcome {
+    Outcome::success(text, message, Value::Null, message.to_owned())
 }
 
 fn unexpected(text: &str, reply: NmReply) -> Outcome {

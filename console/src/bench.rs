@@ -208,6 +208,15 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         cluster.keep_dir();
         eprintln!("cluster folder (kept): {}", cluster.dir().display());
     }
+    // `--files` defaults to resync-small's 10,000; the other workloads that
+    // take it have defaults of their own.
+    let files_or = |default: usize| {
+        if args.files == 10_000 {
+            default
+        } else {
+            args.files
+        }
+    };
     let mut report = match args.workload {
         Workload::CreateWrite => create_write(&mut cluster, &args).await?,
         Workload::ReplLag => repl_lag(&mut cluster, &args).await?,
@@ -224,26 +233,9 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         Workload::RawTcp => raw_tcp(cluster.dir(), args.size.unwrap_or(1024) << 20).await?,
         Workload::DiskLimit => disk_limit(cluster.dir(), args.duration).await?,
         Workload::Failover => failover(&mut cluster, args.rounds, args.hang).await?,
-        Workload::NmMemory => {
-            let files = if args.files == 10_000 {
-                1_000_000
-            } else {
-                args.files
-            };
-            nm_memory(&mut cluster, files).await?
-        }
-        Workload::BackupReturn => {
-            let changed = if args.files == 10_000 { 10 } else { args.files };
-            backup_return(&mut cluster, args.total, changed).await?
-        }
-        Workload::CatchUp => {
-            let files = if args.files == 10_000 {
-                1_000
-            } else {
-                args.files
-            };
-            catch_up(&mut cluster, files).await?
-        }
+        Workload::NmMemory => nm_memory(&mut cluster, files_or(1_000_000)).await?,
+        Workload::BackupReturn => backup_return(&mut cluster, args.total, files_or(10)).await?,
+        Workload::CatchUp => catch_up(&mut cluster, files_or(1_000)).await?,
     };
     report.workload = Some(args.workload);
     report.replication = args.replication.clone();
@@ -686,7 +678,7 @@ async fn backup_return(
 ) -> Result<Report, BenchError> {
     for server in ["ss1", "ss1_backup"] {
         let root = cluster.storage(server);
-        if root.join("store-id").exists() {
+        if root.join(ss::store::STORE_ID).exists() {
             continue; // prepared by an earlier run (--reuse-dir)
         }
         tokio::task::spawn_blocking(move || prepare_primary(&root, total, 64))

@@ -19,7 +19,7 @@
 //!
 //! Every step is an event (see [`crate::events`]).
 
-use crate::catch_up::Side;
+use crate::catch_up::{Mark, Side};
 use crate::server::Nm;
 use crate::ss_client::SsClient;
 use shared::proto::{EventKind, JobKind, JobStep, Op, PullItem, SsReply, SsRequest, Tombstone};
@@ -398,6 +398,8 @@ enum Compare {
 struct SyncOutcome {
     /// `Some(n)`: only the `n` files changed since the pair was last level were compared.
     compared_changed: Option<usize>,
+    /// Where the catch-up record stood when the sync began (it levelled the pair from there).
+    mark: Option<Mark>,
     pulled: usize,
     bytes: u64,
     current: usize,
@@ -865,6 +867,7 @@ impl Nm {
             source_dead.iter().map(|t| (t.file.as_str(), t)).collect();
         let mut outcome = SyncOutcome {
             compared_changed: only.as_ref().map(Vec::len),
+            mark: Some(mark),
             ..SyncOutcome::default()
         };
         let mut to_pull = Vec::new();
@@ -1097,10 +1100,9 @@ impl Nm {
         let result = async {
             self.set_role(&sides.source_client, sides.epoch, true, false)
                 .await?;
-            let mark = self.catch_up.mark(&sides.pair);
             // In full: a change the source acknowledged just before the pause
             // may have its notice still on the way, so it is not recorded yet.
-            self.sync_once(sides, Compare::Everything).await?;
+            let synced = self.sync_once(sides, Compare::Everything).await?;
             let epoch = sides.epoch + 1;
             self.journal
                 .append(vec![crate::journal::Record::Pair {
@@ -1113,7 +1115,7 @@ impl Nm {
                 .await?;
             self.set_role(&sides.source_client, epoch, false, false)
                 .await?;
-            Ok::<_, WireError>((epoch, mark))
+            Ok::<_, WireError>((epoch, synced.mark))
         }
         .await;
         let events = {
@@ -1122,9 +1124,11 @@ impl Nm {
                 Ok((epoch, mark)) => {
                     // Writes were paused through the final sync: the two
                     // are level, with the roles the other way round.
-                    let (was_active, was_standby) = sides.catch_up_sides();
-                    self.catch_up
-                        .level(&sides.pair, *mark, was_standby, was_active);
+                    if let Some(mark) = mark {
+                        let (was_active, was_standby) = sides.catch_up_sides();
+                        self.catch_up
+                            .level(&sides.pair, *mark, was_standby, was_active);
+                    }
                     state.ns.set_pair(&sides.pair, *epoch, &sides.target);
                     if let Some(pair) = state.registry.pair_mut(&sides.pair) {
                         pair.epoch = *epoch;

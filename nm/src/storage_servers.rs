@@ -355,16 +355,18 @@ impl Nm {
             if let Some(entry) = state.registry.get_mut(name) {
                 entry.store_id = store_id;
             }
-            if active && !complete {
-                // Promoted while it was registering: nothing is lost, but
-                // files whose journal records were lost are not adopted.
-                tracing::warn!(
-                    event = "nm_inventory_skipped",
-                    server = name,
-                    "became active while registering; its inventory was not reconciled"
-                );
-            } else if active {
-                self.reconcile(state, &pair, inventory, &mut records);
+            if active {
+                if complete {
+                    self.reconcile(state, &pair, inventory, &mut records);
+                } else {
+                    // Promoted while it was registering: nothing is lost, but
+                    // files whose journal records were lost are not adopted.
+                    tracing::warn!(
+                        event = "nm_inventory_skipped",
+                        server = name,
+                        "became active while registering; its inventory was not reconciled"
+                    );
+                }
                 if let Some(entry) = state.registry.get_mut(name) {
                     entry.serving = true;
                 }
@@ -466,7 +468,7 @@ async fn read_registration(
             Registration {
                 client_addr,
                 files,
-                complete: !more,
+                complete: false,
                 backup_of,
                 inventory,
                 tombstones,
@@ -498,7 +500,6 @@ async fn read_registration(
                 registration.inventory.extend(inventory);
                 registration.tombstones.extend(tombstones);
                 more = !last;
-                registration.complete = last;
             }
             _ => {
                 let error = WireError::bad_request("expected the rest of the inventory");
@@ -507,5 +508,6 @@ async fn read_registration(
             }
         }
     }
+    registration.complete = true;
     Some((id, registration))
 }

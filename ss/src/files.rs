@@ -11,7 +11,7 @@
 
 use crate::document::{count, insert_words, Document, SentenceId};
 use crate::store::{OpenContent, Placed, Store, StoreError, TempFile};
-use shared::proto::{AccessList, CheckpointInfo, FileMeta, FileStats, Tombstone};
+use shared::proto::{AccessList, CheckpointInfo, FileMeta, FileStats, InventoryEntry, Tombstone};
 use shared::{now_ms, ErrorCode, WireError};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -29,6 +29,16 @@ struct Entry {
 }
 
 type EntryRef = Arc<Mutex<Entry>>;
+
+/// An entry for a file with this metadata, nothing locked.
+fn new_entry(meta: FileMeta) -> EntryRef {
+    Arc::new(Mutex::new(Entry {
+        meta,
+        doc: None,
+        locks: HashMap::new(),
+        deleted: false,
+    }))
+}
 
 fn lock(entry: &EntryRef) -> MutexGuard<'_, Entry> {
     entry
@@ -138,9 +148,14 @@ impl Files {
     pub fn load_all(&self) -> Result<(), StoreError> {
         let result = self.read_all().and_then(|read| self.add_unchanged(read));
         // Even after a failure (the server then stops), nobody waits forever.
+        self.finish_loading();
+        result
+    }
+
+    /// From here on, a file not in memory does not exist.
+    fn finish_loading(&self) {
         self.lock_map().removed = None;
         self.loaded.notify_all();
-        result
     }
 
     /// The scan's reading half: every file on disk, and every tombstone.
@@ -210,12 +225,7 @@ impl Files {
             Some(_) => self.store.remove_tombstone(&file)?,
             None => {}
         }
-        Ok(Some(Arc::new(Mutex::new(Entry {
-            meta,
-            doc: None,
-            locks: HashMap::new(),
-            deleted: false,
-        }))))
+        Ok(Some(new_entry(meta)))
     }
 
     fn lock_map(&self) -> MutexGuard<'_, FileMap> {
@@ -289,36 +299,38 @@ impl Files {
             .ok_or_else(|| WireError::not_found(&format!("file {file:?}")))
     }
 
-    /// Every file and its metadata (after the start-up scan has finished).
-    pub fn inventory(&self) -> Vec<(String, FileMeta)> {
-        let entries: Vec<(String, EntryRef)> = self
-            .wait_loaded()
-            .entries
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        entries
-            .into_iter()
-            .map(|(file, entry)| (file, lock(&entry).meta.clone()))
-            .collect()
-    }
-
-    /// The metadata of those of `files` held here.
-    pub fn inventory_of(&self, files: &[String]) -> Vec<(String, FileMeta)> {
-        let entries: Vec<(String, EntryRef)> = {
-            let mut map = self.lock_map();
-            files
+    /// What nm compares: the metadata of every file (once the start-up scan
+    /// has finished), or of those of `only` held here, and every tombstone.
+    pub fn inventory(
+        &self,
+        only: Option<&[String]>,
+    ) -> Result<(Vec<InventoryEntry>, Vec<Tombstone>), WireError> {
+        let entries: Vec<(String, EntryRef)> = match only {
+            None => self
+                .wait_loaded()
+                .entries
                 .iter()
-                .filter_map(|file| Some((file.clone(), self.find(&mut map, file).ok()??)))
-                .collect()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            Some(files) => {
+                let mut map = self.lock_map();
+                files
+                    .iter()
+                    .filter_map(|file| Some((file.clone(), self.find(&mut map, file).ok()??)))
+                    .collect()
+            }
         };
-        entries
+        let held = entries
             .into_iter()
             .filter_map(|(file, entry)| {
                 let e = lock(&entry);
-                (!e.deleted).then(|| (file, e.meta.clone()))
+                (!e.deleted).then(|| InventoryEntry {
+                    file,
+                    meta: e.meta.clone(),
+                })
             })
-            .collect()
+            .collect();
+        Ok((held, self.tombstones()?))
     }
 
     /// This server's storage folder identity (see [`Store::id`]).
@@ -365,12 +377,7 @@ impl Files {
         // file is written, so creates of other files proceed meanwhile (and
         // share the write-ahead log's fdatasync); a request for this one
         // waits on the entry until it is on disk.
-        let entry = Arc::new(Mutex::new(Entry {
-            meta: meta.clone(),
-            doc: None,
-            locks: HashMap::new(),
-            deleted: false,
-        }));
+        let entry = new_entry(meta.clone());
         let mut e = lock(&entry);
         map.entries.insert(file.to_owned(), entry.clone());
         drop(map);
@@ -550,12 +557,7 @@ impl Files {
             match self.find(&mut map, file)? {
                 Some(entry) => entry,
                 None => {
-                    let entry = Arc::new(Mutex::new(Entry {
-                        meta: meta.clone(),
-                        doc: None,
-                        locks: HashMap::new(),
-                        deleted: false,
-                    }));
+                    let entry = new_entry(meta.clone());
                     map.entries.insert(file.to_owned(), entry.clone());
                     entry
                 }
@@ -1013,7 +1015,7 @@ mod tests {
             .set_modified(meta_time + std::time::Duration::from_secs(1))
             .unwrap();
         let files = Files::load(Store::open(dir.path(), false).unwrap(), Arc::default()).unwrap();
-        let (_, meta) = files.inventory().into_iter().next().unwrap();
+        let meta = files.inventory(None).unwrap().0.remove(0).meta;
         assert_eq!((meta.stats.size, meta.stats.words), (15, 3));
         assert!(meta.stats.version > before.version);
     }
@@ -1043,17 +1045,21 @@ mod tests {
         let mut w = files.begin_write("written", 0).unwrap();
         w.edit(0, "Now.").unwrap();
         let written = w.commit().unwrap();
-        assert_eq!(
-            files.inventory_of(&["kept".into(), "nothing".into()]).len(),
-            1
-        );
+        let some = files.inventory(Some(&["kept".into(), "nothing".into()]));
+        assert_eq!(some.unwrap().0.len(), 1);
         // What the scan read brings back none of the old state.
         files.add_unchanged(read).unwrap();
-        files.lock_map().removed = None;
-        let mut names: Vec<String> = files.inventory().into_iter().map(|(f, _)| f).collect();
+        files.finish_loading();
+        let all = files.inventory(None).unwrap().0;
+        let mut names: Vec<String> = all.into_iter().map(|e| e.file).collect();
         names.sort();
         assert_eq!(names, ["kept", "moved-to", "taken", "written"]);
-        let meta = files.inventory_of(&["written".into()]).remove(0).1;
+        let meta = files
+            .inventory(Some(&["written".into()]))
+            .unwrap()
+            .0
+            .remove(0)
+            .meta;
         assert_eq!(meta.stats.version, written.version);
         assert_eq!(meta.owner, "alice");
     }
@@ -1095,9 +1101,9 @@ mod tests {
         assert_eq!(content, "Version one.");
         let reloaded =
             Files::load(Store::open(_dir.path(), false).unwrap(), Arc::default()).unwrap();
-        let inventory = reloaded.inventory();
+        let inventory = reloaded.inventory(None).unwrap().0;
         assert_eq!(inventory.len(), 1);
-        assert_eq!(inventory[0].0, "dir/g");
+        assert_eq!(inventory[0].file, "dir/g");
         files.delete("dir/g").unwrap();
         assert!(!_dir.path().join("checkpoints/dir/g").exists());
     }

@@ -294,7 +294,7 @@ async fn serve_link(
     // answered at once and catches up on the files nm asks about.
     let loaded = files.is_loaded();
     let (mut inventory, mut tombstones, count) = if loaded {
-        let (inventory, tombstones) = inventory_and_tombstones(files);
+        let (inventory, tombstones) = listed(files).await?;
         let count = inventory.len() as u64;
         (inventory, tombstones, Some(count))
     } else {
@@ -323,13 +323,7 @@ async fn serve_link(
     )
     .await?;
     if more && !loaded && !matches!(reply, NmReply::Registered { .. }) {
-        let files = files.clone();
-        (inventory, tombstones) =
-            tokio::task::spawn_blocking(move || inventory_and_tombstones(&files))
-                .await
-                .map_err(|e| {
-                    LinkError::Refused(WireError::internal(format!("listing the inventory: {e}")))
-                })?;
+        (inventory, tombstones) = listed(files).await?;
     }
     // nm answers `Registered` early when it does not need the rest.
     while more && !matches!(reply, NmReply::Registered { .. }) {
@@ -424,13 +418,14 @@ enum Pending {
     Notice(Option<oneshot::Sender<Result<(), WireError>>>),
 }
 
-/// Every file (once the start-up scan is done) and every tombstone.
-fn inventory_and_tombstones(files: &Files) -> (Vec<InventoryEntry>, Vec<shared::proto::Tombstone>) {
-    let inventory = files
-        .inventory()
-        .into_iter()
-        .map(|(file, meta)| InventoryEntry { file, meta })
-        .collect();
-    let tombstones = files.tombstones().unwrap_or_default();
-    (inventory, tombstones)
+/// Every file (once the start-up scan is done) and every tombstone, listed
+/// off the runtime's threads (a million files take a while).
+async fn listed(
+    files: &Arc<Files>,
+) -> Result<(Vec<InventoryEntry>, Vec<shared::proto::Tombstone>), LinkError> {
+    let files = files.clone();
+    tokio::task::spawn_blocking(move || files.inventory(None))
+        .await
+        .map_err(|e| WireError::internal(format!("listing the inventory: {e}")))?
+        .map_err(LinkError::Refused)
 }

@@ -546,17 +546,8 @@ impl Server {
                 conn.reply(id, Ok(keepalive)).await?;
             }
         }
-        let (mut files, mut tombstones) = match tokio::task::block_in_place(|| {
-            let held = match &only {
-                Some(files) => self.files.inventory_of(files),
-                None => self.files.inventory(),
-            };
-            let files: Vec<_> = held
-                .into_iter()
-                .map(|(file, meta)| shared::proto::InventoryEntry { file, meta })
-                .collect();
-            self.files.tombstones().map(|t| (files, t))
-        }) {
+        let listed = tokio::task::block_in_place(|| self.files.inventory(only.as_deref()));
+        let (mut files, mut tombstones) = match listed {
             Ok(found) => found,
             Err(e) => return Ok(Err(e)),
         };

@@ -74,7 +74,8 @@ const TMP: &str = "tmp";
 const CHECKPOINTS: &str = "checkpoints";
 const TOMBSTONES: &str = "tombstones";
 const WAL: &str = "wal.log";
-const STORE_ID: &str = "store-id";
+/// The file holding a storage folder's identity (see [`Store::id`]).
+pub const STORE_ID: &str = "store-id";
 
 /// A content (or checkpoint) open for reading. It keeps seeing the version
 /// it opened, even if a commit replaces the file meanwhile: its inode is
@@ -1097,7 +1098,6 @@ fn decode_meta(file: &str, bytes: &[u8]) -> Result<FileMeta, StoreError> {
     })
 }
 
-/// The relative paths of all regular files under `root`.
 /// Opens for reading without updating the access time, where allowed
 /// (`O_NOATIME` is refused on a file this process does not own).
 fn open_without_atime(path: &Path) -> io::Result<File> {
@@ -1112,6 +1112,7 @@ fn open_without_atime(path: &Path) -> io::Result<File> {
         })
 }
 
+/// The relative paths of all regular files under `root`.
 fn walk(root: &Path) -> Result<Vec<String>, StoreError> {
     let mut names = Vec::new();
     let mut stack = vec![root.to_owned()];
@@ -1173,7 +1174,6 @@ mod tests {
     #[test]
     fn new_files_take_inodes_made_ahead_and_the_thread_tops_them_up() {
         use std::os::unix::fs::MetadataExt;
-        use std::os::unix::io::AsRawFd;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), true).unwrap());
         let background = store.clone();
@@ -1188,10 +1188,7 @@ mod tests {
             .lock()
             .unwrap()
             .iter()
-            .map(|f| {
-                let stat = fs::metadata(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
-                stat.ino()
-            })
+            .map(|f| f.metadata().unwrap().ino())
             .collect();
         // A create takes two (content and metadata), each one made ahead ...
         let creates = (UNNAMED_READY - UNNAMED_LOW) / 2 - 1;

@@ -310,8 +310,9 @@ impl TestCluster {
     /// [`TestCluster::assert_same_files`]): for tests whose last change may
     /// still be on its way when the queue looks empty (a client cut off in
     /// the middle of a commit whose notice reaches nm afterwards).
+    /// (Not [`eventually`]: on a timeout the panic names the difference.)
     pub async fn wait_same_files(&self, a: &str, b: &str) {
-        let converged = tokio::time::timeout(Duration::from_secs(20), async {
+        let converged = tokio::time::timeout(DEADLINE, async {
             while self.difference(a, b).is_some() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
