@@ -649,7 +649,7 @@ fn conflict_copies(state: &State, file: &str, pair: &str) -> Vec<String> {
     let servers = std::iter::once(p.primary.as_str()).chain(p.backup.as_deref());
     servers
         .flat_map(|server| {
-            (0..=p.epoch).map(move |epoch| format!("{file}.conflict-{server}-e{epoch}"))
+            (0..=p.epoch()).map(move |epoch| shared::names::conflict_copy_name(file, server, epoch))
         })
         .filter(|name| state.ns.file(name).is_some())
         .collect()

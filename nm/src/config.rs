@@ -76,6 +76,14 @@ pub struct Config {
     #[arg(long, env = "NM_REPLICATION", value_enum, default_value = "async")]
     pub replication: ReplicationMode,
 
+    /// Promote a standby that is not in sync when the serving server fails,
+    /// instead of taking the pair OFFLINE until it returns. Keeps the pair
+    /// available at the cost of serving older data; what the promoted server
+    /// lacks comes back as conflict copies when the other one returns. Off by
+    /// default (as in Kafka).
+    #[arg(long, env = "NM_UNCLEAN_PROMOTION")]
+    pub unclean_promotion: bool,
+
     /// Most replication jobs waiting at once; beyond it a pair is marked for a full sync.
     #[arg(long, env = "NM_REPL_QUEUE_CAPACITY", default_value_t = 1000)]
     pub repl_queue_capacity: usize,

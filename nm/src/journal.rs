@@ -13,6 +13,7 @@
 //! snapshot.
 
 use crate::namespace::{FileRecord, Namespace};
+use crate::registry::PersistedPair;
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use shared::connection::frame_codec;
@@ -64,11 +65,17 @@ pub enum Record {
     RequestRemoved {
         id: u64,
     },
-    /// A pair's epoch and active server changed (a promotion or a hand-back).
+    /// What the failover machine keeps of a pair changed: its epoch and
+    /// active server (a promotion or a hand-back), or its standby's in-sync
+    /// flag. Older journals have no flag: it reads as "not in sync".
     Pair {
         primary: String,
         epoch: u64,
         active: String,
+        #[serde(default)]
+        standby_in_sync: bool,
+        #[serde(default)]
+        offered: u64,
     },
 }
 
@@ -106,7 +113,17 @@ impl Record {
                 primary,
                 epoch,
                 active,
-            } => ns.set_pair(&primary, epoch, &active),
+                standby_in_sync,
+                offered,
+            } => ns.set_pair(
+                &primary,
+                PersistedPair {
+                    epoch,
+                    active,
+                    standby_in_sync,
+                    offered,
+                },
+            ),
         }
     }
 }
@@ -123,6 +140,13 @@ struct Snapshot {
     last_request_id: u64,
     #[serde(default)]
     pairs: Vec<(String, u64, String)>,
+    /// The pairs whose standby was in sync (kept apart from `pairs` so that
+    /// older snapshots still load).
+    #[serde(default)]
+    in_sync_pairs: Vec<String>,
+    /// The highest epoch each pair ever offered.
+    #[serde(default)]
+    offered_epochs: Vec<(String, u64)>,
 }
 
 struct Pending {
@@ -175,7 +199,21 @@ impl Journal {
             }
             ns.set_last_request_id(snapshot.last_request_id);
             for (primary, epoch, active) in snapshot.pairs {
-                ns.set_pair(&primary, epoch, &active);
+                let standby_in_sync = snapshot.in_sync_pairs.contains(&primary);
+                let offered = snapshot
+                    .offered_epochs
+                    .iter()
+                    .find(|(p, _)| *p == primary)
+                    .map_or(epoch, |(_, offered)| *offered);
+                ns.set_pair(
+                    &primary,
+                    PersistedPair {
+                        epoch,
+                        active,
+                        standby_in_sync,
+                        offered,
+                    },
+                );
             }
         }
         let journal_path = dir.join(JOURNAL);
@@ -205,10 +243,25 @@ impl Journal {
         if records.is_empty() {
             return Ok(());
         }
+        self.submit(records).await
+    }
+
+    /// Queues `records` now, in the order of the calls (the writer keeps
+    /// it), and returns a future that ends once they are on disk. Records
+    /// whose order matters are submitted under the lock that ordered them.
+    pub fn submit(
+        &self,
+        records: Vec<Record>,
+    ) -> impl std::future::Future<Output = Result<(), WireError>> {
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Pending { records, done })
-            .map_err(|_| WireError::internal("the journal writer has stopped"))?;
+        let sent = self.tx.send(Pending { records, done });
+        async move {
+            sent.map_err(|_| WireError::internal("the journal writer has stopped"))?;
+            Self::written(wait).await
+        }
+    }
+
+    async fn written(wait: oneshot::Receiver<io::Result<()>>) -> Result<(), WireError> {
         match wait.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(WireError::internal(format!("journal write failed: {e}"))),
@@ -261,7 +314,16 @@ fn compact(dir: &Path, ns: &Namespace, fsync: bool) -> io::Result<()> {
         last_request_id: ns.last_request_id(),
         pairs: ns
             .pairs()
-            .map(|(p, (epoch, active))| (p.clone(), *epoch, active.clone()))
+            .map(|(p, pair)| (p.clone(), pair.epoch, pair.active.clone()))
+            .collect(),
+        in_sync_pairs: ns
+            .pairs()
+            .filter(|(_, pair)| pair.standby_in_sync)
+            .map(|(p, _)| p.clone())
+            .collect(),
+        offered_epochs: ns
+            .pairs()
+            .map(|(p, pair)| (p.clone(), pair.offered))
             .collect(),
         files: ns
             .files()

@@ -12,6 +12,10 @@
 //! - [`journal`]: what survives a restart (snapshot + fsynced journal).
 //! - [`registry`]: the storage servers and their pairs, liveness and load.
 //! - [`replication`]: the replication queue and its workers.
+//! - [`failover`]: the failover state machine: who serves each pair, and the
+//!   in-sync rule that decides when that may change.
+//! - [`failover_actions`]: carrying the machine's decisions out (journal,
+//!   roles, catch-ups, hand-backs).
 //! - [`catch_up`]: which files each standby may lack, so a returning one
 //!   is compared on those alone.
 //! - [`events`]: job, pair and server events for the log and WATCH.
@@ -26,6 +30,8 @@ pub mod commands;
 pub mod config;
 pub mod events;
 pub mod exec;
+pub mod failover;
+pub mod failover_actions;
 pub mod journal;
 pub mod metrics;
 pub mod namespace;

@@ -16,6 +16,7 @@
 //! | `docs_replication_lag_seconds` | | a file change queued → on the backup |
 //! | `docs_replication_bytes_total` | | bytes copied between servers |
 //! | `docs_failovers_total` | | promotions of a backup |
+//! | `docs_nm_stalls_total` | | nm's own stalls (paused, starved) |
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -40,6 +41,8 @@ pub struct NmMetrics {
     lag_seconds: Histogram,
     pub transfer_bytes: Counter,
     pub failovers: Counter,
+    /// Times nm found it had not run for a while (paused, starved).
+    pub nm_stalls: Counter,
 }
 
 fn word<T: serde::Serialize>(value: &T) -> String {
@@ -65,6 +68,7 @@ impl Default for NmMetrics {
             lag_seconds: seconds_histogram(),
             transfer_bytes: Counter::default(),
             failovers: Counter::default(),
+            nm_stalls: Counter::default(),
             registry: Arc::default(),
         };
         registry.register(
@@ -112,6 +116,11 @@ impl Default for NmMetrics {
             "docs_failovers",
             "Promotions of a backup",
             m.failovers.clone(),
+        );
+        registry.register(
+            "docs_nm_stalls",
+            "Times nm did not run for a while and gave every server a fresh timeout",
+            m.nm_stalls.clone(),
         );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
         m

@@ -7,6 +7,7 @@
 //! children (so a file and a folder never share a name, and VIEWFOLDER lists
 //! only what is inside). Pending access requests are kept by id.
 
+use crate::registry::PersistedPair;
 use serde::{Deserialize, Serialize};
 use shared::names::{parent, validate_path};
 use shared::proto::{AccessList, AccessRequest, FileStats, FolderEntry, Op};
@@ -57,8 +58,8 @@ pub struct Namespace {
     /// Pending access requests by id.
     requests: BTreeMap<u64, AccessRequest>,
     next_request_id: u64,
-    /// Each pair's epoch and active server, by primary name.
-    pairs: BTreeMap<String, (u64, String)>,
+    /// What the failover machine keeps of each pair, by primary name.
+    pairs: BTreeMap<String, PersistedPair>,
 }
 
 /// The folder a path lives in ("" at the top).
@@ -323,17 +324,16 @@ impl Namespace {
         self.remove(name)
     }
 
-    /// A pair's persisted (epoch, active server).
-    pub fn pair(&self, primary: &str) -> Option<(u64, String)> {
+    /// What the journal holds of a pair.
+    pub fn pair(&self, primary: &str) -> Option<PersistedPair> {
         self.pairs.get(primary).cloned()
     }
 
-    pub fn set_pair(&mut self, primary: &str, epoch: u64, active: &str) {
-        self.pairs
-            .insert(primary.to_owned(), (epoch, active.to_owned()));
+    pub fn set_pair(&mut self, primary: &str, pair: PersistedPair) {
+        self.pairs.insert(primary.to_owned(), pair);
     }
 
-    pub fn pairs(&self) -> impl Iterator<Item = (&String, &(u64, String))> {
+    pub fn pairs(&self) -> impl Iterator<Item = (&String, &PersistedPair)> {
         self.pairs.iter()
     }
 

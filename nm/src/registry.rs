@@ -5,10 +5,12 @@
 //! forms whichever of the two registers first. A server is alive while its
 //! control connection is open.
 //!
-//! A pair's state is derived from the liveness of its two servers and from
-//! whether a sync is outstanding; [`Registry::refresh`] recomputes it after
-//! every change and reports each transition with its reason.
+//! Who serves each pair is decided by its failover state machine
+//! ([`crate::failover::PairFsm`]), kept here beside the servers' names and
+//! connections; [`Registry::refresh`] reads every pair's state from it after
+//! each change and reports each transition with its reason.
 
+use crate::failover::{Durable, PairFsm, Side};
 use crate::ss_client::SsClient;
 use shared::proto::{EventKind, PairState, PairStatus, ServerRole, ServerState, ServerStatus};
 use std::collections::BTreeMap;
@@ -28,8 +30,6 @@ pub struct ServerEntry {
     /// How many files the server holds.
     pub files: u64,
     pub client: Arc<SsClient>,
-    /// Clients are sent here: it is its pair's active server and has taken the role.
-    pub serving: bool,
     /// The identity of the server's storage folder (0: not told).
     pub store_id: u64,
 }
@@ -37,15 +37,10 @@ pub struct ServerEntry {
 pub struct Pair {
     pub primary: String,
     pub backup: Option<String>,
+    /// The state last reported (see [`Registry::refresh`]).
     pub state: PairState,
-    /// Bumped at every promotion (and hand-back); persisted.
-    pub epoch: u64,
-    /// The server clients are sent to: the primary, or the backup after a failover.
-    pub active: String,
-    /// Writes are paused for the final drain of a hand-back.
-    pub paused: bool,
-    /// The backup may lack changes (it just registered, or the queue overflowed).
-    pub needs_sync: bool,
+    /// Who serves, the epoch, and whether the standby is in sync.
+    pub fsm: PairFsm,
     pub last_sync_ms: u64,
     /// Conflict copies kept by recoveries since nm started.
     pub conflict_copies: u64,
@@ -53,10 +48,76 @@ pub struct Pair {
     reported_epoch: u64,
 }
 
+/// What the journal remembers of a pair.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PersistedPair {
+    pub epoch: u64,
+    /// The server clients are sent to.
+    pub active: String,
+    #[serde(default)]
+    pub standby_in_sync: bool,
+    /// The highest epoch ever offered (0 in older journals: `epoch` then).
+    #[serde(default)]
+    pub offered: u64,
+}
+
+impl Pair {
+    /// The name of one side (`None`: a backup not seen yet).
+    pub fn name(&self, side: Side) -> Option<&str> {
+        match side {
+            Side::Primary => Some(&self.primary),
+            Side::Backup => self.backup.as_deref(),
+        }
+    }
+
+    pub fn side_of(&self, server: &str) -> Option<Side> {
+        if server == self.primary {
+            Some(Side::Primary)
+        } else if self.backup.as_deref() == Some(server) {
+            Some(Side::Backup)
+        } else {
+            None
+        }
+    }
+
+    /// The server clients are sent to when it is up.
+    pub fn active(&self) -> &str {
+        self.name(self.fsm.serving_side()).unwrap_or(&self.primary)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.fsm.epoch()
+    }
+
+    /// The record that keeps `durable` in the journal.
+    pub fn persisted(&self, durable: &Durable) -> PersistedPair {
+        PersistedPair {
+            epoch: durable.epoch,
+            active: self
+                .name(durable.serving)
+                .unwrap_or(&self.primary)
+                .to_owned(),
+            standby_in_sync: durable.standby_in_sync,
+            offered: durable.offered,
+        }
+    }
+
+    /// Why clients cannot be served, if that is the case.
+    pub fn unavailable_reason(&self) -> Option<String> {
+        if let Some(reason) = self.fsm.attention() {
+            return Some(format!("needs the operator: {reason}"));
+        }
+        self.fsm
+            .offline_reason(|side| self.name(side).unwrap_or("the backup").to_owned())
+    }
+}
+
 #[derive(Default)]
 pub struct Registry {
     /// Given to the clients nm uses to reach storage servers.
     key: Option<shared::auth::ClusterKey>,
+    /// `--unclean-promotion`.
+    unclean_promotion: bool,
     servers: BTreeMap<String, ServerEntry>,
     /// By primary name.
     pairs: BTreeMap<String, Pair>,
@@ -72,15 +133,17 @@ pub fn backs(name: &str, backup_of: Option<&str>) -> Option<String> {
 }
 
 impl Registry {
-    pub fn with_key(key: Option<shared::auth::ClusterKey>) -> Self {
+    pub fn with_key(key: Option<shared::auth::ClusterKey>, unclean_promotion: bool) -> Self {
         Registry {
             key,
+            unclean_promotion,
             ..Registry::default()
         }
     }
 
-    /// Records a (re-)registration and returns its generation. `remembered`
-    /// is the pair's persisted (epoch, active server), if any.
+    /// Records a (re-)registration and returns its generation and side;
+    /// the caller feeds `Registered` to the pair's machine. `remembered` is
+    /// what the journal holds of the pair, if anything.
     pub fn register(
         &mut self,
         name: &str,
@@ -88,8 +151,8 @@ impl Registry {
         files: u64,
         backup_of: Option<&str>,
         timeout: Duration,
-        remembered: impl FnOnce(&str) -> Option<(u64, String)>,
-    ) -> u64 {
+        remembered: impl FnOnce(&str) -> Option<PersistedPair>,
+    ) -> (u64, Side) {
         self.next_generation += 1;
         let generation = self.next_generation;
         let client = match self.servers.get(name) {
@@ -113,32 +176,49 @@ impl Registry {
                 generation,
                 files,
                 client,
-                serving: false,
                 store_id: 0,
             },
         );
         let pair_name = primary.clone().unwrap_or_else(|| name.to_owned());
-        let (epoch, active) = remembered(&pair_name).unwrap_or((0, pair_name.clone()));
-        let pair = self.pairs.entry(pair_name.clone()).or_insert_with(|| Pair {
-            primary: pair_name,
-            backup: None,
-            state: PairState::Unpaired,
-            epoch,
-            active,
-            paused: false,
-            needs_sync: false,
-            last_sync_ms: 0,
-            conflict_copies: 0,
-            reported_epoch: epoch,
+        let unclean = self.unclean_promotion;
+        let pair = self.pairs.entry(pair_name.clone()).or_insert_with(|| {
+            let remembered = remembered(&pair_name);
+            let durable = remembered.as_ref().map(|r| Durable {
+                epoch: r.epoch,
+                serving: if r.active == pair_name {
+                    Side::Primary
+                } else {
+                    Side::Backup
+                },
+                standby_in_sync: r.standby_in_sync,
+                offered: r.offered.max(r.epoch),
+            });
+            let backup = remembered
+                .filter(|r| r.active != pair_name)
+                .map(|r| r.active);
+            let epoch = durable.as_ref().map_or(0, |d| d.epoch);
+            Pair {
+                primary: pair_name,
+                backup,
+                state: PairState::Unpaired,
+                fsm: match durable {
+                    Some(d) => PairFsm::restored(d, unclean),
+                    None => PairFsm::new(unclean),
+                },
+                last_sync_ms: 0,
+                conflict_copies: 0,
+                reported_epoch: epoch,
+            }
         });
         if primary.is_some() {
             pair.backup = Some(name.to_owned());
         }
-        if pair.backup.is_some() {
-            // Whichever side (re)appeared, the backup may lack changes.
-            pair.needs_sync = true;
-        }
-        generation
+        let side = if primary.is_some() {
+            Side::Backup
+        } else {
+            Side::Primary
+        };
+        (generation, side)
     }
 
     /// Marks a server down, unless it has registered again since `generation`.
@@ -146,11 +226,17 @@ impl Registry {
         match self.servers.get_mut(name) {
             Some(entry) if entry.generation == generation && entry.connected => {
                 entry.connected = false;
-                entry.serving = false;
                 true
             }
             _ => false,
         }
+    }
+
+    /// Gives every server a fresh heartbeat timeout (after nm's own stall); returns how many.
+    pub fn touch_all(&mut self) -> usize {
+        let now = Instant::now();
+        self.servers.values_mut().for_each(|s| s.last_seen = now);
+        self.servers.len()
     }
 
     pub fn touch(&mut self, name: &str) {
@@ -192,21 +278,22 @@ impl Registry {
 
     /// The other server of a pair, relative to its active one.
     pub fn standby(&self, pair: &Pair) -> Option<String> {
-        if pair.active == pair.primary {
-            pair.backup.clone()
-        } else {
-            Some(pair.primary.clone())
-        }
+        pair.name(pair.fsm.standby_side()).map(str::to_owned)
     }
 
     /// The server clients of `pair` go to now, with its client and the pair's epoch.
     pub fn serving(&self, pair: &str) -> Option<(&ServerEntry, u64)> {
         let pair = self.pairs.get(pair)?;
-        if pair.paused {
-            return None;
-        }
-        let entry = self.servers.get(&pair.active)?;
-        (entry.connected && entry.serving).then_some((entry, pair.epoch))
+        let (side, epoch) = pair.fsm.clients_go_to()?;
+        let entry = self.servers.get(pair.name(side)?)?;
+        entry.connected.then_some((entry, epoch))
+    }
+
+    /// Whether clients are sent to `server` now.
+    pub fn is_serving(&self, server: &str) -> bool {
+        self.pair_of(server)
+            .and_then(|p| self.serving(&p.primary))
+            .is_some_and(|(e, _)| e.name == server)
     }
 
     /// The pair with a serving server holding the fewest files, for a new file.
@@ -220,48 +307,27 @@ impl Registry {
             .min_by_key(|(name, e)| (e.files, name.clone()))
     }
 
-    /// What a pair's state should be now.
-    fn derive(&self, pair: &Pair) -> PairState {
-        let alive = |name: &str| self.servers.get(name).map(|s| s.connected);
-        let primary = alive(&pair.primary);
-        let backup = pair.backup.as_deref().and_then(alive);
-        let failed_over = pair.active != pair.primary;
-        match (primary, backup) {
-            // The returned primary catches up while the backup serves.
-            (Some(true), Some(true)) if failed_over => PairState::Recovering,
-            (Some(true), Some(true)) if pair.needs_sync => PairState::Syncing,
-            (Some(true), Some(true)) => PairState::Active,
-            (Some(true), Some(false)) if failed_over => PairState::Offline,
-            (Some(true), Some(false)) => PairState::BackupFailed,
-            // Failed over, or about to be (the promotion is under way).
-            (Some(false), Some(true)) => PairState::PrimaryFailed,
-            (Some(false), Some(false)) | (Some(false), None) => PairState::Offline,
-            (None, Some(true)) if failed_over => PairState::PrimaryFailed,
-            (Some(true), None) | (None, _) => PairState::Unpaired,
-        }
-    }
-
     /// Recomputes every pair's state; returns the transitions as events.
     pub fn refresh(&mut self, reason: &str) -> Vec<EventKind> {
-        let derived: Vec<(String, PairState)> = self
-            .pairs
-            .values()
-            .map(|p| (p.primary.clone(), self.derive(p)))
-            .collect();
         let mut events = Vec::new();
-        for (primary, to) in derived {
-            let pair = self.pairs.get_mut(&primary).expect("listed above");
+        for pair in self.pairs.values_mut() {
+            let to = pair.fsm.state();
+            let epoch = pair.fsm.epoch();
             // A promotion or hand-back changes the epoch even where the
             // state stays the same: that is reported too.
-            if pair.state != to || pair.reported_epoch != pair.epoch {
-                pair.reported_epoch = pair.epoch;
+            if pair.state != to || pair.reported_epoch != epoch {
+                pair.reported_epoch = epoch;
+                let reason = match pair.unavailable_reason() {
+                    Some(why) => format!("{reason}; {why}"),
+                    None => reason.to_owned(),
+                };
                 events.push(EventKind::Pair {
                     primary: pair.primary.clone(),
                     backup: pair.backup.clone(),
                     from: pair.state,
                     to,
-                    epoch: pair.epoch,
-                    reason: reason.to_owned(),
+                    epoch,
+                    reason,
                 });
                 pair.state = to;
             }
@@ -290,7 +356,7 @@ impl Registry {
                     } else {
                         0
                     },
-                    serving: s.serving,
+                    serving: self.is_serving(&s.name),
                     files: s.files,
                 }
             })
@@ -323,11 +389,13 @@ impl Registry {
                     primary: p.primary.clone(),
                     backup: p.backup.clone(),
                     state: p.state,
-                    epoch: p.epoch,
+                    epoch: p.epoch(),
                     pending_jobs,
                     lag_ms,
                     last_sync_ms: p.last_sync_ms,
                     conflict_copies: p.conflict_copies,
+                    standby_in_sync: p.fsm.standby_in_sync(),
+                    reason: p.unavailable_reason(),
                 }
             })
             .collect()
@@ -344,39 +412,38 @@ mod tests {
         r.pairs().map(|p| p.state).collect()
     }
 
+    fn register(r: &mut Registry, name: &str, backup_of: Option<&str>) -> u64 {
+        let (generation, side) = r.register(name, "a:1", 0, backup_of, T, |_| None);
+        let primary = backs(name, backup_of).unwrap_or_else(|| name.to_owned());
+        r.pair_mut(&primary)
+            .unwrap()
+            .fsm
+            .step(crate::failover::Input::Registered { side });
+        generation
+    }
+
     #[test]
     fn pairs_form_whichever_side_registers_first() {
+        use crate::failover::Input;
         let mut r = Registry::default();
-        r.register("ss1_backup", "a:1", 0, None, T, |_| None);
+        register(&mut r, "ss1_backup", None);
         r.refresh("test");
         assert_eq!(states(&r), [PairState::Unpaired], "no primary yet");
-        let g = r.register("ss1", "a:2", 0, None, T, |_| None);
+        register(&mut r, "ss1", None);
         r.refresh("test");
         assert_eq!(states(&r), [PairState::Syncing]);
-        r.pair_mut("ss1").unwrap().needs_sync = false;
+        let fsm = &mut r.pair_mut("ss1").unwrap().fsm;
+        let round = fsm.catch_up_round().unwrap();
+        fsm.step(Input::CatchUpDone { round });
+        fsm.step(Input::Recorded { seq: 1 });
         r.refresh("test");
         assert_eq!(states(&r), [PairState::Active]);
-        r.register("ss2", "a:3", 0, None, T, |_| None);
-        r.register("mirror", "a:4", 0, Some("ss2"), T, |_| None);
-        r.get_mut("ss2").unwrap().serving = true;
+        assert_eq!(r.serving("ss1").unwrap().0.name, "ss1");
+        register(&mut r, "ss2", None);
+        register(&mut r, "mirror", Some("ss2"));
         r.refresh("test");
         assert_eq!(r.pair("ss2").unwrap().backup.as_deref(), Some("mirror"));
-        assert!(r.disconnect("ss1", g));
-        let events = r.refresh("primary gone");
-        assert!(!events.is_empty());
-        assert_eq!(
-            r.pair("ss1").unwrap().state,
-            PairState::PrimaryFailed,
-            "the backup is about to be promoted"
-        );
-        r.pair_mut("ss1").unwrap().active = "ss1_backup".into();
-        r.refresh("promoted");
-        assert_eq!(r.pair("ss1").unwrap().state, PairState::PrimaryFailed);
-        assert_eq!(
-            r.placement().unwrap().0,
-            "ss2",
-            "only serving servers get new files"
-        );
+        assert_eq!(r.pair_of("mirror").unwrap().primary, "ss2");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! Every step is an event (see [`crate::events`]).
 
 use crate::catch_up::{Mark, Side};
+use crate::failover::Input;
 use crate::server::Nm;
 use crate::ss_client::SsClient;
 use shared::proto::{EventKind, JobKind, JobStep, Op, PullItem, SsReply, SsRequest, Tombstone};
@@ -298,11 +299,27 @@ pub struct Waiters {
 struct Waiter {
     version: u64,
     since: Instant,
-    done: tokio::sync::oneshot::Sender<()>,
+    /// Sent `Alone` when the pair runs without its standby.
+    done: tokio::sync::oneshot::Sender<Confirmed>,
+}
+
+/// How a synchronous change was released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmed {
+    /// The standby has it.
+    ByStandby,
+    /// The pair runs without its standby: acknowledged once the journal
+    /// says the standby is behind (see [`Nm::until_alone_is_recorded`]).
+    Alone,
 }
 
 impl Waiters {
-    fn register(&self, pair: &str, file: &str, version: u64) -> tokio::sync::oneshot::Receiver<()> {
+    fn register(
+        &self,
+        pair: &str,
+        file: &str,
+        version: u64,
+    ) -> tokio::sync::oneshot::Receiver<Confirmed> {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.by_file
             .lock()
@@ -318,7 +335,7 @@ impl Waiters {
     }
 
     /// Releases the waiters of one file up to `version` (all of them without one).
-    fn release_file(&self, pair: &str, file: &str, version: Option<u64>) {
+    fn release_file(&self, pair: &str, file: &str, version: Option<u64>, how: Confirmed) {
         let mut map = self.by_file.lock().unwrap_or_else(|p| p.into_inner());
         let key = (pair.to_owned(), file.to_owned());
         if let Some(list) = map.get_mut(&key) {
@@ -330,13 +347,19 @@ impl Waiters {
                 map.remove(&key);
             }
             for w in done {
-                let _ = w.done.send(());
+                let _ = w.done.send(how);
             }
         }
     }
 
-    /// Releases every waiter of a pair registered before `before` (all without it).
+    /// Releases every waiter of a pair registered before `before`, which a
+    /// sync copied to the standby; without `before`, all of them, because
+    /// the pair runs alone.
     pub(crate) fn release_pair(&self, pair: &str, before: Option<Instant>) {
+        let how = match before {
+            Some(_) => Confirmed::ByStandby,
+            None => Confirmed::Alone,
+        };
         let mut map = self.by_file.lock().unwrap_or_else(|p| p.into_inner());
         for ((p, _), list) in map.iter_mut().filter(|((p, _), _)| p == pair) {
             let _ = p;
@@ -345,7 +368,7 @@ impl Waiters {
                 .partition(|w| before.is_none_or(|b| w.since < b));
             *list = keep;
             for w in done {
-                let _ = w.done.send(());
+                let _ = w.done.send(how);
             }
         }
         map.retain(|_, list| !list.is_empty());
@@ -467,7 +490,7 @@ impl Nm {
         let Some(standby) = state.registry.standby(pair) else {
             return Err(None);
         };
-        if state.registry.is_alive(&standby) && state.registry.is_alive(&pair.active) {
+        if state.registry.is_alive(&standby) && state.registry.is_alive(pair.active()) {
             Ok(standby)
         } else {
             Err(Some(standby))
@@ -487,7 +510,8 @@ impl Nm {
             Ok(standby) => standby,
             Err(None) => {
                 // Unpaired: the sync when a backup arrives covers it; nothing to wait for.
-                self.waiters.release_file(pair, file, None);
+                self.waiters
+                    .release_file(pair, file, None, Confirmed::Alone);
                 return;
             }
             Err(Some(standby)) => {
@@ -513,7 +537,8 @@ impl Nm {
                     ),
                 );
                 // The pair runs alone: nothing to wait for.
-                self.waiters.release_file(pair, file, None);
+                self.waiters
+                    .release_file(pair, file, None, Confirmed::Alone);
                 return;
             }
         };
@@ -526,7 +551,8 @@ impl Nm {
             Offer::Coalesced(job) => self.job_event(&job, JobStep::Coalesced, &standby, None),
             Offer::Overflow { sync } => {
                 self.catch_up.forget(pair, "replication queue full");
-                self.mark_needs_sync(pair, "replication queue full");
+                // The standby will lack this change until a sync: not in sync.
+                self.feed_and_act(pair, Input::Diverged, "replication queue full");
                 if let Some(sync) = sync {
                     self.job_event(
                         &sync,
@@ -558,7 +584,8 @@ impl Nm {
         let confirmed = self.waiters.register(pair, file, version);
         self.replicate(pair, file, kind, Some(version));
         match tokio::time::timeout(self.config.ss_timeout, confirmed).await {
-            Ok(_) => Ok(()),
+            Ok(Ok(Confirmed::ByStandby)) => Ok(()),
+            Ok(Ok(Confirmed::Alone) | Err(_)) => self.until_alone_is_recorded(pair).await,
             Err(_) => Err(WireError::unavailable(format!(
                 "{file:?} was changed but the backup has not confirmed it within {}; it may not survive a failover",
                 humantime::format_duration(self.config.ss_timeout)
@@ -566,12 +593,11 @@ impl Nm {
         }
     }
 
-    /// Marks a pair as needing a sync and queues one.
+    /// Queues a sync of the pair (its failover machine asked for a catch-up).
     pub fn request_sync(&self, pair: &str, reason: &str) {
         let Ok(standby) = self.live_standby(pair) else {
             return;
         };
-        self.mark_needs_sync(pair, reason);
         let key = JobKey::Pair {
             primary: pair.to_owned(),
         };
@@ -585,16 +611,6 @@ impl Nm {
             Offer::Overflow { .. } => {}
         }
         self.queue.wake();
-    }
-
-    fn mark_needs_sync(&self, pair: &str, reason: &str) {
-        let mut state = self.state();
-        if let Some(pair) = state.registry.pair_mut(pair) {
-            pair.needs_sync = true;
-        }
-        let events = state.registry.refresh(reason);
-        drop(state);
-        self.emit_all(events);
     }
 
     pub(crate) fn emit_all(&self, events: Vec<EventKind>) {
@@ -613,12 +629,12 @@ impl Nm {
             .registry
             .standby(pair)
             .ok_or_else(|| (String::new(), "the pair has no backup"))?;
-        let source = state.registry.get(&pair.active).filter(|e| e.connected);
+        let source = state.registry.get(pair.active()).filter(|e| e.connected);
         let standby = state.registry.get(&target).filter(|e| e.connected);
         match (source, standby) {
             (Some(s), Some(t)) => Ok(Sides {
                 pair: pair_name.to_owned(),
-                epoch: pair.epoch,
+                epoch: pair.epoch(),
                 source: s.name.clone(),
                 source_client: s.client.clone(),
                 source_address: s.address.clone(),
@@ -664,7 +680,8 @@ impl Nm {
                             if let Some(ticket) = ticket {
                                 self.catch_up.settle(&sides.pair, file, ticket);
                             }
-                            self.waiters.release_file(&sides.pair, file, version)
+                            let how = Confirmed::ByStandby;
+                            self.waiters.release_file(&sides.pair, file, version, how)
                         }
                         JobKey::Pair { .. } => {
                             self.waiters.release_pair(&sides.pair, Some(started))
@@ -676,10 +693,32 @@ impl Nm {
         }
     }
 
+    /// A failed job is retried with backoff. A file's job that keeps
+    /// failing gives up: the standby lacks that change, so it is no longer in
+    /// sync, and a sync of the pair takes over. A sync never gives up (the
+    /// standby could otherwise never be promoted again): after
+    /// `MAX_ATTEMPTS` it goes on retrying, and the pair says it needs the
+    /// operator.
     fn job_failed(&self, job: Job, replica: &str, error: WireError) {
         self.job_event(&job, JobStep::Failed, replica, Some(error.to_string()));
-        if job.attempts + 1 < MAX_ATTEMPTS {
-            let delay = (RETRY_BASE * 2u32.pow(job.attempts)).min(RETRY_MAX);
+        let pair = job.key.primary().to_owned();
+        let is_sync = matches!(job.key, JobKey::Pair { .. });
+        if is_sync && job.attempts + 1 == MAX_ATTEMPTS {
+            let round = self
+                .state()
+                .registry
+                .pair(&pair)
+                .and_then(|p| p.fsm.catch_up_round());
+            if let Some(round) = round {
+                let reason = format!(
+                    "the sync to {replica} failed {MAX_ATTEMPTS} times, last: {error}; it keeps being retried"
+                );
+                tracing::error!(event = "nm_sync_stuck", pair, replica, error = %error, "a pair's sync keeps failing; it needs the operator");
+                self.feed_and_act(&pair, Input::CatchUpStuck { round, reason }, "sync stuck");
+            }
+        }
+        if job.attempts + 1 < MAX_ATTEMPTS || is_sync {
+            let delay = (RETRY_BASE * 2u32.pow(job.attempts.min(16))).min(RETRY_MAX);
             let detail = format!("attempt {} in {} ms", job.attempts + 2, delay.as_millis());
             let retried = job.clone();
             if self.queue.retry(job, delay) {
@@ -687,12 +726,9 @@ impl Nm {
             }
         } else {
             self.queue.finish(&job);
-            let pair = job.key.primary().to_owned();
-            if !matches!(job.key, JobKey::Pair { .. }) {
-                self.catch_up
-                    .forget(&pair, "a replication job failed for good");
-                self.request_sync(&pair, "a replication job failed for good");
-            }
+            self.catch_up
+                .forget(&pair, "a replication job failed for good");
+            self.feed_and_act(&pair, Input::Diverged, "a replication job failed for good");
         }
     }
 
@@ -794,9 +830,16 @@ impl Nm {
         Ok((versions, bytes, failures))
     }
 
-    /// Brings the target level with the source, then, if the target is a
-    /// returned primary, hands service back to it.
+    /// Brings the target level with the source and tells the failover
+    /// machine, which may then hand service back to a returned primary (that
+    /// runs here, inside the job, so nothing else syncs the pair meanwhile).
     async fn sync_pair(&self, job: &Job, sides: &Sides) -> Result<String, WireError> {
+        // The catch-up this sync completes: one asked for before it started.
+        let round = self
+            .state()
+            .registry
+            .pair(&sides.pair)
+            .and_then(|p| p.fsm.catch_up_round());
         let outcome = self.sync_once(sides, Compare::ChangedIfKnown).await?;
         if outcome.bytes > 0 {
             self.job_event(
@@ -809,27 +852,26 @@ impl Nm {
                 )),
             );
         }
-        let hand_back = {
-            let state = self.state();
-            state
-                .registry
-                .pair(&sides.pair)
-                .is_some_and(|p| p.primary == sides.target && p.active != p.primary)
-        };
         let mut detail = outcome.detail();
-        if hand_back {
-            self.hand_back(sides).await?;
-            detail.push_str("; service handed back to the primary");
-        } else {
-            let events = {
-                let mut state = self.state();
-                if let Some(pair) = state.registry.pair_mut(&sides.pair) {
-                    pair.needs_sync = false;
-                    pair.last_sync_ms = now_ms();
-                }
-                state.registry.refresh("sync complete")
-            };
-            self.emit_all(events);
+        let Some(round) = round else {
+            return Ok(detail);
+        };
+        let pending = {
+            let mut state = self.state();
+            if let Some(pair) = state.registry.pair_mut(&sides.pair) {
+                pair.last_sync_ms = now_ms();
+            }
+            self.feed(&mut state, &sides.pair, Input::CatchUpDone { round })
+        };
+        self.carry_out(&sides.pair, pending, &format!("{} caught up", sides.target))
+            .await;
+        let state = self.state();
+        if let Some(p) = state.registry.pair(&sides.pair) {
+            if p.active() == sides.target {
+                detail.push_str("; service handed back to the primary");
+            } else if p.active() == sides.source && !p.fsm.standby_in_sync() {
+                detail.push_str("; the standby is still not in sync (it changed meanwhile)");
+            }
         }
         Ok(detail)
     }
@@ -882,7 +924,8 @@ impl Nm {
                 Some(theirs) if mine.epoch < theirs.epoch && mine.version > theirs.base => {
                     // Acknowledged on the target in an older epoch, and the
                     // source has changed the file since: keep both.
-                    let copy = format!("{}.conflict-{}-e{}", entry.file, sides.target, mine.epoch);
+                    let copy =
+                        shared::names::conflict_copy_name(&entry.file, &sides.target, mine.epoch);
                     self.keep_conflict(sides, entry, &copy).await?;
                     if let Some(pair) = self.state().registry.pair_mut(&sides.pair) {
                         pair.conflict_copies += 1;
@@ -1003,7 +1046,15 @@ impl Nm {
                 }
                 let meta = target_files
                     .iter()
-                    .find(|e| &e.file == file || file.starts_with(&format!("{}.conflict-", e.file)))
+                    .find(|e| {
+                        &e.file == file
+                            || *file
+                                == shared::names::conflict_copy_name(
+                                    &e.file,
+                                    &sides.target,
+                                    e.meta.stats.epoch,
+                                )
+                    })
                     .map(|e| e.meta.clone());
                 let Some(meta) = meta else { continue };
                 if state.ns.reserve(file).is_err() {
@@ -1069,8 +1120,7 @@ impl Nm {
         Ok(applied)
     }
 
-    async fn set_role(
-        &self,
+    pub(crate) async fn set_role(
         client: &SsClient,
         epoch: u64,
         serving: bool,
@@ -1086,168 +1136,31 @@ impl Nm {
             .map(|_| ())
     }
 
-    /// The returned primary is level with the backup: pause writes, drain the
-    /// last changes, and make the primary active again under a new epoch.
-    async fn hand_back(&self, sides: &Sides) -> Result<(), WireError> {
-        let events = {
-            let mut state = self.state();
-            if let Some(pair) = state.registry.pair_mut(&sides.pair) {
-                pair.paused = true;
-            }
-            state.registry.refresh("pausing writes for the hand-back")
-        };
-        self.emit_all(events);
-        let result = async {
-            self.set_role(&sides.source_client, sides.epoch, true, false)
-                .await?;
-            // In full: a change the source acknowledged just before the pause
-            // may have its notice still on the way, so it is not recorded yet.
-            let synced = self.sync_once(sides, Compare::Everything).await?;
-            let epoch = sides.epoch + 1;
-            self.journal
-                .append(vec![crate::journal::Record::Pair {
-                    primary: sides.pair.clone(),
-                    epoch,
-                    active: sides.target.clone(),
-                }])
-                .await?;
-            self.set_role(&sides.target_client, epoch, true, true)
-                .await?;
-            self.set_role(&sides.source_client, epoch, false, false)
-                .await?;
-            Ok::<_, WireError>((epoch, synced.mark))
+    /// The returned primary is level with the backup: stop writes on the
+    /// backup, sync in full one last time, and give the primary the serving
+    /// role under `epoch`. Clients are not sent anywhere meanwhile (the
+    /// failover machine has paused the pair); whether it worked goes back to
+    /// the machine, which records the new roles or resumes the backup.
+    pub(crate) async fn hand_back(&self, pair: &str, epoch: u64) -> Result<(), WireError> {
+        let sides = self
+            .sides(pair)
+            .map_err(|(_, why)| WireError::unavailable(why))?;
+        Self::set_role(&sides.source_client, sides.epoch, true, false).await?;
+        // In full: a change the source acknowledged just before the pause
+        // may have its notice still on the way, so it is not recorded yet.
+        let synced = self.sync_once(&sides, Compare::Everything).await?;
+        Self::set_role(&sides.target_client, epoch, true, true).await?;
+        // Writes were paused through the final sync: the two are level,
+        // with the roles the other way round.
+        if let Some(mark) = synced.mark {
+            let (was_active, was_standby) = sides.catch_up_sides();
+            self.catch_up
+                .level(&sides.pair, mark, was_standby, was_active);
         }
-        .await;
-        let events = {
-            let mut state = self.state();
-            match &result {
-                Ok((epoch, mark)) => {
-                    // Writes were paused through the final sync: the two
-                    // are level, with the roles the other way round.
-                    if let Some(mark) = mark {
-                        let (was_active, was_standby) = sides.catch_up_sides();
-                        self.catch_up
-                            .level(&sides.pair, *mark, was_standby, was_active);
-                    }
-                    state.ns.set_pair(&sides.pair, *epoch, &sides.target);
-                    if let Some(pair) = state.registry.pair_mut(&sides.pair) {
-                        pair.epoch = *epoch;
-                        pair.active = sides.target.clone();
-                        pair.needs_sync = false;
-                        pair.last_sync_ms = now_ms();
-                    }
-                    if let Some(entry) = state.registry.get_mut(&sides.target) {
-                        entry.serving = true;
-                    }
-                    if let Some(entry) = state.registry.get_mut(&sides.source) {
-                        entry.serving = false;
-                    }
-                }
-                Err(_) => {
-                    // The backup keeps serving; the next attempt tries again.
-                    let client = sides.source_client.clone();
-                    let epoch = sides.epoch;
-                    tokio::spawn(async move {
-                        let _ = client
-                            .call(SsRequest::SetRole {
-                                epoch,
-                                serving: true,
-                                writable: true,
-                            })
-                            .await;
-                    });
-                }
-            }
-            if let Some(pair) = state.registry.pair_mut(&sides.pair) {
-                pair.paused = false;
-            }
-            state.registry.refresh(if result.is_ok() {
-                "hand-back complete"
-            } else {
-                "hand-back failed; the backup keeps serving"
-            })
-        };
-        self.emit_all(events);
-        result.map(|_| ())
-    }
-
-    /// Makes the standby of `pair` its active server under a new epoch.
-    /// Called when the active server failed; its lease has run out or its
-    /// connection is closed, so it accepts no more writes. The switch is made
-    /// in memory at once, under the same lock that saw the failure, so a
-    /// failed server that comes straight back registers as the standby; the
-    /// journal write and the new server's role follow. Until the new server
-    /// has taken its role, clients get `E_UNAVAILABLE`.
-    pub(crate) fn begin_promotion(
-        &self,
-        state: &mut crate::server::State,
-        pair: &str,
-    ) -> Option<(String, Arc<SsClient>, u64)> {
-        let p = state.registry.pair(pair)?;
-        let standby = state.registry.standby(p)?;
-        let client = state
-            .registry
-            .get(&standby)
-            .filter(|e| e.connected)?
-            .client
-            .clone();
-        if state.registry.is_alive(&p.active) {
-            return None; // the active server is back already
+        if let Some(p) = self.state().registry.pair_mut(pair) {
+            p.last_sync_ms = now_ms();
         }
-        let epoch = p.epoch + 1;
-        // The failed server may have acknowledged changes nm never heard of.
-        self.catch_up.forget(pair, "promotion");
-        state.ns.set_pair(pair, epoch, &standby);
-        let p = state.registry.pair_mut(pair)?;
-        p.epoch = epoch;
-        p.active = standby.clone();
-        if let Some(entry) = state.registry.get_mut(&standby) {
-            entry.serving = false;
-        }
-        Some((standby, client, epoch))
-    }
-
-    /// Makes a promotion durable and hands the new server its role.
-    pub(crate) async fn finish_promotion(
-        &self,
-        pair: &str,
-        standby: String,
-        client: Arc<SsClient>,
-        epoch: u64,
-        reason: &str,
-    ) {
-        let record = crate::journal::Record::Pair {
-            primary: pair.to_owned(),
-            epoch,
-            active: standby.clone(),
-        };
-        let result = match self.journal.append(vec![record]).await {
-            Ok(()) => self.set_role(&client, epoch, true, true).await,
-            Err(e) => Err(e),
-        };
-        let events = {
-            let mut state = self.state();
-            let still_current = state
-                .registry
-                .pair(pair)
-                .is_some_and(|p| p.epoch == epoch && p.active == standby);
-            if let Some(entry) = state.registry.get_mut(&standby) {
-                entry.serving = result.is_ok() && still_current;
-            }
-            state
-                .registry
-                .refresh(&format!("{standby} promoted: {reason}"))
-        };
-        self.emit_all(events);
-        match result {
-            Ok(()) => {
-                self.metrics.failovers.inc();
-                tracing::warn!(event = "nm_promoted", pair, server = %standby, epoch, reason)
-            }
-            Err(e) => {
-                tracing::error!(event = "nm_promotion_failed", pair, server = %standby, error = %e)
-            }
-        }
+        Ok(())
     }
 }
 

@@ -31,6 +31,8 @@ pub struct State {
 }
 
 pub struct Nm {
+    /// For the tasks nm spawns on its own behalf.
+    pub(crate) me: std::sync::Weak<Nm>,
     pub config: Config,
     state: Mutex<State>,
     pub journal: Journal,
@@ -40,6 +42,8 @@ pub struct Nm {
     pub events: Events,
     pub queue: ReplQueue,
     pub waiters: crate::replication::Waiters,
+    /// Woken whenever a pair's failover record becomes durable.
+    pub failover_recorded: tokio::sync::Notify,
     /// Per pair, the files changed since its standby was last level.
     pub catch_up: crate::catch_up::CatchUp,
     pub metrics: crate::metrics::NmMetrics,
@@ -70,10 +74,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         Some(key) => key.ticket_key(),
         None => TicketKey::new(rand::random::<[u8; 32]>().to_vec()),
     };
-    let nm = Arc::new(Nm {
+    let nm = Arc::new_cyclic(|me| Nm {
+        me: me.clone(),
         state: Mutex::new(State {
             ns,
-            registry: Registry::with_key(cluster_key.clone()),
+            registry: Registry::with_key(cluster_key.clone(), config.unclean_promotion),
         }),
         journal,
         ticket_key,
@@ -81,6 +86,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         events: Events::default(),
         queue: ReplQueue::new(config.repl_queue_capacity.max(1)),
         waiters: Default::default(),
+        failover_recorded: Default::default(),
         catch_up: Default::default(),
         metrics: Default::default(),
         config,

@@ -8,6 +8,8 @@
 //! namespace; it is compared with its primary's by the sync that its
 //! registration starts. The connection closing marks the server down at once.
 
+use crate::failover::Input;
+use crate::failover_actions::Pending;
 use crate::journal::Record;
 use crate::namespace::FileRecord;
 use crate::registry::backs;
@@ -49,14 +51,14 @@ impl Nm {
         else {
             return;
         };
-        let (generation, epoch, serving, writable) = match self.register(&name, registration).await
-        {
-            Ok(registered) => registered,
-            Err(error) => {
-                let _ = conn.reply::<NmReply>(id, Err(error)).await;
-                return;
-            }
-        };
+        let (generation, epoch, serving, writable, pending) =
+            match self.register(&name, registration).await {
+                Ok(registered) => registered,
+                Err(error) => {
+                    let _ = conn.reply::<NmReply>(id, Err(error)).await;
+                    return;
+                }
+            };
         let registered = NmReply::Registered {
             // With a cluster key the server derives the ticket key itself.
             ticket_key: match self.cluster_key {
@@ -70,9 +72,13 @@ impl Nm {
             sync_replication: self.config.replication == crate::config::ReplicationMode::Sync,
         };
         if conn.reply(id, Ok(registered)).await.is_ok() {
-            self.after_registration(&name);
+            // Only now: a role handed out by these decisions must not be
+            // overtaken by the one in the answer.
+            self.after_registration(&name, pending);
             self.serve_control_messages(conn, &name, generation, peer)
                 .await;
+        } else {
+            self.after_registration(&name, pending);
         }
         self.server_lost(&name, generation, "control connection closed");
     }
@@ -151,14 +157,35 @@ impl Nm {
     }
 
     /// Declares servers silent past the heartbeat timeout failed; runs until nm stops.
+    ///
+    /// Only time during which nm itself ran counts: if this loop wakes far
+    /// later than it asked (nm was paused, or starved of CPU), the servers'
+    /// heartbeats may be waiting unread in its sockets, so every server gets
+    /// a fresh timeout instead of being declared failed for nm's own stall.
     pub async fn heartbeat_monitor(self: Arc<Self>) {
         let timeout = self.config.heartbeat_timeout;
         let tick = (timeout / 10).clamp(
             std::time::Duration::from_millis(10),
             std::time::Duration::from_millis(250),
         );
+        let stall = stall_threshold(timeout, tick);
+        let mut last = std::time::Instant::now();
         loop {
             tokio::time::sleep(tick).await;
+            let now = std::time::Instant::now();
+            let slept = now - last;
+            last = now;
+            if slept > stall {
+                let servers = self.state().registry.touch_all();
+                self.metrics.nm_stalls.inc();
+                tracing::warn!(
+                    event = "nm_stalled",
+                    stalled_ms = (slept - tick).as_millis() as u64,
+                    servers,
+                    "nm did not run for a while; every server gets a fresh heartbeat timeout"
+                );
+                continue;
+            }
             let silent = self.state().registry.silent(timeout);
             for (name, generation) in silent {
                 let reason = format!("no heartbeat for {}", humantime::format_duration(timeout));
@@ -167,10 +194,10 @@ impl Nm {
         }
     }
 
-    /// Marks a server down (unless it has re-registered), fails its pair over
-    /// if it was serving, and drops the jobs it can no longer take.
+    /// Marks a server down (unless it has re-registered), tells its pair's
+    /// failover machine, and drops the jobs it can no longer take.
     pub(crate) fn server_lost(self: &Arc<Self>, name: &str, generation: u64, reason: &str) {
-        let (events, pair, was_active, promotion) = {
+        let (events, pair, was_standby, pending) = {
             let mut state = self.state();
             if !state.registry.disconnect(name, generation) {
                 return;
@@ -178,14 +205,21 @@ impl Nm {
             let pair = state
                 .registry
                 .pair_of(name)
-                .map(|p| (p.primary.clone(), p.active == name));
-            let (pair, was_active) = pair.unzip();
-            let was_active = was_active.unwrap_or(false);
-            let promotion = match (&pair, was_active) {
-                (Some(pair), true) => self.begin_promotion(&mut state, pair),
-                _ => None,
+                .and_then(|p| Some((p.primary.clone(), p.side_of(name)?)));
+            let was_standby = pair
+                .as_ref()
+                .and_then(|(p, side)| Some(state.registry.pair(p)?.fsm.standby_side() == *side))
+                .unwrap_or(false);
+            let pending = match &pair {
+                Some((p, side)) => self.feed(&mut state, p, Input::Lost { side: *side }),
+                None => Vec::new(),
             };
-            (state.registry.refresh(reason), pair, was_active, promotion)
+            (
+                state.registry.refresh(&format!("{name} failed: {reason}")),
+                pair.map(|(p, _)| p),
+                was_standby,
+                pending,
+            )
         };
         self.events.emit(EventKind::Server {
             name: name.to_owned(),
@@ -213,23 +247,16 @@ impl Nm {
                 )),
             });
         }
-        if !was_active {
-            // The standby is gone: the pair runs alone, and synchronous
-            // changes no longer wait for it.
+        if was_standby {
+            // The standby is gone: synchronous changes stop waiting for it,
+            // and are acknowledged once the journal says it is behind.
             self.waiters.release_pair(&pair, None);
         }
-        if let Some((standby, client, epoch)) = promotion {
-            let nm = self.clone();
-            let reason = format!("{name} failed: {reason}");
-            tokio::spawn(async move {
-                nm.finish_promotion(&pair, standby, client, epoch, &reason)
-                    .await
-            });
-        }
+        self.act(&pair, pending, &format!("{name} failed: {reason}"));
     }
 
-    /// Events and the first sync after a server registers.
-    fn after_registration(&self, name: &str) {
+    /// Events and the decisions after a server registers.
+    fn after_registration(self: &Arc<Self>, name: &str, pending: Vec<Pending>) {
         let (events, pair) = {
             let mut state = self.state();
             let pair = state.registry.pair_of(name).map(|p| p.primary.clone());
@@ -242,8 +269,7 @@ impl Nm {
         });
         self.emit_all(events);
         if let Some(pair) = pair {
-            // Brings whichever side is not active level with the active one.
-            self.request_sync(&pair, &format!("{name} registered"));
+            self.act(&pair, pending, &format!("{name} registered"));
         }
     }
 
@@ -265,7 +291,7 @@ impl Nm {
                     let from_active = pair
                         .as_deref()
                         .and_then(|p| state.registry.pair(p))
-                        .is_some_and(|p| p.active == server);
+                        .is_some_and(|p| p.active() == server);
                     match (pair, state.ns.file_mut(&file)) {
                         (Some(pair), Some(record)) if from_active => {
                             changed = Some((pair, file, stats.version));
@@ -306,19 +332,21 @@ impl Nm {
         let state = self.state();
         let pair = backs(name, backup_of).unwrap_or_else(|| name.to_owned());
         match state.registry.pair(&pair) {
-            Some(p) => p.active == name,
+            Some(p) => p.active() == name,
             None => true,
         }
     }
 
-    /// Records a registration; the pair's active server also has its
-    /// inventory reconciled with the namespace. Returns the generation and
-    /// the part the server plays now: (generation, epoch, serving, writable).
+    /// Records a registration and tells the pair's failover machine; the
+    /// pair's active server also has its inventory reconciled with the
+    /// namespace. Returns the generation, the part the server plays now
+    /// (epoch, serving, writable), and the machine's decisions, to carry out
+    /// once the server has its answer.
     async fn register(
         &self,
         name: &str,
         registration: Registration,
-    ) -> Result<(u64, u64, bool, bool), WireError> {
+    ) -> Result<(u64, u64, bool, bool, Vec<Pending>), WireError> {
         let Registration {
             client_addr,
             backup_of,
@@ -336,11 +364,9 @@ impl Nm {
                 .or(complete.then_some(inventory.len() as u64))
                 .or_else(|| state.registry.get(name).map(|e| e.files))
                 .unwrap_or(0);
-            let remembered: Option<(u64, String)> = {
-                let pair = backs(name, backup_of.as_deref()).unwrap_or_else(|| name.to_owned());
-                state.ns.pair(&pair)
-            };
-            let generation = state.registry.register(
+            let pair = backs(name, backup_of.as_deref()).unwrap_or_else(|| name.to_owned());
+            let remembered = state.ns.pair(&pair);
+            let (generation, side) = state.registry.register(
                 name,
                 &client_addr,
                 count,
@@ -348,18 +374,17 @@ impl Nm {
                 self.config.ss_timeout,
                 |_| remembered,
             );
-            let (pair, epoch, active, paused) = {
-                let p = state.registry.pair_of(name).expect("registered above");
-                (p.primary.clone(), p.epoch, p.active == name, p.paused)
-            };
             if let Some(entry) = state.registry.get_mut(name) {
                 entry.store_id = store_id;
             }
-            if active {
+            let pending = self.feed(state, &pair, Input::Registered { side });
+            let p = state.registry.pair(&pair).expect("registered above");
+            let (epoch, serving, writable) = p.fsm.role_of(side);
+            if serving {
                 if complete {
                     self.reconcile(state, &pair, inventory, &mut records);
                 } else {
-                    // Promoted while it was registering: nothing is lost, but
+                    // Became active while registering: nothing is lost, but
                     // files whose journal records were lost are not adopted.
                     tracing::warn!(
                         event = "nm_inventory_skipped",
@@ -367,12 +392,9 @@ impl Nm {
                         "became active while registering; its inventory was not reconciled"
                     );
                 }
-                if let Some(entry) = state.registry.get_mut(name) {
-                    entry.serving = true;
-                }
             }
-            tracing::info!(event = "nm_server_registered", server = name, address = %client_addr, files = count, tombstones = tombstones.len(), active, epoch, "storage server registered");
-            (generation, epoch, active, active && !paused)
+            tracing::info!(event = "nm_server_registered", server = name, address = %client_addr, files = count, tombstones = tombstones.len(), serving, epoch, "storage server registered");
+            (generation, epoch, serving, writable, pending)
         };
         self.journal.append(records).await?;
         Ok(role)
@@ -510,4 +532,10 @@ async fn read_registration(
     }
     registration.complete = true;
     Some((id, registration))
+}
+
+/// How late the heartbeat monitor may wake before nm counts it as its own
+/// stall: well beyond scheduling noise, well within the timeout.
+fn stall_threshold(timeout: std::time::Duration, tick: std::time::Duration) -> std::time::Duration {
+    (tick * 3).max(timeout / 3)
 }

@@ -48,6 +48,38 @@ pub fn validate_path(name: &str) -> Result<(), WireError> {
     Ok(())
 }
 
+/// The name of the conflict copy of `file` that `server` acknowledged in
+/// `epoch`: `<file>.conflict-<server>-e<epoch>`. When that would break a name
+/// limit, the last component's stem is cut short and followed by `~` and a
+/// hash of the whole original name, so the copy always has a valid name and
+/// two long names never share one.
+pub fn conflict_copy_name(file: &str, server: &str, epoch: u64) -> String {
+    use sha2::Digest;
+    let suffix = format!(".conflict-{server}-e{epoch}");
+    let (folder, last) = match file.rsplit_once('/') {
+        Some((folder, last)) => (Some(folder), last),
+        None => (None, file),
+    };
+    let fits = |last_len: usize| {
+        last_len + suffix.len() <= MAX_COMPONENT_BYTES
+            && folder.map_or(0, |f| f.len() + 1) + last_len + suffix.len() <= MAX_PATH_BYTES
+    };
+    if fits(last.len()) {
+        return format!("{file}{suffix}");
+    }
+    let hash = sha2::Sha256::digest(file.as_bytes());
+    let tag: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let mut keep = last.len();
+    while keep > 0 && (!fits(keep + 1 + tag.len()) || !last.is_char_boundary(keep)) {
+        keep -= 1;
+    }
+    let short = format!("{}~{tag}{suffix}", &last[..keep]);
+    match folder {
+        Some(folder) => format!("{folder}/{short}"),
+        None => short,
+    }
+}
+
 /// Checks a checkpoint tag: one path component (1 to 255 bytes, no `/`).
 pub fn validate_tag(tag: &str) -> Result<(), WireError> {
     if tag.contains('/') {
@@ -96,6 +128,27 @@ fn truncate(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conflict_copies_always_have_valid_names() {
+        assert_eq!(
+            conflict_copy_name("a.txt", "ss1", 3),
+            "a.txt.conflict-ss1-e3"
+        );
+        let long = "x".repeat(250);
+        let copy = conflict_copy_name(&long, "ss1_backup", 12);
+        validate_path(&copy).unwrap();
+        assert!(copy.ends_with(".conflict-ss1_backup-e12"), "{copy}");
+        let other = conflict_copy_name(&format!("{}y", "x".repeat(249)), "ss1_backup", 12);
+        assert_ne!(copy, other, "two long names never share a copy");
+        let nested = format!("{}/{}", "d".repeat(200), "é".repeat(127));
+        let copy = conflict_copy_name(&nested, "ss1", 1);
+        validate_path(&copy).unwrap();
+        assert!(copy.starts_with(&"d".repeat(200)));
+        let deep = vec!["f".repeat(250); 16].join("/");
+        validate_path(&deep).unwrap();
+        validate_path(&conflict_copy_name(&deep, "ss1", 1)).unwrap();
+    }
 
     #[test]
     fn accepts_ordinary_paths() {

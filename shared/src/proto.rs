@@ -543,6 +543,13 @@ pub struct PairStatus {
     /// Conflict copies kept by recoveries of this pair since nm started.
     #[serde(default)]
     pub conflict_copies: u64,
+    /// The standby holds everything the serving server acknowledged, so it
+    /// may be promoted.
+    #[serde(default)]
+    pub standby_in_sync: bool,
+    /// Why the pair serves no one, or what needs the operator (`None`: nothing).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// STATUS's answer.

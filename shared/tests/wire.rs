@@ -215,6 +215,8 @@ fn every_message_round_trips() {
                     lag_ms: 5,
                     last_sync_ms: 6,
                     conflict_copies: 1,
+                    standby_in_sync: false,
+                    reason: Some("ss1 (serving) is down".into()),
                 }],
                 queue_depth: 2,
                 replication: "SYNC".into(),

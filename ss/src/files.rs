@@ -727,8 +727,28 @@ impl Files {
     /// Keeps this server's copy of `file` as `to` (a conflict copy found
     /// during recovery): a local rename that leaves no tombstone, so the
     /// newer copy of `file` can be installed next.
+    ///
+    /// A copy, not a rename: nothing on this server is destroyed until the
+    /// sync that follows has made the serving server hold what it must, so
+    /// a sync cut short leaves `file` as it was. Asking again for a copy
+    /// that exists is answered with it (a sync retried).
     pub fn keep_conflict(&self, file: &str, to: &str) -> Result<FileStats, WireError> {
-        self.rename_inner(file, to, false)
+        shared::names::validate_path(to)?;
+        let entry = self.entry(file)?;
+        let e = lock(&entry);
+        refuse_while_written(&e, file, "a conflict copy")?;
+        let mut map = self.lock_map();
+        if let Some(kept) = self.find(&mut map, to)? {
+            drop(map);
+            return Ok(lock(&kept).meta.stats.clone());
+        }
+        let content = self.store.read_content(file)?;
+        let mut meta = e.meta.clone();
+        meta.stats.bump(self.epoch());
+        self.store.create(to, &meta)?;
+        self.store.commit(to, &content, &meta)?;
+        map.entries.insert(to.to_owned(), new_entry(meta.clone()));
+        Ok(meta.stats)
     }
 
     fn rename_inner(&self, file: &str, to: &str, tombstone: bool) -> Result<FileStats, WireError> {

@@ -539,6 +539,8 @@ pub(crate) mod tests {
                 lag_ms: 0,
                 last_sync_ms: 0,
                 conflict_copies: 0,
+                standby_in_sync: false,
+                reason: None,
             }],
             queue_depth: 0,
             replication: "ASYNC".into(),

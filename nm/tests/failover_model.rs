@@ -1,0 +1,527 @@
+//! An exhaustive model check of the failover state machine ([`nm::failover`]).
+//!
+//! The world around one pair is modelled just enough to state what the
+//! machine must guarantee: two storage servers (alive or killed, registered
+//! or not, the role each was told, the writes each holds), nm's journal (what
+//! is durable and what is still being written), client writes acknowledged in
+//! sync or async mode, catch-ups, handovers, nm restarts, and servers that
+//! hang (nm loses them while they are still running). Every interleaving of
+//! those actions is explored breadth-first to 12 steps (`MODEL_DEPTH=n` for more), and in every
+//! reachable state:
+//!
+//! - **(a)** every acknowledged write is on every server that can become
+//!   serving (the serving one, an in-sync standby, in memory or in the
+//!   journal); in async mode, all but the asynchronous window of a pair whose
+//!   standby was in sync;
+//! - **(b)** no epoch is ever handed to two servers;
+//! - **(c)** once the pair is ACTIVE, every acknowledged write is on the
+//!   serving server or in a reported conflict copy;
+//! - **(d)** once both servers are up and nothing fails, the pair reaches
+//!   ACTIVE (checked by letting the world heal from every reachable state).
+//!
+//! A catch-up is modelled by what the sync guarantees (see
+//! `nm::replication`): what only the target holds is copied back or kept as
+//! a conflict copy before the target is overwritten, so data is a set that
+//! only grows; the model checks *who may serve*, not the file comparison.
+//!
+//! `a_promotion_without_the_in_sync_check_is_caught` runs the same check with
+//! the rule broken (`--unclean-promotion` in sync mode) and must find a
+//! state where an acknowledged write is missing from the server promoted.
+
+use nm::failover::{Decision, Durable, HandoverKind, Input, PairFsm, Side};
+use shared::proto::PairState;
+use std::collections::{HashSet, VecDeque};
+
+/// Steps explored from the start (`MODEL_DEPTH` overrides; at least 12 in CI).
+fn depth() -> usize {
+    std::env::var("MODEL_DEPTH")
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(12)
+}
+const MAX_WRITES: u8 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Sync,
+    Async,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Action {
+    Kill(Side),
+    Restart(Side),
+    Register(Side),
+    /// nm loses the server: its connection closed, or it hung past the timeout.
+    Lose(Side),
+    Write,
+    Replicate,
+    CatchUpCopy,
+    CatchUpDone,
+    Diverge,
+    AckHandover,
+    FailHandover,
+    Flush,
+    NmRestart,
+}
+
+const ACTIONS: [Action; 17] = [
+    Action::Kill(Side::Primary),
+    Action::Kill(Side::Backup),
+    Action::Restart(Side::Primary),
+    Action::Restart(Side::Backup),
+    Action::Register(Side::Primary),
+    Action::Register(Side::Backup),
+    Action::Lose(Side::Primary),
+    Action::Lose(Side::Backup),
+    Action::Write,
+    Action::Replicate,
+    Action::CatchUpCopy,
+    Action::CatchUpDone,
+    Action::Diverge,
+    Action::AckHandover,
+    Action::FailHandover,
+    Action::Flush,
+    Action::NmRestart,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Server {
+    alive: bool,
+    /// Its control connection is open (it registered and was not cut off).
+    registered: bool,
+    /// The epoch it was told to serve under; `None`: not serving.
+    serving: Option<u64>,
+    /// The writes it holds, one bit each.
+    data: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct World {
+    fsm: PairFsm,
+    /// What the journal holds on disk.
+    journal: Durable,
+    /// The last record handed to the journal, not yet durable.
+    unflushed: Option<(u64, Durable)>,
+    servers: [Server; 2],
+    /// The round whose copy has been made.
+    copied: Option<u64>,
+    next_write: u8,
+    acked: u8,
+    /// Acknowledged in async mode while the standby counted as in sync, not copied yet.
+    window: u8,
+    conflicts: u8,
+    /// (epoch, side) of every serving role handed out.
+    grants: Vec<(u64, Side)>,
+    unclean: bool,
+}
+
+fn bit(i: u8) -> u8 {
+    1 << i
+}
+
+impl World {
+    fn new(unclean: bool) -> Self {
+        let server = Server {
+            alive: true,
+            registered: false,
+            serving: None,
+            data: 0,
+        };
+        World {
+            fsm: PairFsm::new(unclean),
+            journal: Durable::default(),
+            unflushed: None,
+            servers: [server.clone(), server],
+            copied: None,
+            next_write: 0,
+            acked: 0,
+            window: 0,
+            conflicts: 0,
+            grants: Vec::new(),
+            unclean,
+        }
+    }
+
+    fn server(&mut self, side: Side) -> &mut Server {
+        &mut self.servers[side as usize]
+    }
+
+    fn connected(&self, side: Side) -> bool {
+        let s = &self.servers[side as usize];
+        s.alive && s.registered
+    }
+
+    fn grant(&mut self, side: Side, epoch: u64) {
+        self.server(side).serving = Some(epoch);
+        if !self.grants.contains(&(epoch, side)) {
+            self.grants.push((epoch, side));
+            self.grants.sort();
+        }
+    }
+
+    fn step(&mut self, input: Input) {
+        let decisions = self.fsm.step(input);
+        for d in decisions {
+            match d {
+                Decision::Persist { seq, durable } => self.unflushed = Some((seq, durable)),
+                Decision::StartCatchUp { .. } => {}
+                Decision::Promote { .. } | Decision::HandBack { .. } => {}
+                Decision::Demote { side, .. } => self.server(side).serving = None,
+                Decision::Resume { side, epoch } => {
+                    if self.connected(side) {
+                        self.grant(side, epoch);
+                    }
+                }
+                Decision::CutOff { side } => {
+                    let s = self.server(side);
+                    s.registered = false;
+                    s.serving = None;
+                }
+            }
+        }
+    }
+
+    /// The world after `action`, if it can happen now.
+    fn next(&self, action: Action, mode: Mode) -> Option<World> {
+        let mut w = self.clone();
+        match action {
+            Action::Kill(side) => {
+                let s = w.server(side);
+                if !s.alive {
+                    return None;
+                }
+                s.alive = false;
+                s.registered = false;
+                s.serving = None;
+            }
+            Action::Restart(side) => {
+                let s = w.server(side);
+                if s.alive {
+                    return None;
+                }
+                s.alive = true;
+            }
+            Action::Register(side) => {
+                let s = w.server(side);
+                if !s.alive || s.registered {
+                    return None;
+                }
+                s.registered = true;
+                w.step(Input::Registered { side });
+                let (epoch, serving, _) = w.fsm.role_of(side);
+                if serving {
+                    w.grant(side, epoch);
+                } else {
+                    w.server(side).serving = None;
+                }
+            }
+            Action::Lose(side) => {
+                if !w.fsm.is_up(side) {
+                    return None;
+                }
+                // Cut off: its lease has run out by the time nm acts.
+                let s = w.server(side);
+                s.registered = false;
+                s.serving = None;
+                w.step(Input::Lost { side });
+            }
+            Action::Write => {
+                let (side, epoch) = w.fsm.clients_go_to()?;
+                if w.next_write >= MAX_WRITES
+                    || !w.connected(side)
+                    || w.servers[side as usize].serving != Some(epoch)
+                {
+                    return None;
+                }
+                let b = bit(w.next_write);
+                w.next_write += 1;
+                w.server(side).data |= b;
+                let standby = side.other();
+                match mode {
+                    Mode::Sync => {
+                        // While nm counts the standby up, the change waits for
+                        // it (a job copies it, or the job fails and the
+                        // client gets an error); once nm has lost it, the
+                        // change is acknowledged alone when the journal allows.
+                        if w.fsm.is_up(standby) {
+                            if w.connected(standby) {
+                                w.server(standby).data |= b;
+                                w.acked |= b;
+                            }
+                        } else if w.fsm.may_ack_alone() {
+                            w.acked |= b;
+                        }
+                    }
+                    Mode::Async => {
+                        // Acknowledged at once. While nm (in memory or on
+                        // disk) still counts the standby in sync, this is
+                        // the asynchronous window.
+                        w.acked |= b;
+                        if w.fsm.standby_in_sync() || w.journal.standby_in_sync {
+                            w.window |= b;
+                        }
+                    }
+                }
+            }
+            Action::Replicate => {
+                let (side, _) = w.fsm.clients_go_to()?;
+                let standby = side.other();
+                if mode != Mode::Async
+                    || !w.fsm.is_up(standby)
+                    || !w.connected(standby)
+                    || !w.connected(side)
+                {
+                    return None;
+                }
+                let data = w.servers[side as usize].data;
+                if w.servers[standby as usize].data & data == data {
+                    return None;
+                }
+                w.server(standby).data |= data;
+                w.window &= !data;
+            }
+            Action::CatchUpCopy => {
+                let round = w.fsm.catch_up_round()?;
+                let (source, target) = (w.fsm.serving_side(), w.fsm.standby_side());
+                if w.copied == Some(round) || !w.connected(source) || !w.connected(target) {
+                    return None;
+                }
+                w.sync(source, target);
+                w.copied = Some(round);
+            }
+            Action::CatchUpDone => {
+                let round = w.fsm.catch_up_round()?;
+                if w.copied != Some(round) {
+                    return None;
+                }
+                if mode == Mode::Async {
+                    // Changes made since the copy are still queued: the
+                    // asynchronous window of a pair in sync.
+                    let standby = w.fsm.standby_side();
+                    w.window |= w.acked & !w.servers[standby as usize].data;
+                }
+                w.step(Input::CatchUpDone { round });
+            }
+            Action::Diverge => {
+                if !w.fsm.is_up(Side::Primary) || !w.fsm.is_up(Side::Backup) {
+                    return None;
+                }
+                w.step(Input::Diverged);
+            }
+            Action::AckHandover => {
+                let h = w.fsm.handover_on_record()?;
+                if !w.connected(h.to) {
+                    return None;
+                }
+                if h.kind == HandoverKind::HandBack {
+                    // The final sync, with writes paused.
+                    let source = w.fsm.serving_side();
+                    if !w.connected(source) {
+                        return None;
+                    }
+                    w.sync(source, h.to);
+                }
+                w.grant(h.to, h.epoch);
+                w.step(Input::HandoverAcked { epoch: h.epoch });
+            }
+            Action::FailHandover => {
+                let h = w.fsm.handover_on_record()?;
+                // The worst case: the target took the role but its answer was lost.
+                if w.connected(h.to) {
+                    w.grant(h.to, h.epoch);
+                }
+                w.step(Input::HandoverFailed { epoch: h.epoch });
+            }
+            Action::Flush => {
+                let (seq, durable) = w.unflushed.take()?;
+                w.journal = durable;
+                w.step(Input::Recorded { seq });
+            }
+            Action::NmRestart => {
+                w.fsm = PairFsm::restored(w.journal.clone(), w.unclean);
+                w.unflushed = None;
+                w.copied = None;
+                for s in &mut w.servers {
+                    // Their connections broke; their leases run out.
+                    s.registered = false;
+                    s.serving = None;
+                }
+            }
+        }
+        Some(w)
+    }
+
+    /// A catch-up: what only the target holds is copied back (or kept as a
+    /// conflict copy) before the target is brought level.
+    fn sync(&mut self, source: Side, target: Side) {
+        let (s, t) = (
+            self.servers[source as usize].data,
+            self.servers[target as usize].data,
+        );
+        self.conflicts |= t & !s;
+        self.server(source).data |= t;
+        self.server(target).data |= s | t;
+        self.window &= !(s | t);
+    }
+
+    /// The first property this state breaks, if any.
+    fn violation(&self, mode: Mode) -> Option<String> {
+        let data = |side: Side| self.servers[side as usize].data;
+        let required = match mode {
+            Mode::Sync => self.acked,
+            Mode::Async => self.acked & !self.window,
+        };
+        // With --unclean-promotion, async mode promises (c) only.
+        if !(self.unclean && mode == Mode::Async) {
+            let mut may_serve = vec![self.fsm.serving_side()];
+            if self.fsm.standby_in_sync() {
+                may_serve.push(self.fsm.standby_side());
+            }
+            may_serve.push(self.journal.serving);
+            if self.journal.standby_in_sync {
+                may_serve.push(self.journal.serving.other());
+            }
+            for side in may_serve {
+                if required & !data(side) != 0 {
+                    return Some(format!(
+                        "(a) acknowledged writes {:03b} missing on {side:?}, which may serve",
+                        required & !data(side)
+                    ));
+                }
+            }
+        }
+        for pair in self.grants.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                return Some(format!("(b) epoch {} handed to both servers", pair[0].0));
+            }
+        }
+        let serving = self.fsm.serving_side();
+        if self.fsm.state() == PairState::Active
+            && self.acked & !(data(serving) | self.conflicts) != 0
+        {
+            return Some(format!(
+                "(c) ACTIVE, but acknowledged writes {:03b} are neither on {serving:?} nor in a conflict copy",
+                self.acked & !(data(serving) | self.conflicts)
+            ));
+        }
+        None
+    }
+
+    /// (d): with every server restarted and nothing failing, the pair
+    /// reaches ACTIVE.
+    fn heals(&self, mode: Mode) -> bool {
+        const HEALING: [Action; 9] = [
+            Action::Restart(Side::Primary),
+            Action::Restart(Side::Backup),
+            Action::Flush,
+            Action::Register(Side::Primary),
+            Action::Register(Side::Backup),
+            Action::AckHandover,
+            Action::CatchUpCopy,
+            Action::CatchUpDone,
+            Action::Replicate,
+        ];
+        let mut w = self.clone();
+        let trace = std::env::var_os("MODEL_TRACE").is_some();
+        for _ in 0..40 {
+            if trace {
+                eprintln!("heal: {:?} {:?}", w.fsm.state(), w);
+            }
+            if w.fsm.state() == PairState::Active
+                && w.fsm.clients_go_to().is_some()
+                && w.unflushed.is_none()
+            {
+                return true;
+            }
+            match HEALING.iter().find_map(|a| w.next(*a, mode)) {
+                Some(next) => w = next,
+                None => return false,
+            }
+        }
+        false
+    }
+}
+
+struct Report {
+    states: usize,
+    violation: Option<(String, Vec<Action>)>,
+}
+
+fn explore(mode: Mode, unclean: bool, depth: usize) -> Report {
+    let start = World::new(unclean);
+    let mut seen: HashSet<World> = HashSet::new();
+    seen.insert(start.clone());
+    let mut frontier: VecDeque<(World, Vec<Action>)> = VecDeque::from([(start, Vec::new())]);
+    while let Some((world, path)) = frontier.pop_front() {
+        if let Some(v) = world.violation(mode) {
+            return Report {
+                states: seen.len(),
+                violation: Some((v, path)),
+            };
+        }
+        if !world.heals(mode) {
+            return Report {
+                states: seen.len(),
+                violation: Some(("(d) the pair never becomes ACTIVE".into(), path)),
+            };
+        }
+        if path.len() == depth {
+            continue;
+        }
+        for action in &ACTIONS {
+            if let Some(next) = world.next(*action, mode) {
+                if seen.insert(next.clone()) {
+                    let mut p = path.clone();
+                    p.push(*action);
+                    frontier.push_back((next, p));
+                }
+            }
+        }
+    }
+    Report {
+        states: seen.len(),
+        violation: None,
+    }
+}
+
+fn check(mode: Mode, unclean: bool) {
+    let report = explore(mode, unclean, depth());
+    println!(
+        "failover model, {mode:?} mode{}: {} states explored to depth {}",
+        if unclean { ", unclean promotion" } else { "" },
+        report.states,
+        depth()
+    );
+    if let Some((v, path)) = report.violation {
+        panic!("{v}\n after {path:?}");
+    }
+}
+
+#[test]
+fn sync_mode_keeps_every_acknowledged_write() {
+    check(Mode::Sync, false);
+}
+
+#[test]
+fn async_mode_loses_nothing_outside_the_window() {
+    check(Mode::Async, false);
+}
+
+#[test]
+fn async_mode_with_unclean_promotion_reports_what_it_lacks() {
+    check(Mode::Async, true);
+}
+
+#[test]
+fn a_promotion_without_the_in_sync_check_is_caught() {
+    let report = explore(Mode::Sync, true, depth());
+    let (violation, path) = report
+        .violation
+        .expect("promoting a server that is not in sync must lose an acknowledged write");
+    println!(
+        "broken rule caught after {} states: {violation}\n after {path:?}",
+        report.states
+    );
+    assert!(violation.starts_with("(a)"), "{violation}");
+}
