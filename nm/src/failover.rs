@@ -124,6 +124,9 @@ pub enum Input {
     HandoverFailed { epoch: u64 },
     /// The journal holds every record up to `seq`.
     Recorded { seq: u64 },
+    /// nm has run for a heartbeat timeout: a serving server that has not
+    /// registered since nm started counts as failed.
+    StartupGraceOver,
 }
 
 /// What the daemon must do, in order.
@@ -172,6 +175,8 @@ pub struct PairFsm {
     serve_seq: u64,
     /// Why the operator should look, if they should.
     attention: Option<String>,
+    /// nm has run for a heartbeat timeout (see [`Input::StartupGraceOver`]).
+    grace_over: bool,
 }
 
 impl PairFsm {
@@ -196,6 +201,7 @@ impl PairFsm {
             out_of_sync_seq: 0,
             serve_seq: 0,
             attention: None,
+            grace_over: false,
         }
     }
 
@@ -365,6 +371,10 @@ impl PairFsm {
             Input::HandoverAcked { epoch } => self.handover_acked(epoch, &mut out),
             Input::HandoverFailed { epoch } => self.handover_failed(epoch, &mut out),
             Input::Recorded { seq } => self.recorded_seq = self.recorded_seq.max(seq),
+            Input::StartupGraceOver => {
+                self.grace_over = true;
+                self.try_promote(&mut out);
+            }
         }
         out
     }
@@ -401,7 +411,9 @@ impl PairFsm {
             if self.handover.is_none() {
                 self.start_catch_up(out);
             }
-        } else {
+        } else if self.seen[self.durable.serving.index()] || self.grace_over {
+            // After an nm restart the serving server gets a heartbeat
+            // timeout to register before its partner takes over.
             self.try_promote(out);
         }
     }
@@ -723,6 +735,8 @@ mod tests {
         };
         let mut f = PairFsm::restored(in_sync, false);
         let d = f.step(Input::Registered { side: Backup });
+        assert!(d.is_empty(), "the serving server may still register: {d:?}");
+        let d = f.step(Input::StartupGraceOver);
         assert!(matches!(
             d[..],
             [
@@ -731,6 +745,7 @@ mod tests {
             ]
         ));
         let mut f = PairFsm::restored(out_of_sync, true);
+        f.step(Input::StartupGraceOver);
         let d = f.step(Input::Registered { side: Backup });
         assert!(
             d.contains(&Decision::Promote {

@@ -118,6 +118,8 @@ pub struct Registry {
     key: Option<shared::auth::ClusterKey>,
     /// `--unclean-promotion`.
     unclean_promotion: bool,
+    /// nm has run for a heartbeat timeout: pairs seen from now on start with it over.
+    grace_over: bool,
     servers: BTreeMap<String, ServerEntry>,
     /// By primary name.
     pairs: BTreeMap<String, Pair>,
@@ -180,7 +182,7 @@ impl Registry {
             },
         );
         let pair_name = primary.clone().unwrap_or_else(|| name.to_owned());
-        let unclean = self.unclean_promotion;
+        let (unclean, grace_over) = (self.unclean_promotion, self.grace_over);
         let pair = self.pairs.entry(pair_name.clone()).or_insert_with(|| {
             let remembered = remembered(&pair_name);
             let durable = remembered.as_ref().map(|r| Durable {
@@ -197,14 +199,19 @@ impl Registry {
                 .filter(|r| r.active != pair_name)
                 .map(|r| r.active);
             let epoch = durable.as_ref().map_or(0, |d| d.epoch);
+            let mut fsm = match durable {
+                Some(d) => PairFsm::restored(d, unclean),
+                None => PairFsm::new(unclean),
+            };
+            if grace_over {
+                // Nothing to decide yet: neither server has registered.
+                fsm.step(crate::failover::Input::StartupGraceOver);
+            }
             Pair {
                 primary: pair_name,
                 backup,
                 state: PairState::Unpaired,
-                fsm: match durable {
-                    Some(d) => PairFsm::restored(d, unclean),
-                    None => PairFsm::new(unclean),
-                },
+                fsm,
                 last_sync_ms: 0,
                 conflict_copies: 0,
                 reported_epoch: epoch,
@@ -230,6 +237,11 @@ impl Registry {
             }
             _ => false,
         }
+    }
+
+    /// nm has run for a heartbeat timeout.
+    pub fn grace_over(&mut self) {
+        self.grace_over = true;
     }
 
     /// Gives every server a fresh heartbeat timeout (after nm's own stall); returns how many.

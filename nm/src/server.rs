@@ -95,6 +95,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         tokio::spawn(nm.clone().replication_worker());
     }
     tokio::spawn(nm.clone().heartbeat_monitor());
+    tokio::spawn(nm.clone().startup_grace());
     if let Some(addr) = &nm.config.metrics_addr {
         let scraped = nm.clone();
         let bound = shared::metrics::serve(addr, nm.metrics.registry.clone(), move || {

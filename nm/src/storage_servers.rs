@@ -194,6 +194,21 @@ impl Nm {
         }
     }
 
+    /// A heartbeat timeout after nm starts, a serving server that has not
+    /// registered counts as failed (until then, its partner does not take
+    /// over just because it registered first).
+    pub async fn startup_grace(self: Arc<Self>) {
+        tokio::time::sleep(self.config.heartbeat_timeout).await;
+        let pairs: Vec<String> = {
+            let mut state = self.state();
+            state.registry.grace_over();
+            state.registry.pairs().map(|p| p.primary.clone()).collect()
+        };
+        for pair in pairs {
+            self.feed_and_act(&pair, Input::StartupGraceOver, "start-up grace over");
+        }
+    }
+
     /// Marks a server down (unless it has re-registered), tells its pair's
     /// failover machine, and drops the jobs it can no longer take.
     pub(crate) fn server_lost(self: &Arc<Self>, name: &str, generation: u64, reason: &str) {

@@ -63,9 +63,11 @@ enum Action {
     FailHandover,
     Flush,
     NmRestart,
+    /// nm has run for a heartbeat timeout since it started.
+    GraceOver,
 }
 
-const ACTIONS: [Action; 17] = [
+const ACTIONS: [Action; 18] = [
     Action::Kill(Side::Primary),
     Action::Kill(Side::Backup),
     Action::Restart(Side::Primary),
@@ -83,6 +85,7 @@ const ACTIONS: [Action; 17] = [
     Action::FailHandover,
     Action::Flush,
     Action::NmRestart,
+    Action::GraceOver,
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -338,6 +341,7 @@ impl World {
                 w.journal = durable;
                 w.step(Input::Recorded { seq });
             }
+            Action::GraceOver => w.step(Input::StartupGraceOver),
             Action::NmRestart => {
                 w.fsm = PairFsm::restored(w.journal.clone(), w.unclean);
                 w.unflushed = None;

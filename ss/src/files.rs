@@ -82,6 +82,9 @@ pub struct Files {
     /// Signalled when the start-up scan has loaded every file.
     loaded: Condvar,
     next_session: AtomicU64,
+    /// Versions of files whose changes a conflict copy now holds (file,
+    /// (epoch, version)): a replica install may replace exactly those.
+    conflicts_kept: Mutex<HashSet<(String, (u64, u64))>>,
 }
 
 /// The files in memory, and while the start-up scan runs, what it must not bring back.
@@ -139,6 +142,7 @@ impl Files {
             }),
             loaded: Condvar::new(),
             next_session: AtomicU64::new(1),
+            conflicts_kept: Mutex::new(HashSet::new()),
         }
     }
 
@@ -574,7 +578,13 @@ impl Files {
         // descend from holds acknowledged changes the other side never saw:
         // it is not overwritten here; the pair's sync keeps it as a conflict copy.
         let local = &e.meta.stats;
-        if existed && local.epoch < meta.stats.epoch && local.version > meta.stats.base {
+        let kept = || {
+            self.conflicts_kept
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(file.to_owned(), local.stamp()))
+        };
+        if existed && local.epoch < meta.stats.epoch && local.version > meta.stats.base && !kept() {
             return Err(WireError::new(
                 ErrorCode::Exists,
                 format!(
@@ -737,18 +747,28 @@ impl Files {
         let entry = self.entry(file)?;
         let e = lock(&entry);
         refuse_while_written(&e, file, "a conflict copy")?;
+        let kept_version = (file.to_owned(), e.meta.stats.stamp());
         let mut map = self.lock_map();
-        if let Some(kept) = self.find(&mut map, to)? {
-            drop(map);
-            return Ok(lock(&kept).meta.stats.clone());
-        }
-        let content = self.store.read_content(file)?;
-        let mut meta = e.meta.clone();
-        meta.stats.bump(self.epoch());
-        self.store.create(to, &meta)?;
-        self.store.commit(to, &content, &meta)?;
-        map.entries.insert(to.to_owned(), new_entry(meta.clone()));
-        Ok(meta.stats)
+        let stats = match self.find(&mut map, to)? {
+            Some(kept) => {
+                drop(map);
+                lock(&kept).meta.stats.clone()
+            }
+            None => {
+                let content = self.store.read_content(file)?;
+                let mut meta = e.meta.clone();
+                meta.stats.bump(self.epoch());
+                self.store.create(to, &meta)?;
+                self.store.commit(to, &content, &meta)?;
+                map.entries.insert(to.to_owned(), new_entry(meta.clone()));
+                meta.stats
+            }
+        };
+        self.conflicts_kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(kept_version);
+        Ok(stats)
     }
 
     fn rename_inner(&self, file: &str, to: &str, tombstone: bool) -> Result<FileStats, WireError> {

@@ -262,9 +262,13 @@ impl Server {
             None
         };
         let gate = match &request {
+            // Clients are served only while this server serves its pair; a
+            // standby's copies go to its partner (a storage server), never
+            // to a client, however genuine its ticket: it may be behind.
             SsRequest::Read { .. }
             | SsRequest::Stream { .. }
             | SsRequest::ReadCheckpoint { .. }
+            | SsRequest::GetFile { .. }
                 if session.hello.role == Role::Client =>
             {
                 self.link.check_serving()
