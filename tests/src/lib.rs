@@ -272,6 +272,14 @@ impl TestCluster {
         assert_eq!(rc, 0, "kill({name}, {signal})");
     }
 
+    /// Sends a signal (SIGSTOP, SIGCONT, …) to nm.
+    pub fn signal_nm(&self, signal: i32) {
+        let child = self.nm.as_ref().expect("nm is not running");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill(nm, {signal})");
+    }
+
     /// Waits until every pair is ACTIVE with nothing left to replicate.
     pub async fn wait_replicated(&self) -> ClusterStatus {
         eventually("every pair ACTIVE and the queue drained", async || {
