@@ -294,7 +294,12 @@ impl PairFsm {
         }
         match (serving_up, standby_up) {
             (true, true) if s == Side::Backup => PairState::Recovering,
-            (true, true) if self.durable.standby_in_sync => PairState::Active,
+            // In sync, and no catch-up under way (after an nm restart the
+            // standby is still promotable, but changes whose notices died
+            // with nm are copied before the pair counts as level).
+            (true, true) if self.durable.standby_in_sync && self.catch_up.is_none() => {
+                PairState::Active
+            }
             (true, true) => PairState::Syncing,
             (true, false) if !self.seen[s.other().index()] && s == Side::Primary => {
                 PairState::Unpaired

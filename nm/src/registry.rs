@@ -400,7 +400,7 @@ impl Registry {
                 PairStatus {
                     primary: p.primary.clone(),
                     backup: p.backup.clone(),
-                    state: p.state,
+                    state: p.fsm.state(),
                     epoch: p.epoch(),
                     pending_jobs,
                     lag_ms,

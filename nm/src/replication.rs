@@ -856,15 +856,17 @@ impl Nm {
         let Some(round) = round else {
             return Ok(detail);
         };
-        let pending = {
+        let reason = format!("{} caught up", sides.target);
+        let (pending, events) = {
             let mut state = self.state();
             if let Some(pair) = state.registry.pair_mut(&sides.pair) {
                 pair.last_sync_ms = now_ms();
             }
-            self.feed(&mut state, &sides.pair, Input::CatchUpDone { round })
+            let pending = self.feed(&mut state, &sides.pair, Input::CatchUpDone { round });
+            (pending, state.registry.refresh(&reason))
         };
-        self.carry_out(&sides.pair, pending, &format!("{} caught up", sides.target))
-            .await;
+        self.emit_all(events);
+        self.carry_out(&sides.pair, pending, &reason).await;
         let state = self.state();
         if let Some(p) = state.registry.pair(&sides.pair) {
             if p.active() == sides.target {

@@ -266,6 +266,10 @@ impl Nm {
             // The standby is gone: synchronous changes stop waiting for it,
             // and are acknowledged once the journal says it is behind.
             self.waiters.release_pair(&pair, None);
+        } else {
+            // The serving server may have acknowledged changes whose notices
+            // never reached nm: the next catch-up compares everything.
+            self.catch_up.forget(&pair, "the serving server failed");
         }
         self.act(&pair, pending, &format!("{name} failed: {reason}"));
     }

@@ -24,6 +24,10 @@ use tokio_util::sync::CancellationToken;
 const NOTICE_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long any call to nm may take before the link is considered broken.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A change notice nm has not answered is sent again after this long (nm
+/// takes a notice twice without harm): a change nm never heard of would
+/// never reach the backup.
+const NOTICE_RESEND: Duration = Duration::from_secs(1);
 const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const NOTICE_QUEUE: usize = 10_000;
@@ -387,13 +391,30 @@ async fn serve_link(
                 next_id += 1;
                 writer.send(&Request { id, body: NmRequest::Heartbeat }).await?;
                 pending.insert(id, Pending::Heartbeat(Instant::now()));
+                let unanswered: Vec<u64> = pending
+                    .iter()
+                    .filter(|(_, p)| matches!(p, Pending::Notice { resend: Some(_), sent, .. } if sent.elapsed() > NOTICE_RESEND))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for old in unanswered {
+                    let Some(Pending::Notice { resend: Some(request), delivered, .. }) = pending.remove(&old) else {
+                        continue;
+                    };
+                    tracing::warn!(event = "ss_notice_resent", request = ?request, "nm has not answered a change notice; sending it again");
+                    let id = next_id;
+                    next_id += 1;
+                    writer.send(&Request { id, body: request.clone() }).await?;
+                    pending.insert(id, Pending::Notice { resend: Some(request), sent: Instant::now(), delivered });
+                }
             }
             notice = notices.recv() => {
                 let Some(notice) = notice else { return Ok(()) };
                 let id = next_id;
                 next_id += 1;
+                let resend = matches!(notice.request, NmRequest::FileChanged { .. })
+                    .then(|| notice.request.clone());
                 writer.send(&Request { id, body: notice.request }).await?;
-                pending.insert(id, Pending::Notice(notice.delivered));
+                pending.insert(id, Pending::Notice { resend, sent: Instant::now(), delivered: notice.delivered });
             }
             reply = reader.recv::<Reply<NmReply>>() => {
                 let Some(reply) = reply? else { return Ok(()) };
@@ -402,10 +423,10 @@ async fn serve_link(
                         reply.result?;
                         link.renew_lease(Some(sent + lease));
                     }
-                    Some(Pending::Notice(Some(delivered))) => {
+                    Some(Pending::Notice { delivered: Some(delivered), .. }) => {
                         let _ = delivered.send(reply.result.map(|_| ()));
                     }
-                    Some(Pending::Notice(None)) | None => {}
+                    Some(Pending::Notice { delivered: None, .. }) | None => {}
                 }
             }
         }
@@ -415,7 +436,12 @@ async fn serve_link(
 /// A request to nm awaiting its reply.
 enum Pending {
     Heartbeat(Instant),
-    Notice(Option<oneshot::Sender<Result<(), WireError>>>),
+    Notice {
+        /// A change notice, kept to be sent again if nm does not answer.
+        resend: Option<NmRequest>,
+        sent: Instant,
+        delivered: Option<oneshot::Sender<Result<(), WireError>>>,
+    },
 }
 
 /// Every file (once the start-up scan is done) and every tombstone, listed

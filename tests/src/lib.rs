@@ -56,6 +56,11 @@ pub fn raise_fd_limit() {
     shared::limits::raise_fd_limit();
 }
 
+/// The daemons' log filter: `info`, or `TEST_RUST_LOG` when debugging a test.
+fn daemon_log_filter() -> String {
+    std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into())
+}
+
 /// Polls `check` until it returns `Some`, or panics after `DEADLINE`.
 pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -170,7 +175,7 @@ impl TestCluster {
             .arg(self.options.fsync.to_string())
             .arg("--quiet")
             .args(&self.options.nm_args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", daemon_log_filter())
             .stdout(Stdio::null())
             .stderr(self.log_file("nm"))
             .spawn()
@@ -225,7 +230,7 @@ impl TestCluster {
             .args(["--fsync", &self.options.fsync.to_string()])
             .args(&self.options.ss_args)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", daemon_log_filter())
             .stdout(Stdio::null())
             .stderr(self.log_file(name))
             .spawn()

@@ -1,9 +1,14 @@
 //! The chaos test: clients write and read continuously while a seeded fault
 //! schedule kills, hangs and restarts storage servers and nm, and cuts or
 //! blackholes a primary's connection to nm (through a fault proxy) while
-//! clients can still reach it. At the end nothing acknowledged is lost (in
-//! async mode it may be in a reported conflict copy), the pair's servers are
-//! identical, and no two servers ever accepted writes in the same epoch.
+//! clients can still reach it. Some faults are aimed rather than random: a
+//! dead server is restarted and, 0, 5, 20 or 100 ms after its registration
+//! shows in STATUS, its partner is killed or hung (the window in which a
+//! server that has not caught up could be promoted). At the end nothing
+//! acknowledged is lost (in async mode it may be in a reported conflict
+//! copy), the pair's servers are identical, and no two servers ever accepted
+//! writes in the same epoch. Each mode reports what was acknowledged, lost and
+//! kept in conflict copies, and how long the pair was OFFLINE.
 //!
 //! `CHAOS_SEED` (default 7) picks the schedule, `CHAOS_SECS` (default 25)
 //! the time per replication mode.
@@ -167,6 +172,71 @@ fn writers_by_epoch(cluster: &TestCluster) -> BTreeMap<u64, BTreeSet<String>> {
     epochs
 }
 
+/// Restarts `returning` and, `delay` after its registration shows in
+/// STATUS, kills (or hangs) `victim`. Returns whether the registration was seen.
+async fn fault_at_registration(
+    cluster: &mut TestCluster,
+    returning: &str,
+    victim: &str,
+    delay: Duration,
+    hang: bool,
+) -> bool {
+    cluster.spawn_ss(returning);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let registered = loop {
+        let alive = cluster.try_status().await.is_some_and(|s| {
+            s.servers
+                .iter()
+                .any(|s| s.name == returning && s.state == ServerState::Alive)
+        });
+        if alive || Instant::now() > deadline {
+            break alive;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    tokio::time::sleep(delay).await;
+    if hang {
+        cluster.signal_ss(victim, libc::SIGSTOP);
+    } else {
+        cluster.kill_ss(victim);
+    }
+    registered
+}
+
+/// Time the pair spent OFFLINE (as STATUS showed it every 20 ms) and time nm
+/// did not answer, until `stop`.
+fn spawn_offline_clock(
+    nm: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Duration, Duration)> {
+    tokio::spawn(async move {
+        let (mut offline, mut nm_down) = (Duration::ZERO, Duration::ZERO);
+        let mut last = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let status = async {
+                let mut client = Client::connect(&nm, "chaos-clock").await.ok()?;
+                client.set_reply_timeout(Duration::from_millis(200));
+                match client.nm(NmRequest::Status).await.ok()? {
+                    NmReply::Status { status } => Some(status),
+                    _ => None,
+                }
+            }
+            .await;
+            let elapsed = last.elapsed();
+            last = Instant::now();
+            match status {
+                Some(s) if s.pairs.iter().any(|p| p.state == PairState::Offline) => {
+                    offline += elapsed
+                }
+                Some(_) => {}
+                None => nm_down += elapsed,
+            }
+        }
+        (offline, nm_down)
+    })
+}
+
 async fn run(mode: &str, seed: u64, secs: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let options = Options {
@@ -213,6 +283,8 @@ async fn run(mode: &str, seed: u64, secs: u64) {
         stop.clone(),
     ));
 
+    let clock = spawn_offline_clock(cluster.nm_addr().to_owned(), stop.clone());
+    let mut aimed = 0;
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut stopped: HashSet<&str> = HashSet::new();
     let mut dead: HashSet<&str> = HashSet::new();
@@ -220,7 +292,35 @@ async fn run(mode: &str, seed: u64, secs: u64) {
         pause(&mut rng, 150, 500).await;
         let victim = SERVERS[rng.gen_range(0..SERVERS.len())];
         tally.faults.fetch_add(1, Ordering::Relaxed);
-        match rng.gen_range(0..6) {
+        let partner = SERVERS.into_iter().find(|s| *s != victim).unwrap();
+        match rng.gen_range(0..9) {
+            6..=8 if !dead.contains(partner) && !stopped.contains(partner) => {
+                // Aimed: the victim is down (the partner acknowledges alone
+                // meanwhile) and returns; its partner fails right after the
+                // victim registers.
+                if !dead.contains(victim) {
+                    cluster.kill_ss(victim);
+                    stopped.remove(victim);
+                    pause(&mut rng, 100, 400).await;
+                }
+                let delay = [0, 5, 20, 100][rng.gen_range(0..4)];
+                let hang = rng.gen_bool(0.3);
+                dead.remove(victim);
+                fault_at_registration(
+                    &mut cluster,
+                    victim,
+                    partner,
+                    Duration::from_millis(delay),
+                    hang,
+                )
+                .await;
+                aimed += 1;
+                if hang {
+                    stopped.insert(partner);
+                } else {
+                    dead.insert(partner);
+                }
+            }
             0 if !dead.contains(victim) => {
                 cluster.kill_ss(victim);
                 stopped.remove(victim);
@@ -273,6 +373,7 @@ async fn run(mode: &str, seed: u64, secs: u64) {
     for task in tasks {
         let _ = task.await;
     }
+    let (offline, nm_down) = clock.await.unwrap();
     for name in SERVERS {
         cluster.wait_alive(name).await;
     }
@@ -322,11 +423,13 @@ async fn run(mode: &str, seed: u64, secs: u64) {
         .filter(|(_, servers)| servers.len() > 1)
         .collect();
     println!(
-        "chaos {mode} seed {seed}: {} operations, {} faults, {total} acknowledged changes, {} lost, {conflicts} conflict copies, {} epochs",
+        "chaos {mode} seed {seed}: {} operations, {} faults ({aimed} aimed at a registration), {total} acknowledged changes, {} lost, {conflicts} conflict copies, {} epochs, OFFLINE {:.1} s, nm unreachable {:.1} s",
         tally.operations.load(Ordering::Relaxed),
         tally.faults.load(Ordering::Relaxed),
         lost.len(),
-        epochs.len()
+        epochs.len(),
+        offline.as_secs_f64(),
+        nm_down.as_secs_f64()
     );
     assert!(total > 0, "the writers made progress");
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
