@@ -652,6 +652,24 @@ mod tests {
     }
 
     #[test]
+    fn a_stuck_catch_up_asks_for_the_operator_and_promotes_nothing() {
+        let mut f = active_pair();
+        f.step(Input::Lost { side: Backup });
+        let d = f.step(Input::Registered { side: Backup });
+        let Some(Decision::StartCatchUp { round }) = d.last().cloned() else {
+            panic!("{d:?}")
+        };
+        f.step(Input::CatchUpStuck {
+            round,
+            reason: "disk full".into(),
+        });
+        assert_eq!(f.attention(), Some("disk full"));
+        assert_eq!(f.state(), PairState::Syncing);
+        assert!(f.step(Input::Lost { side: Primary }).is_empty());
+        assert_eq!(f.state(), PairState::Offline);
+    }
+
+    #[test]
     fn unclean_promotion_is_allowed_only_when_asked() {
         let mut f = PairFsm::new(true);
         f.step(Input::Registered { side: Primary });

@@ -49,6 +49,7 @@ impl Nm {
                         active: record.active.clone(),
                         standby_in_sync: record.standby_in_sync,
                         offered: record.offered,
+                        backup: record.backup.clone(),
                     }]);
                     state.ns.set_pair(pair, record);
                     pending.push(Pending::Recorded {

@@ -76,6 +76,8 @@ pub enum Record {
         standby_in_sync: bool,
         #[serde(default)]
         offered: u64,
+        #[serde(default)]
+        backup: Option<String>,
     },
 }
 
@@ -115,6 +117,7 @@ impl Record {
                 active,
                 standby_in_sync,
                 offered,
+                backup,
             } => ns.set_pair(
                 &primary,
                 PersistedPair {
@@ -122,6 +125,7 @@ impl Record {
                     active,
                     standby_in_sync,
                     offered,
+                    backup,
                 },
             ),
         }
@@ -138,15 +142,12 @@ struct Snapshot {
     requests: Vec<AccessRequest>,
     #[serde(default)]
     last_request_id: u64,
+    /// Older snapshots' (primary, epoch, active server); read, no longer written.
     #[serde(default)]
     pairs: Vec<(String, u64, String)>,
-    /// The pairs whose standby was in sync (kept apart from `pairs` so that
-    /// older snapshots still load).
+    /// What the failover machine keeps of each pair, by primary.
     #[serde(default)]
-    in_sync_pairs: Vec<String>,
-    /// The highest epoch each pair ever offered.
-    #[serde(default)]
-    offered_epochs: Vec<(String, u64)>,
+    failover: Vec<(String, PersistedPair)>,
 }
 
 struct Pending {
@@ -199,21 +200,17 @@ impl Journal {
             }
             ns.set_last_request_id(snapshot.last_request_id);
             for (primary, epoch, active) in snapshot.pairs {
-                let standby_in_sync = snapshot.in_sync_pairs.contains(&primary);
-                let offered = snapshot
-                    .offered_epochs
-                    .iter()
-                    .find(|(p, _)| *p == primary)
-                    .map_or(epoch, |(_, offered)| *offered);
-                ns.set_pair(
-                    &primary,
-                    PersistedPair {
-                        epoch,
-                        active,
-                        standby_in_sync,
-                        offered,
-                    },
-                );
+                let legacy = PersistedPair {
+                    epoch,
+                    offered: epoch,
+                    active,
+                    standby_in_sync: false,
+                    backup: None,
+                };
+                ns.set_pair(&primary, legacy);
+            }
+            for (primary, pair) in snapshot.failover {
+                ns.set_pair(&primary, pair);
             }
         }
         let journal_path = dir.join(JOURNAL);
@@ -312,18 +309,10 @@ fn compact(dir: &Path, ns: &Namespace, fsync: bool) -> io::Result<()> {
         folders: ns.folders().cloned().collect(),
         requests: ns.requests().cloned().collect(),
         last_request_id: ns.last_request_id(),
-        pairs: ns
+        pairs: Vec::new(),
+        failover: ns
             .pairs()
-            .map(|(p, pair)| (p.clone(), pair.epoch, pair.active.clone()))
-            .collect(),
-        in_sync_pairs: ns
-            .pairs()
-            .filter(|(_, pair)| pair.standby_in_sync)
-            .map(|(p, _)| p.clone())
-            .collect(),
-        offered_epochs: ns
-            .pairs()
-            .map(|(p, pair)| (p.clone(), pair.offered))
+            .map(|(p, pair)| (p.clone(), pair.clone()))
             .collect(),
         files: ns
             .files()

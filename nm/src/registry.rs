@@ -59,6 +59,9 @@ pub struct PersistedPair {
     /// The highest epoch ever offered (0 in older journals: `epoch` then).
     #[serde(default)]
     pub offered: u64,
+    /// The backup's name, once one has registered.
+    #[serde(default)]
+    pub backup: Option<String>,
 }
 
 impl Pair {
@@ -99,6 +102,7 @@ impl Pair {
                 .to_owned(),
             standby_in_sync: durable.standby_in_sync,
             offered: durable.offered,
+            backup: self.backup.clone(),
         }
     }
 
@@ -195,9 +199,10 @@ impl Registry {
                 standby_in_sync: r.standby_in_sync,
                 offered: r.offered.max(r.epoch),
             });
-            let backup = remembered
-                .filter(|r| r.active != pair_name)
-                .map(|r| r.active);
+            let backup = remembered.and_then(|r| {
+                r.backup
+                    .or_else(|| (r.active != pair_name).then_some(r.active))
+            });
             let epoch = durable.as_ref().map_or(0, |d| d.epoch);
             let mut fsm = match durable {
                 Some(d) => PairFsm::restored(d, unclean),

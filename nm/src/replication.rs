@@ -942,6 +942,10 @@ impl Nm {
                         // Created on the returning primary and never copied.
                         to_return.push(entry.file.clone());
                     }
+                    None if self.placed_on(&sides.pair, &entry.file) => {
+                        // nm knows the file, but the serving server lost it.
+                        to_return.push(entry.file.clone());
+                    }
                     _ => outcome.orphans += 1,
                 },
             }
@@ -1003,6 +1007,14 @@ impl Nm {
         }
         self.catch_up.level(&sides.pair, mark, active, standby);
         Ok(outcome)
+    }
+
+    /// Whether nm's namespace places `file` on `pair`.
+    fn placed_on(&self, pair: &str, file: &str) -> bool {
+        self.state()
+            .ns
+            .file(file)
+            .is_some_and(|record| record.server == pair)
     }
 
     fn pair_primary(&self, pair: &str) -> String {

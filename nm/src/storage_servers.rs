@@ -476,8 +476,22 @@ impl Nm {
             .filter(|(file, record)| record.server == name && !held.contains(*file))
             .map(|(file, _)| file.to_owned())
             .collect();
+        let partner = state
+            .registry
+            .pair(name)
+            .and_then(|p| p.name(p.fsm.standby_side()).map(str::to_owned));
+        if let (Some(partner), false) = (&partner, lost.is_empty()) {
+            // Its partner may hold them: kept, and the next sync of the pair
+            // compares everything and copies back what only the partner has.
+            self.catch_up
+                .forget(name, "the serving server lacks files nm knows");
+            for file in lost {
+                tracing::warn!(event = "nm_file_missing", server = name, file = %file, partner = %partner, "the serving server does not hold this file; kept, to be copied back from its partner");
+            }
+            return;
+        }
         for file in lost {
-            tracing::warn!(event = "nm_file_lost", server = name, file = %file, "the server no longer holds this file; forgetting it");
+            tracing::warn!(event = "nm_file_lost", server = name, file = %file, "the server no longer holds this file and has no partner; forgetting it");
             state.ns.delete(&file);
             records.push(Record::FileDeleted { file });
         }

@@ -350,3 +350,77 @@ async fn m1_a_standby_refuses_clients_even_with_a_genuine_ticket() {
         }
     }
 }
+
+/// A file nm knows that the serving server lost is copied back from its
+/// partner, not forgotten (not even across an nm restart).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_the_serving_server_lost_comes_back_from_its_partner() {
+    let mut cluster = active_pair("async").await;
+    cluster.kill_nm();
+    cluster.kill_ss("ss1_backup");
+    cluster.kill_ss("ss1");
+    for folder in ["files", "meta"] {
+        std::fs::remove_file(cluster.storage("ss1").join(folder).join("a.txt")).unwrap();
+    }
+    cluster.start_nm().await;
+    // The serving server registers first, without the file.
+    cluster.start_ss("ss1").await;
+    cluster.wait_alive("ss1").await;
+    let run = cluster.console(
+        "alice", "VIEW -a
+",
+    );
+    assert_eq!(
+        run.get(0)["data"]["files"][0]["name"],
+        "a.txt",
+        "not forgotten"
+    );
+    cluster.start_ss("ss1_backup").await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster.wait_replicated().await;
+    let run = cluster.console("alice", "READ a.txt\n");
+    run.all_ok();
+    assert_eq!(run.get(0)["data"]["content"], "Before.");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+}
+
+/// `--unclean-promotion`: the backup that missed a change is promoted
+/// anyway, and the change comes back as a reported conflict copy when the
+/// primary returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn unclean_promotion_serves_and_keeps_what_the_promoted_server_lacked() {
+    let mut options = options("sync");
+    options.nm_args.push("--unclean-promotion");
+    let mut cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster
+        .console("alice", "CREATE a.txt\nWRITE a.txt 0\n0 Before.\nETIRW\n")
+        .all_ok();
+    cluster.wait_replicated().await;
+    cluster.kill_ss("ss1_backup");
+    cluster.wait_pair("ss1", PairState::BackupFailed).await;
+    cluster
+        .console("alice", "WRITE a.txt 1\n0 Acknowledged alone.\nETIRW\n")
+        .all_ok();
+    kill_after_registration(&mut cluster, "ss1_backup", "ss1", Duration::ZERO).await;
+    eventually("the backup to serve anyway", async || {
+        let run = cluster.console("alice", "WRITE a.txt 1\n0 After.\nETIRW\n");
+        (run.code == Some(0)).then_some(())
+    })
+    .await;
+    cluster.start_ss("ss1").await;
+    cluster.wait_replicated().await;
+    let run = cluster.console("alice", "READ a.txt\nINFO a.txt\n");
+    run.all_ok();
+    let content = run.get(0)["data"]["content"].as_str().unwrap().to_owned();
+    let copies = run.get(1)["data"]["conflict_copies"].clone();
+    let kept = if content.contains("Acknowledged alone.") {
+        content
+    } else {
+        let copy = copies[0].as_str().expect("a conflict copy is reported");
+        let read = cluster.console("alice", &format!("READ {copy}\n"));
+        read.get(0)["data"]["content"].as_str().unwrap().to_owned()
+    };
+    assert!(kept.contains("Acknowledged alone."), "{kept} / {copies}");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+}

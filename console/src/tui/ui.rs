@@ -207,8 +207,23 @@ fn draw_pairs(frame: &mut Frame, app: &App, area: Rect) {
         ],
     )
     .header(header)
-    .block(Block::default().borders(Borders::ALL).title("Pairs"));
+    .block(pairs_block(app));
     frame.render_widget(table, area);
+}
+
+/// The Pairs box; its bottom edge says why a pair serves no one, or what
+/// needs the operator (STATUS `reason`), for the first pair that has one.
+fn pairs_block(app: &App) -> Block<'static> {
+    let block = Block::default().borders(Borders::ALL).title("Pairs");
+    let why = app
+        .status
+        .iter()
+        .flat_map(|s| s.pairs.iter())
+        .find_map(|p| Some(format!(" {}: {} ", p.primary, p.reason.as_deref()?)));
+    match why {
+        Some(why) => block.title_bottom(Line::from(why).style(paint(app, Color::Red))),
+        None => block,
+    }
 }
 
 fn event_color(kind: &EventKind) -> Color {
@@ -429,6 +444,12 @@ mod tests {
             PairState::Offline,
         ] {
             let mut app = app_with(state);
+            if state == PairState::Offline {
+                app.status.as_mut().unwrap().pairs[0].reason = Some(
+                    "ss1 (serving) is down and ss1_backup is not in sync: waiting for ss1 to return"
+                        .into(),
+                );
+            }
             if state == PairState::PrimaryFailed {
                 let s = &mut app.status.as_mut().unwrap().servers;
                 s[0].state = ServerState::Failed;
