@@ -926,17 +926,18 @@ impl Nm {
                 Some(theirs) if mine.epoch < theirs.epoch && mine.version > theirs.base => {
                     // Acknowledged on the target in an older epoch, and the
                     // source has changed the file since: keep both.
-                    let copy =
-                        shared::names::conflict_copy_name(&entry.file, &sides.target, mine.epoch);
-                    self.keep_conflict(sides, entry, &copy).await?;
-                    if let Some(pair) = self.state().registry.pair_mut(&sides.pair) {
-                        pair.conflict_copies += 1;
-                    }
-                    outcome.conflicts.push(copy.clone());
+                    let copy = self.keep_conflict(sides, entry, &mut outcome).await?;
                     to_return.push(copy);
                 }
                 Some(_) => {}
                 None => match dead.get(entry.file.as_str()) {
+                    Some(t) if mine.epoch < t.epoch && mine.version > t.base => {
+                        // Acknowledged on the target in an older epoch, and
+                        // the source deleted (or moved) the file without
+                        // having seen it: the name goes, the change stays.
+                        let copy = self.keep_conflict(sides, entry, &mut outcome).await?;
+                        to_return.push(copy);
+                    }
                     Some(t) if t.stamp() >= mine.stamp() => {}
                     Some(_) | None if sides.target == self.pair_primary(&sides.pair) => {
                         // Created on the returning primary and never copied.
@@ -1025,22 +1026,30 @@ impl Nm {
             .unwrap_or_default()
     }
 
-    /// Renames the target's copy to `copy`; the namespace learns it when it is copied back.
+    /// Keeps the target's version of `entry` as a conflict copy (on the
+    /// target; the namespace learns it when it is copied back) and returns
+    /// the copy's name.
     async fn keep_conflict(
         &self,
         sides: &Sides,
         entry: &shared::proto::InventoryEntry,
-        copy: &str,
-    ) -> Result<(), WireError> {
+        outcome: &mut SyncOutcome,
+    ) -> Result<String, WireError> {
+        let copy =
+            shared::names::conflict_copy_name(&entry.file, &sides.target, entry.meta.stats.epoch);
         sides
             .target_client
             .call(SsRequest::KeepConflict {
                 file: entry.file.clone(),
-                to: copy.to_owned(),
+                to: copy.clone(),
             })
             .await?;
         tracing::warn!(event = "nm_conflict_copy", pair = %sides.pair, file = %entry.file, copy, "a change acknowledged before a failover was superseded; kept as a conflict copy");
-        Ok(())
+        if let Some(pair) = self.state().registry.pair_mut(&sides.pair) {
+            pair.conflict_copies += 1;
+        }
+        outcome.conflicts.push(copy.clone());
+        Ok(copy)
     }
 
     /// Files copied back from a returning server that nm does not know yet

@@ -741,6 +741,12 @@ pub struct Tombstone {
     #[serde(default)]
     pub epoch: u64,
     pub deleted_ms: u64,
+    /// The deleted file's `base`: the last version it inherited from an
+    /// older epoch. A copy elsewhere from an older epoch with a higher
+    /// version holds changes the delete never saw (0: unknown, so any such
+    /// copy is kept as a conflict copy).
+    #[serde(default)]
+    pub base: u64,
 }
 
 /// One file for a backup to copy from its primary.

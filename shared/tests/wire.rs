@@ -107,6 +107,7 @@ fn every_message_round_trips() {
                 version: 3,
                 epoch: 1,
                 deleted_ms: 4,
+                base: 2,
             }],
             backup_of: Some("ss1".into()),
             more: true,

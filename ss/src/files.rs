@@ -415,7 +415,7 @@ impl Files {
         refuse_while_written(&e, file, "DELETE")?;
         let mut stats = e.meta.stats.clone();
         stats.bump(self.epoch());
-        self.remove_with_tombstone(&mut e, file, stats.stamp())?;
+        self.remove_with_tombstone(&mut e, file, stats.stamp(), stats.base)?;
         Ok(stats.version)
     }
 
@@ -425,12 +425,14 @@ impl Files {
         e: &mut Entry,
         file: &str,
         (epoch, version): (u64, u64),
+        base: u64,
     ) -> Result<(), WireError> {
         self.store.write_tombstone(&Tombstone {
             file: file.to_owned(),
             version,
             epoch,
             deleted_ms: now_ms(),
+            base,
         })?;
         self.store.delete(file)?;
         e.deleted = true;
@@ -448,13 +450,14 @@ impl Files {
                     return Ok(());
                 }
                 refuse_while_written(&e, file, "DELETE")?;
-                self.remove_with_tombstone(&mut e, file, stamp)
+                self.remove_with_tombstone(&mut e, file, stamp, 0)
             }
             Err(_) => Ok(self.store.write_tombstone(&Tombstone {
                 file: file.to_owned(),
                 version: stamp.1,
                 epoch: stamp.0,
                 deleted_ms: now_ms(),
+                base: 0,
             })?),
         }
     }
@@ -793,6 +796,7 @@ impl Files {
                 version: meta.stats.version,
                 epoch: meta.stats.epoch,
                 deleted_ms: now_ms(),
+                base: meta.stats.base,
             })?;
         }
         e.meta = meta;

@@ -53,6 +53,12 @@ pub struct NmLink {
     sync_replication: AtomicBool,
     serving: AtomicBool,
     writable: AtomicBool,
+    /// Counts the roles nm set by `SetRole`. nm sends one only after it has
+    /// answered a registration, but that answer is read on another
+    /// connection and may be handled later: a registration's role applies
+    /// only if no `SetRole` arrived since it was sent (or that one names an
+    /// older epoch).
+    roles_set: AtomicU64,
     /// Changes hold it shared from their check to their commit; a role
     /// change takes it alone, so no change straddles a new role or epoch.
     role_change: tokio::sync::RwLock<()>,
@@ -75,6 +81,7 @@ impl NmLink {
             sync_replication: AtomicBool::new(false),
             serving: AtomicBool::new(false),
             writable: AtomicBool::new(false),
+            roles_set: AtomicU64::new(0),
             role_change: tokio::sync::RwLock::new(()),
             lease_until: std::sync::Mutex::new(None),
             notices,
@@ -105,6 +112,7 @@ impl NmLink {
     /// Applies a new part from nm once no change is in flight.
     pub async fn change_role(&self, epoch: u64, serving: bool, writable: bool) {
         let _alone = self.role_change.write().await;
+        self.roles_set.fetch_add(1, Ordering::SeqCst);
         self.set_role(epoch, serving, writable);
     }
 
@@ -290,6 +298,7 @@ async fn serve_link(
     )
     .await?;
     let registered_at = Instant::now();
+    let roles_before = link.roles_set.load(Ordering::SeqCst);
     // Whatever was queued while disconnected is covered by the inventory.
     while notices.try_recv().is_ok() {}
     // Until the start-up scan ends the inventory is not known: the first
@@ -361,7 +370,18 @@ async fn serve_link(
     };
     let lease = Duration::from_millis(lease_ms);
     link.renew_lease(Some(registered_at + lease));
-    link.set_role(epoch, serving, writable);
+    // nm sends `SetRole` only after answering, so one that arrived meanwhile
+    // is newer, unless it names an older epoch (a stale one, from before).
+    let overtaken = link.roles_set.load(Ordering::SeqCst) != roles_before;
+    if !overtaken || epoch > link.epoch() {
+        link.set_role(epoch, serving, writable);
+    } else {
+        tracing::info!(
+            event = "ss_role_kept",
+            epoch,
+            "nm set a newer role while the registration was being answered; keeping it"
+        );
+    }
     link.sync_replication
         .store(sync_replication, Ordering::Relaxed);
     if link.cluster_key.is_none() {
