@@ -103,8 +103,17 @@ async fn a_killed_primary_fails_over_and_catches_up_when_it_returns() {
     let mut cluster = pair_cluster().await;
     cluster.kill_ss("ss1");
     cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
-    let status = cluster.status().await;
-    assert_eq!(status.pairs[0].epoch, 1, "a promotion bumps the epoch");
+    // PRIMARY_FAILED shows from the failure on; the epoch changes once the
+    // backup has taken its role and the promotion is recorded.
+    eventually("the promotion to bump the epoch", async || {
+        let status = cluster.status().await;
+        let backup_serves = status
+            .servers
+            .iter()
+            .any(|s| s.name == "ss1_backup" && s.serving);
+        (status.pairs[0].epoch == 1 && backup_serves).then_some(())
+    })
+    .await;
     let during = cluster.console(
         "alice",
         "READ a.txt\nSTREAM a.txt\nWRITE a.txt 1\n0 During it.\nETIRW\nCREATE new.txt\nDELETE old.txt\nUNDO a.txt\nWRITE a.txt 1\n0 Again.\nETIRW\nREAD a.txt\n",
