@@ -11,8 +11,8 @@ pub mod proxy;
 use console::client::Client;
 use serde_json::Value;
 use shared::proto::{ClusterStatus, FileMeta, NmReply, NmRequest, PairState, ServerState};
-use std::collections::BTreeMap;
 use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -275,6 +275,48 @@ impl TestCluster {
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         let rc = unsafe { libc::kill(child.id() as i32, signal) };
         assert_eq!(rc, 0, "kill({name}, {signal})");
+    }
+
+    /// (epoch → servers among `servers` that accepted a change in it), read
+    /// from the servers' logs: more than one server in an epoch means two
+    /// writers at once.
+    pub fn writers_by_epoch(&self, servers: &[&str]) -> BTreeMap<u64, BTreeSet<String>> {
+        const CHANGES: [&str; 9] = [
+            "ETIRW",
+            "CREATE",
+            "DELETE",
+            "UNDO",
+            "SET_ACL",
+            "MOVE",
+            "CHECKPOINT",
+            "REVERT",
+            "WRITE",
+        ];
+        let mut epochs: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+        for server in servers {
+            let log = std::fs::read_to_string(self.dir().join(format!("{server}.log")))
+                .unwrap_or_default();
+            for line in log.lines() {
+                let Ok(v) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                if v["event"] != "ss_request" || v["outcome"] != "ok" {
+                    continue;
+                }
+                let Some(op) = v["operation"].as_str() else {
+                    continue;
+                };
+                if CHANGES.contains(&op) {
+                    if let Some(epoch) = v["epoch"].as_u64() {
+                        epochs
+                            .entry(epoch)
+                            .or_default()
+                            .insert((*server).to_owned());
+                    }
+                }
+            }
+        }
+        epochs
     }
 
     /// Sends a signal (SIGSTOP, SIGCONT, …) to nm.

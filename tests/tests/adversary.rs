@@ -12,7 +12,7 @@
 
 use console::client::Client;
 use shared::proto::{ClusterStatus, PairState, ServerState};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,43 +63,6 @@ fn server_is(status: &ClusterStatus, name: &str, state: ServerState) -> bool {
         .any(|s| s.name == name && s.state == state)
 }
 
-/// (epoch → servers that accepted a change in it), from the servers' logs.
-fn writers_by_epoch(cluster: &TestCluster) -> BTreeMap<u64, BTreeSet<String>> {
-    const CHANGES: [&str; 9] = [
-        "ETIRW",
-        "CREATE",
-        "DELETE",
-        "UNDO",
-        "SET_ACL",
-        "MOVE",
-        "CHECKPOINT",
-        "REVERT",
-        "WRITE",
-    ];
-    let mut epochs: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
-    for server in SERVERS {
-        let log = std::fs::read_to_string(cluster.dir().join(format!("{server}.log")))
-            .unwrap_or_default();
-        for line in log.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            if v["event"] != "ss_request" || v["outcome"] != "ok" {
-                continue;
-            }
-            let Some(op) = v["operation"].as_str() else {
-                continue;
-            };
-            if CHANGES.contains(&op) {
-                if let Some(epoch) = v["epoch"].as_u64() {
-                    epochs.entry(epoch).or_default().insert(server.to_owned());
-                }
-            }
-        }
-    }
-    epochs
-}
-
 /// A background STATUS poller that records every snapshot in which nm
 /// shows two servers serving at once.
 fn spawn_double_serving_watch(nm: String, stop: Arc<AtomicBool>) -> JoinHandle<Vec<String>> {
@@ -142,7 +105,7 @@ async fn settled_and_identical(cluster: &TestCluster) {
             status.pairs[0]
         );
     }
-    for (epoch, servers) in writers_by_epoch(cluster) {
+    for (epoch, servers) in cluster.writers_by_epoch(&SERVERS) {
         assert!(
             servers.len() <= 1,
             "epoch {epoch}: changes accepted by {servers:?}"

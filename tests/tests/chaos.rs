@@ -17,7 +17,7 @@ use console::client::Client;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shared::proto::{NmReply, NmRequest, PairState, ServerState};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -133,43 +133,6 @@ async fn serving(cluster: &TestCluster) -> Option<String> {
             .map(|s| s.name),
         _ => None,
     }
-}
-
-/// (epoch → servers that accepted a change in it), from the servers' logs.
-fn writers_by_epoch(cluster: &TestCluster) -> BTreeMap<u64, BTreeSet<String>> {
-    const CHANGES: [&str; 9] = [
-        "ETIRW",
-        "CREATE",
-        "DELETE",
-        "UNDO",
-        "SET_ACL",
-        "MOVE",
-        "CHECKPOINT",
-        "REVERT",
-        "WRITE",
-    ];
-    let mut epochs: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
-    for server in SERVERS {
-        let log = std::fs::read_to_string(cluster.dir().join(format!("{server}.log")))
-            .unwrap_or_default();
-        for line in log.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            if v["event"] != "ss_request" || v["outcome"] != "ok" {
-                continue;
-            }
-            let Some(op) = v["operation"].as_str() else {
-                continue;
-            };
-            if CHANGES.contains(&op) {
-                if let Some(epoch) = v["epoch"].as_u64() {
-                    epochs.entry(epoch).or_default().insert(server.to_owned());
-                }
-            }
-        }
-    }
-    epochs
 }
 
 /// Restarts `returning` and, `delay` after its registration shows in
@@ -417,7 +380,7 @@ async fn run(mode: &str, seed: u64, secs: u64) {
             }
         }
     }
-    let epochs = writers_by_epoch(&cluster);
+    let epochs = cluster.writers_by_epoch(&SERVERS);
     let split: Vec<_> = epochs
         .iter()
         .filter(|(_, servers)| servers.len() > 1)
