@@ -132,6 +132,9 @@ pub fn status(status: &ClusterStatus) -> String {
             p.pending_jobs,
             p.lag_ms
         );
+        if let Some(reason) = &p.reason {
+            let _ = writeln!(out, "  why: {reason}");
+        }
     }
     let _ = write!(out, "replication queue depth: {}", status.queue_depth);
     out
