@@ -678,6 +678,8 @@ async fn async_double_failover_keeps_both_sides() {
     .await;
     cluster.kill_ss("ss1_backup");
     cluster.start_ss("ss1").await;
+    // Not a synchronisation: a window longer than nm's 1 s timeout in which
+    // a wrong promotion of the returned primary would happen.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let out = read(&cluster, "a.txt");
     let status = cluster.status().await;
@@ -770,6 +772,8 @@ async fn commit_queued_at_paused_nm(pause_ms: u64, backup_first: bool) {
         server_is(s, "ss1_backup", ServerState::Alive)
     })
     .await;
+    // Not a synchronisation: a window longer than nm's 1 s timeout in which
+    // a wrong promotion of the backup would happen.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let outcome = read(&cluster, "a.txt");
     let status = cluster.status().await;
