@@ -98,8 +98,28 @@ pub async fn run<R: AsyncBufRead + Unpin>(
             Ok(Line::Nothing) => continue,
             Ok(Line::Command(Command::Exit)) => break,
             Ok(Line::Command(command)) => command,
-            Err(error) => {
+            Err(mut error) => {
                 all_ok = false;
+                if starts_a_write(&text) {
+                    // Its edit lines are not commands: skip them with it.
+                    let (mut skipped, mut ended) = (0, false);
+                    while let Some(line) = lines.next_line().await? {
+                        if is_etirw(&line) {
+                            ended = true;
+                            break;
+                        }
+                        skipped += 1;
+                    }
+                    let upto = if ended {
+                        "up to its ETIRW"
+                    } else {
+                        "to the end of the script"
+                    };
+                    error.message = format!(
+                        "{}; the WRITE block ({skipped} lines {upto}) was skipped",
+                        error.message
+                    );
+                }
                 Outcome::failure(&text, error).print(format, out)?;
                 continue;
             }
@@ -152,6 +172,13 @@ pub async fn run<R: AsyncBufRead + Unpin>(
     }
     client.write_abort().await;
     Ok(all_ok)
+}
+
+/// Whether a line opens a WRITE block (whatever else is wrong with it).
+fn starts_a_write(line: &str) -> bool {
+    line.split_whitespace()
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case("WRITE"))
 }
 
 /// Executes one command other than WRITE and WATCH.

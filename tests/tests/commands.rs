@@ -147,8 +147,9 @@ WRITE a.txt 0
 ETIRW
 READ a.txt
 FROBNICATE
-WRITE a.txt
 UNDO missing.txt
+WRITE a.txt
+UNDO a.txt
 "
         ),
     );
@@ -167,8 +168,10 @@ UNDO missing.txt
             "E_INVALID_INDEX",
             "null",
             "E_BAD_REQUEST",
-            "E_BAD_REQUEST",
             "E_NOT_FOUND",
+            // A bad WRITE header takes the lines after it (up to ETIRW, or
+            // here the end) with it: the UNDO is an edit line, not run.
+            "E_BAD_REQUEST",
         ],
         "{}",
         run.stdout
@@ -244,4 +247,26 @@ async fn human_output_and_exit_codes() {
     let no_nm = unreachable.console("alice", "LIST\n");
     assert_eq!(no_nm.code, Some(2), "connection errors exit with 2");
     assert!(no_nm.stderr.contains("cannot connect"));
+}
+
+/// A WRITE whose header does not parse skips its whole block: its edit
+/// lines are never run as commands (here, a CREATE typed as an edit line).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_write_header_never_runs_its_edit_lines_as_commands() {
+    let cluster = TestCluster::start(&["ss1"]).await;
+    let run = cluster.console(
+        "alice",
+        "WRITE a.txt\nCREATE yy.txt\nETIRW\nWRITE a.txt x\nCREATE zz.txt\nETIRW\nVIEW -a\n",
+    );
+    assert_eq!(run.outcomes.len(), 3, "{}", run.stdout);
+    for i in [0, 1] {
+        assert_eq!(run.code_of(i), "E_BAD_REQUEST", "{}", run.get(i));
+        let message = run.get(i)["message"].as_str().unwrap_or_default();
+        assert!(message.contains("was skipped"), "{message}");
+    }
+    assert_eq!(
+        run.get(2)["data"]["files"],
+        serde_json::json!([]),
+        "nothing was created"
+    );
 }

@@ -300,6 +300,13 @@ impl App {
                     .next()
                     .is_some_and(|w| w.eq_ignore_ascii_case("WRITE"))
                 {
+                    // A header that does not parse opens no edit prompt: the
+                    // lines typed next must never run as commands.
+                    if let Err(e) = crate::script::parse_line(&line) {
+                        self.output_title = line;
+                        self.output = e.message;
+                        return Vec::new();
+                    }
                     self.mode = Mode::Write {
                         header: line,
                         lines: Vec::new(),
@@ -668,6 +675,28 @@ pub(crate) mod tests {
             )]
         );
         assert_eq!(app.mode, Mode::Normal);
+    }
+
+    #[test]
+    fn a_bad_write_header_opens_no_edit_prompt() {
+        let mut app = App::new("nm", "op", false);
+        for header in [
+            ":WRITE a.txt
+",
+            ":WRITE a.txt x
+",
+        ] {
+            assert!(typed(&mut app, header).is_empty());
+            assert_eq!(app.mode, Mode::Normal, "{header}");
+            assert!(app.output.contains("WRITE"), "{}", app.output);
+        }
+        // What is typed next is a command line again, not an edit line.
+        let effects = typed(
+            &mut app,
+            ":CREATE zz.txt
+",
+        );
+        assert_eq!(effects, [Effect::Run("CREATE zz.txt".into())]);
     }
 
     #[test]
