@@ -3,6 +3,7 @@ use console::batch::{self, Format};
 use console::cli::{Args, Sub};
 use console::client::Client;
 use console::local_cluster::LocalCluster;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use tokio::io::{AsyncBufRead, BufReader};
 
@@ -29,6 +30,13 @@ async fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         };
+    }
+    let interactive = args.batch.is_none();
+    if interactive && !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
+        eprintln!(
+            "console: not a terminal: the console's screen needs one; use --batch FILE (or --batch - for standard input) to run commands from a script"
+        );
+        return ExitCode::from(2);
     }
     if let Some(Sub::Demo) = args.command {
         return demo().await;

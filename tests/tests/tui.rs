@@ -116,3 +116,22 @@ async fn the_console_shows_failover_and_recovery_live() {
     .await;
     tmux.keys(&["q"]);
 }
+
+/// Without a terminal the console says so and exits 2, for the screen and
+/// for `console demo` alike (it used to panic with a backtrace).
+#[test]
+fn without_a_terminal_the_console_says_use_batch() {
+    tests::bin_dir();
+    for args in [&["--nm", "127.0.0.1:1"][..], &["demo"][..]] {
+        let output = Command::new(bin("console"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("console runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("not a terminal"), "{stderr}");
+        assert!(stderr.contains("--batch"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

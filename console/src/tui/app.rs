@@ -476,14 +476,16 @@ pub fn describe(event: &Event) -> String {
             epoch,
             reason,
         } => format!(
-            "pair {primary}/{} {from:?} → {to:?} (epoch {epoch}): {reason}",
-            backup.as_deref().unwrap_or("-")
+            "pair {primary}/{} {} → {} (epoch {epoch}): {reason}",
+            backup.as_deref().unwrap_or("-"),
+            super::ui::word(from),
+            super::ui::word(to)
         ),
         EventKind::Server {
             name,
             state,
             reason,
-        } => format!("server {name} {state:?}: {reason}"),
+        } => format!("server {name} {}: {reason}", super::ui::word(state)),
         EventKind::Snapshot { .. } => "snapshot".to_owned(),
     }
 }

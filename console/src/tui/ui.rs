@@ -26,7 +26,8 @@ fn bold(app: &App) -> Style {
 }
 
 /// The upper-case name of a state, as STATUS prints it.
-fn word<T: serde::Serialize>(value: &T) -> String {
+/// A value as it is named on the wire and in STATUS (UPPER_SNAKE for states).
+pub(crate) fn word<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_value(value)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
