@@ -145,7 +145,9 @@ async fn a1_a_backup_that_is_catching_up_is_never_promoted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a1_with_1500_files_to_catch_up() {
-    a1_primary_dies_while_the_backup_catches_up(0, 1500).await;
+    for delay in KILL_AFTER_MS {
+        a1_primary_dies_while_the_backup_catches_up(delay, 1500).await;
+    }
 }
 
 /// A2: the backup serves after a failover and acknowledges changes; the
