@@ -17,6 +17,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+/// What a handover whose target is no longer connected comes to.
+fn target_gone(epoch: u64) -> (Input, String) {
+    let why = "the handover's target is no longer connected".to_owned();
+    (Input::HandoverFailed { epoch }, why)
+}
+
 /// A decision on its way to being carried out.
 pub(crate) enum Pending {
     /// A record already handed to the journal: wait until it is on disk.
@@ -128,7 +134,9 @@ impl Nm {
                 None
             }
             Decision::Promote { to, epoch, unclean } => {
-                let (name, client) = self.side_client(pair, to)?;
+                let Some((name, client)) = self.side_client(pair, to) else {
+                    return Some(target_gone(epoch));
+                };
                 // The failed server may have acknowledged changes nm never heard of.
                 self.catch_up.forget(pair, "promotion");
                 if unclean {
@@ -149,7 +157,9 @@ impl Nm {
                 }
             }
             Decision::HandBack { to, epoch } => {
-                let name = self.side_client(pair, to)?.0;
+                let Some((name, _)) = self.side_client(pair, to) else {
+                    return Some(target_gone(epoch));
+                };
                 match self.hand_back(pair, epoch).await {
                     Ok(()) => {
                         let why = format!("hand-back to {name} complete");

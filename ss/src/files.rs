@@ -732,11 +732,6 @@ impl Files {
         Ok(e.meta.stats.clone())
     }
 
-    /// Renames a file, keeping its checkpoints and undo level.
-    pub fn rename(&self, file: &str, to: &str) -> Result<FileStats, WireError> {
-        self.rename_inner(file, to, true)
-    }
-
     /// Keeps this server's copy of `file` as `to` (a conflict copy found
     /// during recovery): a local rename that leaves no tombstone, so the
     /// newer copy of `file` can be installed next.
@@ -774,7 +769,9 @@ impl Files {
         Ok(stats)
     }
 
-    fn rename_inner(&self, file: &str, to: &str, tombstone: bool) -> Result<FileStats, WireError> {
+    /// Renames a file, keeping its checkpoints and undo level; the old name
+    /// leaves a tombstone.
+    pub fn rename(&self, file: &str, to: &str) -> Result<FileStats, WireError> {
         shared::names::validate_path(to)?;
         let entry = self.entry(file)?;
         let mut e = lock(&entry);
@@ -790,15 +787,13 @@ impl Files {
         meta.stats.bump(self.epoch());
         self.store.rename(file, to, &meta)?;
         // The old name is gone: a tombstone tells the backup so.
-        if tombstone {
-            self.store.write_tombstone(&Tombstone {
-                file: file.to_owned(),
-                version: meta.stats.version,
-                epoch: meta.stats.epoch,
-                deleted_ms: now_ms(),
-                base: meta.stats.base,
-            })?;
-        }
+        self.store.write_tombstone(&Tombstone {
+            file: file.to_owned(),
+            version: meta.stats.version,
+            epoch: meta.stats.epoch,
+            deleted_ms: now_ms(),
+            base: meta.stats.base,
+        })?;
         e.meta = meta;
         if let Some(moved) = map.remove(file) {
             map.entries.insert(to.to_owned(), moved);
