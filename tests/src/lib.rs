@@ -319,6 +319,21 @@ impl TestCluster {
         epochs
     }
 
+    /// The async window, on demand: with `backup` hung, `script` is run on
+    /// `primary` (acknowledged, never replicated), `primary` is killed and
+    /// `backup` resumed, so nm promotes a backup that lacks those changes.
+    pub fn primary_dies_with_unreplicated_changes(
+        &mut self,
+        primary: &str,
+        backup: &str,
+        script: &str,
+    ) {
+        self.signal_ss(backup, libc::SIGSTOP);
+        self.console("alice", script).all_ok();
+        self.kill_ss(primary);
+        self.signal_ss(backup, libc::SIGCONT);
+    }
+
     /// Sends a signal (SIGSTOP, SIGCONT, …) to nm.
     pub fn signal_nm(&self, signal: i32) {
         let child = self.nm.as_ref().expect("nm is not running");

@@ -563,15 +563,11 @@ async fn async_window_write_versus_a_move_on_the_promoted_backup() {
 
 async fn async_window_write_versus(backup_script: &str) {
     let mut cluster = active_pair("async").await;
-    cluster.signal_ss("ss1_backup", libc::SIGSTOP);
-    cluster
-        .console(
-            "alice",
-            "WRITE a.txt 1\n0 Only the primary saw this.\nETIRW\n",
-        )
-        .all_ok();
-    cluster.kill_ss("ss1");
-    cluster.signal_ss("ss1_backup", libc::SIGCONT);
+    cluster.primary_dies_with_unreplicated_changes(
+        "ss1",
+        "ss1_backup",
+        "WRITE a.txt 1\n0 Only the primary saw this.\nETIRW\n",
+    );
     cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
     eventually("the backup to serve the change", async || {
         let run = cluster.console("alice", "READ a.txt\n");
@@ -609,15 +605,11 @@ async fn async_window_write_versus(backup_script: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn async_window_create_versus_the_same_name_on_the_promoted_backup() {
     let mut cluster = active_pair("async").await;
-    cluster.signal_ss("ss1_backup", libc::SIGSTOP);
-    cluster
-        .console(
-            "alice",
-            "CREATE g.txt\nWRITE g.txt 0\n0 Primary's g.\nETIRW\n",
-        )
-        .all_ok();
-    cluster.kill_ss("ss1");
-    cluster.signal_ss("ss1_backup", libc::SIGCONT);
+    cluster.primary_dies_with_unreplicated_changes(
+        "ss1",
+        "ss1_backup",
+        "CREATE g.txt\nWRITE g.txt 0\n0 Primary's g.\nETIRW\n",
+    );
     cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
     // nm knows g.txt; the backup does not have it. Observed: READ g.txt says
     // E_NOT_FOUND (not E_UNAVAILABLE), CREATE g.txt says E_EXISTS and WRITE
@@ -664,12 +656,11 @@ async fn async_window_create_versus_the_same_name_on_the_promoted_backup() {
 #[tokio::test(flavor = "multi_thread")]
 async fn async_double_failover_keeps_both_sides() {
     let mut cluster = active_pair("async").await;
-    cluster.signal_ss("ss1_backup", libc::SIGSTOP);
-    cluster
-        .console("alice", "WRITE a.txt 1\n0 Primary only.\nETIRW\n")
-        .all_ok();
-    cluster.kill_ss("ss1");
-    cluster.signal_ss("ss1_backup", libc::SIGCONT);
+    cluster.primary_dies_with_unreplicated_changes(
+        "ss1",
+        "ss1_backup",
+        "WRITE a.txt 1\n0 Primary only.\nETIRW\n",
+    );
     cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
     eventually("the backup to serve", async || {
         let run = cluster.console("alice", "WRITE a.txt 1\n0 Backup wrote.\nETIRW\n");

@@ -237,15 +237,11 @@ async fn a_change_lost_in_the_async_window_becomes_a_conflict_copy() {
     let mut cluster = pair_cluster().await;
     // The backup hangs, so the next change on the primary is acknowledged
     // but not replicated; then the primary dies.
-    cluster.signal_ss("ss1_backup", libc::SIGSTOP);
-    cluster
-        .console(
-            "alice",
-            "WRITE a.txt 1\n0 Only the primary saw this.\nETIRW\n",
-        )
-        .all_ok();
-    cluster.kill_ss("ss1");
-    cluster.signal_ss("ss1_backup", libc::SIGCONT);
+    cluster.primary_dies_with_unreplicated_changes(
+        "ss1",
+        "ss1_backup",
+        "WRITE a.txt 1\n0 Only the primary saw this.\nETIRW\n",
+    );
     cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
     eventually("the backup to serve", async || {
         let run = cluster.console("alice", "READ a.txt\n");

@@ -158,17 +158,10 @@ async fn a2_serving_backup_dies_while_the_primary_returns(mode: &'static str, de
     let mut cluster = active_pair(mode).await;
     let conflicting = mode == "async";
     if conflicting {
-        cluster.signal_ss("ss1_backup", libc::SIGSTOP);
-        cluster
-            .console(
-                "alice",
-                "WRITE a.txt 1\n0 Only the primary saw this.\nETIRW\n",
-            )
-            .all_ok();
-    }
-    cluster.kill_ss("ss1");
-    if conflicting {
-        cluster.signal_ss("ss1_backup", libc::SIGCONT);
+        let script = "WRITE a.txt 1\n0 Only the primary saw this.\nETIRW\n";
+        cluster.primary_dies_with_unreplicated_changes("ss1", "ss1_backup", script);
+    } else {
+        cluster.kill_ss("ss1");
     }
     cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
     eventually("the backup to serve", async || {
@@ -238,12 +231,8 @@ async fn a3_a_conflict_copy_of_a_long_name_fits() {
         )
         .all_ok();
     cluster.wait_replicated().await;
-    cluster.signal_ss("ss1_backup", libc::SIGSTOP);
-    cluster
-        .console("alice", &format!("WRITE {long} 1\n0 Primary.\nETIRW\n"))
-        .all_ok();
-    cluster.kill_ss("ss1");
-    cluster.signal_ss("ss1_backup", libc::SIGCONT);
+    let script = format!("WRITE {long} 1\n0 Primary.\nETIRW\n");
+    cluster.primary_dies_with_unreplicated_changes("ss1", "ss1_backup", &script);
     eventually("the backup to serve", async || {
         let run = cluster.console("alice", &format!("WRITE {long} 1\n0 Backup.\nETIRW\n"));
         (run.code == Some(0)).then_some(())
