@@ -25,9 +25,15 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Sub>,
 
-    /// nm's address.
+    /// nm's address, or every address of an nm group (`A,B,C`, nm with
+    /// `--etcd`): the console goes to the leader and follows it.
     #[arg(long, env = "CONSOLE_NM", default_value = "127.0.0.1:5000")]
     pub nm: String,
+
+    /// Dial nm and the storage servers from this local address (a client
+    /// on a host of its own; the kernel picks one otherwise).
+    #[arg(long, env = "CONSOLE_BIND", value_name = "IP")]
+    pub bind: Option<std::net::IpAddr>,
 
     /// The user to act as.
     #[arg(long, env = "CONSOLE_USER", default_value = "admin")]

@@ -11,6 +11,9 @@ use std::collections::HashMap;
 
 pub struct Client {
     user: String,
+    /// nm, or every nm of a group (`--nm A,B,C`).
+    nm_addresses: Vec<String>,
+    /// The nm last reached (the leader, in a group).
     nm_address: String,
     nm: Option<RpcClient>,
     servers: HashMap<String, RpcClient>,
@@ -32,12 +35,16 @@ fn unexpected<T: std::fmt::Debug>(reply: T) -> WireError {
 }
 
 impl Client {
-    /// Connects to nm as `user`.
-    pub async fn connect(nm_address: &str, user: &str) -> Result<Self, ConnectionError> {
-        let nm = RpcClient::connect(nm_address, Role::Client, user).await?;
+    /// Connects to nm as `user`. `nm_addresses`: one address, or an nm
+    /// group's (`A,B,C`): the client goes to the leader and follows it.
+    pub async fn connect(nm_addresses: &str, user: &str) -> Result<Self, ConnectionError> {
+        let addresses = shared::leader::parse_addresses(nm_addresses);
+        let (nm, reached) =
+            shared::leader::connect_to_leader(&addresses, None, Role::Client, user, None).await?;
         Ok(Client {
             user: user.to_owned(),
-            nm_address: nm_address.to_owned(),
+            nm_addresses: addresses,
+            nm_address: reached,
             nm: Some(nm),
             servers: HashMap::new(),
             open_write: None,
@@ -55,17 +62,42 @@ impl Client {
         &self.user
     }
 
-    /// One request to nm; reconnects once if the connection was lost.
+    /// The nm this client last reached (the leader, in a group).
+    pub fn nm_address(&self) -> &str {
+        &self.nm_address
+    }
+
+    /// Dials the leader: the one last reached first, then the others.
+    async fn dial_nm(&mut self) -> Result<RpcClient, WireError> {
+        let (nm, reached) = shared::leader::connect_to_leader(
+            &self.nm_addresses,
+            Some(&self.nm_address),
+            Role::Client,
+            &self.user,
+            None,
+        )
+        .await
+        .map_err(|e| e.to_wire())?;
+        self.nm_address = reached;
+        Ok(nm)
+    }
+
+    /// One request to nm; reconnects once if the connection was lost or
+    /// nm turned out not to lead (any more).
     pub async fn nm(&mut self, request: NmRequest) -> Result<NmReply, WireError> {
         for attempt in 0..2 {
             if self.nm.is_none() {
-                let nm = RpcClient::connect(&self.nm_address, Role::Client, &self.user)
-                    .await
-                    .map_err(|e| e.to_wire())?;
+                let nm = self.dial_nm().await?;
                 self.nm = Some(nm);
             }
             let nm = self.nm.as_mut().expect("connected above");
             match nm.call(request.clone()).await {
+                Ok(Err(e)) if e.code == shared::ErrorCode::NotLeader && attempt == 0 => {
+                    self.nm = None;
+                    if let Some(leader) = e.leader {
+                        self.nm_address = leader;
+                    }
+                }
                 Ok(reply) => return reply,
                 Err(e) => {
                     self.nm = None;
@@ -183,9 +215,15 @@ impl Client {
         snapshots: Option<std::time::Duration>,
         mut on_event: impl FnMut(Event),
     ) -> Result<u64, WireError> {
-        let mut subscription = RpcClient::connect(&self.nm_address, Role::Client, &self.user)
-            .await
-            .map_err(|e| e.to_wire())?;
+        let (mut subscription, _) = shared::leader::connect_to_leader(
+            &self.nm_addresses,
+            Some(&self.nm_address),
+            Role::Client,
+            &self.user,
+            None,
+        )
+        .await
+        .map_err(|e| e.to_wire())?;
         let id = subscription
             .send(NmRequest::Watch {
                 snapshot_every_ms: snapshots.map(|d| d.as_millis() as u64),

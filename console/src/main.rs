@@ -31,6 +31,9 @@ async fn main() -> ExitCode {
             }
         };
     }
+    if let Some(ip) = args.bind {
+        shared::connection::set_source_ip(ip);
+    }
     let interactive = args.batch.is_none();
     if interactive && !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
         eprintln!(

@@ -174,6 +174,19 @@ impl Nm {
                     crate::config::ReplicationMode::Sync => "SYNC",
                 }
                 .to_owned(),
+                nm: match &self.group {
+                    Some(group) => group.nm_status(&self.address),
+                    None => vec![shared::proto::NmStatus {
+                        address: self.address.clone(),
+                        role: shared::proto::NmRole::Leader,
+                        lease_ms_left: 0,
+                    }],
+                },
+                etcd: self
+                    .group
+                    .as_ref()
+                    .map(|g| g.etcd_status())
+                    .unwrap_or_default(),
             },
         }
     }

@@ -10,11 +10,37 @@ use std::time::Duration;
 /// storage server holds each file. Clients ask it first; storage servers
 /// register with it.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "nm", version)]
+#[command(name = "nm", version, args_override_self = true)]
 pub struct Config {
     /// Address to listen on for clients and storage servers (port 0 picks a free one).
     #[arg(long, env = "NM_LISTEN", default_value = "127.0.0.1:5000")]
     pub listen: String,
+
+    /// The address other daemons and clients reach this nm at, when it
+    /// differs from the bound one (with `--etcd`, standbys name the leader
+    /// by it). Default: the bound address.
+    #[arg(long, env = "NM_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Keep nm's state in etcd instead of the local journal, and run as one
+    /// of a group: every nm started with the same endpoints (and prefix)
+    /// elects one leader; the others are hot standbys that redirect clients
+    /// and storage servers to it (E_NOT_LEADER) and take over when its lease
+    /// lapses. Comma-separated client URLs, e.g.
+    /// `http://127.0.0.1:2379,http://127.0.0.2:2379`. Needs an nm built with
+    /// `--features nm/etcd`.
+    #[arg(long, env = "NM_ETCD", value_name = "URL[,URL…]")]
+    pub etcd: Option<String>,
+
+    /// Where in etcd this cluster's keys live (several clusters can share one etcd).
+    #[arg(long, env = "NM_ETCD_PREFIX", default_value = "/docspp/")]
+    pub etcd_prefix: String,
+
+    /// The leader's etcd lease: a leader that could not renew it for
+    /// three quarters of this stops answering, and a standby takes over once
+    /// it lapses (whole seconds; etcd may round up).
+    #[arg(long, env = "NM_LEADER_LEASE", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub leader_lease: Duration,
 
     /// Folder where nm keeps users, owners, access lists and file placement.
     #[arg(long, env = "NM_DATA_DIR", default_value = "nm-data")]

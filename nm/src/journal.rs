@@ -150,9 +150,10 @@ struct Snapshot {
     failover: Vec<(String, PersistedPair)>,
 }
 
-struct Pending {
-    records: Vec<Record>,
-    done: oneshot::Sender<io::Result<()>>,
+/// Records waiting to be made durable, and whom to tell.
+pub(crate) struct Pending {
+    pub(crate) records: Vec<Record>,
+    pub(crate) done: oneshot::Sender<Result<(), WireError>>,
 }
 
 /// The handle through which changes are made durable.
@@ -173,6 +174,13 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// A journal whose records another writer makes durable (nm on etcd:
+    /// [`crate::ha`]), in the order they are submitted.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) fn with_writer(tx: mpsc::UnboundedSender<Pending>) -> Journal {
+        Journal { tx }
+    }
+
     /// Loads what was remembered into a namespace, compacts it, and starts the writer.
     pub fn open(dir: &Path, fsync: bool) -> io::Result<(Journal, Namespace)> {
         fs::create_dir_all(dir)?;
@@ -258,12 +266,9 @@ impl Journal {
         }
     }
 
-    async fn written(wait: oneshot::Receiver<io::Result<()>>) -> Result<(), WireError> {
-        match wait.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(WireError::internal(format!("journal write failed: {e}"))),
-            Err(_) => Err(WireError::internal("the journal writer has stopped")),
-        }
+    async fn written(wait: oneshot::Receiver<Result<(), WireError>>) -> Result<(), WireError> {
+        wait.await
+            .unwrap_or_else(|_| Err(WireError::internal("the journal writer has stopped")))
     }
 }
 
@@ -366,7 +371,7 @@ fn write_loop(mut file: File, mut rx: mpsc::UnboundedReceiver<Pending>, fsync: b
         for pending in batch {
             let copy = match &result {
                 Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                Err(e) => Err(WireError::internal(format!("journal write failed: {e}"))),
             };
             let _ = pending.done.send(copy);
         }

@@ -24,6 +24,9 @@
 //! - [`exec`]: EXEC, off unless `--allow-exec`.
 //! - [`storage_servers`]: registration, inventories, heartbeats, notices.
 //! - [`ss_client`]: nm's connections to storage servers.
+//! - [`group`]: what a leader knows of its group when nm runs on etcd.
+//! - `ha` (feature `etcd`): nm on etcd: leader election, the fenced store,
+//!   the standby's warm copy, and the loop between standby and leader.
 
 pub mod catch_up;
 pub mod commands;
@@ -32,6 +35,9 @@ pub mod events;
 pub mod exec;
 pub mod failover;
 pub mod failover_actions;
+pub mod group;
+#[cfg(feature = "etcd")]
+pub mod ha;
 pub mod journal;
 pub mod metrics;
 pub mod namespace;

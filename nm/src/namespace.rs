@@ -351,6 +351,12 @@ impl Namespace {
         self.next_request_id = self.next_request_id.max(id);
     }
 
+    /// Replaces every pending request (nm on etcd keeps them as one value).
+    pub fn replace_requests(&mut self, last_id: u64, requests: Vec<AccessRequest>) {
+        self.requests = requests.into_iter().map(|r| (r.id, r)).collect();
+        self.set_last_request_id(last_id);
+    }
+
     pub fn add_request(&mut self, request: AccessRequest) {
         self.next_request_id = self.next_request_id.max(request.id);
         self.requests.insert(request.id, request);

@@ -47,6 +47,10 @@ pub struct Nm {
     /// Per pair, the files changed since its standby was last level.
     pub catch_up: crate::catch_up::CatchUp,
     pub metrics: crate::metrics::NmMetrics,
+    /// The address clients and servers reach this nm at.
+    pub address: String,
+    /// With `--etcd`: the group this nm leads (lease, members, etcd health).
+    pub group: Option<Arc<crate::group::Group>>,
 }
 
 impl Nm {
@@ -56,46 +60,21 @@ impl Nm {
 }
 
 /// Binds, restores the namespace and serves until `shutdown` is cancelled.
+/// With `--etcd` nm runs as one of a group instead ([`crate::ha`]).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    if config.etcd.is_some() {
+        #[cfg(feature = "etcd")]
+        return crate::ha::run(config, shutdown).await;
+        #[cfg(not(feature = "etcd"))]
+        color_eyre::eyre::bail!(
+            "--etcd needs an nm built with etcd support: cargo build --release --features nm/etcd (the build needs protoc)"
+        );
+    }
     let (journal, ns) = Journal::open(&config.data_dir, config.fsync)
         .with_context(|| format!("opening data folder {}", config.data_dir.display()))?;
-    let listener = TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener = bind(&config).await?;
     let address = listener.local_addr()?;
-    let cluster_key = shared::auth::load_for(
-        config.cluster_key_file.as_deref(),
-        address.ip(),
-        config.insecure,
-    )?;
-    // With a cluster key tickets are signed with a key derived from it;
-    // without, with a random one handed to servers as they register.
-    let ticket_key = match &cluster_key {
-        Some(key) => key.ticket_key(),
-        None => TicketKey::new(rand::random::<[u8; 32]>().to_vec()),
-    };
-    let nm = Arc::new_cyclic(|me| Nm {
-        me: me.clone(),
-        state: Mutex::new(State {
-            ns,
-            registry: Registry::with_key(cluster_key.clone(), config.unclean_promotion),
-        }),
-        journal,
-        ticket_key,
-        cluster_key,
-        events: Events::default(),
-        queue: ReplQueue::new(config.repl_queue_capacity.max(1)),
-        waiters: Default::default(),
-        failover_recorded: Default::default(),
-        catch_up: Default::default(),
-        metrics: Default::default(),
-        config,
-    });
-    for _ in 0..nm.config.repl_workers.max(1) {
-        tokio::spawn(nm.clone().replication_worker());
-    }
-    tokio::spawn(nm.clone().heartbeat_monitor());
-    tokio::spawn(nm.clone().startup_grace());
+    let nm = Nm::start(config, journal, ns, address, None)?;
     if let Some(addr) = &nm.config.metrics_addr {
         let scraped = nm.clone();
         let bound = shared::metrics::serve(addr, nm.metrics.registry.clone(), move || {
@@ -106,12 +85,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .with_context(|| format!("serving metrics on {addr}"))?;
         tracing::info!(event = "nm_metrics", address = %bound, "metrics served");
     }
-    tracing::info!(event = "nm_listening", address = %address, "name manager ready");
-    if let Some(path) = &nm.config.ready_file {
-        let temp = path.with_extension("tmp");
-        std::fs::write(&temp, address.to_string())?;
-        std::fs::rename(&temp, path)?;
-    }
+    announce(&nm.config, address)?;
     let max_connections = nm.config.limits.max_connections;
     shared::limits::serve_connections(listener, max_connections, shutdown, "nm", |stream, peer| {
         nm.clone().serve_connection(stream, peer)
@@ -121,8 +95,88 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
+/// Binds `--listen`; connections this nm dials leave from the same address.
+pub(crate) async fn bind(config: &Config) -> Result<TcpListener> {
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    shared::connection::set_source_ip(listener.local_addr()?.ip());
+    Ok(listener)
+}
+
+/// Says nm is listening, in the log and in `--ready-file`.
+pub(crate) fn announce(config: &Config, address: SocketAddr) -> Result<()> {
+    tracing::info!(event = "nm_listening", address = %address, "name manager ready");
+    if let Some(path) = &config.ready_file {
+        let temp = path.with_extension("tmp");
+        std::fs::write(&temp, address.to_string())?;
+        std::fs::rename(&temp, path)?;
+    }
+    Ok(())
+}
+
 impl Nm {
-    async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    /// Builds nm on a restored namespace and starts its background tasks
+    /// (replication workers, heartbeat monitor, start-up grace) on the
+    /// current runtime. `group`: this nm leads a group on etcd.
+    pub fn start(
+        config: Config,
+        journal: Journal,
+        ns: Namespace,
+        address: SocketAddr,
+        group: Option<Arc<crate::group::Group>>,
+    ) -> Result<Arc<Nm>> {
+        let cluster_key = shared::auth::load_for(
+            config.cluster_key_file.as_deref(),
+            address.ip(),
+            config.insecure,
+        )?;
+        // With a cluster key tickets are signed with a key derived from it;
+        // without, with a random one handed to servers as they register.
+        let ticket_key = match &cluster_key {
+            Some(key) => key.ticket_key(),
+            None => TicketKey::new(rand::random::<[u8; 32]>().to_vec()),
+        };
+        let advertised = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| address.to_string());
+        let nm = Arc::new_cyclic(|me| Nm {
+            me: me.clone(),
+            state: Mutex::new(State {
+                ns,
+                registry: Registry::with_key(cluster_key.clone(), config.unclean_promotion),
+            }),
+            journal,
+            ticket_key,
+            cluster_key,
+            events: Events::default(),
+            queue: ReplQueue::new(config.repl_queue_capacity.max(1)),
+            waiters: Default::default(),
+            failover_recorded: Default::default(),
+            catch_up: Default::default(),
+            metrics: Default::default(),
+            address: advertised,
+            group,
+            config,
+        });
+        for _ in 0..nm.config.repl_workers.max(1) {
+            tokio::spawn(nm.clone().replication_worker());
+        }
+        tokio::spawn(nm.clone().heartbeat_monitor());
+        tokio::spawn(nm.clone().startup_grace());
+        Ok(nm)
+    }
+
+    /// Whether this nm may act: always without etcd; with it, only while
+    /// its leader lease is surely unexpired.
+    pub fn leads(&self) -> bool {
+        self.group.as_ref().is_none_or(|g| g.holds_lease())
+    }
+}
+
+impl Nm {
+    pub(crate) async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let (conn, hello) = match Connection::accept(
             stream,
             Role::NameManager,
@@ -178,6 +232,10 @@ impl Nm {
                 break;
             };
             let Some(request) = request else { continue };
+            if !self.leads() {
+                let _ = conn.reply::<NmReply>(id, Err(WireError::not_leader(None))).await;
+                break;
+            }
             if let NmRequest::Watch { snapshot_every_ms } = request {
                 self.serve_watch(conn, id, snapshot_every_ms).await;
                 return;

@@ -126,6 +126,15 @@ impl Nm {
             if !self.state().registry.is_current(name, generation) {
                 break;
             }
+            // A leader whose lease may have lapsed renews nobody's lease:
+            // the server goes to find the new leader.
+            if !self.leads() {
+                let _ = replies.send(Reply {
+                    id,
+                    result: Err(WireError::not_leader(None)),
+                });
+                break;
+            }
             let (result, changed) = self.handle_server_message(name, request);
             match changed {
                 Some((pair, file, version)) if result.is_ok() => {
@@ -175,6 +184,11 @@ impl Nm {
             let now = std::time::Instant::now();
             let slept = now - last;
             last = now;
+            if !self.leads() {
+                // Deposed (or about to be): no server is declared failed
+                // by an nm that no longer leads.
+                continue;
+            }
             if slept > stall {
                 let servers = self.state().registry.touch_all();
                 self.metrics.nm_stalls.inc();

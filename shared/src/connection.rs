@@ -14,9 +14,10 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 use std::time::Duration;
-use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::net::{TcpSocket, TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// Largest frame any peer sends or accepts by default. File contents travel
@@ -46,6 +47,48 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, rmp_serde::encode::E
 /// Decodes a message body.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, rmp_serde::decode::Error> {
     rmp_serde::from_slice(body)
+}
+
+/// The address this process's outgoing connections leave from (see [`set_source_ip`]).
+static SOURCE_IP: OnceLock<IpAddr> = OnceLock::new();
+
+/// Makes every connection this process dials leave from `ip`, the address
+/// it listens on: a daemon is one host, so a packet filter between two
+/// addresses cuts both its listening and its dialling side. Unset (or an
+/// unspecified address), the kernel picks the source. Set once, at start-up.
+pub fn set_source_ip(ip: IpAddr) {
+    if !ip.is_unspecified() {
+        let _ = SOURCE_IP.set(ip);
+    }
+}
+
+/// Dials `addr`, from the source address set by [`set_source_ip`] if any.
+pub async fn dial(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+    let Some(ip) = SOURCE_IP.get().copied() else {
+        return TcpStream::connect(addr).await;
+    };
+    let mut last = None;
+    for target in tokio::net::lookup_host(addr).await? {
+        if target.is_ipv4() != ip.is_ipv4() {
+            continue;
+        }
+        let socket = if ip.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(ip, 0))?;
+        match socket.connect(target).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("no address of the family of the source address {ip}"),
+        )
+    }))
 }
 
 /// Why a connection could not carry a message.
@@ -244,7 +287,7 @@ impl Connection {
         max_frame: usize,
         key: Option<&ClusterKey>,
     ) -> Result<Self, ConnectionError> {
-        let stream = TcpStream::connect(addr).await?;
+        let stream = dial(addr).await?;
         let mut conn = Connection::new(stream, max_frame)?;
         let my_nonce = key.map(|_| auth::nonce());
         let hello = Hello {

@@ -43,6 +43,10 @@ pub enum ErrorCode {
     Timeout,
     #[serde(rename = "E_INTERNAL")]
     Internal,
+    /// This nm is a standby (or has lost its leadership): ask the leader,
+    /// whose address the error carries when it is known.
+    #[serde(rename = "E_NOT_LEADER")]
+    NotLeader,
 }
 
 impl ErrorCode {
@@ -64,6 +68,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "E_TOO_LARGE",
             ErrorCode::Timeout => "E_TIMEOUT",
             ErrorCode::Internal => "E_INTERNAL",
+            ErrorCode::NotLeader => "E_NOT_LEADER",
         }
     }
 }
@@ -80,6 +85,9 @@ impl fmt::Display for ErrorCode {
 pub struct WireError {
     pub code: ErrorCode,
     pub message: String,
+    /// With `E_NOT_LEADER`: the leader nm's address, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 impl WireError {
@@ -87,6 +95,20 @@ impl WireError {
         WireError {
             code,
             message: message.into(),
+            leader: None,
+        }
+    }
+
+    /// A standby's answer: go to `leader` (when one is known).
+    pub fn not_leader(leader: Option<String>) -> Self {
+        let message = match &leader {
+            Some(address) => format!("this nm is a standby; the leader is {address}"),
+            None => "this nm is a standby and no leader is elected yet; retry shortly".into(),
+        };
+        WireError {
+            code: ErrorCode::NotLeader,
+            message,
+            leader,
         }
     }
 

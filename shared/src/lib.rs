@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod connection;
 pub mod error;
+pub mod leader;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -561,6 +561,41 @@ pub struct ClusterStatus {
     /// "ASYNC" or "SYNC".
     #[serde(default)]
     pub replication: String,
+    /// The nm group (with `nm --etcd`): every nm process, leader first.
+    /// A single nm without etcd lists itself as the leader.
+    #[serde(default)]
+    pub nm: Vec<NmStatus>,
+    /// The etcd members nm's state is kept in (empty without `--etcd`).
+    #[serde(default)]
+    pub etcd: Vec<EtcdMemberStatus>,
+}
+
+/// One nm process of the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NmStatus {
+    pub address: String,
+    pub role: NmRole,
+    /// The leader's lease: time left before it must have renewed it, in ms
+    /// (standbys: 0).
+    #[serde(default)]
+    pub lease_ms_left: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NmRole {
+    Leader,
+    Standby,
+}
+
+/// One member of the etcd cluster, as the leader nm sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdMemberStatus {
+    pub name: String,
+    /// Its client URL.
+    pub address: String,
+    /// Whether it answered the leader's last status probe.
+    pub healthy: bool,
 }
 
 /// Requests served by a storage server, from clients (with a ticket) and from nm.

@@ -221,6 +221,16 @@ fn every_message_round_trips() {
                 }],
                 queue_depth: 2,
                 replication: "SYNC".into(),
+                nm: vec![shared::proto::NmStatus {
+                    address: "127.0.0.2:5000".into(),
+                    role: shared::proto::NmRole::Leader,
+                    lease_ms_left: 1500,
+                }],
+                etcd: vec![shared::proto::EtcdMemberStatus {
+                    name: "etcd0".into(),
+                    address: "http://127.0.0.9:2379".into(),
+                    healthy: true,
+                }],
             },
         }),
         Ok(NmReply::Located {

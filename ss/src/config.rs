@@ -12,7 +12,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ss", version)]
 pub struct Config {
-    /// nm's address; the server registers there and reconnects with backoff.
+    /// nm's address, or the addresses of an nm group (`A,B,C`, with
+    /// `nm --etcd`): the server registers with the leader, follows it when
+    /// it changes, and reconnects with backoff.
     #[arg(long, env = "SS_NM", default_value = "127.0.0.1:5000")]
     pub nm: String,
 
@@ -47,7 +49,8 @@ pub struct Config {
     #[arg(long, env = "SS_HOST", default_value = "127.0.0.1")]
     pub host: String,
 
-    /// Address to listen on.
+    /// Address to listen on. Connections this server dials (to nm, to its
+    /// partner) leave from it too.
     #[arg(long, env = "SS_BIND", default_value = "127.0.0.1")]
     pub bind: IpAddr,
 

@@ -237,6 +237,17 @@ enum LinkError {
     Unexpected(Box<NmReply>),
 }
 
+impl LinkError {
+    /// `Some(leader)` when nm answered E_NOT_LEADER (naming the leader if it knows it).
+    fn redirect(&self) -> Option<Option<String>> {
+        let error = match self {
+            LinkError::Refused(e) | LinkError::Connection(ConnectionError::Refused(e)) => e,
+            _ => return None,
+        };
+        (error.code == shared::ErrorCode::NotLeader).then(|| error.leader.clone())
+    }
+}
+
 async fn call(client: &mut RpcClient, request: NmRequest) -> Result<NmReply, LinkError> {
     let reply = tokio::time::timeout(CALL_TIMEOUT, client.call::<_, NmReply>(request))
         .await
@@ -259,8 +270,18 @@ pub async fn run(
         .take()
         .expect("the link runs once");
     let mut backoff = BACKOFF_START;
+    let addresses = shared::leader::parse_addresses(&config.nm);
+    let mut leader: Option<String> = None;
     loop {
-        let session = serve_link(&config, &client_addr, &files, &link, &mut notices);
+        let session = serve_link(
+            &config,
+            &addresses,
+            &mut leader,
+            &client_addr,
+            &files,
+            &link,
+            &mut notices,
+        );
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             result = session => result,
@@ -270,6 +291,12 @@ pub async fn run(
         link.renew_lease(None);
         match result {
             Ok(()) => backoff = BACKOFF_START,
+            // A standby or a deposed leader: look for the leader at once.
+            Err(e) if e.redirect().is_some() => {
+                backoff = BACKOFF_START;
+                tracing::info!(event = "ss_nm_not_leader", nm = leader.as_deref().unwrap_or("-"), "nm no longer leads; looking for the leader");
+                leader = e.redirect().flatten();
+            }
             Err(e) => {
                 tracing::warn!(event = "ss_nm_link_down", nm = %config.nm, error = %e, retry_ms = backoff.as_millis() as u64, "nm unreachable; retrying");
             }
@@ -285,18 +312,30 @@ pub async fn run(
 /// One registered session with nm; returns when the connection breaks.
 async fn serve_link(
     config: &Config,
+    addresses: &[String],
+    leader: &mut Option<String>,
     client_addr: &str,
     files: &Arc<Files>,
     link: &NmLink,
     notices: &mut mpsc::Receiver<Notice>,
 ) -> Result<(), LinkError> {
-    let mut client = RpcClient::connect_keyed(
-        &config.nm,
+    let (mut client, reached) = shared::leader::connect_to_leader(
+        addresses,
+        leader.as_deref(),
         Role::StorageServer,
         &config.username,
         link.cluster_key.as_ref(),
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        // The next attempt starts from the top of the list.
+        *leader = None;
+        e
+    })?;
+    *leader = Some(reached.clone());
+    // Among several nm, a leader that stops answering heartbeats is left
+    // once the lease it gave has run out (another may lead by then).
+    let several = addresses.len() > 1;
     let registered_at = Instant::now();
     let roles_before = link.roles_set.load(Ordering::SeqCst);
     // Whatever was queued while disconnected is covered by the inventory.
@@ -389,7 +428,7 @@ async fn serve_link(
             Some(TicketKey::new(ticket_key));
     }
     link.connected.store(true, Ordering::Relaxed);
-    tracing::info!(event = "ss_registered", nm = %config.nm, name = %config.username, address = %client_addr, files = files.len(), "registered with nm");
+    tracing::info!(event = "ss_registered", nm = %reached, name = %config.username, address = %client_addr, files = files.len(), "registered with nm");
 
     // From here on requests are pipelined: a WRITE_COMPLETE awaiting the
     // backup's confirmation must not hold up the heartbeats behind it.
@@ -401,7 +440,8 @@ async fn serve_link(
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
-                let stale = pending.values().any(|p| matches!(p, Pending::Heartbeat(sent) if sent.elapsed() > CALL_TIMEOUT));
+                let patience = if several { lease.min(CALL_TIMEOUT) } else { CALL_TIMEOUT };
+                let stale = pending.values().any(|p| matches!(p, Pending::Heartbeat(sent) if sent.elapsed() > patience));
                 if stale {
                     return Err(LinkError::Timeout);
                 }

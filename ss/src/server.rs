@@ -76,6 +76,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .await
         .with_context(|| format!("binding {}:{}", config.bind, config.client_port))?;
     let port = listener.local_addr()?.port();
+    shared::connection::set_source_ip(config.bind);
     let key = shared::auth::load_for(
         config.cluster_key_file.as_deref(),
         config.bind,

@@ -553,6 +553,8 @@ pub(crate) mod tests {
             }],
             queue_depth: 0,
             replication: "ASYNC".into(),
+            nm: Vec::new(),
+            etcd: Vec::new(),
         }
     }
 

@@ -1,0 +1,155 @@
+//! The leader lease and the election.
+//!
+//! Every nm holds an etcd lease for as long as it runs, renewed every
+//! quarter of its time to live; its member key is bound to it, and so is
+//! the leader key while it leads. A campaign is one transaction: create the
+//! leader key if no key exists. The create revision of the key this nm
+//! wrote is its fence (see [`super::store`]).
+
+use super::keys::Layout;
+use crate::group::Group;
+use etcd_client::{Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Keeps this nm's lease alive for as long as the process runs, granting a
+/// new one whenever it is lost. Publishes the current lease id (0: none).
+pub async fn keep_lease(
+    mut client: Client,
+    layout: Layout,
+    address: String,
+    group: Arc<Group>,
+    lease_id: watch::Sender<i64>,
+) {
+    let ttl_secs = group.ttl().as_secs().max(1) as i64;
+    loop {
+        let granted = tokio::time::timeout(group.ttl(), client.lease_grant(ttl_secs, None)).await;
+        let lease = match granted {
+            Ok(Ok(lease)) => lease,
+            Ok(Err(e)) => {
+                tracing::warn!(event = "nm_etcd_unreachable", error = %e, "cannot obtain an etcd lease; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(event = "nm_etcd_unreachable", "etcd did not grant a lease in time; retrying");
+                continue;
+            }
+        };
+        let id = lease.id();
+        let granted_at = Instant::now();
+        let member = client
+            .put(layout.member(&address), address.clone(), Some(PutOptions::new().with_lease(id)))
+            .await;
+        if let Err(e) = member {
+            tracing::warn!(event = "nm_etcd_unreachable", error = %e, "cannot register as a member; retrying");
+            continue;
+        }
+        group.renewed(granted_at);
+        lease_id.send_replace(id);
+        renew_until_lost(&mut client, id, &group).await;
+        lease_id.send_replace(0);
+        group.end_term("the leader lease could not be renewed (etcd unreachable or too slow)");
+    }
+}
+
+async fn renew_until_lost(client: &mut Client, id: i64, group: &Group) {
+    let Ok(Ok((mut keeper, mut responses))) =
+        tokio::time::timeout(group.ttl() / 2, client.lease_keep_alive(id)).await
+    else {
+        return;
+    };
+    let every = (group.ttl() / 4).max(Duration::from_millis(100));
+    loop {
+        let sent = Instant::now();
+        if keeper.keep_alive().await.is_err() {
+            return;
+        }
+        match tokio::time::timeout(group.ttl() / 2, responses.message()).await {
+            Ok(Ok(Some(response))) if response.ttl() > 0 => group.renewed(sent),
+            Ok(Ok(Some(_))) => {
+                tracing::warn!(event = "nm_lease_expired", lease = id, "etcd says this nm's lease has expired");
+                return;
+            }
+            _ => {
+                tracing::warn!(event = "nm_lease_unrenewed", lease = id, "etcd did not answer a lease renewal in time");
+                return;
+            }
+        }
+        tokio::time::sleep_until((sent + every).into()).await;
+    }
+}
+
+/// Campaigns until this nm is elected; returns the fence (the leader key's
+/// create revision). Meanwhile reports the leader it sees in `group`.
+pub async fn campaign(
+    client: &mut Client,
+    layout: &Layout,
+    address: &str,
+    group: &Group,
+    mut lease_id: watch::Receiver<i64>,
+) -> Result<i64, etcd_client::Error> {
+    loop {
+        let id = *lease_id.borrow_and_update();
+        if id == 0 {
+            let _ = lease_id.changed().await;
+            continue;
+        }
+        let txn = Txn::new()
+            .when([Compare::create_revision(layout.leader(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(layout.leader(), address, Some(PutOptions::new().with_lease(id)))])
+            .or_else([TxnOp::get(layout.leader(), None)]);
+        let response = client.txn(txn).await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        if response.succeeded() {
+            group.set_leader(Some(address.to_owned()));
+            return Ok(revision);
+        }
+        // Someone leads: wait until its key goes (or a while, to re-check).
+        let leader = response.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(get) => get
+                .kvs()
+                .first()
+                .and_then(|kv| kv.value_str().ok().map(str::to_owned)),
+            _ => None,
+        });
+        if leader.as_deref() == Some(address) {
+            // Our own key from an earlier term, still bound to a live
+            // lease: delete it (only if it is still ours) and campaign anew.
+            let stale = Txn::new()
+                .when([Compare::value(layout.leader(), CompareOp::Equal, address)])
+                .and_then([TxnOp::delete(layout.leader(), None)]);
+            client.txn(stale).await?;
+            continue;
+        }
+        remember_leader(group, leader);
+        let mut stream = client
+            .watch(
+                layout.leader(),
+                Some(WatchOptions::new().with_start_revision(revision + 1)),
+            )
+            .await?;
+        let gone = async {
+            while let Ok(Some(response)) = stream.message().await {
+                for event in response.events() {
+                    match event.event_type() {
+                        EventType::Delete => return,
+                        EventType::Put => remember_leader(
+                            group,
+                            event.kv().and_then(|kv| kv.value_str().ok().map(str::to_owned)),
+                        ),
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), gone).await;
+    }
+}
+
+fn remember_leader(group: &Group, leader: Option<String>) {
+    if group.leader() != leader {
+        tracing::info!(event = "nm_leader_seen", leader = leader.as_deref().unwrap_or("-"), "the group's leader");
+    }
+    group.set_leader(leader);
+}

@@ -1,0 +1,333 @@
+//! nm on etcd: several nm processes, one leader, hot standbys.
+//!
+//! Each process loops between two phases:
+//!
+//! - **Standby.** Load `state/` from etcd at one revision, then follow it
+//!   with a watch (a warm copy of the namespace and the pairs), and
+//!   campaign for the leader key. Every connection is refused with
+//!   `E_NOT_LEADER`, naming the leader when one is known.
+//! - **Leader.** Once elected, and once the watch has delivered everything
+//!   up to the election's revision, the warm copy becomes a full nm
+//!   ([`crate::server::Nm`]) on a runtime of its own, whose journal is the
+//!   fenced etcd writer ([`store::writer`]). Storage servers register with
+//!   it afresh, each with a new heartbeat timeout (nm's start-up grace), so a
+//!   takeover alone never promotes anything.
+//!
+//! A term ends when the lease cannot be renewed in time, when a write is
+//! fenced off or fails, or at shutdown. Its runtime is then dropped whole
+//! (every task and connection of that nm ends at once) and the process
+//! becomes a standby again, reloading from etcd.
+//!
+//! - [`keys`]: the layout in etcd and the records-to-writes translation.
+//! - [`store`]: load, watch, and the fenced writer.
+//! - [`election`]: the lease and the campaign.
+
+pub mod election;
+pub mod keys;
+pub mod store;
+
+use crate::group::Group;
+use crate::server::{announce, bind, Nm};
+use crate::Config;
+use color_eyre::eyre::{eyre, Result};
+use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
+use keys::Layout;
+use shared::connection::Connection;
+use shared::proto::{EtcdMemberStatus, Role};
+use shared::WireError;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The leading nm of this process, if it leads, with the runtime it runs on.
+type Current = Arc<RwLock<Option<(Arc<Nm>, tokio::runtime::Handle)>>>;
+
+async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, etcd_client::Error> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_keep_alive(timeout, timeout)
+        .with_keep_alive_while_idle(true);
+    Client::connect(endpoints, Some(options)).await
+}
+
+/// Runs this nm as one of the group until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let endpoints = shared::leader::parse_addresses(config.etcd.as_deref().unwrap_or_default());
+    if endpoints.is_empty() {
+        return Err(eyre!("--etcd names no endpoint"));
+    }
+    let layout = Layout::new(&config.etcd_prefix);
+    let listener = bind(&config).await?;
+    let bound = listener.local_addr()?;
+    let address = config.advertise.clone().unwrap_or_else(|| bound.to_string());
+    let cluster_key =
+        shared::auth::load_for(config.cluster_key_file.as_deref(), bound.ip(), config.insecure)?;
+    let ttl = Duration::from_secs(config.leader_lease.as_secs().max(1));
+    let group = Arc::new(Group::new(ttl));
+    let client = connect(&endpoints, ttl).await.map_err(|e| eyre!("connecting to etcd at {endpoints:?}: {e}"))?;
+
+    let (lease_tx, lease_rx) = watch::channel(0i64);
+    tokio::spawn(election::keep_lease(client.clone(), layout.clone(), address.clone(), group.clone(), lease_tx));
+    tokio::spawn(watch_group(client.clone(), layout.clone(), group.clone()));
+    tokio::spawn(probe_etcd(client.clone(), endpoints.clone(), group.clone()));
+
+    let current: Current = Arc::new(RwLock::new(None));
+    announce(&config, bound)?;
+    let accepting = {
+        let (current, group, config, key) = (current.clone(), group.clone(), config.clone(), cluster_key.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let max = config.limits.max_connections;
+            shared::limits::serve_connections(listener, max, shutdown, "nm", move |stream, peer| {
+                route(current.clone(), group.clone(), config.clone(), key.clone(), stream, peer)
+            })
+            .await;
+        })
+    };
+
+    while !shutdown.is_cancelled() {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ended = one_term(&config, &client, &layout, &address, bound, &group, &lease_rx, &current) => {
+                if let Err(e) = ended {
+                    tracing::warn!(event = "nm_etcd_unreachable", error = %e, "standby phase interrupted; starting over");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+    group.end_term("shutting down");
+    let _ = accepting.await;
+    tracing::info!(event = "nm_shutdown", "name manager stopped");
+    Ok(())
+}
+
+/// One standby phase and, if elected, one term as leader.
+#[allow(clippy::too_many_arguments)]
+async fn one_term(
+    config: &Config,
+    client: &Client,
+    layout: &Layout,
+    address: &str,
+    bound: SocketAddr,
+    group: &Arc<Group>,
+    lease_rx: &watch::Receiver<i64>,
+    current: &Current,
+) -> Result<(), etcd_client::Error> {
+    let mut client = client.clone();
+    let (ns, revision) = store::load(&mut client, layout).await?;
+    let ns = Arc::new(Mutex::new(ns));
+    let (applied_tx, mut applied) = watch::channel(revision);
+    let follower = tokio::spawn(store::follow(
+        client.clone(),
+        layout.clone(),
+        revision + 1,
+        ns.clone(),
+        applied_tx,
+    ));
+    let fence = tokio::select! {
+        won = election::campaign(&mut client, layout, address, group, lease_rx.clone()) => won?,
+        followed = follower => {
+            return Err(match followed {
+                Ok(Err(e)) => e,
+                _ => etcd_client::Error::WatchError("the watch of the state ended".into()),
+            });
+        }
+    };
+    // Everything written before this nm's leader key was created has been
+    // applied once the watch has delivered that key.
+    let caught_up = applied.wait_for(|seen| *seen >= fence);
+    if tokio::time::timeout(group.ttl(), caught_up).await.is_err() {
+        tracing::warn!(event = "nm_watch_behind", fence, "the warm copy did not catch up in time; resigning");
+        store::resign(&mut client, layout, fence).await;
+        return Ok(());
+    }
+    let ns = std::mem::take(&mut *ns.lock().unwrap_or_else(|p| p.into_inner()));
+    let term = group.begin_term();
+    tracing::info!(event = "nm_elected", address, fence, files = ns.len(), "this nm leads");
+
+    // The term's nm runs on a runtime of its own, dropped whole when it ends.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("nm-term")
+        .enable_all()
+        .build()
+        .map_err(|e| etcd_client::Error::IoError(e))?;
+    let started = {
+        let (config, client, layout, group) = (config.clone(), client.clone(), layout.clone(), group.clone());
+        runtime.spawn(async move {
+            let journal = store::writer(client, layout, fence, group.clone(), &ns);
+            Nm::start(config, journal, ns, bound, Some(group))
+        })
+    };
+    let nm = match started.await {
+        Ok(Ok(nm)) => nm,
+        Ok(Err(e)) => {
+            tracing::error!(event = "nm_start_failed", error = %e, "the leader could not start");
+            group.end_term("start failed");
+        runtime.shutdown_background();
+            store::resign(&mut client, layout, fence).await;
+            return Ok(());
+        }
+        Err(e) => {
+            tracing::error!(event = "nm_start_failed", error = %e, "the leader could not start");
+            group.end_term("start failed");
+            runtime.shutdown_background();
+            store::resign(&mut client, layout, fence).await;
+            return Ok(());
+        }
+    };
+    *current.write().unwrap_or_else(|p| p.into_inner()) = Some((nm, runtime.handle().clone()));
+
+    // Ends the term the moment the lease may have lapsed, even if nothing
+    // else notices (a paused process, a renewal stuck in flight).
+    loop {
+        let until = group.holds_until();
+        tokio::select! {
+            _ = term.cancelled() => break,
+            _ = tokio::time::sleep_until(until.into()) => {
+                if !group.holds_lease() {
+                    group.end_term("the leader lease was not renewed in time");
+                    break;
+                }
+            }
+        }
+    }
+    *current.write().unwrap_or_else(|p| p.into_inner()) = None;
+    runtime.shutdown_background();
+    store::resign(&mut client, layout, fence).await;
+    tracing::info!(event = "nm_standby", address, "this nm is a standby again");
+    Ok(())
+}
+
+/// Serves a connection with the leading nm, or refuses it as a standby.
+async fn route(
+    current: Current,
+    group: Arc<Group>,
+    config: Config,
+    key: Option<shared::auth::ClusterKey>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let leading = current.read().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some((nm, handle)) = leading {
+        if nm.leads() {
+            let _ = handle.spawn(nm.serve_connection(stream, peer)).await;
+            return;
+        }
+    }
+    let accepted = Connection::accept(
+        stream,
+        Role::NameManager,
+        config.max_frame,
+        config.limits.handshake_timeout,
+        key.as_ref(),
+    )
+    .await;
+    if let Ok((conn, _)) = accepted {
+        let me = config.advertise.clone();
+        let leader = group.leader().filter(|l| Some(l) != me.as_ref());
+        conn.refuse(WireError::not_leader(leader)).await;
+    }
+}
+
+/// Keeps the group's member list and leader up to date, for STATUS and
+/// for the standby's redirects.
+async fn watch_group(mut client: Client, layout: Layout, group: Arc<Group>) {
+    loop {
+        let result: Result<(), etcd_client::Error> = async {
+            let members = client
+                .get(layout.members(), Some(GetOptions::new().with_prefix()))
+                .await?;
+            let revision = members.header().map_or(0, |h| h.revision());
+            let mut list: Vec<String> = members
+                .kvs()
+                .iter()
+                .filter_map(|kv| kv.value_str().ok().map(str::to_owned))
+                .collect();
+            group.set_member_list(list.clone());
+            let leader = client.get(layout.leader(), None).await?;
+            group.set_leader(
+                leader
+                    .kvs()
+                    .first()
+                    .and_then(|kv| kv.value_str().ok().map(str::to_owned)),
+            );
+            let mut stream = client
+                .watch(
+                    layout.members(),
+                    Some(WatchOptions::new().with_prefix().with_start_revision(revision + 1)),
+                )
+                .await?;
+            stream
+                .watch(
+                    layout.leader(),
+                    Some(WatchOptions::new().with_start_revision(revision + 1)),
+                )
+                .await?;
+            while let Some(response) = stream.message().await? {
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let Ok(key) = kv.key_str() else { continue };
+                    let put = event.event_type() == etcd_client::EventType::Put;
+                    if key == layout.leader() {
+                        group.set_leader(put.then(|| kv.value_str().ok().map(str::to_owned)).flatten());
+                    } else if let Some(member) = key.strip_prefix(&layout.members()) {
+                        list.retain(|m| m != member);
+                        if put {
+                            list.push(member.to_owned());
+                        }
+                        group.set_member_list(list.clone());
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(event = "nm_group_watch_broken", error = %e);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Asks every etcd endpoint for its status once a second, for STATUS.
+async fn probe_etcd(mut client: Client, endpoints: Vec<String>, group: Arc<Group>) {
+    let probe_timeout = Duration::from_millis(500);
+    let mut probes: Vec<Option<Client>> = vec![None; endpoints.len()];
+    loop {
+        let names: Vec<(Vec<String>, String)> = match tokio::time::timeout(probe_timeout, client.member_list()).await {
+            Ok(Ok(list)) => list
+                .members()
+                .iter()
+                .map(|m| (m.client_urls().to_vec(), m.name().to_owned()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut statuses = Vec::with_capacity(endpoints.len());
+        for (endpoint, probe) in endpoints.iter().zip(probes.iter_mut()) {
+            if probe.is_none() {
+                *probe = connect(std::slice::from_ref(endpoint), probe_timeout).await.ok();
+            }
+            let healthy = match probe {
+                Some(c) => matches!(tokio::time::timeout(probe_timeout, c.status()).await, Ok(Ok(_))),
+                None => false,
+            };
+            let name = names
+                .iter()
+                .find(|(urls, _)| urls.iter().any(|u| u == endpoint))
+                .map(|(_, n)| n.clone())
+                .unwrap_or_default();
+            statuses.push(EtcdMemberStatus {
+                name,
+                address: endpoint.clone(),
+                healthy,
+            });
+        }
+        group.set_etcd(statuses);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
