@@ -99,16 +99,18 @@ impl WireError {
         }
     }
 
-    /// A standby's answer: go to `leader` (when one is known).
+    /// A standby's answer: go to `leader`. With no leader known (an
+    /// election under way, or etcd unreachable) it is `E_UNAVAILABLE`.
     pub fn not_leader(leader: Option<String>) -> Self {
-        let message = match &leader {
-            Some(address) => format!("this nm is a standby; the leader is {address}"),
-            None => "this nm is a standby and no leader is elected yet; retry shortly".into(),
-        };
-        WireError {
-            code: ErrorCode::NotLeader,
-            message,
-            leader,
+        match leader {
+            Some(address) => WireError {
+                code: ErrorCode::NotLeader,
+                message: format!("this nm is a standby; the leader is {address}"),
+                leader: Some(address),
+            },
+            None => Self::unavailable(
+                "no nm leads at the moment (an election is under way, or etcd is unreachable); retry shortly",
+            ),
         }
     }
 

@@ -30,6 +30,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const NOTICE_RESEND: Duration = Duration::from_secs(1);
 const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const BACKOFF_MAX_AMONG_SEVERAL: Duration = Duration::from_millis(200);
 const NOTICE_QUEUE: usize = 10_000;
 
 struct Notice {
@@ -305,7 +306,9 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        // Among several nm an election takes a lease's time: keep trying often.
+        let most = if addresses.len() > 1 { BACKOFF_MAX_AMONG_SEVERAL } else { BACKOFF_MAX };
+        backoff = (backoff * 2).min(most);
     }
 }
 

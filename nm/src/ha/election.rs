@@ -48,33 +48,50 @@ pub async fn keep_lease(
         }
         group.renewed(granted_at);
         lease_id.send_replace(id);
-        renew_until_lost(&mut client, id, &group).await;
+        // A broken renewal stream (the etcd member it went to died) is
+        // opened again on the same lease for as long as the lease may hold.
+        loop {
+            match renew_until_broken(&mut client, id, &group).await {
+                Renewal::Expired => break,
+                Renewal::Broken if Instant::now() < group.holds_until() => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Renewal::Broken => break,
+            }
+        }
         lease_id.send_replace(0);
         group.end_term("the leader lease could not be renewed (etcd unreachable or too slow)");
     }
 }
 
-async fn renew_until_lost(client: &mut Client, id: i64, group: &Group) {
+enum Renewal {
+    /// etcd says the lease is gone.
+    Expired,
+    /// The renewal stream broke or an answer was late; the lease may still hold.
+    Broken,
+}
+
+async fn renew_until_broken(client: &mut Client, id: i64, group: &Group) -> Renewal {
     let Ok(Ok((mut keeper, mut responses))) =
-        tokio::time::timeout(group.ttl() / 2, client.lease_keep_alive(id)).await
+        tokio::time::timeout(group.ttl() / 4, client.lease_keep_alive(id)).await
     else {
-        return;
+        return Renewal::Broken;
     };
     let every = (group.ttl() / 4).max(Duration::from_millis(100));
     loop {
         let sent = Instant::now();
         if keeper.keep_alive().await.is_err() {
-            return;
+            return Renewal::Broken;
         }
-        match tokio::time::timeout(group.ttl() / 2, responses.message()).await {
+        match tokio::time::timeout(group.ttl() / 4, responses.message()).await {
             Ok(Ok(Some(response))) if response.ttl() > 0 => group.renewed(sent),
             Ok(Ok(Some(_))) => {
                 tracing::warn!(event = "nm_lease_expired", lease = id, "etcd says this nm's lease has expired");
-                return;
+                return Renewal::Expired;
             }
             _ => {
                 tracing::warn!(event = "nm_lease_unrenewed", lease = id, "etcd did not answer a lease renewal in time");
-                return;
+                return Renewal::Broken;
             }
         }
         tokio::time::sleep_until((sent + every).into()).await;

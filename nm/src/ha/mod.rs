@@ -67,13 +67,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         shared::auth::load_for(config.cluster_key_file.as_deref(), bound.ip(), config.insecure)?;
     let ttl = Duration::from_secs(config.leader_lease.as_secs().max(1));
     let group = Arc::new(Group::new(ttl));
-    let client = connect(&endpoints, ttl).await.map_err(|e| eyre!("connecting to etcd at {endpoints:?}: {e}"))?;
-
-    let (lease_tx, lease_rx) = watch::channel(0i64);
-    tokio::spawn(election::keep_lease(client.clone(), layout.clone(), address.clone(), group.clone(), lease_tx));
-    tokio::spawn(watch_group(client.clone(), layout.clone(), group.clone()));
-    tokio::spawn(probe_etcd(client.clone(), endpoints.clone(), group.clone()));
-
     let current: Current = Arc::new(RwLock::new(None));
     announce(&config, bound)?;
     let accepting = {
@@ -88,15 +81,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         })
     };
 
-    while !shutdown.is_cancelled() {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            ended = one_term(&config, &client, &layout, &address, bound, &group, &lease_rx, &current) => {
-                if let Err(e) = ended {
-                    tracing::warn!(event = "nm_etcd_unreachable", error = %e, "standby phase interrupted; starting over");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+    let client = loop {
+        match connect(&endpoints, ttl).await {
+            Ok(client) => break client,
+            Err(e) => {
+                tracing::warn!(event = "nm_etcd_unreachable", error = %e, endpoints = ?endpoints, "cannot reach etcd; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
             }
+        }
+    };
+
+    let (lease_tx, lease_rx) = watch::channel(0i64);
+    tokio::spawn(election::keep_lease(client.clone(), layout.clone(), address.clone(), group.clone(), lease_tx));
+    tokio::spawn(watch_group(client.clone(), layout.clone(), group.clone()));
+    tokio::spawn(probe_etcd(client.clone(), endpoints.clone(), group.clone()));
+
+    while !shutdown.is_cancelled() {
+        let term = one_term(&config, &client, &layout, &address, bound, &group, &lease_rx, &current, &shutdown);
+        if let Err(e) = term.await {
+            tracing::warn!(event = "nm_etcd_unreachable", error = %e, "standby phase interrupted; starting over");
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
     group.end_term("shutting down");
@@ -116,9 +123,13 @@ async fn one_term(
     group: &Arc<Group>,
     lease_rx: &watch::Receiver<i64>,
     current: &Current,
+    shutdown: &CancellationToken,
 ) -> Result<(), etcd_client::Error> {
     let mut client = client.clone();
-    let (ns, revision) = store::load(&mut client, layout).await?;
+    let (ns, revision) = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        loaded = store::load(&mut client, layout) => loaded?,
+    };
     let ns = Arc::new(Mutex::new(ns));
     let (applied_tx, mut applied) = watch::channel(revision);
     let follower = tokio::spawn(store::follow(
@@ -129,6 +140,7 @@ async fn one_term(
         applied_tx,
     ));
     let fence = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
         won = election::campaign(&mut client, layout, address, group, lease_rx.clone()) => won?,
         followed = follower => {
             return Err(match followed {
@@ -150,15 +162,17 @@ async fn one_term(
     tracing::info!(event = "nm_elected", address, fence, files = ns.len(), "this nm leads");
 
     // The term's nm runs on a runtime of its own, dropped whole when it ends.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("nm-term")
-        .enable_all()
-        .build()
-        .map_err(|e| etcd_client::Error::IoError(e))?;
+    let runtime = TermRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("nm-term")
+            .enable_all()
+            .build()
+            .map_err(etcd_client::Error::IoError)?,
+    ));
     let started = {
         let (config, client, layout, group) = (config.clone(), client.clone(), layout.clone(), group.clone());
-        runtime.spawn(async move {
+        runtime.handle().spawn(async move {
             let journal = store::writer(client, layout, fence, group.clone(), &ns);
             Nm::start(config, journal, ns, bound, Some(group))
         })
@@ -168,19 +182,19 @@ async fn one_term(
         Ok(Err(e)) => {
             tracing::error!(event = "nm_start_failed", error = %e, "the leader could not start");
             group.end_term("start failed");
-        runtime.shutdown_background();
+            drop(runtime);
             store::resign(&mut client, layout, fence).await;
             return Ok(());
         }
         Err(e) => {
             tracing::error!(event = "nm_start_failed", error = %e, "the leader could not start");
             group.end_term("start failed");
-            runtime.shutdown_background();
+            drop(runtime);
             store::resign(&mut client, layout, fence).await;
             return Ok(());
         }
     };
-    *current.write().unwrap_or_else(|p| p.into_inner()) = Some((nm, runtime.handle().clone()));
+    *current.write().unwrap_or_else(|p| p.into_inner()) = Some((nm, runtime.handle()));
 
     // Ends the term the moment the lease may have lapsed, even if nothing
     // else notices (a paused process, a renewal stuck in flight).
@@ -188,6 +202,10 @@ async fn one_term(
         let until = group.holds_until();
         tokio::select! {
             _ = term.cancelled() => break,
+            _ = shutdown.cancelled() => {
+                group.end_term("shutting down");
+                break;
+            }
             _ = tokio::time::sleep_until(until.into()) => {
                 if !group.holds_lease() {
                     group.end_term("the leader lease was not renewed in time");
@@ -197,10 +215,28 @@ async fn one_term(
         }
     }
     *current.write().unwrap_or_else(|p| p.into_inner()) = None;
-    runtime.shutdown_background();
+    drop(runtime);
     store::resign(&mut client, layout, fence).await;
     tracing::info!(event = "nm_standby", address, "this nm is a standby again");
     Ok(())
+}
+
+/// The runtime of one term: dropping it (anywhere, async code included)
+/// ends every task and connection of that term's nm at once.
+struct TermRuntime(Option<tokio::runtime::Runtime>);
+
+impl TermRuntime {
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().expect("the runtime lives until dropped").handle().clone()
+    }
+}
+
+impl Drop for TermRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Serves a connection with the leading nm, or refuses it as a standby.

@@ -165,18 +165,14 @@ async fn commit(
     translator: &mut Translator,
     records: Vec<crate::journal::Record>,
 ) -> Result<(), WireError> {
-    let deadline = group.ttl();
-    let unreachable = |e: String| {
-        WireError::unavailable(format!(
-            "nm cannot write to etcd ({e}); nothing was changed, retry shortly"
-        ))
-    };
     let mut fetched: HashMap<String, Option<FileRecord>> = HashMap::new();
     for file in Translator::needs(&records) {
-        let read = tokio::time::timeout(deadline, client.get(layout_file(layout, &file), None))
-            .await
-            .map_err(|_| unreachable("timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+        let key = layout_file(layout, &file);
+        let read = retrying(group, || {
+            let (mut client, key) = (client.clone(), key.clone());
+            async move { client.get(key, None).await }
+        })
+        .await?;
         fetched.insert(file, read.kvs().first().and_then(|kv| keys::decode_file(kv.value())));
     }
     let writes = translator.translate(records, fetched);
@@ -191,15 +187,46 @@ async fn commit(
         let txn = Txn::new()
             .when([Compare::create_revision(layout.leader(), CompareOp::Equal, fence)])
             .and_then(operations);
-        let response = tokio::time::timeout(deadline, client.txn(txn))
-            .await
-            .map_err(|_| unreachable("timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+        // Puts and deletes of whole values: a retry after a lost answer
+        // writes the same state again.
+        let response = retrying(group, || {
+            let (mut client, txn) = (client.clone(), txn.clone());
+            async move { client.txn(txn).await }
+        })
+        .await?;
         if !response.succeeded() {
             return Err(WireError::not_leader(None));
         }
     }
     Ok(())
+}
+
+/// Runs an etcd call, again after a failure (an etcd member that died
+/// under it), for as long as this nm's lease surely holds.
+async fn retrying<T, F, Fut>(group: &Group, mut call: F) -> Result<T, WireError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let unavailable = |why: String| {
+        WireError::unavailable(format!(
+            "nm cannot write to etcd ({why}); the change was not made, retry shortly"
+        ))
+    };
+    loop {
+        let left = group.holds_until().saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(unavailable("the leader lease lapsed first".into()));
+        }
+        match tokio::time::timeout(left, call()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => {
+                tracing::debug!(event = "nm_etcd_retry", error = %e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) => return Err(unavailable("etcd did not answer in time".into())),
+        }
+    }
 }
 
 fn layout_file(layout: &Layout, file: &str) -> String {
