@@ -27,6 +27,10 @@ pub struct Client {
     reply_timeout: std::time::Duration,
 }
 
+/// The longest wait for nm's answer to one request (nm forwards some to a
+/// storage server, which has its own time limit within this one).
+pub const NM_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The default wait for a storage server's reply.
 pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -91,7 +95,23 @@ impl Client {
                 self.nm = Some(nm);
             }
             let nm = self.nm.as_mut().expect("connected above");
-            match nm.call(request.clone()).await {
+            // A silent nm (partitioned away, hung) must not hold the client forever.
+            let call = tokio::time::timeout(NM_REPLY_TIMEOUT, nm.call(request.clone()));
+            let Ok(answer) = call.await else {
+                self.nm = None;
+                if attempt == 1 {
+                    return Err(WireError::new(
+                        shared::ErrorCode::Timeout,
+                        format!(
+                            "nm at {} did not answer within {} s",
+                            self.nm_address,
+                            NM_REPLY_TIMEOUT.as_secs()
+                        ),
+                    ));
+                }
+                continue;
+            };
+            match answer {
                 Ok(Err(e)) if e.code == shared::ErrorCode::NotLeader && attempt == 0 => {
                     self.nm = None;
                     if let Some(leader) = e.leader {

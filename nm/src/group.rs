@@ -70,11 +70,7 @@ impl Group {
     /// Whether this nm leads and its lease surely holds now.
     pub fn holds_lease(&self) -> bool {
         let inner = self.inner();
-        inner
-            .term
-            .as_ref()
-            .is_some_and(|t| !t.is_cancelled())
-            && Instant::now() < inner.holds_until
+        inner.term.as_ref().is_some_and(|t| !t.is_cancelled()) && Instant::now() < inner.holds_until
     }
 
     /// This nm won an election: a term begins; it ends when the token is cancelled.
@@ -89,7 +85,11 @@ impl Group {
         let term = self.inner().term.take();
         if let Some(term) = term {
             if !term.is_cancelled() {
-                tracing::warn!(event = "nm_stepped_down", reason = why, "this nm no longer leads");
+                tracing::warn!(
+                    event = "nm_stepped_down",
+                    reason = why,
+                    "this nm no longer leads"
+                );
             }
             term.cancel();
         }
@@ -172,7 +172,10 @@ mod tests {
         let term = group.begin_term();
         assert!(group.holds_lease());
         group.renewed(Instant::now() - Duration::from_millis(1600));
-        assert!(group.holds_lease(), "a later renewal is not undone by an older one");
+        assert!(
+            group.holds_lease(),
+            "a later renewal is not undone by an older one"
+        );
         group.end_term("test");
         assert!(term.is_cancelled());
         assert!(!group.holds_lease());
@@ -180,14 +183,21 @@ mod tests {
         let stale = Group::new(Duration::from_secs(2));
         stale.begin_term();
         stale.renewed(Instant::now() - Duration::from_millis(1600));
-        assert!(!stale.holds_lease(), "1.6 s after a renewal a 2 s lease no longer counts");
+        assert!(
+            !stale.holds_lease(),
+            "1.6 s after a renewal a 2 s lease no longer counts"
+        );
     }
 
     #[test]
     fn status_lists_the_leader_first() {
         let group = Group::new(Duration::from_secs(2));
         group.set_members(
-            vec!["127.0.0.3:1".into(), "127.0.0.2:1".into(), "127.0.0.4:1".into()],
+            vec![
+                "127.0.0.3:1".into(),
+                "127.0.0.2:1".into(),
+                "127.0.0.4:1".into(),
+            ],
             Some("127.0.0.4:1".into()),
         );
         let status = group.nm_status("127.0.0.2:1");

@@ -233,7 +233,9 @@ impl Nm {
             };
             let Some(request) = request else { continue };
             if !self.leads() {
-                let _ = conn.reply::<NmReply>(id, Err(WireError::not_leader(None))).await;
+                let _ = conn
+                    .reply::<NmReply>(id, Err(WireError::not_leader(None)))
+                    .await;
                 break;
             }
             if let NmRequest::Watch { snapshot_every_ms } = request {

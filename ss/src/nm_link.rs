@@ -295,7 +295,11 @@ pub async fn run(
             // A standby or a deposed leader: look for the leader at once.
             Err(e) if e.redirect().is_some() => {
                 backoff = BACKOFF_START;
-                tracing::info!(event = "ss_nm_not_leader", nm = leader.as_deref().unwrap_or("-"), "nm no longer leads; looking for the leader");
+                tracing::info!(
+                    event = "ss_nm_not_leader",
+                    nm = leader.as_deref().unwrap_or("-"),
+                    "nm no longer leads; looking for the leader"
+                );
                 leader = e.redirect().flatten();
             }
             Err(e) => {
@@ -307,7 +311,11 @@ pub async fn run(
             _ = tokio::time::sleep(backoff) => {}
         }
         // Among several nm an election takes a lease's time: keep trying often.
-        let most = if addresses.len() > 1 { BACKOFF_MAX_AMONG_SEVERAL } else { BACKOFF_MAX };
+        let most = if addresses.len() > 1 {
+            BACKOFF_MAX_AMONG_SEVERAL
+        } else {
+            BACKOFF_MAX
+        };
         backoff = (backoff * 2).min(most);
     }
 }

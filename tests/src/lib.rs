@@ -6,6 +6,8 @@
 //! when dropped. The binaries are built once per test process by running
 //! `cargo build`, so a test never runs against stale binaries.
 
+#[cfg(feature = "ha")]
+pub mod ha;
 pub mod proxy;
 
 use console::client::Client;
@@ -38,6 +40,10 @@ pub fn bin_dir() -> &'static Path {
         let mut build = Command::new(cargo);
         // The whole workspace: "-p console" is ambiguous beside a dependency of that name.
         build.args(["build", "--quiet", "--workspace", "--bins"]);
+        // The same features as this test build, so nothing is rebuilt twice.
+        if cfg!(feature = "ha") {
+            build.arg("--all-features");
+        }
         if release {
             build.arg("--release");
         }
@@ -57,7 +63,7 @@ pub fn raise_fd_limit() {
 }
 
 /// The daemons' log filter: `info`, or `TEST_RUST_LOG` when debugging a test.
-fn daemon_log_filter() -> String {
+pub(crate) fn daemon_log_filter() -> String {
     std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into())
 }
 
@@ -395,50 +401,7 @@ impl TestCluster {
 
     /// The first difference between two servers' files, if any.
     pub fn difference(&self, a: &str, b: &str) -> Option<String> {
-        let (ra, rb) = (self.storage(a), self.storage(b));
-        for area in ["files", "checkpoints"] {
-            let fa = tree(&ra.join(area));
-            let fb = tree(&rb.join(area));
-            if fa.keys().ne(fb.keys()) {
-                return Some(format!(
-                    "{area}/ of {a} and {b} differ: {:?} vs {:?}",
-                    fa.keys().collect::<Vec<_>>(),
-                    fb.keys().collect::<Vec<_>>()
-                ));
-            }
-            for (name, content) in &fa {
-                if content != &fb[name] {
-                    return Some(format!("{area}/{name} differs between {a} and {b}"));
-                }
-            }
-        }
-        let ma = tree(&ra.join("meta"));
-        let mb = tree(&rb.join("meta"));
-        if ma.keys().ne(mb.keys()) {
-            return Some(format!("meta/ of {a} and {b} differ"));
-        }
-        for (name, bytes) in &ma {
-            let x: FileMeta = shared::connection::decode(bytes).expect("meta");
-            let y: FileMeta = shared::connection::decode(&mb[name]).expect("meta");
-            let summary = |m: &FileMeta| {
-                (
-                    m.owner.clone(),
-                    m.acl.clone(),
-                    m.stats.version,
-                    m.stats.size,
-                    m.stats.words,
-                    m.checkpoints.clone(),
-                )
-            };
-            if summary(&x) != summary(&y) {
-                return Some(format!(
-                    "metadata of {name} differs between {a} and {b}: {:?} vs {:?}",
-                    summary(&x),
-                    summary(&y)
-                ));
-            }
-        }
-        None
+        difference(a, &self.storage(a), b, &self.storage(b))
     }
 
     pub fn ss_running(&self, name: &str) -> bool {
@@ -526,6 +489,53 @@ impl Drop for TestCluster {
             let _ = dir.keep();
         }
     }
+}
+
+/// The first difference between two servers' storage folders, if any.
+pub fn difference(a: &str, ra: &Path, b: &str, rb: &Path) -> Option<String> {
+    for area in ["files", "checkpoints"] {
+        let fa = tree(&ra.join(area));
+        let fb = tree(&rb.join(area));
+        if fa.keys().ne(fb.keys()) {
+            return Some(format!(
+                "{area}/ of {a} and {b} differ: {:?} vs {:?}",
+                fa.keys().collect::<Vec<_>>(),
+                fb.keys().collect::<Vec<_>>()
+            ));
+        }
+        for (name, content) in &fa {
+            if content != &fb[name] {
+                return Some(format!("{area}/{name} differs between {a} and {b}"));
+            }
+        }
+    }
+    let ma = tree(&ra.join("meta"));
+    let mb = tree(&rb.join("meta"));
+    if ma.keys().ne(mb.keys()) {
+        return Some(format!("meta/ of {a} and {b} differ"));
+    }
+    for (name, bytes) in &ma {
+        let x: FileMeta = shared::connection::decode(bytes).expect("meta");
+        let y: FileMeta = shared::connection::decode(&mb[name]).expect("meta");
+        let summary = |m: &FileMeta| {
+            (
+                m.owner.clone(),
+                m.acl.clone(),
+                m.stats.version,
+                m.stats.size,
+                m.stats.words,
+                m.checkpoints.clone(),
+            )
+        };
+        if summary(&x) != summary(&y) {
+            return Some(format!(
+                "metadata of {name} differs between {a} and {b}: {:?} vs {:?}",
+                summary(&x),
+                summary(&y)
+            ));
+        }
+    }
+    None
 }
 
 /// Every regular file under `root`, by relative path, with its bytes.

@@ -33,14 +33,21 @@ pub async fn keep_lease(
                 continue;
             }
             Err(_) => {
-                tracing::warn!(event = "nm_etcd_unreachable", "etcd did not grant a lease in time; retrying");
+                tracing::warn!(
+                    event = "nm_etcd_unreachable",
+                    "etcd did not grant a lease in time; retrying"
+                );
                 continue;
             }
         };
         let id = lease.id();
         let granted_at = Instant::now();
         let member = client
-            .put(layout.member(&address), address.clone(), Some(PutOptions::new().with_lease(id)))
+            .put(
+                layout.member(&address),
+                address.clone(),
+                Some(PutOptions::new().with_lease(id)),
+            )
             .await;
         if let Err(e) = member {
             tracing::warn!(event = "nm_etcd_unreachable", error = %e, "cannot register as a member; retrying");
@@ -86,11 +93,19 @@ async fn renew_until_broken(client: &mut Client, id: i64, group: &Group) -> Rene
         match tokio::time::timeout(group.ttl() / 4, responses.message()).await {
             Ok(Ok(Some(response))) if response.ttl() > 0 => group.renewed(sent),
             Ok(Ok(Some(_))) => {
-                tracing::warn!(event = "nm_lease_expired", lease = id, "etcd says this nm's lease has expired");
+                tracing::warn!(
+                    event = "nm_lease_expired",
+                    lease = id,
+                    "etcd says this nm's lease has expired"
+                );
                 return Renewal::Expired;
             }
             _ => {
-                tracing::warn!(event = "nm_lease_unrenewed", lease = id, "etcd did not answer a lease renewal in time");
+                tracing::warn!(
+                    event = "nm_lease_unrenewed",
+                    lease = id,
+                    "etcd did not answer a lease renewal in time"
+                );
                 return Renewal::Broken;
             }
         }
@@ -114,8 +129,16 @@ pub async fn campaign(
             continue;
         }
         let txn = Txn::new()
-            .when([Compare::create_revision(layout.leader(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(layout.leader(), address, Some(PutOptions::new().with_lease(id)))])
+            .when([Compare::create_revision(
+                layout.leader(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                layout.leader(),
+                address,
+                Some(PutOptions::new().with_lease(id)),
+            )])
             .or_else([TxnOp::get(layout.leader(), None)]);
         let response = client.txn(txn).await?;
         let revision = response.header().map_or(0, |h| h.revision());
@@ -154,7 +177,9 @@ pub async fn campaign(
                         EventType::Delete => return,
                         EventType::Put => remember_leader(
                             group,
-                            event.kv().and_then(|kv| kv.value_str().ok().map(str::to_owned)),
+                            event
+                                .kv()
+                                .and_then(|kv| kv.value_str().ok().map(str::to_owned)),
                         ),
                     }
                 }
@@ -166,7 +191,11 @@ pub async fn campaign(
 
 fn remember_leader(group: &Group, leader: Option<String>) {
     if group.leader() != leader {
-        tracing::info!(event = "nm_leader_seen", leader = leader.as_deref().unwrap_or("-"), "the group's leader");
+        tracing::info!(
+            event = "nm_leader_seen",
+            leader = leader.as_deref().unwrap_or("-"),
+            "the group's leader"
+        );
     }
     group.set_leader(leader);
 }

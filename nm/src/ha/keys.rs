@@ -254,7 +254,12 @@ pub fn apply_put(layout: &Layout, ns: &mut Namespace, key: &str, value: &[u8]) {
         return;
     };
     let bad = |what: &str| {
-        tracing::warn!(event = "nm_etcd_bad_value", key, what, "a value in etcd could not be read; skipped");
+        tracing::warn!(
+            event = "nm_etcd_bad_value",
+            key,
+            what,
+            "a value in etcd could not be read; skipped"
+        );
     };
     if let Some(user) = rest.strip_prefix("u/") {
         ns.add_user(user);
@@ -315,19 +320,31 @@ mod tests {
         };
         let batches = vec![
             vec![
-                Record::User { name: "alice".into() },
-                Record::FolderCreated { folder: "docs".into() },
+                Record::User {
+                    name: "alice".into(),
+                },
+                Record::FolderCreated {
+                    folder: "docs".into(),
+                },
                 Record::FileCreated {
                     file: "a.txt".into(),
                     owner: "alice".into(),
                     server: "ss1".into(),
                     acl: AccessList::new(),
                 },
-                Record::AclSet { file: "a.txt".into(), acl: acl.clone() },
-                Record::RequestAdded { request: request.clone() },
+                Record::AclSet {
+                    file: "a.txt".into(),
+                    acl: acl.clone(),
+                },
+                Record::RequestAdded {
+                    request: request.clone(),
+                },
             ],
             vec![
-                Record::FileMoved { file: "a.txt".into(), to: "docs/a.txt".into() },
+                Record::FileMoved {
+                    file: "a.txt".into(),
+                    to: "docs/a.txt".into(),
+                },
                 Record::FileCreated {
                     file: "b.txt".into(),
                     owner: "alice".into(),
@@ -343,7 +360,9 @@ mod tests {
                     backup: Some("ss1_backup".into()),
                 },
             ],
-            vec![Record::FileDeleted { file: "b.txt".into() }],
+            vec![Record::FileDeleted {
+                file: "b.txt".into(),
+            }],
         ];
         let mut journal_ns = Namespace::default();
         let mut etcd_ns = Namespace::default();
@@ -391,7 +410,10 @@ mod tests {
         assert_eq!(etcd_ns.file("docs/a.txt").unwrap().acl, acl);
         let requests: Vec<_> = etcd_ns.requests().cloned().collect();
         assert_eq!(requests, journal_ns.requests().cloned().collect::<Vec<_>>());
-        assert_eq!(requests[0].file, "docs/a.txt", "the request followed the move");
+        assert_eq!(
+            requests[0].file, "docs/a.txt",
+            "the request followed the move"
+        );
         assert_eq!(etcd_ns.last_request_id(), 7);
         assert_eq!(etcd_ns.pair("ss1"), journal_ns.pair("ss1"));
         assert!(etcd_ns.has_user("alice") && etcd_ns.has_folder("docs"));

@@ -22,6 +22,8 @@
 //! - [`store`]: load, watch, and the fenced writer.
 //! - [`election`]: the lease and the campaign.
 
+pub use etcd_client;
+
 pub mod election;
 pub mod keys;
 pub mod store;
@@ -33,7 +35,7 @@ use color_eyre::eyre::{eyre, Result};
 use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
 use keys::Layout;
 use shared::connection::Connection;
-use shared::proto::{EtcdMemberStatus, Role};
+use shared::proto::EtcdMemberStatus;
 use shared::WireError;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -62,21 +64,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let layout = Layout::new(&config.etcd_prefix);
     let listener = bind(&config).await?;
     let bound = listener.local_addr()?;
-    let address = config.advertise.clone().unwrap_or_else(|| bound.to_string());
-    let cluster_key =
-        shared::auth::load_for(config.cluster_key_file.as_deref(), bound.ip(), config.insecure)?;
+    let address = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+    // A missing or weak key fails here, before any election.
+    shared::auth::load_for(
+        config.cluster_key_file.as_deref(),
+        bound.ip(),
+        config.insecure,
+    )?;
     let ttl = Duration::from_secs(config.leader_lease.as_secs().max(1));
     let group = Arc::new(Group::new(ttl));
     let current: Current = Arc::new(RwLock::new(None));
     announce(&config, bound)?;
     let accepting = {
-        let (current, group, config, key) = (current.clone(), group.clone(), config.clone(), cluster_key.clone());
+        let (current, group, me) = (current.clone(), group.clone(), address.clone());
+        let max = config.limits.max_connections;
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let max = config.limits.max_connections;
-            shared::limits::serve_connections(listener, max, shutdown, "nm", move |stream, peer| {
-                route(current.clone(), group.clone(), config.clone(), key.clone(), stream, peer)
-            })
+            shared::limits::serve_connections(
+                listener,
+                max,
+                shutdown,
+                "nm",
+                move |stream, peer| {
+                    route(current.clone(), group.clone(), me.clone(), stream, peer)
+                },
+            )
             .await;
         })
     };
@@ -95,12 +110,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     };
 
     let (lease_tx, lease_rx) = watch::channel(0i64);
-    tokio::spawn(election::keep_lease(client.clone(), layout.clone(), address.clone(), group.clone(), lease_tx));
+    tokio::spawn(election::keep_lease(
+        client.clone(),
+        layout.clone(),
+        address.clone(),
+        group.clone(),
+        lease_tx,
+    ));
     tokio::spawn(watch_group(client.clone(), layout.clone(), group.clone()));
     tokio::spawn(probe_etcd(client.clone(), endpoints.clone(), group.clone()));
 
     while !shutdown.is_cancelled() {
-        let term = one_term(&config, &client, &layout, &address, bound, &group, &lease_rx, &current, &shutdown);
+        let term = one_term(
+            &config, &client, &layout, &address, bound, &group, &lease_rx, &current, &shutdown,
+        );
         if let Err(e) = term.await {
             tracing::warn!(event = "nm_etcd_unreachable", error = %e, "standby phase interrupted; starting over");
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -153,13 +176,23 @@ async fn one_term(
     // applied once the watch has delivered that key.
     let caught_up = applied.wait_for(|seen| *seen >= fence);
     if tokio::time::timeout(group.ttl(), caught_up).await.is_err() {
-        tracing::warn!(event = "nm_watch_behind", fence, "the warm copy did not catch up in time; resigning");
+        tracing::warn!(
+            event = "nm_watch_behind",
+            fence,
+            "the warm copy did not catch up in time; resigning"
+        );
         store::resign(&mut client, layout, fence).await;
         return Ok(());
     }
     let ns = std::mem::take(&mut *ns.lock().unwrap_or_else(|p| p.into_inner()));
     let term = group.begin_term();
-    tracing::info!(event = "nm_elected", address, fence, files = ns.len(), "this nm leads");
+    tracing::info!(
+        event = "nm_elected",
+        address,
+        fence,
+        files = ns.len(),
+        "this nm leads"
+    );
 
     // The term's nm runs on a runtime of its own, dropped whole when it ends.
     let runtime = TermRuntime(Some(
@@ -171,7 +204,12 @@ async fn one_term(
             .map_err(etcd_client::Error::IoError)?,
     ));
     let started = {
-        let (config, client, layout, group) = (config.clone(), client.clone(), layout.clone(), group.clone());
+        let (config, client, layout, group) = (
+            config.clone(),
+            client.clone(),
+            layout.clone(),
+            group.clone(),
+        );
         runtime.handle().spawn(async move {
             let journal = store::writer(client, layout, fence, group.clone(), &ns);
             Nm::start(config, journal, ns, bound, Some(group))
@@ -227,7 +265,11 @@ struct TermRuntime(Option<tokio::runtime::Runtime>);
 
 impl TermRuntime {
     fn handle(&self) -> tokio::runtime::Handle {
-        self.0.as_ref().expect("the runtime lives until dropped").handle().clone()
+        self.0
+            .as_ref()
+            .expect("the runtime lives until dropped")
+            .handle()
+            .clone()
     }
 }
 
@@ -243,8 +285,7 @@ impl Drop for TermRuntime {
 async fn route(
     current: Current,
     group: Arc<Group>,
-    config: Config,
-    key: Option<shared::auth::ClusterKey>,
+    me: String,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
@@ -255,19 +296,9 @@ async fn route(
             return;
         }
     }
-    let accepted = Connection::accept(
-        stream,
-        Role::NameManager,
-        config.max_frame,
-        config.limits.handshake_timeout,
-        key.as_ref(),
-    )
-    .await;
-    if let Ok((conn, _)) = accepted {
-        let me = config.advertise.clone();
-        let leader = group.leader().filter(|l| Some(l) != me.as_ref());
-        conn.refuse(WireError::not_leader(leader)).await;
-    }
+    // Refused as the answer to the Hello: the dialler learns it at once.
+    let leader = group.leader().filter(|l| *l != me);
+    Connection::turn_away(stream, WireError::not_leader(leader)).await;
 }
 
 /// Keeps the group's member list and leader up to date, for STATUS and
@@ -295,7 +326,11 @@ async fn watch_group(mut client: Client, layout: Layout, group: Arc<Group>) {
             let mut stream = client
                 .watch(
                     layout.members(),
-                    Some(WatchOptions::new().with_prefix().with_start_revision(revision + 1)),
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(revision + 1),
+                    ),
                 )
                 .await?;
             stream
@@ -310,7 +345,10 @@ async fn watch_group(mut client: Client, layout: Layout, group: Arc<Group>) {
                     let Ok(key) = kv.key_str() else { continue };
                     let put = event.event_type() == etcd_client::EventType::Put;
                     if key == layout.leader() {
-                        group.set_leader(put.then(|| kv.value_str().ok().map(str::to_owned)).flatten());
+                        group.set_leader(
+                            put.then(|| kv.value_str().ok().map(str::to_owned))
+                                .flatten(),
+                        );
                     } else if let Some(member) = key.strip_prefix(&layout.members()) {
                         list.retain(|m| m != member);
                         if put {
@@ -335,21 +373,27 @@ async fn probe_etcd(mut client: Client, endpoints: Vec<String>, group: Arc<Group
     let probe_timeout = Duration::from_millis(500);
     let mut probes: Vec<Option<Client>> = vec![None; endpoints.len()];
     loop {
-        let names: Vec<(Vec<String>, String)> = match tokio::time::timeout(probe_timeout, client.member_list()).await {
-            Ok(Ok(list)) => list
-                .members()
-                .iter()
-                .map(|m| (m.client_urls().to_vec(), m.name().to_owned()))
-                .collect(),
-            _ => Vec::new(),
-        };
+        let names: Vec<(Vec<String>, String)> =
+            match tokio::time::timeout(probe_timeout, client.member_list()).await {
+                Ok(Ok(list)) => list
+                    .members()
+                    .iter()
+                    .map(|m| (m.client_urls().to_vec(), m.name().to_owned()))
+                    .collect(),
+                _ => Vec::new(),
+            };
         let mut statuses = Vec::with_capacity(endpoints.len());
         for (endpoint, probe) in endpoints.iter().zip(probes.iter_mut()) {
             if probe.is_none() {
-                *probe = connect(std::slice::from_ref(endpoint), probe_timeout).await.ok();
+                *probe = connect(std::slice::from_ref(endpoint), probe_timeout)
+                    .await
+                    .ok();
             }
             let healthy = match probe {
-                Some(c) => matches!(tokio::time::timeout(probe_timeout, c.status()).await, Ok(Ok(_))),
+                Some(c) => matches!(
+                    tokio::time::timeout(probe_timeout, c.status()).await,
+                    Ok(Ok(_))
+                ),
                 None => false,
             };
             let name = names

@@ -27,7 +27,10 @@ const MAX_BATCH: usize = 4096;
 
 /// Everything under `state/` read at one revision into a namespace.
 /// Returns it and that revision.
-pub async fn load(client: &mut Client, layout: &Layout) -> Result<(Namespace, i64), etcd_client::Error> {
+pub async fn load(
+    client: &mut Client,
+    layout: &Layout,
+) -> Result<(Namespace, i64), etcd_client::Error> {
     let mut ns = Namespace::default();
     let state = layout.state();
     let end = keys::prefix_end(&state);
@@ -35,7 +38,9 @@ pub async fn load(client: &mut Client, layout: &Layout) -> Result<(Namespace, i6
     let mut revision = 0;
     let mut count = 0usize;
     loop {
-        let mut options = GetOptions::new().with_range(end.clone()).with_limit(LOAD_PAGE);
+        let mut options = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(LOAD_PAGE);
         if revision > 0 {
             options = options.with_revision(revision);
         }
@@ -57,7 +62,13 @@ pub async fn load(client: &mut Client, layout: &Layout) -> Result<(Namespace, i6
             _ => break,
         }
     }
-    tracing::info!(event = "nm_etcd_loaded", keys = count, files = ns.len(), revision, "state loaded from etcd");
+    tracing::info!(
+        event = "nm_etcd_loaded",
+        keys = count,
+        files = ns.len(),
+        revision,
+        "state loaded from etcd"
+    );
     Ok((ns, revision))
 }
 
@@ -98,7 +109,9 @@ pub async fn follow(
                 highest = highest.max(kv.mod_revision());
                 let Ok(key) = kv.key_str() else { continue };
                 match event.event_type() {
-                    etcd_client::EventType::Put => keys::apply_put(&layout, &mut ns, key, kv.value()),
+                    etcd_client::EventType::Put => {
+                        keys::apply_put(&layout, &mut ns, key, kv.value())
+                    }
                     etcd_client::EventType::Delete => keys::apply_delete(&layout, &mut ns, key),
                 }
             }
@@ -116,7 +129,13 @@ pub async fn follow(
 
 /// The journal of a leading nm: its records go to etcd, fenced by `fence`
 /// (the create revision of this nm's leader key).
-pub fn writer(client: Client, layout: Layout, fence: i64, group: Arc<Group>, ns: &Namespace) -> Journal {
+pub fn writer(
+    client: Client,
+    layout: Layout,
+    fence: i64,
+    group: Arc<Group>,
+    ns: &Namespace,
+) -> Journal {
     let (tx, rx) = mpsc::unbounded_channel();
     let translator = Translator::new(layout.clone(), ns);
     tokio::spawn(write_loop(client, layout, fence, group, translator, rx));
@@ -139,9 +158,20 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        let records: Vec<_> = batch.iter().flat_map(|p| p.records.iter().cloned()).collect();
+        let records: Vec<_> = batch
+            .iter()
+            .flat_map(|p| p.records.iter().cloned())
+            .collect();
         let result = if group.holds_lease() {
-            commit(&mut client, &layout, fence, &group, &mut translator, records).await
+            commit(
+                &mut client,
+                &layout,
+                fence,
+                &group,
+                &mut translator,
+                records,
+            )
+            .await
         } else {
             Err(WireError::not_leader(None))
         };
@@ -173,7 +203,12 @@ async fn commit(
             async move { client.get(key, None).await }
         })
         .await?;
-        fetched.insert(file, read.kvs().first().and_then(|kv| keys::decode_file(kv.value())));
+        fetched.insert(
+            file,
+            read.kvs()
+                .first()
+                .and_then(|kv| keys::decode_file(kv.value())),
+        );
     }
     let writes = translator.translate(records, fetched);
     for chunk in writes.chunks(MAX_TXN_OPS) {
@@ -185,7 +220,11 @@ async fn commit(
             })
             .collect();
         let txn = Txn::new()
-            .when([Compare::create_revision(layout.leader(), CompareOp::Equal, fence)])
+            .when([Compare::create_revision(
+                layout.leader(),
+                CompareOp::Equal,
+                fence,
+            )])
             .and_then(operations);
         // Puts and deletes of whole values: a retry after a lost answer
         // writes the same state again.
@@ -214,7 +253,9 @@ where
         ))
     };
     loop {
-        let left = group.holds_until().saturating_duration_since(std::time::Instant::now());
+        let left = group
+            .holds_until()
+            .saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
             return Err(unavailable("the leader lease lapsed first".into()));
         }
@@ -237,7 +278,11 @@ fn layout_file(layout: &Layout, file: &str) -> String {
 /// nm's (best effort, briefly: etcd may be the reason the term ended).
 pub async fn resign(client: &mut Client, layout: &Layout, fence: i64) {
     let txn = Txn::new()
-        .when([Compare::create_revision(layout.leader(), CompareOp::Equal, fence)])
+        .when([Compare::create_revision(
+            layout.leader(),
+            CompareOp::Equal,
+            fence,
+        )])
         .and_then([TxnOp::delete(layout.leader(), None)]);
     let _ = tokio::time::timeout(Duration::from_millis(500), client.txn(txn)).await;
 }
