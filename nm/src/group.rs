@@ -67,6 +67,12 @@ impl Group {
         self.inner().holds_until
     }
 
+    /// Whether this process's lease surely holds now, leader or not: what
+    /// it knows of the group (the leader) is current only while it does.
+    pub fn in_touch(&self) -> bool {
+        Instant::now() < self.inner().holds_until
+    }
+
     /// Whether this nm leads and its lease surely holds now.
     pub fn holds_lease(&self) -> bool {
         let inner = self.inner();

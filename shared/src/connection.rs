@@ -62,6 +62,11 @@ pub fn set_source_ip(ip: IpAddr) {
     }
 }
 
+/// The source address set by [`set_source_ip`], if any.
+pub fn source_ip() -> Option<IpAddr> {
+    SOURCE_IP.get().copied()
+}
+
 /// Dials `addr`, from the source address set by [`set_source_ip`] if any.
 pub async fn dial(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
     let Some(ip) = SOURCE_IP.get().copied() else {

@@ -7,7 +7,7 @@
 
 use crate::auth::ClusterKey;
 use crate::connection::{ConnectionError, RpcClient};
-use crate::error::ErrorCode;
+use crate::error::{ErrorCode, WireError};
 use crate::proto::Role;
 use std::time::Duration;
 
@@ -80,7 +80,13 @@ pub async fn connect_to_leader(
             }
         }
     }
-    Err(last_error.unwrap_or(ConnectionError::Timeout))
+    Err(match last_error {
+        // Redirected, and the leader named did not answer as one.
+        Some(ConnectionError::Refused(e)) if e.code == ErrorCode::NotLeader => {
+            ConnectionError::Refused(WireError::not_leader(None))
+        }
+        other => other.unwrap_or(ConnectionError::Timeout),
+    })
 }
 
 #[cfg(test)]

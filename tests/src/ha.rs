@@ -169,9 +169,12 @@ impl HaCluster {
             partitions,
             options,
         };
+        // Every member first: each is started with the whole initial cluster.
         for i in 0..cluster.options.etcd_count {
             let ip = cluster.host(10 + i as u8);
             cluster.etcd.push(Daemon { ip, child: None });
+        }
+        for i in 0..cluster.options.etcd_count {
             cluster.start_etcd(i);
         }
         for i in 0..cluster.options.nm_count {

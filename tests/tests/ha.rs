@@ -192,7 +192,10 @@ async fn without_etcd_operations_are_unavailable_and_nothing_acknowledged_is_los
     let error = eventually("operations to be refused", async || {
         match client.create(&format!("x{}.txt", rand::random::<u32>())).await {
             Err(e) if e.code == ErrorCode::Unavailable => Some(e),
-            _ => None,
+            other => {
+                eprintln!("not refused yet: {other:?}");
+                None
+            }
         }
     })
     .await;

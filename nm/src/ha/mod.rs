@@ -52,7 +52,43 @@ async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, etcd
         .with_connect_timeout(timeout)
         .with_keep_alive(timeout, timeout)
         .with_keep_alive_while_idle(true);
-    Client::connect(endpoints, Some(options)).await
+    let from = FromOwnAddress(shared::connection::source_ip());
+    Client::connect_with_balanced_channel(endpoints, Some(options), from).await
+}
+
+use tonic::transport::channel::Change;
+
+/// How etcd-client hands its endpoints to a balanced channel.
+type EndpointUpdates = tokio::sync::mpsc::Sender<Change<http::Uri, tonic::transport::Endpoint>>;
+
+/// etcd connections that leave from nm's own address, like every other
+/// connection it dials (so a partition between two hosts cuts them too).
+struct FromOwnAddress(Option<std::net::IpAddr>);
+
+impl etcd_client::BalancedChannelBuilder for FromOwnAddress {
+    type Error = tonic::transport::Error;
+
+    fn balanced_channel(
+        self,
+        buffer_size: usize,
+    ) -> Result<(etcd_client::Channel, EndpointUpdates), Self::Error> {
+        let (channel, updates) = tonic::transport::Channel::balance_channel(buffer_size);
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<Change<http::Uri, tonic::transport::Endpoint>>(buffer_size);
+        let from = self.0;
+        tokio::spawn(async move {
+            while let Some(change) = rx.recv().await {
+                let change: Change<http::Uri, tonic::transport::Endpoint> = match change {
+                    Change::Insert(uri, endpoint) => Change::Insert(uri, endpoint.local_address(from)),
+                    other => other,
+                };
+                if updates.send(change).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok((etcd_client::Channel::Tonic(channel), tx))
+    }
 }
 
 /// Runs this nm as one of the group until `shutdown`.
@@ -297,7 +333,8 @@ async fn route(
         }
     }
     // Refused as the answer to the Hello: the dialler learns it at once.
-    let leader = group.leader().filter(|l| *l != me);
+    // A standby cut from etcd does not know who leads any more.
+    let leader = group.leader().filter(|l| *l != me && group.in_touch());
     Connection::turn_away(stream, WireError::not_leader(leader)).await;
 }
 
