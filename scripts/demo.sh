@@ -15,7 +15,9 @@ case "${1:-}" in
   *) script=$1 ;;
 esac
 
-cargo build --quiet --bins
+# DEMO_CARGO_FLAGS: extra build flags (CI passes the test build's features).
+# shellcheck disable=SC2086
+cargo build --quiet --bins ${DEMO_CARGO_FLAGS:-}
 bin=target/debug
 dir=$(mktemp -d)
 cleanup() {

@@ -49,6 +49,17 @@ pub struct Args {
     pub json: bool,
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// nm high availability: start etcd (the `etcd` binary of the OS's
+    /// etcd-server package) and three nm as a group on it besides the two
+    /// pairs. The TUI shows the group (leader, standbys, the leader's lease,
+    /// etcd); K on the leader's row fails it over. Needs nm built with
+    /// `--features nm/etcd`.
+    #[arg(long)]
+    pub ha: bool,
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum Sub {
     /// Run a workload against a local cluster started for it and print
@@ -57,5 +68,5 @@ pub enum Sub {
     /// Start nm and two primary/backup pairs in a temp dir (fast heartbeats)
     /// and open the console on them, with a pane per daemon: Tab selects one,
     /// K kills it (SIGKILL), R restarts it. Quitting stops them all.
-    Demo,
+    Demo(DemoArgs),
 }

@@ -1,9 +1,13 @@
 //! A local cluster of real `nm` and `ss` processes in a temp dir, for
 //! `console bench` (and the demo). The binaries are taken from the folder the
 //! console itself runs from. Every child is killed when the cluster drops.
+//!
+//! With [`LocalCluster::start_ha`] nm runs as a group of several on a real
+//! etcd (the `etcd` binary of the OS's etcd-server package): `console demo
+//! --ha`.
 
 use crate::client::Client;
-use shared::proto::{ClusterStatus, NmReply, NmRequest, PairState, ServerState};
+use shared::proto::{ClusterStatus, NmReply, NmRequest, NmRole, PairState, ServerState};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,6 +44,17 @@ pub struct LocalCluster {
     pub heartbeat: String,
     timeout: String,
     replication: String,
+    /// nm as a group on etcd (`None`: one nm on its journal).
+    ha: Option<Group>,
+}
+
+/// The etcd member and the nm group of an HA cluster.
+struct Group {
+    etcd: Option<Child>,
+    etcd_client_url: String,
+    etcd_peer_url: String,
+    /// Each nm's address, and its process while it runs.
+    nms: Vec<(String, Option<Child>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +63,15 @@ pub enum ClusterError {
     Io(#[from] std::io::Error),
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A free port on 127.0.0.1 (free when asked; the caller binds it soon after).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl LocalCluster {
@@ -94,6 +118,7 @@ impl LocalCluster {
             heartbeat: heartbeat.to_owned(),
             timeout: timeout.to_owned(),
             replication: replication.to_owned(),
+            ha: None,
         };
         let ready = cluster.dir.path().join("nm.addr");
         // A given folder may hold an earlier run's address and key.
@@ -111,6 +136,166 @@ impl LocalCluster {
         }
         cluster.nm_addr = std::fs::read_to_string(&ready)?;
         Ok(cluster)
+    }
+
+    /// A cluster whose nm is a group of `nms` on one etcd member: etcd and
+    /// every nm started, and one nm elected leader. Storage servers come with
+    /// [`LocalCluster::start_ss`] and are given every nm's address.
+    pub async fn start_ha(
+        bin_dir: Option<PathBuf>,
+        fsync: bool,
+        heartbeat: &str,
+        timeout: &str,
+        replication: &str,
+        nms: usize,
+    ) -> Result<Self, ClusterError> {
+        let version = Command::new("etcd").arg("--version").output();
+        if !version.is_ok_and(|o| o.status.success()) {
+            return Err(ClusterError::Failed(
+                "no etcd on this machine: install the etcd-server package (scripts/test-deps.sh does)"
+                    .into(),
+            ));
+        }
+        let bin_dir = match bin_dir {
+            Some(dir) => dir,
+            None => std::env::current_exe()?
+                .parent()
+                .map(Path::to_owned)
+                .unwrap_or_default(),
+        };
+        let mut group = Group {
+            etcd: None,
+            etcd_client_url: format!("http://127.0.0.1:{}", free_port()?),
+            etcd_peer_url: format!("http://127.0.0.1:{}", free_port()?),
+            nms: Vec::new(),
+        };
+        for _ in 0..nms.max(1) {
+            group
+                .nms
+                .push((format!("127.0.0.1:{}", free_port()?), None));
+        }
+        let mut cluster = LocalCluster {
+            dir: Folder::Temp(tempfile::tempdir()?),
+            bin_dir,
+            nm: None,
+            nm_addr: group
+                .nms
+                .iter()
+                .map(|(a, _)| a.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+            servers: BTreeMap::new(),
+            known: Vec::new(),
+            fsync,
+            heartbeat: heartbeat.to_owned(),
+            timeout: timeout.to_owned(),
+            replication: replication.to_owned(),
+            ha: Some(group),
+        };
+        shared::auth::ClusterKey::generate(&cluster.key_file())?;
+        cluster.spawn_etcd()?;
+        for i in 0..nms.max(1) {
+            cluster.spawn_group_nm(i)?;
+        }
+        let started = Instant::now();
+        loop {
+            if let Some(status) = cluster.status().await {
+                if status.nm.iter().any(|n| n.role == NmRole::Leader) {
+                    return Ok(cluster);
+                }
+            }
+            if let Some(why) = cluster.group_failed() {
+                return Err(ClusterError::Failed(why));
+            }
+            if started.elapsed() > READY_DEADLINE {
+                return Err(ClusterError::Timeout("an nm leader".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Why the group cannot start: every nm exited (its last log line says why).
+    fn group_failed(&mut self) -> Option<String> {
+        let dir = self.dir.path().to_owned();
+        let group = self.ha.as_mut()?;
+        let all_exited = group.nms.iter_mut().all(|(_, child)| {
+            child
+                .as_mut()
+                .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+        });
+        if !all_exited {
+            return None;
+        }
+        let log = std::fs::read_to_string(dir.join("nm0.log")).unwrap_or_default();
+        Some(format!(
+            "nm exited: {}",
+            log.lines().last().unwrap_or("(no log)").trim()
+        ))
+    }
+
+    fn spawn_etcd(&mut self) -> Result<(), ClusterError> {
+        let log = self.log("etcd")?;
+        let data = self.dir.path().join("etcd-data");
+        let Some(group) = self.ha.as_mut() else {
+            return Ok(());
+        };
+        let mut command = Command::new("etcd");
+        command
+            .args(["--name", "etcd0"])
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen-client-urls", &group.etcd_client_url])
+            .args(["--advertise-client-urls", &group.etcd_client_url])
+            .args(["--listen-peer-urls", &group.etcd_peer_url])
+            .args(["--initial-advertise-peer-urls", &group.etcd_peer_url])
+            .args([
+                "--initial-cluster",
+                &format!("etcd0={}", group.etcd_peer_url),
+            ])
+            .args([
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--log-level",
+                "warn",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log);
+        die_with_parent(&mut command);
+        group.etcd = Some(command.spawn()?);
+        Ok(())
+    }
+
+    fn spawn_group_nm(&mut self, i: usize) -> Result<(), ClusterError> {
+        let log = self.log(&format!("nm{i}"))?;
+        let data = self.dir.path().join(format!("nm{i}-data"));
+        let key = self.key_file();
+        let bin = self.bin_dir.join("nm");
+        let (fsync, timeout, replication) = (
+            self.fsync.to_string(),
+            self.timeout.clone(),
+            self.replication.clone(),
+        );
+        let Some(group) = self.ha.as_mut() else {
+            return Ok(());
+        };
+        let mut command = Command::new(bin);
+        command
+            .args(["--listen", &group.nms[i].0, "--quiet"])
+            .args(["--etcd", &group.etcd_client_url])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--cluster-key-file")
+            .arg(key)
+            .args(["--fsync", &fsync])
+            .args(["--heartbeat-timeout", &timeout])
+            .args(["--replication", &replication])
+            .stdout(Stdio::null())
+            .stderr(log);
+        die_with_parent(&mut command);
+        group.nms[i].1 = Some(command.spawn()?);
+        Ok(())
     }
 
     fn spawn_nm(&mut self, listen: &str) -> Result<(), ClusterError> {
@@ -134,10 +319,12 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// kill -9 of a daemon (`nm` or a storage server).
+    /// kill -9 of a daemon (`nm`, `etcd`, `nmN` of a group, or a storage server).
     pub fn kill(&mut self, name: &str) {
         let child = if name == "nm" {
             self.nm.take()
+        } else if let Some(slot) = self.group_slot(name) {
+            slot.take()
         } else {
             self.servers.remove(name)
         };
@@ -147,8 +334,28 @@ impl LocalCluster {
         }
     }
 
+    /// The process slot of `etcd` or `nmN` in an HA cluster.
+    fn group_slot(&mut self, name: &str) -> Option<&mut Option<Child>> {
+        let group = self.ha.as_mut()?;
+        if name == "etcd" {
+            return Some(&mut group.etcd);
+        }
+        let i: usize = name.strip_prefix("nm")?.parse().ok()?;
+        group.nms.get_mut(i).map(|(_, child)| child)
+    }
+
     /// Starts a killed daemon again (nm on its old port), without waiting for it.
     pub fn restart(&mut self, name: &str) -> Result<(), ClusterError> {
+        if let Some(slot) = self.group_slot(name) {
+            if slot.is_none() {
+                if name == "etcd" {
+                    self.spawn_etcd()?;
+                } else if let Some(i) = name.strip_prefix("nm").and_then(|i| i.parse().ok()) {
+                    self.spawn_group_nm(i)?;
+                }
+            }
+            return Ok(());
+        }
         if name == "nm" {
             if self.nm.is_none() {
                 let listen = self.nm_addr.clone();
@@ -162,9 +369,22 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// nm and every storage server started so far, with whether it runs.
+    /// nm (or etcd and every nm of the group) and every storage server
+    /// started so far, with whether it runs.
     pub fn daemons(&self) -> Vec<(String, bool)> {
-        std::iter::once(("nm".to_owned(), self.nm.is_some()))
+        let nm: Vec<(String, bool)> = match &self.ha {
+            None => vec![("nm".to_owned(), self.nm.is_some())],
+            Some(group) => std::iter::once(("etcd".to_owned(), group.etcd.is_some()))
+                .chain(
+                    group
+                        .nms
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (_, child))| (format!("nm{i}"), child.is_some())),
+                )
+                .collect(),
+        };
+        nm.into_iter()
             .chain(
                 self.known
                     .iter()
@@ -178,8 +398,25 @@ impl LocalCluster {
         self.dir.path().join("cluster.key")
     }
 
+    /// The address of nm `name` (`nmN`) of a group.
+    pub fn group_nm_addr(&self, name: &str) -> Option<&str> {
+        let i: usize = name.strip_prefix("nm")?.parse().ok()?;
+        Some(self.ha.as_ref()?.nms.get(i)?.0.as_str())
+    }
+
     /// The process id of a running daemon.
     pub fn pid(&self, name: &str) -> Option<u32> {
+        if let Some(group) = &self.ha {
+            if name == "etcd" {
+                return group.etcd.as_ref().map(Child::id);
+            }
+            if let Some(i) = name
+                .strip_prefix("nm")
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                return group.nms.get(i)?.1.as_ref().map(Child::id);
+            }
+        }
         if name == "nm" {
             self.nm.as_ref().map(Child::id)
         } else {
@@ -321,13 +558,24 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         // nm first, so that it records no failover of servers being stopped
         // (a kept folder then starts again with the pair as it was).
-        if let Some(mut nm) = self.nm.take() {
-            let _ = nm.kill();
-            let _ = nm.wait();
+        let mut group = self.ha.take();
+        let nms = group
+            .iter_mut()
+            .flat_map(|g| g.nms.iter_mut().map(|(_, child)| child))
+            .chain(std::iter::once(&mut self.nm));
+        for slot in nms {
+            if let Some(mut nm) = slot.take() {
+                let _ = nm.kill();
+                let _ = nm.wait();
+            }
         }
         for (_, mut child) in std::mem::take(&mut self.servers) {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(mut etcd) = group.and_then(|mut g| g.etcd.take()) {
+            let _ = etcd.kill();
+            let _ = etcd.wait();
         }
     }
 }

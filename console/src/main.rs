@@ -41,8 +41,8 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    if let Some(Sub::Demo) = args.command {
-        return demo().await;
+    if let Some(Sub::Demo(demo_args)) = &args.command {
+        return demo(demo_args.ha).await;
     }
     let Some(script) = args.batch.clone() else {
         return match console::tui::run(args.nm.clone(), args.user.clone(), None).await {
@@ -87,11 +87,20 @@ async fn main() -> ExitCode {
     }
 }
 
-/// `console demo`: a local cluster of nm and two pairs, and the console on it.
-async fn demo() -> ExitCode {
-    eprintln!("console demo: starting nm and two primary/backup pairs…");
+/// `console demo`: a local cluster of nm (or, with `--ha`, etcd and three
+/// nm) and two pairs, and the console on it.
+async fn demo(ha: bool) -> ExitCode {
+    if ha {
+        eprintln!("console demo: starting etcd, three nm and two primary/backup pairs…");
+    } else {
+        eprintln!("console demo: starting nm and two primary/backup pairs…");
+    }
     let started = async {
-        let mut cluster = LocalCluster::start(None, true, "100ms", "1s", "async").await?;
+        let mut cluster = if ha {
+            LocalCluster::start_ha(None, true, "100ms", "1s", "async", 3).await?
+        } else {
+            LocalCluster::start(None, true, "100ms", "1s", "async").await?
+        };
         for name in ["ss1", "ss1_backup", "ss2", "ss2_backup"] {
             cluster.start_ss(name).await?;
         }

@@ -338,11 +338,8 @@ async fn serve_link(
         link.cluster_key.as_ref(),
     )
     .await
-    .map_err(|e| {
-        // The next attempt starts from the top of the list.
-        *leader = None;
-        e
-    })?;
+    // The next attempt starts from the top of the list.
+    .inspect_err(|_| *leader = None)?;
     *leader = Some(reached.clone());
     // Among several nm, a leader that stops answering heartbeats is left
     // once the lease it gave has run out (another may lead by then).

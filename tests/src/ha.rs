@@ -69,7 +69,17 @@ impl Partitions {
     pub fn drop_one_way(&self, from: Ipv4Addr, to: Ipv4Addr) {
         let (from, to) = (from.to_string(), to.to_string());
         run_nft(&[
-            "add", "rule", "inet", &self.table, "out", "ip", "saddr", &from, "ip", "daddr", &to,
+            "add",
+            "rule",
+            "inet",
+            &self.table,
+            "out",
+            "ip",
+            "saddr",
+            &from,
+            "ip",
+            "daddr",
+            &to,
             "drop",
         ])
         .expect("nftables rule");
@@ -267,12 +277,32 @@ impl HaCluster {
             .args(["--listen-client-urls", &format!("http://{ip}:2379")])
             .args(["--advertise-client-urls", &format!("http://{ip}:2379")])
             .args(["--listen-peer-urls", &format!("http://{ip}:2380")])
-            .args(["--initial-advertise-peer-urls", &format!("http://{ip}:2380")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://{ip}:2380"),
+            ])
             .args(["--initial-cluster", &initial.join(",")])
-            .args(["--initial-cluster-token", &format!("docspp-{}", self.net[1..].iter().map(u8::to_string).collect::<Vec<_>>().join("-"))])
+            .args([
+                "--initial-cluster-token",
+                &format!(
+                    "docspp-{}",
+                    self.net[1..]
+                        .iter()
+                        .map(u8::to_string)
+                        .collect::<Vec<_>>()
+                        .join("-")
+                ),
+            ])
             .args(["--initial-cluster-state", "new"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"])
+            .args([
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--log-level",
+                "warn",
+            ])
             .stdout(Stdio::null())
             .stderr(self.log_file(&format!("etcd{i}")))
             .spawn()
@@ -352,13 +382,23 @@ impl HaCluster {
             }
         };
         let child = Command::new(bin("ss"))
-            .args(["--nm", &self.nm_list(), "--username", name, "--client-port", "0"])
+            .args([
+                "--nm",
+                &self.nm_list(),
+                "--username",
+                name,
+                "--client-port",
+                "0",
+            ])
             .args(["--bind", &ip.to_string(), "--host", &ip.to_string()])
             .arg("--storage")
             .arg(self.storage(name))
             .arg("--cluster-key-file")
             .arg(self.key_file())
-            .args(["--heartbeat-interval", self.options.daemons.heartbeat_interval])
+            .args([
+                "--heartbeat-interval",
+                self.options.daemons.heartbeat_interval,
+            ])
             .args(["--stream-delay", self.options.daemons.stream_delay])
             .args(["--fsync", &self.options.daemons.fsync.to_string()])
             .args(&self.options.daemons.ss_args)

@@ -38,7 +38,10 @@ async fn pair_cluster(options: HaOptions) -> HaCluster {
     let cluster = HaCluster::start(&["ss1", "ss1_backup"], options).await;
     cluster.wait_pair("ss1", PairState::Active).await;
     cluster
-        .console("alice", "CREATE a.txt\nWRITE a.txt 0\n0 Before the failover.\nETIRW\n")
+        .console(
+            "alice",
+            "CREATE a.txt\nWRITE a.txt 0\n0 Before the failover.\nETIRW\n",
+        )
         .all_ok();
     cluster
 }
@@ -56,13 +59,20 @@ async fn a_killed_leader_is_replaced_and_no_server_is_promoted() {
     let started = Instant::now();
     cluster.until_ok("alice", "CREATE b.txt\n").await;
     let read = cluster.until_ok("alice", "READ a.txt\n").await;
-    eprintln!("first CREATE and READ through the new leader after {:?}", started.elapsed());
+    eprintln!(
+        "first CREATE and READ through the new leader after {:?}",
+        started.elapsed()
+    );
     assert_eq!(content(&read), "Before the failover.");
     let status = cluster.status().await;
     let leader = status.nm.iter().find(|n| n.role == NmRole::Leader).unwrap();
     assert_ne!(leader.address, cluster.nm_addr(old));
     assert!(leader.lease_ms_left > 0, "the leader shows its lease");
-    assert_eq!(pair(&status, "ss1"), before, "an nm takeover promoted nothing");
+    assert_eq!(
+        pair(&status, "ss1"),
+        before,
+        "an nm takeover promoted nothing"
+    );
     // The dead nm leaves the group once its lease lapses, and comes back as a standby.
     eventually("the dead nm to leave STATUS", async || {
         (cluster.try_status().await?.nm.len() == 2).then_some(())
@@ -80,7 +90,10 @@ async fn a_killed_leader_is_replaced_and_no_server_is_promoted() {
     })
     .await;
     // Dialled alone, a standby redirects to the leader.
-    let refused = console::client::Client::connect(&back, "alice").await.err().expect("refused");
+    let refused = console::client::Client::connect(&back, "alice")
+        .await
+        .err()
+        .expect("refused");
     let shared::connection::ConnectionError::Refused(error) = refused else {
         panic!("expected a refusal, got {refused}");
     };
@@ -88,7 +101,10 @@ async fn a_killed_leader_is_replaced_and_no_server_is_promoted() {
     assert_eq!(error.leader.as_deref(), Some(leader.address.as_str()));
     let view = cluster.console("alice", "VIEW\n");
     let files = view.all_ok()[0]["data"]["files"].to_string();
-    assert!(files.contains("a.txt") && files.contains("b.txt"), "{files}");
+    assert!(
+        files.contains("a.txt") && files.contains("b.txt"),
+        "{files}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,7 +117,10 @@ async fn a_hung_leader_is_deposed_and_steps_down_when_it_resumes() {
     cluster.until_ok("alice", "CREATE during.txt\n").await;
     cluster.signal_nm(old, libc::SIGCONT);
     eventually("the resumed leader to step down", async || {
-        cluster.log(&format!("nm{old}")).contains("nm_stepped_down").then_some(())
+        cluster
+            .log(&format!("nm{old}"))
+            .contains("nm_stepped_down")
+            .then_some(())
     })
     .await;
     eventually("the resumed nm to redirect to the new leader", async || {
@@ -116,7 +135,11 @@ async fn a_hung_leader_is_deposed_and_steps_down_when_it_resumes() {
     })
     .await;
     let status = cluster.status().await;
-    assert_eq!(pair(&status, "ss1"), before, "an nm takeover promoted nothing");
+    assert_eq!(
+        pair(&status, "ss1"),
+        before,
+        "an nm takeover promoted nothing"
+    );
     cluster.until_ok("alice", "CREATE after.txt\n").await;
     let read = cluster.until_ok("alice", "READ a.txt\n").await;
     assert_eq!(content(&read), "Before the failover.");
@@ -145,8 +168,16 @@ async fn a_deposed_leaders_writes_are_refused_by_etcd() {
         async move {
             let lease = client.lease_grant(10, None).await.unwrap().id();
             let txn = Txn::new()
-                .when([Compare::create_revision(layout.leader(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(layout.leader(), me, Some(PutOptions::new().with_lease(lease)))]);
+                .when([Compare::create_revision(
+                    layout.leader(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then([TxnOp::put(
+                    layout.leader(),
+                    me,
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
             let won = client.txn(txn).await.unwrap();
             assert!(won.succeeded(), "{me} could not take the leader key");
             won.header().unwrap().revision()
@@ -156,16 +187,26 @@ async fn a_deposed_leaders_writes_are_refused_by_etcd() {
     let group = Arc::new(Group::new(Duration::from_secs(10)));
     let _term = group.begin_term();
     group.renewed(Instant::now());
-    let journal = nm::ha::store::writer(client.clone(), layout.clone(), fence, group.clone(), &Namespace::default());
+    let journal = nm::ha::store::writer(
+        client.clone(),
+        layout.clone(),
+        fence,
+        group.clone(),
+        &Namespace::default(),
+    );
     journal
-        .append(vec![Record::User { name: "before".into() }])
+        .append(vec![Record::User {
+            name: "before".into(),
+        }])
         .await
         .expect("the leader writes");
     // Another nm takes over (the first one's key is gone: its lease lapsed).
     client.delete(layout.leader(), None).await.unwrap();
     campaign(&mut client, "second").await;
     let refused = journal
-        .append(vec![Record::User { name: "after".into() }])
+        .append(vec![Record::User {
+            name: "after".into(),
+        }])
         .await
         .expect_err("a deposed leader's write must fail");
     assert!(
@@ -174,10 +215,17 @@ async fn a_deposed_leaders_writes_are_refused_by_etcd() {
     );
     assert!(!group.holds_lease(), "a fenced write ends the term");
     let users = client
-        .get(format!("{}u/", layout.state()), Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            format!("{}u/", layout.state()),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
         .await
         .unwrap();
-    let names: Vec<_> = users.kvs().iter().map(|kv| kv.key_str().unwrap().to_owned()).collect();
+    let names: Vec<_> = users
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names, vec![format!("{}u/before", layout.state())]);
 }
 
@@ -187,10 +235,16 @@ async fn without_etcd_operations_are_unavailable_and_nothing_acknowledged_is_los
     let mut client = console::client::Client::connect(&cluster.nm_list(), "alice")
         .await
         .expect("client");
-    client.create("acked.txt").await.expect("CREATE before etcd goes");
+    client
+        .create("acked.txt")
+        .await
+        .expect("CREATE before etcd goes");
     cluster.kill_etcd(0);
     let error = eventually("operations to be refused", async || {
-        match client.create(&format!("x{}.txt", rand::random::<u32>())).await {
+        match client
+            .create(&format!("x{}.txt", rand::random::<u32>()))
+            .await
+        {
             Err(e) if e.code == ErrorCode::Unavailable => Some(e),
             _ => None,
         }
@@ -224,7 +278,10 @@ async fn one_of_three_etcd_members_killed_interrupts_nothing() {
         .await
         .expect("client");
     for i in 0..20 {
-        client.create(&format!("warm{i}.txt")).await.expect("CREATE");
+        client
+            .create(&format!("warm{i}.txt"))
+            .await
+            .expect("CREATE");
     }
     cluster.kill_etcd(0);
     let started = Instant::now();
@@ -245,17 +302,28 @@ async fn a_leader_cut_from_etcd_but_not_from_the_servers_steps_down() {
     let cluster = pair_cluster(HaOptions::default()).await;
     let before = pair(&cluster.status().await, "ss1");
     let old = cluster.wait_leader().await;
-    cluster.partitions.cut(cluster.nm_ip(old), cluster.etcd_ip(0));
+    cluster
+        .partitions
+        .cut(cluster.nm_ip(old), cluster.etcd_ip(0));
     let new = cluster.wait_new_leader(old).await;
     assert_ne!(new, old);
     eventually("the cut-off leader to step down", async || {
-        cluster.log(&format!("nm{old}")).contains("nm_stepped_down").then_some(())
+        cluster
+            .log(&format!("nm{old}"))
+            .contains("nm_stepped_down")
+            .then_some(())
     })
     .await;
     cluster.until_ok("alice", "CREATE after.txt\n").await;
-    let write = cluster.until_ok("alice", "WRITE a.txt 1\n0 More.\nETIRW\n").await;
+    let write = cluster
+        .until_ok("alice", "WRITE a.txt 1\n0 More.\nETIRW\n")
+        .await;
     assert_eq!(write["ok"], true);
-    assert_eq!(pair(&cluster.status().await, "ss1"), before, "no server was promoted");
+    assert_eq!(
+        pair(&cluster.status().await, "ss1"),
+        before,
+        "no server was promoted"
+    );
     cluster.partitions.heal();
     let back = cluster.nm_addr(old);
     eventually("the old leader to rejoin as a standby", async || {
@@ -274,10 +342,15 @@ async fn a_leader_that_hears_nothing_back_from_etcd_steps_down() {
     let cluster = pair_cluster(HaOptions::default()).await;
     let old = cluster.wait_leader().await;
     // One direction only: the leader's requests arrive, etcd's answers do not.
-    cluster.partitions.drop_one_way(cluster.etcd_ip(0), cluster.nm_ip(old));
+    cluster
+        .partitions
+        .drop_one_way(cluster.etcd_ip(0), cluster.nm_ip(old));
     cluster.wait_new_leader(old).await;
     eventually("the deaf leader to step down", async || {
-        cluster.log(&format!("nm{old}")).contains("nm_stepped_down").then_some(())
+        cluster
+            .log(&format!("nm{old}"))
+            .contains("nm_stepped_down")
+            .then_some(())
     })
     .await;
     cluster.until_ok("alice", "CREATE after.txt\n").await;
@@ -295,18 +368,25 @@ async fn a_primary_cut_from_nm_stops_serving_before_its_backup_is_promoted() {
         .expect("client");
     writer.write_begin("a.txt", 0).await.expect("WRITE on ss1");
     for i in 0..cluster.status().await.nm.len() {
-        cluster.partitions.cut(cluster.ss_ip("ss1"), cluster.nm_ip(i));
+        cluster
+            .partitions
+            .cut(cluster.ss_ip("ss1"), cluster.nm_ip(i));
     }
     let status = cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
     let (_, serving) = pair(&status, "ss1");
     assert_eq!(serving, "ss1_backup");
     writer.write_edit(0, "Late").await.ok();
     let late = writer.write_commit().await;
-    assert!(late.is_err(), "ss1 committed a write after its backup was promoted: {late:?}");
+    assert!(
+        late.is_err(),
+        "ss1 committed a write after its backup was promoted: {late:?}"
+    );
     // Clients go to the promoted backup and lose nothing acknowledged.
     let read = cluster.until_ok("alice", "READ a.txt\n").await;
     assert_eq!(content(&read), "Before the failover.");
-    cluster.until_ok("alice", "WRITE a.txt 1\n0 On the backup.\nETIRW\n").await;
+    cluster
+        .until_ok("alice", "WRITE a.txt 1\n0 On the backup.\nETIRW\n")
+        .await;
     cluster.partitions.heal();
     cluster.wait_pair("ss1", PairState::Active).await;
     cluster.wait_same_files("ss1", "ss1_backup").await;
@@ -330,7 +410,9 @@ async fn a_client_cut_from_nm_only_commits_its_open_write_and_is_told_nm_is_unre
         cluster
             .log("ss1")
             .lines()
-            .filter(|l| l.contains("\"ss_request\"") && l.contains("\"WRITE\"") && l.contains("\"ok\""))
+            .filter(|l| {
+                l.contains("\"ss_request\"") && l.contains("\"WRITE\"") && l.contains("\"ok\"")
+            })
             .count()
     };
     let before = writes_begun();
@@ -338,11 +420,16 @@ async fn a_client_cut_from_nm_only_commits_its_open_write_and_is_told_nm_is_unre
     use std::io::Write;
     stdin.write_all(b"WRITE a.txt 1\n").unwrap();
     stdin.flush().unwrap();
-    eventually("the WRITE to begin on ss1", async || (writes_begun() > before).then_some(())).await;
+    eventually("the WRITE to begin on ss1", async || {
+        (writes_begun() > before).then_some(())
+    })
+    .await;
     for i in 0..cluster.status().await.nm.len() {
         cluster.partitions.cut(cut_client, cluster.nm_ip(i));
     }
-    stdin.write_all(b"0 Written while cut from nm.\nETIRW\n").unwrap();
+    stdin
+        .write_all(b"0 Written while cut from nm.\nETIRW\n")
+        .unwrap();
     drop(stdin);
     let batch = tests::Batch::from(child.wait_with_output().unwrap());
     batch.all_ok();
@@ -350,8 +437,16 @@ async fn a_client_cut_from_nm_only_commits_its_open_write_and_is_told_nm_is_unre
     let started = Instant::now();
     let cut = cluster.console_from(cut_client, "alice", "VIEW\n");
     assert_eq!(cut.code, Some(2), "{}", cut.stderr);
-    assert!(cut.stderr.contains("cannot connect to nm"), "{}", cut.stderr);
-    assert!(started.elapsed() < Duration::from_secs(10), "it took {:?}", started.elapsed());
+    assert!(
+        cut.stderr.contains("cannot connect to nm"),
+        "{}",
+        cut.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it took {:?}",
+        started.elapsed()
+    );
     // Everyone else carries on, and sees the cut client's write.
     let read = cluster.until_ok("alice", "READ a.txt\n").await;
     let text = content(&read).to_owned();
@@ -365,16 +460,23 @@ async fn a_client_cut_from_nm_only_commits_its_open_write_and_is_told_nm_is_unre
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_cut_from_its_partner_only_catches_up_after_the_partition() {
     let cluster = pair_cluster(HaOptions::default()).await;
-    cluster.partitions.cut(cluster.ss_ip("ss1"), cluster.ss_ip("ss1_backup"));
+    cluster
+        .partitions
+        .cut(cluster.ss_ip("ss1"), cluster.ss_ip("ss1_backup"));
     let mut script = String::new();
     for i in 0..10 {
-        script.push_str(&format!("CREATE cut{i}.txt\nWRITE cut{i}.txt 0\n0 During the partition {i}.\nETIRW\n"));
+        script.push_str(&format!(
+            "CREATE cut{i}.txt\nWRITE cut{i}.txt 0\n0 During the partition {i}.\nETIRW\n"
+        ));
     }
     cluster.console("alice", &script).all_ok();
     let status = cluster.status().await;
     let (_, serving) = pair(&status, "ss1");
     assert_eq!(serving, "ss1", "the primary kept serving");
-    assert!(cluster.difference("ss1", "ss1_backup").is_some(), "the backup could not have these yet");
+    assert!(
+        cluster.difference("ss1", "ss1_backup").is_some(),
+        "the backup could not have these yet"
+    );
     cluster.partitions.heal();
     cluster.wait_pair("ss1", PairState::Active).await;
     cluster.wait_same_files("ss1", "ss1_backup").await;

@@ -63,6 +63,8 @@ pub struct DaemonView {
     pub name: String,
     pub running: bool,
     pub log: Vec<String>,
+    /// For an nm of a group: its address (STATUS names the leader by it).
+    pub address: Option<String>,
 }
 
 pub struct App {
@@ -724,11 +726,13 @@ pub(crate) mod tests {
                 name: "nm".into(),
                 running: true,
                 log: vec![],
+                address: None,
             },
             DaemonView {
                 name: "ss1".into(),
                 running: true,
                 log: vec![],
+                address: None,
             },
         ]));
         app.update(key(KeyCode::Tab));

@@ -263,6 +263,7 @@ fn daemon_views(cluster: &LocalCluster) -> Vec<DaemonView> {
         .into_iter()
         .map(|(name, running)| DaemonView {
             log: tail(&cluster.dir().join(format!("{name}.log")), 40),
+            address: cluster.group_nm_addr(&name).map(str::to_owned),
             name,
             running,
         })

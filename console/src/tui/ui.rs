@@ -1,13 +1,13 @@
 //! Drawing the [`App`] with ratatui: servers, pairs, the event log, the
 //! command output, the command line, and in the demo the daemons and their logs.
 
-use super::app::{describe, App, Mode};
+use super::app::{describe, App, DaemonView, Mode};
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, List, ListItem, Paragraph, Row, Table, Wrap};
 use ratatui::Frame;
-use shared::proto::{EventKind, JobStep, PairState, ServerRole, ServerState};
+use shared::proto::{EventKind, JobStep, NmRole, PairState, ServerRole, ServerState};
 
 fn paint(app: &App, color: Color) -> Style {
     if app.color {
@@ -58,7 +58,13 @@ pub fn draw(frame: &mut Frame, app: &App) {
     // and event lines first.
     let servers_h = servers.max(1) + 3;
     let pairs_h = pairs.max(1) + 3;
-    let left = area.height.saturating_sub(2 + servers_h + pairs_h);
+    let group_h = match &app.status {
+        Some(s) if has_group(app) => (s.nm.len() + s.etcd.len()) as u16 + 3,
+        _ => 0,
+    };
+    let left = area
+        .height
+        .saturating_sub(2 + servers_h + pairs_h + group_h);
     let output_h = match left {
         13.. => 7,
         8.. => 5,
@@ -69,6 +75,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
         .constraints([
             Constraint::Length(1),
             Constraint::Length(servers_h),
+            Constraint::Length(group_h),
             Constraint::Length(pairs_h),
             Constraint::Fill(1),
             Constraint::Length(output_h),
@@ -77,19 +84,22 @@ pub fn draw(frame: &mut Frame, app: &App) {
         .split(area);
     draw_title(frame, app, rows[0]);
     draw_servers(frame, app, rows[1]);
-    draw_pairs(frame, app, rows[2]);
+    if group_h > 0 {
+        draw_group(frame, app, rows[2]);
+    }
+    draw_pairs(frame, app, rows[3]);
     if app.daemons.is_empty() {
-        draw_events(frame, app, rows[3]);
+        draw_events(frame, app, rows[4]);
     } else {
         let middle = Layout::default()
             .direction(Direction::Horizontal)
             .constraints([Constraint::Percentage(60), Constraint::Percentage(40)])
-            .split(rows[3]);
+            .split(rows[4]);
         draw_events(frame, app, middle[0]);
         draw_daemons(frame, app, middle[1]);
     }
-    draw_output(frame, app, rows[4]);
-    draw_prompt(frame, app, rows[5]);
+    draw_output(frame, app, rows[5]);
+    draw_prompt(frame, app, rows[6]);
     if app.help {
         draw_help(frame, app, area);
     }
@@ -266,6 +276,83 @@ fn draw_events(frame: &mut Frame, app: &App, area: Rect) {
     );
 }
 
+/// The role STATUS gives the nm a demo daemon is (none for other daemons).
+fn nm_role(app: &App, daemon: &DaemonView) -> Option<NmRole> {
+    let address = daemon.address.as_ref()?;
+    let status = app.status.as_ref()?;
+    status
+        .nm
+        .iter()
+        .find(|n| &n.address == address)
+        .map(|n| n.role)
+}
+
+/// Whether STATUS shows an nm group on etcd (`nm --etcd`).
+fn has_group(app: &App) -> bool {
+    app.status.as_ref().is_some_and(|s| !s.etcd.is_empty())
+}
+
+/// The nm group: each nm with its role and the leader's lease, and the etcd members.
+fn draw_group(frame: &mut Frame, app: &App, area: Rect) {
+    let header = Row::new(["NM / ETCD", "ROLE", "ADDRESS", "LEASE"]).style(bold(app));
+    let Some(status) = &app.status else { return };
+    let mut rows: Vec<Row> = status
+        .nm
+        .iter()
+        .map(|n| {
+            let color = match n.role {
+                NmRole::Leader => Color::Yellow,
+                NmRole::Standby => Color::Gray,
+            };
+            let lease = if n.role == NmRole::Leader {
+                format!("{:>5}ms", n.lease_ms_left)
+            } else {
+                String::new()
+            };
+            Row::new(vec![
+                Cell::from("nm"),
+                Cell::from(word(&n.role)).style(paint(app, color)),
+                Cell::from(n.address.clone()),
+                Cell::from(lease),
+            ])
+        })
+        .collect();
+    rows.extend(status.etcd.iter().map(|e| {
+        let (state, color) = if e.healthy {
+            ("HEALTHY", Color::Green)
+        } else {
+            ("UNREACHABLE", Color::Red)
+        };
+        let name = if e.name.is_empty() {
+            "etcd".to_owned()
+        } else {
+            format!("etcd {}", e.name)
+        };
+        Row::new(vec![
+            Cell::from(name),
+            Cell::from(state).style(paint(app, color)),
+            Cell::from(e.address.clone()),
+            Cell::from(""),
+        ])
+    }));
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(12),
+            Constraint::Length(12),
+            Constraint::Length(24),
+            Constraint::Min(8),
+        ],
+    )
+    .header(header)
+    .block(
+        Block::default()
+            .borders(Borders::ALL)
+            .title("nm group (etcd)"),
+    );
+    frame.render_widget(table, area);
+}
+
 fn draw_daemons(frame: &mut Frame, app: &App, area: Rect) {
     let parts = Layout::default()
         .direction(Direction::Vertical)
@@ -285,10 +372,18 @@ fn draw_daemons(frame: &mut Frame, app: &App, area: Rect) {
             } else {
                 ("killed", Color::Red)
             };
-            ListItem::new(Line::from(vec![
+            let mut spans = vec![
                 Span::raw(format!("{marker}{:<12}", d.name)),
                 Span::styled(state, paint(app, color)),
-            ]))
+            ];
+            if let Some(role) = nm_role(app, d) {
+                let color = match role {
+                    NmRole::Leader => Color::Yellow,
+                    NmRole::Standby => Color::Gray,
+                };
+                spans.push(Span::styled(format!(" {}", word(&role)), paint(app, color)));
+            }
+            ListItem::new(Line::from(spans))
         })
         .collect();
     frame.render_widget(
@@ -405,7 +500,7 @@ fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
 mod tests {
     use super::*;
     use crate::tui::app::tests::status;
-    use crate::tui::app::{Action, DaemonView};
+    use crate::tui::app::Action;
     use ratatui::backend::TestBackend;
     use shared::proto::{Event, JobKind};
 
@@ -524,16 +619,64 @@ mod tests {
                 name: "nm".into(),
                 running: true,
                 log: vec!["05:00:00 nm_listening".into()],
+                address: None,
             },
             DaemonView {
                 name: "ss1".into(),
                 running: false,
                 log: vec![],
+                address: None,
             },
         ]));
         insta::assert_snapshot!("demo_panes", render(&app, 100, 30));
         app.help = true;
         insta::assert_snapshot!("help", render(&app, 80, 24));
+    }
+
+    /// `console demo --ha`: the nm group box, and the leader marked in the daemons.
+    #[test]
+    fn the_nm_group_on_etcd() {
+        let mut app = app_with(PairState::Active);
+        let mut status = app.status.clone().expect("status");
+        status.nm = vec![
+            shared::proto::NmStatus {
+                address: "127.0.0.1:5002".into(),
+                role: NmRole::Leader,
+                lease_ms_left: 1320,
+            },
+            shared::proto::NmStatus {
+                address: "127.0.0.1:5001".into(),
+                role: NmRole::Standby,
+                lease_ms_left: 0,
+            },
+        ];
+        status.etcd = vec![shared::proto::EtcdMemberStatus {
+            name: "etcd0".into(),
+            address: "http://127.0.0.1:2379".into(),
+            healthy: true,
+        }];
+        app.status = Some(status);
+        let nm = |i: usize, running: bool| DaemonView {
+            name: format!("nm{i}"),
+            running,
+            log: vec![],
+            address: Some(format!("127.0.0.1:500{i}")),
+        };
+        app.update(Action::Daemons(vec![
+            DaemonView {
+                name: "etcd".into(),
+                running: true,
+                log: vec![],
+                address: None,
+            },
+            nm(0, false),
+            nm(1, true),
+            nm(2, true),
+        ]));
+        let screen = render(&app, 100, 34);
+        assert!(screen.contains("nm group"), "{screen}");
+        assert!(screen.contains("nm2         running LEADER"), "{screen}");
+        insta::assert_snapshot!("nm_group", screen);
     }
 
     #[test]

@@ -73,13 +73,16 @@ impl etcd_client::BalancedChannelBuilder for FromOwnAddress {
         buffer_size: usize,
     ) -> Result<(etcd_client::Channel, EndpointUpdates), Self::Error> {
         let (channel, updates) = tonic::transport::Channel::balance_channel(buffer_size);
-        let (tx, mut rx) =
-            tokio::sync::mpsc::channel::<Change<http::Uri, tonic::transport::Endpoint>>(buffer_size);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<
+            Change<http::Uri, tonic::transport::Endpoint>,
+        >(buffer_size);
         let from = self.0;
         tokio::spawn(async move {
             while let Some(change) = rx.recv().await {
                 let change: Change<http::Uri, tonic::transport::Endpoint> = match change {
-                    Change::Insert(uri, endpoint) => Change::Insert(uri, endpoint.local_address(from)),
+                    Change::Insert(uri, endpoint) => {
+                        Change::Insert(uri, endpoint.local_address(from))
+                    }
                     other => other,
                 };
                 if updates.send(change).await.is_err() {
@@ -124,9 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 max,
                 shutdown,
                 "nm",
-                move |stream, peer| {
-                    route(current.clone(), group.clone(), me.clone(), stream, peer)
-                },
+                move |stream, peer| route(current.clone(), group.clone(), me.clone(), stream, peer),
             )
             .await;
         })
