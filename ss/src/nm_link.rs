@@ -24,6 +24,12 @@ use tokio_util::sync::CancellationToken;
 const NOTICE_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long any call to nm may take before the link is considered broken.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long heartbeats to the only nm may go unanswered before the link is
+/// dropped. Long: a paused nm (a stall, a long GC-like pause of the machine)
+/// that resumes would see the closed connection and promote the partner,
+/// while reconnecting to a hung nm gains nothing; the write lease has
+/// stopped this server's writes long before anyway.
+const SOLE_NM_PATIENCE: Duration = Duration::from_secs(10);
 /// A change notice nm has not answered is sent again after this long (nm
 /// takes a notice twice without harm): a change nm never heard of would
 /// never reach the backup.
@@ -448,7 +454,7 @@ async fn serve_link(
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
-                let patience = if several { lease.min(CALL_TIMEOUT) } else { CALL_TIMEOUT };
+                let patience = if several { lease.min(CALL_TIMEOUT) } else { SOLE_NM_PATIENCE };
                 let stale = pending.values().any(|p| matches!(p, Pending::Heartbeat(sent) if sent.elapsed() > patience));
                 if stale {
                     return Err(LinkError::Timeout);
