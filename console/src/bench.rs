@@ -21,7 +21,7 @@
 use crate::client::Client;
 use crate::local_cluster::{ClusterError, LocalCluster};
 use serde::Serialize;
-use shared::proto::{EventKind, FileMeta, FileStats, JobStep, NmRequest};
+use shared::proto::{EventKind, FileMeta, FileStats, JobStep, NmRequest, NmRole};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -50,6 +50,11 @@ pub enum Workload {
     /// The disk's small-write limit: fsynced create-write-rename of 4 KiB
     /// files in one process, for `--duration`.
     DiskLimit,
+    /// kill -9 of the nm leader of a group on etcd (implies `--etcd`),
+    /// `--rounds` times: the time to the first successful READ and the first
+    /// successful CREATE through nm, and the longest gap between two
+    /// acknowledged WRITEs of a client writing all along.
+    NmFailover,
     /// nm's memory holding `--files` files (default 1,000,000): their
     /// records are written to nm's journal, nm restarts on it, and its
     /// resident memory is read from /proc once it answers.
@@ -107,6 +112,11 @@ pub struct BenchArgs {
     /// notice by the heartbeat timeout rather than by a closed connection.
     #[arg(long)]
     pub hang: bool,
+    /// Run nm as a group of three on a local etcd (`nm --etcd`) instead of
+    /// one nm on its journal. Needs the `etcd` binary and nm built with
+    /// `--features nm/etcd`.
+    #[arg(long)]
+    pub etcd: bool,
     /// Folder holding the nm and ss binaries (default: the console's own).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -129,8 +139,16 @@ pub struct Report {
     pub replication_lag_ms: Option<Percentiles>,
     pub bytes: u64,
     pub mb_per_sec: Option<f64>,
-    /// Kill -9 of the primary to the first successful READ through nm.
+    /// Kill -9 of the primary (nm-failover: of the nm leader) to the first
+    /// successful READ through nm.
     pub failover_ms: Option<Percentiles>,
+    /// nm-failover: kill -9 of the nm leader to the first successful CREATE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub create_failover_ms: Option<Percentiles>,
+    /// nm-failover: per round, the longest gap between two WRITEs a client
+    /// writing all along had acknowledged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_gap_ms: Option<Percentiles>,
     /// nm-memory: nm's resident memory once it answers, its peak while
     /// loading, and the same for an nm holding nothing.
     pub nm_rss_mib: Option<f64>,
@@ -195,15 +213,28 @@ pub enum BenchError {
 }
 
 pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
-    let mut cluster = LocalCluster::start_in(
-        args.reuse_dir.clone(),
-        args.bin_dir.clone(),
-        args.fsync,
-        &args.heartbeat_interval,
-        &args.heartbeat_timeout,
-        &args.replication,
-    )
-    .await?;
+    let group = args.etcd || matches!(args.workload, Workload::NmFailover);
+    let mut cluster = if group {
+        LocalCluster::start_ha(
+            args.bin_dir.clone(),
+            args.fsync,
+            &args.heartbeat_interval,
+            &args.heartbeat_timeout,
+            &args.replication,
+            3,
+        )
+        .await?
+    } else {
+        LocalCluster::start_in(
+            args.reuse_dir.clone(),
+            args.bin_dir.clone(),
+            args.fsync,
+            &args.heartbeat_interval,
+            &args.heartbeat_timeout,
+            &args.replication,
+        )
+        .await?
+    };
     if args.keep_dir {
         cluster.keep_dir();
         eprintln!("cluster folder (kept): {}", cluster.dir().display());
@@ -233,6 +264,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         Workload::RawTcp => raw_tcp(cluster.dir(), args.size.unwrap_or(1024) << 20).await?,
         Workload::DiskLimit => disk_limit(cluster.dir(), args.duration).await?,
         Workload::Failover => failover(&mut cluster, args.rounds, args.hang).await?,
+        Workload::NmFailover => nm_failover(&mut cluster, args.rounds).await?,
         Workload::NmMemory => nm_memory(&mut cluster, files_or(1_000_000)).await?,
         Workload::BackupReturn => backup_return(&mut cluster, args.total, files_or(10)).await?,
         Workload::CatchUp => catch_up(&mut cluster, files_or(1_000)).await?,
@@ -628,6 +660,102 @@ async fn failover(
     })
 }
 
+async fn nm_failover(cluster: &mut LocalCluster, rounds: usize) -> Result<Report, BenchError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    ready_pair(cluster).await?;
+    let nm = cluster.nm_addr().to_owned();
+    let mut client = Client::connect(&nm, "bench").await?;
+    client
+        .nm(NmRequest::Create {
+            file: "probe.txt".into(),
+        })
+        .await?;
+    write_sentence(&mut client, "probe.txt", 0, "Still here.").await?;
+    // A client writing all along, whose acknowledgements are timed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let writer = {
+        let (stop, acked, nm) = (stop.clone(), acked.clone(), nm.clone());
+        let mut writer = Client::connect(&nm, "bench-writer").await?;
+        writer
+            .nm(NmRequest::Create {
+                file: "w.txt".into(),
+            })
+            .await?;
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let text = format!("Write {i}.");
+                if write_sentence(&mut writer, "w.txt", 0, &text).await.is_ok() {
+                    acked.lock().unwrap().push(Instant::now());
+                    i += 1;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    let (mut reads, mut creates, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds.max(1) {
+        let status = cluster
+            .wait_for("three nm, one leading", |s| {
+                s.nm.len() == 3 && s.nm.iter().any(|n| n.role == NmRole::Leader)
+            })
+            .await?;
+        let leader = status
+            .nm
+            .iter()
+            .find(|n| n.role == NmRole::Leader)
+            .map(|n| n.address.clone())
+            .unwrap_or_default();
+        let name = (0..3)
+            .map(|i| format!("nm{i}"))
+            .find(|n| cluster.group_nm_addr(n) == Some(leader.as_str()))
+            .ok_or_else(|| BenchError::Store(format!("no local nm at {leader}")))?;
+        // The writer is going before the kill.
+        let before = acked.lock().unwrap().len();
+        while acked.lock().unwrap().len() < before + 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let killed = Instant::now();
+        cluster.kill(&name);
+        while client.read("probe.txt").await.is_err() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        reads.push(killed.elapsed());
+        // A fresh name each time: a CREATE cut short may have happened.
+        for attempt in 0.. {
+            let file = format!("after-{round}-{attempt}.txt");
+            if client.nm(NmRequest::Create { file }).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        creates.push(killed.elapsed());
+        // The writer's first acknowledgement after the kill closes its gap.
+        let gap = loop {
+            let times = acked.lock().unwrap().clone();
+            if let Some(after) = times.iter().position(|t| *t > killed) {
+                let last_before = if after > 0 { times[after - 1] } else { killed };
+                break times[after] - last_before;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        gaps.push(gap);
+        cluster.restart(&name)?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.await;
+    let ops = reads.len() as u64;
+    Ok(Report {
+        failover_ms: percentiles(reads),
+        create_failover_ms: percentiles(creates),
+        write_gap_ms: percentiles(gaps),
+        ..Report::measured(started.elapsed().as_secs_f64(), ops)
+    })
+}
+
 async fn catch_up(cluster: &mut LocalCluster, files: usize) -> Result<Report, BenchError> {
     ready_pair(cluster).await?;
     let mut client = Client::connect(cluster.nm_addr(), "bench").await?;
@@ -800,6 +928,18 @@ pub fn render(report: &Report) -> String {
         out += &format!(
             "  failover ms (failure to first successful READ): p50 {:.1}  p99 {:.1}  max {:.1}\n",
             l.p50, l.p99, l.max
+        );
+    }
+    if let Some(l) = &report.create_failover_ms {
+        out += &format!(
+            "  nm failover ms (kill -9 of the leader to first successful CREATE): p50 {:.1}  p99 {:.1}  max {:.1}\n",
+            l.p50, l.p99, l.max
+        );
+    }
+    if let Some(l) = &report.write_gap_ms {
+        out += &format!(
+            "  longest gap between acknowledged WRITEs, per round, ms: p50 {:.1}  max {:.1}\n",
+            l.p50, l.max
         );
     }
     if let Some(mbps) = report.mb_per_sec {
