@@ -733,12 +733,18 @@ async fn nm_failover(cluster: &mut LocalCluster, rounds: usize) -> Result<Report
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         creates.push(killed.elapsed());
-        // The writer's first acknowledgement after the kill closes its gap.
+        // The longest gap between the writer's acknowledgements from the
+        // last one before the kill until it writes again after the CREATE.
+        let recovered = Instant::now();
         let gap = loop {
             let times = acked.lock().unwrap().clone();
-            if let Some(after) = times.iter().position(|t| *t > killed) {
-                let last_before = if after > 0 { times[after - 1] } else { killed };
-                break times[after] - last_before;
+            if times.last().is_some_and(|t| *t > recovered) {
+                let from = times.iter().rposition(|t| *t <= killed).unwrap_or(0);
+                break times[from..]
+                    .windows(2)
+                    .map(|w| w[1] - w[0])
+                    .max()
+                    .unwrap_or_default();
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
