@@ -370,6 +370,20 @@ impl HaCluster {
 
     /// Starts (or restarts) a storage server on its address and waits until it is ALIVE.
     pub async fn start_ss(&mut self, name: &str) {
+        self.spawn_ss(name);
+        eventually(&format!("{name} to be ALIVE"), || async {
+            let status = self.try_status().await?;
+            status
+                .servers
+                .iter()
+                .any(|s| s.name == name && s.state == ServerState::Alive)
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// Starts (or restarts) a storage server on its address, without waiting.
+    pub fn spawn_ss(&mut self, name: &str) {
         let ip = match self.servers.get(name) {
             Some(server) => {
                 assert!(server.child.is_none(), "{name} is already running");
@@ -414,15 +428,23 @@ impl HaCluster {
                 child: Some(child),
             },
         );
-        eventually(&format!("{name} to be ALIVE"), || async {
-            let status = self.try_status().await?;
-            status
-                .servers
-                .iter()
-                .any(|s| s.name == name && s.state == ServerState::Alive)
-                .then_some(())
-        })
-        .await;
+    }
+
+    pub fn ss_running(&self, name: &str) -> bool {
+        self.servers.get(name).is_some_and(|s| s.child.is_some())
+    }
+
+    /// Sends a signal (SIGSTOP, SIGCONT, …) to a storage server.
+    pub fn signal_ss(&self, name: &str, signal: i32) {
+        self.servers[name].signal(signal);
+    }
+
+    /// (epoch → servers that accepted a change in it), from their logs.
+    pub fn writers_by_epoch(
+        &self,
+        servers: &[&str],
+    ) -> std::collections::BTreeMap<u64, std::collections::BTreeSet<String>> {
+        crate::writers_by_epoch(self.dir(), servers)
     }
 
     pub fn kill_ss(&mut self, name: &str) {

@@ -287,42 +287,7 @@ impl TestCluster {
     /// from the servers' logs: more than one server in an epoch means two
     /// writers at once.
     pub fn writers_by_epoch(&self, servers: &[&str]) -> BTreeMap<u64, BTreeSet<String>> {
-        const CHANGES: [&str; 9] = [
-            "ETIRW",
-            "CREATE",
-            "DELETE",
-            "UNDO",
-            "SET_ACL",
-            "MOVE",
-            "CHECKPOINT",
-            "REVERT",
-            "WRITE",
-        ];
-        let mut epochs: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
-        for server in servers {
-            let log = std::fs::read_to_string(self.dir().join(format!("{server}.log")))
-                .unwrap_or_default();
-            for line in log.lines() {
-                let Ok(v) = serde_json::from_str::<Value>(line) else {
-                    continue;
-                };
-                if v["event"] != "ss_request" || v["outcome"] != "ok" {
-                    continue;
-                }
-                let Some(op) = v["operation"].as_str() else {
-                    continue;
-                };
-                if CHANGES.contains(&op) {
-                    if let Some(epoch) = v["epoch"].as_u64() {
-                        epochs
-                            .entry(epoch)
-                            .or_default()
-                            .insert((*server).to_owned());
-                    }
-                }
-            }
-        }
-        epochs
+        writers_by_epoch(self.dir(), servers)
     }
 
     /// The async window, on demand: with `backup` hung, `script` is run on
@@ -489,6 +454,46 @@ impl Drop for TestCluster {
             let _ = dir.keep();
         }
     }
+}
+
+/// (epoch → servers among `servers` that accepted a change in it), read
+/// from the servers' logs (`<dir>/<server>.log`).
+pub fn writers_by_epoch(dir: &Path, servers: &[&str]) -> BTreeMap<u64, BTreeSet<String>> {
+    const CHANGES: [&str; 9] = [
+        "ETIRW",
+        "CREATE",
+        "DELETE",
+        "UNDO",
+        "SET_ACL",
+        "MOVE",
+        "CHECKPOINT",
+        "REVERT",
+        "WRITE",
+    ];
+    let mut epochs: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for server in servers {
+        let log = std::fs::read_to_string(dir.join(format!("{server}.log"))).unwrap_or_default();
+        for line in log.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if v["event"] != "ss_request" || v["outcome"] != "ok" {
+                continue;
+            }
+            let Some(op) = v["operation"].as_str() else {
+                continue;
+            };
+            if CHANGES.contains(&op) {
+                if let Some(epoch) = v["epoch"].as_u64() {
+                    epochs
+                        .entry(epoch)
+                        .or_default()
+                        .insert((*server).to_owned());
+                }
+            }
+        }
+    }
+    epochs
 }
 
 /// The first difference between two servers' storage folders, if any.
