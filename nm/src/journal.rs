@@ -79,6 +79,10 @@ pub enum Record {
         #[serde(default)]
         backup: Option<String>,
     },
+    /// Replication job ids up to `up_to` may be handed out.
+    JobIds {
+        up_to: u64,
+    },
 }
 
 impl Record {
@@ -111,6 +115,7 @@ impl Record {
             Record::RequestRemoved { id } => {
                 ns.remove_request(id);
             }
+            Record::JobIds { up_to } => ns.reserve_job_ids(up_to),
             Record::Pair {
                 primary,
                 epoch,
@@ -142,6 +147,8 @@ struct Snapshot {
     requests: Vec<AccessRequest>,
     #[serde(default)]
     last_request_id: u64,
+    #[serde(default)]
+    job_ids_reserved: u64,
     /// Older snapshots' (primary, epoch, active server); read, no longer written.
     #[serde(default)]
     pairs: Vec<(String, u64, String)>,
@@ -207,6 +214,7 @@ impl Journal {
                 ns.add_request(request);
             }
             ns.set_last_request_id(snapshot.last_request_id);
+            ns.reserve_job_ids(snapshot.job_ids_reserved);
             for (primary, epoch, active) in snapshot.pairs {
                 let legacy = PersistedPair {
                     epoch,
@@ -314,6 +322,7 @@ fn compact(dir: &Path, ns: &Namespace, fsync: bool) -> io::Result<()> {
         folders: ns.folders().cloned().collect(),
         requests: ns.requests().cloned().collect(),
         last_request_id: ns.last_request_id(),
+        job_ids_reserved: ns.job_ids_reserved(),
         pairs: Vec::new(),
         failover: ns
             .pairs()

@@ -58,6 +58,9 @@ pub struct Namespace {
     /// Pending access requests by id.
     requests: BTreeMap<u64, AccessRequest>,
     next_request_id: u64,
+    /// Replication job ids up to this one may have been handed out: a new
+    /// nm (a restart, a new leader) numbers its jobs after it.
+    job_ids_reserved: u64,
     /// What the failover machine keeps of each pair, by primary name.
     pairs: BTreeMap<String, PersistedPair>,
 }
@@ -349,6 +352,14 @@ impl Namespace {
 
     pub fn set_last_request_id(&mut self, id: u64) {
         self.next_request_id = self.next_request_id.max(id);
+    }
+
+    pub fn job_ids_reserved(&self) -> u64 {
+        self.job_ids_reserved
+    }
+
+    pub fn reserve_job_ids(&mut self, up_to: u64) {
+        self.job_ids_reserved = self.job_ids_reserved.max(up_to);
     }
 
     /// Replaces every pending request (nm on etcd keeps them as one value).

@@ -82,10 +82,16 @@ pub enum Offer {
 #[derive(Default)]
 struct QueueState {
     next_id: u64,
+    /// Ids up to here are recorded as handed out (see [`ReplQueue::reserve`]).
+    reserved: u64,
     order: VecDeque<JobKey>,
     pending: HashMap<JobKey, Job>,
     running: HashMap<JobKey, Job>,
 }
+
+/// Job ids are recorded as handed out in blocks of this many, so job ids do
+/// not start again at 1 after an nm restart or a change of leader.
+pub const JOB_ID_BLOCK: u64 = 10_000;
 
 pub struct ReplQueue {
     state: Mutex<QueueState>,
@@ -115,6 +121,27 @@ impl ReplQueue {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Numbers jobs after `last` (the ids an earlier nm may have used).
+    pub fn start_after(&self, last: u64) {
+        let mut state = self.lock();
+        state.next_id = state.next_id.max(last);
+        state.reserved = state.reserved.max(last);
+    }
+
+    /// When the ids recorded as handed out run low: the new limit to record
+    /// (a block of [`JOB_ID_BLOCK`] more), which the caller journals and then
+    /// passes to [`ReplQueue::reserved`]. `None`: enough are left.
+    pub fn reserve(&self) -> Option<u64> {
+        let state = self.lock();
+        (state.next_id + JOB_ID_BLOCK / 2 >= state.reserved).then(|| state.next_id + JOB_ID_BLOCK)
+    }
+
+    /// Ids up to `up_to` are now recorded.
+    pub fn reserved(&self, up_to: u64) {
+        let mut state = self.lock();
+        state.reserved = state.reserved.max(up_to);
     }
 
     fn new_job(state: &mut QueueState, key: JobKey, kind: JobKind, version: Option<u64>) -> Job {
@@ -1226,6 +1253,23 @@ mod tests {
         q.finish(&job);
         let next = q.take().await;
         assert_eq!(next.kind, JobKind::Delete);
+    }
+
+    #[test]
+    fn job_ids_go_on_after_the_ones_an_earlier_nm_recorded() {
+        let q = ReplQueue::new(10);
+        q.start_after(20_000);
+        assert_eq!(
+            q.reserve(),
+            Some(20_000 + JOB_ID_BLOCK),
+            "a new nm records a block first"
+        );
+        q.reserved(20_000 + JOB_ID_BLOCK);
+        assert_eq!(q.reserve(), None);
+        let Offer::Queued(job) = q.offer(key("a"), JobKind::Create, Some(1)) else {
+            panic!("queued")
+        };
+        assert_eq!(job.id, 20_001);
     }
 
     #[tokio::test]

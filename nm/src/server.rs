@@ -141,6 +141,8 @@ impl Nm {
             .advertise
             .clone()
             .unwrap_or_else(|| address.to_string());
+        let queue = ReplQueue::new(config.repl_queue_capacity.max(1));
+        queue.start_after(ns.job_ids_reserved());
         let nm = Arc::new_cyclic(|me| Nm {
             me: me.clone(),
             state: Mutex::new(State {
@@ -151,7 +153,7 @@ impl Nm {
             ticket_key,
             cluster_key,
             events: Events::default(),
-            queue: ReplQueue::new(config.repl_queue_capacity.max(1)),
+            queue,
             waiters: Default::default(),
             failover_recorded: Default::default(),
             catch_up: Default::default(),
@@ -165,7 +167,28 @@ impl Nm {
         }
         tokio::spawn(nm.clone().heartbeat_monitor());
         tokio::spawn(nm.clone().startup_grace());
+        tokio::spawn(nm.clone().keep_job_ids_reserved());
         Ok(nm)
+    }
+
+    /// Records replication job ids as handed out a block ahead of their use,
+    /// so the next nm (a restart, a new leader) numbers its jobs after them.
+    async fn keep_job_ids_reserved(self: Arc<Self>) {
+        loop {
+            if let Some(up_to) = self.queue.reserve() {
+                match self.journal.append(vec![Record::JobIds { up_to }]).await {
+                    Ok(()) => {
+                        self.state().ns.reserve_job_ids(up_to);
+                        self.queue.reserved(up_to);
+                    }
+                    Err(e) => {
+                        tracing::warn!(event = "nm_job_ids_unrecorded", error = %e, "job ids could not be recorded; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     /// Whether this nm may act: always without etcd; with it, only while

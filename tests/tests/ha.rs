@@ -372,9 +372,12 @@ async fn a_primary_cut_from_nm_stops_serving_before_its_backup_is_promoted() {
             .partitions
             .cut(cluster.ss_ip("ss1"), cluster.nm_ip(i));
     }
-    let status = cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
-    let (_, serving) = pair(&status, "ss1");
-    assert_eq!(serving, "ss1_backup");
+    cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
+    eventually("ss1_backup to be promoted", async || {
+        let status = cluster.try_status().await?;
+        (pair(&status, "ss1").1 == "ss1_backup").then_some(())
+    })
+    .await;
     writer.write_edit(0, "Late").await.ok();
     let late = writer.write_commit().await;
     assert!(

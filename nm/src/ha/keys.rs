@@ -9,6 +9,7 @@
 //! <prefix>state/d/<folder>  a folder (empty value)
 //! <prefix>state/r           the pending access requests and the last id
 //! <prefix>state/p/<primary> what the failover machine keeps of a pair
+//! <prefix>state/c/jobs      replication job ids handed out up to here
 //! ```
 //!
 //! One key per object, so the state in etcd is always compact and a
@@ -68,6 +69,10 @@ impl Layout {
 
     fn requests(&self) -> String {
         format!("{}state/r", self.prefix)
+    }
+
+    fn job_ids(&self) -> String {
+        format!("{}state/c/jobs", self.prefix)
     }
 
     fn pair(&self, primary: &str) -> String {
@@ -207,6 +212,9 @@ impl Translator {
                 Record::RequestRemoved { id } => {
                     requests_changed |= self.requests.remove(&id).is_some();
                 }
+                Record::JobIds { up_to } => {
+                    writes.insert(self.layout.job_ids(), Some(encode(&up_to)));
+                }
                 Record::Pair {
                     primary,
                     epoch,
@@ -274,6 +282,11 @@ pub fn apply_put(layout: &Layout, ns: &mut Namespace, key: &str, value: &[u8]) {
         match rmp_serde::from_slice::<StoredRequests>(value) {
             Ok(stored) => ns.replace_requests(stored.last_id, stored.requests),
             Err(_) => bad("requests"),
+        }
+    } else if rest == "c/jobs" {
+        match rmp_serde::from_slice::<u64>(value) {
+            Ok(up_to) => ns.reserve_job_ids(up_to),
+            Err(_) => bad("job ids"),
         }
     } else if let Some(primary) = rest.strip_prefix("p/") {
         match rmp_serde::from_slice::<PersistedPair>(value) {
@@ -360,9 +373,12 @@ mod tests {
                     backup: Some("ss1_backup".into()),
                 },
             ],
-            vec![Record::FileDeleted {
-                file: "b.txt".into(),
-            }],
+            vec![
+                Record::FileDeleted {
+                    file: "b.txt".into(),
+                },
+                Record::JobIds { up_to: 10_000 },
+            ],
         ];
         let mut journal_ns = Namespace::default();
         let mut etcd_ns = Namespace::default();
@@ -417,6 +433,8 @@ mod tests {
         assert_eq!(etcd_ns.last_request_id(), 7);
         assert_eq!(etcd_ns.pair("ss1"), journal_ns.pair("ss1"));
         assert!(etcd_ns.has_user("alice") && etcd_ns.has_folder("docs"));
+        assert_eq!(etcd_ns.job_ids_reserved(), 10_000);
+        assert_eq!(journal_ns.job_ids_reserved(), 10_000);
     }
 
     #[test]

@@ -269,6 +269,11 @@ async fn one_term(
             return Ok(());
         }
     };
+    runtime.handle().spawn(store::compact_history(
+        client.clone(),
+        layout.clone(),
+        group.clone(),
+    ));
     *current.write().unwrap_or_else(|p| p.into_inner()) = Some((nm, runtime.handle()));
 
     // Ends the term the moment the lease may have lapsed, even if nothing

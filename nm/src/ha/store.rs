@@ -274,6 +274,33 @@ fn layout_file(layout: &Layout, file: &str) -> String {
     format!("{}f/{file}", layout.state())
 }
 
+/// How often the leader compacts etcd's history.
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
+
+/// Compacts etcd's history once a minute, to the revision of the minute
+/// before, for as long as this nm leads: the history a standby's watch needs
+/// is short, and without compaction etcd keeps every revision forever.
+pub async fn compact_history(mut client: Client, layout: Layout, group: Arc<Group>) {
+    let mut previous = 0;
+    loop {
+        tokio::time::sleep(COMPACT_EVERY).await;
+        if !group.holds_lease() {
+            return;
+        }
+        let now = client
+            .get(layout.leader(), Some(GetOptions::new().with_count_only()))
+            .await;
+        let Ok(now) = now else { continue };
+        if previous > 0 {
+            match client.compact(previous, None).await {
+                Ok(_) => tracing::debug!(event = "nm_etcd_compacted", revision = previous),
+                Err(e) => tracing::debug!(event = "nm_etcd_compact_failed", error = %e),
+            }
+        }
+        previous = now.header().map_or(0, |h| h.revision());
+    }
+}
+
 /// Gives up the leadership: deletes the leader key if it is still this
 /// nm's (best effort, briefly: etcd may be the reason the term ended).
 pub async fn resign(client: &mut Client, layout: &Layout, fence: i64) {
