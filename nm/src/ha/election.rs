@@ -79,8 +79,12 @@ enum Renewal {
 }
 
 async fn renew_until_broken(client: &mut Client, id: i64, group: &Group) -> Renewal {
+    let patience = group
+        .holds_until()
+        .saturating_duration_since(Instant::now())
+        .max(group.ttl() / 4);
     let Ok(Ok((mut keeper, mut responses))) =
-        tokio::time::timeout(group.ttl() / 4, client.lease_keep_alive(id)).await
+        tokio::time::timeout(patience, client.lease_keep_alive(id)).await
     else {
         return Renewal::Broken;
     };
@@ -90,7 +94,14 @@ async fn renew_until_broken(client: &mut Client, id: i64, group: &Group) -> Rene
         if keeper.keep_alive().await.is_err() {
             return Renewal::Broken;
         }
-        match tokio::time::timeout(group.ttl() / 4, responses.message()).await {
+        // An answer may be late while etcd elects a new raft leader: wait
+        // for it as long as the lease surely holds, but at least a quarter
+        // of its life (a standby's lease counts too).
+        let patience = group
+            .holds_until()
+            .saturating_duration_since(Instant::now())
+            .max(group.ttl() / 4);
+        match tokio::time::timeout(patience, responses.message()).await {
             Ok(Ok(Some(response))) if response.ttl() > 0 => group.renewed(sent),
             Ok(Ok(Some(_))) => {
                 tracing::warn!(

@@ -259,11 +259,18 @@ where
         if left.is_zero() {
             return Err(unavailable("the leader lease lapsed first".into()));
         }
-        match tokio::time::timeout(left, call()).await {
+        // One attempt waits a quarter of the lease at most: a request stuck
+        // on a member that lost its raft leader is sent again (maybe to
+        // another member) rather than waited for until the lease ends.
+        let attempt = left.min(group.ttl() / 4);
+        match tokio::time::timeout(attempt, call()).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) => {
                 tracing::debug!(event = "nm_etcd_retry", error = %e);
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) if attempt < left => {
+                tracing::debug!(event = "nm_etcd_retry", error = "no answer yet");
             }
             Err(_) => return Err(unavailable("etcd did not answer in time".into())),
         }
