@@ -74,6 +74,9 @@ impl Events {
                 );
             }
             EventKind::Snapshot { .. } => {}
+            EventKind::NmLeader { address, previous } => {
+                tracing::info!(event = "nm_leader", address = %address, previous = previous.as_deref().unwrap_or("-"));
+            }
             EventKind::Server {
                 name,
                 state,

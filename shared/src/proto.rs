@@ -844,6 +844,11 @@ pub enum EventKind {
     },
     /// The whole cluster as STATUS shows it (WATCH with snapshots).
     Snapshot { status: ClusterStatus },
+    /// The nm group has a new leader (`previous`: the one before, if known).
+    NmLeader {
+        address: String,
+        previous: Option<String>,
+    },
     /// A storage server registered or was declared failed.
     Server {
         name: String,

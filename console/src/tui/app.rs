@@ -4,7 +4,7 @@
 
 use crate::script::COMMAND_NAMES;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use shared::proto::{ClusterStatus, Event, EventKind};
+use shared::proto::{ClusterStatus, Event, EventKind, NmRole};
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -155,8 +155,23 @@ impl App {
     fn cluster_event(&mut self, event: Event) {
         self.connection = None;
         if let EventKind::Snapshot { status } = event.kind {
+            // A new leader of the nm group shows in the log as an event.
+            let leader = |s: &ClusterStatus| {
+                s.nm.iter()
+                    .find(|n| n.role == NmRole::Leader && s.nm.len() > 1)
+                    .map(|n| n.address.clone())
+            };
+            let previous = self.status.as_ref().and_then(leader);
+            let now = leader(&status);
             self.status = Some(status);
             self.status_at = Some(Instant::now());
+            if let Some(address) = now.filter(|now| Some(now) != previous.as_ref()) {
+                self.cluster_event(Event {
+                    seq: event.seq,
+                    at_ms: event.at_ms,
+                    kind: EventKind::NmLeader { address, previous },
+                });
+            }
             return;
         }
         // The rows change the moment the event says so, not at the next snapshot.
@@ -489,6 +504,10 @@ pub fn describe(event: &Event) -> String {
             reason,
         } => format!("server {name} {}: {reason}", super::ui::word(state)),
         EventKind::Snapshot { .. } => "snapshot".to_owned(),
+        EventKind::NmLeader { address, previous } => match previous {
+            Some(previous) => format!("nm LEADER is now {address} (was {previous})"),
+            None => format!("nm LEADER is {address}"),
+        },
     }
 }
 
@@ -566,6 +585,38 @@ pub(crate) mod tests {
             at_ms: 0,
             kind,
         }
+    }
+
+    #[test]
+    fn a_new_nm_leader_shows_in_the_event_log() {
+        let with_leader = |leader: &str| {
+            let mut status = status(PairState::Active);
+            status.nm = ["127.0.0.2:5000", "127.0.0.3:5000"]
+                .iter()
+                .map(|a| shared::proto::NmStatus {
+                    address: (*a).into(),
+                    role: if *a == leader {
+                        NmRole::Leader
+                    } else {
+                        NmRole::Standby
+                    },
+                    lease_ms_left: 0,
+                })
+                .collect();
+            EventKind::Snapshot { status }
+        };
+        let mut app = App::new("nm", "op", true);
+        app.update(Action::Cluster(event(1, with_leader("127.0.0.2:5000"))));
+        app.update(Action::Cluster(event(2, with_leader("127.0.0.2:5000"))));
+        app.update(Action::Cluster(event(3, with_leader("127.0.0.3:5000"))));
+        let lines: Vec<String> = app.events.iter().map(describe).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "nm LEADER is 127.0.0.2:5000",
+                "nm LEADER is now 127.0.0.3:5000 (was 127.0.0.2:5000)"
+            ]
+        );
     }
 
     #[test]

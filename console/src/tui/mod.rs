@@ -285,11 +285,14 @@ fn tail(path: &std::path::Path, lines: usize) -> Vec<String> {
 
 fn short_log_line(line: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    // Our daemons log `timestamp` and `event`; etcd (zap) logs `ts` and `msg`.
     let time = value["timestamp"]
         .as_str()
+        .or(value["ts"].as_str())
         .and_then(|t| t.get(11..19))
         .unwrap_or("");
-    let mut out = format!("{time} {}", value["event"].as_str().unwrap_or("-"));
+    let what = value["event"].as_str().or(value["msg"].as_str()).unwrap_or("-");
+    let mut out = format!("{time} {what}");
     for key in [
         "operation",
         "outcome",
@@ -298,6 +301,8 @@ fn short_log_line(line: &str) -> Option<String> {
         "step",
         "to",
         "reason",
+        "leader",
+        "address",
     ] {
         if let Some(v) = value.get(key).and_then(|v| v.as_str()) {
             out.push(' ');

@@ -251,6 +251,7 @@ fn event_color(kind: &EventKind) -> Color {
             ServerState::Failed => Color::Red,
         },
         EventKind::Snapshot { .. } => Color::Gray,
+        EventKind::NmLeader { .. } => Color::Yellow,
     }
 }
 
