@@ -22,6 +22,11 @@ rounds=${ROUNDS:-5}
 duration=${DURATION:-5s}
 failovers=${FAILOVERS:-10}
 
+# The build leaves the load high: wait (at most two minutes) for it to fall.
+for _ in $(seq 120); do
+  awk '{ exit !($1 < 1.0) }' /proc/loadavg && break
+  sleep 1
+done
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 summary() { # label, then values: min/median/max
   python3 - "$@" <<'PY'
@@ -37,6 +42,7 @@ for clients in 1 16; do
   for ((r = 1; r <= rounds; r++)); do
     j=$($console bench create-write --clients "$clients" --duration "$duration" --json | rate)
     e=$($console bench create-write --clients "$clients" --duration "$duration" --etcd --json | rate)
+    [ -n "$j" ] && [ -n "$e" ] || { echo "a run failed" >&2; exit 1; }
     journal+=("$j"); etcd+=("$e")
     ratio+=("$(python3 -c "print($e / $j)")")
     echo "  round $r, $clients client(s): journal $j/s, etcd $e/s"

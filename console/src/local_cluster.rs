@@ -141,7 +141,34 @@ impl LocalCluster {
     /// A cluster whose nm is a group of `nms` on one etcd member: etcd and
     /// every nm started, and one nm elected leader. Storage servers come with
     /// [`LocalCluster::start_ss`] and are given every nm's address.
+    ///
+    /// Ports are picked free and then bound by the children, so another
+    /// process may take one in between: a start that fails is tried again on
+    /// new ports (three times in all).
     pub async fn start_ha(
+        bin_dir: Option<PathBuf>,
+        fsync: bool,
+        heartbeat: &str,
+        timeout: &str,
+        replication: &str,
+        nms: usize,
+    ) -> Result<Self, ClusterError> {
+        let mut attempt = 1;
+        loop {
+            let started =
+                Self::try_start_ha(bin_dir.clone(), fsync, heartbeat, timeout, replication, nms)
+                    .await;
+            match started {
+                Err(ClusterError::Timeout(what)) if attempt < 3 => {
+                    eprintln!("local cluster: timed out waiting for {what}; starting again on other ports");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_start_ha(
         bin_dir: Option<PathBuf>,
         fsync: bool,
         heartbeat: &str,
@@ -207,7 +234,7 @@ impl LocalCluster {
             if let Some(why) = cluster.group_failed() {
                 return Err(ClusterError::Failed(why));
             }
-            if started.elapsed() > READY_DEADLINE {
+            if started.elapsed() > READY_DEADLINE / 3 {
                 return Err(ClusterError::Timeout("an nm leader".into()));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
