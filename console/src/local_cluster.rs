@@ -67,8 +67,23 @@ pub enum ClusterError {
     Failed(String),
 }
 
-/// A free port on 127.0.0.1 (free when asked; the caller binds it soon after).
+/// A free port on 127.0.0.1 for a child to bind soon after, taken below the
+/// kernel's ephemeral range (32768 and up): a port the kernel hands out
+/// meanwhile (a `bind` to port 0, an outgoing connection) cannot be it.
 fn free_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..200 {
+        let step = NEXT.fetch_add(7_919, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(step) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
