@@ -291,7 +291,10 @@ fn short_log_line(line: &str) -> Option<String> {
         .or(value["ts"].as_str())
         .and_then(|t| t.get(11..19))
         .unwrap_or("");
-    let what = value["event"].as_str().or(value["msg"].as_str()).unwrap_or("-");
+    let what = value["event"]
+        .as_str()
+        .or(value["msg"].as_str())
+        .unwrap_or("-");
     let mut out = format!("{time} {what}");
     for key in [
         "operation",
