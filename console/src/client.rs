@@ -72,8 +72,9 @@ impl Client {
     }
 
     /// Dials the leader: the one last reached first, then the others.
-    async fn dial_nm(&mut self) -> Result<RpcClient, WireError> {
-        let (nm, reached) = shared::leader::connect_to_leader(
+    /// Returns the connection and the address it reached.
+    async fn dial_leader(&self) -> Result<(RpcClient, String), WireError> {
+        shared::leader::connect_to_leader(
             &self.nm_addresses,
             Some(&self.nm_address),
             Role::Client,
@@ -81,7 +82,12 @@ impl Client {
             None,
         )
         .await
-        .map_err(|e| e.to_wire())?;
+        .map_err(|e| e.to_wire())
+    }
+
+    /// Dials the leader for this client's requests, and remembers it.
+    async fn dial_nm(&mut self) -> Result<RpcClient, WireError> {
+        let (nm, reached) = self.dial_leader().await?;
         self.nm_address = reached;
         Ok(nm)
     }
@@ -235,15 +241,7 @@ impl Client {
         snapshots: Option<std::time::Duration>,
         mut on_event: impl FnMut(Event),
     ) -> Result<u64, WireError> {
-        let (mut subscription, _) = shared::leader::connect_to_leader(
-            &self.nm_addresses,
-            Some(&self.nm_address),
-            Role::Client,
-            &self.user,
-            None,
-        )
-        .await
-        .map_err(|e| e.to_wire())?;
+        let (mut subscription, _) = self.dial_leader().await?;
         let id = subscription
             .send(NmRequest::Watch {
                 snapshot_every_ms: snapshots.map(|d| d.as_millis() as u64),

@@ -67,6 +67,17 @@ pub enum ClusterError {
     Failed(String),
 }
 
+/// `bin_dir`, or the folder the console itself runs from.
+fn bin_dir_or_own(bin_dir: Option<PathBuf>) -> std::io::Result<PathBuf> {
+    match bin_dir {
+        Some(dir) => Ok(dir),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_default()),
+    }
+}
+
 /// A free port on 127.0.0.1 for a child to bind soon after, taken below the
 /// kernel's ephemeral range (32768 and up): a port the kernel hands out
 /// meanwhile (a `bind` to port 0, an outgoing connection) cannot be it.
@@ -112,13 +123,7 @@ impl LocalCluster {
         timeout: &str,
         replication: &str,
     ) -> Result<Self, ClusterError> {
-        let bin_dir = match bin_dir {
-            Some(dir) => dir,
-            None => std::env::current_exe()?
-                .parent()
-                .map(Path::to_owned)
-                .unwrap_or_default(),
-        };
+        let bin_dir = bin_dir_or_own(bin_dir)?;
         let mut cluster = LocalCluster {
             dir: match folder {
                 Some(path) => Folder::Given(path),
@@ -198,13 +203,7 @@ impl LocalCluster {
                     .into(),
             ));
         }
-        let bin_dir = match bin_dir {
-            Some(dir) => dir,
-            None => std::env::current_exe()?
-                .parent()
-                .map(Path::to_owned)
-                .unwrap_or_default(),
-        };
+        let bin_dir = bin_dir_or_own(bin_dir)?;
         let mut group = Group {
             etcd: None,
             etcd_client_url: format!("http://127.0.0.1:{}", free_port()?),

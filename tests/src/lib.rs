@@ -6,6 +6,7 @@
 //! when dropped. The binaries are built once per test process by running
 //! `cargo build`, so a test never runs against stale binaries.
 
+pub mod chaos;
 #[cfg(feature = "ha")]
 pub mod ha;
 pub mod proxy;

@@ -19,8 +19,9 @@ use rand::{Rng, SeedableRng};
 use shared::proto::{NmReply, NmRequest, PairState, ServerState};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tests::chaos::{env_u64, pause, spawn_writer, Acked};
 use tests::proxy::FaultProxy;
 use tests::{eventually, Options, TestCluster};
 
@@ -29,68 +30,8 @@ const WRITERS: usize = 3;
 
 #[derive(Default)]
 struct Tally {
-    operations: AtomicU64,
+    operations: Arc<AtomicU64>,
     faults: AtomicU64,
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn pause(rng: &mut StdRng, from_ms: u64, to_ms: u64) {
-    tokio::time::sleep(Duration::from_millis(rng.gen_range(from_ms..to_ms))).await;
-}
-
-/// Every acknowledged change, per file.
-type Acked = Arc<Mutex<BTreeMap<String, Vec<String>>>>;
-
-fn spawn_writer(
-    nm: String,
-    file: String,
-    acked: Acked,
-    tally: Arc<Tally>,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut client: Option<Client> = None;
-        let mut n = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            n += 1;
-            if client.is_none() {
-                client = Client::connect(&nm, "chaos").await.ok();
-                if let Some(c) = client.as_mut() {
-                    c.set_reply_timeout(Duration::from_millis(500));
-                }
-            }
-            let Some(c) = client.as_mut() else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            tally.operations.fetch_add(1, Ordering::Relaxed);
-            let word = format!("{file}-{n}").replace('.', "_");
-            let done = async {
-                c.write_begin(&file, 0).await?;
-                c.write_edit(0, &word).await?;
-                c.write_commit().await
-            }
-            .await;
-            match done {
-                Ok(stats) => acked
-                    .lock()
-                    .unwrap()
-                    .entry(file.clone())
-                    .or_default()
-                    .push(format!("{word}@e{}v{}", stats.epoch, stats.version)),
-                Err(_) => {
-                    c.write_abort().await;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-    })
 }
 
 fn spawn_reader(
@@ -234,7 +175,7 @@ async fn run(mode: &str, seed: u64, secs: u64) {
                 cluster.nm_addr().to_owned(),
                 f.clone(),
                 acked.clone(),
-                tally.clone(),
+                tally.operations.clone(),
                 stop.clone(),
             )
         })

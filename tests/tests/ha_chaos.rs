@@ -18,74 +18,14 @@ use rand::{Rng, SeedableRng};
 use shared::proto::{NmReply, NmRequest, NmRole, PairState, ServerState};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tests::chaos::{env_u64, pause, spawn_writer, Acked};
 use tests::eventually;
 use tests::ha::{HaCluster, HaOptions};
 
 const SERVERS: [&str; 2] = ["ss1", "ss1_backup"];
 const WRITERS: usize = 3;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn pause(rng: &mut StdRng, from_ms: u64, to_ms: u64) {
-    tokio::time::sleep(Duration::from_millis(rng.gen_range(from_ms..to_ms))).await;
-}
-
-/// Every acknowledged change, per file.
-type Acked = Arc<Mutex<BTreeMap<String, Vec<String>>>>;
-
-fn spawn_writer(
-    nm: String,
-    file: String,
-    acked: Acked,
-    operations: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut client: Option<Client> = None;
-        let mut n = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            n += 1;
-            if client.is_none() {
-                client = Client::connect(&nm, "chaos").await.ok();
-                if let Some(c) = client.as_mut() {
-                    c.set_reply_timeout(Duration::from_millis(500));
-                }
-            }
-            let Some(c) = client.as_mut() else {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            operations.fetch_add(1, Ordering::Relaxed);
-            let word = format!("{file}-{n}").replace('.', "_");
-            let done = tokio::time::timeout(Duration::from_secs(5), async {
-                c.write_begin(&file, 0).await?;
-                c.write_edit(0, &word).await?;
-                c.write_commit().await
-            })
-            .await;
-            match done {
-                Ok(Ok(stats)) => acked
-                    .lock()
-                    .unwrap()
-                    .entry(file.clone())
-                    .or_default()
-                    .push(format!("{word}@e{}v{}", stats.epoch, stats.version)),
-                Ok(Err(_)) => {
-                    c.write_abort().await;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(_) => client = None,
-            }
-        }
-    })
-}
 
 /// The serving server and the leader's index, if a leader answers.
 async fn serving_and_leader(cluster: &HaCluster) -> (Option<String>, Option<usize>) {
