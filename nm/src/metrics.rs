@@ -28,6 +28,9 @@ use shared::proto::{ClusterStatus, JobKind, JobStep, PairState, ServerState};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
+/// Clones share every metric: with `--etcd` one set serves the process
+/// across its terms as leader.
+#[derive(Clone)]
 pub struct NmMetrics {
     pub registry: Arc<Mutex<Registry>>,
     pub requests: RequestMetrics,

@@ -74,7 +74,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .with_context(|| format!("opening data folder {}", config.data_dir.display()))?;
     let listener = bind(&config).await?;
     let address = listener.local_addr()?;
-    let nm = Nm::start(config, journal, ns, address, None)?;
+    let metrics = crate::metrics::NmMetrics::default();
+    let nm = Nm::start(config, journal, ns, address, None, metrics)?;
     if let Some(addr) = &nm.config.metrics_addr {
         let scraped = nm.clone();
         let bound = shared::metrics::serve(addr, nm.metrics.registry.clone(), move || {
@@ -118,13 +119,15 @@ pub(crate) fn announce(config: &Config, address: SocketAddr) -> Result<()> {
 impl Nm {
     /// Builds nm on a restored namespace and starts its background tasks
     /// (replication workers, heartbeat monitor, start-up grace) on the
-    /// current runtime. `group`: this nm leads a group on etcd.
+    /// current runtime. `group`: this nm leads a group on etcd. `metrics`:
+    /// where its metrics go (with `--etcd`, the process's, kept across terms).
     pub fn start(
         config: Config,
         journal: Journal,
         ns: Namespace,
         address: SocketAddr,
         group: Option<Arc<crate::group::Group>>,
+        metrics: crate::metrics::NmMetrics,
     ) -> Result<Arc<Nm>> {
         let cluster_key = shared::auth::load_for(
             config.cluster_key_file.as_deref(),
@@ -157,7 +160,7 @@ impl Nm {
             waiters: Default::default(),
             failover_recorded: Default::default(),
             catch_up: Default::default(),
-            metrics: Default::default(),
+            metrics,
             address: advertised,
             group,
             config,

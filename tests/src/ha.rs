@@ -327,6 +327,7 @@ impl HaCluster {
             .args(["--etcd", &self.etcd_endpoints()])
             .args(["--leader-lease", self.options.leader_lease])
             .args(["--heartbeat-timeout", self.options.heartbeat_timeout])
+            .args(["--metrics-addr", &self.nm_metrics_addr(i)])
             .arg("--data-dir")
             .arg(self.dir().join(format!("nm{i}-data")))
             .arg("--cluster-key-file")
@@ -341,6 +342,11 @@ impl HaCluster {
             .spawn()
             .expect("starting nm");
         self.nms[i].child = Some(child);
+    }
+
+    /// Where nm `i` serves its Prometheus metrics.
+    pub fn nm_metrics_addr(&self, i: usize) -> String {
+        format!("{}:9100", self.nms[i].ip)
     }
 
     /// kill -9 of nm `i`.

@@ -105,6 +105,32 @@ async fn a_killed_leader_is_replaced_and_no_server_is_promoted() {
         files.contains("a.txt") && files.contains("b.txt"),
         "{files}"
     );
+    // The new leader serves metrics, its requests among them.
+    let new = cluster.nm_index(&leader.address);
+    let metrics = scrape(&cluster.nm_metrics_addr(new)).await;
+    assert!(metrics.contains("docs_pair_epoch"), "{metrics}");
+    assert!(metrics.contains("docs_nm_requests_total"), "{metrics}");
+}
+
+/// The body of a Prometheus scrape (a plain HTTP/1.0 GET).
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread")]

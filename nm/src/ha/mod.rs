@@ -29,13 +29,14 @@ pub mod keys;
 pub mod store;
 
 use crate::group::Group;
+use crate::metrics::NmMetrics;
 use crate::server::{announce, bind, Nm};
 use crate::Config;
 use color_eyre::eyre::{eyre, Result};
 use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
 use keys::Layout;
 use shared::connection::Connection;
-use shared::proto::EtcdMemberStatus;
+use shared::proto::{EtcdMemberStatus, NmReply};
 use shared::WireError;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -157,148 +158,190 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     tokio::spawn(watch_group(client.clone(), layout.clone(), group.clone()));
     tokio::spawn(probe_etcd(client.clone(), endpoints.clone(), group.clone()));
 
+    let metrics = NmMetrics::default();
+    if let Some(addr) = &config.metrics_addr {
+        // One set of metrics for the process, refreshed from its nm while it leads.
+        let leading = current.clone();
+        let served = shared::metrics::serve(addr, metrics.registry.clone(), move || {
+            let nm = leading.read().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some((nm, _)) = nm {
+                if let NmReply::Status { status } = nm.status() {
+                    nm.metrics.refresh(&status);
+                }
+            }
+        })
+        .map_err(|e| eyre!("serving metrics on {addr}: {e}"))?;
+        tracing::info!(event = "nm_metrics", address = %served, "metrics served");
+    }
+    let member = Member {
+        config,
+        client,
+        layout,
+        address,
+        bound,
+        group,
+        lease_rx,
+        current,
+        metrics,
+    };
     while !shutdown.is_cancelled() {
-        let term = one_term(
-            &config, &client, &layout, &address, bound, &group, &lease_rx, &current, &shutdown,
-        );
-        if let Err(e) = term.await {
+        if let Err(e) = member.one_term(&shutdown).await {
             tracing::warn!(event = "nm_etcd_unreachable", error = %e, "standby phase interrupted; starting over");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    group.end_term("shutting down");
+    member.group.end_term("shutting down");
     let _ = accepting.await;
     tracing::info!(event = "nm_shutdown", "name manager stopped");
     Ok(())
 }
 
-/// One standby phase and, if elected, one term as leader.
-#[allow(clippy::too_many_arguments)]
-async fn one_term(
-    config: &Config,
-    client: &Client,
-    layout: &Layout,
-    address: &str,
+/// What one nm process of the group keeps across its terms.
+struct Member {
+    config: Config,
+    client: Client,
+    layout: Layout,
+    /// The address the group knows this nm by.
+    address: String,
     bound: SocketAddr,
-    group: &Arc<Group>,
-    lease_rx: &watch::Receiver<i64>,
-    current: &Current,
-    shutdown: &CancellationToken,
-) -> Result<(), etcd_client::Error> {
-    let mut client = client.clone();
-    let (ns, revision) = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
-        loaded = store::load(&mut client, layout) => loaded?,
-    };
-    let ns = Arc::new(Mutex::new(ns));
-    let (applied_tx, mut applied) = watch::channel(revision);
-    let follower = tokio::spawn(store::follow(
-        client.clone(),
-        layout.clone(),
-        revision + 1,
-        ns.clone(),
-        applied_tx,
-    ));
-    let fence = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
-        won = election::campaign(&mut client, layout, address, group, lease_rx.clone()) => won?,
-        followed = follower => {
-            return Err(match followed {
-                Ok(Err(e)) => e,
-                _ => etcd_client::Error::WatchError("the watch of the state ended".into()),
-            });
-        }
-    };
-    // Everything written before this nm's leader key was created has been
-    // applied once the watch has delivered that key.
-    let caught_up = applied.wait_for(|seen| *seen >= fence);
-    if tokio::time::timeout(group.ttl(), caught_up).await.is_err() {
-        tracing::warn!(
-            event = "nm_watch_behind",
-            fence,
-            "the warm copy did not catch up in time; resigning"
-        );
-        store::resign(&mut client, layout, fence).await;
-        return Ok(());
-    }
-    let ns = std::mem::take(&mut *ns.lock().unwrap_or_else(|p| p.into_inner()));
-    let term = group.begin_term();
-    tracing::info!(
-        event = "nm_elected",
-        address,
-        fence,
-        files = ns.len(),
-        "this nm leads"
-    );
+    group: Arc<Group>,
+    /// This process's etcd lease (0: none at the moment).
+    lease_rx: watch::Receiver<i64>,
+    current: Current,
+    metrics: NmMetrics,
+}
 
-    // The term's nm runs on a runtime of its own, dropped whole when it ends.
-    let runtime = TermRuntime(Some(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("nm-term")
-            .enable_all()
-            .build()
-            .map_err(etcd_client::Error::IoError)?,
-    ));
-    let started = {
-        let (config, client, layout, group) = (
-            config.clone(),
+impl Member {
+    /// One standby phase and, if elected, one term as leader.
+    async fn one_term(&self, shutdown: &CancellationToken) -> Result<(), etcd_client::Error> {
+        let Member {
+            config,
+            client,
+            layout,
+            address,
+            bound,
+            group,
+            lease_rx,
+            current,
+            metrics,
+        } = self;
+        let bound = *bound;
+        let mut client = client.clone();
+        let (ns, revision) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            loaded = store::load(&mut client, layout) => loaded?,
+        };
+        let ns = Arc::new(Mutex::new(ns));
+        let (applied_tx, mut applied) = watch::channel(revision);
+        let follower = tokio::spawn(store::follow(
+            client.clone(),
+            layout.clone(),
+            revision + 1,
+            ns.clone(),
+            applied_tx,
+        ));
+        let fence = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            won = election::campaign(&mut client, layout, address, group, lease_rx.clone()) => won?,
+            followed = follower => {
+                return Err(match followed {
+                    Ok(Err(e)) => e,
+                    _ => etcd_client::Error::WatchError("the watch of the state ended".into()),
+                });
+            }
+        };
+        // Everything written before this nm's leader key was created has been
+        // applied once the watch has delivered that key.
+        let caught_up = applied.wait_for(|seen| *seen >= fence);
+        if tokio::time::timeout(group.ttl(), caught_up).await.is_err() {
+            tracing::warn!(
+                event = "nm_watch_behind",
+                fence,
+                "the warm copy did not catch up in time; resigning"
+            );
+            store::resign(&mut client, layout, fence).await;
+            return Ok(());
+        }
+        let ns = std::mem::take(&mut *ns.lock().unwrap_or_else(|p| p.into_inner()));
+        let term = group.begin_term();
+        tracing::info!(
+            event = "nm_elected",
+            address,
+            fence,
+            files = ns.len(),
+            "this nm leads"
+        );
+
+        // The term's nm runs on a runtime of its own, dropped whole when it ends.
+        let runtime = TermRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("nm-term")
+                .enable_all()
+                .build()
+                .map_err(etcd_client::Error::IoError)?,
+        ));
+        let started = {
+            let (config, client, layout, group, metrics) = (
+                config.clone(),
+                client.clone(),
+                layout.clone(),
+                group.clone(),
+                metrics.clone(),
+            );
+            runtime.handle().spawn(async move {
+                let journal = store::writer(client, layout, fence, group.clone(), &ns);
+                Nm::start(config, journal, ns, bound, Some(group), metrics)
+            })
+        };
+        let nm = match started.await {
+            Ok(Ok(nm)) => nm,
+            Ok(Err(e)) => {
+                tracing::error!(event = "nm_start_failed", error = %e, "the leader could not start");
+                group.end_term("start failed");
+                drop(runtime);
+                store::resign(&mut client, layout, fence).await;
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(event = "nm_start_failed", error = %e, "the leader could not start");
+                group.end_term("start failed");
+                drop(runtime);
+                store::resign(&mut client, layout, fence).await;
+                return Ok(());
+            }
+        };
+        runtime.handle().spawn(store::compact_history(
             client.clone(),
             layout.clone(),
             group.clone(),
-        );
-        runtime.handle().spawn(async move {
-            let journal = store::writer(client, layout, fence, group.clone(), &ns);
-            Nm::start(config, journal, ns, bound, Some(group))
-        })
-    };
-    let nm = match started.await {
-        Ok(Ok(nm)) => nm,
-        Ok(Err(e)) => {
-            tracing::error!(event = "nm_start_failed", error = %e, "the leader could not start");
-            group.end_term("start failed");
-            drop(runtime);
-            store::resign(&mut client, layout, fence).await;
-            return Ok(());
-        }
-        Err(e) => {
-            tracing::error!(event = "nm_start_failed", error = %e, "the leader could not start");
-            group.end_term("start failed");
-            drop(runtime);
-            store::resign(&mut client, layout, fence).await;
-            return Ok(());
-        }
-    };
-    runtime.handle().spawn(store::compact_history(
-        client.clone(),
-        layout.clone(),
-        group.clone(),
-    ));
-    *current.write().unwrap_or_else(|p| p.into_inner()) = Some((nm, runtime.handle()));
+        ));
+        *current.write().unwrap_or_else(|p| p.into_inner()) = Some((nm, runtime.handle()));
 
-    // Ends the term the moment the lease may have lapsed, even if nothing
-    // else notices (a paused process, a renewal stuck in flight).
-    loop {
-        let until = group.holds_until();
-        tokio::select! {
-            _ = term.cancelled() => break,
-            _ = shutdown.cancelled() => {
-                group.end_term("shutting down");
-                break;
-            }
-            _ = tokio::time::sleep_until(until.into()) => {
-                if !group.holds_lease() {
-                    group.end_term("the leader lease was not renewed in time");
+        // Ends the term the moment the lease may have lapsed, even if nothing
+        // else notices (a paused process, a renewal stuck in flight).
+        loop {
+            let until = group.holds_until();
+            tokio::select! {
+                _ = term.cancelled() => break,
+                _ = shutdown.cancelled() => {
+                    group.end_term("shutting down");
                     break;
+                }
+                _ = tokio::time::sleep_until(until.into()) => {
+                    if !group.holds_lease() {
+                        group.end_term("the leader lease was not renewed in time");
+                        break;
+                    }
                 }
             }
         }
+        *current.write().unwrap_or_else(|p| p.into_inner()) = None;
+        drop(runtime);
+        store::resign(&mut client, layout, fence).await;
+        tracing::info!(event = "nm_standby", address, "this nm is a standby again");
+        Ok(())
     }
-    *current.write().unwrap_or_else(|p| p.into_inner()) = None;
-    drop(runtime);
-    store::resign(&mut client, layout, fence).await;
-    tracing::info!(event = "nm_standby", address, "this nm is a standby again");
-    Ok(())
 }
 
 /// The runtime of one term: dropping it (anywhere, async code included)
