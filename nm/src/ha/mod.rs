@@ -233,17 +233,19 @@ impl Member {
         };
         let ns = Arc::new(Mutex::new(ns));
         let (applied_tx, mut applied) = watch::channel(revision);
-        let follower = tokio::spawn(store::follow(
+        let mut follower = tokio::spawn(store::follow(
             client.clone(),
             layout.clone(),
             revision + 1,
             ns.clone(),
             applied_tx,
         ));
+        // The watch stops with the standby phase, however it ends.
+        let _stop_following = AbortOnDrop(follower.abort_handle());
         let fence = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             won = election::campaign(&mut client, layout, address, group, lease_rx.clone()) => won?,
-            followed = follower => {
+            followed = &mut follower => {
                 return Err(match followed {
                     Ok(Err(e)) => e,
                     _ => etcd_client::Error::WatchError("the watch of the state ended".into()),
@@ -253,7 +255,9 @@ impl Member {
         // Everything written before this nm's leader key was created has been
         // applied once the watch has delivered that key.
         let caught_up = applied.wait_for(|seen| *seen >= fence);
-        if tokio::time::timeout(group.ttl(), caught_up).await.is_err() {
+        let caught_up = tokio::time::timeout(group.ttl(), caught_up).await;
+        follower.abort();
+        if caught_up.is_err() {
             tracing::warn!(
                 event = "nm_watch_behind",
                 fence,
@@ -294,17 +298,18 @@ impl Member {
                 Nm::start(config, journal, ns, bound, Some(group), metrics)
             })
         };
-        let nm = match started.await {
-            Ok(Ok(nm)) => nm,
-            Ok(Err(e)) => {
-                tracing::error!(event = "nm_start_failed", error = %e, "the leader could not start");
-                group.end_term("start failed");
-                drop(runtime);
-                store::resign(&mut client, layout, fence).await;
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::error!(event = "nm_start_failed", error = %e, "the leader could not start");
+        let started = match started.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let nm = match started {
+            Ok(nm) => nm,
+            Err(error) => {
+                tracing::error!(
+                    event = "nm_start_failed",
+                    error,
+                    "the leader could not start"
+                );
                 group.end_term("start failed");
                 drop(runtime);
                 store::resign(&mut client, layout, fence).await;
@@ -341,6 +346,15 @@ impl Member {
         store::resign(&mut client, layout, fence).await;
         tracing::info!(event = "nm_standby", address, "this nm is a standby again");
         Ok(())
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
