@@ -17,7 +17,6 @@ use crate::{bin, daemon_log_filter, eventually, Batch, Options};
 use console::client::Client;
 use shared::proto::{ClusterStatus, NmReply, NmRequest, NmRole, PairState, ServerState};
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -497,6 +496,20 @@ impl HaCluster {
         .await
     }
 
+    /// Waits until STATUS lists nm `i` as a standby of the group.
+    pub async fn wait_standby(&self, i: usize) {
+        let address = self.nm_addr(i);
+        eventually(&format!("nm {address} to be a standby"), async || {
+            let status = self.try_status().await?;
+            status
+                .nm
+                .iter()
+                .any(|n| n.address == address && n.role == NmRole::Standby)
+                .then_some(())
+        })
+        .await
+    }
+
     /// Waits until `primary`'s pair is in `state`.
     pub async fn wait_pair(&self, primary: &str, state: PairState) -> ClusterStatus {
         eventually(&format!("pair {primary} to be {state:?}"), async || {
@@ -517,20 +530,7 @@ impl HaCluster {
 
     /// Runs `console --batch --json` with `script`, dialling from `ip`.
     pub fn console_from(&self, ip: Ipv4Addr, user: &str, script: &str) -> Batch {
-        let mut child = self
-            .console_command(ip, user)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting console");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(script.as_bytes())
-            .expect("writing the script");
-        Batch::from(child.wait_with_output().expect("console output"))
+        crate::run_script(self.console_command(ip, user), script)
     }
 
     /// `console --batch --json` against the group, dialling from `ip`.

@@ -411,20 +411,7 @@ impl TestCluster {
     }
 
     pub fn console_with(&self, user: &str, script: &str, flags: &[&str]) -> Batch {
-        let mut child = self
-            .console_command(user, flags)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting console");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(script.as_bytes())
-            .expect("writing the script");
-        Batch::from(child.wait_with_output().expect("console output"))
+        run_script(self.console_command(user, flags), script)
     }
 
     /// A `console --batch` command for tests that drive it themselves.
@@ -567,6 +554,23 @@ pub fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
         }
     }
     found
+}
+
+/// Runs a `console --batch` command with `script` on its standard input.
+pub fn run_script(mut command: Command, script: &str) -> Batch {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting console");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("writing the script");
+    Batch::from(child.wait_with_output().expect("console output"))
 }
 
 /// What a `console --batch --json` run printed.

@@ -80,15 +80,7 @@ async fn a_killed_leader_is_replaced_and_no_server_is_promoted() {
     .await;
     cluster.start_nm(old);
     let back = cluster.nm_addr(old);
-    eventually("the restarted nm to be a standby", async || {
-        let status = cluster.try_status().await?;
-        status
-            .nm
-            .iter()
-            .any(|n| n.address == back && n.role == NmRole::Standby)
-            .then_some(())
-    })
-    .await;
+    cluster.wait_standby(old).await;
     // Dialled alone, a standby redirects to the leader.
     let refused = console::client::Client::connect(&back, "alice")
         .await
@@ -394,16 +386,7 @@ async fn a_leader_cut_from_etcd_but_not_from_the_servers_steps_down() {
         "no server was promoted"
     );
     cluster.partitions.heal();
-    let back = cluster.nm_addr(old);
-    eventually("the old leader to rejoin as a standby", async || {
-        let status = cluster.try_status().await?;
-        status
-            .nm
-            .iter()
-            .any(|n| n.address == back && n.role == NmRole::Standby)
-            .then_some(())
-    })
-    .await;
+    cluster.wait_standby(old).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
