@@ -52,6 +52,9 @@ struct PairRecord {
     level: Option<(Side, Side)>,
     /// Changed file → ticket of its latest change.
     changed: HashMap<String, u64>,
+    /// Changed files whose latest change went on the replication stream:
+    /// its (epoch, version), settled when the standby acknowledges it.
+    streamed: HashMap<String, (u64, u64)>,
     /// Bumped by every `forget`, so a sync that started before it cannot level the pair.
     generation: u64,
 }
@@ -74,7 +77,16 @@ impl CatchUp {
 
     /// Notes a change to `file` on `pair`; returns its ticket.
     pub fn record(&self, pair: &str, file: &str) -> u64 {
-        let mut state = self.lock();
+        Self::record_in(&mut self.lock(), pair, file, None)
+    }
+
+    /// Notes a change to `file` at `stamp` that went to the standby on the
+    /// replication stream.
+    pub fn record_streamed(&self, pair: &str, file: &str, stamp: (u64, u64)) -> u64 {
+        Self::record_in(&mut self.lock(), pair, file, Some(stamp))
+    }
+
+    fn record_in(state: &mut State, pair: &str, file: &str, streamed: Option<(u64, u64)>) -> u64 {
         state.next_ticket += 1;
         let ticket = state.next_ticket;
         let record = state.pairs.entry(pair.to_owned()).or_default();
@@ -88,7 +100,28 @@ impl CatchUp {
             Self::reset(record);
         }
         record.changed.insert(file.to_owned(), ticket);
+        match streamed {
+            Some(stamp) => record.streamed.insert(file.to_owned(), stamp),
+            None => record.streamed.remove(file),
+        };
         ticket
+    }
+
+    /// The standby acknowledged `file` at `stamp` on the stream: settled,
+    /// unless a later change (streamed or not) was recorded since.
+    pub fn settle_streamed(&self, pair: &str, file: &str, stamp: (u64, u64)) -> bool {
+        let mut state = self.lock();
+        let Some(record) = state.pairs.get_mut(pair) else {
+            return false;
+        };
+        match record.streamed.get(file) {
+            Some(latest) if *latest <= stamp => {
+                record.streamed.remove(file);
+                record.changed.remove(file);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The ticket of the latest change to `file`, if it is not settled.
@@ -102,6 +135,7 @@ impl CatchUp {
         if let Some(record) = state.pairs.get_mut(pair) {
             if record.changed.get(file) == Some(&ticket) {
                 record.changed.remove(file);
+                record.streamed.remove(file);
             }
         }
     }
@@ -124,6 +158,8 @@ impl CatchUp {
             return false;
         }
         record.changed.retain(|_, ticket| *ticket > mark.ticket);
+        let changed = &record.changed;
+        record.streamed.retain(|file, _| changed.contains_key(file));
         record.level = Some((active, standby));
         true
     }
@@ -147,6 +183,7 @@ impl CatchUp {
     fn reset(record: &mut PairRecord) {
         record.level = None;
         record.changed.clear();
+        record.streamed.clear();
         record.generation += 1;
     }
 
@@ -186,6 +223,30 @@ mod tests {
         let mark = log.mark("ss1");
         assert!(log.level("ss1", mark, side("ss1", 1), side("ss1_backup", 2)));
         log
+    }
+
+    #[test]
+    fn a_streamed_change_is_settled_by_its_acknowledgement_only() {
+        let log = levelled();
+        let (active, standby) = (side("ss1", 1), side("ss1_backup", 2));
+        log.record_streamed("ss1", "a", (1, 5));
+        // An older acknowledgement settles nothing.
+        assert!(!log.settle_streamed("ss1", "a", (1, 4)));
+        assert_eq!(
+            log.missing("ss1", &active, &standby),
+            Some(vec!["a".into()])
+        );
+        assert!(log.settle_streamed("ss1", "a", (1, 5)));
+        assert_eq!(log.missing("ss1", &active, &standby), Some(vec![]));
+        // A change that went through nm after the streamed one is not
+        // settled by the stream's acknowledgement.
+        log.record_streamed("ss1", "b", (1, 7));
+        log.record("ss1", "b");
+        assert!(!log.settle_streamed("ss1", "b", (1, 7)));
+        assert_eq!(
+            log.missing("ss1", &active, &standby),
+            Some(vec!["b".into()])
+        );
     }
 
     #[test]

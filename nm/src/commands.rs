@@ -110,6 +110,7 @@ impl Nm {
             | NmRequest::Register { .. }
             | NmRequest::Heartbeat
             | NmRequest::FileChanged { .. }
+            | NmRequest::Streamed { .. }
             | NmRequest::FileAccessed { .. } => Err(WireError::unauthorized(
                 "storage-server messages are not accepted on a client connection",
             )),

@@ -84,6 +84,14 @@ impl Events {
             } => {
                 tracing::info!(event = "nm_server_state", server = %name, state = ?state, reason = %reason);
             }
+            EventKind::Streamed {
+                primary,
+                replica,
+                files,
+                max_micros,
+            } => {
+                tracing::debug!(event = "nm_streamed", primary = %primary, replica = %replica, changes = files.len(), max_micros);
+            }
         }
         let _ = self.tx.send(event);
     }

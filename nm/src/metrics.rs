@@ -13,7 +13,7 @@
 //! | `docs_replication_queue_depth` | | jobs pending or running |
 //! | `docs_replication_jobs_total` | kind, step | job steps (QUEUED, APPLIED, FAILED, DROPPED, …) |
 //! | `docs_replication_job_seconds` | kind | queued → applied |
-//! | `docs_replication_lag_seconds` | | a file change queued → on the backup |
+//! | `docs_replication_lag_seconds` | | a file change queued (or committed, on the replication stream) → on the backup |
 //! | `docs_replication_bytes_total` | | bytes copied between servers |
 //! | `docs_failovers_total` | | promotions of a backup |
 //! | `docs_nm_stalls_total` | | nm's own stalls (paused, starved) |
@@ -143,6 +143,11 @@ impl NmMetrics {
                 self.lag_seconds.observe(seconds);
             }
         }
+    }
+
+    /// A change the standby acknowledged on the replication stream.
+    pub fn streamed(&self, seconds: f64) {
+        self.lag_seconds.observe(seconds);
     }
 
     /// Sets the gauges from a status snapshot (at scrape time).

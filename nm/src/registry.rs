@@ -293,6 +293,21 @@ impl Registry {
             .find(|p| p.primary == server || p.backup.as_deref() == Some(server))
     }
 
+    /// The other server of `server`'s pair, while it is connected: the
+    /// serving one streams its changes there.
+    pub fn partner(&self, server: &str) -> Option<shared::proto::Partner> {
+        let pair = self.pair_of(server)?;
+        let other = match pair.side_of(server)? {
+            Side::Primary => pair.backup.as_deref()?,
+            Side::Backup => pair.primary.as_str(),
+        };
+        let entry = self.servers.get(other)?;
+        entry.connected.then(|| shared::proto::Partner {
+            name: entry.name.clone(),
+            address: entry.address.clone(),
+        })
+    }
+
     /// The other server of a pair, relative to its active one.
     pub fn standby(&self, pair: &Pair) -> Option<String> {
         pair.name(pair.fsm.standby_side()).map(str::to_owned)

@@ -524,6 +524,49 @@ impl Nm {
         }
     }
 
+    /// A change the serving server sent on its replication stream: it is
+    /// recorded for the standby's catch-up, and no job is queued (if the
+    /// stream cannot deliver it, the server sends the notice again without
+    /// the flag).
+    pub fn replicate_streamed(&self, pair: &str, file: &str, stamp: (u64, u64)) {
+        if !matches!(self.live_standby(pair), Err(None)) {
+            self.catch_up.record_streamed(pair, file, stamp);
+        }
+    }
+
+    /// Changes the standby of `server`'s pair acknowledged on the stream:
+    /// settled in the catch-up record, measured, and reported as one event.
+    pub fn streamed(&self, server: &str, changes: Vec<shared::proto::StreamedChange>) {
+        let (pair, replica) = {
+            let state = self.state();
+            let Some(pair) = state.registry.pair_of(server) else {
+                return;
+            };
+            if pair.active() != server {
+                return;
+            }
+            let Some(replica) = state.registry.standby(pair) else {
+                return;
+            };
+            (pair.primary.clone(), replica)
+        };
+        let mut max_micros = 0;
+        let mut files = Vec::with_capacity(changes.len());
+        for change in changes {
+            self.catch_up
+                .settle_streamed(&pair, &change.file, (change.epoch, change.version));
+            self.metrics.streamed(change.micros as f64 / 1e6);
+            max_micros = max_micros.max(change.micros);
+            files.push(change.file);
+        }
+        self.events.emit(EventKind::Streamed {
+            primary: pair,
+            replica,
+            files,
+            max_micros,
+        });
+    }
+
     /// Queues replication of a change to `file` on `pair`.
     pub fn replicate(&self, pair: &str, file: &str, kind: JobKind, version: Option<u64>) {
         let standby = self.live_standby(pair);

@@ -426,6 +426,7 @@ fn summarize(request: &NmRequest) -> String {
         NmRequest::Register { name, .. } => format!("REGISTER {name}"),
         NmRequest::Heartbeat => "HEARTBEAT".into(),
         NmRequest::FileChanged { file, .. } => format!("FILE_CHANGED {file}"),
+        NmRequest::Streamed { changes } => format!("STREAMED {}", changes.len()),
         NmRequest::FileAccessed { file, .. } => format!("FILE_ACCESSED {file}"),
     }
 }

@@ -24,6 +24,15 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// A change a server told nm of, to replicate.
+struct Changed {
+    pair: String,
+    file: String,
+    stamp: (u64, u64),
+    /// It went to the standby on the replication stream.
+    streamed: bool,
+}
+
 /// What a server said about itself when it registered.
 struct Registration {
     client_addr: String,
@@ -70,6 +79,7 @@ impl Nm {
             writable,
             lease_ms: self.lease().as_millis() as u64,
             sync_replication: self.config.replication == crate::config::ReplicationMode::Sync,
+            partner: self.state().registry.partner(&name),
         };
         if conn.reply(id, Ok(registered)).await.is_ok() {
             // Only now: a role handed out by these decisions must not be
@@ -137,7 +147,23 @@ impl Nm {
             }
             let (result, changed) = self.handle_server_message(name, request);
             match changed {
-                Some((pair, file, version)) if result.is_ok() => {
+                Some(Changed {
+                    pair,
+                    file,
+                    stamp,
+                    streamed: true,
+                }) if result.is_ok() => {
+                    self.replicate_streamed(&pair, &file, stamp);
+                    if replies.send(Reply { id, result }).is_err() {
+                        break;
+                    }
+                }
+                Some(Changed {
+                    pair,
+                    file,
+                    stamp: (_, version),
+                    streamed: false,
+                }) if result.is_ok() => {
                     let nm = self.clone();
                     let replies = replies.clone();
                     tokio::spawn(async move {
@@ -307,19 +333,29 @@ impl Nm {
     }
 
     /// Handles one control message; a WRITE_COMPLETE also returns what to replicate.
-    #[allow(clippy::type_complexity)]
     fn handle_server_message(
         &self,
         server: &str,
         request: NmRequest,
-    ) -> (Result<NmReply, WireError>, Option<(String, String, u64)>) {
+    ) -> (Result<NmReply, WireError>, Option<Changed>) {
         let mut changed = None;
+        let mut reply = NmReply::Done;
+        let mut streamed_changes = None;
         {
             let mut state = self.state();
             state.registry.touch(server);
             match request {
-                NmRequest::Heartbeat => {}
-                NmRequest::FileChanged { file, stats } => {
+                NmRequest::Heartbeat => {
+                    reply = NmReply::Beat {
+                        partner: state.registry.partner(server),
+                    };
+                }
+                NmRequest::Streamed { changes } => streamed_changes = Some(changes),
+                NmRequest::FileChanged {
+                    file,
+                    stats,
+                    streamed,
+                } => {
                     let pair = state.ns.file(&file).map(|r| r.server.clone());
                     let from_active = pair
                         .as_deref()
@@ -327,7 +363,12 @@ impl Nm {
                         .is_some_and(|p| p.active() == server);
                     match (pair, state.ns.file_mut(&file)) {
                         (Some(pair), Some(record)) if from_active => {
-                            changed = Some((pair, file, stats.version));
+                            changed = Some(Changed {
+                                pair,
+                                file,
+                                stamp: stats.stamp(),
+                                streamed,
+                            });
                             record.stats = stats;
                         }
                         _ => tracing::warn!(
@@ -352,8 +393,11 @@ impl Nm {
                 }
             }
         }
+        if let Some(changes) = streamed_changes {
+            self.streamed(server, changes);
+        }
         // WRITE_COMPLETE: an ETIRW on the pair's active server; replicated by the caller.
-        (Ok(NmReply::Done), changed)
+        (Ok(reply), changed)
     }
 
     /// Whether a registering server's inventory is needed: only the pair's

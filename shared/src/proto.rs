@@ -379,6 +379,18 @@ pub enum NmRequest {
     FileChanged {
         file: String,
         stats: FileStats,
+        /// The change went to the backup on the replication stream: nm
+        /// records it but queues no job. If the stream breaks before the
+        /// backup acknowledges it, the server sends the notice again
+        /// without this flag.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        streamed: bool,
+    },
+    /// Changes the backup acknowledged on the replication stream, sent in
+    /// batches: nm settles them in the pair's catch-up record and reports
+    /// them as events and lag.
+    Streamed {
+        changes: Vec<StreamedChange>,
     },
     /// A storage server served a READ or STREAM.
     FileAccessed {
@@ -445,7 +457,34 @@ pub enum NmReply {
         /// confirms (by answering its WRITE_COMPLETE) that the backup has it.
         #[serde(default)]
         sync_replication: bool,
+        /// The other server of the pair, while it is registered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partner: Option<Partner>,
     },
+    /// The answer to a storage server's `Heartbeat`.
+    Beat {
+        /// The other server of the pair, while it is registered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partner: Option<Partner>,
+    },
+}
+
+/// The other server of a storage server's pair: the serving one streams its
+/// changes to it (see `SsRequest::StreamOpen`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partner {
+    pub name: String,
+    pub address: String,
+}
+
+/// One change a backup acknowledged on the replication stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamedChange {
+    pub file: String,
+    pub epoch: u64,
+    pub version: u64,
+    /// From the change's commit on the primary to the backup's acknowledgement.
+    pub micros: u64,
 }
 
 /// One row of VIEW.
@@ -711,6 +750,22 @@ pub enum SsRequest {
         file: String,
         to: String,
     },
+
+    /// From the serving server of the pair to its standby: opens the
+    /// replication stream on this connection for changes made in `epoch`.
+    /// Accepted only from the partner nm named, in the same epoch, while
+    /// this server is not serving.
+    StreamOpen {
+        epoch: u64,
+    },
+    /// On an open replication stream: a committed change, whole (metadata
+    /// and content), answered with `Done` once it is durable here. Applied
+    /// like a copy: never over a newer version or a newer delete.
+    StreamApply {
+        file: String,
+        meta: FileMeta,
+        content: ByteBuf,
+    },
 }
 
 /// Replies from a storage server.
@@ -854,6 +909,16 @@ pub enum EventKind {
         name: String,
         state: ServerState,
         reason: String,
+    },
+    /// Changes the standby acknowledged on the replication stream (one
+    /// event per batch the serving server reports).
+    Streamed {
+        primary: String,
+        replica: String,
+        /// The files, in the order they were acknowledged.
+        files: Vec<String>,
+        /// The slowest change of the batch, commit to acknowledgement.
+        max_micros: u64,
     },
 }
 

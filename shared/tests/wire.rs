@@ -126,6 +126,20 @@ fn every_message_round_trips() {
         NmRequest::FileChanged {
             file: "a".into(),
             stats: stats(),
+            streamed: false,
+        },
+        NmRequest::FileChanged {
+            file: "a".into(),
+            stats: stats(),
+            streamed: true,
+        },
+        NmRequest::Streamed {
+            changes: vec![shared::proto::StreamedChange {
+                file: "a".into(),
+                epoch: 1,
+                version: 2,
+                micros: 300,
+            }],
         },
         NmRequest::FileAccessed {
             file: "a".into(),
@@ -247,7 +261,12 @@ fn every_message_round_trips() {
             writable: false,
             lease_ms: 2000,
             sync_replication: true,
+            partner: Some(shared::proto::Partner {
+                name: "ss1_backup".into(),
+                address: "127.0.0.1:9".into(),
+            }),
         }),
+        Ok(NmReply::Beat { partner: None }),
         Ok(NmReply::Subscribed),
         Ok(NmReply::Event {
             event: Event {
@@ -375,6 +394,17 @@ fn every_message_round_trips() {
         SsRequest::KeepConflict {
             file: "a".into(),
             to: "a.conflict-ss1-e1".into(),
+        },
+        SsRequest::StreamOpen { epoch: 4 },
+        SsRequest::StreamApply {
+            file: "a".into(),
+            meta: FileMeta {
+                owner: "alice".into(),
+                acl: Default::default(),
+                stats: stats(),
+                checkpoints: Default::default(),
+            },
+            content: serde_bytes::ByteBuf::from(b"Hello.".to_vec()),
         },
         SsRequest::PurgeTombstone { file: "a".into() },
         SsRequest::Inventory,

@@ -76,6 +76,12 @@ pub struct Config {
     #[arg(long, env = "SS_FSYNC", default_value_t = true, action = ArgAction::Set)]
     pub fsync: bool,
 
+    /// Send each committed change straight to the standby on one persistent
+    /// connection (the replication stream). `false`: every change goes
+    /// through nm's replication jobs, as before the stream existed.
+    #[arg(long, env = "SS_REPLICATION_STREAM", default_value_t = true, action = ArgAction::Set)]
+    pub replication_stream: bool,
+
     /// Pause between the chunks of an outgoing transfer (for tests that need
     /// a transfer to be in flight; never set in production).
     #[arg(long, env = "SS_CHUNK_DELAY", hide = true, value_parser = humantime::parse_duration)]

@@ -68,6 +68,12 @@ pub struct Copied {
     pub checkpoints: Vec<(String, TempFile)>,
 }
 
+/// A file as a change left it: what the replication stream sends.
+pub struct Committed {
+    pub meta: FileMeta,
+    pub content: Vec<u8>,
+}
+
 /// Batches of fewer copies than this are installed through the write-ahead log.
 const LOGGED_INSTALLS: usize = 4;
 
@@ -911,8 +917,9 @@ impl WriteSession {
         insert_words(&mut self.words, word_index, content)
     }
 
-    /// ETIRW: splices the working copy into the file as one change.
-    pub fn commit(mut self) -> Result<FileStats, WireError> {
+    /// ETIRW: splices the working copy into the file as one change; returns
+    /// the file as it now is (for the replication stream).
+    pub fn commit(mut self) -> Result<Committed, WireError> {
         let entry = self.entry.clone();
         let mut e = lock(&entry);
         if e.deleted {
@@ -943,9 +950,12 @@ impl WriteSession {
             return Err(err.into());
         }
         *meta = new_meta;
-        let stats = meta.stats.clone();
+        let committed = Committed {
+            meta: meta.clone(),
+            content: content.into_bytes(),
+        };
         self.release(&mut e);
-        Ok(stats)
+        Ok(committed)
     }
 
     fn release(&mut self, e: &mut Entry) {
@@ -1021,7 +1031,7 @@ mod tests {
         assert_eq!(files.undo("f").unwrap_err().code, ErrorCode::NothingToUndo);
         let mut w = files.begin_write("f", 0).unwrap();
         w.edit(0, "Hello.").unwrap();
-        let stats = w.commit().unwrap();
+        let stats = w.commit().unwrap().meta.stats;
         assert_eq!(stats.version, 2);
         let w = files.begin_write("f", 1).unwrap();
         assert_eq!(files.undo("f").unwrap_err().code, ErrorCode::Locked);
@@ -1038,7 +1048,7 @@ mod tests {
         files.create("f", "alice").unwrap();
         let mut w = files.begin_write("f", 0).unwrap();
         w.edit(0, "One.").unwrap();
-        let before = w.commit().unwrap();
+        let before = w.commit().unwrap().meta.stats;
         drop(files);
         // A crash after the content's rename, before the metadata's write.
         let content = dir.path().join("files/f");
@@ -1083,7 +1093,7 @@ mod tests {
         );
         let mut w = files.begin_write("written", 0).unwrap();
         w.edit(0, "Now.").unwrap();
-        let written = w.commit().unwrap();
+        let written = w.commit().unwrap().meta.stats;
         let some = files.inventory(Some(&["kept".into(), "nothing".into()]));
         assert_eq!(some.unwrap().0.len(), 1);
         // What the scan read brings back none of the old state.

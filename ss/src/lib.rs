@@ -12,6 +12,8 @@
 //! - [`server`]: the listener and one task per connection.
 //! - [`nm_link`]: registration with nm, heartbeats and change notices.
 //! - [`replica`]: copying files from the primary (`GetFile`, `PullFiles`).
+//! - [`stream`]: the replication stream, each committed change sent to the
+//!   standby as it becomes durable.
 
 pub mod config;
 pub mod document;
@@ -20,6 +22,7 @@ pub mod nm_link;
 pub mod replica;
 pub mod server;
 pub mod store;
+pub mod stream;
 pub mod wal;
 
 pub use config::Config;

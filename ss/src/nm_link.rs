@@ -9,7 +9,8 @@ use crate::files::Files;
 use crate::Config;
 use shared::connection::{ConnectionError, RpcClient};
 use shared::proto::{
-    FileStats, InventoryEntry, NmReply, NmRequest, Reply, Request, Role, INVENTORY_PAGE,
+    FileStats, InventoryEntry, NmReply, NmRequest, Partner, Reply, Request, Role, StreamedChange,
+    INVENTORY_PAGE,
 };
 use shared::ticket::TicketKey;
 use shared::{now_ms, WireError};
@@ -17,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// How long a change waits for nm to acknowledge its notice.
@@ -74,6 +75,17 @@ pub struct NmLink {
     lease_until: std::sync::Mutex<Option<Instant>>,
     notices: mpsc::Sender<Notice>,
     receiver: std::sync::Mutex<Option<mpsc::Receiver<Notice>>>,
+    /// The other server of the pair, as nm last named it.
+    partner: std::sync::Mutex<Option<Partner>>,
+    /// Where this server streams its changes: its partner, while it serves.
+    stream_target: watch::Sender<Option<StreamTarget>>,
+}
+
+/// The replication stream's destination, and the epoch its changes carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamTarget {
+    pub partner: Partner,
+    pub epoch: u64,
 }
 
 impl NmLink {
@@ -93,7 +105,59 @@ impl NmLink {
             lease_until: std::sync::Mutex::new(None),
             notices,
             receiver: std::sync::Mutex::new(Some(receiver)),
+            partner: std::sync::Mutex::new(None),
+            stream_target: watch::Sender::new(None),
         })
+    }
+
+    /// The server nm last named as this one's partner.
+    pub fn partner(&self) -> Option<Partner> {
+        self.partner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_partner(&self, partner: Option<Partner>) {
+        let changed = {
+            let mut known = self.partner.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = *known != partner;
+            *known = partner;
+            changed
+        };
+        if changed {
+            self.update_stream_target();
+        }
+    }
+
+    /// Follows where the replication stream should go (see [`crate::stream`]).
+    pub fn stream_target(&self) -> watch::Receiver<Option<StreamTarget>> {
+        self.stream_target.subscribe()
+    }
+
+    fn update_stream_target(&self) {
+        let target = match self.partner() {
+            Some(partner) if self.serving.load(Ordering::Relaxed) => Some(StreamTarget {
+                partner,
+                epoch: self.epoch(),
+            }),
+            _ => None,
+        };
+        self.stream_target.send_if_modified(|current| {
+            let changed = *current != target;
+            *current = target;
+            changed
+        });
+    }
+
+    /// Whether nm has made this server its pair's serving one.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    /// Whether an ETIRW waits for the backup (`--replication sync` on nm).
+    pub fn sync_replication(&self) -> bool {
+        self.sync_replication.load(Ordering::Relaxed)
     }
 
     pub fn epoch(&self) -> u64 {
@@ -116,6 +180,11 @@ impl NmLink {
         self.role_change.read().await
     }
 
+    /// As [`NmLink::change_guard`], from a blocking thread.
+    pub fn change_guard_blocking(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.role_change.blocking_read()
+    }
+
     /// Applies a new part from nm once no change is in flight.
     pub async fn change_role(&self, epoch: u64, serving: bool, writable: bool) {
         let _alone = self.role_change.write().await;
@@ -128,6 +197,7 @@ impl NmLink {
         self.epoch.store(epoch, Ordering::Relaxed);
         self.serving.store(serving, Ordering::Relaxed);
         self.writable.store(writable, Ordering::Relaxed);
+        self.update_stream_target();
         tracing::info!(
             event = "ss_role",
             epoch,
@@ -175,12 +245,22 @@ impl NmLink {
     /// INFO and VIEW right after an ETIRW show the new version.
     /// In synchronous mode the result says whether the backup has the
     /// change; otherwise it is always `Ok`.
-    pub async fn file_changed(&self, file: &str, stats: &FileStats) -> Result<(), WireError> {
+    ///
+    /// With `streamed`, the change went to the backup on the replication
+    /// stream: nm only records it, and the result is always `Ok` (the
+    /// stream's acknowledgement is what a synchronous change waits for).
+    pub async fn file_changed(
+        &self,
+        file: &str,
+        stats: &FileStats,
+        streamed: bool,
+    ) -> Result<(), WireError> {
         let request = NmRequest::FileChanged {
             file: file.to_owned(),
             stats: stats.clone(),
+            streamed,
         };
-        let sync = self.sync_replication.load(Ordering::Relaxed);
+        let sync = self.sync_replication.load(Ordering::Relaxed) && !streamed;
         let unconfirmed = |why: &str| {
             if sync {
                 Err(WireError::unavailable(format!(
@@ -217,6 +297,28 @@ impl NmLink {
             Ok(Err(_)) => unconfirmed("the nm connection broke"),
             Err(_) => unconfirmed("no answer in time"),
         }
+    }
+
+    /// Tells nm of a change the replication stream could not deliver: nm
+    /// copies it the other way (a job). Nobody waits for it; it is sent
+    /// again until nm answers.
+    pub fn file_not_streamed(&self, file: &str, stats: &FileStats) {
+        let _ = self.notices.try_send(Notice {
+            request: NmRequest::FileChanged {
+                file: file.to_owned(),
+                stats: stats.clone(),
+                streamed: false,
+            },
+            delivered: None,
+        });
+    }
+
+    /// Reports changes the backup acknowledged on the stream; nobody waits.
+    pub fn streamed(&self, changes: Vec<StreamedChange>) {
+        let _ = self.notices.try_send(Notice {
+            request: NmRequest::Streamed { changes },
+            delivered: None,
+        });
     }
 
     /// Tells nm a file was read; nobody waits for it.
@@ -417,6 +519,7 @@ async fn serve_link(
         writable,
         lease_ms,
         sync_replication,
+        partner,
     } = reply
     else {
         return Err(LinkError::Unexpected(Box::new(reply)));
@@ -437,6 +540,7 @@ async fn serve_link(
     }
     link.sync_replication
         .store(sync_replication, Ordering::Relaxed);
+    link.set_partner(partner);
     if link.cluster_key.is_none() {
         *link.ticket_key.write().unwrap_or_else(|p| p.into_inner()) =
             Some(TicketKey::new(ticket_key));
@@ -494,7 +598,9 @@ async fn serve_link(
                 let Some(reply) = reply? else { return Ok(()) };
                 match pending.remove(&reply.id) {
                     Some(Pending::Heartbeat(sent)) => {
-                        reply.result?;
+                        if let NmReply::Beat { partner } = reply.result? {
+                            link.set_partner(partner);
+                        }
                         link.renew_lease(Some(sent + lease));
                     }
                     Some(Pending::Notice { delivered: Some(delivered), .. }) => {

@@ -27,6 +27,7 @@ pub struct Server {
     key: Option<shared::auth::ClusterKey>,
     files: Arc<Files>,
     link: Arc<NmLink>,
+    streamer: Arc<crate::stream::Streamer>,
 }
 
 /// Runs the storage server until `shutdown` is cancelled.
@@ -99,6 +100,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         link.clone(),
         shutdown.clone(),
     ));
+    let streamer = crate::stream::Streamer::new(link.clone(), config.replication_stream);
+    tokio::spawn(
+        streamer
+            .clone()
+            .run(config.username.clone(), key.clone(), shutdown.clone()),
+    );
     let mut registry = prometheus_client::registry::Registry::default();
     let requests = shared::metrics::RequestMetrics::register(&mut registry, "docs_ss");
     if let Some(addr) = &config.metrics_addr {
@@ -118,6 +125,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         key,
         files,
         link,
+        streamer,
     });
     let max_connections = server.config.limits.max_connections;
     shared::limits::serve_connections(listener, max_connections, shutdown, "ss", |stream, peer| {
@@ -198,6 +206,34 @@ impl Server {
                     break;
                 }
             };
+            if let SsRequest::StreamOpen { epoch } = request.body {
+                let accepted = match session.hello.role {
+                    Role::StorageServer => {
+                        crate::stream::may_follow(&self.link, &session.hello.name, epoch)
+                    }
+                    _ => Err(WireError::unauthorized(
+                        "only the partner storage server may open a replication stream",
+                    )),
+                };
+                if let Err(error) = accepted {
+                    tracing::warn!(event = "ss_stream_refused_open", peer = %peer, user = %session.hello.name, error = %error);
+                    let _ = conn.reply::<SsReply>(request.id, Err(error)).await;
+                    break;
+                }
+                if conn.reply(request.id, Ok(SsReply::Done)).await.is_err() {
+                    break;
+                }
+                tracing::info!(event = "ss_stream_followed", peer = %peer, partner = %session.hello.name, epoch, "following the partner's replication stream");
+                crate::stream::follow(
+                    conn,
+                    self.files.clone(),
+                    self.link.clone(),
+                    epoch,
+                    session.hello.name.clone(),
+                )
+                .await;
+                return;
+            }
             let started = Instant::now();
             let epoch = self.link.epoch();
             let operation = operation_name(&request.body);
@@ -406,17 +442,19 @@ impl Server {
                 Some(write) => {
                     let file = write.file().to_owned();
                     let committed = tokio::task::block_in_place(|| write.commit());
-                    // Committed: a role change may go ahead while nm confirms.
-                    drop(change.take());
-                    if let Ok(stats) = &committed {
-                        tracing::info!(event = "ss_committed", file = %file, epoch = stats.epoch, version = stats.version, base = stats.base);
-                    }
                     match committed {
-                        Ok(stats) => self
-                            .link
-                            .file_changed(&file, &stats)
-                            .await
-                            .map(|()| SsReply::Applied { stats }),
+                        Ok(committed) => {
+                            let stats = committed.meta.stats.clone();
+                            tracing::info!(event = "ss_committed", file = %file, epoch = stats.epoch, version = stats.version, base = stats.base);
+                            // Offered before the role may change, so the
+                            // change goes out in the epoch it was made in.
+                            let offered = self.offer(&file, &committed);
+                            // Committed: a role change may go ahead while nm confirms.
+                            drop(change.take());
+                            self.confirm(&file, &stats, offered)
+                                .await
+                                .map(|()| SsReply::Applied { stats })
+                        }
                         Err(e) => Err(e),
                     }
                 }
@@ -478,10 +516,46 @@ impl Server {
             | SsRequest::InventoryOf { .. } => Err(WireError::unauthorized(
                 "only nm may do that; go through nm",
             )),
+            SsRequest::StreamOpen { .. } | SsRequest::StreamApply { .. } => Err(
+                WireError::bad_request("a replication stream must be opened first, by the partner"),
+            ),
         };
         match reply {
             Ok(reply) => conn.reply(id, Ok(reply)).await.map(Ok),
             Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// Sends a committed change on the replication stream, if it can go
+    /// there (a file with checkpoints goes through nm, which copies them too).
+    fn offer(&self, file: &str, committed: &crate::files::Committed) -> crate::stream::Offered {
+        if !committed.meta.checkpoints.is_empty() {
+            return crate::stream::Offered::NotSent;
+        }
+        self.streamer
+            .offer(file, &committed.meta, &committed.content)
+    }
+
+    /// Tells nm of a committed change and, with synchronous replication,
+    /// waits until the standby has it: on the stream when it went there
+    /// (falling back to nm's copy if the stream could not deliver it).
+    async fn confirm(
+        &self,
+        file: &str,
+        stats: &shared::proto::FileStats,
+        offered: crate::stream::Offered,
+    ) -> Result<(), WireError> {
+        let crate::stream::Offered::Sent(acked) = offered else {
+            return self.link.file_changed(file, stats, false).await;
+        };
+        if !self.link.sync_replication() {
+            return self.link.file_changed(file, stats, true).await;
+        }
+        let (recorded, acked) = tokio::join!(self.link.file_changed(file, stats, true), acked);
+        recorded?;
+        match acked {
+            Ok(true) => Ok(()),
+            _ => self.link.file_changed(file, stats, false).await,
         }
     }
 
@@ -635,6 +709,8 @@ fn operation_name(request: &SsRequest) -> &'static str {
         SsRequest::InventoryOf { .. } => "INVENTORY_OF",
         SsRequest::SetRole { .. } => "SET_ROLE",
         SsRequest::KeepConflict { .. } => "KEEP_CONFLICT",
+        SsRequest::StreamOpen { .. } => "STREAM_OPEN",
+        SsRequest::StreamApply { .. } => "STREAM_APPLY",
     }
 }
 

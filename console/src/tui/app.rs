@@ -508,6 +508,22 @@ pub fn describe(event: &Event) -> String {
             Some(previous) => format!("nm LEADER is now {address} (was {previous})"),
             None => format!("nm LEADER is {address}"),
         },
+        EventKind::Streamed {
+            primary,
+            replica,
+            files,
+            max_micros,
+        } => {
+            let named = match files.as_slice() {
+                [one] => one.clone(),
+                [first, ..] => format!("{first} and {} more", files.len() - 1),
+                [] => "nothing".to_owned(),
+            };
+            format!(
+                "stream {primary} → {replica}: {named} durable on the backup (slowest {:.2} ms)",
+                *max_micros as f64 / 1000.0
+            )
+        }
     }
 }
 

@@ -252,6 +252,7 @@ fn event_color(kind: &EventKind) -> Color {
         },
         EventKind::Snapshot { .. } => Color::Gray,
         EventKind::NmLeader { .. } => Color::Yellow,
+        EventKind::Streamed { .. } => Color::Green,
     }
 }
 

@@ -1,0 +1,474 @@
+//! The replication stream: the serving server of a pair sends each committed
+//! change to its standby over one persistent connection, and the standby
+//! acknowledges it once it is durable there.
+//!
+//! Why: without it a change took four hops to the backup (the primary
+//! acknowledges, tells nm, nm queues a job and sends `PullFiles`, the backup
+//! asks the primary with `GetFile`). On the stream it takes one, and it
+//! leaves as soon as the change is durable here, before the client's answer.
+//!
+//! How it stays safe:
+//! - nm stays the authority: it names the partner (in the registration's
+//!   answer and every heartbeat's), the epoch and who serves. The stream runs
+//!   only while this server serves, to the partner nm named, in this epoch;
+//!   the standby accepts it only from that partner, in the same epoch, while
+//!   it does not serve ([`follow`]), and applies every change like a copy
+//!   (never over a newer version or a newer delete).
+//! - Every change is either acknowledged by the standby (durable there) or
+//!   handed back to nm: when the stream breaks, falls behind by more than
+//!   [`WINDOW`] changes or is refused a change, the change goes to nm as an
+//!   ordinary notice and nm's job copies it (and marks the standby out of
+//!   sync if that fails). nm records every streamed change in the pair's
+//!   catch-up record and settles it when the batched acknowledgements
+//!   ([`shared::proto::NmRequest::Streamed`]) arrive.
+//! - Changes the stream does not carry (large files, deletes, moves,
+//!   checkpoints, access lists) go through nm's jobs as before.
+
+use crate::files::{Copied, Files};
+use crate::nm_link::{NmLink, StreamTarget};
+use shared::connection::{Connection, ConnectionError};
+use shared::proto::{
+    FileMeta, FileStats, Reply, Request, Role, SsReply, SsRequest, StreamedChange,
+};
+use shared::WireError;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Changes sent and not yet acknowledged; past this a change goes through nm.
+pub const WINDOW: usize = 1024;
+/// Largest content sent on the stream; larger files go through nm's jobs
+/// (chunked copies that do not hold up small changes).
+pub const MAX_STREAMED_BYTES: usize = 1 << 20;
+/// Acknowledged changes are reported to nm at most this often (or per
+/// [`REPORT_BATCH`]).
+const REPORT_EVERY: Duration = Duration::from_millis(20);
+const REPORT_BATCH: usize = 512;
+/// How long the standby has to acknowledge a change before the stream is
+/// deemed stuck and closed.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+const RETRY_START: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Changes the standby applies at once (they share its log's fdatasync).
+const APPLYING: usize = 64;
+
+/// A change waiting for the standby's acknowledgement.
+struct Unacked {
+    file: String,
+    stats: FileStats,
+    committed: Instant,
+    /// `true` once the standby has it durably, `false` if it went to nm instead.
+    waiter: Option<oneshot::Sender<bool>>,
+}
+
+/// A change on its way to the stream's writer.
+struct Outgoing {
+    seq: u64,
+    file: String,
+    meta: FileMeta,
+    content: Vec<u8>,
+}
+
+struct Open {
+    epoch: u64,
+    sender: mpsc::UnboundedSender<Outgoing>,
+}
+
+#[derive(Default)]
+struct State {
+    open: Option<Open>,
+    next_seq: u64,
+    unacked: HashMap<u64, Unacked>,
+}
+
+/// The sending side, on the serving server.
+pub struct Streamer {
+    state: Mutex<State>,
+    link: Arc<NmLink>,
+    enabled: bool,
+}
+
+/// What [`Streamer::offer`] did with a change.
+pub enum Offered {
+    /// On the stream: resolves `true` once the standby has it durably,
+    /// `false` if it was handed to nm instead.
+    Sent(oneshot::Receiver<bool>),
+    /// Not on the stream (closed, full, too large): tell nm as before.
+    NotSent,
+}
+
+impl Streamer {
+    pub fn new(link: Arc<NmLink>, enabled: bool) -> Arc<Self> {
+        Arc::new(Streamer {
+            state: Mutex::new(State::default()),
+            link,
+            enabled,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends a committed change to the standby, if the stream is open for
+    /// the epoch it was made in and has room.
+    pub fn offer(&self, file: &str, meta: &FileMeta, content: &[u8]) -> Offered {
+        if content.len() > MAX_STREAMED_BYTES {
+            return Offered::NotSent;
+        }
+        let mut state = self.lock();
+        let State {
+            open,
+            next_seq,
+            unacked,
+        } = &mut *state;
+        let Some(open) = open.as_ref() else {
+            return Offered::NotSent;
+        };
+        if open.epoch != meta.stats.epoch || unacked.len() >= WINDOW {
+            return Offered::NotSent;
+        }
+        *next_seq += 1;
+        let seq = *next_seq;
+        let outgoing = Outgoing {
+            seq,
+            file: file.to_owned(),
+            meta: meta.clone(),
+            content: content.to_vec(),
+        };
+        if open.sender.send(outgoing).is_err() {
+            return Offered::NotSent;
+        }
+        let (tx, rx) = oneshot::channel();
+        unacked.insert(
+            seq,
+            Unacked {
+                file: file.to_owned(),
+                stats: meta.stats.clone(),
+                committed: Instant::now(),
+                waiter: Some(tx),
+            },
+        );
+        Offered::Sent(rx)
+    }
+
+    /// The standby has `seq` durably.
+    fn acked(&self, seq: u64) -> Option<StreamedChange> {
+        let mut unacked = self.lock().unacked.remove(&seq)?;
+        if let Some(waiter) = unacked.waiter.take() {
+            let _ = waiter.send(true);
+        }
+        Some(StreamedChange {
+            file: unacked.file,
+            epoch: unacked.stats.epoch,
+            version: unacked.stats.version,
+            micros: unacked.committed.elapsed().as_micros() as u64,
+        })
+    }
+
+    /// The standby refused `seq`: nm copies it instead.
+    fn refused(&self, seq: u64, error: &WireError) {
+        let Some(unacked) = self.lock().unacked.remove(&seq) else {
+            return;
+        };
+        tracing::warn!(event = "ss_stream_refused", file = %unacked.file, error = %error, "the standby refused a streamed change; nm copies it instead");
+        self.hand_to_nm(unacked);
+    }
+
+    fn hand_to_nm(&self, mut unacked: Unacked) {
+        self.link.file_not_streamed(&unacked.file, &unacked.stats);
+        if let Some(waiter) = unacked.waiter.take() {
+            let _ = waiter.send(false);
+        }
+    }
+
+    /// Opens the stream for `epoch`; returns the receiver of its changes.
+    fn open(&self, epoch: u64) -> mpsc::UnboundedReceiver<Outgoing> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.lock().open = Some(Open { epoch, sender });
+        receiver
+    }
+
+    /// Closes the stream: every change not acknowledged goes to nm.
+    fn close(&self) {
+        let unacked: Vec<Unacked> = {
+            let mut state = self.lock();
+            state.open = None;
+            state.unacked.drain().map(|(_, u)| u).collect()
+        };
+        if !unacked.is_empty() {
+            tracing::info!(
+                event = "ss_stream_handed_back",
+                changes = unacked.len(),
+                "changes the standby had not acknowledged go to nm"
+            );
+        }
+        for unacked in unacked {
+            self.hand_to_nm(unacked);
+        }
+    }
+
+    fn oldest_unacked(&self) -> Option<Instant> {
+        self.lock().unacked.values().map(|u| u.committed).min()
+    }
+
+    /// Keeps the stream open to the partner while this server serves, until `shutdown`.
+    pub async fn run(
+        self: Arc<Self>,
+        me: String,
+        files_key: Option<shared::auth::ClusterKey>,
+        shutdown: CancellationToken,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        let mut target = self.link.stream_target();
+        let mut retry = RETRY_START;
+        loop {
+            let current = target.borrow_and_update().clone();
+            let Some(current) = current else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = target.changed() => if changed.is_err() { return },
+                }
+                continue;
+            };
+            let session = self.stream_to(&me, files_key.as_ref(), &current, &mut target);
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => { self.close(); return }
+                outcome = session => outcome,
+            };
+            self.close();
+            match outcome {
+                Ok(()) => retry = RETRY_START,
+                Err(e) => {
+                    tracing::info!(event = "ss_stream_down", partner = %current.partner.name, error = %e, retry_ms = retry.as_millis() as u64, "replication stream closed; changes go through nm meanwhile");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(retry) => {}
+                        // A new target (a new epoch, a new partner) is tried at once.
+                        _ = target.changed() => {}
+                    }
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// One stream session; `Ok` when the target changed, `Err` when the stream broke.
+    async fn stream_to(
+        &self,
+        me: &str,
+        key: Option<&shared::auth::ClusterKey>,
+        to: &StreamTarget,
+        target: &mut watch::Receiver<Option<StreamTarget>>,
+    ) -> Result<(), StreamError> {
+        let mut conn = Connection::connect_keyed(
+            &to.partner.address,
+            Role::StorageServer,
+            me,
+            shared::connection::DEFAULT_MAX_FRAME,
+            key,
+        )
+        .await?;
+        conn.send(&Request {
+            id: 0,
+            body: SsRequest::StreamOpen { epoch: to.epoch },
+        })
+        .await?;
+        let opened: Reply<SsReply> = conn.expect().await?;
+        opened.result?;
+        tracing::info!(event = "ss_stream_open", partner = %to.partner.name, address = %to.partner.address, epoch = to.epoch, "replication stream open");
+        let mut outgoing = self.open(to.epoch);
+        let (mut writer, mut reader) = conn.split();
+        let mut report: Vec<StreamedChange> = Vec::new();
+        let mut tick = tokio::time::interval(REPORT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = target.changed() => {
+                    self.report(&mut report);
+                    if changed.is_err() || target.borrow().as_ref() != Some(to) {
+                        return Ok(());
+                    }
+                }
+                change = outgoing.recv() => {
+                    let Some(change) = change else { return Ok(()) };
+                    writer.send(&Request {
+                        id: change.seq,
+                        body: SsRequest::StreamApply {
+                            file: change.file,
+                            meta: change.meta,
+                            content: serde_bytes::ByteBuf::from(change.content),
+                        },
+                    }).await?;
+                }
+                reply = reader.recv::<Reply<SsReply>>() => {
+                    let Some(reply) = reply? else {
+                        return Err(StreamError::Closed);
+                    };
+                    match reply.result {
+                        Ok(_) => {
+                            if let Some(change) = self.acked(reply.id) {
+                                report.push(change);
+                            }
+                            if report.len() >= REPORT_BATCH {
+                                self.report(&mut report);
+                            }
+                        }
+                        Err(error) if reply.id == 0 => return Err(StreamError::Refused(error)),
+                        Err(error) => self.refused(reply.id, &error),
+                    }
+                }
+                _ = tick.tick() => {
+                    self.report(&mut report);
+                    if self.oldest_unacked().is_some_and(|t| t.elapsed() > ACK_TIMEOUT) {
+                        return Err(StreamError::Stuck);
+                    }
+                }
+            }
+        }
+    }
+
+    fn report(&self, report: &mut Vec<StreamedChange>) {
+        if !report.is_empty() {
+            self.link.streamed(std::mem::take(report));
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    #[error("the standby refused the stream: {0}")]
+    Refused(#[from] WireError),
+    #[error("the standby closed the stream")]
+    Closed,
+    #[error("the standby acknowledged nothing for {ACK_TIMEOUT:?}")]
+    Stuck,
+}
+
+/// Checks a `StreamOpen` from `peer_name` on this server.
+pub fn may_follow(link: &NmLink, peer_name: &str, epoch: u64) -> Result<(), WireError> {
+    match link.partner() {
+        Some(partner) if partner.name == peer_name => {}
+        Some(partner) => {
+            return Err(WireError::unauthorized(format!(
+                "{peer_name} is not this server's partner ({})",
+                partner.name
+            )))
+        }
+        None => {
+            return Err(WireError::unavailable(
+                "nm has not named this server's partner yet",
+            ))
+        }
+    }
+    if link.is_serving() {
+        return Err(WireError::unavailable(
+            "this server serves its pair; it takes no stream",
+        ));
+    }
+    if epoch != link.epoch() {
+        return Err(WireError::unavailable(format!(
+            "the stream is for epoch {epoch}, this server is in epoch {}",
+            link.epoch()
+        )));
+    }
+    Ok(())
+}
+
+/// The standby's side: applies the changes of an open stream as they come,
+/// several at once, and acknowledges each once it is durable. Returns when
+/// the stream closes, or once this server's part changes (it was promoted,
+/// or the epoch moved on).
+pub async fn follow(
+    conn: Connection,
+    files: Arc<Files>,
+    link: Arc<NmLink>,
+    epoch: u64,
+    peer: String,
+) {
+    let (mut writer, mut reader) = conn.split();
+    let (replies, mut outgoing) = mpsc::unbounded_channel::<Reply<SsReply>>();
+    let writer_task = tokio::spawn(async move {
+        while let Some(reply) = outgoing.recv().await {
+            if writer.send(&reply).await.is_err() {
+                break;
+            }
+        }
+    });
+    let applying = Arc::new(Semaphore::new(APPLYING));
+    loop {
+        let request = match reader.recv::<Request<SsRequest>>().await {
+            Ok(Some(request)) => request,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(event = "ss_stream_error", partner = %peer, error = %e);
+                break;
+            }
+        };
+        let SsRequest::StreamApply {
+            file,
+            meta,
+            content,
+        } = request.body
+        else {
+            let error =
+                WireError::bad_request("only StreamApply is accepted on a replication stream");
+            let _ = replies.send(Reply {
+                id: request.id,
+                result: Err(error),
+            });
+            break;
+        };
+        if link.is_serving() || link.epoch() != epoch {
+            tracing::info!(event = "ss_stream_ended", partner = %peer, "this server's part changed; the stream is closed");
+            break;
+        }
+        let Ok(permit) = applying.clone().acquire_owned().await else {
+            break;
+        };
+        let files = files.clone();
+        let link = link.clone();
+        let replies = replies.clone();
+        let id = request.id;
+        tokio::task::spawn_blocking(move || {
+            // No role change while it is applied: a server promoted meanwhile
+            // takes nothing more from its old partner.
+            let _role = link.change_guard_blocking();
+            let result = if link.is_serving() || link.epoch() != epoch {
+                Err(WireError::unavailable(
+                    "this server's part changed; the stream is over",
+                ))
+            } else {
+                apply(&files, file, meta, content.into_vec()).map(|()| SsReply::Done)
+            };
+            drop(permit);
+            let _ = replies.send(Reply { id, result });
+        });
+    }
+    drop(replies);
+    let _ = writer_task.await;
+}
+
+/// Installs one streamed change like a copy from the partner.
+fn apply(files: &Files, file: String, meta: FileMeta, content: Vec<u8>) -> Result<(), WireError> {
+    shared::names::validate_path(&file)?;
+    let mut temp = files.temp_file()?;
+    temp.write_all(&content)
+        .map_err(|e| WireError::internal(format!("writing a streamed change: {e}")))?;
+    let copy = Copied {
+        file,
+        meta,
+        content: temp,
+        checkpoints: Vec::new(),
+    };
+    files
+        .install_batch(vec![copy])
+        .pop()
+        .unwrap_or_else(|| Err(WireError::internal("nothing installed")))
+}

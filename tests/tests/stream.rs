@@ -1,0 +1,231 @@
+//! The replication stream: a committed change goes from the serving server
+//! straight to its standby, nm records it without a job, and whatever the
+//! stream cannot deliver still reaches the standby through nm.
+
+use console::client::Client;
+use shared::proto::{Event, EventKind, JobStep, PairState, Role, SsReply, SsRequest};
+use std::sync::{Arc, Mutex};
+use tests::{eventually, Options, TestCluster};
+
+/// Collects WATCH events in the background.
+fn watch(cluster: &TestCluster) -> Arc<Mutex<Vec<Event>>> {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let nm = cluster.nm_addr().to_owned();
+    tokio::spawn(async move {
+        let client = Client::connect(&nm, "watcher").await.unwrap();
+        let _ = client
+            .watch(None, None, |event| sink.lock().unwrap().push(event))
+            .await;
+    });
+    events
+}
+
+fn streamed(events: &Arc<Mutex<Vec<Event>>>, file: &str) -> bool {
+    events.lock().unwrap().iter().any(
+        |e| matches!(&e.kind, EventKind::Streamed { files, .. } if files.iter().any(|f| f == file)),
+    )
+}
+
+fn jobs_queued_for(events: &Arc<Mutex<Vec<Event>>>, file: &str) -> usize {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::Job { file: Some(f), step: JobStep::Queued, .. } if f == file))
+        .count()
+}
+
+fn write(cluster: &TestCluster, file: &str, text: &str) {
+    cluster
+        .console("alice", &format!("WRITE {file} 0\n0 {text}\nETIRW\n"))
+        .all_ok();
+}
+
+fn backup_content(cluster: &TestCluster, file: &str) -> String {
+    std::fs::read_to_string(cluster.storage("ss1_backup").join("files").join(file))
+        .unwrap_or_default()
+}
+
+/// Writes until one goes on the stream (the primary learns its partner with
+/// a heartbeat after the pair forms).
+async fn until_streaming(cluster: &TestCluster, events: &Arc<Mutex<Vec<Event>>>) {
+    cluster.console("alice", "CREATE probe.txt\n").all_ok();
+    eventually("a write to go on the replication stream", async || {
+        write(cluster, "probe.txt", "Probe.");
+        streamed(events, "probe.txt").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_goes_to_the_backup_on_the_stream_and_queues_no_job() {
+    let cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let events = watch(&cluster);
+    until_streaming(&cluster, &events).await;
+    cluster.console("alice", "CREATE a.txt\n").all_ok();
+    eventually("the CREATE to reach the backup", async || {
+        cluster
+            .storage("ss1_backup")
+            .join("files/a.txt")
+            .exists()
+            .then_some(())
+    })
+    .await;
+    let jobs_before = jobs_queued_for(&events, "a.txt");
+    for i in 0..20 {
+        write(&cluster, "a.txt", &format!("Line {i}."));
+    }
+    let last = std::fs::read_to_string(cluster.storage("ss1").join("files/a.txt")).unwrap();
+    assert!(last.contains("Line 19."), "{last}");
+    eventually("the last write on the backup", async || {
+        (backup_content(&cluster, "a.txt") == last).then_some(())
+    })
+    .await;
+    assert!(streamed(&events, "a.txt"), "no Streamed event for a.txt");
+    assert_eq!(
+        jobs_queued_for(&events, "a.txt"),
+        jobs_before,
+        "a streamed write queued a replication job"
+    );
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_sync_mode_the_backup_has_the_text_when_etirw_is_answered() {
+    let options = Options {
+        nm_args: vec!["--replication", "sync"],
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let events = watch(&cluster);
+    until_streaming(&cluster, &events).await;
+    cluster.console("alice", "CREATE s.txt\n").all_ok();
+    for i in 0..20 {
+        write(&cluster, "s.txt", &format!("Sync {i}."));
+        // No waiting: synchronous means the backup had it before the answer.
+        let on_backup = backup_content(&cluster, "s.txt");
+        assert!(
+            on_backup.contains(&format!("Sync {i}.")),
+            "ETIRW {i} answered before the backup had it: {on_backup:?}"
+        );
+    }
+    assert!(streamed(&events, "s.txt"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_killed_while_streaming_misses_nothing_once_back() {
+    let mut cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let events = watch(&cluster);
+    until_streaming(&cluster, &events).await;
+    let script: String = (0..40).map(|i| format!("CREATE k{i}.txt\n")).collect();
+    cluster.console("alice", &script).all_ok();
+    let writer = {
+        let nm = cluster.nm_addr().to_owned();
+        tokio::spawn(async move {
+            let mut client = Client::connect(&nm, "alice").await.unwrap();
+            for round in 0..5 {
+                for i in 0..40 {
+                    let file = format!("k{i}.txt");
+                    client.write_begin(&file, 0).await.unwrap();
+                    client
+                        .write_edit(0, &format!("Round {round}."))
+                        .await
+                        .unwrap();
+                    client.write_commit().await.unwrap();
+                }
+            }
+        })
+    };
+    // Killed while the writer runs: some changes are in flight on the stream.
+    eventually("the stream to carry some of the writes", async || {
+        streamed(&events, "k5.txt").then_some(())
+    })
+    .await;
+    cluster.kill_ss("ss1_backup");
+    writer.await.unwrap();
+    cluster.start_ss("ss1_backup").await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+    for i in 0..40 {
+        let text = backup_content(&cluster, &format!("k{i}.txt"));
+        assert!(
+            text.contains("Round 4."),
+            "k{i}.txt on the backup: {text:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_partner_may_open_a_stream() {
+    let cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let backup = cluster.ss_addr("ss1_backup").await;
+    let key = shared::auth::ClusterKey::load(&cluster.key_file()).unwrap();
+    // A daemon of the cluster that is not ss1.
+    let mut other = shared::connection::RpcClient::connect_keyed(
+        &backup,
+        Role::StorageServer,
+        "ss2",
+        Some(&key),
+    )
+    .await
+    .unwrap();
+    let refused = other
+        .call::<_, SsReply>(SsRequest::StreamOpen { epoch: 1 })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.code, shared::ErrorCode::Unauthorized, "{refused}");
+    // A client, whatever its name.
+    let mut client = shared::connection::RpcClient::connect(&backup, Role::Client, "ss1")
+        .await
+        .unwrap();
+    let refused = client
+        .call::<_, SsReply>(SsRequest::StreamOpen { epoch: 1 })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.code, shared::ErrorCode::Unauthorized, "{refused}");
+    // A change without an open stream is refused and changes nothing.
+    let mut client = shared::connection::RpcClient::connect(&backup, Role::Client, "mallory")
+        .await
+        .unwrap();
+    let refused = client
+        .call::<_, SsReply>(SsRequest::StreamApply {
+            file: "planted.txt".into(),
+            meta: shared::proto::FileMeta {
+                owner: "mallory".into(),
+                acl: Default::default(),
+                stats: Default::default(),
+                checkpoints: Default::default(),
+            },
+            content: serde_bytes::ByteBuf::from(b"Planted.".to_vec()),
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.code, shared::ErrorCode::BadRequest, "{refused}");
+    assert!(!cluster
+        .storage("ss1_backup")
+        .join("files/planted.txt")
+        .exists());
+    // The wrong epoch is refused even from the partner.
+    let mut wrong = shared::connection::RpcClient::connect_keyed(
+        &backup,
+        Role::StorageServer,
+        "ss1",
+        Some(&key),
+    )
+    .await
+    .unwrap();
+    let refused = wrong
+        .call::<_, SsReply>(SsRequest::StreamOpen { epoch: 999 })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.code, shared::ErrorCode::Unavailable, "{refused}");
+}
