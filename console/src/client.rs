@@ -420,7 +420,7 @@ impl Client {
             .exchange(&address, SsRequest::WriteCommit, |_| Ok(()))
             .await?
         {
-            SsReply::Applied { stats } => Ok(stats),
+            SsReply::Applied { stats, .. } => Ok(stats),
             other => Err(unexpected(other)),
         }
     }

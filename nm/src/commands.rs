@@ -269,14 +269,16 @@ impl Nm {
         // registration, as after any crash between the two.
         let (on_server, journalled) = tokio::join!(
             async {
-                applied(
-                    client
-                        .call(SsRequest::CreateFile {
-                            file: file.to_owned(),
-                            owner: user.to_owned(),
-                        })
-                        .await?,
-                )
+                match client
+                    .call(SsRequest::CreateFile {
+                        file: file.to_owned(),
+                        owner: user.to_owned(),
+                    })
+                    .await?
+                {
+                    SsReply::Applied { stats, streamed } => Ok((stats, streamed)),
+                    other => Err(unexpected(&other)),
+                }
             },
             self.journal.append(vec![Record::FileCreated {
                 file: file.to_owned(),
@@ -286,7 +288,7 @@ impl Nm {
             }])
         );
         let created = match (on_server, journalled) {
-            (Ok(stats), Ok(())) => Ok(stats),
+            (Ok(created), Ok(())) => Ok(created),
             (Err(refused), Ok(())) => {
                 let undo = vec![Record::FileDeleted {
                     file: file.to_owned(),
@@ -298,11 +300,11 @@ impl Nm {
             }
             (_, Err(e)) => Err(e),
         };
-        let version = {
+        let (stamp, streamed) = {
             let mut state = self.state();
             match created {
-                Ok(stats) => {
-                    let version = stats.version;
+                Ok((stats, streamed)) => {
+                    let stamp = stats.stamp();
                     state.ns.insert(
                         file,
                         FileRecord {
@@ -315,7 +317,7 @@ impl Nm {
                     if let Some(entry) = state.registry.get_mut(&server) {
                         entry.files += 1;
                     }
-                    version
+                    (stamp, streamed)
                 }
                 Err(e) => {
                     state.ns.unreserve(file);
@@ -323,8 +325,12 @@ impl Nm {
                 }
             }
         };
-        tracing::info!(event = "nm_file_created", file, owner = user, server = %server);
-        self.replicate_and_wait(&server, file, JobKind::Create, version)
+        tracing::info!(event = "nm_file_created", file, owner = user, server = %server, streamed);
+        if streamed {
+            self.replicate_streamed(&server, file, stamp);
+            return Ok(NmReply::Done);
+        }
+        self.replicate_and_wait(&server, file, JobKind::Create, stamp.1)
             .await
             .map(|()| NmReply::Done)
     }
@@ -699,7 +705,7 @@ fn unavailable(pair: &str, file: &str) -> WireError {
 
 fn applied(reply: SsReply) -> Result<FileStats, WireError> {
     match reply {
-        SsReply::Applied { stats } => Ok(stats),
+        SsReply::Applied { stats, .. } => Ok(stats),
         other => Err(unexpected(&other)),
     }
 }

@@ -177,6 +177,11 @@ impl Namespace {
         Ok(())
     }
 
+    /// Whether `name` is being created (reserved, not yet inserted).
+    pub fn is_reserved(&self, name: &str) -> bool {
+        self.reserved.contains(name)
+    }
+
     pub fn unreserve(&mut self, name: &str) {
         self.reserved.remove(name);
     }

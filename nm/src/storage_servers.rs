@@ -361,6 +361,11 @@ impl Nm {
                         .as_deref()
                         .and_then(|p| state.registry.pair(p))
                         .is_some_and(|p| p.active() == server);
+                    let being_created_by = state
+                        .registry
+                        .pair_of(server)
+                        .filter(|p| p.active() == server && state.ns.is_reserved(&file))
+                        .map(|p| p.primary.clone());
                     match (pair, state.ns.file_mut(&file)) {
                         (Some(pair), Some(record)) if from_active => {
                             changed = Some(Changed {
@@ -370,6 +375,18 @@ impl Nm {
                                 streamed,
                             });
                             record.stats = stats;
+                        }
+                        // A CREATE whose answer nm has not handled yet: the
+                        // stream handed the change back before nm knew the
+                        // file; it is still copied.
+                        (None, None) if being_created_by.is_some() => {
+                            let pair = being_created_by.unwrap_or_default();
+                            changed = Some(Changed {
+                                pair,
+                                file,
+                                stamp: stats.stamp(),
+                                streamed,
+                            });
                         }
                         _ => tracing::warn!(
                             event = "nm_unknown_file_changed",

@@ -789,6 +789,10 @@ pub enum SsReply {
     /// A change was applied; the file's stats after it.
     Applied {
         stats: FileStats,
+        /// The change went to the standby on the replication stream (and,
+        /// with synchronous replication, the standby has it): nm queues no job.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        streamed: bool,
     },
     Checkpoints {
         checkpoints: Vec<CheckpointInfo>,

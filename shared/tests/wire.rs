@@ -422,7 +422,10 @@ fn every_message_round_trips() {
         SsReply::End,
         SsReply::WriteOpen { words: 3 },
         SsReply::Edited { words: 4 },
-        SsReply::Applied { stats: stats() },
+        SsReply::Applied {
+            stats: stats(),
+            streamed: true,
+        },
         SsReply::Checkpoints {
             checkpoints: vec![],
         },

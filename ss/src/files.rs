@@ -357,7 +357,8 @@ impl Files {
         self.len() == 0
     }
 
-    pub fn create(&self, file: &str, owner: &str) -> Result<FileStats, WireError> {
+    /// Makes an empty file; returns its metadata.
+    pub fn create(&self, file: &str, owner: &str) -> Result<FileMeta, WireError> {
         let mut map = self.lock_map();
         if self.find(&mut map, file)?.is_some() {
             return Err(WireError::new(
@@ -411,7 +412,7 @@ impl Files {
             }
             return Err(err.into());
         }
-        Ok(meta.stats)
+        Ok(meta)
     }
 
     /// Deletes a file, leaving a tombstone; returns the version the delete gave it.

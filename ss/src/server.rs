@@ -336,10 +336,13 @@ impl Server {
                 self.link.change_role(epoch, serving, writable).await;
                 Ok(SsReply::Done)
             }
-            SsRequest::KeepConflict { file, to } if from_nm => {
-                tokio::task::block_in_place(|| self.files.keep_conflict(&file, &to))
-                    .map(|stats| SsReply::Applied { stats })
-            }
+            SsRequest::KeepConflict { file, to } if from_nm => tokio::task::block_in_place(|| {
+                self.files.keep_conflict(&file, &to)
+            })
+            .map(|stats| SsReply::Applied {
+                stats,
+                streamed: false,
+            }),
             SsRequest::GetFile { file, ticket } => {
                 if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Read) {
                     return Ok(Err(e));
@@ -453,7 +456,10 @@ impl Server {
                             drop(change.take());
                             self.confirm(&file, &stats, offered)
                                 .await
-                                .map(|()| SsReply::Applied { stats })
+                                .map(|()| SsReply::Applied {
+                                    stats,
+                                    streamed: false,
+                                })
                         }
                         Err(e) => Err(e),
                     }
@@ -463,9 +469,26 @@ impl Server {
                 session.write = None;
                 Ok(SsReply::Done)
             }
-            SsRequest::CreateFile { file, owner } if from_nm => validate_path(&file)
-                .and_then(|()| tokio::task::block_in_place(|| self.files.create(&file, &owner)))
-                .map(|stats| SsReply::Applied { stats }),
+            SsRequest::CreateFile { file, owner } if from_nm => {
+                match validate_path(&file)
+                    .and_then(|()| tokio::task::block_in_place(|| self.files.create(&file, &owner)))
+                {
+                    Ok(meta) => {
+                        let committed = crate::files::Committed {
+                            meta,
+                            content: Vec::new(),
+                        };
+                        let offered = self.offer(&file, &committed);
+                        drop(change.take());
+                        let streamed = self.delivered(offered).await;
+                        Ok(SsReply::Applied {
+                            stats: committed.meta.stats,
+                            streamed,
+                        })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             SsRequest::DeleteFile { file } if from_nm => tokio::task::block_in_place(|| {
                 self.files.delete(&file)
             })
@@ -474,27 +497,44 @@ impl Server {
                     version,
                     ..Default::default()
                 },
+                streamed: false,
             }),
-            SsRequest::UndoFile { file } if from_nm => {
-                tokio::task::block_in_place(|| self.files.undo(&file))
-                    .map(|stats| SsReply::Applied { stats })
-            }
-            SsRequest::SetAcl { file, acl } if from_nm => {
-                tokio::task::block_in_place(|| self.files.set_acl(&file, acl))
-                    .map(|stats| SsReply::Applied { stats })
-            }
-            SsRequest::MoveFile { file, to } if from_nm => {
-                tokio::task::block_in_place(|| self.files.rename(&file, &to))
-                    .map(|stats| SsReply::Applied { stats })
-            }
+            SsRequest::UndoFile { file } if from_nm => tokio::task::block_in_place(|| {
+                self.files.undo(&file)
+            })
+            .map(|stats| SsReply::Applied {
+                stats,
+                streamed: false,
+            }),
+            SsRequest::SetAcl { file, acl } if from_nm => tokio::task::block_in_place(|| {
+                self.files.set_acl(&file, acl)
+            })
+            .map(|stats| SsReply::Applied {
+                stats,
+                streamed: false,
+            }),
+            SsRequest::MoveFile { file, to } if from_nm => tokio::task::block_in_place(|| {
+                self.files.rename(&file, &to)
+            })
+            .map(|stats| SsReply::Applied {
+                stats,
+                streamed: false,
+            }),
             SsRequest::CreateCheckpoint { file, tag } if from_nm => {
-                tokio::task::block_in_place(|| self.files.checkpoint(&file, &tag))
-                    .map(|stats| SsReply::Applied { stats })
+                tokio::task::block_in_place(|| self.files.checkpoint(&file, &tag)).map(|stats| {
+                    SsReply::Applied {
+                        stats,
+                        streamed: false,
+                    }
+                })
             }
-            SsRequest::Revert { file, tag } if from_nm => {
-                tokio::task::block_in_place(|| self.files.revert(&file, &tag))
-                    .map(|stats| SsReply::Applied { stats })
-            }
+            SsRequest::Revert { file, tag } if from_nm => tokio::task::block_in_place(|| {
+                self.files.revert(&file, &tag)
+            })
+            .map(|stats| SsReply::Applied {
+                stats,
+                streamed: false,
+            }),
             SsRequest::ListCheckpoints { file } if from_nm => self
                 .files
                 .checkpoints(&file)
@@ -534,6 +574,17 @@ impl Server {
         }
         self.streamer
             .offer(file, &committed.meta, &committed.content)
+    }
+
+    /// Whether a change nm itself asked for went to the standby on the
+    /// stream (then nm queues no job for it); with synchronous replication,
+    /// only once the standby has it durably.
+    async fn delivered(&self, offered: crate::stream::Offered) -> bool {
+        match offered {
+            crate::stream::Offered::NotSent => false,
+            crate::stream::Offered::Sent(_) if !self.link.sync_replication() => true,
+            crate::stream::Offered::Sent(acked) => acked.await.unwrap_or(false),
+        }
     }
 
     /// Tells nm of a committed change and, with synchronous replication,

@@ -155,6 +155,8 @@ async fn changes_to_one_file_coalesce_while_the_backup_is_busy() {
         &["ss1", "ss1_backup"],
         Options {
             nm_args: vec!["--repl-workers", "1"],
+            // The jobs' queue is what this tests: changes go through nm.
+            ss_args: vec!["--replication-stream", "false"],
             ..Options::default()
         },
     )
