@@ -3,8 +3,8 @@
 //!
 //! - `create-write`: each client CREATEs a file and WRITEs one sentence to it, in a loop.
 //! - `repl-lag`: clients WRITE at a steady rate; the lag of each write is the
-//!   time from its acknowledgement to the backup holding that version (seen
-//!   through WATCH: the first `applied` job event at that version or later).
+//!   time from its ETIRW's answer until its text is in the backup's file on
+//!   disk, polled every 50 µs (0 when it was there before the answer).
 //! - `resync-small` / `resync-large`: a primary holding many small files, or
 //!   one large one, and an empty backup joining: the time until the pair is ACTIVE.
 //! - `failover`: kill -9 of the primary, then READs through nm until one
@@ -21,8 +21,7 @@
 use crate::client::Client;
 use crate::local_cluster::{ClusterError, LocalCluster};
 use serde::Serialize;
-use shared::proto::{EventKind, FileMeta, FileStats, JobStep, NmRequest, NmRole};
-use std::collections::HashMap;
+use shared::proto::{FileMeta, FileStats, NmRequest, NmRole};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -96,6 +95,10 @@ pub struct BenchArgs {
     /// fsync on every change (as in production).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub fsync: bool,
+    /// The storage servers' replication stream (`ss --replication-stream`):
+    /// `false` sends every change through nm's jobs, for comparison.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub replication_stream: bool,
     /// Storage servers' heartbeat interval.
     #[arg(long, default_value = "1s")]
     pub heartbeat_interval: String,
@@ -137,6 +140,9 @@ pub struct Report {
     pub ops_per_sec: f64,
     pub latency_ms: Option<Percentiles>,
     pub replication_lag_ms: Option<Percentiles>,
+    /// repl-lag: writes whose text never reached the backup's file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_unseen: Option<u64>,
     pub bytes: u64,
     pub mb_per_sec: Option<f64>,
     /// Kill -9 of the primary (nm-failover: of the nm leader) to the first
@@ -235,6 +241,10 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         )
         .await?
     };
+    cluster.ss_args = vec![
+        "--replication-stream".into(),
+        args.replication_stream.to_string(),
+    ];
     if args.keep_dir {
         cluster.keep_dir();
         eprintln!("cluster folder (kept): {}", cluster.dir().display());
@@ -332,88 +342,98 @@ async fn latency_report(
     })
 }
 
-/// File → the versions the backup reached, and when.
-type AppliedVersions = HashMap<String, Vec<(u64, Instant)>>;
+/// How often the backup's file is read while a write's text is awaited.
+const LAG_POLL: Duration = Duration::from_micros(50);
+/// A write whose text has not reached the backup after this long is counted unseen.
+const LAG_GIVE_UP: Duration = Duration::from_secs(5);
+
+/// Reads `path` until it holds `text`; the time from `acked` until then
+/// (zero if it was there at the first look), or `None` past [`LAG_GIVE_UP`].
+fn until_on_disk(path: &std::path::Path, text: &[u8], acked: Instant) -> Option<Duration> {
+    loop {
+        if std::fs::read(path).is_ok_and(|held| held.windows(text.len()).any(|w| w == text)) {
+            return Some(acked.elapsed());
+        }
+        if acked.elapsed() > LAG_GIVE_UP {
+            return None;
+        }
+        std::thread::sleep(LAG_POLL);
+    }
+}
 
 async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report, BenchError> {
     cluster.start_ss("ss1").await?;
     cluster.start_ss("ss1_backup").await?;
     cluster.wait_replicated("ss1").await?;
-    let applied: Arc<Mutex<AppliedVersions>> = Arc::default();
-    let sink = applied.clone();
-    let watcher = Client::connect(cluster.nm_addr(), "bench-watch").await?;
-    let watch = tokio::spawn(async move {
-        let _ = watcher
-            .watch(None, None, |event| {
-                if let EventKind::Job {
-                    step: JobStep::Applied,
-                    file: Some(file),
-                    version: Some(version),
-                    ..
-                } = event.kind
-                {
-                    sink.lock()
-                        .unwrap()
-                        .entry(file)
-                        .or_default()
-                        .push((version, Instant::now()));
-                }
-            })
-            .await;
-    });
+    let backup_files = cluster.storage("ss1_backup").join("files");
     let clients = args.clients.max(1);
     let interval = Duration::from_secs_f64(clients as f64 / args.rate.max(1) as f64);
-    let started = Instant::now();
+    // Each client writes to a file of its own, a new one every this many
+    // writes, so reading the backup's copy stays cheap.
+    const WRITES_PER_FILE: u64 = 100;
     let mut tasks = Vec::new();
+    let started = Instant::now();
     for c in 0..clients {
         let nm = cluster.nm_addr().to_owned();
         let deadline = started + args.duration;
+        let backup_files = backup_files.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = Client::connect(&nm, &format!("bench{c}")).await?;
-            let file = format!("lag-{c}");
-            client.nm(NmRequest::Create { file: file.clone() }).await?;
             let mut acks = Vec::new();
+            let mut watching = Vec::new();
             let mut next = Instant::now();
-            let mut sentence = 0;
+            let mut n = 0u64;
+            let mut file = String::new();
             while Instant::now() < deadline {
+                if n % WRITES_PER_FILE == 0 {
+                    file = format!("lag-{c}-{}", n / WRITES_PER_FILE);
+                    client.nm(NmRequest::Create { file: file.clone() }).await?;
+                }
                 tokio::time::sleep_until(next.into()).await;
                 next += interval;
+                let text = format!("W{c}n{n}.");
                 let t = Instant::now();
-                let stats =
-                    write_sentence(&mut client, &file, sentence, &format!("Write {sentence}."))
-                        .await?;
-                acks.push((file.clone(), stats.version, Instant::now(), t.elapsed()));
-                sentence += 1;
+                let sentence = (n % WRITES_PER_FILE) as i64;
+                write_sentence(&mut client, &file, sentence, &text).await?;
+                let acked = Instant::now();
+                acks.push(acked - t);
+                let path = backup_files.join(&file);
+                watching.push(tokio::task::spawn_blocking(move || {
+                    until_on_disk(&path, text.as_bytes(), acked)
+                }));
+                n += 1;
             }
-            Ok::<_, BenchError>(acks)
+            let mut lags = Vec::new();
+            for watch in watching {
+                lags.push(watch.await.expect("lag poller"));
+            }
+            Ok::<_, BenchError>((acks, lags))
         }));
     }
-    let mut acks = Vec::new();
-    for task in tasks {
-        acks.extend(task.await.expect("bench task")?);
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    cluster.wait_replicated("ss1").await?;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    watch.abort();
-    let applied = applied.lock().unwrap();
-    let mut lags = Vec::new();
     let mut latencies = Vec::new();
-    for (file, version, acked, latency) in &acks {
-        latencies.push(*latency);
-        let held = applied.get(file).and_then(|list| {
-            list.iter()
-                .find(|(v, at)| v >= version && at >= acked)
-                .map(|(_, at)| *at)
-        });
-        if let Some(at) = held {
-            lags.push(at.duration_since(*acked));
+    let mut lags = Vec::new();
+    let mut unseen = 0;
+    for task in tasks {
+        let (acks, seen) = task.await.expect("bench task")?;
+        latencies.extend(acks);
+        for lag in seen {
+            match lag {
+                Some(lag) => lags.push(lag),
+                None => unseen += 1,
+            }
         }
     }
-    let ops = acks.len() as u64;
+    let seconds = started.elapsed().as_secs_f64();
+    if unseen > 0 {
+        eprintln!(
+            "repl-lag: {unseen} writes never reached the backup's file within {LAG_GIVE_UP:?}"
+        );
+    }
+    let ops = latencies.len() as u64;
     Ok(Report {
         latency_ms: percentiles(latencies),
         replication_lag_ms: percentiles(lags),
+        lag_unseen: Some(unseen),
         ..Report::measured(seconds, ops)
     })
 }

@@ -42,6 +42,8 @@ pub struct LocalCluster {
     known: Vec<String>,
     pub fsync: bool,
     pub heartbeat: String,
+    /// Extra flags for every storage server started from now on.
+    pub ss_args: Vec<String>,
     timeout: String,
     replication: String,
     /// nm as a group on etcd (`None`: one nm on its journal).
@@ -138,6 +140,7 @@ impl LocalCluster {
             heartbeat: heartbeat.to_owned(),
             timeout: timeout.to_owned(),
             replication: replication.to_owned(),
+            ss_args: Vec::new(),
             ha: None,
         };
         let ready = cluster.dir.path().join("nm.addr");
@@ -231,6 +234,7 @@ impl LocalCluster {
             heartbeat: heartbeat.to_owned(),
             timeout: timeout.to_owned(),
             replication: replication.to_owned(),
+            ss_args: Vec::new(),
             ha: Some(group),
         };
         shared::auth::ClusterKey::generate(&cluster.key_file())?;
@@ -503,6 +507,7 @@ impl LocalCluster {
             .arg(self.key_file())
             .args(["--fsync", &self.fsync.to_string()])
             .args(["--heartbeat-interval", &self.heartbeat])
+            .args(&self.ss_args)
             .stdout(Stdio::null())
             .stderr(self.log(name)?);
         die_with_parent(&mut command);

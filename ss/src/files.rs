@@ -564,7 +564,53 @@ impl Files {
             content,
             checkpoints,
         } = copy;
-        let file = file.as_str();
+        self.place_if_newer(&file, meta, |store, local, meta| {
+            for (tag, temp) in checkpoints {
+                store.place(temp, &file, Placed::Checkpoint(&tag), dirs)?;
+            }
+            for stale in local.checkpoints.keys() {
+                if !meta.checkpoints.contains_key(stale) {
+                    store.remove_checkpoint(&file, stale)?;
+                }
+            }
+            match meta_temp {
+                Some(meta_temp) => {
+                    store.place(content, &file, Placed::Content, dirs)?;
+                    store.place(meta_temp, &file, Placed::Meta, dirs)
+                }
+                None => store.install_logged(&file, content, meta),
+            }
+        })
+    }
+
+    /// Installs a change that came on the replication stream (a file
+    /// without checkpoints, whole), under the same rules as a copy; returns
+    /// once it is durable here.
+    pub fn install_streamed(
+        &self,
+        file: &str,
+        meta: FileMeta,
+        content: &[u8],
+    ) -> Result<(), WireError> {
+        if !meta.checkpoints.is_empty() {
+            return Err(WireError::bad_request(
+                "a file with checkpoints is copied by nm, not streamed",
+            ));
+        }
+        self.place_if_newer(file, meta, |store, _, meta| {
+            store.install_streamed(file, content, meta)
+        })
+    }
+
+    /// Calls `install` with the local and the incoming metadata, unless the
+    /// local file is as new as `meta` or holds changes it lacks; then
+    /// records `meta` as the file's.
+    fn place_if_newer(
+        &self,
+        file: &str,
+        meta: FileMeta,
+        install: impl FnOnce(&Store, &FileMeta, &FileMeta) -> Result<(), StoreError>,
+    ) -> Result<(), WireError> {
         shared::names::validate_path(file)?;
         let entry = {
             let mut map = self.lock_map();
@@ -610,22 +656,7 @@ impl Files {
             }
             return Ok(());
         }
-        for (tag, temp) in checkpoints {
-            self.store
-                .place(temp, file, Placed::Checkpoint(&tag), dirs)?;
-        }
-        for stale in e.meta.checkpoints.keys() {
-            if !meta.checkpoints.contains_key(stale) {
-                self.store.remove_checkpoint(file, stale)?;
-            }
-        }
-        match meta_temp {
-            Some(meta_temp) => {
-                self.store.place(content, file, Placed::Content, dirs)?;
-                self.store.place(meta_temp, file, Placed::Meta, dirs)?;
-            }
-            None => self.store.install_logged(file, content, &meta)?,
-        }
+        install(&self.store, &e.meta, &meta)?;
         if deleted_at > (0, 0) {
             self.store.remove_tombstone(file)?;
         }

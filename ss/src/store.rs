@@ -649,6 +649,47 @@ impl Store {
         self.checkpoint_if_due()
     }
 
+    /// Installs a change from the replication stream. With the log: the
+    /// record is written, the content put in place while the log's
+    /// fdatasync runs, and the metadata (which names the version) only once
+    /// the record is durable. A crash before that leaves the old metadata,
+    /// at worst beside the new content: the server then lists the old
+    /// version, and the catch-up after its restart copies the file again.
+    /// Without the log: as any copy, durable before it returns.
+    pub fn install_streamed(
+        &self,
+        file: &str,
+        content: &[u8],
+        meta: &FileMeta,
+    ) -> Result<(), StoreError> {
+        let mut temp = self.temp_file()?;
+        temp.write_all(content)?;
+        match &self.wal {
+            Some(wal) if content.len() <= MAX_LOGGED_BYTES => {
+                let written = wal.write(&WalRecord::Install {
+                    file: file.to_owned(),
+                    content: content.to_vec(),
+                    meta: meta.clone(),
+                })?;
+                // Placed before the record is durable: a failure here leaves
+                // a record whose replay installs a version the primary holds.
+                self.place(temp, file, Placed::Content, &mut BTreeSet::new())?;
+                let logged = written.durable()?;
+                applied_or_abort(file, self.write_meta_files(file, meta, Durable::Later));
+                drop(logged);
+                self.checkpoint_if_due()
+            }
+            _ => {
+                let meta_temp = self.meta_temp(file, meta)?;
+                self.sync_temps([&meta_temp, &temp])?;
+                let mut dirs = BTreeSet::new();
+                self.place(temp, file, Placed::Content, &mut dirs)?;
+                self.place(meta_temp, file, Placed::Meta, &mut dirs)?;
+                self.sync_dirs(&dirs)
+            }
+        }
+    }
+
     fn checkpoint_if_due(&self) -> Result<(), StoreError> {
         match &self.wal {
             Some(wal) if wal.wants_checkpoint() => self.barrier(),

@@ -24,7 +24,7 @@
 //! - Changes the stream does not carry (large files, deletes, moves,
 //!   checkpoints, access lists) go through nm's jobs as before.
 
-use crate::files::{Copied, Files};
+use crate::files::Files;
 use crate::nm_link::{NmLink, StreamTarget};
 use shared::connection::{Connection, ConnectionError};
 use shared::proto::{
@@ -457,18 +457,5 @@ pub async fn follow(
 
 /// Installs one streamed change like a copy from the partner.
 fn apply(files: &Files, file: String, meta: FileMeta, content: Vec<u8>) -> Result<(), WireError> {
-    shared::names::validate_path(&file)?;
-    let mut temp = files.temp_file()?;
-    temp.write_all(&content)
-        .map_err(|e| WireError::internal(format!("writing a streamed change: {e}")))?;
-    let copy = Copied {
-        file,
-        meta,
-        content: temp,
-        checkpoints: Vec::new(),
-    };
-    files
-        .install_batch(vec![copy])
-        .pop()
-        .unwrap_or_else(|| Err(WireError::internal("nothing installed")))
+    files.install_streamed(&file, meta, &content)
 }

@@ -144,6 +144,12 @@ impl Wal {
     /// Appends `record` and returns once it is durable, sharing the
     /// fdatasync with every writer that arrived meanwhile.
     pub fn append(&self, record: &WalRecord) -> io::Result<Logged<'_>> {
+        self.write(record)?.durable()
+    }
+
+    /// Appends `record` without waiting for it to be durable: the caller
+    /// may do other work meanwhile, then waits with [`Written::durable`].
+    pub fn write(&self, record: &WalRecord) -> io::Result<Written<'_>> {
         let body = rmp_serde::to_vec_named(record)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         let envelope = rmp_serde::to_vec_named(&Envelope {
@@ -164,7 +170,31 @@ impl Wal {
         }
         log.size += frame.len() as u64;
         log.written += 1;
-        let mine = log.written;
+        Ok(Written {
+            wal: self,
+            mine: log.written,
+            applying,
+        })
+    }
+}
+
+/// A record written to the log, not yet known to be durable.
+pub struct Written<'a> {
+    wal: &'a Wal,
+    mine: u64,
+    applying: RwLockReadGuard<'a, ()>,
+}
+
+impl<'a> Written<'a> {
+    /// Returns once the record is durable, sharing the fdatasync with every
+    /// writer that arrived meanwhile.
+    pub fn durable(self) -> io::Result<Logged<'a>> {
+        let Written {
+            wal,
+            mine,
+            applying,
+        } = self;
+        let mut log = lock(&wal.log);
         loop {
             if let Some(failed) = &log.failed {
                 return Err(io::Error::other(failed.clone()));
@@ -175,24 +205,26 @@ impl Wal {
                 });
             }
             if log.syncing {
-                log = self.synced.wait(log).unwrap_or_else(|p| p.into_inner());
+                log = wal.synced.wait(log).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
             // Lead: sync everything written so far, for everyone.
             log.syncing = true;
             let upto = log.written;
             drop(log);
-            let result = self.sync_handle.sync_data();
-            log = lock(&self.log);
+            let result = wal.sync_handle.sync_data();
+            log = lock(&wal.log);
             log.syncing = false;
             match result {
                 Ok(()) => log.synced = log.synced.max(upto),
                 Err(e) => log.failed = Some(format!("the write-ahead log failed: {e}")),
             }
-            self.synced.notify_all();
+            wal.synced.notify_all();
         }
     }
+}
 
+impl Wal {
     /// Whether the log has grown past [`CHECKPOINT_BYTES`].
     pub fn wants_checkpoint(&self) -> bool {
         lock(&self.log).size >= CHECKPOINT_BYTES
