@@ -19,6 +19,13 @@
 //! - **(d)** once both servers are up and nothing fails, the pair reaches
 //!   ACTIVE (checked by letting the world heal from every reachable state).
 //!
+//! The replication stream (`ss::stream`) is modelled as a way to copy the
+//! serving server's writes to its partner that nm takes no part in
+//! (`StreamDeliver`), and in sync mode as a way to acknowledge a write once
+//! the partner has it, even while nm counts the partner lost: the machine's
+//! in-sync flag still moves only with catch-ups and losses, and the checks
+//! above must hold with the stream delivering at any moment.
+//!
 //! A catch-up is modelled by what the sync guarantees (see
 //! `nm::replication`): what only the target holds is copied back or kept as
 //! a conflict copy before the target is overwritten, so data is a set that
@@ -56,6 +63,10 @@ enum Action {
     Lose(Side),
     Write,
     Replicate,
+    /// The serving server's replication stream delivers what it holds to
+    /// its partner, without nm (see `ss::stream`): whenever both run and
+    /// the partner does not serve, whatever nm thinks of either.
+    StreamDeliver,
     CatchUpCopy,
     CatchUpDone,
     Diverge,
@@ -67,7 +78,7 @@ enum Action {
     GraceOver,
 }
 
-const ACTIONS: [Action; 18] = [
+const ACTIONS: [Action; 19] = [
     Action::Kill(Side::Primary),
     Action::Kill(Side::Backup),
     Action::Restart(Side::Primary),
@@ -78,6 +89,7 @@ const ACTIONS: [Action; 18] = [
     Action::Lose(Side::Backup),
     Action::Write,
     Action::Replicate,
+    Action::StreamDeliver,
     Action::CatchUpCopy,
     Action::CatchUpDone,
     Action::Diverge,
@@ -153,6 +165,15 @@ impl World {
     fn connected(&self, side: Side) -> bool {
         let s = &self.servers[side as usize];
         s.alive && s.registered
+    }
+
+    /// Whether the serving server's stream reaches `target`: it runs and does
+    /// not serve. (The real standby also wants the partner nm named and the
+    /// same epoch; the model lets the stream deliver more often than that.)
+    fn streams_to(&self, target: Side) -> bool {
+        let t = &self.servers[target as usize];
+        let source = &self.servers[target.other() as usize];
+        t.alive && t.serving.is_none() && source.alive && source.serving.is_some()
     }
 
     fn grant(&mut self, side: Side, epoch: u64) {
@@ -242,6 +263,12 @@ impl World {
                 w.server(side).data |= b;
                 let standby = side.other();
                 match mode {
+                    // On the replication stream: acknowledged once the
+                    // partner has it, whatever nm thinks of the partner.
+                    Mode::Sync if w.streams_to(standby) => {
+                        w.server(standby).data |= b;
+                        w.acked |= b;
+                    }
                     Mode::Sync => {
                         // While nm counts the standby up, the change waits for
                         // it (a job copies it, or the job fails and the
@@ -282,6 +309,21 @@ impl World {
                     return None;
                 }
                 w.server(standby).data |= data;
+                w.window &= !data;
+            }
+            Action::StreamDeliver => {
+                let source = [Side::Primary, Side::Backup]
+                    .into_iter()
+                    .find(|side| w.servers[*side as usize].serving.is_some())?;
+                let target = source.other();
+                if !w.streams_to(target) {
+                    return None;
+                }
+                let data = w.servers[source as usize].data;
+                if w.servers[target as usize].data & data == data {
+                    return None;
+                }
+                w.server(target).data |= data;
                 w.window &= !data;
             }
             Action::CatchUpCopy => {
