@@ -385,7 +385,7 @@ async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report
             let mut n = 0u64;
             let mut file = String::new();
             while Instant::now() < deadline {
-                if n % WRITES_PER_FILE == 0 {
+                if n.is_multiple_of(WRITES_PER_FILE) {
                     file = format!("lag-{c}-{}", n / WRITES_PER_FILE);
                     client.nm(NmRequest::Create { file: file.clone() }).await?;
                 }
