@@ -17,7 +17,8 @@ use crate::server::{next_request, Nm};
 use shared::connection::{Connection, Incoming};
 use shared::names::validate_path;
 use shared::proto::{
-    EventKind, InventoryEntry, JobKind, JobStep, NmReply, NmRequest, Reply, ServerState, Tombstone,
+    EventKind, InventoryEntry, JobKind, JobStep, NmReply, NmRequest, Reply, ServerState, SsRequest,
+    Tombstone,
 };
 use shared::WireError;
 use std::collections::HashSet;
@@ -327,9 +328,31 @@ impl Nm {
             reason: "registered".into(),
         });
         self.emit_all(events);
+        self.introduce_partner(name);
         if let Some(pair) = pair {
             self.act(&pair, pending, &format!("{name} registered"));
         }
+    }
+
+    /// Tells the partner of a server that just registered where it is, so
+    /// a serving partner opens its replication stream at once (heartbeats'
+    /// answers repeat it, so a lost message only delays the stream).
+    fn introduce_partner(&self, name: &str) {
+        let (client, partner) = {
+            let state = self.state();
+            let Some(other) = state.registry.partner(name) else {
+                return;
+            };
+            let Some(entry) = state.registry.get(&other.name) else {
+                return;
+            };
+            (entry.client.clone(), state.registry.partner(&other.name))
+        };
+        tokio::spawn(async move {
+            if let Err(e) = client.call(SsRequest::SetPartner { partner }).await {
+                tracing::debug!(event = "nm_partner_not_told", error = %e);
+            }
+        });
     }
 
     /// Handles one control message; a WRITE_COMPLETE also returns what to replicate.

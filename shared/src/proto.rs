@@ -751,6 +751,12 @@ pub enum SsRequest {
         to: String,
     },
 
+    /// From nm: the other server of this one's pair registered (at once,
+    /// rather than with the next heartbeat's answer).
+    SetPartner {
+        partner: Option<Partner>,
+    },
+
     /// From the serving server of the pair to its standby: opens the
     /// replication stream on this connection for changes made in `epoch`.
     /// Accepted only from the partner nm named, in the same epoch, while

@@ -395,6 +395,12 @@ fn every_message_round_trips() {
             file: "a".into(),
             to: "a.conflict-ss1-e1".into(),
         },
+        SsRequest::SetPartner {
+            partner: Some(shared::proto::Partner {
+                name: "ss1".into(),
+                address: "127.0.0.1:7".into(),
+            }),
+        },
         SsRequest::StreamOpen { epoch: 4 },
         SsRequest::StreamApply {
             file: "a".into(),

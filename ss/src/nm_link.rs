@@ -118,7 +118,7 @@ impl NmLink {
             .clone()
     }
 
-    fn set_partner(&self, partner: Option<Partner>) {
+    pub fn set_partner(&self, partner: Option<Partner>) {
         let changed = {
             let mut known = self.partner.lock().unwrap_or_else(|p| p.into_inner());
             let changed = *known != partner;

@@ -336,6 +336,10 @@ impl Server {
                 self.link.change_role(epoch, serving, writable).await;
                 Ok(SsReply::Done)
             }
+            SsRequest::SetPartner { partner } if from_nm => {
+                self.link.set_partner(partner);
+                Ok(SsReply::Done)
+            }
             SsRequest::KeepConflict { file, to } if from_nm => tokio::task::block_in_place(|| {
                 self.files.keep_conflict(&file, &to)
             })
@@ -551,6 +555,7 @@ impl Server {
             | SsRequest::ApplyDelete { .. }
             | SsRequest::PurgeTombstone { .. }
             | SsRequest::SetRole { .. }
+            | SsRequest::SetPartner { .. }
             | SsRequest::KeepConflict { .. }
             | SsRequest::Inventory
             | SsRequest::InventoryOf { .. } => Err(WireError::unauthorized(
@@ -760,6 +765,7 @@ fn operation_name(request: &SsRequest) -> &'static str {
         SsRequest::InventoryOf { .. } => "INVENTORY_OF",
         SsRequest::SetRole { .. } => "SET_ROLE",
         SsRequest::KeepConflict { .. } => "KEEP_CONFLICT",
+        SsRequest::SetPartner { .. } => "SET_PARTNER",
         SsRequest::StreamOpen { .. } => "STREAM_OPEN",
         SsRequest::StreamApply { .. } => "STREAM_APPLY",
     }

@@ -228,3 +228,24 @@ async fn only_the_partner_may_open_a_stream() {
         .unwrap_err();
     assert_eq!(refused.code, shared::ErrorCode::Unavailable, "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stream_opens_when_the_partner_registers_not_a_heartbeat_later() {
+    // Heartbeats far apart: the partner's address must come with nm's
+    // `SetPartner` when the backup registers, not with a heartbeat's answer.
+    let options = Options {
+        heartbeat_interval: "3s",
+        nm_args: vec!["--heartbeat-timeout", "10s"],
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let formed = std::time::Instant::now();
+    let events = watch(&cluster);
+    until_streaming(&cluster, &events).await;
+    assert!(
+        formed.elapsed() < std::time::Duration::from_millis(1500),
+        "the first streamed write came {:?} after the pair formed",
+        formed.elapsed()
+    );
+}
