@@ -22,6 +22,7 @@ use crate::client::Client;
 use crate::local_cluster::{ClusterError, LocalCluster};
 use serde::Serialize;
 use shared::proto::{FileMeta, FileStats, NmRequest, NmRole};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -342,22 +343,84 @@ async fn latency_report(
     })
 }
 
-/// How often the backup's file is read while a write's text is awaited.
+/// How often the backup's files are read while a write's text is awaited.
 const LAG_POLL: Duration = Duration::from_micros(50);
 /// A write whose text has not reached the backup after this long is counted unseen.
 const LAG_GIVE_UP: Duration = Duration::from_secs(5);
 
-/// Reads `path` until it holds `text`; the time from `acked` until then
-/// (zero if it was there at the first look), or `None` past [`LAG_GIVE_UP`].
-fn until_on_disk(path: &std::path::Path, text: &[u8], acked: Instant) -> Option<Duration> {
-    loop {
-        if std::fs::read(path).is_ok_and(|held| held.windows(text.len()).any(|w| w == text)) {
-            return Some(acked.elapsed());
+/// A write whose text is awaited in the backup's file.
+struct AwaitedText {
+    path: PathBuf,
+    text: Vec<u8>,
+    acked: Instant,
+    seen: tokio::sync::oneshot::Sender<Option<Duration>>,
+}
+
+/// One thread that reads the backup's files every [`LAG_POLL`] while some
+/// write's text is awaited (one reader for every client, so the measuring
+/// does not crowd out what it measures on a small machine).
+#[derive(Default)]
+struct BackupWatch {
+    awaited: Mutex<Vec<AwaitedText>>,
+    wake: std::sync::Condvar,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl BackupWatch {
+    /// Resolves to the time from `acked` until `path` holds `text` (zero if
+    /// it did at the first look), or `None` past [`LAG_GIVE_UP`].
+    fn expect(
+        &self,
+        path: PathBuf,
+        text: Vec<u8>,
+        acked: Instant,
+    ) -> tokio::sync::oneshot::Receiver<Option<Duration>> {
+        let (seen, rx) = tokio::sync::oneshot::channel();
+        self.awaited.lock().unwrap().push(AwaitedText {
+            path,
+            text,
+            acked,
+            seen,
+        });
+        self.wake.notify_one();
+        rx
+    }
+
+    fn run(&self) {
+        loop {
+            let awaited = {
+                let mut awaited = self.awaited.lock().unwrap();
+                while awaited.is_empty() {
+                    if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    awaited = self
+                        .wake
+                        .wait_timeout(awaited, Duration::from_millis(50))
+                        .unwrap()
+                        .0;
+                }
+                std::mem::take(&mut *awaited)
+            };
+            let mut contents: HashMap<PathBuf, Vec<u8>> = HashMap::new();
+            let mut still = Vec::new();
+            for wait in awaited {
+                let held = contents
+                    .entry(wait.path.clone())
+                    .or_insert_with(|| std::fs::read(&wait.path).unwrap_or_default());
+                if held.windows(wait.text.len()).any(|w| w == wait.text) {
+                    let _ = wait.seen.send(Some(wait.acked.elapsed()));
+                } else if wait.acked.elapsed() > LAG_GIVE_UP {
+                    let _ = wait.seen.send(None);
+                } else {
+                    still.push(wait);
+                }
+            }
+            if !still.is_empty() {
+                self.awaited.lock().unwrap().extend(still);
+                std::thread::sleep(LAG_POLL);
+            }
         }
-        if acked.elapsed() > LAG_GIVE_UP {
-            return None;
-        }
-        std::thread::sleep(LAG_POLL);
     }
 }
 
@@ -366,6 +429,11 @@ async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report
     cluster.start_ss("ss1_backup").await?;
     cluster.wait_replicated("ss1").await?;
     let backup_files = cluster.storage("ss1_backup").join("files");
+    let watch = Arc::new(BackupWatch::default());
+    let watcher = {
+        let watch = watch.clone();
+        std::thread::spawn(move || watch.run())
+    };
     let clients = args.clients.max(1);
     let interval = Duration::from_secs_f64(clients as f64 / args.rate.max(1) as f64);
     // Each client writes to a file of its own, a new one every this many
@@ -377,6 +445,7 @@ async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report
         let nm = cluster.nm_addr().to_owned();
         let deadline = started + args.duration;
         let backup_files = backup_files.clone();
+        let watch = watch.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = Client::connect(&nm, &format!("bench{c}")).await?;
             let mut acks = Vec::new();
@@ -397,15 +466,12 @@ async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report
                 write_sentence(&mut client, &file, sentence, &text).await?;
                 let acked = Instant::now();
                 acks.push(acked - t);
-                let path = backup_files.join(&file);
-                watching.push(tokio::task::spawn_blocking(move || {
-                    until_on_disk(&path, text.as_bytes(), acked)
-                }));
+                watching.push(watch.expect(backup_files.join(&file), text.into_bytes(), acked));
                 n += 1;
             }
             let mut lags = Vec::new();
-            for watch in watching {
-                lags.push(watch.await.expect("lag poller"));
+            for seen in watching {
+                lags.push(seen.await.unwrap_or(None));
             }
             Ok::<_, BenchError>((acks, lags))
         }));
@@ -424,6 +490,8 @@ async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    watch.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = watcher.join();
     if unseen > 0 {
         eprintln!(
             "repl-lag: {unseen} writes never reached the backup's file within {LAG_GIVE_UP:?}"
