@@ -15,6 +15,13 @@
 # between rounds would measure the clean-up. With BIN_B a second cluster
 # runs another build's nm, ss and console, and the rounds alternate.
 # BIN=folder runs the first cluster from another build.
+#
+# BACKUPS=1: the two storage servers are a pair (ss1 and ss1_backup) instead
+# of two primaries, so every change is replicated. ENV_A / ENV_B: variables
+# for the storage servers of cluster A / B, e.g. the replication stream
+# against nm's jobs, alternating, on one build:
+#
+#   PAIRS=1 BACKUPS=1 ROUNDS=5 BIN_B=target/release ENV_B=SS_REPLICATION_STREAM=false scripts/bench-batch.sh 3000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000}
@@ -25,19 +32,28 @@ cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -r
 trap cleanup EXIT INT TERM
 
 head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n" > "$dir/cluster.key"
-# start_cluster NAME BIN: nm and two storage servers under $dir/NAME.
+# start_cluster NAME BIN ENV: nm and two storage servers under $dir/NAME.
 start_cluster() {
-  local name=$1 bin=$2 home="$dir/$1"
+  local name=$1 bin=$2 vars=${3:-} home="$dir/$1"
   mkdir -p "$home"
   "$bin/nm" --listen 127.0.0.1:0 --data-dir "$home/nm" --ready-file "$home/nm.addr" --cluster-key-file "$dir/cluster.key" --quiet 2>/dev/null &
   for _ in $(seq 100); do [ -s "$home/nm.addr" ] && break; sleep 0.1; done
   local nm
   nm=$(cat "$home/nm.addr")
-  for ss in ss1 ss2; do "$bin/ss" --nm "$nm" --username "$ss" --storage "$home/$ss" --cluster-key-file "$dir/cluster.key" 2>/dev/null & done
+  local servers=(ss1 ss2)
+  [ "${BACKUPS:-0}" = 1 ] && servers=(ss1 ss1_backup)
+  # shellcheck disable=SC2086
+  for ss in "${servers[@]}"; do env $vars "$bin/ss" --nm "$nm" --username "$ss" --storage "$home/$ss" --cluster-key-file "$dir/cluster.key" 2>/dev/null & done
   for _ in $(seq 100); do
     [ "$("$bin/console" --nm "$nm" --batch --json <<<STATUS | grep -o ALIVE | wc -l)" -ge 2 ] && break
     sleep 0.1
   done
+  if [ "${BACKUPS:-0}" = 1 ]; then
+    for _ in $(seq 100); do
+      "$bin/console" --nm "$nm" --batch --json <<<STATUS | grep -q '"ACTIVE"' && break
+      sleep 0.1
+    done
+  fi
 }
 
 # script ROUND: the session's commands, on names of its own.
@@ -70,8 +86,8 @@ session() {
 }
 
 bin_a=${BIN:-target/release}
-start_cluster a "$bin_a"
-[ -z "${BIN_B:-}" ] || start_cluster b "$BIN_B"
+start_cluster a "$bin_a" "${ENV_A:-}"
+[ -z "${BIN_B:-}" ] || start_cluster b "$BIN_B" "${ENV_B:-}"
 rates_a=(); rates_b=()
 for ((r = 0; r < rounds; r++)); do
   rate=$(session a "$bin_a" "$r"); rates_a+=("$rate")
@@ -82,5 +98,6 @@ for ((r = 0; r < rounds; r++)); do
   fi
 done
 median() { python3 -c "import statistics,sys; print(round(statistics.median(float(x) for x in sys.argv[1:])))" "$@"; }
-echo "$n $unit per session, $rounds rounds: median $(median "${rates_a[@]}") $unit/s (${rates_a[*]}) with $bin_a"
-[ -z "${BIN_B:-}" ] || echo "$n $unit per session, $rounds rounds: median $(median "${rates_b[@]}") $unit/s (${rates_b[*]}) with $BIN_B"
+echo "$n $unit per session, $rounds rounds: median $(median "${rates_a[@]}") $unit/s (${rates_a[*]}) with $bin_a ${ENV_A:-}"
+[ -z "${BIN_B:-}" ] || echo "$n $unit per session, $rounds rounds: median $(median "${rates_b[@]}") $unit/s (${rates_b[*]}) with $BIN_B ${ENV_B:-}"
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"

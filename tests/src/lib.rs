@@ -95,6 +95,26 @@ pub struct Options {
     pub ss_args: Vec<&'static str>,
 }
 
+impl Options {
+    /// Every change goes through nm's replication jobs (`ss
+    /// --replication-stream false`). For tests that need the asynchronous
+    /// window on demand ([`TestCluster::primary_dies_with_unreplicated_changes`]):
+    /// a hung backup still has the stream's frames in its socket buffer and
+    /// may apply them when it resumes, and on one address the stream cannot
+    /// be partitioned from the pair (the HA harness's partitions do that).
+    pub fn jobs_only(mut self) -> Self {
+        self.ss_args.extend(["--replication-stream", "false"]);
+        self
+    }
+
+    fn streams(&self) -> bool {
+        !self
+            .ss_args
+            .windows(2)
+            .any(|w| w == ["--replication-stream", "false"])
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -300,6 +320,10 @@ impl TestCluster {
         backup: &str,
         script: &str,
     ) {
+        assert!(
+            !self.options.streams(),
+            "the async window on demand needs Options::jobs_only(): the stream would deliver the changes when the backup resumes"
+        );
         self.signal_ss(backup, libc::SIGSTOP);
         self.console("alice", script).all_ok();
         self.kill_ss(primary);

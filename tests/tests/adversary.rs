@@ -29,7 +29,17 @@ fn options(mode: &'static str) -> Options {
 }
 
 async fn active_pair(mode: &'static str) -> TestCluster {
-    let cluster = TestCluster::start_with(&SERVERS, options(mode)).await;
+    active_pair_with(options(mode)).await
+}
+
+/// An active pair whose changes go through nm's jobs only, for the async
+/// window on demand (see `Options::jobs_only`).
+async fn window_pair() -> TestCluster {
+    active_pair_with(options("async").jobs_only()).await
+}
+
+async fn active_pair_with(options: Options) -> TestCluster {
+    let cluster = TestCluster::start_with(&SERVERS, options).await;
     cluster.wait_pair("ss1", PairState::Active).await;
     cluster
         .console("alice", "CREATE a.txt\nWRITE a.txt 0\n0 Before.\nETIRW\n")
@@ -562,7 +572,7 @@ async fn async_window_write_versus_a_move_on_the_promoted_backup() {
 }
 
 async fn async_window_write_versus(backup_script: &str) {
-    let mut cluster = active_pair("async").await;
+    let mut cluster = window_pair().await;
     cluster.primary_dies_with_unreplicated_changes(
         "ss1",
         "ss1_backup",
@@ -604,7 +614,7 @@ async fn async_window_write_versus(backup_script: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn async_window_create_versus_the_same_name_on_the_promoted_backup() {
-    let mut cluster = active_pair("async").await;
+    let mut cluster = window_pair().await;
     cluster.primary_dies_with_unreplicated_changes(
         "ss1",
         "ss1_backup",
@@ -655,7 +665,7 @@ async fn async_window_create_versus_the_same_name_on_the_promoted_backup() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn async_double_failover_keeps_both_sides() {
-    let mut cluster = active_pair("async").await;
+    let mut cluster = window_pair().await;
     cluster.primary_dies_with_unreplicated_changes(
         "ss1",
         "ss1_backup",

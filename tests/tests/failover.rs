@@ -20,7 +20,11 @@ fn fast() -> Options {
 }
 
 async fn pair_cluster() -> TestCluster {
-    let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], fast()).await;
+    pair_cluster_with(fast()).await
+}
+
+async fn pair_cluster_with(options: Options) -> TestCluster {
+    let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
     cluster.wait_pair("ss1", PairState::Active).await;
     cluster
         .console(
@@ -234,7 +238,7 @@ async fn both_servers_down_is_unavailable_and_nothing_is_lost_when_they_return()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_lost_in_the_async_window_becomes_a_conflict_copy() {
-    let mut cluster = pair_cluster().await;
+    let mut cluster = pair_cluster_with(fast().jobs_only()).await;
     // The backup hangs, so the next change on the primary is acknowledged
     // but not replicated; then the primary dies.
     cluster.primary_dies_with_unreplicated_changes(

@@ -25,7 +25,11 @@ fn options(mode: &'static str) -> Options {
 }
 
 async fn active_pair(mode: &'static str) -> TestCluster {
-    let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options(mode)).await;
+    active_pair_with(options(mode)).await
+}
+
+async fn active_pair_with(options: Options) -> TestCluster {
+    let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
     cluster.wait_pair("ss1", PairState::Active).await;
     cluster
         .console("alice", "CREATE a.txt\nWRITE a.txt 0\n0 Before.\nETIRW\n")
@@ -155,8 +159,13 @@ async fn a1_with_1500_files_to_catch_up() {
 /// In async mode the primary also holds a change the backup never saw, so
 /// its return keeps a conflict copy.
 async fn a2_serving_backup_dies_while_the_primary_returns(mode: &'static str, delay_ms: u64) {
-    let mut cluster = active_pair(mode).await;
     let conflicting = mode == "async";
+    // The async window on demand needs the changes off the stream.
+    let mut cluster = if conflicting {
+        active_pair_with(options(mode).jobs_only()).await
+    } else {
+        active_pair(mode).await
+    };
     if conflicting {
         let script = "WRITE a.txt 1\n0 Only the primary saw this.\nETIRW\n";
         cluster.primary_dies_with_unreplicated_changes("ss1", "ss1_backup", script);
@@ -220,7 +229,8 @@ async fn a2_async_a_returning_primary_keeps_its_conflicting_change() {
 /// A3: a conflict on a file whose last name component is 250 bytes.
 #[tokio::test(flavor = "multi_thread")]
 async fn a3_a_conflict_copy_of_a_long_name_fits() {
-    let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options("async")).await;
+    let cluster =
+        TestCluster::start_with(&["ss1", "ss1_backup"], options("async").jobs_only()).await;
     let mut cluster = cluster;
     cluster.wait_pair("ss1", PairState::Active).await;
     let long = format!("d/{}", "x".repeat(250));
