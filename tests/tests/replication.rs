@@ -156,9 +156,9 @@ async fn changes_to_one_file_coalesce_while_the_backup_is_busy() {
         Options {
             nm_args: vec!["--repl-workers", "1"],
             // The jobs' queue is what this tests: changes go through nm.
-            ss_args: vec!["--replication-stream", "false"],
             ..Options::default()
-        },
+        }
+        .jobs_only(),
     )
     .await;
     cluster.wait_pair("ss1", PairState::Active).await;
@@ -191,10 +191,12 @@ async fn changes_to_one_file_coalesce_while_the_backup_is_busy() {
 async fn a_full_queue_becomes_one_sync_and_nothing_is_lost() {
     let cluster = TestCluster::start_with(
         &["ss1", "ss1_backup"],
+        // The queue is what this tests: changes go through nm.
         Options {
             nm_args: vec!["--repl-queue-capacity", "4", "--repl-workers", "1"],
             ..Options::default()
-        },
+        }
+        .jobs_only(),
     )
     .await;
     cluster.wait_pair("ss1", PairState::Active).await;
@@ -403,7 +405,8 @@ async fn a_backup_killed_mid_transfer_keeps_no_partial_file_and_the_next_sync_co
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_prints_job_and_pair_events_as_json_lines() {
     use std::io::{BufRead, BufReader};
-    let mut cluster = TestCluster::start(&["ss1"]).await;
+    // Job events: changes go through nm (the stream's events are in tests/stream.rs).
+    let mut cluster = TestCluster::start_with(&["ss1"], Options::default().jobs_only()).await;
     let mut watcher = cluster
         .console_command("operator", &["--json"])
         .stdin(std::process::Stdio::piped())

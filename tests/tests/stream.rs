@@ -249,3 +249,29 @@ async fn the_stream_opens_when_the_partner_registers_not_a_heartbeat_later() {
         formed.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_backup_stalls_the_stream_and_nothing_is_lost() {
+    let cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let events = watch(&cluster);
+    until_streaming(&cluster, &events).await;
+    cluster.signal_ss("ss1_backup", libc::SIGSTOP);
+    // Acknowledged at once (async), none acknowledged by the hung backup:
+    // past the stream's patience they go to nm's jobs.
+    let script: String = (0..30)
+        .map(|i| format!("CREATE h{i}.txt\nWRITE h{i}.txt 0\n0 Hung {i}.\nETIRW\n"))
+        .collect();
+    cluster.console("alice", &script).all_ok();
+    eventually("the stream to hand the changes to nm", async || {
+        (jobs_queued_for(&events, "h0.txt") > 0).then_some(())
+    })
+    .await;
+    cluster.signal_ss("ss1_backup", libc::SIGCONT);
+    cluster.wait_replicated().await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+    for i in 0..30 {
+        let text = backup_content(&cluster, &format!("h{i}.txt"));
+        assert!(text.contains(&format!("Hung {i}.")), "h{i}.txt: {text:?}");
+    }
+}
