@@ -16,7 +16,7 @@
 //!   (never over a newer version or a newer delete).
 //! - Every change is either acknowledged by the standby (durable there) or
 //!   handed back to nm: when the stream breaks, falls behind by more than
-//!   [`WINDOW`] changes or is refused a change, the change goes to nm as an
+//!   [`WINDOW`] changes or [`WINDOW_BYTES`], or is refused a change, the change goes to nm as an
 //!   ordinary notice and nm's job copies it (and marks the standby out of
 //!   sync if that fails). nm records every streamed change in the pair's
 //!   catch-up record and settles it when the batched acknowledgements
@@ -39,6 +39,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Changes sent and not yet acknowledged; past this a change goes through nm.
 pub const WINDOW: usize = 1024;
+/// Content sent and not yet acknowledged; past this a change goes through nm
+/// (so a hung standby holds at most this much of the primary's memory).
+pub const WINDOW_BYTES: usize = 64 << 20;
 /// Largest content sent on the stream; larger files go through nm's jobs
 /// (chunked copies that do not hold up small changes).
 pub const MAX_STREAMED_BYTES: usize = 1 << 20;
@@ -58,6 +61,7 @@ const APPLYING: usize = 64;
 struct Unacked {
     file: String,
     stats: FileStats,
+    bytes: usize,
     committed: Instant,
     /// `true` once the standby has it durably, `false` if it went to nm instead.
     waiter: Option<oneshot::Sender<bool>>,
@@ -81,6 +85,8 @@ struct State {
     open: Option<Open>,
     next_seq: u64,
     unacked: HashMap<u64, Unacked>,
+    /// Content bytes of `unacked`.
+    unacked_bytes: usize,
 }
 
 /// The sending side, on the serving server.
@@ -123,11 +129,15 @@ impl Streamer {
             open,
             next_seq,
             unacked,
+            unacked_bytes,
         } = &mut *state;
         let Some(open) = open.as_ref() else {
             return Offered::NotSent;
         };
-        if open.epoch != meta.stats.epoch || unacked.len() >= WINDOW {
+        if open.epoch != meta.stats.epoch
+            || unacked.len() >= WINDOW
+            || *unacked_bytes + content.len() > WINDOW_BYTES
+        {
             return Offered::NotSent;
         }
         *next_seq += 1;
@@ -142,11 +152,13 @@ impl Streamer {
             return Offered::NotSent;
         }
         let (tx, rx) = oneshot::channel();
+        *unacked_bytes += content.len();
         unacked.insert(
             seq,
             Unacked {
                 file: file.to_owned(),
                 stats: meta.stats.clone(),
+                bytes: content.len(),
                 committed: Instant::now(),
                 waiter: Some(tx),
             },
@@ -154,9 +166,17 @@ impl Streamer {
         Offered::Sent(rx)
     }
 
+    /// Takes `seq` out of the window.
+    fn settle(&self, seq: u64) -> Option<Unacked> {
+        let mut state = self.lock();
+        let unacked = state.unacked.remove(&seq)?;
+        state.unacked_bytes -= unacked.bytes;
+        Some(unacked)
+    }
+
     /// The standby has `seq` durably.
     fn acked(&self, seq: u64) -> Option<StreamedChange> {
-        let mut unacked = self.lock().unacked.remove(&seq)?;
+        let mut unacked = self.settle(seq)?;
         if let Some(waiter) = unacked.waiter.take() {
             let _ = waiter.send(true);
         }
@@ -170,7 +190,7 @@ impl Streamer {
 
     /// The standby refused `seq`: nm copies it instead.
     fn refused(&self, seq: u64, error: &WireError) {
-        let Some(unacked) = self.lock().unacked.remove(&seq) else {
+        let Some(unacked) = self.settle(seq) else {
             return;
         };
         tracing::warn!(event = "ss_stream_refused", file = %unacked.file, error = %error, "the standby refused a streamed change; nm copies it instead");
@@ -196,6 +216,7 @@ impl Streamer {
         let unacked: Vec<Unacked> = {
             let mut state = self.lock();
             state.open = None;
+            state.unacked_bytes = 0;
             state.unacked.drain().map(|(_, u)| u).collect()
         };
         if !unacked.is_empty() {
@@ -218,7 +239,7 @@ impl Streamer {
     pub async fn run(
         self: Arc<Self>,
         me: String,
-        files_key: Option<shared::auth::ClusterKey>,
+        key: Option<shared::auth::ClusterKey>,
         shutdown: CancellationToken,
     ) {
         if !self.enabled {
@@ -235,7 +256,7 @@ impl Streamer {
                 }
                 continue;
             };
-            let session = self.stream_to(&me, files_key.as_ref(), &current, &mut target);
+            let session = self.stream_to(&me, key.as_ref(), &current, &mut target);
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => { self.close(); return }
                 outcome = session => outcome,
