@@ -397,7 +397,11 @@ impl Nm {
                                 stamp: stats.stamp(),
                                 streamed,
                             });
-                            record.stats = stats;
+                            // A change handed back by the stream may arrive
+                            // after a later one's notice.
+                            if stats.stamp() >= record.stats.stamp() {
+                                record.stats = stats;
+                            }
                         }
                         // A CREATE whose answer nm has not handled yet: the
                         // stream handed the change back before nm knew the
@@ -411,12 +415,20 @@ impl Nm {
                                 streamed,
                             });
                         }
-                        _ => tracing::warn!(
-                            event = "nm_unknown_file_changed",
-                            server,
-                            file,
-                            "change notice from a server that does not serve this file"
-                        ),
+                        _ => {
+                            tracing::warn!(
+                                event = "nm_unknown_file_changed",
+                                server,
+                                file,
+                                "change notice from a server that does not serve this file"
+                            );
+                            // Never `Done`: a synchronous change waits for this
+                            // answer, and nm will not replicate it.
+                            let error = WireError::unavailable(format!(
+                                "{server} does not serve {file:?} now: the change is not replicated"
+                            ));
+                            return (Err(error), None);
+                        }
                     }
                 }
                 NmRequest::FileAccessed { file, user, at_ms } => {

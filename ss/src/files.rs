@@ -656,7 +656,22 @@ impl Files {
             }
             return Ok(());
         }
-        install(&self.store, &e.meta, &meta)?;
+        if let Err(error) = install(&self.store, &e.meta, &meta) {
+            if !existed {
+                // Not left in memory as a file this server holds.
+                e.deleted = true;
+                drop(e);
+                let mut map = self.lock_map();
+                if map
+                    .entries
+                    .get(file)
+                    .is_some_and(|found| Arc::ptr_eq(found, &entry))
+                {
+                    map.remove(file);
+                }
+            }
+            return Err(error.into());
+        }
         if deleted_at > (0, 0) {
             self.store.remove_tombstone(file)?;
         }

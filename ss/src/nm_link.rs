@@ -75,6 +75,11 @@ pub struct NmLink {
     lease_until: std::sync::Mutex<Option<Instant>>,
     notices: mpsc::Sender<Notice>,
     receiver: std::sync::Mutex<Option<mpsc::Receiver<Notice>>>,
+    /// Changes the replication stream handed back, by file (the latest
+    /// each): sent to nm by the link itself, never dropped like a notice
+    /// in a full queue, or nm would never copy them.
+    handed_back: std::sync::Mutex<HashMap<String, FileStats>>,
+    handed_back_ready: tokio::sync::Notify,
     /// The other server of the pair, as nm last named it.
     partner: std::sync::Mutex<Option<Partner>>,
     /// Where this server streams its changes: its partner, while it serves.
@@ -105,6 +110,8 @@ impl NmLink {
             lease_until: std::sync::Mutex::new(None),
             notices,
             receiver: std::sync::Mutex::new(Some(receiver)),
+            handed_back: std::sync::Mutex::new(HashMap::new()),
+            handed_back_ready: tokio::sync::Notify::new(),
             partner: std::sync::Mutex::new(None),
             stream_target: watch::Sender::new(None),
         })
@@ -303,14 +310,23 @@ impl NmLink {
     /// copies it the other way (a job). Nobody waits for it; it is sent
     /// again until nm answers.
     pub fn file_not_streamed(&self, file: &str, stats: &FileStats) {
-        let _ = self.notices.try_send(Notice {
-            request: NmRequest::FileChanged {
-                file: file.to_owned(),
-                stats: stats.clone(),
-                streamed: false,
-            },
-            delivered: None,
-        });
+        {
+            let mut handed_back = self.handed_back.lock().unwrap_or_else(|p| p.into_inner());
+            let newer = handed_back
+                .get(file)
+                .is_none_or(|known| known.stamp() < stats.stamp());
+            if newer {
+                handed_back.insert(file.to_owned(), stats.clone());
+            }
+        }
+        self.handed_back_ready.notify_one();
+    }
+
+    /// The changes handed back since the last call.
+    fn take_handed_back(&self) -> Vec<(String, FileStats)> {
+        std::mem::take(&mut *self.handed_back.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .collect()
     }
 
     /// Reports changes the backup acknowledged on the stream; nobody waits.
@@ -583,6 +599,15 @@ async fn serve_link(
                     next_id += 1;
                     writer.send(&Request { id, body: request.clone() }).await?;
                     pending.insert(id, Pending::Notice { resend: Some(request), sent: Instant::now(), delivered });
+                }
+            }
+            _ = link.handed_back_ready.notified() => {
+                for (file, stats) in link.take_handed_back() {
+                    let request = NmRequest::FileChanged { file, stats, streamed: false };
+                    let id = next_id;
+                    next_id += 1;
+                    writer.send(&Request { id, body: request.clone() }).await?;
+                    pending.insert(id, Pending::Notice { resend: Some(request), sent: Instant::now(), delivered: None });
                 }
             }
             notice = notices.recv() => {

@@ -20,6 +20,11 @@ use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+/// How long a synchronous change waits for the standby's acknowledgement on
+/// the stream before it falls back to nm's confirmation (the stream hands
+/// the change back well before: it deems a standby stuck after 2 s).
+const SYNC_STREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// State shared by every connection of this server.
 pub struct Server {
     config: Config,
@@ -588,7 +593,12 @@ impl Server {
         match offered {
             crate::stream::Offered::NotSent => false,
             crate::stream::Offered::Sent(_) if !self.link.sync_replication() => true,
-            crate::stream::Offered::Sent(acked) => acked.await.unwrap_or(false),
+            crate::stream::Offered::Sent(acked) => {
+                matches!(
+                    tokio::time::timeout(SYNC_STREAM_WAIT, acked).await,
+                    Ok(Ok(true))
+                )
+            }
         }
     }
 
@@ -607,10 +617,21 @@ impl Server {
         if !self.link.sync_replication() {
             return self.link.file_changed(file, stats, true).await;
         }
-        let (recorded, acked) = tokio::join!(self.link.file_changed(file, stats, true), acked);
+        let (recorded, acked) = tokio::join!(
+            self.link.file_changed(file, stats, true),
+            tokio::time::timeout(SYNC_STREAM_WAIT, acked)
+        );
         recorded?;
         match acked {
-            Ok(true) => Ok(()),
+            Ok(Ok(true)) => Ok(()),
+            // Made under a role this server no longer has: nobody will
+            // copy it as a change of the serving server.
+            _ if self.link.epoch() != stats.epoch || !self.link.is_serving() => {
+                Err(WireError::unavailable(format!(
+                    "the change was applied here in epoch {} but the backup has not confirmed it, and this server's role has changed since; it may not survive",
+                    stats.epoch
+                )))
+            }
             _ => self.link.file_changed(file, stats, false).await,
         }
     }

@@ -650,20 +650,21 @@ impl Store {
     }
 
     /// Installs a change from the replication stream. With the log: the
-    /// record is written, the content put in place while the log's
-    /// fdatasync runs, and the metadata (which names the version) only once
-    /// the record is durable. A crash before that leaves the old metadata,
-    /// at worst beside the new content: the server then lists the old
-    /// version, and the catch-up after its restart copies the file again.
-    /// Without the log: as any copy, durable before it returns.
+    /// record is written and the content goes into a temp file while the
+    /// log's fdatasync runs; only once the record is durable are the
+    /// content and the metadata put in place (a replay rewrites them whole,
+    /// so a crash at any point leaves the old version or the new one). The
+    /// content must not be renamed in place earlier: the rename hands the
+    /// old content's inode to the spare pool at once, and on this
+    /// journal-less ext4 a crash could then leave the name on new content
+    /// that was never synced, under metadata that still names the old
+    /// version. Without the log: as any copy, durable before it returns.
     pub fn install_streamed(
         &self,
         file: &str,
         content: &[u8],
         meta: &FileMeta,
     ) -> Result<(), StoreError> {
-        let mut temp = self.temp_file()?;
-        temp.write_all(content)?;
         match &self.wal {
             Some(wal) if content.len() <= MAX_LOGGED_BYTES => {
                 let written = wal.write(&WalRecord::Install {
@@ -671,15 +672,24 @@ impl Store {
                     content: content.to_vec(),
                     meta: meta.clone(),
                 })?;
-                // Placed before the record is durable: a failure here leaves
-                // a record whose replay installs a version the primary holds.
-                self.place(temp, file, Placed::Content, &mut BTreeSet::new())?;
+                // A failure before the record is known durable is reported
+                // (the primary hands the change to nm): if the record becomes
+                // durable anyway, a replay installs a version the primary
+                // holds, which is harmless. After, a failure to apply aborts,
+                // as for every logged change.
+                let mut temp = self.temp_file()?;
+                temp.write_all(content)?;
                 let logged = written.durable()?;
-                applied_or_abort(file, self.write_meta_files(file, meta, Durable::Later));
+                let applied = self
+                    .place(temp, file, Placed::Content, &mut BTreeSet::new())
+                    .and_then(|()| self.write_meta_files(file, meta, Durable::Later));
+                applied_or_abort(file, applied);
                 drop(logged);
                 self.checkpoint_if_due()
             }
             _ => {
+                let mut temp = self.temp_file()?;
+                temp.write_all(content)?;
                 let meta_temp = self.meta_temp(file, meta)?;
                 self.sync_temps([&meta_temp, &temp])?;
                 let mut dirs = BTreeSet::new();

@@ -43,8 +43,9 @@ pub const WINDOW: usize = 1024;
 /// (so a hung standby holds at most this much of the primary's memory).
 pub const WINDOW_BYTES: usize = 64 << 20;
 /// Largest content sent on the stream; larger files go through nm's jobs
-/// (chunked copies that do not hold up small changes).
-pub const MAX_STREAMED_BYTES: usize = 1 << 20;
+/// (chunked copies that do not hold up small changes). Well under the
+/// smallest frame limit a standby may run with, metadata included.
+pub const MAX_STREAMED_BYTES: usize = 256 << 10;
 /// Acknowledged changes are reported to nm at most this often (or per
 /// [`REPORT_BATCH`]).
 const REPORT_EVERY: Duration = Duration::from_millis(20);
@@ -317,14 +318,20 @@ impl Streamer {
                 }
                 change = outgoing.recv() => {
                     let Some(change) = change else { return Ok(()) };
-                    writer.send(&Request {
+                    let request = Request {
                         id: change.seq,
                         body: SsRequest::StreamApply {
                             file: change.file,
                             meta: change.meta,
                             content: serde_bytes::ByteBuf::from(change.content),
                         },
-                    }).await?;
+                    };
+                    // A standby that stops reading (a stalled disk) must not
+                    // hold this loop: its acknowledgements, the stall check
+                    // and a new target are all waiting on it.
+                    tokio::time::timeout(ACK_TIMEOUT, writer.send(&request))
+                        .await
+                        .map_err(|_| StreamError::Stuck)??;
                 }
                 reply = reader.recv::<Reply<SsReply>>() => {
                     let Some(reply) = reply? else {
