@@ -330,6 +330,20 @@ impl TestCluster {
         self.signal_ss(backup, libc::SIGCONT);
     }
 
+    /// Collects WATCH events in the background, from now on.
+    pub fn watch_events(&self) -> std::sync::Arc<std::sync::Mutex<Vec<shared::proto::Event>>> {
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let nm = self.nm_addr().to_owned();
+        tokio::spawn(async move {
+            let client = Client::connect(&nm, "watcher").await.unwrap();
+            let _ = client
+                .watch(None, None, |event| sink.lock().unwrap().push(event))
+                .await;
+        });
+        events
+    }
+
     /// Sends a signal (SIGSTOP, SIGCONT, …) to nm.
     pub fn signal_nm(&self, signal: i32) {
         let child = self.nm.as_ref().expect("nm is not running");
@@ -352,13 +366,21 @@ impl TestCluster {
     }
 
     /// Waits until `primary`'s pair is in `state`.
+    /// Waits until the pair is in `state`. PRIMARY_FAILED counts once the
+    /// backup's promotion is recorded and it serves (the state shows as soon
+    /// as the primary is lost, a few ms before), so a test can go on with
+    /// its next command at once.
     pub async fn wait_pair(&self, primary: &str, state: PairState) {
         eventually(&format!("pair {primary} to be {state:?}"), async || {
             let status = self.try_status().await?;
             status
                 .pairs
                 .iter()
-                .any(|p| p.primary == primary && p.state == state)
+                .any(|p| {
+                    p.primary == primary
+                        && p.state == state
+                        && (state != PairState::PrimaryFailed || p.reason.is_none())
+                })
                 .then_some(())
         })
         .await

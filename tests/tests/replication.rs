@@ -2,25 +2,10 @@
 //! either order, coalescing, overflow into a sync, sync by difference, and a
 //! backup killed in the middle of a large transfer.
 
-use console::client::Client;
 use shared::proto::{Event, EventKind, JobKind, JobStep, PairState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tests::{eventually, Options, TestCluster};
-
-/// Collects WATCH events in the background.
-fn watch(cluster: &TestCluster) -> Arc<Mutex<Vec<Event>>> {
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let sink = events.clone();
-    let nm = cluster.nm_addr().to_owned();
-    tokio::spawn(async move {
-        let client = Client::connect(&nm, "watcher").await.unwrap();
-        let _ = client
-            .watch(None, None, |event| sink.lock().unwrap().push(event))
-            .await;
-    });
-    events
-}
 
 /// Waits for the subscription to be live (its own registration shows in nm's LIST).
 async fn watching(cluster: &TestCluster, events: &Arc<Mutex<Vec<Event>>>) {
@@ -162,7 +147,7 @@ async fn changes_to_one_file_coalesce_while_the_backup_is_busy() {
     )
     .await;
     cluster.wait_pair("ss1", PairState::Active).await;
-    let events = watch(&cluster);
+    let events = cluster.watch_events();
     watching(&cluster, &events).await;
     cluster.console("alice", "CREATE hot.txt\n").all_ok();
     eventually("the create to start", async || {
@@ -200,7 +185,7 @@ async fn a_full_queue_becomes_one_sync_and_nothing_is_lost() {
     )
     .await;
     cluster.wait_pair("ss1", PairState::Active).await;
-    let events = watch(&cluster);
+    let events = cluster.watch_events();
     watching(&cluster, &events).await;
     cluster.signal_ss("ss1_backup", libc::SIGSTOP);
     let creates: String = (0..30).map(|i| format!("CREATE f{i:02}\n")).collect();
@@ -265,7 +250,7 @@ async fn a_returning_backup_receives_only_the_difference() {
         .map(|i| format!("CREATE f{i:02}\nWRITE f{i:02} 0\n0 File {i}.\nETIRW\n"))
         .collect();
     cluster.console("alice", &creates).all_ok();
-    let events = watch(&cluster);
+    let events = cluster.watch_events();
     watching(&cluster, &events).await;
     // A late backup receives everything.
     cluster.start_ss("ss1_backup").await;
@@ -300,7 +285,7 @@ async fn a_backup_back_on_an_emptied_disk_or_after_an_nm_restart_is_compared_in_
         .collect();
     cluster.console("alice", &creates).all_ok();
     cluster.wait_replicated().await;
-    let events = watch(&cluster);
+    let events = cluster.watch_events();
     watching(&cluster, &events).await;
 
     // The same folder under a new identity: nm must not trust what it knew.
@@ -323,7 +308,7 @@ async fn a_backup_back_on_an_emptied_disk_or_after_an_nm_restart_is_compared_in_
     cluster.wait_pair("ss1", PairState::BackupFailed).await;
     cluster.kill_nm();
     cluster.start_nm().await;
-    let events = watch(&cluster);
+    let events = cluster.watch_events();
     watching(&cluster, &events).await;
     cluster.wait_alive("ss1").await;
     cluster
@@ -525,7 +510,7 @@ async fn a_full_comparison_waits_for_a_slow_start_up_scan_without_failing() {
     cluster.kill_nm();
     cluster.start_nm().await;
     cluster.wait_alive("ss1").await;
-    let events = watch(&cluster);
+    let events = cluster.watch_events();
     watching(&cluster, &events).await;
     cluster
         .console("alice", "WRITE f02 1\n0 Changed while away.\nETIRW\n")
@@ -552,7 +537,7 @@ async fn after_a_failover_and_hand_back_a_returning_backup_is_caught_up_on_what_
     cluster.wait_pair("ss1", PairState::Active).await;
     twenty_files(&cluster);
     cluster.wait_replicated().await;
-    let events = watch(&cluster);
+    let events = cluster.watch_events();
     watching(&cluster, &events).await;
     // The primary fails; the backup serves and takes changes; the primary
     // returns, is compared in full (what it acknowledged is unknown) and

@@ -7,20 +7,6 @@ use shared::proto::{Event, EventKind, JobStep, PairState, Role, SsReply, SsReque
 use std::sync::{Arc, Mutex};
 use tests::{eventually, Options, TestCluster};
 
-/// Collects WATCH events in the background.
-fn watch(cluster: &TestCluster) -> Arc<Mutex<Vec<Event>>> {
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let sink = events.clone();
-    let nm = cluster.nm_addr().to_owned();
-    tokio::spawn(async move {
-        let client = Client::connect(&nm, "watcher").await.unwrap();
-        let _ = client
-            .watch(None, None, |event| sink.lock().unwrap().push(event))
-            .await;
-    });
-    events
-}
-
 fn streamed(events: &Arc<Mutex<Vec<Event>>>, file: &str) -> bool {
     events.lock().unwrap().iter().any(
         |e| matches!(&e.kind, EventKind::Streamed { files, .. } if files.iter().any(|f| f == file)),
@@ -62,7 +48,7 @@ async fn until_streaming(cluster: &TestCluster, events: &Arc<Mutex<Vec<Event>>>)
 async fn creates_and_writes_go_to_the_backup_on_the_stream_and_queue_no_job() {
     let cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;
     cluster.wait_pair("ss1", PairState::Active).await;
-    let events = watch(&cluster);
+    let events = cluster.watch_events();
     until_streaming(&cluster, &events).await;
     cluster.console("alice", "CREATE a.txt\n").all_ok();
     eventually("the CREATE to reach the backup", async || {
@@ -99,7 +85,7 @@ async fn in_sync_mode_the_backup_has_the_text_when_etirw_is_answered() {
     };
     let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
     cluster.wait_pair("ss1", PairState::Active).await;
-    let events = watch(&cluster);
+    let events = cluster.watch_events();
     until_streaming(&cluster, &events).await;
     cluster.console("alice", "CREATE s.txt\n").all_ok();
     for i in 0..20 {
@@ -118,7 +104,7 @@ async fn in_sync_mode_the_backup_has_the_text_when_etirw_is_answered() {
 async fn a_backup_killed_while_streaming_misses_nothing_once_back() {
     let mut cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;
     cluster.wait_pair("ss1", PairState::Active).await;
-    let events = watch(&cluster);
+    let events = cluster.watch_events();
     until_streaming(&cluster, &events).await;
     let script: String = (0..40).map(|i| format!("CREATE k{i}.txt\n")).collect();
     cluster.console("alice", &script).all_ok();
@@ -241,7 +227,7 @@ async fn the_stream_opens_when_the_partner_registers_not_a_heartbeat_later() {
     let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
     cluster.wait_pair("ss1", PairState::Active).await;
     let formed = std::time::Instant::now();
-    let events = watch(&cluster);
+    let events = cluster.watch_events();
     until_streaming(&cluster, &events).await;
     assert!(
         formed.elapsed() < std::time::Duration::from_millis(1500),
@@ -254,7 +240,7 @@ async fn the_stream_opens_when_the_partner_registers_not_a_heartbeat_later() {
 async fn a_hung_backup_stalls_the_stream_and_nothing_is_lost() {
     let cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;
     cluster.wait_pair("ss1", PairState::Active).await;
-    let events = watch(&cluster);
+    let events = cluster.watch_events();
     until_streaming(&cluster, &events).await;
     cluster.signal_ss("ss1_backup", libc::SIGSTOP);
     // Acknowledged at once (async), none acknowledged by the hung backup:
