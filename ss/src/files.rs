@@ -389,7 +389,7 @@ impl Files {
         // share the write-ahead log's fdatasync); a request for this one
         // waits on the entry until it is on disk.
         let entry = new_entry(meta.clone());
-        let mut e = lock(&entry);
+        let e = lock(&entry);
         map.entries.insert(file.to_owned(), entry.clone());
         drop(map);
         let created = self.store.create(file, &meta).and_then(|()| {
@@ -400,19 +400,26 @@ impl Files {
             }
         });
         if let Err(err) = created {
-            e.deleted = true;
-            drop(e);
-            let mut map = self.lock_map();
-            if map
-                .entries
-                .get(file)
-                .is_some_and(|found| Arc::ptr_eq(found, &entry))
-            {
-                map.remove(file);
-            }
+            self.forget_unwritten(file, &entry, e);
             return Err(err.into());
         }
         Ok(meta)
+    }
+
+    /// Takes a new entry whose file could not be written out of memory
+    /// again (unless another has replaced it meanwhile), so this server
+    /// never lists a file it does not hold.
+    fn forget_unwritten(&self, file: &str, entry: &EntryRef, mut e: MutexGuard<'_, Entry>) {
+        e.deleted = true;
+        drop(e);
+        let mut map = self.lock_map();
+        if map
+            .entries
+            .get(file)
+            .is_some_and(|found| Arc::ptr_eq(found, entry))
+        {
+            map.remove(file);
+        }
     }
 
     /// Deletes a file, leaving a tombstone; returns the version the delete gave it.
@@ -658,17 +665,7 @@ impl Files {
         }
         if let Err(error) = install(&self.store, &e.meta, &meta) {
             if !existed {
-                // Not left in memory as a file this server holds.
-                e.deleted = true;
-                drop(e);
-                let mut map = self.lock_map();
-                if map
-                    .entries
-                    .get(file)
-                    .is_some_and(|found| Arc::ptr_eq(found, &entry))
-                {
-                    map.remove(file);
-                }
+                self.forget_unwritten(file, &entry, e);
             }
             return Err(error.into());
         }
