@@ -122,6 +122,11 @@ pub struct TempFile {
     early_writeback: bool,
     /// A spare inode reused: even empty, its truncation must be made durable.
     recycled: bool,
+    /// The reused spare's old length. It is overwritten rather than
+    /// truncated on open (truncating frees its blocks, which costs a discard
+    /// here, ~0.4 ms); the tail past what was written is cut off before the
+    /// file is synced or placed.
+    stale_len: u64,
 }
 
 /// A transfer starts the disk writing every this many bytes, so the disk
@@ -150,16 +155,25 @@ impl TempFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        self.cut_stale_tail()?;
         self.file
             .as_ref()
             .expect("open until installed")
             .sync_data()
     }
 
+    fn cut_stale_tail(&self) -> io::Result<()> {
+        match &self.file {
+            Some(file) if self.stale_len > self.written => file.set_len(self.written),
+            _ => Ok(()),
+        }
+    }
+
     /// Closes the file, leaving it on disk for a rename; returns its path.
-    fn close(mut self) -> PathBuf {
+    fn close(mut self) -> io::Result<PathBuf> {
+        self.cut_stale_tail()?;
         drop(self.file.take());
-        std::mem::take(&mut self.path)
+        Ok(std::mem::take(&mut self.path))
     }
 }
 
@@ -366,7 +380,7 @@ impl Store {
     /// over half the CPU of a create-write run (`perf record -a -g`:
     /// `find_inode_bit` → `recently_deleted`).
     fn replace(&self, temp: TempFile, target: &Path, recycle: bool) -> io::Result<()> {
-        let path = temp.close();
+        let path = temp.close()?;
         if recycle && exchange(&path, target).is_ok() {
             self.keep_spare(path);
             return Ok(());
@@ -795,12 +809,12 @@ impl Store {
     pub fn temp_file(&self) -> Result<TempFile, StoreError> {
         let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let reused = spare.and_then(|path| {
-            match fs::OpenOptions::new()
+            let opened = fs::OpenOptions::new()
                 .write(true)
-                .truncate(true)
                 .open(&path)
-            {
-                Ok(file) => Some((path, file)),
+                .and_then(|file| Ok((file.metadata()?.len(), file)));
+            match opened {
+                Ok((len, file)) => Some((path, file, len)),
                 Err(_) => {
                     let _ = fs::remove_file(&path);
                     None
@@ -808,7 +822,7 @@ impl Store {
             }
         });
         let recycled = reused.is_some();
-        let (path, file) = match reused {
+        let (path, file, stale_len) = match reused {
             Some(reused) => reused,
             None => {
                 let path = self.temp_path();
@@ -816,7 +830,7 @@ impl Store {
                     Some(file) => file,
                     None => File::create(&path)?,
                 };
-                (path, file)
+                (path, file, 0)
             }
         };
         Ok(TempFile {
@@ -826,6 +840,7 @@ impl Store {
             flushing_from: 0,
             early_writeback: self.fsync,
             recycled,
+            stale_len,
         })
     }
 
@@ -866,6 +881,9 @@ impl Store {
                 temp.sync_data()?;
             }
             return Ok(());
+        }
+        for temp in &temps {
+            temp.cut_stale_tail()?;
         }
         syncfs(&self.root.join(TMP))?;
         Ok(())
@@ -1328,6 +1346,28 @@ mod tests {
         assert_eq!(store.read_content_of_undo("a").unwrap(), b"Three.");
         assert_eq!(store.read_meta("a").unwrap().stats.version, 5);
         assert!(store.temp_file().unwrap().recycled, "a spare is reused");
+    }
+
+    #[test]
+    fn a_reused_spare_holds_exactly_the_new_content_however_long_the_old_one() {
+        for fsync in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), fsync).unwrap();
+            store.create("a", &meta(1)).unwrap();
+            let long = "A much longer sentence than the next. ".repeat(400);
+            store.commit("a", long.as_bytes(), &meta(2)).unwrap();
+            for (i, text) in ["Short.", "", "Mid length text.", "x"].iter().enumerate() {
+                let version = 3 + i as u64;
+                store.commit("a", text.as_bytes(), &meta(version)).unwrap();
+                store.write_meta("a", &meta(version)).unwrap();
+                assert_eq!(store.read_content("a").unwrap(), text.as_bytes());
+                store
+                    .install_streamed("b", text.as_bytes(), &meta(version))
+                    .unwrap();
+                assert_eq!(store.read_content("b").unwrap(), text.as_bytes());
+                assert_eq!(store.read_meta("b").unwrap().stats.version, version);
+            }
+        }
     }
 
     #[test]
