@@ -219,20 +219,23 @@ impl Nm {
         kind: JobKind,
     ) -> Result<NmReply, WireError> {
         let client = self.server_for(user, file, need)?;
-        let stats = applied(client.call(request).await?)?;
-        self.record_stats(file, stats, kind).await?;
+        let (stats, streamed) = applied_and_streamed(client.call(request).await?)?;
+        self.record_stats(file, stats, kind, streamed).await?;
         Ok(NmReply::Done)
     }
 
-    /// Records a change's stats and queues its replication.
+    /// Records a change's stats and queues its replication, unless the
+    /// server sent it to the standby on its replication stream (then it is
+    /// only recorded for the standby's catch-up).
     /// In synchronous mode, returns once the backup has the change.
     async fn record_stats(
         &self,
         file: &str,
         stats: FileStats,
         kind: JobKind,
+        streamed: bool,
     ) -> Result<(), WireError> {
-        let version = stats.version;
+        let stamp = stats.stamp();
         let server = {
             let mut state = self.state();
             let Some(record) = state.ns.file_mut(file) else {
@@ -241,7 +244,11 @@ impl Nm {
             record.stats = stats;
             record.server.clone()
         };
-        self.replicate_and_wait(&server, file, kind, version).await
+        if streamed {
+            self.replicate_streamed(&server, file, stamp);
+            return Ok(());
+        }
+        self.replicate_and_wait(&server, file, kind, stamp.1).await
     }
 
     async fn create(&self, user: &str, file: &str) -> Result<NmReply, WireError> {
@@ -408,7 +415,7 @@ impl Nm {
         acl: AccessList,
         also: Vec<Record>,
     ) -> Result<(), WireError> {
-        let stats = applied(
+        let (stats, streamed) = applied_and_streamed(
             client
                 .call(SsRequest::SetAcl {
                     file: file.to_owned(),
@@ -429,7 +436,8 @@ impl Nm {
                 record.apply(&mut state.ns);
             }
         }
-        self.record_stats(file, stats, JobKind::Metadata).await?;
+        self.record_stats(file, stats, JobKind::Metadata, streamed)
+            .await?;
         Ok(())
     }
 
@@ -655,7 +663,8 @@ impl Nm {
         if let Some(server) = server {
             self.replicate(&server, file, JobKind::Delete, Some(stats.version));
         }
-        self.record_stats(&to, stats, JobKind::Metadata).await?;
+        self.record_stats(&to, stats, JobKind::Metadata, false)
+            .await?;
         Ok(NmReply::Done)
     }
 }
@@ -704,8 +713,13 @@ fn unavailable(pair: &str, file: &str) -> WireError {
 }
 
 fn applied(reply: SsReply) -> Result<FileStats, WireError> {
+    applied_and_streamed(reply).map(|(stats, _)| stats)
+}
+
+/// A change's stats, and whether the server sent it on its replication stream.
+fn applied_and_streamed(reply: SsReply) -> Result<(FileStats, bool), WireError> {
     match reply {
-        SsReply::Applied { stats, .. } => Ok(stats),
+        SsReply::Applied { stats, streamed } => Ok((stats, streamed)),
         other => Err(unexpected(&other)),
     }
 }

@@ -69,6 +69,7 @@ pub struct Copied {
 }
 
 /// A file as a change left it: what the replication stream sends.
+#[derive(Debug)]
 pub struct Committed {
     pub meta: FileMeta,
     pub content: Vec<u8>,
@@ -677,7 +678,9 @@ impl Files {
         Ok(())
     }
 
-    pub fn undo(&self, file: &str) -> Result<FileStats, WireError> {
+    /// Puts the previous content back; returns the file as UNDO left it
+    /// (for the replication stream).
+    pub fn undo(&self, file: &str) -> Result<Committed, WireError> {
         let entry = self.entry(file)?;
         let mut e = lock(&entry);
         refuse_while_written(&e, file, "UNDO")?;
@@ -692,31 +695,38 @@ impl Files {
         apply_content_stats(&mut meta.stats, &previous, self.epoch());
         self.store.undo(file, &meta)?;
         e.meta = meta;
-        Ok(e.meta.stats.clone())
-    }
-
-    /// Replaces the access list (a change: the version moves on).
-    pub fn set_acl(&self, file: &str, acl: AccessList) -> Result<FileStats, WireError> {
-        self.change_meta(file, |meta| {
-            meta.acl = acl;
-            Ok(())
+        Ok(Committed {
+            meta: e.meta.clone(),
+            content: previous,
         })
     }
 
-    /// Applies `change` to a copy of the metadata, bumps the version, and persists it.
-    fn change_meta(
+    /// Replaces the access list (a change: the version moves on). Returns
+    /// the new stats and, for a file the replication stream may carry
+    /// (small, without checkpoints), the file as the change left it, read
+    /// under the same lock so content and metadata belong together.
+    pub fn set_acl(
         &self,
         file: &str,
-        change: impl FnOnce(&mut FileMeta) -> Result<(), WireError>,
-    ) -> Result<FileStats, WireError> {
+        acl: AccessList,
+    ) -> Result<(FileStats, Option<Committed>), WireError> {
         let entry = self.entry(file)?;
         let mut e = lock(&entry);
         let mut meta = e.meta.clone();
-        change(&mut meta)?;
+        meta.acl = acl;
         meta.stats.bump(self.epoch());
         self.store.write_meta(file, &meta)?;
         e.meta = meta;
-        Ok(e.meta.stats.clone())
+        let streamable = e.meta.checkpoints.is_empty()
+            && e.meta.stats.size as usize <= crate::stream::MAX_STREAMED_BYTES;
+        let committed = match streamable {
+            true => self.store.read_content(file).ok().map(|content| Committed {
+                meta: e.meta.clone(),
+                content,
+            }),
+            false => None,
+        };
+        Ok((e.meta.stats.clone(), committed))
     }
 
     /// Snapshots the content under `tag`.
@@ -1081,7 +1091,7 @@ mod tests {
         assert_eq!(files.undo("f").unwrap_err().code, ErrorCode::Locked);
         assert_eq!(files.delete("f").unwrap_err().code, ErrorCode::Locked);
         drop(w);
-        let stats = files.undo("f").unwrap();
+        let stats = files.undo("f").unwrap().meta.stats;
         assert_eq!((stats.version, stats.size), (3, 0));
         assert_eq!(files.undo("f").unwrap_err().code, ErrorCode::NothingToUndo);
     }

@@ -54,7 +54,10 @@ pub async fn send_chunks(
     let chunk_size = chunk_size.min(conn.max_frame() / 2).max(1024);
     let mut hasher = crc32fast::Hasher::new();
     let mut size = 0u64;
-    let mut buffer = vec![0u8; chunk_size];
+    // A content is never changed in place, so its length is fixed: a small
+    // file gets a buffer its size, not a whole chunk to zero.
+    let len = handle.metadata().map_or(chunk_size as u64, |m| m.len());
+    let mut buffer = vec![0u8; (len as usize).clamp(1, chunk_size)];
     loop {
         let n = match tokio::task::block_in_place(|| read_full(&mut handle, &mut buffer)) {
             Ok(n) => n,

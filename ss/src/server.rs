@@ -508,20 +508,34 @@ impl Server {
                 },
                 streamed: false,
             }),
-            SsRequest::UndoFile { file } if from_nm => tokio::task::block_in_place(|| {
-                self.files.undo(&file)
-            })
-            .map(|stats| SsReply::Applied {
-                stats,
-                streamed: false,
-            }),
-            SsRequest::SetAcl { file, acl } if from_nm => tokio::task::block_in_place(|| {
-                self.files.set_acl(&file, acl)
-            })
-            .map(|stats| SsReply::Applied {
-                stats,
-                streamed: false,
-            }),
+            SsRequest::UndoFile { file } if from_nm => {
+                match tokio::task::block_in_place(|| self.files.undo(&file)) {
+                    Ok(committed) => {
+                        let offered = self.offer(&file, &committed);
+                        drop(change.take());
+                        let streamed = self.delivered(offered).await;
+                        Ok(SsReply::Applied {
+                            stats: committed.meta.stats,
+                            streamed,
+                        })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            SsRequest::SetAcl { file, acl } if from_nm => {
+                match tokio::task::block_in_place(|| self.files.set_acl(&file, acl)) {
+                    Ok((stats, committed)) => {
+                        let offered = match &committed {
+                            Some(committed) => self.offer(&file, committed),
+                            None => crate::stream::Offered::NotSent,
+                        };
+                        drop(change.take());
+                        let streamed = self.delivered(offered).await;
+                        Ok(SsReply::Applied { stats, streamed })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             SsRequest::MoveFile { file, to } if from_nm => tokio::task::block_in_place(|| {
                 self.files.rename(&file, &to)
             })

@@ -21,8 +21,9 @@
 //!   sync if that fails). nm records every streamed change in the pair's
 //!   catch-up record and settles it when the batched acknowledgements
 //!   ([`shared::proto::NmRequest::Streamed`]) arrive.
-//! - Changes the stream does not carry (large files, deletes, moves,
-//!   checkpoints, access lists) go through nm's jobs as before.
+//! - It carries CREATE, ETIRW, UNDO and access-list changes of files up to
+//!   [`MAX_STREAMED_BYTES`] without checkpoints. The rest (larger files,
+//!   deletes, moves, checkpoints and REVERT) go through nm's jobs as before.
 
 use crate::files::Files;
 use crate::nm_link::{NmLink, StreamTarget};

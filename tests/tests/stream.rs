@@ -45,7 +45,7 @@ async fn until_streaming(cluster: &TestCluster, events: &Arc<Mutex<Vec<Event>>>)
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn creates_and_writes_go_to_the_backup_on_the_stream_and_queue_no_job() {
+async fn creates_writes_undos_and_access_changes_go_on_the_stream_and_queue_no_job() {
     let cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;
     cluster.wait_pair("ss1", PairState::Active).await;
     let events = cluster.watch_events();
@@ -69,12 +69,24 @@ async fn creates_and_writes_go_to_the_backup_on_the_stream_and_queue_no_job() {
     })
     .await;
     assert!(streamed(&events, "a.txt"), "no Streamed event for a.txt");
+    // UNDO and an access-list change go on the stream too.
+    cluster.console("bob", "LIST\n").all_ok();
+    cluster
+        .console("alice", "UNDO a.txt\nADDACCESS -R a.txt bob\n")
+        .all_ok();
+    let undone = std::fs::read_to_string(cluster.storage("ss1").join("files/a.txt")).unwrap();
+    assert!(!undone.contains("Line 19."), "{undone}");
+    eventually("the UNDO on the backup", async || {
+        (backup_content(&cluster, "a.txt") == undone).then_some(())
+    })
+    .await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+    cluster.console("bob", "READ a.txt\n").all_ok();
     assert_eq!(
         jobs_queued_for(&events, "a.txt"),
         0,
-        "a streamed CREATE or write queued a replication job"
+        "a streamed CREATE, write, UNDO or access change queued a replication job"
     );
-    cluster.wait_same_files("ss1", "ss1_backup").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
