@@ -3,10 +3,12 @@
 # rsync to an rsync daemon on 127.0.0.1 (same number and size of files, same
 # content), bulk transfer against a plain TCP copy plus fsync, and
 # create-write against the disk's own fsynced small-write rate.
-# Prints each figure and the ratio of the medians. A benchmark, not a test.
+# Ours and the reference alternate, ROUNDS rounds (default 5); prints
+# min/median/max of each, of the per-round ratios, and the load before and
+# after. A benchmark, not a test.
 #
 #   scripts/bench-compare.sh [small] [large] [writes]    (default: all three)
-#   ROUNDS=5 scripts/bench-compare.sh small              (default: 3 rounds)
+#   ROUNDS=7 scripts/bench-compare.sh small
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync >/dev/null; }
@@ -18,7 +20,7 @@ trap cleanup EXIT INT TERM
 
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
-large_rsync=()
+large_rsync=(); large_seconds=()
 # The same content the bench writes into the primary's folder.
 python3 - "$work" <<'PY'
 import os, sys
@@ -66,44 +68,51 @@ rsync_time() { # src dir → the empty module folder; seconds. The copy is
 # back and let five seconds pass.
 settle() { sync; sleep "${SETTLE:-6}"; }
 
-median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+stats() { # label, unit, values: min/median/max
+  python3 - "$@" <<'PY'
+import statistics, sys
+label, unit, values = sys.argv[1], sys.argv[2], [float(v) for v in sys.argv[3:]]
+print(f"  {label:44} min {min(values):9.3f}  median {statistics.median(values):9.3f}  max {max(values):9.3f} {unit}  ({len(values)} rounds)")
+PY
+}
 
-# Each comparison runs $rounds times, ours and the reference alternating, and
-# the medians are compared (the machine is shared: neighbours come and go).
-rounds=${ROUNDS:-3}
+rounds=${ROUNDS:-5}
 only=${*:-small large writes}
-rows=()
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for what in $only; do
-  ours=(); theirs=()
+  ours=(); theirs=(); ratios=()
   for _ in $(seq "$rounds"); do
     case $what in
       small)
-        settle; ours+=("$("$bin/console" bench resync-small --json | field seconds)")
-        settle; theirs+=("$(rsync_time "$work/small")") ;;
+        settle; o=$("$bin/console" bench resync-small --json | field seconds)
+        settle; t=$(rsync_time "$work/small") ;;
       large)
-        settle; ours+=("$("$bin/console" bench resync-large --json | field mb_per_sec)")
-        settle; theirs+=("$("$bin/console" bench raw-tcp --json | field mb_per_sec)")
+        settle; j=$("$bin/console" bench resync-large --json)
+        o=$(field mb_per_sec <<<"$j"); large_seconds+=("$(field seconds <<<"$j")")
+        settle; t=$("$bin/console" bench raw-tcp --json | field mb_per_sec)
         if [ "${RSYNC_LARGE:-1}" = 1 ]; then settle; large_rsync+=("$(rsync_time "$work/large")"); fi ;;
       writes)
-        settle; ours+=("$("$bin/console" bench create-write --clients 16 --duration 5s --json | field ops_per_sec)")
-        settle; theirs+=("$("$bin/console" bench disk-limit --duration 5s --json | field ops_per_sec)") ;;
+        settle; o=$("$bin/console" bench create-write --clients 16 --duration 5s --json | field ops_per_sec)
+        settle; t=$("$bin/console" bench disk-limit --duration 5s --json | field ops_per_sec) ;;
     esac
+    ours+=("$o"); theirs+=("$t"); ratios+=("$(python3 -c "print($o / $t)")")
+    echo "  $what round done: ours $o, reference $t (load $(cut -d' ' -f1 /proc/loadavg))"
   done
-  echo "$what: ours ${ours[*]} | reference ${theirs[*]}" >&2
-  rows+=("$what $(median "${ours[@]}") $(median "${theirs[@]}")")
+  case $what in
+    small)
+      echo "resync-small: 10,000 x 4 KiB files to an empty backup, against rsync -a to an rsync daemon"
+      stats "ours" s "${ours[@]}"; stats "rsync -a" s "${theirs[@]}"
+      stats "time ratio ours/rsync (target <= 0.5)" "" "${ratios[@]}" ;;
+    large)
+      echo "resync-large: one 1 GiB file, against raw TCP + fsync"
+      stats "ours" MB/s "${ours[@]}"; stats "raw TCP + fsync" MB/s "${theirs[@]}"
+      stats "throughput ratio ours/raw (target >= 0.7)" "" "${ratios[@]}"
+      stats "ours, in seconds" s "${large_seconds[@]}"
+      [ ${#large_rsync[@]} -eq 0 ] || stats "rsync -a of the same file, seconds" s "${large_rsync[@]}" ;;
+    writes)
+      echo "create-write, 16 clients, against the disk's fsynced small writes"
+      stats "ours" /s "${ours[@]}"; stats "disk-limit" /s "${theirs[@]}"
+      stats "rate ratio ours/disk (target >= 0.4)" "" "${ratios[@]}" ;;
+  esac
 done
-
-[ ${#large_rsync[@]} -eq 0 ] || echo "large: rsync -a took ${large_rsync[*]} s" >&2
-printf '%s\n' "${rows[@]}" | python3 -c '
-import sys
-names = {
-    "small": ("resync-small (10,000 x 4 KiB) vs rsync -a", "s", "time ratio (target <= 0.5)"),
-    "large": ("resync-large (1 GiB) vs raw TCP + fsync", "MB/s", "throughput ratio (target >= 0.7)"),
-    "writes": ("create-write, 16 clients vs disk small writes", "/s", "rate ratio (target >= 0.4)"),
-}
-for line in sys.stdin:
-    what, ours, ref = line.split()
-    name, unit, ratio = names[what]
-    ours, ref = float(ours), float(ref)
-    print(f"{name:48} median ours {ours:10.2f} {unit:5} reference {ref:10.2f} {unit:5} {ratio}: {ours/ref:.2f}")
-'
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -48,13 +48,16 @@ pub struct Config {
 
     /// The cluster key shared by nm and every storage server (at least 16
     /// bytes; `head -c 32 /dev/urandom | xxd -p > key` makes one). Daemons
-    /// prove they hold it to each other, and client tickets are signed with it.
+    /// prove they hold it to each other, and client tickets are signed with
+    /// it. Default: this user's key, `$XDG_CONFIG_HOME/docspp/cluster.key`
+    /// (or `~/.config/docspp/cluster.key`), created with mode 0600 on first
+    /// use, so the daemons of one user on one machine find each other.
     #[arg(long, env = "NM_CLUSTER_KEY_FILE")]
     pub cluster_key_file: Option<PathBuf>,
 
-    /// Run without a cluster key on a non-loopback address (anyone who can
-    /// reach the port can then pose as a daemon).
-    #[arg(long, env = "NM_INSECURE")]
+    /// Run without a cluster key (only without --cluster-key-file): anyone
+    /// who can reach the port can then pose as nm or as a storage server.
+    #[arg(long, env = "NM_INSECURE", conflicts_with = "cluster_key_file")]
     pub insecure: bool,
 
     /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9100).

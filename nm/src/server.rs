@@ -88,9 +88,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
     announce(&nm.config, address)?;
     let max_connections = nm.config.limits.max_connections;
-    shared::limits::serve_connections(listener, max_connections, shutdown, "nm", |stream, peer| {
-        nm.clone().serve_connection(stream, peer)
-    })
+    shared::limits::serve_connections(
+        listener,
+        max_connections,
+        shutdown,
+        "nm",
+        |stream, peer, slot| nm.clone().serve_connection(stream, peer, slot),
+    )
     .await;
     tracing::info!(event = "nm_shutdown", "name manager stopped");
     Ok(())
@@ -129,11 +133,8 @@ impl Nm {
         group: Option<Arc<crate::group::Group>>,
         metrics: crate::metrics::NmMetrics,
     ) -> Result<Arc<Nm>> {
-        let cluster_key = shared::auth::load_for(
-            config.cluster_key_file.as_deref(),
-            address.ip(),
-            config.insecure,
-        )?;
+        let cluster_key =
+            shared::auth::load_for(config.cluster_key_file.as_deref(), config.insecure)?;
         // With a cluster key tickets are signed with a key derived from it;
         // without, with a random one handed to servers as they register.
         let ticket_key = match &cluster_key {
@@ -202,8 +203,13 @@ impl Nm {
 }
 
 impl Nm {
-    pub(crate) async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let (conn, hello) = match Connection::accept(
+    pub(crate) async fn serve_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: Arc<shared::limits::SlotState>,
+    ) {
+        let (mut conn, hello) = match Connection::accept(
             stream,
             Role::NameManager,
             self.config.max_frame,
@@ -218,6 +224,8 @@ impl Nm {
                 return;
             }
         };
+        let evictable = hello.role == Role::Client;
+        conn.hold_slot(slot, self.config.limits.frame_timeout, evictable);
         if let Err(error) = validate_user(&hello.name) {
             tracing::warn!(event = "nm_connection_refused", peer = %peer, error = %error);
             conn.refuse(error).await;

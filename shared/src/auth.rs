@@ -117,23 +117,88 @@ impl ClusterKey {
     }
 }
 
-/// Loads the key, or refuses to go on without one on a non-loopback
-/// address unless `insecure` says so.
-pub fn load_for(
-    file: Option<&Path>,
-    address: std::net::IpAddr,
-    insecure: bool,
-) -> io::Result<Option<ClusterKey>> {
+/// The key a daemon runs with: the file given, else (unless `insecure`)
+/// the per-user key ([`per_user_key`]), so daemons of one user find each
+/// other and nobody else can pose as one. `insecure` without a file is the
+/// only way to run without a key.
+pub fn load_for(file: Option<&Path>, insecure: bool) -> io::Result<Option<ClusterKey>> {
     match file {
         Some(path) => ClusterKey::load(path).map(Some),
-        None if address.is_loopback() || insecure => Ok(None),
-        None => Err(io::Error::new(
+        None if insecure => {
+            tracing::warn!(
+                event = "insecure",
+                "running without a cluster key: any process that can reach this daemon may pose as nm or as a storage server"
+            );
+            Ok(None)
+        }
+        None => {
+            let (key, path) = per_user_key()?;
+            tracing::info!(event = "cluster_key", path = %path.display(), "using this user's cluster key (give --cluster-key-file to choose another)");
+            Ok(Some(key))
+        }
+    }
+}
+
+/// Where the per-user key lives: `$XDG_CONFIG_HOME/docspp/cluster.key`,
+/// else `$HOME/.config/docspp/cluster.key`.
+pub fn per_user_key_path() -> io::Result<std::path::PathBuf> {
+    let config = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => std::path::PathBuf::from(home).join(".config"),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "no cluster key: neither XDG_CONFIG_HOME nor HOME is set; give --cluster-key-file (or --insecure to run without a key)",
+                ))
+            }
+        },
+    };
+    Ok(config.join("docspp").join("cluster.key"))
+}
+
+/// This user's cluster key, created on first use (in the spirit of
+/// Erlang's cookie): a random key in a file only its owner may read, in a
+/// folder only its owner may enter. A key file other users may read or
+/// write is refused rather than trusted. Two daemons starting at once
+/// agree on one key: the new file is written whole under a temp name and
+/// linked into place, and whoever loses the race reads the winner's.
+pub fn per_user_key() -> io::Result<(ClusterKey, std::path::PathBuf)> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let path = per_user_key_path()?;
+    let dir = path.parent().expect("a file in a folder");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
+    if !path.exists() {
+        let temp = dir.join(format!(".cluster.key.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&temp);
+        ClusterKey::generate(&temp)?;
+        std::fs::File::open(&temp)?.sync_all()?;
+        let linked = std::fs::hard_link(&temp, &path);
+        let _ = std::fs::remove_file(&temp);
+        match linked {
+            Ok(()) => {
+                tracing::info!(event = "cluster_key_created", path = %path.display(), "created this user's cluster key (mode 0600)")
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mode = std::fs::metadata(&path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "refusing to listen on {address} without a cluster key: give --cluster-key-file, or --insecure to accept anyone as a daemon"
+                "the cluster key {} may be read or changed by other users (mode {:o}); `chmod 600` it",
+                path.display(),
+                mode & 0o777
             ),
-        )),
+        ));
     }
+    Ok((ClusterKey::load(&path)?, path))
 }
 
 /// A fresh random nonce for a challenge.

@@ -111,6 +111,8 @@ pub enum ConnectionError {
     Refused(WireError),
     #[error("timed out")]
     Timeout,
+    #[error("closed to make room for a new connection: this one waited longest for a request")]
+    Evicted,
 }
 
 impl ConnectionError {
@@ -191,10 +193,20 @@ impl ConnReader {
     }
 }
 
+struct HeldSlot {
+    state: std::sync::Arc<crate::limits::SlotState>,
+    frame_timeout: Duration,
+    evictable: bool,
+}
+
 /// A framed, typed connection.
 pub struct Connection {
     framed: Framed<TcpStream, LengthDelimitedCodec>,
     peer: SocketAddr,
+    /// On a daemon's accepted connection: its slot (told when the
+    /// connection waits for a request, and closing it when evicted) and
+    /// the time a started frame has to arrive whole.
+    slot: Option<HeldSlot>,
 }
 
 impl Connection {
@@ -204,6 +216,7 @@ impl Connection {
         Ok(Connection {
             framed: Framed::new(stream, frame_codec(max_frame)),
             peer,
+            slot: None,
         })
     }
 
@@ -242,14 +255,77 @@ impl Connection {
     }
 
     /// Receives one request, telling a malformed body apart from a broken stream.
-    /// Framing errors (an oversize frame, a cut connection) end the connection.
+    /// Framing errors (an oversize frame, a cut connection) end the connection,
+    /// and so, on a connection holding a slot ([`Connection::hold_slot`]), do
+    /// a frame that does not arrive whole in time and an eviction.
     pub async fn recv_request<B: DeserializeOwned>(
         &mut self,
     ) -> Result<Option<Incoming<Request<B>>>, ConnectionError> {
-        match self.framed.next().await {
+        let frame = match &self.slot {
+            None => self.framed.next().await,
+            Some(held) => {
+                let (state, frame_timeout) = (held.state.clone(), held.frame_timeout);
+                if held.evictable {
+                    state.waiting();
+                }
+                let frame = tokio::select! {
+                    biased;
+                    frame = self.next_frame_within(frame_timeout) => frame,
+                    () = state.evicted() => return Err(ConnectionError::Evicted),
+                };
+                state.busy();
+                frame
+            }
+        };
+        match frame {
             None => Ok(None),
             Some(frame) => Ok(Some(decode_request(&frame?))),
         }
+    }
+
+    /// Makes this accepted connection answer to its slot in the daemon's
+    /// connection limit: a frame, once started, must arrive whole within
+    /// `frame_timeout`; and if `evictable` (a client's connection: the
+    /// daemons' own, proven with the cluster key, never are) it counts as
+    /// idle while it waits for a request and may then be closed to make room.
+    pub fn hold_slot(
+        &mut self,
+        state: std::sync::Arc<crate::limits::SlotState>,
+        frame_timeout: Duration,
+        evictable: bool,
+    ) {
+        self.slot = Some(HeldSlot {
+            state,
+            frame_timeout: frame_timeout.max(Duration::from_millis(1)),
+            evictable,
+        });
+    }
+
+    /// The next frame, however long the connection stays silent; but once
+    /// bytes of a frame have arrived, the rest must follow within about
+    /// `limit` (between one and two `limit`s after its first byte).
+    async fn next_frame_within(
+        &mut self,
+        limit: Duration,
+    ) -> Option<Result<bytes::BytesMut, io::Error>> {
+        loop {
+            // Framed's `next` is cancel-safe: bytes read stay in its buffer.
+            match tokio::time::timeout(limit, self.framed.next()).await {
+                Ok(frame) => return frame,
+                Err(_) if self.framed.read_buffer().is_empty() => continue,
+                Err(_) => return Some(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "a request frame did not arrive whole within {limit:?} (--frame-timeout)"
+                    ),
+                ))),
+            }
+        }
+    }
+
+    /// The socket, for tests that speak raw bytes after a handshake.
+    pub fn into_stream(self) -> TcpStream {
+        self.framed.into_inner()
     }
 
     /// Splits the connection so that one task can read while another writes

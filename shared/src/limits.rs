@@ -3,12 +3,15 @@
 use crate::connection::Connection;
 use crate::WireError;
 use clap::Args;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Connection limits (the same flags on nm and ss).
@@ -26,6 +29,11 @@ pub struct Limits {
     /// reconnect by themselves; storage servers send heartbeats).
     #[arg(long, env = "DOCS_IDLE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+
+    /// Once a request's first bytes arrive, the whole frame must follow
+    /// within this (a connection trickling a frame byte by byte is closed).
+    #[arg(long, env = "DOCS_FRAME_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub frame_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -34,22 +42,120 @@ impl Default for Limits {
             max_connections: 4096,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
+            frame_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// Counts the connections being served.
-#[derive(Clone)]
-pub struct ConnectionSlots(Arc<Semaphore>);
+/// A connection waiting this long for its next request may be closed to
+/// make room for a new one when every slot is taken.
+pub const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
 
-impl ConnectionSlots {
-    pub fn new(max: usize) -> Self {
-        ConnectionSlots(Arc::new(Semaphore::new(max.max(1))))
+/// The connections being served, at most `max`. When all are taken, the
+/// one that has waited longest for its next request (at least
+/// [`EVICTABLE_AFTER`]) is closed to make room, so connections that hold a
+/// slot and send nothing (or trickle) never lock a new client out; only
+/// when every connection is busy is a new one turned away.
+pub struct ConnectionSlots {
+    max: usize,
+    epoch: Instant,
+    next_id: AtomicU64,
+    held: Mutex<HashMap<u64, Arc<SlotState>>>,
+}
+
+/// What a connection's request loop tells the slots: whether it is waiting
+/// for a request, and since when; and the signal that it was evicted.
+#[derive(Debug)]
+pub struct SlotState {
+    epoch: Instant,
+    /// Microseconds since `epoch` + 1 while waiting for a request; 0 while busy.
+    waiting_since: AtomicU64,
+    evicted: CancellationToken,
+}
+
+impl SlotState {
+    /// The connection waits for its next request (from now).
+    pub fn waiting(&self) {
+        let micros = self.epoch.elapsed().as_micros() as u64 + 1;
+        self.waiting_since.store(micros, Ordering::Relaxed);
     }
 
-    /// A slot for one more connection, if any is free; freed when dropped.
-    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
-        self.0.clone().try_acquire_owned().ok()
+    /// The connection is handling a request.
+    pub fn busy(&self) {
+        self.waiting_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Completes once the connection was chosen to make room for another.
+    pub async fn evicted(&self) {
+        self.evicted.cancelled().await
+    }
+
+    fn waited(&self, now: Duration) -> Option<Duration> {
+        match self.waiting_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(now.saturating_sub(Duration::from_micros(since - 1))),
+        }
+    }
+}
+
+/// A connection's hold on a slot; the slot is freed when it is dropped.
+pub struct Slot {
+    slots: Arc<ConnectionSlots>,
+    id: u64,
+    pub state: Arc<SlotState>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.lock().remove(&self.id);
+    }
+}
+
+impl ConnectionSlots {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(ConnectionSlots {
+            max: max.max(1),
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SlotState>>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for one more connection: a free one, or the slot of the
+    /// connection that has waited longest for a request (it is told to
+    /// close); `None` when every connection is busy or only just waiting.
+    pub fn take(self: &Arc<Self>) -> Option<Slot> {
+        let mut held = self.lock();
+        if held.len() >= self.max {
+            let now = self.epoch.elapsed();
+            let (victim, waited) = held
+                .iter()
+                .filter_map(|(id, state)| state.waited(now).map(|w| (*id, w)))
+                .max_by_key(|(_, waited)| *waited)?;
+            if waited < EVICTABLE_AFTER {
+                return None;
+            }
+            if let Some(state) = held.remove(&victim) {
+                tracing::info!(event = "connection_evicted", waited_ms = waited.as_millis() as u64, "every connection slot was taken: the connection that had waited longest for a request was closed to make room");
+                state.evicted.cancel();
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(SlotState {
+            epoch: self.epoch,
+            waiting_since: AtomicU64::new(0),
+            evicted: CancellationToken::new(),
+        });
+        held.insert(id, state.clone());
+        Some(Slot {
+            slots: self.clone(),
+            id,
+            state,
+        })
     }
 }
 
@@ -75,8 +181,11 @@ pub fn raise_fd_limit() {
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
 /// A daemon's accept loop: serves each connection on its own task, at most
-/// `max_connections` at once (one more is told E_UNAVAILABLE and closed),
-/// until `shutdown` is cancelled, which also ends every connection.
+/// `max_connections` at once (see [`ConnectionSlots`]: one more closes the
+/// connection idle longest, or is told E_UNAVAILABLE and closed when none
+/// is idle), until `shutdown` is cancelled, which also ends every
+/// connection. `serve` gets the connection's slot state, to attach to its
+/// [`Connection`] ([`Connection::hold_slot`]).
 /// `daemon` ("nm", "ss") prefixes the log events.
 pub async fn serve_connections<F, Fut>(
     listener: TcpListener,
@@ -85,7 +194,7 @@ pub async fn serve_connections<F, Fut>(
     daemon: &'static str,
     serve: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Arc<SlotState>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     raise_fd_limit();
@@ -105,7 +214,7 @@ pub async fn serve_connections<F, Fut>(
                         tokio::spawn(Connection::turn_away(stream, error));
                         continue;
                     };
-                    let connection = serve(stream, peer);
+                    let connection = serve(stream, peer, slot.state.clone());
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
                         tokio::select! {

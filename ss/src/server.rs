@@ -83,12 +83,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .with_context(|| format!("binding {}:{}", config.bind, config.client_port))?;
     let port = listener.local_addr()?.port();
     shared::connection::set_source_ip(config.bind);
-    let key = shared::auth::load_for(
-        config.cluster_key_file.as_deref(),
-        config.bind,
-        config.insecure,
-    )
-    .context("the cluster key")?;
+    let key = shared::auth::load_for(config.cluster_key_file.as_deref(), config.insecure)
+        .context("the cluster key")?;
     let client_addr = format!("{}:{port}", config.host);
     tracing::info!(
         event = "ss_listening",
@@ -133,9 +129,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         streamer,
     });
     let max_connections = server.config.limits.max_connections;
-    shared::limits::serve_connections(listener, max_connections, shutdown, "ss", |stream, peer| {
-        server.clone().serve_connection(stream, peer)
-    })
+    shared::limits::serve_connections(
+        listener,
+        max_connections,
+        shutdown,
+        "ss",
+        |stream, peer, slot| server.clone().serve_connection(stream, peer, slot),
+    )
     .await;
     tracing::info!(event = "ss_shutdown", "storage server stopped");
     Ok(())
@@ -149,7 +149,12 @@ struct Session {
 }
 
 impl Server {
-    async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn serve_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: Arc<shared::limits::SlotState>,
+    ) {
         let (mut conn, hello) = match Connection::accept(
             stream,
             Role::StorageServer,
@@ -165,6 +170,8 @@ impl Server {
                 return;
             }
         };
+        let evictable = hello.role == Role::Client;
+        conn.hold_slot(slot, self.config.limits.frame_timeout, evictable);
         let allowed = match hello.role {
             Role::Client | Role::StorageServer => validate_user(&hello.name),
             Role::NameManager => Ok(()),

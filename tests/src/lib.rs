@@ -93,6 +93,9 @@ pub struct Options {
     pub nm_args: Vec<&'static str>,
     /// Extra flags for every storage server.
     pub ss_args: Vec<&'static str>,
+    /// Give the daemons no `--cluster-key-file`: they use the per-user key,
+    /// with `XDG_CONFIG_HOME` pointing into the cluster's folder.
+    pub per_user_key: bool,
 }
 
 impl Options {
@@ -123,6 +126,7 @@ impl Default for Options {
             fsync: false,
             nm_args: Vec::new(),
             ss_args: Vec::new(),
+            per_user_key: false,
         }
     }
 }
@@ -145,7 +149,10 @@ impl TestCluster {
 
     pub async fn start_with(servers: &[&str], options: Options) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        shared::auth::ClusterKey::generate(&dir.path().join("cluster.key")).expect("cluster key");
+        if !options.per_user_key {
+            shared::auth::ClusterKey::generate(&dir.path().join("cluster.key"))
+                .expect("cluster key");
+        }
         let mut cluster = TestCluster {
             dir,
             options,
@@ -196,8 +203,8 @@ impl TestCluster {
             .arg(self.dir().join("nm-data"))
             .arg("--ready-file")
             .arg(&ready)
-            .arg("--cluster-key-file")
-            .arg(self.key_file())
+            .args(self.key_args())
+            .env("XDG_CONFIG_HOME", self.config_home())
             .arg("--fsync")
             .arg(self.options.fsync.to_string())
             .arg("--quiet")
@@ -221,7 +228,22 @@ impl TestCluster {
 
     /// The cluster key every daemon of this cluster holds.
     pub fn key_file(&self) -> PathBuf {
-        self.dir().join("cluster.key")
+        match self.options.per_user_key {
+            true => self.config_home().join("docspp/cluster.key"),
+            false => self.dir().join("cluster.key"),
+        }
+    }
+
+    /// The daemons' `XDG_CONFIG_HOME` (where the per-user key lives).
+    pub fn config_home(&self) -> PathBuf {
+        self.dir().join("config")
+    }
+
+    fn key_args(&self) -> Vec<std::ffi::OsString> {
+        match self.options.per_user_key {
+            true => Vec::new(),
+            false => vec!["--cluster-key-file".into(), self.key_file().into()],
+        }
     }
 
     pub fn storage(&self, name: &str) -> PathBuf {
@@ -250,8 +272,8 @@ impl TestCluster {
             .args(["--nm", &nm, "--username", name, "--client-port", "0"])
             .arg("--storage")
             .arg(self.storage(name))
-            .arg("--cluster-key-file")
-            .arg(self.key_file())
+            .args(self.key_args())
+            .env("XDG_CONFIG_HOME", self.config_home())
             .args(["--heartbeat-interval", self.options.heartbeat_interval])
             .args(["--stream-delay", self.options.stream_delay])
             .args(["--fsync", &self.options.fsync.to_string()])

@@ -344,3 +344,102 @@ async fn an_oversized_write_is_refused_and_changes_nothing() {
     let path = cluster.storage("ss1").join("files/big.txt");
     assert_eq!(std::fs::read_to_string(path).unwrap(), "Small.");
 }
+
+/// Handshakes as a client and returns the bare socket, ready for raw bytes.
+async fn handshaken(addr: &str, name: &str) -> TcpStream {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut conn = Connection::new(stream, DEFAULT_MAX_FRAME).unwrap();
+    conn.send(&Hello::new(Role::Client, name)).await.unwrap();
+    assert!(matches!(
+        conn.expect::<HelloReply>().await.unwrap(),
+        HelloReply::Welcome { .. }
+    ));
+    conn.into_stream()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_trickled_byte_by_byte_is_cut_off_on_every_daemon() {
+    let options = Options {
+        nm_args: vec!["--frame-timeout", "300ms"],
+        ss_args: vec!["--frame-timeout", "300ms"],
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with(&["ss1"], options).await;
+    for addr in [cluster.nm_addr().to_owned(), cluster.ss_addr("ss1").await] {
+        let mut stream = handshaken(&addr, "trickler").await;
+        let started = std::time::Instant::now();
+        // A frame of 64 bytes, announced and then sent one byte every 100 ms.
+        stream.write_all(&[0, 0, 0, 64]).await.unwrap();
+        let mut cut = false;
+        for _ in 0..64 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut probe = [0u8; 64];
+            let closed = matches!(
+                tokio::time::timeout(Duration::from_millis(1), stream.read(&mut probe)).await,
+                Ok(Ok(0)) | Ok(Err(_))
+            );
+            if closed || stream.write_all(b"x").await.is_err() {
+                cut = true;
+                break;
+            }
+        }
+        let took = started.elapsed();
+        assert!(cut, "{addr}: a trickled frame was waited for {took:?}");
+        assert!(
+            took < Duration::from_secs(3),
+            "{addr}: cut off only after {took:?} with --frame-timeout 300ms"
+        );
+    }
+    still_serving(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_that_hold_a_slot_and_send_nothing_make_room_for_a_new_client() {
+    let options = Options {
+        nm_args: vec!["--max-connections", "8"],
+        ss_args: vec!["--max-connections", "8"],
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with(&["ss1"], options).await;
+    // Take every slot with connections that complete their handshake and
+    // then send nothing (some trickle half a frame header).
+    let mut hogs = Vec::new();
+    for addr in [cluster.nm_addr().to_owned(), cluster.ss_addr("ss1").await] {
+        for i in 0..8 {
+            let Ok(stream) = TcpStream::connect(&addr).await else {
+                break;
+            };
+            let mut conn = Connection::new(stream, DEFAULT_MAX_FRAME).unwrap();
+            conn.send(&Hello::new(Role::Client, format!("hog{i}")))
+                .await
+                .unwrap();
+            match conn.expect::<HelloReply>().await {
+                Ok(HelloReply::Welcome { .. }) => {}
+                _ => break,
+            }
+            let mut stream = conn.into_stream();
+            if i % 2 == 1 {
+                stream.write_all(&[0, 0]).await.unwrap();
+            }
+            hogs.push(stream);
+        }
+    }
+    let refused = RpcClient::connect(cluster.nm_addr(), Role::Client, "late").await;
+    assert!(
+        refused.is_err(),
+        "nm had a free slot: the hogs did not fill it"
+    );
+    // Once the hogs have waited long enough, a new client is served: on nm
+    // (the console's commands) and on the storage server (its READ).
+    eventually("a new client to be served despite the hogs", async || {
+        let run = cluster.console(
+            "alice",
+            "CREATE room.txt\nWRITE room.txt 0\n0 Served.\nETIRW\nREAD room.txt\n",
+        );
+        run.codes().iter().all(|c| c == "ok").then_some(())
+    })
+    .await;
+    // The pair's own connections were never the ones closed.
+    cluster.wait_alive("ss1").await;
+    drop(hogs);
+}

@@ -1,5 +1,6 @@
 //! The cluster key: no process without it can pose as a storage server or as
-//! nm, and daemons refuse to listen beyond loopback without one.
+//! nm; without `--cluster-key-file` the daemons use this user's key, and only
+//! `--insecure` runs without one.
 
 use shared::auth::ClusterKey;
 use shared::connection::{
@@ -93,42 +94,88 @@ async fn a_daemon_refuses_a_peer_that_cannot_prove_the_key() {
     }
 }
 
-#[test]
-fn daemons_refuse_a_non_loopback_address_without_a_key_unless_insecure() {
+/// Secure by default: with no `--cluster-key-file`, nm and ss share this
+/// user's key (created with mode 0600 on first use), and a process without
+/// it can neither register as a server nor pose as nm.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_key_file_the_users_key_is_used_and_a_keyless_impostor_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let options = tests::Options {
+        per_user_key: true,
+        ..tests::Options::default()
+    };
+    let cluster = TestCluster::start_with(&["ss1"], options).await;
+    let key_file = cluster.key_file();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&key_file), 0o600, "{}", key_file.display());
+    assert_eq!(mode(key_file.parent().unwrap()), 0o700);
+    // A keyless impostor storage server, and a keyless impostor nm.
+    refused(RpcClient::connect(cluster.nm_addr(), Role::StorageServer, "ss2").await);
+    let ss = cluster.ss_addr("ss1").await;
+    refused(RpcClient::connect(&ss, Role::NameManager, "nm").await);
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(bin("nm"))
-        .args(["--listen", "0.0.0.0:0", "--log-format", "pretty"])
+    let wrong = ClusterKey::generate(&dir.path().join("wrong.key")).unwrap();
+    refused(RpcClient::connect_keyed(&ss, Role::NameManager, "nm", Some(&wrong)).await);
+    // The user's key is the cluster's.
+    let key = ClusterKey::load(&key_file).unwrap();
+    let mut as_nm = RpcClient::connect_keyed(&ss, Role::NameManager, "nm", Some(&key))
+        .await
+        .unwrap();
+    assert!(as_nm
+        .call::<_, SsReply>(SsRequest::Inventory)
+        .await
+        .unwrap()
+        .is_ok());
+    cluster.console("alice", "CREATE a.txt\n").all_ok();
+}
+
+fn nm_output(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin("nm"))
+        .args(["--listen", "127.0.0.1:0", "--log-format", "pretty"])
+        .args(args)
         .arg("--data-dir")
-        .arg(dir.path().join("nm"))
+        .arg(dir.join("nm"))
+        .env("XDG_CONFIG_HOME", dir.join("config"))
         .stdout(Stdio::null())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_users_key_that_others_may_read_is_refused_and_insecure_excludes_a_key_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key_dir = dir.path().join("config/docspp");
+    std::fs::create_dir_all(&key_dir).unwrap();
+    std::fs::write(
+        key_dir.join("cluster.key"),
+        "0123456789abcdef0123456789abcdef",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        key_dir.join("cluster.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = nm_output(dir.path(), &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("without a cluster key"), "{stderr}");
-    let out = Command::new(bin("ss"))
-        .args([
-            "--bind",
-            "0.0.0.0",
-            "--username",
-            "ss1",
-            "--nm",
-            "127.0.0.1:1",
-        ])
-        .arg("--storage")
-        .arg(dir.path().join("s1"))
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("without a cluster key"));
-    // --insecure lets it start (it is then stopped).
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    let out = nm_output(dir.path(), &["--insecure", "--cluster-key-file", "k"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}
+
+#[test]
+fn insecure_runs_without_a_key_even_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
     let mut nm = Command::new(bin("nm"))
         .args(["--listen", "0.0.0.0:0", "--insecure", "--quiet"])
         .arg("--data-dir")
         .arg(dir.path().join("nm2"))
         .arg("--ready-file")
         .arg(dir.path().join("ready"))
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -140,4 +187,8 @@ fn daemons_refuse_a_non_loopback_address_without_a_key_unless_insecure() {
     }
     nm.kill().unwrap();
     nm.wait().unwrap();
+    assert!(
+        !dir.path().join("config/docspp/cluster.key").exists(),
+        "--insecure made a key"
+    );
 }

@@ -109,11 +109,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .clone()
         .unwrap_or_else(|| bound.to_string());
     // A missing or weak key fails here, before any election.
-    shared::auth::load_for(
-        config.cluster_key_file.as_deref(),
-        bound.ip(),
-        config.insecure,
-    )?;
+    shared::auth::load_for(config.cluster_key_file.as_deref(), config.insecure)?;
     let ttl = Duration::from_secs(config.leader_lease.as_secs().max(1));
     let group = Arc::new(Group::new(ttl));
     let current: Current = Arc::new(RwLock::new(None));
