@@ -1,4 +1,4 @@
-//! Parsing of command lines, as typed in a batch script (and later the TUI).
+//! Parsing of command lines, as typed in a batch script or at the TUI.
 
 use shared::proto::Access;
 use shared::{ErrorCode, WireError};
