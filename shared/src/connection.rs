@@ -313,12 +313,14 @@ impl Connection {
             match tokio::time::timeout(limit, self.framed.next()).await {
                 Ok(frame) => return frame,
                 Err(_) if self.framed.read_buffer().is_empty() => continue,
-                Err(_) => return Some(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
+                Err(_) => {
+                    return Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
                         "a request frame did not arrive whole within {limit:?} (--frame-timeout)"
                     ),
-                ))),
+                    )))
+                }
             }
         }
     }

@@ -250,10 +250,38 @@ impl TestCluster {
         self.dir().join(format!("storage-{name}"))
     }
 
-    /// Starts (or restarts) a storage server and waits until nm has it ALIVE.
+    /// Starts (or restarts) a storage server and waits until nm has this
+    /// new process ALIVE. Right after a kill, nm may not yet have processed
+    /// the old process's closed connection and still list it ALIVE, so the
+    /// new process is told apart by its address (each start picks a free
+    /// client port), or, should the port come round again, by nm having
+    /// listed the server as not ALIVE since. Waiting for ALIVE alone let a
+    /// caller look at the storage folder before the new process had even
+    /// opened it (the crash test then found the killed process's temp files
+    /// "surviving" the restart).
     pub async fn start_ss(&mut self, name: &str) {
+        let previous = self.address_in_status(name).await;
         self.spawn_ss(name);
-        self.wait_alive(name).await;
+        let mut seen_down = previous.is_none();
+        eventually(&format!("the new {name} to be ALIVE"), async || {
+            let status = self.try_status().await?;
+            let server = status.servers.iter().find(|s| s.name == name)?;
+            if server.state != ServerState::Alive {
+                seen_down = true;
+                return None;
+            }
+            (seen_down || Some(&server.address) != previous.as_ref()).then_some(())
+        })
+        .await;
+    }
+
+    async fn address_in_status(&self, name: &str) -> Option<String> {
+        self.try_status()
+            .await?
+            .servers
+            .into_iter()
+            .find(|s| s.name == name)
+            .map(|s| s.address)
     }
 
     /// Starts a storage server without waiting for it.
