@@ -139,18 +139,28 @@ pub enum Incoming<T> {
     },
 }
 
-fn decode_request<B: DeserializeOwned>(frame: &[u8]) -> Incoming<Request<B>> {
+/// Decodes a request strictly: it must be exactly what this side would
+/// encode for it, so bodies are maps with named fields (no arrays in place
+/// of structs), enums are named (no variant indexes), and nothing is there
+/// that the protocol does not define. rmp-serde alone accepts all of these
+/// (`{"id": 11, "body": 5}` was taken as the sixth variant); re-encoding the
+/// decoded request and comparing bytes refuses every alternate form with one
+/// rule, at the cost of one encode per request.
+fn decode_request<B: DeserializeOwned + Serialize>(frame: &[u8]) -> Incoming<Request<B>> {
+    let malformed = |error: String| Incoming::Malformed {
+        id: rmp_serde::from_slice::<RequestId>(frame)
+            .map(|r| r.id)
+            .unwrap_or(0),
+        error,
+    };
     match rmp_serde::from_slice::<Request<B>>(frame) {
-        Ok(request) => Incoming::Message(request),
-        Err(error) => {
-            let id = rmp_serde::from_slice::<RequestId>(frame)
-                .map(|r| r.id)
-                .unwrap_or(0);
-            Incoming::Malformed {
-                id,
-                error: error.to_string(),
-            }
-        }
+        Ok(request) => match encode(&request) {
+            Ok(canonical) if canonical == frame => Incoming::Message(request),
+            _ => malformed(
+                "not in the protocol's encoding: a request is a map with named fields, enums by name, and only the fields the protocol defines".into(),
+            ),
+        },
+        Err(error) => malformed(error.to_string()),
     }
 }
 
@@ -183,7 +193,7 @@ impl ConnReader {
     }
 
     /// As [`Connection::recv_request`].
-    pub async fn recv_request<B: DeserializeOwned>(
+    pub async fn recv_request<B: DeserializeOwned + Serialize>(
         &mut self,
     ) -> Result<Option<Incoming<Request<B>>>, ConnectionError> {
         match self.stream.next().await {
@@ -258,7 +268,7 @@ impl Connection {
     /// Framing errors (an oversize frame, a cut connection) end the connection,
     /// and so, on a connection holding a slot ([`Connection::hold_slot`]), do
     /// a frame that does not arrive whole in time and an eviction.
-    pub async fn recv_request<B: DeserializeOwned>(
+    pub async fn recv_request<B: DeserializeOwned + Serialize>(
         &mut self,
     ) -> Result<Option<Incoming<Request<B>>>, ConnectionError> {
         let frame = match &self.slot {

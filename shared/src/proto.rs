@@ -22,8 +22,9 @@ use std::collections::BTreeMap;
 
 /// `DOC+` in ASCII: the first field of every connection.
 pub const MAGIC: u32 = u32::from_be_bytes(*b"DOC+");
-/// Bumped on any change that an older peer could misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any change that an older peer could misread (2: requests are
+/// decoded strictly, see `shared::connection`).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Inventory entries per frame (inventories are paged to stay under the frame limit).
 pub const INVENTORY_PAGE: usize = 1000;
 

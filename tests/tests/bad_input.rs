@@ -144,6 +144,88 @@ async fn malformed_and_unknown_messages_get_an_error_and_the_connection_goes_on(
     assert!(reply.is_ok());
 }
 
+/// Decoding is strict: a request must be a map with named fields and enums
+/// by name, with no field the protocol does not define. Each alternate form
+/// (rmp-serde alone accepts them all) is E_BAD_REQUEST, changes nothing, and
+/// the connection goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn alternate_encodings_of_a_request_are_refused_on_every_port() {
+    use serde_json::json;
+    /// A request's outer map in the protocol's field order, any body.
+    #[derive(serde::Serialize)]
+    struct Raw {
+        id: u64,
+        body: serde_json::Value,
+    }
+    let cluster = TestCluster::start(&["ss1"]).await;
+    let ss = cluster.ss_addr("ss1").await;
+    for (addr, on_nm) in [(cluster.nm_addr().to_owned(), true), (ss, false)] {
+        let stream = TcpStream::connect(&addr).await.unwrap();
+        let mut conn = Connection::new(stream, DEFAULT_MAX_FRAME).unwrap();
+        conn.send(&Hello::new(Role::Client, "alice")).await.unwrap();
+        assert!(matches!(
+            conn.expect::<HelloReply>().await.unwrap(),
+            HelloReply::Welcome { .. }
+        ));
+        let raw = |id, body| serde_json::to_value(Raw { id, body }).unwrap();
+        for (expected_id, id, alternate) in [
+            // A variant by its index (on ss, 5 was WriteAbort, answered Done).
+            (11, 11, json!(5)),
+            // A struct variant's fields as an array.
+            (13, 13, json!({"Create": ["alt.txt"]})),
+            // A field the protocol does not define.
+            (14, 14, json!({"Create": {"file": "alt.txt", "x": 1}})),
+            // A unit variant as a map with a nil value.
+            (15, 15, json!({"List": null})),
+        ]
+        .map(|(e, id, body)| (e, id, Some(body)))
+        .into_iter()
+        // The request itself as an array (its id is not read from it either).
+        .chain([(0, 12, None)])
+        {
+            match &alternate {
+                Some(body) => conn
+                    .send(&Raw {
+                        id,
+                        body: body.clone(),
+                    })
+                    .await
+                    .unwrap(),
+                None => conn.send(&json!([id, "List"])).await.unwrap(),
+            }
+            let what = alternate.map_or_else(|| raw(id, json!("[array]")), |b| raw(id, b));
+            let reply: Reply<serde::de::IgnoredAny> = conn.expect().await.unwrap();
+            assert_eq!(reply.id, expected_id, "{addr}: {what}");
+            let error = reply.result.expect_err(&format!("{addr} took {what}"));
+            assert_eq!(error.code, ErrorCode::BadRequest, "{addr}: {what}");
+        }
+        // The protocol's own encoding is taken on the same connection.
+        if on_nm {
+            conn.send(&Request {
+                id: 20,
+                body: shared::proto::NmRequest::List,
+            })
+            .await
+            .unwrap();
+        } else {
+            conn.send(&Request {
+                id: 20,
+                body: SsRequest::WriteAbort,
+            })
+            .await
+            .unwrap();
+        }
+        let reply: Reply<serde::de::IgnoredAny> = conn.expect().await.unwrap();
+        assert_eq!(reply.id, 20);
+        assert!(reply.result.is_ok(), "{addr}: a valid request was refused");
+    }
+    let files = cluster.console("alice", "VIEW -a\n");
+    assert!(
+        !format!("{:?}", files.all_ok()).contains("alt.txt"),
+        "a refused CREATE created its file"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oversize_frame_closes_only_that_connection() {
     let cluster = TestCluster::start(&["ss1"]).await;
