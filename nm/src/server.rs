@@ -296,8 +296,10 @@ impl Nm {
         let mut snapshots =
             tokio::time::interval(period.unwrap_or(std::time::Duration::from_secs(3600)));
         snapshots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let dismissal = conn.dismissal();
         loop {
             tokio::select! {
+                _ = dismissal.cancelled() => return,
                 _ = snapshots.tick(), if period.is_some() => {
                     let NmReply::Status { status } = self.status() else { continue };
                     let event = self.events.snapshot(status);

@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
 
 /// Largest frame any peer sends or accepts by default. File contents travel
 /// in [`CHUNK_SIZE`] pieces, far below it.
@@ -111,8 +112,8 @@ pub enum ConnectionError {
     Refused(WireError),
     #[error("timed out")]
     Timeout,
-    #[error("closed to make room for a new connection: this one waited longest for a request")]
-    Evicted,
+    #[error("closed by this daemon: it is stopping, or needed the slot for a new connection")]
+    Dismissed,
 }
 
 impl ConnectionError {
@@ -281,7 +282,7 @@ impl Connection {
                 let frame = tokio::select! {
                     biased;
                     frame = self.next_frame_within(frame_timeout) => frame,
-                    () = state.evicted() => return Err(ConnectionError::Evicted),
+                    () = state.dismissed() => return Err(ConnectionError::Dismissed),
                 };
                 state.busy();
                 frame
@@ -333,6 +334,14 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Cancelled when the daemon wants this connection closed (it is
+    /// stopping, or evicted it); never, on a connection without a slot.
+    pub fn dismissal(&self) -> CancellationToken {
+        self.slot
+            .as_ref()
+            .map_or_else(CancellationToken::new, |held| held.state.dismissal())
     }
 
     /// The socket, for tests that speak raw bytes after a handshake.

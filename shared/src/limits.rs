@@ -70,7 +70,8 @@ pub struct SlotState {
     epoch: Instant,
     /// Microseconds since `epoch` + 1 while waiting for a request; 0 while busy.
     waiting_since: AtomicU64,
-    evicted: CancellationToken,
+    /// Cancelled when the connection must close: evicted, or the daemon stops.
+    dismissed: CancellationToken,
 }
 
 impl SlotState {
@@ -85,9 +86,17 @@ impl SlotState {
         self.waiting_since.store(0, Ordering::Relaxed);
     }
 
-    /// Completes once the connection was chosen to make room for another.
-    pub async fn evicted(&self) {
-        self.evicted.cancelled().await
+    /// Completes once the connection must close: it was chosen to make
+    /// room for another, or the daemon is stopping.
+    pub async fn dismissed(&self) {
+        self.dismissed.cancelled().await
+    }
+
+    /// The token behind [`SlotState::dismissed`], for loops that do not
+    /// read requests through [`Connection::recv_request`] (a WATCH, a
+    /// replication stream).
+    pub fn dismissal(&self) -> CancellationToken {
+        self.dismissed.clone()
     }
 
     fn waited(&self, now: Duration) -> Option<Duration> {
@@ -125,6 +134,13 @@ impl ConnectionSlots {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Tells every connection to close once its request in flight is done.
+    pub fn dismiss_all(&self) {
+        for state in self.lock().values() {
+            state.dismissed.cancel();
+        }
+    }
+
     /// A slot for one more connection: a free one, or the slot of the
     /// connection that has waited longest for a request (it is told to
     /// close); `None` when every connection is busy or only just waiting.
@@ -141,14 +157,14 @@ impl ConnectionSlots {
             }
             if let Some(state) = held.remove(&victim) {
                 tracing::info!(event = "connection_evicted", waited_ms = waited.as_millis() as u64, "every connection slot was taken: the connection that had waited longest for a request was closed to make room");
-                state.evicted.cancel();
+                state.dismissed.cancel();
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(SlotState {
             epoch: self.epoch,
             waiting_since: AtomicU64::new(0),
-            evicted: CancellationToken::new(),
+            dismissed: CancellationToken::new(),
         });
         held.insert(id, state.clone());
         Some(Slot {
@@ -180,13 +196,21 @@ pub fn raise_fd_limit() {
 /// accept loop does not spin.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
+/// How long a stopping daemon lets requests in flight finish.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
 /// A daemon's accept loop: serves each connection on its own task, at most
 /// `max_connections` at once (see [`ConnectionSlots`]: one more closes the
 /// connection idle longest, or is told E_UNAVAILABLE and closed when none
-/// is idle), until `shutdown` is cancelled, which also ends every
-/// connection. `serve` gets the connection's slot state, to attach to its
+/// is idle). `serve` gets the connection's slot state, to attach to its
 /// [`Connection`] ([`Connection::hold_slot`]).
-/// `daemon` ("nm", "ss") prefixes the log events.
+///
+/// When `shutdown` is cancelled it drains: it stops accepting, dismisses
+/// every connection (one waiting for a request closes at once; one in the
+/// middle of a request finishes it and closes before reading another), and
+/// returns once all have ended, or after [`DRAIN_DEADLINE`], when those
+/// left are aborted. A request is never cut off half-way by a shutdown
+/// unless it outlasts the deadline.
 pub async fn serve_connections<F, Fut>(
     listener: TcpListener,
     max_connections: usize,
@@ -201,9 +225,11 @@ pub async fn serve_connections<F, Fut>(
     let slots = ConnectionSlots::new(max_connections);
     let refused = format!("{daemon}_connection_refused");
     let accept_failed = format!("{daemon}_accept_failed");
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let Some(slot) = slots.take() else {
@@ -215,12 +241,8 @@ pub async fn serve_connections<F, Fut>(
                         continue;
                     };
                     let connection = serve(stream, peer, slot.state.clone());
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => {}
-                            _ = connection => {}
-                        }
+                    connections.spawn(async move {
+                        connection.await;
                         drop(slot);
                     });
                 }
@@ -231,4 +253,20 @@ pub async fn serve_connections<F, Fut>(
             },
         }
     }
+    drop(listener);
+    let open = connections.len();
+    slots.dismiss_all();
+    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    let aborted = connections.len();
+    connections.shutdown().await;
+    tracing::info!(
+        event = %format!("{daemon}_drained"),
+        connections = open,
+        aborted,
+        in_time = drained.is_ok(),
+        "stopped accepting; the connections open at shutdown finished their requests"
+    );
 }

@@ -263,10 +263,16 @@ impl Files {
         Ok(entry)
     }
 
-    /// Keeps inodes ready for new files; runs forever (see
+    /// Keeps inodes ready for new files, until [`Files::close`] (see
     /// [`Store::keep_inodes_ready`]).
     pub fn keep_inodes_ready(&self) {
         self.store.keep_inodes_ready()
+    }
+
+    /// Stops the store cleanly once no request runs any more (see
+    /// [`Store::close`]).
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.store.close()
     }
 
     /// Whether the start-up scan has finished.

@@ -50,6 +50,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let files = Arc::new(Files::open(store, epoch.clone()));
     let loading = files.clone();
     let scan_delay = config.scan_delay;
+    // A failed scan stops the server through the same token as a signal.
+    let scan_failed = Arc::new(std::sync::Mutex::new(None::<String>));
+    let (failed, stop) = (scan_failed.clone(), shutdown.clone());
     std::thread::Builder::new()
         .name("ss-scan".into())
         .spawn(move || {
@@ -66,14 +69,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 ),
                 Err(e) => {
                     tracing::error!(event = "ss_load_failed", error = %e, "the storage folder could not be scanned; stopping");
-                    eprintln!("ss: loading the storage folder failed: {e}");
-                    std::process::exit(1);
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    stop.cancel();
                 }
             }
         })
         .context("starting the scan")?;
     let inodes = files.clone();
-    std::thread::Builder::new()
+    let inode_thread = std::thread::Builder::new()
         .name("ss-inodes".into())
         .spawn(move || inodes.keep_inodes_ready())
         .context("starting the thread that makes inodes ahead")?;
@@ -94,7 +97,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         "storage server ready"
     );
     let link = NmLink::new(epoch, key.clone());
-    tokio::spawn(nm_link::run(
+    let link_task = tokio::spawn(nm_link::run(
         config.clone(),
         client_addr,
         files.clone(),
@@ -102,11 +105,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         shutdown.clone(),
     ));
     let streamer = crate::stream::Streamer::new(link.clone(), config.replication_stream);
-    tokio::spawn(
-        streamer
-            .clone()
-            .run(config.username.clone(), key.clone(), shutdown.clone()),
-    );
+    let stream_task = tokio::spawn(streamer.clone().run(
+        config.username.clone(),
+        key.clone(),
+        shutdown.clone(),
+    ));
     let mut registry = prometheus_client::registry::Registry::default();
     let requests = shared::metrics::RequestMetrics::register(&mut registry, "docs_ss");
     if let Some(addr) = &config.metrics_addr {
@@ -137,9 +140,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         |stream, peer, slot| server.clone().serve_connection(stream, peer, slot),
     )
     .await;
-    tracing::info!(event = "ss_shutdown", "storage server stopped");
+    // No request runs any more. The stream (handing back what its standby
+    // has not acknowledged) and the link to nm stop on the same token.
+    for task in [stream_task, link_task] {
+        if tokio::time::timeout(BACKGROUND_STOP, task).await.is_err() {
+            tracing::warn!(
+                event = "ss_background_task_slow",
+                "a background task did not stop in time"
+            );
+        }
+    }
+    server
+        .files
+        .close()
+        .context("checkpointing the write-ahead log at shutdown")?;
+    let _ = tokio::task::spawn_blocking(move || inode_thread.join()).await;
+    if let Some(error) = scan_failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        color_eyre::eyre::bail!("loading the storage folder failed: {error}");
+    }
+    tracing::info!(
+        event = "ss_shutdown",
+        "storage server stopped: every change written out, the log checkpointed"
+    );
     Ok(())
 }
+
+/// How long the background tasks get to stop once the connections are drained.
+const BACKGROUND_STOP: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Per-connection state.
 struct Session {

@@ -421,6 +421,9 @@ pub async fn follow(
     epoch: u64,
     peer: String,
 ) {
+    // The daemon stopping ends the stream between changes; those being
+    // applied finish and are acknowledged first.
+    let dismissal = conn.dismissal();
     let (mut writer, mut reader) = conn.split();
     let (replies, mut outgoing) = mpsc::unbounded_channel::<Reply<SsReply>>();
     let writer_task = tokio::spawn(async move {
@@ -432,7 +435,11 @@ pub async fn follow(
     });
     let applying = Arc::new(Semaphore::new(APPLYING));
     loop {
-        let request = match reader.recv::<Request<SsRequest>>().await {
+        let received = tokio::select! {
+            received = reader.recv::<Request<SsRequest>>() => received,
+            () = dismissal.cancelled() => break,
+        };
+        let request = match received {
             Ok(Some(request)) => request,
             Ok(None) => break,
             Err(e) => {

@@ -334,6 +334,16 @@ impl TestCluster {
         child.wait().expect("wait");
     }
 
+    /// SIGTERM to a storage server; returns how it exited (polling, with a deadline).
+    pub async fn stop_ss(&mut self, name: &str) -> std::process::ExitStatus {
+        self.signal_ss(name, libc::SIGTERM);
+        let mut child = self.servers.remove(name).expect("no such server");
+        eventually(&format!("{name} to exit after SIGTERM"), async || {
+            child.try_wait().expect("wait")
+        })
+        .await
+    }
+
     /// kill -9 of nm.
     pub fn kill_nm(&mut self) {
         let mut child = self.nm.take().expect("nm is not running");
