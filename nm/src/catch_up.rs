@@ -99,11 +99,23 @@ impl CatchUp {
             );
             Self::reset(record);
         }
-        record.changed.insert(file.to_owned(), ticket);
+        let pending = record.changed.insert(file.to_owned(), ticket).is_some();
         match streamed {
-            Some(stamp) => record.streamed.insert(file.to_owned(), stamp),
-            None => record.streamed.remove(file),
-        };
+            // Notices can arrive out of order (an UNDO's or an access
+            // change's answer comes after a later ETIRW's notice): a stamp
+            // never goes backwards, and a pending change that was not
+            // streamed is not turned into one an acknowledgement settles.
+            Some(stamp) => match record.streamed.get(file) {
+                Some(latest) if *latest > stamp => {}
+                None if pending => {}
+                _ => {
+                    record.streamed.insert(file.to_owned(), stamp);
+                }
+            },
+            None => {
+                record.streamed.remove(file);
+            }
+        }
         ticket
     }
 
@@ -247,6 +259,19 @@ mod tests {
             log.missing("ss1", &active, &standby),
             Some(vec!["b".into()])
         );
+        // Notices out of order: an older streamed change recorded after a
+        // newer one is not the one an acknowledgement settles.
+        log.record_streamed("ss1", "c", (1, 7));
+        log.record_streamed("ss1", "c", (1, 6));
+        assert!(!log.settle_streamed("ss1", "c", (1, 6)));
+        assert!(log.settle_streamed("ss1", "c", (1, 7)));
+        // Nor does a streamed stamp settle a change that went through nm.
+        log.record("ss1", "d");
+        log.record_streamed("ss1", "d", (1, 9));
+        assert!(!log.settle_streamed("ss1", "d", (1, 9)));
+        assert!(log
+            .missing("ss1", &active, &standby)
+            .is_some_and(|m| m.contains(&"d".to_owned())));
     }
 
     #[test]

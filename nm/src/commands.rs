@@ -241,7 +241,10 @@ impl Nm {
             let Some(record) = state.ns.file_mut(file) else {
                 return Ok(());
             };
-            record.stats = stats;
+            // Answers on other channels may come after a later change's notice.
+            if stats.stamp() >= record.stats.stamp() {
+                record.stats = stats;
+            }
             record.server.clone()
         };
         if streamed {

@@ -297,6 +297,9 @@ impl Nm {
             tokio::time::interval(period.unwrap_or(std::time::Duration::from_secs(3600)));
         snapshots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let dismissal = conn.dismissal();
+        // A watcher never sends another request: it counts as waiting, so
+        // watchers cannot hold every slot against new clients.
+        conn.mark_waiting();
         loop {
             tokio::select! {
                 _ = dismissal.cancelled() => return,

@@ -104,6 +104,7 @@ impl Nm {
         generation: u64,
         peer: SocketAddr,
     ) {
+        let dismissal = conn.dismissal();
         let (mut writer, mut reader) = conn.split();
         let (replies, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<Reply<NmReply>>();
         let writer_task = tokio::spawn(async move {
@@ -114,7 +115,11 @@ impl Nm {
             }
         });
         loop {
-            let (id, request) = match reader.recv_request::<NmRequest>().await {
+            let received = tokio::select! {
+                received = reader.recv_request::<NmRequest>() => received,
+                () = dismissal.cancelled() => break,
+            };
+            let (id, request) = match received {
                 Ok(Some(Incoming::Message(request))) => (request.id, request.body),
                 Ok(Some(Incoming::Malformed { id, error })) => {
                     tracing::warn!(event = "nm_malformed_request", peer = %peer, error = %error);

@@ -166,28 +166,59 @@ pub fn per_user_key_path() -> io::Result<std::path::PathBuf> {
 pub fn per_user_key() -> io::Result<(ClusterKey, std::path::PathBuf)> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let path = per_user_key_path()?;
+    let named = |e: io::Error, what: &str, p: &Path| {
+        io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()))
+    };
     let dir = path.parent().expect("a file in a folder");
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
-    if !path.exists() {
-        let temp = dir.join(format!(".cluster.key.{}.tmp", std::process::id()));
-        let _ = std::fs::remove_file(&temp);
-        ClusterKey::generate(&temp)?;
-        std::fs::File::open(&temp)?.sync_all()?;
-        let linked = std::fs::hard_link(&temp, &path);
+        .map_err(|e| named(e, "creating", dir))?;
+    let dir_mode = std::fs::metadata(dir)
+        .map_err(|e| named(e, "reading", dir))?
+        .permissions()
+        .mode();
+    if dir_mode & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the folder of the cluster key {} may be written by other users (mode {:o}); `chmod 700` it",
+                dir.display(),
+                dir_mode & 0o777
+            ),
+        ));
+    }
+    if std::fs::symlink_metadata(&path).is_err() {
+        let temp = dir.join(format!(
+            ".cluster.key.{}.{:016x}.tmp",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        ClusterKey::generate(&temp).map_err(|e| named(e, "writing", &temp))?;
+        let linked = std::fs::File::open(&temp)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::hard_link(&temp, &path));
         let _ = std::fs::remove_file(&temp);
         match linked {
             Ok(()) => {
                 tracing::info!(event = "cluster_key_created", path = %path.display(), "created this user's cluster key (mode 0600)")
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(named(e, "creating", &path)),
         }
     }
-    let mode = std::fs::metadata(&path)?.permissions().mode();
+    let stat = std::fs::symlink_metadata(&path).map_err(|e| named(e, "reading", &path))?;
+    if !stat.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the cluster key {} is not a regular file (a symlink?); refusing it",
+                path.display()
+            ),
+        ));
+    }
+    let mode = stat.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,

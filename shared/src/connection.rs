@@ -305,6 +305,9 @@ impl Connection {
         frame_timeout: Duration,
         evictable: bool,
     ) {
+        if !evictable {
+            state.busy();
+        }
         self.slot = Some(HeldSlot {
             state,
             frame_timeout: frame_timeout.max(Duration::from_millis(1)),
@@ -312,18 +315,42 @@ impl Connection {
         });
     }
 
+    /// Whether this connection may be closed to make room while it waits
+    /// (a client's, unless it holds state a close would lose, such as an
+    /// open WRITE).
+    pub fn set_evictable(&mut self, evictable: bool) {
+        if let Some(held) = &mut self.slot {
+            held.evictable = evictable;
+            if !evictable {
+                held.state.busy();
+            }
+        }
+    }
+
+    /// Counts this connection as waiting from now on, for a loop that does
+    /// not read requests (a WATCH): under pressure it is evictable.
+    pub fn mark_waiting(&self) {
+        if let Some(held) = self.slot.as_ref().filter(|h| h.evictable) {
+            held.state.waiting();
+        }
+    }
+
     /// The next frame, however long the connection stays silent; but once
     /// bytes of a frame have arrived, the rest must follow within about
-    /// `limit` (between one and two `limit`s after its first byte).
+    /// `limit`: between one and two `limit`s after its first byte (its
+    /// bytes are first seen at the end of a `limit`, and it then has one
+    /// whole `limit` more).
     async fn next_frame_within(
         &mut self,
         limit: Duration,
     ) -> Option<Result<bytes::BytesMut, io::Error>> {
+        let mut started = false;
         loop {
             // Framed's `next` is cancel-safe: bytes read stay in its buffer.
             match tokio::time::timeout(limit, self.framed.next()).await {
                 Ok(frame) => return frame,
                 Err(_) if self.framed.read_buffer().is_empty() => continue,
+                Err(_) if !started => started = true,
                 Err(_) => {
                     return Some(Err(io::Error::new(
                         io::ErrorKind::TimedOut,

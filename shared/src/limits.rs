@@ -161,11 +161,14 @@ impl ConnectionSlots {
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Waiting from the accept: a connection that is slow to complete
+        // its handshake is as evictable as an idle one.
         let state = Arc::new(SlotState {
             epoch: self.epoch,
             waiting_since: AtomicU64::new(0),
             dismissed: CancellationToken::new(),
         });
+        state.waiting();
         held.insert(id, state.clone());
         Some(Slot {
             slots: self.clone(),

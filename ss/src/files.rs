@@ -269,8 +269,13 @@ impl Files {
         self.store.keep_inodes_ready()
     }
 
-    /// Stops the store cleanly once no request runs any more (see
-    /// [`Store::close`]).
+    /// Makes the inode thread return (join it before [`Files::close`]).
+    pub fn stop_making_inodes(&self) {
+        self.store.stop_making_inodes()
+    }
+
+    /// Stops the store cleanly once no request runs any more and the inode
+    /// thread has returned (see [`Store::close`]).
     pub fn close(&self) -> Result<(), StoreError> {
         self.store.close()
     }

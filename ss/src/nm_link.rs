@@ -323,6 +323,21 @@ impl NmLink {
     }
 
     /// The changes handed back since the last call.
+    /// Waits (at most `deadline`) until every change handed back by the
+    /// stream has been taken to be sent to nm (for a clean stop).
+    pub async fn handed_back_sent(&self, deadline: Duration) {
+        let started = std::time::Instant::now();
+        while started.elapsed() < deadline
+            && !self
+                .handed_back
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn take_handed_back(&self) -> Vec<(String, FileStats)> {
         std::mem::take(&mut *self.handed_back.lock().unwrap_or_else(|p| p.into_inner()))
             .into_iter()

@@ -97,18 +97,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         "storage server ready"
     );
     let link = NmLink::new(epoch, key.clone());
+    // The link to nm and the stream outlive the drain: a request finishing
+    // during it still tells nm of its change and streams it. They stop
+    // once no request runs.
+    let (link_stop, stream_stop) = (CancellationToken::new(), CancellationToken::new());
     let link_task = tokio::spawn(nm_link::run(
         config.clone(),
         client_addr,
         files.clone(),
         link.clone(),
-        shutdown.clone(),
+        link_stop.clone(),
     ));
     let streamer = crate::stream::Streamer::new(link.clone(), config.replication_stream);
     let stream_task = tokio::spawn(streamer.clone().run(
         config.username.clone(),
         key.clone(),
-        shutdown.clone(),
+        stream_stop.clone(),
     ));
     let mut registry = prometheus_client::registry::Registry::default();
     let requests = shared::metrics::RequestMetrics::register(&mut registry, "docs_ss");
@@ -140,9 +144,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         |stream, peer, slot| server.clone().serve_connection(stream, peer, slot),
     )
     .await;
-    // No request runs any more. The stream (handing back what its standby
-    // has not acknowledged) and the link to nm stop on the same token.
-    for task in [stream_task, link_task] {
+    // No request runs any more. The stream stops first, handing back to nm
+    // what its standby has not acknowledged; the link stops once it has
+    // sent those.
+    stream_stop.cancel();
+    if tokio::time::timeout(BACKGROUND_STOP, stream_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            event = "ss_background_task_slow",
+            "the replication stream did not stop in time"
+        );
+    }
+    server.link.handed_back_sent(BACKGROUND_STOP).await;
+    link_stop.cancel();
+    for task in [link_task] {
         if tokio::time::timeout(BACKGROUND_STOP, task).await.is_err() {
             tracing::warn!(
                 event = "ss_background_task_slow",
@@ -150,11 +167,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             );
         }
     }
+    server.files.stop_making_inodes();
+    let _ = tokio::task::spawn_blocking(move || inode_thread.join()).await;
     server
         .files
         .close()
         .context("checkpointing the write-ahead log at shutdown")?;
-    let _ = tokio::task::spawn_blocking(move || inode_thread.join()).await;
     if let Some(error) = scan_failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         color_eyre::eyre::bail!("loading the storage folder failed: {error}");
     }
@@ -215,6 +233,11 @@ impl Server {
             write: None,
         };
         loop {
+            // A client in the middle of a WRITE is not closed to make room:
+            // its lock and its edits would go with it.
+            if session.hello.role == Role::Client {
+                conn.set_evictable(session.write.is_none());
+            }
             let next = tokio::time::timeout(
                 self.config.limits.idle_timeout,
                 conn.recv_request::<SsRequest>(),

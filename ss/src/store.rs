@@ -294,15 +294,11 @@ impl Store {
     /// empties the log. Runs before any change that does not go through the
     /// log, so that replaying the log after a crash never undoes it.
     /// Stops cleanly: the write-ahead log is checkpointed (every logged
-    /// change written out and synced, the log emptied), the spare inodes
-    /// kept under temp names are removed, and the thread that makes inodes
-    /// ahead returns. The store serves nothing more after it.
+    /// change written out and synced, the log emptied) and the spare inodes
+    /// kept under temp names are removed. The store serves nothing more
+    /// after it.
     pub fn close(&self) -> Result<(), StoreError> {
-        {
-            let _unnamed = self.unnamed.lock().unwrap_or_else(|p| p.into_inner());
-            self.closing.store(true, Ordering::Relaxed);
-        }
-        self.unnamed_low.notify_all();
+        self.stop_making_inodes();
         self.barrier()?;
         let mut spares =
             std::mem::take(&mut *self.spares.lock().unwrap_or_else(|p| p.into_inner()));
@@ -314,6 +310,16 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Makes [`Store::keep_inodes_ready`] return; the caller joins its
+    /// thread before [`Store::close`], so no spare appears after it.
+    pub fn stop_making_inodes(&self) {
+        {
+            let _unnamed = self.unnamed.lock().unwrap_or_else(|p| p.into_inner());
+            self.closing.store(true, Ordering::Relaxed);
+        }
+        self.unnamed_low.notify_all();
     }
 
     fn barrier(&self) -> Result<(), StoreError> {

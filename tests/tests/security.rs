@@ -161,6 +161,26 @@ fn a_users_key_that_others_may_read_is_refused_and_insecure_excludes_a_key_file(
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("chmod 600"), "{stderr}");
+    // A key that is a symlink, and a folder others may write, are refused.
+    std::fs::remove_file(key_dir.join("cluster.key")).unwrap();
+    std::fs::write(
+        dir.path().join("elsewhere.key"),
+        "0123456789abcdef0123456789abcdef",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        dir.path().join("elsewhere.key"),
+        key_dir.join("cluster.key"),
+    )
+    .unwrap();
+    let out = nm_output(dir.path(), &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+    std::fs::remove_file(key_dir.join("cluster.key")).unwrap();
+    std::fs::set_permissions(&key_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = nm_output(dir.path(), &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 700"));
     let out = nm_output(dir.path(), &["--insecure", "--cluster-key-file", "k"]);
     assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));

@@ -124,7 +124,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 max,
                 shutdown,
                 "nm",
-                move |stream, peer| route(current.clone(), group.clone(), me.clone(), stream, peer),
+                move |stream, peer, slot| {
+                    route(
+                        current.clone(),
+                        group.clone(),
+                        me.clone(),
+                        stream,
+                        peer,
+                        slot,
+                    )
+                },
             )
             .await;
         })
@@ -383,11 +392,12 @@ async fn route(
     me: String,
     stream: TcpStream,
     peer: SocketAddr,
+    slot: Arc<shared::limits::SlotState>,
 ) {
     let leading = current.read().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some((nm, handle)) = leading {
         if nm.leads() {
-            let _ = handle.spawn(nm.serve_connection(stream, peer)).await;
+            let _ = handle.spawn(nm.serve_connection(stream, peer, slot)).await;
             return;
         }
     }
