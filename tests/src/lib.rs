@@ -425,21 +425,29 @@ impl TestCluster {
         .await
     }
 
-    /// Waits until `primary`'s pair is in `state`.
-    /// Waits until the pair is in `state`. PRIMARY_FAILED counts once the
-    /// backup's promotion is recorded and it serves (the state shows as soon
-    /// as the primary is lost, a few ms before), so a test can go on with
-    /// its next command at once.
+    /// Waits until `primary`'s pair is in `state`. PRIMARY_FAILED counts
+    /// once the backup's promotion is recorded and it serves: the state
+    /// shows as soon as the primary is lost, and while the promotion is
+    /// handed over no server serves (and STATUS gives no reason either), so
+    /// the serving flag is what tells that a test can go on with its next
+    /// command at once.
     pub async fn wait_pair(&self, primary: &str, state: PairState) {
         eventually(&format!("pair {primary} to be {state:?}"), async || {
             let status = self.try_status().await?;
+            let serves = |name: &str| {
+                status
+                    .servers
+                    .iter()
+                    .any(|s| s.name == name && s.serving && s.state == ServerState::Alive)
+            };
             status
                 .pairs
                 .iter()
                 .any(|p| {
                     p.primary == primary
                         && p.state == state
-                        && (state != PairState::PrimaryFailed || p.reason.is_none())
+                        && (state != PairState::PrimaryFailed
+                            || (p.reason.is_none() && p.backup.as_deref().is_some_and(serves)))
                 })
                 .then_some(())
         })
