@@ -544,13 +544,10 @@ impl Server {
                             meta,
                             content: Vec::new(),
                         };
-                        let offered = self.offer(&file, &committed);
-                        drop(change.take());
-                        let streamed = self.delivered(offered).await;
-                        Ok(SsReply::Applied {
-                            stats: committed.meta.stats,
-                            streamed,
-                        })
+                        let stats = committed.meta.stats.clone();
+                        Ok(self
+                            .applied_on_stream(&file, stats, Some(&committed), change.take())
+                            .await)
                     }
                     Err(e) => Err(e),
                 }
@@ -568,28 +565,19 @@ impl Server {
             SsRequest::UndoFile { file } if from_nm => {
                 match tokio::task::block_in_place(|| self.files.undo(&file)) {
                     Ok(committed) => {
-                        let offered = self.offer(&file, &committed);
-                        drop(change.take());
-                        let streamed = self.delivered(offered).await;
-                        Ok(SsReply::Applied {
-                            stats: committed.meta.stats,
-                            streamed,
-                        })
+                        let stats = committed.meta.stats.clone();
+                        Ok(self
+                            .applied_on_stream(&file, stats, Some(&committed), change.take())
+                            .await)
                     }
                     Err(e) => Err(e),
                 }
             }
             SsRequest::SetAcl { file, acl } if from_nm => {
                 match tokio::task::block_in_place(|| self.files.set_acl(&file, acl)) {
-                    Ok((stats, committed)) => {
-                        let offered = match &committed {
-                            Some(committed) => self.offer(&file, committed),
-                            None => crate::stream::Offered::NotSent,
-                        };
-                        drop(change.take());
-                        let streamed = self.delivered(offered).await;
-                        Ok(SsReply::Applied { stats, streamed })
-                    }
+                    Ok((stats, committed)) => Ok(self
+                        .applied_on_stream(&file, stats, committed.as_ref(), change.take())
+                        .await),
                     Err(e) => Err(e),
                 }
             }
@@ -655,6 +643,25 @@ impl Server {
         }
         self.streamer
             .offer(file, &committed.meta, &committed.content)
+    }
+
+    /// The answer to a change nm asked for: offered to the stream (when
+    /// `committed` may go there), the role let change again, and whether
+    /// the standby got it on the stream ([`Server::delivered`]).
+    async fn applied_on_stream(
+        &self,
+        file: &str,
+        stats: shared::proto::FileStats,
+        committed: Option<&crate::files::Committed>,
+        change: Option<tokio::sync::RwLockReadGuard<'_, ()>>,
+    ) -> SsReply {
+        let offered = match committed {
+            Some(committed) => self.offer(file, committed),
+            None => crate::stream::Offered::NotSent,
+        };
+        drop(change);
+        let streamed = self.delivered(offered).await;
+        SsReply::Applied { stats, streamed }
     }
 
     /// Whether a change nm itself asked for went to the standby on the
