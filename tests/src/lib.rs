@@ -463,9 +463,10 @@ impl TestCluster {
     }
 
     /// Waits until two servers hold the same files (see
-    /// [`TestCluster::assert_same_files`]): for tests whose last change may
-    /// still be on its way when the queue looks empty (a client cut off in
-    /// the middle of a commit whose notice reaches nm afterwards).
+    /// [`TestCluster::assert_same_files`]). An empty job queue does not mean
+    /// the backup has everything: the last changes may still be on the
+    /// replication stream (nm hears of their acknowledgement in batches), or
+    /// a client cut off in the middle of a commit may notify nm afterwards.
     /// (Not [`eventually`]: on a timeout the panic names the difference.)
     pub async fn wait_same_files(&self, a: &str, b: &str) {
         let converged = tokio::time::timeout(DEADLINE, async {

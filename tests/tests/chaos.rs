@@ -341,7 +341,7 @@ async fn run(mode: &str, seed: u64, secs: u64) {
         split.is_empty(),
         "two servers accepted writes in one epoch: {split:?}"
     );
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     eventually("the pair to stay ACTIVE", async || {
         let status = cluster.status().await;
         status

@@ -135,7 +135,7 @@ async fn a_killed_primary_fails_over_and_catches_up_when_it_returns() {
     assert_eq!(status.pairs[0].epoch, 2, "the hand-back is a new epoch too");
     let ss1 = status.servers.iter().find(|s| s.name == "ss1").unwrap();
     assert!(ss1.serving, "the original primary serves again");
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     let ss1_files = cluster.storage("ss1").join("files");
     assert_eq!(
         std::fs::read_to_string(ss1_files.join("a.txt")).unwrap(),
@@ -160,7 +160,7 @@ async fn a_killed_backup_is_caught_up_when_it_returns() {
         .all_ok();
     cluster.start_ss("ss1_backup").await;
     cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     assert_eq!(cluster.status().await.pairs[0].epoch, 0, "no promotion");
 }
 
@@ -199,7 +199,7 @@ async fn a_hung_primary_is_declared_failed_by_timeout_and_refuses_writes_until_c
     );
     cluster.wait_pair("ss1", PairState::Active).await;
     cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     let read = cluster.console("alice", "READ a.txt\n");
     assert_eq!(
         read.get(0)["data"]["content"],
@@ -233,7 +233,7 @@ async fn both_servers_down_is_unavailable_and_nothing_is_lost_when_they_return()
     let read = cluster.console("alice", "READ a.txt\nREAD old.txt\n");
     read.all_ok();
     assert_eq!(read.get(0)["data"]["content"], "Before the failure.");
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -281,7 +281,7 @@ async fn a_change_lost_in_the_async_window_becomes_a_conflict_copy() {
         run.get(1)["data"]["content"],
         "Before the failure. Only the primary saw this."
     );
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -308,7 +308,7 @@ async fn an_nm_restart_keeps_the_epoch_and_the_promoted_server() {
     cluster.start_ss("ss1").await;
     cluster.wait_pair("ss1", PairState::Active).await;
     cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     assert_eq!(cluster.status().await.pairs[0].epoch, 2);
 }
 
@@ -344,7 +344,7 @@ async fn in_sync_mode_every_acknowledged_write_survives_five_primary_failures() 
     assert!(acked.len() >= 6, "a write between every two failures");
     cluster.wait_replicated().await;
     assert_all_present(&cluster, "log.txt", &acked);
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -424,7 +424,7 @@ async fn nm_killed_and_restarted_mid_workload_loses_no_acknowledged_write() {
     let acked = writer.await.unwrap();
     cluster.wait_replicated().await;
     assert_all_present(&cluster, "a.txt", &acked);
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     assert_eq!(
         cluster.status().await.pairs[0].epoch,
         0,

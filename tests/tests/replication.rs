@@ -73,7 +73,7 @@ MOVE m.txt docs
         )
         .all_ok();
     cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     let backup = cluster.storage("ss1_backup");
     assert_eq!(
         std::fs::read_to_string(backup.join("files/a.txt")).unwrap(),
@@ -124,8 +124,8 @@ async fn pairing_works_whichever_server_registers_first() {
             ("ss3".into(), Some("mirror".into()), PairState::Active),
         ]
     );
-    cluster.assert_same_files("ss1", "ss1_backup");
-    cluster.assert_same_files("ss2", "ss2_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+    cluster.wait_same_files("ss2", "ss2_backup").await;
     let backups_hold = status
         .servers
         .iter()
@@ -163,7 +163,7 @@ async fn changes_to_one_file_coalesce_while_the_backup_is_busy() {
     cluster.console("alice", &writes).all_ok();
     cluster.signal_ss("ss1_backup", libc::SIGCONT);
     cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     let queued = job_steps(&events, "hot.txt", JobStep::Queued);
     let coalesced = job_steps(&events, "hot.txt", JobStep::Coalesced);
     assert!(
@@ -196,7 +196,7 @@ async fn a_full_queue_becomes_one_sync_and_nothing_is_lost() {
     assert_eq!(status.pairs[0].state, PairState::Syncing);
     cluster.signal_ss("ss1_backup", libc::SIGCONT);
     cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     assert_eq!(
         tests::tree(&cluster.storage("ss1_backup").join("files")).len(),
         30
@@ -238,7 +238,7 @@ async fn backup_away_while(
     events.lock().unwrap().clear();
     cluster.start_ss("ss1_backup").await;
     cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     eventually("the catch-up sync", async || last_sync_detail(events)).await
 }
 
@@ -255,7 +255,7 @@ async fn a_returning_backup_receives_only_the_difference() {
     // A late backup receives everything.
     cluster.start_ss("ss1_backup").await;
     cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     let first = last_sync_detail(&events).expect("a sync ran");
     assert!(first.starts_with("copied 50 files"), "{first}");
     // Away for a while: three changes, one delete, one new file.
@@ -299,7 +299,7 @@ async fn a_backup_back_on_an_emptied_disk_or_after_an_nm_restart_is_compared_in_
     events.lock().unwrap().clear();
     cluster.start_ss("ss1_backup").await;
     cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     let detail = eventually("the sync", async || last_sync_detail(&events)).await;
     assert!(detail.starts_with("copied 20 files"), "{detail}");
 
@@ -316,7 +316,7 @@ async fn a_backup_back_on_an_emptied_disk_or_after_an_nm_restart_is_compared_in_
         .all_ok();
     cluster.start_ss("ss1_backup").await;
     cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     let detail = eventually("the sync", async || last_sync_detail(&events)).await;
     assert!(
         detail.starts_with("copied 1 files") && detail.contains("19 already current"),
@@ -384,7 +384,7 @@ async fn a_backup_killed_mid_transfer_keeps_no_partial_file_and_the_next_sync_co
     tokio::time::timeout(Duration::from_secs(60), cluster.wait_replicated())
         .await
         .expect("the sync completes");
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -474,7 +474,7 @@ async fn a_standby_whose_start_up_scan_has_not_run_catches_up_and_serves_after_a
     cluster.spawn_ss_with("ss1_backup", &["--scan-delay", "1h"]);
     cluster.wait_alive("ss1_backup").await;
     cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     // Promoted, it serves files it has not loaded yet, and new ones.
     cluster.kill_ss("ss1");
     cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
@@ -518,7 +518,7 @@ async fn a_full_comparison_waits_for_a_slow_start_up_scan_without_failing() {
     cluster.spawn_ss_with("ss1_backup", &["--scan-delay", "3s"]);
     cluster.wait_alive("ss1_backup").await;
     cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     let detail = eventually("the sync", async || last_sync_detail(&events)).await;
     assert!(
         detail.starts_with("copied 1 files") && detail.contains("19 already current"),
@@ -551,7 +551,7 @@ async fn after_a_failover_and_hand_back_a_returning_backup_is_caught_up_on_what_
     .await;
     cluster.start_ss("ss1").await;
     cluster.wait_replicated().await;
-    cluster.assert_same_files("ss1", "ss1_backup");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     let status = cluster.status().await;
     assert!(status.servers.iter().any(|s| s.name == "ss1" && s.serving));
     let f03 = std::fs::read_to_string(cluster.storage("ss1").join("files/f03")).unwrap();
