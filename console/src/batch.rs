@@ -14,7 +14,54 @@ use shared::proto::NmReply;
 use shared::proto::NmRequest;
 use shared::{ErrorCode, WireError};
 use std::io::{self, Write};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, Lines};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+/// A script's lines. A line that is not UTF-8 does not end the script:
+/// it is read (with U+FFFD for the bad bytes) and flagged, and the caller
+/// reports an error for that line only.
+pub struct ScriptLines<R> {
+    input: R,
+    buffer: Vec<u8>,
+    not_utf8: bool,
+}
+
+impl<R: AsyncBufRead + Unpin> ScriptLines<R> {
+    pub fn new(input: R) -> Self {
+        ScriptLines {
+            input,
+            buffer: Vec::new(),
+            not_utf8: false,
+        }
+    }
+
+    pub async fn next_line(&mut self) -> io::Result<Option<String>> {
+        self.buffer.clear();
+        if self.input.read_until(b'\n', &mut self.buffer).await? == 0 {
+            return Ok(None);
+        }
+        if self.buffer.last() == Some(&b'\n') {
+            self.buffer.pop();
+            if self.buffer.last() == Some(&b'\r') {
+                self.buffer.pop();
+            }
+        }
+        let line = String::from_utf8_lossy(&self.buffer);
+        self.not_utf8 = matches!(line, std::borrow::Cow::Owned(_));
+        Ok(Some(line.into_owned()))
+    }
+
+    /// Whether the line last read was not valid UTF-8.
+    pub fn not_utf8(&self) -> bool {
+        self.not_utf8
+    }
+}
+
+fn not_utf8(line: &str) -> WireError {
+    WireError::bad_request(format!(
+        "the line is not valid UTF-8 (shown with U+FFFD for the bad bytes): {:?}",
+        line.trim()
+    ))
+}
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,10 +137,15 @@ pub async fn run<R: AsyncBufRead + Unpin>(
     format: Format,
     out: &mut impl Write,
 ) -> io::Result<bool> {
-    let mut lines = input.lines();
+    let mut lines = ScriptLines::new(input);
     let mut all_ok = true;
     while let Some(line) = lines.next_line().await? {
         let text = line.trim().to_owned();
+        if lines.not_utf8() {
+            all_ok = false;
+            Outcome::failure(&text, not_utf8(&line)).print(format, out)?;
+            continue;
+        }
         let command = match parse_line(&line) {
             Ok(Line::Nothing) => continue,
             Ok(Line::Command(Command::Exit)) => break,
@@ -149,7 +201,7 @@ pub async fn run<R: AsyncBufRead + Unpin>(
             Command::Watch { millis } => {
                 let duration = millis.map(std::time::Duration::from_millis);
                 let result = client
-                    .watch(duration, None, |event| {
+                    .watch(duration, None, 0, |event| {
                         let _ = serde_json::to_writer(&mut *out, &event);
                         let _ = writeln!(out);
                         let _ = out.flush();
@@ -364,7 +416,7 @@ async fn write<R: AsyncBufRead + Unpin>(
     text: &str,
     file: &str,
     sentence: i64,
-    lines: &mut Lines<R>,
+    lines: &mut ScriptLines<R>,
 ) -> io::Result<Outcome> {
     let mut failure = client.write_begin(file, sentence).await.err();
     let mut rejected = Vec::new();
@@ -378,6 +430,7 @@ async fn write<R: AsyncBufRead + Unpin>(
             continue;
         }
         let result = match parse_edit(&line) {
+            _ if lines.not_utf8() => Err(not_utf8(&line)),
             Ok((index, content)) => client.write_edit(index, &content).await.map(|_| ()),
             Err(e) => Err(e),
         };

@@ -239,12 +239,14 @@ impl Client {
         &self,
         duration: Option<std::time::Duration>,
         snapshots: Option<std::time::Duration>,
+        recent: u32,
         mut on_event: impl FnMut(Event),
     ) -> Result<u64, WireError> {
         let (mut subscription, _) = self.dial_leader().await?;
         let id = subscription
             .send(NmRequest::Watch {
                 snapshot_every_ms: snapshots.map(|d| d.as_millis() as u64),
+                recent,
             })
             .await
             .map_err(|e| e.to_wire())?;

@@ -34,6 +34,25 @@ impl Nm {
         user: &str,
         request: NmRequest,
     ) -> Result<NmReply, WireError> {
+        // The server is looked up before (a DELETE removes the file) and
+        // after (a CREATE places it).
+        let file = file_of(&request).map(str::to_owned);
+        let placed = |file: &str| self.state().ns.file(file).map(|r| r.server.clone());
+        let before = file.as_deref().and_then(placed);
+        let result = self.handle_client_request(user, request).await;
+        if result.is_ok() {
+            if let Some(server) = before.or_else(|| file.as_deref().and_then(placed)) {
+                self.state().registry.count_operation(&server);
+            }
+        }
+        result
+    }
+
+    async fn handle_client_request(
+        &self,
+        user: &str,
+        request: NmRequest,
+    ) -> Result<NmReply, WireError> {
         match request {
             NmRequest::View { all, .. } => Ok(self.view(user, all)),
             NmRequest::Info { file } => self.info(user, &file),
@@ -674,6 +693,26 @@ impl Nm {
 
 /// The conflict copies of `file` (named `file.conflict-<server>-e<epoch>`
 /// for a server of its pair and an epoch it has had): a few lookups.
+/// The file a client request is about, for the pair's operation counter.
+fn file_of(request: &NmRequest) -> Option<&str> {
+    match request {
+        NmRequest::Info { file }
+        | NmRequest::Create { file }
+        | NmRequest::CreateAndLocate { file }
+        | NmRequest::Delete { file }
+        | NmRequest::Undo { file }
+        | NmRequest::Locate { file, .. }
+        | NmRequest::AddAccess { file, .. }
+        | NmRequest::RemAccess { file, .. }
+        | NmRequest::Move { file, .. }
+        | NmRequest::Checkpoint { file, .. }
+        | NmRequest::Revert { file, .. }
+        | NmRequest::ListCheckpoints { file }
+        | NmRequest::Exec { file } => Some(file),
+        _ => None,
+    }
+}
+
 fn conflict_copies(state: &State, file: &str, pair: &str) -> Vec<String> {
     let Some(p) = state.registry.pair(pair) else {
         return Vec::new();

@@ -3,15 +3,22 @@
 
 use shared::now_ms;
 use shared::proto::{Event, EventKind};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use tokio::sync::broadcast;
 
 /// Events a slow subscriber may fall behind by before it misses some.
 const BUFFER: usize = 4096;
+/// The latest events kept for a new subscriber (WATCH `recent`).
+pub const RECENT: usize = 200;
 
 pub struct Events {
     tx: broadcast::Sender<Event>,
     seq: AtomicU64,
+    /// The latest events, oldest first. Sending happens under this lock, so
+    /// a subscriber gets each event once: from here or from its receiver.
+    recent: Mutex<VecDeque<Event>>,
 }
 
 impl Default for Events {
@@ -19,6 +26,7 @@ impl Default for Events {
         Events {
             tx: broadcast::channel(BUFFER).0,
             seq: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
         }
     }
 }
@@ -93,6 +101,11 @@ impl Events {
                 tracing::debug!(event = "nm_streamed", primary = %primary, replica = %replica, changes = files.len(), max_micros);
             }
         }
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(event.clone());
         let _ = self.tx.send(event);
     }
 
@@ -105,7 +118,12 @@ impl Events {
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.tx.subscribe()
+    /// A receiver of every event from now on, and up to `recent` of the
+    /// latest events before it (oldest first), with no gap and no repeat.
+    pub fn subscribe(&self, recent: usize) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let kept = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let receiver = self.tx.subscribe();
+        let skip = kept.len().saturating_sub(recent);
+        (kept.iter().skip(skip).cloned().collect(), receiver)
     }
 }

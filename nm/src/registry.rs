@@ -44,6 +44,8 @@ pub struct Pair {
     pub last_sync_ms: u64,
     /// Conflict copies kept by recoveries since nm started.
     pub conflict_copies: u64,
+    /// Client operations routed to the pair since nm started (STATUS).
+    pub operations: u64,
     /// The epoch last reported in an event.
     reported_epoch: u64,
 }
@@ -219,6 +221,7 @@ impl Registry {
                 fsm,
                 last_sync_ms: 0,
                 conflict_copies: 0,
+                operations: 0,
                 reported_epoch: epoch,
             }
         });
@@ -284,6 +287,17 @@ impl Registry {
 
     pub fn pairs(&self) -> impl Iterator<Item = &Pair> {
         self.pairs.values()
+    }
+
+    /// Counts a client operation on a file placed on `server`'s pair.
+    pub fn count_operation(&mut self, server: &str) {
+        if let Some(pair) = self
+            .pairs
+            .values_mut()
+            .find(|p| p.primary == server || p.backup.as_deref() == Some(server))
+        {
+            pair.operations += 1;
+        }
     }
 
     /// The pair a server belongs to.
@@ -426,6 +440,7 @@ impl Registry {
                     lag_ms,
                     last_sync_ms: p.last_sync_ms,
                     conflict_copies: p.conflict_copies,
+                    operations: p.operations,
                     standby_in_sync: p.fsm.standby_in_sync(),
                     reason: p.unavailable_reason(),
                 }

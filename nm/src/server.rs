@@ -272,8 +272,13 @@ impl Nm {
                     .await;
                 break;
             }
-            if let NmRequest::Watch { snapshot_every_ms } = request {
-                self.serve_watch(conn, id, snapshot_every_ms).await;
+            if let NmRequest::Watch {
+                snapshot_every_ms,
+                recent,
+            } = request
+            {
+                self.serve_watch(conn, id, snapshot_every_ms, recent as usize)
+                    .await;
                 return;
             }
             let started = Instant::now();
@@ -287,10 +292,21 @@ impl Nm {
     }
 
     /// Streams events to a subscriber until it goes away.
-    async fn serve_watch(&self, mut conn: Connection, id: u64, snapshot_every_ms: Option<u64>) {
-        let mut events = self.events.subscribe();
+    async fn serve_watch(
+        &self,
+        mut conn: Connection,
+        id: u64,
+        snapshot_every_ms: Option<u64>,
+        recent: usize,
+    ) {
+        let (earlier, mut events) = self.events.subscribe(recent);
         if conn.reply(id, Ok(NmReply::Subscribed)).await.is_err() {
             return;
+        }
+        for event in earlier {
+            if conn.reply(id, Ok(NmReply::Event { event })).await.is_err() {
+                return;
+            }
         }
         let period = snapshot_every_ms.map(|ms| std::time::Duration::from_millis(ms.max(50)));
         let mut snapshots =

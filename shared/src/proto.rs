@@ -23,8 +23,9 @@ use std::collections::BTreeMap;
 /// `DOC+` in ASCII: the first field of every connection.
 pub const MAGIC: u32 = u32::from_be_bytes(*b"DOC+");
 /// Bumped on any change that an older peer could misread (2: requests are
-/// decoded strictly, see `shared::connection`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// decoded strictly, see `shared::connection`; 3: WATCH `recent`, pair
+/// `operations`).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Inventory entries per frame (inventories are paged to stay under the frame limit).
 pub const INVENTORY_PAGE: usize = 1000;
 
@@ -342,6 +343,11 @@ pub enum NmRequest {
         /// timers, pairs, queue) at once and then this often.
         #[serde(default)]
         snapshot_every_ms: Option<u64>,
+        /// First send up to this many of the latest events nm emitted
+        /// before the subscription (the console's log starts with what
+        /// happened at nm's start, not empty). 0: only new events.
+        #[serde(default)]
+        recent: u32,
     },
 
     /// First request on a storage server's control connection.
@@ -574,6 +580,11 @@ pub struct PairStatus {
     pub state: PairState,
     pub epoch: u64,
     pub pending_jobs: u64,
+    /// Client operations nm has routed to this pair since it started
+    /// (lookups for READ, WRITE, STREAM, CREATE, DELETE and the like): a
+    /// counter, so a rate is the difference of two snapshots.
+    #[serde(default)]
+    pub operations: u64,
     /// Age of the oldest pending change, in ms (0 when caught up).
     #[serde(default)]
     pub lag_ms: u64,

@@ -121,6 +121,7 @@ fn every_message_round_trips() {
         },
         NmRequest::Watch {
             snapshot_every_ms: Some(1000),
+            recent: 200,
         },
         NmRequest::Heartbeat,
         NmRequest::FileChanged {
@@ -227,6 +228,7 @@ fn every_message_round_trips() {
                     state: PairState::PrimaryFailed,
                     epoch: 4,
                     pending_jobs: 2,
+                    operations: 9,
                     lag_ms: 5,
                     last_sync_ms: 6,
                     conflict_copies: 1,

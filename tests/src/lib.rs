@@ -398,7 +398,7 @@ impl TestCluster {
         tokio::spawn(async move {
             let client = Client::connect(&nm, "watcher").await.unwrap();
             let _ = client
-                .watch(None, None, |event| sink.lock().unwrap().push(event))
+                .watch(None, None, 0, |event| sink.lock().unwrap().push(event))
                 .await;
         });
         events

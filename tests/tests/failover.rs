@@ -442,7 +442,7 @@ async fn the_event_stream_carries_heartbeat_timers_and_the_failure() {
     let sink = events.clone();
     let watcher = tokio::spawn(async move {
         let _ = client
-            .watch(None, Some(Duration::from_millis(100)), |e| {
+            .watch(None, Some(Duration::from_millis(100)), 0, |e| {
                 sink.lock().unwrap().push(e)
             })
             .await;

@@ -1,26 +1,48 @@
 //! The TUI's model: everything on screen, updated by [`Action`]s without a
 //! terminal, so it is tested directly. Side effects (running a command,
-//! killing a daemon) come back as [`Effect`]s for the event loop to carry out.
+//! feeding a WRITE, killing a daemon) come back as [`Effect`]s for the
+//! event loop to carry out.
+//!
+//! Rules an operator relies on:
+//! - a WRITE's edit lines are never run as commands: a header that does not
+//!   parse opens no edit block, and one nm or the server refuses (no such
+//!   file, no access, a locked sentence) closes it at once;
+//! - nothing blocks the command line: WATCH streams into the Events pane
+//!   and Esc stops it; commands queue behind a running one and say so;
+//! - when the event stream from nm is lost, every table is marked stale
+//!   with the age of its data, and the loss and the return are events;
+//! - every key either acts or says why it does not.
 
-use crate::script::COMMAND_NAMES;
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use shared::proto::{ClusterStatus, Event, EventKind, NmRole};
+use super::history::{Charts, HeartbeatSample};
+use super::layout::{self, Areas, Pane};
+use crate::script::{parse_line, Command, Line, COMMAND_NAMES};
+use crossterm::event::{
+    Event as TermEvent, KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
+use shared::proto::{ClusterStatus, Event, EventKind, JobStep, NmRole};
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tui_input::backend::crossterm::EventHandler;
+use tui_input::Input;
 
-/// Events kept in the log.
+/// Entries kept in the event log.
 pub const EVENT_LOG: usize = 1000;
 /// Commands kept in the history.
 pub const HISTORY: usize = 200;
+/// How long a notice (a key that did nothing, say why) stays on the prompt line.
+pub const NOTICE_FOR: Duration = Duration::from_secs(6);
 
-/// Something that happened: a key, a cluster event, a command's result, a tick.
+/// Something that happened: a key, a mouse event, a cluster event, a
+/// command's result, a tick.
 #[derive(Debug, Clone)]
 pub enum Action {
     Key(KeyEvent),
-    ScrollUp,
-    ScrollDown,
+    Mouse(MouseEvent),
+    /// The terminal's size (sent at start and on every resize).
+    Resize(u16, u16),
     Tick,
     Cluster(Event),
+    /// The event stream from nm was lost, and why.
     Disconnected(String),
     /// A command finished: its first line, its human output, whether it succeeded.
     Output {
@@ -34,26 +56,53 @@ pub enum Action {
     Files(Vec<String>),
     /// The demo's daemons: (name, running, last log lines).
     Daemons(Vec<DaemonView>),
+    /// The open WRITE's lock: taken, or refused with this message.
+    WriteOpened(Result<(), String>),
+    /// An edit line of the open WRITE was refused.
+    WriteLineRefused {
+        line: usize,
+        message: String,
+    },
 }
 
 /// What the event loop must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Run a command (a WRITE block is several lines).
+    /// Run one command line.
     Run(String),
+    /// Open a WRITE: take the sentence lock now, edit lines follow.
+    WriteBegin {
+        header: String,
+    },
+    /// An edit line of the open WRITE.
+    WriteLine(String),
+    /// ETIRW: commit the open WRITE.
+    WriteCommit,
+    /// Esc: abandon the open WRITE (nothing is written, the lock is released).
+    WriteCancel,
     Kill(String),
     Restart(String),
     Quit,
+}
+
+/// A line typed into an open WRITE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditLine {
+    pub text: String,
+    /// Why the server refused it.
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     Normal,
     Command,
-    /// Collecting a WRITE's edit lines until ETIRW.
+    /// Collecting a WRITE's edit lines until ETIRW; `open` once the
+    /// sentence lock is held.
     Write {
         header: String,
-        lines: Vec<String>,
+        lines: Vec<EditLine>,
+        open: bool,
     },
     Filter,
 }
@@ -67,31 +116,70 @@ pub struct DaemonView {
     pub address: Option<String>,
 }
 
+/// An entry of the event log: a cluster event, or something the console
+/// itself saw (the event stream lost or back).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogEntry {
+    Cluster(Event),
+    Console { at_ms: u64, text: String, bad: bool },
+}
+
+impl LogEntry {
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            LogEntry::Cluster(e) => e.at_ms,
+            LogEntry::Console { at_ms, .. } => *at_ms,
+        }
+    }
+}
+
+/// A WATCH typed in the TUI: events stream into the Events pane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watching {
+    pub started: Instant,
+    pub until: Option<Instant>,
+    pub events: usize,
+}
+
 pub struct App {
     pub user: String,
     pub nm: String,
     pub status: Option<ClusterStatus>,
-    /// When the snapshot arrived, to run the heartbeat timers between snapshots.
+    /// When the snapshot arrived.
     pub status_at: Option<Instant>,
-    pub events: VecDeque<Event>,
+    pub events: VecDeque<LogEntry>,
     /// Lines scrolled back from the newest event; 0 follows new ones.
     pub events_scroll: usize,
     pub paused: bool,
+    /// Events that arrived while paused.
+    pub unseen: usize,
     pub filter: String,
     pub mode: Mode,
-    pub input: String,
+    pub input: Input,
     pub history: Vec<String>,
     history_pos: Option<usize>,
     pub output_title: String,
     pub output: String,
     pub output_ok: bool,
     pub output_scroll: u16,
+    /// Commands sent and not answered yet, oldest first.
+    pub running: VecDeque<String>,
     pub help: bool,
+    /// Why there is no event stream from nm (None: connected).
     pub connection: Option<String>,
+    /// Since when the tables show old data (the event stream was lost).
+    pub stale_since: Option<Instant>,
     pub files: Vec<String>,
     pub daemons: Vec<DaemonView>,
     pub selected: usize,
     pub color: bool,
+    pub watching: Option<Watching>,
+    /// A line for the prompt row: what a key did not do, and why.
+    pub notice: Option<(String, Instant)>,
+    /// The pane shown in the small layout's tabbed area.
+    pub pane: Pane,
+    pub size: (u16, u16),
+    pub charts: Charts,
 }
 
 impl App {
@@ -104,38 +192,58 @@ impl App {
             events: VecDeque::new(),
             events_scroll: 0,
             paused: false,
+            unseen: 0,
             filter: String::new(),
             mode: Mode::Normal,
-            input: String::new(),
+            input: Input::default(),
             history: Vec::new(),
             history_pos: None,
             output_title: String::new(),
             output: "Type : for a command (? for keys).".to_owned(),
             output_ok: true,
             output_scroll: 0,
+            running: VecDeque::new(),
             help: false,
             connection: Some("connecting to nm…".to_owned()),
+            stale_since: None,
             files: Vec::new(),
             daemons: Vec::new(),
             selected: 0,
             color,
+            watching: None,
+            notice: None,
+            pane: Pane::Events,
+            size: (80, 24),
+            charts: Charts::default(),
         }
+    }
+
+    /// The screen's panes for the current size.
+    pub fn areas(&self) -> Areas {
+        layout::areas(
+            self,
+            ratatui::layout::Rect::new(0, 0, self.size.0, self.size.1),
+        )
     }
 
     /// Applies one action; returns what the event loop must do.
     pub fn update(&mut self, action: Action) -> Vec<Effect> {
         match action {
             Action::Key(key) => return self.key(key),
-            Action::ScrollUp => self.scroll_events(1),
-            Action::ScrollDown => self.scroll_events(-1),
-            Action::Tick => {}
+            Action::Mouse(mouse) => self.mouse(mouse),
+            Action::Resize(w, h) => self.size = (w, h),
+            Action::Tick => self.tick(),
             Action::Cluster(event) => self.cluster_event(event),
-            Action::Disconnected(why) => self.connection = Some(why),
+            Action::Disconnected(why) => self.disconnected(why),
             Action::Output { title, text, ok } => {
+                if let Some(i) = self.running.iter().position(|r| *r == title) {
+                    self.running.remove(i);
+                }
                 self.output_title = title;
                 self.output = text;
                 self.output_ok = ok;
                 self.output_scroll = 0;
+                self.pane = Pane::Output;
             }
             Action::StreamWord(word) => {
                 if !self.output.is_empty() {
@@ -148,12 +256,90 @@ impl App {
                 self.selected = self.selected.min(daemons.len().saturating_sub(1));
                 self.daemons = daemons;
             }
+            Action::WriteOpened(result) => return self.write_opened(result),
+            Action::WriteLineRefused { line, message } => {
+                if let Mode::Write { lines, .. } = &mut self.mode {
+                    if let Some(l) = lines.get_mut(line) {
+                        l.refused = Some(message);
+                    }
+                }
+            }
         }
         Vec::new()
     }
 
+    fn say(&mut self, text: impl Into<String>) {
+        self.notice = Some((text.into(), Instant::now()));
+    }
+
+    /// The notice to show, if it is still fresh.
+    pub fn notice(&self) -> Option<&str> {
+        self.notice
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < NOTICE_FOR)
+            .map(|(text, _)| text.as_str())
+    }
+
+    fn tick(&mut self) {
+        if let Some(w) = &self.watching {
+            if w.until.is_some_and(|until| Instant::now() >= until) {
+                let (secs, n) = (w.started.elapsed().as_secs_f64(), w.events);
+                self.watching = None;
+                self.show(
+                    "WATCH",
+                    format!("WATCH ended after {secs:.0} s: {n} event(s), in the Events pane."),
+                    true,
+                );
+            }
+        }
+    }
+
+    fn show(&mut self, title: &str, text: String, ok: bool) {
+        self.output_title = title.to_owned();
+        self.output = text;
+        self.output_ok = ok;
+        self.output_scroll = 0;
+    }
+
+    fn log(&mut self, entry: LogEntry) {
+        if self.paused {
+            // Keep the view still: the new line pushes the window.
+            self.events_scroll += 1;
+            self.unseen += 1;
+        }
+        if let Some(w) = &mut self.watching {
+            w.events += 1;
+        }
+        self.events.push_back(entry);
+        if self.events.len() > EVENT_LOG {
+            self.events.pop_front();
+        }
+    }
+
+    fn disconnected(&mut self, why: String) {
+        if self.stale_since.is_none() {
+            self.stale_since = Some(Instant::now());
+            self.log(LogEntry::Console {
+                at_ms: shared::now_ms(),
+                text: format!("console: lost the event stream from nm: {why}"),
+                bad: true,
+            });
+        }
+        self.connection = Some(why);
+    }
+
     fn cluster_event(&mut self, event: Event) {
         self.connection = None;
+        if let Some(since) = self.stale_since.take() {
+            self.log(LogEntry::Console {
+                at_ms: shared::now_ms(),
+                text: format!(
+                    "console: event stream from nm back after {:.1} s",
+                    since.elapsed().as_secs_f64()
+                ),
+                bad: false,
+            });
+        }
         if let EventKind::Snapshot { status } = event.kind {
             // A new leader of the nm group shows in the log as an event.
             let leader = |s: &ClusterStatus| {
@@ -163,6 +349,7 @@ impl App {
             };
             let previous = self.status.as_ref().and_then(leader);
             let now = leader(&status);
+            self.charts.record(&status, Instant::now());
             self.status = Some(status);
             self.status_at = Some(Instant::now());
             if let Some(address) = now.filter(|now| Some(now) != previous.as_ref()) {
@@ -183,6 +370,7 @@ impl App {
                         if *state == shared::proto::ServerState::Failed {
                             s.serving = false;
                             s.ms_until_timeout = 0;
+                            self.charts.heartbeat(name, HeartbeatSample::Failed);
                         }
                     }
                 }
@@ -197,24 +385,37 @@ impl App {
                 _ => {}
             }
         }
-        if self.paused {
-            // Keep the view still: the new line pushes the window.
-            self.events_scroll += 1;
-        }
-        self.events.push_back(event);
-        if self.events.len() > EVENT_LOG {
-            self.events.pop_front();
-        }
+        self.log(LogEntry::Cluster(event));
     }
 
     fn scroll_events(&mut self, by: isize) {
         let max = self.events.len().saturating_sub(1);
         self.events_scroll = (self.events_scroll as isize + by).clamp(0, max as isize) as usize;
         self.paused = self.events_scroll > 0;
+        if !self.paused {
+            self.unseen = 0;
+        }
     }
 
-    /// The events the filter lets through, oldest first.
-    pub fn visible_events(&self) -> Vec<&Event> {
+    /// Lines the output can scroll by in its pane (0 when it fits).
+    pub fn output_overflow(&self) -> u16 {
+        let areas = self.areas();
+        let Some(area) = areas.output else {
+            return 0;
+        };
+        let border = if areas.boxed { 2 } else { 0 };
+        let inner = area.height.saturating_sub(border);
+        layout::wrapped_height(&self.output, area.width.saturating_sub(border))
+            .saturating_sub(inner)
+    }
+
+    fn scroll_output(&mut self, by: i32) {
+        let max = self.output_overflow() as i32;
+        self.output_scroll = (self.output_scroll as i32 + by).clamp(0, max) as u16;
+    }
+
+    /// The entries the filter lets through, oldest first.
+    pub fn visible_events(&self) -> Vec<&LogEntry> {
         let filter = self.filter.to_lowercase();
         self.events
             .iter()
@@ -230,7 +431,11 @@ impl App {
             Mode::Normal => self.normal_key(key),
             Mode::Filter => {
                 match key.code {
-                    KeyCode::Enter | KeyCode::Esc => self.mode = Mode::Normal,
+                    KeyCode::Enter => self.mode = Mode::Normal,
+                    KeyCode::Esc => {
+                        self.filter.clear();
+                        self.mode = Mode::Normal;
+                    }
                     KeyCode::Backspace => {
                         self.filter.pop();
                     }
@@ -240,7 +445,7 @@ impl App {
                 Vec::new()
             }
             Mode::Command => self.command_key(key),
-            Mode::Write { header, lines } => self.write_key(key, header, lines),
+            Mode::Write { .. } => self.write_key(key),
         }
     }
 
@@ -249,22 +454,42 @@ impl App {
             self.help = false;
             return Vec::new();
         }
+        let demo = !self.daemons.is_empty();
         match key.code {
             KeyCode::Char('q') => return vec![Effect::Quit],
             KeyCode::Char(':') => {
                 self.mode = Mode::Command;
-                self.input.clear();
+                self.input.reset();
                 self.history_pos = None;
             }
             KeyCode::Char('/') => {
                 self.mode = Mode::Filter;
                 self.filter.clear();
             }
+            KeyCode::Esc => {
+                if let Some(w) = self.watching.take() {
+                    self.show(
+                        "WATCH",
+                        format!(
+                            "WATCH stopped after {:.0} s: {} event(s), in the Events pane.",
+                            w.started.elapsed().as_secs_f64(),
+                            w.events
+                        ),
+                        true,
+                    );
+                } else if !self.filter.is_empty() {
+                    self.filter.clear();
+                    self.say("filter cleared");
+                } else if self.help {
+                    self.help = false;
+                }
+            }
             KeyCode::Char('?') => self.help = true,
             KeyCode::Char('p') | KeyCode::Char(' ') => {
                 self.paused = !self.paused;
                 if !self.paused {
                     self.events_scroll = 0;
+                    self.unseen = 0;
                 }
             }
             KeyCode::Up => self.scroll_events(1),
@@ -272,24 +497,50 @@ impl App {
             KeyCode::End => {
                 self.events_scroll = 0;
                 self.paused = false;
+                self.unseen = 0;
             }
-            KeyCode::PageUp => self.output_scroll = self.output_scroll.saturating_sub(5),
-            KeyCode::PageDown => self.output_scroll = self.output_scroll.saturating_add(5),
-            KeyCode::Tab | KeyCode::Right if !self.daemons.is_empty() => {
+            KeyCode::PageUp => self.scroll_output(-5),
+            KeyCode::PageDown => self.scroll_output(5),
+            KeyCode::Char(c @ '1'..='4') => {
+                let panes = layout::tabs(self);
+                match panes.get((c as u8 - b'1') as usize) {
+                    Some(pane) => self.pane = *pane,
+                    None => self.say(format!("no pane {c} here")),
+                }
+            }
+            KeyCode::Tab | KeyCode::Right if demo => {
                 self.selected = (self.selected + 1) % self.daemons.len();
             }
-            KeyCode::BackTab | KeyCode::Left if !self.daemons.is_empty() => {
+            KeyCode::BackTab | KeyCode::Left if demo => {
                 self.selected = (self.selected + self.daemons.len() - 1) % self.daemons.len();
             }
-            KeyCode::Char('K') => {
+            KeyCode::Char('K') if demo => {
                 if let Some(d) = self.daemons.get(self.selected) {
+                    if !d.running {
+                        let text = format!("{} is not running: R starts it", d.name);
+                        self.say(text);
+                        return Vec::new();
+                    }
                     return vec![Effect::Kill(d.name.clone())];
                 }
             }
-            KeyCode::Char('R') => {
+            KeyCode::Char('R') if demo => {
                 if let Some(d) = self.daemons.get(self.selected) {
+                    if d.running {
+                        let text = format!("{} is running: K kills it, then R restarts it", d.name);
+                        self.say(text);
+                        return Vec::new();
+                    }
                     return vec![Effect::Restart(d.name.clone())];
                 }
+            }
+            KeyCode::Tab
+            | KeyCode::BackTab
+            | KeyCode::Left
+            | KeyCode::Right
+            | KeyCode::Char('K')
+            | KeyCode::Char('R') => {
+                self.say("Tab, K and R act on the daemons of `console demo`; here the daemons run elsewhere");
             }
             _ => {}
         }
@@ -298,81 +549,213 @@ impl App {
 
     fn command_key(&mut self, key: KeyEvent) -> Vec<Effect> {
         match key.code {
-            KeyCode::Esc => self.mode = Mode::Normal,
-            KeyCode::Backspace => {
-                self.input.pop();
+            KeyCode::Esc => {
+                self.mode = Mode::Normal;
+                self.input.reset();
             }
             KeyCode::Tab => self.complete(),
             KeyCode::Up => self.history_step(-1),
             KeyCode::Down => self.history_step(1),
             KeyCode::Enter => {
-                let line = std::mem::take(&mut self.input).trim().to_owned();
+                let line = self.input.value().trim().to_owned();
+                self.input.reset();
                 self.mode = Mode::Normal;
                 if line.is_empty() {
                     return Vec::new();
                 }
                 self.remember(&line);
-                if line
-                    .split_whitespace()
-                    .next()
-                    .is_some_and(|w| w.eq_ignore_ascii_case("WRITE"))
-                {
-                    // A header that does not parse opens no edit prompt: the
-                    // lines typed next must never run as commands.
-                    if let Err(e) = crate::script::parse_line(&line) {
-                        self.output_title = line;
-                        self.output = e.message;
-                        return Vec::new();
-                    }
-                    self.mode = Mode::Write {
-                        header: line,
-                        lines: Vec::new(),
-                    };
-                    return Vec::new();
-                }
-                if line.eq_ignore_ascii_case("EXIT") {
-                    return vec![Effect::Quit];
-                }
-                self.output_title = line.clone();
-                self.output = String::new();
-                return vec![Effect::Run(line)];
+                return self.command(line);
             }
-            KeyCode::Char(c) => self.input.push(c),
-            _ => {}
+            _ => {
+                self.input.handle_event(&TermEvent::Key(key));
+            }
         }
         Vec::new()
     }
 
-    fn write_key(&mut self, key: KeyEvent, header: String, mut lines: Vec<String>) -> Vec<Effect> {
+    /// A command line entered with `:`.
+    fn command(&mut self, line: String) -> Vec<Effect> {
+        let parsed = match parse_line(&line) {
+            Ok(Line::Nothing) => return Vec::new(),
+            Ok(Line::Command(command)) => command,
+            Err(e) => {
+                // A WRITE header that does not parse opens no edit block:
+                // the lines typed next must never run as commands.
+                self.show(
+                    &line,
+                    format!("ERROR {}: {}", e.code.as_str(), e.message),
+                    false,
+                );
+                return Vec::new();
+            }
+        };
+        match parsed {
+            Command::Exit => vec![Effect::Quit],
+            Command::Write { .. } => {
+                self.mode = Mode::Write {
+                    header: line.clone(),
+                    lines: Vec::new(),
+                    open: false,
+                };
+                self.input.reset();
+                vec![Effect::WriteBegin { header: line }]
+            }
+            Command::Watch { millis } => {
+                let now = Instant::now();
+                self.watching = Some(Watching {
+                    started: now,
+                    until: millis.map(|ms| now + Duration::from_millis(ms)),
+                    events: 0,
+                });
+                self.paused = false;
+                self.events_scroll = 0;
+                self.unseen = 0;
+                self.filter.clear();
+                self.pane = Pane::Events;
+                let how_long = match millis {
+                    Some(ms) => format!("for {:.0} s", ms as f64 / 1000.0),
+                    None => "until Esc".to_owned(),
+                };
+                self.show(
+                    &line,
+                    format!("WATCH: cluster events stream into the Events pane {how_long}; the command line stays free."),
+                    true,
+                );
+                Vec::new()
+            }
+            _ => {
+                if !self.running.is_empty() {
+                    self.say(format!(
+                        "{line}: queued behind {} running command(s)",
+                        self.running.len()
+                    ));
+                } else {
+                    self.show(&line, String::new(), true);
+                }
+                self.running.push_back(line.clone());
+                vec![Effect::Run(line)]
+            }
+        }
+    }
+
+    fn write_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        let Mode::Write { header, lines, .. } = &mut self.mode else {
+            return Vec::new();
+        };
         match key.code {
             KeyCode::Esc => {
+                let (header, n) = (header.clone(), lines.len());
                 self.mode = Mode::Normal;
-                self.input.clear();
-            }
-            KeyCode::Backspace => {
-                self.input.pop();
+                self.input.reset();
+                self.show(
+                    &header,
+                    format!("WRITE cancelled (Esc): {n} edit line(s) dropped, nothing was written, the sentence lock is released."),
+                    true,
+                );
+                vec![Effect::WriteCancel]
             }
             KeyCode::Enter => {
-                let line = std::mem::take(&mut self.input);
-                if line.trim().eq_ignore_ascii_case("ETIRW") {
+                let line = self.input.value().to_owned();
+                self.input.reset();
+                if crate::script::is_etirw(&line) {
+                    let header = header.clone();
                     self.mode = Mode::Normal;
-                    let mut block = header.clone();
-                    for l in &lines {
-                        block.push('\n');
-                        block.push_str(l);
-                    }
-                    block.push_str("\nETIRW");
-                    self.output_title = header;
-                    self.output = String::new();
-                    return vec![Effect::Run(block)];
+                    self.show(&header, String::new(), true);
+                    self.running.push_back(header);
+                    return vec![Effect::WriteCommit];
                 }
-                lines.push(line);
-                self.mode = Mode::Write { header, lines };
+                lines.push(EditLine {
+                    text: line.clone(),
+                    refused: None,
+                });
+                vec![Effect::WriteLine(line)]
             }
-            KeyCode::Char(c) => self.input.push(c),
-            _ => {}
+            _ => {
+                self.input.handle_event(&TermEvent::Key(key));
+                Vec::new()
+            }
+        }
+    }
+
+    fn write_opened(&mut self, result: Result<(), String>) -> Vec<Effect> {
+        let Mode::Write {
+            header,
+            lines,
+            open,
+        } = &mut self.mode
+        else {
+            return Vec::new();
+        };
+        match result {
+            Ok(()) => *open = true,
+            Err(message) => {
+                let (header, n) = (header.clone(), lines.len());
+                let dropped = if n == 0 {
+                    String::new()
+                } else {
+                    format!(" ({n} edit line(s) typed meanwhile were dropped)")
+                };
+                self.mode = Mode::Normal;
+                self.input.reset();
+                self.show(&header, format!("{message}{dropped}"), false);
+            }
         }
         Vec::new()
+    }
+
+    fn mouse(&mut self, mouse: MouseEvent) {
+        let areas = self.areas();
+        let inside = |r: Option<ratatui::layout::Rect>| {
+            r.is_some_and(|r| {
+                mouse.column >= r.x
+                    && mouse.column < r.x + r.width
+                    && mouse.row >= r.y
+                    && mouse.row < r.y + r.height
+            })
+        };
+        let up = match mouse.kind {
+            MouseEventKind::ScrollUp => true,
+            MouseEventKind::ScrollDown => false,
+            MouseEventKind::Down(MouseButton::Left) => {
+                if let Some(tabs) = areas.tabs {
+                    if mouse.row == tabs.y {
+                        if let Some(pane) = layout::tab_at(self, mouse.column - tabs.x) {
+                            self.pane = pane;
+                        }
+                        return;
+                    }
+                }
+                let border = u16::from(areas.boxed);
+                if let Some(list) = areas.daemons.filter(|_| inside(areas.daemons)) {
+                    let row = mouse.row.saturating_sub(list.y + border) as usize;
+                    if row < self.daemons.len() && mouse.row >= list.y + border {
+                        self.selected = row;
+                    }
+                    return;
+                }
+                if let Some(servers) = areas.servers.filter(|_| inside(areas.servers)) {
+                    // A server's row selects its daemon in the demo.
+                    let row = (mouse.row.saturating_sub(servers.y + areas.table_top)) as usize;
+                    let name = self
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.servers.get(row))
+                        .map(|s| s.name.clone());
+                    if let Some(i) =
+                        name.and_then(|n| self.daemons.iter().position(|d| d.name == n))
+                    {
+                        self.selected = i;
+                    }
+                }
+                return;
+            }
+            _ => return,
+        };
+        if inside(areas.output) {
+            self.scroll_output(if up { -3 } else { 3 });
+        } else if inside(areas.events) {
+            self.scroll_events(if up { 3 } else { -3 });
+        }
     }
 
     fn remember(&mut self, line: &str) {
@@ -397,18 +780,21 @@ impl App {
         };
         if pos > last {
             self.history_pos = None;
-            self.input.clear();
+            self.input.reset();
             return;
         }
         let pos = pos.clamp(0, last) as usize;
         self.history_pos = Some(pos);
-        self.input = self.history[pos].clone();
+        self.input = Input::new(self.history[pos].clone());
     }
 
-    /// Completes the command name (first word) or a file name (later words).
+    /// Completes the command name (first word) or a file name (later
+    /// words) up to the prefix every match shares; when that adds nothing,
+    /// the candidates are listed on the prompt row.
     fn complete(&mut self) {
-        let ends_with_space = self.input.ends_with(' ');
-        let words: Vec<&str> = self.input.split_whitespace().collect();
+        let value = self.input.value().to_owned();
+        let ends_with_space = value.ends_with(' ');
+        let words: Vec<&str> = value.split_whitespace().collect();
         let (prefix, candidates): (&str, Vec<String>) = match words.as_slice() {
             [] => ("", COMMAND_NAMES.iter().map(|c| c.to_string()).collect()),
             [first] if !ends_with_space => (
@@ -423,7 +809,10 @@ impl App {
             .iter()
             .filter(|c| c.starts_with(prefix) || (words.len() <= 1 && c.starts_with(&upper)))
             .collect();
-        let Some(first) = matches.first() else { return };
+        let Some(first) = matches.first() else {
+            self.say(format!("nothing starts with {prefix:?}"));
+            return;
+        };
         // The longest prefix common to every match.
         let mut common = first.to_string();
         for m in &matches[1..] {
@@ -431,35 +820,50 @@ impl App {
                 common.pop();
             }
         }
-        if common.len() < prefix.len() {
-            return;
-        }
-        self.input.truncate(self.input.len() - prefix.len());
-        self.input.push_str(&common);
+        let mut completed = value[..value.len() - prefix.len()].to_owned();
+        completed.push_str(&common);
         if matches.len() == 1 {
-            self.input.push(' ');
+            completed.push(' ');
+        } else if common.len() <= prefix.len() {
+            let list: Vec<&str> = matches.iter().map(|m| m.as_str()).collect();
+            self.say(list.join("  "));
         }
+        self.input = Input::new(completed);
     }
 
-    /// Milliseconds since server `i`'s last heartbeat and until its timeout, now.
+    /// Milliseconds since server `i`'s last heartbeat and until its
+    /// timeout, as of the latest snapshot (not extrapolated: between
+    /// snapshots the figures would only be guesses).
     pub fn timers(&self, i: usize) -> Option<(u64, u64)> {
-        let status = self.status.as_ref()?;
-        let s = status.servers.get(i)?;
-        let elapsed = self
-            .status_at
-            .map(|at| at.elapsed().as_millis() as u64)
-            .unwrap_or(0);
+        let s = self.status.as_ref()?.servers.get(i)?;
         let until = if s.state == shared::proto::ServerState::Failed {
             0
         } else {
-            s.ms_until_timeout.saturating_sub(elapsed)
+            s.ms_until_timeout
         };
-        Some((s.ms_since_heartbeat + elapsed, until))
+        Some((s.ms_since_heartbeat, until))
+    }
+
+    /// The tables' data age when it is stale (the event stream is lost).
+    pub fn stale_for(&self) -> Option<Duration> {
+        self.stale_since?;
+        Some(self.status_at.map_or(Duration::ZERO, |at| at.elapsed()))
     }
 }
 
-/// One line describing an event.
-pub fn describe(event: &Event) -> String {
+/// `HH:MM:SS` (UTC) of a Unix time in ms.
+pub fn clock(at_ms: u64) -> String {
+    let secs = (at_ms / 1000) % 86_400;
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// One line describing an entry of the log (states named as STATUS names them).
+pub fn describe(entry: &LogEntry) -> String {
+    let event = match entry {
+        LogEntry::Console { text, .. } => return text.clone(),
+        LogEntry::Cluster(event) => event,
+    };
+    use super::ui::word;
     match &event.kind {
         EventKind::Job {
             job,
@@ -472,14 +876,28 @@ pub fn describe(event: &Event) -> String {
             duration_ms,
             detail,
         } => {
-            let mut line = format!(
-                "job {job} {kind:?} {step:?} {} [{primary}] → {replica}",
-                file.as_deref().unwrap_or("(whole pair)")
-            );
+            let what = file.as_deref().unwrap_or("(whole pair)");
+            let mut line = if *step == JobStep::Dropped {
+                // A dropped change may never have had a job of its own.
+                let id = if *job == 0 {
+                    String::new()
+                } else {
+                    format!(" (job {job})")
+                };
+                format!("pair {primary}: {what} not copied to {replica}{id}")
+            } else {
+                format!(
+                    "job {job} {} {} {what} → {replica} (pair {primary})",
+                    word(kind),
+                    word(step)
+                )
+            };
             if let Some(v) = version {
                 line.push_str(&format!(" v{v}"));
             }
-            line.push_str(&format!(" {duration_ms}ms"));
+            if *step != JobStep::Dropped {
+                line.push_str(&format!(" {duration_ms}ms"));
+            }
             if let Some(d) = detail {
                 line.push_str(&format!(": {d}"));
             }
@@ -495,14 +913,14 @@ pub fn describe(event: &Event) -> String {
         } => format!(
             "pair {primary}/{} {} → {} (epoch {epoch}): {reason}",
             backup.as_deref().unwrap_or("-"),
-            super::ui::word(from),
-            super::ui::word(to)
+            word(from),
+            word(to)
         ),
         EventKind::Server {
             name,
             state,
             reason,
-        } => format!("server {name} {}: {reason}", super::ui::word(state)),
+        } => format!("server {name} {}: {reason}", word(state)),
         EventKind::Snapshot { .. } => "snapshot".to_owned(),
         EventKind::NmLeader { address, previous } => match previous {
             Some(previous) => format!("nm LEADER is now {address} (was {previous})"),
@@ -530,16 +948,17 @@ pub fn describe(event: &Event) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crossterm::event::KeyEventKind;
-    use shared::proto::{
-        JobKind, JobStep, PairState, PairStatus, ServerRole, ServerState, ServerStatus,
-    };
+    use shared::proto::{JobKind, PairState, PairStatus, ServerRole, ServerState, ServerStatus};
 
     pub fn key(code: KeyCode) -> Action {
         Action::Key(KeyEvent::new(code, KeyModifiers::NONE))
     }
 
-    fn typed(app: &mut App, text: &str) -> Vec<Effect> {
+    fn ctrl(c: char) -> Action {
+        Action::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL))
+    }
+
+    pub fn typed(app: &mut App, text: &str) -> Vec<Effect> {
         let mut effects = Vec::new();
         for c in text.chars() {
             let code = if c == '\n' {
@@ -582,6 +1001,7 @@ pub(crate) mod tests {
                 state: pair,
                 epoch: 0,
                 pending_jobs: 0,
+                operations: 0,
                 lag_ms: 0,
                 last_sync_ms: 0,
                 conflict_copies: 0,
@@ -595,12 +1015,16 @@ pub(crate) mod tests {
         }
     }
 
-    fn event(seq: u64, kind: EventKind) -> Event {
+    pub fn event(seq: u64, kind: EventKind) -> Event {
         Event {
             seq,
             at_ms: 0,
             kind,
         }
+    }
+
+    fn snapshot(app: &mut App, status: ClusterStatus) {
+        app.update(Action::Cluster(event(0, EventKind::Snapshot { status })));
     }
 
     #[test]
@@ -638,12 +1062,7 @@ pub(crate) mod tests {
     #[test]
     fn snapshots_and_events_update_the_rows_at_once() {
         let mut app = App::new("nm", "op", true);
-        app.update(Action::Cluster(event(
-            1,
-            EventKind::Snapshot {
-                status: status(PairState::Active),
-            },
-        )));
+        snapshot(&mut app, status(PairState::Active));
         assert!(app.connection.is_none());
         app.update(Action::Cluster(event(
             2,
@@ -671,49 +1090,51 @@ pub(crate) mod tests {
         assert_eq!(app.events.len(), 2, "snapshots are not logged");
     }
 
-    #[test]
-    fn the_log_pauses_scrolls_and_filters() {
-        let mut app = App::new("nm", "op", true);
-        for i in 0..5 {
-            app.update(Action::Cluster(event(
-                i,
-                EventKind::Job {
-                    job: i,
-                    kind: JobKind::Update,
-                    step: if i == 3 {
-                        JobStep::Failed
-                    } else {
-                        JobStep::Applied
-                    },
-                    file: Some(format!("f{i}")),
-                    primary: "ss1".into(),
-                    replica: "ss1_backup".into(),
-                    version: Some(1),
-                    duration_ms: 1,
-                    detail: None,
-                },
-            )));
+    fn job(i: u64, step: JobStep) -> EventKind {
+        EventKind::Job {
+            job: i,
+            kind: JobKind::Update,
+            step,
+            file: Some(format!("f{i}")),
+            primary: "ss1".into(),
+            replica: "ss1_backup".into(),
+            version: Some(1),
+            duration_ms: 1,
+            detail: None,
         }
-        app.update(key(KeyCode::Up));
-        assert!(app.paused && app.events_scroll == 1);
-        app.update(Action::Cluster(event(
-            9,
-            EventKind::Server {
-                name: "x".into(),
-                state: ServerState::Alive,
-                reason: "r".into(),
-            },
-        )));
-        assert_eq!(app.events_scroll, 2, "a paused log does not move");
-        app.update(key(KeyCode::End));
-        assert!(!app.paused && app.events_scroll == 0);
-        typed(&mut app, "/failed\n");
-        assert_eq!(app.visible_events().len(), 1);
-        assert_eq!(app.mode, Mode::Normal);
     }
 
     #[test]
-    fn commands_history_completion_and_write_blocks() {
+    fn the_log_pauses_scrolls_filters_and_counts_what_came_meanwhile() {
+        let mut app = App::new("nm", "op", true);
+        for i in 0..5 {
+            let step = if i == 3 {
+                JobStep::Failed
+            } else {
+                JobStep::Applied
+            };
+            app.update(Action::Cluster(event(i, job(i, step))));
+        }
+        app.update(key(KeyCode::Up));
+        assert!(app.paused && app.events_scroll == 1);
+        app.update(Action::Cluster(event(9, job(9, JobStep::Applied))));
+        assert_eq!(app.events_scroll, 2, "a paused log does not move");
+        assert_eq!(app.unseen, 1, "and counts what arrived");
+        app.update(key(KeyCode::End));
+        assert!(!app.paused && app.events_scroll == 0 && app.unseen == 0);
+        typed(&mut app, "/failed\n");
+        assert_eq!(app.visible_events().len(), 1);
+        assert_eq!(app.mode, Mode::Normal);
+        app.update(key(KeyCode::Esc));
+        assert!(app.filter.is_empty(), "Esc clears the filter");
+        assert_eq!(app.visible_events().len(), 6);
+        typed(&mut app, "/zz");
+        app.update(key(KeyCode::Esc));
+        assert!(app.filter.is_empty() && app.mode == Mode::Normal);
+    }
+
+    #[test]
+    fn commands_history_completion_and_line_editing() {
         let mut app = App::new("nm", "op", true);
         app.update(Action::Files(vec![
             "notes.txt".into(),
@@ -721,96 +1142,228 @@ pub(crate) mod tests {
         ]));
         typed(&mut app, ":cre");
         app.update(key(KeyCode::Tab));
-        assert_eq!(app.input, "CREATE", "CREATE and CREATEFOLDER share it");
-        typed(&mut app, ":");
-        app.update(key(KeyCode::Esc));
-        typed(&mut app, ":lis");
+        assert_eq!(
+            app.input.value(),
+            "CREATE",
+            "CREATE and CREATEFOLDER share it"
+        );
         app.update(key(KeyCode::Tab));
-        assert_eq!(app.input, "LIST", "LIST and LISTCHECKPOINTS share it");
+        assert_eq!(
+            app.notice(),
+            Some("CREATE  CREATEFOLDER"),
+            "an ambiguous Tab lists the candidates"
+        );
         app.update(key(KeyCode::Esc));
         typed(&mut app, ":CREATE no");
         app.update(key(KeyCode::Tab));
-        assert_eq!(app.input, "CREATE note", "the common prefix of the matches");
+        assert_eq!(app.input.value(), "CREATE note", "the common prefix");
         let effects = typed(&mut app, "s.txt\n");
         assert_eq!(effects, [Effect::Run("CREATE notes.txt".into())]);
         typed(&mut app, ":");
         app.update(key(KeyCode::Up));
-        assert_eq!(app.input, "CREATE notes.txt");
+        assert_eq!(app.input.value(), "CREATE notes.txt");
         app.update(key(KeyCode::Esc));
-        let effects = typed(
-            &mut app,
-            ":WRITE notes.txt 0\n0 Hello there.\n1 big\nETIRW\n",
-        );
-        assert_eq!(
-            effects,
-            [Effect::Run(
-                "WRITE notes.txt 0\n0 Hello there.\n1 big\nETIRW".into()
-            )]
-        );
+        // Cursor keys and the usual control keys edit the line.
+        typed(&mut app, ":CRATE x");
+        for _ in 0..5 {
+            app.update(key(KeyCode::Left));
+        }
+        typed(&mut app, "E");
+        assert_eq!(app.input.value(), "CREATE x");
+        app.update(ctrl('a'));
+        assert_eq!(app.input.cursor(), 0);
+        app.update(ctrl('e'));
+        app.update(ctrl('w'));
+        assert_eq!(app.input.value(), "CREATE ");
+        app.update(ctrl('u'));
+        assert_eq!(app.input.value(), "");
+        app.update(key(KeyCode::Esc));
         assert_eq!(app.mode, Mode::Normal);
     }
 
     #[test]
-    fn a_bad_write_header_opens_no_edit_prompt() {
+    fn a_write_block_takes_its_lock_first_and_sends_lines_as_typed() {
+        let mut app = App::new("nm", "op", true);
+        let effects = typed(&mut app, ":WRITE notes.txt 0\n");
+        assert_eq!(
+            effects,
+            [Effect::WriteBegin {
+                header: "WRITE notes.txt 0".into()
+            }]
+        );
+        assert_eq!(
+            typed(&mut app, "0 Hello there.\n"),
+            [Effect::WriteLine("0 Hello there.".into())]
+        );
+        app.update(Action::WriteOpened(Ok(())));
+        app.update(Action::WriteLineRefused {
+            line: 0,
+            message: "E_BAD_REQUEST: word index 9 is past the end".into(),
+        });
+        let Mode::Write { lines, open, .. } = &app.mode else {
+            panic!("{:?}", app.mode)
+        };
+        assert!(*open && lines[0].refused.is_some());
+        assert_eq!(typed(&mut app, "ETIRW\n"), [Effect::WriteCommit]);
+        assert_eq!(app.mode, Mode::Normal);
+    }
+
+    #[test]
+    fn a_refused_or_bad_write_header_closes_the_block_and_nothing_runs() {
         let mut app = App::new("nm", "op", false);
-        for header in [
-            ":WRITE a.txt
-",
-            ":WRITE a.txt x
-",
-        ] {
+        for header in [":WRITE a.txt\n", ":WRITE a.txt x\n"] {
             assert!(typed(&mut app, header).is_empty());
             assert_eq!(app.mode, Mode::Normal, "{header}");
             assert!(app.output.contains("WRITE"), "{}", app.output);
         }
         // What is typed next is a command line again, not an edit line.
-        let effects = typed(
-            &mut app,
-            ":CREATE zz.txt
-",
-        );
+        let effects = typed(&mut app, ":CREATE zz.txt\n");
         assert_eq!(effects, [Effect::Run("CREATE zz.txt".into())]);
+        // A header nm refuses (no such file) closes the block at once; the
+        // lines typed meanwhile went to the WRITE, never to the command line.
+        typed(&mut app, ":WRITE nope.txt 0\n");
+        assert_eq!(
+            typed(&mut app, "CREATE yy.txt\n"),
+            [Effect::WriteLine("CREATE yy.txt".into())]
+        );
+        app.update(Action::WriteOpened(Err(
+            "ERROR E_NOT_FOUND: no file nope.txt".into(),
+        )));
+        assert_eq!(app.mode, Mode::Normal);
+        assert!(app.output.contains("E_NOT_FOUND") && app.output.contains("1 edit line"));
+        // Esc in an open block says what it did.
+        typed(&mut app, ":WRITE a.txt 0\n0 x\n");
+        assert_eq!(app.update(key(KeyCode::Esc)), [Effect::WriteCancel]);
+        assert!(app.output.contains("cancelled"), "{}", app.output);
+    }
+
+    #[test]
+    fn watch_streams_into_the_events_and_never_holds_the_command_line() {
+        let mut app = App::new("nm", "op", true);
+        assert!(typed(&mut app, ":WATCH\n").is_empty());
+        assert!(app.watching.is_some());
+        app.update(Action::Cluster(event(1, job(1, JobStep::Applied))));
+        assert_eq!(
+            typed(&mut app, ":CREATE w.txt\n"),
+            [Effect::Run("CREATE w.txt".into())],
+            "commands run while watching"
+        );
+        app.update(key(KeyCode::Esc));
+        assert!(app.watching.is_none());
+        assert!(app.output.contains("1 event"), "{}", app.output);
+        // A timed WATCH ends by itself.
+        typed(&mut app, ":WATCH 0\n");
+        app.update(Action::Tick);
+        assert!(app.watching.is_none());
+        assert!(app.output.contains("ended"), "{}", app.output);
+    }
+
+    #[test]
+    fn queued_commands_say_that_they_wait() {
+        let mut app = App::new("nm", "op", true);
+        typed(&mut app, ":LIST\n");
+        typed(&mut app, ":VIEW -a\n");
+        assert_eq!(app.running.len(), 2);
+        assert!(
+            app.notice().unwrap().contains("queued"),
+            "{:?}",
+            app.notice()
+        );
+        app.update(Action::Output {
+            title: "LIST".into(),
+            text: "alice".into(),
+            ok: true,
+        });
+        assert_eq!(app.running.len(), 1);
+    }
+
+    #[test]
+    fn a_lost_event_stream_marks_the_data_stale_and_logs_loss_and_return() {
+        let mut app = App::new("nm", "op", true);
+        snapshot(&mut app, status(PairState::Active));
+        assert!(app.stale_for().is_none());
+        app.update(Action::Disconnected("connection refused".into()));
+        app.update(Action::Disconnected("connection refused".into()));
+        assert!(app.stale_for().is_some());
+        snapshot(&mut app, status(PairState::Active));
+        assert!(app.stale_for().is_none());
+        let lines: Vec<String> = app.events.iter().map(describe).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("lost the event stream"), "{lines:?}");
+        assert!(lines[1].contains("back after"), "{lines:?}");
     }
 
     #[test]
     fn keys_quit_help_and_drive_the_demo_daemons() {
         let mut app = App::new("nm", "op", true);
         assert_eq!(app.update(key(KeyCode::Char('q'))), [Effect::Quit]);
-        let ctrl_c = Action::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
         typed(&mut app, ":");
         assert_eq!(
-            app.update(ctrl_c),
+            app.update(ctrl('c')),
             [Effect::Quit],
             "Ctrl-C quits from any mode"
         );
         app.update(key(KeyCode::Esc));
+        app.update(key(KeyCode::Char('K')));
+        assert!(
+            app.notice().unwrap().contains("console demo"),
+            "K outside the demo says why"
+        );
         app.update(key(KeyCode::Char('?')));
         assert!(app.help);
         app.update(key(KeyCode::Char('x')));
         assert!(!app.help);
+        let daemon = |name: &str, running: bool| DaemonView {
+            name: name.into(),
+            running,
+            log: vec![],
+            address: None,
+        };
         app.update(Action::Daemons(vec![
-            DaemonView {
-                name: "nm".into(),
-                running: true,
-                log: vec![],
-                address: None,
-            },
-            DaemonView {
-                name: "ss1".into(),
-                running: true,
-                log: vec![],
-                address: None,
-            },
+            daemon("nm", true),
+            daemon("ss1", true),
         ]));
         app.update(key(KeyCode::Tab));
+        assert!(app.update(key(KeyCode::Char('R'))).is_empty());
+        assert!(app.notice().unwrap().contains("is running"));
         assert_eq!(
             app.update(key(KeyCode::Char('K'))),
             [Effect::Kill("ss1".into())]
         );
+        app.update(Action::Daemons(vec![
+            daemon("nm", true),
+            daemon("ss1", false),
+        ]));
         assert_eq!(
             app.update(key(KeyCode::Char('R'))),
             [Effect::Restart("ss1".into())]
         );
-        let _ = KeyEventKind::Press;
+    }
+
+    #[test]
+    fn dropped_changes_and_job_steps_read_plainly() {
+        let line = describe(&LogEntry::Cluster(event(
+            1,
+            EventKind::Job {
+                job: 0,
+                kind: JobKind::Update,
+                step: JobStep::Dropped,
+                file: Some("a.txt".into()),
+                primary: "ss1".into(),
+                replica: "ss1".into(),
+                version: Some(4),
+                duration_ms: 0,
+                detail: Some("a server of the pair is down".into()),
+            },
+        )));
+        assert_eq!(
+            line,
+            "pair ss1: a.txt not copied to ss1 v4: a server of the pair is down"
+        );
+        let line = describe(&LogEntry::Cluster(event(2, job(7, JobStep::Applied))));
+        assert_eq!(
+            line,
+            "job 7 UPDATE APPLIED f7 → ss1_backup (pair ss1) v1 1ms"
+        );
     }
 }

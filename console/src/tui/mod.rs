@@ -1,6 +1,9 @@
 //! The interactive console: a ratatui TUI on nm's event stream.
 //!
 //! - [`app`]: the model, updated by actions without a terminal.
+//! - [`layout`]: where each pane goes at a given size (drawing and mouse
+//!   hits share it).
+//! - [`history`]: the series behind the charts.
 //! - [`ui`]: drawing the model.
 //! - this module: the terminal (raw mode, alternate screen, mouse; always
 //!   restored, also after a panic) and the event loop, which merges keys,
@@ -9,15 +12,15 @@
 //!   actions, and carries out the effects the model asks for.
 
 pub mod app;
+pub mod history;
+pub mod layout;
 pub mod ui;
 
 use crate::batch::{self, Format};
 use crate::client::Client;
 use crate::local_cluster::LocalCluster;
 use app::{Action, App, DaemonView, Effect};
-use crossterm::event::{
-    DisableMouseCapture, EnableMouseCapture, Event as TermEvent, EventStream, MouseEventKind,
-};
+use crossterm::event::{DisableMouseCapture, EnableMouseCapture, Event as TermEvent, EventStream};
 use crossterm::execute;
 use crossterm::terminal::{
     disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
@@ -34,6 +37,8 @@ use tokio::sync::mpsc;
 const TICK: Duration = Duration::from_millis(250);
 /// How often nm sends a status snapshot on the subscription.
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
+/// Events nm sent before the console subscribed that open its log.
+const RECENT_EVENTS: u32 = 200;
 
 fn restore_terminal() {
     let _ = disable_raw_mode();
@@ -84,6 +89,10 @@ pub async fn run(
     let _guard = TerminalGuard::enter()?;
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     terminal.clear()?;
+    let size = terminal.size()?;
+    app.update(Action::Resize(size.width, size.height));
+    // The open WRITE's edit lines, to the command task running it.
+    let mut write: Option<mpsc::UnboundedSender<WriteInput>> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -104,8 +113,27 @@ pub async fn run(
         for effect in app.update(action) {
             match effect {
                 Effect::Quit => quit = true,
-                Effect::Run(block) => {
-                    let _ = commands.send(block);
+                Effect::Run(line) => {
+                    let _ = commands.send(Job::Run(line));
+                }
+                Effect::WriteBegin { header } => {
+                    let (lines, receiver) = mpsc::unbounded_channel();
+                    write = Some(lines);
+                    let _ = commands.send(Job::Write { header, receiver });
+                }
+                Effect::WriteLine(line) => {
+                    if let Some(w) = &write {
+                        let _ = w.send(WriteInput::Edit(line));
+                    }
+                }
+                Effect::WriteCommit => {
+                    if let Some(w) = write.take() {
+                        let _ = w.send(WriteInput::Commit);
+                    }
+                }
+                Effect::WriteCancel => {
+                    // Dropping the sender ends the session: the task aborts it.
+                    write = None;
                 }
                 Effect::Kill(name) => {
                     if let Some(cluster) = demo.as_mut() {
@@ -141,12 +169,8 @@ fn spawn_input(actions: mpsc::UnboundedSender<Action>) {
                 TermEvent::Key(key) if key.kind == crossterm::event::KeyEventKind::Press => {
                     Action::Key(key)
                 }
-                TermEvent::Mouse(mouse) => match mouse.kind {
-                    MouseEventKind::ScrollUp => Action::ScrollUp,
-                    MouseEventKind::ScrollDown => Action::ScrollDown,
-                    _ => continue,
-                },
-                TermEvent::Resize(..) => Action::Tick,
+                TermEvent::Mouse(mouse) => Action::Mouse(mouse),
+                TermEvent::Resize(w, h) => Action::Resize(w, h),
                 _ => continue,
             };
             if actions.send(action).is_err() {
@@ -164,7 +188,7 @@ fn spawn_watch(nm: String, user: String, actions: mpsc::UnboundedSender<Action>)
                 Ok(client) => {
                     let sink = actions.clone();
                     client
-                        .watch(None, Some(SNAPSHOT_EVERY), |event| {
+                        .watch(None, Some(SNAPSHOT_EVERY), RECENT_EVENTS, |event| {
                             let _ = sink.send(Action::Cluster(event));
                         })
                         .await
@@ -185,31 +209,150 @@ fn spawn_watch(nm: String, user: String, actions: mpsc::UnboundedSender<Action>)
     });
 }
 
+/// Work for the command task, in the order it was typed.
+enum Job {
+    Run(String),
+    /// A WRITE: its lock is taken at once, edit lines arrive on `receiver`.
+    Write {
+        header: String,
+        receiver: mpsc::UnboundedReceiver<WriteInput>,
+    },
+}
+
+/// What the TUI sends to an open WRITE. The channel closing cancels it.
+enum WriteInput {
+    Edit(String),
+    Commit,
+}
+
 /// Runs commands one after another on a client of its own, and refreshes
 /// the file names used for completion after each.
 fn spawn_commands(
     nm: String,
     user: String,
     actions: mpsc::UnboundedSender<Action>,
-) -> mpsc::UnboundedSender<String> {
-    let (commands, mut queue) = mpsc::unbounded_channel::<String>();
+) -> mpsc::UnboundedSender<Job> {
+    let (commands, mut queue) = mpsc::unbounded_channel::<Job>();
     tokio::spawn(async move {
         let mut client = Client::connect(&nm, &user).await.ok();
         refresh_files(client.as_mut(), &actions).await;
-        while let Some(block) = queue.recv().await {
+        while let Some(job) = queue.recv().await {
             if client.is_none() {
                 client = Client::connect(&nm, &user).await.ok();
             }
-            let title = block.lines().next().unwrap_or_default().to_owned();
-            let (text, ok) = match client.as_mut() {
-                Some(c) => run_block(c, &block, &actions).await,
-                None => (format!("cannot reach nm at {nm}"), false),
+            let Some(c) = client.as_mut() else {
+                let text = format!("ERROR E_UNAVAILABLE: cannot reach nm at {nm}");
+                if let Job::Write { header, .. } = &job {
+                    let _ = actions.send(Action::WriteOpened(Err(text)));
+                    let _ = actions.send(Action::Output {
+                        title: header.clone(),
+                        text: "the WRITE was not opened".into(),
+                        ok: false,
+                    });
+                    continue;
+                }
+                let Job::Run(line) = job else { continue };
+                let _ = actions.send(Action::Output {
+                    title: line,
+                    text,
+                    ok: false,
+                });
+                continue;
             };
-            let _ = actions.send(Action::Output { title, text, ok });
+            match job {
+                Job::Run(line) => {
+                    let (text, ok) = run_block(c, &line, &actions).await;
+                    let _ = actions.send(Action::Output {
+                        title: line,
+                        text,
+                        ok,
+                    });
+                }
+                Job::Write { header, receiver } => {
+                    write_session(c, header, receiver, &actions).await;
+                }
+            }
             refresh_files(client.as_mut(), &actions).await;
         }
     });
     commands
+}
+
+/// An interactive WRITE: the sentence lock is taken before any edit line,
+/// each line is applied as it is typed (a refused one is marked at once),
+/// ETIRW commits, and the channel closing (Esc) abandons it.
+async fn write_session(
+    client: &mut Client,
+    header: String,
+    mut lines: mpsc::UnboundedReceiver<WriteInput>,
+    actions: &mpsc::UnboundedSender<Action>,
+) {
+    use crate::script::{parse_edit, parse_line, Command, Line};
+    let output = |text: String, ok: bool| Action::Output {
+        title: header.clone(),
+        text,
+        ok,
+    };
+    let error = |e: &shared::WireError| format!("ERROR {}: {}", e.code.as_str(), e.message);
+    let Ok(Line::Command(Command::Write { file, sentence })) = parse_line(&header) else {
+        let _ = actions.send(Action::WriteOpened(Err("not a WRITE header".into())));
+        return;
+    };
+    if let Err(e) = client.write_begin(&file, sentence).await {
+        let _ = actions.send(Action::WriteOpened(Err(error(&e))));
+        let _ = actions.send(output(error(&e), false));
+        return;
+    }
+    let _ = actions.send(Action::WriteOpened(Ok(())));
+    let (mut index, mut refused) = (0usize, 0usize);
+    loop {
+        match lines.recv().await {
+            Some(WriteInput::Edit(line)) => {
+                let this = index;
+                index += 1;
+                if matches!(parse_line(&line), Ok(Line::Nothing)) {
+                    continue;
+                }
+                let result = match parse_edit(&line) {
+                    Ok((word, content)) => client.write_edit(word, &content).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => {}
+                    Err(e) if e.code == shared::ErrorCode::Unavailable => {
+                        let text =
+                            format!("ERROR E_UNAVAILABLE: the WRITE was lost: {}", e.message);
+                        let _ = actions.send(Action::WriteOpened(Err(text.clone())));
+                        let _ = actions.send(output(text, false));
+                        return;
+                    }
+                    Err(e) => {
+                        refused += 1;
+                        let _ = actions.send(Action::WriteLineRefused {
+                            line: this,
+                            message: error(&e),
+                        });
+                    }
+                }
+            }
+            Some(WriteInput::Commit) => {
+                let action = match client.write_commit().await {
+                    Ok(_) if refused > 0 => output(
+                        format!("Write Successful! ({refused} edit line(s) were refused and not applied)"),
+                        false,
+                    ),
+                    Ok(_) => output("Write Successful!".into(), true),
+                    Err(e) => output(error(&e), false),
+                };
+                let _ = actions.send(action);
+                return;
+            }
+            None => {
+                client.write_abort().await;
+                return;
+            }
+        }
+    }
 }
 
 async fn refresh_files(client: Option<&mut Client>, actions: &mpsc::UnboundedSender<Action>) {

@@ -1,11 +1,16 @@
-//! Drawing the [`App`] with ratatui: servers, pairs, the event log, the
-//! command output, the command line, and in the demo the daemons and their logs.
+//! Drawing the [`App`] with ratatui, pane by pane, where [`super::layout`]
+//! puts them: servers, the nm group, pairs, the event log, charts, the
+//! demo's daemons and their logs, the command output and the prompt.
+//! When the event stream from nm is lost every table is drawn grey and
+//! titled STALE with the age of its data.
 
-use super::app::{describe, App, DaemonView, Mode};
-use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use super::app::{clock, describe, App, DaemonView, LogEntry, Mode};
+use super::history::{heartbeat_line, sparkline};
+use super::layout::{self, Areas, Pane};
+use ratatui::layout::{Constraint, Position, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Clear, List, ListItem, Paragraph, Row, Table, Wrap};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
 use ratatui::Frame;
 use shared::proto::{EventKind, JobStep, NmRole, PairState, ServerRole, ServerState};
 
@@ -25,7 +30,6 @@ fn bold(app: &App) -> Style {
     }
 }
 
-/// The upper-case name of a state, as STATUS prints it.
 /// A value as it is named on the wire and in STATUS (UPPER_SNAKE for states).
 pub(crate) fn word<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_value(value)
@@ -50,80 +54,124 @@ fn bar(ratio: f64, width: usize) -> String {
     format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
 }
 
+/// A pane's frame: a titled box in the full layout, nothing in the compact
+/// one (the tab bar names the pane there).
+fn frame_of(areas: &Areas, title: impl Into<Line<'static>>) -> Block<'static> {
+    if areas.boxed {
+        Block::default().borders(Borders::ALL).title(title)
+    } else {
+        Block::default()
+    }
+}
+
+/// A table's frame; its title says STALE (and how old) when it is.
+fn table_block(app: &App, areas: &Areas, title: &str) -> Block<'static> {
+    let stale = app.stale_for().map(|age| {
+        Span::styled(
+            format!(" STALE {:.0}s: no data from nm ", age.as_secs_f64()),
+            paint(app, Color::Red).add_modifier(Modifier::BOLD),
+        )
+    });
+    if areas.boxed {
+        let mut title = vec![Span::raw(title.to_owned())];
+        title.extend(stale);
+        Block::default()
+            .borders(Borders::ALL)
+            .title(Line::from(title))
+    } else {
+        Block::default()
+    }
+}
+
+/// Rows of a table with old data are drawn grey.
+fn row_style(app: &App) -> Style {
+    if app.stale_since.is_some() {
+        paint(app, Color::DarkGray).add_modifier(Modifier::DIM)
+    } else {
+        Style::default()
+    }
+}
+
+/// A cell's colour, unless the data is stale (then everything is grey).
+fn live(app: &App, color: Color) -> Style {
+    if app.stale_since.is_some() {
+        row_style(app)
+    } else {
+        paint(app, color)
+    }
+}
+
+/// The smallest screen drawn; below it the console says so.
+const MIN_SIZE: (u16, u16) = (40, 8);
+
 pub fn draw(frame: &mut Frame, app: &App) {
     let area = frame.area();
-    let servers = app.status.as_ref().map_or(0, |s| s.servers.len()) as u16;
-    let pairs = app.status.as_ref().map_or(0, |s| s.pairs.len()) as u16;
-    // Small terminals keep the servers and pairs whole and give up output
-    // and event lines first.
-    let servers_h = servers.max(1) + 3;
-    let pairs_h = pairs.max(1) + 3;
-    let group_h = match &app.status {
-        Some(s) if has_group(app) => (s.nm.len() + s.etcd.len()) as u16 + 3,
-        _ => 0,
-    };
-    let left = area
-        .height
-        .saturating_sub(2 + servers_h + pairs_h + group_h);
-    let output_h = match left {
-        13.. => 7,
-        8.. => 5,
-        _ => left.min(3),
-    };
-    let rows = Layout::default()
-        .direction(Direction::Vertical)
-        .constraints([
-            Constraint::Length(1),
-            Constraint::Length(servers_h),
-            Constraint::Length(group_h),
-            Constraint::Length(pairs_h),
-            Constraint::Fill(1),
-            Constraint::Length(output_h),
-            Constraint::Length(1),
-        ])
-        .split(area);
-    draw_title(frame, app, rows[0]);
-    draw_servers(frame, app, rows[1]);
-    if group_h > 0 {
-        draw_group(frame, app, rows[2]);
+    if area.width < MIN_SIZE.0 || area.height < MIN_SIZE.1 {
+        frame.render_widget(
+            Paragraph::new(format!(
+                "{}×{} is too small: the console needs {}×{}",
+                area.width, area.height, MIN_SIZE.0, MIN_SIZE.1
+            ))
+            .wrap(Wrap { trim: true }),
+            area,
+        );
+        return;
     }
-    draw_pairs(frame, app, rows[3]);
-    if app.daemons.is_empty() {
-        draw_events(frame, app, rows[4]);
-    } else {
-        let middle = Layout::default()
-            .direction(Direction::Horizontal)
-            .constraints([Constraint::Percentage(60), Constraint::Percentage(40)])
-            .split(rows[4]);
-        draw_events(frame, app, middle[0]);
-        draw_daemons(frame, app, middle[1]);
+    let areas = layout::areas(app, area);
+    draw_title(frame, app, areas.title);
+    if let Some(r) = areas.servers {
+        draw_servers(frame, app, &areas, r);
     }
-    draw_output(frame, app, rows[5]);
-    draw_prompt(frame, app, rows[6]);
+    if let Some(r) = areas.group {
+        draw_group(frame, app, &areas, r);
+    }
+    if let Some(r) = areas.pairs {
+        draw_pairs(frame, app, &areas, r);
+    }
+    if let Some(r) = areas.tabs {
+        draw_tabs(frame, app, r);
+    }
+    if let Some(r) = areas.events {
+        draw_events(frame, app, &areas, r);
+    }
+    if let Some(r) = areas.charts {
+        draw_charts(frame, app, &areas, r);
+    }
+    if let Some(r) = areas.daemons {
+        draw_daemons(frame, app, &areas, r, areas.daemon_log);
+    }
+    if let Some(r) = areas.output {
+        draw_output(frame, app, &areas, r);
+    }
+    draw_prompt(frame, app, areas.prompt);
     if app.help {
         draw_help(frame, app, area);
     }
 }
 
 fn draw_title(frame: &mut Frame, app: &App, area: Rect) {
-    let mut spans = vec![
-        Span::styled("Docs++ ", bold(app)),
-        Span::raw(format!("nm {} as {}", app.nm, app.user)),
-    ];
+    let mut spans = vec![Span::styled("Docs++ ", bold(app))];
+    // The state of the connection comes first, so a narrow pane shows it.
+    match (&app.connection, app.stale_since) {
+        (Some(why), Some(_)) => spans.push(Span::styled(
+            format!("NO EVENT STREAM ({why}) "),
+            paint(app, Color::Red).add_modifier(Modifier::BOLD),
+        )),
+        (Some(why), None) => spans.push(Span::styled(format!("{why} "), paint(app, Color::Yellow))),
+        (None, _) => {}
+    }
+    spans.push(Span::raw(format!("nm {} as {}", app.nm, app.user)));
     if let Some(status) = &app.status {
         spans.push(Span::raw(format!(
             "  {} replication, queue {}",
             status.replication, status.queue_depth
         )));
     }
-    match &app.connection {
-        Some(why) => spans.push(Span::styled(format!("  {why}"), paint(app, Color::Red))),
-        None => spans.push(Span::raw("  ? keys")),
-    }
+    spans.push(Span::raw("  ? keys"));
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
-fn draw_servers(frame: &mut Frame, app: &App, area: Rect) {
+fn draw_servers(frame: &mut Frame, app: &App, areas: &Areas, area: Rect) {
     let header =
         Row::new(["SERVER", "ROLE", "STATE", "ADDRESS", "HEARTBEAT", "TIMEOUT"]).style(bold(app));
     let rows: Vec<Row> = app
@@ -144,12 +192,13 @@ fn draw_servers(frame: &mut Frame, app: &App, area: Rect) {
             Row::new(vec![
                 Cell::from(s.name.clone()),
                 Cell::from(role),
-                Cell::from(state).style(paint(app, color)),
+                Cell::from(state).style(live(app, color)),
                 Cell::from(s.address.clone()),
                 Cell::from(format!("{since:>5}ms")),
                 Cell::from(format!("{} {:>4}ms", bar(until as f64 / total, 8), until))
-                    .style(paint(app, color)),
+                    .style(live(app, color)),
             ])
+            .style(row_style(app))
         })
         .collect();
     let table = Table::new(
@@ -164,11 +213,11 @@ fn draw_servers(frame: &mut Frame, app: &App, area: Rect) {
         ],
     )
     .header(header)
-    .block(Block::default().borders(Borders::ALL).title("Servers"));
+    .block(table_block(app, areas, "Servers"));
     frame.render_widget(table, area);
 }
 
-fn draw_pairs(frame: &mut Frame, app: &App, area: Rect) {
+fn draw_pairs(frame: &mut Frame, app: &App, areas: &Areas, area: Rect) {
     let header = Row::new([
         "PAIR",
         "STATE",
@@ -196,13 +245,14 @@ fn draw_pairs(frame: &mut Frame, app: &App, area: Rect) {
                     p.primary,
                     p.backup.as_deref().unwrap_or("-")
                 )),
-                Cell::from(word(&p.state)).style(paint(app, pair_color(p.state))),
+                Cell::from(word(&p.state)).style(live(app, pair_color(p.state))),
                 Cell::from(p.epoch.to_string()),
                 Cell::from(p.pending_jobs.to_string()),
                 Cell::from(format!("{}ms", p.lag_ms)),
                 Cell::from(last_sync),
                 Cell::from(p.conflict_copies.to_string()),
             ])
+            .style(row_style(app))
         })
         .collect();
     let table = Table::new(
@@ -218,26 +268,63 @@ fn draw_pairs(frame: &mut Frame, app: &App, area: Rect) {
         ],
     )
     .header(header)
-    .block(pairs_block(app));
+    .block(pairs_block(app, areas));
     frame.render_widget(table, area);
 }
 
 /// The Pairs box; its bottom edge says why a pair serves no one, or what
 /// needs the operator (STATUS `reason`), for the first pair that has one.
-fn pairs_block(app: &App) -> Block<'static> {
-    let block = Block::default().borders(Borders::ALL).title("Pairs");
+fn pairs_block(app: &App, areas: &Areas) -> Block<'static> {
+    let block = table_block(app, areas, "Pairs");
     let why = app
         .status
         .iter()
         .flat_map(|s| s.pairs.iter())
         .find_map(|p| Some(format!(" {}: {} ", p.primary, p.reason.as_deref()?)));
     match why {
-        Some(why) => block.title_bottom(Line::from(why).style(paint(app, Color::Red))),
-        None => block,
+        Some(why) if areas.boxed => {
+            block.title_bottom(Line::from(why).style(paint(app, Color::Red)))
+        }
+        _ => block,
     }
 }
 
-fn event_color(kind: &EventKind) -> Color {
+fn draw_tabs(frame: &mut Frame, app: &App, area: Rect) {
+    let shown = if layout::tabs(app).contains(&app.pane) {
+        app.pane
+    } else {
+        Pane::Events
+    };
+    let mut spans = Vec::new();
+    for (i, (pane, label)) in layout::tab_labels(app).into_iter().enumerate() {
+        if i > 0 {
+            spans.push(Span::raw("│"));
+        }
+        let style = if pane == shown {
+            Style::default().add_modifier(Modifier::REVERSED)
+        } else {
+            Style::default()
+        };
+        spans.push(Span::styled(label, style));
+    }
+    let detail = match shown {
+        Pane::Events => events_title(app),
+        Pane::Output => output_title(app),
+        _ => String::new(),
+    };
+    spans.push(Span::styled(
+        format!(" {detail}"),
+        paint(app, Color::DarkGray),
+    ));
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn event_color(entry: &LogEntry) -> Color {
+    let kind = match entry {
+        LogEntry::Console { bad: true, .. } => return Color::Red,
+        LogEntry::Console { .. } => return Color::Green,
+        LogEntry::Cluster(e) => &e.kind,
+    };
     match kind {
         EventKind::Job { step, .. } => match step {
             JobStep::Failed => Color::Red,
@@ -256,26 +343,145 @@ fn event_color(kind: &EventKind) -> Color {
     }
 }
 
-fn draw_events(frame: &mut Frame, app: &App, area: Rect) {
-    let visible = app.visible_events();
-    let height = area.height.saturating_sub(2) as usize;
-    let end = visible.len().saturating_sub(app.events_scroll);
-    let start = end.saturating_sub(height);
-    let items: Vec<ListItem> = visible[start..end]
-        .iter()
-        .map(|e| ListItem::new(describe(e)).style(paint(app, event_color(&e.kind))))
-        .collect();
-    let mut title = format!(
-        "Events ({})",
-        if app.paused { "paused" } else { "following" }
-    );
+fn events_title(app: &App) -> String {
+    let mut title = match (&app.watching, app.paused) {
+        (Some(w), _) => format!("Events (WATCH: {} new, Esc stops)", w.events),
+        (None, true) if app.unseen > 0 => {
+            format!("Events (paused, {} new: End follows)", app.unseen)
+        }
+        (None, true) => "Events (paused: End follows)".to_owned(),
+        (None, false) => "Events (following)".to_owned(),
+    };
     if !app.filter.is_empty() || app.mode == Mode::Filter {
         title.push_str(&format!(" /{}", app.filter));
     }
-    frame.render_widget(
-        List::new(items).block(Block::default().borders(Borders::ALL).title(title)),
-        area,
-    );
+    title
+}
+
+/// Cuts `text` into lines of at most `width` characters; the lines after
+/// the first are indented by `indent`.
+fn wrap(text: &str, width: usize, indent: usize) -> Vec<String> {
+    let width = width.max(indent + 8);
+    let mut lines = Vec::new();
+    let mut rest: Vec<char> = text.chars().collect();
+    let mut first = true;
+    while !rest.is_empty() {
+        let room = if first { width } else { width - indent };
+        let take = rest.len().min(room);
+        let chunk: String = rest.drain(..take).collect();
+        lines.push(if first {
+            chunk
+        } else {
+            format!("{}{chunk}", " ".repeat(indent))
+        });
+        first = false;
+    }
+    lines
+}
+
+fn draw_events(frame: &mut Frame, app: &App, areas: &Areas, area: Rect) {
+    let block = frame_of(areas, events_title(app));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let visible = app.visible_events();
+    if visible.is_empty() {
+        let text = if app.filter.is_empty() {
+            "No events yet: replication jobs, pair and server changes appear here.".to_owned()
+        } else {
+            format!("No event matches /{} (Esc clears the filter).", app.filter)
+        };
+        frame.render_widget(
+            Paragraph::new(text)
+                .style(paint(app, Color::DarkGray))
+                .wrap(Wrap { trim: false }),
+            inner,
+        );
+        return;
+    }
+    // Whole entries, wrapped, newest at the bottom; scrolled back by entries.
+    let end = visible.len().saturating_sub(app.events_scroll);
+    let mut lines: Vec<Line> = Vec::new();
+    for entry in visible[..end].iter().rev() {
+        let text = format!("{} {}", clock(entry.at_ms()), describe(entry));
+        let style = paint(app, event_color(entry));
+        let wrapped: Vec<Line> = wrap(&text, inner.width as usize, 9)
+            .into_iter()
+            .map(|l| Line::styled(l, style))
+            .collect();
+        for line in wrapped.into_iter().rev() {
+            lines.push(line);
+        }
+        if lines.len() >= inner.height as usize {
+            break;
+        }
+    }
+    lines.truncate(inner.height as usize);
+    lines.reverse();
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+fn draw_charts(frame: &mut Frame, app: &App, areas: &Areas, area: Rect) {
+    let block = frame_of(areas, "Charts (last 2 min, one sample per 0.5 s)");
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let label_w = 22usize;
+    let width = (inner.width as usize).saturating_sub(label_w + 1).max(1);
+    let mut lines: Vec<Line> = Vec::new();
+    let Some(status) = &app.status else {
+        frame.render_widget(Paragraph::new("No data from nm yet."), inner);
+        return;
+    };
+    for p in &status.pairs {
+        let Some(h) = app.charts.pairs.get(&p.primary) else {
+            continue;
+        };
+        let last = |s: &std::collections::VecDeque<f64>| s.back().copied().unwrap_or(0.0);
+        for (name, series, now, color) in [
+            (
+                "ops/s",
+                &h.ops_per_sec,
+                format!("{:.0}", last(&h.ops_per_sec)),
+                Color::Cyan,
+            ),
+            (
+                "lag",
+                &h.lag_ms,
+                format!("{:.0}ms", last(&h.lag_ms)),
+                Color::Yellow,
+            ),
+            (
+                "pending",
+                &h.pending,
+                format!("{:.0}", last(&h.pending)),
+                Color::Magenta,
+            ),
+        ] {
+            let label = format!("{:<10} {name:<7}{now:>5}", truncate(&p.primary, 10));
+            lines.push(Line::from(vec![
+                Span::raw(format!("{label:<label_w$} ")),
+                Span::styled(sparkline(series, width, 1.0), paint(app, color)),
+            ]));
+        }
+    }
+    for s in &status.servers {
+        let Some(samples) = app.charts.heartbeats.get(&s.name) else {
+            continue;
+        };
+        let label = format!("{:<10} heartbeat", truncate(&s.name, 10));
+        let color = match s.state {
+            ServerState::Alive => Color::Green,
+            ServerState::Failed => Color::Red,
+        };
+        lines.push(Line::from(vec![
+            Span::raw(format!("{label:<label_w$} ")),
+            Span::styled(heartbeat_line(samples, width), paint(app, color)),
+        ]));
+    }
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    text.chars().take(width).collect()
 }
 
 /// The role STATUS gives the nm a demo daemon is (none for other daemons).
@@ -289,13 +495,8 @@ fn nm_role(app: &App, daemon: &DaemonView) -> Option<NmRole> {
         .map(|n| n.role)
 }
 
-/// Whether STATUS shows an nm group on etcd (`nm --etcd`).
-fn has_group(app: &App) -> bool {
-    app.status.as_ref().is_some_and(|s| !s.etcd.is_empty())
-}
-
 /// The nm group: each nm with its role and the leader's lease, and the etcd members.
-fn draw_group(frame: &mut Frame, app: &App, area: Rect) {
+fn draw_group(frame: &mut Frame, app: &App, areas: &Areas, area: Rect) {
     let header = Row::new(["NM / ETCD", "ROLE", "ADDRESS", "LEASE"]).style(bold(app));
     let Some(status) = &app.status else { return };
     let mut rows: Vec<Row> = status
@@ -313,10 +514,11 @@ fn draw_group(frame: &mut Frame, app: &App, area: Rect) {
             };
             Row::new(vec![
                 Cell::from("nm"),
-                Cell::from(word(&n.role)).style(paint(app, color)),
+                Cell::from(word(&n.role)).style(live(app, color)),
                 Cell::from(n.address.clone()),
                 Cell::from(lease),
             ])
+            .style(row_style(app))
         })
         .collect();
     rows.extend(status.etcd.iter().map(|e| {
@@ -332,10 +534,11 @@ fn draw_group(frame: &mut Frame, app: &App, area: Rect) {
         };
         Row::new(vec![
             Cell::from(name),
-            Cell::from(state).style(paint(app, color)),
+            Cell::from(state).style(live(app, color)),
             Cell::from(e.address.clone()),
             Cell::from(""),
         ])
+        .style(row_style(app))
     }));
     let table = Table::new(
         rows,
@@ -347,23 +550,12 @@ fn draw_group(frame: &mut Frame, app: &App, area: Rect) {
         ],
     )
     .header(header)
-    .block(
-        Block::default()
-            .borders(Borders::ALL)
-            .title("nm group (etcd)"),
-    );
+    .block(table_block(app, areas, "nm group (etcd)"));
     frame.render_widget(table, area);
 }
 
-fn draw_daemons(frame: &mut Frame, app: &App, area: Rect) {
-    let parts = Layout::default()
-        .direction(Direction::Vertical)
-        .constraints([
-            Constraint::Length(app.daemons.len() as u16 + 2),
-            Constraint::Min(3),
-        ])
-        .split(area);
-    let items: Vec<ListItem> = app
+fn draw_daemons(frame: &mut Frame, app: &App, areas: &Areas, list: Rect, log: Option<Rect>) {
+    let lines: Vec<Line> = app
         .daemons
         .iter()
         .enumerate()
@@ -385,36 +577,35 @@ fn draw_daemons(frame: &mut Frame, app: &App, area: Rect) {
                 };
                 spans.push(Span::styled(format!(" {}", word(&role)), paint(app, color)));
             }
-            ListItem::new(Line::from(spans))
+            Line::from(spans)
         })
         .collect();
     frame.render_widget(
-        List::new(items).block(
+        Paragraph::new(lines).block(frame_of(areas, "Daemons (Tab, K kill, R restart)")),
+        list,
+    );
+    let Some(log_area) = log else { return };
+    if let Some(d) = app.daemons.get(app.selected) {
+        let block = if areas.boxed {
             Block::default()
                 .borders(Borders::ALL)
-                .title("Daemons (Tab, K kill, R restart)"),
-        ),
-        parts[0],
-    );
-    let log = app.daemons.get(app.selected).map(|d| {
-        let height = parts[1].height.saturating_sub(2) as usize;
-        let start = d.log.len().saturating_sub(height);
-        (d.name.clone(), d.log[start..].join("\n"))
-    });
-    if let Some((name, text)) = log {
+                .title(format!("{} log", d.name))
+        } else {
+            Block::default()
+                .borders(Borders::LEFT)
+                .title(format!("{} log", d.name))
+        };
+        let inner = block.inner(log_area);
+        let start = d.log.len().saturating_sub(inner.height as usize);
         frame.render_widget(
-            Paragraph::new(text).block(
-                Block::default()
-                    .borders(Borders::ALL)
-                    .title(format!("{name} log")),
-            ),
-            parts[1],
+            Paragraph::new(d.log[start..].join("\n")).block(block),
+            log_area,
         );
     }
 }
 
-fn draw_output(frame: &mut Frame, app: &App, area: Rect) {
-    let title = if app.output_title.is_empty() {
+fn output_title(app: &App) -> String {
+    let mut title = if app.output_title.is_empty() {
         "Output".to_owned()
     } else {
         format!(
@@ -422,49 +613,210 @@ fn draw_output(frame: &mut Frame, app: &App, area: Rect) {
             app.output_title.lines().next().unwrap_or_default()
         )
     };
+    match app.running.len() {
+        0 => {}
+        1 => title.push_str(" (running…)"),
+        n => title.push_str(&format!(" (running…, {} queued)", n - 1)),
+    }
+    title
+}
+
+fn draw_output(frame: &mut Frame, app: &App, areas: &Areas, area: Rect) {
     let style = if app.output_ok {
         Style::default()
     } else {
         paint(app, Color::Red)
     };
+    let overflow = app.output_overflow();
+    let mut block = frame_of(areas, output_title(app));
+    if overflow > 0 && areas.boxed {
+        let hint = if app.output_scroll >= overflow {
+            " end (PgUp scrolls back) ".to_owned()
+        } else {
+            format!(" {} more lines: PgDn ", overflow - app.output_scroll)
+        };
+        block = block.title_bottom(Line::from(hint).style(paint(app, Color::Yellow)));
+    }
+    let text = if app.output.is_empty() && app.running.is_empty() && !app.output_title.is_empty() {
+        "(nothing to show: the command printed nothing)".to_owned()
+    } else {
+        app.output.clone()
+    };
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
     frame.render_widget(
-        Paragraph::new(app.output.clone())
+        Paragraph::new(text)
             .style(style)
             .wrap(Wrap { trim: false })
-            .scroll((app.output_scroll, 0))
-            .block(Block::default().borders(Borders::ALL).title(title)),
-        area,
+            .scroll((app.output_scroll, 0)),
+        inner,
     );
+    if overflow > 0 && !areas.boxed && inner.height > 0 {
+        // No box to put the hint on: the last row carries it.
+        let last = Rect {
+            y: inner.y + inner.height - 1,
+            height: 1,
+            ..inner
+        };
+        // The hint covers a line of its own.
+        let hint = format!(
+            "── {} more lines: PgDn ──",
+            overflow.saturating_sub(app.output_scroll) + 1
+        );
+        if app.output_scroll < overflow {
+            frame.render_widget(Clear, last);
+            frame.render_widget(Paragraph::new(hint).style(paint(app, Color::Yellow)), last);
+        }
+    }
 }
 
 fn draw_prompt(frame: &mut Frame, app: &App, area: Rect) {
-    let line = match &app.mode {
-        Mode::Normal => Line::from(Span::styled(
-            ": command  / filter  p pause  ↑↓ scroll  PgUp/PgDn output  ? keys  q quit",
-            paint(app, Color::DarkGray),
-        )),
-        Mode::Command => Line::from(format!(":{}", app.input)),
-        Mode::Filter => Line::from(format!("/{}", app.filter)),
-        Mode::Write { header, lines } => Line::from(format!(
-            "{header} [{} lines; ETIRW ends, Esc cancels] > {}",
-            lines.len(),
-            app.input
-        )),
-    };
-    frame.render_widget(Paragraph::new(line), area);
+    let width = area.width.saturating_sub(1) as usize;
+    match &app.mode {
+        Mode::Normal => {
+            let line = match app.notice() {
+                Some(notice) => {
+                    Line::from(Span::styled(notice.to_owned(), paint(app, Color::Yellow)))
+                }
+                None => Line::from(Span::styled(key_hints(width), paint(app, Color::DarkGray))),
+            };
+            frame.render_widget(Paragraph::new(line), area);
+        }
+        Mode::Filter => {
+            frame.render_widget(Paragraph::new(format!("/{}", app.filter)), area);
+            frame.set_cursor_position(Position::new(
+                area.x + 1 + app.filter.chars().count() as u16,
+                area.y,
+            ));
+        }
+        Mode::Command => {
+            let row = Rect { height: 1, ..area };
+            let prompt_row = if let Some(notice) = app.notice() {
+                // Tab's candidates, above nothing: on the same row after the input.
+                format!("   {notice}")
+            } else {
+                String::new()
+            };
+            draw_input(frame, app, ":", row, width);
+            if !prompt_row.is_empty() {
+                let used = app.input.value().chars().count() as u16 + 1;
+                if used + 4 < area.width {
+                    let rest = Rect {
+                        x: area.x + used,
+                        width: area.width - used,
+                        ..row
+                    };
+                    frame.render_widget(
+                        Paragraph::new(prompt_row).style(paint(app, Color::Yellow)),
+                        rest,
+                    );
+                }
+            }
+        }
+        Mode::Write {
+            header,
+            lines,
+            open,
+        } => {
+            let state = if *open {
+                "lock held"
+            } else {
+                "taking the lock…"
+            };
+            let n = lines.len();
+            let mut rows: Vec<Line> = vec![Line::from(vec![
+                Span::styled(header.clone(), bold(app)),
+                Span::styled(
+                    format!(
+                        "  {state}; {n} line{} · ETIRW commits · Esc cancels",
+                        if n == 1 { "" } else { "s" }
+                    ),
+                    paint(app, Color::DarkGray),
+                ),
+            ])];
+            let room = area.height.saturating_sub(2) as usize;
+            let skip = lines.len().saturating_sub(room);
+            for l in &lines[skip..] {
+                match &l.refused {
+                    Some(why) => rows.push(Line::from(vec![
+                        Span::raw(format!("  {}", l.text)),
+                        Span::styled(format!("  ✗ {why}"), paint(app, Color::Red)),
+                    ])),
+                    None => rows.push(Line::from(format!("  {}", l.text))),
+                }
+            }
+            frame.render_widget(Paragraph::new(rows), area);
+            let input_row = Rect {
+                y: area.y + area.height.saturating_sub(1),
+                height: 1,
+                ..area
+            };
+            draw_input(frame, app, "> ", input_row, width);
+        }
+    }
+}
+
+/// The keys worth knowing, as many as fit in `width`; `? keys` and
+/// `q quit` always do.
+fn key_hints(width: usize) -> String {
+    let optional = [
+        ": command",
+        "/ filter",
+        "p pause",
+        "↑↓ scroll",
+        "PgUp/PgDn output",
+        "1-4 panes",
+    ];
+    let always = "? keys  q quit";
+    let mut shown: Vec<&str> = optional.to_vec();
+    loop {
+        let mut line = shown.join("  ");
+        if !line.is_empty() {
+            line.push_str("  ");
+        }
+        line.push_str(always);
+        if line.chars().count() <= width || shown.is_empty() {
+            return line;
+        }
+        // The least needed goes first: panes, then output, …
+        shown.pop();
+    }
+}
+
+/// The input line with its cursor; it scrolls sideways past the edge.
+fn draw_input(frame: &mut Frame, app: &App, prefix: &str, row: Rect, width: usize) {
+    let room = width.saturating_sub(prefix.chars().count()).max(1);
+    let scroll = app.input.visual_scroll(room);
+    let shown: String = app.input.value().chars().skip(scroll).take(room).collect();
+    frame.render_widget(Clear, row);
+    frame.render_widget(Paragraph::new(format!("{prefix}{shown}")), row);
+    let cursor = (app.input.visual_cursor().saturating_sub(scroll)) as u16;
+    frame.set_cursor_position(Position::new(
+        row.x + prefix.chars().count() as u16 + cursor,
+        row.y,
+    ));
 }
 
 fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
     let keys = [
         (
             ":",
-            "command line (Tab completes, ↑↓ history; WRITE takes edit lines until ETIRW)",
+            "command line; Tab completes, ↑↓ history, ←→ Home End, Ctrl-A/E/U/W/K",
         ),
-        ("/", "filter the event log"),
+        (
+            "",
+            "WRITE f n takes its lock at once; edit lines follow; ETIRW commits",
+        ),
+        ("", "WATCH streams into the Events pane; Esc stops it"),
+        ("/", "filter the event log (Esc clears)"),
         ("p, space", "pause or follow the event log"),
-        ("↑ ↓ End", "scroll the event log, back to following"),
-        ("PgUp PgDn", "scroll the command output"),
-        ("Tab ← →", "select a daemon (demo)"),
+        ("↑ ↓ End", "scroll the event log; End follows again"),
+        (
+            "PgUp PgDn",
+            "scroll the command output; mouse wheel scrolls a pane",
+        ),
+        ("1 2 3 4", "small screens: Events, Output, Charts, Daemons"),
+        ("Tab ← →", "select a daemon (demo); or click its row"),
         (
             "K / R",
             "kill (SIGKILL) / restart the selected daemon (demo)",
@@ -476,12 +828,12 @@ fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
         .iter()
         .map(|(k, what)| {
             Line::from(vec![
-                Span::styled(format!("{k:<11}"), bold(app)),
+                Span::styled(format!("{k:<10} "), bold(app)),
                 Span::raw(*what),
             ])
         })
         .collect();
-    let width = area.width.min(90);
+    let width = area.width.min(86);
     let height = (lines.len() as u16 + 2).min(area.height);
     let popup = Rect {
         x: area.x + (area.width - width) / 2,
@@ -491,9 +843,7 @@ fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
     };
     frame.render_widget(Clear, popup);
     frame.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: false })
-            .block(Block::default().borders(Borders::ALL).title("Keys")),
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title("Keys")),
         popup,
     );
 }
@@ -501,13 +851,15 @@ fn draw_help(frame: &mut Frame, app: &App, area: Rect) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tui::app::tests::status;
+    use crate::tui::app::tests::{event, status, typed};
     use crate::tui::app::Action;
     use ratatui::backend::TestBackend;
-    use shared::proto::{Event, JobKind};
+    use ratatui::Terminal;
+    use shared::proto::{ClusterStatus, JobKind, PairStatus, ServerStatus};
 
     /// The screen as text, one line per row.
-    fn render(app: &App, width: u16, height: u16) -> String {
+    fn render(app: &mut App, width: u16, height: u16) -> String {
+        app.size = (width, height);
         let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
         terminal.draw(|f| draw(f, app)).unwrap();
         let buffer = terminal.backend().buffer().clone();
@@ -525,12 +877,92 @@ mod tests {
 
     fn app_with(pair: PairState) -> App {
         let mut app = App::new("127.0.0.1:5000", "operator", false);
-        app.connection = None;
-        app.status = Some(status(pair));
+        app.update(Action::Cluster(event(
+            0,
+            EventKind::Snapshot {
+                status: status(pair),
+            },
+        )));
         app
     }
 
-    use ratatui::Terminal;
+    /// Two pairs, as `console demo` and `scripts/tmux-cluster.sh` run them.
+    fn two_pairs() -> ClusterStatus {
+        let mut s = status(PairState::Active);
+        let server = |name: &str, role, port| ServerStatus {
+            name: name.into(),
+            role,
+            state: ServerState::Alive,
+            address: format!("127.0.0.1:{port}"),
+            ms_since_heartbeat: 40,
+            ms_until_timeout: 960,
+            serving: role == ServerRole::Primary,
+            files: 3,
+        };
+        s.servers.push(server("ss2", ServerRole::Primary, 4003));
+        s.servers
+            .push(server("ss2_backup", ServerRole::Backup, 4004));
+        s.pairs.push(PairStatus {
+            primary: "ss2".into(),
+            backup: Some("ss2_backup".into()),
+            ..s.pairs[0].clone()
+        });
+        s
+    }
+
+    fn demo_app() -> App {
+        let mut app = App::new("127.0.0.1:5000", "operator", false);
+        let mut s = two_pairs();
+        for i in 0..6u64 {
+            s.pairs[0].operations = i * 40;
+            s.pairs[0].lag_ms = i % 3;
+            app.charts.record(
+                &s,
+                std::time::Instant::now() + std::time::Duration::from_millis(500 * i),
+            );
+        }
+        app.update(Action::Cluster(event(0, EventKind::Snapshot { status: s })));
+        for i in 0..30u64 {
+            app.update(Action::Cluster(event(
+                i + 1,
+                job_event(i, JobStep::Applied),
+            )));
+        }
+        app.update(Action::Daemons(
+            ["nm", "ss1", "ss1_backup", "ss2", "ss2_backup"]
+                .iter()
+                .map(|n| DaemonView {
+                    name: (*n).into(),
+                    running: true,
+                    log: vec![format!("05:00:00 {n}_listening")],
+                    address: None,
+                })
+                .collect(),
+        ));
+        app.update(Action::Output {
+            title: "INFO notes.txt".into(),
+            text: (1..=12)
+                .map(|i| format!("line {i} of INFO"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            ok: true,
+        });
+        app
+    }
+
+    fn job_event(i: u64, step: JobStep) -> EventKind {
+        EventKind::Job {
+            job: i,
+            kind: JobKind::Update,
+            step,
+            file: Some(format!("notes-{i}.txt")),
+            primary: "ss1".into(),
+            replica: "ss1_backup".into(),
+            version: Some(3),
+            duration_ms: 2,
+            detail: None,
+        }
+    }
 
     #[test]
     fn each_pair_state() {
@@ -556,7 +988,7 @@ mod tests {
             }
             insta::assert_snapshot!(
                 format!("pair_{}", word(&state).to_lowercase()),
-                render(&app, 80, 24)
+                render(&mut app, 120, 30)
             );
         }
     }
@@ -564,22 +996,124 @@ mod tests {
     #[test]
     fn a_failed_servers_timer_is_empty() {
         let mut app = app_with(PairState::PrimaryFailed);
-        app.update(Action::Cluster(Event {
-            seq: 1,
-            at_ms: 0,
-            kind: EventKind::Server {
+        app.update(Action::Cluster(event(
+            1,
+            EventKind::Server {
                 name: "ss1".into(),
                 state: ServerState::Failed,
                 reason: "no heartbeat for 1s".into(),
             },
-        }));
-        let screen = render(&app, 80, 24);
+        )));
+        let screen = render(&mut app, 120, 30);
         let row = screen.lines().find(|l| l.contains("ss1 ")).unwrap();
         assert!(
             row.contains("FAILED") && row.contains("░░░░░░░░") && row.contains(" 0ms"),
             "{row}"
         );
         insta::assert_snapshot!("failed_server_timer", screen);
+    }
+
+    /// Every size an operator uses keeps every server, every pair, a
+    /// prompt and a non-empty pane; the big ones show everything at once.
+    #[test]
+    fn layouts_that_fit_at_every_size() {
+        for (w, h) in [(80, 24), (100, 16), (140, 45), (200, 60)] {
+            let mut app = demo_app();
+            let screen = render(&mut app, w, h);
+            for name in ["ss1_backup", "ss2_backup", "ss2 → ss2_backup"] {
+                assert!(screen.contains(name), "{w}×{h} lacks {name}:\n{screen}");
+            }
+            assert!(screen.contains("q quit"), "{w}×{h}: no prompt\n{screen}");
+            if h >= 45 {
+                for pane in [
+                    "Events",
+                    "Charts",
+                    "Daemons",
+                    "Output: INFO",
+                    "line 12 of INFO",
+                ] {
+                    assert!(screen.contains(pane), "{w}×{h} lacks {pane}:\n{screen}");
+                }
+            } else {
+                assert!(screen.contains("1 Events"), "{w}×{h}: no tabs\n{screen}");
+            }
+            if h == 16 {
+                assert!(
+                    screen.contains("more lines: PgDn"),
+                    "{w}×{h}: a cut output says so\n{screen}"
+                );
+            }
+            insta::assert_snapshot!(format!("layout_{w}x{h}"), screen);
+        }
+        // The small layout's panes, one at a time.
+        let mut app = demo_app();
+        for (key, shows) in [
+            ('1', "notes-29.txt"),
+            ('3', "heartbeat"),
+            ('4', "ss2_backup_listening"),
+        ] {
+            app.update(crate::tui::app::tests::key(
+                crossterm::event::KeyCode::Char(key),
+            ));
+            if key == '4' {
+                app.selected = 4;
+            }
+            let screen = render(&mut app, 80, 24);
+            assert!(screen.contains(shows), "pane {key}:\n{screen}");
+        }
+    }
+
+    #[test]
+    fn output_scrolls_to_its_end_and_no_further() {
+        let mut app = demo_app();
+        render(&mut app, 80, 24);
+        for _ in 0..10 {
+            app.update(crate::tui::app::tests::key(
+                crossterm::event::KeyCode::PageDown,
+            ));
+        }
+        let screen = render(&mut app, 80, 24);
+        assert!(screen.contains("line 12 of INFO"), "{screen}");
+        assert!(!screen.contains("more lines"), "{screen}");
+    }
+
+    #[test]
+    fn a_lost_event_stream_greys_the_tables_and_says_how_old() {
+        let mut app = App::new("127.0.0.1:5000", "operator", false);
+        app.update(Action::Cluster(event(
+            0,
+            EventKind::Snapshot {
+                status: two_pairs(),
+            },
+        )));
+        app.update(Action::Disconnected(
+            "nm at 127.0.0.1:5000 refused the connection".into(),
+        ));
+        let screen = render(&mut app, 140, 45);
+        assert!(screen.contains("STALE 0s: no data from nm"), "{screen}");
+        assert!(screen.contains("NO EVENT STREAM"), "{screen}");
+        assert!(screen.contains("lost the event stream"), "{screen}");
+    }
+
+    #[test]
+    fn a_write_block_shows_its_lines_and_the_refused_one() {
+        let mut app = app_with(PairState::Active);
+        typed(&mut app, ":WRITE notes.txt 0\n0 Hello there.\n9 far\n");
+        app.update(Action::WriteOpened(Ok(())));
+        app.update(Action::WriteLineRefused {
+            line: 1,
+            message: "E_BAD_REQUEST: word index 9 out of range".into(),
+        });
+        typed(&mut app, "1 big");
+        let screen = render(&mut app, 100, 30);
+        assert!(
+            screen.contains("WRITE notes.txt 0  lock held; 2 lines"),
+            "{screen}"
+        );
+        assert!(screen.contains("0 Hello there."), "{screen}");
+        assert!(screen.contains("✗ E_BAD_REQUEST"), "{screen}");
+        assert!(screen.contains("> 1 big"), "{screen}");
+        insta::assert_snapshot!("write_block", screen);
     }
 
     #[test]
@@ -594,28 +1128,14 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            app.update(Action::Cluster(Event {
-                seq: i as u64,
-                at_ms: 0,
-                kind: EventKind::Job {
-                    job: 7,
-                    kind: JobKind::Update,
-                    step,
-                    file: Some("notes.txt".into()),
-                    primary: "ss1".into(),
-                    replica: "ss1_backup".into(),
-                    version: Some(3),
-                    duration_ms: 2,
-                    detail: None,
-                },
-            }));
+            app.update(Action::Cluster(event(i as u64, job_event(7, step))));
         }
         app.update(Action::Output {
             title: "READ notes.txt".into(),
             text: "Im just a mouse. I dont like PNS".into(),
             ok: true,
         });
-        insta::assert_snapshot!("events_and_output", render(&app, 80, 24));
+        insta::assert_snapshot!("events_and_output", render(&mut app, 120, 30));
         app.update(Action::Daemons(vec![
             DaemonView {
                 name: "nm".into(),
@@ -630,9 +1150,14 @@ mod tests {
                 address: None,
             },
         ]));
-        insta::assert_snapshot!("demo_panes", render(&app, 100, 30));
+        insta::assert_snapshot!("demo_panes", render(&mut app, 120, 36));
         app.help = true;
-        insta::assert_snapshot!("help", render(&app, 80, 24));
+        let help = render(&mut app, 80, 24);
+        assert!(
+            help.contains("q, Ctrl-C"),
+            "the help's last line shows at 80×24:\n{help}"
+        );
+        insta::assert_snapshot!("help", help);
     }
 
     /// `console demo --ha`: the nm group box, and the leader marked in the daemons.
@@ -675,24 +1200,56 @@ mod tests {
             nm(1, true),
             nm(2, true),
         ]));
-        let screen = render(&app, 100, 34);
+        let screen = render(&mut app, 120, 40);
         assert!(screen.contains("nm group"), "{screen}");
         assert!(screen.contains("nm2         running LEADER"), "{screen}");
         insta::assert_snapshot!("nm_group", screen);
     }
 
     #[test]
+    fn clicks_select_and_the_wheel_scrolls_the_pane_under_it() {
+        use crossterm::event::{KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+        let mut app = demo_app();
+        app.size = (140, 45);
+        let areas = app.areas();
+        let list = areas.daemons.unwrap();
+        let at = |kind, column, row| {
+            Action::Mouse(MouseEvent {
+                kind,
+                column,
+                row,
+                modifiers: KeyModifiers::NONE,
+            })
+        };
+        app.update(at(
+            MouseEventKind::Down(MouseButton::Left),
+            list.x + 3,
+            list.y + 3,
+        ));
+        assert_eq!(app.selected, 2, "the third daemon's row");
+        let events = areas.events.unwrap();
+        app.update(at(MouseEventKind::ScrollUp, events.x + 2, events.y + 2));
+        assert!(app.paused && app.events_scroll == 3);
+        // In the small layout a click on the tab bar switches panes.
+        app.size = (80, 24);
+        let tabs = app.areas().tabs.unwrap();
+        app.update(at(
+            MouseEventKind::Down(MouseButton::Left),
+            tabs.x + 25,
+            tabs.y,
+        ));
+        assert_eq!(app.pane, Pane::Charts);
+    }
+
+    #[test]
     fn tiny_terminals_do_not_panic() {
-        let app = app_with(PairState::Active);
+        let mut app = demo_app();
         for (w, h) in [(1, 1), (20, 5), (80, 24), (200, 60)] {
-            render(&app, w, h);
+            render(&mut app, w, h);
         }
-        // A small pane (a tmux split) still shows every server and pair.
-        let screen = render(&app, 66, 16);
-        assert!(
-            screen.contains("ss1_backup  BACKUP") || screen.contains("ss1_backup BACKUP"),
-            "{screen}"
-        );
-        assert!(screen.contains("ACTIVE"), "{screen}");
+        typed(&mut app, ":WRITE a.txt 0\n0 a\n1 b\n2 c\n3 d\n4 e\n");
+        for (w, h) in [(1, 1), (20, 5), (80, 24)] {
+            render(&mut app, w, h);
+        }
     }
 }

@@ -1,0 +1,258 @@
+//! Where each pane goes, as a pure function of the model and the screen
+//! size, so drawing and mouse hits agree and layouts are tested at the
+//! sizes operators use (80×24, a tmux pane of 100×16, 140×45, 200×60).
+//!
+//! - **Full** (room for everything): boxed Servers, nm group and Pairs
+//!   tables; Events beside Charts (and the demo's Daemons); Output as tall
+//!   as its text, up to half the screen; the prompt.
+//! - **Compact** (small terminals): the tables without boxes, then one
+//!   tabbed pane (Events, Output, Charts, Daemons; keys 1–4 or a click on
+//!   the tab bar), so no pane is ever an empty box.
+
+use super::app::{App, Mode};
+use ratatui::layout::{Constraint, Direction, Layout, Rect};
+
+/// The panes of the tabbed area (compact layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pane {
+    Events,
+    Output,
+    Charts,
+    Daemons,
+}
+
+impl Pane {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pane::Events => "Events",
+            Pane::Output => "Output",
+            Pane::Charts => "Charts",
+            Pane::Daemons => "Daemons",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Areas {
+    pub title: Rect,
+    pub servers: Option<Rect>,
+    pub group: Option<Rect>,
+    pub pairs: Option<Rect>,
+    pub events: Option<Rect>,
+    pub charts: Option<Rect>,
+    /// The demo's daemon list, and the selected daemon's log.
+    pub daemons: Option<Rect>,
+    pub daemon_log: Option<Rect>,
+    pub output: Option<Rect>,
+    /// The tab bar of the compact layout.
+    pub tabs: Option<Rect>,
+    pub prompt: Rect,
+    /// Whether panes have boxes (full layout) or not (compact).
+    pub boxed: bool,
+    /// Rows from a table's top to its first data row.
+    pub table_top: u16,
+}
+
+/// The panes the tab bar offers, in key order.
+pub fn tabs(app: &App) -> Vec<Pane> {
+    let mut panes = vec![Pane::Events, Pane::Output, Pane::Charts];
+    if !app.daemons.is_empty() {
+        panes.push(Pane::Daemons);
+    }
+    panes
+}
+
+/// The tab bar's text: ` 1 Events │ 2 Output │ …`.
+pub fn tab_labels(app: &App) -> Vec<(Pane, String)> {
+    tabs(app)
+        .into_iter()
+        .enumerate()
+        .map(|(i, pane)| (pane, format!(" {} {} ", i + 1, pane.name())))
+        .collect()
+}
+
+/// The tab under column `x` of the tab bar.
+pub fn tab_at(app: &App, x: u16) -> Option<Pane> {
+    let mut start = 0u16;
+    for (pane, label) in tab_labels(app) {
+        let end = start + label.chars().count() as u16;
+        if x >= start && x < end {
+            return Some(pane);
+        }
+        start = end + 1; // the separator
+    }
+    None
+}
+
+/// Rows `text` takes when wrapped at `width` columns.
+pub fn wrapped_height(text: &str, width: u16) -> u16 {
+    let width = width.max(1) as usize;
+    text.lines()
+        .map(|l| l.chars().count().div_ceil(width).max(1))
+        .sum::<usize>()
+        .min(u16::MAX as usize) as u16
+}
+
+fn prompt_height(app: &App, height: u16) -> u16 {
+    match &app.mode {
+        // The header, the lines typed so far, the input line.
+        Mode::Write { lines, .. } => (lines.len() as u16 + 2).min((height / 3).max(3)),
+        _ => 1,
+    }
+}
+
+pub fn areas(app: &App, area: Rect) -> Areas {
+    let status = app.status.as_ref();
+    let servers = status.map_or(1, |s| s.servers.len().max(1)) as u16;
+    let pairs = status.map_or(1, |s| s.pairs.len().max(1)) as u16;
+    let group = match status {
+        Some(s) if !s.etcd.is_empty() => (s.nm.len() + s.etcd.len()) as u16,
+        _ => 0,
+    };
+    let prompt_h = prompt_height(app, area.height);
+    let output_h = (wrapped_height(&app.output, area.width.saturating_sub(2)) + 2)
+        .clamp(3, (area.height / 2).max(3));
+    let boxed_tables = servers + 3 + pairs + 3 + if group > 0 { group + 3 } else { 0 };
+    let middle = area
+        .height
+        .saturating_sub(1 + boxed_tables + output_h + prompt_h);
+    if middle >= 8 && area.width >= 100 {
+        full(
+            app,
+            area,
+            [servers + 3, group.max(1) + 3, pairs + 3],
+            group > 0,
+            output_h,
+            prompt_h,
+        )
+    } else {
+        compact(
+            app,
+            area,
+            [servers + 1, group + 1, pairs + 1],
+            group > 0,
+            prompt_h,
+        )
+    }
+}
+
+fn full(
+    app: &App,
+    area: Rect,
+    tables: [u16; 3],
+    group: bool,
+    output_h: u16,
+    prompt_h: u16,
+) -> Areas {
+    let rows = Layout::default()
+        .direction(Direction::Vertical)
+        .constraints([
+            Constraint::Length(1),
+            Constraint::Length(tables[0]),
+            Constraint::Length(if group { tables[1] } else { 0 }),
+            Constraint::Length(tables[2]),
+            Constraint::Fill(1),
+            Constraint::Length(output_h),
+            Constraint::Length(prompt_h),
+        ])
+        .split(area);
+    let middle = Layout::default()
+        .direction(Direction::Horizontal)
+        .constraints([Constraint::Percentage(58), Constraint::Percentage(42)])
+        .split(rows[4]);
+    let (charts, daemons, daemon_log) = if app.daemons.is_empty() {
+        (Some(middle[1]), None, None)
+    } else {
+        // The daemon list whole, then the charts, then the selected
+        // daemon's log with what is left (none if under 3 rows).
+        let status = app.status.as_ref();
+        let chart_rows = status.map_or(2, |s| s.pairs.len() * 3 + s.servers.len()) as u16 + 2;
+        let column = middle[1];
+        let list_h = (app.daemons.len() as u16 + 2).min(column.height);
+        let rest = column.height - list_h;
+        let charts_h = chart_rows.min(rest).max(rest.min(4));
+        let log_h = if rest - charts_h >= 3 {
+            rest - charts_h
+        } else {
+            0
+        };
+        let charts_h = rest - log_h;
+        let at = |y: u16, height: u16| Rect {
+            y: column.y + y,
+            height,
+            ..column
+        };
+        (
+            Some(at(0, charts_h)),
+            Some(at(charts_h, list_h)),
+            (log_h > 0).then(|| at(charts_h + list_h, log_h)),
+        )
+    };
+    Areas {
+        title: rows[0],
+        servers: Some(rows[1]),
+        group: group.then_some(rows[2]),
+        pairs: Some(rows[3]),
+        events: Some(middle[0]),
+        charts,
+        daemons,
+        daemon_log,
+        output: Some(rows[5]),
+        tabs: None,
+        prompt: rows[6],
+        boxed: true,
+        table_top: 2,
+    }
+}
+
+fn compact(app: &App, area: Rect, tables: [u16; 3], group: bool, prompt_h: u16) -> Areas {
+    let rows = Layout::default()
+        .direction(Direction::Vertical)
+        .constraints([
+            Constraint::Length(1),
+            Constraint::Length(tables[0]),
+            Constraint::Length(if group { tables[1] } else { 0 }),
+            Constraint::Length(tables[2]),
+            Constraint::Fill(1),
+            Constraint::Length(prompt_h),
+        ])
+        .split(area);
+    let mut areas = Areas {
+        title: rows[0],
+        servers: Some(rows[1]),
+        group: group.then_some(rows[2]),
+        pairs: Some(rows[3]),
+        prompt: rows[5],
+        boxed: false,
+        table_top: 1,
+        ..Areas::default()
+    };
+    let pane = rows[4];
+    if pane.height >= 2 {
+        areas.tabs = Some(Rect { height: 1, ..pane });
+        let body = Rect {
+            y: pane.y + 1,
+            height: pane.height - 1,
+            ..pane
+        };
+        let shown = if tabs(app).contains(&app.pane) {
+            app.pane
+        } else {
+            Pane::Events
+        };
+        match shown {
+            Pane::Events => areas.events = Some(body),
+            Pane::Output => areas.output = Some(body),
+            Pane::Charts => areas.charts = Some(body),
+            Pane::Daemons => {
+                let split = Layout::default()
+                    .direction(Direction::Horizontal)
+                    .constraints([Constraint::Length(24), Constraint::Fill(1)])
+                    .split(body);
+                areas.daemons = Some(split[0]);
+                areas.daemon_log = Some(split[1]);
+            }
+        }
+    }
+    areas
+}
