@@ -35,8 +35,9 @@ pub struct Args {
     #[arg(long, env = "CONSOLE_BIND", value_name = "IP")]
     pub bind: Option<std::net::IpAddr>,
 
-    /// The user to act as.
-    #[arg(long, env = "CONSOLE_USER", default_value = "admin")]
+    /// The user to act as (nm knows a user from its first contact; LIST
+    /// shows them). `console demo` acts as this user too.
+    #[arg(long, env = "CONSOLE_USER", default_value = "operator")]
     pub user: String,
 
     /// Run commands from FILE, or from standard input without FILE.

@@ -42,7 +42,7 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if let Some(Sub::Demo(demo_args)) = &args.command {
-        return demo(demo_args.ha).await;
+        return demo(demo_args.ha, args.user.clone()).await;
     }
     let Some(script) = args.batch.clone() else {
         return match console::tui::run(args.nm.clone(), args.user.clone(), None).await {
@@ -89,7 +89,7 @@ async fn main() -> ExitCode {
 
 /// `console demo`: a local cluster of nm (or, with `--ha`, etcd and three
 /// nm) and two pairs, and the console on it.
-async fn demo(ha: bool) -> ExitCode {
+async fn demo(ha: bool, user: String) -> ExitCode {
     if ha {
         eprintln!("console demo: starting etcd, three nm and two primary/backup pairs…");
     } else {
@@ -114,7 +114,7 @@ async fn demo(ha: bool) -> ExitCode {
         }
     };
     let nm = cluster.nm_addr().to_owned();
-    match console::tui::run(nm, "operator".into(), Some(cluster)).await {
+    match console::tui::run(nm, user, Some(cluster)).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("console: {e}");

@@ -180,6 +180,8 @@ pub struct App {
     pub pane: Pane,
     pub size: (u16, u16),
     pub charts: Charts,
+    /// The (seq, time) of the newest cluster event logged.
+    last_event: Option<(u64, u64)>,
 }
 
 impl App {
@@ -215,6 +217,7 @@ impl App {
             pane: Pane::Events,
             size: (80, 24),
             charts: Charts::default(),
+            last_event: None,
         }
     }
 
@@ -330,6 +333,16 @@ impl App {
 
     fn cluster_event(&mut self, event: Event) {
         self.connection = None;
+        // After a reconnection to the same nm, the events it replays were
+        // seen already (a restarted nm numbers from 1 again, but later).
+        if !matches!(event.kind, EventKind::Snapshot { .. }) {
+            if let Some((seq, at_ms)) = self.last_event {
+                if event.seq <= seq && event.at_ms <= at_ms {
+                    return;
+                }
+            }
+            self.last_event = Some((event.seq, event.at_ms));
+        }
         if let Some(since) = self.stale_since.take() {
             self.log(LogEntry::Console {
                 at_ms: shared::now_ms(),
@@ -568,6 +581,7 @@ impl App {
             }
             _ => {
                 self.input.handle_event(&TermEvent::Key(key));
+                self.notice = None;
             }
         }
         Vec::new()

@@ -152,9 +152,9 @@ pub fn draw(frame: &mut Frame, app: &App) {
 fn draw_title(frame: &mut Frame, app: &App, area: Rect) {
     let mut spans = vec![Span::styled("Docs++ ", bold(app))];
     // The state of the connection comes first, so a narrow pane shows it.
-    match (&app.connection, app.stale_since) {
-        (Some(why), Some(_)) => spans.push(Span::styled(
-            format!("NO EVENT STREAM ({why}) "),
+    match (&app.connection, app.stale_for()) {
+        (Some(why), Some(age)) => spans.push(Span::styled(
+            format!("STALE {:.0}s: {why} ", age.as_secs_f64()),
             paint(app, Color::Red).add_modifier(Modifier::BOLD),
         )),
         (Some(why), None) => spans.push(Span::styled(format!("{why} "), paint(app, Color::Yellow))),
@@ -367,7 +367,15 @@ fn wrap(text: &str, width: usize, indent: usize) -> Vec<String> {
     let mut first = true;
     while !rest.is_empty() {
         let room = if first { width } else { width - indent };
-        let take = rest.len().min(room);
+        let mut take = rest.len().min(room);
+        if take < rest.len() {
+            // Break after the last space that fits, if there is one.
+            if let Some(space) = rest[..take].iter().rposition(|c| *c == ' ') {
+                if space > 0 {
+                    take = space + 1;
+                }
+            }
+        }
         let chunk: String = rest.drain(..take).collect();
         lines.push(if first {
             chunk
@@ -1091,7 +1099,7 @@ mod tests {
         ));
         let screen = render(&mut app, 140, 45);
         assert!(screen.contains("STALE 0s: no data from nm"), "{screen}");
-        assert!(screen.contains("NO EVENT STREAM"), "{screen}");
+        assert!(screen.contains("STALE 0s: nm at 127.0.0.1:5000 refused"), "{screen}");
         assert!(screen.contains("lost the event stream"), "{screen}");
     }
 
