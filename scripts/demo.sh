@@ -15,10 +15,15 @@ case "${1:-}" in
   *) script=$1 ;;
 esac
 
-# DEMO_CARGO_FLAGS: extra build flags (CI passes the test build's features).
+# The release build, as the README's quick start builds it. DEMO_PROFILE=debug
+# uses the debug build instead (CI reuses its test build); DEMO_CARGO_FLAGS adds
+# build flags (CI passes the test build's features).
+profile=${DEMO_PROFILE:-release}
+release=""
+[ "$profile" = release ] && release=--release
 # shellcheck disable=SC2086
-cargo build --quiet --bins ${DEMO_CARGO_FLAGS:-}
-bin=target/debug
+cargo build --quiet --bins $release ${DEMO_CARGO_FLAGS:-}
+bin=target/$profile
 dir=$(mktemp -d)
 cleanup() {
   kill $(jobs -p) 2>/dev/null || true

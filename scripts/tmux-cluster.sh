@@ -23,3 +23,10 @@ done
 tmux split-window -t "$session" "sleep 1; $bin/console --nm 127.0.0.1:$port --user operator"
 tmux select-layout -t "$session" tiled >/dev/null
 echo "tmux session '$session': attach with: tmux attach -t $session   (data in $dir)"
+echo
+echo "A killed daemon comes back with the same command in a new pane:"
+echo "  tmux split-window -t $session \"$bin/nm --listen 127.0.0.1:$port --data-dir $dir/nm --heartbeat-timeout 1s --cluster-key-file $dir/cluster.key --log-format pretty\""
+for name in ss1 ss1_backup ss2 ss2_backup; do
+  echo "  tmux split-window -t $session \"$(ss $name)\""
+done
+echo "(then: tmux select-layout -t $session tiled)"

@@ -30,11 +30,25 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
+    /// CREATE then a one-sentence WRITE of a new file, by `--clients`
+    /// sessions for `--duration`: pairs per second, with the backups.
     CreateWrite,
+    /// The time from an ETIRW's answer until the new text is in the
+    /// backup's file on disk (polled every 50 µs): p50/p99/max, idle and at
+    /// `--rate` writes per second.
     ReplLag,
+    /// The initial sync of `--files` files of `--size` KiB (default 4) to
+    /// an empty backup: seconds and files per second.
     ResyncSmall,
+    /// The resync of one file of `--size` MiB (default 1024) to an empty
+    /// backup: seconds and MB/s.
     ResyncLarge,
+    /// kill -9 (or with `--hang`, SIGSTOP) of the primary, `--rounds`
+    /// times: the time until a READ through nm succeeds again.
     Failover,
+    /// The primary returning after `--files` (default 1,000) files changed
+    /// on its promoted backup: the time from its restart until the pair is
+    /// ACTIVE again with nothing pending (catch-up and hand-back).
     CatchUp,
     /// A backup returning with `--files` (default 10) of `--total` files
     /// (default 1,000,000) out of date: the time from its restart until the
@@ -90,7 +104,8 @@ pub struct BenchArgs {
     /// Files both servers hold before the backup leaves (backup-return).
     #[arg(long, default_value_t = 1_000_000)]
     pub total: usize,
-    /// File size in KiB (resync-small) or MiB (resync-large).
+    /// File size in KiB for resync-small (default 4), in MiB for
+    /// resync-large and raw-tcp (default 1024).
     #[arg(long)]
     pub size: Option<u64>,
     /// fsync on every change (as in production).
