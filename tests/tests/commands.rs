@@ -270,3 +270,43 @@ async fn a_bad_write_header_never_runs_its_edit_lines_as_commands() {
         "nothing was created"
     );
 }
+
+/// A line that is not UTF-8 is an error for that line only: the script
+/// goes on (it used to stop with exit code 2 and skip the rest).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_utf8_line_is_an_error_for_that_line_only() {
+    use std::io::Write;
+    let cluster = TestCluster::start(&["ss1"]).await;
+    let mut child = cluster
+        .console_command("alice", &["--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("console runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"CREATE a.txt\nCREATE b\xff\xfe.txt\nCREATE c.txt\nVIEW -a\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "one command failed: {lines:?}"
+    );
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[1]["code"], "E_BAD_REQUEST", "{}", lines[1]);
+    assert!(lines[1]["message"].as_str().unwrap().contains("UTF-8"));
+    let files: Vec<&str> = lines[3]["data"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(files, ["a.txt", "c.txt"]);
+}

@@ -1,6 +1,7 @@
 //! The real console binary in a terminal (tmux) against a TestCluster: the
 //! screen shows the pair ACTIVE, PRIMARY_FAILED after a kill -9 of the
-//! primary, and ACTIVE again once it is back.
+//! primary, and ACTIVE again once it is back; and each defect an operator
+//! reported (issue #17) stays fixed, typed as an operator types it.
 
 use shared::proto::PairState;
 use std::process::Command;
@@ -12,6 +13,10 @@ struct Tmux {
 
 impl Tmux {
     fn start(session: &str, command: &str) -> Tmux {
+        Tmux::start_sized(session, command, 100, 32)
+    }
+
+    fn start_sized(session: &str, command: &str, width: u16, height: u16) -> Tmux {
         let status = Command::new("tmux")
             .args([
                 "new-session",
@@ -19,9 +24,9 @@ impl Tmux {
                 "-s",
                 session,
                 "-x",
-                "100",
+                &width.to_string(),
                 "-y",
-                "32",
+                &height.to_string(),
                 command,
             ])
             .status()
@@ -50,10 +55,34 @@ impl Tmux {
     }
 }
 
+impl Tmux {
+    fn resize(&self, width: u16, height: u16) {
+        let status = Command::new("tmux")
+            .args(["resize-window", "-t", &self.session, "-x"])
+            .arg(width.to_string())
+            .arg("-y")
+            .arg(height.to_string())
+            .status()
+            .expect("tmux resize-window");
+        assert!(status.success());
+    }
+
+    /// Waits until the screen contains `text`; returns the screen.
+    async fn shows(&self, text: &str) -> String {
+        eventually(&format!("{text:?} on screen"), async || {
+            let screen = self.screen();
+            screen.contains(text).then_some(screen)
+        })
+        .await
+    }
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
+        // The session is gone already when the console quit.
         let _ = Command::new("tmux")
             .args(["kill-session", "-t", &self.session])
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }
@@ -134,4 +163,110 @@ fn without_a_terminal_the_console_says_use_batch() {
         assert!(stderr.contains("--batch"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// The names of the files nm knows.
+fn files(cluster: &TestCluster) -> Vec<String> {
+    let run = cluster.console("operator", "VIEW -a\n");
+    run.get(0)["data"]["files"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter_map(|f| f["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue #17's defects, typed into the real console at 80×24 and in a
+/// tmux-cluster pane (100×16), one after another on one cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_at_80x24_meets_none_of_the_reported_defects() {
+    let options = Options {
+        nm_args: vec!["--heartbeat-timeout", "1s"],
+        ..Options::default()
+    };
+    let mut cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster.console("operator", "CREATE a.txt\n").all_ok();
+    let session = format!("docs-tui-defects-{}", std::process::id());
+    let console = format!(
+        "{} --nm {} --user operator",
+        bin("console").display(),
+        cluster.nm_addr()
+    );
+    let tmux = Tmux::start_sized(&session, &console, 80, 24);
+
+    // 5. 80×24: every server and pair, the tab bar, the prompt; and the
+    // log opens with nm's start-up events (11).
+    let screen = tmux.shows("ss1_backup").await;
+    assert!(screen.contains("1 Events"), "{screen}");
+    assert!(screen.contains("q quit"), "{screen}");
+    tmux.shows("SYNCING → ACTIVE").await;
+
+    // 1. A bad WRITE header: what is typed next never runs as a command.
+    tmux.keys(&[":", "WRITE a.txt", "Enter"]);
+    tmux.shows("ERROR E_BAD_REQUEST").await;
+    tmux.keys(&["CREATE zz.txt", "Enter", "ETIRW", "Enter"]);
+    // A header nm refuses is reported before any edit line is taken.
+    tmux.keys(&[":", "WRITE nope.txt 0", "Enter"]);
+    tmux.shows("E_NOT_FOUND").await;
+    assert!(!files(&cluster).contains(&"zz.txt".to_owned()));
+
+    // 10. Esc in an open WRITE says what it did, and nothing is written.
+    tmux.keys(&[":", "WRITE a.txt 0", "Enter"]);
+    tmux.shows("lock held").await;
+    tmux.keys(&["0 Hello there.", "Enter", "Escape"]);
+    tmux.shows("WRITE cancelled").await;
+    let read = cluster.console("operator", "READ a.txt\n");
+    assert_eq!(read.get(0)["data"]["content"], "", "{}", read.get(0));
+
+    // 2. WATCH never holds the command line; Esc stops it.
+    tmux.keys(&[":", "WATCH", "Enter"]);
+    tmux.shows("Esc stops").await;
+    tmux.keys(&[":", "CREATE w.txt", "Enter"]);
+    tmux.shows("File Created Successfully!").await;
+    tmux.keys(&["Escape"]);
+    tmux.shows("WATCH stopped").await;
+
+    // 6. Line editing: the cursor moves, Home and Ctrl-U work.
+    tmux.keys(&[
+        ":",
+        "junk",
+        "C-u",
+        "CRATE e.txt",
+        "Home",
+        "Right",
+        "Right",
+        "E",
+        "Enter",
+    ]);
+    tmux.shows("Output: CREATE e.txt").await;
+    eventually("e.txt created", async || {
+        files(&cluster).contains(&"e.txt".to_owned()).then_some(())
+    })
+    .await;
+
+    // 9. An ambiguous Tab lists the candidates.
+    tmux.keys(&[":", "RE", "Tab"]);
+    tmux.shows("REMACCESS").await;
+    tmux.keys(&["Escape"]);
+
+    // 7. A long output says how much is left.
+    tmux.resize(100, 16);
+    tmux.keys(&[":", "INFO a.txt", "Enter"]);
+    let screen = tmux.shows("more lines: PgDn").await;
+    // 5. The tmux-cluster pane keeps its rows too.
+    assert!(
+        screen.contains("ss1_backup") && screen.contains("1 Events"),
+        "{screen}"
+    );
+
+    // 4. nm killed: the tables are marked stale, and its return is logged.
+    cluster.kill_nm();
+    tmux.shows("STALE").await;
+    cluster.start_nm().await;
+    tmux.keys(&["1", "/", "console:", "Enter"]);
+    tmux.shows("back after").await;
+    tmux.keys(&["q"]);
 }

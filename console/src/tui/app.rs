@@ -297,11 +297,13 @@ impl App {
         }
     }
 
+    /// Puts a result in the Output pane and brings it forward.
     fn show(&mut self, title: &str, text: String, ok: bool) {
         self.output_title = title.to_owned();
         self.output = text;
         self.output_ok = ok;
         self.output_scroll = 0;
+        self.pane = Pane::Output;
     }
 
     fn log(&mut self, entry: LogEntry) {
@@ -313,7 +315,15 @@ impl App {
         if let Some(w) = &mut self.watching {
             w.events += 1;
         }
-        self.events.push_back(entry);
+        // In time order: events a reconnection replays (nm's recent ones)
+        // may be older than the console's own line about the reconnection.
+        let at = entry.at_ms();
+        let place = self
+            .events
+            .iter()
+            .rposition(|e| e.at_ms() <= at)
+            .map_or(0, |i| i + 1);
+        self.events.insert(place, entry);
         if self.events.len() > EVENT_LOG {
             self.events.pop_front();
         }
@@ -625,7 +635,6 @@ impl App {
                 self.events_scroll = 0;
                 self.unseen = 0;
                 self.filter.clear();
-                self.pane = Pane::Events;
                 let how_long = match millis {
                     Some(ms) => format!("for {:.0} s", ms as f64 / 1000.0),
                     None => "until Esc".to_owned(),
@@ -635,6 +644,7 @@ impl App {
                     format!("WATCH: cluster events stream into the Events pane {how_long}; the command line stays free."),
                     true,
                 );
+                self.pane = Pane::Events;
                 Vec::new()
             }
             _ => {

@@ -1099,7 +1099,10 @@ mod tests {
         ));
         let screen = render(&mut app, 140, 45);
         assert!(screen.contains("STALE 0s: no data from nm"), "{screen}");
-        assert!(screen.contains("STALE 0s: nm at 127.0.0.1:5000 refused"), "{screen}");
+        assert!(
+            screen.contains("STALE 0s: nm at 127.0.0.1:5000 refused"),
+            "{screen}"
+        );
         assert!(screen.contains("lost the event stream"), "{screen}");
     }
 
