@@ -262,6 +262,22 @@ async fn an_operator_at_80x24_meets_none_of_the_reported_defects() {
         "{screen}"
     );
 
+    // 12. The mouse wheel over the Events pane scrolls it back (an SGR
+    // mouse report, as a terminal sends it).
+    tmux.resize(140, 45);
+    tmux.shows("┌Events (following)").await;
+    let screen = tmux.screen();
+    let row = screen
+        .lines()
+        .position(|l| l.contains("┌Events"))
+        .expect("the Events box")
+        + 3;
+    tmux.keys(&["-l", &format!("\x1b[<64;10;{row}M")]);
+    tmux.shows("Events (paused").await;
+    tmux.keys(&["End"]);
+    tmux.shows("Events (following)").await;
+    tmux.resize(100, 16);
+
     // 4. nm killed: the tables are marked stale, and its return is logged.
     cluster.kill_nm();
     tmux.shows("STALE").await;

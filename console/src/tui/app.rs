@@ -1364,6 +1364,20 @@ pub(crate) mod tests {
         );
     }
 
+    /// Item 8: the heartbeat column showed the snapshot's age plus the time
+    /// since the snapshot (55 → 216 → 466 ms with 100 ms heartbeats), which
+    /// looked like missed heartbeats. It shows what nm reported.
+    #[test]
+    fn heartbeat_timers_are_what_nm_reported_not_extrapolated() {
+        let mut app = App::new("nm", "op", true);
+        snapshot(&mut app, status(PairState::Active));
+        let before = app.timers(0);
+        app.status_at = Some(Instant::now() - Duration::from_millis(450));
+        app.update(Action::Tick);
+        assert_eq!(app.timers(0), before);
+        assert_eq!(before, Some((40, 960)));
+    }
+
     #[test]
     fn dropped_changes_and_job_steps_read_plainly() {
         let line = describe(&LogEntry::Cluster(event(
