@@ -143,7 +143,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
     if let Some(r) = areas.output {
         draw_output(frame, app, &areas, r);
     }
-    draw_prompt(frame, app, areas.prompt);
+    draw_prompt(frame, app, areas.prompt, areas.tabs.is_some());
     if app.help {
         draw_help(frame, app, area);
     }
@@ -678,7 +678,7 @@ fn draw_output(frame: &mut Frame, app: &App, areas: &Areas, area: Rect) {
     }
 }
 
-fn draw_prompt(frame: &mut Frame, app: &App, area: Rect) {
+fn draw_prompt(frame: &mut Frame, app: &App, area: Rect, tabs: bool) {
     let width = area.width.saturating_sub(1) as usize;
     match &app.mode {
         Mode::Normal => {
@@ -686,7 +686,10 @@ fn draw_prompt(frame: &mut Frame, app: &App, area: Rect) {
                 Some(notice) => {
                     Line::from(Span::styled(notice.to_owned(), paint(app, Color::Yellow)))
                 }
-                None => Line::from(Span::styled(key_hints(width), paint(app, Color::DarkGray))),
+                None => Line::from(Span::styled(
+                    key_hints(width, tabs),
+                    paint(app, Color::DarkGray),
+                )),
             };
             frame.render_widget(Paragraph::new(line), area);
         }
@@ -764,19 +767,17 @@ fn draw_prompt(frame: &mut Frame, app: &App, area: Rect) {
     }
 }
 
-/// The keys worth knowing, as many as fit in `width`; `? keys` and
-/// `q quit` always do.
-fn key_hints(width: usize) -> String {
-    let optional = [
-        ": command",
-        "/ filter",
-        "p pause",
-        "↑↓ scroll",
-        "PgUp/PgDn output",
-        "1-4 panes",
-    ];
+/// The keys worth knowing, as many as fit in `width` (the least needed
+/// go first); `? keys` and `q quit` always fit. `1-4 panes` only where
+/// there are tabs.
+fn key_hints(width: usize, tabs: bool) -> String {
+    let mut optional = vec![": command", "/ filter"];
+    if tabs {
+        optional.push("1-4 panes");
+    }
+    optional.extend(["p pause", "↑↓ scroll", "PgUp/PgDn output"]);
     let always = "? keys  q quit";
-    let mut shown: Vec<&str> = optional.to_vec();
+    let mut shown = optional;
     loop {
         let mut line = shown.join("  ");
         if !line.is_empty() {
