@@ -89,9 +89,11 @@ pub struct BenchArgs {
     /// Writes per second across all clients (repl-lag).
     #[arg(long, default_value_t = 200)]
     pub rate: u64,
-    /// Number of files (resync-small; the files changed in catch-up and backup-return).
-    #[arg(long, default_value_t = 10_000)]
-    pub files: usize,
+    /// Number of files: resync-small's (default 10,000), the files changed
+    /// in catch-up (default 1,000) and backup-return (default 10), and
+    /// nm-memory's (default 1,000,000).
+    #[arg(long)]
+    pub files: Option<usize>,
     /// Keep the local cluster's folder (each daemon's log and data) after
     /// the run, and print where it is on stderr.
     #[arg(long)]
@@ -267,19 +269,13 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
     }
     // `--files` defaults to resync-small's 10,000; the other workloads that
     // take it have defaults of their own.
-    let files_or = |default: usize| {
-        if args.files == 10_000 {
-            default
-        } else {
-            args.files
-        }
-    };
+    let files_or = |default: usize| args.files.unwrap_or(default);
     let mut report = match args.workload {
         Workload::CreateWrite => create_write(&mut cluster, &args).await?,
         Workload::ReplLag => repl_lag(&mut cluster, &args).await?,
         Workload::ResyncSmall => {
             let kib = args.size.unwrap_or(4);
-            resync(&mut cluster, args.files, kib * 1024).await?
+            resync(&mut cluster, files_or(10_000), kib * 1024).await?
         }
         Workload::ResyncLarge => {
             let mib = args.size.unwrap_or(1024);

@@ -165,6 +165,12 @@ fn without_a_terminal_the_console_says_use_batch() {
     }
 }
 
+/// The HEARTBEAT column of a server row (`    42ms`).
+fn heartbeat_age(row: &str) -> Option<u64> {
+    row.split_whitespace()
+        .find_map(|w| w.strip_suffix("ms")?.parse().ok())
+}
+
 /// The names of the files nm knows.
 fn files(cluster: &TestCluster) -> Vec<String> {
     let run = cluster.console("operator", "VIEW -a\n");
@@ -203,6 +209,25 @@ async fn an_operator_at_80x24_meets_none_of_the_reported_defects() {
     assert!(screen.contains("1 Events"), "{screen}");
     assert!(screen.contains("q quit"), "{screen}");
     tmux.shows("SYNCING → ACTIVE").await;
+
+    // 8. The heartbeat column shows the age nm reported (≤ one 100 ms
+    // interval plus scheduling), not that age plus the time since the
+    // snapshot (which read 55 → 216 → 466 ms and looked like misses).
+    let mut ages: Vec<u64> = Vec::new();
+    for _ in 0..12 {
+        let screen = tmux.screen();
+        let row = screen
+            .lines()
+            .find(|l| l.starts_with("ss1 "))
+            .map(str::to_owned);
+        if let Some(age) = row.as_deref().and_then(heartbeat_age) {
+            ages.push(age);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(130));
+    }
+    ages.sort_unstable();
+    assert!(ages.len() >= 10, "{ages:?}");
+    assert!(ages[ages.len() / 2] < 250, "median heartbeat age {ages:?}");
 
     // 1. A bad WRITE header: what is typed next never runs as a command.
     tmux.keys(&[":", "WRITE a.txt", "Enter"]);
@@ -285,4 +310,32 @@ async fn an_operator_at_80x24_meets_none_of_the_reported_defects() {
     tmux.keys(&["1", "/", "console:", "Enter"]);
     tmux.shows("back after").await;
     tmux.keys(&["q"]);
+}
+
+/// Item 13: `--help` describes every bench workload and says the defaults
+/// (the user, `--size`, `--files`).
+#[test]
+fn help_describes_every_workload_and_its_defaults() {
+    tests::bin_dir();
+    let help = |args: &[&str]| {
+        let out = Command::new(bin("console")).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let bench = help(&["bench", "--help"]);
+    let workloads: Vec<&str> = bench
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .collect();
+    assert!(workloads.len() >= 13, "{bench}");
+    for w in workloads {
+        let (name, what) = w.split_once(':').unwrap_or((w, ""));
+        assert!(what.trim().len() > 20, "{name} has no description: {w:?}");
+    }
+    assert!(
+        bench.contains("(default 1024)") && bench.contains("(default 4)"),
+        "{bench}"
+    );
+    assert!(bench.contains("catch-up (default 1,000)"), "{bench}");
+    let console = help(&["--help"]);
+    assert!(console.contains("[default: operator]"), "{console}");
 }
