@@ -65,7 +65,7 @@ pub struct DemoArgs {
 pub enum Sub {
     /// Run a workload against a local cluster started for it and print
     /// throughput, latency, replication lag or transfer rate.
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
     /// Start nm and two primary/backup pairs in a temp dir (fast heartbeats)
     /// and open the console on them, with a pane per daemon: Tab selects one,
     /// K kills it (SIGKILL), R restarts it. Quitting stops them all.

@@ -13,7 +13,7 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Sub::Bench(bench)) = args.command {
         let json = bench.json;
-        return match console::bench::run(bench).await {
+        return match console::bench::run(*bench).await {
             Ok(report) => {
                 if json {
                     println!(
