@@ -367,13 +367,20 @@ impl Nm {
     async fn delete(&self, user: &str, file: &str) -> Result<NmReply, WireError> {
         let client = self.server_for(user, file, Need::Owner)?;
         let mut deleted_version = None;
+        // The stamp of a DELETE the server sent on its replication stream.
+        let mut streamed = None;
         match client
             .call(SsRequest::DeleteFile {
                 file: file.to_owned(),
             })
             .await
         {
-            Ok(reply) => deleted_version = applied(reply).ok().map(|s| s.version),
+            Ok(reply) => {
+                if let Ok((stats, on_stream)) = applied_and_streamed(reply) {
+                    deleted_version = Some(stats.version);
+                    streamed = on_stream.then(|| stats.stamp());
+                }
+            }
             Err(e) if e.code == ErrorCode::NotFound => {
                 tracing::warn!(
                     event = "nm_delete_missing",
@@ -401,6 +408,11 @@ impl Nm {
         };
         if let Some(server) = server {
             match deleted_version {
+                // On the stream: recorded for the catch-up, no job (and in
+                // sync mode the standby had it before the server answered).
+                Some(_) if streamed.is_some() => {
+                    self.replicate_streamed(&server, file, streamed.unwrap_or_default())
+                }
                 Some(version) => {
                     self.replicate_and_wait(&server, file, JobKind::Delete, version)
                         .await?

@@ -32,6 +32,8 @@ struct Changed {
     stamp: (u64, u64),
     /// It went to the standby on the replication stream.
     streamed: bool,
+    /// An update, or a DELETE handed back by the stream.
+    kind: JobKind,
 }
 
 /// What a server said about itself when it registered.
@@ -158,6 +160,7 @@ impl Nm {
                     file,
                     stamp,
                     streamed: true,
+                    ..
                 }) if result.is_ok() => {
                     self.replicate_streamed(&pair, &file, stamp);
                     if replies.send(Reply { id, result }).is_err() {
@@ -169,12 +172,13 @@ impl Nm {
                     file,
                     stamp: (_, version),
                     streamed: false,
+                    kind,
                 }) if result.is_ok() => {
                     let nm = self.clone();
                     let replies = replies.clone();
                     tokio::spawn(async move {
                         let result = nm
-                            .replicate_and_wait(&pair, &file, JobKind::Update, version)
+                            .replicate_and_wait(&pair, &file, kind, version)
                             .await
                             .map(|()| NmReply::Done);
                         let _ = replies.send(Reply { id, result });
@@ -382,7 +386,44 @@ impl Nm {
                 NmRequest::FileChanged {
                     file,
                     stats,
+                    deleted: true,
+                    ..
+                } => {
+                    // A DELETE the stream handed back: copied as a delete,
+                    // whether nm has removed the file from its namespace
+                    // yet or not, if it comes from the server that serves.
+                    let pair = state
+                        .ns
+                        .file(&file)
+                        .map(|r| r.server.clone())
+                        .or_else(|| state.registry.pair_of(server).map(|p| p.primary.clone()));
+                    let from_active = pair
+                        .as_deref()
+                        .and_then(|p| state.registry.pair(p))
+                        .is_some_and(|p| p.active() == server);
+                    match pair {
+                        Some(pair) if from_active => {
+                            changed = Some(Changed {
+                                pair,
+                                file,
+                                stamp: stats.stamp(),
+                                streamed: false,
+                                kind: JobKind::Delete,
+                            });
+                        }
+                        _ => {
+                            let error = WireError::unavailable(format!(
+                                "{server} does not serve {file:?} now: the delete is not replicated"
+                            ));
+                            return (Err(error), None);
+                        }
+                    }
+                }
+                NmRequest::FileChanged {
+                    file,
+                    stats,
                     streamed,
+                    deleted: false,
                 } => {
                     let pair = state.ns.file(&file).map(|r| r.server.clone());
                     let from_active = pair
@@ -401,6 +442,7 @@ impl Nm {
                                 file,
                                 stamp: stats.stamp(),
                                 streamed,
+                                kind: JobKind::Update,
                             });
                             // A change handed back by the stream may arrive
                             // after a later one's notice.
@@ -418,6 +460,7 @@ impl Nm {
                                 file,
                                 stamp: stats.stamp(),
                                 streamed,
+                                kind: JobKind::Update,
                             });
                         }
                         _ => {

@@ -392,6 +392,11 @@ pub enum NmRequest {
         /// without this flag.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         streamed: bool,
+        /// The change is the file's DELETE (handed back by the stream): nm
+        /// copies it as a delete, whether or not it has removed the file
+        /// from its namespace yet.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
     },
     /// Changes the backup acknowledged on the replication stream, sent in
     /// batches: nm settles them in the pair's catch-up record and reports
@@ -783,6 +788,14 @@ pub enum SsRequest {
         file: String,
         meta: FileMeta,
         content: ByteBuf,
+    },
+    /// On an open replication stream: a committed DELETE at (epoch,
+    /// version), answered with `Done` once its tombstone is durable here.
+    /// Applied like `ApplyDelete`: a newer local copy is kept.
+    StreamDelete {
+        file: String,
+        version: u64,
+        epoch: u64,
     },
 }
 

@@ -60,7 +60,7 @@ proptest! {
         let requests = vec![
             Request { id, body: NmRequest::Create { file: file.clone() } },
             Request { id, body: NmRequest::Locate { file: file.clone(), op: Op::Write } },
-            Request { id, body: NmRequest::FileChanged { file: file.clone(), stats: FileStats { version, epoch, size: version / 2, ..FileStats::default() }, streamed: false } },
+            Request { id, body: NmRequest::FileChanged { file: file.clone(), stats: FileStats { version, epoch, size: version / 2, ..FileStats::default() }, streamed: false, deleted: false } },
         ];
         for r in requests {
             let back: Request<NmRequest> = decode(&encode(&r).unwrap()).unwrap();

@@ -128,11 +128,19 @@ fn every_message_round_trips() {
             file: "a".into(),
             stats: stats(),
             streamed: false,
+            deleted: false,
         },
         NmRequest::FileChanged {
             file: "a".into(),
             stats: stats(),
             streamed: true,
+            deleted: false,
+        },
+        NmRequest::FileChanged {
+            file: "a".into(),
+            stats: stats(),
+            streamed: false,
+            deleted: true,
         },
         NmRequest::Streamed {
             changes: vec![shared::proto::StreamedChange {

@@ -434,15 +434,21 @@ impl Files {
         }
     }
 
-    /// Deletes a file, leaving a tombstone; returns the version the delete gave it.
-    pub fn delete(&self, file: &str) -> Result<u64, WireError> {
+    /// Deletes a file, leaving a tombstone; returns the (epoch, version,
+    /// base) the delete gave it, the rest of the stats zero.
+    pub fn delete(&self, file: &str) -> Result<FileStats, WireError> {
         let entry = self.entry(file)?;
         let mut e = lock(&entry);
         refuse_while_written(&e, file, "DELETE")?;
         let mut stats = e.meta.stats.clone();
         stats.bump(self.epoch());
         self.remove_with_tombstone(&mut e, file, stats.stamp(), stats.base)?;
-        Ok(stats.version)
+        Ok(FileStats {
+            version: stats.version,
+            epoch: stats.epoch,
+            base: stats.base,
+            ..FileStats::default()
+        })
     }
 
     /// Records the tombstone first, so a crash in between finishes the delete at start-up.

@@ -78,7 +78,9 @@ pub struct NmLink {
     /// Changes the replication stream handed back, by file (the latest
     /// each): sent to nm by the link itself, never dropped like a notice
     /// in a full queue, or nm would never copy them.
-    handed_back: std::sync::Mutex<HashMap<String, FileStats>>,
+    /// Changes the stream handed back, the newest per file (and whether
+    /// it is the file's DELETE), to be sent to nm as notices.
+    handed_back: std::sync::Mutex<HashMap<String, (FileStats, bool)>>,
     handed_back_ready: tokio::sync::Notify,
     /// The other server of the pair, as nm last named it.
     partner: std::sync::Mutex<Option<Partner>>,
@@ -266,6 +268,7 @@ impl NmLink {
             file: file.to_owned(),
             stats: stats.clone(),
             streamed,
+            deleted: false,
         };
         let sync = self.sync_replication.load(Ordering::Relaxed) && !streamed;
         let unconfirmed = |why: &str| {
@@ -309,14 +312,14 @@ impl NmLink {
     /// Tells nm of a change the replication stream could not deliver: nm
     /// copies it the other way (a job). Nobody waits for it; it is sent
     /// again until nm answers.
-    pub fn file_not_streamed(&self, file: &str, stats: &FileStats) {
+    pub fn file_not_streamed(&self, file: &str, stats: &FileStats, deleted: bool) {
         {
             let mut handed_back = self.handed_back.lock().unwrap_or_else(|p| p.into_inner());
             let newer = handed_back
                 .get(file)
-                .is_none_or(|known| known.stamp() < stats.stamp());
+                .is_none_or(|(known, _)| known.stamp() < stats.stamp());
             if newer {
-                handed_back.insert(file.to_owned(), stats.clone());
+                handed_back.insert(file.to_owned(), (stats.clone(), deleted));
             }
         }
         self.handed_back_ready.notify_one();
@@ -338,7 +341,7 @@ impl NmLink {
         }
     }
 
-    fn take_handed_back(&self) -> Vec<(String, FileStats)> {
+    fn take_handed_back(&self) -> Vec<(String, (FileStats, bool))> {
         std::mem::take(&mut *self.handed_back.lock().unwrap_or_else(|p| p.into_inner()))
             .into_iter()
             .collect()
@@ -617,8 +620,8 @@ async fn serve_link(
                 }
             }
             _ = link.handed_back_ready.notified() => {
-                for (file, stats) in link.take_handed_back() {
-                    let request = NmRequest::FileChanged { file, stats, streamed: false };
+                for (file, (stats, deleted)) in link.take_handed_back() {
+                    let request = NmRequest::FileChanged { file, stats, streamed: false, deleted };
                     let id = next_id;
                     next_id += 1;
                     writer.send(&Request { id, body: request.clone() }).await?;

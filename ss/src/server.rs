@@ -552,16 +552,17 @@ impl Server {
                     Err(e) => Err(e),
                 }
             }
-            SsRequest::DeleteFile { file } if from_nm => tokio::task::block_in_place(|| {
-                self.files.delete(&file)
-            })
-            .map(|version| SsReply::Applied {
-                stats: shared::proto::FileStats {
-                    version,
-                    ..Default::default()
-                },
-                streamed: false,
-            }),
+            SsRequest::DeleteFile { file } if from_nm => {
+                match tokio::task::block_in_place(|| self.files.delete(&file)) {
+                    Ok(stats) => {
+                        let offered = self.streamer.offer_delete(&file, &stats);
+                        drop(change.take());
+                        let streamed = self.delivered(offered).await;
+                        Ok(SsReply::Applied { stats, streamed })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             SsRequest::UndoFile { file } if from_nm => {
                 match tokio::task::block_in_place(|| self.files.undo(&file)) {
                     Ok(committed) => {
@@ -625,9 +626,11 @@ impl Server {
             | SsRequest::InventoryOf { .. } => Err(WireError::unauthorized(
                 "only nm may do that; go through nm",
             )),
-            SsRequest::StreamOpen { .. } | SsRequest::StreamApply { .. } => Err(
-                WireError::bad_request("a replication stream must be opened first, by the partner"),
-            ),
+            SsRequest::StreamOpen { .. }
+            | SsRequest::StreamApply { .. }
+            | SsRequest::StreamDelete { .. } => Err(WireError::bad_request(
+                "a replication stream must be opened first, by the partner",
+            )),
         };
         match reply {
             Ok(reply) => conn.reply(id, Ok(reply)).await.map(Ok),
@@ -867,6 +870,7 @@ fn operation_name(request: &SsRequest) -> &'static str {
         SsRequest::SetPartner { .. } => "SET_PARTNER",
         SsRequest::StreamOpen { .. } => "STREAM_OPEN",
         SsRequest::StreamApply { .. } => "STREAM_APPLY",
+        SsRequest::StreamDelete { .. } => "STREAM_DELETE",
     }
 }
 

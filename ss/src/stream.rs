@@ -22,8 +22,10 @@
 //!   catch-up record and settles it when the batched acknowledgements
 //!   ([`shared::proto::NmRequest::Streamed`]) arrive.
 //! - It carries CREATE, ETIRW, UNDO and access-list changes of files up to
-//!   [`MAX_STREAMED_BYTES`] without checkpoints. The rest (larger files,
-//!   deletes, moves, checkpoints and REVERT) go through nm's jobs as before.
+//!   [`MAX_STREAMED_BYTES`] without checkpoints, and DELETEs. The rest
+//!   (larger files, moves, checkpoints and REVERT) go through nm's jobs as
+//!   before. A DELETE handed back goes to nm flagged as one, so nm copies
+//!   it as a delete even once the file has left its namespace.
 
 use crate::files::Files;
 use crate::nm_link::{NmLink, StreamTarget};
@@ -63,6 +65,8 @@ const APPLYING: usize = 64;
 struct Unacked {
     file: String,
     stats: FileStats,
+    /// It is the file's DELETE.
+    deleted: bool,
     bytes: usize,
     committed: Instant,
     /// `true` once the standby has it durably, `false` if it went to nm instead.
@@ -73,8 +77,14 @@ struct Unacked {
 struct Outgoing {
     seq: u64,
     file: String,
-    meta: FileMeta,
-    content: Vec<u8>,
+    change: Change,
+}
+
+enum Change {
+    /// The file as committed: metadata and content.
+    Put { meta: FileMeta, content: Vec<u8> },
+    /// The file deleted at (epoch, version).
+    Delete { epoch: u64, version: u64 },
 }
 
 struct Open {
@@ -126,6 +136,23 @@ impl Streamer {
         if content.len() > MAX_STREAMED_BYTES {
             return Offered::NotSent;
         }
+        let change = Change::Put {
+            meta: meta.clone(),
+            content: content.to_vec(),
+        };
+        self.send(file, &meta.stats, change, content.len())
+    }
+
+    /// Sends a committed DELETE (its tombstone's stamp is `stats`).
+    pub fn offer_delete(&self, file: &str, stats: &FileStats) -> Offered {
+        let change = Change::Delete {
+            epoch: stats.epoch,
+            version: stats.version,
+        };
+        self.send(file, stats, change, 0)
+    }
+
+    fn send(&self, file: &str, stats: &FileStats, change: Change, bytes: usize) -> Offered {
         let mut state = self.lock();
         let State {
             open,
@@ -136,31 +163,32 @@ impl Streamer {
         let Some(open) = open.as_ref() else {
             return Offered::NotSent;
         };
-        if open.epoch != meta.stats.epoch
+        if open.epoch != stats.epoch
             || unacked.len() >= WINDOW
-            || *unacked_bytes + content.len() > WINDOW_BYTES
+            || *unacked_bytes + bytes > WINDOW_BYTES
         {
             return Offered::NotSent;
         }
         *next_seq += 1;
         let seq = *next_seq;
+        let deleted = matches!(change, Change::Delete { .. });
         let outgoing = Outgoing {
             seq,
             file: file.to_owned(),
-            meta: meta.clone(),
-            content: content.to_vec(),
+            change,
         };
         if open.sender.send(outgoing).is_err() {
             return Offered::NotSent;
         }
         let (tx, rx) = oneshot::channel();
-        *unacked_bytes += content.len();
+        *unacked_bytes += bytes;
         unacked.insert(
             seq,
             Unacked {
                 file: file.to_owned(),
-                stats: meta.stats.clone(),
-                bytes: content.len(),
+                stats: stats.clone(),
+                deleted,
+                bytes,
                 committed: Instant::now(),
                 waiter: Some(tx),
             },
@@ -200,7 +228,8 @@ impl Streamer {
     }
 
     fn hand_to_nm(&self, mut unacked: Unacked) {
-        self.link.file_not_streamed(&unacked.file, &unacked.stats);
+        self.link
+            .file_not_streamed(&unacked.file, &unacked.stats, unacked.deleted);
         if let Some(waiter) = unacked.waiter.take() {
             let _ = waiter.send(false);
         }
@@ -319,14 +348,19 @@ impl Streamer {
                 }
                 change = outgoing.recv() => {
                     let Some(change) = change else { return Ok(()) };
-                    let request = Request {
-                        id: change.seq,
-                        body: SsRequest::StreamApply {
+                    let body = match change.change {
+                        Change::Put { meta, content } => SsRequest::StreamApply {
                             file: change.file,
-                            meta: change.meta,
-                            content: serde_bytes::ByteBuf::from(change.content),
+                            meta,
+                            content: serde_bytes::ByteBuf::from(content),
+                        },
+                        Change::Delete { epoch, version } => SsRequest::StreamDelete {
+                            file: change.file,
+                            version,
+                            epoch,
                         },
                     };
+                    let request = Request { id: change.seq, body };
                     // A standby that stops reading (a stalled disk) must not
                     // hold this loop: its acknowledgements, the stall check
                     // and a new target are all waiting on it.
@@ -447,19 +481,34 @@ pub async fn follow(
                 break;
             }
         };
-        let SsRequest::StreamApply {
-            file,
-            meta,
-            content,
-        } = request.body
-        else {
-            let error =
-                WireError::bad_request("only StreamApply is accepted on a replication stream");
-            let _ = replies.send(Reply {
-                id: request.id,
-                result: Err(error),
-            });
-            break;
+        let change = match request.body {
+            SsRequest::StreamApply {
+                file,
+                meta,
+                content,
+            } => Applied::Put {
+                file,
+                meta,
+                content: content.into_vec(),
+            },
+            SsRequest::StreamDelete {
+                file,
+                version,
+                epoch,
+            } => Applied::Delete {
+                file,
+                stamp: (epoch, version),
+            },
+            _ => {
+                let error = WireError::bad_request(
+                    "only StreamApply and StreamDelete are accepted on a replication stream",
+                );
+                let _ = replies.send(Reply {
+                    id: request.id,
+                    result: Err(error),
+                });
+                break;
+            }
         };
         if link.is_serving() || link.epoch() != epoch {
             tracing::info!(event = "ss_stream_ended", partner = %peer, "this server's part changed; the stream is closed");
@@ -481,7 +530,7 @@ pub async fn follow(
                     "this server's part changed; the stream is over",
                 ))
             } else {
-                apply(&files, file, meta, content.into_vec()).map(|()| SsReply::Done)
+                apply(&files, change).map(|()| SsReply::Done)
             };
             drop(permit);
             let _ = replies.send(Reply { id, result });
@@ -491,7 +540,28 @@ pub async fn follow(
     let _ = writer_task.await;
 }
 
-/// Installs one streamed change like a copy from the partner.
-fn apply(files: &Files, file: String, meta: FileMeta, content: Vec<u8>) -> Result<(), WireError> {
-    files.install_streamed(&file, meta, &content)
+/// A change received on the stream.
+enum Applied {
+    Put {
+        file: String,
+        meta: FileMeta,
+        content: Vec<u8>,
+    },
+    Delete {
+        file: String,
+        stamp: (u64, u64),
+    },
+}
+
+/// Installs one streamed change like a copy from the partner (a delete
+/// like nm's `ApplyDelete`: a newer local copy is kept).
+fn apply(files: &Files, change: Applied) -> Result<(), WireError> {
+    match change {
+        Applied::Put {
+            file,
+            meta,
+            content,
+        } => files.install_streamed(&file, meta, &content),
+        Applied::Delete { file, stamp } => files.apply_delete(&file, stamp),
+    }
 }

@@ -82,10 +82,18 @@ async fn creates_writes_undos_and_access_changes_go_on_the_stream_and_queue_no_j
     .await;
     cluster.wait_same_files("ss1", "ss1_backup").await;
     cluster.console("bob", "READ a.txt\n").all_ok();
+    // And a DELETE: the backup drops the file and keeps its tombstone.
+    cluster.console("alice", "DELETE a.txt\n").all_ok();
+    let on_backup = cluster.storage("ss1_backup").join("files/a.txt");
+    eventually("the DELETE on the backup", async || {
+        (!on_backup.exists()).then_some(())
+    })
+    .await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     assert_eq!(
         jobs_queued_for(&events, "a.txt"),
         0,
-        "a streamed CREATE, write, UNDO or access change queued a replication job"
+        "a streamed CREATE, write, UNDO, access change or DELETE queued a replication job"
     );
 }
 
@@ -257,9 +265,11 @@ async fn a_hung_backup_stalls_the_stream_and_nothing_is_lost() {
     cluster.signal_ss("ss1_backup", libc::SIGSTOP);
     // Acknowledged at once (async), none acknowledged by the hung backup:
     // past the stream's patience they go to nm's jobs.
-    let script: String = (0..30)
+    let mut script: String = (0..30)
         .map(|i| format!("CREATE h{i}.txt\nWRITE h{i}.txt 0\n0 Hung {i}.\nETIRW\n"))
         .collect();
+    // A DELETE made while the backup hangs reaches it too.
+    script.push_str("DELETE probe.txt\n");
     cluster.console("alice", &script).all_ok();
     eventually("the stream to hand the changes to nm", async || {
         (jobs_queued_for(&events, "h0.txt") > 0).then_some(())
@@ -272,4 +282,46 @@ async fn a_hung_backup_stalls_the_stream_and_nothing_is_lost() {
         let text = backup_content(&cluster, &format!("h{i}.txt"));
         assert!(text.contains(&format!("Hung {i}.")), "h{i}.txt: {text:?}");
     }
+    let probe = cluster.storage("ss1_backup").join("files/probe.txt");
+    assert!(
+        !probe.exists(),
+        "the handed-back DELETE never reached the backup"
+    );
+}
+
+/// A DELETE the stream hands back (the standby stalls past the stream's
+/// patience but not past its heartbeat timeout, so no sync follows) reaches
+/// the standby as a delete: by then nm has dropped the file from its
+/// namespace, and without the notice's `deleted` flag it refused the notice
+/// and the standby kept the file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_the_stream_hands_back_reaches_the_backup_as_a_delete() {
+    let options = Options {
+        nm_args: vec!["--heartbeat-timeout", "8s"],
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let events = cluster.watch_events();
+    until_streaming(&cluster, &events).await;
+    let on_backup = cluster.storage("ss1_backup").join("files/probe.txt");
+    assert!(on_backup.exists());
+    cluster.signal_ss("ss1_backup", libc::SIGSTOP);
+    cluster.console("alice", "DELETE probe.txt\n").all_ok();
+    eventually("the stream to hand the DELETE to nm", async || {
+        (jobs_queued_for(&events, "probe.txt") > 0).then_some(())
+    })
+    .await;
+    cluster.signal_ss("ss1_backup", libc::SIGCONT);
+    eventually("the DELETE on the backup", async || {
+        (!on_backup.exists()).then_some(())
+    })
+    .await;
+    let failed = events.lock().unwrap().iter().any(|e| {
+        matches!(&e.kind, EventKind::Server { name, state: shared::proto::ServerState::Failed, .. } if name == "ss1_backup")
+    });
+    assert!(
+        !failed,
+        "the backup was declared failed: a sync, not the hand-back, carried the delete"
+    );
 }
