@@ -669,7 +669,7 @@ impl Nm {
             client
         };
         let moved = async {
-            let stats = applied(
+            let moved = applied_and_streamed(
                 client
                     .call(SsRequest::MoveFile {
                         file: file.to_owned(),
@@ -683,21 +683,26 @@ impl Nm {
                     to: to.clone(),
                 }])
                 .await?;
-            Ok::<_, WireError>(stats)
+            Ok::<_, WireError>(moved)
         }
         .await;
-        let (server, stats) = {
+        let (server, (stats, streamed)) = {
             let mut state = self.state();
             state.ns.unreserve(&to);
-            let stats = moved?;
+            let moved = moved?;
             state.ns.rename(file, &to);
-            (state.ns.file(&to).map(|r| r.server.clone()), stats)
+            (state.ns.file(&to).map(|r| r.server.clone()), moved)
         };
-        // On the backup the old name goes (the primary left a tombstone) and the new one comes.
+        // On the backup the old name goes (the primary left a tombstone) and
+        // the new one comes: both on the stream, or both by jobs.
         if let Some(server) = server {
-            self.replicate(&server, file, JobKind::Delete, Some(stats.version));
+            if streamed {
+                self.replicate_streamed(&server, file, stats.stamp());
+            } else {
+                self.replicate(&server, file, JobKind::Delete, Some(stats.version));
+            }
         }
-        self.record_stats(&to, stats, JobKind::Metadata, false)
+        self.record_stats(&to, stats, JobKind::Metadata, streamed)
             .await?;
         Ok(NmReply::Done)
     }
@@ -764,10 +769,6 @@ fn unavailable(pair: &str, file: &str) -> WireError {
     WireError::unavailable(format!(
         "no live server of pair {pair} can serve {file:?} now (down, catching up or handing over); retry later"
     ))
-}
-
-fn applied(reply: SsReply) -> Result<FileStats, WireError> {
-    applied_and_streamed(reply).map(|(stats, _)| stats)
 }
 
 /// A change's stats, and whether the server sent it on its replication stream.

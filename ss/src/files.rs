@@ -848,7 +848,15 @@ impl Files {
 
     /// Renames a file, keeping its checkpoints and undo level; the old name
     /// leaves a tombstone.
-    pub fn rename(&self, file: &str, to: &str) -> Result<FileStats, WireError> {
+    /// MOVE: the file under its new name (one change: the new name gets
+    /// the bumped version, the old name a tombstone at the same stamp).
+    /// Returns the new stats, and the file as committed when it may go on
+    /// the replication stream (no checkpoints, small enough).
+    pub fn rename(
+        &self,
+        file: &str,
+        to: &str,
+    ) -> Result<(FileStats, Option<Committed>), WireError> {
         shared::names::validate_path(to)?;
         let entry = self.entry(file)?;
         let mut e = lock(&entry);
@@ -875,7 +883,18 @@ impl Files {
         if let Some(moved) = map.remove(file) {
             map.entries.insert(to.to_owned(), moved);
         }
-        Ok(e.meta.stats.clone())
+        let streamable = e.meta.checkpoints.is_empty()
+            && e.meta.stats.size as usize <= crate::stream::MAX_STREAMED_BYTES;
+        let committed = if streamable {
+            // Read under the entry's lock: no later change is in it.
+            self.store.read_content(to).ok().map(|content| Committed {
+                meta: e.meta.clone(),
+                content,
+            })
+        } else {
+            None
+        };
+        Ok((e.meta.stats.clone(), committed))
     }
 
     /// Opens the content for a READ or STREAM and records the access.

@@ -582,13 +582,28 @@ impl Server {
                     Err(e) => Err(e),
                 }
             }
-            SsRequest::MoveFile { file, to } if from_nm => tokio::task::block_in_place(|| {
-                self.files.rename(&file, &to)
-            })
-            .map(|stats| SsReply::Applied {
-                stats,
-                streamed: false,
-            }),
+            SsRequest::MoveFile { file, to } if from_nm => {
+                match tokio::task::block_in_place(|| self.files.rename(&file, &to)) {
+                    // On the stream only whole: the old name's delete and
+                    // the file under its new name; otherwise nm copies both.
+                    Ok((stats, Some(committed))) => {
+                        let deleted = self.streamer.offer_delete(&file, &stats);
+                        let put = self.offer(&to, &committed);
+                        drop(change.take());
+                        let deleted = self.delivered(deleted).await;
+                        let put = self.delivered(put).await;
+                        Ok(SsReply::Applied {
+                            stats,
+                            streamed: deleted && put,
+                        })
+                    }
+                    Ok((stats, None)) => Ok(SsReply::Applied {
+                        stats,
+                        streamed: false,
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
             SsRequest::CreateCheckpoint { file, tag } if from_nm => {
                 tokio::task::block_in_place(|| self.files.checkpoint(&file, &tag)).map(|stats| {
                     SsReply::Applied {

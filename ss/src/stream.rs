@@ -21,10 +21,9 @@
 //!   sync if that fails). nm records every streamed change in the pair's
 //!   catch-up record and settles it when the batched acknowledgements
 //!   ([`shared::proto::NmRequest::Streamed`]) arrive.
-//! - It carries CREATE, ETIRW, UNDO and access-list changes of files up to
-//!   [`MAX_STREAMED_BYTES`] without checkpoints, and DELETEs. The rest
-//!   (larger files, moves, checkpoints and REVERT) go through nm's jobs as
-//!   before. A DELETE handed back goes to nm flagged as one, so nm copies
+//! - It carries CREATE, ETIRW, UNDO, access-list changes and MOVEs of files
+//!   up to [`MAX_STREAMED_BYTES`] without checkpoints, and DELETEs. The rest
+//!   (larger files, checkpoints and REVERT) go through nm's jobs as before. A DELETE handed back goes to nm flagged as one, so nm copies
 //!   it as a delete even once the file has left its namespace.
 
 use crate::files::Files;

@@ -45,7 +45,7 @@ async fn until_streaming(cluster: &TestCluster, events: &Arc<Mutex<Vec<Event>>>)
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn creates_writes_undos_and_access_changes_go_on_the_stream_and_queue_no_job() {
+async fn creates_writes_undos_access_changes_deletes_and_moves_go_on_the_stream_and_queue_no_job() {
     let cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;
     cluster.wait_pair("ss1", PairState::Active).await;
     let events = cluster.watch_events();
@@ -90,11 +90,26 @@ async fn creates_writes_undos_and_access_changes_go_on_the_stream_and_queue_no_j
     })
     .await;
     cluster.wait_same_files("ss1", "ss1_backup").await;
-    assert_eq!(
-        jobs_queued_for(&events, "a.txt"),
-        0,
-        "a streamed CREATE, write, UNDO, access change or DELETE queued a replication job"
-    );
+    // And a MOVE: the old name's delete and the file under its new name.
+    cluster
+        .console("alice", "CREATEFOLDER docs\nCREATE m.txt\n")
+        .all_ok();
+    write(&cluster, "m.txt", "Moved along.");
+    cluster.console("alice", "MOVE m.txt docs\n").all_ok();
+    eventually("the MOVE on the backup", async || {
+        (backup_content(&cluster, "docs/m.txt").contains("Moved along.")
+            && !cluster.storage("ss1_backup").join("files/m.txt").exists())
+        .then_some(())
+    })
+    .await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+    for file in ["a.txt", "m.txt", "docs/m.txt"] {
+        assert_eq!(
+            jobs_queued_for(&events, file),
+            0,
+            "a streamed CREATE, write, UNDO, access change, DELETE or MOVE of {file} queued a replication job"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
