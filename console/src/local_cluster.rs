@@ -414,6 +414,29 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Collects daemons that exited by themselves (a crash, a `kill -9`
+    /// from another terminal), so they show as not running and `R` starts
+    /// them again.
+    pub fn reap(&mut self) {
+        fn exited(slot: &mut Option<Child>) {
+            if slot
+                .as_mut()
+                .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
+            {
+                *slot = None;
+            }
+        }
+        exited(&mut self.nm);
+        if let Some(group) = self.ha.as_mut() {
+            exited(&mut group.etcd);
+            for (_, child) in group.nms.iter_mut() {
+                exited(child);
+            }
+        }
+        self.servers
+            .retain(|_, child| matches!(child.try_wait(), Ok(None)));
+    }
+
     /// nm (or etcd and every nm of the group) and every storage server
     /// started so far, with whether it runs.
     pub fn daemons(&self) -> Vec<(String, bool)> {

@@ -933,7 +933,7 @@ impl Files {
         if e.locks.contains_key(&sentence) {
             return Err(WireError::new(
                 ErrorCode::Locked,
-                format!("sentence {index} of {file:?} is being written by another user"),
+                format!("sentence {index} of {file:?} is being written in another session (its lock is released at ETIRW, or when that session ends)"),
             ));
         }
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);

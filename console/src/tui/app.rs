@@ -80,9 +80,18 @@ pub enum Effect {
     WriteCommit,
     /// Esc: abandon the open WRITE (nothing is written, the lock is released).
     WriteCancel,
+    /// Esc with a command running: give up waiting for it.
+    CancelRunning,
     Kill(String),
     Restart(String),
     Quit,
+}
+
+/// A key that tears something down, waiting for `y`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirm {
+    pub question: String,
+    pub effect: Effect,
 }
 
 /// A line typed into an open WRITE.
@@ -153,8 +162,12 @@ pub struct App {
     pub paused: bool,
     /// Events that arrived while paused.
     pub unseen: usize,
+    /// The event filter as applied, and as edited in `/` mode.
     pub filter: String,
+    pub filter_input: Input,
     pub mode: Mode,
+    /// K, R or quitting the demo, waiting for `y`.
+    pub confirm: Option<Confirm>,
     pub input: Input,
     pub history: Vec<String>,
     history_pos: Option<usize>,
@@ -196,7 +209,9 @@ impl App {
             paused: false,
             unseen: 0,
             filter: String::new(),
+            filter_input: Input::default(),
             mode: Mode::Normal,
+            confirm: None,
             input: Input::default(),
             history: Vec::new(),
             history_pos: None,
@@ -234,7 +249,10 @@ impl App {
         match action {
             Action::Key(key) => return self.key(key),
             Action::Mouse(mouse) => self.mouse(mouse),
-            Action::Resize(w, h) => self.size = (w, h),
+            Action::Resize(w, h) => {
+                self.size = (w, h);
+                self.output_scroll = self.output_scroll.min(self.output_overflow());
+            }
             Action::Tick => self.tick(),
             Action::Cluster(event) => self.cluster_event(event),
             Action::Disconnected(why) => self.disconnected(why),
@@ -442,13 +460,27 @@ impl App {
         let filter = self.filter.to_lowercase();
         self.events
             .iter()
-            .filter(|e| filter.is_empty() || describe(e).to_lowercase().contains(&filter))
+            .filter(|e| {
+                filter.is_empty()
+                    || format!("{} {}", clock(e.at_ms()), describe(e))
+                        .to_lowercase()
+                        .contains(&filter)
+            })
             .collect()
     }
 
     fn key(&mut self, key: KeyEvent) -> Vec<Effect> {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
-            return vec![Effect::Quit];
+            // Twice quits the demo too.
+            if self
+                .confirm
+                .as_ref()
+                .is_some_and(|c| c.effect == Effect::Quit)
+            {
+                return vec![Effect::Quit];
+            }
+            self.mode = Mode::Normal;
+            return self.quit();
         }
         match self.mode.clone() {
             Mode::Normal => self.normal_key(key),
@@ -456,14 +488,14 @@ impl App {
                 match key.code {
                     KeyCode::Enter => self.mode = Mode::Normal,
                     KeyCode::Esc => {
+                        self.filter_input.reset();
                         self.filter.clear();
                         self.mode = Mode::Normal;
                     }
-                    KeyCode::Backspace => {
-                        self.filter.pop();
+                    _ => {
+                        self.filter_input.handle_event(&TermEvent::Key(key));
+                        self.filter = self.filter_input.value().to_owned();
                     }
-                    KeyCode::Char(c) => self.filter.push(c),
-                    _ => {}
                 }
                 Vec::new()
             }
@@ -477,9 +509,17 @@ impl App {
             self.help = false;
             return Vec::new();
         }
+        if let Some(confirm) = self.confirm.take() {
+            if key.code == KeyCode::Char('y') {
+                self.notice = None;
+                return vec![confirm.effect];
+            }
+            self.say("not done: only y confirms");
+            return Vec::new();
+        }
         let demo = !self.daemons.is_empty();
         match key.code {
-            KeyCode::Char('q') => return vec![Effect::Quit],
+            KeyCode::Char('q') => return self.quit(),
             KeyCode::Char(':') => {
                 self.mode = Mode::Command;
                 self.input.reset();
@@ -487,10 +527,16 @@ impl App {
             }
             KeyCode::Char('/') => {
                 self.mode = Mode::Filter;
+                self.filter_input.reset();
                 self.filter.clear();
             }
             KeyCode::Esc => {
-                if let Some(w) = self.watching.take() {
+                // The most recent thing first: a filter, a WATCH, a command.
+                if !self.filter.is_empty() {
+                    self.filter.clear();
+                    self.filter_input.reset();
+                    self.say("filter cleared");
+                } else if let Some(w) = self.watching.take() {
                     self.show(
                         "WATCH",
                         format!(
@@ -500,11 +546,9 @@ impl App {
                         ),
                         true,
                     );
-                } else if !self.filter.is_empty() {
-                    self.filter.clear();
-                    self.say("filter cleared");
-                } else if self.help {
-                    self.help = false;
+                } else if let Some(running) = self.running.front().cloned() {
+                    self.say(format!("{running}: cancelled (Esc); the queue goes on"));
+                    return vec![Effect::CancelRunning];
                 }
             }
             KeyCode::Char('?') => self.help = true,
@@ -544,7 +588,11 @@ impl App {
                         self.say(text);
                         return Vec::new();
                     }
-                    return vec![Effect::Kill(d.name.clone())];
+                    let (name, effect) = (d.name.clone(), Effect::Kill(d.name.clone()));
+                    self.ask(
+                        format!("kill {name} (SIGKILL)? y: yes, any other key: no"),
+                        effect,
+                    );
                 }
             }
             KeyCode::Char('R') if demo => {
@@ -554,7 +602,8 @@ impl App {
                         self.say(text);
                         return Vec::new();
                     }
-                    return vec![Effect::Restart(d.name.clone())];
+                    let (name, effect) = (d.name.clone(), Effect::Restart(d.name.clone()));
+                    self.ask(format!("restart {name}? y: yes, any other key: no"), effect);
                 }
             }
             KeyCode::Tab
@@ -567,6 +616,24 @@ impl App {
             }
             _ => {}
         }
+        Vec::new()
+    }
+
+    /// Asks before `effect`; `y` confirms (the prompt row shows the question).
+    fn ask(&mut self, question: String, effect: Effect) {
+        self.notice = None;
+        self.confirm = Some(Confirm { question, effect });
+    }
+
+    /// q, Ctrl-C and EXIT: the demo asks first (quitting stops its cluster).
+    fn quit(&mut self) -> Vec<Effect> {
+        if self.daemons.is_empty() {
+            return vec![Effect::Quit];
+        }
+        self.ask(
+            "quit and stop the demo's cluster? y: yes, any other key: no".to_owned(),
+            Effect::Quit,
+        );
         Vec::new()
     }
 
@@ -614,7 +681,7 @@ impl App {
             }
         };
         match parsed {
-            Command::Exit => vec![Effect::Quit],
+            Command::Exit => self.quit(),
             Command::Write { .. } => {
                 self.mode = Mode::Write {
                     header: line.clone(),
@@ -650,7 +717,7 @@ impl App {
             _ => {
                 if !self.running.is_empty() {
                     self.say(format!(
-                        "{line}: queued behind {} running command(s)",
+                        "{line}: queued, {} command(s) ahead (Esc cancels the running one)",
                         self.running.len()
                     ));
                 } else {
@@ -687,6 +754,10 @@ impl App {
                     self.show(&header, String::new(), true);
                     self.running.push_back(header);
                     return vec![Effect::WriteCommit];
+                }
+                if line.trim().is_empty() {
+                    self.say("a blank edit line does nothing: type `INDEX WORDS…`, or ETIRW");
+                    return Vec::new();
                 }
                 lines.push(EditLine {
                     text: line.clone(),
@@ -1350,18 +1421,55 @@ pub(crate) mod tests {
         app.update(key(KeyCode::Tab));
         assert!(app.update(key(KeyCode::Char('R'))).is_empty());
         assert!(app.notice().unwrap().contains("is running"));
+        // K and R ask first: only y goes ahead.
+        assert!(app.update(key(KeyCode::Char('K'))).is_empty());
+        assert!(app.confirm.as_ref().unwrap().question.contains("kill ss1"));
+        assert!(
+            app.update(key(KeyCode::Char('R'))).is_empty(),
+            "a stray key cancels"
+        );
+        assert!(app.confirm.is_none());
+        app.update(key(KeyCode::Char('K')));
         assert_eq!(
-            app.update(key(KeyCode::Char('K'))),
+            app.update(key(KeyCode::Char('y'))),
             [Effect::Kill("ss1".into())]
         );
         app.update(Action::Daemons(vec![
             daemon("nm", true),
             daemon("ss1", false),
         ]));
+        app.update(key(KeyCode::Char('R')));
         assert_eq!(
-            app.update(key(KeyCode::Char('R'))),
+            app.update(key(KeyCode::Char('y'))),
             [Effect::Restart("ss1".into())]
         );
+        // Quitting the demo stops its cluster: q asks, Ctrl-C twice quits.
+        assert!(app.update(key(KeyCode::Char('q'))).is_empty());
+        assert_eq!(app.update(ctrl('c')), [Effect::Quit]);
+    }
+
+    #[test]
+    fn esc_cancels_the_running_command_and_the_filter_line_edits() {
+        let mut app = App::new("nm", "op", true);
+        typed(&mut app, ":STREAM long.txt\n");
+        assert_eq!(app.update(key(KeyCode::Esc)), [Effect::CancelRunning]);
+        typed(&mut app, "/junk");
+        app.update(ctrl('u'));
+        typed(&mut app, "job");
+        app.update(key(KeyCode::Home));
+        typed(&mut app, "x");
+        assert_eq!(app.filter, "xjob", "Ctrl-U and Home edit the filter");
+        app.update(key(KeyCode::Enter));
+        // With a filter set, Esc clears it before anything else.
+        assert!(app.update(key(KeyCode::Esc)).is_empty());
+        assert!(app.filter.is_empty());
+        // A blank edit line is not sent.
+        typed(&mut app, ":WRITE a.txt 0\n");
+        assert!(typed(&mut app, "  \n").is_empty());
+        let Mode::Write { lines, .. } = &app.mode else {
+            panic!()
+        };
+        assert!(lines.is_empty());
     }
 
     /// Item 8: the heartbeat column showed the snapshot's age plus the time

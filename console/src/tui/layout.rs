@@ -95,8 +95,12 @@ pub fn wrapped_height(text: &str, width: u16) -> u16 {
 
 fn prompt_height(app: &App, height: u16) -> u16 {
     match &app.mode {
-        // The header, the lines typed so far, the input line.
-        Mode::Write { lines, .. } => (lines.len() as u16 + 2).min((height / 3).max(3)),
+        // The header, the lines typed so far (a refused one with its
+        // reason under it), the input line.
+        Mode::Write { lines, .. } => {
+            let rows = lines.len() + lines.iter().filter(|l| l.refused.is_some()).count();
+            (rows as u16 + 2).min((height / 3).max(3))
+        }
         _ => 1,
     }
 }

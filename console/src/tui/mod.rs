@@ -85,7 +85,8 @@ pub async fn run(
     let (actions, mut incoming) = mpsc::unbounded_channel::<Action>();
     spawn_input(actions.clone());
     spawn_watch(nm.clone(), user.clone(), actions.clone());
-    let commands = spawn_commands(nm.clone(), user.clone(), actions.clone());
+    let (cancel, cancelled) = mpsc::unbounded_channel::<()>();
+    let commands = spawn_commands(nm.clone(), user.clone(), actions.clone(), cancelled);
     let _guard = TerminalGuard::enter()?;
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     terminal.clear()?;
@@ -103,7 +104,8 @@ pub async fn run(
                 None => break,
             },
             _ = tick.tick() => {
-                if let Some(cluster) = &demo {
+                if let Some(cluster) = demo.as_mut() {
+                    cluster.reap();
                     app.update(Action::Daemons(daemon_views(cluster)));
                 }
                 Action::Tick
@@ -115,6 +117,9 @@ pub async fn run(
                 Effect::Quit => quit = true,
                 Effect::Run(line) => {
                     let _ = commands.send(Job::Run(line));
+                }
+                Effect::CancelRunning => {
+                    let _ = cancel.send(());
                 }
                 Effect::WriteBegin { header } => {
                     let (lines, receiver) = mpsc::unbounded_channel();
@@ -231,6 +236,7 @@ fn spawn_commands(
     nm: String,
     user: String,
     actions: mpsc::UnboundedSender<Action>,
+    mut cancelled: mpsc::UnboundedReceiver<()>,
 ) -> mpsc::UnboundedSender<Job> {
     let (commands, mut queue) = mpsc::unbounded_channel::<Job>();
     tokio::spawn(async move {
@@ -261,7 +267,19 @@ fn spawn_commands(
             };
             match job {
                 Job::Run(line) => {
-                    let (text, ok) = run_block(c, &line, &actions).await;
+                    // A cancel sent while nothing ran is not for this one.
+                    while cancelled.try_recv().is_ok() {}
+                    let outcome = tokio::select! {
+                        outcome = run_block(c, &line, &actions) => Some(outcome),
+                        _ = cancelled.recv() => None,
+                    };
+                    let (text, ok) = outcome.unwrap_or_else(|| {
+                        // The connection may be mid-request: start afresh.
+                        client = None;
+                        ("cancelled (Esc): the console stopped waiting; a change nm had already \
+                          begun may still complete"
+                            .to_owned(), false)
+                    });
                     let _ = actions.send(Action::Output {
                         title: line,
                         text,

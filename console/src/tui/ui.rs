@@ -102,7 +102,7 @@ fn live(app: &App, color: Color) -> Style {
 }
 
 /// The smallest screen drawn; below it the console says so.
-const MIN_SIZE: (u16, u16) = (40, 8);
+const MIN_SIZE: (u16, u16) = (60, 12);
 
 pub fn draw(frame: &mut Frame, app: &App) {
     let area = frame.area();
@@ -153,8 +153,12 @@ fn draw_title(frame: &mut Frame, app: &App, area: Rect) {
     let mut spans = vec![Span::styled("Docs++ ", bold(app))];
     // The state of the connection comes first, so a narrow pane shows it.
     match (&app.connection, app.stale_for()) {
-        (Some(why), Some(age)) => spans.push(Span::styled(
-            format!("STALE {:.0}s: {why} ", age.as_secs_f64()),
+        // The reason is in the Events pane; the title stays short.
+        (Some(_), Some(age)) => spans.push(Span::styled(
+            format!(
+                "STALE {:.0}s: no event stream from nm (see Events) ",
+                age.as_secs_f64()
+            ),
             paint(app, Color::Red).add_modifier(Modifier::BOLD),
         )),
         (Some(why), None) => spans.push(Span::styled(format!("{why} "), paint(app, Color::Yellow))),
@@ -224,7 +228,7 @@ fn draw_pairs(frame: &mut Frame, app: &App, areas: &Areas, area: Rect) {
         "EPOCH",
         "PENDING",
         "LAG",
-        "LAST SYNC",
+        "FULL SYNC",
         "CONFLICTS",
     ])
     .style(bold(app));
@@ -429,61 +433,136 @@ fn draw_events(frame: &mut Frame, app: &App, areas: &Areas, area: Rect) {
 }
 
 fn draw_charts(frame: &mut Frame, app: &App, areas: &Areas, area: Rect) {
-    let block = frame_of(areas, "Charts (last 2 min, one sample per 0.5 s)");
+    // The span the series cover so far (one sample per snapshot, 0.5 s).
+    let samples = app
+        .charts
+        .heartbeats
+        .values()
+        .map(|s| s.len())
+        .max()
+        .unwrap_or(0)
+        .min(crate::tui::history::SAMPLES);
+    let block = frame_of(
+        areas,
+        format!(
+            "Charts (last {:.0} s, a sample per 0.5 s; bars scaled to the max shown)",
+            samples as f64 / 2.0
+        ),
+    );
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let label_w = 22usize;
-    let width = (inner.width as usize).saturating_sub(label_w + 1).max(1);
-    let mut lines: Vec<Line> = Vec::new();
     let Some(status) = &app.status else {
         frame.render_widget(Paragraph::new("No data from nm yet."), inner);
         return;
+    };
+    let pair_rows = status.pairs.len() * 3;
+    let rows_needed = pair_rows + status.servers.len();
+    // Short of rows: a pair's three series share one row, and so do two servers.
+    let tight = rows_needed > inner.height as usize;
+    let mut lines: Vec<Line> = Vec::new();
+    let series_line = |label: String, parts: Vec<(String, String, Color)>| {
+        let mut spans = vec![Span::raw(label)];
+        for (name, chart, color) in parts {
+            spans.push(Span::raw(format!(" {name} ")));
+            spans.push(Span::styled(chart, paint(app, color)));
+        }
+        Line::from(spans)
     };
     for p in &status.pairs {
         let Some(h) = app.charts.pairs.get(&p.primary) else {
             continue;
         };
         let last = |s: &std::collections::VecDeque<f64>| s.back().copied().unwrap_or(0.0);
-        for (name, series, now, color) in [
+        let max = |s: &std::collections::VecDeque<f64>| s.iter().copied().fold(0.0, f64::max);
+        let series = [
             (
                 "ops/s",
                 &h.ops_per_sec,
-                format!("{:.0}", last(&h.ops_per_sec)),
+                format!(
+                    "{:.0} (max {:.0})",
+                    last(&h.ops_per_sec),
+                    max(&h.ops_per_sec)
+                ),
                 Color::Cyan,
             ),
             (
                 "lag",
                 &h.lag_ms,
-                format!("{:.0}ms", last(&h.lag_ms)),
+                format!("{:.0}ms (max {:.0})", last(&h.lag_ms), max(&h.lag_ms)),
                 Color::Yellow,
             ),
             (
                 "pending",
                 &h.pending,
-                format!("{:.0}", last(&h.pending)),
+                format!("{:.0} (max {:.0})", last(&h.pending), max(&h.pending)),
                 Color::Magenta,
             ),
-        ] {
-            let label = format!("{:<10} {name:<7}{now:>5}", truncate(&p.primary, 10));
-            lines.push(Line::from(vec![
-                Span::raw(format!("{label:<label_w$} ")),
-                Span::styled(sparkline(series, width, 1.0), paint(app, color)),
-            ]));
+        ];
+        if tight {
+            let each = (inner.width as usize).saturating_sub(11) / 3;
+            let chart_w = each.saturating_sub(9).max(1);
+            let parts = series
+                .iter()
+                .map(|(name, s, _, color)| (name.to_string(), sparkline(s, chart_w, 1.0), *color))
+                .collect();
+            lines.push(series_line(
+                format!("{:<10}", truncate(&p.primary, 10)),
+                parts,
+            ));
+        } else {
+            let label_w = 36usize;
+            let width = (inner.width as usize).saturating_sub(label_w + 1).max(1);
+            for (name, s, now, color) in series {
+                let label = format!("{:<10} {name:<7} {now}", truncate(&p.primary, 10));
+                lines.push(Line::from(vec![
+                    Span::raw(format!("{label:<label_w$} ")),
+                    Span::styled(sparkline(s, width, 1.0), paint(app, color)),
+                ]));
+            }
         }
     }
-    for s in &status.servers {
-        let Some(samples) = app.charts.heartbeats.get(&s.name) else {
-            continue;
-        };
-        let label = format!("{:<10} heartbeat", truncate(&s.name, 10));
-        let color = match s.state {
-            ServerState::Alive => Color::Green,
-            ServerState::Failed => Color::Red,
-        };
-        lines.push(Line::from(vec![
-            Span::raw(format!("{label:<label_w$} ")),
-            Span::styled(heartbeat_line(samples, width), paint(app, color)),
-        ]));
+    let beats: Vec<(String, Line)> = status
+        .servers
+        .iter()
+        .filter_map(|s| {
+            let samples = app.charts.heartbeats.get(&s.name)?;
+            let color = match s.state {
+                ServerState::Alive => Color::Green,
+                ServerState::Failed => Color::Red,
+            };
+            Some((s.name.clone(), samples, color))
+        })
+        .map(|(name, samples, color)| {
+            let (label_w, width) = if tight {
+                (11, ((inner.width as usize) / 2).saturating_sub(12).max(1))
+            } else {
+                (36, (inner.width as usize).saturating_sub(37).max(1))
+            };
+            let label = if tight {
+                truncate(&name, 10)
+            } else {
+                format!("{:<10} heartbeat (× FAILED)", truncate(&name, 10))
+            };
+            (
+                name,
+                Line::from(vec![
+                    Span::raw(format!("{label:<label_w$} ")),
+                    Span::styled(heartbeat_line(samples, width), paint(app, color)),
+                ]),
+            )
+        })
+        .collect();
+    if tight {
+        for pair in beats.chunks(2) {
+            let mut spans = Vec::new();
+            for (_, line) in pair {
+                spans.extend(line.spans.clone());
+                spans.push(Span::raw(" "));
+            }
+            lines.push(Line::from(spans));
+        }
+    } else {
+        lines.extend(beats.into_iter().map(|(_, l)| l));
     }
     frame.render_widget(Paragraph::new(lines), inner);
 }
@@ -682,23 +761,26 @@ fn draw_prompt(frame: &mut Frame, app: &App, area: Rect, tabs: bool) {
     let width = area.width.saturating_sub(1) as usize;
     match &app.mode {
         Mode::Normal => {
-            let line = match app.notice() {
-                Some(notice) => {
-                    Line::from(Span::styled(notice.to_owned(), paint(app, Color::Yellow)))
-                }
-                None => Line::from(Span::styled(
-                    key_hints(width, tabs),
-                    paint(app, Color::DarkGray),
+            let line = match (&app.confirm, app.notice()) {
+                (Some(confirm), _) => Line::from(Span::styled(
+                    confirm.question.clone(),
+                    paint(app, Color::Yellow).add_modifier(Modifier::BOLD),
                 )),
+                (None, notice) => match notice {
+                    Some(notice) => {
+                        Line::from(Span::styled(notice.to_owned(), paint(app, Color::Yellow)))
+                    }
+                    None => Line::from(Span::styled(
+                        key_hints(width, tabs),
+                        paint(app, Color::DarkGray),
+                    )),
+                },
             };
             frame.render_widget(Paragraph::new(line), area);
         }
         Mode::Filter => {
-            frame.render_widget(Paragraph::new(format!("/{}", app.filter)), area);
-            frame.set_cursor_position(Position::new(
-                area.x + 1 + app.filter.chars().count() as u16,
-                area.y,
-            ));
+            let row = Rect { height: 1, ..area };
+            draw_input(frame, &app.filter_input, "/", row, width);
         }
         Mode::Command => {
             let row = Rect { height: 1, ..area };
@@ -708,7 +790,7 @@ fn draw_prompt(frame: &mut Frame, app: &App, area: Rect, tabs: bool) {
             } else {
                 String::new()
             };
-            draw_input(frame, app, ":", row, width);
+            draw_input(frame, &app.input, ":", row, width);
             if !prompt_row.is_empty() {
                 let used = app.input.value().chars().count() as u16 + 1;
                 if used + 4 < area.width {
@@ -745,24 +827,37 @@ fn draw_prompt(frame: &mut Frame, app: &App, area: Rect, tabs: bool) {
                     paint(app, Color::DarkGray),
                 ),
             ])];
+            // Each line, and under a refused one its reason, wrapped; the
+            // newest kept when they do not all fit, the rest counted.
             let room = area.height.saturating_sub(2) as usize;
-            let skip = lines.len().saturating_sub(room);
-            for l in &lines[skip..] {
-                match &l.refused {
-                    Some(why) => rows.push(Line::from(vec![
-                        Span::raw(format!("  {}", l.text)),
-                        Span::styled(format!("  ✗ {why}"), paint(app, Color::Red)),
-                    ])),
-                    None => rows.push(Line::from(format!("  {}", l.text))),
+            let mut body: Vec<Line> = Vec::new();
+            for l in lines {
+                body.push(Line::from(format!("  {}", l.text)));
+                if let Some(why) = &l.refused {
+                    for part in wrap(&format!("✗ {why}"), width.saturating_sub(4), 2) {
+                        body.push(Line::styled(format!("    {part}"), paint(app, Color::Red)));
+                    }
                 }
             }
+            if body.len() > room && room > 0 {
+                let hidden = body.len() - room + 1;
+                body.drain(..hidden);
+                body.insert(
+                    0,
+                    Line::styled(
+                        format!("  ({hidden} earlier row(s) above)"),
+                        paint(app, Color::DarkGray),
+                    ),
+                );
+            }
+            rows.extend(body);
             frame.render_widget(Paragraph::new(rows), area);
             let input_row = Rect {
                 y: area.y + area.height.saturating_sub(1),
                 height: 1,
                 ..area
             };
-            draw_input(frame, app, "> ", input_row, width);
+            draw_input(frame, &app.input, "> ", input_row, width);
         }
     }
 }
@@ -793,13 +888,17 @@ fn key_hints(width: usize, tabs: bool) -> String {
 }
 
 /// The input line with its cursor; it scrolls sideways past the edge.
-fn draw_input(frame: &mut Frame, app: &App, prefix: &str, row: Rect, width: usize) {
+fn draw_input(frame: &mut Frame, input: &tui_input::Input, prefix: &str, row: Rect, width: usize) {
     let room = width.saturating_sub(prefix.chars().count()).max(1);
-    let scroll = app.input.visual_scroll(room);
-    let shown: String = app.input.value().chars().skip(scroll).take(room).collect();
+    let scroll = input.visual_scroll(room);
+    let mut shown: String = input.value().chars().skip(scroll).take(room).collect();
+    if scroll > 0 {
+        // Text scrolled off to the left is marked.
+        shown = format!("…{}", shown.chars().skip(1).collect::<String>());
+    }
     frame.render_widget(Clear, row);
     frame.render_widget(Paragraph::new(format!("{prefix}{shown}")), row);
-    let cursor = (app.input.visual_cursor().saturating_sub(scroll)) as u16;
+    let cursor = (input.visual_cursor().saturating_sub(scroll)) as u16;
     frame.set_cursor_position(Position::new(
         row.x + prefix.chars().count() as u16 + cursor,
         row.y,
@@ -1101,7 +1200,7 @@ mod tests {
         let screen = render(&mut app, 140, 45);
         assert!(screen.contains("STALE 0s: no data from nm"), "{screen}");
         assert!(
-            screen.contains("STALE 0s: nm at 127.0.0.1:5000 refused"),
+            screen.contains("STALE 0s: no event stream from nm"),
             "{screen}"
         );
         assert!(screen.contains("lost the event stream"), "{screen}");
