@@ -244,11 +244,12 @@ impl Nm {
         }
     }
 
-    /// A heartbeat timeout after nm starts, a serving server that has not
-    /// registered counts as failed (until then, its partner does not take
-    /// over just because it registered first).
+    /// A heartbeat timeout after nm starts, plus the longest a storage
+    /// server waits between attempts to reach nm, a serving server that has
+    /// not registered counts as failed (until then, its partner does not
+    /// take over just because its retry came first).
     pub async fn startup_grace(self: Arc<Self>) {
-        tokio::time::sleep(self.config.heartbeat_timeout).await;
+        tokio::time::sleep(startup_grace(self.config.heartbeat_timeout)).await;
         let pairs: Vec<String> = {
             let mut state = self.state();
             state.registry.grace_over();
@@ -729,4 +730,9 @@ async fn read_registration(
 /// stall: well beyond scheduling noise, well within the timeout.
 fn stall_threshold(timeout: std::time::Duration, tick: std::time::Duration) -> std::time::Duration {
     (tick * 3).max(timeout / 3)
+}
+
+/// How long after nm starts a serving server may take to register again.
+pub fn startup_grace(heartbeat_timeout: std::time::Duration) -> std::time::Duration {
+    heartbeat_timeout + shared::limits::NM_RECONNECT_BACKOFF_MAX
 }

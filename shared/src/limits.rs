@@ -14,6 +14,12 @@ use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+/// The longest a storage server waits between two attempts to reach a
+/// sole nm. nm's start-up grace (the time a serving server has to register
+/// again before its partner may take over) is its heartbeat timeout plus
+/// this, so a restart of nm alone never promotes anything.
+pub const NM_RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
 /// Connection limits (the same flags on nm and ss).
 #[derive(Debug, Clone, Args)]
 pub struct Limits {

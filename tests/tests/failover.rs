@@ -507,3 +507,37 @@ async fn a_write_after_create_uses_the_location_create_returned_and_asks_nm_agai
     );
     assert_eq!(client.read("new.txt").await.unwrap(), b"First.".to_vec());
 }
+
+/// Found by an operator restarting nm in `console demo`: a storage server
+/// waits up to 2 s between attempts to reach a sole nm, longer than the
+/// start-up grace was (one heartbeat timeout), so when the backup's retry
+/// came first a healthy pair failed over because nm restarted. The grace now
+/// covers the retry interval. Each round waits until both servers retry at
+/// the longest interval before nm returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_nm_restart_alone_promotes_nothing_whoever_retries_first() {
+    let mut cluster = pair_cluster().await;
+    for round in 0..4 {
+        cluster.kill_nm();
+        for server in ["ss1", "ss1_backup"] {
+            let log = cluster.dir().join(format!("{server}.log"));
+            let before = std::fs::read_to_string(&log).unwrap_or_default().len();
+            eventually(&format!("{server} retrying nm every 2 s"), async || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                text.get(before..)?
+                    .contains("\"retry_ms\":2000")
+                    .then_some(())
+            })
+            .await;
+        }
+        cluster.start_nm().await;
+        cluster.wait_alive("ss1").await;
+        cluster.wait_alive("ss1_backup").await;
+        cluster.wait_pair("ss1", PairState::Active).await;
+        let status = cluster.status().await;
+        assert_eq!(
+            status.pairs[0].epoch, 0,
+            "round {round}: an nm restart promoted the backup"
+        );
+    }
+}
