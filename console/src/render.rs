@@ -62,7 +62,7 @@ pub fn info(info: &FileInfo) -> String {
     };
     let in_sync = match info.backup_in_sync {
         Some(true) => "yes",
-        Some(false) => "no (catching up)",
+        Some(false) => "no (it may lack changes: down, or not caught up yet)",
         None => "no backup",
     };
     format!(
@@ -104,7 +104,11 @@ pub fn status(status: &ClusterStatus) -> String {
             out,
             "{:<16} {:<8} {:<7} {:<22} {:>8}ms {:>7}",
             s.name,
-            format!("{:?}", s.role).to_uppercase(),
+            // As the TUI names it: a backup that serves was promoted.
+            match (s.role, s.serving) {
+                (shared::proto::ServerRole::Backup, true) => "PROMOTED".to_owned(),
+                (role, _) => format!("{role:?}").to_uppercase(),
+            },
             format!("{:?}", s.state).to_uppercase(),
             s.address,
             s.ms_since_heartbeat,
