@@ -64,8 +64,15 @@ pub struct DemoArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Sub {
     /// Run a workload against a local cluster started for it and print
-    /// throughput, latency, replication lag or transfer rate.
-    Bench(Box<crate::bench::BenchArgs>),
+    /// throughput, latency, replication lag or transfer rate (runs the
+    /// `docs-bench` binary beside this one; `console bench --help` lists the
+    /// workloads).
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// The workload and its options, as `docs-bench` takes them.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Start nm and two primary/backup pairs in a temp dir (fast heartbeats)
     /// and open the console on them, with a pane per daemon: Tab selects one,
     /// K kills it (SIGKILL), R restarts it. Quitting stops them all.

@@ -5,12 +5,13 @@
 //! - [`script`]: parsing of command lines.
 //! - [`batch`]: `--batch` mode, human or `--json` output.
 //! - [`render`]: human text for results.
-//! - [`bench`]: `console bench`, workloads against a local cluster.
+//! - `console bench` runs the `docs-bench` binary (the `bench` crate) from
+//!   the console's own folder: the benchmarks prepare clusters through the
+//!   daemon crates, and the console, a client, depends on none of them.
 //! - [`local_cluster`]: real nm and ss processes in a temp dir.
 //! - [`tui`]: the interactive console (ratatui), also `console demo`.
 
 pub mod batch;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod local_cluster;

@@ -11,25 +11,8 @@ use tokio::io::{AsyncBufRead, BufReader};
 async fn main() -> ExitCode {
     let _ = color_eyre::install();
     let args = Args::parse();
-    if let Some(Sub::Bench(bench)) = args.command {
-        let json = bench.json;
-        return match console::bench::run(*bench).await {
-            Ok(report) => {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&report).expect("a report serializes")
-                    );
-                } else {
-                    print!("{}", console::bench::render(&report));
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("console bench: {e}");
-                ExitCode::from(2)
-            }
-        };
+    if let Some(Sub::Bench { args }) = args.command {
+        return bench(args);
     }
     if let Some(ip) = args.bind {
         shared::connection::set_source_ip(ip);
@@ -121,4 +104,22 @@ async fn demo(ha: bool, user: String) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `console bench …`: runs `docs-bench` from this binary's folder with the
+/// same arguments (it replaces this process).
+fn bench(args: Vec<std::ffi::OsString>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("docs-bench")));
+    let Some(program) = beside.filter(|p| p.exists()) else {
+        eprintln!(
+            "console bench: the docs-bench binary is not beside the console; build the workspace (cargo build --release)"
+        );
+        return ExitCode::from(2);
+    };
+    let error = std::process::Command::new(&program).args(args).exec();
+    eprintln!("console bench: cannot run {}: {error}", program.display());
+    ExitCode::from(2)
 }

@@ -1,5 +1,10 @@
-//! `console bench`: named workloads against a local cluster it starts itself
-//! (real `nm` and `ss` processes from the console's own folder, in a temp dir).
+//! `docs-bench` (what `console bench` runs): named workloads against a local
+//! cluster it starts itself (real `nm` and `ss` processes from its own
+//! folder, in a temp dir).
+//!
+//! Why a crate of its own: some workloads prepare a million files by writing
+//! storage folders (`ss::store`) and nm's journal (`nm::journal`) directly,
+//! so this crate depends on the daemons; the console, a client, does not.
 //!
 //! - `create-write`: each client CREATEs a file and WRITEs one sentence to it, in a loop.
 //! - `repl-lag`: clients WRITE at a steady rate; the lag of each write is the
@@ -18,8 +23,8 @@
 //!
 //! A benchmark, not a test: BENCHMARKS.md has the command lines and figures.
 
-use crate::client::Client;
-use crate::local_cluster::{ClusterError, LocalCluster};
+use console::client::Client;
+use console::local_cluster::{ClusterError, LocalCluster};
 use serde::Serialize;
 use shared::proto::{FileMeta, FileStats, NmRequest, NmRole};
 use std::collections::HashMap;
