@@ -1,8 +1,8 @@
 //! nm's command line. Every flag also reads an `NM_…` variable.
 
 use clap::{ArgAction, Parser};
+use daemon::logging::LogFormat;
 use shared::connection::DEFAULT_MAX_FRAME;
-use shared::logging::LogFormat;
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -18,12 +18,12 @@
 //! | `docs_failovers_total` | | promotions of a backup |
 //! | `docs_nm_stalls_total` | | nm's own stalls (paused, starved) |
 
+use daemon::metrics::{labels, seconds_histogram, Labels, RequestMetrics};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use shared::metrics::{labels, seconds_histogram, Labels, RequestMetrics};
 use shared::proto::{ClusterStatus, JobKind, JobStep, PairState, ServerState};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};

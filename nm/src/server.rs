@@ -78,7 +78,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let nm = Nm::start(config, journal, ns, address, None, metrics)?;
     if let Some(addr) = &nm.config.metrics_addr {
         let scraped = nm.clone();
-        let bound = shared::metrics::serve(addr, nm.metrics.registry.clone(), move || {
+        let bound = daemon::metrics::serve(addr, nm.metrics.registry.clone(), move || {
             if let NmReply::Status { status } = scraped.status() {
                 scraped.metrics.refresh(&status);
             }

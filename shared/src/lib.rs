@@ -9,20 +9,17 @@
 //! - [`names`]: file and user name rules, checked by every peer.
 //! - [`ticket`]: nm's signed permissions for direct READ, WRITE and STREAM.
 //! - [`limits`]: connection limits (count, handshake and idle timeouts).
-//! - [`logging`]: tracing set-up for the daemons.
-//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
-//! - [`shutdown`]: the cancellation token that stops a daemon on SIGINT/SIGTERM.
+//!
+//! What the daemons run besides the protocol (logging, the metrics
+//! endpoint, shutdown on signals) is in the `daemon` crate.
 
 pub mod auth;
 pub mod connection;
 pub mod error;
 pub mod leader;
 pub mod limits;
-pub mod logging;
-pub mod metrics;
 pub mod names;
 pub mod proto;
-pub mod shutdown;
 pub mod ticket;
 
 pub use error::{ErrorCode, WireError};

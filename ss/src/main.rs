@@ -5,6 +5,6 @@ use color_eyre::eyre::Result;
 async fn main() -> Result<()> {
     color_eyre::install()?;
     let config = ss::Config::parse();
-    shared::logging::init(config.log_format, "info");
-    ss::run(config, shared::shutdown::on_signal()).await
+    daemon::logging::init(config.log_format, "info");
+    ss::run(config, daemon::shutdown::on_signal()).await
 }

@@ -28,7 +28,7 @@ const SYNC_STREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// State shared by every connection of this server.
 pub struct Server {
     config: Config,
-    requests: shared::metrics::RequestMetrics,
+    requests: daemon::metrics::RequestMetrics,
     key: Option<shared::auth::ClusterKey>,
     files: Arc<Files>,
     link: Arc<NmLink>,
@@ -115,13 +115,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         stream_stop.clone(),
     ));
     let mut registry = prometheus_client::registry::Registry::default();
-    let requests = shared::metrics::RequestMetrics::register(&mut registry, "docs_ss");
+    let requests = daemon::metrics::RequestMetrics::register(&mut registry, "docs_ss");
     if let Some(addr) = &config.metrics_addr {
         let held = prometheus_client::metrics::gauge::Gauge::<i64>::default();
         registry.register("docs_ss_files", "Files this server holds", held.clone());
         let counted = files.clone();
         let registry = Arc::new(std::sync::Mutex::new(registry));
-        let bound = shared::metrics::serve(addr, registry, move || {
+        let bound = daemon::metrics::serve(addr, registry, move || {
             held.set(counted.len() as i64);
         })
         .with_context(|| format!("serving metrics on {addr}"))?;

@@ -167,7 +167,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     if let Some(addr) = &config.metrics_addr {
         // One set of metrics for the process, refreshed from its nm while it leads.
         let leading = current.clone();
-        let served = shared::metrics::serve(addr, metrics.registry.clone(), move || {
+        let served = daemon::metrics::serve(addr, metrics.registry.clone(), move || {
             let nm = leading.read().unwrap_or_else(|p| p.into_inner()).clone();
             if let Some((nm, _)) = nm {
                 if let NmReply::Status { status } = nm.status() {
