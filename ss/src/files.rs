@@ -75,6 +75,13 @@ pub struct Committed {
     pub content: Vec<u8>,
 }
 
+/// Largest content sent on the replication stream (`crate::stream`);
+/// larger files go through nm's jobs (chunked copies that do not hold up
+/// small changes). Well under the smallest frame limit a standby may run
+/// with, metadata included. Here, not in `stream`, because the changes
+/// that may be streamed are decided under the file's lock.
+pub const MAX_STREAMED_BYTES: usize = 256 << 10;
+
 /// Batches of fewer copies than this are installed through the write-ahead log.
 const LOGGED_INSTALLS: usize = 4;
 
@@ -734,8 +741,8 @@ impl Files {
         meta.stats.bump(self.epoch());
         self.store.write_meta(file, &meta)?;
         e.meta = meta;
-        let streamable = e.meta.checkpoints.is_empty()
-            && e.meta.stats.size as usize <= crate::stream::MAX_STREAMED_BYTES;
+        let streamable =
+            e.meta.checkpoints.is_empty() && e.meta.stats.size as usize <= MAX_STREAMED_BYTES;
         let committed = match streamable {
             true => self.store.read_content(file).ok().map(|content| Committed {
                 meta: e.meta.clone(),
@@ -883,8 +890,8 @@ impl Files {
         if let Some(moved) = map.remove(file) {
             map.entries.insert(to.to_owned(), moved);
         }
-        let streamable = e.meta.checkpoints.is_empty()
-            && e.meta.stats.size as usize <= crate::stream::MAX_STREAMED_BYTES;
+        let streamable =
+            e.meta.checkpoints.is_empty() && e.meta.stats.size as usize <= MAX_STREAMED_BYTES;
         let committed = if streamable {
             // Read under the entry's lock: no later change is in it.
             self.store.read_content(to).ok().map(|content| Committed {

@@ -44,10 +44,7 @@ pub const WINDOW: usize = 1024;
 /// Content sent and not yet acknowledged; past this a change goes through nm
 /// (so a hung standby holds at most this much of the primary's memory).
 pub const WINDOW_BYTES: usize = 64 << 20;
-/// Largest content sent on the stream; larger files go through nm's jobs
-/// (chunked copies that do not hold up small changes). Well under the
-/// smallest frame limit a standby may run with, metadata included.
-pub const MAX_STREAMED_BYTES: usize = 256 << 10;
+pub use crate::files::MAX_STREAMED_BYTES;
 /// Acknowledged changes are reported to nm at most this often (or per
 /// [`REPORT_BATCH`]).
 const REPORT_EVERY: Duration = Duration::from_millis(20);

@@ -14,7 +14,7 @@
 //! - every key either acts or says why it does not.
 
 use super::history::{Charts, HeartbeatSample};
-use super::layout::{self, Areas, Pane};
+use super::layout::{self, Areas, Pane, Shape};
 use crate::script::{parse_line, Command, Line, COMMAND_NAMES};
 use crossterm::event::{
     Event as TermEvent, KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
@@ -239,9 +239,37 @@ impl App {
     /// The screen's panes for the current size.
     pub fn areas(&self) -> Areas {
         layout::areas(
-            self,
+            &self.shape(),
             ratatui::layout::Rect::new(0, 0, self.size.0, self.size.1),
         )
+    }
+
+    /// What the layout depends on.
+    pub fn shape(&self) -> Shape<'_> {
+        let status = self.status.as_ref();
+        let count = |f: fn(&ClusterStatus) -> usize| status.map_or(0, f) as u16;
+        Shape {
+            servers: count(|s| s.servers.len()),
+            pairs: count(|s| s.pairs.len()),
+            group: count(|s| {
+                if s.etcd.is_empty() {
+                    0
+                } else {
+                    s.nm.len() + s.etcd.len()
+                }
+            }),
+            chart_rows: count(|s| s.pairs.len() * 3 + s.servers.len()),
+            output: &self.output,
+            // A refused line takes a second row for its reason.
+            write_rows: match &self.mode {
+                Mode::Write { lines, .. } => Some(
+                    (lines.len() + lines.iter().filter(|l| l.refused.is_some()).count()) as u16,
+                ),
+                _ => None,
+            },
+            daemons: self.daemons.len(),
+            pane: self.pane,
+        }
     }
 
     /// Applies one action; returns what the event loop must do.
@@ -569,7 +597,7 @@ impl App {
             KeyCode::PageUp => self.scroll_output(-5),
             KeyCode::PageDown => self.scroll_output(5),
             KeyCode::Char(c @ '1'..='4') => {
-                let panes = layout::tabs(self);
+                let panes = layout::tabs(!self.daemons.is_empty());
                 match panes.get((c as u8 - b'1') as usize) {
                     Some(pane) => self.pane = *pane,
                     None => self.say(format!("no pane {c} here")),
@@ -814,7 +842,8 @@ impl App {
             MouseEventKind::Down(MouseButton::Left) => {
                 if let Some(tabs) = areas.tabs {
                     if mouse.row == tabs.y {
-                        if let Some(pane) = layout::tab_at(self, mouse.column - tabs.x) {
+                        let demo = !self.daemons.is_empty();
+                        if let Some(pane) = layout::tab_at(demo, mouse.column - tabs.x) {
                             self.pane = pane;
                         }
                         return;
@@ -946,6 +975,14 @@ impl App {
     }
 }
 
+/// A value as it is named on the wire and in STATUS (UPPER_SNAKE for states).
+pub fn word<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// `HH:MM:SS` (UTC) of a Unix time in ms.
 pub fn clock(at_ms: u64) -> String {
     let secs = (at_ms / 1000) % 86_400;
@@ -958,7 +995,6 @@ pub fn describe(entry: &LogEntry) -> String {
         LogEntry::Console { text, .. } => return text.clone(),
         LogEntry::Cluster(event) => event,
     };
-    use super::ui::word;
     match &event.kind {
         EventKind::Job {
             job,
@@ -1043,7 +1079,7 @@ pub fn describe(entry: &LogEntry) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use shared::proto::{JobKind, PairState, PairStatus, ServerRole, ServerState, ServerStatus};
+    use shared::proto::{JobKind, PairState, ServerState};
 
     pub fn key(code: KeyCode) -> Action {
         Action::Key(KeyEvent::new(code, KeyModifiers::NONE))
@@ -1066,57 +1102,7 @@ pub(crate) mod tests {
         effects
     }
 
-    pub fn status(pair: PairState) -> ClusterStatus {
-        ClusterStatus {
-            servers: vec![
-                ServerStatus {
-                    name: "ss1".into(),
-                    role: ServerRole::Primary,
-                    state: ServerState::Alive,
-                    address: "127.0.0.1:4001".into(),
-                    ms_since_heartbeat: 40,
-                    ms_until_timeout: 960,
-                    serving: true,
-                    files: 3,
-                },
-                ServerStatus {
-                    name: "ss1_backup".into(),
-                    role: ServerRole::Backup,
-                    state: ServerState::Alive,
-                    address: "127.0.0.1:4002".into(),
-                    ms_since_heartbeat: 70,
-                    ms_until_timeout: 930,
-                    serving: false,
-                    files: 3,
-                },
-            ],
-            pairs: vec![PairStatus {
-                primary: "ss1".into(),
-                backup: Some("ss1_backup".into()),
-                state: pair,
-                epoch: 0,
-                pending_jobs: 0,
-                operations: 0,
-                lag_ms: 0,
-                last_sync_ms: 0,
-                conflict_copies: 0,
-                standby_in_sync: false,
-                reason: None,
-            }],
-            queue_depth: 0,
-            replication: "ASYNC".into(),
-            nm: Vec::new(),
-            etcd: Vec::new(),
-        }
-    }
-
-    pub fn event(seq: u64, kind: EventKind) -> Event {
-        Event {
-            seq,
-            at_ms: 0,
-            kind,
-        }
-    }
+    pub use crate::tui::testing::{event, status};
 
     fn snapshot(app: &mut App, status: ClusterStatus) {
         app.update(Action::Cluster(event(0, EventKind::Snapshot { status })));

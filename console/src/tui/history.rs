@@ -139,7 +139,7 @@ pub fn heartbeat_line(samples: &VecDeque<HeartbeatSample>, width: usize) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tui::app::tests::status;
+    use crate::tui::testing::status;
     use shared::proto::PairState;
     use std::time::Duration;
 

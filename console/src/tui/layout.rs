@@ -9,7 +9,6 @@
 //!   tabbed pane (Events, Output, Charts, Daemons; keys 1–4 or a click on
 //!   the tab bar), so no pane is ever an empty box.
 
-use super::app::{App, Mode};
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 
 /// The panes of the tabbed area (compact layout).
@@ -30,6 +29,23 @@ impl Pane {
             Pane::Daemons => "Daemons",
         }
     }
+}
+
+/// What the layout depends on, taken from the model (`App::shape`), so
+/// this module does not depend on the model.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape<'a> {
+    pub servers: u16,
+    pub pairs: u16,
+    /// nm and etcd rows of an nm group on etcd (0: none).
+    pub group: u16,
+    /// (pairs × 3 + servers): the charts' rows.
+    pub chart_rows: u16,
+    pub output: &'a str,
+    /// Rows of an open WRITE block (header and input excluded).
+    pub write_rows: Option<u16>,
+    pub daemons: usize,
+    pub pane: Pane,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,17 +70,17 @@ pub struct Areas {
 }
 
 /// The panes the tab bar offers, in key order.
-pub fn tabs(app: &App) -> Vec<Pane> {
+pub fn tabs(demo: bool) -> Vec<Pane> {
     let mut panes = vec![Pane::Events, Pane::Output, Pane::Charts];
-    if !app.daemons.is_empty() {
+    if demo {
         panes.push(Pane::Daemons);
     }
     panes
 }
 
 /// The tab bar's text: ` 1 Events │ 2 Output │ …`.
-pub fn tab_labels(app: &App) -> Vec<(Pane, String)> {
-    tabs(app)
+pub fn tab_labels(demo: bool) -> Vec<(Pane, String)> {
+    tabs(demo)
         .into_iter()
         .enumerate()
         .map(|(i, pane)| (pane, format!(" {} {} ", i + 1, pane.name())))
@@ -72,9 +88,9 @@ pub fn tab_labels(app: &App) -> Vec<(Pane, String)> {
 }
 
 /// The tab under column `x` of the tab bar.
-pub fn tab_at(app: &App, x: u16) -> Option<Pane> {
+pub fn tab_at(demo: bool, x: u16) -> Option<Pane> {
     let mut start = 0u16;
-    for (pane, label) in tab_labels(app) {
+    for (pane, label) in tab_labels(demo) {
         let end = start + label.chars().count() as u16;
         if x >= start && x < end {
             return Some(pane);
@@ -93,28 +109,18 @@ pub fn wrapped_height(text: &str, width: u16) -> u16 {
         .min(u16::MAX as usize) as u16
 }
 
-fn prompt_height(app: &App, height: u16) -> u16 {
-    match &app.mode {
-        // The header, the lines typed so far (a refused one with its
-        // reason under it), the input line.
-        Mode::Write { lines, .. } => {
-            let rows = lines.len() + lines.iter().filter(|l| l.refused.is_some()).count();
-            (rows as u16 + 2).min((height / 3).max(3))
-        }
-        _ => 1,
+fn prompt_height(shape: &Shape, height: u16) -> u16 {
+    match shape.write_rows {
+        // The header, the lines typed so far, the input line.
+        Some(rows) => (rows + 2).min((height / 3).max(3)),
+        None => 1,
     }
 }
 
-pub fn areas(app: &App, area: Rect) -> Areas {
-    let status = app.status.as_ref();
-    let servers = status.map_or(1, |s| s.servers.len().max(1)) as u16;
-    let pairs = status.map_or(1, |s| s.pairs.len().max(1)) as u16;
-    let group = match status {
-        Some(s) if !s.etcd.is_empty() => (s.nm.len() + s.etcd.len()) as u16,
-        _ => 0,
-    };
-    let prompt_h = prompt_height(app, area.height);
-    let output_h = (wrapped_height(&app.output, area.width.saturating_sub(2)) + 2)
+pub fn areas(shape: &Shape, area: Rect) -> Areas {
+    let (servers, pairs, group) = (shape.servers.max(1), shape.pairs.max(1), shape.group);
+    let prompt_h = prompt_height(shape, area.height);
+    let output_h = (wrapped_height(shape.output, area.width.saturating_sub(2)) + 2)
         .clamp(3, (area.height / 2).max(3));
     let boxed_tables = servers + 3 + pairs + 3 + if group > 0 { group + 3 } else { 0 };
     let middle = area
@@ -122,7 +128,7 @@ pub fn areas(app: &App, area: Rect) -> Areas {
         .saturating_sub(1 + boxed_tables + output_h + prompt_h);
     if middle >= 8 && area.width >= 100 {
         full(
-            app,
+            shape,
             area,
             [servers + 3, group.max(1) + 3, pairs + 3],
             group > 0,
@@ -131,7 +137,7 @@ pub fn areas(app: &App, area: Rect) -> Areas {
         )
     } else {
         compact(
-            app,
+            shape,
             area,
             [servers + 1, group + 1, pairs + 1],
             group > 0,
@@ -141,7 +147,7 @@ pub fn areas(app: &App, area: Rect) -> Areas {
 }
 
 fn full(
-    app: &App,
+    shape: &Shape,
     area: Rect,
     tables: [u16; 3],
     group: bool,
@@ -164,15 +170,14 @@ fn full(
         .direction(Direction::Horizontal)
         .constraints([Constraint::Percentage(58), Constraint::Percentage(42)])
         .split(rows[4]);
-    let (charts, daemons, daemon_log) = if app.daemons.is_empty() {
+    let (charts, daemons, daemon_log) = if shape.daemons == 0 {
         (Some(middle[1]), None, None)
     } else {
         // The daemon list whole, then the charts, then the selected
         // daemon's log with what is left (none if under 3 rows).
-        let status = app.status.as_ref();
-        let chart_rows = status.map_or(2, |s| s.pairs.len() * 3 + s.servers.len()) as u16 + 2;
+        let chart_rows = shape.chart_rows + 2;
         let column = middle[1];
-        let list_h = (app.daemons.len() as u16 + 2).min(column.height);
+        let list_h = (shape.daemons as u16 + 2).min(column.height);
         let rest = column.height - list_h;
         let charts_h = chart_rows.min(rest).max(rest.min(4));
         let log_h = if rest - charts_h >= 3 {
@@ -209,7 +214,7 @@ fn full(
     }
 }
 
-fn compact(app: &App, area: Rect, tables: [u16; 3], group: bool, prompt_h: u16) -> Areas {
+fn compact(shape: &Shape, area: Rect, tables: [u16; 3], group: bool, prompt_h: u16) -> Areas {
     let rows = Layout::default()
         .direction(Direction::Vertical)
         .constraints([
@@ -239,8 +244,8 @@ fn compact(app: &App, area: Rect, tables: [u16; 3], group: bool, prompt_h: u16) 
             height: pane.height - 1,
             ..pane
         };
-        let shown = if tabs(app).contains(&app.pane) {
-            app.pane
+        let shown = if tabs(shape.daemons > 0).contains(&shape.pane) {
+            shape.pane
         } else {
             Pane::Events
         };

@@ -14,6 +14,8 @@
 pub mod app;
 pub mod history;
 pub mod layout;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod ui;
 
 use crate::batch::{self, Format};

@@ -4,7 +4,7 @@
 //! When the event stream from nm is lost every table is drawn grey and
 //! titled STALE with the age of its data.
 
-use super::app::{clock, describe, App, DaemonView, LogEntry, Mode};
+use super::app::{clock, describe, word, App, DaemonView, LogEntry, Mode};
 use super::history::{heartbeat_line, sparkline};
 use super::layout::{self, Areas, Pane};
 use ratatui::layout::{Constraint, Position, Rect};
@@ -28,14 +28,6 @@ fn bold(app: &App) -> Style {
     } else {
         Style::default()
     }
-}
-
-/// A value as it is named on the wire and in STATUS (UPPER_SNAKE for states).
-pub(crate) fn word<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn pair_color(state: PairState) -> Color {
@@ -117,7 +109,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
         );
         return;
     }
-    let areas = layout::areas(app, area);
+    let areas = layout::areas(&app.shape(), area);
     draw_title(frame, app, areas.title);
     if let Some(r) = areas.servers {
         draw_servers(frame, app, &areas, r);
@@ -294,13 +286,16 @@ fn pairs_block(app: &App, areas: &Areas) -> Block<'static> {
 }
 
 fn draw_tabs(frame: &mut Frame, app: &App, area: Rect) {
-    let shown = if layout::tabs(app).contains(&app.pane) {
+    let shown = if layout::tabs(!app.daemons.is_empty()).contains(&app.pane) {
         app.pane
     } else {
         Pane::Events
     };
     let mut spans = Vec::new();
-    for (i, (pane, label)) in layout::tab_labels(app).into_iter().enumerate() {
+    for (i, (pane, label)) in layout::tab_labels(!app.daemons.is_empty())
+        .into_iter()
+        .enumerate()
+    {
         if i > 0 {
             spans.push(Span::raw("│"));
         }
