@@ -41,6 +41,7 @@ pub mod ha;
 pub mod journal;
 pub mod metrics;
 pub mod namespace;
+pub mod queue;
 pub mod registry;
 pub mod replication;
 pub mod server;
@@ -48,4 +49,20 @@ pub mod ss_client;
 pub mod storage_servers;
 
 pub use config::Config;
-pub use server::run;
+
+/// Runs nm until `shutdown` is cancelled: alone on its embedded journal, or
+/// with `--etcd` as one of a group ([`ha`]).
+pub async fn run(
+    config: config::Config,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> color_eyre::Result<()> {
+    if config.etcd.is_some() {
+        #[cfg(feature = "etcd")]
+        return ha::run(config, shutdown).await;
+        #[cfg(not(feature = "etcd"))]
+        color_eyre::eyre::bail!(
+            "--etcd needs an nm built with etcd support: cargo build --release --features nm/etcd (the build needs protoc)"
+        );
+    }
+    server::run_alone(config, shutdown).await
+}

@@ -8,8 +8,8 @@
 use crate::events::Events;
 use crate::journal::{Journal, Record};
 use crate::namespace::Namespace;
+use crate::queue::ReplQueue;
 use crate::registry::Registry;
-use crate::replication::ReplQueue;
 use crate::Config;
 use color_eyre::eyre::{Context, Result};
 use shared::connection::{Connection, ConnectionError, Incoming};
@@ -41,7 +41,7 @@ pub struct Nm {
     pub cluster_key: Option<shared::auth::ClusterKey>,
     pub events: Events,
     pub queue: ReplQueue,
-    pub waiters: crate::replication::Waiters,
+    pub waiters: crate::queue::Waiters,
     /// Woken whenever a pair's failover record becomes durable.
     pub failover_recorded: tokio::sync::Notify,
     /// Per pair, the files changed since its standby was last level.
@@ -59,17 +59,9 @@ impl Nm {
     }
 }
 
-/// Binds, restores the namespace and serves until `shutdown` is cancelled.
-/// With `--etcd` nm runs as one of a group instead ([`crate::ha`]).
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
-    if config.etcd.is_some() {
-        #[cfg(feature = "etcd")]
-        return crate::ha::run(config, shutdown).await;
-        #[cfg(not(feature = "etcd"))]
-        color_eyre::eyre::bail!(
-            "--etcd needs an nm built with etcd support: cargo build --release --features nm/etcd (the build needs protoc)"
-        );
-    }
+/// Binds, restores the namespace from the journal and serves until
+/// `shutdown` is cancelled (nm alone; [`crate::run`] picks this or a group).
+pub async fn run_alone(config: Config, shutdown: CancellationToken) -> Result<()> {
     let (journal, ns) = Journal::open(&config.data_dir, config.fsync)
         .with_context(|| format!("opening data folder {}", config.data_dir.display()))?;
     let listener = bind(&config).await?;
@@ -207,7 +199,7 @@ impl Nm {
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
-        slot: Arc<shared::limits::SlotState>,
+        slot: Arc<shared::connection::SlotState>,
     ) {
         let (mut conn, hello) = match Connection::accept(
             stream,

@@ -301,8 +301,8 @@ impl Nm {
                 kind: job.kind,
                 step: JobStep::Dropped,
                 file: match &job.key {
-                    crate::replication::JobKey::File { file, .. } => Some(file.clone()),
-                    crate::replication::JobKey::Pair { .. } => None,
+                    crate::queue::JobKey::File { file, .. } => Some(file.clone()),
+                    crate::queue::JobKey::Pair { .. } => None,
                 },
                 primary: pair.clone(),
                 replica: name.to_owned(),

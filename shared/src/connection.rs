@@ -15,8 +15,9 @@ use futures::{SinkExt, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
@@ -205,7 +206,7 @@ impl ConnReader {
 }
 
 struct HeldSlot {
-    state: std::sync::Arc<crate::limits::SlotState>,
+    state: std::sync::Arc<SlotState>,
     frame_timeout: Duration,
     evictable: bool,
 }
@@ -301,7 +302,7 @@ impl Connection {
     /// idle while it waits for a request and may then be closed to make room.
     pub fn hold_slot(
         &mut self,
-        state: std::sync::Arc<crate::limits::SlotState>,
+        state: std::sync::Arc<SlotState>,
         frame_timeout: Duration,
         evictable: bool,
     ) {
@@ -634,5 +635,63 @@ impl RpcClient {
     ) -> Result<Result<R, WireError>, ConnectionError> {
         let id = self.send(body).await?;
         self.next_reply(id).await
+    }
+}
+
+/// What a connection's request loop tells its slot ([`crate::limits`]): whether it is waiting
+/// for a request, and since when; and the signal that it was evicted.
+#[derive(Debug)]
+pub struct SlotState {
+    epoch: Instant,
+    /// Microseconds since `epoch` + 1 while waiting for a request; 0 while busy.
+    waiting_since: AtomicU64,
+    /// Cancelled when the connection must close: evicted, or the daemon stops.
+    dismissed: CancellationToken,
+}
+
+impl SlotState {
+    /// Waiting times are counted from `epoch` (the slots').
+    pub(crate) fn new(epoch: Instant) -> Self {
+        SlotState {
+            epoch,
+            waiting_since: AtomicU64::new(0),
+            dismissed: CancellationToken::new(),
+        }
+    }
+
+    /// Closes the connection (it was chosen to make room).
+    pub(crate) fn dismiss(&self) {
+        self.dismissed.cancel();
+    }
+
+    /// The connection waits for its next request (from now).
+    pub fn waiting(&self) {
+        let micros = self.epoch.elapsed().as_micros() as u64 + 1;
+        self.waiting_since.store(micros, Ordering::Relaxed);
+    }
+
+    /// The connection is handling a request.
+    pub fn busy(&self) {
+        self.waiting_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Completes once the connection must close: it was chosen to make
+    /// room for another, or the daemon is stopping.
+    pub async fn dismissed(&self) {
+        self.dismissed.cancelled().await
+    }
+
+    /// The token behind [`SlotState::dismissed`], for loops that do not
+    /// read requests through [`Connection::recv_request`] (a WATCH, a
+    /// replication stream).
+    pub fn dismissal(&self) -> CancellationToken {
+        self.dismissed.clone()
+    }
+
+    pub(crate) fn waited(&self, now: Duration) -> Option<Duration> {
+        match self.waiting_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(now.saturating_sub(Duration::from_micros(since - 1))),
+        }
     }
 }

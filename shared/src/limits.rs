@@ -1,6 +1,6 @@
 //! Limits every daemon enforces on its connections, as command-line flags.
 
-use crate::connection::Connection;
+use crate::connection::{Connection, SlotState};
 use crate::WireError;
 use clap::Args;
 use std::collections::HashMap;
@@ -69,50 +69,6 @@ pub struct ConnectionSlots {
     held: Mutex<HashMap<u64, Arc<SlotState>>>,
 }
 
-/// What a connection's request loop tells the slots: whether it is waiting
-/// for a request, and since when; and the signal that it was evicted.
-#[derive(Debug)]
-pub struct SlotState {
-    epoch: Instant,
-    /// Microseconds since `epoch` + 1 while waiting for a request; 0 while busy.
-    waiting_since: AtomicU64,
-    /// Cancelled when the connection must close: evicted, or the daemon stops.
-    dismissed: CancellationToken,
-}
-
-impl SlotState {
-    /// The connection waits for its next request (from now).
-    pub fn waiting(&self) {
-        let micros = self.epoch.elapsed().as_micros() as u64 + 1;
-        self.waiting_since.store(micros, Ordering::Relaxed);
-    }
-
-    /// The connection is handling a request.
-    pub fn busy(&self) {
-        self.waiting_since.store(0, Ordering::Relaxed);
-    }
-
-    /// Completes once the connection must close: it was chosen to make
-    /// room for another, or the daemon is stopping.
-    pub async fn dismissed(&self) {
-        self.dismissed.cancelled().await
-    }
-
-    /// The token behind [`SlotState::dismissed`], for loops that do not
-    /// read requests through [`Connection::recv_request`] (a WATCH, a
-    /// replication stream).
-    pub fn dismissal(&self) -> CancellationToken {
-        self.dismissed.clone()
-    }
-
-    fn waited(&self, now: Duration) -> Option<Duration> {
-        match self.waiting_since.load(Ordering::Relaxed) {
-            0 => None,
-            since => Some(now.saturating_sub(Duration::from_micros(since - 1))),
-        }
-    }
-}
-
 /// A connection's hold on a slot; the slot is freed when it is dropped.
 pub struct Slot {
     slots: Arc<ConnectionSlots>,
@@ -143,7 +99,7 @@ impl ConnectionSlots {
     /// Tells every connection to close once its request in flight is done.
     pub fn dismiss_all(&self) {
         for state in self.lock().values() {
-            state.dismissed.cancel();
+            state.dismiss();
         }
     }
 
@@ -163,17 +119,13 @@ impl ConnectionSlots {
             }
             if let Some(state) = held.remove(&victim) {
                 tracing::info!(event = "connection_evicted", waited_ms = waited.as_millis() as u64, "every connection slot was taken: the connection that had waited longest for a request was closed to make room");
-                state.dismissed.cancel();
+                state.dismiss();
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // Waiting from the accept: a connection that is slow to complete
         // its handshake is as evictable as an idle one.
-        let state = Arc::new(SlotState {
-            epoch: self.epoch,
-            waiting_since: AtomicU64::new(0),
-            dismissed: CancellationToken::new(),
-        });
+        let state = Arc::new(SlotState::new(self.epoch));
         state.waiting();
         held.insert(id, state.clone());
         Some(Slot {

@@ -198,7 +198,7 @@ impl Server {
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
-        slot: Arc<shared::limits::SlotState>,
+        slot: Arc<shared::connection::SlotState>,
     ) {
         let (mut conn, hello) = match Connection::accept(
             stream,

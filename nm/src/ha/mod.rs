@@ -392,7 +392,7 @@ async fn route(
     me: String,
     stream: TcpStream,
     peer: SocketAddr,
-    slot: Arc<shared::limits::SlotState>,
+    slot: Arc<shared::connection::SlotState>,
 ) {
     let leading = current.read().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some((nm, handle)) = leading {
