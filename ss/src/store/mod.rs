@@ -21,6 +21,13 @@
 //! replaced, so UNDO levels and checkpoints are hard links to old contents. Names are validated by [`shared::names`] before they are
 //! joined under the storage folder, so nothing is ever written outside it.
 
+mod inodes;
+mod redo;
+mod scan;
+mod tombstones;
+
+pub use scan::Found;
+
 use crate::wal::{Wal, WalRecord, MAX_LOGGED_BYTES};
 use shared::names::validate_path;
 use shared::proto::{FileMeta, Tombstone};
@@ -237,34 +244,6 @@ impl Store {
         Ok(store)
     }
 
-    /// Applies a logged change again, rewriting every file it touches.
-    fn redo(&self, record: &WalRecord) -> Result<(), StoreError> {
-        match record {
-            WalRecord::Create { file, meta } => {
-                remove_if_present(&self.path_in(UNDO, file)?)?;
-                self.create_files(file, meta, Durable::Later)
-            }
-            WalRecord::Commit {
-                file,
-                content,
-                previous,
-                meta,
-            } => {
-                self.write_atomically(&self.path_in(UNDO, file)?, previous, false, Durable::Later)?;
-                self.write_atomically(&self.content_path(file)?, content, false, Durable::Later)?;
-                self.write_meta_files(file, meta, Durable::Later)
-            }
-            WalRecord::Install {
-                file,
-                content,
-                meta,
-            } => {
-                self.write_atomically(&self.content_path(file)?, content, false, Durable::Later)?;
-                self.write_meta_files(file, meta, Durable::Later)
-            }
-        }
-    }
-
     /// This folder's identity: chosen at random when the folder is first
     /// opened and kept for its lifetime. nm remembers which files changed
     /// since a server was last level with its partner, and that memory is
@@ -312,16 +291,6 @@ impl Store {
         Ok(())
     }
 
-    /// Makes [`Store::keep_inodes_ready`] return; the caller joins its
-    /// thread before [`Store::close`], so no spare appears after it.
-    pub fn stop_making_inodes(&self) {
-        {
-            let _unnamed = self.unnamed.lock().unwrap_or_else(|p| p.into_inner());
-            self.closing.store(true, Ordering::Relaxed);
-        }
-        self.unnamed_low.notify_all();
-    }
-
     fn barrier(&self) -> Result<(), StoreError> {
         if let Some(wal) = &self.wal {
             wal.checkpoint(|| syncfs(&self.root))?;
@@ -364,13 +333,6 @@ impl Store {
         })
     }
 
-    fn temp_path(&self) -> PathBuf {
-        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join(TMP)
-            .join(format!("{}-{n}.tmp", std::process::id()))
-    }
-
     /// Writes `bytes` to `target` atomically: temp file, fsync, rename, fsync of the directory.
     fn write_atomically(
         &self,
@@ -390,168 +352,6 @@ impl Store {
             self.sync_parent(target)?;
         }
         Ok(())
-    }
-
-    /// Puts a temp file in place of `target`, atomically.
-    ///
-    /// With `recycle`, an existing `target` is exchanged with the temp file
-    /// (`renameat2(RENAME_EXCHANGE)`) and the inode that held the old
-    /// version, now under the temp name, becomes a spare for the next temp
-    /// file, unless another name still links it (an undo level, a
-    /// checkpoint) or a reader holds it open (see [`OpenContent`]): a READ
-    /// or a transfer must go on seeing the version it opened.
-    ///
-    /// Why: a rename that replaces a file frees an inode and the next temp
-    /// file allocates one; on this machine's ext4 (no journal) the inode
-    /// allocator then scans every recently freed inode, which profiled at
-    /// over half the CPU of a create-write run (`perf record -a -g`:
-    /// `find_inode_bit` → `recently_deleted`).
-    fn replace(&self, temp: TempFile, target: &Path, recycle: bool) -> io::Result<()> {
-        let path = temp.close();
-        if recycle && exchange(&path, target).is_ok() {
-            self.keep_spare(path);
-            return Ok(());
-        }
-        fs::rename(&path, target).inspect_err(|_| {
-            let _ = fs::remove_file(&path);
-        })
-    }
-
-    /// Keeps a displaced file (already under a temp name) for reuse, or
-    /// drops its name when another name still links its inode.
-    fn keep_spare(&self, path: PathBuf) {
-        use std::os::unix::fs::MetadataExt;
-        let readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        let reusable = fs::metadata(&path).is_ok_and(|m| {
-            m.nlink() == 1 && m.len() <= SPARE_MAX_BYTES && !readers.contains_key(&m.ino())
-        });
-        drop(readers);
-        let mut displaced = self.displaced.lock().unwrap_or_else(|p| p.into_inner());
-        if reusable && displaced.len() < MAX_SPARES {
-            displaced.push(path);
-            drop(displaced);
-            // Under the lock the inode thread waits with, so it cannot miss it.
-            let _unnamed = self.unnamed.lock().unwrap_or_else(|p| p.into_inner());
-            self.unnamed_low.notify_all();
-        } else {
-            drop(displaced);
-            let _ = fs::remove_file(&path);
-        }
-    }
-
-    /// Empties the displaced contents (truncation frees their blocks, a
-    /// discard each) and makes them spares for [`Store::temp_file`]. Run by
-    /// the inode thread, at idle priority, off every request's path.
-    pub fn empty_displaced_spares(&self) {
-        let displaced =
-            std::mem::take(&mut *self.displaced.lock().unwrap_or_else(|p| p.into_inner()));
-        for path in displaced {
-            let emptied = fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(&path);
-            let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-            if emptied.is_ok() && spares.len() < MAX_SPARES {
-                spares.push(path);
-            } else {
-                drop(spares);
-                let _ = fs::remove_file(&path);
-            }
-        }
-    }
-
-    /// Runs forever (on a thread of its own): keeps unnamed empty inodes
-    /// ready (`O_TMPFILE` in `tmp/`), so that a request that needs a new
-    /// inode (a CREATE, a copy of a new file) names one made earlier
-    /// (`linkat`) instead of allocating it.
-    ///
-    /// Why: allocating an inode on this machine's ext4 (no journal) costs
-    /// 20 µs to 0.8 ms depending on how many were freed recently (it scans
-    /// them), and a named create holds its directory's lock meanwhile, so
-    /// every other create and rename in that directory waits. An unnamed
-    /// inode is allocated without any directory lock, off the request path;
-    /// one that is never used vanishes when the process exits.
-    pub fn keep_inodes_ready(&self) {
-        use std::os::unix::fs::OpenOptionsExt;
-        // Idle time only: the requests this serves must not wait for it.
-        // SAFETY: setpriority on this thread's own id; no memory is involved.
-        unsafe {
-            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
-        }
-        let tmp = self.root.join(TMP);
-        let mut unnamed_work = true;
-        loop {
-            let missing = {
-                let unnamed = self.unnamed.lock().unwrap_or_else(|p| p.into_inner());
-                let unnamed = self
-                    .unnamed_low
-                    .wait_while(unnamed, |u| {
-                        (!unnamed_work || u.len() >= UNNAMED_LOW)
-                            && self
-                                .displaced
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .is_empty()
-                            && !self.closing.load(Ordering::Relaxed)
-                    })
-                    .unwrap_or_else(|p| p.into_inner());
-                if self.closing.load(Ordering::Relaxed) {
-                    return;
-                }
-                match unnamed_work {
-                    true => UNNAMED_READY.saturating_sub(unnamed.len()),
-                    false => 0,
-                }
-            };
-            self.empty_displaced_spares();
-            for _ in 0..missing {
-                let made = fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .mode(0o644)
-                    .custom_flags(libc::O_TMPFILE)
-                    .open(&tmp);
-                match made {
-                    Ok(file) => self
-                        .unnamed
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(file),
-                    Err(e) => {
-                        tracing::warn!(event = "ss_unnamed_inode_failed", error = %e, "cannot make inodes ahead (O_TMPFILE); new files allocate their own");
-                        unnamed_work = false;
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
-    /// An inode made ahead, given the name `path`; `None` if none is ready.
-    fn name_unnamed(&self, path: &Path) -> Option<File> {
-        use std::os::unix::ffi::OsStrExt;
-        use std::os::unix::io::AsRawFd;
-        let file = {
-            let mut unnamed = self.unnamed.lock().unwrap_or_else(|p| p.into_inner());
-            let file = unnamed.pop();
-            if unnamed.len() < UNNAMED_LOW {
-                self.unnamed_low.notify_one();
-            }
-            file?
-        };
-        let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
-        let to = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-        // SAFETY: both arguments are NUL-terminated strings that outlive the call.
-        let rc = unsafe {
-            libc::linkat(
-                libc::AT_FDCWD,
-                from.as_ptr(),
-                libc::AT_FDCWD,
-                to.as_ptr(),
-                libc::AT_SYMLINK_FOLLOW,
-            )
-        };
-        (rc == 0).then_some(file)
     }
 
     fn ensure_parent(&self, target: &Path) -> io::Result<()> {
@@ -874,47 +674,6 @@ impl Store {
         Ok(())
     }
 
-    /// A new temp file for a transfer.
-    pub fn temp_file(&self) -> Result<TempFile, StoreError> {
-        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        // Spares are emptied ahead, off the request path (see
-        // [`Store::empty_displaced_spares`]): truncating one here would free
-        // its blocks, a discard costing ~0.4 ms on this disk.
-        let reused = spare.and_then(|path| {
-            match fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(&path)
-            {
-                Ok(file) => Some((path, file)),
-                Err(_) => {
-                    let _ = fs::remove_file(&path);
-                    None
-                }
-            }
-        });
-        let recycled = reused.is_some();
-        let (path, file) = match reused {
-            Some(reused) => reused,
-            None => {
-                let path = self.temp_path();
-                let file = match self.name_unnamed(&path) {
-                    Some(file) => file,
-                    None => File::create(&path)?,
-                };
-                (path, file)
-            }
-        };
-        Ok(TempFile {
-            file: Some(file),
-            path,
-            written: 0,
-            flushing_from: 0,
-            early_writeback: self.fsync,
-            recycled,
-        })
-    }
-
     /// A temp file holding a file's serialized metadata, not yet durable.
     pub fn meta_temp(&self, file: &str, meta: &FileMeta) -> Result<TempFile, StoreError> {
         let bytes = encode(file, meta)?;
@@ -992,128 +751,6 @@ impl Store {
         self.barrier()?;
         Ok(remove_if_present(&self.checkpoint_path(file, tag)?)?)
     }
-
-    pub fn write_tombstone(&self, tombstone: &Tombstone) -> Result<(), StoreError> {
-        self.barrier()?;
-        let bytes = encode(&tombstone.file, tombstone)?;
-        self.write_atomically(
-            &self.path_in(TOMBSTONES, &tombstone.file)?,
-            &bytes,
-            false,
-            Durable::Now,
-        )
-    }
-
-    /// The tombstone of one file, if it has one.
-    pub fn tombstone(&self, file: &str) -> Result<Option<Tombstone>, StoreError> {
-        match fs::read(self.path_in(TOMBSTONES, file)?) {
-            Ok(bytes) => Ok(rmp_serde::from_slice(&bytes).ok()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    pub fn remove_tombstone(&self, file: &str) -> Result<(), StoreError> {
-        self.barrier()?;
-        Ok(remove_if_present(&self.path_in(TOMBSTONES, file)?)?)
-    }
-
-    /// Every tombstone, found by walking `tombstones/`.
-    pub fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
-        let root = self.root.join(TOMBSTONES);
-        let mut found = Vec::new();
-        for name in walk(&root)? {
-            let bytes = fs::read(root.join(&name))?;
-            match rmp_serde::from_slice::<Tombstone>(&bytes) {
-                Ok(t) => found.push(t),
-                Err(e) => {
-                    tracing::warn!(event = "ss_bad_tombstone", file = %name, error = %e, "unreadable tombstone skipped")
-                }
-            }
-        }
-        Ok(found)
-    }
-
-    /// Every file with its metadata, found by walking `meta/`. A file whose
-    /// content is missing is skipped with a warning.
-    pub fn inventory(&self) -> Result<Vec<(String, FileMeta)>, StoreError> {
-        Ok(self
-            .scan()?
-            .into_iter()
-            .map(|found| (found.file, found.meta))
-            .collect())
-    }
-
-    /// Every file with its metadata and whether its content is newer than
-    /// the metadata (a change a crash cut in between), sorted by name. One
-    /// stat of the content and one open of the metadata per file, spread
-    /// over the machine's cores: this is most of a server's start-up.
-    pub fn scan(&self) -> Result<Vec<Found>, StoreError> {
-        let names = walk(&self.root.join(META))?;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 8);
-        let per_thread = names.len().div_ceil(threads).max(1);
-        let mut found = std::thread::scope(|scope| {
-            let workers: Vec<_> = names
-                .chunks(per_thread)
-                .map(|chunk| scope.spawn(move || self.scan_some(chunk)))
-                .collect();
-            let mut found = Vec::with_capacity(names.len());
-            for worker in workers {
-                found.extend(worker.join().expect("scan thread")?);
-            }
-            Ok::<_, StoreError>(found)
-        })?;
-        found.sort_by(|a, b| a.file.cmp(&b.file));
-        Ok(found)
-    }
-
-    fn scan_some(&self, names: &[String]) -> Result<Vec<Found>, StoreError> {
-        let mut found = Vec::with_capacity(names.len());
-        for name in names {
-            match self.find(name)? {
-                Some(file) => found.push(file),
-                None => {
-                    tracing::warn!(event = "ss_inventory_orphan_meta", file = %name, "metadata without content; skipped")
-                }
-            }
-        }
-        Ok(found)
-    }
-
-    /// One file as [`Store::scan`] would find it; `None` if its content or
-    /// its metadata is missing. Reads do not update access times
-    /// (`O_NOATIME`): a scan of a million files would otherwise dirty a
-    /// million inodes for the next `syncfs` to write.
-    pub fn find(&self, name: &str) -> Result<Option<Found>, StoreError> {
-        let content_modified = match fs::metadata(self.content_path(name)?) {
-            Ok(m) => m.modified()?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let mut meta_file = match open_without_atime(&self.path_in(META, name)?) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let stat = meta_file.metadata()?;
-        let mut bytes = Vec::with_capacity(stat.len() as usize + 1);
-        io::Read::read_to_end(&mut meta_file, &mut bytes)?;
-        let meta = decode_meta(name, &bytes)?;
-        Ok(Some(Found {
-            file: name.to_owned(),
-            meta,
-            content_newer: content_modified > stat.modified()?,
-        }))
-    }
-}
-
-/// One file found by [`Store::scan`].
-pub struct Found {
-    pub file: String,
-    pub meta: FileMeta,
-    pub content_newer: bool,
 }
 
 /// A change durable in the write-ahead log that could not be written to its
@@ -1247,24 +884,6 @@ fn open_without_atime(path: &Path) -> io::Result<File> {
             Some(libc::EPERM) => File::open(path),
             _ => Err(e),
         })
-}
-
-/// The relative paths of all regular files under `root`.
-fn walk(root: &Path) -> Result<Vec<String>, StoreError> {
-    let mut names = Vec::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                stack.push(path);
-            } else if let Some(name) = path.strip_prefix(root).ok().and_then(|p| p.to_str()) {
-                names.push(name.to_owned());
-            }
-        }
-    }
-    Ok(names)
 }
 
 #[cfg(test)]

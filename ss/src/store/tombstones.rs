@@ -1,0 +1,49 @@
+//! Tombstones: a deleted file's name, stamp and time, kept until both
+//! servers of the pair have the delete, so a copy from the partner cannot
+//! bring the file back.
+
+use super::scan::walk;
+use super::*;
+
+impl Store {
+    pub fn write_tombstone(&self, tombstone: &Tombstone) -> Result<(), StoreError> {
+        self.barrier()?;
+        let bytes = encode(&tombstone.file, tombstone)?;
+        self.write_atomically(
+            &self.path_in(TOMBSTONES, &tombstone.file)?,
+            &bytes,
+            false,
+            Durable::Now,
+        )
+    }
+
+    /// The tombstone of one file, if it has one.
+    pub fn tombstone(&self, file: &str) -> Result<Option<Tombstone>, StoreError> {
+        match fs::read(self.path_in(TOMBSTONES, file)?) {
+            Ok(bytes) => Ok(rmp_serde::from_slice(&bytes).ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn remove_tombstone(&self, file: &str) -> Result<(), StoreError> {
+        self.barrier()?;
+        Ok(remove_if_present(&self.path_in(TOMBSTONES, file)?)?)
+    }
+
+    /// Every tombstone, found by walking `tombstones/`.
+    pub fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
+        let root = self.root.join(TOMBSTONES);
+        let mut found = Vec::new();
+        for name in walk(&root)? {
+            let bytes = fs::read(root.join(&name))?;
+            match rmp_serde::from_slice::<Tombstone>(&bytes) {
+                Ok(t) => found.push(t),
+                Err(e) => {
+                    tracing::warn!(event = "ss_bad_tombstone", file = %name, error = %e, "unreadable tombstone skipped")
+                }
+            }
+        }
+        Ok(found)
+    }
+}
