@@ -9,6 +9,12 @@
 //! Disk work happens inside these mutexes (it is what orders commits) and is
 //! called from async code through `block_in_place`.
 
+mod installs;
+mod loading;
+mod sessions;
+
+pub use sessions::WriteSession;
+
 use crate::document::{count, insert_words, Document, SentenceId};
 use crate::store::{OpenContent, Placed, Store, StoreError, TempFile};
 use shared::proto::{AccessList, CheckpointInfo, FileMeta, FileStats, InventoryEntry, Tombstone};
@@ -135,117 +141,6 @@ struct ReadAll {
 }
 
 impl Files {
-    /// Loads every file of `store` into memory before returning (see
-    /// [`Files::open`] and [`Files::load_all`]).
-    pub fn load(store: Store, epoch: Arc<AtomicU64>) -> Result<Self, StoreError> {
-        let files = Self::open(store, epoch);
-        files.load_all()?;
-        Ok(files)
-    }
-
-    /// Opens `store` with nothing loaded yet: until [`Files::load_all`] has
-    /// run, files are read from disk as they are asked for.
-    pub fn open(store: Store, epoch: Arc<AtomicU64>) -> Self {
-        Files {
-            store,
-            epoch,
-            max_file_size: AtomicU64::new(u64::MAX),
-            map: Mutex::new(FileMap {
-                entries: HashMap::new(),
-                removed: Some(HashSet::new()),
-            }),
-            loaded: Condvar::new(),
-            next_session: AtomicU64::new(1),
-            conflicts_kept: Mutex::new(HashSet::new()),
-        }
-    }
-
-    /// The start-up scan: reads every file's metadata (on every core) and
-    /// adds those not touched meanwhile, finishing any delete or create that
-    /// a crash interrupted. Safe to run while requests are served.
-    pub fn load_all(&self) -> Result<(), StoreError> {
-        let result = self.read_all().and_then(|read| self.add_unchanged(read));
-        // Even after a failure (the server then stops), nobody waits forever.
-        self.finish_loading();
-        result
-    }
-
-    /// From here on, a file not in memory does not exist.
-    fn finish_loading(&self) {
-        self.lock_map().removed = None;
-        self.loaded.notify_all();
-    }
-
-    /// The scan's reading half: every file on disk, and every tombstone.
-    fn read_all(&self) -> Result<ReadAll, StoreError> {
-        let found = self.store.scan()?;
-        let tombstones = self
-            .store
-            .tombstones()?
-            .into_iter()
-            .map(|t| (t.file.clone(), t.stamp()))
-            .collect();
-        Ok(ReadAll { found, tombstones })
-    }
-
-    /// The scan's second half: adds what it read, except names requests
-    /// have touched since (they hold newer entries, or were removed).
-    fn add_unchanged(&self, read: ReadAll) -> Result<(), StoreError> {
-        let ReadAll { found, tombstones } = read;
-        let mut found = found.into_iter().peekable();
-        while found.peek().is_some() {
-            let mut map = self.lock_map();
-            for file in found.by_ref().take(SCAN_BATCH) {
-                let touched = map.entries.contains_key(&file.file)
-                    || map.removed.as_ref().is_some_and(|r| r.contains(&file.file));
-                if touched {
-                    continue;
-                }
-                let tombstone = tombstones.get(&file.file).copied();
-                let name = file.file.clone();
-                if let Some(entry) = self.admit(file, tombstone)? {
-                    map.entries.insert(name, entry);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A file found on disk, as an entry, after repairing what a crash cut
-    /// short; `None` if it was deleted (its tombstone is newer).
-    fn admit(
-        &self,
-        found: crate::store::Found,
-        tombstone: Option<(u64, u64)>,
-    ) -> Result<Option<EntryRef>, StoreError> {
-        let crate::store::Found {
-            file,
-            mut meta,
-            content_newer,
-        } = found;
-        // Every change renames the content into place first and writes
-        // the metadata second; content newer than its metadata is a
-        // change a crash cut in between. Its stats are recomputed and its
-        // version moves on, so the content on disk is what counts.
-        if content_newer {
-            let content = self.store.read_content(&file)?;
-            let epoch = meta.stats.epoch;
-            apply_content_stats(&mut meta.stats, &content, epoch);
-            self.store.write_meta(&file, &meta)?;
-            tracing::warn!(event = "ss_repaired_meta", file = %file, version = meta.stats.version, "metadata caught up with content after a crash");
-        }
-        match tombstone {
-            Some(deleted) if deleted > meta.stats.stamp() => {
-                tracing::info!(event = "ss_finish_delete", file = %file, "completing a delete interrupted by a crash");
-                self.store.delete(&file)?;
-                return Ok(None);
-            }
-            Some(_) => self.store.remove_tombstone(&file)?,
-            None => {}
-        }
-        Ok(Some(new_entry(meta)))
-    }
-
     fn lock_map(&self) -> MutexGuard<'_, FileMap> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -285,29 +180,6 @@ impl Files {
     /// thread has returned (see [`Store::close`]).
     pub fn close(&self) -> Result<(), StoreError> {
         self.store.close()
-    }
-
-    /// Whether the start-up scan has finished.
-    pub fn is_loaded(&self) -> bool {
-        self.lock_map().removed.is_none()
-    }
-
-    /// Waits up to `limit` for the start-up scan to finish; whether it has.
-    pub fn wait_loaded_for(&self, limit: std::time::Duration) -> bool {
-        let map = self.lock_map();
-        let (map, _) = self
-            .loaded
-            .wait_timeout_while(map, limit, |map| map.removed.is_some())
-            .unwrap_or_else(|p| p.into_inner());
-        map.removed.is_none()
-    }
-
-    /// Waits for the start-up scan to finish.
-    fn wait_loaded(&self) -> MutexGuard<'_, FileMap> {
-        let map = self.lock_map();
-        self.loaded
-            .wait_while(map, |map| map.removed.is_some())
-            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn set_max_file_size(&self, bytes: u64) {
@@ -523,185 +395,6 @@ impl Files {
             .unwrap_or_default()
     }
 
-    pub fn temp_file(&self) -> Result<TempFile, WireError> {
-        Ok(self.store.temp_file()?)
-    }
-
-    /// Installs files copied from the primary, as one batch: every temp file
-    /// (checkpoints, content, metadata) is made durable in one step, then each
-    /// file's new checkpoints, content and metadata (which names them) are
-    /// renamed into place, then the directories are fsynced once each. A crash
-    /// at any point leaves each file whole at its old or its new version.
-    /// Returns one result per file, in order.
-    pub fn install_batch(&self, copies: Vec<Copied>) -> Vec<Result<(), WireError>> {
-        // A job's file or two, small and without new checkpoints: one
-        // write-ahead log record each is cheaper than fsyncing their files.
-        let logged = self.store.logs_changes()
-            && copies.len() < LOGGED_INSTALLS
-            && copies.iter().all(|c| {
-                c.checkpoints.is_empty() && c.content.len() <= crate::wal::MAX_LOGGED_BYTES as u64
-            });
-        if logged {
-            return copies
-                .into_iter()
-                .map(|copy| self.place_copy(copy, None, &mut BTreeSet::new()))
-                .collect();
-        }
-        let mut staged: Vec<Result<(Copied, TempFile), WireError>> = copies
-            .into_iter()
-            .map(|copy| {
-                let meta = self.store.meta_temp(&copy.file, &copy.meta)?;
-                Ok((copy, meta))
-            })
-            .collect();
-        let temps = staged.iter().flatten().flat_map(|(copy, meta)| {
-            std::iter::once(meta)
-                .chain(std::iter::once(&copy.content))
-                .chain(copy.checkpoints.iter().map(|(_, temp)| temp))
-        });
-        if let Err(e) = self.store.sync_temps(temps) {
-            let e = WireError::from(e);
-            return staged.iter().map(|_| Err(e.clone())).collect();
-        }
-        let mut dirs = BTreeSet::new();
-        let mut results: Vec<Result<(), WireError>> = staged
-            .drain(..)
-            .map(|staged| {
-                let (copy, meta) = staged?;
-                self.place_copy(copy, Some(meta), &mut dirs)
-            })
-            .collect();
-        if let Err(e) = self.store.sync_dirs(&dirs) {
-            let e = WireError::from(e);
-            for result in results.iter_mut().filter(|r| r.is_ok()) {
-                *result = Err(e.clone());
-            }
-        }
-        results
-    }
-
-    /// Puts one copy in place, unless the local file is as new or holds
-    /// changes the copy lacks: with `meta_temp` (made durable by the batch),
-    /// renamed into place for the batch's directory fsyncs; without, through
-    /// the write-ahead log.
-    fn place_copy(
-        &self,
-        copy: Copied,
-        meta_temp: Option<TempFile>,
-        dirs: &mut BTreeSet<PathBuf>,
-    ) -> Result<(), WireError> {
-        let Copied {
-            file,
-            meta,
-            content,
-            checkpoints,
-        } = copy;
-        self.place_if_newer(&file, meta, |store, local, meta| {
-            for (tag, temp) in checkpoints {
-                store.place(temp, &file, Placed::Checkpoint(&tag), dirs)?;
-            }
-            for stale in local.checkpoints.keys() {
-                if !meta.checkpoints.contains_key(stale) {
-                    store.remove_checkpoint(&file, stale)?;
-                }
-            }
-            match meta_temp {
-                Some(meta_temp) => {
-                    store.place(content, &file, Placed::Content, dirs)?;
-                    store.place(meta_temp, &file, Placed::Meta, dirs)
-                }
-                None => store.install_logged(&file, content, meta),
-            }
-        })
-    }
-
-    /// Installs a change that came on the replication stream (a file
-    /// without checkpoints, whole), under the same rules as a copy; returns
-    /// once it is durable here.
-    pub fn install_streamed(
-        &self,
-        file: &str,
-        meta: FileMeta,
-        content: &[u8],
-    ) -> Result<(), WireError> {
-        if !meta.checkpoints.is_empty() {
-            return Err(WireError::bad_request(
-                "a file with checkpoints is copied by nm, not streamed",
-            ));
-        }
-        self.place_if_newer(file, meta, |store, _, meta| {
-            store.install_streamed(file, content, meta)
-        })
-    }
-
-    /// Calls `install` with the local and the incoming metadata, unless the
-    /// local file is as new as `meta` or holds changes it lacks; then
-    /// records `meta` as the file's.
-    fn place_if_newer(
-        &self,
-        file: &str,
-        meta: FileMeta,
-        install: impl FnOnce(&Store, &FileMeta, &FileMeta) -> Result<(), StoreError>,
-    ) -> Result<(), WireError> {
-        shared::names::validate_path(file)?;
-        let entry = {
-            let mut map = self.lock_map();
-            match self.find(&mut map, file)? {
-                Some(entry) => entry,
-                None => {
-                    let entry = new_entry(meta.clone());
-                    map.entries.insert(file.to_owned(), entry.clone());
-                    entry
-                }
-            }
-        };
-        let mut e = lock(&entry);
-        refuse_while_written(&e, file, "a replica update")?;
-        // Never go backwards: a slower transfer of an older version, or one
-        // overtaken by a delete, changes nothing.
-        let incoming = meta.stats.stamp();
-        let deleted_at = self.store.tombstone(file)?.map_or((0, 0), |t| t.stamp());
-        let existed = self.store.content_path(file)?.exists();
-        // A local version from an older epoch that the incoming one does not
-        // descend from holds acknowledged changes the other side never saw:
-        // it is not overwritten here; the pair's sync keeps it as a conflict copy.
-        let local = &e.meta.stats;
-        let kept = || {
-            self.conflicts_kept
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&(file.to_owned(), local.stamp()))
-        };
-        if existed && local.epoch < meta.stats.epoch && local.version > meta.stats.base && !kept() {
-            return Err(WireError::new(
-                ErrorCode::Exists,
-                format!(
-                    "{file:?} holds changes (epoch {}, version {}) the incoming copy lacks; left for the sync to keep",
-                    local.epoch, local.version
-                ),
-            ));
-        }
-        if (existed && e.meta.stats.stamp() >= incoming) || deleted_at >= incoming {
-            if !existed {
-                drop(e);
-                self.lock_map().remove(file);
-            }
-            return Ok(());
-        }
-        if let Err(error) = install(&self.store, &e.meta, &meta) {
-            if !existed {
-                self.forget_unwritten(file, &entry, e);
-            }
-            return Err(error.into());
-        }
-        if deleted_at > (0, 0) {
-            self.store.remove_tombstone(file)?;
-        }
-        e.meta = meta;
-        e.deleted = false;
-        Ok(())
-    }
-
     /// Puts the previous content back; returns the file as UNDO left it
     /// (for the replication stream).
     pub fn undo(&self, file: &str) -> Result<Committed, WireError> {
@@ -816,43 +509,6 @@ impl Files {
         Ok(e.meta.stats.clone())
     }
 
-    /// Keeps this server's copy of `file` as `to` (a conflict copy found
-    /// during recovery): a local rename that leaves no tombstone, so the
-    /// newer copy of `file` can be installed next.
-    ///
-    /// A copy, not a rename: nothing on this server is destroyed until the
-    /// sync that follows has made the serving server hold what it must, so
-    /// a sync cut short leaves `file` as it was. Asking again for a copy
-    /// that exists is answered with it (a sync retried).
-    pub fn keep_conflict(&self, file: &str, to: &str) -> Result<FileStats, WireError> {
-        shared::names::validate_path(to)?;
-        let entry = self.entry(file)?;
-        let e = lock(&entry);
-        refuse_while_written(&e, file, "a conflict copy")?;
-        let kept_version = (file.to_owned(), e.meta.stats.stamp());
-        let mut map = self.lock_map();
-        let stats = match self.find(&mut map, to)? {
-            Some(kept) => {
-                drop(map);
-                lock(&kept).meta.stats.clone()
-            }
-            None => {
-                let content = self.store.read_content(file)?;
-                let mut meta = e.meta.clone();
-                meta.stats.bump(self.epoch());
-                self.store.create(to, &meta)?;
-                self.store.commit(to, &content, &meta)?;
-                map.entries.insert(to.to_owned(), new_entry(meta.clone()));
-                meta.stats
-            }
-        };
-        self.conflicts_kept
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(kept_version);
-        Ok(stats)
-    }
-
     /// Renames a file, keeping its checkpoints and undo level; the old name
     /// leaves a tombstone.
     /// MOVE: the file under its new name (one change: the new name gets
@@ -913,48 +569,6 @@ impl Files {
         e.meta.stats.accessed_by = Some(user.to_owned());
         Ok(handle)
     }
-
-    /// Locks sentence `index` of `file` for a new WRITE session.
-    pub fn begin_write(
-        self: &Arc<Self>,
-        file: &str,
-        index: i64,
-    ) -> Result<WriteSession, WireError> {
-        let entry = self.entry(file)?;
-        let mut e = lock(&entry);
-        if e.doc.is_none() {
-            let text = self.store.read_content(file)?;
-            e.doc = Some(Document::parse(&String::from_utf8_lossy(&text)));
-        }
-        let doc = e.doc.as_mut().expect("just parsed");
-        let sentence = match doc.open(index) {
-            Ok(sentence) => sentence,
-            Err(err) => {
-                if e.locks.is_empty() {
-                    e.doc = None;
-                }
-                return Err(err);
-            }
-        };
-        let words = doc.words(sentence);
-        if e.locks.contains_key(&sentence) {
-            return Err(WireError::new(
-                ErrorCode::Locked,
-                format!("sentence {index} of {file:?} is being written in another session (its lock is released at ETIRW, or when that session ends)"),
-            ));
-        }
-        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        e.locks.insert(sentence, session);
-        drop(e);
-        Ok(WriteSession {
-            files: self.clone(),
-            file: file.to_owned(),
-            entry,
-            sentence,
-            words,
-            open: true,
-        })
-    }
 }
 
 fn too_large(max: u64) -> WireError {
@@ -982,102 +596,6 @@ fn apply_content_stats(stats: &mut FileStats, content: &[u8], epoch: u64) {
     stats.chars = chars;
     stats.bump(epoch);
     stats.modified_ms = now_ms();
-}
-
-/// One open WRITE: a locked sentence and the working copy of its words.
-/// Dropping it without [`WriteSession::commit`] releases the lock and loses the edits.
-pub struct WriteSession {
-    files: Arc<Files>,
-    file: String,
-    entry: EntryRef,
-    sentence: SentenceId,
-    words: Vec<String>,
-    open: bool,
-}
-
-impl WriteSession {
-    pub fn file(&self) -> &str {
-        &self.file
-    }
-
-    pub fn word_count(&self) -> u64 {
-        self.words.len() as u64
-    }
-
-    /// Applies one edit line to the working copy.
-    pub fn edit(&mut self, word_index: i64, content: &str) -> Result<(), WireError> {
-        let max = self.files.max_file_size();
-        let working: u64 = self.words.iter().map(|w| w.len() as u64 + 1).sum();
-        if working + content.len() as u64 > max {
-            return Err(too_large(max));
-        }
-        insert_words(&mut self.words, word_index, content)
-    }
-
-    /// ETIRW: splices the working copy into the file as one change; returns
-    /// the file as it now is (for the replication stream).
-    pub fn commit(mut self) -> Result<Committed, WireError> {
-        let entry = self.entry.clone();
-        let mut e = lock(&entry);
-        if e.deleted {
-            return Err(WireError::not_found(&format!("file {:?}", self.file)));
-        }
-        let Entry {
-            doc, locks, meta, ..
-        } = &mut *e;
-        let doc = doc.as_mut().expect("a locked file keeps its document");
-        let before = doc.clone();
-        doc.replace(self.sentence, &self.words, |s| {
-            s != self.sentence && locks.contains_key(&s)
-        });
-        let content = doc.render();
-        let max = self.files.max_file_size();
-        if content.len() as u64 > max {
-            *doc = before;
-            return Err(too_large(max));
-        }
-        let mut new_meta = meta.clone();
-        apply_content_stats(&mut new_meta.stats, content.as_bytes(), self.files.epoch());
-        if let Err(err) = self
-            .files
-            .store
-            .commit(&self.file, content.as_bytes(), &new_meta)
-        {
-            *doc = before;
-            return Err(err.into());
-        }
-        *meta = new_meta;
-        let committed = Committed {
-            meta: meta.clone(),
-            content: content.into_bytes(),
-        };
-        self.release(&mut e);
-        Ok(committed)
-    }
-
-    fn release(&mut self, e: &mut Entry) {
-        if !self.open {
-            return;
-        }
-        self.open = false;
-        e.locks.remove(&self.sentence);
-        if let Some(doc) = e.doc.as_mut() {
-            doc.discard_if_empty(self.sentence);
-        }
-        if e.locks.is_empty() {
-            e.doc = None;
-        }
-    }
-}
-
-impl Drop for WriteSession {
-    fn drop(&mut self) {
-        if self.open {
-            let entry = self.entry.clone();
-            let mut e = lock(&entry);
-            self.release(&mut e);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,223 @@
+//! Installing copies from the partner (a sync's batches, a streamed
+//! change, a conflict copy kept): never over a newer version, a newer
+//! delete, or a local version the copy does not descend from.
+
+use super::*;
+
+impl Files {
+    pub fn temp_file(&self) -> Result<TempFile, WireError> {
+        Ok(self.store.temp_file()?)
+    }
+
+    /// Installs files copied from the primary, as one batch: every temp file
+    /// (checkpoints, content, metadata) is made durable in one step, then each
+    /// file's new checkpoints, content and metadata (which names them) are
+    /// renamed into place, then the directories are fsynced once each. A crash
+    /// at any point leaves each file whole at its old or its new version.
+    /// Returns one result per file, in order.
+    pub fn install_batch(&self, copies: Vec<Copied>) -> Vec<Result<(), WireError>> {
+        // A job's file or two, small and without new checkpoints: one
+        // write-ahead log record each is cheaper than fsyncing their files.
+        let logged = self.store.logs_changes()
+            && copies.len() < LOGGED_INSTALLS
+            && copies.iter().all(|c| {
+                c.checkpoints.is_empty() && c.content.len() <= crate::wal::MAX_LOGGED_BYTES as u64
+            });
+        if logged {
+            return copies
+                .into_iter()
+                .map(|copy| self.place_copy(copy, None, &mut BTreeSet::new()))
+                .collect();
+        }
+        let mut staged: Vec<Result<(Copied, TempFile), WireError>> = copies
+            .into_iter()
+            .map(|copy| {
+                let meta = self.store.meta_temp(&copy.file, &copy.meta)?;
+                Ok((copy, meta))
+            })
+            .collect();
+        let temps = staged.iter().flatten().flat_map(|(copy, meta)| {
+            std::iter::once(meta)
+                .chain(std::iter::once(&copy.content))
+                .chain(copy.checkpoints.iter().map(|(_, temp)| temp))
+        });
+        if let Err(e) = self.store.sync_temps(temps) {
+            let e = WireError::from(e);
+            return staged.iter().map(|_| Err(e.clone())).collect();
+        }
+        let mut dirs = BTreeSet::new();
+        let mut results: Vec<Result<(), WireError>> = staged
+            .drain(..)
+            .map(|staged| {
+                let (copy, meta) = staged?;
+                self.place_copy(copy, Some(meta), &mut dirs)
+            })
+            .collect();
+        if let Err(e) = self.store.sync_dirs(&dirs) {
+            let e = WireError::from(e);
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(e.clone());
+            }
+        }
+        results
+    }
+
+    /// Puts one copy in place, unless the local file is as new or holds
+    /// changes the copy lacks: with `meta_temp` (made durable by the batch),
+    /// renamed into place for the batch's directory fsyncs; without, through
+    /// the write-ahead log.
+    pub(super) fn place_copy(
+        &self,
+        copy: Copied,
+        meta_temp: Option<TempFile>,
+        dirs: &mut BTreeSet<PathBuf>,
+    ) -> Result<(), WireError> {
+        let Copied {
+            file,
+            meta,
+            content,
+            checkpoints,
+        } = copy;
+        self.place_if_newer(&file, meta, |store, local, meta| {
+            for (tag, temp) in checkpoints {
+                store.place(temp, &file, Placed::Checkpoint(&tag), dirs)?;
+            }
+            for stale in local.checkpoints.keys() {
+                if !meta.checkpoints.contains_key(stale) {
+                    store.remove_checkpoint(&file, stale)?;
+                }
+            }
+            match meta_temp {
+                Some(meta_temp) => {
+                    store.place(content, &file, Placed::Content, dirs)?;
+                    store.place(meta_temp, &file, Placed::Meta, dirs)
+                }
+                None => store.install_logged(&file, content, meta),
+            }
+        })
+    }
+
+    /// Installs a change that came on the replication stream (a file
+    /// without checkpoints, whole), under the same rules as a copy; returns
+    /// once it is durable here.
+    pub fn install_streamed(
+        &self,
+        file: &str,
+        meta: FileMeta,
+        content: &[u8],
+    ) -> Result<(), WireError> {
+        if !meta.checkpoints.is_empty() {
+            return Err(WireError::bad_request(
+                "a file with checkpoints is copied by nm, not streamed",
+            ));
+        }
+        self.place_if_newer(file, meta, |store, _, meta| {
+            store.install_streamed(file, content, meta)
+        })
+    }
+
+    /// Calls `install` with the local and the incoming metadata, unless the
+    /// local file is as new as `meta` or holds changes it lacks; then
+    /// records `meta` as the file's.
+    pub(super) fn place_if_newer(
+        &self,
+        file: &str,
+        meta: FileMeta,
+        install: impl FnOnce(&Store, &FileMeta, &FileMeta) -> Result<(), StoreError>,
+    ) -> Result<(), WireError> {
+        shared::names::validate_path(file)?;
+        let entry = {
+            let mut map = self.lock_map();
+            match self.find(&mut map, file)? {
+                Some(entry) => entry,
+                None => {
+                    let entry = new_entry(meta.clone());
+                    map.entries.insert(file.to_owned(), entry.clone());
+                    entry
+                }
+            }
+        };
+        let mut e = lock(&entry);
+        refuse_while_written(&e, file, "a replica update")?;
+        // Never go backwards: a slower transfer of an older version, or one
+        // overtaken by a delete, changes nothing.
+        let incoming = meta.stats.stamp();
+        let deleted_at = self.store.tombstone(file)?.map_or((0, 0), |t| t.stamp());
+        let existed = self.store.content_path(file)?.exists();
+        // A local version from an older epoch that the incoming one does not
+        // descend from holds acknowledged changes the other side never saw:
+        // it is not overwritten here; the pair's sync keeps it as a conflict copy.
+        let local = &e.meta.stats;
+        let kept = || {
+            self.conflicts_kept
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(file.to_owned(), local.stamp()))
+        };
+        if existed && local.epoch < meta.stats.epoch && local.version > meta.stats.base && !kept() {
+            return Err(WireError::new(
+                ErrorCode::Exists,
+                format!(
+                    "{file:?} holds changes (epoch {}, version {}) the incoming copy lacks; left for the sync to keep",
+                    local.epoch, local.version
+                ),
+            ));
+        }
+        if (existed && e.meta.stats.stamp() >= incoming) || deleted_at >= incoming {
+            if !existed {
+                drop(e);
+                self.lock_map().remove(file);
+            }
+            return Ok(());
+        }
+        if let Err(error) = install(&self.store, &e.meta, &meta) {
+            if !existed {
+                self.forget_unwritten(file, &entry, e);
+            }
+            return Err(error.into());
+        }
+        if deleted_at > (0, 0) {
+            self.store.remove_tombstone(file)?;
+        }
+        e.meta = meta;
+        e.deleted = false;
+        Ok(())
+    }
+
+    /// Keeps this server's copy of `file` as `to` (a conflict copy found
+    /// during recovery): a local rename that leaves no tombstone, so the
+    /// newer copy of `file` can be installed next.
+    ///
+    /// A copy, not a rename: nothing on this server is destroyed until the
+    /// sync that follows has made the serving server hold what it must, so
+    /// a sync cut short leaves `file` as it was. Asking again for a copy
+    /// that exists is answered with it (a sync retried).
+    pub fn keep_conflict(&self, file: &str, to: &str) -> Result<FileStats, WireError> {
+        shared::names::validate_path(to)?;
+        let entry = self.entry(file)?;
+        let e = lock(&entry);
+        refuse_while_written(&e, file, "a conflict copy")?;
+        let kept_version = (file.to_owned(), e.meta.stats.stamp());
+        let mut map = self.lock_map();
+        let stats = match self.find(&mut map, to)? {
+            Some(kept) => {
+                drop(map);
+                lock(&kept).meta.stats.clone()
+            }
+            None => {
+                let content = self.store.read_content(file)?;
+                let mut meta = e.meta.clone();
+                meta.stats.bump(self.epoch());
+                self.store.create(to, &meta)?;
+                self.store.commit(to, &content, &meta)?;
+                map.entries.insert(to.to_owned(), new_entry(meta.clone()));
+                meta.stats
+            }
+        };
+        self.conflicts_kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(kept_version);
+        Ok(stats)
+    }
+}
