@@ -37,12 +37,13 @@ impl Nm {
         // The server is looked up before (a DELETE removes the file) and
         // after (a CREATE places it).
         let file = file_of(&request).map(str::to_owned);
-        let placed = |file: &str| self.state().ns.file(file).map(|r| r.server.clone());
-        let before = file.as_deref().and_then(placed);
+        let placed = |state: &State, file: &str| state.ns.file(file).map(|r| r.server.clone());
+        let before = file.as_deref().and_then(|f| placed(&self.state(), f));
         let result = self.handle_client_request(user, request).await;
-        if result.is_ok() {
-            if let Some(server) = before.or_else(|| file.as_deref().and_then(placed)) {
-                self.state().registry.count_operation(&server);
+        if let (Ok(_), Some(file)) = (&result, file) {
+            let mut state = self.state();
+            if let Some(server) = before.or_else(|| placed(&state, &file)) {
+                state.registry.count_operation(&server);
             }
         }
         result
@@ -366,21 +367,15 @@ impl Nm {
 
     async fn delete(&self, user: &str, file: &str) -> Result<NmReply, WireError> {
         let client = self.server_for(user, file, Need::Owner)?;
-        let mut deleted_version = None;
-        // The stamp of a DELETE the server sent on its replication stream.
-        let mut streamed = None;
+        // The delete's stamp, and whether it went on the replication stream.
+        let mut deleted = None;
         match client
             .call(SsRequest::DeleteFile {
                 file: file.to_owned(),
             })
             .await
         {
-            Ok(reply) => {
-                if let Ok((stats, on_stream)) = applied_and_streamed(reply) {
-                    deleted_version = Some(stats.version);
-                    streamed = on_stream.then(|| stats.stamp());
-                }
-            }
+            Ok(reply) => deleted = applied_and_streamed(reply).ok(),
             Err(e) if e.code == ErrorCode::NotFound => {
                 tracing::warn!(
                     event = "nm_delete_missing",
@@ -407,14 +402,12 @@ impl Nm {
             record.map(|r| r.server)
         };
         if let Some(server) = server {
-            match deleted_version {
+            match deleted {
                 // On the stream: recorded for the catch-up, no job (and in
                 // sync mode the standby had it before the server answered).
-                Some(_) if streamed.is_some() => {
-                    self.replicate_streamed(&server, file, streamed.unwrap_or_default())
-                }
-                Some(version) => {
-                    self.replicate_and_wait(&server, file, JobKind::Delete, version)
+                Some((stats, true)) => self.replicate_streamed(&server, file, stats.stamp()),
+                Some((stats, false)) => {
+                    self.replicate_and_wait(&server, file, JobKind::Delete, stats.version)
                         .await?
                 }
                 None => self.replicate(&server, file, JobKind::Delete, None),
@@ -708,8 +701,6 @@ impl Nm {
     }
 }
 
-/// The conflict copies of `file` (named `file.conflict-<server>-e<epoch>`
-/// for a server of its pair and an epoch it has had): a few lookups.
 /// The file a client request is about, for the pair's operation counter.
 fn file_of(request: &NmRequest) -> Option<&str> {
     match request {
@@ -730,6 +721,8 @@ fn file_of(request: &NmRequest) -> Option<&str> {
     }
 }
 
+/// The conflict copies of `file` (named `file.conflict-<server>-e<epoch>`
+/// for a server of its pair and an epoch it has had): a few lookups.
 fn conflict_copies(state: &State, file: &str, pair: &str) -> Vec<String> {
     let Some(p) = state.registry.pair(pair) else {
         return Vec::new();

@@ -398,12 +398,8 @@ impl Nm {
                         .file(&file)
                         .map(|r| r.server.clone())
                         .or_else(|| state.registry.pair_of(server).map(|p| p.primary.clone()));
-                    let from_active = pair
-                        .as_deref()
-                        .and_then(|p| state.registry.pair(p))
-                        .is_some_and(|p| p.active() == server);
                     match pair {
-                        Some(pair) if from_active => {
+                        Some(pair) if serves(&state, &pair, server) => {
                             changed = Some(Changed {
                                 pair,
                                 file,
@@ -427,10 +423,7 @@ impl Nm {
                     deleted: false,
                 } => {
                     let pair = state.ns.file(&file).map(|r| r.server.clone());
-                    let from_active = pair
-                        .as_deref()
-                        .and_then(|p| state.registry.pair(p))
-                        .is_some_and(|p| p.active() == server);
+                    let from_active = pair.as_deref().is_some_and(|p| serves(&state, p, server));
                     let being_created_by = state
                         .registry
                         .pair_of(server)
@@ -735,4 +728,12 @@ fn stall_threshold(timeout: std::time::Duration, tick: std::time::Duration) -> s
 /// How long after nm starts a serving server may take to register again.
 pub fn startup_grace(heartbeat_timeout: std::time::Duration) -> std::time::Duration {
     heartbeat_timeout + shared::limits::NM_RECONNECT_BACKOFF_MAX
+}
+
+/// Whether `server` is the one serving `pair` (a change notice counts only from it).
+fn serves(state: &crate::server::State, pair: &str, server: &str) -> bool {
+    state
+        .registry
+        .pair(pair)
+        .is_some_and(|p| p.active() == server)
 }

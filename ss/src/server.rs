@@ -159,13 +159,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     }
     server.link.handed_back_sent(BACKGROUND_STOP).await;
     link_stop.cancel();
-    for task in [link_task] {
-        if tokio::time::timeout(BACKGROUND_STOP, task).await.is_err() {
-            tracing::warn!(
-                event = "ss_background_task_slow",
-                "a background task did not stop in time"
-            );
-        }
+    if tokio::time::timeout(BACKGROUND_STOP, link_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            event = "ss_background_task_slow",
+            "the link to nm did not stop in time"
+        );
     }
     server.files.stop_making_inodes();
     let _ = tokio::task::spawn_blocking(move || inode_thread.join()).await;
@@ -544,9 +545,9 @@ impl Server {
                             meta,
                             content: Vec::new(),
                         };
-                        let stats = committed.meta.stats.clone();
+                        let offered = self.offer(&file, &committed);
                         Ok(self
-                            .applied_on_stream(&file, stats, Some(&committed), change.take())
+                            .applied_on_stream(committed.meta.stats, offered, change.take())
                             .await)
                     }
                     Err(e) => Err(e),
@@ -556,9 +557,7 @@ impl Server {
                 match tokio::task::block_in_place(|| self.files.delete(&file)) {
                     Ok(stats) => {
                         let offered = self.streamer.offer_delete(&file, &stats);
-                        drop(change.take());
-                        let streamed = self.delivered(offered).await;
-                        Ok(SsReply::Applied { stats, streamed })
+                        Ok(self.applied_on_stream(stats, offered, change.take()).await)
                     }
                     Err(e) => Err(e),
                 }
@@ -566,9 +565,9 @@ impl Server {
             SsRequest::UndoFile { file } if from_nm => {
                 match tokio::task::block_in_place(|| self.files.undo(&file)) {
                     Ok(committed) => {
-                        let stats = committed.meta.stats.clone();
+                        let offered = self.offer(&file, &committed);
                         Ok(self
-                            .applied_on_stream(&file, stats, Some(&committed), change.take())
+                            .applied_on_stream(committed.meta.stats, offered, change.take())
                             .await)
                     }
                     Err(e) => Err(e),
@@ -576,9 +575,13 @@ impl Server {
             }
             SsRequest::SetAcl { file, acl } if from_nm => {
                 match tokio::task::block_in_place(|| self.files.set_acl(&file, acl)) {
-                    Ok((stats, committed)) => Ok(self
-                        .applied_on_stream(&file, stats, committed.as_ref(), change.take())
-                        .await),
+                    Ok((stats, committed)) => {
+                        let offered = match &committed {
+                            Some(committed) => self.offer(&file, committed),
+                            None => crate::stream::Offered::NotSent,
+                        };
+                        Ok(self.applied_on_stream(stats, offered, change.take()).await)
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -597,10 +600,10 @@ impl Server {
                             streamed: deleted && put,
                         })
                     }
-                    Ok((stats, None)) => Ok(SsReply::Applied {
-                        stats,
-                        streamed: false,
-                    }),
+                    Ok((stats, None)) => {
+                        let not_sent = crate::stream::Offered::NotSent;
+                        Ok(self.applied_on_stream(stats, not_sent, change.take()).await)
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -663,20 +666,16 @@ impl Server {
             .offer(file, &committed.meta, &committed.content)
     }
 
-    /// The answer to a change nm asked for: offered to the stream (when
-    /// `committed` may go there), the role let change again, and whether
-    /// the standby got it on the stream ([`Server::delivered`]).
+    /// The answer to a change nm asked for, once it was `offered` to the
+    /// stream under the role guard `change`: the role may change again, and
+    /// the answer says whether the standby got it on the stream
+    /// ([`Server::delivered`]).
     async fn applied_on_stream(
         &self,
-        file: &str,
         stats: shared::proto::FileStats,
-        committed: Option<&crate::files::Committed>,
+        offered: crate::stream::Offered,
         change: Option<tokio::sync::RwLockReadGuard<'_, ()>>,
     ) -> SsReply {
-        let offered = match committed {
-            Some(committed) => self.offer(file, committed),
-            None => crate::stream::Offered::NotSent,
-        };
         drop(change);
         let streamed = self.delivered(offered).await;
         SsReply::Applied { stats, streamed }

@@ -132,23 +132,30 @@ impl Streamer {
         if content.len() > MAX_STREAMED_BYTES {
             return Offered::NotSent;
         }
-        let change = Change::Put {
+        // Copied only once the stream has room for it.
+        let change = || Change::Put {
             meta: meta.clone(),
             content: content.to_vec(),
         };
-        self.send(file, &meta.stats, change, content.len())
+        self.send(file, &meta.stats, content.len(), change)
     }
 
     /// Sends a committed DELETE (its tombstone's stamp is `stats`).
     pub fn offer_delete(&self, file: &str, stats: &FileStats) -> Offered {
-        let change = Change::Delete {
+        let change = || Change::Delete {
             epoch: stats.epoch,
             version: stats.version,
         };
-        self.send(file, stats, change, 0)
+        self.send(file, stats, 0, change)
     }
 
-    fn send(&self, file: &str, stats: &FileStats, change: Change, bytes: usize) -> Offered {
+    fn send(
+        &self,
+        file: &str,
+        stats: &FileStats,
+        bytes: usize,
+        change: impl FnOnce() -> Change,
+    ) -> Offered {
         let mut state = self.lock();
         let State {
             open,
@@ -167,6 +174,7 @@ impl Streamer {
         }
         *next_seq += 1;
         let seq = *next_seq;
+        let change = change();
         let deleted = matches!(change, Change::Delete { .. });
         let outgoing = Outgoing {
             seq,

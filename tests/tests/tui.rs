@@ -223,7 +223,8 @@ async fn an_operator_at_80x24_meets_none_of_the_reported_defects() {
         if let Some(age) = row.as_deref().and_then(heartbeat_age) {
             ages.push(age);
         }
-        std::thread::sleep(std::time::Duration::from_millis(130));
+        // Samples spread over several snapshots (every 500 ms), not a wait for anything.
+        tokio::time::sleep(std::time::Duration::from_millis(130)).await;
     }
     ages.sort_unstable();
     assert!(ages.len() >= 10, "{ages:?}");

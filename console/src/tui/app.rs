@@ -162,8 +162,7 @@ pub struct App {
     pub paused: bool,
     /// Events that arrived while paused.
     pub unseen: usize,
-    /// The event filter as applied, and as edited in `/` mode.
-    pub filter: String,
+    /// The event filter, edited in `/` mode (see [`App::filter`]).
     pub filter_input: Input,
     pub mode: Mode,
     /// K, R or quitting the demo, waiting for `y`.
@@ -208,7 +207,6 @@ impl App {
             events_scroll: 0,
             paused: false,
             unseen: 0,
-            filter: String::new(),
             filter_input: Input::default(),
             mode: Mode::Normal,
             confirm: None,
@@ -483,9 +481,14 @@ impl App {
         self.output_scroll = (self.output_scroll as i32 + by).clamp(0, max) as u16;
     }
 
+    /// The event filter as typed.
+    pub fn filter(&self) -> &str {
+        self.filter_input.value()
+    }
+
     /// The entries the filter lets through, oldest first.
     pub fn visible_events(&self) -> Vec<&LogEntry> {
-        let filter = self.filter.to_lowercase();
+        let filter = self.filter().to_lowercase();
         self.events
             .iter()
             .filter(|e| {
@@ -517,12 +520,10 @@ impl App {
                     KeyCode::Enter => self.mode = Mode::Normal,
                     KeyCode::Esc => {
                         self.filter_input.reset();
-                        self.filter.clear();
                         self.mode = Mode::Normal;
                     }
                     _ => {
                         self.filter_input.handle_event(&TermEvent::Key(key));
-                        self.filter = self.filter_input.value().to_owned();
                     }
                 }
                 Vec::new()
@@ -556,12 +557,10 @@ impl App {
             KeyCode::Char('/') => {
                 self.mode = Mode::Filter;
                 self.filter_input.reset();
-                self.filter.clear();
             }
             KeyCode::Esc => {
                 // The most recent thing first: a filter, a WATCH, a command.
-                if !self.filter.is_empty() {
-                    self.filter.clear();
+                if !self.filter().is_empty() {
                     self.filter_input.reset();
                     self.say("filter cleared");
                 } else if let Some(w) = self.watching.take() {
@@ -729,7 +728,7 @@ impl App {
                 self.paused = false;
                 self.events_scroll = 0;
                 self.unseen = 0;
-                self.filter.clear();
+                self.filter_input.reset();
                 let how_long = match millis {
                     Some(ms) => format!("for {:.0} s", ms as f64 / 1000.0),
                     None => "until Esc".to_owned(),
@@ -1207,11 +1206,11 @@ pub(crate) mod tests {
         assert_eq!(app.visible_events().len(), 1);
         assert_eq!(app.mode, Mode::Normal);
         app.update(key(KeyCode::Esc));
-        assert!(app.filter.is_empty(), "Esc clears the filter");
+        assert!(app.filter().is_empty(), "Esc clears the filter");
         assert_eq!(app.visible_events().len(), 6);
         typed(&mut app, "/zz");
         app.update(key(KeyCode::Esc));
-        assert!(app.filter.is_empty() && app.mode == Mode::Normal);
+        assert!(app.filter().is_empty() && app.mode == Mode::Normal);
     }
 
     #[test]
@@ -1444,11 +1443,11 @@ pub(crate) mod tests {
         typed(&mut app, "job");
         app.update(key(KeyCode::Home));
         typed(&mut app, "x");
-        assert_eq!(app.filter, "xjob", "Ctrl-U and Home edit the filter");
+        assert_eq!(app.filter(), "xjob", "Ctrl-U and Home edit the filter");
         app.update(key(KeyCode::Enter));
         // With a filter set, Esc clears it before anything else.
         assert!(app.update(key(KeyCode::Esc)).is_empty());
-        assert!(app.filter.is_empty());
+        assert!(app.filter().is_empty());
         // A blank edit line is not sent.
         typed(&mut app, ":WRITE a.txt 0\n");
         assert!(typed(&mut app, "  \n").is_empty());

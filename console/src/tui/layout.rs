@@ -154,18 +154,7 @@ fn full(
     output_h: u16,
     prompt_h: u16,
 ) -> Areas {
-    let rows = Layout::default()
-        .direction(Direction::Vertical)
-        .constraints([
-            Constraint::Length(1),
-            Constraint::Length(tables[0]),
-            Constraint::Length(if group { tables[1] } else { 0 }),
-            Constraint::Length(tables[2]),
-            Constraint::Fill(1),
-            Constraint::Length(output_h),
-            Constraint::Length(prompt_h),
-        ])
-        .split(area);
+    let rows = stack(area, tables, group, &[output_h, prompt_h]);
     let middle = Layout::default()
         .direction(Direction::Horizontal)
         .constraints([Constraint::Percentage(58), Constraint::Percentage(42)])
@@ -179,11 +168,9 @@ fn full(
         let column = middle[1];
         let list_h = (shape.daemons as u16 + 2).min(column.height);
         let rest = column.height - list_h;
-        let charts_h = chart_rows.min(rest).max(rest.min(4));
-        let log_h = if rest - charts_h >= 3 {
-            rest - charts_h
-        } else {
-            0
+        let log_h = match rest - chart_rows.max(4).min(rest) {
+            left @ 3.. => left,
+            _ => 0,
         };
         let charts_h = rest - log_h;
         let at = |y: u16, height: u16| Rect {
@@ -214,18 +201,23 @@ fn full(
     }
 }
 
-fn compact(shape: &Shape, area: Rect, tables: [u16; 3], group: bool, prompt_h: u16) -> Areas {
-    let rows = Layout::default()
+/// The rows every layout shares: the title, the servers, the nm group (0
+/// rows without one), the pairs, the rest (`Fill`), then `bottom`.
+fn stack(area: Rect, tables: [u16; 3], group: bool, bottom: &[u16]) -> std::rc::Rc<[Rect]> {
+    let group_h = if group { tables[1] } else { 0 };
+    let top = [1, tables[0], group_h, tables[2]].map(Constraint::Length);
+    let constraints = top
+        .into_iter()
+        .chain([Constraint::Fill(1)])
+        .chain(bottom.iter().map(|h| Constraint::Length(*h)));
+    Layout::default()
         .direction(Direction::Vertical)
-        .constraints([
-            Constraint::Length(1),
-            Constraint::Length(tables[0]),
-            Constraint::Length(if group { tables[1] } else { 0 }),
-            Constraint::Length(tables[2]),
-            Constraint::Fill(1),
-            Constraint::Length(prompt_h),
-        ])
-        .split(area);
+        .constraints(constraints)
+        .split(area)
+}
+
+fn compact(shape: &Shape, area: Rect, tables: [u16; 3], group: bool, prompt_h: u16) -> Areas {
+    let rows = stack(area, tables, group, &[prompt_h]);
     let mut areas = Areas {
         title: rows[0],
         servers: Some(rows[1]),

@@ -250,18 +250,16 @@ fn spawn_commands(
             }
             let Some(c) = client.as_mut() else {
                 let text = format!("ERROR E_UNAVAILABLE: cannot reach nm at {nm}");
-                if let Job::Write { header, .. } = &job {
-                    let _ = actions.send(Action::WriteOpened(Err(text)));
-                    let _ = actions.send(Action::Output {
-                        title: header.clone(),
-                        text: "the WRITE was not opened".into(),
-                        ok: false,
-                    });
-                    continue;
-                }
-                let Job::Run(line) = job else { continue };
+                // A WRITE's block closes with the error; either way it is the output.
+                let title = match job {
+                    Job::Write { header, .. } => {
+                        let _ = actions.send(Action::WriteOpened(Err(text.clone())));
+                        header
+                    }
+                    Job::Run(line) => line,
+                };
                 let _ = actions.send(Action::Output {
-                    title: line,
+                    title,
                     text,
                     ok: false,
                 });

@@ -351,8 +351,8 @@ fn events_title(app: &App) -> String {
         (None, true) => "Events (paused: End follows)".to_owned(),
         (None, false) => "Events (following)".to_owned(),
     };
-    if !app.filter.is_empty() || app.mode == Mode::Filter {
-        title.push_str(&format!(" /{}", app.filter));
+    if !app.filter().is_empty() || app.mode == Mode::Filter {
+        title.push_str(&format!(" /{}", app.filter()));
     }
     title
 }
@@ -392,10 +392,13 @@ fn draw_events(frame: &mut Frame, app: &App, areas: &Areas, area: Rect) {
     frame.render_widget(block, area);
     let visible = app.visible_events();
     if visible.is_empty() {
-        let text = if app.filter.is_empty() {
+        let text = if app.filter().is_empty() {
             "No events yet: replication jobs, pair and server changes appear here.".to_owned()
         } else {
-            format!("No event matches /{} (Esc clears the filter).", app.filter)
+            format!(
+                "No event matches /{} (Esc clears the filter).",
+                app.filter()
+            )
         };
         frame.render_widget(
             Paragraph::new(text)
