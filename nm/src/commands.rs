@@ -268,7 +268,7 @@ impl Nm {
             record.server.clone()
         };
         if streamed {
-            self.replicate_streamed(&server, file, stamp);
+            // The standby has it (or the server hands it back to nm).
             return Ok(());
         }
         self.replicate_and_wait(&server, file, kind, stamp.1).await
@@ -357,7 +357,6 @@ impl Nm {
         };
         tracing::info!(event = "nm_file_created", file, owner = user, server = %server, streamed);
         if streamed {
-            self.replicate_streamed(&server, file, stamp);
             return Ok(NmReply::Done);
         }
         self.replicate_and_wait(&server, file, JobKind::Create, stamp.1)
@@ -403,9 +402,9 @@ impl Nm {
         };
         if let Some(server) = server {
             match deleted {
-                // On the stream: recorded for the catch-up, no job (and in
-                // sync mode the standby had it before the server answered).
-                Some((stats, true)) => self.replicate_streamed(&server, file, stats.stamp()),
+                // On the stream: no job (and in sync mode the standby had
+                // it before the server answered).
+                Some((_, true)) => {}
                 Some((stats, false)) => {
                     self.replicate_and_wait(&server, file, JobKind::Delete, stats.version)
                         .await?
@@ -689,9 +688,7 @@ impl Nm {
         // On the backup the old name goes (the primary left a tombstone) and
         // the new one comes: both on the stream, or both by jobs.
         if let Some(server) = server {
-            if streamed {
-                self.replicate_streamed(&server, file, stats.stamp());
-            } else {
+            if !streamed {
                 self.replicate(&server, file, JobKind::Delete, Some(stats.version));
             }
         }

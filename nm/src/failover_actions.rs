@@ -137,8 +137,6 @@ impl Nm {
                 let Some((name, client)) = self.side_client(pair, to) else {
                     return Some(target_gone(epoch));
                 };
-                // The failed server may have acknowledged changes nm never heard of.
-                self.catch_up.forget(pair, "promotion");
                 if unclean {
                     tracing::warn!(event = "nm_unclean_promotion", pair, server = %name, epoch, "promoting a server that is not in sync (--unclean-promotion): what it lacks comes back as conflict copies");
                 }

@@ -16,8 +16,8 @@
 //!   in-sync rule that decides when that may change.
 //! - [`failover_actions`]: carrying the machine's decisions out (journal,
 //!   roles, catch-ups, hand-backs).
-//! - [`catch_up`]: which files each standby may lack, so a returning one
-//!   is compared on those alone.
+//! - [`catch_up`]: what a catch-up compares: the files the serving server
+//!   recorded as not confirmed by its standby, or everything.
 //! - [`events`]: job, pair and server events for the log and WATCH.
 //! - [`server`]: the listener and connection loops.
 //! - [`commands`]: the client commands.

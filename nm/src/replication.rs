@@ -16,11 +16,12 @@
 //!
 //! Every step is an event (see [`crate::events`]).
 
-use crate::catch_up::{Mark, Side};
 use crate::failover::Input;
 use crate::server::Nm;
 use crate::ss_client::SsClient;
-use shared::proto::{EventKind, JobKind, JobStep, Op, PullItem, SsReply, SsRequest, Tombstone};
+use shared::proto::{
+    EventKind, JobKind, JobStep, Op, PullItem, SsReply, SsRequest, Tombstone, UnconfirmedLevel,
+};
 use shared::{now_ms, ErrorCode, WireError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,26 +51,21 @@ struct Sides {
 }
 
 impl Sides {
-    /// (active, standby) as the catch-up record names them.
-    fn catch_up_sides(&self) -> (Side, Side) {
-        (
-            Side {
-                server: self.source.clone(),
-                store_id: self.source_store,
-            },
-            Side {
-                server: self.target.clone(),
-                store_id: self.target_store,
-            },
-        )
+    /// Whether the source's record of what its standby lacks is about this
+    /// target, on this storage folder, in this epoch.
+    fn levelled_as(&self, level: &UnconfirmedLevel) -> bool {
+        level.standby == self.target
+            && level.store_id == self.target_store
+            && self.target_store != 0
+            && level.epoch == self.epoch
     }
 }
 
 /// What a sync compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Compare {
-    /// Only the files changed since the pair was last level, when that is
-    /// known (see [`crate::catch_up`]); otherwise everything.
+    /// Only the files the standby may lack, when the serving server knows
+    /// them (see [`crate::catch_up`]); otherwise everything.
     ChangedIfKnown,
     /// Both whole inventories.
     Everything,
@@ -80,8 +76,6 @@ enum Compare {
 struct SyncOutcome {
     /// `Some(n)`: only the `n` files changed since the pair was last level were compared.
     compared_changed: Option<usize>,
-    /// Where the catch-up record stood when the sync began (it levelled the pair from there).
-    mark: Option<Mark>,
     pulled: usize,
     bytes: u64,
     current: usize,
@@ -156,18 +150,8 @@ impl Nm {
         }
     }
 
-    /// A change the serving server sent on its replication stream: it is
-    /// recorded for the standby's catch-up, and no job is queued (if the
-    /// stream cannot deliver it, the server sends the notice again without
-    /// the flag).
-    pub fn replicate_streamed(&self, pair: &str, file: &str, stamp: (u64, u64)) {
-        if !matches!(self.live_standby(pair), Err(None)) {
-            self.catch_up.record_streamed(pair, file, stamp);
-        }
-    }
-
     /// Changes the standby of `server`'s pair acknowledged on the stream:
-    /// settled in the catch-up record, measured, and reported as one event.
+    /// measured, and reported as one event.
     pub fn streamed(&self, server: &str, changes: Vec<shared::proto::StreamedChange>) {
         let (pair, replica) = {
             let state = self.state();
@@ -185,8 +169,6 @@ impl Nm {
         let mut max_micros = 0;
         let mut files = Vec::with_capacity(changes.len());
         for change in changes {
-            self.catch_up
-                .settle_streamed(&pair, &change.file, (change.epoch, change.version));
             self.metrics.streamed(change.micros as f64 / 1e6);
             max_micros = max_micros.max(change.micros);
             files.push(change.file);
@@ -201,14 +183,7 @@ impl Nm {
 
     /// Queues replication of a change to `file` on `pair`.
     pub fn replicate(&self, pair: &str, file: &str, kind: JobKind, version: Option<u64>) {
-        let standby = self.live_standby(pair);
-        if !matches!(standby, Err(None)) {
-            // Recorded even when the standby is down: that is what its
-            // catch-up reads. (A pair without a standby has nothing to catch
-            // up: the first sync with a new one compares everything.)
-            self.catch_up.record(pair, file);
-        }
-        let standby = match standby {
+        let standby = match self.live_standby(pair) {
             Ok(standby) => standby,
             Err(None) => {
                 // Unpaired: the sync when a backup arrives covers it; nothing to wait for.
@@ -252,7 +227,6 @@ impl Nm {
             Offer::Queued(job) => self.job_event(&job, JobStep::Queued, &standby, None),
             Offer::Coalesced(job) => self.job_event(&job, JobStep::Coalesced, &standby, None),
             Offer::Overflow { sync } => {
-                self.catch_up.forget(pair, "replication queue full");
                 // The standby will lack this change until a sync: not in sync.
                 self.feed_and_act(pair, Input::Diverged, "replication queue full");
                 if let Some(sync) = sync {
@@ -369,19 +343,12 @@ impl Nm {
             };
             self.job_event(&job, JobStep::Started, &sides.target, None);
             let started = Instant::now();
-            let ticket = job
-                .key
-                .file()
-                .and_then(|file| self.catch_up.ticket(&sides.pair, file));
             match self.run_job(&job, &sides).await {
                 Ok((detail, version)) => {
                     self.job_event(&job, JobStep::Applied, &sides.target, detail);
                     self.queue.finish(&job);
                     match &job.key {
                         JobKey::File { file, .. } => {
-                            if let Some(ticket) = ticket {
-                                self.catch_up.settle(&sides.pair, file, ticket);
-                            }
                             let how = Confirmed::ByStandby;
                             self.waiters.release_file(&sides.pair, file, version, how)
                         }
@@ -428,13 +395,10 @@ impl Nm {
             }
         } else {
             self.queue.finish(&job);
-            self.catch_up
-                .forget(&pair, "a replication job failed for good");
             self.feed_and_act(&pair, Input::Diverged, "a replication job failed for good");
         }
     }
 
-    /// Runs one job; the detail goes into its `applied` event.
     /// Runs one job; returns the detail for its `applied` event and, for a
     /// file, the version the replica holds now (`None`: it is gone).
     async fn run_job(
@@ -585,11 +549,15 @@ impl Nm {
     /// record knows which files changed since the two were last level, only
     /// those are compared (see [`crate::catch_up`]).
     async fn sync_once(&self, sides: &Sides, compare: Compare) -> Result<SyncOutcome, WireError> {
-        let mark = self.catch_up.mark(&sides.pair);
-        let (active, standby) = sides.catch_up_sides();
+        let due = self.catch_up.due(&sides.pair);
+        // Asked before anything is listed: the source's mark must come
+        // before its listing (see `ss::unconfirmed`).
+        let (source_mark, source_level, source_files) = sides.source_client.unconfirmed().await?;
         let only = match compare {
-            Compare::ChangedIfKnown => self.catch_up.missing(&sides.pair, &active, &standby),
-            Compare::Everything => None,
+            Compare::ChangedIfKnown if due.is_none() => source_level
+                .is_some_and(|level| sides.levelled_as(&level))
+                .then_some(source_files),
+            Compare::ChangedIfKnown | Compare::Everything => None,
         };
         // Both sides at once: each lists and sends while nm decodes the other.
         let (source, target) = match &only {
@@ -613,7 +581,6 @@ impl Nm {
             source_dead.iter().map(|t| (t.file.as_str(), t)).collect();
         let mut outcome = SyncOutcome {
             compared_changed: only.as_ref().map(Vec::len),
-            mark: Some(mark),
             ..SyncOutcome::default()
         };
         let mut to_pull = Vec::new();
@@ -708,8 +675,30 @@ impl Nm {
                 ),
             ));
         }
-        self.catch_up.level(&sides.pair, mark, active, standby);
+        if let (Some(due), None) = (due, &only) {
+            self.catch_up.compared_everything(&sides.pair, due);
+        }
+        Self::level_source(
+            &sides.source_client,
+            UnconfirmedLevel {
+                standby: sides.target.clone(),
+                store_id: sides.target_store,
+                epoch: sides.epoch,
+            },
+            source_mark,
+        )
+        .await;
         Ok(outcome)
+    }
+
+    /// Tells the serving server a sync that took `mark` from it brought
+    /// `level.standby` level: its own record of what the standby lacks
+    /// starts there (what a later nm asks for instead of comparing all).
+    async fn level_source(source: &SsClient, level: UnconfirmedLevel, mark: u64) {
+        let standby = level.standby.clone();
+        if let Err(e) = source.call(SsRequest::Levelled { level, mark }).await {
+            tracing::warn!(event = "nm_level_not_told", standby, error = %e, "the serving server did not take the sync's level; a later nm would compare the pair in full");
+        }
     }
 
     /// Whether nm's namespace places `file` on `pair`.
@@ -873,15 +862,21 @@ impl Nm {
         Self::set_role(&sides.source_client, sides.epoch, true, false).await?;
         // In full: a change the source acknowledged just before the pause
         // may have its notice still on the way, so it is not recorded yet.
-        let synced = self.sync_once(&sides, Compare::Everything).await?;
+        self.sync_once(&sides, Compare::Everything).await?;
+        // The returning server's count before it serves: every change it
+        // makes from here on is one the backup lacks.
+        let (target_mark, _, _) = sides.target_client.unconfirmed().await?;
         Self::set_role(&sides.target_client, epoch, true, true).await?;
-        // Writes were paused through the final sync: the two are level,
-        // with the roles the other way round.
-        if let Some(mark) = synced.mark {
-            let (was_active, was_standby) = sides.catch_up_sides();
-            self.catch_up
-                .level(&sides.pair, mark, was_standby, was_active);
-        }
+        Self::level_source(
+            &sides.target_client,
+            UnconfirmedLevel {
+                standby: sides.source.clone(),
+                store_id: sides.source_store,
+                epoch,
+            },
+            target_mark,
+        )
+        .await;
         if let Some(p) = self.state().registry.pair_mut(pair) {
             p.last_sync_ms = now_ms();
         }

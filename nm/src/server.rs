@@ -44,7 +44,7 @@ pub struct Nm {
     pub waiters: crate::queue::Waiters,
     /// Woken whenever a pair's failover record becomes durable.
     pub failover_recorded: tokio::sync::Notify,
-    /// Per pair, the files changed since its standby was last level.
+    /// Pairs whose next sync must compare everything.
     pub catch_up: crate::catch_up::CatchUp,
     pub metrics: crate::metrics::NmMetrics,
     /// The address clients and servers reach this nm at.

@@ -3,7 +3,7 @@
 //! one call and put back, so concurrent commands do not queue behind each other.
 
 use shared::connection::{ConnectionError, RpcClient};
-use shared::proto::{InventoryEntry, Role, SsReply, SsRequest, Tombstone};
+use shared::proto::{InventoryEntry, Role, SsReply, SsRequest, Tombstone, UnconfirmedLevel};
 use shared::WireError;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -131,6 +131,19 @@ impl SsClient {
     /// The server's inventory and tombstones, gathered from its pages.
     pub async fn inventory(&self) -> Result<(Vec<InventoryEntry>, Vec<Tombstone>), WireError> {
         self.inventory_pages(SsRequest::Inventory).await
+    }
+
+    /// What the server recorded of its standby: the files it may lack (see
+    /// `ss::unconfirmed`), as `(mark, level, files)`.
+    pub async fn unconfirmed(
+        &self,
+    ) -> Result<(u64, Option<UnconfirmedLevel>, Vec<String>), WireError> {
+        match self.call(SsRequest::Unconfirmed).await? {
+            SsReply::Unconfirmed { mark, level, files } => Ok((mark, level, files)),
+            other => Err(WireError::internal(format!(
+                "unexpected reply to UNCONFIRMED: {other:?}"
+            ))),
+        }
     }
 
     /// The entries of those of `files` the server holds, and its tombstones.

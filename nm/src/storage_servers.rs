@@ -155,14 +155,8 @@ impl Nm {
             }
             let (result, changed) = self.handle_server_message(name, request);
             match changed {
-                Some(Changed {
-                    pair,
-                    file,
-                    stamp,
-                    streamed: true,
-                    ..
-                }) if result.is_ok() => {
-                    self.replicate_streamed(&pair, &file, stamp);
+                // On the stream: the standby has it, or the server hands it back.
+                Some(Changed { streamed: true, .. }) if result.is_ok() => {
                     if replies.send(Reply { id, result }).is_err() {
                         break;
                     }
@@ -317,10 +311,6 @@ impl Nm {
             // The standby is gone: synchronous changes stop waiting for it,
             // and are acknowledged once the journal says it is behind.
             self.waiters.release_pair(&pair, None);
-        } else {
-            // The serving server may have acknowledged changes whose notices
-            // never reached nm: the next catch-up compares everything.
-            self.catch_up.forget(&pair, "the serving server failed");
         }
         self.act(&pair, pending, &format!("{name} failed: {reason}"));
     }
@@ -636,7 +626,7 @@ impl Nm {
             // Its partner may hold them: kept, and the next sync of the pair
             // compares everything and copies back what only the partner has.
             self.catch_up
-                .forget(name, "the serving server lacks files nm knows");
+                .compare_everything_next(name, "the serving server lacks files nm knows");
             for file in lost {
                 tracing::warn!(event = "nm_file_missing", server = name, file = %file, partner = %partner, "the serving server does not hold this file; kept, to be copied back from its partner");
             }

@@ -29,11 +29,21 @@
 //! A catch-up is modelled by what the sync guarantees (see
 //! `nm::replication`): what only the target holds is copied back or kept as
 //! a conflict copy before the target is overwritten, so data is a set that
-//! only grows; the model checks *who may serve*, not the file comparison.
+//! only grows. What it compares is modelled as the code decides it (see
+//! `nm::catch_up` and `ss::unconfirmed`): only the writes the serving
+//! server recorded as not confirmed by its standby, when the server holds a
+//! record levelled in the epoch it serves in; everything otherwise. The
+//! server's record is kept in its memory: lost when it restarts, kept when
+//! nm restarts (a new nm leader asks for it), shrunk by the stream's
+//! acknowledgements and by a sync's level. So the checks below also hold
+//! for a catch-up that compares only what the record names.
 //!
 //! `a_promotion_without_the_in_sync_check_is_caught` runs the same check with
 //! the rule broken (`--unclean-promotion` in sync mode) and must find a
-//! state where an acknowledged write is missing from the server promoted.
+//! state where an acknowledged write is missing from the server promoted;
+//! `a_record_that_misses_a_write_is_caught` does the same with a serving
+//! server that records no write, and must find a catch-up that leaves an
+//! in-sync standby without one.
 
 use nm::failover::{Decision, Durable, HandoverKind, Input, PairFsm, Side};
 use shared::proto::PairState;
@@ -109,6 +119,11 @@ struct Server {
     serving: Option<u64>,
     /// The writes it holds, one bit each.
     data: u8,
+    /// The epoch in which a sync last levelled its standby with it, while
+    /// it served (`ss::unconfirmed`); `None` after its restart.
+    level: Option<u64>,
+    /// Its writes its standby has not confirmed since that level.
+    pending: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -128,7 +143,11 @@ struct World {
     conflicts: u8,
     /// (epoch, side) of every serving role handed out.
     grants: Vec<(u64, Side)>,
+    /// Writes made since the last catch-up's copy.
+    since_copy: u8,
     unclean: bool,
+    /// The broken rule: a serving server records none of its writes.
+    records_nothing: bool,
 }
 
 fn bit(i: u8) -> u8 {
@@ -136,12 +155,14 @@ fn bit(i: u8) -> u8 {
 }
 
 impl World {
-    fn new(unclean: bool) -> Self {
+    fn new(unclean: bool, records_nothing: bool) -> Self {
         let server = Server {
             alive: true,
             registered: false,
             serving: None,
             data: 0,
+            level: None,
+            pending: 0,
         };
         World {
             fsm: PairFsm::new(unclean),
@@ -154,7 +175,9 @@ impl World {
             window: 0,
             conflicts: 0,
             grants: Vec::new(),
+            since_copy: 0,
             unclean,
+            records_nothing,
         }
     }
 
@@ -225,6 +248,9 @@ impl World {
                     return None;
                 }
                 s.alive = true;
+                // Its record of what the standby lacks was in memory.
+                s.level = None;
+                s.pending = 0;
             }
             Action::Register(side) => {
                 let s = w.server(side);
@@ -261,12 +287,17 @@ impl World {
                 let b = bit(w.next_write);
                 w.next_write += 1;
                 w.server(side).data |= b;
+                w.since_copy |= b;
+                if !w.records_nothing {
+                    w.server(side).pending |= b;
+                }
                 let standby = side.other();
                 match mode {
                     // On the replication stream: acknowledged once the
                     // partner has it, whatever nm thinks of the partner.
                     Mode::Sync if w.streams_to(standby) => {
                         w.server(standby).data |= b;
+                        w.server(side).pending &= !b;
                         w.acked |= b;
                     }
                     Mode::Sync => {
@@ -325,6 +356,8 @@ impl World {
                 }
                 w.server(target).data |= data;
                 w.window &= !data;
+                // Acknowledged: the source's record lets them go.
+                w.server(source).pending &= !data;
             }
             Action::CatchUpCopy => {
                 let round = w.fsm.catch_up_round()?;
@@ -332,8 +365,14 @@ impl World {
                 if w.copied == Some(round) || !w.connected(source) || !w.connected(target) {
                     return None;
                 }
-                w.sync(source, target);
+                let epoch = w.fsm.epoch();
+                let s = &w.servers[source as usize];
+                let only =
+                    (s.level == Some(epoch) && s.serving == Some(epoch)).then_some(s.pending);
+                w.sync_only(source, target, only.unwrap_or(u8::MAX));
+                w.level(source, epoch);
                 w.copied = Some(round);
+                w.since_copy = 0;
             }
             Action::CatchUpDone => {
                 let round = w.fsm.catch_up_round()?;
@@ -342,9 +381,10 @@ impl World {
                 }
                 if mode == Mode::Async {
                     // Changes made since the copy are still queued: the
-                    // asynchronous window of a pair in sync.
+                    // asynchronous window of a pair in sync. (Any other
+                    // write the standby lacks, the copy missed.)
                     let standby = w.fsm.standby_side();
-                    w.window |= w.acked & !w.servers[standby as usize].data;
+                    w.window |= w.acked & w.since_copy & !w.servers[standby as usize].data;
                 }
                 w.step(Input::CatchUpDone { round });
             }
@@ -365,7 +405,11 @@ impl World {
                     if !w.connected(source) {
                         return None;
                     }
-                    w.sync(source, h.to);
+                    w.sync_only(source, h.to, u8::MAX);
+                    w.level(source, w.fsm.epoch());
+                    // The returning server is levelled with its standby
+                    // from before it serves.
+                    w.level(h.to, h.epoch);
                 }
                 w.grant(h.to, h.epoch);
                 w.step(Input::HandoverAcked { epoch: h.epoch });
@@ -398,17 +442,25 @@ impl World {
         Some(w)
     }
 
-    /// A catch-up: what only the target holds is copied back (or kept as a
-    /// conflict copy) before the target is brought level.
-    fn sync(&mut self, source: Side, target: Side) {
+    /// A catch-up of the writes in `only`: what only the target holds is
+    /// copied back (or kept as a conflict copy) before the target is
+    /// brought level.
+    fn sync_only(&mut self, source: Side, target: Side, only: u8) {
         let (s, t) = (
-            self.servers[source as usize].data,
-            self.servers[target as usize].data,
+            self.servers[source as usize].data & only,
+            self.servers[target as usize].data & only,
         );
         self.conflicts |= t & !s;
         self.server(source).data |= t;
         self.server(target).data |= s | t;
         self.window &= !(s | t);
+    }
+
+    /// nm's `Levelled` after a sync that took its mark at the copy.
+    fn level(&mut self, side: Side, epoch: u64) {
+        let s = self.server(side);
+        s.level = Some(epoch);
+        s.pending = 0;
     }
 
     /// The first property this state breaks, if any.
@@ -494,8 +546,8 @@ struct Report {
     violation: Option<(String, Vec<Action>)>,
 }
 
-fn explore(mode: Mode, unclean: bool, depth: usize) -> Report {
-    let start = World::new(unclean);
+fn explore(mode: Mode, unclean: bool, records_nothing: bool, depth: usize) -> Report {
+    let start = World::new(unclean, records_nothing);
     let mut seen: HashSet<World> = HashSet::new();
     seen.insert(start.clone());
     let mut frontier: VecDeque<(World, Vec<Action>)> = VecDeque::from([(start, Vec::new())]);
@@ -532,7 +584,7 @@ fn explore(mode: Mode, unclean: bool, depth: usize) -> Report {
 }
 
 fn check(mode: Mode, unclean: bool) {
-    let report = explore(mode, unclean, depth());
+    let report = explore(mode, unclean, false, depth());
     println!(
         "failover model, {mode:?} mode{}: {} states explored to depth {}",
         if unclean { ", unclean promotion" } else { "" },
@@ -561,12 +613,25 @@ fn async_mode_with_unclean_promotion_reports_what_it_lacks() {
 
 #[test]
 fn a_promotion_without_the_in_sync_check_is_caught() {
-    let report = explore(Mode::Sync, true, depth());
+    let report = explore(Mode::Sync, true, false, depth());
     let (violation, path) = report
         .violation
         .expect("promoting a server that is not in sync must lose an acknowledged write");
     println!(
         "broken rule caught after {} states: {violation}\n after {path:?}",
+        report.states
+    );
+    assert!(violation.starts_with("(a)"), "{violation}");
+}
+
+#[test]
+fn a_record_that_misses_a_write_is_caught() {
+    let report = explore(Mode::Async, false, true, depth());
+    let (violation, path) = report.violation.expect(
+        "a catch-up that trusts a record missing a write must leave it off an in-sync standby",
+    );
+    println!(
+        "broken record caught after {} states: {violation}\n after {path:?}",
         report.states
     );
     assert!(violation.starts_with("(a)"), "{violation}");

@@ -25,7 +25,7 @@ pub const MAGIC: u32 = u32::from_be_bytes(*b"DOC+");
 /// Bumped on any change that an older peer could misread (2: requests are
 /// decoded strictly, see `shared::connection`; 3: WATCH `recent`, pair
 /// `operations`).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Inventory entries per frame (inventories are paged to stay under the frame limit).
 pub const INVENTORY_PAGE: usize = 1000;
 
@@ -755,6 +755,17 @@ pub enum SsRequest {
     InventoryOf {
         files: Vec<String>,
     },
+    /// From nm, before a sync lists this server's files: the files its
+    /// standby may lack, as this server recorded them (answered with
+    /// `Unconfirmed`). A new nm, which knows nothing of what changed, asks
+    /// this rather than comparing both whole inventories.
+    Unconfirmed,
+    /// From nm: a sync that asked `Unconfirmed` (and got `mark`) before it
+    /// listed this server's files brought `level.standby` level with it.
+    Levelled {
+        level: UnconfirmedLevel,
+        mark: u64,
+    },
     /// From nm: this server's part in its pair from now on.
     SetRole {
         epoch: u64,
@@ -844,6 +855,15 @@ pub enum SsReply {
         files: Vec<InventoryEntry>,
         tombstones: Vec<Tombstone>,
     },
+    /// The answer to `Unconfirmed`.
+    Unconfirmed {
+        /// Where this server's count of changes stood when it answered.
+        mark: u64,
+        /// With a level, `files` are all the standby it names may lack;
+        /// without one, nothing is known (compare everything).
+        level: Option<UnconfirmedLevel>,
+        files: Vec<String>,
+    },
     /// Done, nothing to report.
     Done,
 }
@@ -854,6 +874,15 @@ pub enum SsReply {
 #[derive(Debug, Serialize)]
 pub enum ChunkOut<'a> {
     Chunk { data: &'a serde_bytes::Bytes },
+}
+
+/// The standby a sync last brought level with the serving server: its
+/// name, its storage folder's identity, and the epoch the server served in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnconfirmedLevel {
+    pub standby: String,
+    pub store_id: u64,
+    pub epoch: u64,
 }
 
 /// A deleted file, remembered until both servers of the pair have applied the delete.

@@ -14,6 +14,8 @@
 //! - [`replica`]: copying files from the primary (`GetFile`, `PullFiles`).
 //! - [`stream`]: the replication stream, each committed change sent to the
 //!   standby as it becomes durable.
+//! - [`unconfirmed`]: the files the standby may lack, which a new nm asks
+//!   for instead of comparing both whole inventories.
 
 pub mod config;
 pub mod document;
@@ -23,6 +25,7 @@ pub mod replica;
 pub mod server;
 pub mod store;
 pub mod stream;
+pub mod unconfirmed;
 pub mod wal;
 
 pub use config::Config;

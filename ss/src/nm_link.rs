@@ -406,12 +406,16 @@ pub async fn run(
     link: Arc<NmLink>,
     shutdown: CancellationToken,
 ) {
-    let mut notices = link
+    let queued = link
         .receiver
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .expect("the link runs once");
+    let mut outbox = Outbox {
+        queued,
+        carried: Vec::new(),
+    };
     let mut backoff = BACKOFF_START;
     let addresses = shared::leader::parse_addresses(&config.nm);
     let mut leader: Option<String> = None;
@@ -423,7 +427,7 @@ pub async fn run(
             &client_addr,
             &files,
             &link,
-            &mut notices,
+            &mut outbox,
         );
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -470,8 +474,12 @@ async fn serve_link(
     client_addr: &str,
     files: &Arc<Files>,
     link: &NmLink,
-    notices: &mut mpsc::Receiver<Notice>,
+    outbox: &mut Outbox,
 ) -> Result<(), LinkError> {
+    let Outbox {
+        queued: notices,
+        carried: unanswered,
+    } = outbox;
     let (mut client, reached) = shared::leader::connect_to_leader(
         addresses,
         leader.as_deref(),
@@ -586,7 +594,36 @@ async fn serve_link(
     // backup's confirmation must not hold up the heartbeats behind it.
     let (conn, mut next_id) = client.into_parts();
     let (mut writer, mut reader) = conn.split();
-    let mut pending: HashMap<u64, Pending> = HashMap::new();
+    let mut pending = Unanswered {
+        pending: HashMap::new(),
+        carried: unanswered,
+    };
+    // Kept in `pending` before any is sent, so a send that fails carries them all again.
+    let first_carried = next_id;
+    for notice in std::mem::take(pending.carried) {
+        pending.insert(
+            next_id,
+            Pending::Notice {
+                resend: Some(notice.request),
+                sent: Instant::now(),
+                delivered: notice.delivered,
+            },
+        );
+        next_id += 1;
+    }
+    for id in first_carried..next_id {
+        if let Some(Pending::Notice {
+            resend: Some(request),
+            ..
+        }) = pending.get(&id)
+        {
+            let request = Request {
+                id,
+                body: request.clone(),
+            };
+            writer.send(&request).await?;
+        }
+    }
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -653,6 +690,55 @@ async fn serve_link(
                 }
             }
         }
+    }
+}
+
+/// What the link sends nm besides heartbeats.
+struct Outbox {
+    queued: mpsc::Receiver<Notice>,
+    /// Change notices nm had not answered when a session ended: they go to
+    /// the next one, since nm (this one, or the next leader) must hear of
+    /// every change.
+    carried: Vec<Notice>,
+}
+
+/// The requests of a session awaiting nm's reply; the change notices among
+/// them are carried to the next session when this one ends.
+struct Unanswered<'a> {
+    pending: HashMap<u64, Pending>,
+    carried: &'a mut Vec<Notice>,
+}
+
+impl std::ops::Deref for Unanswered<'_> {
+    type Target = HashMap<u64, Pending>;
+    fn deref(&self) -> &Self::Target {
+        &self.pending
+    }
+}
+
+impl std::ops::DerefMut for Unanswered<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.pending
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let mut notices: Vec<(u64, Notice)> = self
+            .pending
+            .drain()
+            .filter_map(|(id, pending)| match pending {
+                Pending::Notice {
+                    resend: Some(request),
+                    delivered,
+                    ..
+                } => Some((id, Notice { request, delivered })),
+                _ => None,
+            })
+            .collect();
+        // In the order they were first sent.
+        notices.sort_by_key(|(id, _)| *id);
+        self.carried.extend(notices.into_iter().map(|(_, n)| n));
     }
 }
 

@@ -7,6 +7,7 @@
 use crate::files::{Files, WriteSession};
 use crate::nm_link::{self, NmLink};
 use crate::store::Store;
+use crate::unconfirmed::Unconfirmed;
 use crate::Config;
 use color_eyre::eyre::{Context, Result};
 use shared::connection::{Connection, ConnectionError, Incoming, CHUNK_SIZE};
@@ -33,6 +34,8 @@ pub struct Server {
     files: Arc<Files>,
     link: Arc<NmLink>,
     streamer: Arc<crate::stream::Streamer>,
+    /// What the standby may lack, for a new nm's catch-up.
+    unconfirmed: Arc<Unconfirmed>,
 }
 
 /// Runs the storage server until `shutdown` is cancelled.
@@ -108,7 +111,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         link.clone(),
         link_stop.clone(),
     ));
-    let streamer = crate::stream::Streamer::new(link.clone(), config.replication_stream);
+    let unconfirmed = Arc::new(Unconfirmed::default());
+    let streamer =
+        crate::stream::Streamer::new(link.clone(), unconfirmed.clone(), config.replication_stream);
     let stream_task = tokio::spawn(streamer.clone().run(
         config.username.clone(),
         key.clone(),
@@ -134,6 +139,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         files,
         link,
         streamer,
+        unconfirmed,
     });
     let max_connections = server.config.limits.max_connections;
     shared::limits::serve_connections(
@@ -516,6 +522,7 @@ impl Server {
                         Ok(committed) => {
                             let stats = committed.meta.stats.clone();
                             tracing::info!(event = "ss_committed", file = %file, epoch = stats.epoch, version = stats.version, base = stats.base);
+                            self.unconfirmed.changed(&file, stats.stamp());
                             // Offered before the role may change, so the
                             // change goes out in the epoch it was made in.
                             let offered = self.offer(&file, &committed);
@@ -541,6 +548,7 @@ impl Server {
                     .and_then(|()| tokio::task::block_in_place(|| self.files.create(&file, &owner)))
                 {
                     Ok(meta) => {
+                        self.unconfirmed.changed(&file, meta.stats.stamp());
                         let committed = crate::files::Committed {
                             meta,
                             content: Vec::new(),
@@ -556,6 +564,7 @@ impl Server {
             SsRequest::DeleteFile { file } if from_nm => {
                 match tokio::task::block_in_place(|| self.files.delete(&file)) {
                     Ok(stats) => {
+                        self.unconfirmed.changed(&file, stats.stamp());
                         let offered = self.streamer.offer_delete(&file, &stats);
                         Ok(self.applied_on_stream(stats, offered, change.take()).await)
                     }
@@ -565,6 +574,8 @@ impl Server {
             SsRequest::UndoFile { file } if from_nm => {
                 match tokio::task::block_in_place(|| self.files.undo(&file)) {
                     Ok(committed) => {
+                        self.unconfirmed
+                            .changed(&file, committed.meta.stats.stamp());
                         let offered = self.offer(&file, &committed);
                         Ok(self
                             .applied_on_stream(committed.meta.stats, offered, change.take())
@@ -576,6 +587,7 @@ impl Server {
             SsRequest::SetAcl { file, acl } if from_nm => {
                 match tokio::task::block_in_place(|| self.files.set_acl(&file, acl)) {
                     Ok((stats, committed)) => {
+                        self.unconfirmed.changed(&file, stats.stamp());
                         let offered = match &committed {
                             Some(committed) => self.offer(&file, committed),
                             None => crate::stream::Offered::NotSent,
@@ -586,7 +598,12 @@ impl Server {
                 }
             }
             SsRequest::MoveFile { file, to } if from_nm => {
-                match tokio::task::block_in_place(|| self.files.rename(&file, &to)) {
+                let renamed = tokio::task::block_in_place(|| self.files.rename(&file, &to));
+                if let Ok((stats, _)) = &renamed {
+                    self.unconfirmed.changed(&file, stats.stamp());
+                    self.unconfirmed.changed(&to, stats.stamp());
+                }
+                match renamed {
                     // On the stream only whole: the old name's delete and
                     // the file under its new name; otherwise nm copies both.
                     Ok((stats, Some(committed))) => {
@@ -608,20 +625,28 @@ impl Server {
                 }
             }
             SsRequest::CreateCheckpoint { file, tag } if from_nm => {
-                tokio::task::block_in_place(|| self.files.checkpoint(&file, &tag)).map(|stats| {
-                    SsReply::Applied {
-                        stats,
-                        streamed: false,
-                    }
+                tokio::task::block_in_place(|| self.files.checkpoint(&file, &tag))
+                    .map(|stats| self.applied_through_nm(&file, stats))
+            }
+            SsRequest::Revert { file, tag } if from_nm => {
+                tokio::task::block_in_place(|| self.files.revert(&file, &tag))
+                    .map(|stats| self.applied_through_nm(&file, stats))
+            }
+            SsRequest::Unconfirmed if from_nm => {
+                let report = self
+                    .unconfirmed
+                    .report(self.link.epoch(), self.link.is_serving());
+                Ok(SsReply::Unconfirmed {
+                    mark: report.mark,
+                    level: report.level,
+                    files: report.files,
                 })
             }
-            SsRequest::Revert { file, tag } if from_nm => tokio::task::block_in_place(|| {
-                self.files.revert(&file, &tag)
-            })
-            .map(|stats| SsReply::Applied {
-                stats,
-                streamed: false,
-            }),
+            SsRequest::Levelled { level, mark } if from_nm => {
+                tracing::info!(event = "ss_levelled", standby = %level.standby, epoch = level.epoch, mark, "nm: a sync brought the standby level with this server");
+                self.unconfirmed.levelled(level, mark);
+                Ok(SsReply::Done)
+            }
             SsRequest::ListCheckpoints { file } if from_nm => self
                 .files
                 .checkpoints(&file)
@@ -641,7 +666,9 @@ impl Server {
             | SsRequest::SetPartner { .. }
             | SsRequest::KeepConflict { .. }
             | SsRequest::Inventory
-            | SsRequest::InventoryOf { .. } => Err(WireError::unauthorized(
+            | SsRequest::InventoryOf { .. }
+            | SsRequest::Unconfirmed
+            | SsRequest::Levelled { .. } => Err(WireError::unauthorized(
                 "only nm may do that; go through nm",
             )),
             SsRequest::StreamOpen { .. }
@@ -653,6 +680,15 @@ impl Server {
         match reply {
             Ok(reply) => conn.reply(id, Ok(reply)).await.map(Ok),
             Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// The answer to a change that goes to the standby through nm's jobs only.
+    fn applied_through_nm(&self, file: &str, stats: shared::proto::FileStats) -> SsReply {
+        self.unconfirmed.changed(file, stats.stamp());
+        SsReply::Applied {
+            stats,
+            streamed: false,
         }
     }
 
@@ -879,6 +915,8 @@ fn operation_name(request: &SsRequest) -> &'static str {
         SsRequest::PurgeTombstone { .. } => "PURGE_TOMBSTONE",
         SsRequest::Inventory => "INVENTORY",
         SsRequest::InventoryOf { .. } => "INVENTORY_OF",
+        SsRequest::Unconfirmed => "UNCONFIRMED",
+        SsRequest::Levelled { .. } => "LEVELLED",
         SsRequest::SetRole { .. } => "SET_ROLE",
         SsRequest::KeepConflict { .. } => "KEEP_CONFLICT",
         SsRequest::SetPartner { .. } => "SET_PARTNER",

@@ -28,6 +28,7 @@
 
 use crate::files::Files;
 use crate::nm_link::{NmLink, StreamTarget};
+use crate::unconfirmed::Unconfirmed;
 use shared::connection::{Connection, ConnectionError};
 use shared::proto::{
     FileMeta, FileStats, Reply, Request, Role, SsReply, SsRequest, StreamedChange,
@@ -101,6 +102,7 @@ struct State {
 pub struct Streamer {
     state: Mutex<State>,
     link: Arc<NmLink>,
+    unconfirmed: Arc<Unconfirmed>,
     enabled: bool,
 }
 
@@ -114,10 +116,11 @@ pub enum Offered {
 }
 
 impl Streamer {
-    pub fn new(link: Arc<NmLink>, enabled: bool) -> Arc<Self> {
+    pub fn new(link: Arc<NmLink>, unconfirmed: Arc<Unconfirmed>, enabled: bool) -> Arc<Self> {
         Arc::new(Streamer {
             state: Mutex::new(State::default()),
             link,
+            unconfirmed,
             enabled,
         })
     }
@@ -211,6 +214,8 @@ impl Streamer {
     /// The standby has `seq` durably.
     fn acked(&self, seq: u64) -> Option<StreamedChange> {
         let mut unacked = self.settle(seq)?;
+        self.unconfirmed
+            .confirmed(&unacked.file, unacked.stats.stamp());
         if let Some(waiter) = unacked.waiter.take() {
             let _ = waiter.send(true);
         }
