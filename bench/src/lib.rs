@@ -72,7 +72,9 @@ pub enum Workload {
     /// kill -9 of the nm leader of a group on etcd (implies `--etcd`),
     /// `--rounds` times: the time to the first successful READ and the first
     /// successful CREATE through nm, and the longest gap between two
-    /// acknowledged WRITEs of a client writing all along.
+    /// acknowledged WRITEs of a client writing all along. With `--files N`
+    /// both servers and etcd hold N files first (written straight into the
+    /// storage folders and etcd; needs `--features docs-bench/etcd`).
     NmFailover,
     /// nm's memory holding `--files` files (default 1,000,000): their
     /// records are written to nm's journal, nm restarts on it, and its
@@ -95,8 +97,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 200)]
     pub rate: u64,
     /// Number of files: resync-small's (default 10,000), the files changed
-    /// in catch-up (default 1,000) and backup-return (default 10), and
-    /// nm-memory's (default 1,000,000).
+    /// in catch-up (default 1,000) and backup-return (default 10),
+    /// nm-memory's (default 1,000,000), and those the cluster holds in
+    /// nm-failover (default 0).
     #[arg(long)]
     pub files: Option<usize>,
     /// Keep the local cluster's folder (each daemon's log and data) after
@@ -291,7 +294,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
         Workload::RawTcp => raw_tcp(cluster.dir(), args.size.unwrap_or(1024) << 20).await?,
         Workload::DiskLimit => disk_limit(cluster.dir(), args.duration).await?,
         Workload::Failover => failover(&mut cluster, args.rounds, args.hang).await?,
-        Workload::NmFailover => nm_failover(&mut cluster, args.rounds).await?,
+        Workload::NmFailover => nm_failover(&mut cluster, args.rounds, files_or(0)).await?,
         Workload::NmMemory => nm_memory(&mut cluster, files_or(1_000_000)).await?,
         Workload::BackupReturn => backup_return(&mut cluster, args.total, files_or(10)).await?,
         Workload::CatchUp => catch_up(&mut cluster, files_or(1_000)).await?,
@@ -764,9 +767,92 @@ async fn failover(
     })
 }
 
-async fn nm_failover(cluster: &mut LocalCluster, rounds: usize) -> Result<Report, BenchError> {
-    use std::sync::atomic::{AtomicBool, Ordering};
+/// Gives the group's cluster `files` files before its servers start: in
+/// both storage folders, and in etcd as nm keeps them (the nm group then
+/// restarts, to load them as a takeover finds them). Returns the time the
+/// pair took to start and become level on them.
+#[cfg(feature = "etcd")]
+async fn holding_files(cluster: &mut LocalCluster, files: usize) -> Result<f64, BenchError> {
+    use nm::ha::etcd_client::{Client as Etcd, Txn, TxnOp};
+    use nm::ha::keys::{Layout, Translator, Write};
+    let store_err = |e: nm::ha::etcd_client::Error| BenchError::Store(e.to_string());
+    let prepared = Instant::now();
+    let mut preparing = Vec::new();
+    for server in ["ss1", "ss1_backup"] {
+        let root = cluster.storage(server);
+        preparing.push(tokio::task::spawn_blocking(move || {
+            prepare_primary(&root, files, 32)
+        }));
+    }
+    let endpoint = cluster
+        .etcd_endpoint()
+        .ok_or_else(|| BenchError::Store("the cluster runs no etcd".into()))?
+        .to_owned();
+    let mut etcd = Etcd::connect([endpoint], None).await.map_err(store_err)?;
+    let mut translator = Translator::new(Layout::new("/docspp/"), &Default::default());
+    let mut records = vec![nm::journal::Record::User {
+        name: "bench".into(),
+    }];
+    records.extend((0..files).map(|i| nm::journal::Record::FileCreated {
+        file: format!("f{i:06}"),
+        owner: "bench".into(),
+        server: "ss1".into(),
+        acl: Default::default(),
+    }));
+    let writes = translator.translate(records, Default::default());
+    // Under etcd's 128 operations per transaction.
+    for chunk in writes.chunks(100) {
+        let operations: Vec<TxnOp> = chunk
+            .iter()
+            .map(|write| match write {
+                Write::Put(key, value) => TxnOp::put(key.as_str(), value.clone(), None),
+                Write::Delete(key) => TxnOp::delete(key.as_str(), None),
+            })
+            .collect();
+        etcd.txn(Txn::new().and_then(operations))
+            .await
+            .map_err(store_err)?;
+    }
+    for task in preparing {
+        task.await.expect("prepare task")?;
+    }
+    eprintln!(
+        "nm-failover: {files} files written to both storage folders and etcd in {:.1} s",
+        prepared.elapsed().as_secs_f64()
+    );
+    // The group reloads etcd (a leader keeps no watch on what it wrote).
+    for i in 0..3 {
+        cluster.kill(&format!("nm{i}"));
+    }
+    for i in 0..3 {
+        cluster.restart(&format!("nm{i}"))?;
+    }
+    let started = Instant::now();
     ready_pair(cluster).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn holding_files(_: &mut LocalCluster, _: usize) -> Result<f64, BenchError> {
+    Err(BenchError::Store(
+        "nm-failover --files needs the benchmarks built with `--features docs-bench/etcd` (protoc)"
+            .into(),
+    ))
+}
+
+async fn nm_failover(
+    cluster: &mut LocalCluster,
+    rounds: usize,
+    files: usize,
+) -> Result<Report, BenchError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut phases = std::collections::BTreeMap::new();
+    if files > 0 {
+        let ready = holding_files(cluster, files).await?;
+        phases.insert("pair ready on the files".to_owned(), ready);
+    } else {
+        ready_pair(cluster).await?;
+    }
     let nm = cluster.nm_addr().to_owned();
     let mut client = Client::connect(&nm, "bench").await?;
     client
@@ -862,6 +948,7 @@ async fn nm_failover(cluster: &mut LocalCluster, rounds: usize) -> Result<Report
         failover_ms: percentiles(reads),
         create_failover_ms: percentiles(creates),
         write_gap_ms: percentiles(gaps),
+        phases_s: phases,
         ..Report::measured(started.elapsed().as_secs_f64(), ops)
     })
 }

@@ -496,6 +496,11 @@ impl LocalCluster {
         &self.nm_addr
     }
 
+    /// The client URL of the group's etcd, when the cluster runs one.
+    pub fn etcd_endpoint(&self) -> Option<&str> {
+        self.ha.as_ref().map(|g| g.etcd_client_url.as_str())
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -344,11 +344,15 @@ impl Nm {
             self.job_event(&job, JobStep::Started, &sides.target, None);
             let started = Instant::now();
             match self.run_job(&job, &sides).await {
-                Ok((detail, version)) => {
+                Ok((detail, stamp)) => {
+                    let version = stamp.map(|(_, version)| version);
                     self.job_event(&job, JobStep::Applied, &sides.target, detail);
                     self.queue.finish(&job);
                     match &job.key {
                         JobKey::File { file, .. } => {
+                            if let Some(stamp) = stamp {
+                                Self::confirm_to_source(&sides, file, stamp);
+                            }
                             let how = Confirmed::ByStandby;
                             self.waiters.release_file(&sides.pair, file, version, how)
                         }
@@ -405,7 +409,7 @@ impl Nm {
         &self,
         job: &Job,
         sides: &Sides,
-    ) -> Result<(Option<String>, Option<u64>), WireError> {
+    ) -> Result<(Option<String>, Option<(u64, u64)>), WireError> {
         match (&job.key, job.kind) {
             (JobKey::File { file, .. }, JobKind::Delete) => {
                 let version = job.version.unwrap_or(u64::MAX);
@@ -421,7 +425,8 @@ impl Nm {
                     side.call(SsRequest::PurgeTombstone { file: file.clone() })
                         .await?;
                 }
-                Ok((None, None))
+                let confirmed = job.version.map(|version| (sides.epoch, version));
+                Ok((None, confirmed))
             }
             (JobKey::File { file, .. }, _) => {
                 let (pulled, bytes, failures) = self.pull(sides, vec![file.clone()], false).await?;
@@ -437,25 +442,46 @@ impl Nm {
                     &sides.target,
                     Some(format!("{bytes} bytes")),
                 );
-                let version = pulled.first().copied();
+                let stamp = pulled.first().copied();
                 Ok((
-                    Some(format!("replica at version {}", version.unwrap_or(0))),
-                    version,
+                    Some(format!(
+                        "replica at version {}",
+                        stamp.map_or(0, |(_, version)| version)
+                    )),
+                    stamp,
                 ))
             }
             (JobKey::Pair { .. }, _) => self.sync_pair(job, sides).await.map(|d| (Some(d), None)),
         }
     }
 
+    /// A job left the standby holding `file` at `stamp`: the serving
+    /// server's record of what its standby lacks lets it go (see
+    /// `ss::unconfirmed`). Off the worker's path; a lost one only leaves the
+    /// file to be compared at the next catch-up.
+    fn confirm_to_source(sides: &Sides, file: &str, (epoch, version): (u64, u64)) {
+        let source = sides.source_client.clone();
+        let request = SsRequest::Confirmed {
+            file: file.to_owned(),
+            epoch,
+            version,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = source.call(request).await {
+                tracing::debug!(event = "nm_confirm_not_told", error = %e);
+            }
+        });
+    }
+
     /// Copies `files` between the sides: to the target from the source, or
-    /// (with `reverse`) to the source from the target. Returns the versions
-    /// copied, the bytes, and the failures.
+    /// (with `reverse`) to the source from the target. Returns the (epoch,
+    /// version) of each copy, the bytes, and the failures.
     async fn pull(
         &self,
         sides: &Sides,
         files: Vec<String>,
         reverse: bool,
-    ) -> Result<(Vec<u64>, u64, Vec<(String, WireError)>), WireError> {
+    ) -> Result<(Vec<(u64, u64)>, u64, Vec<(String, WireError)>), WireError> {
         let (to_name, to_client, from_address) = if reverse {
             (&sides.source, &sides.source_client, &sides.target_address)
         } else {
@@ -486,7 +512,7 @@ impl Nm {
         for r in results {
             match r.result {
                 Ok(p) => {
-                    versions.push(p.version);
+                    versions.push((p.epoch, p.version));
                     bytes += p.bytes;
                 }
                 Err(e) => failures.push((r.file, e)),

@@ -12,7 +12,7 @@ use crate::failover::Input;
 use crate::failover_actions::Pending;
 use crate::journal::Record;
 use crate::namespace::FileRecord;
-use crate::registry::backs;
+use crate::registry::{backs, Registering};
 use crate::server::{next_request, Nm};
 use shared::connection::{Connection, Incoming};
 use shared::names::validate_path;
@@ -24,6 +24,7 @@ use shared::WireError;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A change a server told nm of, to replicate.
 struct Changed {
@@ -58,19 +59,23 @@ impl Nm {
         peer: SocketAddr,
     ) {
         let needs_inventory = |backup_of: Option<&str>| self.needs_inventory(&name, backup_of);
+        let registering = Registering::new(&self.registering, &name);
         let Some((id, registration)) =
-            read_registration(&mut conn, &name, peer, needs_inventory).await
+            read_registration(&mut conn, &name, peer, needs_inventory, &registering).await
         else {
             return;
         };
-        let (generation, epoch, serving, writable, pending) =
-            match self.register(&name, registration).await {
-                Ok(registered) => registered,
-                Err(error) => {
-                    let _ = conn.reply::<NmReply>(id, Err(error)).await;
-                    return;
-                }
-            };
+        let reconciling = Instant::now();
+        let registered = self.register(&name, registration).await;
+        drop(registering);
+        tracing::debug!(event = "nm_registration_applied", server = %name, ms = reconciling.elapsed().as_millis() as u64);
+        let (generation, epoch, serving, writable, pending) = match registered {
+            Ok(registered) => registered,
+            Err(error) => {
+                let _ = conn.reply::<NmReply>(id, Err(error)).await;
+                return;
+            }
+        };
         let registered = NmReply::Registered {
             // With a cluster key the server derives the ticket key itself.
             ticket_key: match self.cluster_key {
@@ -244,6 +249,14 @@ impl Nm {
     /// take over just because its retry came first).
     pub async fn startup_grace(self: Arc<Self>) {
         tokio::time::sleep(startup_grace(self.config.heartbeat_timeout)).await;
+        // A server part-way through registering (a million-file inventory
+        // takes seconds to list and send, after the server's start-up scan)
+        // may be the serving one: its partner does not take over while its
+        // registration goes on.
+        let patience = self.config.heartbeat_timeout.max(REGISTRATION_PATIENCE);
+        while Registering::any_within(&self.registering, patience) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let pairs: Vec<String> = {
             let mut state = self.state();
             state.registry.grace_over();
@@ -649,8 +662,10 @@ async fn read_registration(
     name: &str,
     peer: SocketAddr,
     needs_inventory: impl FnOnce(Option<&str>) -> bool,
+    registering: &Registering<'_>,
 ) -> Option<(u64, Registration)> {
     let (mut id, request) = next_request(conn, peer).await?;
+    registering.touch();
     let (mut registration, mut more) = match request {
         Some(NmRequest::Register {
             name: registered,
@@ -687,6 +702,7 @@ async fn read_registration(
     while more {
         conn.reply(id, Ok(NmReply::Done)).await.ok()?;
         let (page_id, request) = next_request(conn, peer).await?;
+        registering.touch();
         id = page_id;
         match request {
             Some(NmRequest::InventoryPage {
@@ -714,6 +730,11 @@ async fn read_registration(
 fn stall_threshold(timeout: std::time::Duration, tick: std::time::Duration) -> std::time::Duration {
     (tick * 3).max(timeout / 3)
 }
+
+/// How long a registration may go without a frame (a server listing a
+/// million files, or waiting for its start-up scan) and still hold back the
+/// end of nm's start-up grace.
+const REGISTRATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long after nm starts a serving server may take to register again.
 pub fn startup_grace(heartbeat_timeout: std::time::Duration) -> std::time::Duration {

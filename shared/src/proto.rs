@@ -766,6 +766,13 @@ pub enum SsRequest {
         level: UnconfirmedLevel,
         mark: u64,
     },
+    /// From nm: a replication job left this server's standby holding `file`
+    /// at (`epoch`, `version`) or later (a copy, or a delete at that stamp).
+    Confirmed {
+        file: String,
+        epoch: u64,
+        version: u64,
+    },
     /// From nm: this server's part in its pair from now on.
     SetRole {
         epoch: u64,
@@ -922,6 +929,9 @@ pub struct PullResult {
 pub struct Pulled {
     /// The version the backup now holds.
     pub version: u64,
+    /// The epoch of that version.
+    #[serde(default)]
+    pub epoch: u64,
     /// Content and checkpoint bytes that crossed the wire (0 when already current).
     pub bytes: u64,
 }

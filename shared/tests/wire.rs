@@ -427,6 +427,20 @@ fn every_message_round_trips() {
         SsRequest::InventoryOf {
             files: vec!["a".into()],
         },
+        SsRequest::Unconfirmed,
+        SsRequest::Levelled {
+            level: UnconfirmedLevel {
+                standby: "ss1_backup".into(),
+                store_id: 5,
+                epoch: 2,
+            },
+            mark: 9,
+        },
+        SsRequest::Confirmed {
+            file: "a".into(),
+            epoch: 2,
+            version: 7,
+        },
     ] {
         round_trip(Request { id: 1, body });
     }
@@ -456,6 +470,7 @@ fn every_message_round_trips() {
                     file: "a".into(),
                     result: Ok(Pulled {
                         version: 1,
+                        epoch: 3,
                         bytes: 2,
                     }),
                 },
@@ -468,6 +483,20 @@ fn every_message_round_trips() {
         SsReply::Inventory {
             files: vec![],
             tombstones: vec![],
+        },
+        SsReply::Unconfirmed {
+            mark: 9,
+            level: Some(UnconfirmedLevel {
+                standby: "ss1_backup".into(),
+                store_id: 5,
+                epoch: 2,
+            }),
+            files: vec!["a".into()],
+        },
+        SsReply::Unconfirmed {
+            mark: 0,
+            level: None,
+            files: vec![],
         },
         SsReply::Done,
     ] {
@@ -483,7 +512,7 @@ fn golden_bytes() {
     // A client's handshake: {magic, version, role, name}.
     assert_eq!(
         hex(&rmp_serde::to_vec_named(&Hello::new(Role::Client, "alice")).unwrap()),
-        "84a56d61676963ce444f432ba776657273696f6e03a4726f6c65a6434c49454e54a46e616d65a5616c696365"
+        "84a56d61676963ce444f432ba776657273696f6e04a4726f6c65a6434c49454e54a46e616d65a5616c696365"
     );
     // A request: {id, body: {Create: {file}}}.
     let create = Request {

@@ -498,33 +498,19 @@ async fn serve_link(
     let roles_before = link.roles_set.load(Ordering::SeqCst);
     // Whatever was queued while disconnected is covered by the inventory.
     while notices.try_recv().is_ok() {}
-    // Until the start-up scan ends the inventory is not known: the first
-    // frame goes without it, and if nm wants it (this server is its pair's
-    // active one) the rest follows once the scan is done. A standby is
-    // answered at once and catches up on the files nm asks about.
-    let loaded = files.is_loaded();
-    let (mut inventory, mut tombstones, count) = if loaded {
-        let (inventory, tombstones) = listed(files).await?;
-        let count = inventory.len() as u64;
-        (inventory, tombstones, Some(count))
-    } else {
-        (Vec::new(), Vec::new(), None)
-    };
-    // The inventory goes in pages, each well under the frame limit.
-    let first_files: Vec<_> = inventory
-        .drain(..inventory.len().min(INVENTORY_PAGE))
-        .collect();
-    let first_tombstones: Vec<_> = tombstones
-        .drain(..tombstones.len().min(INVENTORY_PAGE))
-        .collect();
-    let mut more = !loaded || !inventory.is_empty() || !tombstones.is_empty();
+    // The first frame goes without the inventory: nm answers a standby at
+    // once (it catches up on the files nm asks about), and only a server
+    // that serves its pair lists its files (a million take seconds), once
+    // its start-up scan is done, and sends them in pages.
+    let count = files.is_loaded().then(|| files.len() as u64);
+    let mut more = true;
     let mut reply = call(
         &mut client,
         NmRequest::Register {
             name: config.username.clone(),
             client_addr: client_addr.to_owned(),
-            inventory: first_files,
-            tombstones: first_tombstones,
+            inventory: Vec::new(),
+            tombstones: Vec::new(),
             backup_of: config.backup_of.clone(),
             more,
             store_id: files.store_id(),
@@ -532,8 +518,16 @@ async fn serve_link(
         },
     )
     .await?;
-    if more && !loaded && !matches!(reply, NmReply::Registered { .. }) {
+    let (mut inventory, mut tombstones) = (Vec::new(), Vec::new());
+    if !matches!(reply, NmReply::Registered { .. }) {
+        let listing = Instant::now();
         (inventory, tombstones) = listed(files).await?;
+        tracing::info!(
+            event = "ss_inventory_listed",
+            files = inventory.len(),
+            ms = listing.elapsed().as_millis() as u64,
+            "nm asked for the inventory"
+        );
     }
     // nm answers `Registered` early when it does not need the rest.
     while more && !matches!(reply, NmReply::Registered { .. }) {
@@ -588,7 +582,7 @@ async fn serve_link(
             Some(TicketKey::new(ticket_key));
     }
     link.connected.store(true, Ordering::Relaxed);
-    tracing::info!(event = "ss_registered", nm = %reached, name = %config.username, address = %client_addr, files = files.len(), "registered with nm");
+    tracing::info!(event = "ss_registered", nm = %reached, name = %config.username, address = %client_addr, files = files.len(), ms = registered_at.elapsed().as_millis() as u64, "registered with nm");
 
     // From here on requests are pipelined: a WRITE_COMPLETE awaiting the
     // backup's confirmation must not hold up the heartbeats behind it.

@@ -342,13 +342,20 @@ fn install_ready(
     if ready.is_empty() {
         return;
     }
-    let (places, copies): (Vec<(usize, u64, u64)>, Vec<Copied>) = ready
+    let (places, copies): (Vec<(usize, Pulled)>, Vec<Copied>) = ready
         .drain(..)
-        .map(|(index, copy, bytes)| ((index, copy.meta.stats.version, bytes), copy))
+        .map(|(index, copy, bytes)| {
+            let pulled = Pulled {
+                version: copy.meta.stats.version,
+                epoch: copy.meta.stats.epoch,
+                bytes,
+            };
+            ((index, pulled), copy)
+        })
         .unzip();
     let results = tokio::task::block_in_place(|| files.install_batch(copies));
-    for ((index, version, bytes), result) in places.into_iter().zip(results) {
-        outcomes[index] = Some(result.map(|()| Pulled { version, bytes }));
+    for ((index, pulled), result) in places.into_iter().zip(results) {
+        outcomes[index] = Some(result.map(|()| pulled));
     }
 }
 

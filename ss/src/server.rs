@@ -647,6 +647,14 @@ impl Server {
                 self.unconfirmed.levelled(level, mark);
                 Ok(SsReply::Done)
             }
+            SsRequest::Confirmed {
+                file,
+                epoch,
+                version,
+            } if from_nm => {
+                self.unconfirmed.confirmed(&file, (epoch, version));
+                Ok(SsReply::Done)
+            }
             SsRequest::ListCheckpoints { file } if from_nm => self
                 .files
                 .checkpoints(&file)
@@ -668,7 +676,8 @@ impl Server {
             | SsRequest::Inventory
             | SsRequest::InventoryOf { .. }
             | SsRequest::Unconfirmed
-            | SsRequest::Levelled { .. } => Err(WireError::unauthorized(
+            | SsRequest::Levelled { .. }
+            | SsRequest::Confirmed { .. } => Err(WireError::unauthorized(
                 "only nm may do that; go through nm",
             )),
             SsRequest::StreamOpen { .. }
@@ -917,6 +926,7 @@ fn operation_name(request: &SsRequest) -> &'static str {
         SsRequest::InventoryOf { .. } => "INVENTORY_OF",
         SsRequest::Unconfirmed => "UNCONFIRMED",
         SsRequest::Levelled { .. } => "LEVELLED",
+        SsRequest::Confirmed { .. } => "CONFIRMED",
         SsRequest::SetRole { .. } => "SET_ROLE",
         SsRequest::KeepConflict { .. } => "KEEP_CONFLICT",
         SsRequest::SetPartner { .. } => "SET_PARTNER",

@@ -11,9 +11,10 @@
 //! How it stays a superset of what the standby lacks:
 //! - Every change this server commits is [`changed`](Unconfirmed::changed)
 //!   here once it is visible and before it is answered, with a counter.
-//! - Only two things take a file out: the standby's acknowledgement on the
-//!   replication stream of that version or a later one
-//!   ([`confirmed`](Unconfirmed::confirmed)), and nm's word that a sync
+//! - Only three things take a file out: the standby's acknowledgement on
+//!   the replication stream of that version or a later one, nm's word that
+//!   its job left the standby holding that version or a later one (both
+//!   [`confirmed`](Unconfirmed::confirmed)), and nm's word that a sync
 //!   brought the standby level ([`levelled`](Unconfirmed::levelled)). A sync
 //!   takes [`mark`](Unconfirmed::report) before it lists this server's files,
 //!   so every change counted up to the mark was in that listing and copied.
@@ -102,7 +103,8 @@ impl Unconfirmed {
     }
 
     /// The standby holds `file` at `stamp` durably (it acknowledged it on
-    /// the stream): settled unless the file changed again since.
+    /// the stream, or nm's job copied it): settled unless the file changed
+    /// again since.
     pub fn confirmed(&self, file: &str, stamp: (u64, u64)) {
         let mut state = self.lock();
         if state

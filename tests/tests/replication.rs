@@ -576,3 +576,35 @@ async fn after_a_failover_and_hand_back_a_returning_backup_is_caught_up_on_what_
         "{detail}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_copied_by_jobs_are_not_compared_again_after_an_nm_restart() {
+    // Without the stream every change goes through nm's jobs; each job
+    // confirms its copy to the serving server, whose record of what the
+    // standby lacks is all a restarted nm has to go by.
+    let mut cluster =
+        TestCluster::start_with(&["ss1", "ss1_backup"], Options::default().jobs_only()).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    twenty_files(&cluster);
+    cluster.wait_replicated().await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+    cluster.kill_ss("ss1_backup");
+    cluster.wait_pair("ss1", PairState::BackupFailed).await;
+    cluster
+        .console("alice", "WRITE f01 1\n0 While away.\nETIRW\n")
+        .all_ok();
+    cluster.kill_nm();
+    cluster.start_nm().await;
+    let events = cluster.watch_events();
+    watching(&cluster, &events).await;
+    cluster.wait_alive("ss1").await;
+    cluster.start_ss("ss1_backup").await;
+    cluster.wait_replicated().await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+    let detail = eventually("the sync", async || last_sync_detail(&events)).await;
+    assert!(
+        detail.starts_with("caught up on the 1 files changed since the pair was level")
+            && detail.contains("copied 1 files"),
+        "{detail}"
+    );
+}
