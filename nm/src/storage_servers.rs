@@ -23,7 +23,6 @@ use shared::WireError;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// A change a server told nm of, to replicate.
 struct Changed {
@@ -125,8 +124,8 @@ impl Nm {
                 }
             }
         });
-        // The inventory's pages so far (see `NmReply::Registered`).
-        let mut inventory: Vec<InventoryEntry> = Vec::new();
+        // The names in the inventory's pages so far (see `NmReply::Registered`).
+        let mut held: HashSet<String> = HashSet::new();
         loop {
             let received = tokio::select! {
                 received = reader.recv_request::<NmRequest>() => received,
@@ -170,10 +169,10 @@ impl Nm {
                 ..
             } = request
             {
-                inventory.extend(page);
+                self.inventory_page(name, generation, page, last, &mut held)
+                    .await;
                 if last {
-                    let whole = std::mem::take(&mut inventory);
-                    self.inventory_received(name, generation, whole).await;
+                    held = HashSet::new();
                 }
                 if replies
                     .send(Reply {
@@ -559,17 +558,19 @@ impl Nm {
         }
     }
 
-    /// The inventory the pair's active server sent after registering: its
-    /// files are reconciled with the namespace (adopted, refreshed, or
-    /// found missing), unless it registered again or stopped being active.
-    async fn inventory_received(
+    /// A page of the inventory the pair's active server sends after
+    /// registering (see `NmReply::Registered`): its files are reconciled
+    /// with the namespace (adopted or refreshed) page by page, each under
+    /// the lock briefly, and with the last page nm looks for files it lacks.
+    /// Nothing is done if it registered again or stopped being active.
+    async fn inventory_page(
         &self,
         name: &str,
         generation: u64,
-        inventory: Vec<InventoryEntry>,
+        page: Vec<InventoryEntry>,
+        last: bool,
+        held: &mut HashSet<String>,
     ) {
-        let started = Instant::now();
-        let files = inventory.len();
         let mut records = Vec::new();
         {
             let mut state = self.state();
@@ -577,35 +578,41 @@ impl Nm {
             if !state.registry.is_current(name, generation) {
                 return;
             }
-            if let Some(pair) = state.registry.pair_of(name).filter(|p| p.active() == name) {
-                let pair = pair.primary.clone();
-                self.reconcile(state, &pair, inventory, &mut records);
+            let active = state.registry.pair_of(name).filter(|p| p.active() == name);
+            if let Some(pair) = active.map(|p| p.primary.clone()) {
+                self.reconcile_page(state, &pair, page, held, &mut records);
+                if last {
+                    self.reconcile_missing(state, &pair, held, &mut records);
+                    tracing::info!(
+                        event = "nm_inventory_reconciled",
+                        server = name,
+                        files = held.len(),
+                        "inventory reconciled with the namespace"
+                    );
+                }
             }
-            if let Some(entry) = state.registry.get_mut(name) {
+            if let Some(entry) = state.registry.get_mut(name).filter(|_| last) {
                 entry.inventory_due = false;
-                entry.files = files as u64;
+                entry.files = held.len() as u64;
             }
         }
-        if let Err(e) = self.journal.append(records).await {
-            tracing::error!(event = "nm_inventory_not_recorded", server = name, error = %e, "files adopted from the inventory could not be recorded");
+        if !records.is_empty() {
+            if let Err(e) = self.journal.append(records).await {
+                tracing::error!(event = "nm_inventory_not_recorded", server = name, error = %e, "files adopted from the inventory could not be recorded");
+            }
         }
-        tracing::info!(
-            event = "nm_inventory_reconciled",
-            server = name,
-            files,
-            ms = started.elapsed().as_millis() as u64,
-            "inventory reconciled with the namespace"
-        );
     }
 
-    fn reconcile(
+    /// Files of a page of `name`'s inventory join the namespace (adopted)
+    /// or refresh their stats there; `held` gathers their names.
+    fn reconcile_page(
         &self,
         state: &mut crate::server::State,
         name: &str,
         inventory: Vec<InventoryEntry>,
+        held: &mut HashSet<String>,
         records: &mut Vec<Record>,
     ) {
-        let mut held = HashSet::with_capacity(inventory.len());
         for entry in inventory {
             if let Err(e) = validate_path(&entry.file) {
                 tracing::warn!(event = "nm_inventory_bad_name", server = name, error = %e);
@@ -649,6 +656,17 @@ impl Nm {
             }
             held.insert(entry.file);
         }
+    }
+
+    /// Files nm places on `name` that its whole inventory (`held`) lacks:
+    /// kept for its partner to copy back, or forgotten if it has none.
+    fn reconcile_missing(
+        &self,
+        state: &mut crate::server::State,
+        name: &str,
+        held: &HashSet<String>,
+        records: &mut Vec<Record>,
+    ) {
         let lost: Vec<String> = state
             .ns
             .files()
