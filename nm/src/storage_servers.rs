@@ -23,6 +23,7 @@ use shared::WireError;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A change a server told nm of, to replicate.
 struct Changed {
@@ -124,8 +125,8 @@ impl Nm {
                 }
             }
         });
-        // The names in the inventory's pages so far (see `NmReply::Registered`).
-        let mut held: HashSet<String> = HashSet::new();
+        // The inventory's pages so far (see `NmReply::Registered`).
+        let mut inventory: Vec<InventoryEntry> = Vec::new();
         loop {
             let received = tokio::select! {
                 received = reader.recv_request::<NmRequest>() => received,
@@ -169,10 +170,10 @@ impl Nm {
                 ..
             } = request
             {
-                self.inventory_page(name, generation, page, last, &mut held)
-                    .await;
+                inventory.extend(page);
                 if last {
-                    held = HashSet::new();
+                    let whole = std::mem::take(&mut inventory);
+                    self.inventory_received(name, generation, whole).await;
                 }
                 if replies
                     .send(Reply {
@@ -558,19 +559,17 @@ impl Nm {
         }
     }
 
-    /// A page of the inventory the pair's active server sends after
-    /// registering (see `NmReply::Registered`): its files are reconciled
-    /// with the namespace (adopted or refreshed) page by page, each under
-    /// the lock briefly, and with the last page nm looks for files it lacks.
-    /// Nothing is done if it registered again or stopped being active.
-    async fn inventory_page(
+    /// The inventory the pair's active server sent after registering: its
+    /// files are reconciled with the namespace (adopted, refreshed, or
+    /// found missing), unless it registered again or stopped being active.
+    async fn inventory_received(
         &self,
         name: &str,
         generation: u64,
-        page: Vec<InventoryEntry>,
-        last: bool,
-        held: &mut HashSet<String>,
+        inventory: Vec<InventoryEntry>,
     ) {
+        let started = Instant::now();
+        let files = inventory.len();
         let mut records = Vec::new();
         {
             let mut state = self.state();
@@ -578,41 +577,35 @@ impl Nm {
             if !state.registry.is_current(name, generation) {
                 return;
             }
-            let active = state.registry.pair_of(name).filter(|p| p.active() == name);
-            if let Some(pair) = active.map(|p| p.primary.clone()) {
-                self.reconcile_page(state, &pair, page, held, &mut records);
-                if last {
-                    self.reconcile_missing(state, &pair, held, &mut records);
-                    tracing::info!(
-                        event = "nm_inventory_reconciled",
-                        server = name,
-                        files = held.len(),
-                        "inventory reconciled with the namespace"
-                    );
-                }
+            if let Some(pair) = state.registry.pair_of(name).filter(|p| p.active() == name) {
+                let pair = pair.primary.clone();
+                self.reconcile(state, &pair, inventory, &mut records);
             }
-            if let Some(entry) = state.registry.get_mut(name).filter(|_| last) {
+            if let Some(entry) = state.registry.get_mut(name) {
                 entry.inventory_due = false;
-                entry.files = held.len() as u64;
+                entry.files = files as u64;
             }
         }
-        if !records.is_empty() {
-            if let Err(e) = self.journal.append(records).await {
-                tracing::error!(event = "nm_inventory_not_recorded", server = name, error = %e, "files adopted from the inventory could not be recorded");
-            }
+        if let Err(e) = self.journal.append(records).await {
+            tracing::error!(event = "nm_inventory_not_recorded", server = name, error = %e, "files adopted from the inventory could not be recorded");
         }
+        tracing::info!(
+            event = "nm_inventory_reconciled",
+            server = name,
+            files,
+            ms = started.elapsed().as_millis() as u64,
+            "inventory reconciled with the namespace"
+        );
     }
 
-    /// Files of a page of `name`'s inventory join the namespace (adopted)
-    /// or refresh their stats there; `held` gathers their names.
-    fn reconcile_page(
+    fn reconcile(
         &self,
         state: &mut crate::server::State,
         name: &str,
         inventory: Vec<InventoryEntry>,
-        held: &mut HashSet<String>,
         records: &mut Vec<Record>,
     ) {
+        let mut held = HashSet::with_capacity(inventory.len());
         for entry in inventory {
             if let Err(e) = validate_path(&entry.file) {
                 tracing::warn!(event = "nm_inventory_bad_name", server = name, error = %e);
@@ -656,17 +649,6 @@ impl Nm {
             }
             held.insert(entry.file);
         }
-    }
-
-    /// Files nm places on `name` that its whole inventory (`held`) lacks:
-    /// kept for its partner to copy back, or forgotten if it has none.
-    fn reconcile_missing(
-        &self,
-        state: &mut crate::server::State,
-        name: &str,
-        held: &HashSet<String>,
-        records: &mut Vec<Record>,
-    ) {
         let lost: Vec<String> = state
             .ns
             .files()

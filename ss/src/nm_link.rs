@@ -548,17 +548,14 @@ async fn serve_link(
     let (mut writer, mut reader) = conn.split();
     let mut pending: HashMap<u64, Pending> = HashMap::new();
     // The inventory nm asked for: listed off the runtime's threads (once
-    // the start-up scan is done), then sent a page at a time, the next once
-    // nm has taken the last, so a heartbeat never waits behind more than
-    // one page (nm takes milliseconds per page; a million files queued at
-    // once held heartbeats back past nm's failure timeout).
+    // the start-up scan is done), then sent a page at a time between the
+    // heartbeats.
     let listing_started = Instant::now();
     let mut listing = inventory_wanted.then(|| {
         let files = files.clone();
         tokio::task::spawn_blocking(move || files.inventory(None))
     });
     let mut pages: VecDeque<NmRequest> = VecDeque::new();
-    let mut page_in_flight = false;
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -571,13 +568,11 @@ async fn serve_link(
                 tracing::info!(event = "ss_inventory_listed", files = inventory.len(), ms = listing_started.elapsed().as_millis() as u64, "sending nm the inventory");
                 pages = inventory_pages(inventory, tombstones);
             }
-            () = std::future::ready(()), if !page_in_flight && !pages.is_empty() => {
+            () = std::future::ready(()), if !pages.is_empty() => {
                 let page = pages.pop_front().expect("only while pages are left");
                 let id = next_id;
                 next_id += 1;
                 writer.send(&Request { id, body: page }).await?;
-                pending.insert(id, Pending::InventoryPage);
-                page_in_flight = true;
             }
             _ = heartbeat.tick() => {
                 let patience = if several { lease.min(CALL_TIMEOUT) } else { SOLE_NM_PATIENCE };
@@ -637,10 +632,6 @@ async fn serve_link(
                     Some(Pending::Notice { delivered: Some(delivered), .. }) => {
                         let _ = delivered.send(reply.result.map(|_| ()));
                     }
-                    Some(Pending::InventoryPage) => {
-                        reply.result?;
-                        page_in_flight = false;
-                    }
                     Some(Pending::Notice { delivered: None, .. }) | None => {}
                 }
             }
@@ -651,8 +642,6 @@ async fn serve_link(
 /// A request to nm awaiting its reply.
 enum Pending {
     Heartbeat(Instant),
-    /// A page of the inventory: the next one goes once nm has taken it.
-    InventoryPage,
     Notice {
         /// A change notice, kept to be sent again if nm does not answer.
         resend: Option<NmRequest>,
