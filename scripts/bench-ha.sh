@@ -10,22 +10,17 @@
 #      CREATE through nm, and the longest gap between acknowledged WRITEs of a
 #      client writing all along (FAILOVERS rounds, default 10), default
 #      settings (2 s leader lease, 3 s heartbeat timeout, 1 s heartbeats).
-#   3. The same with FILES files (default 1,000,000; FILES=0 skips it) in
-#      both storage folders and in etcd, FILE_FAILOVERS rounds (default 5).
-#      Preparing a million files takes about five minutes here.
 #
 # The load average is printed before and after: figures taken with a load
 # above ~1.4 on two cores are not comparable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-deps.sh
-cargo build --quiet --release --bins --features nm/etcd,docs-bench/etcd
+cargo build --quiet --release --bins --features nm/etcd
 console=target/release/console
 rounds=${ROUNDS:-5}
 duration=${DURATION:-5s}
 failovers=${FAILOVERS:-10}
-files=${FILES:-1000000}
-file_failovers=${FILE_FAILOVERS:-5}
 
 # The build leaves the load high: wait (at most two minutes) for it to fall.
 for _ in $(seq 120); do
@@ -60,8 +55,4 @@ done
 
 echo "nm failover ($failovers rounds):"
 $console bench nm-failover --rounds "$failovers"
-if [ "$files" -gt 0 ]; then
-  echo "nm failover with $files files ($file_failovers rounds), load $(cut -d' ' -f1-3 /proc/loadavg):"
-  $console bench nm-failover --rounds "$file_failovers" --files "$files"
-fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -32,8 +32,6 @@ pub struct ServerEntry {
     pub client: Arc<SsClient>,
     /// The identity of the server's storage folder (0: not told).
     pub store_id: u64,
-    /// nm asked for its inventory and has not reconciled it yet.
-    pub inventory_due: bool,
 }
 
 pub struct Pair {
@@ -187,7 +185,6 @@ impl Registry {
                 files,
                 client,
                 store_id: 0,
-                inventory_due: false,
             },
         );
         let pair_name = primary.clone().unwrap_or_else(|| name.to_owned());
@@ -449,6 +446,48 @@ impl Registry {
                 }
             })
             .collect()
+    }
+}
+
+/// Servers part-way through registering, with when their last frame came.
+pub type InProgress = std::sync::Mutex<std::collections::HashMap<String, Instant>>;
+
+/// One server's registration in progress, listed in [`InProgress`] until dropped.
+pub struct Registering<'a> {
+    all: &'a InProgress,
+    name: String,
+}
+
+impl<'a> Registering<'a> {
+    pub fn new(all: &'a InProgress, name: &str) -> Self {
+        let registering = Registering {
+            all,
+            name: name.to_owned(),
+        };
+        registering.touch();
+        registering
+    }
+
+    fn lock(
+        all: &InProgress,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Instant>> {
+        all.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A frame of it arrived.
+    pub fn touch(&self) {
+        Self::lock(self.all).insert(self.name.clone(), Instant::now());
+    }
+
+    /// Whether some server's registration made progress within `window`.
+    pub fn any_within(all: &InProgress, window: Duration) -> bool {
+        Self::lock(all).values().any(|last| last.elapsed() < window)
+    }
+}
+
+impl Drop for Registering<'_> {
+    fn drop(&mut self) {
+        Self::lock(self.all).remove(&self.name);
     }
 }
 

@@ -34,9 +34,6 @@ const SYNC_BATCH: usize = 1024;
 const MAX_ATTEMPTS: u32 = 5;
 const RETRY_BASE: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// How long a sync waits for its source's inventory (a million files take
-/// seconds to list, send and reconcile, after the server's start-up scan).
-const INVENTORY_WAIT: Duration = Duration::from_secs(300);
 
 /// The two sides of a pair as a job needs them: the active server (the
 /// source of truth) and the other one (the target being kept up to date).
@@ -578,7 +575,6 @@ impl Nm {
     /// record knows which files changed since the two were last level, only
     /// those are compared (see [`crate::catch_up`]).
     async fn sync_once(&self, sides: &Sides, compare: Compare) -> Result<SyncOutcome, WireError> {
-        self.source_inventory_reconciled(sides).await?;
         let due = self.catch_up.due(&sides.pair);
         // Asked before anything is listed: the source's mark must come
         // before its listing (see `ss::unconfirmed`).
@@ -719,37 +715,6 @@ impl Nm {
         )
         .await;
         Ok(outcome)
-    }
-
-    /// Waits until the source's inventory, sent after it registered, is
-    /// reconciled: what it found (files the source lacks, which its partner
-    /// may hold) decides what the sync compares.
-    async fn source_inventory_reconciled(&self, sides: &Sides) -> Result<(), WireError> {
-        let deadline = Instant::now() + INVENTORY_WAIT;
-        loop {
-            let due = {
-                let state = self.state();
-                match state.registry.get(&sides.source) {
-                    Some(entry) if entry.connected => entry.inventory_due,
-                    _ => {
-                        return Err(WireError::unavailable(format!(
-                            "{} left before its inventory arrived",
-                            sides.source
-                        )))
-                    }
-                }
-            };
-            if !due {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(WireError::unavailable(format!(
-                    "{}'s inventory did not arrive within {INVENTORY_WAIT:?}",
-                    sides.source
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     /// Tells the serving server a sync that took `mark` from it brought

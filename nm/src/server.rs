@@ -44,6 +44,8 @@ pub struct Nm {
     pub waiters: crate::queue::Waiters,
     /// Woken whenever a pair's failover record becomes durable.
     pub failover_recorded: tokio::sync::Notify,
+    /// Storage servers part-way through registering.
+    pub registering: crate::registry::InProgress,
     /// Pairs whose next sync must compare everything.
     pub catch_up: crate::catch_up::CatchUp,
     pub metrics: crate::metrics::NmMetrics,
@@ -153,6 +155,7 @@ impl Nm {
             waiters: Default::default(),
             failover_recorded: Default::default(),
             catch_up: Default::default(),
+            registering: Default::default(),
             metrics,
             address: advertised,
             group,

@@ -12,12 +12,13 @@ use crate::failover::Input;
 use crate::failover_actions::Pending;
 use crate::journal::Record;
 use crate::namespace::FileRecord;
-use crate::registry::backs;
+use crate::registry::{backs, Registering};
 use crate::server::{next_request, Nm};
 use shared::connection::{Connection, Incoming};
 use shared::names::validate_path;
 use shared::proto::{
     EventKind, InventoryEntry, JobKind, JobStep, NmReply, NmRequest, Reply, ServerState, SsRequest,
+    Tombstone,
 };
 use shared::WireError;
 use std::collections::HashSet;
@@ -40,25 +41,14 @@ struct Changed {
 struct Registration {
     client_addr: String,
     backup_of: Option<String>,
+    inventory: Vec<InventoryEntry>,
+    tombstones: Vec<Tombstone>,
+    /// Whether `inventory` is all the server holds (nm cuts it short when it
+    /// does not need it).
+    complete: bool,
     store_id: u64,
     /// As the server counted them; `None` while its start-up scan runs.
     files: Option<u64>,
-}
-
-/// A registration as recorded.
-struct Admitted {
-    /// Tells this registration from an earlier one of the same name.
-    generation: u64,
-    /// The part the server plays now.
-    epoch: u64,
-    serving: bool,
-    writable: bool,
-    /// nm wants its inventory: it is its pair's active server, whose files
-    /// are reconciled with the namespace once they arrive.
-    inventory: bool,
-    /// The failover machine's decisions, carried out once the server has
-    /// its answer.
-    pending: Vec<Pending>,
 }
 
 impl Nm {
@@ -68,17 +58,24 @@ impl Nm {
         name: String,
         peer: SocketAddr,
     ) {
-        let Some((id, registration)) = read_registration(&mut conn, &name, peer).await else {
+        let needs_inventory = |backup_of: Option<&str>| self.needs_inventory(&name, backup_of);
+        let registering = Registering::new(&self.registering, &name);
+        let Some((id, registration)) =
+            read_registration(&mut conn, &name, peer, needs_inventory, &registering).await
+        else {
             return;
         };
-        let Admitted {
-            generation,
-            epoch,
-            serving,
-            writable,
-            inventory,
-            pending,
-        } = self.register(&name, registration);
+        let reconciling = Instant::now();
+        let registered = self.register(&name, registration).await;
+        drop(registering);
+        tracing::debug!(event = "nm_registration_applied", server = %name, ms = reconciling.elapsed().as_millis() as u64);
+        let (generation, epoch, serving, writable, pending) = match registered {
+            Ok(registered) => registered,
+            Err(error) => {
+                let _ = conn.reply::<NmReply>(id, Err(error)).await;
+                return;
+            }
+        };
         let registered = NmReply::Registered {
             // With a cluster key the server derives the ticket key itself.
             ticket_key: match self.cluster_key {
@@ -91,7 +88,6 @@ impl Nm {
             lease_ms: self.lease().as_millis() as u64,
             sync_replication: self.config.replication == crate::config::ReplicationMode::Sync,
             partner: self.state().registry.partner(&name),
-            inventory,
         };
         if conn.reply(id, Ok(registered)).await.is_ok() {
             // Only now: a role handed out by these decisions must not be
@@ -125,8 +121,6 @@ impl Nm {
                 }
             }
         });
-        // The inventory's pages so far (see `NmReply::Registered`).
-        let mut inventory: Vec<InventoryEntry> = Vec::new();
         loop {
             let received = tokio::select! {
                 received = reader.recv_request::<NmRequest>() => received,
@@ -163,28 +157,6 @@ impl Nm {
                     result: Err(WireError::not_leader(None)),
                 });
                 break;
-            }
-            if let NmRequest::InventoryPage {
-                inventory: page,
-                last,
-                ..
-            } = request
-            {
-                inventory.extend(page);
-                if last {
-                    let whole = std::mem::take(&mut inventory);
-                    self.inventory_received(name, generation, whole).await;
-                }
-                if replies
-                    .send(Reply {
-                        id,
-                        result: Ok(NmReply::Done),
-                    })
-                    .is_err()
-                {
-                    break;
-                }
-                continue;
             }
             let (result, changed) = self.handle_server_message(name, request);
             match changed {
@@ -277,6 +249,14 @@ impl Nm {
     /// take over just because its retry came first).
     pub async fn startup_grace(self: Arc<Self>) {
         tokio::time::sleep(startup_grace(self.config.heartbeat_timeout)).await;
+        // A server part-way through registering (a million-file inventory
+        // takes seconds to list and send, after the server's start-up scan)
+        // may be the serving one: its partner does not take over while its
+        // registration goes on.
+        let patience = self.config.heartbeat_timeout.max(REGISTRATION_PATIENCE);
+        while Registering::any_within(&self.registering, patience) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let pairs: Vec<String> = {
             let mut state = self.state();
             state.registry.grace_over();
@@ -517,85 +497,81 @@ impl Nm {
         (Ok(reply), changed)
     }
 
-    /// Records a registration and tells the pair's failover machine.
-    fn register(&self, name: &str, registration: Registration) -> Admitted {
-        let Registration {
-            client_addr,
-            backup_of,
-            store_id,
-            files,
-        } = registration;
-        let mut state = self.state();
-        let state = &mut *state;
-        let count = files
-            .or_else(|| state.registry.get(name).map(|e| e.files))
-            .unwrap_or(0);
-        let pair = backs(name, backup_of.as_deref()).unwrap_or_else(|| name.to_owned());
-        let remembered = state.ns.pair(&pair);
-        let (generation, side) = state.registry.register(
-            name,
-            &client_addr,
-            count,
-            backup_of.as_deref(),
-            self.config.ss_timeout,
-            |_| remembered,
-        );
-        let pending = self.feed(state, &pair, Input::Registered { side });
-        let p = state.registry.pair(&pair).expect("registered above");
-        let (epoch, serving, writable) = p.fsm.role_of(side);
-        let wants_inventory = p.active() == name;
-        if let Some(entry) = state.registry.get_mut(name) {
-            entry.store_id = store_id;
-            entry.inventory_due = wants_inventory;
-        }
-        tracing::info!(event = "nm_server_registered", server = name, address = %client_addr, files = count, serving, epoch, "storage server registered");
-        Admitted {
-            generation,
-            epoch,
-            serving,
-            writable,
-            inventory: wants_inventory,
-            pending,
+    /// Whether a registering server's inventory is needed: only the pair's
+    /// active server has its inventory reconciled with the namespace. The
+    /// other one is compared with its partner by the sync its registration
+    /// starts, which asks for what it needs; reading a million entries it
+    /// does not use would only delay its return.
+    fn needs_inventory(&self, name: &str, backup_of: Option<&str>) -> bool {
+        let state = self.state();
+        let pair = backs(name, backup_of).unwrap_or_else(|| name.to_owned());
+        match state.registry.pair(&pair) {
+            Some(p) => p.active() == name,
+            None => true,
         }
     }
 
-    /// The inventory the pair's active server sent after registering: its
-    /// files are reconciled with the namespace (adopted, refreshed, or
-    /// found missing), unless it registered again or stopped being active.
-    async fn inventory_received(
+    /// Records a registration and tells the pair's failover machine; the
+    /// pair's active server also has its inventory reconciled with the
+    /// namespace. Returns the generation, the part the server plays now
+    /// (epoch, serving, writable), and the machine's decisions, to carry out
+    /// once the server has its answer.
+    async fn register(
         &self,
         name: &str,
-        generation: u64,
-        inventory: Vec<InventoryEntry>,
-    ) {
-        let started = Instant::now();
-        let files = inventory.len();
+        registration: Registration,
+    ) -> Result<(u64, u64, bool, bool, Vec<Pending>), WireError> {
+        let Registration {
+            client_addr,
+            backup_of,
+            inventory,
+            tombstones,
+            complete,
+            store_id,
+            files,
+        } = registration;
         let mut records = Vec::new();
-        {
+        let role = {
             let mut state = self.state();
             let state = &mut *state;
-            if !state.registry.is_current(name, generation) {
-                return;
-            }
-            if let Some(pair) = state.registry.pair_of(name).filter(|p| p.active() == name) {
-                let pair = pair.primary.clone();
-                self.reconcile(state, &pair, inventory, &mut records);
-            }
+            let count = files
+                .or(complete.then_some(inventory.len() as u64))
+                .or_else(|| state.registry.get(name).map(|e| e.files))
+                .unwrap_or(0);
+            let pair = backs(name, backup_of.as_deref()).unwrap_or_else(|| name.to_owned());
+            let remembered = state.ns.pair(&pair);
+            let (generation, side) = state.registry.register(
+                name,
+                &client_addr,
+                count,
+                backup_of.as_deref(),
+                self.config.ss_timeout,
+                |_| remembered,
+            );
             if let Some(entry) = state.registry.get_mut(name) {
-                entry.inventory_due = false;
-                entry.files = files as u64;
+                entry.store_id = store_id;
             }
-        }
-        if let Err(e) = self.journal.append(records).await {
-            tracing::error!(event = "nm_inventory_not_recorded", server = name, error = %e, "files adopted from the inventory could not be recorded");
-        }
-        tracing::info!(
-            event = "nm_inventory_reconciled",
-            server = name,
-            files,
-            ms = started.elapsed().as_millis() as u64,
-            "inventory reconciled with the namespace"
-        );
+            let pending = self.feed(state, &pair, Input::Registered { side });
+            let p = state.registry.pair(&pair).expect("registered above");
+            let (epoch, serving, writable) = p.fsm.role_of(side);
+            if serving {
+                if complete {
+                    self.reconcile(state, &pair, inventory, &mut records);
+                } else {
+                    // Became active while registering: nothing is lost, but
+                    // files whose journal records were lost are not adopted.
+                    tracing::warn!(
+                        event = "nm_inventory_skipped",
+                        server = name,
+                        "became active while registering; its inventory was not reconciled"
+                    );
+                }
+            }
+            tracing::info!(event = "nm_server_registered", server = name, address = %client_addr, files = count, tombstones = tombstones.len(), serving, epoch, "storage server registered");
+            (generation, epoch, serving, writable, pending)
+        };
+        self.journal.append(records).await?;
+        Ok(role)
     }
 
     fn reconcile(
@@ -677,37 +653,76 @@ impl Nm {
     }
 }
 
-/// Reads `Register`; returns the id to answer and the registration.
+/// Reads `Register` and any `InventoryPage`s; returns the id to answer and the whole registration.
+///
+/// `needs_inventory(backup_of)` says whether to read the rest of a long
+/// inventory; if not, the first page is answered with `Registered` at once.
 async fn read_registration(
     conn: &mut Connection,
     name: &str,
     peer: SocketAddr,
+    needs_inventory: impl FnOnce(Option<&str>) -> bool,
+    registering: &Registering<'_>,
 ) -> Option<(u64, Registration)> {
-    let (id, request) = next_request(conn, peer).await?;
-    match request {
+    let (mut id, request) = next_request(conn, peer).await?;
+    registering.touch();
+    let (mut registration, mut more) = match request {
         Some(NmRequest::Register {
             name: registered,
             client_addr,
+            inventory,
+            tombstones,
             backup_of,
+            more,
             store_id,
             files,
-        }) if registered == name => Some((
-            id,
+        }) if registered == name => (
             Registration {
                 client_addr,
-                backup_of,
-                store_id,
                 files,
+                complete: false,
+                backup_of,
+                inventory,
+                tombstones,
+                store_id,
             },
-        )),
+            more,
+        ),
         _ => {
             let error = WireError::bad_request(
                 "a storage server must first Register under its handshake name",
             );
             let _ = conn.reply::<NmReply>(id, Err(error)).await;
-            None
+            return None;
+        }
+    };
+    if more && !needs_inventory(registration.backup_of.as_deref()) {
+        return Some((id, registration));
+    }
+    while more {
+        conn.reply(id, Ok(NmReply::Done)).await.ok()?;
+        let (page_id, request) = next_request(conn, peer).await?;
+        registering.touch();
+        id = page_id;
+        match request {
+            Some(NmRequest::InventoryPage {
+                inventory,
+                tombstones,
+                last,
+            }) => {
+                registration.inventory.extend(inventory);
+                registration.tombstones.extend(tombstones);
+                more = !last;
+            }
+            _ => {
+                let error = WireError::bad_request("expected the rest of the inventory");
+                let _ = conn.reply::<NmReply>(id, Err(error)).await;
+                return None;
+            }
         }
     }
+    registration.complete = true;
+    Some((id, registration))
 }
 
 /// How late the heartbeat monitor may wake before nm counts it as its own
@@ -715,6 +730,11 @@ async fn read_registration(
 fn stall_threshold(timeout: std::time::Duration, tick: std::time::Duration) -> std::time::Duration {
     (tick * 3).max(timeout / 3)
 }
+
+/// How long a registration may go without a frame (a server listing a
+/// million files, or waiting for its start-up scan) and still hold back the
+/// end of nm's start-up grace.
+const REGISTRATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long after nm starts a serving server may take to register again.
 pub fn startup_grace(heartbeat_timeout: std::time::Duration) -> std::time::Duration {

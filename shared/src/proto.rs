@@ -350,25 +350,32 @@ pub enum NmRequest {
         recent: u32,
     },
 
-    /// First request on a storage server's control connection, answered
-    /// at once with `Registered` (the inventory, when nm wants it, follows).
+    /// First request on a storage server's control connection.
     Register {
         name: String,
         client_addr: String,
+        inventory: Vec<InventoryEntry>,
+        /// Files deleted here whose deletion may not have reached the partner.
+        #[serde(default)]
+        tombstones: Vec<Tombstone>,
         /// `ss --backup-of NAME`; without it, `NAME_backup` backs `NAME`.
         #[serde(default)]
         backup_of: Option<String>,
+        /// More of the inventory follows in `InventoryPage`s (frames are bounded).
+        /// nm may answer this first frame with `Registered` at once when it
+        /// does not need the rest (the server is not its pair's active one).
+        #[serde(default)]
+        more: bool,
         /// Identifies this server's data directory: a new one (an emptied
         /// disk) means nm can assume nothing about what it holds.
         #[serde(default)]
         store_id: u64,
-        /// How many files the server holds (`None` while its start-up scan runs).
+        /// How many files the server holds (the inventory may be cut short).
         #[serde(default)]
         files: Option<u64>,
     },
-    /// The server's inventory and tombstones, after `Registered {inventory:
-    /// true}`, in pages (frames are bounded) on the control connection,
-    /// each answered with `Done`; nm reconciles them once `last` arrives.
+    /// The rest of a registration's inventory; the page with `last` set is
+    /// answered with `Registered`, the others with `Done`.
     InventoryPage {
         inventory: Vec<InventoryEntry>,
         tombstones: Vec<Tombstone>,
@@ -465,12 +472,6 @@ pub enum NmReply {
         /// The other server of the pair, while it is registered.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         partner: Option<Partner>,
-        /// Send the inventory (`InventoryPage`s): this server is its pair's
-        /// active one, whose files nm reconciles with its namespace. It
-        /// serves meanwhile: a registration is one round trip, whatever the
-        /// number of files, so an nm takeover waits on no inventory.
-        #[serde(default)]
-        inventory: bool,
     },
     /// The answer to a storage server's `Heartbeat`.
     Beat {

@@ -98,11 +98,6 @@ fn every_message_round_trips() {
         NmRequest::Register {
             name: "ss1".into(),
             client_addr: "127.0.0.1:1".into(),
-            backup_of: Some("ss1".into()),
-            store_id: 7,
-            files: Some(1),
-        },
-        NmRequest::InventoryPage {
             inventory: vec![InventoryEntry {
                 file: "a".into(),
                 meta: meta.clone(),
@@ -114,6 +109,14 @@ fn every_message_round_trips() {
                 deleted_ms: 4,
                 base: 2,
             }],
+            backup_of: Some("ss1".into()),
+            more: true,
+            store_id: 7,
+            files: Some(1),
+        },
+        NmRequest::InventoryPage {
+            inventory: vec![],
+            tombstones: vec![],
             last: true,
         },
         NmRequest::Watch {
@@ -272,7 +275,6 @@ fn every_message_round_trips() {
                 name: "ss1_backup".into(),
                 address: "127.0.0.1:9".into(),
             }),
-            inventory: true,
         }),
         Ok(NmReply::Beat { partner: None }),
         Ok(NmReply::Subscribed),

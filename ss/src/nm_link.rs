@@ -14,7 +14,7 @@ use shared::proto::{
 };
 use shared::ticket::TicketKey;
 use shared::{now_ms, WireError};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -406,12 +406,16 @@ pub async fn run(
     link: Arc<NmLink>,
     shutdown: CancellationToken,
 ) {
-    let mut notices = link
+    let queued = link
         .receiver
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .expect("the link runs once");
+    let mut outbox = Outbox {
+        queued,
+        carried: Vec::new(),
+    };
     let mut backoff = BACKOFF_START;
     let addresses = shared::leader::parse_addresses(&config.nm);
     let mut leader: Option<String> = None;
@@ -423,7 +427,7 @@ pub async fn run(
             &client_addr,
             &files,
             &link,
-            &mut notices,
+            &mut outbox,
         );
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -470,8 +474,12 @@ async fn serve_link(
     client_addr: &str,
     files: &Arc<Files>,
     link: &NmLink,
-    notices: &mut mpsc::Receiver<Notice>,
+    outbox: &mut Outbox,
 ) -> Result<(), LinkError> {
+    let Outbox {
+        queued: notices,
+        carried: unanswered,
+    } = outbox;
     let (mut client, reached) = shared::leader::connect_to_leader(
         addresses,
         leader.as_deref(),
@@ -490,21 +498,56 @@ async fn serve_link(
     let roles_before = link.roles_set.load(Ordering::SeqCst);
     // Whatever was queued while disconnected is covered by the inventory.
     while notices.try_recv().is_ok() {}
-    // Registering is one round trip, whatever the number of files: the
-    // inventory, when nm wants it (this server is its pair's active one),
-    // follows on this connection while the server already serves.
+    // The first frame goes without the inventory: nm answers a standby at
+    // once (it catches up on the files nm asks about), and only a server
+    // that serves its pair lists its files (a million take seconds), once
+    // its start-up scan is done, and sends them in pages.
     let count = files.is_loaded().then(|| files.len() as u64);
-    let reply = call(
+    let mut more = true;
+    let mut reply = call(
         &mut client,
         NmRequest::Register {
             name: config.username.clone(),
             client_addr: client_addr.to_owned(),
+            inventory: Vec::new(),
+            tombstones: Vec::new(),
             backup_of: config.backup_of.clone(),
+            more,
             store_id: files.store_id(),
             files: count,
         },
     )
     .await?;
+    let (mut inventory, mut tombstones) = (Vec::new(), Vec::new());
+    if !matches!(reply, NmReply::Registered { .. }) {
+        let listing = Instant::now();
+        (inventory, tombstones) = listed(files).await?;
+        tracing::info!(
+            event = "ss_inventory_listed",
+            files = inventory.len(),
+            ms = listing.elapsed().as_millis() as u64,
+            "nm asked for the inventory"
+        );
+    }
+    // nm answers `Registered` early when it does not need the rest.
+    while more && !matches!(reply, NmReply::Registered { .. }) {
+        let page: Vec<_> = inventory
+            .drain(..inventory.len().min(INVENTORY_PAGE))
+            .collect();
+        let dead: Vec<_> = tombstones
+            .drain(..tombstones.len().min(INVENTORY_PAGE))
+            .collect();
+        more = !inventory.is_empty() || !tombstones.is_empty();
+        reply = call(
+            &mut client,
+            NmRequest::InventoryPage {
+                inventory: page,
+                tombstones: dead,
+                last: !more,
+            },
+        )
+        .await?;
+    }
     let NmReply::Registered {
         ticket_key,
         epoch,
@@ -513,7 +556,6 @@ async fn serve_link(
         lease_ms,
         sync_replication,
         partner,
-        inventory: inventory_wanted,
     } = reply
     else {
         return Err(LinkError::Unexpected(Box::new(reply)));
@@ -546,34 +588,40 @@ async fn serve_link(
     // backup's confirmation must not hold up the heartbeats behind it.
     let (conn, mut next_id) = client.into_parts();
     let (mut writer, mut reader) = conn.split();
-    let mut pending: HashMap<u64, Pending> = HashMap::new();
-    // The inventory nm asked for: listed off the runtime's threads (once
-    // the start-up scan is done), then sent a page at a time between the
-    // heartbeats.
-    let listing_started = Instant::now();
-    let mut listing = inventory_wanted.then(|| {
-        let files = files.clone();
-        tokio::task::spawn_blocking(move || files.inventory(None))
-    });
-    let mut pages: VecDeque<NmRequest> = VecDeque::new();
+    let mut pending = Unanswered {
+        pending: HashMap::new(),
+        carried: unanswered,
+    };
+    // Kept in `pending` before any is sent, so a send that fails carries them all again.
+    let first_carried = next_id;
+    for notice in std::mem::take(pending.carried) {
+        pending.insert(
+            next_id,
+            Pending::Notice {
+                resend: Some(notice.request),
+                sent: Instant::now(),
+                delivered: notice.delivered,
+            },
+        );
+        next_id += 1;
+    }
+    for id in first_carried..next_id {
+        if let Some(Pending::Notice {
+            resend: Some(request),
+            ..
+        }) = pending.get(&id)
+        {
+            let request = Request {
+                id,
+                body: request.clone(),
+            };
+            writer.send(&request).await?;
+        }
+    }
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            listed = async { listing.as_mut().expect("only while listing").await }, if listing.is_some() => {
-                listing = None;
-                let (inventory, tombstones) = listed
-                    .map_err(|e| WireError::internal(format!("listing the inventory: {e}")))?
-                    .map_err(LinkError::Refused)?;
-                tracing::info!(event = "ss_inventory_listed", files = inventory.len(), ms = listing_started.elapsed().as_millis() as u64, "sending nm the inventory");
-                pages = inventory_pages(inventory, tombstones);
-            }
-            () = std::future::ready(()), if !pages.is_empty() => {
-                let page = pages.pop_front().expect("only while pages are left");
-                let id = next_id;
-                next_id += 1;
-                writer.send(&Request { id, body: page }).await?;
-            }
             _ = heartbeat.tick() => {
                 let patience = if several { lease.min(CALL_TIMEOUT) } else { SOLE_NM_PATIENCE };
                 let stale = pending.values().any(|p| matches!(p, Pending::Heartbeat(sent) if sent.elapsed() > patience));
@@ -639,6 +687,55 @@ async fn serve_link(
     }
 }
 
+/// What the link sends nm besides heartbeats.
+struct Outbox {
+    queued: mpsc::Receiver<Notice>,
+    /// Change notices nm had not answered when a session ended: they go to
+    /// the next one, since nm (this one, or the next leader) must hear of
+    /// every change.
+    carried: Vec<Notice>,
+}
+
+/// The requests of a session awaiting nm's reply; the change notices among
+/// them are carried to the next session when this one ends.
+struct Unanswered<'a> {
+    pending: HashMap<u64, Pending>,
+    carried: &'a mut Vec<Notice>,
+}
+
+impl std::ops::Deref for Unanswered<'_> {
+    type Target = HashMap<u64, Pending>;
+    fn deref(&self) -> &Self::Target {
+        &self.pending
+    }
+}
+
+impl std::ops::DerefMut for Unanswered<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.pending
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let mut notices: Vec<(u64, Notice)> = self
+            .pending
+            .drain()
+            .filter_map(|(id, pending)| match pending {
+                Pending::Notice {
+                    resend: Some(request),
+                    delivered,
+                    ..
+                } => Some((id, Notice { request, delivered })),
+                _ => None,
+            })
+            .collect();
+        // In the order they were first sent.
+        notices.sort_by_key(|(id, _)| *id);
+        self.carried.extend(notices.into_iter().map(|(_, n)| n));
+    }
+}
+
 /// A request to nm awaiting its reply.
 enum Pending {
     Heartbeat(Instant),
@@ -650,28 +747,14 @@ enum Pending {
     },
 }
 
-/// The inventory as `InventoryPage`s, each well under the frame limit; the
-/// last one says so (an empty inventory is one empty last page).
-fn inventory_pages(
-    mut inventory: Vec<InventoryEntry>,
-    mut tombstones: Vec<shared::proto::Tombstone>,
-) -> VecDeque<NmRequest> {
-    let mut pages = VecDeque::new();
-    loop {
-        let page: Vec<_> = inventory
-            .drain(..inventory.len().min(INVENTORY_PAGE))
-            .collect();
-        let dead: Vec<_> = tombstones
-            .drain(..tombstones.len().min(INVENTORY_PAGE))
-            .collect();
-        let last = inventory.is_empty() && tombstones.is_empty();
-        pages.push_back(NmRequest::InventoryPage {
-            inventory: page,
-            tombstones: dead,
-            last,
-        });
-        if last {
-            return pages;
-        }
-    }
+/// Every file (once the start-up scan is done) and every tombstone, listed
+/// off the runtime's threads (a million files take a while).
+async fn listed(
+    files: &Arc<Files>,
+) -> Result<(Vec<InventoryEntry>, Vec<shared::proto::Tombstone>), LinkError> {
+    let files = files.clone();
+    tokio::task::spawn_blocking(move || files.inventory(None))
+        .await
+        .map_err(|e| WireError::internal(format!("listing the inventory: {e}")))?
+        .map_err(LinkError::Refused)
 }
