@@ -773,8 +773,8 @@ async fn failover(
 /// pair took to start and become level on them.
 #[cfg(feature = "etcd")]
 async fn holding_files(cluster: &mut LocalCluster, files: usize) -> Result<f64, BenchError> {
-    use nm::ha::etcd_client::{Client as Etcd, Txn, TxnOp};
-    use nm::ha::keys::{Layout, Translator, Write};
+    use nm::ha::etcd_client::{Client as Etcd, Txn};
+    use nm::ha::keys::{Layout, Translator};
     let store_err = |e: nm::ha::etcd_client::Error| BenchError::Store(e.to_string());
     let prepared = Instant::now();
     let mut preparing = Vec::new();
@@ -800,15 +800,7 @@ async fn holding_files(cluster: &mut LocalCluster, files: usize) -> Result<f64, 
         acl: Default::default(),
     }));
     let writes = translator.translate(records, Default::default());
-    // Under etcd's 128 operations per transaction.
-    for chunk in writes.chunks(100) {
-        let operations: Vec<TxnOp> = chunk
-            .iter()
-            .map(|write| match write {
-                Write::Put(key, value) => TxnOp::put(key.as_str(), value.clone(), None),
-                Write::Delete(key) => TxnOp::delete(key.as_str(), None),
-            })
-            .collect();
+    for operations in nm::ha::store::transactions(&writes) {
         etcd.txn(Txn::new().and_then(operations))
             .await
             .map_err(store_err)?;

@@ -211,14 +211,7 @@ async fn commit(
         );
     }
     let writes = translator.translate(records, fetched);
-    for chunk in writes.chunks(MAX_TXN_OPS) {
-        let operations: Vec<TxnOp> = chunk
-            .iter()
-            .map(|write| match write {
-                Write::Put(key, value) => TxnOp::put(key.as_str(), value.clone(), None),
-                Write::Delete(key) => TxnOp::delete(key.as_str(), None),
-            })
-            .collect();
+    for operations in transactions(&writes) {
         let txn = Txn::new()
             .when([Compare::create_revision(
                 layout.leader(),
@@ -238,6 +231,20 @@ async fn commit(
         }
     }
     Ok(())
+}
+
+/// `writes` as the operations of transactions etcd takes (at most
+/// [`MAX_TXN_OPS`] each).
+pub fn transactions(writes: &[Write]) -> impl Iterator<Item = Vec<TxnOp>> + '_ {
+    writes.chunks(MAX_TXN_OPS).map(|chunk| {
+        chunk
+            .iter()
+            .map(|write| match write {
+                Write::Put(key, value) => TxnOp::put(key.as_str(), value.clone(), None),
+                Write::Delete(key) => TxnOp::delete(key.as_str(), None),
+            })
+            .collect()
+    })
 }
 
 /// Runs an etcd call, again after a failure (an etcd member that died
