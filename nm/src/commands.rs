@@ -126,8 +126,7 @@ impl Nm {
             NmRequest::Watch { .. } => Err(WireError::bad_request(
                 "WATCH takes a connection of its own",
             )),
-            NmRequest::InventoryPage { .. }
-            | NmRequest::Register { .. }
+            NmRequest::Register { .. }
             | NmRequest::Heartbeat
             | NmRequest::FileChanged { .. }
             | NmRequest::Streamed { .. }

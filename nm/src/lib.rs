@@ -22,7 +22,9 @@
 //! - [`server`]: the listener and connection loops.
 //! - [`commands`]: the client commands.
 //! - [`exec`]: EXEC, off unless `--allow-exec`.
-//! - [`storage_servers`]: registration, inventories, heartbeats, notices.
+//! - [`storage_servers`]: registration, heartbeats, notices.
+//! - [`inventory`]: the serving server's inventory, reconciled with the
+//!   namespace after it registers, while it serves.
 //! - [`ss_client`]: nm's connections to storage servers.
 //! - [`group`]: what a leader knows of its group when nm runs on etcd.
 //! - `ha` (feature `etcd`): nm on etcd: leader election, the fenced store,
@@ -38,6 +40,7 @@ pub mod failover_actions;
 pub mod group;
 #[cfg(feature = "etcd")]
 pub mod ha;
+pub mod inventory;
 pub mod journal;
 pub mod metrics;
 pub mod namespace;

@@ -63,6 +63,17 @@ pub struct Namespace {
     job_ids_reserved: u64,
     /// What the failover machine keeps of each pair, by primary name.
     pairs: BTreeMap<String, PersistedPair>,
+    /// Names whose entries changed while a server's inventory was being
+    /// reconciled (see [`Namespace::watch_changes`]).
+    changes: ChangeLog,
+}
+
+/// The names created, reserved or removed since the first of the watchers
+/// began, kept while any watches.
+#[derive(Debug, Default)]
+struct ChangeLog {
+    watchers: usize,
+    names: HashSet<String>,
 }
 
 /// The folder a path lives in ("" at the top).
@@ -173,6 +184,7 @@ impl Namespace {
             }
             up = parent(folder);
         }
+        self.note_change(name);
         self.reserved.insert(name.to_owned());
         Ok(())
     }
@@ -183,6 +195,7 @@ impl Namespace {
     }
 
     pub fn unreserve(&mut self, name: &str) {
+        self.note_change(name);
         self.reserved.remove(name);
     }
 
@@ -267,8 +280,38 @@ impl Namespace {
         Ok(children.iter().map(|name| entry(name)).collect())
     }
 
+    /// Starts noting every name whose entry changes (a reservation, an
+    /// insertion, a removal), until the matching [`Namespace::unwatch_changes`].
+    ///
+    /// An inventory reconciled while clients work is a picture taken at
+    /// some moment after this call: a name changed since may differ from it
+    /// because of that change, and is left alone; every other name has the
+    /// same entry now as when the picture was taken.
+    pub fn watch_changes(&mut self) {
+        self.changes.watchers += 1;
+    }
+
+    pub fn unwatch_changes(&mut self) {
+        self.changes.watchers = self.changes.watchers.saturating_sub(1);
+        if self.changes.watchers == 0 {
+            self.changes.names = HashSet::new();
+        }
+    }
+
+    /// Whether `name` changed since the oldest watch still running began.
+    pub fn changed_while_watched(&self, name: &str) -> bool {
+        self.changes.names.contains(name)
+    }
+
+    fn note_change(&mut self, name: &str) {
+        if self.changes.watchers > 0 {
+            self.changes.names.insert(name.to_owned());
+        }
+    }
+
     /// Adds (or replaces) a file, creating its folders if missing.
     pub fn insert(&mut self, name: &str, record: FileRecord) {
+        self.note_change(name);
         self.reserved.remove(name);
         self.remove(name);
         let shared: Name = Arc::from(name);
@@ -294,6 +337,7 @@ impl Namespace {
     /// Forgets a file (its folders stay).
     pub fn remove(&mut self, name: &str) -> Option<FileRecord> {
         let record = *self.files.remove(name)?;
+        self.note_change(name);
         for reader in record.readers() {
             if let Some(set) = self.readable.get_mut(reader) {
                 set.remove(name);
@@ -520,5 +564,26 @@ mod tests {
             0,
             "deleting a file drops its requests"
         );
+    }
+
+    #[test]
+    fn changes_are_noted_only_while_watched() {
+        let mut ns = Namespace::default();
+        ns.insert("before", record("alice"));
+        ns.watch_changes();
+        ns.insert("created", record("alice"));
+        ns.reserve("creating").unwrap();
+        ns.rename("before", "after");
+        ns.watch_changes();
+        ns.unwatch_changes();
+        assert!(ns.changed_while_watched("created"));
+        assert!(ns.changed_while_watched("creating"));
+        assert!(ns.changed_while_watched("before"), "a move changes both names");
+        assert!(ns.changed_while_watched("after"));
+        assert!(!ns.changed_while_watched("other"));
+        ns.unwatch_changes();
+        assert!(!ns.changed_while_watched("created"), "forgotten when nobody watches");
+        ns.delete("after");
+        assert!(!ns.changed_while_watched("after"));
     }
 }

@@ -32,6 +32,9 @@ pub struct ServerEntry {
     pub client: Arc<SsClient>,
     /// The identity of the server's storage folder (0: not told).
     pub store_id: u64,
+    /// It serves its pair and nm has not reconciled its inventory since it
+    /// registered (see `crate::inventory`).
+    pub inventory_due: bool,
 }
 
 pub struct Pair {
@@ -185,6 +188,7 @@ impl Registry {
                 files,
                 client,
                 store_id: 0,
+                inventory_due: false,
             },
         );
         let pair_name = primary.clone().unwrap_or_else(|| name.to_owned());

@@ -575,6 +575,7 @@ impl Nm {
     /// record knows which files changed since the two were last level, only
     /// those are compared (see [`crate::catch_up`]).
     async fn sync_once(&self, sides: &Sides, compare: Compare) -> Result<SyncOutcome, WireError> {
+        self.inventory_reconciled(&sides.source).await?;
         let due = self.catch_up.due(&sides.pair);
         // Asked before anything is listed: the source's mark must come
         // before its listing (see `ss::unconfirmed`).

@@ -446,7 +446,6 @@ fn summarize(request: &NmRequest) -> String {
         NmRequest::ListCheckpoints { file } => format!("LISTCHECKPOINTS {file}"),
         NmRequest::Exec { file } => format!("EXEC {file}"),
         NmRequest::Watch { .. } => "WATCH".into(),
-        NmRequest::InventoryPage { .. } => "INVENTORY_PAGE".into(),
         NmRequest::Register { name, .. } => format!("REGISTER {name}"),
         NmRequest::Heartbeat => "HEARTBEAT".into(),
         NmRequest::FileChanged { file, .. } => format!("FILE_CHANGED {file}"),

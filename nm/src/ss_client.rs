@@ -133,6 +133,23 @@ impl SsClient {
         self.inventory_pages(SsRequest::Inventory).await
     }
 
+    /// The server's inventory a page at a time, as the pages arrive: `each`
+    /// takes a page's entries (tombstones are left out) and returns whether
+    /// to go on. Nothing is gathered, so a million files cost one page.
+    pub async fn inventory_each(
+        &self,
+        mut each: impl FnMut(Vec<InventoryEntry>) -> bool,
+    ) -> Result<(), WireError> {
+        self.streamed(SsRequest::Inventory, |reply| match reply {
+            SsReply::Inventory { files, .. } => Ok(!each(files)),
+            SsReply::End => Ok(true),
+            other => Err(WireError::internal(format!(
+                "unexpected reply to Inventory: {other:?}"
+            ))),
+        })
+        .await
+    }
+
     /// What the server recorded of its standby: the files it may lack (see
     /// `ss::unconfirmed`), as `(mark, level, files)`.
     pub async fn unconfirmed(

@@ -1,30 +1,23 @@
-//! Storage servers' control connections: registration with an inventory,
-//! heartbeats and change notices.
+//! Storage servers' control connections: registration, heartbeats and change
+//! notices.
 //!
-//! At registration nm reconciles a primary's inventory with what it
-//! remembers: files nm did not know (a CREATE whose journal record was lost
-//! in a crash) are adopted, files nm placed there that the server no longer
-//! has are forgotten with a warning. A backup's inventory is not part of the
-//! namespace; it is compared with its primary's by the sync that its
-//! registration starts. The connection closing marks the server down at once.
+//! A registration is one frame, answered at once whatever the number of
+//! files. The pair's serving server then has its inventory reconciled with
+//! the namespace in the background (see [`crate::inventory`]); the other
+//! one is compared with its partner by the sync its registration starts.
+//! The connection closing marks the server down at once.
 
 use crate::failover::Input;
 use crate::failover_actions::Pending;
-use crate::journal::Record;
-use crate::namespace::FileRecord;
 use crate::registry::{backs, Registering};
 use crate::server::{next_request, Nm};
 use shared::connection::{Connection, Incoming};
-use shared::names::validate_path;
 use shared::proto::{
-    EventKind, InventoryEntry, JobKind, JobStep, NmReply, NmRequest, Reply, ServerState, SsRequest,
-    Tombstone,
+    EventKind, JobKind, JobStep, NmReply, NmRequest, Reply, ServerState, SsRequest,
 };
 use shared::WireError;
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// A change a server told nm of, to replicate.
 struct Changed {
@@ -41,11 +34,6 @@ struct Changed {
 struct Registration {
     client_addr: String,
     backup_of: Option<String>,
-    inventory: Vec<InventoryEntry>,
-    tombstones: Vec<Tombstone>,
-    /// Whether `inventory` is all the server holds (nm cuts it short when it
-    /// does not need it).
-    complete: bool,
     store_id: u64,
     /// As the server counted them; `None` while its start-up scan runs.
     files: Option<u64>,
@@ -58,24 +46,12 @@ impl Nm {
         name: String,
         peer: SocketAddr,
     ) {
-        let needs_inventory = |backup_of: Option<&str>| self.needs_inventory(&name, backup_of);
         let registering = Registering::new(&self.registering, &name);
-        let Some((id, registration)) =
-            read_registration(&mut conn, &name, peer, needs_inventory, &registering).await
-        else {
+        let Some((id, registration)) = read_registration(&mut conn, &name, peer).await else {
             return;
         };
-        let reconciling = Instant::now();
-        let registered = self.register(&name, registration).await;
+        let (generation, epoch, serving, writable, pending) = self.register(&name, registration);
         drop(registering);
-        tracing::debug!(event = "nm_registration_applied", server = %name, ms = reconciling.elapsed().as_millis() as u64);
-        let (generation, epoch, serving, writable, pending) = match registered {
-            Ok(registered) => registered,
-            Err(error) => {
-                let _ = conn.reply::<NmReply>(id, Err(error)).await;
-                return;
-            }
-        };
         let registered = NmReply::Registered {
             // With a cluster key the server derives the ticket key itself.
             ticket_key: match self.cluster_key {
@@ -93,6 +69,10 @@ impl Nm {
             // Only now: a role handed out by these decisions must not be
             // overtaken by the one in the answer.
             self.after_registration(&name, pending);
+            if serving {
+                // Its inventory is reconciled while it serves.
+                tokio::spawn(self.clone().reconcile_inventory(name.clone(), generation));
+            }
             self.serve_control_messages(conn, &name, generation, peer)
                 .await;
         } else {
@@ -249,11 +229,10 @@ impl Nm {
     /// take over just because its retry came first).
     pub async fn startup_grace(self: Arc<Self>) {
         tokio::time::sleep(startup_grace(self.config.heartbeat_timeout)).await;
-        // A server part-way through registering (a million-file inventory
-        // takes seconds to list and send, after the server's start-up scan)
-        // may be the serving one: its partner does not take over while its
-        // registration goes on.
-        let patience = self.config.heartbeat_timeout.max(REGISTRATION_PATIENCE);
+        // A server part-way through registering (connected, its Register
+        // not yet applied) may be the serving one: its partner does not
+        // take over while its registration goes on.
+        let patience = self.config.heartbeat_timeout;
         while Registering::any_within(&self.registering, patience) {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
@@ -497,232 +476,83 @@ impl Nm {
         (Ok(reply), changed)
     }
 
-    /// Whether a registering server's inventory is needed: only the pair's
-    /// active server has its inventory reconciled with the namespace. The
-    /// other one is compared with its partner by the sync its registration
-    /// starts, which asks for what it needs; reading a million entries it
-    /// does not use would only delay its return.
-    fn needs_inventory(&self, name: &str, backup_of: Option<&str>) -> bool {
-        let state = self.state();
-        let pair = backs(name, backup_of).unwrap_or_else(|| name.to_owned());
-        match state.registry.pair(&pair) {
-            Some(p) => p.active() == name,
-            None => true,
-        }
-    }
-
-    /// Records a registration and tells the pair's failover machine; the
-    /// pair's active server also has its inventory reconciled with the
-    /// namespace. Returns the generation, the part the server plays now
+    /// Records a registration and tells the pair's failover machine.
+    /// Returns the generation, the part the server plays now
     /// (epoch, serving, writable), and the machine's decisions, to carry out
     /// once the server has its answer.
-    async fn register(
+    fn register(
         &self,
         name: &str,
         registration: Registration,
-    ) -> Result<(u64, u64, bool, bool, Vec<Pending>), WireError> {
+    ) -> (u64, u64, bool, bool, Vec<Pending>) {
         let Registration {
             client_addr,
             backup_of,
-            inventory,
-            tombstones,
-            complete,
             store_id,
             files,
         } = registration;
-        let mut records = Vec::new();
-        let role = {
-            let mut state = self.state();
-            let state = &mut *state;
-            let count = files
-                .or(complete.then_some(inventory.len() as u64))
-                .or_else(|| state.registry.get(name).map(|e| e.files))
-                .unwrap_or(0);
-            let pair = backs(name, backup_of.as_deref()).unwrap_or_else(|| name.to_owned());
-            let remembered = state.ns.pair(&pair);
-            let (generation, side) = state.registry.register(
-                name,
-                &client_addr,
-                count,
-                backup_of.as_deref(),
-                self.config.ss_timeout,
-                |_| remembered,
-            );
-            if let Some(entry) = state.registry.get_mut(name) {
-                entry.store_id = store_id;
-            }
-            let pending = self.feed(state, &pair, Input::Registered { side });
-            let p = state.registry.pair(&pair).expect("registered above");
-            let (epoch, serving, writable) = p.fsm.role_of(side);
-            if serving {
-                if complete {
-                    self.reconcile(state, &pair, inventory, &mut records);
-                } else {
-                    // Became active while registering: nothing is lost, but
-                    // files whose journal records were lost are not adopted.
-                    tracing::warn!(
-                        event = "nm_inventory_skipped",
-                        server = name,
-                        "became active while registering; its inventory was not reconciled"
-                    );
-                }
-            }
-            tracing::info!(event = "nm_server_registered", server = name, address = %client_addr, files = count, tombstones = tombstones.len(), serving, epoch, "storage server registered");
-            (generation, epoch, serving, writable, pending)
-        };
-        self.journal.append(records).await?;
-        Ok(role)
-    }
-
-    fn reconcile(
-        &self,
-        state: &mut crate::server::State,
-        name: &str,
-        inventory: Vec<InventoryEntry>,
-        records: &mut Vec<Record>,
-    ) {
-        let mut held = HashSet::with_capacity(inventory.len());
-        for entry in inventory {
-            if let Err(e) = validate_path(&entry.file) {
-                tracing::warn!(event = "nm_inventory_bad_name", server = name, error = %e);
-                continue;
-            }
-            match state.ns.file_mut(&entry.file) {
-                Some(record) if record.server == name => {
-                    record.stats = entry.meta.stats;
-                }
-                Some(record) => {
-                    tracing::warn!(event = "nm_inventory_conflict", server = name, file = %entry.file, placed_on = %record.server, "file also held by another server; keeping nm's placement");
-                    continue;
-                }
-                None => {
-                    if let Err(e) = state.ns.reserve(&entry.file) {
-                        tracing::warn!(event = "nm_inventory_conflict", server = name, file = %entry.file, error = %e);
-                        continue;
-                    }
-                    tracing::info!(event = "nm_file_adopted", server = name, file = %entry.file, owner = %entry.meta.owner);
-                    if state.ns.add_user(&entry.meta.owner) {
-                        records.push(Record::User {
-                            name: entry.meta.owner.clone(),
-                        });
-                    }
-                    records.push(Record::FileCreated {
-                        file: entry.file.clone(),
-                        owner: entry.meta.owner.clone(),
-                        server: name.to_owned(),
-                        acl: entry.meta.acl.clone(),
-                    });
-                    state.ns.insert(
-                        &entry.file,
-                        FileRecord {
-                            owner: entry.meta.owner,
-                            acl: entry.meta.acl,
-                            server: name.to_owned(),
-                            stats: entry.meta.stats,
-                        },
-                    );
-                }
-            }
-            held.insert(entry.file);
+        let mut state = self.state();
+        let state = &mut *state;
+    let count = files
+            .or_else(|| state.registry.get(name).map(|e| e.files))
+            .unwrap_or(0);
+        let pair = backs(name, backup_of.as_deref()).unwrap_or_else(|| name.to_owned());
+        let remembered = state.ns.pair(&pair);
+        let (generation, side) = state.registry.register(
+            name,
+            &client_addr,
+            count,
+            backup_of.as_deref(),
+            self.config.ss_timeout,
+            |_| remembered,
+        );
+        if let Some(entry) = state.registry.get_mut(name) {
+            entry.store_id = store_id;
         }
-        let lost: Vec<String> = state
-            .ns
-            .files()
-            .filter(|(file, record)| record.server == name && !held.contains(*file))
-            .map(|(file, _)| file.to_owned())
-            .collect();
-        let partner = state
-            .registry
-            .pair(name)
-            .and_then(|p| p.name(p.fsm.standby_side()).map(str::to_owned));
-        if let (Some(partner), false) = (&partner, lost.is_empty()) {
-            // Its partner may hold them: kept, and the next sync of the pair
-            // compares everything and copies back what only the partner has.
-            self.catch_up
-                .compare_everything_next(name, "the serving server lacks files nm knows");
-            for file in lost {
-                tracing::warn!(event = "nm_file_missing", server = name, file = %file, partner = %partner, "the serving server does not hold this file; kept, to be copied back from its partner");
-            }
-            return;
+        let pending = self.feed(state, &pair, Input::Registered { side });
+        let p = state.registry.pair(&pair).expect("registered above");
+        let (epoch, serving, writable) = p.fsm.role_of(side);
+        if let Some(entry) = state.registry.get_mut(name) {
+            // Until its inventory is reconciled a sync from it waits (see
+            // `crate::inventory`).
+            entry.inventory_due = serving;
         }
-        for file in lost {
-            tracing::warn!(event = "nm_file_lost", server = name, file = %file, "the server no longer holds this file and has no partner; forgetting it");
-            state.ns.delete(&file);
-            records.push(Record::FileDeleted { file });
-        }
+        tracing::info!(event = "nm_server_registered", server = name, address = %client_addr, files = count, serving, epoch, "storage server registered");
+        (generation, epoch, serving, writable, pending)
     }
 }
 
-/// Reads `Register` and any `InventoryPage`s; returns the id to answer and the whole registration.
-///
-/// `needs_inventory(backup_of)` says whether to read the rest of a long
-/// inventory; if not, the first page is answered with `Registered` at once.
+/// Reads `Register`; returns the id to answer and the registration.
 async fn read_registration(
     conn: &mut Connection,
     name: &str,
     peer: SocketAddr,
-    needs_inventory: impl FnOnce(Option<&str>) -> bool,
-    registering: &Registering<'_>,
 ) -> Option<(u64, Registration)> {
-    let (mut id, request) = next_request(conn, peer).await?;
-    registering.touch();
-    let (mut registration, mut more) = match request {
+    let (id, request) = next_request(conn, peer).await?;
+    match request {
         Some(NmRequest::Register {
             name: registered,
             client_addr,
-            inventory,
-            tombstones,
             backup_of,
-            more,
             store_id,
             files,
-        }) if registered == name => (
+        }) if registered == name => Some((
+            id,
             Registration {
                 client_addr,
                 files,
-                complete: false,
                 backup_of,
-                inventory,
-                tombstones,
                 store_id,
             },
-            more,
-        ),
+        )),
         _ => {
             let error = WireError::bad_request(
                 "a storage server must first Register under its handshake name",
             );
             let _ = conn.reply::<NmReply>(id, Err(error)).await;
-            return None;
-        }
-    };
-    if more && !needs_inventory(registration.backup_of.as_deref()) {
-        return Some((id, registration));
-    }
-    while more {
-        conn.reply(id, Ok(NmReply::Done)).await.ok()?;
-        let (page_id, request) = next_request(conn, peer).await?;
-        registering.touch();
-        id = page_id;
-        match request {
-            Some(NmRequest::InventoryPage {
-                inventory,
-                tombstones,
-                last,
-            }) => {
-                registration.inventory.extend(inventory);
-                registration.tombstones.extend(tombstones);
-                more = !last;
-            }
-            _ => {
-                let error = WireError::bad_request("expected the rest of the inventory");
-                let _ = conn.reply::<NmReply>(id, Err(error)).await;
-                return None;
-            }
+            None
         }
     }
-    registration.complete = true;
-    Some((id, registration))
 }
 
 /// How late the heartbeat monitor may wake before nm counts it as its own
@@ -730,11 +560,6 @@ async fn read_registration(
 fn stall_threshold(timeout: std::time::Duration, tick: std::time::Duration) -> std::time::Duration {
     (tick * 3).max(timeout / 3)
 }
-
-/// How long a registration may go without a frame (a server listing a
-/// million files, or waiting for its start-up scan) and still hold back the
-/// end of nm's start-up grace.
-const REGISTRATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long after nm starts a serving server may take to register again.
 pub fn startup_grace(heartbeat_timeout: std::time::Duration) -> std::time::Duration {

@@ -24,8 +24,9 @@ use std::collections::BTreeMap;
 pub const MAGIC: u32 = u32::from_be_bytes(*b"DOC+");
 /// Bumped on any change that an older peer could misread (2: requests are
 /// decoded strictly, see `shared::connection`; 3: WATCH `recent`, pair
-/// `operations`).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// `operations`; 4: the serving server's record of what its standby lacks;
+/// 5: `Register` is one frame, the inventory pulled by nm afterwards).
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Inventory entries per frame (inventories are paged to stay under the frame limit).
 pub const INVENTORY_PAGE: usize = 1000;
 
@@ -350,36 +351,23 @@ pub enum NmRequest {
         recent: u32,
     },
 
-    /// First request on a storage server's control connection.
+    /// First request on a storage server's control connection, answered
+    /// with `Registered` at once whatever the number of files: nm asks the
+    /// pair's serving server for its inventory afterwards, on a connection
+    /// of its own (`SsRequest::Inventory`), while the server serves.
     Register {
         name: String,
         client_addr: String,
-        inventory: Vec<InventoryEntry>,
-        /// Files deleted here whose deletion may not have reached the partner.
-        #[serde(default)]
-        tombstones: Vec<Tombstone>,
         /// `ss --backup-of NAME`; without it, `NAME_backup` backs `NAME`.
         #[serde(default)]
         backup_of: Option<String>,
-        /// More of the inventory follows in `InventoryPage`s (frames are bounded).
-        /// nm may answer this first frame with `Registered` at once when it
-        /// does not need the rest (the server is not its pair's active one).
-        #[serde(default)]
-        more: bool,
         /// Identifies this server's data directory: a new one (an emptied
         /// disk) means nm can assume nothing about what it holds.
         #[serde(default)]
         store_id: u64,
-        /// How many files the server holds (the inventory may be cut short).
+        /// How many files the server holds; `None` while its start-up scan runs.
         #[serde(default)]
         files: Option<u64>,
-    },
-    /// The rest of a registration's inventory; the page with `last` set is
-    /// answered with `Registered`, the others with `Done`.
-    InventoryPage {
-        inventory: Vec<InventoryEntry>,
-        tombstones: Vec<Tombstone>,
-        last: bool,
     },
     Heartbeat,
     /// A storage server applied a change (a WRITE's ETIRW, an UNDO, …).

@@ -9,8 +9,7 @@ use crate::files::Files;
 use crate::Config;
 use shared::connection::{ConnectionError, RpcClient};
 use shared::proto::{
-    FileStats, InventoryEntry, NmReply, NmRequest, Partner, Reply, Request, Role, StreamedChange,
-    INVENTORY_PAGE,
+    FileStats, NmReply, NmRequest, Partner, Reply, Request, Role, StreamedChange,
 };
 use shared::ticket::TicketKey;
 use shared::{now_ms, WireError};
@@ -496,58 +495,24 @@ async fn serve_link(
     let several = addresses.len() > 1;
     let registered_at = Instant::now();
     let roles_before = link.roles_set.load(Ordering::SeqCst);
-    // Whatever was queued while disconnected is covered by the inventory.
+    // Whatever was queued while disconnected is covered by the inventory
+    // nm asks the serving server for after registering.
     while notices.try_recv().is_ok() {}
-    // The first frame goes without the inventory: nm answers a standby at
-    // once (it catches up on the files nm asks about), and only a server
-    // that serves its pair lists its files (a million take seconds), once
-    // its start-up scan is done, and sends them in pages.
+    // One frame whatever the number of files: nm answers at once and asks
+    // the pair's serving server for its inventory afterwards (a million
+    // files take seconds to list and reconcile).
     let count = files.is_loaded().then(|| files.len() as u64);
-    let mut more = true;
-    let mut reply = call(
+    let reply = call(
         &mut client,
         NmRequest::Register {
             name: config.username.clone(),
             client_addr: client_addr.to_owned(),
-            inventory: Vec::new(),
-            tombstones: Vec::new(),
             backup_of: config.backup_of.clone(),
-            more,
             store_id: files.store_id(),
             files: count,
         },
     )
     .await?;
-    let (mut inventory, mut tombstones) = (Vec::new(), Vec::new());
-    if !matches!(reply, NmReply::Registered { .. }) {
-        let listing = Instant::now();
-        (inventory, tombstones) = listed(files).await?;
-        tracing::info!(
-            event = "ss_inventory_listed",
-            files = inventory.len(),
-            ms = listing.elapsed().as_millis() as u64,
-            "nm asked for the inventory"
-        );
-    }
-    // nm answers `Registered` early when it does not need the rest.
-    while more && !matches!(reply, NmReply::Registered { .. }) {
-        let page: Vec<_> = inventory
-            .drain(..inventory.len().min(INVENTORY_PAGE))
-            .collect();
-        let dead: Vec<_> = tombstones
-            .drain(..tombstones.len().min(INVENTORY_PAGE))
-            .collect();
-        more = !inventory.is_empty() || !tombstones.is_empty();
-        reply = call(
-            &mut client,
-            NmRequest::InventoryPage {
-                inventory: page,
-                tombstones: dead,
-                last: !more,
-            },
-        )
-        .await?;
-    }
     let NmReply::Registered {
         ticket_key,
         epoch,
@@ -745,16 +710,4 @@ enum Pending {
         sent: Instant,
         delivered: Option<oneshot::Sender<Result<(), WireError>>>,
     },
-}
-
-/// Every file (once the start-up scan is done) and every tombstone, listed
-/// off the runtime's threads (a million files take a while).
-async fn listed(
-    files: &Arc<Files>,
-) -> Result<(Vec<InventoryEntry>, Vec<shared::proto::Tombstone>), LinkError> {
-    let files = files.clone();
-    tokio::task::spawn_blocking(move || files.inventory(None))
-        .await
-        .map_err(|e| WireError::internal(format!("listing the inventory: {e}")))?
-        .map_err(LinkError::Refused)
 }

@@ -101,7 +101,12 @@ async fn files_nm_never_recorded_are_adopted_from_the_inventory() {
     })
     .await;
     assert_eq!(status.servers[0].files, 1);
-    let run = cluster.console("carol", "READ orphan.txt\nINFO orphan.txt\n");
+    // Adopted once nm has read ss1's inventory, which follows its registration.
+    let run = eventually("orphan.txt to be adopted", async || {
+        let run = cluster.console("carol", "READ orphan.txt\nINFO orphan.txt\n");
+        (run.code_of(0) != "E_NOT_FOUND").then_some(run)
+    })
+    .await;
     run.all_ok();
     assert_eq!(run.get(0)["data"]["content"], "Found.");
     assert_eq!(run.get(1)["data"]["owner"], "carol");

@@ -1,0 +1,366 @@
+//! The serving server's inventory, reconciled with the namespace after it
+//! registers, while it serves.
+//!
+//! A registration is one frame, answered at once: with a million files,
+//! listing, sending and reconciling them takes seconds, and a takeover by a
+//! new nm leader must not wait for that before clients are served. So nm
+//! asks the pair's serving server for its inventory afterwards, on a
+//! connection of its own (its heartbeats go on meanwhile), and reconciles it
+//! page by page, holding the namespace lock for one page at a time:
+//!
+//! - a file the server holds that nm does not know (a CREATE whose journal
+//!   record was lost in a crash) is adopted;
+//! - a file nm places on the pair that the server does not hold is kept, to
+//!   be copied back from the partner by a sync that compares everything, or
+//!   forgotten if there is no partner.
+//!
+//! Clients create, delete and move files while the inventory is read, so a
+//! page is a picture of the server at some moment after the reconcile began.
+//! The namespace notes every name changed since then
+//! ([`Namespace::watch_changes`](crate::namespace::Namespace::watch_changes)),
+//! and the reconcile leaves those names alone: a file deleted meanwhile is
+//! not adopted again, a file created meanwhile is not missing. Every other
+//! name had the same entry when the picture was taken as it has now.
+//!
+//! A sync from the server waits until its inventory is reconciled (what is
+//! missing decides what the sync compares; see
+//! [`Nm::inventory_reconciled`]).
+
+use crate::journal::Record;
+use crate::namespace::FileRecord;
+use crate::server::{Nm, State};
+use shared::names::validate_path;
+use shared::proto::InventoryEntry;
+use shared::WireError;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long after a failed attempt nm asks for the inventory again.
+const RETRY: Duration = Duration::from_millis(500);
+/// How long a sync waits for its source's inventory (a million files take
+/// seconds to list and reconcile, after the server's start-up scan).
+const SYNC_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Notes namespace changes while it lives.
+struct Watching<'a>(&'a Nm);
+
+impl<'a> Watching<'a> {
+    fn start(nm: &'a Nm) -> Self {
+        nm.state().ns.watch_changes();
+        Watching(nm)
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.0.state().ns.unwatch_changes();
+    }
+}
+
+/// What a page found, kept until the last page.
+#[derive(Default)]
+struct Reconciled {
+    /// Every name the server holds.
+    held: HashSet<String>,
+    /// Journal records of adopted files (and their owners).
+    records: Vec<Record>,
+}
+
+impl Nm {
+    /// Reconciles `name`'s inventory with the namespace, again after a
+    /// failure, until done or until the server registers again or stops
+    /// serving its pair.
+    pub(crate) async fn reconcile_inventory(self: Arc<Self>, name: String, generation: u64) {
+        let started = Instant::now();
+        loop {
+            match self.reconcile_inventory_once(&name, generation).await {
+                Ok(Some(files)) => {
+                    tracing::info!(
+                        event = "nm_inventory_reconciled",
+                        server = %name,
+                        files,
+                        ms = started.elapsed().as_millis() as u64,
+                        "inventory reconciled with the namespace"
+                    );
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(event = "nm_inventory_failed", server = %name, error = %e, "reading the inventory failed; trying again");
+                    tokio::time::sleep(RETRY).await;
+                    if self.serving_pair(&name, generation).is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut state = self.state();
+        if let Some(entry) = state
+            .registry
+            .get_mut(&name)
+            .filter(|e| e.generation == generation)
+        {
+            entry.inventory_due = false;
+        }
+    }
+
+    /// `Some(files held)` once reconciled, `None` if the server no longer
+    /// serves under this registration.
+    async fn reconcile_inventory_once(
+        &self,
+        name: &str,
+        generation: u64,
+    ) -> Result<Option<usize>, WireError> {
+        let client = {
+            let state = self.state();
+            match state.registry.get(name) {
+                Some(entry) if entry.generation == generation => entry.client.clone(),
+                _ => return Ok(None),
+            }
+        };
+        let _watching = Watching::start(self);
+        let mut found = Reconciled::default();
+        let mut current = true;
+        client
+            .inventory_each(|page| {
+                let mut state = self.state();
+                let Some(pair) = self.serving_pair_in(&state, name, generation) else {
+                    current = false;
+                    return false;
+                };
+                adopt_or_refresh(&mut state, &pair, page, &mut found);
+                true
+            })
+            .await?;
+        if !current {
+            return Ok(None);
+        }
+        let files = found.held.len();
+        {
+            let mut state = self.state();
+            let Some(pair) = self.serving_pair_in(&state, name, generation) else {
+                return Ok(None);
+            };
+            self.missing(&mut state, &pair, &mut found);
+            if let Some(entry) = state.registry.get_mut(name) {
+                entry.files = files as u64;
+            }
+        }
+        if !found.records.is_empty() {
+            self.journal.append(found.records).await?;
+        }
+        Ok(Some(files))
+    }
+
+    /// The pair `name` serves under registration `generation`.
+    fn serving_pair(&self, name: &str, generation: u64) -> Option<String> {
+        self.serving_pair_in(&self.state(), name, generation)
+    }
+
+    fn serving_pair_in(&self, state: &State, name: &str, generation: u64) -> Option<String> {
+        if !state.registry.is_current(name, generation) {
+            return None;
+        }
+        state
+            .registry
+            .pair_of(name)
+            .filter(|p| p.active() == name)
+            .map(|p| p.primary.clone())
+    }
+
+    /// Files nm places on `pair` that the whole inventory lacks: kept for
+    /// the partner to copy back, or forgotten if there is no partner.
+    fn missing(&self, state: &mut State, pair: &str, found: &mut Reconciled) {
+        let lost = lacking(state, pair, &found.held);
+        if lost.is_empty() {
+            return;
+        }
+        let partner = state
+            .registry
+            .pair(pair)
+            .and_then(|p| p.name(p.fsm.standby_side()).map(str::to_owned));
+        if let Some(partner) = partner {
+            // The next sync of the pair compares everything and copies
+            // back what only the partner has.
+            self.catch_up
+                .compare_everything_next(pair, "the serving server lacks files nm knows");
+            for file in lost {
+                tracing::warn!(event = "nm_file_missing", server = pair, file = %file, partner = %partner, "the serving server does not hold this file; kept, to be copied back from its partner");
+            }
+            return;
+        }
+        for file in lost {
+            tracing::warn!(event = "nm_file_lost", server = pair, file = %file, "the server no longer holds this file and has no partner; forgetting it");
+            state.ns.delete(&file);
+            found.records.push(Record::FileDeleted { file });
+        }
+    }
+
+    /// Waits until `source`'s inventory is reconciled (what it lacks decides
+    /// whether a sync from it compares everything).
+    pub(crate) async fn inventory_reconciled(&self, source: &str) -> Result<(), WireError> {
+        let deadline = Instant::now() + SYNC_PATIENCE;
+        loop {
+            {
+                let state = self.state();
+                match state.registry.get(source) {
+                    Some(entry) if entry.connected && !entry.inventory_due => return Ok(()),
+                    Some(entry) if entry.connected => {}
+                    _ => {
+                        return Err(WireError::unavailable(format!(
+                            "{source} left before its inventory was reconciled"
+                        )))
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(WireError::unavailable(format!(
+                    "{source}'s inventory was not reconciled within {SYNC_PATIENCE:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The files nm places on `pair` that are not `held`, leaving out names
+/// changed since the reconcile began.
+fn lacking(state: &State, pair: &str, held: &HashSet<String>) -> Vec<String> {
+    state
+        .ns
+        .files()
+        .filter(|(file, record)| {
+            record.server == pair && !held.contains(*file) && !state.ns.changed_while_watched(file)
+        })
+        .map(|(file, _)| file.to_owned())
+        .collect()
+}
+
+/// Files of a page join the namespace (adopted) or refresh their stats
+/// there; names changed since the reconcile began are left alone.
+fn adopt_or_refresh(
+    state: &mut State,
+    pair: &str,
+    page: Vec<InventoryEntry>,
+    found: &mut Reconciled,
+) {
+    for entry in page {
+        if let Err(e) = validate_path(&entry.file) {
+            tracing::warn!(event = "nm_inventory_bad_name", server = pair, error = %e);
+            continue;
+        }
+        if state.ns.changed_while_watched(&entry.file) {
+            found.held.insert(entry.file);
+            continue;
+        }
+        match state.ns.file_mut(&entry.file) {
+            Some(record) if record.server == pair => {
+                record.stats = entry.meta.stats;
+            }
+            Some(_) => {
+                tracing::warn!(event = "nm_inventory_conflict", server = pair, file = %entry.file, "file also held by another server; keeping nm's placement");
+                continue;
+            }
+            None => {
+                if let Err(e) = state.ns.reserve(&entry.file) {
+                    tracing::warn!(event = "nm_inventory_conflict", server = pair, file = %entry.file, error = %e);
+                    continue;
+                }
+                tracing::info!(event = "nm_file_adopted", server = pair, file = %entry.file, owner = %entry.meta.owner);
+                if state.ns.add_user(&entry.meta.owner) {
+                    found.records.push(Record::User {
+                        name: entry.meta.owner.clone(),
+                    });
+                }
+                found.records.push(Record::FileCreated {
+                    file: entry.file.clone(),
+                    owner: entry.meta.owner.clone(),
+                    server: pair.to_owned(),
+                    acl: entry.meta.acl.clone(),
+                });
+                state.ns.insert(
+                    &entry.file,
+                    FileRecord {
+                        owner: entry.meta.owner,
+                        acl: entry.meta.acl,
+                        server: pair.to_owned(),
+                        stats: entry.meta.stats,
+                    },
+                );
+            }
+        }
+        found.held.insert(entry.file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::proto::FileMeta;
+
+    fn state_with(files: &[&str]) -> State {
+        let mut state = State {
+            ns: Default::default(),
+            registry: Default::default(),
+        };
+        for file in files {
+            state.ns.insert(file, record());
+        }
+        state
+    }
+
+    fn record() -> FileRecord {
+        FileRecord {
+            owner: "alice".into(),
+            acl: Default::default(),
+            server: "ss1".into(),
+            stats: Default::default(),
+        }
+    }
+
+    fn entry(file: &str) -> InventoryEntry {
+        InventoryEntry {
+            file: file.into(),
+            meta: FileMeta {
+                owner: "bob".into(),
+                acl: Default::default(),
+                stats: Default::default(),
+                checkpoints: Default::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn unknown_files_are_adopted_and_missing_ones_found() {
+        let mut state = state_with(&["kept", "gone"]);
+        state.ns.watch_changes();
+        let mut found = Reconciled::default();
+        adopt_or_refresh(&mut state, "ss1", vec![entry("kept"), entry("orphan")], &mut found);
+        assert_eq!(state.ns.file("orphan").unwrap().owner, "bob");
+        assert_eq!(state.ns.file("kept").unwrap().owner, "alice");
+        assert_eq!(found.records.len(), 2, "the new owner and the adopted file");
+        assert_eq!(lacking(&state, "ss1", &found.held), ["gone"]);
+    }
+
+    #[test]
+    fn names_changed_while_the_inventory_was_read_are_left_alone() {
+        // The server listed `deleted` and not `created`; both changed in
+        // the namespace after the reconcile began, before the page came.
+        let mut state = state_with(&["deleted"]);
+        state.ns.watch_changes();
+        state.ns.delete("deleted");
+        state.ns.insert("created", record());
+        let mut found = Reconciled::default();
+        adopt_or_refresh(&mut state, "ss1", vec![entry("deleted")], &mut found);
+        assert!(
+            state.ns.file("deleted").is_none(),
+            "a file deleted meanwhile came back"
+        );
+        assert!(found.records.is_empty());
+        assert!(
+            lacking(&state, "ss1", &found.held).is_empty(),
+            "a file created meanwhile counted as missing"
+        );
+    }
+}
