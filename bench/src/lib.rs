@@ -881,8 +881,12 @@ async fn nm_failover(
     let (mut reads, mut creates, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds.max(1) {
         let status = cluster
-            .wait_for("three nm, one leading", |s| {
-                s.nm.len() == 3 && s.nm.iter().any(|n| n.role == NmRole::Leader)
+            // A standby that has just restarted loads the namespace first
+            // (seconds, with a million files): only a warm one takes over at once.
+            .wait_for("three warm nm, one leading", |s| {
+                s.nm.len() == 3
+                    && s.nm.iter().all(|n| n.warm)
+                    && s.nm.iter().any(|n| n.role == NmRole::Leader)
             })
             .await?;
         let leader = status

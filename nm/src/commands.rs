@@ -200,6 +200,7 @@ impl Nm {
                         address: self.address.clone(),
                         role: shared::proto::NmRole::Leader,
                         lease_ms_left: 0,
+                        warm: true,
                     }],
                 },
                 etcd: self

@@ -25,8 +25,11 @@ struct Inner {
     holds_until: Instant,
     /// Cancelled when the current term as leader ends; `None`: standby.
     term: Option<CancellationToken>,
-    /// Every nm of the group (their advertised addresses), and the leader.
-    members: Vec<String>,
+    /// Every nm of the group (their advertised addresses, and whether each
+    /// has its copy of the namespace loaded), and the leader.
+    members: Vec<(String, bool)>,
+    /// This nm has its copy of the namespace loaded (see [`Group::set_warm`]).
+    warm: bool,
     leader: Option<String>,
     etcd: Vec<EtcdMemberStatus>,
 }
@@ -39,6 +42,7 @@ impl Group {
                 holds_until: Instant::now(),
                 term: None,
                 members: Vec::new(),
+                warm: false,
                 leader: None,
                 etcd: Vec::new(),
             }),
@@ -101,14 +105,25 @@ impl Group {
         }
     }
 
-    pub fn set_members(&self, members: Vec<String>, leader: Option<String>) {
+    pub fn set_members(&self, members: Vec<(String, bool)>, leader: Option<String>) {
         let mut inner = self.inner();
         inner.members = members;
         inner.leader = leader;
     }
 
-    pub fn set_member_list(&self, members: Vec<String>) {
+    pub fn set_member_list(&self, members: Vec<(String, bool)>) {
         self.inner().members = members;
+    }
+
+    /// Whether this nm's copy of the namespace is loaded: a standby that is
+    /// still loading (a million files take seconds) cannot take over at
+    /// once, and STATUS says so. Its member key carries it.
+    pub fn set_warm(&self, warm: bool) {
+        self.inner().warm = warm;
+    }
+
+    pub fn is_warm(&self) -> bool {
+        self.inner().warm
     }
 
     pub fn set_leader(&self, leader: Option<String>) {
@@ -131,14 +146,15 @@ impl Group {
         } else {
             inner.leader.clone()
         };
-        let mut all: Vec<String> = inner.members.clone();
-        if !all.iter().any(|m| m == me) {
-            all.push(me.to_owned());
+        let mut all: Vec<(String, bool)> = inner.members.clone();
+        match all.iter_mut().find(|(m, _)| m == me) {
+            Some(mine) => mine.1 = inner.warm,
+            None => all.push((me.to_owned(), inner.warm)),
         }
         all.sort();
-        all.sort_by_key(|m| Some(m) != leader.as_ref());
+        all.sort_by_key(|(m, _)| Some(m) != leader.as_ref());
         all.into_iter()
-            .map(|address| {
+            .map(|(address, warm)| {
                 let leads = Some(&address) == leader.as_ref();
                 let lease_ms_left = if leads && address == me {
                     inner
@@ -156,6 +172,7 @@ impl Group {
                     },
                     address,
                     lease_ms_left,
+                    warm: warm || leads,
                 }
             })
             .collect()
@@ -200,16 +217,20 @@ mod tests {
         let group = Group::new(Duration::from_secs(2));
         group.set_members(
             vec![
-                "127.0.0.3:1".into(),
-                "127.0.0.2:1".into(),
-                "127.0.0.4:1".into(),
+                ("127.0.0.3:1".into(), false),
+                ("127.0.0.2:1".into(), false),
+                ("127.0.0.4:1".into(), true),
             ],
             Some("127.0.0.4:1".into()),
         );
+        group.set_warm(true);
         let status = group.nm_status("127.0.0.2:1");
         assert_eq!(status[0].address, "127.0.0.4:1");
         assert_eq!(status[0].role, NmRole::Leader);
         assert!(status[1..].iter().all(|s| s.role == NmRole::Standby));
         assert_eq!(status.len(), 3);
+        let warm = |address: &str| status.iter().find(|s| s.address == address).unwrap().warm;
+        assert!(warm("127.0.0.2:1"), "this nm knows its own copy is loaded");
+        assert!(!warm("127.0.0.3:1"), "a standby still loading");
     }
 }

@@ -336,7 +336,12 @@ mod tests {
         let mut state = state_with(&["kept", "gone"]);
         state.ns.watch_changes();
         let mut found = Reconciled::default();
-        adopt_or_refresh(&mut state, "ss1", vec![entry("kept"), entry("orphan")], &mut found);
+        adopt_or_refresh(
+            &mut state,
+            "ss1",
+            vec![entry("kept"), entry("orphan")],
+            &mut found,
+        );
         assert_eq!(state.ns.file("orphan").unwrap().owner, "bob");
         assert_eq!(state.ns.file("kept").unwrap().owner, "alice");
         assert_eq!(found.records.len(), 2, "the new owner and the adopted file");

@@ -578,11 +578,17 @@ mod tests {
         ns.unwatch_changes();
         assert!(ns.changed_while_watched("created"));
         assert!(ns.changed_while_watched("creating"));
-        assert!(ns.changed_while_watched("before"), "a move changes both names");
+        assert!(
+            ns.changed_while_watched("before"),
+            "a move changes both names"
+        );
         assert!(ns.changed_while_watched("after"));
         assert!(!ns.changed_while_watched("other"));
         ns.unwatch_changes();
-        assert!(!ns.changed_while_watched("created"), "forgotten when nobody watches");
+        assert!(
+            !ns.changed_while_watched("created"),
+            "forgotten when nobody watches"
+        );
         ns.delete("after");
         assert!(!ns.changed_while_watched("after"));
     }

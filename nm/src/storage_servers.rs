@@ -493,7 +493,7 @@ impl Nm {
         } = registration;
         let mut state = self.state();
         let state = &mut *state;
-    let count = files
+        let count = files
             .or_else(|| state.registry.get(name).map(|e| e.files))
             .unwrap_or(0);
         let pair = backs(name, backup_of.as_deref()).unwrap_or_else(|| name.to_owned());

@@ -623,6 +623,11 @@ pub struct NmStatus {
     /// (standbys: 0).
     #[serde(default)]
     pub lease_ms_left: u64,
+    /// Its copy of the namespace is loaded, so it can take over at once (a
+    /// standby that has just started loads a million files in seconds
+    /// first). Always true of the leader.
+    #[serde(default)]
+    pub warm: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -232,6 +232,7 @@ fn every_message_round_trips() {
                     address: "127.0.0.2:5000".into(),
                     role: shared::proto::NmRole::Leader,
                     lease_ms_left: 1500,
+                    warm: true,
                 }],
                 etcd: vec![shared::proto::EtcdMemberStatus {
                     name: "etcd0".into(),

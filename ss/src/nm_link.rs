@@ -8,9 +8,7 @@
 use crate::files::Files;
 use crate::Config;
 use shared::connection::{ConnectionError, RpcClient};
-use shared::proto::{
-    FileStats, NmReply, NmRequest, Partner, Reply, Request, Role, StreamedChange,
-};
+use shared::proto::{FileStats, NmReply, NmRequest, Partner, Reply, Request, Role, StreamedChange};
 use shared::ticket::TicketKey;
 use shared::{now_ms, WireError};
 use std::collections::HashMap;

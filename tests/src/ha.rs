@@ -499,12 +499,13 @@ impl HaCluster {
     /// Waits until STATUS lists nm `i` as a standby of the group.
     pub async fn wait_standby(&self, i: usize) {
         let address = self.nm_addr(i);
-        eventually(&format!("nm {address} to be a standby"), async || {
+        // Warm: its copy of the namespace loaded, so it can take over at once.
+        eventually(&format!("nm {address} to be a warm standby"), async || {
             let status = self.try_status().await?;
             status
                 .nm
                 .iter()
-                .any(|n| n.address == address && n.role == NmRole::Standby)
+                .any(|n| n.address == address && n.role == NmRole::Standby && n.warm)
                 .then_some(())
         })
         .await

@@ -1121,6 +1121,7 @@ pub(crate) mod tests {
                         NmRole::Standby
                     },
                     lease_ms_left: 0,
+                    warm: true,
                 })
                 .collect();
             EventKind::Snapshot { status }

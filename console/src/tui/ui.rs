@@ -594,6 +594,9 @@ fn draw_group(frame: &mut Frame, app: &App, areas: &Areas, area: Rect) {
             };
             let lease = if n.role == NmRole::Leader {
                 format!("{:>5}ms", n.lease_ms_left)
+            } else if !n.warm {
+                // Loading its copy of the namespace: it cannot take over yet.
+                "loading".to_owned()
             } else {
                 String::new()
             };
@@ -1279,11 +1282,13 @@ mod tests {
                 address: "127.0.0.1:5002".into(),
                 role: NmRole::Leader,
                 lease_ms_left: 1320,
+                warm: true,
             },
             shared::proto::NmStatus {
                 address: "127.0.0.1:5001".into(),
                 role: NmRole::Standby,
                 lease_ms_left: 0,
+                warm: true,
             },
         ];
         status.etcd = vec![shared::proto::EtcdMemberStatus {

@@ -42,13 +42,7 @@ pub async fn keep_lease(
         };
         let id = lease.id();
         let granted_at = Instant::now();
-        let member = client
-            .put(
-                layout.member(&address),
-                address.clone(),
-                Some(PutOptions::new().with_lease(id)),
-            )
-            .await;
+        let member = put_member(&mut client, &layout, &address, id, group.is_warm()).await;
         if let Err(e) = member {
             tracing::warn!(event = "nm_etcd_unreachable", error = %e, "cannot register as a member; retrying");
             continue;
@@ -70,6 +64,30 @@ pub async fn keep_lease(
         group.end_term("the leader lease could not be renewed (etcd unreachable or too slow)");
     }
 }
+
+/// This nm's member key, bound to its lease `lease`: the value says
+/// whether its copy of the namespace is loaded (`warm`) or `loading`.
+pub async fn put_member(
+    client: &mut Client,
+    layout: &Layout,
+    address: &str,
+    lease: i64,
+    warm: bool,
+) -> Result<(), etcd_client::Error> {
+    let value = if warm { WARM } else { LOADING };
+    client
+        .put(
+            layout.member(address),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// A member key's values.
+pub const WARM: &str = "warm";
+pub const LOADING: &str = "loading";
 
 enum Renewal {
     /// etcd says the lease is gone.

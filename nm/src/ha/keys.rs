@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! <prefix>leader            the leader's address, bound to its lease
-//! <prefix>members/<addr>    one per nm of the group, bound to its own lease
+//! <prefix>members/<addr>    one per nm of the group, bound to its own lease:
+//!                           `warm` once its copy of the state is loaded, else `loading`
 //! <prefix>state/u/<user>    a user (empty value)
 //! <prefix>state/f/<file>    a file: owner, server, access list (MessagePack)
 //! <prefix>state/d/<folder>  a folder (empty value)

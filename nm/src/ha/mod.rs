@@ -217,6 +217,35 @@ struct Member {
 }
 
 impl Member {
+    /// Whether this nm's copy of the namespace is loaded, in its member key
+    /// (for STATUS). The lease's keeper writes the member key with the
+    /// warmth it reads from the group; if it has no lease yet, this waits
+    /// for the one it is putting the key under. A failed put is only
+    /// logged: the next lease's member key carries it again.
+    async fn announce_warmth(&self, warm: bool) {
+        self.group.set_warm(warm);
+        let mut lease_rx = self.lease_rx.clone();
+        let granted = lease_rx.wait_for(|id| *id != 0);
+        let lease = match tokio::time::timeout(self.group.ttl(), granted).await {
+            Ok(Ok(id)) => *id,
+            _ => return,
+        };
+        let mut client = self.client.clone();
+        let put = election::put_member(&mut client, &self.layout, &self.address, lease, warm);
+        match tokio::time::timeout(self.group.ttl(), put).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(event = "nm_etcd_unreachable", error = %e, "cannot update the member key")
+            }
+            Err(_) => {
+                tracing::warn!(
+                    event = "nm_etcd_unreachable",
+                    "etcd did not take the member key in time"
+                )
+            }
+        }
+    }
+
     /// One standby phase and, if elected, one term as leader.
     async fn one_term(&self, shutdown: &CancellationToken) -> Result<(), etcd_client::Error> {
         let Member {
@@ -232,10 +261,12 @@ impl Member {
         } = self;
         let bound = *bound;
         let mut client = client.clone();
+        self.announce_warmth(false).await;
         let (ns, revision) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             loaded = store::load(&mut client, layout) => loaded?,
         };
+        self.announce_warmth(true).await;
         let ns = Arc::new(Mutex::new(ns));
         let (applied_tx, mut applied) = watch::channel(revision);
         let mut follower = tokio::spawn(store::follow(
@@ -416,11 +447,12 @@ async fn watch_group(mut client: Client, layout: Layout, group: Arc<Group>) {
                 .get(layout.members(), Some(GetOptions::new().with_prefix()))
                 .await?;
             let revision = members.header().map_or(0, |h| h.revision());
-            let mut list: Vec<String> = members
-                .kvs()
-                .iter()
-                .filter_map(|kv| kv.value_str().ok().map(str::to_owned))
-                .collect();
+            let member = |kv: &etcd_client::KeyValue| {
+                let address = kv.key_str().ok()?.strip_prefix(&layout.members())?;
+                let warm = kv.value_str().ok() == Some(election::WARM);
+                Some((address.to_owned(), warm))
+            };
+            let mut list: Vec<(String, bool)> = members.kvs().iter().filter_map(member).collect();
             group.set_member_list(list.clone());
             let leader = client.get(layout.leader(), None).await?;
             group.set_leader(
@@ -455,10 +487,10 @@ async fn watch_group(mut client: Client, layout: Layout, group: Arc<Group>) {
                             put.then(|| kv.value_str().ok().map(str::to_owned))
                                 .flatten(),
                         );
-                    } else if let Some(member) = key.strip_prefix(&layout.members()) {
-                        list.retain(|m| m != member);
-                        if put {
-                            list.push(member.to_owned());
+                    } else if let Some(address) = key.strip_prefix(&layout.members()) {
+                        list.retain(|(m, _)| m != address);
+                        if let Some(entry) = member(kv).filter(|_| put) {
+                            list.push(entry);
                         }
                         group.set_member_list(list.clone());
                     }
