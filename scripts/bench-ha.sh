@@ -10,17 +10,21 @@
 #      CREATE through nm, and the longest gap between acknowledged WRITEs of a
 #      client writing all along (FAILOVERS rounds, default 10), default
 #      settings (2 s leader lease, 3 s heartbeat timeout, 1 s heartbeats).
+#   3. The same failover with FILES files (default 1,000,000; 0 skips it):
+#      the files are written into both storage folders and etcd first (about
+#      7 minutes here), and each round waits until every standby is warm.
 #
 # The load average is printed before and after: figures taken with a load
 # above ~1.4 on two cores are not comparable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-deps.sh
-cargo build --quiet --release --bins --features nm/etcd
+cargo build --quiet --release --bins --features nm/etcd,docs-bench/etcd
 console=target/release/console
 rounds=${ROUNDS:-5}
 duration=${DURATION:-5s}
 failovers=${FAILOVERS:-10}
+files=${FILES:-1000000}
 
 # The build leaves the load high: wait (at most two minutes) for it to fall.
 for _ in $(seq 120); do
@@ -55,4 +59,8 @@ done
 
 echo "nm failover ($failovers rounds):"
 $console bench nm-failover --rounds "$failovers"
+if ((files > 0)); then
+  echo "nm failover with $files files ($failovers rounds):"
+  $console bench nm-failover --files "$files" --rounds "$failovers"
+fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -205,6 +205,7 @@ impl Report {
 
 #[derive(Debug, Serialize)]
 pub struct Percentiles {
+    pub min: f64,
     pub p50: f64,
     pub p99: f64,
     pub p999: f64,
@@ -225,6 +226,7 @@ fn percentiles(samples: Vec<Duration>) -> Option<Percentiles> {
     }
     let at = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Some(Percentiles {
+        min: histogram.min() as f64 / 1000.0,
         p50: at(0.50),
         p99: at(0.99),
         p999: at(0.999),
@@ -1119,20 +1121,20 @@ pub fn render(report: &Report) -> String {
     }
     if let Some(l) = &report.failover_ms {
         out += &format!(
-            "  failover ms (failure to first successful READ): p50 {:.1}  p99 {:.1}  max {:.1}\n",
-            l.p50, l.p99, l.max
+            "  failover ms (failure to first successful READ): min {:.1}  p50 {:.1}  p99 {:.1}  max {:.1}\n",
+            l.min, l.p50, l.p99, l.max
         );
     }
     if let Some(l) = &report.create_failover_ms {
         out += &format!(
-            "  nm failover ms (kill -9 of the leader to first successful CREATE): p50 {:.1}  p99 {:.1}  max {:.1}\n",
-            l.p50, l.p99, l.max
+            "  nm failover ms (kill -9 of the leader to first successful CREATE): min {:.1}  p50 {:.1}  p99 {:.1}  max {:.1}\n",
+            l.min, l.p50, l.p99, l.max
         );
     }
     if let Some(l) = &report.write_gap_ms {
         out += &format!(
-            "  longest gap between acknowledged WRITEs, per round, ms: p50 {:.1}  max {:.1}\n",
-            l.p50, l.max
+            "  longest gap between acknowledged WRITEs, per round, ms: min {:.1}  p50 {:.1}  max {:.1}\n",
+            l.min, l.p50, l.max
         );
     }
     if let Some(mbps) = report.mb_per_sec {
@@ -1161,6 +1163,7 @@ mod tests {
         let samples = (1..=1000).map(Duration::from_millis).collect();
         let p = percentiles(samples).unwrap();
         let near = |got: f64, want: f64| (got - want).abs() <= want * 0.001 + 0.001;
+        assert!(near(p.min, 1.0), "min {}", p.min);
         assert!(near(p.p50, 500.0), "p50 {}", p.p50);
         assert!(near(p.p99, 990.0), "p99 {}", p.p99);
         assert!(near(p.p999, 999.0), "p999 {}", p.p999);

@@ -254,7 +254,7 @@ impl Nm {
         loop {
             let next = tokio::time::timeout(
                 self.config.limits.idle_timeout,
-                next_request(&mut conn, peer),
+                next_request::<NmRequest>(&mut conn, peer),
             );
             let Ok(Some((id, request))) = next.await else {
                 tracing::debug!(event = "nm_client_gone", peer = %peer, user = %user);
@@ -374,11 +374,11 @@ impl Nm {
 
 /// Reads the next request. `None` ends the loop; `Some((id, None))` was a
 /// malformed request that has been answered with an error already.
-pub(crate) async fn next_request(
+pub(crate) async fn next_request<R: serde::de::DeserializeOwned + serde::Serialize>(
     conn: &mut Connection,
     peer: SocketAddr,
-) -> Option<(u64, Option<NmRequest>)> {
-    match conn.recv_request::<NmRequest>().await {
+) -> Option<(u64, Option<R>)> {
+    match conn.recv_request::<R>().await {
         Ok(Some(Incoming::Message(request))) => Some((request.id, Some(request.body))),
         Ok(Some(Incoming::Malformed { id, error })) => {
             tracing::warn!(event = "nm_malformed_request", peer = %peer, error = %error);
@@ -446,10 +446,5 @@ fn summarize(request: &NmRequest) -> String {
         NmRequest::ListCheckpoints { file } => format!("LISTCHECKPOINTS {file}"),
         NmRequest::Exec { file } => format!("EXEC {file}"),
         NmRequest::Watch { .. } => "WATCH".into(),
-        NmRequest::Register { name, .. } => format!("REGISTER {name}"),
-        NmRequest::Heartbeat => "HEARTBEAT".into(),
-        NmRequest::FileChanged { file, .. } => format!("FILE_CHANGED {file}"),
-        NmRequest::Streamed { changes } => format!("STREAMED {}", changes.len()),
-        NmRequest::FileAccessed { file, .. } => format!("FILE_ACCESSED {file}"),
     }
 }

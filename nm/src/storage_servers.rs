@@ -13,7 +13,7 @@ use crate::registry::{backs, Registering};
 use crate::server::{next_request, Nm};
 use shared::connection::{Connection, Incoming};
 use shared::proto::{
-    EventKind, JobKind, JobStep, NmReply, NmRequest, Reply, ServerState, SsRequest,
+    ControlRequest, EventKind, JobKind, JobStep, NmReply, Reply, ServerState, SsRequest,
 };
 use shared::WireError;
 use std::net::SocketAddr;
@@ -103,7 +103,7 @@ impl Nm {
         });
         loop {
             let received = tokio::select! {
-                received = reader.recv_request::<NmRequest>() => received,
+                received = reader.recv_request::<ControlRequest>() => received,
                 () = dismissal.cancelled() => break,
             };
             let (id, request) = match received {
@@ -351,7 +351,7 @@ impl Nm {
     fn handle_server_message(
         &self,
         server: &str,
-        request: NmRequest,
+        request: ControlRequest,
     ) -> (Result<NmReply, WireError>, Option<Changed>) {
         let mut changed = None;
         let mut reply = NmReply::Done;
@@ -360,13 +360,13 @@ impl Nm {
             let mut state = self.state();
             state.registry.touch(server);
             match request {
-                NmRequest::Heartbeat => {
+                ControlRequest::Heartbeat => {
                     reply = NmReply::Beat {
                         partner: state.registry.partner(server),
                     };
                 }
-                NmRequest::Streamed { changes } => streamed_changes = Some(changes),
-                NmRequest::FileChanged {
+                ControlRequest::Streamed { changes } => streamed_changes = Some(changes),
+                ControlRequest::FileChanged {
                     file,
                     stats,
                     deleted: true,
@@ -398,7 +398,7 @@ impl Nm {
                         }
                     }
                 }
-                NmRequest::FileChanged {
+                ControlRequest::FileChanged {
                     file,
                     stats,
                     streamed,
@@ -455,15 +455,15 @@ impl Nm {
                         }
                     }
                 }
-                NmRequest::FileAccessed { file, user, at_ms } => {
+                ControlRequest::FileAccessed { file, user, at_ms } => {
                     if let Some(record) = state.ns.file_mut(&file) {
                         record.stats.accessed_ms = at_ms;
                         record.stats.accessed_by = Some(user);
                     }
                 }
-                _ => {
+                ControlRequest::Register { .. } => {
                     let error = WireError::bad_request(
-                        "only heartbeats and file notices are accepted on a storage server's connection",
+                        "this connection has registered already; only heartbeats and file notices follow",
                     );
                     return (Err(error), None);
                 }
@@ -528,9 +528,9 @@ async fn read_registration(
     name: &str,
     peer: SocketAddr,
 ) -> Option<(u64, Registration)> {
-    let (id, request) = next_request(conn, peer).await?;
+    let (id, request) = next_request::<ControlRequest>(conn, peer).await?;
     match request {
-        Some(NmRequest::Register {
+        Some(ControlRequest::Register {
             name: registered,
             client_addr,
             backup_of,

@@ -259,7 +259,10 @@ pub struct Ticket {
     pub mac: Vec<u8>,
 }
 
-/// Requests served by nm, from clients and from storage servers.
+/// Requests a client sends nm (the client → nm channel). A storage
+/// server's control connection speaks [`ControlRequest`] instead: the
+/// handshake's role fixes which of the two a connection's frames decode as,
+/// so neither can even be decoded on the other's connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum NmRequest {
     /// Files the user can read, or all files with `all`.
@@ -350,7 +353,12 @@ pub enum NmRequest {
         #[serde(default)]
         recent: u32,
     },
+}
 
+/// Requests a storage server sends nm on its control connection (the
+/// ss → nm channel), answered with [`NmReply`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControlRequest {
     /// First request on a storage server's control connection, answered
     /// with `Registered` at once whatever the number of files: nm asks the
     /// pair's serving server for its inventory afterwards, on a connection

@@ -40,6 +40,7 @@ proptest! {
         let _ = decode::<HelloReply>(&bytes);
         let _ = decode::<Proof>(&bytes);
         let _ = decode::<Request<NmRequest>>(&bytes);
+        let _ = decode::<Request<ControlRequest>>(&bytes);
         let _ = decode::<Request<SsRequest>>(&bytes);
         let _ = decode::<Reply<NmReply>>(&bytes);
         let _ = decode::<Reply<SsReply>>(&bytes);
@@ -60,12 +61,14 @@ proptest! {
         let requests = vec![
             Request { id, body: NmRequest::Create { file: file.clone() } },
             Request { id, body: NmRequest::Locate { file: file.clone(), op: Op::Write } },
-            Request { id, body: NmRequest::FileChanged { file: file.clone(), stats: FileStats { version, epoch, size: version / 2, ..FileStats::default() }, streamed: false, deleted: false } },
         ];
         for r in requests {
             let back: Request<NmRequest> = decode(&encode(&r).unwrap()).unwrap();
             prop_assert_eq!(back, r);
         }
+        let notice = Request { id, body: ControlRequest::FileChanged { file: file.clone(), stats: FileStats { version, epoch, size: version / 2, ..FileStats::default() }, streamed: false, deleted: false } };
+        let back: Request<ControlRequest> = decode(&encode(&notice).unwrap()).unwrap();
+        prop_assert_eq!(back, notice);
         let ticket = Ticket { user: content.clone(), file: file.clone(), op: Op::Read, epoch, expires_ms: version, mac };
         let ss = vec![
             Request { id, body: SsRequest::WriteEdit { word_index: index, content: content.clone() } },

@@ -95,48 +95,9 @@ fn every_message_round_trips() {
             file: "a".into(),
             op: Op::Stream,
         },
-        NmRequest::Register {
-            name: "ss1".into(),
-            client_addr: "127.0.0.1:1".into(),
-            backup_of: Some("ss1".into()),
-            store_id: 7,
-            files: Some(1),
-        },
         NmRequest::Watch {
             snapshot_every_ms: Some(1000),
             recent: 200,
-        },
-        NmRequest::Heartbeat,
-        NmRequest::FileChanged {
-            file: "a".into(),
-            stats: stats(),
-            streamed: false,
-            deleted: false,
-        },
-        NmRequest::FileChanged {
-            file: "a".into(),
-            stats: stats(),
-            streamed: true,
-            deleted: false,
-        },
-        NmRequest::FileChanged {
-            file: "a".into(),
-            stats: stats(),
-            streamed: false,
-            deleted: true,
-        },
-        NmRequest::Streamed {
-            changes: vec![shared::proto::StreamedChange {
-                file: "a".into(),
-                epoch: 1,
-                version: 2,
-                micros: 300,
-            }],
-        },
-        NmRequest::FileAccessed {
-            file: "a".into(),
-            user: "bob".into(),
-            at_ms: 5,
         },
         NmRequest::AddAccess {
             file: "a".into(),
@@ -170,6 +131,49 @@ fn every_message_round_trips() {
         },
         NmRequest::ListCheckpoints { file: "a".into() },
         NmRequest::Exec { file: "a".into() },
+    ] {
+        round_trip(Request { id: 7, body });
+    }
+    for body in [
+        ControlRequest::Register {
+            name: "ss1".into(),
+            client_addr: "127.0.0.1:1".into(),
+            backup_of: Some("ss1".into()),
+            store_id: 7,
+            files: Some(1),
+        },
+        ControlRequest::Heartbeat,
+        ControlRequest::FileChanged {
+            file: "a".into(),
+            stats: stats(),
+            streamed: false,
+            deleted: false,
+        },
+        ControlRequest::FileChanged {
+            file: "a".into(),
+            stats: stats(),
+            streamed: true,
+            deleted: false,
+        },
+        ControlRequest::FileChanged {
+            file: "a".into(),
+            stats: stats(),
+            streamed: false,
+            deleted: true,
+        },
+        ControlRequest::Streamed {
+            changes: vec![shared::proto::StreamedChange {
+                file: "a".into(),
+                epoch: 1,
+                version: 2,
+                micros: 300,
+            }],
+        },
+        ControlRequest::FileAccessed {
+            file: "a".into(),
+            user: "bob".into(),
+            at_ms: 5,
+        },
     ] {
         round_trip(Request { id: 7, body });
     }

@@ -8,7 +8,9 @@
 use crate::files::Files;
 use crate::Config;
 use shared::connection::{ConnectionError, RpcClient};
-use shared::proto::{FileStats, NmReply, NmRequest, Partner, Reply, Request, Role, StreamedChange};
+use shared::proto::{
+    ControlRequest, FileStats, NmReply, Partner, Reply, Request, Role, StreamedChange,
+};
 use shared::ticket::TicketKey;
 use shared::{now_ms, WireError};
 use std::collections::HashMap;
@@ -38,7 +40,7 @@ const BACKOFF_MAX_AMONG_SEVERAL: Duration = Duration::from_millis(200);
 const NOTICE_QUEUE: usize = 10_000;
 
 struct Notice {
-    request: NmRequest,
+    request: ControlRequest,
     /// Gets nm's answer: in synchronous mode, a WRITE_COMPLETE is answered
     /// once the backup has the change.
     delivered: Option<oneshot::Sender<Result<(), WireError>>>,
@@ -261,7 +263,7 @@ impl NmLink {
         stats: &FileStats,
         streamed: bool,
     ) -> Result<(), WireError> {
-        let request = NmRequest::FileChanged {
+        let request = ControlRequest::FileChanged {
             file: file.to_owned(),
             stats: stats.clone(),
             streamed,
@@ -347,7 +349,7 @@ impl NmLink {
     /// Reports changes the backup acknowledged on the stream; nobody waits.
     pub fn streamed(&self, changes: Vec<StreamedChange>) {
         let _ = self.notices.try_send(Notice {
-            request: NmRequest::Streamed { changes },
+            request: ControlRequest::Streamed { changes },
             delivered: None,
         });
     }
@@ -355,7 +357,7 @@ impl NmLink {
     /// Tells nm a file was read; nobody waits for it.
     pub fn file_accessed(&self, file: &str, user: &str) {
         let _ = self.notices.try_send(Notice {
-            request: NmRequest::FileAccessed {
+            request: ControlRequest::FileAccessed {
                 file: file.to_owned(),
                 user: user.to_owned(),
                 at_ms: now_ms(),
@@ -388,7 +390,7 @@ impl LinkError {
     }
 }
 
-async fn call(client: &mut RpcClient, request: NmRequest) -> Result<NmReply, LinkError> {
+async fn call(client: &mut RpcClient, request: ControlRequest) -> Result<NmReply, LinkError> {
     let reply = tokio::time::timeout(CALL_TIMEOUT, client.call::<_, NmReply>(request))
         .await
         .map_err(|_| LinkError::Timeout)??;
@@ -502,7 +504,7 @@ async fn serve_link(
     let count = files.is_loaded().then(|| files.len() as u64);
     let reply = call(
         &mut client,
-        NmRequest::Register {
+        ControlRequest::Register {
             name: config.username.clone(),
             client_addr: client_addr.to_owned(),
             backup_of: config.backup_of.clone(),
@@ -595,7 +597,7 @@ async fn serve_link(
                 // before nm's failure timeout, which counts from its arrival.
                 let id = next_id;
                 next_id += 1;
-                writer.send(&Request { id, body: NmRequest::Heartbeat }).await?;
+                writer.send(&Request { id, body: ControlRequest::Heartbeat }).await?;
                 pending.insert(id, Pending::Heartbeat(Instant::now()));
                 let unanswered: Vec<u64> = pending
                     .iter()
@@ -615,7 +617,7 @@ async fn serve_link(
             }
             _ = link.handed_back_ready.notified() => {
                 for (file, (stats, deleted)) in link.take_handed_back() {
-                    let request = NmRequest::FileChanged { file, stats, streamed: false, deleted };
+                    let request = ControlRequest::FileChanged { file, stats, streamed: false, deleted };
                     let id = next_id;
                     next_id += 1;
                     writer.send(&Request { id, body: request.clone() }).await?;
@@ -626,7 +628,7 @@ async fn serve_link(
                 let Some(notice) = notice else { return Ok(()) };
                 let id = next_id;
                 next_id += 1;
-                let resend = matches!(notice.request, NmRequest::FileChanged { .. })
+                let resend = matches!(notice.request, ControlRequest::FileChanged { .. })
                     .then(|| notice.request.clone());
                 writer.send(&Request { id, body: notice.request }).await?;
                 pending.insert(id, Pending::Notice { resend, sent: Instant::now(), delivered: notice.delivered });
@@ -704,7 +706,7 @@ enum Pending {
     Heartbeat(Instant),
     Notice {
         /// A change notice, kept to be sent again if nm does not answer.
-        resend: Option<NmRequest>,
+        resend: Option<ControlRequest>,
         sent: Instant,
         delivered: Option<oneshot::Sender<Result<(), WireError>>>,
     },

@@ -20,7 +20,7 @@
 //!   ordinary notice and nm's job copies it (and marks the standby out of
 //!   sync if that fails). nm records every streamed change in the pair's
 //!   catch-up record and settles it when the batched acknowledgements
-//!   ([`shared::proto::NmRequest::Streamed`]) arrive.
+//!   ([`shared::proto::ControlRequest::Streamed`]) arrive.
 //! - It carries CREATE, ETIRW, UNDO, access-list changes and MOVEs of files
 //!   up to [`MAX_STREAMED_BYTES`] without checkpoints, and DELETEs. The rest
 //!   (larger files, checkpoints and REVERT) go through nm's jobs as before. A DELETE handed back goes to nm flagged as one, so nm copies

@@ -135,6 +135,23 @@ async fn malformed_and_unknown_messages_get_an_error_and_the_connection_goes_on(
     conn.send(&"just a string").await.unwrap();
     let reply: Reply<serde::de::IgnoredAny> = conn.expect().await.unwrap();
     assert_eq!(reply.result.unwrap_err().code, ErrorCode::BadRequest);
+    // A storage server's control message on a client's connection: another
+    // channel's request does not even decode here.
+    conn.send(&Request {
+        id: 43,
+        body: shared::proto::ControlRequest::Register {
+            name: "alice".into(),
+            client_addr: "127.0.0.1:1".into(),
+            backup_of: None,
+            store_id: 1,
+            files: Some(0),
+        },
+    })
+    .await
+    .unwrap();
+    let reply: Reply<serde::de::IgnoredAny> = conn.expect().await.unwrap();
+    assert_eq!(reply.id, 43);
+    assert_eq!(reply.result.unwrap_err().code, ErrorCode::BadRequest);
     // The same connection still works.
     let mut client = RpcClient::new(conn);
     let reply = client
