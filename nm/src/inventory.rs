@@ -256,7 +256,11 @@ fn adopt_or_refresh(
         }
         match state.ns.file_mut(&entry.file) {
             Some(record) if record.server == pair => {
-                record.stats = entry.meta.stats;
+                // A change notice may have brought newer stats since the
+                // page was listed.
+                if entry.meta.stats.stamp() >= record.stats.stamp() {
+                    record.stats = entry.meta.stats;
+                }
             }
             Some(_) => {
                 tracing::warn!(event = "nm_inventory_conflict", server = pair, file = %entry.file, "file also held by another server; keeping nm's placement");
@@ -346,6 +350,20 @@ mod tests {
         assert_eq!(state.ns.file("kept").unwrap().owner, "alice");
         assert_eq!(found.records.len(), 2, "the new owner and the adopted file");
         assert_eq!(lacking(&state, "ss1", &found.held), ["gone"]);
+    }
+
+    #[test]
+    fn stats_newer_than_the_page_are_kept() {
+        let mut state = state_with(&["f"]);
+        state.ns.file_mut("f").unwrap().stats.version = 5;
+        let mut older = entry("f");
+        older.meta.stats.version = 4;
+        adopt_or_refresh(&mut state, "ss1", vec![older], &mut Reconciled::default());
+        assert_eq!(state.ns.file("f").unwrap().stats.version, 5);
+        let mut newer = entry("f");
+        newer.meta.stats.version = 6;
+        adopt_or_refresh(&mut state, "ss1", vec![newer], &mut Reconciled::default());
+        assert_eq!(state.ns.file("f").unwrap().stats.version, 6);
     }
 
     #[test]
