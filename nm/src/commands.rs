@@ -359,6 +359,7 @@ impl Nm {
 
     async fn delete(&self, user: &str, file: &str) -> Result<NmReply, WireError> {
         let client = self.server_for(user, file, Need::Owner)?;
+        let _changing = Changing::begin(self, file);
         // The delete's stamp, and whether it went on the replication stream.
         let mut deleted = None;
         match client
@@ -653,6 +654,7 @@ impl Nm {
             state.ns.reserve(&to)?;
             client
         };
+        let _changing = Changing::begin(self, file);
         let moved = async {
             let moved = applied_and_streamed(
                 client
@@ -688,6 +690,30 @@ impl Nm {
         self.record_stats(&to, stats, JobKind::Metadata, streamed)
             .await?;
         Ok(NmReply::Done)
+    }
+}
+
+/// A DELETE or MOVE of a file under way on its server: an inventory read
+/// meanwhile leaves the name alone (see `crate::inventory`). Dropped with
+/// the state unlocked.
+struct Changing<'a> {
+    nm: &'a Nm,
+    file: String,
+}
+
+impl<'a> Changing<'a> {
+    fn begin(nm: &'a Nm, file: &str) -> Self {
+        nm.state().ns.begin_change(file);
+        Changing {
+            nm,
+            file: file.to_owned(),
+        }
+    }
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.nm.state().ns.end_change(&self.file);
     }
 }
 

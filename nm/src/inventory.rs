@@ -58,13 +58,19 @@ impl Drop for Watching<'_> {
     }
 }
 
-/// What a page found, kept until the last page.
+/// What the pages so far found.
 #[derive(Default)]
 struct Reconciled {
     /// Every name the server holds.
     held: HashSet<String>,
-    /// Journal records of adopted files (and their owners).
+}
+
+/// Files of one page nm did not know: their names reserved in the
+/// namespace until their journal records are written, then inserted.
+#[derive(Default)]
+struct Adoptions {
     records: Vec<Record>,
+    files: Vec<(String, FileRecord)>,
 }
 
 impl Nm {
@@ -107,6 +113,12 @@ impl Nm {
 
     /// `Some(files held)` once reconciled, `None` if the server no longer
     /// serves under this registration.
+    ///
+    /// What the reconcile changes is journalled before anyone can act on
+    /// it, so the journal (or etcd) orders it before any client's change of
+    /// the same name: an adopted file's name stays reserved until its
+    /// record is written, and a file found lost is recorded deleted before
+    /// it leaves the namespace.
     async fn reconcile_inventory_once(
         &self,
         name: &str,
@@ -120,37 +132,61 @@ impl Nm {
             }
         };
         let _watching = Watching::start(self);
+        let mut pages = client.inventory_by_page().await?;
         let mut found = Reconciled::default();
-        let mut current = true;
-        client
-            .inventory_each(|page| {
+        while let Some(page) = pages.next().await? {
+            let (pair, adoptions) = {
                 let mut state = self.state();
                 let Some(pair) = self.serving_pair_in(&state, name, generation) else {
-                    current = false;
-                    return false;
+                    return Ok(None);
                 };
-                adopt_or_refresh(&mut state, &pair, page, &mut found);
-                true
-            })
-            .await?;
-        if !current {
-            return Ok(None);
+                let adoptions = adopt_or_refresh(&mut state, &pair, page, &mut found);
+                (pair, adoptions)
+            };
+            self.adopt(&pair, adoptions).await?;
         }
+        drop(pages);
         let files = found.held.len();
-        {
-            let mut state = self.state();
+        let lost = {
+            let state = self.state();
             let Some(pair) = self.serving_pair_in(&state, name, generation) else {
                 return Ok(None);
             };
-            self.missing(&mut state, &pair, &mut found);
+            let partner = state
+                .registry
+                .pair(&pair)
+                .and_then(|p| p.name(p.fsm.standby_side()).map(str::to_owned));
+            (pair.clone(), partner, lacking(&state, &pair, &found.held))
+        };
+        self.missing(lost).await?;
+        let mut state = self.state();
+        if let Some(pair) = self.serving_pair_in(&state, name, generation) {
+            let placed = state.ns.files().filter(|(_, r)| r.server == pair).count();
             if let Some(entry) = state.registry.get_mut(name) {
-                entry.files = files as u64;
+                entry.files = placed as u64;
             }
         }
-        if !found.records.is_empty() {
-            self.journal.append(found.records).await?;
-        }
         Ok(Some(files))
+    }
+
+    /// Writes a page's adoptions to the journal, then inserts them (their
+    /// names were reserved meanwhile); if the journal fails, they are
+    /// released and the next attempt finds them again.
+    async fn adopt(&self, pair: &str, adoptions: Adoptions) -> Result<(), WireError> {
+        if adoptions.files.is_empty() {
+            return Ok(());
+        }
+        let written = self.journal.append(adoptions.records).await;
+        let mut state = self.state();
+        for (file, record) in adoptions.files {
+            if written.is_ok() {
+                tracing::info!(event = "nm_file_adopted", server = pair, file = %file, owner = %record.owner);
+                state.ns.insert(&file, record);
+            } else {
+                state.ns.unreserve(&file);
+            }
+        }
+        written
     }
 
     /// The pair `name` serves under registration `generation`.
@@ -171,30 +207,45 @@ impl Nm {
 
     /// Files nm places on `pair` that the whole inventory lacks: kept for
     /// the partner to copy back, or forgotten if there is no partner.
-    fn missing(&self, state: &mut State, pair: &str, found: &mut Reconciled) {
-        let lost = lacking(state, pair, &found.held);
+    async fn missing(
+        &self,
+        (pair, partner, lost): (String, Option<String>, Vec<String>),
+    ) -> Result<(), WireError> {
         if lost.is_empty() {
-            return;
+            return Ok(());
         }
-        let partner = state
-            .registry
-            .pair(pair)
-            .and_then(|p| p.name(p.fsm.standby_side()).map(str::to_owned));
         if let Some(partner) = partner {
             // The next sync of the pair compares everything and copies
             // back what only the partner has.
             self.catch_up
-                .compare_everything_next(pair, "the serving server lacks files nm knows");
+                .compare_everything_next(&pair, "the serving server lacks files nm knows");
             for file in lost {
-                tracing::warn!(event = "nm_file_missing", server = pair, file = %file, partner = %partner, "the serving server does not hold this file; kept, to be copied back from its partner");
+                tracing::warn!(event = "nm_file_missing", server = %pair, file = %file, partner = %partner, "the serving server does not hold this file; kept, to be copied back from its partner");
             }
-            return;
+            return Ok(());
         }
+        // Recorded first: until it leaves the namespace no CREATE or MOVE
+        // can take the name, and a later change of it is ordered after.
+        let records = lost
+            .iter()
+            .map(|file| Record::FileDeleted { file: file.clone() })
+            .collect();
+        self.journal.append(records).await?;
+        let mut state = self.state();
         for file in lost {
-            tracing::warn!(event = "nm_file_lost", server = pair, file = %file, "the server no longer holds this file and has no partner; forgetting it");
+            tracing::warn!(event = "nm_file_lost", server = %pair, file = %file, "the server no longer holds this file and has no partner; forgetting it");
             state.ns.delete(&file);
-            found.records.push(Record::FileDeleted { file });
         }
+        Ok(())
+    }
+
+    /// Whether `source` serves and nm has not reconciled its inventory yet.
+    pub(crate) fn inventory_due(&self, source: &str) -> bool {
+        let state = self.state();
+        state
+            .registry
+            .get(source)
+            .is_some_and(|entry| entry.connected && entry.inventory_due)
     }
 
     /// Waits until `source`'s inventory is reconciled (what it lacks decides
@@ -237,14 +288,16 @@ fn lacking(state: &State, pair: &str, held: &HashSet<String>) -> Vec<String> {
         .collect()
 }
 
-/// Files of a page join the namespace (adopted) or refresh their stats
-/// there; names changed since the reconcile began are left alone.
+/// Files of a page refresh their stats in the namespace, or, unknown to
+/// it, are reserved there for adoption (see [`Adoptions`]); names changed
+/// since the reconcile began are left alone.
 fn adopt_or_refresh(
     state: &mut State,
     pair: &str,
     page: Vec<InventoryEntry>,
     found: &mut Reconciled,
-) {
+) -> Adoptions {
+    let mut adoptions = Adoptions::default();
     for entry in page {
         if let Err(e) = validate_path(&entry.file) {
             tracing::warn!(event = "nm_inventory_bad_name", server = pair, error = %e);
@@ -271,31 +324,37 @@ fn adopt_or_refresh(
                     tracing::warn!(event = "nm_inventory_conflict", server = pair, file = %entry.file, error = %e);
                     continue;
                 }
-                tracing::info!(event = "nm_file_adopted", server = pair, file = %entry.file, owner = %entry.meta.owner);
-                if state.ns.add_user(&entry.meta.owner) {
-                    found.records.push(Record::User {
-                        name: entry.meta.owner.clone(),
+                let owner = &entry.meta.owner;
+                let new_owner = !state.ns.has_user(owner)
+                    && !adoptions
+                        .records
+                        .iter()
+                        .any(|r| matches!(r, Record::User { name } if name == owner));
+                if new_owner {
+                    adoptions.records.push(Record::User {
+                        name: owner.clone(),
                     });
                 }
-                found.records.push(Record::FileCreated {
+                adoptions.records.push(Record::FileCreated {
                     file: entry.file.clone(),
-                    owner: entry.meta.owner.clone(),
+                    owner: owner.clone(),
                     server: pair.to_owned(),
                     acl: entry.meta.acl.clone(),
                 });
-                state.ns.insert(
-                    &entry.file,
+                adoptions.files.push((
+                    entry.file.clone(),
                     FileRecord {
                         owner: entry.meta.owner,
                         acl: entry.meta.acl,
                         server: pair.to_owned(),
                         stats: entry.meta.stats,
                     },
-                );
+                ));
             }
         }
         found.held.insert(entry.file);
     }
+    adoptions
 }
 
 #[cfg(test)]
@@ -340,15 +399,24 @@ mod tests {
         let mut state = state_with(&["kept", "gone"]);
         state.ns.watch_changes();
         let mut found = Reconciled::default();
-        adopt_or_refresh(
+        let adoptions = adopt_or_refresh(
             &mut state,
             "ss1",
             vec![entry("kept"), entry("orphan")],
             &mut found,
         );
-        assert_eq!(state.ns.file("orphan").unwrap().owner, "bob");
+        assert!(
+            state.ns.is_reserved("orphan"),
+            "held back until its record is written"
+        );
+        assert_eq!(adoptions.files.len(), 1);
+        assert_eq!(adoptions.files[0].1.owner, "bob");
+        assert_eq!(
+            adoptions.records.len(),
+            2,
+            "the new owner and the adopted file"
+        );
         assert_eq!(state.ns.file("kept").unwrap().owner, "alice");
-        assert_eq!(found.records.len(), 2, "the new owner and the adopted file");
         assert_eq!(lacking(&state, "ss1", &found.held), ["gone"]);
     }
 
@@ -375,12 +443,11 @@ mod tests {
         state.ns.delete("deleted");
         state.ns.insert("created", record());
         let mut found = Reconciled::default();
-        adopt_or_refresh(&mut state, "ss1", vec![entry("deleted")], &mut found);
+        let adoptions = adopt_or_refresh(&mut state, "ss1", vec![entry("deleted")], &mut found);
         assert!(
-            state.ns.file("deleted").is_none(),
-            "a file deleted meanwhile came back"
+            adoptions.files.is_empty() && !state.ns.is_reserved("deleted"),
+            "a file deleted meanwhile would come back"
         );
-        assert!(found.records.is_empty());
         assert!(
             lacking(&state, "ss1", &found.held).is_empty(),
             "a file created meanwhile counted as missing"

@@ -74,6 +74,9 @@ pub struct Namespace {
 struct ChangeLog {
     watchers: usize,
     names: HashSet<String>,
+    /// Names a DELETE or MOVE is changing on their server now (how many
+    /// of each): the server may already show the change nm has not made.
+    in_flight: HashMap<String, usize>,
 }
 
 /// The folder a path lives in ("" at the top).
@@ -289,6 +292,27 @@ impl Namespace {
     /// same entry now as when the picture was taken.
     pub fn watch_changes(&mut self) {
         self.changes.watchers += 1;
+        // Changes already under way count as made since now: a CREATE or
+        // MOVE holds its new name reserved, a DELETE or MOVE marks its file.
+        let under_way = self.reserved.iter().chain(self.changes.in_flight.keys());
+        self.changes.names.extend(under_way.cloned());
+    }
+
+    /// A DELETE or MOVE of `name` begins on its server (ended by
+    /// [`Namespace::end_change`]).
+    pub fn begin_change(&mut self, name: &str) {
+        *self.changes.in_flight.entry(name.to_owned()).or_default() += 1;
+        self.note_change(name);
+    }
+
+    pub fn end_change(&mut self, name: &str) {
+        if let Some(count) = self.changes.in_flight.get_mut(name) {
+            *count -= 1;
+            if *count == 0 {
+                self.changes.in_flight.remove(name);
+            }
+        }
+        self.note_change(name);
     }
 
     pub fn unwatch_changes(&mut self) {
@@ -564,6 +588,25 @@ mod tests {
             0,
             "deleting a file drops its requests"
         );
+    }
+
+    #[test]
+    fn changes_under_way_when_a_watch_begins_count_as_changed() {
+        let mut ns = Namespace::default();
+        ns.insert("moving", record("alice"));
+        ns.reserve("moved").unwrap();
+        ns.begin_change("moving");
+        ns.watch_changes();
+        assert!(ns.changed_while_watched("moving"));
+        assert!(ns.changed_while_watched("moved"));
+        ns.end_change("moving");
+        ns.unwatch_changes();
+        ns.watch_changes();
+        assert!(
+            !ns.changed_while_watched("moving"),
+            "ended before this watch"
+        );
+        assert!(ns.changed_while_watched("moved"), "still reserved");
     }
 
     #[test]

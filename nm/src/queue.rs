@@ -244,6 +244,23 @@ impl ReplQueue {
         requeued
     }
 
+    /// Puts a job that could not start yet back to run after `delay`, as
+    /// it was (no attempt counted), unless a newer one for the same key is
+    /// pending. Returns whether it was requeued.
+    pub fn postpone(&self, mut job: Job, delay: Duration) -> bool {
+        let mut state = self.lock();
+        state.running.remove(&job.key);
+        let requeued = !state.pending.contains_key(&job.key);
+        if requeued {
+            job.not_before = Instant::now() + delay;
+            state.order.push_back(job.key.clone());
+            state.pending.insert(job.key.clone(), job);
+        }
+        drop(state);
+        self.notify.notify_waiters();
+        requeued
+    }
+
     /// Removes the pending jobs of a pair (its replica went down); returns them.
     pub fn drop_pair(&self, primary: &str) -> Vec<Job> {
         let mut state = self.lock();

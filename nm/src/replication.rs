@@ -34,6 +34,8 @@ const SYNC_BATCH: usize = 1024;
 const MAX_ATTEMPTS: u32 = 5;
 const RETRY_BASE: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often a sync waiting for its source's inventory looks again.
+const INVENTORY_POLL: Duration = Duration::from_millis(100);
 
 /// The two sides of a pair as a job needs them: the active server (the
 /// source of truth) and the other one (the target being kept up to date).
@@ -341,6 +343,12 @@ impl Nm {
                     continue;
                 }
             };
+            // A sync waits for its source's inventory (see `crate::inventory`)
+            // without holding a worker: the other pairs' jobs go on.
+            if matches!(job.key, JobKey::Pair { .. }) && self.inventory_due(&sides.source) {
+                self.queue.postpone(job, INVENTORY_POLL);
+                continue;
+            }
             self.job_event(&job, JobStep::Started, &sides.target, None);
             let started = Instant::now();
             match self.run_job(&job, &sides).await {

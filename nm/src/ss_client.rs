@@ -133,21 +133,21 @@ impl SsClient {
         self.inventory_pages(SsRequest::Inventory).await
     }
 
-    /// The server's inventory a page at a time, as the pages arrive: `each`
-    /// takes a page's entries (tombstones are left out) and returns whether
-    /// to go on. Nothing is gathered, so a million files cost one page.
-    pub async fn inventory_each(
-        &self,
-        mut each: impl FnMut(Vec<InventoryEntry>) -> bool,
-    ) -> Result<(), WireError> {
-        self.streamed(SsRequest::Inventory, |reply| match reply {
-            SsReply::Inventory { files, .. } => Ok(!each(files)),
-            SsReply::End => Ok(true),
-            other => Err(WireError::internal(format!(
-                "unexpected reply to Inventory: {other:?}"
-            ))),
+    /// The server's inventory a page at a time, read as the caller asks
+    /// for the next page (see [`InventoryPages`]): nothing is gathered, so
+    /// a million files cost one page.
+    pub async fn inventory_by_page(&self) -> Result<InventoryPages<'_>, WireError> {
+        let mut client = self.fresh().await?;
+        let id = tokio::time::timeout(self.timeout, client.send(SsRequest::Inventory))
+            .await
+            .map_err(|_| self.to_wire(CallError::Timeout))?
+            .map_err(|e| self.to_wire(CallError::Connection(e)))?;
+        Ok(InventoryPages {
+            server: self,
+            client,
+            id,
+            done: false,
         })
-        .await
     }
 
     /// What the server recorded of its standby: the files it may lack (see
@@ -236,6 +236,43 @@ impl SsClient {
                 "storage server {} is unreachable ({e}); retry later",
                 self.name
             )),
+        }
+    }
+}
+
+/// An inventory being read from a storage server, page by page (its
+/// tombstones are left out). Dropping it closes the connection.
+pub struct InventoryPages<'a> {
+    server: &'a SsClient,
+    client: RpcClient,
+    id: u64,
+    done: bool,
+}
+
+impl InventoryPages<'_> {
+    /// The next page (an empty one while the server's start-up scan runs),
+    /// or `None` after the last. The timeout is for each page.
+    pub async fn next(&mut self) -> Result<Option<Vec<InventoryEntry>>, WireError> {
+        if self.done {
+            return Ok(None);
+        }
+        let reply = tokio::time::timeout(
+            self.server.timeout,
+            self.client.next_reply::<SsReply>(self.id),
+        )
+        .await
+        .map_err(|_| self.server.to_wire(CallError::Timeout))?
+        .map_err(|e| self.server.to_wire(CallError::Connection(e)))?
+        .map_err(|e| self.server.to_wire(CallError::Refused(e)))?;
+        match reply {
+            SsReply::Inventory { files, .. } => Ok(Some(files)),
+            SsReply::End => {
+                self.done = true;
+                Ok(None)
+            }
+            other => Err(WireError::internal(format!(
+                "unexpected reply to Inventory: {other:?}"
+            ))),
         }
     }
 }
