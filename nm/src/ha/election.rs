@@ -42,7 +42,8 @@ pub async fn keep_lease(
         };
         let id = lease.id();
         let granted_at = Instant::now();
-        let member = put_member(&mut client, &layout, &address, id, group.is_warm()).await;
+        let mut warm = group.is_warm();
+        let member = put_member(&mut client, &layout, &address, id, warm).await;
         if let Err(e) = member {
             tracing::warn!(event = "nm_etcd_unreachable", error = %e, "cannot register as a member; retrying");
             continue;
@@ -52,7 +53,12 @@ pub async fn keep_lease(
         // A broken renewal stream (the etcd member it went to died) is
         // opened again on the same lease for as long as the lease may hold.
         loop {
-            match renew_until_broken(&mut client, id, &group).await {
+            let member = Membership {
+                layout: &layout,
+                address: &address,
+                warm: &mut warm,
+            };
+            match renew_until_broken(&mut client, id, &group, member).await {
                 Renewal::Expired => break,
                 Renewal::Broken if Instant::now() < group.holds_until() => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -67,7 +73,7 @@ pub async fn keep_lease(
 
 /// This nm's member key, bound to its lease `lease`: the value says
 /// whether its copy of the namespace is loaded (`warm`) or `loading`.
-pub async fn put_member(
+async fn put_member(
     client: &mut Client,
     layout: &Layout,
     address: &str,
@@ -96,7 +102,24 @@ enum Renewal {
     Broken,
 }
 
-async fn renew_until_broken(client: &mut Client, id: i64, group: &Group) -> Renewal {
+/// This nm's member key as last written, kept current by the renewals.
+struct Membership<'a> {
+    layout: &'a Layout,
+    address: &'a str,
+    /// The warmth the key says.
+    warm: &'a mut bool,
+}
+
+/// Renews lease `id` until etcd says it expired or a renewal goes
+/// unanswered; after each renewal the member key follows the group's
+/// warmth if it changed (this loop is the key's only writer, so the last
+/// value written is the current one).
+async fn renew_until_broken(
+    client: &mut Client,
+    id: i64,
+    group: &Group,
+    member: Membership<'_>,
+) -> Renewal {
     let patience = group
         .holds_until()
         .saturating_duration_since(Instant::now())
@@ -136,6 +159,14 @@ async fn renew_until_broken(client: &mut Client, id: i64, group: &Group) -> Rene
                     "etcd did not answer a lease renewal in time"
                 );
                 return Renewal::Broken;
+            }
+        }
+        // Bounded: a slow put must not hold the next renewal back.
+        let warm = group.is_warm();
+        if warm != *member.warm {
+            let put = put_member(client, member.layout, member.address, id, warm);
+            if let Ok(Ok(())) = tokio::time::timeout(every, put).await {
+                *member.warm = warm;
             }
         }
         tokio::time::sleep_until((sent + every).into()).await;

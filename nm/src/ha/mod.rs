@@ -217,35 +217,6 @@ struct Member {
 }
 
 impl Member {
-    /// Whether this nm's copy of the namespace is loaded, in its member key
-    /// (for STATUS). The lease's keeper writes the member key with the
-    /// warmth it reads from the group; if it has no lease yet, this waits
-    /// for the one it is putting the key under. A failed put is only
-    /// logged: the next lease's member key carries it again.
-    async fn announce_warmth(&self, warm: bool) {
-        self.group.set_warm(warm);
-        let mut lease_rx = self.lease_rx.clone();
-        let granted = lease_rx.wait_for(|id| *id != 0);
-        let lease = match tokio::time::timeout(self.group.ttl(), granted).await {
-            Ok(Ok(id)) => *id,
-            _ => return,
-        };
-        let mut client = self.client.clone();
-        let put = election::put_member(&mut client, &self.layout, &self.address, lease, warm);
-        match tokio::time::timeout(self.group.ttl(), put).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(event = "nm_etcd_unreachable", error = %e, "cannot update the member key")
-            }
-            Err(_) => {
-                tracing::warn!(
-                    event = "nm_etcd_unreachable",
-                    "etcd did not take the member key in time"
-                )
-            }
-        }
-    }
-
     /// One standby phase and, if elected, one term as leader.
     async fn one_term(&self, shutdown: &CancellationToken) -> Result<(), etcd_client::Error> {
         let Member {
@@ -261,12 +232,14 @@ impl Member {
         } = self;
         let bound = *bound;
         let mut client = client.clone();
-        self.announce_warmth(false).await;
+        // Not warm while loading: the member key follows within a renewal
+        // (see `election::keep_lease`), for STATUS.
+        group.set_warm(false);
         let (ns, revision) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             loaded = store::load(&mut client, layout) => loaded?,
         };
-        self.announce_warmth(true).await;
+        group.set_warm(true);
         let ns = Arc::new(Mutex::new(ns));
         let (applied_tx, mut applied) = watch::channel(revision);
         let mut follower = tokio::spawn(store::follow(
