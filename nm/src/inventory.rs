@@ -23,8 +23,7 @@
 //! name had the same entry when the picture was taken as it has now.
 //!
 //! A sync from the server waits until its inventory is reconciled (what is
-//! missing decides what the sync compares; see
-//! [`Nm::inventory_reconciled`]).
+//! missing decides what the sync compares; see [`Nm::inventory_due`]).
 
 use crate::journal::Record;
 use crate::namespace::FileRecord;
@@ -38,9 +37,6 @@ use std::time::{Duration, Instant};
 
 /// How long after a failed attempt nm asks for the inventory again.
 const RETRY: Duration = Duration::from_millis(500);
-/// How long a sync waits for its source's inventory (a million files take
-/// seconds to list and reconcile, after the server's start-up scan).
-const SYNC_PATIENCE: Duration = Duration::from_secs(300);
 
 /// Notes namespace changes while it lives.
 struct Watching<'a>(&'a Nm);
@@ -56,13 +52,6 @@ impl Drop for Watching<'_> {
     fn drop(&mut self) {
         self.0.state().ns.unwatch_changes();
     }
-}
-
-/// What the pages so far found.
-#[derive(Default)]
-struct Reconciled {
-    /// Every name the server holds.
-    held: HashSet<String>,
 }
 
 /// Files of one page nm did not know: their names reserved in the
@@ -133,20 +122,20 @@ impl Nm {
         };
         let _watching = Watching::start(self);
         let mut pages = client.inventory_by_page().await?;
-        let mut found = Reconciled::default();
+        let mut held = HashSet::new();
         while let Some(page) = pages.next().await? {
             let (pair, adoptions) = {
                 let mut state = self.state();
                 let Some(pair) = self.serving_pair_in(&state, name, generation) else {
                     return Ok(None);
                 };
-                let adoptions = adopt_or_refresh(&mut state, &pair, page, &mut found);
+                let adoptions = adopt_or_refresh(&mut state, &pair, page, &mut held);
                 (pair, adoptions)
             };
             self.adopt(&pair, adoptions).await?;
         }
         drop(pages);
-        let files = found.held.len();
+        let files = held.len();
         let lost = {
             let state = self.state();
             let Some(pair) = self.serving_pair_in(&state, name, generation) else {
@@ -156,7 +145,7 @@ impl Nm {
                 .registry
                 .pair(&pair)
                 .and_then(|p| p.name(p.fsm.standby_side()).map(str::to_owned));
-            (pair.clone(), partner, lacking(&state, &pair, &found.held))
+            (pair.clone(), partner, lacking(&state, &pair, &held))
         };
         self.missing(lost).await?;
         let mut state = self.state();
@@ -247,32 +236,6 @@ impl Nm {
             .get(source)
             .is_some_and(|entry| entry.connected && entry.inventory_due)
     }
-
-    /// Waits until `source`'s inventory is reconciled (what it lacks decides
-    /// whether a sync from it compares everything).
-    pub(crate) async fn inventory_reconciled(&self, source: &str) -> Result<(), WireError> {
-        let deadline = Instant::now() + SYNC_PATIENCE;
-        loop {
-            {
-                let state = self.state();
-                match state.registry.get(source) {
-                    Some(entry) if entry.connected && !entry.inventory_due => return Ok(()),
-                    Some(entry) if entry.connected => {}
-                    _ => {
-                        return Err(WireError::unavailable(format!(
-                            "{source} left before its inventory was reconciled"
-                        )))
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(WireError::unavailable(format!(
-                    "{source}'s inventory was not reconciled within {SYNC_PATIENCE:?}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 /// The files nm places on `pair` that are not `held`, leaving out names
@@ -295,7 +258,7 @@ fn adopt_or_refresh(
     state: &mut State,
     pair: &str,
     page: Vec<InventoryEntry>,
-    found: &mut Reconciled,
+    held: &mut HashSet<String>,
 ) -> Adoptions {
     let mut adoptions = Adoptions::default();
     for entry in page {
@@ -304,7 +267,7 @@ fn adopt_or_refresh(
             continue;
         }
         if state.ns.changed_while_watched(&entry.file) {
-            found.held.insert(entry.file);
+            held.insert(entry.file);
             continue;
         }
         match state.ns.file_mut(&entry.file) {
@@ -352,7 +315,7 @@ fn adopt_or_refresh(
                 ));
             }
         }
-        found.held.insert(entry.file);
+        held.insert(entry.file);
     }
     adoptions
 }
@@ -398,12 +361,12 @@ mod tests {
     fn unknown_files_are_adopted_and_missing_ones_found() {
         let mut state = state_with(&["kept", "gone"]);
         state.ns.watch_changes();
-        let mut found = Reconciled::default();
+        let mut held = HashSet::new();
         let adoptions = adopt_or_refresh(
             &mut state,
             "ss1",
             vec![entry("kept"), entry("orphan")],
-            &mut found,
+            &mut held,
         );
         assert!(
             state.ns.is_reserved("orphan"),
@@ -417,7 +380,7 @@ mod tests {
             "the new owner and the adopted file"
         );
         assert_eq!(state.ns.file("kept").unwrap().owner, "alice");
-        assert_eq!(lacking(&state, "ss1", &found.held), ["gone"]);
+        assert_eq!(lacking(&state, "ss1", &held), ["gone"]);
     }
 
     #[test]
@@ -426,11 +389,11 @@ mod tests {
         state.ns.file_mut("f").unwrap().stats.version = 5;
         let mut older = entry("f");
         older.meta.stats.version = 4;
-        adopt_or_refresh(&mut state, "ss1", vec![older], &mut Reconciled::default());
+        adopt_or_refresh(&mut state, "ss1", vec![older], &mut HashSet::new());
         assert_eq!(state.ns.file("f").unwrap().stats.version, 5);
         let mut newer = entry("f");
         newer.meta.stats.version = 6;
-        adopt_or_refresh(&mut state, "ss1", vec![newer], &mut Reconciled::default());
+        adopt_or_refresh(&mut state, "ss1", vec![newer], &mut HashSet::new());
         assert_eq!(state.ns.file("f").unwrap().stats.version, 6);
     }
 
@@ -442,14 +405,14 @@ mod tests {
         state.ns.watch_changes();
         state.ns.delete("deleted");
         state.ns.insert("created", record());
-        let mut found = Reconciled::default();
-        let adoptions = adopt_or_refresh(&mut state, "ss1", vec![entry("deleted")], &mut found);
+        let mut held = HashSet::new();
+        let adoptions = adopt_or_refresh(&mut state, "ss1", vec![entry("deleted")], &mut held);
         assert!(
             adoptions.files.is_empty() && !state.ns.is_reserved("deleted"),
             "a file deleted meanwhile would come back"
         );
         assert!(
-            lacking(&state, "ss1", &found.held).is_empty(),
+            lacking(&state, "ss1", &held).is_empty(),
             "a file created meanwhile counted as missing"
         );
     }

@@ -583,7 +583,14 @@ impl Nm {
     /// record knows which files changed since the two were last level, only
     /// those are compared (see [`crate::catch_up`]).
     async fn sync_once(&self, sides: &Sides, compare: Compare) -> Result<SyncOutcome, WireError> {
-        self.inventory_reconciled(&sides.source).await?;
+        // The worker postpones a sync whose source's inventory is due; one
+        // that became due since is tried again later.
+        if self.inventory_due(&sides.source) {
+            return Err(WireError::unavailable(format!(
+                "{}'s inventory is not reconciled yet",
+                sides.source
+            )));
+        }
         let due = self.catch_up.due(&sides.pair);
         // Asked before anything is listed: the source's mark must come
         // before its listing (see `ss::unconfirmed`).
