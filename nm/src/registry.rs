@@ -256,10 +256,18 @@ impl Registry {
         self.grace_over = true;
     }
 
-    /// Gives every server a fresh heartbeat timeout (after nm's own stall); returns how many.
-    pub fn touch_all(&mut self) -> usize {
+    /// nm itself did not run for `stalled` (paused, starved): that time does
+    /// not count as any server's silence (their heartbeats may be waiting,
+    /// unread, in nm's sockets). Returns how many servers it credited.
+    ///
+    /// A credit, not a fresh timeout: stalls that recur more often than the
+    /// heartbeat timeout must not keep a silent server from ever being
+    /// declared failed.
+    pub fn credit_stall(&mut self, stalled: Duration) -> usize {
         let now = Instant::now();
-        self.servers.values_mut().for_each(|s| s.last_seen = now);
+        for server in self.servers.values_mut() {
+            server.last_seen = (server.last_seen + stalled).min(now);
+        }
         self.servers.len()
     }
 
@@ -537,6 +545,24 @@ mod tests {
         r.refresh("test");
         assert_eq!(r.pair("ss2").unwrap().backup.as_deref(), Some("mirror"));
         assert_eq!(r.pair_of("mirror").unwrap().primary, "ss2");
+    }
+
+    #[test]
+    fn nms_own_stall_is_credited_not_a_fresh_timeout() {
+        let mut r = Registry::default();
+        register(&mut r, "ss1", None);
+        register(&mut r, "ss2", None);
+        let now = Instant::now();
+        r.servers.get_mut("ss1").unwrap().last_seen = now - Duration::from_millis(1_200);
+        r.servers.get_mut("ss2").unwrap().last_seen = now - Duration::from_millis(2_500);
+        assert_eq!(r.credit_stall(Duration::from_millis(1_000)), 2);
+        // ss1 was silent 1.2 s of which nm ran 0.2 s; ss2 stays silent 1.5 s
+        // of nm's running time: recurring stalls cannot hide it for ever.
+        let silent: Vec<String> = r.silent(T).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(silent, ["ss2"]);
+        // A credit never puts a heartbeat in the future.
+        r.credit_stall(Duration::from_secs(60));
+        assert!(r.servers.values().all(|s| s.last_seen <= Instant::now()));
     }
 
     #[test]

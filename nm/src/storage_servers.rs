@@ -205,13 +205,14 @@ impl Nm {
                 continue;
             }
             if slept > stall {
-                let servers = self.state().registry.touch_all();
+                let stalled = slept - tick;
+                let servers = self.state().registry.credit_stall(stalled);
                 self.metrics.nm_stalls.inc();
                 tracing::warn!(
                     event = "nm_stalled",
-                    stalled_ms = (slept - tick).as_millis() as u64,
+                    stalled_ms = stalled.as_millis() as u64,
                     servers,
-                    "nm did not run for a while; every server gets a fresh heartbeat timeout"
+                    "nm did not run for a while; that time does not count as any server's silence"
                 );
                 continue;
             }

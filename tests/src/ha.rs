@@ -192,7 +192,7 @@ impl HaCluster {
             cluster.start_nm(i);
         }
         if cluster.options.nm_count > 0 {
-            cluster.wait_leader().await;
+            cluster.wait_group().await;
         }
         for name in servers {
             cluster.start_ss(name).await;
@@ -212,6 +212,12 @@ impl HaCluster {
     /// The address clients of this cluster dial from (unless told otherwise).
     pub fn client_ip(&self) -> Ipv4Addr {
         self.host(50)
+    }
+
+    /// How many nm processes the cluster runs (started or not): STATUS lists
+    /// only those whose membership is on record in etcd.
+    pub fn nm_count(&self) -> usize {
+        self.nms.len()
     }
 
     pub fn nm_ip(&self, i: usize) -> Ipv4Addr {
@@ -496,6 +502,16 @@ impl HaCluster {
         .await
     }
 
+    /// Waits until every nm of the cluster is on record: one leader, the
+    /// others warm standbys. (A standby whose first lease request found etcd
+    /// not yet up joins later; a test that acts on "every nm" needs them all.)
+    pub async fn wait_group(&self) {
+        let leader = self.wait_leader().await;
+        for i in (0..self.nm_count()).filter(|i| *i != leader) {
+            self.wait_standby(i).await;
+        }
+    }
+
     /// Waits until STATUS lists nm `i` as a standby of the group.
     pub async fn wait_standby(&self, i: usize) {
         let address = self.nm_addr(i);
@@ -590,6 +606,9 @@ impl Drop for HaCluster {
             member.stop();
         }
         if std::thread::panicking() {
+            crate::print_log_tails(self.dir.path());
+        }
+        if crate::keep_logs() {
             let kept = self.dir.path().to_owned();
             eprintln!("HaCluster logs kept in {}", kept.display());
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));

@@ -68,6 +68,43 @@ pub(crate) fn daemon_log_filter() -> String {
     std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into())
 }
 
+/// Whether a cluster keeps its logs when dropped: always after a failure,
+/// and after every test with `TEST_KEEP_LOGS` set.
+pub(crate) fn keep_logs() -> bool {
+    std::thread::panicking() || std::env::var_os("TEST_KEEP_LOGS").is_some()
+}
+
+/// After a failure, the last lines of every daemon log in `dir` on stderr, so
+/// that a failure seen only in CI can be read from its output.
+pub(crate) fn print_log_tails(dir: &Path) {
+    const LINES: usize = 12;
+    const WIDTH: usize = 300;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut logs: Vec<PathBuf> = entries
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("etcd"))
+        })
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("--- last lines of {}", log.display());
+        for line in &lines[lines.len().saturating_sub(LINES)..] {
+            let cut = line
+                .char_indices()
+                .nth(WIDTH)
+                .map_or(line.len(), |(i, _)| i);
+            eprintln!("  {}", &line[..cut]);
+        }
+    }
+}
+
 /// Polls `check` until it returns `Some`, or panics after `DEADLINE`.
 pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -550,6 +587,9 @@ impl Drop for TestCluster {
             let _ = nm.wait();
         }
         if std::thread::panicking() {
+            print_log_tails(self.dir.path());
+        }
+        if keep_logs() {
             // Keep the logs of a failed test where a human can read them.
             let kept = self.dir.path().to_owned();
             eprintln!("TestCluster logs kept in {}", kept.display());

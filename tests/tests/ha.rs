@@ -419,7 +419,7 @@ async fn a_primary_cut_from_nm_stops_serving_before_its_backup_is_promoted() {
         .await
         .expect("client");
     writer.write_begin("a.txt", 0).await.expect("WRITE on ss1");
-    for i in 0..cluster.status().await.nm.len() {
+    for i in 0..cluster.nm_count() {
         cluster
             .partitions
             .cut(cluster.ss_ip("ss1"), cluster.nm_ip(i));
@@ -479,7 +479,7 @@ async fn a_client_cut_from_nm_only_commits_its_open_write_and_is_told_nm_is_unre
         (writes_begun() > before).then_some(())
     })
     .await;
-    for i in 0..cluster.status().await.nm.len() {
+    for i in 0..cluster.nm_count() {
         cluster.partitions.cut(cut_client, cluster.nm_ip(i));
     }
     stdin
