@@ -10,6 +10,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::<Proof>(data);
     let _ = decode::<Request<NmRequest>>(data);
     let _ = decode::<Request<SsRequest>>(data);
+    let _ = decode::<Request<SsCommand>>(data);
+    let _ = decode::<Request<PeerRequest>>(data);
+    let _ = decode::<Request<StreamRequest>>(data);
+    let _ = decode::<Request<ControlRequest>>(data);
     let _ = decode::<Reply<NmReply>>(data);
     let _ = decode::<Reply<SsReply>>(data);
     let _ = decode::<FileMeta>(data);

@@ -15,7 +15,7 @@ use crate::ss_client::SsClient;
 use shared::names::{base_name, validate_path, validate_tag};
 use shared::proto::{
     Access, AccessList, AccessRequest, ClusterStatus, FileInfo, FileRow, FileStats, JobKind,
-    Location, NmReply, NmRequest, Op, PairState, SsReply, SsRequest,
+    Location, NmReply, NmRequest, Op, PairState, SsCommand, SsReply,
 };
 use shared::{now_ms, ErrorCode, WireError};
 use std::sync::Arc;
@@ -68,7 +68,7 @@ impl Nm {
             }
             NmRequest::Delete { file } => self.delete(user, &file).await,
             NmRequest::Undo { file } => {
-                let request = SsRequest::UndoFile { file: file.clone() };
+                let request = SsCommand::UndoFile { file: file.clone() };
                 self.change(user, &file, Need::Write, request, JobKind::Update)
                     .await
             }
@@ -97,7 +97,7 @@ impl Nm {
             }),
             NmRequest::Checkpoint { file, tag } => {
                 validate_tag(&tag)?;
-                let request = SsRequest::CreateCheckpoint {
+                let request = SsCommand::CreateCheckpoint {
                     file: file.clone(),
                     tag,
                 };
@@ -106,7 +106,7 @@ impl Nm {
             }
             NmRequest::Revert { file, tag } => {
                 validate_tag(&tag)?;
-                let request = SsRequest::Revert {
+                let request = SsCommand::Revert {
                     file: file.clone(),
                     tag,
                 };
@@ -115,7 +115,7 @@ impl Nm {
             }
             NmRequest::ListCheckpoints { file } => {
                 let client = self.server_for(user, &file, Need::Read)?;
-                match client.call(SsRequest::ListCheckpoints { file }).await? {
+                match client.call(SsCommand::ListCheckpoints { file }).await? {
                     SsReply::Checkpoints { checkpoints } => {
                         Ok(NmReply::Checkpoints { checkpoints })
                     }
@@ -228,7 +228,7 @@ impl Nm {
         user: &str,
         file: &str,
         need: Need,
-        request: SsRequest,
+        request: SsCommand,
         kind: JobKind,
     ) -> Result<NmReply, WireError> {
         let client = self.server_for(user, file, need)?;
@@ -293,7 +293,7 @@ impl Nm {
         let (on_server, journalled) = tokio::join!(
             async {
                 match client
-                    .call(SsRequest::CreateFile {
+                    .call(SsCommand::CreateFile {
                         file: file.to_owned(),
                         owner: user.to_owned(),
                     })
@@ -363,7 +363,7 @@ impl Nm {
         // The delete's stamp, and whether it went on the replication stream.
         let mut deleted = None;
         match client
-            .call(SsRequest::DeleteFile {
+            .call(SsCommand::DeleteFile {
                 file: file.to_owned(),
             })
             .await
@@ -437,7 +437,7 @@ impl Nm {
     ) -> Result<(), WireError> {
         let (stats, streamed) = applied_and_streamed(
             client
-                .call(SsRequest::SetAcl {
+                .call(SsCommand::SetAcl {
                     file: file.to_owned(),
                     acl: acl.clone(),
                 })
@@ -658,7 +658,7 @@ impl Nm {
         let moved = async {
             let moved = applied_and_streamed(
                 client
-                    .call(SsRequest::MoveFile {
+                    .call(SsCommand::MoveFile {
                         file: file.to_owned(),
                         to: to.clone(),
                     })

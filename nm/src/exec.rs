@@ -7,7 +7,7 @@
 
 use crate::commands::Need;
 use crate::server::Nm;
-use shared::proto::{ExecOutput, NmReply, Op, SsRequest};
+use shared::proto::{ExecOutput, NmReply, Op, SsCommand};
 use shared::{now_ms, ErrorCode, WireError};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -26,7 +26,7 @@ impl Nm {
         let client = self.server_for(user, file, Need::Read)?;
         let expires_ms = now_ms() + self.config.ticket_ttl.as_millis() as u64;
         let ticket = self.ticket_key.issue("nm", file, Op::Read, 0, expires_ms);
-        let request = SsRequest::Read {
+        let request = SsCommand::Read {
             file: file.to_owned(),
             ticket,
         };

@@ -20,7 +20,7 @@ use crate::failover::Input;
 use crate::server::Nm;
 use crate::ss_client::SsClient;
 use shared::proto::{
-    EventKind, JobKind, JobStep, Op, PullItem, SsReply, SsRequest, Tombstone, UnconfirmedLevel,
+    EventKind, JobKind, JobStep, Op, PullItem, SsCommand, SsReply, Tombstone, UnconfirmedLevel,
 };
 use shared::{now_ms, ErrorCode, WireError};
 use std::collections::HashMap;
@@ -423,14 +423,14 @@ impl Nm {
                 let version = job.version.unwrap_or(u64::MAX);
                 sides
                     .target_client
-                    .call(SsRequest::ApplyDelete {
+                    .call(SsCommand::ApplyDelete {
                         file: file.clone(),
                         version,
                         epoch: sides.epoch,
                     })
                     .await?;
                 for side in [&sides.source_client, &sides.target_client] {
-                    side.call(SsRequest::PurgeTombstone { file: file.clone() })
+                    side.call(SsCommand::PurgeTombstone { file: file.clone() })
                         .await?;
                 }
                 let confirmed = job.version.map(|version| (sides.epoch, version));
@@ -469,7 +469,7 @@ impl Nm {
     /// file to be compared at the next catch-up.
     fn confirm_to_source(sides: &Sides, file: &str, (epoch, version): (u64, u64)) {
         let source = sides.source_client.clone();
-        let request = SsRequest::Confirmed {
+        let request = SsCommand::Confirmed {
             file: file.to_owned(),
             epoch,
             version,
@@ -506,7 +506,7 @@ impl Nm {
             })
             .collect();
         let reply = to_client
-            .call(SsRequest::PullFiles {
+            .call(SsCommand::PullFiles {
                 from: from_address.clone(),
                 items,
             })
@@ -738,7 +738,7 @@ impl Nm {
     /// starts there (what a later nm asks for instead of comparing all).
     async fn level_source(source: &SsClient, level: UnconfirmedLevel, mark: u64) {
         let standby = level.standby.clone();
-        if let Err(e) = source.call(SsRequest::Levelled { level, mark }).await {
+        if let Err(e) = source.call(SsCommand::Levelled { level, mark }).await {
             tracing::warn!(event = "nm_level_not_told", standby, error = %e, "the serving server did not take the sync's level; a later nm would compare the pair in full");
         }
     }
@@ -772,7 +772,7 @@ impl Nm {
             shared::names::conflict_copy_name(&entry.file, &sides.target, entry.meta.stats.epoch);
         sides
             .target_client
-            .call(SsRequest::KeepConflict {
+            .call(SsCommand::KeepConflict {
                 file: entry.file.clone(),
                 to: copy.clone(),
             })
@@ -858,7 +858,7 @@ impl Nm {
             {
                 sides
                     .target_client
-                    .call(SsRequest::ApplyDelete {
+                    .call(SsCommand::ApplyDelete {
                         file: tombstone.file.clone(),
                         version: tombstone.version,
                         epoch: tombstone.epoch,
@@ -867,7 +867,7 @@ impl Nm {
                 applied += 1;
             }
             for side in [&sides.source_client, &sides.target_client] {
-                side.call(SsRequest::PurgeTombstone {
+                side.call(SsCommand::PurgeTombstone {
                     file: tombstone.file.clone(),
                 })
                 .await?;
@@ -883,7 +883,7 @@ impl Nm {
         writable: bool,
     ) -> Result<(), WireError> {
         client
-            .call(SsRequest::SetRole {
+            .call(SsCommand::SetRole {
                 epoch,
                 serving,
                 writable,

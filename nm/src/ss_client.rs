@@ -3,7 +3,7 @@
 //! one call and put back, so concurrent commands do not queue behind each other.
 
 use shared::connection::{ConnectionError, RpcClient};
-use shared::proto::{InventoryEntry, Role, SsReply, SsRequest, Tombstone, UnconfirmedLevel};
+use shared::proto::{InventoryEntry, Role, SsCommand, SsReply, Tombstone, UnconfirmedLevel};
 use shared::WireError;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -51,7 +51,7 @@ impl SsClient {
 
     /// Sends one command and waits for its answer. A pooled connection that
     /// turns out to be dead (the server restarted) is replaced once.
-    pub async fn call(&self, request: SsRequest) -> Result<SsReply, WireError> {
+    pub async fn call(&self, request: SsCommand) -> Result<SsReply, WireError> {
         if let Some(client) = self.take_idle() {
             match self.call_on(client, request.clone()).await {
                 Err(CallError::Connection(e)) => {
@@ -81,7 +81,7 @@ impl SsClient {
     /// own; `each` sees them in turn and returns `true` at the last one.
     async fn streamed(
         &self,
-        request: SsRequest,
+        request: SsCommand,
         mut each: impl FnMut(SsReply) -> Result<bool, WireError>,
     ) -> Result<(), WireError> {
         let mut client = self.fresh().await?;
@@ -108,7 +108,7 @@ impl SsClient {
     }
 
     /// Reads a whole content (READ with nm's own ticket), refusing more than `limit` bytes.
-    pub async fn read_all(&self, request: SsRequest, limit: usize) -> Result<Vec<u8>, WireError> {
+    pub async fn read_all(&self, request: SsCommand, limit: usize) -> Result<Vec<u8>, WireError> {
         let mut content = Vec::new();
         self.streamed(request, |reply| match reply {
             SsReply::Chunk { data } if content.len() + data.len() > limit => Err(WireError::new(
@@ -130,7 +130,7 @@ impl SsClient {
 
     /// The server's inventory and tombstones, gathered from its pages.
     pub async fn inventory(&self) -> Result<(Vec<InventoryEntry>, Vec<Tombstone>), WireError> {
-        self.inventory_pages(SsRequest::Inventory).await
+        self.inventory_pages(SsCommand::Inventory).await
     }
 
     /// The server's inventory a page at a time, read as the caller asks
@@ -138,7 +138,7 @@ impl SsClient {
     /// a million files cost one page.
     pub async fn inventory_by_page(&self) -> Result<InventoryPages<'_>, WireError> {
         let mut client = self.fresh().await?;
-        let id = tokio::time::timeout(self.timeout, client.send(SsRequest::Inventory))
+        let id = tokio::time::timeout(self.timeout, client.send(SsCommand::Inventory))
             .await
             .map_err(|_| self.to_wire(CallError::Timeout))?
             .map_err(|e| self.to_wire(CallError::Connection(e)))?;
@@ -155,7 +155,7 @@ impl SsClient {
     pub async fn unconfirmed(
         &self,
     ) -> Result<(u64, Option<UnconfirmedLevel>, Vec<String>), WireError> {
-        match self.call(SsRequest::Unconfirmed).await? {
+        match self.call(SsCommand::Unconfirmed).await? {
             SsReply::Unconfirmed { mark, level, files } => Ok((mark, level, files)),
             other => Err(WireError::internal(format!(
                 "unexpected reply to UNCONFIRMED: {other:?}"
@@ -176,7 +176,7 @@ impl SsClient {
         }
         let (mut held, mut dead) = (Vec::new(), Vec::new());
         for (i, chunk) in chunks.into_iter().enumerate() {
-            let request = SsRequest::InventoryOf {
+            let request = SsCommand::InventoryOf {
                 files: chunk.to_vec(),
             };
             let (entries, tombstones) = self.inventory_pages(request).await?;
@@ -191,7 +191,7 @@ impl SsClient {
 
     async fn inventory_pages(
         &self,
-        request: SsRequest,
+        request: SsCommand,
     ) -> Result<(Vec<InventoryEntry>, Vec<Tombstone>), WireError> {
         let (mut files, mut dead) = (Vec::new(), Vec::new());
         self.streamed(request, |reply| match reply {
@@ -215,7 +215,7 @@ impl SsClient {
     async fn call_on(
         &self,
         mut client: RpcClient,
-        request: SsRequest,
+        request: SsCommand,
     ) -> Result<SsReply, CallError> {
         let reply = tokio::time::timeout(self.timeout, client.call::<_, SsReply>(request))
             .await

@@ -13,7 +13,7 @@ use crate::registry::{backs, Registering};
 use crate::server::{next_request, Nm};
 use shared::connection::{Connection, Incoming};
 use shared::proto::{
-    ControlRequest, EventKind, JobKind, JobStep, NmReply, Reply, ServerState, SsRequest,
+    ControlRequest, EventKind, JobKind, JobStep, NmReply, Reply, ServerState, SsCommand,
 };
 use shared::WireError;
 use std::net::SocketAddr;
@@ -342,7 +342,7 @@ impl Nm {
             (entry.client.clone(), state.registry.partner(&other.name))
         };
         tokio::spawn(async move {
-            if let Err(e) = client.call(SsRequest::SetPartner { partner }).await {
+            if let Err(e) = client.call(SsCommand::SetPartner { partner }).await {
                 tracing::debug!(event = "nm_partner_not_told", error = %e);
             }
         });

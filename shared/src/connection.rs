@@ -141,6 +141,20 @@ pub enum Incoming<T> {
     },
 }
 
+impl<B> Incoming<Request<B>> {
+    /// The same frame with its body turned into a `C` (a channel's request
+    /// into the enum of all of them, say).
+    pub fn map_body<C>(self, f: impl FnOnce(B) -> C) -> Incoming<Request<C>> {
+        match self {
+            Incoming::Message(request) => Incoming::Message(Request {
+                id: request.id,
+                body: f(request.body),
+            }),
+            Incoming::Malformed { id, error } => Incoming::Malformed { id, error },
+        }
+    }
+}
+
 /// Decodes a request strictly: it must be exactly what this side would
 /// encode for it, so bodies are maps with named fields (no arrays in place
 /// of structs), enums are named (no variant indexes), and nothing is there

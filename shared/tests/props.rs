@@ -73,11 +73,13 @@ proptest! {
         let ss = vec![
             Request { id, body: SsRequest::WriteEdit { word_index: index, content: content.clone() } },
             Request { id, body: SsRequest::Read { file: file.clone(), ticket: ticket.clone() } },
-            Request { id, body: SsRequest::ApplyDelete { file, version, epoch } },
         ];
         for r in ss {
             let back: Request<SsRequest> = decode(&encode(&r).unwrap()).unwrap();
             prop_assert_eq!(back, r);
         }
+        let command = Request { id, body: SsCommand::ApplyDelete { file, version, epoch } };
+        let back: Request<SsCommand> = decode(&encode(&command).unwrap()).unwrap();
+        prop_assert_eq!(back, command);
     }
 }

@@ -340,67 +340,107 @@ fn every_message_round_trips() {
         },
         SsRequest::WriteCommit,
         SsRequest::WriteAbort,
-        SsRequest::CreateFile {
-            file: "a".into(),
-            owner: "alice".into(),
-        },
-        SsRequest::DeleteFile { file: "a".into() },
-        SsRequest::UndoFile { file: "a".into() },
         SsRequest::ReadCheckpoint {
             file: "a".into(),
             tag: "v1".into(),
             ticket: ticket(),
         },
-        SsRequest::SetAcl {
+    ] {
+        round_trip(Request { id: 1, body });
+    }
+    for body in [
+        SsCommand::CreateFile {
+            file: "a".into(),
+            owner: "alice".into(),
+        },
+        SsCommand::DeleteFile { file: "a".into() },
+        SsCommand::UndoFile { file: "a".into() },
+        SsCommand::SetAcl {
             file: "a".into(),
             acl: meta.acl.clone(),
         },
-        SsRequest::MoveFile {
+        SsCommand::MoveFile {
             file: "a".into(),
             to: "d/a".into(),
         },
-        SsRequest::CreateCheckpoint {
+        SsCommand::CreateCheckpoint {
             file: "a".into(),
             tag: "v1".into(),
         },
-        SsRequest::Revert {
+        SsCommand::Revert {
             file: "a".into(),
             tag: "v1".into(),
         },
-        SsRequest::ListCheckpoints { file: "a".into() },
-        SsRequest::GetFile {
-            file: "a".into(),
-            ticket: ticket(),
-        },
-        SsRequest::PullFiles {
+        SsCommand::ListCheckpoints { file: "a".into() },
+        SsCommand::PullFiles {
             from: "x:1".into(),
             items: vec![PullItem {
                 file: "a".into(),
                 ticket: ticket(),
             }],
         },
-        SsRequest::ApplyDelete {
+        SsCommand::ApplyDelete {
             file: "a".into(),
             version: 9,
             epoch: 1,
         },
-        SsRequest::SetRole {
+        SsCommand::SetRole {
             epoch: 3,
             serving: true,
             writable: false,
         },
-        SsRequest::KeepConflict {
+        SsCommand::KeepConflict {
             file: "a".into(),
             to: "a.conflict-ss1-e1".into(),
         },
-        SsRequest::SetPartner {
+        SsCommand::SetPartner {
             partner: Some(shared::proto::Partner {
                 name: "ss1".into(),
                 address: "127.0.0.1:7".into(),
             }),
         },
-        SsRequest::StreamOpen { epoch: 4 },
-        SsRequest::StreamApply {
+        SsCommand::PurgeTombstone { file: "a".into() },
+        SsCommand::Inventory,
+        SsCommand::InventoryOf {
+            files: vec!["a".into()],
+        },
+        SsCommand::Unconfirmed,
+        SsCommand::Levelled {
+            level: UnconfirmedLevel {
+                standby: "ss1_backup".into(),
+                store_id: 5,
+                epoch: 2,
+            },
+            mark: 9,
+        },
+        SsCommand::Confirmed {
+            file: "a".into(),
+            epoch: 2,
+            version: 7,
+        },
+        SsCommand::Read {
+            file: "a".into(),
+            ticket: ticket(),
+        },
+    ] {
+        round_trip(Request { id: 1, body });
+    }
+    for body in [
+        PeerRequest::GetFile {
+            file: "a".into(),
+            ticket: ticket(),
+        },
+        PeerRequest::StreamOpen { epoch: 4 },
+        PeerRequest::ReadCheckpoint {
+            file: "a".into(),
+            tag: "v1".into(),
+            ticket: ticket(),
+        },
+    ] {
+        round_trip(Request { id: 1, body });
+    }
+    for body in [
+        StreamRequest::StreamApply {
             file: "a".into(),
             meta: FileMeta {
                 owner: "alice".into(),
@@ -410,24 +450,10 @@ fn every_message_round_trips() {
             },
             content: serde_bytes::ByteBuf::from(b"Hello.".to_vec()),
         },
-        SsRequest::PurgeTombstone { file: "a".into() },
-        SsRequest::Inventory,
-        SsRequest::InventoryOf {
-            files: vec!["a".into()],
-        },
-        SsRequest::Unconfirmed,
-        SsRequest::Levelled {
-            level: UnconfirmedLevel {
-                standby: "ss1_backup".into(),
-                store_id: 5,
-                epoch: 2,
-            },
-            mark: 9,
-        },
-        SsRequest::Confirmed {
+        StreamRequest::StreamDelete {
             file: "a".into(),
+            version: 9,
             epoch: 2,
-            version: 7,
         },
     ] {
         round_trip(Request { id: 1, body });
@@ -496,11 +522,48 @@ fn every_message_round_trips() {
 }
 
 #[test]
+fn a_message_for_another_channel_does_not_decode() {
+    fn decodes_as<B: DeserializeOwned>(body: &impl Serialize) -> bool {
+        let frame = rmp_serde::to_vec_named(&Request { id: 1, body }).unwrap();
+        rmp_serde::from_slice::<Request<B>>(&frame).is_ok()
+    }
+    let command = SsCommand::DeleteFile { file: "a".into() };
+    assert!(decodes_as::<SsCommand>(&command));
+    assert!(
+        !decodes_as::<SsRequest>(&command),
+        "a client cannot send nm's commands"
+    );
+    assert!(!decodes_as::<PeerRequest>(&command), "nor can a partner");
+    let copy = PeerRequest::GetFile {
+        file: "a".into(),
+        ticket: ticket(),
+    };
+    assert!(
+        !decodes_as::<SsRequest>(&copy),
+        "a client cannot copy like a partner"
+    );
+    let open = PeerRequest::StreamOpen { epoch: 1 };
+    assert!(!decodes_as::<SsRequest>(&open));
+    assert!(!decodes_as::<SsCommand>(&open));
+    let change = StreamRequest::StreamDelete {
+        file: "a".into(),
+        version: 1,
+        epoch: 1,
+    };
+    assert!(
+        !decodes_as::<PeerRequest>(&change),
+        "a change only on an opened stream"
+    );
+    let register = ControlRequest::Heartbeat;
+    assert!(!decodes_as::<NmRequest>(&register));
+}
+
+#[test]
 fn golden_bytes() {
     // A client's handshake: {magic, version, role, name}.
     assert_eq!(
         hex(&rmp_serde::to_vec_named(&Hello::new(Role::Client, "alice")).unwrap()),
-        "84a56d61676963ce444f432ba776657273696f6e05a4726f6c65a6434c49454e54a46e616d65a5616c696365"
+        "84a56d61676963ce444f432ba776657273696f6e06a4726f6c65a6434c49454e54a46e616d65a5616c696365"
     );
     // A request: {id, body: {Create: {file}}}.
     let create = Request {

@@ -12,7 +12,7 @@
 use crate::files::{Copied, Files};
 use crate::store::TempFile;
 use shared::connection::{Connection, ConnectionError, RpcClient, TRANSFER_CHUNK_SIZE};
-use shared::proto::{PullItem, PullResult, Pulled, Role, SsReply, SsRequest};
+use shared::proto::{PeerRequest, PullItem, PullResult, Pulled, Role, SsReply};
 use shared::{ErrorCode, WireError};
 use std::collections::VecDeque;
 use std::io::Read;
@@ -190,7 +190,7 @@ async fn pull_pipelined(
         while next_item < items.len() && in_flight.len() < PULL_WINDOW {
             let item = &items[next_item];
             let id = client
-                .send(SsRequest::GetFile {
+                .send(PeerRequest::GetFile {
                     file: item.file.clone(),
                     ticket: item.ticket.clone(),
                 })
@@ -299,7 +299,7 @@ async fn receive_step(
                     continue;
                 }
                 let id = client
-                    .send(SsRequest::ReadCheckpoint {
+                    .send(PeerRequest::ReadCheckpoint {
                         file: item.file.clone(),
                         tag: tag.clone(),
                         ticket: item.ticket.clone(),

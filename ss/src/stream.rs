@@ -29,9 +29,9 @@
 use crate::files::Files;
 use crate::nm_link::{NmLink, StreamTarget};
 use crate::unconfirmed::Unconfirmed;
-use shared::connection::{Connection, ConnectionError};
+use shared::connection::{Connection, ConnectionError, Incoming};
 use shared::proto::{
-    FileMeta, FileStats, Reply, Request, Role, SsReply, SsRequest, StreamedChange,
+    FileMeta, FileStats, PeerRequest, Reply, Request, Role, SsReply, StreamRequest, StreamedChange,
 };
 use shared::WireError;
 use std::collections::HashMap;
@@ -336,7 +336,7 @@ impl Streamer {
         .await?;
         conn.send(&Request {
             id: 0,
-            body: SsRequest::StreamOpen { epoch: to.epoch },
+            body: PeerRequest::StreamOpen { epoch: to.epoch },
         })
         .await?;
         let opened: Reply<SsReply> = conn.expect().await?;
@@ -358,12 +358,12 @@ impl Streamer {
                 change = outgoing.recv() => {
                     let Some(change) = change else { return Ok(()) };
                     let body = match change.change {
-                        Change::Put { meta, content } => SsRequest::StreamApply {
+                        Change::Put { meta, content } => StreamRequest::StreamApply {
                             file: change.file,
                             meta,
                             content: serde_bytes::ByteBuf::from(content),
                         },
-                        Change::Delete { epoch, version } => SsRequest::StreamDelete {
+                        Change::Delete { epoch, version } => StreamRequest::StreamDelete {
                             file: change.file,
                             version,
                             epoch,
@@ -479,11 +479,22 @@ pub async fn follow(
     let applying = Arc::new(Semaphore::new(APPLYING));
     loop {
         let received = tokio::select! {
-            received = reader.recv::<Request<SsRequest>>() => received,
+            received = reader.recv_request::<StreamRequest>() => received,
             () = dismissal.cancelled() => break,
         };
         let request = match received {
-            Ok(Some(request)) => request,
+            Ok(Some(Incoming::Message(request))) => request,
+            Ok(Some(Incoming::Malformed { id, error })) => {
+                tracing::warn!(event = "ss_stream_malformed", partner = %peer, error = %error);
+                let error = WireError::bad_request(format!(
+                    "only StreamApply and StreamDelete are accepted on a replication stream: {error}"
+                ));
+                let _ = replies.send(Reply {
+                    id,
+                    result: Err(error),
+                });
+                break;
+            }
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!(event = "ss_stream_error", partner = %peer, error = %e);
@@ -491,7 +502,7 @@ pub async fn follow(
             }
         };
         let change = match request.body {
-            SsRequest::StreamApply {
+            StreamRequest::StreamApply {
                 file,
                 meta,
                 content,
@@ -500,7 +511,7 @@ pub async fn follow(
                 meta,
                 content: content.into_vec(),
             },
-            SsRequest::StreamDelete {
+            StreamRequest::StreamDelete {
                 file,
                 version,
                 epoch,
@@ -508,16 +519,6 @@ pub async fn follow(
                 file,
                 stamp: (epoch, version),
             },
-            _ => {
-                let error = WireError::bad_request(
-                    "only StreamApply and StreamDelete are accepted on a replication stream",
-                );
-                let _ = replies.send(Reply {
-                    id: request.id,
-                    result: Err(error),
-                });
-                break;
-            }
         };
         if link.is_serving() || link.epoch() != epoch {
             tracing::info!(event = "ss_stream_ended", partner = %peer, "this server's part changed; the stream is closed");

@@ -4,7 +4,8 @@
 use rand::RngCore;
 use shared::connection::{Connection, RpcClient, DEFAULT_MAX_FRAME};
 use shared::proto::{
-    Hello, HelloReply, Op, Reply, Request, Role, SsReply, SsRequest, Ticket, PROTOCOL_VERSION,
+    Hello, HelloReply, Op, Reply, Request, Role, SsCommand, SsReply, SsRequest, Ticket,
+    PROTOCOL_VERSION,
 };
 use shared::ErrorCode;
 use std::time::Duration;
@@ -324,14 +325,14 @@ async fn a_client_that_skips_nm_gets_nothing_from_a_storage_server() {
         .await
         .unwrap();
     assert_eq!(reply.unwrap_err().code, ErrorCode::Unauthorized);
-    // nm-only commands are refused to clients.
+    // nm's commands are not even a client's requests: they do not decode.
     let reply = mallory
-        .call::<_, SsReply>(SsRequest::DeleteFile {
+        .call::<_, SsReply>(SsCommand::DeleteFile {
             file: "private.txt".into(),
         })
         .await
         .unwrap();
-    assert_eq!(reply.unwrap_err().code, ErrorCode::Unauthorized);
+    assert_eq!(reply.unwrap_err().code, ErrorCode::BadRequest);
     assert_eq!(
         std::fs::read_to_string(cluster.storage("ss1").join("files/private.txt")).unwrap(),
         "Secret."

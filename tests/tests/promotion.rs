@@ -10,7 +10,7 @@
 //! or `E_UNAVAILABLE`, never older content and never `E_NOT_FOUND`.
 
 use shared::connection::RpcClient;
-use shared::proto::{Op, PairState, Role, ServerState, SsReply, SsRequest};
+use shared::proto::{Op, PairState, PeerRequest, Role, ServerState, SsReply, SsRequest};
 use shared::ErrorCode;
 use std::time::{Duration, Instant};
 use tests::{eventually, Options, TestCluster};
@@ -327,27 +327,26 @@ async fn m1_a_standby_refuses_clients_even_with_a_genuine_ticket() {
         let mut direct = RpcClient::connect(address, Role::Client, "alice")
             .await
             .unwrap();
-        let reply = direct
-            .call::<_, SsReply>(SsRequest::GetFile {
+        // A partner's whole-file copy is not even a client's request.
+        let copy = direct
+            .call::<_, SsReply>(PeerRequest::GetFile {
+                file: "a.txt".into(),
+                ticket: location.ticket.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(copy.unwrap_err().code, ErrorCode::BadRequest);
+        let read = direct
+            .call::<_, SsReply>(SsRequest::Read {
                 file: "a.txt".into(),
                 ticket: location.ticket.clone(),
             })
             .await
             .unwrap();
         if *address == backup {
-            assert_eq!(reply.unwrap_err().code, ErrorCode::Unavailable);
-        } else {
-            assert!(matches!(reply, Ok(SsReply::FileHeader { .. })), "{reply:?}");
-        }
-        if *address == backup {
-            let read = direct
-                .call::<_, SsReply>(SsRequest::Read {
-                    file: "a.txt".into(),
-                    ticket: location.ticket.clone(),
-                })
-                .await
-                .unwrap();
             assert_eq!(read.unwrap_err().code, ErrorCode::Unavailable);
+        } else {
+            assert!(matches!(read, Ok(SsReply::Chunk { .. })), "{read:?}");
         }
     }
 }

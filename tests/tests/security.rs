@@ -6,7 +6,7 @@ use shared::auth::ClusterKey;
 use shared::connection::{
     Connection, ConnectionError, RpcClient, DEFAULT_MAX_FRAME, HANDSHAKE_TIMEOUT,
 };
-use shared::proto::{NmReply, NmRequest, Role, SsReply, SsRequest};
+use shared::proto::{NmReply, NmRequest, Role, SsCommand, SsReply};
 use shared::ErrorCode;
 use std::process::{Command, Stdio};
 use tests::{bin, TestCluster};
@@ -46,7 +46,7 @@ async fn without_the_key_nobody_registers_as_a_server_or_poses_as_nm() {
         .await
         .unwrap();
     let reply = as_nm
-        .call::<_, SsReply>(SsRequest::Inventory)
+        .call::<_, SsReply>(SsCommand::Inventory)
         .await
         .unwrap();
     assert!(reply.is_ok());
@@ -122,7 +122,7 @@ async fn without_a_key_file_the_users_key_is_used_and_a_keyless_impostor_is_refu
         .await
         .unwrap();
     assert!(as_nm
-        .call::<_, SsReply>(SsRequest::Inventory)
+        .call::<_, SsReply>(SsCommand::Inventory)
         .await
         .unwrap()
         .is_ok());

@@ -3,7 +3,9 @@
 //! stream cannot deliver still reaches the standby through nm.
 
 use console::client::Client;
-use shared::proto::{Event, EventKind, JobStep, PairState, Role, SsReply, SsRequest};
+use shared::proto::{
+    Event, EventKind, JobStep, PairState, PeerRequest, Role, SsReply, StreamRequest,
+};
 use std::sync::{Arc, Mutex};
 use tests::{eventually, Options, TestCluster};
 
@@ -195,40 +197,52 @@ async fn only_the_partner_may_open_a_stream() {
     .await
     .unwrap();
     let refused = other
-        .call::<_, SsReply>(SsRequest::StreamOpen { epoch: 1 })
+        .call::<_, SsReply>(PeerRequest::StreamOpen { epoch: 1 })
         .await
         .unwrap()
         .unwrap_err();
     assert_eq!(refused.code, shared::ErrorCode::Unauthorized, "{refused}");
-    // A client, whatever its name.
+    // A client, whatever its name: not even a client's request.
     let mut client = shared::connection::RpcClient::connect(&backup, Role::Client, "ss1")
         .await
         .unwrap();
     let refused = client
-        .call::<_, SsReply>(SsRequest::StreamOpen { epoch: 1 })
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(refused.code, shared::ErrorCode::Unauthorized, "{refused}");
-    // A change without an open stream is refused and changes nothing.
-    let mut client = shared::connection::RpcClient::connect(&backup, Role::Client, "mallory")
-        .await
-        .unwrap();
-    let refused = client
-        .call::<_, SsReply>(SsRequest::StreamApply {
-            file: "planted.txt".into(),
-            meta: shared::proto::FileMeta {
-                owner: "mallory".into(),
-                acl: Default::default(),
-                stats: Default::default(),
-                checkpoints: Default::default(),
-            },
-            content: serde_bytes::ByteBuf::from(b"Planted.".to_vec()),
-        })
+        .call::<_, SsReply>(PeerRequest::StreamOpen { epoch: 1 })
         .await
         .unwrap()
         .unwrap_err();
     assert_eq!(refused.code, shared::ErrorCode::BadRequest, "{refused}");
+    // A change without an open stream is refused and changes nothing, from
+    // a client or from the partner itself.
+    let planted = StreamRequest::StreamApply {
+        file: "planted.txt".into(),
+        meta: shared::proto::FileMeta {
+            owner: "mallory".into(),
+            acl: Default::default(),
+            stats: Default::default(),
+            checkpoints: Default::default(),
+        },
+        content: serde_bytes::ByteBuf::from(b"Planted.".to_vec()),
+    };
+    let mut client = shared::connection::RpcClient::connect(&backup, Role::Client, "mallory")
+        .await
+        .unwrap();
+    let mut partner = shared::connection::RpcClient::connect_keyed(
+        &backup,
+        Role::StorageServer,
+        "ss1",
+        Some(&key),
+    )
+    .await
+    .unwrap();
+    for connection in [&mut client, &mut partner] {
+        let refused = connection
+            .call::<_, SsReply>(planted.clone())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(refused.code, shared::ErrorCode::BadRequest, "{refused}");
+    }
     assert!(!cluster
         .storage("ss1_backup")
         .join("files/planted.txt")
@@ -243,7 +257,7 @@ async fn only_the_partner_may_open_a_stream() {
     .await
     .unwrap();
     let refused = wrong
-        .call::<_, SsReply>(SsRequest::StreamOpen { epoch: 999 })
+        .call::<_, SsReply>(PeerRequest::StreamOpen { epoch: 999 })
         .await
         .unwrap()
         .unwrap_err();

@@ -1,0 +1,51 @@
+//! The ss → ss channel: partners copying files from each other, and the
+//! serving server's replication stream to its standby.
+
+use super::*;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// Requests a storage server sends its partner (the dialler's role is
+/// `StorageServer`), answered with [`SsReply`]s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// From a standby copying from its partner: a file's metadata and
+    /// content, answered with `FileHeader`, `Chunk`s and `FileEnd`. Needs a
+    /// read ticket for the caller.
+    GetFile { file: String, ticket: Ticket },
+    /// A checkpoint's content, in `Chunk`s and a final `End` (a read
+    /// ticket): a standby copies a file's checkpoints with it.
+    ReadCheckpoint {
+        file: String,
+        tag: String,
+        ticket: Ticket,
+    },
+    /// From the serving server of the pair to its standby: opens the
+    /// replication stream on this connection for changes made in `epoch`.
+    /// Accepted only from the partner nm named, in the same epoch, while
+    /// this server is not serving.
+    StreamOpen { epoch: u64 },
+}
+
+/// What the serving server sends on a replication stream its standby
+/// accepted (after [`PeerRequest::StreamOpen`]), each answered with
+/// [`SsReply::Done`] once durable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StreamRequest {
+    /// A committed change, whole (metadata
+    /// and content), answered with `Done` once it is durable here. Applied
+    /// like a copy: never over a newer version or a newer delete.
+    StreamApply {
+        file: String,
+        meta: FileMeta,
+        content: ByteBuf,
+    },
+    /// A committed DELETE at (epoch,
+    /// version), answered with `Done` once its tombstone is durable here.
+    /// Applied like `ApplyDelete`: a newer local copy is kept.
+    StreamDelete {
+        file: String,
+        version: u64,
+        epoch: u64,
+    },
+}

@@ -1,0 +1,194 @@
+//! The client → ss channel: READ, STREAM, WRITE … ETIRW and VIEWCHECKPOINT,
+//! each with a ticket from nm, served only while this server serves its pair.
+
+use super::{Server, Session};
+use shared::connection::{Connection, ConnectionError};
+use shared::proto::{Op, SsReply, SsRequest};
+use shared::WireError;
+use std::io::Read;
+
+impl Server {
+    /// Serves one client request. The outer error is a broken connection;
+    /// the inner one is the request's failure, which the caller sends back.
+    pub(super) async fn handle_client(
+        &self,
+        conn: &mut Connection,
+        session: &mut Session,
+        id: u64,
+        request: SsRequest,
+    ) -> Result<Result<(), WireError>, ConnectionError> {
+        let user = session.hello.name.clone();
+        // A commit keeps the role from changing until it is durable.
+        let mut change = if matches!(request, SsRequest::WriteCommit) {
+            Some(self.link.change_guard().await)
+        } else {
+            None
+        };
+        let gate = match &request {
+            // A standby's copies go to its partner, never to a client,
+            // however genuine its ticket: it may be behind.
+            SsRequest::Read { .. }
+            | SsRequest::Stream { .. }
+            | SsRequest::ReadCheckpoint { .. } => self.link.check_serving(),
+            SsRequest::WriteBegin { .. } | SsRequest::WriteEdit { .. } | SsRequest::WriteCommit => {
+                self.link.check_writable()
+            }
+            SsRequest::WriteAbort => Ok(()),
+        };
+        if let Err(e) = gate {
+            if matches!(
+                request,
+                SsRequest::WriteEdit { .. } | SsRequest::WriteCommit
+            ) {
+                if let Some(write) = session.write.take() {
+                    tracing::warn!(event = "ss_write_lost", file = %write.file(), error = %e, "an open WRITE was lost: this server stopped accepting changes");
+                }
+            }
+            return Ok(Err(e));
+        }
+        let reply = match request {
+            SsRequest::Read { file, ticket } => {
+                if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Read) {
+                    return Ok(Err(e));
+                }
+                let opened = tokio::task::block_in_place(|| self.files.open_for_read(&file, &user));
+                let result = self.send_chunks(conn, id, &file, opened).await;
+                if matches!(result, Ok(Ok(()))) {
+                    self.link.file_accessed(&file, &user);
+                }
+                return result;
+            }
+            SsRequest::ReadCheckpoint { file, tag, ticket } => {
+                if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Read) {
+                    return Ok(Err(e));
+                }
+                let opened =
+                    tokio::task::block_in_place(|| self.files.open_checkpoint(&file, &tag));
+                return self.send_chunks(conn, id, &file, opened).await;
+            }
+            SsRequest::Stream { file, ticket } => {
+                if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Stream) {
+                    return Ok(Err(e));
+                }
+                return self.send_words(conn, id, &file, &user).await;
+            }
+            SsRequest::WriteBegin {
+                file,
+                sentence,
+                ticket,
+            } => {
+                if let Err(e) = self.check_ticket(&ticket, &user, &file, Op::Write) {
+                    return Ok(Err(e));
+                }
+                if session.write.is_some() {
+                    return Ok(Err(WireError::bad_request(
+                        "a WRITE is already open on this connection; end it with ETIRW",
+                    )));
+                }
+                let files = self.files.clone();
+                match tokio::task::block_in_place(|| files.begin_write(&file, sentence)) {
+                    Ok(write) => {
+                        let words = write.word_count();
+                        session.write = Some(write);
+                        Ok(SsReply::WriteOpen { words })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            SsRequest::WriteEdit {
+                word_index,
+                content,
+            } => match session.write.as_mut() {
+                None => Err(no_open_write()),
+                Some(write) => write.edit(word_index, &content).map(|()| SsReply::Edited {
+                    words: write.word_count(),
+                }),
+            },
+            SsRequest::WriteCommit => match session.write.take() {
+                None => Err(no_open_write()),
+                Some(write) => {
+                    let file = write.file().to_owned();
+                    let committed = tokio::task::block_in_place(|| write.commit());
+                    match committed {
+                        Ok(committed) => {
+                            let stats = committed.meta.stats.clone();
+                            tracing::info!(event = "ss_committed", file = %file, epoch = stats.epoch, version = stats.version, base = stats.base);
+                            self.unconfirmed.changed(&file, stats.stamp());
+                            // Offered before the role may change, so the
+                            // change goes out in the epoch it was made in.
+                            let offered = self.offer(&file, &committed);
+                            // Committed: a role change may go ahead while nm confirms.
+                            drop(change.take());
+                            self.confirm(&file, &stats, offered)
+                                .await
+                                .map(|()| SsReply::Applied {
+                                    stats,
+                                    streamed: false,
+                                })
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            },
+            SsRequest::WriteAbort => {
+                session.write = None;
+                Ok(SsReply::Done)
+            }
+        };
+        Self::answer(conn, id, reply).await
+    }
+
+    /// STREAM: the words one by one, `--stream-delay` apart, then `End`.
+    async fn send_words(
+        &self,
+        conn: &mut Connection,
+        id: u64,
+        file: &str,
+        user: &str,
+    ) -> Result<Result<(), WireError>, ConnectionError> {
+        let text = tokio::task::block_in_place(|| {
+            let mut handle = self.files.open_for_read(file, user)?;
+            let mut text = String::new();
+            handle
+                .read_to_string(&mut text)
+                .map_err(|e| WireError::internal(format!("reading {file:?}: {e}")))?;
+            Ok::<_, WireError>(text)
+        });
+        let text = match text {
+            Ok(text) => text,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.link.file_accessed(file, user);
+        for (i, word) in text.split_whitespace().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(self.config.stream_delay).await;
+            }
+            conn.reply(
+                id,
+                Ok(SsReply::Word {
+                    word: word.to_owned(),
+                }),
+            )
+            .await?;
+        }
+        conn.reply(id, Ok(SsReply::End)).await?;
+        Ok(Ok(()))
+    }
+}
+
+fn no_open_write() -> WireError {
+    WireError::bad_request("no WRITE is open on this connection")
+}
+
+/// A request's name in logs and metrics.
+pub(super) fn operation_name(request: &SsRequest) -> &'static str {
+    match request {
+        SsRequest::Read { .. } => "READ",
+        SsRequest::Stream { .. } => "STREAM",
+        SsRequest::WriteBegin { .. } => "WRITE",
+        SsRequest::WriteEdit { .. } => "WRITE_EDIT",
+        SsRequest::WriteCommit => "ETIRW",
+        SsRequest::WriteAbort => "WRITE_ABORT",
+        SsRequest::ReadCheckpoint { .. } => "VIEWCHECKPOINT",
+    }
+}
