@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-deps.sh
-cargo build --quiet --release --bins --features nm/etcd,docs-bench/etcd
+cargo build --quiet --release --bins --features nm/etcd
 console=target/release/console
 rounds=${ROUNDS:-5}
 duration=${DURATION:-5s}

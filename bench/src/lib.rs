@@ -2,9 +2,10 @@
 //! cluster it starts itself (real `nm` and `ss` processes from its own
 //! folder, in a temp dir).
 //!
-//! Why a crate of its own: some workloads prepare a million files by writing
-//! storage folders (`ss::store`) and nm's journal (`nm::journal`) directly,
-//! so this crate depends on the daemons; the console, a client, does not.
+//! It talks to the daemons over the wire only. Workloads that need a
+//! million files prepare them with the daemons' own offline tools, `ss-seed`
+//! (a storage folder) and `nm-seed` (nm's journal or its keys in etcd), run
+//! as processes: no daemon crate is a dependency of this one.
 //!
 //! - `create-write`: each client CREATEs a file and WRITEs one sentence to it, in a loop.
 //! - `repl-lag`: clients WRITE at a steady rate; the lag of each write is the
@@ -26,7 +27,7 @@
 use console::client::Client;
 use console::local_cluster::{ClusterError, LocalCluster};
 use serde::Serialize;
-use shared::proto::{FileMeta, FileStats, NmRequest, NmRole};
+use shared::proto::{FileStats, NmRequest, NmRole};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -73,8 +74,8 @@ pub enum Workload {
     /// `--rounds` times: the time to the first successful READ and the first
     /// successful CREATE through nm, and the longest gap between two
     /// acknowledged WRITEs of a client writing all along. With `--files N`
-    /// both servers and etcd hold N files first (written straight into the
-    /// storage folders and etcd; needs `--features docs-bench/etcd`).
+    /// both servers and etcd hold N files first (written by `ss-seed` and
+    /// `nm-seed`; nm built with `--features nm/etcd`).
     NmFailover,
     /// nm's memory holding `--files` files (default 1,000,000): their
     /// records are written to nm's journal, nm restarts on it, and its
@@ -527,55 +528,49 @@ async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report
     })
 }
 
-/// Writes `count` files of `size` bytes straight into a stopped primary's storage folder.
-fn prepare_primary(root: &std::path::Path, count: usize, size: u64) -> Result<(), BenchError> {
-    let err = |e: ss::store::StoreError| BenchError::Store(e.to_string());
-    let store = ss::store::Store::open(root, false).map_err(err)?;
-    let line: Vec<u8> = b"lorem ipsum dolor sit amet. ".repeat(2341); // ~64 KiB
-    let now = shared::now_ms();
-    for i in 0..count {
-        let name = format!("f{i:06}");
-        let mut temp = store.temp_file().map_err(err)?;
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(line.len() as u64) as usize;
-            temp.write_all(&line[..n])
-                .map_err(|e| BenchError::Store(e.to_string()))?;
-            left -= n as u64;
-        }
-        store
-            .place(
-                temp,
-                &name,
-                ss::store::Placed::Content,
-                &mut Default::default(),
-            )
-            .map_err(err)?;
-        let meta = FileMeta {
-            owner: "bench".into(),
-            acl: Default::default(),
-            checkpoints: Default::default(),
-            stats: FileStats {
-                size,
-                version: 1,
-                created_ms: now,
-                modified_ms: now,
-                ..FileStats::default()
-            },
-        };
-        store.write_meta(&name, &meta).map_err(err)?;
+/// Runs one of the daemons' seeding tools (`ss-seed`, `nm-seed`), from the
+/// folder the cluster's daemons come from: the bench prepares large
+/// clusters through them and never writes a daemon's formats itself.
+async fn seed(cluster: &LocalCluster, tool: &str, args: &[String]) -> Result<(), BenchError> {
+    let path = cluster.bin_dir().join(tool);
+    let output = tokio::process::Command::new(&path)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| BenchError::Store(format!("{}: {e}", path.display())))?;
+    if !output.status.success() {
+        return Err(BenchError::Store(format!(
+            "{tool} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
     }
-    // The measured copy should not pay for flushing what was prepared here.
-    // SAFETY: sync takes no arguments and cannot fail.
-    unsafe { libc::sync() };
     Ok(())
 }
 
+/// `ss-seed`: `count` files f000000… of `size` bytes in a stopped server's
+/// storage folder (left alone if an earlier run, `--reuse-dir`, made it).
+async fn seed_storage(
+    cluster: &LocalCluster,
+    server: &str,
+    count: usize,
+    size: u64,
+) -> Result<(), BenchError> {
+    let storage = cluster.storage(server).display().to_string();
+    let args = [
+        "--storage".into(),
+        storage,
+        "--files".into(),
+        count.to_string(),
+        "--size".into(),
+        size.to_string(),
+        "--if-empty".into(),
+    ];
+    seed(cluster, "ss-seed", &args).await
+}
+
 async fn resync(cluster: &mut LocalCluster, count: usize, size: u64) -> Result<Report, BenchError> {
-    let root = cluster.storage("ss1");
-    tokio::task::spawn_blocking(move || prepare_primary(&root, count, size))
-        .await
-        .expect("prepare task")?;
+    seed_storage(cluster, "ss1", count, size).await?;
     cluster.start_ss("ss1").await?;
     let started = Instant::now();
     cluster.start_ss("ss1_backup").await?;
@@ -770,46 +765,28 @@ async fn failover(
 }
 
 /// Gives the group's cluster `files` files before its servers start: in
-/// both storage folders, and in etcd as nm keeps them (the nm group then
-/// restarts, to load them as a takeover finds them). Returns the time the
-/// pair took to start and become level on them.
-#[cfg(feature = "etcd")]
+/// both storage folders (`ss-seed`), and in etcd as nm keeps them
+/// (`nm-seed`; the nm group then restarts, to load them as a takeover finds
+/// them). Returns the time the pair took to start and become level on them.
 async fn holding_files(cluster: &mut LocalCluster, files: usize) -> Result<f64, BenchError> {
-    use nm::ha::etcd_client::{Client as Etcd, Txn};
-    use nm::ha::keys::{Layout, Translator};
-    let store_err = |e: nm::ha::etcd_client::Error| BenchError::Store(e.to_string());
     let prepared = Instant::now();
-    let mut preparing = Vec::new();
-    for server in ["ss1", "ss1_backup"] {
-        let root = cluster.storage(server);
-        preparing.push(tokio::task::spawn_blocking(move || {
-            prepare_primary(&root, files, 32)
-        }));
-    }
     let endpoint = cluster
         .etcd_endpoint()
         .ok_or_else(|| BenchError::Store("the cluster runs no etcd".into()))?
         .to_owned();
-    let mut etcd = Etcd::connect([endpoint], None).await.map_err(store_err)?;
-    let mut translator = Translator::new(Layout::new("/docspp/"), &Default::default());
-    let mut records = vec![nm::journal::Record::User {
-        name: "bench".into(),
-    }];
-    records.extend((0..files).map(|i| nm::journal::Record::FileCreated {
-        file: format!("f{i:06}"),
-        owner: "bench".into(),
-        server: "ss1".into(),
-        acl: Default::default(),
-    }));
-    let writes = translator.translate(records, Default::default());
-    for operations in nm::ha::store::transactions(&writes) {
-        etcd.txn(Txn::new().and_then(operations))
-            .await
-            .map_err(store_err)?;
-    }
-    for task in preparing {
-        task.await.expect("prepare task")?;
-    }
+    let namespace = [
+        "--etcd".into(),
+        endpoint,
+        "--files".into(),
+        files.to_string(),
+        "--server".into(),
+        "ss1".into(),
+    ];
+    tokio::try_join!(
+        seed_storage(cluster, "ss1", files, 32),
+        seed_storage(cluster, "ss1_backup", files, 32),
+        seed(cluster, "nm-seed", &namespace),
+    )?;
     eprintln!(
         "nm-failover: {files} files written to both storage folders and etcd in {:.1} s",
         prepared.elapsed().as_secs_f64()
@@ -824,14 +801,6 @@ async fn holding_files(cluster: &mut LocalCluster, files: usize) -> Result<f64, 
     let started = Instant::now();
     ready_pair(cluster).await?;
     Ok(started.elapsed().as_secs_f64())
-}
-
-#[cfg(not(feature = "etcd"))]
-async fn holding_files(_: &mut LocalCluster, _: usize) -> Result<f64, BenchError> {
-    Err(BenchError::Store(
-        "nm-failover --files needs the benchmarks built with `--features docs-bench/etcd` (protoc)"
-            .into(),
-    ))
 }
 
 async fn nm_failover(
@@ -1000,13 +969,7 @@ async fn backup_return(
     changed: usize,
 ) -> Result<Report, BenchError> {
     for server in ["ss1", "ss1_backup"] {
-        let root = cluster.storage(server);
-        if root.join(ss::store::STORE_ID).exists() {
-            continue; // prepared by an earlier run (--reuse-dir)
-        }
-        tokio::task::spawn_blocking(move || prepare_primary(&root, total, 64))
-            .await
-            .expect("prepare task")?;
+        seed_storage(cluster, server, total, 64).await?;
     }
     cluster.start_ss("ss1").await?;
     cluster.start_ss("ss1_backup").await?;
@@ -1050,27 +1013,18 @@ async fn nm_memory(cluster: &mut LocalCluster, files: usize) -> Result<Report, B
     let empty = cluster.pid("nm").and_then(resident_mib);
     drop(probe);
     cluster.kill("nm");
-    let data_dir = cluster.dir().join("nm-data");
-    let store_err = |e: std::io::Error| BenchError::Store(e.to_string());
-    let (journal, _) = nm::journal::Journal::open(&data_dir, false).map_err(store_err)?;
-    let mut records: Vec<nm::journal::Record> = (0..100)
-        .map(|u| nm::journal::Record::User {
-            name: format!("user{u}"),
-        })
-        .collect();
-    for i in 0..files {
-        records.push(nm::journal::Record::FileCreated {
-            file: format!("docs{}/file-{i:07}.txt", i % 100),
-            owner: format!("user{}", i % 100),
-            server: "ss1".into(),
-            acl: Default::default(),
-        });
-        if records.len() >= 4096 {
-            journal.append(std::mem::take(&mut records)).await?;
-        }
-    }
-    journal.append(records).await?;
-    drop(journal);
+    let data_dir = cluster.dir().join("nm-data").display().to_string();
+    let namespace = [
+        "--data-dir".into(),
+        data_dir,
+        "--files".into(),
+        files.to_string(),
+        "--server".into(),
+        "ss1".into(),
+        "--owners".into(),
+        "100".into(),
+    ];
+    seed(cluster, "nm-seed", &namespace).await?;
     let started = Instant::now();
     cluster.restart("nm")?;
     let deadline = started + Duration::from_secs(300);

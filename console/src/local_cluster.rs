@@ -462,6 +462,11 @@ impl LocalCluster {
     }
 
     /// The cluster key this local cluster generated for its daemons.
+    /// The folder the daemons (and their tools, `ss-seed`, `nm-seed`) run from.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
     pub fn key_file(&self) -> PathBuf {
         self.dir.path().join("cluster.key")
     }

@@ -10,8 +10,8 @@
 
 use crate::journal::Record;
 use crate::namespace::FileRecord;
-use crate::server::{Nm, State};
 use crate::ss_client::SsClient;
+use crate::state::{Nm, State};
 use shared::names::{base_name, validate_path, validate_tag};
 use shared::proto::{
     Access, AccessList, AccessRequest, ClusterStatus, FileInfo, FileRow, FileStats, JobKind,

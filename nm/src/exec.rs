@@ -6,7 +6,7 @@
 //! passes or its output (stdout or stderr) passes `--exec-max-output` bytes.
 
 use crate::commands::Need;
-use crate::server::Nm;
+use crate::state::Nm;
 use shared::proto::{ExecOutput, NmReply, Op, SsCommand};
 use shared::{now_ms, ErrorCode, WireError};
 use std::ffi::OsStr;

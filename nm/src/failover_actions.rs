@@ -10,7 +10,7 @@
 
 use crate::failover::{Decision, Input, Side};
 use crate::journal::Record;
-use crate::server::{Nm, State};
+use crate::state::{Nm, State};
 use shared::WireError;
 use std::collections::VecDeque;
 use std::future::Future;

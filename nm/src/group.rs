@@ -1,7 +1,7 @@
 //! What nm knows of its group when it runs on etcd (`--etcd`): its leader
 //! lease, the other nm processes and the etcd members. [`crate::ha`] keeps
 //! it up to date; STATUS reads it, and every check that nm may still act
-//! ([`crate::server::Nm::leads`]) asks it.
+//! ([`crate::state::Nm::leads`]) asks it.
 //!
 //! The lease is judged on this process's monotonic clock: it counts as held
 //! until three quarters of its time to live after the last renewal *was

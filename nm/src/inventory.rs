@@ -27,7 +27,7 @@
 
 use crate::journal::Record;
 use crate::namespace::FileRecord;
-use crate::server::{Nm, State};
+use crate::state::{Nm, State};
 use shared::names::validate_path;
 use shared::proto::InventoryEntry;
 use shared::WireError;

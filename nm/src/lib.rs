@@ -11,13 +11,14 @@
 //! - [`metrics`]: Prometheus metrics (`--metrics-addr`).
 //! - [`journal`]: what survives a restart (snapshot + fsynced journal).
 //! - [`registry`]: the storage servers and their pairs, liveness and load.
-//! - [`replication`]: the replication queue and its workers.
+//! - [`state`]: [`state::Nm`], the value every task of a running nm shares,
+//!   and what it holds in memory.
+//! - [`replication`]: the replication queue, its workers, pair syncs and
+//!   catch-ups (`queue`, `worker`, `sync`, `catch_up`).
 //! - [`failover`]: the failover state machine: who serves each pair, and the
 //!   in-sync rule that decides when that may change.
 //! - [`failover_actions`]: carrying the machine's decisions out (journal,
-//!   roles, catch-ups, hand-backs).
-//! - [`catch_up`]: what a catch-up compares: the files the serving server
-//!   recorded as not confirmed by its standby, or everything.
+//!   roles, catch-ups, promotions, hand-backs).
 //! - [`events`]: job, pair and server events for the log and WATCH.
 //! - [`server`]: the listener and connection loops.
 //! - [`commands`]: the client commands.
@@ -30,7 +31,6 @@
 //! - `ha` (feature `etcd`): nm on etcd: leader election, the fenced store,
 //!   the standby's warm copy, and the loop between standby and leader.
 
-pub mod catch_up;
 pub mod commands;
 pub mod config;
 pub mod events;
@@ -44,11 +44,11 @@ pub mod inventory;
 pub mod journal;
 pub mod metrics;
 pub mod namespace;
-pub mod queue;
 pub mod registry;
 pub mod replication;
 pub mod server;
 pub mod ss_client;
+pub mod state;
 pub mod storage_servers;
 
 pub use config::Config;

@@ -10,7 +10,8 @@
 use crate::failover::Input;
 use crate::failover_actions::Pending;
 use crate::registry::{backs, Registering};
-use crate::server::{next_request, Nm};
+use crate::server::next_request;
+use crate::state::Nm;
 use shared::connection::{Connection, Incoming};
 use shared::proto::{
     ControlRequest, EventKind, JobKind, JobStep, NmReply, Reply, ServerState, SsCommand,
@@ -288,8 +289,8 @@ impl Nm {
                 kind: job.kind,
                 step: JobStep::Dropped,
                 file: match &job.key {
-                    crate::queue::JobKey::File { file, .. } => Some(file.clone()),
-                    crate::queue::JobKey::Pair { .. } => None,
+                    crate::replication::queue::JobKey::File { file, .. } => Some(file.clone()),
+                    crate::replication::queue::JobKey::Pair { .. } => None,
                 },
                 primary: pair.clone(),
                 replica: name.to_owned(),
@@ -568,7 +569,7 @@ pub fn startup_grace(heartbeat_timeout: std::time::Duration) -> std::time::Durat
 }
 
 /// Whether `server` is the one serving `pair` (a change notice counts only from it).
-fn serves(state: &crate::server::State, pair: &str, server: &str) -> bool {
+fn serves(state: &crate::state::State, pair: &str, server: &str) -> bool {
     state
         .registry
         .pair(pair)

@@ -30,7 +30,7 @@
 //! `nm::replication`): what only the target holds is copied back or kept as
 //! a conflict copy before the target is overwritten, so data is a set that
 //! only grows. What it compares is modelled as the code decides it (see
-//! `nm::catch_up` and `ss::unconfirmed`): only the writes the serving
+//! `nm::replication::catch_up` and `ss::unconfirmed`): only the writes the serving
 //! server recorded as not confirmed by its standby, when the server holds a
 //! record levelled in the epoch it serves in; everything otherwise. The
 //! server's record is kept in its memory: lost when it restarts, kept when

@@ -9,9 +9,12 @@
 //! - [`wal`]: the write-ahead log that makes a CREATE or a WRITE durable with one fdatasync.
 //! - [`document`]: the sentence engine behind WRITE.
 //! - [`files`]: files in memory, sentence locks and WRITE sessions.
-//! - [`server`]: the listener and one task per connection.
+//! - [`server`]: the listener and one task per connection, with one handler
+//!   per channel (clients, nm, the partner).
+//! - [`transfer`]: content sent out in chunks (READ, VIEWCHECKPOINT, `GetFile`).
 //! - [`nm_link`]: registration with nm, heartbeats and change notices.
-//! - [`replica`]: copying files from the primary (`GetFile`, `PullFiles`).
+//! - [`replica`]: copying files from the partner (`PullFiles`: `GetFile`s
+//!   in flight, installs in batches).
 //! - [`stream`]: the replication stream, each committed change sent to the
 //!   standby as it becomes durable.
 //! - [`unconfirmed`]: the files the standby may lack, which a new nm asks
@@ -25,6 +28,7 @@ pub mod replica;
 pub mod server;
 pub mod store;
 pub mod stream;
+pub mod transfer;
 pub mod unconfirmed;
 pub mod wal;
 

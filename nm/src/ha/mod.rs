@@ -8,7 +8,7 @@
 //!   `E_NOT_LEADER`, naming the leader when one is known.
 //! - **Leader.** Once elected, and once the watch has delivered everything
 //!   up to the election's revision, the warm copy becomes a full nm
-//!   ([`crate::server::Nm`]) on a runtime of its own, whose journal is the
+//!   ([`crate::state::Nm`]) on a runtime of its own, whose journal is the
 //!   fenced etcd writer ([`store::writer`]). Storage servers register with
 //!   it afresh, each with a new heartbeat timeout (nm's start-up grace), so a
 //!   takeover alone never promotes anything.
@@ -30,7 +30,8 @@ pub mod store;
 
 use crate::group::Group;
 use crate::metrics::NmMetrics;
-use crate::server::{announce, bind, Nm};
+use crate::server::{announce, bind};
+use crate::state::Nm;
 use crate::Config;
 use color_eyre::eyre::{eyre, Result};
 use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};

@@ -462,7 +462,7 @@ impl Server {
             Err(e) => return Ok(Err(e)),
         };
         if let Err(e) =
-            crate::replica::send_chunks(conn, id, file, handle, CHUNK_SIZE, None).await?
+            crate::transfer::send_chunks(conn, id, file, handle, CHUNK_SIZE, None).await?
         {
             return Ok(Err(e));
         }

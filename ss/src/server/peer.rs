@@ -22,7 +22,7 @@ impl Server {
                 if let Err(e) = self.check_ticket(&ticket, user, &file, Op::Read) {
                     return Ok(Err(e));
                 }
-                return crate::replica::send_file(
+                return crate::transfer::send_file(
                     &self.files,
                     conn,
                     id,
