@@ -12,6 +12,8 @@
 //! - [`server`]: the listener and one task per connection, with one handler
 //!   per channel (clients, nm, the partner).
 //! - [`transfer`]: content sent out in chunks (READ, VIEWCHECKPOINT, `GetFile`).
+//! - [`role`]: this server's part in its pair (epoch, serving, writable)
+//!   and the lease that bounds it, read whole.
 //! - [`nm_link`]: registration with nm, heartbeats and change notices.
 //! - [`replica`]: copying files from the partner (`PullFiles`: `GetFile`s
 //!   in flight, installs in batches).
@@ -25,6 +27,7 @@ pub mod document;
 pub mod files;
 pub mod nm_link;
 pub mod replica;
+pub mod role;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -6,6 +6,7 @@
 //! supersedes any notice that could not be delivered meanwhile.
 
 use crate::files::Files;
+use crate::role::{PairRole, Part};
 use crate::Config;
 use shared::connection::{ConnectionError, RpcClient};
 use shared::proto::{
@@ -14,7 +15,7 @@ use shared::proto::{
 use shared::ticket::TicketKey;
 use shared::{now_ms, WireError};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -49,29 +50,15 @@ struct Notice {
 /// How long an ETIRW waits for nm to confirm the backup has it (synchronous mode).
 const SYNC_ACK_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// What the rest of the server sees of the link: the ticket key, and the
-/// part nm gives this server in its pair (epoch, serving, writable) with the
-/// lease that bounds it.
+/// What the rest of the server sees of the link: the ticket key, the
+/// partner, and the replication mode. The part nm gives this server is in
+/// [`PairRole`], which the link sets and renews the lease of.
 pub struct NmLink {
     ticket_key: RwLock<Option<TicketKey>>,
     cluster_key: Option<shared::auth::ClusterKey>,
     connected: AtomicBool,
-    epoch: Arc<AtomicU64>,
+    role: Arc<PairRole>,
     sync_replication: AtomicBool,
-    serving: AtomicBool,
-    writable: AtomicBool,
-    /// Counts the roles nm set by `SetRole`. nm sends one only after it has
-    /// answered a registration, but that answer is read on another
-    /// connection and may be handled later: a registration's role applies
-    /// only if no `SetRole` arrived since it was sent (or that one names an
-    /// older epoch).
-    roles_set: AtomicU64,
-    /// Changes hold it shared from their check to their commit; a role
-    /// change takes it alone, so no change straddles a new role or epoch.
-    role_change: tokio::sync::RwLock<()>,
-    /// Writes and reads are accepted only before this instant: renewed by
-    /// each acknowledged heartbeat, cleared when the nm connection closes.
-    lease_until: std::sync::Mutex<Option<Instant>>,
     notices: mpsc::Sender<Notice>,
     receiver: std::sync::Mutex<Option<mpsc::Receiver<Notice>>>,
     /// Changes the replication stream handed back, by file (the latest
@@ -96,19 +83,14 @@ pub struct StreamTarget {
 
 impl NmLink {
     /// With a cluster key, tickets are checked with the key derived from it.
-    pub fn new(epoch: Arc<AtomicU64>, key: Option<shared::auth::ClusterKey>) -> Arc<Self> {
+    pub fn new(role: Arc<PairRole>, key: Option<shared::auth::ClusterKey>) -> Arc<Self> {
         let (notices, receiver) = mpsc::channel(NOTICE_QUEUE);
         Arc::new(NmLink {
             ticket_key: RwLock::new(key.as_ref().map(|k| k.ticket_key())),
             cluster_key: key,
             connected: AtomicBool::new(false),
-            epoch,
+            role,
             sync_replication: AtomicBool::new(false),
-            serving: AtomicBool::new(false),
-            writable: AtomicBool::new(false),
-            roles_set: AtomicU64::new(0),
-            role_change: tokio::sync::RwLock::new(()),
-            lease_until: std::sync::Mutex::new(None),
             notices,
             receiver: std::sync::Mutex::new(Some(receiver)),
             handed_back: std::sync::Mutex::new(HashMap::new()),
@@ -145,9 +127,9 @@ impl NmLink {
 
     fn update_stream_target(&self) {
         let target = match self.partner() {
-            Some(partner) if self.serving.load(Ordering::Relaxed) => Some(StreamTarget {
+            Some(partner) if self.role.is_serving() => Some(StreamTarget {
                 partner,
-                epoch: self.epoch(),
+                epoch: self.role.epoch(),
             }),
             _ => None,
         };
@@ -158,9 +140,9 @@ impl NmLink {
         });
     }
 
-    /// Whether nm has made this server its pair's serving one.
-    pub fn is_serving(&self) -> bool {
-        self.serving.load(Ordering::Relaxed)
+    /// This server's part in its pair.
+    pub fn role(&self) -> &Arc<PairRole> {
+        &self.role
     }
 
     /// Whether an ETIRW waits for the backup (`--replication sync` on nm).
@@ -168,77 +150,16 @@ impl NmLink {
         self.sync_replication.load(Ordering::Relaxed)
     }
 
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Relaxed)
+    /// Takes nm's `SetRole` once no change is in flight, and follows it
+    /// with the replication stream.
+    pub async fn change_role(&self, part: Part) {
+        self.role.change(part, || self.update_stream_target()).await;
     }
 
-    fn lease_valid(&self) -> bool {
-        self.lease_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|until| Instant::now() < until)
-    }
-
-    fn renew_lease(&self, until: Option<Instant>) {
-        *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
-    }
-
-    /// Held by a change from its permission check to its commit.
-    pub async fn change_guard(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
-        self.role_change.read().await
-    }
-
-    /// As [`NmLink::change_guard`], from a blocking thread.
-    pub fn change_guard_blocking(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
-        self.role_change.blocking_read()
-    }
-
-    /// Applies a new part from nm once no change is in flight.
-    pub async fn change_role(&self, epoch: u64, serving: bool, writable: bool) {
-        let _alone = self.role_change.write().await;
-        self.roles_set.fetch_add(1, Ordering::SeqCst);
-        self.set_role(epoch, serving, writable);
-    }
-
-    /// Applies the part nm gives this server.
-    pub fn set_role(&self, epoch: u64, serving: bool, writable: bool) {
-        self.epoch.store(epoch, Ordering::Relaxed);
-        self.serving.store(serving, Ordering::Relaxed);
-        self.writable.store(writable, Ordering::Relaxed);
+    /// Takes the part a registration's answer gave.
+    fn set_role(&self, part: Part) {
+        self.role.set(part);
         self.update_stream_target();
-        tracing::info!(
-            event = "ss_role",
-            epoch,
-            serving,
-            writable,
-            "role set by nm"
-        );
-    }
-
-    /// `Ok` when clients may read here: nm sent them, and the lease holds.
-    pub fn check_serving(&self) -> Result<(), WireError> {
-        if !self.serving.load(Ordering::Relaxed) {
-            return Err(WireError::unavailable(
-                "this server is not serving clients now (catching up, or not its pair's active server); ask nm again",
-            ));
-        }
-        if !self.lease_valid() {
-            return Err(WireError::unavailable(
-                "this server has lost contact with nm and stopped serving; ask nm again",
-            ));
-        }
-        Ok(())
-    }
-
-    /// `Ok` when changes may be accepted here (serving, writable, lease valid).
-    pub fn check_writable(&self) -> Result<(), WireError> {
-        self.check_serving()?;
-        if !self.writable.load(Ordering::Relaxed) {
-            return Err(WireError::unavailable(
-                "this server does not accept changes now (its pair is handing over); retry through nm",
-            ));
-        }
-        Ok(())
     }
 
     /// The key that verifies client tickets, once registered.
@@ -434,7 +355,7 @@ pub async fn run(
         };
         // Without nm, stop accepting anything at once: nm may promote the partner.
         link.connected.store(false, Ordering::Relaxed);
-        link.renew_lease(None);
+        link.role.renew_lease(None);
         match result {
             Ok(()) => backoff = BACKOFF_START,
             // A standby or a deposed leader: look for the leader at once.
@@ -494,7 +415,7 @@ async fn serve_link(
     // once the lease it gave has run out (another may lead by then).
     let several = addresses.len() > 1;
     let registered_at = Instant::now();
-    let roles_before = link.roles_set.load(Ordering::SeqCst);
+    let roles_before = link.role.sets();
     // Whatever was queued while disconnected is covered by the inventory
     // nm asks the serving server for after registering.
     while notices.try_recv().is_ok() {}
@@ -526,12 +447,16 @@ async fn serve_link(
         return Err(LinkError::Unexpected(Box::new(reply)));
     };
     let lease = Duration::from_millis(lease_ms);
-    link.renew_lease(Some(registered_at + lease));
+    link.role.renew_lease(Some(registered_at + lease));
     // nm sends `SetRole` only after answering, so one that arrived meanwhile
     // is newer, unless it names an older epoch (a stale one, from before).
-    let overtaken = link.roles_set.load(Ordering::SeqCst) != roles_before;
-    if !overtaken || epoch > link.epoch() {
-        link.set_role(epoch, serving, writable);
+    let overtaken = link.role.sets() != roles_before;
+    if !overtaken || epoch > link.role.epoch() {
+        link.set_role(Part {
+            epoch,
+            serving,
+            writable,
+        });
     } else {
         tracing::info!(
             event = "ss_role_kept",
@@ -640,7 +565,7 @@ async fn serve_link(
                         if let NmReply::Beat { partner } = reply.result? {
                             link.set_partner(partner);
                         }
-                        link.renew_lease(Some(sent + lease));
+                        link.role.renew_lease(Some(sent + lease));
                     }
                     Some(Pending::Notice { delivered: Some(delivered), .. }) => {
                         let _ = delivered.send(reply.result.map(|_| ()));

@@ -439,15 +439,15 @@ pub fn may_follow(link: &NmLink, peer_name: &str, epoch: u64) -> Result<(), Wire
             ))
         }
     }
-    if link.is_serving() {
+    if link.role().is_serving() {
         return Err(WireError::unavailable(
             "this server serves its pair; it takes no stream",
         ));
     }
-    if epoch != link.epoch() {
+    if epoch != link.role().epoch() {
         return Err(WireError::unavailable(format!(
             "the stream is for epoch {epoch}, this server is in epoch {}",
-            link.epoch()
+            link.role().epoch()
         )));
     }
     Ok(())
@@ -520,7 +520,7 @@ pub async fn follow(
                 stamp: (epoch, version),
             },
         };
-        if link.is_serving() || link.epoch() != epoch {
+        if link.role().is_serving() || link.role().epoch() != epoch {
             tracing::info!(event = "ss_stream_ended", partner = %peer, "this server's part changed; the stream is closed");
             break;
         }
@@ -534,8 +534,8 @@ pub async fn follow(
         tokio::task::spawn_blocking(move || {
             // No role change while it is applied: a server promoted meanwhile
             // takes nothing more from its old partner.
-            let _role = link.change_guard_blocking();
-            let result = if link.is_serving() || link.epoch() != epoch {
+            let _role = link.role().change_guard_blocking();
+            let result = if link.role().is_serving() || link.role().epoch() != epoch {
                 Err(WireError::unavailable(
                     "this server's part changed; the stream is over",
                 ))

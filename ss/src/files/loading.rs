@@ -6,18 +6,18 @@ use super::*;
 impl Files {
     /// Loads every file of `store` into memory before returning (see
     /// [`Files::open`] and [`Files::load_all`]).
-    pub fn load(store: Store, epoch: Arc<AtomicU64>) -> Result<Self, StoreError> {
-        let files = Self::open(store, epoch);
+    pub fn load(store: Store, role: Arc<crate::role::PairRole>) -> Result<Self, StoreError> {
+        let files = Self::open(store, role);
         files.load_all()?;
         Ok(files)
     }
 
     /// Opens `store` with nothing loaded yet: until [`Files::load_all`] has
     /// run, files are read from disk as they are asked for.
-    pub fn open(store: Store, epoch: Arc<AtomicU64>) -> Self {
+    pub fn open(store: Store, role: Arc<crate::role::PairRole>) -> Self {
         Files {
             store,
-            epoch,
+            role,
             max_file_size: AtomicU64::new(u64::MAX),
             map: Mutex::new(FileMap {
                 entries: HashMap::new(),

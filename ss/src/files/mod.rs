@@ -94,8 +94,8 @@ const LOGGED_INSTALLS: usize = 4;
 /// All files of this server.
 pub struct Files {
     store: Store,
-    /// The pair epoch this server works in (set by nm), stamped on every change.
-    epoch: Arc<AtomicU64>,
+    /// This server's part in its pair: its epoch is stamped on every change.
+    role: Arc<crate::role::PairRole>,
     /// Largest content a WRITE may produce.
     max_file_size: AtomicU64,
     map: Mutex<FileMap>,
@@ -191,7 +191,7 @@ impl Files {
     }
 
     pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Relaxed)
+        self.role.epoch()
     }
 
     fn entry(&self, file: &str) -> Result<EntryRef, WireError> {

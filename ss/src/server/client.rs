@@ -20,7 +20,7 @@ impl Server {
         let user = session.hello.name.clone();
         // A commit keeps the role from changing until it is durable.
         let mut change = if matches!(request, SsRequest::WriteCommit) {
-            Some(self.link.change_guard().await)
+            Some(self.link.role().change_guard().await)
         } else {
             None
         };
@@ -29,9 +29,9 @@ impl Server {
             // however genuine its ticket: it may be behind.
             SsRequest::Read { .. }
             | SsRequest::Stream { .. }
-            | SsRequest::ReadCheckpoint { .. } => self.link.check_serving(),
+            | SsRequest::ReadCheckpoint { .. } => self.link.role().check_serving(),
             SsRequest::WriteBegin { .. } | SsRequest::WriteEdit { .. } | SsRequest::WriteCommit => {
-                self.link.check_writable()
+                self.link.role().check_writable()
             }
             SsRequest::WriteAbort => Ok(()),
         };

@@ -21,8 +21,8 @@ impl Server {
         // needs a writable server.
         let mut change = None;
         if changes_files(&command) {
-            change = Some(self.link.change_guard().await);
-            if let Err(e) = self.link.check_writable() {
+            change = Some(self.link.role().change_guard().await);
+            if let Err(e) = self.link.role().check_writable() {
                 return Ok(Err(e));
             }
         }
@@ -32,7 +32,13 @@ impl Server {
                 serving,
                 writable,
             } => {
-                self.link.change_role(epoch, serving, writable).await;
+                self.link
+                    .change_role(crate::role::Part {
+                        epoch,
+                        serving,
+                        writable,
+                    })
+                    .await;
                 Ok(SsReply::Done)
             }
             SsCommand::SetPartner { partner } => {
@@ -163,7 +169,7 @@ impl Server {
             SsCommand::Unconfirmed => {
                 let report = self
                     .unconfirmed
-                    .report(self.link.epoch(), self.link.is_serving());
+                    .report(self.link.role().epoch(), self.link.role().is_serving());
                 Ok(SsReply::Unconfirmed {
                     mark: report.mark,
                     level: report.level,

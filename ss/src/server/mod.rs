@@ -61,9 +61,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         ms = started.elapsed().as_millis() as u64,
         "storage folder opened (write-ahead log replayed)"
     );
-    let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let role = Arc::new(crate::role::PairRole::default());
     // Files are served from disk while the scan loads them all.
-    let files = Arc::new(Files::open(store, epoch.clone()));
+    let files = Arc::new(Files::open(store, role.clone()));
     let loading = files.clone();
     let scan_delay = config.scan_delay;
     // A failed scan stops the server through the same token as a signal.
@@ -112,7 +112,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         files = files.len(),
         "storage server ready"
     );
-    let link = NmLink::new(epoch, key.clone());
+    let link = NmLink::new(role, key.clone());
     // The link to nm and the stream outlive the drain: a request finishing
     // during it still tells nm of its change and streams it. They stop
     // once no request runs.
@@ -310,7 +310,7 @@ impl Server {
                 return;
             }
             let started = Instant::now();
-            let epoch = self.link.epoch();
+            let epoch = self.link.role().epoch();
             let operation = request.body.operation();
             let id = request.id;
             let result = match request.body {
@@ -419,7 +419,7 @@ impl Server {
             Ok(Ok(true)) => Ok(()),
             // Made under a role this server no longer has: nobody will
             // copy it as a change of the serving server.
-            _ if self.link.epoch() != stats.epoch || !self.link.is_serving() => {
+            _ if self.link.role().epoch() != stats.epoch || !self.link.role().is_serving() => {
                 Err(WireError::unavailable(format!(
                     "the change was applied here in epoch {} but the backup has not confirmed it, and this server's role has changed since; it may not survive",
                     stats.epoch
@@ -441,7 +441,7 @@ impl Server {
             .ticket_key()
             .ok_or_else(|| WireError::unavailable("this server is not registered with nm yet"))?;
         key.verify(ticket, user, file, op, now_ms())?;
-        if ticket.epoch < self.link.epoch() {
+        if ticket.epoch < self.link.role().epoch() {
             return Err(WireError::unauthorized(
                 "the ticket is from an older epoch of this pair; ask nm again",
             ));

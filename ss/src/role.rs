@@ -1,0 +1,189 @@
+//! This server's part in its pair, as nm last gave it, in one place: the
+//! epoch every change is stamped with, whether clients are sent here
+//! (serving) and whether it accepts changes (writable), the lease that
+//! bounds both, and the lock that keeps a change from straddling a new part.
+//!
+//! The epoch and the two flags are one atomic word, so a reader never sees
+//! a new epoch with an old flag. A change holds [`PairRole::change_guard`] from
+//! its permission check to its commit; nm's `SetRole` takes it alone.
+
+use shared::WireError;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// A part nm gives a server: read and written whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Part {
+    pub epoch: u64,
+    pub serving: bool,
+    pub writable: bool,
+}
+
+impl Part {
+    fn pack(self) -> u64 {
+        (self.epoch << 2) | (u64::from(self.serving) << 1) | u64::from(self.writable)
+    }
+
+    fn unpack(word: u64) -> Part {
+        Part {
+            epoch: word >> 2,
+            serving: word & 2 != 0,
+            writable: word & 1 != 0,
+        }
+    }
+}
+
+/// The part itself, shared by the link to nm (which sets it), the request
+/// handlers and the replication stream (which check it) and the files
+/// (which stamp changes with its epoch).
+#[derive(Default)]
+pub struct PairRole {
+    /// A [`Part`], packed.
+    part: AtomicU64,
+    /// Changes hold it shared from their check to their commit; a new part
+    /// takes it alone.
+    change: tokio::sync::RwLock<()>,
+    /// Reads and writes are accepted only before this instant: renewed by
+    /// each acknowledged heartbeat, cleared when the nm connection closes.
+    lease_until: Mutex<Option<Instant>>,
+    /// How many parts nm set by `SetRole` (see [`PairRole::sets`]).
+    sets: AtomicU64,
+}
+
+impl PairRole {
+    pub fn part(&self) -> Part {
+        Part::unpack(self.part.load(Ordering::Acquire))
+    }
+
+    /// The epoch every change made here is stamped with.
+    pub fn epoch(&self) -> u64 {
+        self.part().epoch
+    }
+
+    /// Whether nm has made this server its pair's serving one.
+    pub fn is_serving(&self) -> bool {
+        self.part().serving
+    }
+
+    /// Takes `part` (without waiting for changes in flight: at registration,
+    /// before any request is served under it).
+    pub fn set(&self, part: Part) {
+        assert!(part.epoch < 1 << 62, "epoch {} out of range", part.epoch);
+        self.part.store(part.pack(), Ordering::Release);
+        tracing::info!(
+            event = "ss_role",
+            epoch = part.epoch,
+            serving = part.serving,
+            writable = part.writable,
+            "role set by nm"
+        );
+    }
+
+    /// Takes `part` from nm's `SetRole` once no change is in flight, and
+    /// runs `then` before any change may start under it.
+    pub async fn change(&self, part: Part, then: impl FnOnce()) {
+        let _alone = self.change.write().await;
+        self.sets.fetch_add(1, Ordering::SeqCst);
+        self.set(part);
+        then();
+    }
+
+    /// How many parts nm set by `SetRole`. nm sends one only after it has
+    /// answered a registration, but that answer is read on another
+    /// connection and may be handled later: a registration's part applies
+    /// only if no `SetRole` arrived since it was sent (or that one names an
+    /// older epoch).
+    pub fn sets(&self) -> u64 {
+        self.sets.load(Ordering::SeqCst)
+    }
+
+    /// Held by a change from its permission check to its commit.
+    pub async fn change_guard(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.change.read().await
+    }
+
+    /// As [`PairRole::change_guard`], from a blocking thread.
+    pub fn change_guard_blocking(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.change.blocking_read()
+    }
+
+    pub fn renew_lease(&self, until: Option<Instant>) {
+        *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
+
+    fn lease_valid(&self) -> bool {
+        self.lease_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// `Ok` when clients may read here: nm sent them, and the lease holds.
+    pub fn check_serving(&self) -> Result<(), WireError> {
+        if !self.is_serving() {
+            return Err(WireError::unavailable(
+                "this server is not serving clients now (catching up, or not its pair's active server); ask nm again",
+            ));
+        }
+        if !self.lease_valid() {
+            return Err(WireError::unavailable(
+                "this server has lost contact with nm and stopped serving; ask nm again",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Ok` when changes may be accepted here (serving, writable, lease valid).
+    pub fn check_writable(&self) -> Result<(), WireError> {
+        self.check_serving()?;
+        if !self.part().writable {
+            return Err(WireError::unavailable(
+                "this server does not accept changes now (its pair is handing over); retry through nm",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_is_read_back_whole() {
+        for part in [
+            Part::default(),
+            Part {
+                epoch: 7,
+                serving: true,
+                writable: false,
+            },
+            Part {
+                epoch: (1 << 62) - 1,
+                serving: false,
+                writable: true,
+            },
+        ] {
+            let role = PairRole::default();
+            role.set(part);
+            assert_eq!(role.part(), part);
+        }
+    }
+
+    #[test]
+    fn clients_are_served_only_while_serving_under_a_lease() {
+        let role = PairRole::default();
+        role.set(Part {
+            epoch: 1,
+            serving: true,
+            writable: false,
+        });
+        assert!(role.check_serving().is_err(), "no lease yet");
+        role.renew_lease(Some(Instant::now() + std::time::Duration::from_secs(5)));
+        assert!(role.check_serving().is_ok());
+        assert!(role.check_writable().is_err(), "not writable");
+        role.renew_lease(None);
+        assert!(role.check_serving().is_err(), "the lease is gone");
+    }
+}
