@@ -81,7 +81,7 @@ pub struct Config {
     pub fsync: bool,
 
     #[command(flatten)]
-    pub limits: shared::limits::Limits,
+    pub limits: daemon::connections::Limits,
 
     /// Largest frame accepted or sent, in bytes.
     #[arg(long, env = "NM_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]

@@ -9,10 +9,11 @@ use crate::journal::{Journal, Record};
 use crate::state::Nm;
 use crate::Config;
 use color_eyre::eyre::{Context, Result};
-use shared::connection::{Connection, ConnectionError, Incoming};
+use daemon::requests::{next_request, Next};
+use shared::connection::Connection;
 use shared::names::validate_user;
 use shared::proto::{NmReply, NmRequest, Role};
-use shared::{ErrorCode, WireError};
+use shared::WireError;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ pub async fn run_alone(config: Config, shutdown: CancellationToken) -> Result<()
     }
     announce(&nm.config, address)?;
     let max_connections = nm.config.limits.max_connections;
-    shared::limits::serve_connections(
+    daemon::connections::serve_connections(
         listener,
         max_connections,
         shutdown,
@@ -130,13 +131,16 @@ impl Nm {
         loop {
             let next = tokio::time::timeout(
                 self.config.limits.idle_timeout,
-                next_request::<NmRequest>(&mut conn, peer),
+                next_request::<NmRequest>(&mut conn, peer, "nm"),
             );
-            let Ok(Some((id, request))) = next.await else {
-                tracing::debug!(event = "nm_client_gone", peer = %peer, user = %user);
-                break;
+            let (id, request) = match next.await {
+                Ok(Next::Request(id, request)) => (id, request),
+                Ok(Next::Refused) => continue,
+                Ok(Next::Closed) | Err(_) => {
+                    tracing::debug!(event = "nm_client_gone", peer = %peer, user = %user);
+                    break;
+                }
             };
-            let Some(request) = request else { continue };
             if !self.leads() {
                 let _ = conn
                     .reply::<NmReply>(id, Err(WireError::not_leader(None)))
@@ -244,34 +248,6 @@ impl Nm {
                 "{now} {user}@{peer} {summary} -> {outcome} ({:.1} ms)",
                 micros as f64 / 1000.0
             );
-        }
-    }
-}
-
-/// Reads the next request. `None` ends the loop; `Some((id, None))` was a
-/// malformed request that has been answered with an error already.
-pub(crate) async fn next_request<R: serde::de::DeserializeOwned + serde::Serialize>(
-    conn: &mut Connection,
-    peer: SocketAddr,
-) -> Option<(u64, Option<R>)> {
-    match conn.recv_request::<R>().await {
-        Ok(Some(Incoming::Message(request))) => Some((request.id, Some(request.body))),
-        Ok(Some(Incoming::Malformed { id, error })) => {
-            tracing::warn!(event = "nm_malformed_request", peer = %peer, error = %error);
-            let error = WireError::bad_request(format!("malformed request: {error}"));
-            conn.reply::<NmReply>(id, Err(error)).await.ok()?;
-            Some((id, None))
-        }
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(event = "nm_connection_error", peer = %peer, error = %e);
-            if let ConnectionError::Io(io) = &e {
-                if io.kind() == std::io::ErrorKind::InvalidData {
-                    let error = WireError::new(ErrorCode::TooLarge, io.to_string());
-                    let _ = conn.reply::<NmReply>(0, Err(error)).await;
-                }
-            }
-            None
         }
     }
 }

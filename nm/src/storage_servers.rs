@@ -10,8 +10,8 @@
 use crate::failover::Input;
 use crate::failover_actions::Pending;
 use crate::registry::{backs, Registering};
-use crate::server::next_request;
 use crate::state::Nm;
+use daemon::requests::{next_request, Next};
 use shared::connection::{Connection, Incoming};
 use shared::proto::{
     ControlRequest, EventKind, JobKind, JobStep, NmReply, Reply, ServerState, SsCommand,
@@ -530,15 +530,18 @@ async fn read_registration(
     name: &str,
     peer: SocketAddr,
 ) -> Option<(u64, Registration)> {
-    let (id, request) = next_request::<ControlRequest>(conn, peer).await?;
+    // A malformed first frame was answered already; the connection ends.
+    let Next::Request(id, request) = next_request::<ControlRequest>(conn, peer, "nm").await else {
+        return None;
+    };
     match request {
-        Some(ControlRequest::Register {
+        ControlRequest::Register {
             name: registered,
             client_addr,
             backup_of,
             store_id,
             files,
-        }) if registered == name => Some((
+        } if registered == name => Some((
             id,
             Registration {
                 client_addr,
@@ -565,7 +568,7 @@ fn stall_threshold(timeout: std::time::Duration, tick: std::time::Duration) -> s
 
 /// How long after nm starts a serving server may take to register again.
 pub fn startup_grace(heartbeat_timeout: std::time::Duration) -> std::time::Duration {
-    heartbeat_timeout + shared::limits::NM_RECONNECT_BACKOFF_MAX
+    heartbeat_timeout + shared::leader::NM_RECONNECT_BACKOFF_MAX
 }
 
 /// Whether `server` is the one serving `pair` (a change notice counts only from it).

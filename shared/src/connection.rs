@@ -141,20 +141,6 @@ pub enum Incoming<T> {
     },
 }
 
-impl<B> Incoming<Request<B>> {
-    /// The same frame with its body turned into a `C` (a channel's request
-    /// into the enum of all of them, say).
-    pub fn map_body<C>(self, f: impl FnOnce(B) -> C) -> Incoming<Request<C>> {
-        match self {
-            Incoming::Message(request) => Incoming::Message(Request {
-                id: request.id,
-                body: f(request.body),
-            }),
-            Incoming::Malformed { id, error } => Incoming::Malformed { id, error },
-        }
-    }
-}
-
 /// Decodes a request strictly: it must be exactly what this side would
 /// encode for it, so bodies are maps with named fields (no arrays in place
 /// of structs), enums are named (no variant indexes), and nothing is there
@@ -665,7 +651,7 @@ pub struct SlotState {
 
 impl SlotState {
     /// Waiting times are counted from `epoch` (the slots').
-    pub(crate) fn new(epoch: Instant) -> Self {
+    pub fn new(epoch: Instant) -> Self {
         SlotState {
             epoch,
             waiting_since: AtomicU64::new(0),
@@ -674,7 +660,7 @@ impl SlotState {
     }
 
     /// Closes the connection (it was chosen to make room).
-    pub(crate) fn dismiss(&self) {
+    pub fn dismiss(&self) {
         self.dismissed.cancel();
     }
 
@@ -702,7 +688,7 @@ impl SlotState {
         self.dismissed.clone()
     }
 
-    pub(crate) fn waited(&self, now: Duration) -> Option<Duration> {
+    pub fn waited(&self, now: Duration) -> Option<Duration> {
         match self.waiting_since.load(Ordering::Relaxed) {
             0 => None,
             since => Some(now.saturating_sub(Duration::from_micros(since - 1))),

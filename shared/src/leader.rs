@@ -11,6 +11,12 @@ use crate::error::{ErrorCode, WireError};
 use crate::proto::Role;
 use std::time::Duration;
 
+/// The longest a storage server waits between two attempts to reach a
+/// sole nm. nm's start-up grace (the time a serving server has to register
+/// again before its partner may take over) is its heartbeat timeout plus
+/// this, so a restart of nm alone never promotes anything.
+pub const NM_RECONNECT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The addresses of a `--nm A,B,C` list, in order, without blanks.
 pub fn parse_addresses(list: &str) -> Vec<String> {
     list.split(',')

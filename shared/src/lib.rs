@@ -8,16 +8,16 @@
 //! - [`error`]: the one error-code enum every peer uses.
 //! - [`names`]: file and user name rules, checked by every peer.
 //! - [`ticket`]: nm's signed permissions for direct READ, WRITE and STREAM.
-//! - [`limits`]: connection limits (count, handshake and idle timeouts).
+//! - [`leader`]: finding the leader among several nm addresses.
 //!
-//! What the daemons run besides the protocol (logging, the metrics
-//! endpoint, shutdown on signals) is in the `daemon` crate.
+//! What the daemons run besides the protocol (the accept loop and its
+//! limits, the request loop's reading step, logging, the metrics endpoint,
+//! shutdown on signals) is in the `daemon` crate: the client links none of it.
 
 pub mod auth;
 pub mod connection;
 pub mod error;
 pub mod leader;
-pub mod limits;
 pub mod names;
 pub mod proto;
 pub mod ticket;

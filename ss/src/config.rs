@@ -96,7 +96,7 @@ pub struct Config {
     pub scan_delay: Option<Duration>,
 
     #[command(flatten)]
-    pub limits: shared::limits::Limits,
+    pub limits: daemon::connections::Limits,
 
     /// Largest frame accepted or sent, in bytes.
     #[arg(long, env = "SS_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]

@@ -36,7 +36,7 @@ const SOLE_NM_PATIENCE: Duration = Duration::from_secs(10);
 /// never reach the backup.
 const NOTICE_RESEND: Duration = Duration::from_secs(1);
 const BACKOFF_START: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = shared::limits::NM_RECONNECT_BACKOFF_MAX;
+const BACKOFF_MAX: Duration = shared::leader::NM_RECONNECT_BACKOFF_MAX;
 const BACKOFF_MAX_AMONG_SEVERAL: Duration = Duration::from_millis(200);
 const NOTICE_QUEUE: usize = 10_000;
 

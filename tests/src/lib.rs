@@ -60,7 +60,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Raises the test process's open-file limit (for tests that open thousands of sockets).
 pub fn raise_fd_limit() {
-    shared::limits::raise_fd_limit();
+    daemon::connections::raise_fd_limit();
 }
 
 /// The daemons' log filter: `info`, or `TEST_RUST_LOG` when debugging a test.

@@ -120,7 +120,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         let max = config.limits.max_connections;
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            shared::limits::serve_connections(
+            daemon::connections::serve_connections(
                 listener,
                 max,
                 shutdown,

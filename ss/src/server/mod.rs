@@ -24,10 +24,11 @@ use crate::store::Store;
 use crate::unconfirmed::Unconfirmed;
 use crate::Config;
 use color_eyre::eyre::{Context, Result};
-use shared::connection::{Connection, ConnectionError, Incoming, CHUNK_SIZE};
+use daemon::requests::{next_request, Next};
+use shared::connection::{Connection, ConnectionError, CHUNK_SIZE};
 use shared::names::validate_user;
 use shared::proto::{Hello, Op, PeerRequest, Role, SsCommand, SsReply, SsRequest, Ticket};
-use shared::{now_ms, ErrorCode, WireError};
+use shared::{now_ms, WireError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -155,7 +156,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         unconfirmed,
     });
     let max_connections = server.config.limits.max_connections;
-    shared::limits::serve_connections(
+    daemon::connections::serve_connections(
         listener,
         max_connections,
         shutdown,
@@ -261,59 +262,36 @@ impl Server {
             // The dialler's role fixes the channel, so a request meant for
             // another channel does not even decode.
             let next = tokio::time::timeout(self.config.limits.idle_timeout, async {
-                Ok(match session.hello.role {
-                    Role::Client => conn
-                        .recv_request()
-                        .await?
-                        .map(|r| r.map_body(ChannelRequest::Client)),
-                    Role::NameManager => conn
-                        .recv_request()
-                        .await?
-                        .map(|r| r.map_body(ChannelRequest::Nm)),
-                    Role::StorageServer => conn
-                        .recv_request()
-                        .await?
-                        .map(|r| r.map_body(ChannelRequest::Peer)),
-                })
+                match session.hello.role {
+                    Role::Client => next_request(&mut conn, peer, "ss")
+                        .await
+                        .map(ChannelRequest::Client),
+                    Role::NameManager => next_request(&mut conn, peer, "ss")
+                        .await
+                        .map(ChannelRequest::Nm),
+                    Role::StorageServer => next_request(&mut conn, peer, "ss")
+                        .await
+                        .map(ChannelRequest::Peer),
+                }
             });
             let Ok(next) = next.await else {
                 tracing::debug!(event = "ss_idle_closed", peer = %peer, "a connection idle past --idle-timeout was closed");
                 break;
             };
-            let request = match next {
-                Ok(Some(Incoming::Message(request))) => request,
-                Ok(Some(Incoming::Malformed { id, error })) => {
-                    tracing::warn!(event = "ss_malformed_request", peer = %peer, role = ?session.hello.role, error = %error);
-                    let error = WireError::bad_request(format!(
-                        "malformed request (or one this connection's role may not send): {error}"
-                    ));
-                    if conn.reply::<SsReply>(id, Err(error)).await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(event = "ss_connection_error", peer = %peer, error = %e);
-                    if let ConnectionError::Io(io) = &e {
-                        if io.kind() == std::io::ErrorKind::InvalidData {
-                            let error = WireError::new(ErrorCode::TooLarge, io.to_string());
-                            let _ = conn.reply::<SsReply>(0, Err(error)).await;
-                        }
-                    }
-                    break;
-                }
+            let (id, body) = match next {
+                Next::Request(id, body) => (id, body),
+                Next::Refused => continue,
+                Next::Closed => break,
             };
-            if let ChannelRequest::Peer(PeerRequest::StreamOpen { epoch }) = request.body {
+            if let ChannelRequest::Peer(PeerRequest::StreamOpen { epoch }) = body {
                 // The connection becomes the partner's replication stream.
-                self.follow_stream(conn, &session, request.id, epoch).await;
+                self.follow_stream(conn, &session, id, epoch).await;
                 return;
             }
             let started = Instant::now();
             let epoch = self.link.role().epoch();
-            let operation = request.body.operation();
-            let id = request.id;
-            let result = match request.body {
+            let operation = body.operation();
+            let result = match body {
                 ChannelRequest::Client(request) => {
                     self.handle_client(&mut conn, &mut session, id, request)
                         .await

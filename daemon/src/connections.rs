@@ -1,8 +1,11 @@
-//! Limits every daemon enforces on its connections, as command-line flags.
+//! The accept loop both daemons serve their connections with, and the
+//! limits they enforce on them (as command-line flags): at most
+//! `--max-connections` at once (the idle one closed first to make room),
+//! handshake, idle and frame timeouts, and a drain at shutdown.
 
-use crate::connection::{Connection, SlotState};
-use crate::WireError;
 use clap::Args;
+use shared::connection::{Connection, SlotState};
+use shared::WireError;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,12 +16,6 @@ use std::time::Duration;
 use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-
-/// The longest a storage server waits between two attempts to reach a
-/// sole nm. nm's start-up grace (the time a serving server has to register
-/// again before its partner may take over) is its heartbeat timeout plus
-/// this, so a restart of nm alone never promotes anything.
-pub const NM_RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Connection limits (the same flags on nm and ss).
 #[derive(Debug, Clone, Args)]
