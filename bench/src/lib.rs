@@ -24,8 +24,8 @@
 //!
 //! A benchmark, not a test: BENCHMARKS.md has the command lines and figures.
 
-use console::client::Client;
-use console::local_cluster::{ClusterError, LocalCluster};
+use client::Client;
+use harness::local::{ClusterError, LocalCluster};
 use serde::Serialize;
 use shared::proto::{FileStats, NmRequest, NmRole};
 use std::collections::HashMap;

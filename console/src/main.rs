@@ -2,7 +2,7 @@ use clap::Parser;
 use console::batch::{self, Format};
 use console::cli::{Args, Sub};
 use console::client::Client;
-use console::local_cluster::LocalCluster;
+use harness::local::LocalCluster;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use tokio::io::{AsyncBufRead, BufReader};
@@ -87,7 +87,7 @@ async fn demo(ha: bool, user: String) -> ExitCode {
         for name in ["ss1", "ss1_backup", "ss2", "ss2_backup"] {
             cluster.start_ss(name).await?;
         }
-        Ok::<_, console::local_cluster::ClusterError>(cluster)
+        Ok::<_, harness::local::ClusterError>(cluster)
     };
     let cluster = match started.await {
         Ok(cluster) => cluster,

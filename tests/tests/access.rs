@@ -1,9 +1,9 @@
 //! Access control on every command, access requests, and persistence of both.
 
+use harness::TestCluster;
 use shared::connection::RpcClient;
 use shared::proto::{Op, Role, SsReply, SsRequest};
 use shared::ErrorCode;
-use tests::TestCluster;
 
 /// alice owns f.txt with one sentence; bob and carol exist.
 async fn setup() -> TestCluster {

@@ -10,13 +10,13 @@
 //! that every acknowledged write is readable (or kept in a reported conflict
 //! copy in async mode) and that no epoch saw changes accepted by two servers.
 
-use console::client::Client;
+use client::Client;
+use harness::{eventually, Options, TestCluster};
 use shared::proto::{ClusterStatus, PairState, ServerState};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tests::{eventually, Options, TestCluster};
 use tokio::task::JoinHandle;
 
 const SERVERS: [&str; 2] = ["ss1", "ss1_backup"];

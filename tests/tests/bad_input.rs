@@ -1,6 +1,7 @@
 //! Hostile and broken input on every port: each gets a clear error or a
 //! closed connection, nothing changes on disk, and the daemons keep serving.
 
+use harness::{eventually, Options, TestCluster};
 use rand::RngCore;
 use shared::connection::{Connection, RpcClient, DEFAULT_MAX_FRAME};
 use shared::proto::{
@@ -9,7 +10,6 @@ use shared::proto::{
 };
 use shared::ErrorCode;
 use std::time::Duration;
-use tests::{eventually, Options, TestCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -341,7 +341,7 @@ async fn a_client_that_skips_nm_gets_nothing_from_a_storage_server() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn thousands_of_idle_connections_do_not_stop_other_clients() {
-    tests::raise_fd_limit();
+    daemon::connections::raise_fd_limit();
     let options = Options {
         nm_args: vec!["--handshake-timeout", "1s"],
         ss_args: vec!["--handshake-timeout", "1s"],

@@ -13,7 +13,10 @@
 //! `CHAOS_SEED` (default 7) picks the schedule, `CHAOS_SECS` (default 25)
 //! the time per replication mode.
 
-use console::client::Client;
+use client::Client;
+use harness::chaos::{env_u64, pause, spawn_writer, Acked};
+use harness::proxy::FaultProxy;
+use harness::{eventually, Options, TestCluster};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shared::proto::{NmReply, NmRequest, PairState, ServerState};
@@ -21,9 +24,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tests::chaos::{env_u64, pause, spawn_writer, Acked};
-use tests::proxy::FaultProxy;
-use tests::{eventually, Options, TestCluster};
 
 const SERVERS: [&str; 2] = ["ss1", "ss1_backup"];
 const WRITERS: usize = 3;

@@ -1,7 +1,7 @@
 //! Every core command through the real `console --batch --json` binary, with
 //! its error paths.
 
-use tests::TestCluster;
+use harness::TestCluster;
 
 const MOUSE: &str = "CREATE mouse.txt
 WRITE mouse.txt 0
@@ -242,7 +242,7 @@ async fn human_output_and_exit_codes() {
     assert_eq!(failed.code, Some(1));
     assert!(failed.stdout.starts_with("ERROR E_NOT_FOUND"));
 
-    let mut unreachable = tests::TestCluster::start(&[]).await;
+    let mut unreachable = harness::TestCluster::start(&[]).await;
     unreachable.kill_nm();
     let no_nm = unreachable.console("alice", "LIST\n");
     assert_eq!(no_nm.code, Some(2), "connection errors exit with 2");

@@ -3,10 +3,10 @@
 //! leftover temp file, metadata that agrees with the content, and a pair
 //! that converges.
 
+use harness::{tree, Options, TestCluster};
 use shared::proto::{FileMeta, PairState};
 use std::path::Path;
 use std::time::Duration;
-use tests::{tree, Options, TestCluster};
 
 /// Every file's metadata agrees with its content.
 fn assert_consistent(storage: &Path) {
@@ -52,7 +52,7 @@ async fn kills_during_commits_and_transfers_leave_consistent_storage() {
         let nm = cluster.nm_addr().to_owned();
         let filler = filler.clone();
         let writer = tokio::spawn(async move {
-            let Ok(mut client) = console::client::Client::connect(&nm, "alice").await else {
+            let Ok(mut client) = client::Client::connect(&nm, "alice").await else {
                 return;
             };
             client.set_reply_timeout(Duration::from_millis(500));

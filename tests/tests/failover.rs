@@ -1,7 +1,8 @@
 //! Failure detection, failover, recovery and fencing, with short timings
 //! (100 ms heartbeats, a 1 s failure timeout).
 
-use console::client::Client;
+use client::Client;
+use harness::{eventually, Options, TestCluster};
 use shared::connection::RpcClient;
 use shared::proto::{Op, PairState, Role, ServerState, SsReply, SsRequest};
 use shared::ErrorCode;
@@ -9,7 +10,6 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tests::{eventually, Options, TestCluster};
 use tokio::task::JoinHandle;
 
 fn fast() -> Options {

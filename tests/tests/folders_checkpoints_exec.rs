@@ -1,6 +1,6 @@
 //! Folders and MOVE, checkpoints and REVERT, and EXEC.
 
-use tests::{Options, TestCluster};
+use harness::{Options, TestCluster};
 
 fn codes(cluster: &TestCluster, user: &str, script: &str) -> Vec<String> {
     cluster.console(user, script).codes()

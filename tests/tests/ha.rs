@@ -1,5 +1,5 @@
 //! nm high availability on etcd, with every daemon on its own loopback
-//! address and partitions that drop packets (see `tests::ha`).
+//! address and partitions that drop packets (see `harness::ha`).
 //!
 //! The invariants: a takeover of nm alone never promotes a storage server
 //! (the pair's epoch and serving server stay); nothing acknowledged is lost;
@@ -7,6 +7,8 @@
 //! serving before its partner is promoted.
 #![cfg(feature = "ha")]
 
+use harness::eventually;
+use harness::ha::{HaCluster, HaOptions};
 use nm::group::Group;
 use nm::ha::etcd_client::{self, Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use nm::ha::keys::Layout;
@@ -16,8 +18,6 @@ use shared::proto::{ClusterStatus, NmRole, PairState};
 use shared::ErrorCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tests::eventually;
-use tests::ha::{HaCluster, HaOptions};
 
 fn pair(status: &ClusterStatus, primary: &str) -> (u64, String) {
     let p = status
@@ -82,7 +82,7 @@ async fn a_killed_leader_is_replaced_and_no_server_is_promoted() {
     let back = cluster.nm_addr(old);
     cluster.wait_standby(old).await;
     // Dialled alone, a standby redirects to the leader.
-    let refused = console::client::Client::connect(&back, "alice")
+    let refused = client::Client::connect(&back, "alice")
         .await
         .err()
         .expect("refused");
@@ -142,7 +142,7 @@ async fn a_hung_leader_is_deposed_and_steps_down_when_it_resumes() {
     })
     .await;
     eventually("the resumed nm to redirect to the new leader", async || {
-        match console::client::Client::connect(&cluster.nm_addr(old), "alice").await {
+        match client::Client::connect(&cluster.nm_addr(old), "alice").await {
             Err(shared::connection::ConnectionError::Refused(e))
                 if e.code == ErrorCode::NotLeader =>
             {
@@ -250,7 +250,7 @@ async fn a_deposed_leaders_writes_are_refused_by_etcd() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_etcd_operations_are_unavailable_and_nothing_acknowledged_is_lost() {
     let mut cluster = pair_cluster(HaOptions::default()).await;
-    let mut client = console::client::Client::connect(&cluster.nm_list(), "alice")
+    let mut client = client::Client::connect(&cluster.nm_list(), "alice")
         .await
         .expect("client");
     client
@@ -316,7 +316,7 @@ async fn kill_an_etcd_member_under_creates(leader_lease: &'static str, kill_raft
     };
     let mut cluster = pair_cluster(options).await;
     let leader = cluster.wait_leader().await;
-    let mut client = console::client::Client::connect(&cluster.nm_list(), "alice")
+    let mut client = client::Client::connect(&cluster.nm_list(), "alice")
         .await
         .expect("client");
     for i in 0..20 {
@@ -415,7 +415,7 @@ async fn a_leader_that_hears_nothing_back_from_etcd_steps_down() {
 async fn a_primary_cut_from_nm_stops_serving_before_its_backup_is_promoted() {
     let cluster = pair_cluster(HaOptions::default()).await;
     cluster.until_ok("alice", "READ a.txt\n").await;
-    let mut writer = console::client::Client::connect(&cluster.nm_list(), "alice")
+    let mut writer = client::Client::connect(&cluster.nm_list(), "alice")
         .await
         .expect("client");
     writer.write_begin("a.txt", 0).await.expect("WRITE on ss1");
@@ -486,7 +486,7 @@ async fn a_client_cut_from_nm_only_commits_its_open_write_and_is_told_nm_is_unre
         .write_all(b"0 Written while cut from nm.\nETIRW\n")
         .unwrap();
     drop(stdin);
-    let batch = tests::Batch::from(child.wait_with_output().unwrap());
+    let batch = harness::Batch::from(child.wait_with_output().unwrap());
     batch.all_ok();
     // A new session from the cut-off address cannot reach nm, and says so.
     let started = Instant::now();
@@ -541,7 +541,7 @@ async fn a_server_cut_from_its_partner_only_catches_up_after_the_partition() {
 /// events included.
 async fn last_sync_detail(nm: &str) -> Option<String> {
     use shared::proto::{EventKind, JobKind, JobStep};
-    let client = console::client::Client::connect(nm, "watcher").await.ok()?;
+    let client = client::Client::connect(nm, "watcher").await.ok()?;
     let mut detail = None;
     let _ = client
         .watch(Some(Duration::from_millis(300)), None, 200, |event| {

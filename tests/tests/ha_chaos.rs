@@ -12,7 +12,10 @@
 //! the time per replication mode.
 #![cfg(feature = "ha")]
 
-use console::client::Client;
+use client::Client;
+use harness::chaos::{env_u64, pause, spawn_writer, Acked};
+use harness::eventually;
+use harness::ha::{HaCluster, HaOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shared::proto::{NmReply, NmRequest, NmRole, PairState, ServerState};
@@ -20,9 +23,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tests::chaos::{env_u64, pause, spawn_writer, Acked};
-use tests::eventually;
-use tests::ha::{HaCluster, HaOptions};
 
 const SERVERS: [&str; 2] = ["ss1", "ss1_backup"];
 const WRITERS: usize = 3;

@@ -1,7 +1,7 @@
 //! The Prometheus endpoints of nm and ss, scraped over HTTP.
 
+use harness::{eventually, Options, TestCluster};
 use shared::proto::PairState;
-use tests::{eventually, Options, TestCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,8 +1,8 @@
 //! What survives restarts: contents, metadata and undo on a storage server;
 //! users, owners and placement in nm.
 
+use harness::{eventually, TestCluster};
 use shared::proto::ServerState;
-use tests::{eventually, TestCluster};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_storage_server_restart_keeps_contents_versions_and_undo() {

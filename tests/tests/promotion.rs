@@ -9,11 +9,11 @@
 //! the serving server returns), and a READ answers the acknowledged content
 //! or `E_UNAVAILABLE`, never older content and never `E_NOT_FOUND`.
 
+use harness::{eventually, Options, TestCluster};
 use shared::connection::RpcClient;
 use shared::proto::{Op, PairState, PeerRequest, Role, ServerState, SsReply, SsRequest};
 use shared::ErrorCode;
 use std::time::{Duration, Instant};
-use tests::{eventually, Options, TestCluster};
 
 const KILL_AFTER_MS: [u64; 4] = [0, 5, 20, 100];
 

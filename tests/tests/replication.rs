@@ -2,10 +2,10 @@
 //! either order, coalescing, overflow into a sync, sync by difference, and a
 //! backup killed in the middle of a large transfer.
 
+use harness::{eventually, Options, TestCluster};
 use shared::proto::{Event, EventKind, JobKind, JobStep, PairState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tests::{eventually, Options, TestCluster};
 
 /// Waits for the subscription to be live (its own registration shows in nm's LIST).
 async fn watching(cluster: &TestCluster, events: &Arc<Mutex<Vec<Event>>>) {
@@ -198,7 +198,7 @@ async fn a_full_queue_becomes_one_sync_and_nothing_is_lost() {
     cluster.wait_replicated().await;
     cluster.wait_same_files("ss1", "ss1_backup").await;
     assert_eq!(
-        tests::tree(&cluster.storage("ss1_backup").join("files")).len(),
+        harness::tree(&cluster.storage("ss1_backup").join("files")).len(),
         30
     );
     let overflowed = events.lock().unwrap().iter().any(|e| {

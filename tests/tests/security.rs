@@ -2,6 +2,7 @@
 //! nm; without `--cluster-key-file` the daemons use this user's key, and only
 //! `--insecure` runs without one.
 
+use harness::{bin, TestCluster};
 use shared::auth::ClusterKey;
 use shared::connection::{
     Connection, ConnectionError, RpcClient, DEFAULT_MAX_FRAME, HANDSHAKE_TIMEOUT,
@@ -9,7 +10,6 @@ use shared::connection::{
 use shared::proto::{NmReply, NmRequest, Role, SsCommand, SsReply};
 use shared::ErrorCode;
 use std::process::{Command, Stdio};
-use tests::{bin, TestCluster};
 use tokio::net::TcpListener;
 
 fn refused(result: Result<RpcClient, ConnectionError>) -> String {
@@ -100,9 +100,9 @@ async fn a_daemon_refuses_a_peer_that_cannot_prove_the_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_key_file_the_users_key_is_used_and_a_keyless_impostor_is_refused() {
     use std::os::unix::fs::PermissionsExt;
-    let options = tests::Options {
+    let options = harness::Options {
         per_user_key: true,
-        ..tests::Options::default()
+        ..harness::Options::default()
     };
     let cluster = TestCluster::start_with(&["ss1"], options).await;
     let key_file = cluster.key_file();
@@ -202,7 +202,7 @@ fn insecure_runs_without_a_key_even_beyond_loopback() {
     let started = std::time::Instant::now();
     while !dir.path().join("ready").exists() {
         assert!(nm.try_wait().unwrap().is_none(), "nm --insecure exited");
-        assert!(started.elapsed() < tests::DEADLINE);
+        assert!(started.elapsed() < harness::DEADLINE);
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     nm.kill().unwrap();

@@ -2,8 +2,8 @@
 //! benchmarks prepare large clusters with: what they write, a real nm and a
 //! real storage server serve.
 
+use harness::{bin, TestCluster};
 use std::process::Command;
-use tests::{bin, TestCluster};
 
 fn run(tool: &str, args: &[&str]) -> std::process::Output {
     Command::new(bin(tool))

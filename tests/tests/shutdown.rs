@@ -2,10 +2,10 @@
 //! finish, nothing it acknowledged is lost, its log is checkpointed, no temp
 //! file is left behind, and it exits 0.
 
-use console::client::Client;
+use client::Client;
+use harness::{eventually, Options, TestCluster};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use tests::{eventually, Options, TestCluster};
 
 const WRITERS: usize = 4;
 

@@ -2,12 +2,12 @@
 //! straight to its standby, nm records it without a job, and whatever the
 //! stream cannot deliver still reaches the standby through nm.
 
-use console::client::Client;
+use client::Client;
+use harness::{eventually, Options, TestCluster};
 use shared::proto::{
     Event, EventKind, JobStep, PairState, PeerRequest, Role, SsReply, StreamRequest,
 };
 use std::sync::{Arc, Mutex};
-use tests::{eventually, Options, TestCluster};
 
 fn streamed(events: &Arc<Mutex<Vec<Event>>>, file: &str) -> bool {
     events.lock().unwrap().iter().any(

@@ -3,9 +3,9 @@
 //! primary, and ACTIVE again once it is back; and each defect an operator
 //! reported (issue #17) stays fixed, typed as an operator types it.
 
+use harness::{bin, eventually, Options, TestCluster};
 use shared::proto::PairState;
 use std::process::Command;
-use tests::{bin, eventually, Options, TestCluster};
 
 struct Tmux {
     session: String,
@@ -150,7 +150,7 @@ async fn the_console_shows_failover_and_recovery_live() {
 /// for `console demo` alike (it used to panic with a backtrace).
 #[test]
 fn without_a_terminal_the_console_says_use_batch() {
-    tests::bin_dir();
+    harness::bin_dir();
     for args in [&["--nm", "127.0.0.1:1"][..], &["demo"][..]] {
         let output = Command::new(bin("console"))
             .args(args)
@@ -317,7 +317,7 @@ async fn an_operator_at_80x24_meets_none_of_the_reported_defects() {
 /// (the user, `--size`, `--files`).
 #[test]
 fn help_describes_every_workload_and_its_defaults() {
-    tests::bin_dir();
+    harness::bin_dir();
     let help = |args: &[&str]| {
         let out = Command::new(bin("console")).args(args).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()

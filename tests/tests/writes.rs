@@ -1,9 +1,9 @@
 //! Sentence locks across clients: concurrent writers, E_LOCKED, and a client
 //! killed in the middle of a WRITE.
 
+use harness::{eventually, TestCluster};
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
-use tests::{eventually, TestCluster};
 
 async fn setup(cluster: &TestCluster) {
     cluster

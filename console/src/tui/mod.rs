@@ -20,7 +20,6 @@ pub mod ui;
 
 use crate::batch::{self, Format};
 use crate::client::Client;
-use crate::local_cluster::LocalCluster;
 use app::{Action, App, DaemonView, Effect};
 use crossterm::event::{DisableMouseCapture, EnableMouseCapture, Event as TermEvent, EventStream};
 use crossterm::execute;
@@ -28,6 +27,7 @@ use crossterm::terminal::{
     disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
 };
 use futures::StreamExt;
+use harness::local::LocalCluster;
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 use shared::proto::{NmReply, NmRequest};

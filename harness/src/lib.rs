@@ -1,17 +1,27 @@
-//! `TestCluster`: the real `nm` and `ss` binaries as child processes in a
-//! temp dir, on free loopback ports.
+//! Real daemons as child processes in a temp dir, on free loopback ports,
+//! killed when their cluster drops: the one launcher of the project.
 //!
+//! - [`local::LocalCluster`]: `console demo` (with `--ha`, an etcd and an nm
+//!   group) and the benchmarks; binaries from the caller's own folder.
+//! - [`TestCluster`] (this module): the integration tests' cluster of nm and
+//!   storage servers; [`ha::HaCluster`]: etcd, an nm group and servers, each
+//!   daemon on a loopback address of its own, with nftables partitions;
+//!   [`proxy`]: a TCP proxy that cuts connections; [`chaos`]: the chaos
+//!   test's workload.
+//!
+//! `TestCluster`:
 //! The cluster waits for readiness by polling with a deadline (nm's ready
 //! file, then nm's STATUS until each server is ALIVE), and kills every child
 //! when dropped. The binaries are built once per test process by running
 //! `cargo build`, so a test never runs against stale binaries.
 
 pub mod chaos;
-#[cfg(feature = "ha")]
 pub mod ha;
+pub mod local;
+pub mod process;
 pub mod proxy;
 
-use console::client::Client;
+use client::Client;
 use serde_json::Value;
 use shared::proto::{ClusterStatus, FileMeta, NmReply, NmRequest, PairState, ServerState};
 use std::collections::HashMap;
@@ -56,11 +66,6 @@ pub fn bin_dir() -> &'static Path {
 
 pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
-}
-
-/// Raises the test process's open-file limit (for tests that open thousands of sockets).
-pub fn raise_fd_limit() {
-    daemon::connections::raise_fd_limit();
 }
 
 /// The daemons' log filter: `info`, or `TEST_RUST_LOG` when debugging a test.
@@ -214,13 +219,7 @@ impl TestCluster {
     }
 
     fn log_file(&self, name: &str) -> Stdio {
-        let path = self.dir().join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .expect("log file");
-        Stdio::from(file)
+        crate::process::log_file(self.dir(), name).expect("log file")
     }
 
     /// Starts nm (again), on its previous port if it had one.
@@ -396,9 +395,7 @@ impl TestCluster {
     /// Sends a signal (SIGSTOP, SIGCONT, …) to a storage server.
     pub fn signal_ss(&self, name: &str, signal: i32) {
         let child = self.servers.get(name).expect("no such server");
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        let rc = unsafe { libc::kill(child.id() as i32, signal) };
-        assert_eq!(rc, 0, "kill({name}, {signal})");
+        process::signal(child, signal).unwrap_or_else(|e| panic!("kill({name}, {signal}): {e}"));
     }
 
     /// (epoch → servers among `servers` that accepted a change in it), read
@@ -444,9 +441,7 @@ impl TestCluster {
     /// Sends a signal (SIGSTOP, SIGCONT, …) to nm.
     pub fn signal_nm(&self, signal: i32) {
         let child = self.nm.as_ref().expect("nm is not running");
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        let rc = unsafe { libc::kill(child.id() as i32, signal) };
-        assert_eq!(rc, 0, "kill(nm, {signal})");
+        process::signal(child, signal).unwrap_or_else(|e| panic!("kill(nm, {signal}): {e}"));
     }
 
     /// Waits until every pair is ACTIVE with nothing left to replicate.
@@ -579,12 +574,10 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         for (_, mut child) in self.servers.drain() {
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::process::kill(&mut child);
         }
         if let Some(mut nm) = self.nm.take() {
-            let _ = nm.kill();
-            let _ = nm.wait();
+            crate::process::kill(&mut nm);
         }
         if std::thread::panicking() {
             print_log_tails(self.dir.path());

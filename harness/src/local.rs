@@ -1,12 +1,14 @@
 //! A local cluster of real `nm` and `ss` processes in a temp dir, for
-//! `console bench` (and the demo). The binaries are taken from the folder the
-//! console itself runs from. Every child is killed when the cluster drops.
+//! `console demo` and the benchmarks. The binaries are taken from the folder
+//! the caller itself runs from. Every child is killed when the cluster
+//! drops, and when the caller dies.
 //!
 //! With [`LocalCluster::start_ha`] nm runs as a group of several on a real
 //! etcd (the `etcd` binary of the OS's etcd-server package): `console demo
 //! --ha`.
 
-use crate::client::Client;
+use crate::process::{die_with_parent, free_port};
+use client::Client;
 use shared::proto::{ClusterStatus, NmReply, NmRequest, NmRole, PairState, ServerState};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -78,28 +80,6 @@ fn bin_dir_or_own(bin_dir: Option<PathBuf>) -> std::io::Result<PathBuf> {
             .map(Path::to_owned)
             .unwrap_or_default()),
     }
-}
-
-/// A free port on 127.0.0.1 for a child to bind soon after, taken below the
-/// kernel's ephemeral range (32768 and up): a port the kernel hands out
-/// meanwhile (a `bind` to port 0, an outgoing connection) cannot be it.
-fn free_port() -> std::io::Result<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
-        ^ std::process::id().wrapping_mul(2_654_435_761);
-    for _ in 0..200 {
-        let step = NEXT.fetch_add(7_919, Ordering::Relaxed);
-        let port = 20_000 + (seed.wrapping_add(step) % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 impl LocalCluster {
@@ -374,8 +354,7 @@ impl LocalCluster {
             self.servers.remove(name)
         };
         if let Some(mut child) = child {
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::process::kill(&mut child);
         }
     }
 
@@ -522,11 +501,7 @@ impl LocalCluster {
     }
 
     fn log(&self, name: &str) -> std::io::Result<Stdio> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("{name}.log")))?;
-        Ok(Stdio::from(file))
+        crate::process::log_file(self.dir.path(), name)
     }
 
     /// Starts a storage server (without waiting for it).
@@ -567,18 +542,14 @@ impl LocalCluster {
     /// Sends a signal (SIGSTOP, SIGCONT) to a storage server.
     pub fn signal_ss(&self, name: &str, signal: i32) {
         if let Some(child) = self.servers.get(name) {
-            // SAFETY: kill(2) on our own child's pid; no memory is involved.
-            unsafe {
-                libc::kill(child.id() as i32, signal);
-            }
+            let _ = crate::process::signal(child, signal);
         }
     }
 
     /// kill -9 of a storage server.
     pub fn kill_ss(&mut self, name: &str) {
         if let Some(mut child) = self.servers.remove(name) {
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::process::kill(&mut child);
         }
     }
 
@@ -622,18 +593,6 @@ impl LocalCluster {
     }
 }
 
-/// The child is killed when the console dies, even by SIGKILL (Linux).
-fn die_with_parent(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         // nm first, so that it records no failover of servers being stopped
@@ -645,17 +604,14 @@ impl Drop for LocalCluster {
             .chain(std::iter::once(&mut self.nm));
         for slot in nms {
             if let Some(mut nm) = slot.take() {
-                let _ = nm.kill();
-                let _ = nm.wait();
+                crate::process::kill(&mut nm);
             }
         }
         for (_, mut child) in std::mem::take(&mut self.servers) {
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::process::kill(&mut child);
         }
         if let Some(mut etcd) = group.and_then(|mut g| g.etcd.take()) {
-            let _ = etcd.kill();
-            let _ = etcd.wait();
+            crate::process::kill(&mut etcd);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! `tests/ha_chaos.rs` for an nm group): the seeded pauses, and the writer
 //! whose acknowledged changes are checked at the end.
 
-use console::client::Client;
+use client::Client;
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::BTreeMap;

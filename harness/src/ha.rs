@@ -14,7 +14,7 @@
 //! flushes the chain. The table is deleted when the cluster is dropped.
 
 use crate::{bin, daemon_log_filter, eventually, Batch, Options};
-use console::client::Client;
+use client::Client;
 use shared::proto::{ClusterStatus, NmReply, NmRequest, NmRole, PairState, ServerState};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -110,16 +110,13 @@ struct Daemon {
 impl Daemon {
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::process::kill(&mut child);
         }
     }
 
     fn signal(&self, signal: i32) {
         let child = self.child.as_ref().expect("not running");
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        let rc = unsafe { libc::kill(child.id() as i32, signal) };
-        assert_eq!(rc, 0, "kill({signal})");
+        crate::process::signal(child, signal).expect("kill(2)");
     }
 }
 
@@ -253,13 +250,7 @@ impl HaCluster {
     }
 
     fn log_file(&self, name: &str) -> Stdio {
-        let path = self.dir().join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .expect("log file");
-        Stdio::from(file)
+        crate::process::log_file(self.dir(), name).expect("log file")
     }
 
     pub fn key_file(&self) -> PathBuf {
