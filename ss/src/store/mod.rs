@@ -21,11 +21,14 @@
 //! replaced, so UNDO levels and checkpoints are hard links to old contents. Names are validated by [`shared::names`] before they are
 //! joined under the storage folder, so nothing is ever written outside it.
 
+mod atomic;
 mod inodes;
 mod redo;
 mod scan;
 mod tombstones;
 
+use atomic::{exchange, syncfs, Durable};
+pub use atomic::{Placed, TempFile};
 pub use scan::Found;
 
 use crate::wal::{Wal, WalRecord, MAX_LOGGED_BYTES};
@@ -122,68 +125,6 @@ impl Drop for OpenContent {
     }
 }
 
-/// A temp file being filled (a transfer in progress). Dropping it without
-/// installing it removes it, so an interrupted transfer leaves nothing behind.
-pub struct TempFile {
-    file: Option<File>,
-    path: PathBuf,
-    /// Bytes written, and how many of them have been handed to writeback.
-    written: u64,
-    flushing_from: u64,
-    /// Whether to start writeback early (when the file will be fsynced).
-    early_writeback: bool,
-    /// A spare inode reused: even empty, its truncation must be made durable.
-    recycled: bool,
-}
-
-/// A transfer starts the disk writing every this many bytes, so the disk
-/// works while the network does and the final fsync has little left to do.
-const WRITEBACK_STEP: u64 = 8 << 20;
-
-impl TempFile {
-    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let file = self.file.as_mut().expect("open until installed");
-        file.write_all(bytes)?;
-        self.written += bytes.len() as u64;
-        if self.early_writeback && self.written - self.flushing_from >= WRITEBACK_STEP {
-            start_writeback(file, self.flushing_from, self.written - self.flushing_from);
-            self.flushing_from = self.written;
-        }
-        Ok(())
-    }
-
-    /// Bytes written so far.
-    pub fn len(&self) -> u64 {
-        self.written
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.written == 0
-    }
-
-    fn sync_data(&self) -> io::Result<()> {
-        self.file
-            .as_ref()
-            .expect("open until installed")
-            .sync_data()
-    }
-
-    /// What was written, read back from the file.
-    fn read_back(&self) -> io::Result<Vec<u8>> {
-        fs::read(&self.path)
-    }
-
-    /// Closes the file, leaving it on disk for a rename; returns its path.
-    fn close(mut self) -> PathBuf {
-        drop(self.file.take());
-        std::mem::take(&mut self.path)
-    }
-}
-
-/// How many temp files make a batch worth one `syncfs` rather than an
-/// fdatasync each (each fdatasync is a device flush, about 0.2 ms here; one
-/// `syncfs` flushes hundreds of small files in a few ms).
-const SYNCFS_FROM: usize = 4;
 /// Spare inodes kept for reuse, and the largest file kept as one (a larger
 /// one would hold its disk space until it is reused).
 const MAX_SPARES: usize = 1024;
@@ -192,14 +133,6 @@ const MAX_SPARES: usize = 1024;
 const UNNAMED_LOW: usize = 64;
 const UNNAMED_READY: usize = 256;
 const SPARE_MAX_BYTES: u64 = 1 << 20;
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if self.file.is_some() {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
 
 impl Store {
     /// Opens (creating if needed) a storage folder and removes leftover temp files.
@@ -331,52 +264,6 @@ impl Store {
             inode,
             readers: self.readers.clone(),
         })
-    }
-
-    /// Writes `bytes` to `target` atomically: temp file, fsync, rename, fsync of the directory.
-    fn write_atomically(
-        &self,
-        target: &Path,
-        bytes: &[u8],
-        recycle: bool,
-        durable: Durable,
-    ) -> Result<(), StoreError> {
-        self.ensure_parent(target)?;
-        let mut temp = self.temp_file()?;
-        temp.write_all(bytes)?;
-        if self.fsync && durable == Durable::Now {
-            temp.sync_data()?;
-        }
-        self.replace(temp, target, recycle)?;
-        if durable == Durable::Now {
-            self.sync_parent(target)?;
-        }
-        Ok(())
-    }
-
-    fn ensure_parent(&self, target: &Path) -> io::Result<()> {
-        let parent = target.parent().expect("joined under the root");
-        if !parent.exists() {
-            fs::create_dir_all(parent)?;
-            if self.fsync {
-                let mut dir = parent;
-                while let Some(up) = dir.parent() {
-                    File::open(up)?.sync_all()?;
-                    if up == self.root {
-                        break;
-                    }
-                    dir = up;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn sync_parent(&self, target: &Path) -> io::Result<()> {
-        if self.fsync {
-            File::open(target.parent().expect("joined under the root"))?.sync_all()?;
-        }
-        Ok(())
     }
 
     pub fn write_meta(&self, file: &str, meta: &FileMeta) -> Result<(), StoreError> {
@@ -682,71 +569,6 @@ impl Store {
         Ok(temp)
     }
 
-    /// Makes the contents of `temps` durable before any of them is renamed
-    /// into place: an fdatasync each for a few, one `syncfs` of the storage
-    /// file system for a batch. The first half of a batched install.
-    pub fn sync_temps<'a>(
-        &self,
-        temps: impl IntoIterator<Item = &'a TempFile>,
-    ) -> Result<(), StoreError> {
-        self.barrier()?;
-        self.sync_temps_now(temps)
-    }
-
-    fn sync_temps_now<'a>(
-        &self,
-        temps: impl IntoIterator<Item = &'a TempFile>,
-    ) -> Result<(), StoreError> {
-        if !self.fsync {
-            return Ok(());
-        }
-        // A new, empty temp file has no data to flush: the fsync of the
-        // directory it is renamed into makes it durable.
-        let temps: Vec<&TempFile> = temps
-            .into_iter()
-            .filter(|t| t.written > 0 || t.recycled)
-            .collect();
-        if temps.len() < SYNCFS_FROM {
-            for temp in temps {
-                temp.sync_data()?;
-            }
-            return Ok(());
-        }
-        syncfs(&self.root.join(TMP))?;
-        Ok(())
-    }
-
-    /// Renames a temp file made durable by [`Store::sync_temps`] into place
-    /// as `file`'s content, metadata (`meta`) or checkpoint `tag`; the
-    /// directory it went into is added to `dirs` for [`Store::sync_dirs`].
-    pub fn place(
-        &self,
-        temp: TempFile,
-        file: &str,
-        what: Placed<'_>,
-        dirs: &mut BTreeSet<PathBuf>,
-    ) -> Result<(), StoreError> {
-        let target = match what {
-            Placed::Content => self.content_path(file)?,
-            Placed::Meta => self.path_in(META, file)?,
-            Placed::Checkpoint(tag) => self.checkpoint_path(file, tag)?,
-        };
-        self.ensure_parent(&target)?;
-        self.replace(temp, &target, !matches!(what, Placed::Checkpoint(_)))?;
-        dirs.insert(target.parent().expect("joined under the root").to_owned());
-        Ok(())
-    }
-
-    /// Makes the renames of a batched install durable: one fsync per directory.
-    pub fn sync_dirs(&self, dirs: &BTreeSet<PathBuf>) -> Result<(), StoreError> {
-        if self.fsync {
-            for dir in dirs {
-                File::open(dir)?.sync_all()?;
-            }
-        }
-        Ok(())
-    }
-
     pub fn remove_checkpoint(&self, file: &str, tag: &str) -> Result<(), StoreError> {
         self.barrier()?;
         Ok(remove_if_present(&self.checkpoint_path(file, tag)?)?)
@@ -764,89 +586,6 @@ fn applied_or_abort(file: &str, applied: Result<(), StoreError>) {
         eprintln!("ss: a logged change to {file:?} could not be written ({e}); stopping so that the restart replays it");
         std::process::abort();
     }
-}
-
-/// Whether a write is made durable by its own fsyncs, or later (it is in the
-/// write-ahead log, or being replayed from it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Durable {
-    Now,
-    Later,
-}
-
-/// What a temp file becomes when it is placed.
-#[derive(Debug, Clone, Copy)]
-pub enum Placed<'a> {
-    Content,
-    Meta,
-    Checkpoint(&'a str),
-}
-
-/// Swaps two existing names atomically.
-#[cfg(target_os = "linux")]
-fn exchange(a: &Path, b: &Path) -> io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let a = CString::new(a.as_os_str().as_bytes())?;
-    let b = CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
-    let done = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if done != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn exchange(_a: &Path, _b: &Path) -> io::Result<()> {
-    Err(io::ErrorKind::Unsupported.into())
-}
-
-/// Asks the kernel to start writing a range of `file` to disk, without
-/// waiting (a hint: durability still comes from the fsync that follows).
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range only reads the descriptor, which `file` keeps open.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        )
-    };
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
-
-/// Flushes every dirty page and inode of the file system holding `dir`.
-#[cfg(target_os = "linux")]
-fn syncfs(dir: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let handle = File::open(dir)?;
-    // SAFETY: syncfs only reads the descriptor, which `handle` keeps open.
-    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn syncfs(_dir: &Path) -> io::Result<()> {
-    // No per-file-system flush here: flush everything.
-    // SAFETY: sync takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-    Ok(())
 }
 
 /// Removes a file; one already gone is fine.
