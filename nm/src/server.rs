@@ -9,7 +9,7 @@ use crate::journal::{Journal, Record};
 use crate::state::Nm;
 use crate::Config;
 use color_eyre::eyre::{Context, Result};
-use daemon::requests::{next_request, Next};
+use daemon::requests::{next_request, Handshake, Next};
 use shared::connection::Connection;
 use shared::names::validate_user;
 use shared::proto::{NmReply, NmRequest, Role};
@@ -81,23 +81,16 @@ impl Nm {
         peer: SocketAddr,
         slot: Arc<shared::connection::SlotState>,
     ) {
-        let (mut conn, hello) = match Connection::accept(
-            stream,
-            Role::NameManager,
-            self.config.max_frame,
-            self.config.limits.handshake_timeout,
-            self.cluster_key.as_ref(),
-        )
-        .await
-        {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(event = "nm_handshake_failed", peer = %peer, error = %e);
-                return;
-            }
+        let handshake = Handshake {
+            me: Role::NameManager,
+            max_frame: self.config.max_frame,
+            limits: &self.config.limits,
+            key: self.cluster_key.as_ref(),
+            daemon: "nm",
         };
-        let evictable = hello.role == Role::Client;
-        conn.hold_slot(slot, self.config.limits.frame_timeout, evictable);
+        let Some((conn, hello)) = handshake.accept(stream, peer, slot).await else {
+            return;
+        };
         if let Err(error) = validate_user(&hello.name) {
             tracing::warn!(event = "nm_connection_refused", peer = %peer, error = %error);
             conn.refuse(error).await;

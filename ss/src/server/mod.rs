@@ -24,7 +24,7 @@ use crate::store::Store;
 use crate::unconfirmed::Unconfirmed;
 use crate::Config;
 use color_eyre::eyre::{Context, Result};
-use daemon::requests::{next_request, Next};
+use daemon::requests::{next_request, Handshake, Next};
 use shared::connection::{Connection, ConnectionError, CHUNK_SIZE};
 use shared::names::validate_user;
 use shared::proto::{Hello, Op, PeerRequest, Role, SsCommand, SsReply, SsRequest, Ticket};
@@ -221,23 +221,16 @@ impl Server {
         peer: SocketAddr,
         slot: Arc<shared::connection::SlotState>,
     ) {
-        let (mut conn, hello) = match Connection::accept(
-            stream,
-            Role::StorageServer,
-            self.config.max_frame,
-            self.config.limits.handshake_timeout,
-            self.key.as_ref(),
-        )
-        .await
-        {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(event = "ss_handshake_failed", peer = %peer, error = %e);
-                return;
-            }
+        let handshake = Handshake {
+            me: Role::StorageServer,
+            max_frame: self.config.max_frame,
+            limits: &self.config.limits,
+            key: self.key.as_ref(),
+            daemon: "ss",
         };
-        let evictable = hello.role == Role::Client;
-        conn.hold_slot(slot, self.config.limits.frame_timeout, evictable);
+        let Some((mut conn, hello)) = handshake.accept(stream, peer, slot).await else {
+            return;
+        };
         let allowed = match hello.role {
             Role::Client | Role::StorageServer => validate_user(&hello.name),
             Role::NameManager => Ok(()),
