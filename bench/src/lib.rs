@@ -545,32 +545,37 @@ async fn seed(cluster: &LocalCluster, tool: &str, args: &[String]) -> Result<(),
             String::from_utf8_lossy(&output.stderr).trim()
         )));
     }
+    eprintln!("{tool}: {}", String::from_utf8_lossy(&output.stdout).trim());
     Ok(())
 }
 
 /// `ss-seed`: `count` files f000000… of `size` bytes in a stopped server's
-/// storage folder (left alone if an earlier run, `--reuse-dir`, made it).
+/// storage folder. `reuse`: a folder an earlier run made (`--reuse-dir`) is
+/// left as it is; otherwise a folder that already holds a store is an error.
 async fn seed_storage(
     cluster: &LocalCluster,
     server: &str,
     count: usize,
     size: u64,
+    reuse: bool,
 ) -> Result<(), BenchError> {
     let storage = cluster.storage(server).display().to_string();
-    let args = [
+    let mut args = vec![
         "--storage".into(),
         storage,
         "--files".into(),
         count.to_string(),
         "--size".into(),
         size.to_string(),
-        "--if-empty".into(),
     ];
+    if reuse {
+        args.push("--if-empty".into());
+    }
     seed(cluster, "ss-seed", &args).await
 }
 
 async fn resync(cluster: &mut LocalCluster, count: usize, size: u64) -> Result<Report, BenchError> {
-    seed_storage(cluster, "ss1", count, size).await?;
+    seed_storage(cluster, "ss1", count, size, false).await?;
     cluster.start_ss("ss1").await?;
     let started = Instant::now();
     cluster.start_ss("ss1_backup").await?;
@@ -783,8 +788,8 @@ async fn holding_files(cluster: &mut LocalCluster, files: usize) -> Result<f64, 
         "ss1".into(),
     ];
     tokio::try_join!(
-        seed_storage(cluster, "ss1", files, 32),
-        seed_storage(cluster, "ss1_backup", files, 32),
+        seed_storage(cluster, "ss1", files, 32, false),
+        seed_storage(cluster, "ss1_backup", files, 32, false),
         seed(cluster, "nm-seed", &namespace),
     )?;
     eprintln!(
@@ -969,7 +974,7 @@ async fn backup_return(
     changed: usize,
 ) -> Result<Report, BenchError> {
     for server in ["ss1", "ss1_backup"] {
-        seed_storage(cluster, server, total, 64).await?;
+        seed_storage(cluster, server, total, 64, true).await?;
     }
     cluster.start_ss("ss1").await?;
     cluster.start_ss("ss1_backup").await?;

@@ -440,12 +440,12 @@ impl LocalCluster {
             .collect()
     }
 
-    /// The cluster key this local cluster generated for its daemons.
     /// The folder the daemons (and their tools, `ss-seed`, `nm-seed`) run from.
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
     }
 
+    /// The cluster key this local cluster generated for its daemons.
     pub fn key_file(&self) -> PathBuf {
         self.dir.path().join("cluster.key")
     }

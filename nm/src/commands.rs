@@ -212,13 +212,27 @@ impl Nm {
         file: &str,
         need: Need,
     ) -> Result<Arc<SsClient>, WireError> {
+        self.serving_for(user, file, need).map(|(client, _)| client)
+    }
+
+    /// As [`Nm::server_for`], with the pair's epoch (for a ticket nm issues itself).
+    pub(crate) fn serving_for(
+        &self,
+        user: &str,
+        file: &str,
+        need: Need,
+    ) -> Result<(Arc<SsClient>, u64), WireError> {
         let state = self.state();
         let record = match need {
             Need::Read => state.ns.check(user, file, Op::Read)?,
             Need::Write => state.ns.check(user, file, Op::Write)?,
             Need::Owner => state.ns.check_owner(user, file)?,
         };
-        live_server(&state, &record.server, file)
+        state
+            .registry
+            .serving(&record.server)
+            .map(|(entry, epoch)| (entry.client.clone(), epoch))
+            .ok_or_else(|| unavailable(&record.server, file))
     }
 
     /// Forwards a change to the file's server, records the stats it reports,

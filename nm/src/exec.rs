@@ -23,9 +23,13 @@ impl Nm {
                 "EXEC is disabled; nm must be started with --allow-exec",
             ));
         }
-        let client = self.server_for(user, file, Need::Read)?;
+        // The ticket carries the pair's epoch: the serving server refuses
+        // one older than its own (after a promotion, epoch 0 would be).
+        let (client, epoch) = self.serving_for(user, file, Need::Read)?;
         let expires_ms = now_ms() + self.config.ticket_ttl.as_millis() as u64;
-        let ticket = self.ticket_key.issue("nm", file, Op::Read, 0, expires_ms);
+        let ticket = self
+            .ticket_key
+            .issue("nm", file, Op::Read, epoch, expires_ms);
         let request = SsCommand::Read {
             file: file.to_owned(),
             ticket,

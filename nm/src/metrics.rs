@@ -122,7 +122,7 @@ impl Default for NmMetrics {
         );
         registry.register(
             "docs_nm_stalls",
-            "Times nm did not run for a while and gave every server a fresh timeout",
+            "Times nm did not run for a while (that time is not counted as any server's silence)",
             m.nm_stalls.clone(),
         );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;

@@ -185,8 +185,11 @@ impl Nm {
     ///
     /// Only time during which nm itself ran counts: if this loop wakes far
     /// later than it asked (nm was paused, or starved of CPU), the servers'
-    /// heartbeats may be waiting unread in its sockets, so every server gets
-    /// a fresh timeout instead of being declared failed for nm's own stall.
+    /// heartbeats may be waiting unread in its sockets, so the stall is
+    /// credited to every server's silence (not a fresh timeout: stalls that
+    /// recur faster than the timeout must not hide a silent server). The
+    /// stall is credited even while this nm does not lead, so a lease
+    /// renewed after a pause finds no server blamed for it.
     pub async fn heartbeat_monitor(self: Arc<Self>) {
         let timeout = self.config.heartbeat_timeout;
         let tick = (timeout / 10).clamp(
@@ -200,11 +203,6 @@ impl Nm {
             let now = std::time::Instant::now();
             let slept = now - last;
             last = now;
-            if !self.leads() {
-                // Deposed (or about to be): no server is declared failed
-                // by an nm that no longer leads.
-                continue;
-            }
             if slept > stall {
                 let stalled = slept - tick;
                 let servers = self.state().registry.credit_stall(stalled);
@@ -215,6 +213,11 @@ impl Nm {
                     servers,
                     "nm did not run for a while; that time does not count as any server's silence"
                 );
+                continue;
+            }
+            if !self.leads() {
+                // Deposed (or about to be): no server is declared failed
+                // by an nm that no longer leads.
                 continue;
             }
             let silent = self.state().registry.silent(timeout);

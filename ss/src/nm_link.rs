@@ -152,14 +152,15 @@ impl NmLink {
 
     /// Takes nm's `SetRole` once no change is in flight, and follows it
     /// with the replication stream.
-    pub async fn change_role(&self, part: Part) {
-        self.role.change(part, || self.update_stream_target()).await;
+    pub async fn change_role(&self, part: Part) -> Result<(), WireError> {
+        self.role.change(part, || self.update_stream_target()).await
     }
 
     /// Takes the part a registration's answer gave.
-    fn set_role(&self, part: Part) {
-        self.role.set(part);
+    fn set_role(&self, part: Part) -> Result<(), WireError> {
+        self.role.set(part)?;
         self.update_stream_target();
+        Ok(())
     }
 
     /// The key that verifies client tickets, once registered.
@@ -456,7 +457,7 @@ async fn serve_link(
             epoch,
             serving,
             writable,
-        });
+        })?;
     } else {
         tracing::info!(
             event = "ss_role_kept",

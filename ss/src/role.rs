@@ -66,10 +66,19 @@ impl PairRole {
         self.part().serving
     }
 
+    /// The largest epoch a part can carry (epochs count failovers).
+    pub const MAX_EPOCH: u64 = (1 << 62) - 1;
+
     /// Takes `part` (without waiting for changes in flight: at registration,
-    /// before any request is served under it).
-    pub fn set(&self, part: Part) {
-        assert!(part.epoch < 1 << 62, "epoch {} out of range", part.epoch);
+    /// before any request is served under it). An epoch beyond
+    /// [`PairRole::MAX_EPOCH`] is refused and changes nothing.
+    pub fn set(&self, part: Part) -> Result<(), WireError> {
+        if part.epoch > Self::MAX_EPOCH {
+            return Err(WireError::bad_request(format!(
+                "epoch {} is beyond the largest this server can hold",
+                part.epoch
+            )));
+        }
         self.part.store(part.pack(), Ordering::Release);
         tracing::info!(
             event = "ss_role",
@@ -78,15 +87,17 @@ impl PairRole {
             writable = part.writable,
             "role set by nm"
         );
+        Ok(())
     }
 
     /// Takes `part` from nm's `SetRole` once no change is in flight, and
     /// runs `then` before any change may start under it.
-    pub async fn change(&self, part: Part, then: impl FnOnce()) {
+    pub async fn change(&self, part: Part, then: impl FnOnce()) -> Result<(), WireError> {
         let _alone = self.change.write().await;
+        self.set(part)?;
         self.sets.fetch_add(1, Ordering::SeqCst);
-        self.set(part);
         then();
+        Ok(())
     }
 
     /// How many parts nm set by `SetRole`. nm sends one only after it has
@@ -121,7 +132,22 @@ impl PairRole {
 
     /// `Ok` when clients may read here: nm sent them, and the lease holds.
     pub fn check_serving(&self) -> Result<(), WireError> {
-        if !self.is_serving() {
+        self.check(self.part()).map(|_| ())
+    }
+
+    /// `Ok` when changes may be accepted here (serving, writable, lease valid).
+    pub fn check_writable(&self) -> Result<(), WireError> {
+        if !self.check(self.part())?.writable {
+            return Err(WireError::unavailable(
+                "this server does not accept changes now (its pair is handing over); retry through nm",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `part`, if clients may be served under it now (the lease holds).
+    fn check(&self, part: Part) -> Result<Part, WireError> {
+        if !part.serving {
             return Err(WireError::unavailable(
                 "this server is not serving clients now (catching up, or not its pair's active server); ask nm again",
             ));
@@ -131,18 +157,7 @@ impl PairRole {
                 "this server has lost contact with nm and stopped serving; ask nm again",
             ));
         }
-        Ok(())
-    }
-
-    /// `Ok` when changes may be accepted here (serving, writable, lease valid).
-    pub fn check_writable(&self) -> Result<(), WireError> {
-        self.check_serving()?;
-        if !self.part().writable {
-            return Err(WireError::unavailable(
-                "this server does not accept changes now (its pair is handing over); retry through nm",
-            ));
-        }
-        Ok(())
+        Ok(part)
     }
 }
 
@@ -166,9 +181,26 @@ mod tests {
             },
         ] {
             let role = PairRole::default();
-            role.set(part);
+            role.set(part).unwrap();
             assert_eq!(role.part(), part);
         }
+    }
+
+    #[test]
+    fn an_epoch_too_large_is_refused_and_changes_nothing() {
+        let role = PairRole::default();
+        let first = Part {
+            epoch: 3,
+            serving: true,
+            writable: true,
+        };
+        role.set(first).unwrap();
+        let huge = Part {
+            epoch: PairRole::MAX_EPOCH + 1,
+            ..first
+        };
+        assert!(role.set(huge).is_err());
+        assert_eq!(role.part(), first);
     }
 
     #[test]
@@ -178,7 +210,8 @@ mod tests {
             epoch: 1,
             serving: true,
             writable: false,
-        });
+        })
+        .unwrap();
         assert!(role.check_serving().is_err(), "no lease yet");
         role.renew_lease(Some(Instant::now() + std::time::Duration::from_secs(5)));
         assert!(role.check_serving().is_ok());

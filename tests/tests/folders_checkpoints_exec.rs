@@ -228,3 +228,37 @@ EXEC loud.sh
     cluster.console("bob", "LIST\n").all_ok();
     assert_eq!(codes(&cluster, "bob", "EXEC s.sh\n"), ["E_UNAUTHORIZED"]);
 }
+
+/// EXEC on a pair that failed over: the ticket nm issues itself for the
+/// script carries the pair's epoch (one of epoch 0 was refused by the
+/// promoted backup as older than its own).
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_runs_on_a_pair_that_failed_over() {
+    let options = Options {
+        nm_args: vec!["--allow-exec"],
+        ..Options::default()
+    };
+    let mut cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
+    cluster
+        .wait_pair("ss1", shared::proto::PairState::Active)
+        .await;
+    cluster
+        .console(
+            "alice",
+            "CREATE s.sh\nWRITE s.sh 0\n0 echo promoted\nETIRW\n",
+        )
+        .all_ok();
+    cluster.wait_replicated().await;
+    cluster.kill_ss("ss1");
+    let run = harness::eventually("EXEC on the promoted backup", async || {
+        let run = cluster.console("alice", "EXEC s.sh\n");
+        // Until the promotion completes the pair is unavailable; then it runs.
+        (run.codes() != ["E_UNAVAILABLE"]).then_some(run)
+    })
+    .await;
+    assert_eq!(run.codes(), ["ok"], "{:?}", run.get(0));
+    assert_eq!(run.get(0)["data"]["stdout"], "promoted\n");
+    let status = cluster.status().await;
+    let pair = status.pairs.iter().find(|p| p.primary == "ss1").unwrap();
+    assert!(pair.epoch > 0, "the pair failed over: {pair:?}");
+}

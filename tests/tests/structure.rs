@@ -69,7 +69,53 @@ fn paths_after<'a>(code: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
         .collect()
 }
 
-/// Module → the modules of the same crate it names (the longest path that is a module).
+/// The paths of a `use` group after `prefix{` (`crate::{a::B, c::{D, E}}`
+/// gives `a::B`, `c`), as well as the plain paths after `prefix`.
+fn paths_named<'a>(code: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
+    let mut found = paths_after(code, prefix);
+    let group = format!("{prefix}{{");
+    for (i, _) in code.match_indices(&group) {
+        let inner = &code[i + group.len()..];
+        let (mut depth, mut start) = (0usize, 0usize);
+        for (j, c) in inner.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    found.push(first_path(&inner[start..j]));
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    found.push(first_path(&inner[start..j]));
+                    start = j + 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+/// `a::b::{C, D}` → [a, b].
+fn first_path(item: &str) -> Vec<&str> {
+    let item = item.trim();
+    let end = item
+        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+        .unwrap_or(item.len());
+    item[..end].split("::").filter(|s| !s.is_empty()).collect()
+}
+
+/// Whether `ancestor` contains `module`. A submodule naming its ancestors
+/// (`use super::*`: a child may use its parent's private items) is part of
+/// the ancestor; only its other imports count. The ancestor's use of it
+/// does count, so a child that imports a module importing its parent is a loop.
+fn contains(ancestor: &str, module: &str) -> bool {
+    module.starts_with(&format!("{ancestor}::"))
+}
+
+/// Module → the modules of the same crate it names (the longest path that
+/// is a module): `crate::` paths, `super::` paths, and paths through its own
+/// child modules; a submodule's links to its own ancestors left out.
 fn imports(crate_dir: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let modules = modules(crate_dir);
     let longest = |parts: &[&str]| {
@@ -78,21 +124,38 @@ fn imports(crate_dir: &Path) -> BTreeMap<String, BTreeSet<String>> {
             .map(|k| parts[..k].join("::"))
             .find(|m| modules.contains_key(m))
     };
-    let mut graph = BTreeMap::new();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (name, path) in &modules {
         let code = code(path);
         let mut deps = BTreeSet::new();
-        for parts in paths_after(&code, "crate::") {
+        for parts in paths_named(&code, "crate::") {
             deps.extend(longest(&parts));
         }
         if let Some((parent, _)) = name.rsplit_once("::") {
-            for parts in paths_after(&code, "super::") {
+            for parts in paths_named(&code, "super::") {
                 let full: Vec<&str> = parent.split("::").chain(parts).collect();
                 deps.insert(longest(&full).unwrap_or_else(|| parent.to_owned()));
             }
         }
-        deps.remove(name);
-        graph.insert(name.clone(), deps);
+        let children = modules
+            .keys()
+            .filter_map(|m| m.strip_prefix(&format!("{name}::")))
+            .filter(|rest| !rest.contains("::"));
+        for child in children {
+            for parts in paths_after(&code, &format!("{child}::")) {
+                let full: Vec<&str> = name.split("::").chain([child]).chain(parts).collect();
+                deps.extend(longest(&full));
+            }
+        }
+        deps.retain(|d| d != name && !contains(d, name));
+        graph.entry(name.clone()).or_default().extend(deps);
+        // A parent contains its children: what they import, it imports.
+        if let Some((parent, _)) = name.rsplit_once("::") {
+            graph
+                .entry(parent.to_owned())
+                .or_default()
+                .insert(name.clone());
+        }
     }
     graph
 }
@@ -131,7 +194,6 @@ fn loops(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
 #[test]
 fn no_crate_has_an_import_loop() {
     let mut all = Vec::new();
-    // (`bench` is one module: nothing to loop.)
     for name in ["shared", "daemon", "nm", "ss", "console", "harness"] {
         let graph = imports(&workspace().join(name));
         assert!(graph.len() >= 3, "{name}: no modules found");
@@ -144,6 +206,24 @@ fn no_crate_has_an_import_loop() {
         "modules importing each other in a loop:\n{}",
         all.join("\n")
     );
+}
+
+#[test]
+fn the_import_graph_sees_every_kind_of_path() {
+    let nm = imports(&workspace().join("nm"));
+    let ss = imports(&workspace().join("ss"));
+    let edges: usize = nm.values().chain(ss.values()).map(BTreeSet::len).sum();
+    assert!(edges > 60, "only {edges} imports found in nm and ss");
+    // `use crate::state::Nm;`, `use crate::{a, b}`, `super::x::Y` and paths
+    // through a child module are all seen.
+    assert!(nm["replication::worker"].contains("state"));
+    assert!(nm["replication::worker"].contains("replication::queue"));
+    assert!(ss["server::commands"].contains("role"));
+    assert!(ss["stream"].contains("nm_link"));
+    let grouped = "use crate::{journal::Record, namespace::{Namespace, X}};";
+    let paths: Vec<Vec<&str>> = paths_named(grouped, "crate::");
+    assert!(paths.contains(&vec!["journal", "Record"]), "{paths:?}");
+    assert!(paths.contains(&vec!["namespace"]), "{paths:?}");
 }
 
 #[test]
@@ -160,22 +240,60 @@ fn the_loop_check_finds_a_loop() {
     assert_eq!(loops(&graph), [vec!["a", "b", "c"]]);
 }
 
+/// The crates a manifest depends on, in any dependency section
+/// (`[dependencies]`, `[dev-dependencies]`, `[target.….dependencies]`,
+/// `[dependencies.name]`), however the entry is written.
+fn dependencies(manifest: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut in_section = false;
+    for line in manifest.lines().map(str::trim) {
+        if let Some(header) = line.strip_prefix('[') {
+            let header = header.trim_end_matches(']');
+            let section = header.rsplit('.').next().unwrap_or(header);
+            in_section = header.ends_with("dependencies");
+            if !in_section && header.contains("dependencies.") {
+                found.insert(section.to_owned());
+            }
+            continue;
+        }
+        if in_section {
+            let key = line.split(['=', '.', ' ']).next().unwrap_or("");
+            if !key.is_empty() && !key.starts_with('#') {
+                found.insert(key.to_owned());
+            }
+        }
+    }
+    found
+}
+
 #[test]
 fn no_client_crate_depends_on_a_daemon_crate() {
     for client in ["console", "bench", "client", "harness", "shared"] {
         let manifest =
             std::fs::read_to_string(workspace().join(client).join("Cargo.toml")).unwrap();
-        let dependencies = manifest
-            .split("\n[")
-            .filter(|section| section.starts_with("dependencies]"))
-            .collect::<String>();
+        let deps = dependencies(&manifest);
+        assert!(
+            deps.contains("tokio"),
+            "{client}: no dependencies read: {deps:?}"
+        );
         for daemon in ["nm", "ss", "daemon"] {
             assert!(
-                !dependencies
-                    .lines()
-                    .any(|l| l.split(['=', ' ']).next() == Some(daemon)),
+                !deps.contains(daemon),
                 "{client} depends on the daemon crate {daemon}"
             );
         }
     }
+}
+
+#[test]
+fn dependencies_are_read_however_they_are_written() {
+    let manifest = "[dependencies]\nnm = { path = \"../nm\" }\nss.workspace = true\n\n[dev-dependencies]\ndaemon = \"1\"\n\n[dependencies.extra]\nversion = \"1\"\n\n[features]\nha = []\n";
+    let deps = dependencies(manifest);
+    assert_eq!(
+        deps,
+        ["daemon", "extra", "nm", "ss"]
+            .map(String::from)
+            .into_iter()
+            .collect()
+    );
 }

@@ -31,16 +31,15 @@ impl Server {
                 epoch,
                 serving,
                 writable,
-            } => {
-                self.link
-                    .change_role(crate::role::Part {
-                        epoch,
-                        serving,
-                        writable,
-                    })
-                    .await;
-                Ok(SsReply::Done)
-            }
+            } => self
+                .link
+                .change_role(crate::role::Part {
+                    epoch,
+                    serving,
+                    writable,
+                })
+                .await
+                .map(|()| SsReply::Done),
             SsCommand::SetPartner { partner } => {
                 self.link.set_partner(partner);
                 Ok(SsReply::Done)
@@ -287,7 +286,7 @@ pub(super) fn operation_name(command: &SsCommand) -> &'static str {
         SsCommand::CreateCheckpoint { .. } => "CHECKPOINT",
         SsCommand::Revert { .. } => "REVERT",
         SsCommand::ListCheckpoints { .. } => "LISTCHECKPOINTS",
-        SsCommand::Read { .. } => "EXEC_READ",
+        SsCommand::Read { .. } => "READ",
         SsCommand::PullFiles { .. } => "PULL_FILES",
         SsCommand::ApplyDelete { .. } => "APPLY_DELETE",
         SsCommand::PurgeTombstone { .. } => "PURGE_TOMBSTONE",

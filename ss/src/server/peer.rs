@@ -39,8 +39,9 @@ impl Server {
                     tokio::task::block_in_place(|| self.files.open_checkpoint(&file, &tag));
                 self.send_chunks(conn, id, &file, opened).await
             }
-            PeerRequest::StreamOpen { .. } => Ok(Err(WireError::bad_request(
-                "a replication stream is opened as a connection's first request",
+            // The connection loop hands a StreamOpen to `follow_stream`.
+            PeerRequest::StreamOpen { .. } => Ok(Err(WireError::internal(
+                "StreamOpen is served by the connection loop",
             ))),
         }
     }
