@@ -486,6 +486,10 @@ async fn a_write_after_create_uses_the_location_create_returned_and_asks_nm_agai
     // The server CREATE pointed to fails before the WRITE that follows.
     client.create("later.txt").await.unwrap();
     cluster.wait_replicated().await;
+    // STATUS does not see a change the stream carries until the backup
+    // acknowledges it: wait for the file itself (a loaded machine once took
+    // more than 90 ms, and the promoted backup lacked it).
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     cluster.kill_ss("ss1");
     cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
     eventually("the backup to serve", async || {

@@ -249,6 +249,7 @@ async fn exec_runs_on_a_pair_that_failed_over() {
         )
         .all_ok();
     cluster.wait_replicated().await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
     cluster.kill_ss("ss1");
     let run = harness::eventually("EXEC on the promoted backup", async || {
         let run = cluster.console("alice", "EXEC s.sh\n");
