@@ -81,14 +81,17 @@ async fn a_killed_leader_is_replaced_and_no_server_is_promoted() {
     cluster.start_nm(old);
     let back = cluster.nm_addr(old);
     cluster.wait_standby(old).await;
-    // Dialled alone, a standby redirects to the leader.
-    let refused = client::Client::connect(&back, "alice")
-        .await
-        .err()
-        .expect("refused");
-    let shared::connection::ConnectionError::Refused(error) = refused else {
-        panic!("expected a refusal, got {refused}");
-    };
+    // Dialled alone, a standby redirects to the leader, once it has seen the
+    // leader's key (its warm flag can be on record a moment before: until
+    // then it answers E_UNAVAILABLE, "no nm leads at the moment").
+    let error = eventually("the restarted nm to redirect to the leader", async || {
+        let refused = client::Client::connect(&back, "alice").await.err()?;
+        let shared::connection::ConnectionError::Refused(error) = refused else {
+            panic!("expected a refusal, got {refused}");
+        };
+        (error.code != ErrorCode::Unavailable).then_some(error)
+    })
+    .await;
     assert_eq!(error.code, ErrorCode::NotLeader);
     assert_eq!(error.leader.as_deref(), Some(leader.address.as_str()));
     let view = cluster.console("alice", "VIEW\n");
