@@ -247,16 +247,9 @@ async fn only_the_partner_may_open_a_stream() {
         .storage("ss1_backup")
         .join("files/planted.txt")
         .exists());
-    // The wrong epoch is refused even from the partner.
-    let mut wrong = shared::connection::RpcClient::connect_keyed(
-        &backup,
-        Role::StorageServer,
-        "ss1",
-        Some(&key),
-    )
-    .await
-    .unwrap();
-    let refused = wrong
+    // The wrong epoch is refused even from the partner (on the connection
+    // whose StreamApply was refused: a bad request does not close it).
+    let refused = partner
         .call::<_, SsReply>(PeerRequest::StreamOpen { epoch: 999 })
         .await
         .unwrap()
