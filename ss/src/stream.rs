@@ -530,20 +530,46 @@ pub async fn follow(
         let files = files.clone();
         let link = link.clone();
         let replies = replies.clone();
+        let peer_name = peer.clone();
         let id = request.id;
         tokio::task::spawn_blocking(move || {
             // No role change while it is applied: a server promoted meanwhile
-            // takes nothing more from its old partner.
+            // takes nothing more from its old partner, and serves nothing
+            // acknowledged before it is in place.
             let _role = link.role().change_guard_blocking();
+            let mut acknowledged = false;
+            // A change is acknowledged as soon as it is durable here, before
+            // it is put in place: in sync mode the client waits for this.
+            let mut durable = || {
+                if !acknowledged {
+                    acknowledged = true;
+                    let _ = replies.send(Reply {
+                        id,
+                        result: Ok(SsReply::Done),
+                    });
+                }
+            };
             let result = if link.role().is_serving() || link.role().epoch() != epoch {
                 Err(WireError::unavailable(
                     "this server's part changed; the stream is over",
                 ))
             } else {
-                apply(&files, change).map(|()| SsReply::Done)
+                apply(&files, change, &mut durable).map(|()| SsReply::Done)
             };
             drop(permit);
-            let _ = replies.send(Reply { id, result });
+            match result {
+                Ok(_) => durable(),
+                Err(error) if !acknowledged => {
+                    let _ = replies.send(Reply {
+                        id,
+                        result: Err(error),
+                    });
+                }
+                // Durable in the log, so the next replay puts it in place.
+                Err(error) => {
+                    tracing::error!(event = "ss_stream_apply_failed", partner = %peer_name, error = %error, "a change acknowledged as durable could not be finished; a restart replays it")
+                }
+            }
         });
     }
     drop(replies);
@@ -564,14 +590,15 @@ enum Applied {
 }
 
 /// Installs one streamed change like a copy from the partner (a delete
-/// like nm's `ApplyDelete`: a newer local copy is kept).
-fn apply(files: &Files, change: Applied) -> Result<(), WireError> {
+/// like nm's `ApplyDelete`: a newer local copy is kept). `durable` is called
+/// once a put is durable, before it is in place.
+fn apply(files: &Files, change: Applied, durable: &mut dyn FnMut()) -> Result<(), WireError> {
     match change {
         Applied::Put {
             file,
             meta,
             content,
-        } => files.install_streamed(&file, meta, &content),
+        } => files.install_streamed(&file, meta, &content, durable),
         Applied::Delete { file, stamp } => files.apply_delete(&file, stamp),
     }
 }

@@ -99,12 +99,14 @@ impl Files {
 
     /// Installs a change that came on the replication stream (a file
     /// without checkpoints, whole), under the same rules as a copy; returns
-    /// once it is durable here.
+    /// once it is in place. `durable` is called once it is durable here
+    /// (and may not be: an older version, or a refusal, is only returned).
     pub fn install_streamed(
         &self,
         file: &str,
         meta: FileMeta,
         content: &[u8],
+        durable: &mut dyn FnMut(),
     ) -> Result<(), WireError> {
         if !meta.checkpoints.is_empty() {
             return Err(WireError::bad_request(
@@ -112,7 +114,7 @@ impl Files {
             ));
         }
         self.place_if_newer(file, meta, |store, _, meta| {
-            store.install_streamed(file, content, meta)
+            store.install_streamed(file, content, meta, durable)
         })
     }
 

@@ -429,11 +429,16 @@ impl Store {
     /// journal-less ext4 a crash could then leave the name on new content
     /// that was never synced, under metadata that still names the old
     /// version. Without the log: as any copy, durable before it returns.
+    ///
+    /// `durable` is called once the change is durable here, before it is put
+    /// in place: from then on it is applied or the server aborts (and the
+    /// replay applies it), so the standby may acknowledge it at once.
     pub fn install_streamed(
         &self,
         file: &str,
         content: &[u8],
         meta: &FileMeta,
+        durable: &mut dyn FnMut(),
     ) -> Result<(), StoreError> {
         match &self.wal {
             Some(wal) if content.len() <= MAX_LOGGED_BYTES => {
@@ -450,6 +455,7 @@ impl Store {
                 let mut temp = self.temp_file()?;
                 temp.write_all(content)?;
                 let logged = written.durable()?;
+                durable();
                 let applied = self
                     .place(temp, file, Placed::Content, &mut BTreeSet::new())
                     .and_then(|()| self.write_meta_files(file, meta, Durable::Later));
@@ -791,12 +797,36 @@ mod tests {
                 assert_eq!(store.read_content("a").unwrap(), text.as_bytes());
                 store.empty_displaced_spares();
                 store
-                    .install_streamed("b", text.as_bytes(), &meta(version))
+                    .install_streamed("b", text.as_bytes(), &meta(version), &mut || {})
                     .unwrap();
                 assert_eq!(store.read_content("b").unwrap(), text.as_bytes());
                 assert_eq!(store.read_meta("b").unwrap().stats.version, version);
             }
         }
+    }
+
+    #[test]
+    fn a_streamed_install_is_durable_when_announced_and_in_place_when_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        store
+            .install_streamed("b", b"Old text.", &meta(1), &mut || {})
+            .unwrap();
+        let mut announced = 0;
+        store
+            .install_streamed("b", b"Streamed text.", &meta(2), &mut || {
+                announced += 1;
+                let log = fs::read(dir.path().join("wal.log")).unwrap();
+                assert!(
+                    log.windows(14).any(|w| w == b"Streamed text."),
+                    "announced durable before its record is in the log"
+                );
+                assert_eq!(store.read_content("b").unwrap(), b"Old text.");
+            })
+            .unwrap();
+        assert_eq!(announced, 1);
+        assert_eq!(store.read_content("b").unwrap(), b"Streamed text.");
+        assert_eq!(store.read_meta("b").unwrap().stats.version, 2);
     }
 
     #[test]
@@ -806,9 +836,11 @@ mod tests {
             let store = Store::open(dir.path(), true).unwrap();
             let long = "An old and much longer content. ".repeat(100);
             store
-                .install_streamed("b", long.as_bytes(), &meta(1))
+                .install_streamed("b", long.as_bytes(), &meta(1), &mut || {})
                 .unwrap();
-            store.install_streamed("b", b"Second.", &meta(2)).unwrap();
+            store
+                .install_streamed("b", b"Second.", &meta(2), &mut || {})
+                .unwrap();
             store.empty_displaced_spares();
             let mut temp = store.temp_file().unwrap();
             assert!(temp.recycled, "a spare is reused");
