@@ -449,6 +449,10 @@ fn every_message_round_trips() {
                 checkpoints: Default::default(),
             },
             content: serde_bytes::ByteBuf::from(b"Hello.".to_vec()),
+            checkpoints: vec![shared::proto::StreamedCheckpoint {
+                tag: "v1".into(),
+                content: serde_bytes::ByteBuf::from(b"Hi.".to_vec()),
+            }],
         },
         StreamRequest::StreamDelete {
             file: "a".into(),
@@ -563,7 +567,7 @@ fn golden_bytes() {
     // A client's handshake: {magic, version, role, name}.
     assert_eq!(
         hex(&rmp_serde::to_vec_named(&Hello::new(Role::Client, "alice")).unwrap()),
-        "84a56d61676963ce444f432ba776657273696f6e06a4726f6c65a6434c49454e54a46e616d65a5616c696365"
+        "84a56d61676963ce444f432ba776657273696f6e07a4726f6c65a6434c49454e54a46e616d65a5616c696365"
     );
     // A request: {id, body: {Create: {file}}}.
     let create = Request {

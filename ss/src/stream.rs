@@ -21,10 +21,14 @@
 //!   sync if that fails). nm records every streamed change in the pair's
 //!   catch-up record and settles it when the batched acknowledgements
 //!   ([`shared::proto::ControlRequest::Streamed`]) arrive.
-//! - It carries CREATE, ETIRW, UNDO, access-list changes and MOVEs of files
-//!   up to [`MAX_STREAMED_BYTES`] without checkpoints, and DELETEs. The rest
-//!   (larger files, checkpoints and REVERT) go through nm's jobs as before. A DELETE handed back goes to nm flagged as one, so nm copies
-//!   it as a delete even once the file has left its namespace.
+//! - It carries every change of a file up to [`MAX_STREAMED_BYTES`]
+//!   (content and the checkpoints the change made): CREATE, ETIRW, UNDO,
+//!   REVERT, CHECKPOINT, access-list changes, MOVEs without checkpoints, and
+//!   DELETEs. Larger files, and MOVEs of files with checkpoints, go through
+//!   nm's jobs as before. A change naming a checkpoint the standby lacks is
+//!   refused there and handed to nm. A DELETE handed back goes to nm flagged
+//!   as one, so nm copies it as a delete even once the file has left its
+//!   namespace.
 
 use crate::files::Files;
 use crate::nm_link::{NmLink, StreamTarget};
@@ -32,6 +36,7 @@ use crate::unconfirmed::Unconfirmed;
 use shared::connection::{Connection, ConnectionError, Incoming};
 use shared::proto::{
     FileMeta, FileStats, PeerRequest, Reply, Request, Role, SsReply, StreamRequest, StreamedChange,
+    StreamedCheckpoint,
 };
 use shared::WireError;
 use std::collections::HashMap;
@@ -78,8 +83,13 @@ struct Outgoing {
 }
 
 enum Change {
-    /// The file as committed: metadata and content.
-    Put { meta: FileMeta, content: Vec<u8> },
+    /// The file as committed: metadata, content and the content of each
+    /// checkpoint the change made.
+    Put {
+        meta: FileMeta,
+        content: Vec<u8>,
+        checkpoints: Vec<StreamedCheckpoint>,
+    },
     /// The file deleted at (epoch, version).
     Delete { epoch: u64, version: u64 },
 }
@@ -130,17 +140,33 @@ impl Streamer {
     }
 
     /// Sends a committed change to the standby, if the stream is open for
-    /// the epoch it was made in and has room.
-    pub fn offer(&self, file: &str, meta: &FileMeta, content: &[u8]) -> Offered {
-        if content.len() > MAX_STREAMED_BYTES {
+    /// the epoch it was made in and has room. `checkpoints` are those the
+    /// change made (tag and content); the standby has every other one the
+    /// file names, or refuses the change and nm copies it.
+    pub fn offer(
+        &self,
+        file: &str,
+        meta: &FileMeta,
+        content: &[u8],
+        checkpoints: &[(&str, &[u8])],
+    ) -> Offered {
+        let bytes = content.len() + checkpoints.iter().map(|(_, c)| c.len()).sum::<usize>();
+        if bytes > MAX_STREAMED_BYTES {
             return Offered::NotSent;
         }
         // Copied only once the stream has room for it.
         let change = || Change::Put {
             meta: meta.clone(),
             content: content.to_vec(),
+            checkpoints: checkpoints
+                .iter()
+                .map(|(tag, content)| StreamedCheckpoint {
+                    tag: (*tag).to_owned(),
+                    content: serde_bytes::ByteBuf::from(content.to_vec()),
+                })
+                .collect(),
         };
-        self.send(file, &meta.stats, content.len(), change)
+        self.send(file, &meta.stats, bytes, change)
     }
 
     /// Sends a committed DELETE (its tombstone's stamp is `stats`).
@@ -358,10 +384,15 @@ impl Streamer {
                 change = outgoing.recv() => {
                     let Some(change) = change else { return Ok(()) };
                     let body = match change.change {
-                        Change::Put { meta, content } => StreamRequest::StreamApply {
+                        Change::Put {
+                            meta,
+                            content,
+                            checkpoints,
+                        } => StreamRequest::StreamApply {
                             file: change.file,
                             meta,
                             content: serde_bytes::ByteBuf::from(content),
+                            checkpoints,
                         },
                         Change::Delete { epoch, version } => StreamRequest::StreamDelete {
                             file: change.file,
@@ -506,10 +537,12 @@ pub async fn follow(
                 file,
                 meta,
                 content,
+                checkpoints,
             } => Applied::Put {
                 file,
                 meta,
                 content: content.into_vec(),
+                checkpoints,
             },
             StreamRequest::StreamDelete {
                 file,
@@ -582,6 +615,7 @@ enum Applied {
         file: String,
         meta: FileMeta,
         content: Vec<u8>,
+        checkpoints: Vec<StreamedCheckpoint>,
     },
     Delete {
         file: String,
@@ -598,7 +632,8 @@ fn apply(files: &Files, change: Applied, durable: &mut dyn FnMut()) -> Result<()
             file,
             meta,
             content,
-        } => files.install_streamed(&file, meta, &content, durable),
+            checkpoints,
+        } => files.install_streamed(&file, meta, &content, &checkpoints, durable),
         Applied::Delete { file, stamp } => files.apply_delete(&file, stamp),
     }
 }

@@ -115,6 +115,47 @@ async fn creates_writes_undos_access_changes_deletes_and_moves_go_on_the_stream_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn checkpoints_and_reverts_go_on_the_stream_with_the_checkpoints_they_need() {
+    let mut cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let events = cluster.watch_events();
+    until_streaming(&cluster, &events).await;
+    cluster.console("alice", "CREATE c.txt\n").all_ok();
+    write(&cluster, "c.txt", "First draft.");
+    cluster.console("alice", "CHECKPOINT c.txt v1\n").all_ok();
+    let kept = cluster.storage("ss1_backup").join("checkpoints/c.txt/v1");
+    eventually("the checkpoint on the backup", async || {
+        (std::fs::read_to_string(&kept).ok()? == "First draft.").then_some(())
+    })
+    .await;
+    // Changes to a file with checkpoints stream too: the backup has them.
+    write(&cluster, "c.txt", "Second thoughts.");
+    eventually("the write on the backup", async || {
+        backup_content(&cluster, "c.txt")
+            .contains("Second thoughts.")
+            .then_some(())
+    })
+    .await;
+    cluster.console("alice", "REVERT c.txt v1\n").all_ok();
+    eventually("the REVERT on the backup", async || {
+        (backup_content(&cluster, "c.txt") == "First draft.").then_some(())
+    })
+    .await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+    assert_eq!(
+        jobs_queued_for(&events, "c.txt"),
+        0,
+        "a streamed CHECKPOINT, write or REVERT of c.txt queued a replication job"
+    );
+    // The promoted backup serves the checkpoint it was streamed.
+    cluster.kill_ss("ss1");
+    cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
+    let run = cluster.console("alice", "VIEWCHECKPOINT c.txt v1\nREAD c.txt\n");
+    run.all_ok();
+    assert!(run.stdout.contains("First draft."), "{}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn in_sync_mode_the_backup_has_the_text_when_etirw_is_answered() {
     let options = Options {
         nm_args: vec!["--replication", "sync"],
@@ -125,13 +166,20 @@ async fn in_sync_mode_the_backup_has_the_text_when_etirw_is_answered() {
     let events = cluster.watch_events();
     until_streaming(&cluster, &events).await;
     cluster.console("alice", "CREATE s.txt\n").all_ok();
+    let log = cluster.storage("ss1_backup").join("wal.log");
     for i in 0..20 {
         write(&cluster, "s.txt", &format!("Sync {i}."));
-        // No waiting: synchronous means the backup had it before the answer.
+        // No waiting: synchronous means the backup had it durably before
+        // the answer, in its write-ahead log (which a restart replays) if
+        // not yet in the file. The log is read first: it is emptied only
+        // after the file has the change.
+        let text = format!("Sync {i}.");
+        let logged = std::fs::read(&log).unwrap_or_default();
+        let in_log = logged.windows(text.len()).any(|w| w == text.as_bytes());
         let on_backup = backup_content(&cluster, "s.txt");
         assert!(
-            on_backup.contains(&format!("Sync {i}.")),
-            "ETIRW {i} answered before the backup had it: {on_backup:?}"
+            in_log || on_backup.contains(&text),
+            "ETIRW {i} answered before the backup had it durably: {on_backup:?}"
         );
     }
     assert!(streamed(&events, "s.txt"));
@@ -223,6 +271,7 @@ async fn only_the_partner_may_open_a_stream() {
             checkpoints: Default::default(),
         },
         content: serde_bytes::ByteBuf::from(b"Planted.".to_vec()),
+        checkpoints: Vec::new(),
     };
     let mut client = shared::connection::RpcClient::connect(&backup, Role::Client, "mallory")
         .await

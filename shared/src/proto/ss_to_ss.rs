@@ -35,10 +35,18 @@ pub enum StreamRequest {
     /// A committed change, whole (metadata
     /// and content), answered with `Done` once it is durable here. Applied
     /// like a copy: never over a newer version or a newer delete.
+    ///
+    /// `checkpoints` carries the content of each checkpoint the change
+    /// made (a CHECKPOINT); every other checkpoint `meta` names must
+    /// already be on the standby, as `meta` describes it, or the change is
+    /// refused (and the serving server hands it to nm, whose job copies
+    /// the file with its checkpoints).
     StreamApply {
         file: String,
         meta: FileMeta,
         content: ByteBuf,
+        #[serde(default)]
+        checkpoints: Vec<StreamedCheckpoint>,
     },
     /// A committed DELETE at (epoch,
     /// version), answered with `Done` once its tombstone is durable here.
@@ -48,4 +56,11 @@ pub enum StreamRequest {
         version: u64,
         epoch: u64,
     },
+}
+
+/// A checkpoint's content, carried with the change that made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamedCheckpoint {
+    pub tag: String,
+    pub content: ByteBuf,
 }

@@ -97,24 +97,56 @@ impl Files {
         })
     }
 
-    /// Installs a change that came on the replication stream (a file
-    /// without checkpoints, whole), under the same rules as a copy; returns
-    /// once it is in place. `durable` is called once it is durable here
-    /// (and may not be: an older version, or a refusal, is only returned).
+    /// Installs a change that came on the replication stream, whole, under
+    /// the same rules as a copy; returns once it is in place. `durable` is
+    /// called once it is durable here (and may not be: an older version, or
+    /// a refusal, is only returned).
+    ///
+    /// `checkpoints` are the contents of the checkpoints the change made.
+    /// Any other checkpoint the file names must be here already, as the
+    /// incoming metadata describes it; if not (a change overtook the
+    /// CHECKPOINT that made it, or the standby never had it), the change is
+    /// refused and nm's job copies the file with its checkpoints.
     pub fn install_streamed(
         &self,
         file: &str,
         meta: FileMeta,
         content: &[u8],
+        checkpoints: &[StreamedCheckpoint],
         durable: &mut dyn FnMut(),
     ) -> Result<(), WireError> {
-        if !meta.checkpoints.is_empty() {
-            return Err(WireError::bad_request(
-                "a file with checkpoints is copied by nm, not streamed",
-            ));
+        for carried in checkpoints {
+            shared::names::validate_tag(&carried.tag)?;
+            if !meta.checkpoints.contains_key(&carried.tag) {
+                return Err(WireError::bad_request(format!(
+                    "checkpoint {:?} of {file:?} is carried but not named by its metadata",
+                    carried.tag
+                )));
+            }
         }
-        self.place_if_newer(file, meta, |store, _, meta| {
-            store.install_streamed(file, content, meta, durable)
+        self.place_if_newer(file, meta, |store, local, meta| {
+            for (tag, info) in &meta.checkpoints {
+                let carried = checkpoints.iter().any(|c| &c.tag == tag);
+                if !carried
+                    && (local.checkpoints.get(tag) != Some(info)
+                        || !store.has_checkpoint(file, tag, info.size)?)
+                {
+                    return Err(WireError::unavailable(format!(
+                        "{file:?} names checkpoint {tag:?}, which this server lacks; nm copies the file with its checkpoints"
+                    ))
+                    .into());
+                }
+            }
+            for stale in local.checkpoints.keys() {
+                if !meta.checkpoints.contains_key(stale) {
+                    store.remove_checkpoint(file, stale)?;
+                }
+            }
+            let carried: Vec<(&str, &[u8])> = checkpoints
+                .iter()
+                .map(|c| (c.tag.as_str(), c.content.as_slice()))
+                .collect();
+            store.install_streamed(file, content, meta, &carried, durable)
         })
     }
 

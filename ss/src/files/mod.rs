@@ -17,7 +17,9 @@ pub use sessions::WriteSession;
 
 use crate::document::{count, insert_words, Document, SentenceId};
 use crate::store::{OpenContent, Placed, Store, StoreError, TempFile};
-use shared::proto::{AccessList, CheckpointInfo, FileMeta, FileStats, InventoryEntry, Tombstone};
+use shared::proto::{
+    AccessList, CheckpointInfo, FileMeta, FileStats, InventoryEntry, StreamedCheckpoint, Tombstone,
+};
 use shared::{now_ms, ErrorCode, WireError};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -75,7 +77,7 @@ pub struct Copied {
 }
 
 /// A file as a change left it: what the replication stream sends.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Committed {
     pub meta: FileMeta,
     pub content: Vec<u8>,
@@ -434,8 +436,7 @@ impl Files {
         meta.stats.bump(self.epoch());
         self.store.write_meta(file, &meta)?;
         e.meta = meta;
-        let streamable =
-            e.meta.checkpoints.is_empty() && e.meta.stats.size as usize <= MAX_STREAMED_BYTES;
+        let streamable = e.meta.stats.size as usize <= MAX_STREAMED_BYTES;
         let committed = match streamable {
             true => self.store.read_content(file).ok().map(|content| Committed {
                 meta: e.meta.clone(),
@@ -447,7 +448,14 @@ impl Files {
     }
 
     /// Snapshots the content under `tag`.
-    pub fn checkpoint(&self, file: &str, tag: &str) -> Result<FileStats, WireError> {
+    /// CHECKPOINT: the current content kept under `tag`. Returns the new
+    /// stats and, when it may go on the replication stream (small enough),
+    /// the file as the change left it (its content is the checkpoint's).
+    pub fn checkpoint(
+        &self,
+        file: &str,
+        tag: &str,
+    ) -> Result<(FileStats, Option<Committed>), WireError> {
         let entry = self.entry(file)?;
         let mut e = lock(&entry);
         if e.meta.checkpoints.contains_key(tag) {
@@ -468,7 +476,15 @@ impl Files {
         meta.stats.bump(self.epoch());
         self.store.checkpoint(file, tag, &meta)?;
         e.meta = meta;
-        Ok(e.meta.stats.clone())
+        let committed = match e.meta.stats.size as usize <= MAX_STREAMED_BYTES {
+            // Read under the entry's lock: no later change is in it.
+            true => self.store.read_content(file).ok().map(|content| Committed {
+                meta: e.meta.clone(),
+                content,
+            }),
+            false => None,
+        };
+        Ok((e.meta.stats.clone(), committed))
     }
 
     pub fn checkpoints(&self, file: &str) -> Result<Vec<CheckpointInfo>, WireError> {
@@ -495,8 +511,9 @@ impl Files {
         Ok(self.store.open_checkpoint(file, tag)?)
     }
 
-    /// Makes a checkpoint's content the current one, as one change UNDO can undo.
-    pub fn revert(&self, file: &str, tag: &str) -> Result<FileStats, WireError> {
+    /// Makes a checkpoint's content the current one, as one change UNDO can
+    /// undo. Returns the file as the change left it.
+    pub fn revert(&self, file: &str, tag: &str) -> Result<Committed, WireError> {
         let entry = self.entry(file)?;
         let mut e = lock(&entry);
         refuse_while_written(&e, file, "REVERT")?;
@@ -506,7 +523,10 @@ impl Files {
         apply_content_stats(&mut meta.stats, &content, self.epoch());
         self.store.commit(file, &content, &meta)?;
         e.meta = meta;
-        Ok(e.meta.stats.clone())
+        Ok(Committed {
+            meta: e.meta.clone(),
+            content,
+        })
     }
 
     /// Renames a file, keeping its checkpoints and undo level; the old name
@@ -729,6 +749,50 @@ mod tests {
     }
 
     #[test]
+    fn a_streamed_change_brings_the_checkpoints_it_made_and_needs_the_others() {
+        let (_primary_dir, primary) = files();
+        let (_standby_dir, standby) = files();
+        let carried = |tag: &str, content: &[u8]| StreamedCheckpoint {
+            tag: tag.into(),
+            content: serde_bytes::ByteBuf::from(content.to_vec()),
+        };
+        let install = |c: &Committed, checkpoints: &[StreamedCheckpoint]| {
+            standby.install_streamed("f", c.meta.clone(), &c.content, checkpoints, &mut || {})
+        };
+        primary.create("f", "alice").unwrap();
+        let mut w = primary.begin_write("f", 0).unwrap();
+        w.edit(0, "Version one.").unwrap();
+        install(&w.commit().unwrap(), &[]).unwrap();
+        let (_, made) = primary.checkpoint("f", "v1").unwrap();
+        let made = made.expect("a small file's checkpoint may be streamed");
+        // A later change that overtook the CHECKPOINT is refused: the
+        // standby lacks v1 (nm copies the file with it instead).
+        let mut w = primary.begin_write("f", 1).unwrap();
+        w.edit(0, "Two.").unwrap();
+        let later = w.commit().unwrap();
+        let refused = install(&later, &[]).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Unavailable, "{refused}");
+        // A checkpoint carried but not named is malformed.
+        let mut unnamed = made.clone();
+        unnamed.meta.checkpoints.clear();
+        assert_eq!(
+            install(&unnamed, &[carried("v1", b"x")]).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        // In order: the CHECKPOINT brings v1, and later changes name it.
+        install(&made, &[carried("v1", &made.content)]).unwrap();
+        assert_eq!(
+            standby.store.read_checkpoint("f", "v1").unwrap(),
+            b"Version one."
+        );
+        install(&later, &[]).unwrap();
+        let reverted = primary.revert("f", "v1").unwrap();
+        install(&reverted, &[]).unwrap();
+        assert_eq!(standby.store.read_content("f").unwrap(), b"Version one.");
+        assert_eq!(standby.store.read_meta("f").unwrap(), reverted.meta);
+    }
+
+    #[test]
     fn checkpoints_revert_and_rename() {
         let (_dir, files) = files();
         files.create("f", "alice").unwrap();
@@ -743,9 +807,10 @@ mod tests {
         let mut w = files.begin_write("f", 1).unwrap();
         w.edit(0, "Two.").unwrap();
         w.commit().unwrap();
-        let stats = files.revert("f", "v1").unwrap();
+        let reverted = files.revert("f", "v1").unwrap();
         assert_eq!(files.store.read_content("f").unwrap(), b"Version one.");
-        assert_eq!(stats.words, 2);
+        assert_eq!(reverted.content, b"Version one.");
+        assert_eq!(reverted.meta.stats.words, 2);
         files.undo("f").unwrap();
         assert_eq!(files.store.read_content("f").unwrap(), b"Version one. Two.");
         assert_eq!(

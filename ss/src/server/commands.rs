@@ -158,12 +158,36 @@ impl Server {
                 }
             }
             SsCommand::CreateCheckpoint { file, tag } => {
-                tokio::task::block_in_place(|| self.files.checkpoint(&file, &tag))
-                    .map(|stats| self.applied_through_nm(&file, stats))
+                match tokio::task::block_in_place(|| self.files.checkpoint(&file, &tag)) {
+                    Ok((stats, committed)) => {
+                        self.unconfirmed.changed(&file, stats.stamp());
+                        // The checkpoint goes along: its content is the file's.
+                        let offered = match &committed {
+                            Some(c) => self.streamer.offer(
+                                &file,
+                                &c.meta,
+                                &c.content,
+                                &[(tag.as_str(), c.content.as_slice())],
+                            ),
+                            None => crate::stream::Offered::NotSent,
+                        };
+                        Ok(self.applied_on_stream(stats, offered, change.take()).await)
+                    }
+                    Err(e) => Err(e),
+                }
             }
             SsCommand::Revert { file, tag } => {
-                tokio::task::block_in_place(|| self.files.revert(&file, &tag))
-                    .map(|stats| self.applied_through_nm(&file, stats))
+                match tokio::task::block_in_place(|| self.files.revert(&file, &tag)) {
+                    Ok(committed) => {
+                        self.unconfirmed
+                            .changed(&file, committed.meta.stats.stamp());
+                        let offered = self.offer(&file, &committed);
+                        Ok(self
+                            .applied_on_stream(committed.meta.stats, offered, change.take())
+                            .await)
+                    }
+                    Err(e) => Err(e),
+                }
             }
             SsCommand::Unconfirmed => {
                 let report = self
@@ -206,15 +230,6 @@ impl Server {
             }
         };
         Self::answer(conn, id, reply).await
-    }
-
-    /// The answer to a change that goes to the standby through nm's jobs only.
-    fn applied_through_nm(&self, file: &str, stats: shared::proto::FileStats) -> SsReply {
-        self.unconfirmed.changed(file, stats.stamp());
-        SsReply::Applied {
-            stats,
-            streamed: false,
-        }
     }
 
     /// The inventory (of `only` these files, if given) and all tombstones in pages, then `End`.

@@ -326,13 +326,11 @@ impl Server {
     }
 
     /// Sends a committed change on the replication stream, if it can go
-    /// there (a file with checkpoints goes through nm, which copies them too).
+    /// there (the standby holds the file's checkpoints, or refuses it and
+    /// nm copies them too).
     fn offer(&self, file: &str, committed: &crate::files::Committed) -> crate::stream::Offered {
-        if !committed.meta.checkpoints.is_empty() {
-            return crate::stream::Offered::NotSent;
-        }
         self.streamer
-            .offer(file, &committed.meta, &committed.content)
+            .offer(file, &committed.meta, &committed.content, &[])
     }
 
     /// The answer to a change nm asked for, once it was `offered` to the

@@ -433,15 +433,20 @@ impl Store {
     /// `durable` is called once the change is durable here, before it is put
     /// in place: from then on it is applied or the server aborts (and the
     /// replay applies it), so the standby may acknowledge it at once.
+    ///
+    /// `checkpoints` are the contents of checkpoints the change made: they
+    /// do not go through the log, so such a change is written as a copy
+    /// (every temp file durable, then renamed into place, checkpoints first).
     pub fn install_streamed(
         &self,
         file: &str,
         content: &[u8],
         meta: &FileMeta,
+        checkpoints: &[(&str, &[u8])],
         durable: &mut dyn FnMut(),
     ) -> Result<(), StoreError> {
         match &self.wal {
-            Some(wal) if content.len() <= MAX_LOGGED_BYTES => {
+            Some(wal) if content.len() <= MAX_LOGGED_BYTES && checkpoints.is_empty() => {
                 let written = wal.write(&WalRecord::Install {
                     file: file.to_owned(),
                     content: content.to_vec(),
@@ -464,14 +469,29 @@ impl Store {
                 self.checkpoint_if_due()
             }
             _ => {
+                let mut saved = Vec::with_capacity(checkpoints.len());
+                for (tag, content) in checkpoints {
+                    let mut temp = self.temp_file()?;
+                    temp.write_all(content)?;
+                    saved.push((*tag, temp));
+                }
                 let mut temp = self.temp_file()?;
                 temp.write_all(content)?;
                 let meta_temp = self.meta_temp(file, meta)?;
-                self.sync_temps([&meta_temp, &temp])?;
+                self.sync_temps(
+                    [&meta_temp, &temp]
+                        .into_iter()
+                        .chain(saved.iter().map(|(_, t)| t)),
+                )?;
                 let mut dirs = BTreeSet::new();
+                for (tag, temp) in saved {
+                    self.place(temp, file, Placed::Checkpoint(tag), &mut dirs)?;
+                }
                 self.place(temp, file, Placed::Content, &mut dirs)?;
                 self.place(meta_temp, file, Placed::Meta, &mut dirs)?;
-                self.sync_dirs(&dirs)
+                self.sync_dirs(&dirs)?;
+                durable();
+                Ok(())
             }
         }
     }
@@ -535,6 +555,15 @@ impl Store {
 
     pub fn open_checkpoint(&self, file: &str, tag: &str) -> Result<OpenContent, StoreError> {
         self.open_registered(&self.checkpoint_path(file, tag)?)
+    }
+
+    /// Whether a checkpoint's content is here, `size` bytes long.
+    pub fn has_checkpoint(&self, file: &str, tag: &str, size: u64) -> Result<bool, StoreError> {
+        match fs::metadata(self.checkpoint_path(file, tag)?) {
+            Ok(m) => Ok(m.len() == size),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn read_checkpoint(&self, file: &str, tag: &str) -> Result<Vec<u8>, StoreError> {
@@ -797,7 +826,7 @@ mod tests {
                 assert_eq!(store.read_content("a").unwrap(), text.as_bytes());
                 store.empty_displaced_spares();
                 store
-                    .install_streamed("b", text.as_bytes(), &meta(version), &mut || {})
+                    .install_streamed("b", text.as_bytes(), &meta(version), &[], &mut || {})
                     .unwrap();
                 assert_eq!(store.read_content("b").unwrap(), text.as_bytes());
                 assert_eq!(store.read_meta("b").unwrap().stats.version, version);
@@ -810,11 +839,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), true).unwrap();
         store
-            .install_streamed("b", b"Old text.", &meta(1), &mut || {})
+            .install_streamed("b", b"Old text.", &meta(1), &[], &mut || {})
             .unwrap();
         let mut announced = 0;
         store
-            .install_streamed("b", b"Streamed text.", &meta(2), &mut || {
+            .install_streamed("b", b"Streamed text.", &meta(2), &[], &mut || {
                 announced += 1;
                 let log = fs::read(dir.path().join("wal.log")).unwrap();
                 assert!(
@@ -836,10 +865,10 @@ mod tests {
             let store = Store::open(dir.path(), true).unwrap();
             let long = "An old and much longer content. ".repeat(100);
             store
-                .install_streamed("b", long.as_bytes(), &meta(1), &mut || {})
+                .install_streamed("b", long.as_bytes(), &meta(1), &[], &mut || {})
                 .unwrap();
             store
-                .install_streamed("b", b"Second.", &meta(2), &mut || {})
+                .install_streamed("b", b"Second.", &meta(2), &[], &mut || {})
                 .unwrap();
             store.empty_displaced_spares();
             let mut temp = store.temp_file().unwrap();
