@@ -20,11 +20,20 @@
 //!   ACTIVE (checked by letting the world heal from every reachable state).
 //!
 //! The replication stream (`ss::stream`) is modelled as a way to copy the
-//! serving server's writes to its partner that nm takes no part in
-//! (`StreamDeliver`), and in sync mode as a way to acknowledge a write once
-//! the partner has it, even while nm counts the partner lost: the machine's
-//! in-sync flag still moves only with catch-ups and losses, and the checks
-//! above must hold with the stream delivering at any moment.
+//! serving server's writes to its partner that nm takes no part in, and in
+//! sync mode as a way to acknowledge a write once the partner has it, even
+//! while nm counts the partner lost: the machine's in-sync flag still moves
+//! only with catch-ups and losses, and the checks above must hold with the
+//! stream delivering at any moment. Its three steps are separate, because
+//! each is a window: a change is sent (`StreamSend`: the partner has
+//! received it, in memory, and loses it if killed), made durable there
+//! (`StreamDurable`: its log's fdatasync, a group commit of all it has
+//! received) and acknowledged (`StreamAck`: the serving server learns the
+//! partner's acknowledged position and drops those changes from its record
+//! of what the standby lacks, so a later catch-up does not compare them).
+//! `an_acknowledgement_before_durability_is_caught` breaks the order (the
+//! partner acknowledges what it has only received) and must find a
+//! catch-up that leaves an in-sync standby without an acknowledged write.
 //!
 //! A catch-up is modelled by what the sync guarantees (see
 //! `nm::replication`): what only the target holds is copied back or kept as
@@ -73,10 +82,15 @@ enum Action {
     Lose(Side),
     Write,
     Replicate,
-    /// The serving server's replication stream delivers what it holds to
-    /// its partner, without nm (see `ss::stream`): whenever both run and
-    /// the partner does not serve, whatever nm thinks of either.
-    StreamDeliver,
+    /// The serving server's replication stream sends what it holds to its
+    /// partner, without nm (see `ss::stream`): whenever both run and the
+    /// partner does not serve, whatever nm thinks of either. The partner
+    /// has it in memory only.
+    StreamSend,
+    /// The partner's log makes what it received durable.
+    StreamDurable,
+    /// The serving server learns the partner's acknowledged position.
+    StreamAck,
     CatchUpCopy,
     CatchUpDone,
     Diverge,
@@ -88,7 +102,7 @@ enum Action {
     GraceOver,
 }
 
-const ACTIONS: [Action; 19] = [
+const ACTIONS: [Action; 21] = [
     Action::Kill(Side::Primary),
     Action::Kill(Side::Backup),
     Action::Restart(Side::Primary),
@@ -99,7 +113,9 @@ const ACTIONS: [Action; 19] = [
     Action::Lose(Side::Backup),
     Action::Write,
     Action::Replicate,
-    Action::StreamDeliver,
+    Action::StreamSend,
+    Action::StreamDurable,
+    Action::StreamAck,
     Action::CatchUpCopy,
     Action::CatchUpDone,
     Action::Diverge,
@@ -124,6 +140,12 @@ struct Server {
     level: Option<u64>,
     /// Its writes its standby has not confirmed since that level.
     pending: u8,
+    /// Writes it sent on its stream, not acknowledged yet.
+    streamed: u8,
+    /// Writes it received on a stream and holds in memory only (lost if
+    /// it is killed), and writes it has made durable since, to acknowledge.
+    received: u8,
+    to_ack: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -148,6 +170,8 @@ struct World {
     unclean: bool,
     /// The broken rule: a serving server records none of its writes.
     records_nothing: bool,
+    /// The broken stream: a partner acknowledges what it only received.
+    acks_on_receipt: bool,
 }
 
 fn bit(i: u8) -> u8 {
@@ -155,7 +179,7 @@ fn bit(i: u8) -> u8 {
 }
 
 impl World {
-    fn new(unclean: bool, records_nothing: bool) -> Self {
+    fn new(unclean: bool, records_nothing: bool, acks_on_receipt: bool) -> Self {
         let server = Server {
             alive: true,
             registered: false,
@@ -163,6 +187,9 @@ impl World {
             data: 0,
             level: None,
             pending: 0,
+            streamed: 0,
+            received: 0,
+            to_ack: 0,
         };
         World {
             fsm: PairFsm::new(unclean),
@@ -178,6 +205,7 @@ impl World {
             since_copy: 0,
             unclean,
             records_nothing,
+            acks_on_receipt,
         }
     }
 
@@ -197,6 +225,26 @@ impl World {
         let t = &self.servers[target as usize];
         let source = &self.servers[target.other() as usize];
         t.alive && t.serving.is_none() && source.alive && source.serving.is_some()
+    }
+
+    /// The open stream, as (source, target): from the server that serves
+    /// to its partner.
+    fn stream(&self) -> Option<(Side, Side)> {
+        let source = [Side::Primary, Side::Backup]
+            .into_iter()
+            .find(|side| self.servers[*side as usize].serving.is_some())?;
+        self.streams_to(source.other())
+            .then_some((source, source.other()))
+    }
+
+    /// A stream ends (a server killed or no longer serving): what was sent
+    /// and not acknowledged is handed to nm (the source's record keeps it),
+    /// and the partner's pending acknowledgements are never read.
+    fn stream_broke(&mut self) {
+        for s in &mut self.servers {
+            s.streamed = 0;
+            s.to_ack = 0;
+        }
     }
 
     fn grant(&mut self, side: Side, epoch: u64) {
@@ -241,6 +289,10 @@ impl World {
                 s.alive = false;
                 s.registered = false;
                 s.serving = None;
+                // What it had only received is gone; its stream broke.
+                s.received = 0;
+                s.to_ack = 0;
+                w.stream_broke();
             }
             Action::Restart(side) => {
                 let s = w.server(side);
@@ -342,22 +394,43 @@ impl World {
                 w.server(standby).data |= data;
                 w.window &= !data;
             }
-            Action::StreamDeliver => {
-                let source = [Side::Primary, Side::Backup]
-                    .into_iter()
-                    .find(|side| w.servers[*side as usize].serving.is_some())?;
-                let target = source.other();
-                if !w.streams_to(target) {
+            Action::StreamSend => {
+                let (source, target) = w.stream()?;
+                let t = &w.servers[target as usize];
+                let data = w.servers[source as usize].data & !(t.data | t.received);
+                if data == 0 {
                     return None;
                 }
-                let data = w.servers[source as usize].data;
-                if w.servers[target as usize].data & data == data {
+                w.server(target).received |= data;
+                w.server(source).streamed |= data;
+            }
+            Action::StreamDurable => {
+                let (_, target) = w.stream()?;
+                let t = w.server(target);
+                let durable = t.received;
+                if durable == 0 {
                     return None;
                 }
-                w.server(target).data |= data;
-                w.window &= !data;
+                t.data |= durable;
+                t.to_ack |= durable;
+                t.received = 0;
+                w.window &= !durable;
+            }
+            Action::StreamAck => {
+                let (source, target) = w.stream()?;
+                let t = &w.servers[target as usize];
+                let acked = match w.acks_on_receipt {
+                    true => t.to_ack | t.received,
+                    false => t.to_ack,
+                } & w.servers[source as usize].streamed;
+                if acked == 0 {
+                    return None;
+                }
+                w.server(target).to_ack &= !acked;
+                let s = w.server(source);
+                s.streamed &= !acked;
                 // Acknowledged: the source's record lets them go.
-                w.server(source).pending &= !data;
+                s.pending &= !acked;
             }
             Action::CatchUpCopy => {
                 let round = w.fsm.catch_up_round()?;
@@ -546,8 +619,23 @@ struct Report {
     violation: Option<(String, Vec<Action>)>,
 }
 
-fn explore(mode: Mode, unclean: bool, records_nothing: bool, depth: usize) -> Report {
-    let start = World::new(unclean, records_nothing);
+/// The rule (or the record, or the stream) broken on purpose, to show the
+/// check finds what it must.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Broken {
+    Nothing,
+    /// A serving server records none of its writes.
+    Record,
+    /// A partner acknowledges a streamed change it has only received.
+    AckOnReceipt,
+}
+
+fn explore(mode: Mode, unclean: bool, broken: Broken, depth: usize) -> Report {
+    let start = World::new(
+        unclean,
+        broken == Broken::Record,
+        broken == Broken::AckOnReceipt,
+    );
     let mut seen: HashSet<World> = HashSet::new();
     seen.insert(start.clone());
     let mut frontier: VecDeque<(World, Vec<Action>)> = VecDeque::from([(start, Vec::new())]);
@@ -584,7 +672,7 @@ fn explore(mode: Mode, unclean: bool, records_nothing: bool, depth: usize) -> Re
 }
 
 fn check(mode: Mode, unclean: bool) {
-    let report = explore(mode, unclean, false, depth());
+    let report = explore(mode, unclean, Broken::Nothing, depth());
     println!(
         "failover model, {mode:?} mode{}: {} states explored to depth {}",
         if unclean { ", unclean promotion" } else { "" },
@@ -613,7 +701,7 @@ fn async_mode_with_unclean_promotion_reports_what_it_lacks() {
 
 #[test]
 fn a_promotion_without_the_in_sync_check_is_caught() {
-    let report = explore(Mode::Sync, true, false, depth());
+    let report = explore(Mode::Sync, true, Broken::Nothing, depth());
     let (violation, path) = report
         .violation
         .expect("promoting a server that is not in sync must lose an acknowledged write");
@@ -626,12 +714,25 @@ fn a_promotion_without_the_in_sync_check_is_caught() {
 
 #[test]
 fn a_record_that_misses_a_write_is_caught() {
-    let report = explore(Mode::Async, false, true, depth());
+    let report = explore(Mode::Async, false, Broken::Record, depth());
     let (violation, path) = report.violation.expect(
         "a catch-up that trusts a record missing a write must leave it off an in-sync standby",
     );
     println!(
         "broken record caught after {} states: {violation}\n after {path:?}",
+        report.states
+    );
+    assert!(violation.starts_with("(a)"), "{violation}");
+}
+
+#[test]
+fn an_acknowledgement_before_durability_is_caught() {
+    let report = explore(Mode::Async, false, Broken::AckOnReceipt, depth());
+    let (violation, path) = report.violation.expect(
+        "a standby that acknowledges what it only received must leave an acknowledged write off an in-sync standby",
+    );
+    println!(
+        "broken stream caught after {} states: {violation}\n after {path:?}",
         report.states
     );
     assert!(violation.starts_with("(a)"), "{violation}");
