@@ -444,16 +444,28 @@ impl TestCluster {
         process::signal(child, signal).unwrap_or_else(|e| panic!("kill(nm, {signal}): {e}"));
     }
 
-    /// Waits until every pair is ACTIVE with nothing left to replicate.
+    /// Waits until every pair is ACTIVE with nothing left to replicate:
+    /// no job queued, and every change sent on a replication stream
+    /// acknowledged, as the serving server reported after this wait began.
     pub async fn wait_replicated(&self) -> ClusterStatus {
-        eventually("every pair ACTIVE and the queue drained", async || {
-            let status = self.try_status().await?;
-            let settled = status.queue_depth == 0
-                && status.pairs.iter().all(|p| {
-                    p.pending_jobs == 0 && (p.backup.is_none() || p.state == PairState::Active)
-                });
-            settled.then_some(status)
-        })
+        let since = shared::now_ms();
+        eventually(
+            "every pair ACTIVE, the queue drained and the streams acknowledged",
+            async || {
+                let status = self.try_status().await?;
+                let settled = status.queue_depth == 0
+                    && status.pairs.iter().all(|p| {
+                        let streamed = p
+                            .stream
+                            .as_ref()
+                            .is_none_or(|s| !s.open || (s.unacknowledged == 0 && s.at_ms >= since));
+                        p.pending_jobs == 0
+                            && streamed
+                            && (p.backup.is_none() || p.state == PairState::Active)
+                    });
+                settled.then_some(status)
+            },
+        )
         .await
     }
 

@@ -51,6 +51,9 @@ pub struct Pair {
     pub operations: u64,
     /// The epoch last reported in an event.
     reported_epoch: u64,
+    /// Where the serving server's replication stream stood at its last
+    /// report, and who reported it.
+    pub stream: Option<(String, shared::proto::StreamPosition)>,
 }
 
 /// What the journal remembers of a pair.
@@ -227,6 +230,7 @@ impl Registry {
                 conflict_copies: 0,
                 operations: 0,
                 reported_epoch: epoch,
+                stream: None,
             }
         });
         if primary.is_some() {
@@ -309,6 +313,13 @@ impl Registry {
             .find(|p| p.primary == server || p.backup.as_deref() == Some(server))
         {
             pair.operations += 1;
+        }
+    }
+
+    /// Records where `server`'s replication stream stands, if it serves its pair.
+    pub fn stream_reported(&mut self, server: &str, position: shared::proto::StreamPosition) {
+        if let Some(pair) = self.pairs.values_mut().find(|p| p.active() == server) {
+            pair.stream = Some((server.to_owned(), position));
         }
     }
 
@@ -438,11 +449,26 @@ impl Registry {
     }
 
     /// Pair rows for STATUS; `pending` gives (jobs, lag in ms) per primary.
+    /// The lag is that of the oldest change not on the standby yet, queued
+    /// as a job or sent on the stream and not acknowledged.
     pub fn pair_status(&self, pending: impl Fn(&str) -> (u64, u64)) -> Vec<PairStatus> {
         self.pairs
             .values()
             .map(|p| {
-                let (pending_jobs, lag_ms) = pending(&p.primary);
+                let (pending_jobs, job_lag_ms) = pending(&p.primary);
+                // Only the serving server's stream, in the pair's epoch.
+                let stream = p
+                    .stream
+                    .as_ref()
+                    .filter(|(from, position)| from == p.active() && position.epoch == p.epoch())
+                    .map(|(_, position)| position.clone());
+                let stream_lag_ms = stream
+                    .as_ref()
+                    .filter(|s| s.open && s.unacknowledged > 0)
+                    .map_or(0, |s| {
+                        s.oldest_ms + shared::now_ms().saturating_sub(s.at_ms)
+                    });
+                let lag_ms = job_lag_ms.max(stream_lag_ms);
                 PairStatus {
                     primary: p.primary.clone(),
                     backup: p.backup.clone(),
@@ -455,6 +481,7 @@ impl Registry {
                     operations: p.operations,
                     standby_in_sync: p.fsm.standby_in_sync(),
                     reason: p.unavailable_reason(),
+                    stream,
                 }
             })
             .collect()

@@ -370,7 +370,12 @@ impl Nm {
                         partner: state.registry.partner(server),
                     };
                 }
-                ControlRequest::Streamed { changes } => streamed_changes = Some(changes),
+                ControlRequest::Streamed { changes, position } => {
+                    if let Some(position) = position {
+                        state.registry.stream_reported(server, position);
+                    }
+                    streamed_changes = Some(changes);
+                }
                 ControlRequest::FileChanged {
                     file,
                     stats,

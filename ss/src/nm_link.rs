@@ -10,7 +10,8 @@ use crate::role::{PairRole, Part};
 use crate::Config;
 use shared::connection::{ConnectionError, RpcClient};
 use shared::proto::{
-    ControlRequest, FileStats, NmReply, Partner, Reply, Request, Role, StreamedChange,
+    ControlRequest, FileStats, NmReply, Partner, Reply, Request, Role, StreamPosition,
+    StreamedChange,
 };
 use shared::ticket::TicketKey;
 use shared::{now_ms, WireError};
@@ -268,10 +269,14 @@ impl NmLink {
             .collect()
     }
 
-    /// Reports changes the backup acknowledged on the stream; nobody waits.
-    pub fn streamed(&self, changes: Vec<StreamedChange>) {
+    /// Reports changes the backup acknowledged on the stream, and where
+    /// the stream stands; nobody waits.
+    pub fn streamed(&self, changes: Vec<StreamedChange>, position: StreamPosition) {
         let _ = self.notices.try_send(Notice {
-            request: ControlRequest::Streamed { changes },
+            request: ControlRequest::Streamed {
+                changes,
+                position: Some(position),
+            },
             delivered: None,
         });
     }

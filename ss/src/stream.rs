@@ -35,8 +35,8 @@ use crate::nm_link::{NmLink, StreamTarget};
 use crate::unconfirmed::Unconfirmed;
 use shared::connection::{Connection, ConnectionError, Incoming};
 use shared::proto::{
-    FileMeta, FileStats, PeerRequest, Reply, Request, Role, SsReply, StreamRequest, StreamedChange,
-    StreamedCheckpoint,
+    FileMeta, FileStats, PeerRequest, Reply, Request, Role, SsReply, StreamPosition, StreamRequest,
+    StreamedChange, StreamedCheckpoint, STREAM_REPORT_IDLE_MS,
 };
 use shared::WireError;
 use std::collections::HashMap;
@@ -301,6 +301,31 @@ impl Streamer {
         self.lock().unacked.values().map(|u| u.committed).min()
     }
 
+    /// Where the stream to the standby stands now.
+    fn position(&self, epoch: u64, open: bool) -> StreamPosition {
+        let state = self.lock();
+        let acknowledged = state
+            .unacked
+            .keys()
+            .min()
+            .map_or(state.next_seq, |oldest| oldest - 1);
+        let oldest_ms = state
+            .unacked
+            .values()
+            .map(|u| u.committed.elapsed().as_millis() as u64)
+            .max()
+            .unwrap_or(0);
+        StreamPosition {
+            epoch,
+            sent: state.next_seq,
+            acknowledged,
+            unacknowledged: state.unacked.len() as u64,
+            oldest_ms,
+            open,
+            at_ms: shared::now_ms(),
+        }
+    }
+
     /// Keeps the stream open to the partner while this server serves, until `shutdown`.
     pub async fn run(
         self: Arc<Self>,
@@ -328,6 +353,9 @@ impl Streamer {
                 outcome = session => outcome,
             };
             self.close();
+            // nm learns the stream is closed: what it had not delivered went to nm.
+            self.link
+                .streamed(Vec::new(), self.position(current.epoch, false));
             match outcome {
                 Ok(()) => retry = RETRY_START,
                 Err(e) => {
@@ -370,13 +398,13 @@ impl Streamer {
         tracing::info!(event = "ss_stream_open", partner = %to.partner.name, address = %to.partner.address, epoch = to.epoch, "replication stream open");
         let mut outgoing = self.open(to.epoch);
         let (mut writer, mut reader) = conn.split();
-        let mut report: Vec<StreamedChange> = Vec::new();
+        let mut report = Report::new(to.epoch);
         let mut tick = tokio::time::interval(REPORT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 changed = target.changed() => {
-                    self.report(&mut report);
+                    self.report(&mut report, false);
                     if changed.is_err() || target.borrow().as_ref() != Some(to) {
                         return Ok(());
                     }
@@ -415,10 +443,10 @@ impl Streamer {
                     match reply.result {
                         Ok(_) => {
                             if let Some(change) = self.acked(reply.id) {
-                                report.push(change);
+                                report.changes.push(change);
                             }
-                            if report.len() >= REPORT_BATCH {
-                                self.report(&mut report);
+                            if report.changes.len() >= REPORT_BATCH {
+                                self.report(&mut report, true);
                             }
                         }
                         Err(error) if reply.id == 0 => return Err(StreamError::Refused(error)),
@@ -426,7 +454,7 @@ impl Streamer {
                     }
                 }
                 _ = tick.tick() => {
-                    self.report(&mut report);
+                    self.report(&mut report, false);
                     if self.oldest_unacked().is_some_and(|t| t.elapsed() > ACK_TIMEOUT) {
                         return Err(StreamError::Stuck);
                     }
@@ -435,9 +463,44 @@ impl Streamer {
         }
     }
 
-    fn report(&self, report: &mut Vec<StreamedChange>) {
-        if !report.is_empty() {
-            self.link.streamed(std::mem::take(report));
+    /// Sends nm the acknowledged changes and the stream's position: with
+    /// every batch, whenever the position moved, and every
+    /// [`STREAM_REPORT_IDLE_MS`] regardless (`force`: now).
+    fn report(&self, report: &mut Report, force: bool) {
+        let position = self.position(report.epoch, true);
+        let moved = report.last.as_ref().is_none_or(|(last, _)| {
+            (last.sent, last.acknowledged, last.unacknowledged)
+                != (
+                    position.sent,
+                    position.acknowledged,
+                    position.unacknowledged,
+                )
+        });
+        let idle_due = report
+            .last
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= Duration::from_millis(STREAM_REPORT_IDLE_MS));
+        if force || moved || idle_due || !report.changes.is_empty() || position.unacknowledged > 0 {
+            self.link
+                .streamed(std::mem::take(&mut report.changes), position.clone());
+            report.last = Some((position, Instant::now()));
+        }
+    }
+}
+
+/// What the stream has told nm, and what it has still to tell.
+struct Report {
+    epoch: u64,
+    changes: Vec<StreamedChange>,
+    last: Option<(StreamPosition, Instant)>,
+}
+
+impl Report {
+    fn new(epoch: u64) -> Self {
+        Report {
+            epoch,
+            changes: Vec::new(),
+            last: None,
         }
     }
 }

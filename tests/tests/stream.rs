@@ -71,6 +71,18 @@ async fn creates_writes_undos_access_changes_deletes_and_moves_go_on_the_stream_
     })
     .await;
     assert!(streamed(&events, "a.txt"), "no Streamed event for a.txt");
+    // STATUS has the stream's position: the 20 writes sent and acknowledged.
+    let status = cluster.wait_replicated().await;
+    let stream = status.pairs[0]
+        .stream
+        .clone()
+        .expect("the stream's position in STATUS");
+    assert!(stream.open && stream.sent >= 21, "{stream:?}");
+    assert_eq!(
+        (stream.acknowledged, stream.unacknowledged),
+        (stream.sent, 0)
+    );
+    assert_eq!(stream.epoch, status.pairs[0].epoch);
     // UNDO and an access-list change go on the stream too.
     cluster.console("bob", "LIST\n").all_ok();
     cluster
@@ -342,12 +354,33 @@ async fn a_hung_backup_stalls_the_stream_and_nothing_is_lost() {
     // A DELETE made while the backup hangs reaches it too.
     script.push_str("DELETE probe.txt\n");
     cluster.console("alice", &script).all_ok();
+    // STATUS shows what the stream has not had acknowledged, and its age
+    // as the pair's lag.
+    eventually(
+        "STATUS to show the stream's unacknowledged changes",
+        async || {
+            let status = cluster.status().await;
+            let pair = status.pairs.iter().find(|p| p.primary == "ss1")?;
+            let stream = pair.stream.as_ref()?;
+            (stream.open
+                && stream.unacknowledged > 0
+                && stream.acknowledged < stream.sent
+                && pair.lag_ms > 0)
+                .then_some(())
+        },
+    )
+    .await;
     eventually("the stream to hand the changes to nm", async || {
         (jobs_queued_for(&events, "h0.txt") > 0).then_some(())
     })
     .await;
     cluster.signal_ss("ss1_backup", libc::SIGCONT);
-    cluster.wait_replicated().await;
+    let status = cluster.wait_replicated().await;
+    let pair = status.pairs.iter().find(|p| p.primary == "ss1").unwrap();
+    if let Some(stream) = &pair.stream {
+        assert_eq!(stream.unacknowledged, 0, "{stream:?}");
+        assert_eq!(stream.acknowledged, stream.sent, "{stream:?}");
+    }
     cluster.wait_same_files("ss1", "ss1_backup").await;
     for i in 0..30 {
         let text = backup_content(&cluster, &format!("h{i}.txt"));

@@ -40,6 +40,7 @@ pub fn status(pair: PairState) -> ClusterStatus {
             conflict_copies: 0,
             standby_in_sync: false,
             reason: None,
+            stream: None,
         }],
         queue_depth: 0,
         replication: "ASYNC".into(),

@@ -105,6 +105,9 @@ impl Nm {
     /// Changes the standby of `server`'s pair acknowledged on the stream:
     /// measured, and reported as one event.
     pub fn streamed(&self, server: &str, changes: Vec<shared::proto::StreamedChange>) {
+        if changes.is_empty() {
+            return;
+        }
         let (pair, replica) = {
             let state = self.state();
             let Some(pair) = state.registry.pair_of(server) else {

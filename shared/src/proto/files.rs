@@ -251,6 +251,30 @@ pub struct Partner {
     pub address: String,
 }
 
+/// Where a serving server's replication stream stands: positions count
+/// the changes sent on it since the server started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// The epoch the stream carries changes of.
+    pub epoch: u64,
+    /// The position of the last change sent.
+    pub sent: u64,
+    /// Every change up to this position is settled: the standby
+    /// acknowledged it (it is durable there), or the stream could not
+    /// deliver it and handed it to nm, whose job copies it.
+    pub acknowledged: u64,
+    /// Changes sent and not acknowledged yet (acknowledgements may come
+    /// out of order, so this can be less than `sent - acknowledged`).
+    pub unacknowledged: u64,
+    /// Age of the oldest of them, in ms.
+    pub oldest_ms: u64,
+    /// The stream is open; once closed, what it had not delivered went to
+    /// nm as ordinary changes (jobs).
+    pub open: bool,
+    /// When the serving server took this reading (its clock, Unix ms).
+    pub at_ms: u64,
+}
+
 /// One change a backup acknowledged on the replication stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamedChange {

@@ -4,6 +4,10 @@
 use super::*;
 use serde::{Deserialize, Serialize};
 
+/// A serving server reports where its replication stream stands at least
+/// this often while it is open, even when nothing changes.
+pub const STREAM_REPORT_IDLE_MS: u64 = 200;
+
 /// Requests a storage server sends nm on its control connection (the
 /// ss → nm channel), answered with [`NmReply`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +52,10 @@ pub enum ControlRequest {
     /// them as events and lag.
     Streamed {
         changes: Vec<StreamedChange>,
+        /// Where the stream stands; sent with every batch, and every
+        /// [`STREAM_REPORT_IDLE_MS`] while nothing changes.
+        #[serde(default)]
+        position: Option<StreamPosition>,
     },
     /// A storage server served a READ or STREAM.
     FileAccessed {

@@ -1,5 +1,6 @@
 //! STATUS: servers, pairs, the nm group and etcd, as nm reports them.
 
+use super::StreamPosition;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +73,10 @@ pub struct PairStatus {
     /// Why the pair serves no one, or what needs the operator (`None`: nothing).
     #[serde(default)]
     pub reason: Option<String>,
+    /// The serving server's replication stream to its standby, as last
+    /// reported (`None`: no report from the serving server in this epoch).
+    #[serde(default)]
+    pub stream: Option<StreamPosition>,
 }
 
 /// STATUS's answer.
