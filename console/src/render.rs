@@ -139,6 +139,17 @@ pub fn status(status: &ClusterStatus) -> String {
         if let Some(reason) = &p.reason {
             let _ = writeln!(out, "  why: {reason}");
         }
+        if let Some(s) = &p.stream {
+            let _ = writeln!(
+                out,
+                "  stream: {}, sent {}, settled {}, {} unacknowledged (oldest {} ms)",
+                if s.open { "open" } else { "closed" },
+                s.sent,
+                s.acknowledged,
+                s.unacknowledged,
+                s.oldest_ms
+            );
+        }
     }
     let _ = write!(out, "replication queue depth: {}", status.queue_depth);
     out

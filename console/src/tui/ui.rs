@@ -243,7 +243,12 @@ fn draw_pairs(frame: &mut Frame, app: &App, areas: &Areas, area: Rect) {
                 )),
                 Cell::from(word(&p.state)).style(live(app, pair_color(p.state))),
                 Cell::from(p.epoch.to_string()),
-                Cell::from(p.pending_jobs.to_string()),
+                // Jobs queued, plus changes sent on the stream and not
+                // acknowledged yet.
+                Cell::from(match p.stream.as_ref().filter(|s| s.unacknowledged > 0) {
+                    Some(s) => format!("{}+{}", p.pending_jobs, s.unacknowledged),
+                    None => p.pending_jobs.to_string(),
+                }),
                 Cell::from(format!("{}ms", p.lag_ms)),
                 Cell::from(last_sync),
                 Cell::from(p.conflict_copies.to_string()),
