@@ -4,6 +4,12 @@
 //! tokio-util's codec, built by [`frame_codec`] for every peer; bodies are
 //! MessagePack maps. [`Connection`] sends and receives typed messages and runs
 //! the handshake; nothing else in the project touches the wire format.
+//!
+//! One exception to framing, for bulk copies between the servers of a pair:
+//! after a message announcing `n` raw bytes, the sender writes them straight
+//! to the socket ([`Connection::send_raw`], e.g. with `sendfile`) and the
+//! receiver reads them into one buffer ([`Connection::recv_raw`]); frames
+//! resume after them.
 
 use crate::auth::{self, ClusterKey};
 use crate::error::{ErrorCode, WireError};
@@ -255,6 +261,70 @@ impl Connection {
 
     pub async fn flush(&mut self) -> Result<(), ConnectionError> {
         SinkExt::<Bytes>::flush(&mut self.framed).await?;
+        Ok(())
+    }
+
+    /// Sends `len` raw bytes after the messages sent so far (announced by
+    /// one of them). `write` is called whenever the socket can take more,
+    /// with the socket and the bytes still due, and returns how many it
+    /// wrote: a `sendfile` from the file, so the bytes never enter this
+    /// process. It must not block (the socket is non-blocking: `EAGAIN` is
+    /// `WouldBlock`).
+    pub async fn send_raw(
+        &mut self,
+        len: u64,
+        mut write: impl FnMut(&TcpStream, u64) -> io::Result<usize>,
+    ) -> Result<(), ConnectionError> {
+        self.flush().await?;
+        let stream = self.framed.get_ref();
+        let mut sent = 0u64;
+        while sent < len {
+            stream.writable().await?;
+            match stream.try_io(tokio::io::Interest::WRITABLE, || write(stream, len - sent)) {
+                Ok(0) => {
+                    return Err(ConnectionError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the source ended after {sent} of {len} raw bytes"),
+                    )))
+                }
+                Ok(n) => sent += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives `len` raw bytes announced by the last message, handing them
+    /// to `sink` as they come (through one buffer of at most `buffer`
+    /// bytes); frames resume after them.
+    pub async fn recv_raw(
+        &mut self,
+        len: u64,
+        buffer: usize,
+        mut sink: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<(), ConnectionError> {
+        use tokio::io::AsyncReadExt;
+        // What the codec read ahead of its last frame.
+        let read_ahead = self.framed.read_buffer_mut();
+        let early = read_ahead.split_to((len as usize).min(read_ahead.len()));
+        if !early.is_empty() {
+            sink(&early)?;
+        }
+        let mut left = len - early.len() as u64;
+        let mut buf = vec![0u8; (left as usize).min(buffer.max(1))];
+        while left > 0 {
+            let want = (left as usize).min(buf.len());
+            let n = self.framed.get_mut().read(&mut buf[..want]).await?;
+            if n == 0 {
+                return Err(ConnectionError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the connection closed with {left} raw bytes still due"),
+                )));
+            }
+            sink(&buf[..n])?;
+            left -= n as u64;
+        }
         Ok(())
     }
 
@@ -620,6 +690,16 @@ impl RpcClient {
             )));
         }
         Ok(reply.result)
+    }
+
+    /// Receives raw bytes announced by the last reply (see [`Connection::recv_raw`]).
+    pub async fn recv_raw(
+        &mut self,
+        len: u64,
+        buffer: usize,
+        sink: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<(), ConnectionError> {
+        self.conn.recv_raw(len, buffer, sink).await
     }
 
     /// The connection and the next request id, for a caller that goes on

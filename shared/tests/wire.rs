@@ -648,3 +648,55 @@ fn a_borrowed_chunk_is_the_same_frame_as_an_owned_one() {
     let decoded: Reply<SsReply> = rmp_serde::from_slice(&b).unwrap();
     assert_eq!(decoded, owned);
 }
+
+/// Raw bytes between frames: the receiver gets exactly them, including the
+/// part its codec had already read ahead with the announcing frame, and the
+/// frames after them decode as before.
+#[tokio::test]
+async fn raw_bytes_between_frames_arrive_whole_and_frames_resume_after_them() {
+    use shared::connection::Connection;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let len = content.len() as u64;
+    let (first_piece_sent, first_piece) = tokio::sync::oneshot::channel();
+    let source = content.clone();
+    let sender = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut conn = Connection::new(stream, 1 << 20).unwrap();
+        conn.send(&SsReply::Raw { size: len }).await.unwrap();
+        let mut offset = 0usize;
+        let mut signal = Some(first_piece_sent);
+        // Written in pieces, as sendfile does; the receiver starts reading
+        // only once the frame and the first piece are in its socket.
+        conn.send_raw(len, |socket, due| {
+            let piece = (due as usize).min(if offset == 0 { 1000 } else { 200_000 });
+            let written = socket.try_write(&source[offset..offset + piece])?;
+            offset += written;
+            if let Some(signal) = signal.take() {
+                let _ = signal.send(());
+            }
+            Ok(written)
+        })
+        .await
+        .unwrap();
+        conn.send(&SsReply::End).await.unwrap();
+    });
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut conn = Connection::new(stream, 1 << 20).unwrap();
+    first_piece.await.unwrap();
+    let announced: SsReply = conn.expect().await.unwrap();
+    assert_eq!(announced, SsReply::Raw { size: len });
+    let mut received = Vec::new();
+    conn.recv_raw(len, 64 * 1024, |data| {
+        received.extend_from_slice(data);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(received.len(), content.len());
+    assert!(received == content, "the raw bytes differ");
+    let after: SsReply = conn.expect().await.unwrap();
+    assert_eq!(after, SsReply::End);
+    sender.await.unwrap();
+}

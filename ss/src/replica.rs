@@ -24,6 +24,8 @@ const PULL_WINDOW: usize = 32;
 /// in temp files that end a batch early.
 const INSTALL_BATCH: usize = 512;
 const INSTALL_BATCH_BYTES: u64 = 64 << 20;
+/// The one buffer a large file's unframed content passes through.
+const RAW_BUFFER: usize = 1 << 20;
 
 /// Why a pull failed: the item alone (the connection stays in step), or the
 /// connection (and every item not yet finished).
@@ -300,6 +302,17 @@ async fn receive_into(
                 bytes += data.len() as u64;
                 temp.write_all(&data)
                     .map_err(|e| PullError::Connection(format!("writing a transfer: {e}")))?;
+            }
+            // A large file, unframed: through one buffer into the temp file.
+            SsReply::Raw { size } => {
+                client
+                    .recv_raw(size, RAW_BUFFER, |data| {
+                        hasher.update(data);
+                        temp.write_all(data)
+                    })
+                    .await
+                    .map_err(|e| PullError::Connection(format!("receiving a transfer: {e}")))?;
+                bytes += size;
             }
             end @ (SsReply::FileEnd { .. } | SsReply::End) => {
                 return Ok((bytes, hasher.finalize(), end))

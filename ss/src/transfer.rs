@@ -3,12 +3,25 @@
 //! partner's `GetFile`), so the chunk size, the buffer reuse and the
 //! checksum are the same everywhere. Receiving a partner's file is in
 //! [`crate::replica`].
+//!
+//! A partner's copy of a large file (at least [`RAW_FROM`]) goes unframed:
+//! `sendfile` moves it from the page cache to the socket without it
+//! entering this process (one copy in the kernel instead of four: file to
+//! buffer, buffer to MessagePack, to the frame, to the socket), while a
+//! blocking thread computes its CRC-32 from the page cache beside it.
 
 use crate::files::Files;
 use shared::connection::{Connection, ConnectionError, TRANSFER_CHUNK_SIZE};
 use shared::proto::SsReply;
 use shared::WireError;
 use std::io::Read;
+use std::os::fd::AsRawFd;
+
+/// Contents at least this large are sent to a partner unframed, with
+/// `sendfile` (smaller ones gain nothing from it: one chunk either way).
+pub const RAW_FROM: u64 = 1 << 20;
+/// The most one `sendfile` call is asked to move.
+const SENDFILE_MAX: u64 = 1 << 30;
 
 /// Serves `GetFile`: header, chunks, end with checksum.
 pub async fn send_file(
@@ -23,11 +36,17 @@ pub async fn send_file(
         Err(e) => return Ok(Err(e)),
     };
     conn.reply(id, Ok(SsReply::FileHeader { meta })).await?;
-    let (checksum, size) =
-        match send_chunks(conn, id, file, handle, TRANSFER_CHUNK_SIZE, chunk_delay).await? {
-            Ok(sent) => sent,
-            Err(e) => return Ok(Err(e)),
-        };
+    let len = handle.metadata().map_or(0, |m| m.len());
+    // A test's chunk delay slows a copy chunk by chunk: those stay framed.
+    let sent = if len >= RAW_FROM && chunk_delay.is_none() {
+        send_raw(conn, id, file, handle, len).await?
+    } else {
+        send_chunks(conn, id, file, handle, TRANSFER_CHUNK_SIZE, chunk_delay).await?
+    };
+    let (checksum, size) = match sent {
+        Ok(sent) => sent,
+        Err(e) => return Ok(Err(e)),
+    };
     conn.reply(id, Ok(SsReply::FileEnd { checksum, size }))
         .await?;
     Ok(Ok(()))
@@ -75,6 +94,78 @@ pub async fn send_chunks(
     }
     conn.flush().await?;
     Ok(Ok((hasher.finalize(), size)))
+}
+
+/// Sends an open content of `len` bytes unframed, announced by
+/// [`SsReply::Raw`], with `sendfile`; returns its CRC-32 and size. Once the
+/// announcement is out, any failure breaks the connection (the receiver
+/// cannot tell content from frames any more).
+async fn send_raw(
+    conn: &mut Connection,
+    id: u64,
+    file: &str,
+    handle: crate::store::OpenContent,
+    len: u64,
+) -> Result<Result<(u32, u64), WireError>, ConnectionError> {
+    let checksummed = match handle.file().try_clone() {
+        Ok(copy) => copy,
+        Err(e) => return Ok(Err(WireError::internal(format!("reading {file:?}: {e}")))),
+    };
+    let checksum = tokio::task::spawn_blocking(move || crc32_of(&checksummed, len));
+    conn.reply(id, Ok(SsReply::Raw { size: len })).await?;
+    let source = handle.file().as_raw_fd();
+    let mut offset: libc::off_t = 0;
+    conn.send_raw(len, |socket, due| {
+        // SAFETY: both descriptors are open for the whole call (`handle`
+        // and the connection outlive it); `offset` is a valid off_t.
+        let n = unsafe {
+            libc::sendfile(
+                socket.as_raw_fd(),
+                source,
+                &mut offset,
+                due.min(SENDFILE_MAX) as usize,
+            )
+        };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    })
+    .await?;
+    drop(handle);
+    tracing::info!(
+        event = "ss_sent_raw",
+        file,
+        bytes = len,
+        "a large file sent unframed with sendfile"
+    );
+    match checksum.await {
+        Ok(Ok(checksum)) => Ok(Ok((checksum, len))),
+        Ok(Err(e)) => Err(ConnectionError::Io(e)),
+        Err(e) => Err(ConnectionError::Io(std::io::Error::other(e.to_string()))),
+    }
+}
+
+/// The CRC-32 of the first `len` bytes of `file`, read where they are.
+fn crc32_of(file: &std::fs::File, len: u64) -> std::io::Result<u32> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0u8; TRANSFER_CHUNK_SIZE * 4];
+    let mut at = 0u64;
+    while at < len {
+        let want = ((len - at) as usize).min(buffer.len());
+        let n = file.read_at(&mut buffer[..want], at)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the content ended early",
+            ));
+        }
+        hasher.update(&buffer[..n]);
+        at += n as u64;
+    }
+    Ok(hasher.finalize())
 }
 
 /// Reads until `buf` is full or the file ends.

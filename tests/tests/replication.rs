@@ -391,6 +391,45 @@ async fn a_backup_killed_mid_transfer_keeps_no_partial_file_and_the_next_sync_co
     cluster.wait_same_files("ss1", "ss1_backup").await;
 }
 
+/// A large file goes to the backup unframed (`sendfile` on the primary, one
+/// buffer on the backup) and arrives whole, checksum and all; a file written
+/// after it still comes framed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_file_is_copied_unframed_and_arrives_whole() {
+    let mut cluster = TestCluster::start(&["ss1"]).await;
+    let mut writer = cluster.client("alice").await;
+    writer.set_reply_timeout(std::time::Duration::from_secs(60));
+    for file in ["big.txt", "small.txt"] {
+        writer
+            .nm(shared::proto::NmRequest::Create { file: file.into() })
+            .await
+            .unwrap();
+    }
+    writer.write_begin("big.txt", 0).await.unwrap();
+    let mut words = 0;
+    for i in 0..6 {
+        let line = format!("w{i}x ").repeat(100_000);
+        words = writer.write_edit(words as i64, &line).await.unwrap();
+    }
+    let stats = writer.write_commit().await.unwrap();
+    assert!(stats.size > 2_000_000, "{}", stats.size);
+    cluster
+        .console("alice", "WRITE small.txt 0\n0 Small.\nETIRW\n")
+        .all_ok();
+    cluster.start_ss("ss1_backup").await;
+    cluster.wait_replicated().await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+    for file in ["files/big.txt", "files/small.txt"] {
+        let primary = std::fs::read(cluster.storage("ss1").join(file)).unwrap();
+        let backup = std::fs::read(cluster.storage("ss1_backup").join(file)).unwrap();
+        assert!(primary == backup, "{file} differs on the backup");
+    }
+    let log = std::fs::read_to_string(cluster.dir().join("ss1.log")).unwrap();
+    let raw: Vec<&str> = log.lines().filter(|l| l.contains("ss_sent_raw")).collect();
+    assert_eq!(raw.len(), 1, "{raw:?}");
+    assert!(raw[0].contains("big.txt"), "{raw:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_prints_job_and_pair_events_as_json_lines() {
     use std::io::{BufRead, BufReader};

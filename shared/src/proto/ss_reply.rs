@@ -37,6 +37,12 @@ pub enum SsReply {
     FileHeader {
         meta: FileMeta,
     },
+    /// Between `FileHeader` and `FileEnd` of a large file, instead of
+    /// `Chunk`s: `size` bytes of content follow on the connection as they
+    /// are, outside any frame (sent with `sendfile`).
+    Raw {
+        size: u64,
+    },
     /// The last reply to `GetFile`: a CRC-32 of the content.
     FileEnd {
         checksum: u32,

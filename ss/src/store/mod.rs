@@ -105,6 +105,12 @@ impl OpenContent {
     pub fn metadata(&self) -> io::Result<fs::Metadata> {
         self.file.metadata()
     }
+
+    /// The open file itself, for `sendfile` and positioned reads (a
+    /// content is never changed in place, so it reads the same throughout).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
 }
 
 impl io::Read for OpenContent {
