@@ -154,6 +154,22 @@ impl Nm {
                     streamed: false,
                     kind,
                 }) if result.is_ok() => {
+                    // Asynchronous: queued before the next message of this
+                    // server is read (a stream report counting the change as
+                    // handed to nm must not find the queue without it).
+                    if self.config.replication == crate::config::ReplicationMode::Async {
+                        self.replicate(&pair, &file, kind, Some(version));
+                        if replies
+                            .send(Reply {
+                                id,
+                                result: Ok(NmReply::Done),
+                            })
+                            .is_err()
+                        {
+                            break;
+                        }
+                        continue;
+                    }
                     let nm = self.clone();
                     let replies = replies.clone();
                     tokio::spawn(async move {

@@ -557,6 +557,17 @@ async fn serve_link(
             }
             notice = notices.recv() => {
                 let Some(notice) = notice else { return Ok(()) };
+                // A stream report says what is settled, counting changes
+                // handed back to nm: nm hears of those first.
+                if matches!(notice.request, ControlRequest::Streamed { .. }) {
+                    for (file, (stats, deleted)) in link.take_handed_back() {
+                        let request = ControlRequest::FileChanged { file, stats, streamed: false, deleted };
+                        let id = next_id;
+                        next_id += 1;
+                        writer.send(&Request { id, body: request.clone() }).await?;
+                        pending.insert(id, Pending::Notice { resend: Some(request), sent: Instant::now(), delivered: None });
+                    }
+                }
                 let id = next_id;
                 next_id += 1;
                 let resend = matches!(notice.request, ControlRequest::FileChanged { .. })

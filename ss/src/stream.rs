@@ -661,9 +661,13 @@ pub async fn follow(
                         result: Err(error),
                     });
                 }
-                // Durable in the log, so the next replay puts it in place.
+                // Acknowledged as durable but not finished (a disk error
+                // putting it in place): as for every logged change, the
+                // server stops rather than serve what contradicts its log;
+                // the restart's replay finishes it.
                 Err(error) => {
-                    tracing::error!(event = "ss_stream_apply_failed", partner = %peer_name, error = %error, "a change acknowledged as durable could not be finished; a restart replays it")
+                    tracing::error!(event = "ss_stream_apply_failed", partner = %peer_name, error = %error, "a change acknowledged as durable could not be finished; stopping so that the log's replay finishes it");
+                    std::process::abort();
                 }
             }
         });

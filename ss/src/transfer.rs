@@ -133,14 +133,17 @@ async fn send_raw(
         }
     })
     .await?;
-    drop(handle);
     tracing::info!(
         event = "ss_sent_raw",
         file,
         bytes = len,
         "a large file sent unframed with sendfile"
     );
-    match checksum.await {
+    let checksum = checksum.await;
+    // Held until the checksum is read: the content is registered as read
+    // meanwhile, so its inode is not recycled under the checksum's reads.
+    drop(handle);
+    match checksum {
         Ok(Ok(checksum)) => Ok(Ok((checksum, len))),
         Ok(Err(e)) => Err(ConnectionError::Io(e)),
         Err(e) => Err(ConnectionError::Io(std::io::Error::other(e.to_string()))),

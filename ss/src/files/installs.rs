@@ -125,10 +125,14 @@ impl Files {
             }
         }
         self.place_if_newer(file, meta, |store, local, meta| {
+            // A file new here is handed over with its own metadata as the
+            // local one: none of its checkpoints is here unless carried.
+            let new_here = local.stats.stamp() == meta.stats.stamp();
             for (tag, info) in &meta.checkpoints {
                 let carried = checkpoints.iter().any(|c| &c.tag == tag);
                 if !carried
-                    && (local.checkpoints.get(tag) != Some(info)
+                    && (new_here
+                        || local.checkpoints.get(tag) != Some(info)
                         || !store.has_checkpoint(file, tag, info.size)?)
                 {
                     return Err(WireError::unavailable(format!(

@@ -772,6 +772,16 @@ mod tests {
         let later = w.commit().unwrap();
         let refused = install(&later, &[]).unwrap_err();
         assert_eq!(refused.code, ErrorCode::Unavailable, "{refused}");
+        // A file new on a standby is refused too, even over a leftover
+        // checkpoint of the same name and size.
+        let (fresh_dir, fresh) = files();
+        let leftover = fresh_dir.path().join("checkpoints/f/v1");
+        std::fs::create_dir_all(leftover.parent().unwrap()).unwrap();
+        std::fs::write(&leftover, b"Version two.").unwrap();
+        let refused = fresh
+            .install_streamed("f", later.meta.clone(), &later.content, &[], &mut || {})
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Unavailable, "{refused}");
         // A checkpoint carried but not named is malformed.
         let mut unnamed = made.clone();
         unnamed.meta.checkpoints.clear();

@@ -489,10 +489,14 @@ impl Store {
                         .into_iter()
                         .chain(saved.iter().map(|(_, t)| t)),
                 )?;
-                let mut dirs = BTreeSet::new();
+                // The checkpoints' names are durable before the metadata
+                // that names them is in place.
+                let mut checkpoint_dirs = BTreeSet::new();
                 for (tag, temp) in saved {
-                    self.place(temp, file, Placed::Checkpoint(tag), &mut dirs)?;
+                    self.place(temp, file, Placed::Checkpoint(tag), &mut checkpoint_dirs)?;
                 }
+                self.sync_dirs(&checkpoint_dirs)?;
+                let mut dirs = BTreeSet::new();
                 self.place(temp, file, Placed::Content, &mut dirs)?;
                 self.place(meta_temp, file, Placed::Meta, &mut dirs)?;
                 self.sync_dirs(&dirs)?;
