@@ -90,6 +90,12 @@ pub struct Config {
     #[arg(long, env = "SS_CHUNK_DELAY", hide = true, value_parser = humantime::parse_duration)]
     pub chunk_delay: Option<Duration>,
 
+    /// On a standby, wait this long between acknowledging a streamed change
+    /// (durable in the log) and putting it in place (for tests that kill it
+    /// in that window; never set in production).
+    #[arg(long, env = "SS_STREAM_APPLY_DELAY", hide = true, value_parser = humantime::parse_duration)]
+    pub stream_apply_delay: Option<Duration>,
+
     /// Wait this long before the start-up scan (for tests that need a
     /// server serving while its scan has not finished; never set in production).
     #[arg(long, env = "SS_SCAN_DELAY", hide = true, value_parser = humantime::parse_duration)]

@@ -557,6 +557,7 @@ pub async fn follow(
     link: Arc<NmLink>,
     epoch: u64,
     peer: String,
+    apply_delay: Option<Duration>,
 ) {
     // The daemon stopping ends the stream between changes; those being
     // applied finish and are acknowledged first.
@@ -643,6 +644,9 @@ pub async fn follow(
                         id,
                         result: Ok(SsReply::Done),
                     });
+                    if let Some(delay) = apply_delay {
+                        std::thread::sleep(delay);
+                    }
                 }
             };
             let result = if link.role().is_serving() || link.role().epoch() != epoch {

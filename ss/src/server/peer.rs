@@ -72,6 +72,7 @@ impl Server {
             self.link.clone(),
             epoch,
             partner.clone(),
+            self.config.stream_apply_delay,
         )
         .await;
     }
