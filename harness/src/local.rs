@@ -554,12 +554,30 @@ impl LocalCluster {
     }
 
     pub async fn status(&self) -> Option<ClusterStatus> {
+        self.try_status().await.ok().flatten()
+    }
+
+    /// STATUS, `None` while nm does not answer; an error if nm refuses
+    /// this console's protocol (a `--bin-dir` of another build), which
+    /// waiting will not change.
+    async fn try_status(&self) -> Result<Option<ClusterStatus>, ClusterError> {
         // As the demo's and the bench's default user, so LIST shows no stranger.
-        let mut client = Client::connect(&self.nm_addr, "operator").await.ok()?;
-        match client.nm(NmRequest::Status).await.ok()? {
-            NmReply::Status { status } => Some(status),
+        let mut client = match Client::connect(&self.nm_addr, "operator").await {
+            Ok(client) => client,
+            Err(shared::connection::ConnectionError::Refused(e))
+                if e.code == shared::ErrorCode::Protocol =>
+            {
+                return Err(ClusterError::Failed(format!(
+                    "nm refused this console: {} (run the console of the same build as the daemons)",
+                    e.message
+                )));
+            }
+            Err(_) => return Ok(None),
+        };
+        Ok(match client.nm(NmRequest::Status).await {
+            Ok(NmReply::Status { status }) => Some(status),
             _ => None,
-        }
+        })
     }
 
     /// Polls STATUS until `done` holds.
@@ -570,7 +588,7 @@ impl LocalCluster {
     ) -> Result<ClusterStatus, ClusterError> {
         let started = Instant::now();
         loop {
-            if let Some(status) = self.status().await {
+            if let Some(status) = self.try_status().await? {
                 if done(&status) {
                     return Ok(status);
                 }

@@ -1107,6 +1107,42 @@ mod tests {
         }
     }
 
+    /// PENDING counts the jobs and, while the stream has any, the changes
+    /// sent on it and not acknowledged yet.
+    #[test]
+    fn pending_adds_the_streams_unacknowledged_changes() {
+        let mut app = app_with(PairState::Active);
+        let pair = &mut app.status.as_mut().unwrap().pairs[0];
+        pair.pending_jobs = 2;
+        pair.stream = Some(shared::proto::StreamPosition {
+            epoch: 0,
+            sent: 40,
+            acknowledged: 35,
+            unacknowledged: 5,
+            oldest_ms: 3,
+            open: true,
+            at_ms: 0,
+        });
+        let screen = render(&mut app, 120, 30);
+        let row = screen
+            .lines()
+            .find(|l| l.contains("ss1 → ss1_backup"))
+            .unwrap();
+        assert!(row.contains(" 2+5 "), "{row}");
+        // Nothing unacknowledged: the jobs alone.
+        app.status.as_mut().unwrap().pairs[0]
+            .stream
+            .as_mut()
+            .unwrap()
+            .unacknowledged = 0;
+        let screen = render(&mut app, 120, 30);
+        let row = screen
+            .lines()
+            .find(|l| l.contains("ss1 → ss1_backup"))
+            .unwrap();
+        assert!(row.contains(" 2 ") && !row.contains("2+"), "{row}");
+    }
+
     #[test]
     fn a_failed_servers_timer_is_empty() {
         let mut app = app_with(PairState::PrimaryFailed);
