@@ -547,26 +547,14 @@ async fn serve_link(
                 }
             }
             _ = link.handed_back_ready.notified() => {
-                for (file, (stats, deleted)) in link.take_handed_back() {
-                    let request = ControlRequest::FileChanged { file, stats, streamed: false, deleted };
-                    let id = next_id;
-                    next_id += 1;
-                    writer.send(&Request { id, body: request.clone() }).await?;
-                    pending.insert(id, Pending::Notice { resend: Some(request), sent: Instant::now(), delivered: None });
-                }
+                send_handed_back(link, &mut writer, &mut pending, &mut next_id).await?;
             }
             notice = notices.recv() => {
                 let Some(notice) = notice else { return Ok(()) };
                 // A stream report says what is settled, counting changes
                 // handed back to nm: nm hears of those first.
                 if matches!(notice.request, ControlRequest::Streamed { .. }) {
-                    for (file, (stats, deleted)) in link.take_handed_back() {
-                        let request = ControlRequest::FileChanged { file, stats, streamed: false, deleted };
-                        let id = next_id;
-                        next_id += 1;
-                        writer.send(&Request { id, body: request.clone() }).await?;
-                        pending.insert(id, Pending::Notice { resend: Some(request), sent: Instant::now(), delivered: None });
-                    }
+                    send_handed_back(link, &mut writer, &mut pending, &mut next_id).await?;
                 }
                 let id = next_id;
                 next_id += 1;
@@ -592,6 +580,41 @@ async fn serve_link(
             }
         }
     }
+}
+
+/// Sends nm the changes the stream handed back since the last call, as
+/// notices sent again until nm answers.
+async fn send_handed_back(
+    link: &NmLink,
+    writer: &mut shared::connection::ConnWriter,
+    pending: &mut Unanswered<'_>,
+    next_id: &mut u64,
+) -> Result<(), ConnectionError> {
+    for (file, (stats, deleted)) in link.take_handed_back() {
+        let request = ControlRequest::FileChanged {
+            file,
+            stats,
+            streamed: false,
+            deleted,
+        };
+        let id = *next_id;
+        *next_id += 1;
+        writer
+            .send(&Request {
+                id,
+                body: request.clone(),
+            })
+            .await?;
+        pending.insert(
+            id,
+            Pending::Notice {
+                resend: Some(request),
+                sent: Instant::now(),
+                delivered: None,
+            },
+        );
+    }
+    Ok(())
 }
 
 /// What the link sends nm besides heartbeats.

@@ -106,14 +106,7 @@ impl Server {
             }
             SsCommand::UndoFile { file } => {
                 match tokio::task::block_in_place(|| self.files.undo(&file)) {
-                    Ok(committed) => {
-                        self.unconfirmed
-                            .changed(&file, committed.meta.stats.stamp());
-                        let offered = self.offer(&file, &committed);
-                        Ok(self
-                            .applied_on_stream(committed.meta.stats, offered, change.take())
-                            .await)
-                    }
+                    Ok(committed) => Ok(self.committed(&file, committed, change.take()).await),
                     Err(e) => Err(e),
                 }
             }
@@ -178,14 +171,7 @@ impl Server {
             }
             SsCommand::Revert { file, tag } => {
                 match tokio::task::block_in_place(|| self.files.revert(&file, &tag)) {
-                    Ok(committed) => {
-                        self.unconfirmed
-                            .changed(&file, committed.meta.stats.stamp());
-                        let offered = self.offer(&file, &committed);
-                        Ok(self
-                            .applied_on_stream(committed.meta.stats, offered, change.take())
-                            .await)
-                    }
+                    Ok(committed) => Ok(self.committed(&file, committed, change.take()).await),
                     Err(e) => Err(e),
                 }
             }
@@ -230,6 +216,20 @@ impl Server {
             }
         };
         Self::answer(conn, id, reply).await
+    }
+
+    /// The answer to a content change nm asked for (UNDO, REVERT): recorded
+    /// as not yet confirmed by the standby, and offered to the stream.
+    async fn committed(
+        &self,
+        file: &str,
+        committed: crate::files::Committed,
+        change: Option<tokio::sync::RwLockReadGuard<'_, ()>>,
+    ) -> SsReply {
+        self.unconfirmed.changed(file, committed.meta.stats.stamp());
+        let offered = self.offer(file, &committed);
+        self.applied_on_stream(committed.meta.stats, offered, change)
+            .await
     }
 
     /// The inventory (of `only` these files, if given) and all tombstones in pages, then `End`.
