@@ -15,7 +15,7 @@
 
 use crate::{bin, daemon_log_filter, eventually, Batch, Options};
 use client::Client;
-use shared::proto::{ClusterStatus, NmReply, NmRequest, NmRole, PairState, ServerState};
+use shared::proto::{ClusterStatus, NmReply, NmRequest, NmRole, PairState};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -291,14 +291,7 @@ impl HaCluster {
             ])
             .args(["--initial-cluster-state", "new"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args([
-                "--logger",
-                "zap",
-                "--log-outputs",
-                "stderr",
-                "--log-level",
-                "warn",
-            ])
+            .args(crate::process::ETCD_QUIET_LOG)
             .stdout(Stdio::null())
             .stderr(self.log_file(&format!("etcd{i}")))
             .spawn()
@@ -374,12 +367,7 @@ impl HaCluster {
     pub async fn start_ss(&mut self, name: &str) {
         self.spawn_ss(name);
         eventually(&format!("{name} to be ALIVE"), || async {
-            let status = self.try_status().await?;
-            status
-                .servers
-                .iter()
-                .any(|s| s.name == name && s.state == ServerState::Alive)
-                .then_some(())
+            crate::is_alive(&self.try_status().await?, name).then_some(())
         })
         .await;
     }

@@ -110,6 +110,14 @@ pub(crate) fn print_log_tails(dir: &Path) {
     }
 }
 
+/// Whether STATUS lists server `name` as ALIVE.
+pub fn is_alive(status: &ClusterStatus, name: &str) -> bool {
+    status
+        .servers
+        .iter()
+        .any(|s| s.name == name && s.state == ServerState::Alive)
+}
+
 /// Polls `check` until it returns `Some`, or panics after `DEADLINE`.
 pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -353,12 +361,7 @@ impl TestCluster {
 
     pub async fn wait_alive(&self, name: &str) {
         eventually(&format!("{name} to be ALIVE"), || async {
-            let status = self.try_status().await?;
-            status
-                .servers
-                .iter()
-                .any(|s| s.name == name && s.state == ServerState::Alive)
-                .then_some(())
+            is_alive(&self.try_status().await?, name).then_some(())
         })
         .await;
     }

@@ -9,7 +9,7 @@
 
 use crate::process::{die_with_parent, free_port};
 use client::Client;
-use shared::proto::{ClusterStatus, NmReply, NmRequest, NmRole, PairState, ServerState};
+use shared::proto::{ClusterStatus, NmReply, NmRequest, NmRole, PairState};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -95,22 +95,12 @@ impl LocalCluster {
         Self::start_in(None, bin_dir, fsync, heartbeat, timeout, replication).await
     }
 
-    /// Like [`LocalCluster::start`], in `folder` if given (nm's data and the
-    /// storage folders found there are used as they are), else in a new temp dir.
-    pub async fn start_in(
-        folder: Option<PathBuf>,
-        bin_dir: Option<PathBuf>,
-        fsync: bool,
-        heartbeat: &str,
-        timeout: &str,
-        replication: &str,
-    ) -> Result<Self, ClusterError> {
-        let bin_dir = bin_dir_or_own(bin_dir)?;
-        let mut cluster = LocalCluster {
-            dir: match folder {
-                Some(path) => Folder::Given(path),
-                None => Folder::Temp(tempfile::tempdir()?),
-            },
+    /// A cluster in `dir` with nothing started yet; `settings` are fsync,
+    /// the heartbeat interval, nm's failure timeout and the replication mode.
+    fn unstarted(dir: Folder, bin_dir: PathBuf, settings: (bool, &str, &str, &str)) -> Self {
+        let (fsync, heartbeat, timeout, replication) = settings;
+        LocalCluster {
+            dir,
             bin_dir,
             nm: None,
             nm_addr: String::new(),
@@ -122,7 +112,25 @@ impl LocalCluster {
             replication: replication.to_owned(),
             ss_args: Vec::new(),
             ha: None,
+        }
+    }
+
+    /// Like [`LocalCluster::start`], in `folder` if given (nm's data and the
+    /// storage folders found there are used as they are), else in a new temp dir.
+    pub async fn start_in(
+        folder: Option<PathBuf>,
+        bin_dir: Option<PathBuf>,
+        fsync: bool,
+        heartbeat: &str,
+        timeout: &str,
+        replication: &str,
+    ) -> Result<Self, ClusterError> {
+        let dir = match folder {
+            Some(path) => Folder::Given(path),
+            None => Folder::Temp(tempfile::tempdir()?),
         };
+        let settings = (fsync, heartbeat, timeout, replication);
+        let mut cluster = Self::unstarted(dir, bin_dir_or_own(bin_dir)?, settings);
         let ready = cluster.dir.path().join("nm.addr");
         // A given folder may hold an earlier run's address and key.
         let _ = std::fs::remove_file(&ready);
@@ -198,25 +206,15 @@ impl LocalCluster {
                 .nms
                 .push((format!("127.0.0.1:{}", free_port()?), None));
         }
-        let mut cluster = LocalCluster {
-            dir: Folder::Temp(tempfile::tempdir()?),
-            bin_dir,
-            nm: None,
-            nm_addr: group
-                .nms
-                .iter()
-                .map(|(a, _)| a.clone())
-                .collect::<Vec<_>>()
-                .join(","),
-            servers: BTreeMap::new(),
-            known: Vec::new(),
-            fsync,
-            heartbeat: heartbeat.to_owned(),
-            timeout: timeout.to_owned(),
-            replication: replication.to_owned(),
-            ss_args: Vec::new(),
-            ha: Some(group),
-        };
+        let settings = (fsync, heartbeat, timeout, replication);
+        let mut cluster = Self::unstarted(Folder::Temp(tempfile::tempdir()?), bin_dir, settings);
+        cluster.nm_addr = group
+            .nms
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        cluster.ha = Some(group);
         shared::auth::ClusterKey::generate(&cluster.key_file())?;
         cluster.spawn_etcd()?;
         for i in 0..nms.max(1) {
@@ -277,14 +275,7 @@ impl LocalCluster {
                 "--initial-cluster",
                 &format!("etcd0={}", group.etcd_peer_url),
             ])
-            .args([
-                "--logger",
-                "zap",
-                "--log-outputs",
-                "stderr",
-                "--log-level",
-                "warn",
-            ])
+            .args(crate::process::ETCD_QUIET_LOG)
             .stdout(Stdio::null())
             .stderr(log);
         die_with_parent(&mut command);
@@ -530,13 +521,9 @@ impl LocalCluster {
     /// Starts a storage server and waits until nm has it ALIVE.
     pub async fn start_ss(&mut self, name: &str) -> Result<(), ClusterError> {
         self.spawn_ss(name)?;
-        self.wait_for(&format!("{name} to register"), |s| {
-            s.servers
-                .iter()
-                .any(|x| x.name == name && x.state == ServerState::Alive)
-        })
-        .await
-        .map(|_| ())
+        self.wait_for(&format!("{name} to register"), |s| crate::is_alive(s, name))
+            .await
+            .map(|_| ())
     }
 
     /// Sends a signal (SIGSTOP, SIGCONT) to a storage server.

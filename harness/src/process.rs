@@ -5,6 +5,16 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+/// etcd's flags for logging warnings only, to stderr (the daemon's log file).
+pub const ETCD_QUIET_LOG: [&str; 6] = [
+    "--logger",
+    "zap",
+    "--log-outputs",
+    "stderr",
+    "--log-level",
+    "warn",
+];
+
 /// `<dir>/<name>.log`, appended to, as a child's stderr.
 pub fn log_file(dir: &Path, name: &str) -> std::io::Result<Stdio> {
     let file = std::fs::OpenOptions::new()

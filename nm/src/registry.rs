@@ -52,8 +52,9 @@ pub struct Pair {
     /// The epoch last reported in an event.
     reported_epoch: u64,
     /// Where the serving server's replication stream stood at its last
-    /// report, and who reported it.
-    pub stream: Option<(String, shared::proto::StreamPosition)>,
+    /// report (shown only while its epoch is the pair's: every change of
+    /// serving server takes a new epoch).
+    pub stream: Option<shared::proto::StreamPosition>,
 }
 
 /// What the journal remembers of a pair.
@@ -319,7 +320,7 @@ impl Registry {
     /// Records where `server`'s replication stream stands, if it serves its pair.
     pub fn stream_reported(&mut self, server: &str, position: shared::proto::StreamPosition) {
         if let Some(pair) = self.pairs.values_mut().find(|p| p.active() == server) {
-            pair.stream = Some((server.to_owned(), position));
+            pair.stream = Some(position);
         }
     }
 
@@ -459,9 +460,8 @@ impl Registry {
                 // Only the serving server's stream, in the pair's epoch.
                 let stream = p
                     .stream
-                    .as_ref()
-                    .filter(|(from, position)| from == p.active() && position.epoch == p.epoch())
-                    .map(|(_, position)| position.clone());
+                    .clone()
+                    .filter(|position| position.epoch == p.epoch());
                 let stream_lag_ms = stream
                     .as_ref()
                     .filter(|s| s.open && s.unacknowledged > 0)

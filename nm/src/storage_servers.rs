@@ -154,27 +154,22 @@ impl Nm {
                     streamed: false,
                     kind,
                 }) if result.is_ok() => {
-                    // Asynchronous: queued before the next message of this
-                    // server is read (a stream report counting the change as
-                    // handed to nm must not find the queue without it).
-                    if self.config.replication == crate::config::ReplicationMode::Async {
-                        self.replicate(&pair, &file, kind, Some(version));
-                        if replies
-                            .send(Reply {
-                                id,
-                                result: Ok(NmReply::Done),
-                            })
-                            .is_err()
-                        {
+                    // Queued before the next message of this server is read
+                    // (a stream report counting the change as handed to nm
+                    // must not find the queue without it); in sync mode the
+                    // answer waits for the backup, without holding the loop.
+                    let Some(confirmed) = self.queue_replication(&pair, &file, kind, version)
+                    else {
+                        if replies.send(Reply { id, result }).is_err() {
                             break;
                         }
                         continue;
-                    }
+                    };
                     let nm = self.clone();
                     let replies = replies.clone();
                     tokio::spawn(async move {
                         let result = nm
-                            .replicate_and_wait(&pair, &file, kind, version)
+                            .until_confirmed(&pair, &file, confirmed)
                             .await
                             .map(|()| NmReply::Done);
                         let _ = replies.send(Reply { id, result });

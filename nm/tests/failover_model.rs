@@ -294,7 +294,6 @@ impl World {
                 s.serving = None;
                 // What it had only received is gone; its stream broke.
                 s.received = 0;
-                s.to_ack = 0;
                 w.stream_broke();
             }
             Action::Restart(side) => {

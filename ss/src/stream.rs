@@ -404,7 +404,7 @@ impl Streamer {
         loop {
             tokio::select! {
                 changed = target.changed() => {
-                    self.report(&mut report, false);
+                    self.report(&mut report);
                     if changed.is_err() || target.borrow().as_ref() != Some(to) {
                         return Ok(());
                     }
@@ -446,7 +446,7 @@ impl Streamer {
                                 report.changes.push(change);
                             }
                             if report.changes.len() >= REPORT_BATCH {
-                                self.report(&mut report, true);
+                                self.report(&mut report);
                             }
                         }
                         Err(error) if reply.id == 0 => return Err(StreamError::Refused(error)),
@@ -454,7 +454,7 @@ impl Streamer {
                     }
                 }
                 _ = tick.tick() => {
-                    self.report(&mut report, false);
+                    self.report(&mut report);
                     if self.oldest_unacked().is_some_and(|t| t.elapsed() > ACK_TIMEOUT) {
                         return Err(StreamError::Stuck);
                     }
@@ -464,9 +464,10 @@ impl Streamer {
     }
 
     /// Sends nm the acknowledged changes and the stream's position: with
-    /// every batch, whenever the position moved, and every
-    /// [`STREAM_REPORT_IDLE_MS`] regardless (`force`: now).
-    fn report(&self, report: &mut Report, force: bool) {
+    /// every batch, whenever the position moved, while anything is
+    /// unacknowledged (its age is the pair's lag), and every
+    /// [`STREAM_REPORT_IDLE_MS`] regardless.
+    fn report(&self, report: &mut Report) {
         let position = self.position(report.epoch, true);
         let moved = report.last.as_ref().is_none_or(|(last, _)| {
             (last.sent, last.acknowledged, last.unacknowledged)
@@ -480,7 +481,7 @@ impl Streamer {
             .last
             .as_ref()
             .is_none_or(|(_, at)| at.elapsed() >= Duration::from_millis(STREAM_REPORT_IDLE_MS));
-        if force || moved || idle_due || !report.changes.is_empty() || position.unacknowledged > 0 {
+        if moved || idle_due || !report.changes.is_empty() || position.unacknowledged > 0 {
             self.link
                 .streamed(std::mem::take(&mut report.changes), position.clone());
             report.last = Some((position, Instant::now()));

@@ -208,12 +208,35 @@ impl Nm {
         kind: JobKind,
         version: u64,
     ) -> Result<(), WireError> {
-        if self.config.replication == crate::config::ReplicationMode::Async {
-            self.replicate(pair, file, kind, Some(version));
-            return Ok(());
+        match self.queue_replication(pair, file, kind, version) {
+            None => Ok(()),
+            Some(confirmed) => self.until_confirmed(pair, file, confirmed).await,
         }
-        let confirmed = self.waiters.register(pair, file, version);
+    }
+
+    /// Queues replication of a change at once; in synchronous mode, returns
+    /// what tells when the backup has it ([`Nm::until_confirmed`]).
+    pub fn queue_replication(
+        &self,
+        pair: &str,
+        file: &str,
+        kind: JobKind,
+        version: u64,
+    ) -> Option<tokio::sync::oneshot::Receiver<Confirmed>> {
+        let confirmed = (self.config.replication == crate::config::ReplicationMode::Sync)
+            .then(|| self.waiters.register(pair, file, version));
         self.replicate(pair, file, kind, Some(version));
+        confirmed
+    }
+
+    /// Waits until the backup has a change queued by
+    /// [`Nm::queue_replication`] (or the pair is running alone).
+    pub async fn until_confirmed(
+        &self,
+        pair: &str,
+        file: &str,
+        confirmed: tokio::sync::oneshot::Receiver<Confirmed>,
+    ) -> Result<(), WireError> {
         match tokio::time::timeout(self.config.ss_timeout, confirmed).await {
             Ok(Ok(Confirmed::ByStandby)) => Ok(()),
             Ok(Ok(Confirmed::Alone) | Err(_)) => self.until_alone_is_recorded(pair).await,

@@ -79,9 +79,15 @@ impl Files {
             checkpoints,
         } = copy;
         self.place_if_newer(&file, meta, |store, local, meta| {
+            // New checkpoints' names are durable before the metadata that
+            // names them is in place: a crash between the two must not leave
+            // metadata naming a checkpoint that is not there (a later copy
+            // would take it as held and never fetch it).
+            let mut checkpoint_dirs = BTreeSet::new();
             for (tag, temp) in checkpoints {
-                store.place(temp, &file, Placed::Checkpoint(&tag), dirs)?;
+                store.place(temp, &file, Placed::Checkpoint(&tag), &mut checkpoint_dirs)?;
             }
+            store.sync_dirs(&checkpoint_dirs)?;
             for stale in local.checkpoints.keys() {
                 if !meta.checkpoints.contains_key(stale) {
                     store.remove_checkpoint(&file, stale)?;

@@ -81,14 +81,13 @@ impl Server {
                     .and_then(|()| tokio::task::block_in_place(|| self.files.create(&file, &owner)))
                 {
                     Ok(meta) => {
-                        self.unconfirmed.changed(&file, meta.stats.stamp());
+                        let stats = meta.stats.clone();
                         let committed = crate::files::Committed {
                             meta,
                             content: Vec::new(),
                         };
-                        let offered = self.offer(&file, &committed);
                         Ok(self
-                            .applied_on_stream(committed.meta.stats, offered, change.take())
+                            .changed(&file, stats, Some(&committed), &[], change.take())
                             .await)
                     }
                     Err(e) => Err(e),
@@ -105,21 +104,14 @@ impl Server {
                 }
             }
             SsCommand::UndoFile { file } => {
-                match tokio::task::block_in_place(|| self.files.undo(&file)) {
-                    Ok(committed) => Ok(self.committed(&file, committed, change.take()).await),
-                    Err(e) => Err(e),
-                }
+                let undone = tokio::task::block_in_place(|| self.files.undo(&file));
+                self.rewritten(&file, undone, change.take()).await
             }
             SsCommand::SetAcl { file, acl } => {
                 match tokio::task::block_in_place(|| self.files.set_acl(&file, acl)) {
-                    Ok((stats, committed)) => {
-                        self.unconfirmed.changed(&file, stats.stamp());
-                        let offered = match &committed {
-                            Some(committed) => self.offer(&file, committed),
-                            None => crate::stream::Offered::NotSent,
-                        };
-                        Ok(self.applied_on_stream(stats, offered, change.take()).await)
-                    }
+                    Ok((stats, committed)) => Ok(self
+                        .changed(&file, stats, committed.as_ref(), &[], change.take())
+                        .await),
                     Err(e) => Err(e),
                 }
             }
@@ -153,27 +145,21 @@ impl Server {
             SsCommand::CreateCheckpoint { file, tag } => {
                 match tokio::task::block_in_place(|| self.files.checkpoint(&file, &tag)) {
                     Ok((stats, committed)) => {
-                        self.unconfirmed.changed(&file, stats.stamp());
                         // The checkpoint goes along: its content is the file's.
-                        let offered = match &committed {
-                            Some(c) => self.streamer.offer(
-                                &file,
-                                &c.meta,
-                                &c.content,
-                                &[(tag.as_str(), c.content.as_slice())],
-                            ),
-                            None => crate::stream::Offered::NotSent,
-                        };
-                        Ok(self.applied_on_stream(stats, offered, change.take()).await)
+                        let made: Vec<(&str, &[u8])> = committed
+                            .iter()
+                            .map(|c| (tag.as_str(), c.content.as_slice()))
+                            .collect();
+                        Ok(self
+                            .changed(&file, stats, committed.as_ref(), &made, change.take())
+                            .await)
                     }
                     Err(e) => Err(e),
                 }
             }
             SsCommand::Revert { file, tag } => {
-                match tokio::task::block_in_place(|| self.files.revert(&file, &tag)) {
-                    Ok(committed) => Ok(self.committed(&file, committed, change.take()).await),
-                    Err(e) => Err(e),
-                }
+                let reverted = tokio::task::block_in_place(|| self.files.revert(&file, &tag));
+                self.rewritten(&file, reverted, change.take()).await
             }
             SsCommand::Unconfirmed => {
                 let report = self
@@ -218,18 +204,39 @@ impl Server {
         Self::answer(conn, id, reply).await
     }
 
-    /// The answer to a content change nm asked for (UNDO, REVERT): recorded
-    /// as not yet confirmed by the standby, and offered to the stream.
-    async fn committed(
+    /// [`Server::changed`] for a change that gave `file` new content (UNDO,
+    /// REVERT), if it was made.
+    async fn rewritten(
         &self,
         file: &str,
-        committed: crate::files::Committed,
+        made: Result<crate::files::Committed, WireError>,
+        change: Option<tokio::sync::RwLockReadGuard<'_, ()>>,
+    ) -> Result<SsReply, WireError> {
+        let committed = made?;
+        let stats = committed.meta.stats.clone();
+        Ok(self
+            .changed(file, stats, Some(&committed), &[], change)
+            .await)
+    }
+
+    /// The answer to a change nm asked for that left `file` at `stats`, as
+    /// `committed` (`None`: not for the stream, too large): recorded as not
+    /// yet confirmed by the standby, and offered to the stream with the
+    /// checkpoints it `made`.
+    async fn changed(
+        &self,
+        file: &str,
+        stats: shared::proto::FileStats,
+        committed: Option<&crate::files::Committed>,
+        made: &[(&str, &[u8])],
         change: Option<tokio::sync::RwLockReadGuard<'_, ()>>,
     ) -> SsReply {
-        self.unconfirmed.changed(file, committed.meta.stats.stamp());
-        let offered = self.offer(file, &committed);
-        self.applied_on_stream(committed.meta.stats, offered, change)
-            .await
+        self.unconfirmed.changed(file, stats.stamp());
+        let offered = match committed {
+            Some(c) => self.streamer.offer(file, &c.meta, &c.content, made),
+            None => crate::stream::Offered::NotSent,
+        };
+        self.applied_on_stream(stats, offered, change).await
     }
 
     /// The inventory (of `only` these files, if given) and all tombstones in pages, then `End`.
