@@ -98,6 +98,15 @@ pub struct Config {
     #[arg(long, env = "NM_HEARTBEAT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub heartbeat_timeout: Duration,
 
+    /// A standby whose replication stream leaves a change unacknowledged
+    /// for longer than this is out of sync at once: it is not promoted if
+    /// the serving server fails (the pair goes OFFLINE instead), and a
+    /// catch-up brings it level. This bounds what async mode's window can
+    /// lose. Keep it below the stream's own 2 s acknowledgement timeout,
+    /// after which the stream hands its changes to nm's jobs.
+    #[arg(long, env = "NM_MAX_STANDBY_LAG", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub max_standby_lag: Duration,
+
     /// async: a change is acknowledged before the backup has it (a failure
     /// in that window can leave it only on the old primary, kept as a
     /// conflict copy). sync: acknowledged only once the backup has applied it

@@ -31,6 +31,12 @@
 //!   completes: writes were paused through its final sync);
 //! - it becomes `false` as soon as the standby is lost (or a change could not
 //!   be copied to it) while the serving server can still acknowledge changes;
+//! - it follows the replication stream's acknowledged position: it becomes
+//!   `false` when the serving server reports a change its standby has not
+//!   acknowledged for longer than nm's bound (`--max-standby-lag`), which
+//!   bounds what async mode's window can lose to a promotion, and a catch-up
+//!   that completes while the stream is still behind leaves it `false`
+//!   until the stream keeps up again;
 //! - a synchronous change is acknowledged without the standby only once that
 //!   `false` is durable ([`PairFsm::may_ack_alone`]): an nm restart can never
 //!   reload a `true` that was already a lie;
@@ -118,6 +124,10 @@ pub enum Input {
     /// A change could not be copied to the standby (queue overflow, a job
     /// that failed for good): it lacks something acknowledged.
     Diverged,
+    /// The serving server reported where its replication stream stands, in
+    /// `epoch`: `behind` when a change it sent has waited longer than nm's
+    /// bound (`--max-standby-lag`) for the standby's acknowledgement.
+    StreamPosition { epoch: u64, behind: bool },
     /// The target of a handover took its role.
     HandoverAcked { epoch: u64 },
     /// The target of a handover did not answer or refused.
@@ -177,6 +187,9 @@ pub struct PairFsm {
     attention: Option<String>,
     /// nm has run for a heartbeat timeout (see [`Input::StartupGraceOver`]).
     grace_over: bool,
+    /// The serving server's last report of its stream, in this epoch, said
+    /// the standby is behind (see [`Input::StreamPosition`]).
+    stream_behind: bool,
 }
 
 impl PairFsm {
@@ -202,6 +215,7 @@ impl PairFsm {
             serve_seq: 0,
             attention: None,
             grace_over: false,
+            stream_behind: false,
         }
     }
 
@@ -241,6 +255,11 @@ impl PairFsm {
 
     pub fn catch_up_round(&self) -> Option<u64> {
         self.catch_up
+    }
+
+    /// The serving server's last report said its standby is behind.
+    pub fn stream_behind(&self) -> bool {
+        self.stream_behind
     }
 
     pub fn attention(&self) -> Option<&str> {
@@ -343,6 +362,12 @@ impl PairFsm {
                 if self.catch_up == Some(round) && both_up && self.handover.is_none() {
                     self.catch_up = None;
                     self.attention = None;
+                    if self.stream_behind {
+                        // Level with the catch-up's mark, but the stream
+                        // still leaves changes unacknowledged past the
+                        // bound: in sync once it keeps up (a new round then).
+                        return out;
+                    }
                     self.set_in_sync(true, &mut out);
                     if self.durable.serving == Side::Backup {
                         // The primary is level: it takes back its pair.
@@ -373,6 +398,9 @@ impl PairFsm {
                     }
                 }
             }
+            Input::StreamPosition { epoch, behind } => {
+                self.stream_position(epoch, behind, &mut out)
+            }
             Input::HandoverAcked { epoch } => self.handover_acked(epoch, &mut out),
             Input::HandoverFailed { epoch } => self.handover_failed(epoch, &mut out),
             Input::Recorded { seq } => self.recorded_seq = self.recorded_seq.max(seq),
@@ -387,6 +415,8 @@ impl PairFsm {
     fn registered(&mut self, side: Side, out: &mut Vec<Decision>) {
         let was_up = self.up[side.index()];
         self.up[side.index()] = true;
+        // A new stream (its reports will say where it stands).
+        self.stream_behind = false;
         self.seen[side.index()] = true;
         if side == self.durable.serving {
             if self.handover.is_some() {
@@ -423,12 +453,42 @@ impl PairFsm {
         }
     }
 
+    /// The in-sync flag follows the stream's acknowledged position: a
+    /// standby the stream leaves behind by more than the bound is out of
+    /// sync at once (so neither a promotion nor async mode's window can
+    /// reach past the bound), and becomes in sync again only through a
+    /// catch-up that completes while the stream keeps up.
+    fn stream_position(&mut self, epoch: u64, behind: bool, out: &mut Vec<Decision>) {
+        let serving_up = self.up[self.durable.serving.index()];
+        let standby_up = self.up[self.standby_side().index()];
+        if epoch != self.durable.epoch || !serving_up || self.handover.is_some() {
+            return;
+        }
+        if behind == self.stream_behind {
+            return;
+        }
+        self.stream_behind = behind;
+        if behind {
+            self.set_in_sync(false, out);
+            // A new round even if one is under way: that one's copy may
+            // predate the overdue change, which the stream may yet hand to
+            // nm's jobs (the asynchronous window) instead of delivering.
+            if standby_up {
+                self.start_catch_up(out);
+            }
+        } else if standby_up && self.catch_up.is_none() && !self.durable.standby_in_sync {
+            // A catch-up completed while the stream was behind.
+            self.start_catch_up(out);
+        }
+    }
+
     fn lost(&mut self, side: Side, out: &mut Vec<Decision>) {
         if !self.up[side.index()] {
             return;
         }
         self.up[side.index()] = false;
         self.catch_up = None;
+        self.stream_behind = false;
         if side == self.durable.serving {
             self.ready = false;
             if self.paused() {
@@ -483,6 +543,7 @@ impl PairFsm {
         self.durable.serving = h.to;
         self.durable.epoch = epoch;
         self.ready = true;
+        self.stream_behind = false;
         self.attention = None;
         // A hand-back paused writes through its final sync: both are level.
         // A promoted server starts changing files its partner lacks.
@@ -649,6 +710,53 @@ mod tests {
         let d = f.step(Input::Registered { side: Primary });
         assert_eq!(d, [Decision::StartCatchUp { round: 3 }]);
         assert_eq!(f.clients_go_to(), Some((Primary, 0)));
+    }
+
+    #[test]
+    fn a_standby_the_stream_leaves_behind_is_out_of_sync_until_a_catch_up_while_it_keeps_up() {
+        let mut f = active_pair();
+        let epoch = f.epoch();
+        assert!(f
+            .step(Input::StreamPosition {
+                epoch,
+                behind: false
+            })
+            .is_empty());
+        // A report of another epoch is not this stream's.
+        assert!(f
+            .step(Input::StreamPosition {
+                epoch: epoch + 1,
+                behind: true
+            })
+            .is_empty());
+        let d = f.step(Input::StreamPosition {
+            epoch,
+            behind: true,
+        });
+        let (seq, durable) = persist_of(&d).unwrap();
+        assert!(!durable.standby_in_sync);
+        assert_eq!(d.last(), Some(&Decision::StartCatchUp { round: 2 }));
+        f.step(Input::Recorded { seq });
+        assert_eq!(f.state(), PairState::Syncing);
+        assert!(f.may_ack_alone());
+        // The catch-up completes while the stream is still behind: not yet.
+        assert!(f.step(Input::CatchUpDone { round: 2 }).is_empty());
+        assert!(!f.standby_in_sync());
+        // The primary dies now: the backup lacks acknowledged changes.
+        let mut dead = f.clone();
+        assert!(dead.step(Input::Lost { side: Primary }).is_empty());
+        assert_eq!(dead.state(), PairState::Offline);
+        // The stream keeps up again: a new round, and in sync once it is done.
+        let d = f.step(Input::StreamPosition {
+            epoch,
+            behind: false,
+        });
+        assert_eq!(d, [Decision::StartCatchUp { round: 3 }]);
+        let d = f.step(Input::CatchUpDone { round: 3 });
+        let (seq, durable) = persist_of(&d).unwrap();
+        assert!(durable.standby_in_sync);
+        f.step(Input::Recorded { seq });
+        assert_eq!(f.state(), PairState::Active);
     }
 
     #[test]

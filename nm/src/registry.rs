@@ -318,10 +318,15 @@ impl Registry {
     }
 
     /// Records where `server`'s replication stream stands, if it serves its pair.
-    pub fn stream_reported(&mut self, server: &str, position: shared::proto::StreamPosition) {
-        if let Some(pair) = self.pairs.values_mut().find(|p| p.active() == server) {
-            pair.stream = Some(position);
-        }
+    /// Keeps the serving server's report of its stream; returns its pair.
+    pub fn stream_reported(
+        &mut self,
+        server: &str,
+        position: shared::proto::StreamPosition,
+    ) -> Option<String> {
+        let pair = self.pairs.values_mut().find(|p| p.active() == server)?;
+        pair.stream = Some(position);
+        Some(pair.primary.clone())
     }
 
     /// The pair a server belongs to.

@@ -372,6 +372,7 @@ impl Nm {
         let mut changed = None;
         let mut reply = NmReply::Done;
         let mut streamed_changes = None;
+        let mut followups = None;
         {
             let mut state = self.state();
             state.registry.touch(server);
@@ -383,7 +384,24 @@ impl Nm {
                 }
                 ControlRequest::Streamed { changes, position } => {
                     if let Some(position) = position {
-                        state.registry.stream_reported(server, position);
+                        let bound = self.config.max_standby_lag.as_millis() as u64;
+                        let behind = position.unacknowledged > 0 && position.oldest_ms > bound;
+                        let input = Input::StreamPosition {
+                            epoch: position.epoch,
+                            behind,
+                        };
+                        let oldest = position.oldest_ms;
+                        if let Some(pair) = state.registry.stream_reported(server, position) {
+                            let pending = self.feed(&mut state, &pair, input);
+                            if !pending.is_empty() {
+                                let reason = match behind {
+                                    true => format!("{server}'s standby has left a streamed change unacknowledged for {oldest} ms (bound {bound} ms)"),
+                                    false => format!("{server}'s standby keeps up with the stream again"),
+                                };
+                                let events = state.registry.refresh(&reason);
+                                followups = Some((pair, pending, events, reason));
+                            }
+                        }
                     }
                     streamed_changes = Some(changes);
                 }
@@ -489,6 +507,10 @@ impl Nm {
                     return (Err(error), None);
                 }
             }
+        }
+        if let Some((pair, pending, events, reason)) = followups {
+            self.emit_all(events);
+            self.act(&pair, pending, &reason);
         }
         if let Some(changes) = streamed_changes {
             self.streamed(server, changes);

@@ -17,13 +17,18 @@
 //! - **(c)** once the pair is ACTIVE, every acknowledged write is on the
 //!   serving server or in a reported conflict copy;
 //! - **(d)** once both servers are up and nothing fails, the pair reaches
-//!   ACTIVE (checked by letting the world heal from every reachable state).
+//!   ACTIVE (checked by letting the world heal from every reachable state);
+//! - **(e)** in async mode, a write the serving server reported overdue on
+//!   its stream (unacknowledged past nm's `--max-standby-lag`) is outside
+//!   the asynchronous window from the moment nm's record of the report is
+//!   durable: it is on every server that can become serving.
 //!
 //! The replication stream (`ss::stream`) is modelled as a way to copy the
 //! serving server's writes to its partner that nm takes no part in, and in
 //! sync mode as a way to acknowledge a write once the partner has it, even
-//! while nm counts the partner lost: the machine's in-sync flag still moves
-//! only with catch-ups and losses, and the checks above must hold with the
+//! while nm counts the partner lost: the machine's in-sync flag moves
+//! with catch-ups, losses and the stream's reported position (below), and
+//! the checks above must hold with the
 //! stream delivering at any moment. Its three steps are separate, because
 //! each is a window: a change is sent (`StreamSend`: the partner has
 //! received it, in memory, and loses it if killed), made durable there
@@ -31,6 +36,11 @@
 //! received) and acknowledged (`StreamAck`: the serving server learns the
 //! partner's acknowledged position and drops those changes from its record
 //! of what the standby lacks, so a later catch-up does not compare them).
+//! The serving server's reports of the stream's position are two more
+//! actions: `StreamBehind` (a write its partner lacks is overdue: nm's
+//! `Input::StreamPosition`, behind) and `StreamLevel` (it keeps up again).
+//! `a_standby_promoted_past_an_overdue_acknowledgement_is_caught` has nm
+//! ignore them and must find (e) broken.
 //! `an_acknowledgement_before_durability_is_caught` breaks the order (the
 //! partner acknowledges what it has only received) and must find a
 //! catch-up that leaves an in-sync standby without an acknowledged write.
@@ -91,6 +101,11 @@ enum Action {
     StreamDurable,
     /// The serving server learns the partner's acknowledged position.
     StreamAck,
+    /// The serving server reports to nm a change its partner has left
+    /// unacknowledged past nm's bound (`Input::StreamPosition`, behind).
+    StreamBehind,
+    /// The serving server reports that its partner keeps up again.
+    StreamLevel,
     CatchUpCopy,
     CatchUpDone,
     Diverge,
@@ -102,7 +117,7 @@ enum Action {
     GraceOver,
 }
 
-const ACTIONS: [Action; 21] = [
+const ACTIONS: [Action; 23] = [
     Action::Kill(Side::Primary),
     Action::Kill(Side::Backup),
     Action::Restart(Side::Primary),
@@ -116,6 +131,8 @@ const ACTIONS: [Action; 21] = [
     Action::StreamSend,
     Action::StreamDurable,
     Action::StreamAck,
+    Action::StreamBehind,
+    Action::StreamLevel,
     Action::CatchUpCopy,
     Action::CatchUpDone,
     Action::Diverge,
@@ -172,6 +189,13 @@ struct World {
     records_nothing: bool,
     /// The broken stream: a partner acknowledges what it only received.
     acks_on_receipt: bool,
+    /// Acknowledged writes the serving server reported overdue on its
+    /// stream, once nm has durably recorded what it made of the report
+    /// (property (e)); and those whose record is not durable yet.
+    overdue: u8,
+    overdue_unrecorded: u8,
+    /// The broken reading of the position: nm ignores the reports.
+    ignores_position: bool,
 }
 
 fn bit(i: u8) -> u8 {
@@ -206,6 +230,9 @@ impl World {
             unclean,
             records_nothing,
             acks_on_receipt,
+            overdue: 0,
+            overdue_unrecorded: 0,
+            ignores_position: false,
         }
     }
 
@@ -439,6 +466,41 @@ impl World {
                 // Acknowledged: the source's record lets them go.
                 s.pending &= !acked;
             }
+            Action::StreamBehind => {
+                let (source, target) = w.stream()?;
+                let epoch = w.fsm.epoch();
+                let s = &w.servers[source as usize];
+                let lacking = w.acked & s.data & !w.servers[target as usize].data;
+                if w.fsm.stream_behind()
+                    || lacking == 0
+                    || w.fsm.serving_side() != source
+                    || !w.connected(source)
+                    || s.serving != Some(epoch)
+                {
+                    return None;
+                }
+                if !w.ignores_position {
+                    w.step(Input::StreamPosition {
+                        epoch,
+                        behind: true,
+                    });
+                }
+                // Bounded from here on, once nm's record of it is durable.
+                match w.unflushed {
+                    Some(_) => w.overdue_unrecorded |= lacking,
+                    None => w.overdue |= lacking,
+                }
+            }
+            Action::StreamLevel => {
+                let (source, _) = w.stream()?;
+                if !w.fsm.stream_behind() || !w.connected(source) {
+                    return None;
+                }
+                w.step(Input::StreamPosition {
+                    epoch: w.fsm.epoch(),
+                    behind: false,
+                });
+            }
             Action::CatchUpCopy => {
                 let round = w.fsm.catch_up_round()?;
                 let (source, target) = (w.fsm.serving_side(), w.fsm.standby_side());
@@ -505,12 +567,15 @@ impl World {
             Action::Flush => {
                 let (seq, durable) = w.unflushed.take()?;
                 w.journal = durable;
+                w.overdue |= std::mem::take(&mut w.overdue_unrecorded);
                 w.step(Input::Recorded { seq });
             }
             Action::GraceOver => w.step(Input::StartupGraceOver),
             Action::NmRestart => {
                 w.fsm = PairFsm::restored(w.journal.clone(), w.unclean);
                 w.unflushed = None;
+                // The report's reading died with nm.
+                w.overdue_unrecorded = 0;
                 w.copied = None;
                 for s in &mut w.servers {
                     // Their connections broke; their leases run out.
@@ -546,9 +611,10 @@ impl World {
     /// The first property this state breaks, if any.
     fn violation(&self, mode: Mode) -> Option<String> {
         let data = |side: Side| self.servers[side as usize].data;
+        // (e): an overdue write is outside the asynchronous window.
         let required = match mode {
             Mode::Sync => self.acked,
-            Mode::Async => self.acked & !self.window,
+            Mode::Async => self.acked & !(self.window & !self.overdue),
         };
         // With --unclean-promotion, async mode promises (c) only.
         if !(self.unclean && mode == Mode::Async) {
@@ -589,10 +655,11 @@ impl World {
     /// (d): with every server restarted and nothing failing, the pair
     /// reaches ACTIVE.
     fn heals(&self, mode: Mode) -> bool {
-        const HEALING: [Action; 9] = [
+        const HEALING: [Action; 10] = [
             Action::Restart(Side::Primary),
             Action::Restart(Side::Backup),
             Action::Flush,
+            Action::StreamLevel,
             Action::Register(Side::Primary),
             Action::Register(Side::Backup),
             Action::AckHandover,
@@ -635,14 +702,17 @@ enum Broken {
     Record,
     /// A partner acknowledges a streamed change it has only received.
     AckOnReceipt,
+    /// nm ignores the stream's reports of an overdue acknowledgement.
+    IgnoresPosition,
 }
 
 fn explore(mode: Mode, unclean: bool, broken: Broken, depth: usize) -> Report {
-    let start = World::new(
+    let mut start = World::new(
         unclean,
         broken == Broken::Record,
         broken == Broken::AckOnReceipt,
     );
+    start.ignores_position = broken == Broken::IgnoresPosition;
     let mut seen: HashSet<World> = HashSet::new();
     seen.insert(start.clone());
     let mut frontier: VecDeque<(World, Vec<Action>)> = VecDeque::from([(start, Vec::new())]);
@@ -746,6 +816,19 @@ fn acknowledgement_before_durability_is_caught(mode: Mode) {
     );
     println!(
         "broken stream caught in {mode:?} mode after {} states: {violation}\n after {path:?}",
+        report.states
+    );
+    assert!(violation.starts_with("(a)"), "{violation}");
+}
+
+#[test]
+fn a_standby_promoted_past_an_overdue_acknowledgement_is_caught() {
+    let report = explore(Mode::Async, false, Broken::IgnoresPosition, depth());
+    let (violation, path) = report.violation.expect(
+        "nm that ignores the stream's position must promote a standby without an overdue write",
+    );
+    println!(
+        "ignored position caught after {} states: {violation}\n after {path:?}",
         report.states
     );
     assert!(violation.starts_with("(a)"), "{violation}");

@@ -540,6 +540,75 @@ async fn a_server_cut_from_its_partner_only_catches_up_after_the_partition() {
     cluster.wait_same_files("ss1", "ss1_backup").await;
 }
 
+/// The in-sync flag follows the stream's acknowledged position. A backup cut
+/// from its primary only (both still heartbeat nm) leaves an acknowledged
+/// change unacknowledged on the stream; past `--max-standby-lag` nm counts
+/// it out of sync while the stream is still open (before the stream's own
+/// timeout hands anything to nm's jobs), so when the primary then dies the
+/// pair goes OFFLINE instead of promoting a backup without the change, and
+/// nothing acknowledged is lost once the primary returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_the_stream_leaves_behind_is_not_promoted() {
+    let options = HaOptions {
+        nm_count: 1,
+        heartbeat_timeout: "1s",
+        daemons: harness::Options {
+            nm_args: vec!["--max-standby-lag", "300ms"],
+            ..harness::Options::default()
+        },
+        ..HaOptions::default()
+    };
+    let mut cluster = pair_cluster(options).await;
+    assert!(cluster.status().await.pairs[0].standby_in_sync);
+    cluster
+        .partitions
+        .cut(cluster.ss_ip("ss1"), cluster.ss_ip("ss1_backup"));
+    let cut = Instant::now();
+    cluster
+        .console(
+            "alice",
+            "WRITE a.txt 1\n0 Acknowledged during the cut.\nETIRW\n",
+        )
+        .all_ok();
+    let status = eventually("the backup out of sync", async || {
+        let status = cluster.try_status().await?;
+        (!status.pairs[0].standby_in_sync).then_some(status)
+    })
+    .await;
+    let elapsed = cut.elapsed();
+    let pair = &status.pairs[0];
+    assert_eq!(pair.state, PairState::Syncing, "{pair:?}");
+    let stream = pair.stream.as_ref().expect("the stream's position");
+    assert!(
+        stream.open && stream.unacknowledged > 0,
+        "out of sync by the stream's position, before it gave up: {stream:?} after {elapsed:?}"
+    );
+    cluster.kill_ss("ss1");
+    let status = cluster.wait_pair("ss1", PairState::Offline).await;
+    assert!(
+        status.pairs[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("not in sync")),
+        "{:?}",
+        status.pairs[0]
+    );
+    assert!(
+        !status.servers.iter().any(|s| s.serving),
+        "a server serves: {:?}",
+        status.servers
+    );
+    cluster.partitions.heal();
+    cluster.start_ss("ss1").await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let read = cluster.until_ok("alice", "READ a.txt\n").await;
+    assert!(
+        content(&read).contains("Acknowledged during the cut."),
+        "{read}"
+    );
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+}
+
 /// The detail of the last pair sync the leader at `nm` reported, its recent
 /// events included.
 async fn last_sync_detail(nm: &str) -> Option<String> {
