@@ -98,13 +98,16 @@ pub struct Config {
     #[arg(long, env = "NM_HEARTBEAT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub heartbeat_timeout: Duration,
 
-    /// A standby whose replication stream leaves a change unacknowledged
-    /// for longer than this is out of sync at once: it is not promoted if
-    /// the serving server fails (the pair goes OFFLINE instead), and a
-    /// catch-up brings it level. This bounds what async mode's window can
-    /// lose. Keep it below the stream's own 2 s acknowledgement timeout,
-    /// after which the stream hands its changes to nm's jobs.
-    #[arg(long, env = "NM_MAX_STANDBY_LAG", default_value = "1s", value_parser = humantime::parse_duration)]
+    /// Async mode: a standby whose replication stream leaves an
+    /// acknowledged change unacknowledged for longer than this is out of
+    /// sync as soon as the serving server reports it (every 20 ms while
+    /// anything is unacknowledged): it is not promoted if the serving server
+    /// fails (the pair goes OFFLINE instead), and a catch-up brings it
+    /// level once the stream keeps up (no change older than half this).
+    /// This bounds what async mode's window can lose to a promotion. Must be
+    /// shorter than the stream's own 2 s timeout, after which it hands its
+    /// changes to nm's jobs; 0 turns the check off.
+    #[arg(long, env = "NM_MAX_STANDBY_LAG", default_value = "1s", value_parser = parse_standby_lag)]
     pub max_standby_lag: Duration,
 
     /// async: a change is acknowledged before the backup has it (a failure
@@ -153,4 +156,31 @@ pub struct Config {
 pub enum ReplicationMode {
     Async,
     Sync,
+}
+
+/// `--max-standby-lag`: a duration shorter than the stream's acknowledgement
+/// timeout, or 0 (off).
+fn parse_standby_lag(text: &str) -> Result<Duration, String> {
+    let lag = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    let limit = Duration::from_millis(shared::proto::STREAM_ACK_TIMEOUT_MS);
+    if lag >= limit {
+        return Err(format!(
+            "must be shorter than the stream's acknowledgement timeout ({limit:?}), after which the stream hands its changes to nm's jobs and a standby would never be seen behind; 0 turns the check off"
+        ));
+    }
+    Ok(lag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_standby_lag_bound_is_below_the_streams_timeout_or_off() {
+        assert_eq!(parse_standby_lag("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_standby_lag("0"), Ok(Duration::ZERO));
+        let refused = parse_standby_lag("2s").unwrap_err();
+        assert!(refused.contains("shorter than"), "{refused}");
+        assert!(parse_standby_lag("soon").is_err());
+    }
 }

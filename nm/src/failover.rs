@@ -476,8 +476,11 @@ impl PairFsm {
             if standby_up {
                 self.start_catch_up(out);
             }
-        } else if standby_up && self.catch_up.is_none() && !self.durable.standby_in_sync {
-            // A catch-up completed while the stream was behind.
+        } else if standby_up && !self.durable.standby_in_sync {
+            // A new round, even if one is under way: changes that became
+            // overdue after that one's copy was taken may since have been
+            // handed to nm's jobs (the asynchronous window) rather than
+            // delivered.
             self.start_catch_up(out);
         }
     }

@@ -318,15 +318,16 @@ impl Registry {
     }
 
     /// Records where `server`'s replication stream stands, if it serves its pair.
-    /// Keeps the serving server's report of its stream; returns its pair.
+    /// Keeps the serving server's report of its stream; returns its pair
+    /// and whether the last report had found its standby behind.
     pub fn stream_reported(
         &mut self,
         server: &str,
         position: shared::proto::StreamPosition,
-    ) -> Option<String> {
+    ) -> Option<(String, bool)> {
         let pair = self.pairs.values_mut().find(|p| p.active() == server)?;
         pair.stream = Some(position);
-        Some(pair.primary.clone())
+        Some((pair.primary.clone(), pair.fsm.stream_behind()))
     }
 
     /// The pair a server belongs to.

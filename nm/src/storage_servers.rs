@@ -385,13 +385,21 @@ impl Nm {
                 ControlRequest::Streamed { changes, position } => {
                     if let Some(position) = position {
                         let bound = self.config.max_standby_lag.as_millis() as u64;
-                        let behind = position.unacknowledged > 0 && position.oldest_ms > bound;
-                        let input = Input::StreamPosition {
-                            epoch: position.epoch,
-                            behind,
-                        };
-                        let oldest = position.oldest_ms;
-                        if let Some(pair) = state.registry.stream_reported(server, position) {
+                        let (epoch, oldest) = (position.epoch, position.oldest_ms);
+                        let waiting = position.unacknowledged > 0;
+                        // Only async mode acknowledges what the standby has
+                        // not: in sync mode an unacknowledged change waits,
+                        // unanswered, and the standby lacks nothing acknowledged.
+                        let watched = bound > 0
+                            && self.config.replication == crate::config::ReplicationMode::Async;
+                        if let Some((pair, was_behind)) =
+                            state.registry.stream_reported(server, position)
+                        {
+                            // Behind past the bound; level again only below
+                            // half of it, so a lag near the bound does not flap.
+                            let limit = if was_behind { bound / 2 } else { bound };
+                            let behind = watched && waiting && oldest > limit;
+                            let input = Input::StreamPosition { epoch, behind };
                             let pending = self.feed(&mut state, &pair, input);
                             if !pending.is_empty() {
                                 let reason = match behind {

@@ -471,8 +471,11 @@ impl World {
                 let epoch = w.fsm.epoch();
                 let s = &w.servers[source as usize];
                 let lacking = w.acked & s.data & !w.servers[target as usize].data;
-                if w.fsm.stream_behind()
-                    || lacking == 0
+                // Only async mode acknowledges what the partner lacks (in
+                // sync mode nm does not watch the position). Reported again
+                // while behind, a newly overdue write counts too.
+                if mode != Mode::Async
+                    || lacking & !(w.overdue | w.overdue_unrecorded) == 0
                     || w.fsm.serving_side() != source
                     || !w.connected(source)
                     || s.serving != Some(epoch)

@@ -36,7 +36,7 @@ use crate::unconfirmed::Unconfirmed;
 use shared::connection::{Connection, ConnectionError, Incoming};
 use shared::proto::{
     FileMeta, FileStats, PeerRequest, Reply, Request, Role, SsReply, StreamPosition, StreamRequest,
-    StreamedChange, StreamedCheckpoint, STREAM_REPORT_IDLE_MS,
+    StreamedChange, StreamedCheckpoint, STREAM_ACK_TIMEOUT_MS, STREAM_REPORT_IDLE_MS,
 };
 use shared::WireError;
 use std::collections::HashMap;
@@ -57,7 +57,7 @@ const REPORT_EVERY: Duration = Duration::from_millis(20);
 const REPORT_BATCH: usize = 512;
 /// How long the standby has to acknowledge a change before the stream is
 /// deemed stuck and closed.
-const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+const ACK_TIMEOUT: Duration = Duration::from_millis(STREAM_ACK_TIMEOUT_MS);
 const RETRY_START: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 /// Changes the standby applies at once (they share its log's fdatasync).
@@ -431,10 +431,20 @@ impl Streamer {
                     let request = Request { id: change.seq, body };
                     // A standby that stops reading (a stalled disk) must not
                     // hold this loop: its acknowledgements, the stall check
-                    // and a new target are all waiting on it.
-                    tokio::time::timeout(ACK_TIMEOUT, writer.send(&request))
-                        .await
-                        .map_err(|_| StreamError::Stuck)??;
+                    // and a new target are all waiting on it. nm goes on
+                    // hearing the position meanwhile (the age of what the
+                    // standby has not acknowledged is what tells it so).
+                    let send = writer.send(&request);
+                    tokio::pin!(send);
+                    let stuck = tokio::time::sleep(ACK_TIMEOUT);
+                    tokio::pin!(stuck);
+                    loop {
+                        tokio::select! {
+                            sent = &mut send => break sent?,
+                            _ = &mut stuck => return Err(StreamError::Stuck),
+                            _ = tick.tick() => self.report(&mut report),
+                        }
+                    }
                 }
                 reply = reader.recv::<Reply<SsReply>>() => {
                     let Some(reply) = reply? else {

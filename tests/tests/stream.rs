@@ -456,7 +456,8 @@ async fn a_hung_backup_stalls_the_stream_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delete_the_stream_hands_back_reaches_the_backup_as_a_delete() {
     let options = Options {
-        nm_args: vec!["--heartbeat-timeout", "8s"],
+        // Nor does the standby's lag make nm start one.
+        nm_args: vec!["--heartbeat-timeout", "8s", "--max-standby-lag", "0"],
         ..Options::default()
     };
     let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;

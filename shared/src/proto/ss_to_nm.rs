@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 /// this often while it is open, even when nothing changes.
 pub const STREAM_REPORT_IDLE_MS: u64 = 200;
 
+/// A serving server's stream waits this long for its standby's
+/// acknowledgement (or to get a change into the socket) before it deems the
+/// stream stuck, closes it and hands what it had not delivered to nm. nm's
+/// `--max-standby-lag` must be shorter to ever see the standby behind.
+pub const STREAM_ACK_TIMEOUT_MS: u64 = 2000;
+
 /// Requests a storage server sends nm on its control connection (the
 /// ss → nm channel), answered with [`NmReply`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
