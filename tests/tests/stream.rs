@@ -448,6 +448,56 @@ async fn a_hung_backup_stalls_the_stream_and_nothing_is_lost() {
     );
 }
 
+/// A standby that stops reading (hung here, but not yet past nm's heartbeat
+/// timeout) leaves so much unacknowledged that the stream's socket fills and
+/// its sends block. The serving server goes on reporting where the stream
+/// stands meanwhile, so nm finds the standby behind past `--max-standby-lag`
+/// while the stream is still open (before its own timeout hands anything to
+/// nm's jobs), and a promotion could not reach past the bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_that_stops_reading_is_out_of_sync_within_the_bound() {
+    let options = Options {
+        nm_args: vec!["--heartbeat-timeout", "8s", "--max-standby-lag", "1500ms"],
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let events = cluster.watch_events();
+    until_streaming(&cluster, &events).await;
+    cluster.signal_ss("ss1_backup", libc::SIGSTOP);
+    // About 13 MiB on the stream: more than loopback's socket buffers hold.
+    let words = "lorem ".repeat(41_000);
+    let script: String = (0..56)
+        .map(|i| format!("CREATE big{i}.txt\nWRITE big{i}.txt 0\n0 {words}\nETIRW\n"))
+        .collect();
+    cluster.console("alice", &script).all_ok();
+    // nm's reason for taking the pair out of ACTIVE is the stream's
+    // position (not the stream closing, nor a job failing, nor a lost server).
+    let reason = eventually("the backup out of sync", async || {
+        let events = events.lock().unwrap();
+        events.iter().find_map(|e| match &e.kind {
+            EventKind::Pair {
+                from: PairState::Active,
+                to,
+                reason,
+                ..
+            } => Some((*to, reason.clone())),
+            _ => None,
+        })
+    })
+    .await;
+    assert_eq!(reason.0, PairState::Syncing, "{reason:?}");
+    assert!(
+        reason.1.contains("unacknowledged for"),
+        "out of sync by the stream's position, before it gave up: {reason:?}"
+    );
+    let status = cluster.status().await;
+    assert!(!status.pairs[0].standby_in_sync, "{:?}", status.pairs[0]);
+    cluster.signal_ss("ss1_backup", libc::SIGCONT);
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+}
+
 /// A DELETE the stream hands back (the standby stalls past the stream's
 /// patience but not past its heartbeat timeout, so no sync follows) reaches
 /// the standby as a delete: by then nm has dropped the file from its
