@@ -186,6 +186,13 @@ impl NmLink {
         stats: &FileStats,
         streamed: bool,
     ) -> Result<(), WireError> {
+        self.notify_changed(file, stats, streamed).answered().await
+    }
+
+    /// [`NmLink::file_changed`] in two halves: the notice is queued now (it
+    /// may go while the change is still being put in place here: nm's
+    /// copies read the file under its lock), and its answer awaited later.
+    pub fn notify_changed(&self, file: &str, stats: &FileStats, streamed: bool) -> ChangeNotice {
         let request = ControlRequest::FileChanged {
             file: file.to_owned(),
             stats: stats.clone(),
@@ -193,21 +200,15 @@ impl NmLink {
             deleted: false,
         };
         let sync = self.sync_replication.load(Ordering::Relaxed) && !streamed;
-        let unconfirmed = |why: &str| {
-            if sync {
-                Err(WireError::unavailable(format!(
-                    "the change was applied here but the backup has not confirmed it ({why}); it may not survive a failover"
-                )))
-            } else {
-                Ok(())
-            }
-        };
         if !self.connected.load(Ordering::Relaxed) {
             let _ = self.notices.try_send(Notice {
                 request,
                 delivered: None,
             });
-            return unconfirmed("nm is unreachable");
+            return ChangeNotice::Unsent {
+                sync,
+                why: "nm is unreachable",
+            };
         }
         let (tx, rx) = oneshot::channel();
         let queued = self.notices.try_send(Notice {
@@ -215,20 +216,12 @@ impl NmLink {
             delivered: Some(tx),
         });
         if queued.is_err() {
-            return unconfirmed("too many notices pending");
+            return ChangeNotice::Unsent {
+                sync,
+                why: "too many notices pending",
+            };
         }
-        let wait = if sync {
-            SYNC_ACK_TIMEOUT
-        } else {
-            NOTICE_ACK_TIMEOUT
-        };
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) if sync => Err(e),
-            Ok(Ok(Err(_))) => Ok(()),
-            Ok(Err(_)) => unconfirmed("the nm connection broke"),
-            Err(_) => unconfirmed("no answer in time"),
-        }
+        ChangeNotice::Queued { sync, answer: rx }
     }
 
     /// Tells nm of a change the replication stream could not deliver: nm
@@ -675,4 +668,49 @@ enum Pending {
         sent: Instant,
         delivered: Option<oneshot::Sender<Result<(), WireError>>>,
     },
+}
+
+/// A change notice on its way to nm (see [`NmLink::notify_changed`]).
+pub enum ChangeNotice {
+    Queued {
+        /// nm's answer says whether the backup has the change.
+        sync: bool,
+        answer: oneshot::Receiver<Result<(), WireError>>,
+    },
+    Unsent {
+        sync: bool,
+        why: &'static str,
+    },
+}
+
+impl ChangeNotice {
+    /// nm's answer: in synchronous mode whether the backup has the change;
+    /// otherwise always `Ok`.
+    pub async fn answered(self) -> Result<(), WireError> {
+        let unconfirmed = |sync: bool, why: &str| {
+            if sync {
+                Err(WireError::unavailable(format!(
+                    "the change was applied here but the backup has not confirmed it ({why}); it may not survive a failover"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        let (sync, answer) = match self {
+            ChangeNotice::Unsent { sync, why } => return unconfirmed(sync, why),
+            ChangeNotice::Queued { sync, answer } => (sync, answer),
+        };
+        let wait = if sync {
+            SYNC_ACK_TIMEOUT
+        } else {
+            NOTICE_ACK_TIMEOUT
+        };
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) if sync => Err(e),
+            Ok(Ok(Err(_))) => Ok(()),
+            Ok(Err(_)) => unconfirmed(sync, "the nm connection broke"),
+            Err(_) => unconfirmed(sync, "no answer in time"),
+        }
+    }
 }

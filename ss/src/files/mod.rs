@@ -252,6 +252,19 @@ impl Files {
 
     /// Makes an empty file; returns its metadata.
     pub fn create(&self, file: &str, owner: &str) -> Result<FileMeta, WireError> {
+        self.create_announcing(file, owner, |_| {})
+    }
+
+    /// [`Files::create`], calling `durable` with the new file's metadata as
+    /// soon as it is durable here (before its files are in place, when
+    /// nothing else must happen first); it is called whenever this returns
+    /// `Ok`.
+    pub fn create_announcing(
+        &self,
+        file: &str,
+        owner: &str,
+        durable: impl FnOnce(&FileMeta),
+    ) -> Result<FileMeta, WireError> {
         let mut map = self.lock_map();
         if self.find(&mut map, file)?.is_some() {
             return Err(WireError::new(
@@ -285,17 +298,26 @@ impl Files {
         let e = lock(&entry);
         map.entries.insert(file.to_owned(), entry.clone());
         drop(map);
-        let created = self.store.create(file, &meta).and_then(|()| {
-            if after_delete > 0 {
-                self.store.remove_tombstone(file)
-            } else {
-                Ok(())
+        let mut durable = Some(durable);
+        let mut announce = || {
+            if let Some(durable) = durable.take() {
+                durable(&meta);
             }
-        });
+        };
+        // Over a tombstone, only once the tombstone is gone too.
+        let created = if after_delete > 0 {
+            self.store
+                .create(file, &meta)
+                .and_then(|()| self.store.remove_tombstone(file))
+        } else {
+            self.store.create_announcing(file, &meta, &mut announce)
+        };
         if let Err(err) = created {
             self.forget_unwritten(file, &entry, e);
             return Err(err.into());
         }
+        announce();
+        drop(e);
         Ok(meta)
     }
 

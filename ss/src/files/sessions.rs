@@ -79,7 +79,18 @@ impl WriteSession {
 
     /// ETIRW: splices the working copy into the file as one change; returns
     /// the file as it now is (for the replication stream).
-    pub fn commit(mut self) -> Result<Committed, WireError> {
+    pub fn commit(self) -> Result<Committed, WireError> {
+        self.commit_announcing(|_| {})
+    }
+
+    /// [`WriteSession::commit`], calling `durable` with the change as soon
+    /// as it is durable here (see [`crate::store::Store::commit_announcing`]),
+    /// still under the file's lock: changes of a file are announced in the
+    /// order they were made. It is called whenever this returns `Ok`.
+    pub fn commit_announcing(
+        mut self,
+        durable: impl FnOnce(&Committed),
+    ) -> Result<Committed, WireError> {
         let entry = self.entry.clone();
         let mut e = lock(&entry);
         if e.deleted {
@@ -101,19 +112,26 @@ impl WriteSession {
         }
         let mut new_meta = meta.clone();
         apply_content_stats(&mut new_meta.stats, content.as_bytes(), self.files.epoch());
-        if let Err(err) = self
-            .files
-            .store
-            .commit(&self.file, content.as_bytes(), &new_meta)
-        {
+        let committed = Committed {
+            meta: new_meta,
+            content: content.into_bytes(),
+        };
+        let mut durable = Some(durable);
+        let mut announce = || {
+            if let Some(durable) = durable.take() {
+                durable(&committed);
+            }
+        };
+        if let Err(err) = self.files.store.commit_announcing(
+            &self.file,
+            &committed.content,
+            &committed.meta,
+            &mut announce,
+        ) {
             *doc = before;
             return Err(err.into());
         }
-        *meta = new_meta;
-        let committed = Committed {
-            meta: meta.clone(),
-            content: content.into_bytes(),
-        };
+        *meta = committed.meta.clone();
         self.release(&mut e);
         Ok(committed)
     }

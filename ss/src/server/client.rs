@@ -108,23 +108,29 @@ impl Server {
                 None => Err(no_open_write()),
                 Some(write) => {
                     let file = write.file().to_owned();
-                    let committed = tokio::task::block_in_place(|| write.commit());
+                    // On the stream and to nm as soon as it is durable here,
+                    // while this server still writes its files; and before
+                    // the role may change, so it goes out in the epoch it
+                    // was made in.
+                    let mut announced = None;
+                    let committed = tokio::task::block_in_place(|| {
+                        write.commit_announcing(|committed| {
+                            announced = Some(self.announce(&file, committed));
+                        })
+                    });
                     match committed {
                         Ok(committed) => {
                             let stats = committed.meta.stats.clone();
                             tracing::info!(event = "ss_committed", file = %file, epoch = stats.epoch, version = stats.version, base = stats.base);
-                            self.unconfirmed.changed(&file, stats.stamp());
-                            // Offered before the role may change, so the
-                            // change goes out in the epoch it was made in.
-                            let offered = self.offer(&file, &committed);
+                            let announced = announced.expect("a commit announces its change");
                             // Committed: a role change may go ahead while nm confirms.
                             drop(change.take());
-                            self.confirm(&file, &stats, offered)
-                                .await
-                                .map(|()| SsReply::Applied {
+                            self.confirm(&file, &stats, announced).await.map(|()| {
+                                SsReply::Applied {
                                     stats,
                                     streamed: false,
-                                })
+                                }
+                            })
                         }
                         Err(e) => Err(e),
                     }

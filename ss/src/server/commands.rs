@@ -77,17 +77,21 @@ impl Server {
                 return self.send_inventory(conn, id, Some(files)).await
             }
             SsCommand::CreateFile { file, owner } => {
-                match validate_path(&file)
-                    .and_then(|()| tokio::task::block_in_place(|| self.files.create(&file, &owner)))
-                {
+                // On the stream as soon as it is durable here.
+                let mut offered = None;
+                let created = validate_path(&file).and_then(|()| {
+                    tokio::task::block_in_place(|| {
+                        self.files.create_announcing(&file, &owner, |meta| {
+                            self.unconfirmed.changed(&file, meta.stats.stamp());
+                            offered = Some(self.streamer.offer(&file, meta, &[], &[]));
+                        })
+                    })
+                });
+                match created {
                     Ok(meta) => {
-                        let stats = meta.stats.clone();
-                        let committed = crate::files::Committed {
-                            meta,
-                            content: Vec::new(),
-                        };
+                        let offered = offered.expect("a create announces its file");
                         Ok(self
-                            .changed(&file, stats, Some(&committed), &[], change.take())
+                            .applied_on_stream(meta.stats, offered, change.take())
                             .await)
                     }
                     Err(e) => Err(e),

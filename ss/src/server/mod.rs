@@ -364,23 +364,39 @@ impl Server {
         }
     }
 
-    /// Tells nm of a committed change and, with synchronous replication,
-    /// waits until the standby has it: on the stream when it went there
-    /// (falling back to nm's copy if the stream could not deliver it).
+    /// Announces a change as soon as it is durable here: on the stream,
+    /// and to nm (whose answer [`Server::confirm`] awaits).
+    fn announce(
+        &self,
+        file: &str,
+        committed: &crate::files::Committed,
+    ) -> (crate::stream::Offered, crate::nm_link::ChangeNotice) {
+        self.unconfirmed.changed(file, committed.meta.stats.stamp());
+        let offered = self.offer(file, committed);
+        let streamed = matches!(offered, crate::stream::Offered::Sent(_));
+        let notice = self
+            .link
+            .notify_changed(file, &committed.meta.stats, streamed);
+        (offered, notice)
+    }
+
+    /// Waits until nm has the announced change and, with synchronous
+    /// replication, until the standby has it: on the stream when it went
+    /// there (falling back to nm's copy if the stream could not deliver it).
     async fn confirm(
         &self,
         file: &str,
         stats: &shared::proto::FileStats,
-        offered: crate::stream::Offered,
+        (offered, notice): (crate::stream::Offered, crate::nm_link::ChangeNotice),
     ) -> Result<(), WireError> {
         let crate::stream::Offered::Sent(acked) = offered else {
-            return self.link.file_changed(file, stats, false).await;
+            return notice.answered().await;
         };
         if !self.link.sync_replication() {
-            return self.link.file_changed(file, stats, true).await;
+            return notice.answered().await;
         }
         let (recorded, acked) = tokio::join!(
-            self.link.file_changed(file, stats, true),
+            notice.answered(),
             tokio::time::timeout(SYNC_STREAM_WAIT, acked)
         );
         recorded?;

@@ -295,6 +295,17 @@ impl Store {
     /// written without fsyncs. Without: both temp files are made durable,
     /// renamed, and their directories fsynced.
     pub fn create(&self, file: &str, meta: &FileMeta) -> Result<(), StoreError> {
+        self.create_announcing(file, meta, &mut || {})
+    }
+
+    /// [`Store::create`], calling `durable` as soon as the new file is
+    /// durable (see [`Store::commit_announcing`]).
+    pub fn create_announcing(
+        &self,
+        file: &str,
+        meta: &FileMeta,
+        durable: &mut dyn FnMut(),
+    ) -> Result<(), StoreError> {
         validate_path(file)?;
         if let Some(wal) = &self.wal {
             // What can fail for a reason other than the disk fails before the
@@ -305,11 +316,24 @@ impl Store {
                 file: file.to_owned(),
                 meta: meta.clone(),
             })?;
+            durable();
             applied_or_abort(file, self.create_files(file, meta, Durable::Later));
             drop(logged);
-            return self.checkpoint_if_due();
+            self.checkpoint_after(file);
+            return Ok(());
         }
-        self.create_files(file, meta, Durable::Now)
+        self.create_files(file, meta, Durable::Now)?;
+        durable();
+        Ok(())
+    }
+
+    /// A checkpoint due after a logged change that is durable, in place and
+    /// announced: its failure is not the change's (the log keeps it, and
+    /// the next checkpoint tries again).
+    fn checkpoint_after(&self, file: &str) {
+        if let Err(e) = self.checkpoint_if_due() {
+            tracing::error!(event = "ss_wal_checkpoint_failed", file, error = %e, "the write-ahead log could not be checkpointed after a change");
+        }
     }
 
     fn create_files(
@@ -339,6 +363,20 @@ impl Store {
     /// made durable first; then the undo link, the content and the metadata
     /// change names in that order, and the three directories are fsynced.
     pub fn commit(&self, file: &str, content: &[u8], meta: &FileMeta) -> Result<(), StoreError> {
+        self.commit_announcing(file, content, meta, &mut || {})
+    }
+
+    /// [`Store::commit`], calling `durable` as soon as the change is
+    /// durable: with the log, before the files are written (a failure after
+    /// that aborts, and the replay finishes the change), so the replication
+    /// stream can carry it meanwhile; without, once everything is in place.
+    pub fn commit_announcing(
+        &self,
+        file: &str,
+        content: &[u8],
+        meta: &FileMeta,
+        durable: &mut dyn FnMut(),
+    ) -> Result<(), StoreError> {
         let current = self.content_path(file)?;
         if let Some(wal) = &self.wal {
             let size = fs::metadata(&current)?.len() as usize;
@@ -349,13 +387,17 @@ impl Store {
                     previous: fs::read(&current)?,
                     meta: meta.clone(),
                 })?;
+                durable();
                 applied_or_abort(file, self.commit_files(file, content, meta, Durable::Later));
                 drop(logged);
-                return self.checkpoint_if_due();
+                self.checkpoint_after(file);
+                return Ok(());
             }
             self.barrier()?;
         }
-        self.commit_files(file, content, meta, Durable::Now)
+        self.commit_files(file, content, meta, Durable::Now)?;
+        durable();
+        Ok(())
     }
 
     fn commit_files(
@@ -866,6 +908,57 @@ mod tests {
         assert_eq!(announced, 1);
         assert_eq!(store.read_content("b").unwrap(), b"Streamed text.");
         assert_eq!(store.read_meta("b").unwrap().stats.version, 2);
+    }
+
+    #[test]
+    fn a_commit_and_a_create_are_announced_once_durable_before_they_are_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        let mut announced = 0;
+        store
+            .create_announcing("created-here", &meta(1), &mut || {
+                announced += 1;
+                let log = fs::read(dir.path().join("wal.log")).unwrap();
+                assert!(
+                    log.windows(12).any(|w| w == b"created-here"),
+                    "announced before its record is in the log"
+                );
+                assert!(store.read_meta("created-here").is_err(), "in place already");
+            })
+            .unwrap();
+        assert_eq!(announced, 1);
+        assert_eq!(store.read_meta("created-here").unwrap().stats.version, 1);
+        store
+            .commit("created-here", b"Old text.", &meta(2))
+            .unwrap();
+        store
+            .commit_announcing("created-here", b"Committed text.", &meta(3), &mut || {
+                announced += 1;
+                let log = fs::read(dir.path().join("wal.log")).unwrap();
+                assert!(
+                    log.windows(15).any(|w| w == b"Committed text."),
+                    "announced durable before its record is in the log"
+                );
+                assert_eq!(store.read_content("created-here").unwrap(), b"Old text.");
+            })
+            .unwrap();
+        assert_eq!(announced, 2);
+        assert_eq!(
+            store.read_content("created-here").unwrap(),
+            b"Committed text."
+        );
+        assert_eq!(store.read_meta("created-here").unwrap().stats.version, 3);
+        // Without the log: announced once everything is in place.
+        let plain = tempfile::tempdir().unwrap();
+        let store = Store::open(plain.path(), false).unwrap();
+        store.create("p", &meta(1)).unwrap();
+        store
+            .commit_announcing("p", b"In place.", &meta(2), &mut || {
+                announced += 1;
+                assert_eq!(store.read_content("p").unwrap(), b"In place.");
+            })
+            .unwrap();
+        assert_eq!(announced, 3);
     }
 
     #[test]
