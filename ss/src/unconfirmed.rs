@@ -10,7 +10,9 @@
 //!
 //! How it stays a superset of what the standby lacks:
 //! - Every change this server commits is [`changed`](Unconfirmed::changed)
-//!   here once it is visible and before it is answered, with a counter.
+//!   here once it is durable, under the file's lock (a listing waits for
+//!   that lock, so it sees the change), and before it is answered, with a
+//!   counter.
 //! - Only three things take a file out: the standby's acknowledgement on
 //!   the replication stream of that version or a later one, nm's word that
 //!   its job left the standby holding that version or a later one (both

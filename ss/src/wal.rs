@@ -234,10 +234,25 @@ impl Wal {
     /// durable. Waits for changes being applied; does nothing if the log is empty.
     pub fn checkpoint(&self, make_durable: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
         let _exclusive = self.applying.write().unwrap_or_else(|p| p.into_inner());
-        if lock(&self.log).size == 0 {
-            return Ok(());
+        {
+            let log = lock(&self.log);
+            if let Some(failed) = &log.failed {
+                return Err(io::Error::other(failed.clone()));
+            }
+            if log.size == 0 {
+                return Ok(());
+            }
         }
-        make_durable()?;
+        if let Err(e) = make_durable() {
+            // The files' state is unknown (a failed sync may have dropped
+            // what it could not write), and a later sync may report success
+            // over it: the log is all that still holds those changes, so it
+            // is never emptied, and nothing more is acknowledged.
+            lock(&self.log).failed = Some(format!(
+                "the write-ahead log could not be checkpointed: {e}"
+            ));
+            return Err(e);
+        }
         let mut log = lock(&self.log);
         log.file.set_len(0)?;
         log.file.seek(io::SeekFrom::Start(0))?;
@@ -329,6 +344,23 @@ mod tests {
         std::fs::write(&path, &flipped).unwrap();
         let (_, found) = Wal::open(&path).unwrap();
         assert_eq!(found, (0..4).map(record).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_failed_checkpoint_keeps_the_log_and_takes_no_more_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.log");
+        let (wal, _) = Wal::open(&path).unwrap();
+        drop(wal.append(&record(1)).unwrap());
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(wal.checkpoint(|| Err(io::Error::other("EIO"))).is_err());
+        // A later sync that reports success proves nothing about the first.
+        assert!(wal.checkpoint(|| Ok(())).is_err());
+        assert!(wal.append(&record(2)).is_err());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+        drop(wal);
+        let (_, found) = Wal::open(&path).unwrap();
+        assert_eq!(found, vec![record(1)], "the restart replays it");
     }
 
     #[test]

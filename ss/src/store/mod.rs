@@ -328,11 +328,12 @@ impl Store {
     }
 
     /// A checkpoint due after a logged change that is durable, in place and
-    /// announced: its failure is not the change's (the log keeps it, and
-    /// the next checkpoint tries again).
+    /// announced: its failure is not the change's (the log keeps it). The
+    /// log refuses every change after it, and the restart's replay rewrites
+    /// the files from the log.
     fn checkpoint_after(&self, file: &str) {
         if let Err(e) = self.checkpoint_if_due() {
-            tracing::error!(event = "ss_wal_checkpoint_failed", file, error = %e, "the write-ahead log could not be checkpointed after a change");
+            tracing::error!(event = "ss_wal_checkpoint_failed", file, error = %e, "the write-ahead log could not be checkpointed after a change; no change is accepted until a restart replays the log");
         }
     }
 
