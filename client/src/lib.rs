@@ -19,6 +19,9 @@ pub struct Client {
     servers: HashMap<String, RpcClient>,
     /// The server address of the open WRITE, if any.
     open_write: Option<String>,
+    /// Edit lines of the open WRITE sent without waiting for their answers
+    /// (their request ids, in order; see [`Client::write_edit_pipelined`]).
+    unanswered_edits: Vec<u64>,
     /// Where to WRITE the file this client created last (nm's answer to
     /// CREATE), used once by the next WRITE of that file instead of a LOCATE.
     created: Option<(String, Location)>,
@@ -52,6 +55,7 @@ impl Client {
             nm: Some(nm),
             servers: HashMap::new(),
             open_write: None,
+            unanswered_edits: Vec::new(),
             created: None,
             reply_timeout: REPLY_TIMEOUT,
         })
@@ -182,15 +186,7 @@ impl Client {
             let server = self.server(address).await?;
             let id = server.send(request).await.map_err(|e| e.to_wire())?;
             loop {
-                let reply = tokio::time::timeout(timeout, server.next_reply::<SsReply>(id))
-                    .await
-                    .map_err(|_| {
-                        WireError::unavailable(format!(
-                            "the storage server at {address} did not answer within {} ms",
-                            timeout.as_millis()
-                        ))
-                    })?
-                    .map_err(|e| e.to_wire())??;
+                let reply = reply_within(server, address, id, timeout).await?;
                 match reply {
                     SsReply::Chunk { .. } | SsReply::Word { .. } if streamed => each(reply)?,
                     other => return Ok(other),
@@ -399,6 +395,10 @@ impl Client {
 
     /// One edit line of the open WRITE; returns the working copy's word count.
     pub async fn write_edit(&mut self, word_index: i64, content: &str) -> Result<u64, WireError> {
+        debug_assert!(
+            self.unanswered_edits.is_empty(),
+            "edit lines sent ahead are answered first"
+        );
         let address = self.open_write_address()?;
         let request = SsRequest::WriteEdit {
             word_index,
@@ -414,8 +414,121 @@ impl Client {
         }
     }
 
+    /// One edit line of the open WRITE, sent without waiting for its answer
+    /// (the server answers a connection's requests in order): the answers
+    /// come with [`Client::write_commit_pipelined`] or
+    /// [`Client::write_edit_answers`]. A script's WRITE block saves a round
+    /// trip per line this way; a failed line changes nothing there, so the
+    /// lines after it and the commit mean the same either way.
+    pub async fn write_edit_pipelined(
+        &mut self,
+        word_index: i64,
+        content: &str,
+    ) -> Result<(), WireError> {
+        let address = self.open_write_address()?;
+        let request = SsRequest::WriteEdit {
+            word_index,
+            content: content.to_owned(),
+        };
+        match self.send_to(&address, request).await {
+            Ok(id) => {
+                self.unanswered_edits.push(id);
+                Ok(())
+            }
+            Err(e) => {
+                self.open_write = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// The answers to the edit lines sent ahead, in order (each the working
+    /// copy's word count, or why the line was rejected).
+    pub async fn write_edit_answers(&mut self) -> Vec<Result<u64, WireError>> {
+        let ids = std::mem::take(&mut self.unanswered_edits);
+        let Some(address) = self.open_write.clone() else {
+            let lost = || {
+                WireError::unavailable("the WRITE was closed before its edits' answers were read")
+            };
+            return ids.iter().map(|_| Err(lost())).collect();
+        };
+        self.edit_answers(&address, ids).await
+    }
+
+    async fn edit_answers(&mut self, address: &str, ids: Vec<u64>) -> Vec<Result<u64, WireError>> {
+        let mut answers = Vec::with_capacity(ids.len());
+        for id in ids {
+            answers.push(
+                self.answer_of(address, id)
+                    .await
+                    .and_then(|reply| match reply {
+                        SsReply::Edited { words } => Ok(words),
+                        other => Err(unexpected(other)),
+                    }),
+            );
+        }
+        answers
+    }
+
+    /// ETIRW after edit lines sent ahead: the commit goes at once, then the
+    /// edits' answers and the commit's are read, in order.
+    pub async fn write_commit_pipelined(
+        &mut self,
+    ) -> (Vec<Result<u64, WireError>>, Result<FileStats, WireError>) {
+        let address = match self.open_write_address() {
+            Ok(address) => address,
+            Err(e) => return (Vec::new(), Err(e)),
+        };
+        self.open_write = None;
+        let sent = self.send_to(&address, SsRequest::WriteCommit).await;
+        let ids = std::mem::take(&mut self.unanswered_edits);
+        let edits = self.edit_answers(&address, ids).await;
+        let committed = match sent {
+            Ok(id) => self
+                .answer_of(&address, id)
+                .await
+                .and_then(|reply| match reply {
+                    SsReply::Applied { stats, .. } => Ok(stats),
+                    other => Err(unexpected(other)),
+                }),
+            Err(e) => Err(e),
+        };
+        (edits, committed)
+    }
+
+    /// Sends one request to a storage server without reading its answer.
+    async fn send_to(&mut self, address: &str, request: SsRequest) -> Result<u64, WireError> {
+        let sent = match self.server(address).await {
+            Ok(server) => server.send(request).await.map_err(|e| e.to_wire()),
+            Err(e) => Err(e),
+        };
+        if sent.is_err() {
+            self.servers.remove(address);
+        }
+        sent
+    }
+
+    /// The answer to request `id`, already sent to `address`.
+    async fn answer_of(&mut self, address: &str, id: u64) -> Result<SsReply, WireError> {
+        let timeout = self.reply_timeout;
+        let result = match self.servers.get_mut(address) {
+            Some(server) => reply_within(server, address, id, timeout).await,
+            None => Err(WireError::unavailable(format!(
+                "the connection to the storage server at {address} was lost"
+            ))),
+        };
+        if matches!(&result, Err(e) if e.code == shared::ErrorCode::Unavailable) {
+            self.servers.remove(address);
+        }
+        result
+    }
+
     /// ETIRW: commits the open WRITE.
     pub async fn write_commit(&mut self) -> Result<FileStats, WireError> {
+        debug_assert!(
+            self.unanswered_edits.is_empty(),
+            "edit lines sent ahead are answered first"
+        );
         let address = self.open_write_address()?;
         self.open_write = None;
         match self
@@ -430,9 +543,29 @@ impl Client {
     /// Abandons the open WRITE, releasing its lock.
     pub async fn write_abort(&mut self) {
         if let Some(address) = self.open_write.take() {
+            let ids = std::mem::take(&mut self.unanswered_edits);
+            let _ = self.edit_answers(&address, ids).await;
             let _ = self
                 .exchange(&address, SsRequest::WriteAbort, |_| Ok(()))
                 .await;
         }
     }
+}
+
+/// The next reply on `server`, which must answer request `id`, within `timeout`.
+async fn reply_within(
+    server: &mut RpcClient,
+    address: &str,
+    id: u64,
+    timeout: std::time::Duration,
+) -> Result<SsReply, WireError> {
+    tokio::time::timeout(timeout, server.next_reply::<SsReply>(id))
+        .await
+        .map_err(|_| {
+            WireError::unavailable(format!(
+                "the storage server at {address} did not answer within {} ms",
+                timeout.as_millis()
+            ))
+        })?
+        .map_err(|e| e.to_wire())?
 }

@@ -409,6 +409,30 @@ struct RejectedLine {
     message: String,
 }
 
+/// Records the edit lines a server refused: a lost WRITE fails the block, any
+/// other refusal is a rejected line (the WRITE stays open).
+fn reject_answers(
+    rejected: &mut Vec<RejectedLine>,
+    failure: &mut Option<WireError>,
+    lines: &[String],
+    answers: Vec<Result<u64, WireError>>,
+) {
+    for (line, answer) in lines.iter().zip(answers) {
+        let Err(e) = answer else { continue };
+        if e.code == ErrorCode::Unavailable {
+            failure.get_or_insert_with(|| {
+                WireError::unavailable(format!("the WRITE was lost: {}", e.message))
+            });
+        } else {
+            rejected.push(RejectedLine {
+                line: line.trim().to_owned(),
+                code: e.code,
+                message: e.message,
+            });
+        }
+    }
+}
+
 /// WRITE f n, its edit lines, ETIRW. One outcome for the whole block; a
 /// rejected edit line leaves the WRITE open and makes the outcome a failure.
 async fn write<R: AsyncBufRead + Unpin>(
@@ -421,6 +445,9 @@ async fn write<R: AsyncBufRead + Unpin>(
     let mut failure = client.write_begin(file, sentence).await.err();
     let mut rejected = Vec::new();
     let mut ended = false;
+    // Edit lines go to the server as they come, their answers read with
+    // the commit's (one round trip per block, not per line).
+    let mut sent: Vec<String> = Vec::new();
     while let Some(line) = lines.next_line().await? {
         if is_etirw(&line) {
             ended = true;
@@ -431,35 +458,40 @@ async fn write<R: AsyncBufRead + Unpin>(
         }
         let result = match parse_edit(&line) {
             _ if lines.not_utf8() => Err(not_utf8(&line)),
-            Ok((index, content)) => client.write_edit(index, &content).await.map(|_| ()),
+            Ok((index, content)) => client.write_edit_pipelined(index, &content).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = result {
-            if e.code == ErrorCode::Unavailable {
-                failure = Some(WireError::unavailable(format!(
-                    "the WRITE was lost: {}",
-                    e.message
-                )));
-            } else {
-                rejected.push(RejectedLine {
-                    line: line.trim().to_owned(),
-                    code: e.code,
-                    message: e.message,
-                });
+        match result {
+            Ok(()) => sent.push(line),
+            Err(e) => {
+                // The lines sent ahead of it are answered first: keep the order.
+                let answers = client.write_edit_answers().await;
+                let lines = std::mem::take(&mut sent);
+                reject_answers(&mut rejected, &mut failure, &lines, answers);
+                reject_answers(&mut rejected, &mut failure, &[line], vec![Err(e)]);
             }
         }
     }
+    let committed = if ended && failure.is_none() {
+        let (answers, committed) = client.write_commit_pipelined().await;
+        reject_answers(&mut rejected, &mut failure, &sent, answers);
+        Some(committed)
+    } else {
+        let answers = client.write_edit_answers().await;
+        reject_answers(&mut rejected, &mut failure, &sent, answers);
+        client.write_abort().await;
+        None
+    };
     if let Some(error) = failure {
         return Ok(Outcome::failure(text, error));
     }
-    if !ended {
-        client.write_abort().await;
+    let Some(committed) = committed else {
         return Ok(Outcome::failure(
             text,
             WireError::bad_request("the script ended before ETIRW; the WRITE was abandoned"),
         ));
-    }
-    let stats = match client.write_commit().await {
+    };
+    let stats = match committed {
         Ok(stats) => stats,
         Err(e) => return Ok(Outcome::failure(text, e)),
     };

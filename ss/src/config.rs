@@ -96,6 +96,13 @@ pub struct Config {
     #[arg(long, env = "SS_STREAM_APPLY_DELAY", hide = true, value_parser = humantime::parse_duration)]
     pub stream_apply_delay: Option<Duration>,
 
+    /// On the serving server, wait this long between announcing a committed
+    /// ETIRW (durable in the log, sent on the stream and to nm) and putting
+    /// it in place (for tests that kill it in that window; never set in
+    /// production).
+    #[arg(long, env = "SS_COMMIT_APPLY_DELAY", hide = true, value_parser = humantime::parse_duration)]
+    pub commit_apply_delay: Option<Duration>,
+
     /// Wait this long before the start-up scan (for tests that need a
     /// server serving while its scan has not finished; never set in production).
     #[arg(long, env = "SS_SCAN_DELAY", hide = true, value_parser = humantime::parse_duration)]

@@ -249,6 +249,76 @@ async fn a_standby_killed_between_its_acknowledgement_and_the_rename_finishes_fr
     cluster.wait_same_files("ss1", "ss1_backup").await;
 }
 
+/// The window the early announcement opens on the serving server: an ETIRW
+/// goes on the stream once it is durable in the primary's log, before the
+/// primary puts it in place. A primary killed in between (held there by a
+/// test delay) must not leave its standby with a change it loses or gets
+/// differently: the promoted backup serves the change, and the primary
+/// comes back from its own log's replay with the same version, so the pair
+/// is level again with no conflict copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_killed_between_announcing_a_write_and_placing_it_comes_back_with_it() {
+    let options = Options {
+        nm_args: vec!["--replication", "sync"],
+        ss_args: vec!["--commit-apply-delay", "1500ms"],
+        fsync: true,
+        ..Options::default()
+    };
+    let mut cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let events = cluster.watch_events();
+    until_streaming(&cluster, &events).await;
+    cluster.console("alice", "CREATE p.txt\n").all_ok();
+    let mut console = cluster
+        .console_command("alice", &["--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = console.stdin.take().unwrap();
+        writeln!(
+            stdin,
+            "WRITE p.txt 0\n0 Announced before it was in place.\nETIRW"
+        )
+        .unwrap();
+    }
+    eventually("the change on the backup", async || {
+        backup_content(&cluster, "p.txt")
+            .contains("Announced")
+            .then_some(())
+    })
+    .await;
+    let on_primary =
+        std::fs::read_to_string(cluster.storage("ss1").join("files/p.txt")).unwrap_or_default();
+    assert!(
+        !on_primary.contains("Announced"),
+        "the primary had put it in place already: the window was missed"
+    );
+    cluster.kill_ss("ss1");
+    let _ = console.wait();
+    cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
+    let run = cluster.console("alice", "READ p.txt\n");
+    run.all_ok();
+    assert!(
+        run.stdout.contains("Announced before it was in place."),
+        "{}",
+        run.stdout
+    );
+    cluster.spawn_ss("ss1");
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+    let status = cluster.status().await;
+    assert_eq!(status.pairs[0].conflict_copies, 0, "{:?}", status.pairs[0]);
+    let on_primary = std::fs::read_to_string(cluster.storage("ss1").join("files/p.txt")).unwrap();
+    assert!(
+        on_primary.contains("Announced before it was in place."),
+        "{on_primary:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_killed_while_streaming_misses_nothing_once_back() {
     let mut cluster = TestCluster::start(&["ss1", "ss1_backup"]).await;

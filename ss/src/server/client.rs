@@ -116,6 +116,9 @@ impl Server {
                     let committed = tokio::task::block_in_place(|| {
                         write.commit_announcing(|committed| {
                             announced = Some(self.announce(&file, committed));
+                            if let Some(delay) = self.config.commit_apply_delay {
+                                std::thread::sleep(delay);
+                            }
                         })
                     });
                     match committed {
