@@ -34,6 +34,10 @@ pub struct Client {
 /// storage server, which has its own time limit within this one).
 pub const NM_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Edit lines of one WRITE sent ahead of their answers, at most
+/// (see [`Client::write_edit_pipelined`]).
+pub const EDITS_IN_FLIGHT: usize = 64;
+
 /// The default wait for a storage server's reply.
 pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -415,44 +419,57 @@ impl Client {
     }
 
     /// One edit line of the open WRITE, sent without waiting for its answer
-    /// (the server answers a connection's requests in order): the answers
-    /// come with [`Client::write_commit_pipelined`] or
-    /// [`Client::write_edit_answers`]. A script's WRITE block saves a round
-    /// trip per line this way; a failed line changes nothing there, so the
-    /// lines after it and the commit mean the same either way.
+    /// (the server answers a connection's requests in order); the answers
+    /// come with [`Client::write_edit_answers`], which must be read before
+    /// anything else is sent to that server (ETIRW included: a WRITE whose
+    /// edits went unanswered is never committed). A script's WRITE block
+    /// saves a round trip per line this way; a refused line changes nothing
+    /// there, so the lines after it mean the same either way. At most
+    /// [`EDITS_IN_FLIGHT`] are sent ahead; past that this reads the oldest
+    /// answers first, so replies never fill the connection.
     pub async fn write_edit_pipelined(
         &mut self,
         word_index: i64,
         content: &str,
-    ) -> Result<(), WireError> {
+    ) -> Result<Vec<Result<u64, WireError>>, WireError> {
         let address = self.open_write_address()?;
+        let earlier = if self.unanswered_edits.len() >= EDITS_IN_FLIGHT {
+            self.write_edit_answers().await
+        } else {
+            Vec::new()
+        };
+        if self.open_write.is_none() {
+            // One of those answers says the WRITE was lost.
+            let lost = earlier
+                .into_iter()
+                .find_map(|a| a.err().filter(|e| e.code == shared::ErrorCode::Unavailable));
+            return Err(lost.unwrap_or_else(|| WireError::unavailable("the WRITE was lost")));
+        }
         let request = SsRequest::WriteEdit {
             word_index,
             content: content.to_owned(),
         };
-        match self.send_to(&address, request).await {
-            Ok(id) => {
-                self.unanswered_edits.push(id);
-                Ok(())
-            }
-            Err(e) => {
-                self.open_write = None;
-                Err(e)
-            }
-        }
+        let id = self.send_to(&address, request).await?;
+        self.unanswered_edits.push(id);
+        Ok(earlier)
     }
 
     /// The answers to the edit lines sent ahead, in order (each the working
-    /// copy's word count, or why the line was rejected).
+    /// copy's word count, or why the line was refused). A lost WRITE
+    /// (`E_UNAVAILABLE`) closes it here, as [`Client::write_edit`] does.
     pub async fn write_edit_answers(&mut self) -> Vec<Result<u64, WireError>> {
         let ids = std::mem::take(&mut self.unanswered_edits);
         let Some(address) = self.open_write.clone() else {
-            let lost = || {
-                WireError::unavailable("the WRITE was closed before its edits' answers were read")
-            };
-            return ids.iter().map(|_| Err(lost())).collect();
+            return Vec::new();
         };
-        self.edit_answers(&address, ids).await
+        let answers = self.edit_answers(&address, ids).await;
+        if answers
+            .iter()
+            .any(|a| matches!(a, Err(e) if e.code == shared::ErrorCode::Unavailable))
+        {
+            self.open_write = None;
+        }
+        answers
     }
 
     async fn edit_answers(&mut self, address: &str, ids: Vec<u64>) -> Vec<Result<u64, WireError>> {
@@ -468,32 +485,6 @@ impl Client {
             );
         }
         answers
-    }
-
-    /// ETIRW after edit lines sent ahead: the commit goes at once, then the
-    /// edits' answers and the commit's are read, in order.
-    pub async fn write_commit_pipelined(
-        &mut self,
-    ) -> (Vec<Result<u64, WireError>>, Result<FileStats, WireError>) {
-        let address = match self.open_write_address() {
-            Ok(address) => address,
-            Err(e) => return (Vec::new(), Err(e)),
-        };
-        self.open_write = None;
-        let sent = self.send_to(&address, SsRequest::WriteCommit).await;
-        let ids = std::mem::take(&mut self.unanswered_edits);
-        let edits = self.edit_answers(&address, ids).await;
-        let committed = match sent {
-            Ok(id) => self
-                .answer_of(&address, id)
-                .await
-                .and_then(|reply| match reply {
-                    SsReply::Applied { stats, .. } => Ok(stats),
-                    other => Err(unexpected(other)),
-                }),
-            Err(e) => Err(e),
-        };
-        (edits, committed)
     }
 
     /// Sends one request to a storage server without reading its answer.
@@ -542,9 +533,8 @@ impl Client {
 
     /// Abandons the open WRITE, releasing its lock.
     pub async fn write_abort(&mut self) {
+        let _ = self.write_edit_answers().await;
         if let Some(address) = self.open_write.take() {
-            let ids = std::mem::take(&mut self.unanswered_edits);
-            let _ = self.edit_answers(&address, ids).await;
             let _ = self
                 .exchange(&address, SsRequest::WriteAbort, |_| Ok(()))
                 .await;

@@ -445,8 +445,9 @@ async fn write<R: AsyncBufRead + Unpin>(
     let mut failure = client.write_begin(file, sentence).await.err();
     let mut rejected = Vec::new();
     let mut ended = false;
-    // Edit lines go to the server as they come, their answers read with
-    // the commit's (one round trip per block, not per line).
+    // Edit lines go to the server as they come; their answers are read
+    // (in order) before ETIRW is sent, or before a line refused here is
+    // recorded, so nothing is committed while one is unanswered.
     let mut sent: Vec<String> = Vec::new();
     while let Some(line) = lines.next_line().await? {
         if is_etirw(&line) {
@@ -462,35 +463,41 @@ async fn write<R: AsyncBufRead + Unpin>(
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => sent.push(line),
+            Ok(earlier) => {
+                let answered: Vec<String> = sent.drain(..earlier.len()).collect();
+                reject_answers(&mut rejected, &mut failure, &answered, earlier);
+                sent.push(line);
+            }
             Err(e) => {
-                // The lines sent ahead of it are answered first: keep the order.
-                let answers = client.write_edit_answers().await;
-                let lines = std::mem::take(&mut sent);
-                reject_answers(&mut rejected, &mut failure, &lines, answers);
-                reject_answers(&mut rejected, &mut failure, &[line], vec![Err(e)]);
+                // The connection's own failure is the block's; a line
+                // refused here comes after the lines sent ahead of it.
+                if e.code == ErrorCode::Unavailable {
+                    reject_answers(&mut rejected, &mut failure, &[line], vec![Err(e)]);
+                    let answers = client.write_edit_answers().await;
+                    let lines = std::mem::take(&mut sent);
+                    reject_answers(&mut rejected, &mut failure, &lines, answers);
+                } else {
+                    let answers = client.write_edit_answers().await;
+                    let lines = std::mem::take(&mut sent);
+                    reject_answers(&mut rejected, &mut failure, &lines, answers);
+                    reject_answers(&mut rejected, &mut failure, &[line], vec![Err(e)]);
+                }
             }
         }
     }
-    let committed = if ended && failure.is_none() {
-        let (answers, committed) = client.write_commit_pipelined().await;
-        reject_answers(&mut rejected, &mut failure, &sent, answers);
-        Some(committed)
-    } else {
-        let answers = client.write_edit_answers().await;
-        reject_answers(&mut rejected, &mut failure, &sent, answers);
-        client.write_abort().await;
-        None
-    };
+    let answers = client.write_edit_answers().await;
+    reject_answers(&mut rejected, &mut failure, &sent, answers);
     if let Some(error) = failure {
         return Ok(Outcome::failure(text, error));
     }
-    let Some(committed) = committed else {
+    if !ended {
+        client.write_abort().await;
         return Ok(Outcome::failure(
             text,
             WireError::bad_request("the script ended before ETIRW; the WRITE was abandoned"),
         ));
-    };
+    }
+    let committed = client.write_commit().await;
     let stats = match committed {
         Ok(stats) => stats,
         Err(e) => return Ok(Outcome::failure(text, e)),

@@ -193,6 +193,40 @@ UNDO a.txt
     assert!(!cluster.storage("ss1").join("x").exists());
 }
 
+/// A WRITE block longer than the edit lines a console sends ahead of their
+/// answers: it neither stalls nor loses an answer, and its rejected lines
+/// come back in script order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_write_block_commits_every_line_and_reports_rejections_in_order() {
+    let cluster = TestCluster::start(&["ss1"]).await;
+    let mut script = String::from("CREATE long.txt\nWRITE long.txt 0\n");
+    let mut words = 0;
+    for i in 0..300 {
+        match i {
+            10 => script.push_str("9999 first_bad\n"),
+            250 => script.push_str("8888 second_bad\n"),
+            _ => {
+                script.push_str(&format!("{words} w{i}\n"));
+                words += 1;
+            }
+        }
+    }
+    script.push_str("ETIRW\nREAD long.txt\n");
+    let run = cluster.console("alice", &script);
+    let write = run.get(1);
+    let rejected: Vec<&str> = write["data"]["rejected_lines"]
+        .as_array()
+        .expect("rejected lines")
+        .iter()
+        .map(|r| r["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(rejected, ["9999 first_bad", "8888 second_bad"], "{}", run.stdout);
+    let content = run.get(2)["data"]["content"].as_str().unwrap().to_owned();
+    assert_eq!(content.split_whitespace().count(), 298, "{content}");
+    assert!(content.starts_with("w0 w1 "), "{content}");
+    assert!(content.contains("w299"), "{content}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_storage_server_means_unavailable_and_status_shows_servers() {
     let mut cluster = TestCluster::start(&[]).await;
