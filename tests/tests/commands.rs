@@ -220,7 +220,12 @@ async fn a_long_write_block_commits_every_line_and_reports_rejections_in_order()
         .iter()
         .map(|r| r["line"].as_str().unwrap())
         .collect();
-    assert_eq!(rejected, ["9999 first_bad", "8888 second_bad"], "{}", run.stdout);
+    assert_eq!(
+        rejected,
+        ["9999 first_bad", "8888 second_bad"],
+        "{}",
+        run.stdout
+    );
     let content = run.get(2)["data"]["content"].as_str().unwrap().to_owned();
     assert_eq!(content.split_whitespace().count(), 298, "{content}");
     assert!(content.starts_with("w0 w1 "), "{content}");

@@ -197,6 +197,22 @@ async fn in_sync_mode_the_backup_has_the_text_when_etirw_is_answered() {
     assert!(streamed(&events, "s.txt"));
 }
 
+/// An ACTIVE pair in sync mode with the write-ahead log on (what the
+/// windows below are about), streaming, every server run with `ss_args`.
+async fn streaming_sync_pair_with_log(ss_args: Vec<&'static str>) -> TestCluster {
+    let options = Options {
+        nm_args: vec!["--replication", "sync"],
+        ss_args,
+        fsync: true,
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let events = cluster.watch_events();
+    until_streaming(&cluster, &events).await;
+    cluster
+}
+
 /// The window the early acknowledgement opens: in sync mode a WRITE is
 /// answered once the change is durable in the standby's log, before the
 /// standby renames it into place. A standby killed in between (held there by
@@ -204,17 +220,7 @@ async fn in_sync_mode_the_backup_has_the_text_when_etirw_is_answered() {
 /// replay, with nm down, so nothing else could have copied it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_killed_between_its_acknowledgement_and_the_rename_finishes_from_its_log() {
-    let options = Options {
-        nm_args: vec!["--replication", "sync"],
-        ss_args: vec!["--stream-apply-delay", "1500ms"],
-        // With the write-ahead log: what this is about.
-        fsync: true,
-        ..Options::default()
-    };
-    let mut cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
-    cluster.wait_pair("ss1", PairState::Active).await;
-    let events = cluster.watch_events();
-    until_streaming(&cluster, &events).await;
+    let mut cluster = streaming_sync_pair_with_log(vec!["--stream-apply-delay", "1500ms"]).await;
     cluster.console("alice", "CREATE k.txt\n").all_ok();
     // In place first, so the WRITE's apply finds the file free (the delay
     // holds the file while it runs; past 2 s the stream deems itself stuck).
@@ -258,16 +264,7 @@ async fn a_standby_killed_between_its_acknowledgement_and_the_rename_finishes_fr
 /// is level again with no conflict copy.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_primary_killed_between_announcing_a_write_and_placing_it_comes_back_with_it() {
-    let options = Options {
-        nm_args: vec!["--replication", "sync"],
-        ss_args: vec!["--commit-apply-delay", "1500ms"],
-        fsync: true,
-        ..Options::default()
-    };
-    let mut cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
-    cluster.wait_pair("ss1", PairState::Active).await;
-    let events = cluster.watch_events();
-    until_streaming(&cluster, &events).await;
+    let mut cluster = streaming_sync_pair_with_log(vec!["--commit-apply-delay", "1500ms"]).await;
     cluster.console("alice", "CREATE p.txt\n").all_ok();
     let mut console = cluster
         .console_command("alice", &["--json"])
