@@ -6,7 +6,9 @@
 #
 #   1. replication lag at idle: one client, 50 WRITEs/s for 4 s (200 writes);
 #      the time from each ETIRW's answer until its text is in the backup's
-#      file on disk, polled every 50 µs.
+#      file on disk, seen when the kernel reports the file renamed into
+#      place (inotify; LAG_WATCH=poll reads the files every 50 µs instead,
+#      as the runs before session 11 did).
 #   2. replication lag at half load: the maximum write rate of 4 clients is
 #      measured first (write-heavy, 3 s, same setting), then 4 clients write
 #      at half of it for long enough to make at least 200 writes.
@@ -20,6 +22,7 @@ cd "$(dirname "$0")/.."
 cargo build --quiet --release --bins
 console=target/release/console
 rounds=${ROUNDS:-5}
+watch=${LAG_WATCH:-inotify}
 
 # The build leaves the load high: wait (at most two minutes) for it to fall.
 for _ in $(seq 120); do
@@ -50,14 +53,14 @@ add() { figures[$1]="${figures[$1]:-} $2"; }
 
 for ((r = 1; r <= rounds; r++)); do
   for stream in true false; do
-    idle=$($console bench repl-lag --clients 1 --rate 50 --duration 4s --replication-stream "$stream" --json)
+    idle=$($console bench repl-lag --clients 1 --rate 50 --duration 4s --replication-stream "$stream" --lag-watch "$watch" --json)
     add "lag_idle_p50_$stream" "$(field replication_lag_ms.p50 <<<"$idle")"
     add "lag_idle_p99_$stream" "$(field replication_lag_ms.p99 <<<"$idle")"
     add "lag_idle_max_$stream" "$(field replication_lag_ms.max <<<"$idle")"
     max=$($console bench write-heavy --clients 4 --duration 3s --replication-stream "$stream" --json | field ops_per_sec)
     half=$(python3 -c "print(max(1, int($max / 2)))")
     seconds=$(python3 -c "print(max(4, int(200 / $half) + 1))")
-    loaded=$($console bench repl-lag --clients 4 --rate "$half" --duration "${seconds}s" --replication-stream "$stream" --json)
+    loaded=$($console bench repl-lag --clients 4 --rate "$half" --duration "${seconds}s" --replication-stream "$stream" --lag-watch "$watch" --json)
     add "max_rate_$stream" "$max"
     add "lag_half_p50_$stream" "$(field replication_lag_ms.p50 <<<"$loaded")"
     add "lag_half_p99_$stream" "$(field replication_lag_ms.p99 <<<"$loaded")"

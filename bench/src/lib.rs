@@ -10,7 +10,9 @@
 //! - `create-write`: each client CREATEs a file and WRITEs one sentence to it, in a loop.
 //! - `repl-lag`: clients WRITE at a steady rate; the lag of each write is the
 //!   time from its ETIRW's answer until its text is in the backup's file on
-//!   disk, polled every 50 µs (0 when it was there before the answer).
+//!   disk, seen when the kernel reports the file renamed into place (or, with
+//!   `--lag-watch poll`, polled every 50 µs); 0 when it was there before the
+//!   answer.
 //! - `resync-small` / `resync-large`: a primary holding many small files, or
 //!   one large one, and an empty backup joining: the time until the pair is ACTIVE.
 //! - `failover`: kill -9 of the primary, then READs through nm until one
@@ -24,11 +26,14 @@
 //!
 //! A benchmark, not a test: BENCHMARKS.md has the command lines and figures.
 
+mod backup_watch;
+
+pub use backup_watch::LagWatch;
+use backup_watch::{BackupWatch, LAG_GIVE_UP};
 use client::Client;
 use harness::local::{ClusterError, LocalCluster};
 use serde::Serialize;
 use shared::proto::{FileStats, NmRequest, NmRole};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,8 +45,8 @@ pub enum Workload {
     /// sessions for `--duration`: pairs per second, with the backups.
     CreateWrite,
     /// The time from an ETIRW's answer until the new text is in the
-    /// backup's file on disk (polled every 50 µs): p50/p99/max, idle and at
-    /// `--rate` writes per second.
+    /// backup's file on disk (seen through inotify, or `--lag-watch poll`):
+    /// p50/p99/max, idle and at `--rate` writes per second.
     ReplLag,
     /// The initial sync of `--files` files of `--size` KiB (default 4) to
     /// an empty backup: seconds and files per second.
@@ -97,6 +102,11 @@ pub struct BenchArgs {
     /// Writes per second across all clients (repl-lag).
     #[arg(long, default_value_t = 200)]
     pub rate: u64,
+    /// How repl-lag sees a write reach the backup's file: woken by the
+    /// kernel when the file is renamed into place or written (inotify), or
+    /// by reading it every 50 µs (poll, which takes CPU from the daemons).
+    #[arg(long, value_enum, default_value_t = LagWatch::Inotify)]
+    pub lag_watch: LagWatch,
     /// Number of files: resync-small's (default 10,000), the files changed
     /// in catch-up (default 1,000) and backup-return (default 10),
     /// nm-memory's (default 1,000,000), and those the cluster holds in
@@ -170,6 +180,9 @@ pub struct Report {
     /// repl-lag: writes whose text never reached the backup's file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lag_unseen: Option<u64>,
+    /// repl-lag: how the backup's files were watched (`--lag-watch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_watch: Option<LagWatch>,
     pub bytes: u64,
     pub mb_per_sec: Option<f64>,
     /// Kill -9 of the primary (nm-failover: of the nm leader) to the first
@@ -245,6 +258,8 @@ pub enum BenchError {
     Connect(#[from] shared::connection::ConnectionError),
     #[error("preparing the storage folder: {0}")]
     Store(String),
+    #[error("watching the backup's files: {0}")]
+    Watch(#[from] std::io::Error),
 }
 
 pub async fn run(args: BenchArgs) -> Result<Report, BenchError> {
@@ -365,96 +380,16 @@ async fn latency_report(
     })
 }
 
-/// How often the backup's files are read while a write's text is awaited.
-const LAG_POLL: Duration = Duration::from_micros(50);
-/// A write whose text has not reached the backup after this long is counted unseen.
-const LAG_GIVE_UP: Duration = Duration::from_secs(5);
-
-/// A write whose text is awaited in the backup's file.
-struct AwaitedText {
-    path: PathBuf,
-    text: Vec<u8>,
-    acked: Instant,
-    seen: tokio::sync::oneshot::Sender<Option<Duration>>,
-}
-
-/// One thread that reads the backup's files every [`LAG_POLL`] while some
-/// write's text is awaited (one reader for every client, so the measuring
-/// does not crowd out what it measures on a small machine).
-#[derive(Default)]
-struct BackupWatch {
-    awaited: Mutex<Vec<AwaitedText>>,
-    wake: std::sync::Condvar,
-    stop: std::sync::atomic::AtomicBool,
-}
-
-impl BackupWatch {
-    /// Resolves to the time from `acked` until `path` holds `text` (zero if
-    /// it did at the first look), or `None` past [`LAG_GIVE_UP`].
-    fn expect(
-        &self,
-        path: PathBuf,
-        text: Vec<u8>,
-        acked: Instant,
-    ) -> tokio::sync::oneshot::Receiver<Option<Duration>> {
-        let (seen, rx) = tokio::sync::oneshot::channel();
-        self.awaited.lock().unwrap().push(AwaitedText {
-            path,
-            text,
-            acked,
-            seen,
-        });
-        self.wake.notify_one();
-        rx
-    }
-
-    fn run(&self) {
-        loop {
-            let awaited = {
-                let mut awaited = self.awaited.lock().unwrap();
-                while awaited.is_empty() {
-                    if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        return;
-                    }
-                    awaited = self
-                        .wake
-                        .wait_timeout(awaited, Duration::from_millis(50))
-                        .unwrap()
-                        .0;
-                }
-                std::mem::take(&mut *awaited)
-            };
-            let mut contents: HashMap<PathBuf, Vec<u8>> = HashMap::new();
-            let mut still = Vec::new();
-            for wait in awaited {
-                let held = contents
-                    .entry(wait.path.clone())
-                    .or_insert_with(|| std::fs::read(&wait.path).unwrap_or_default());
-                if held.windows(wait.text.len()).any(|w| w == wait.text) {
-                    let _ = wait.seen.send(Some(wait.acked.elapsed()));
-                } else if wait.acked.elapsed() > LAG_GIVE_UP {
-                    let _ = wait.seen.send(None);
-                } else {
-                    still.push(wait);
-                }
-            }
-            if !still.is_empty() {
-                self.awaited.lock().unwrap().extend(still);
-                std::thread::sleep(LAG_POLL);
-            }
-        }
-    }
-}
-
 async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report, BenchError> {
     cluster.start_ss("ss1").await?;
     cluster.start_ss("ss1_backup").await?;
     cluster.wait_replicated("ss1").await?;
     let backup_files = cluster.storage("ss1_backup").join("files");
-    let watch = Arc::new(BackupWatch::default());
+    let watch = Arc::new(BackupWatch::new(args.lag_watch)?);
     let watcher = {
         let watch = watch.clone();
-        std::thread::spawn(move || watch.run())
+        let folder = backup_files.clone();
+        std::thread::spawn(move || watch.run(&folder))
     };
     let clients = args.clients.max(1);
     let interval = Duration::from_secs_f64(clients as f64 / args.rate.max(1) as f64);
@@ -512,8 +447,8 @@ async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    watch.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = watcher.join();
+    watch.stop();
+    watcher.join().expect("backup watcher")?;
     if unseen > 0 {
         eprintln!(
             "repl-lag: {unseen} writes never reached the backup's file within {LAG_GIVE_UP:?}"
@@ -524,6 +459,7 @@ async fn repl_lag(cluster: &mut LocalCluster, args: &BenchArgs) -> Result<Report
         latency_ms: percentiles(latencies),
         replication_lag_ms: percentiles(lags),
         lag_unseen: Some(unseen),
+        lag_watch: Some(args.lag_watch),
         ..Report::measured(seconds, ops)
     })
 }

@@ -5,7 +5,9 @@
 //! `E_UNAVAILABLE`, and the next call through nm dials again.
 
 use shared::connection::{ConnectionError, RpcClient};
-use shared::proto::{Event, FileStats, Location, NmReply, NmRequest, Op, Role, SsReply, SsRequest};
+use shared::proto::{
+    EditLine, Event, FileStats, Location, NmReply, NmRequest, Op, Role, SsReply, SsRequest,
+};
 use shared::WireError;
 use std::collections::HashMap;
 
@@ -514,6 +516,79 @@ impl Client {
         result
     }
 
+    /// A whole WRITE block (WRITE, `edits`, ETIRW) in one request: the
+    /// file's stats after the commit, and each edit line's answer in order.
+    /// As with [`Client::write_begin`], the location a CREATE just gave is
+    /// used first, and nm is asked again (once) if the block could not begin
+    /// there; a block that was sent and may have been committed is never
+    /// sent twice.
+    pub async fn write_block(
+        &mut self,
+        file: &str,
+        sentence: i64,
+        edits: Vec<EditLine>,
+    ) -> Result<(FileStats, Vec<Result<u64, WireError>>), WireError> {
+        if self.open_write.is_some() {
+            return Err(WireError::bad_request(
+                "a WRITE is already open; end it with ETIRW",
+            ));
+        }
+        let created = self.created.take().filter(|(f, _)| f == file);
+        let (location, asked) = match created {
+            Some((_, location)) => (location, false),
+            None => (self.locate(file, Op::Write).await?, true),
+        };
+        match self
+            .block_at(location, file, sentence, edits.clone())
+            .await?
+        {
+            BlockTry::NotBegun(_) if !asked => {
+                let location = self.locate(file, Op::Write).await?;
+                match self.block_at(location, file, sentence, edits).await? {
+                    BlockTry::Written(stats, answers) => Ok((stats, answers)),
+                    BlockTry::NotBegun(error) => Err(error),
+                }
+            }
+            BlockTry::NotBegun(error) => Err(error),
+            BlockTry::Written(stats, answers) => Ok((stats, answers)),
+        }
+    }
+
+    async fn block_at(
+        &mut self,
+        location: Location,
+        file: &str,
+        sentence: i64,
+        edits: Vec<EditLine>,
+    ) -> Result<BlockTry, WireError> {
+        let request = SsRequest::WriteBlock {
+            file: file.to_owned(),
+            sentence,
+            ticket: location.ticket,
+            edits,
+        };
+        // A kept connection its server closed (it went away) is not used:
+        // the block could not be known unsent there.
+        if self
+            .servers
+            .get(&location.address)
+            .is_some_and(|server| server.peer_closed())
+        {
+            self.servers.remove(&location.address);
+        }
+        // Not sent (no connection, or it broke before the request went out):
+        // nothing can have changed.
+        let id = match self.send_to(&location.address, request).await {
+            Ok(id) => id,
+            Err(e) => return Ok(BlockTry::NotBegun(e)),
+        };
+        match self.answer_of(&location.address, id).await? {
+            SsReply::BlockWritten { stats, answers } => Ok(BlockTry::Written(stats, answers)),
+            SsReply::BlockNotBegun { error } => Ok(BlockTry::NotBegun(error)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// ETIRW: commits the open WRITE.
     pub async fn write_commit(&mut self) -> Result<FileStats, WireError> {
         debug_assert!(
@@ -540,6 +615,13 @@ impl Client {
                 .await;
         }
     }
+}
+
+/// What became of a WRITE block sent to one storage server.
+enum BlockTry {
+    Written(FileStats, Vec<Result<u64, WireError>>),
+    /// Nothing changed there: it may go elsewhere.
+    NotBegun(WireError),
 }
 
 /// The next reply on `server`, which must answer request `id`, within `timeout`.

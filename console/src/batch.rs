@@ -3,24 +3,30 @@
 //!
 //! Lines are read and executed one at a time, so a script piped from another
 //! program runs as it arrives: a WRITE takes its lock when its `WRITE` line is
-//! read, each edit line is applied as it comes, and ETIRW commits.
+//! read, each edit line is applied as it comes, and ETIRW commits. A WRITE
+//! block that is all there already when its `WRITE` line is read goes to the
+//! storage server as one request (same effect, one round trip).
 
 use crate::client::Client;
 use crate::render;
 use crate::script::{is_etirw, parse_edit, parse_line, Command, Line};
 use serde::Serialize;
 use serde_json::Value;
-use shared::proto::NmReply;
 use shared::proto::NmRequest;
+use shared::proto::{EditLine, FileStats, NmReply};
 use shared::{ErrorCode, WireError};
 use std::io::{self, Write};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::AsyncBufRead;
 
 /// A script's lines. A line that is not UTF-8 does not end the script:
 /// it is read (with U+FFFD for the bad bytes) and flagged, and the caller
 /// reports an error for that line only.
 pub struct ScriptLines<R> {
     input: R,
+    /// The line read so far: kept across polls, so a read that is not
+    /// finished ([`ScriptLines::ready_line`]) loses nothing.
     buffer: Vec<u8>,
     not_utf8: bool,
 }
@@ -35,19 +41,55 @@ impl<R: AsyncBufRead + Unpin> ScriptLines<R> {
     }
 
     pub async fn next_line(&mut self) -> io::Result<Option<String>> {
-        self.buffer.clear();
-        if self.input.read_until(b'\n', &mut self.buffer).await? == 0 {
-            return Ok(None);
+        std::future::poll_fn(|cx| self.poll_line(cx)).await
+    }
+
+    /// The next line if it is here already (read, or readable without
+    /// waiting); `None` if it is still to come.
+    pub fn ready_line(&mut self) -> io::Result<Option<Option<String>>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.poll_line(&mut cx) {
+            Poll::Ready(line) => line.map(Some),
+            Poll::Pending => Ok(None),
         }
+    }
+
+    fn poll_line(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<String>>> {
+        loop {
+            let available = match Pin::new(&mut self.input).poll_fill_buf(cx) {
+                Poll::Ready(Ok(available)) => available,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            if available.is_empty() {
+                if self.buffer.is_empty() {
+                    return Poll::Ready(Ok(None));
+                }
+                return Poll::Ready(Ok(Some(self.take_line())));
+            }
+            let (taken, ended) = match available.iter().position(|&b| b == b'\n') {
+                Some(end) => (end + 1, true),
+                None => (available.len(), false),
+            };
+            self.buffer.extend_from_slice(&available[..taken]);
+            Pin::new(&mut self.input).consume(taken);
+            if ended {
+                return Poll::Ready(Ok(Some(self.take_line())));
+            }
+        }
+    }
+
+    fn take_line(&mut self) -> String {
         if self.buffer.last() == Some(&b'\n') {
             self.buffer.pop();
             if self.buffer.last() == Some(&b'\r') {
                 self.buffer.pop();
             }
         }
-        let line = String::from_utf8_lossy(&self.buffer);
-        self.not_utf8 = matches!(line, std::borrow::Cow::Owned(_));
-        Ok(Some(line.into_owned()))
+        let line = String::from_utf8_lossy(&self.buffer).into_owned();
+        self.not_utf8 = line.as_bytes() != self.buffer.as_slice();
+        self.buffer.clear();
+        line
     }
 
     /// Whether the line last read was not valid UTF-8.
@@ -397,7 +439,7 @@ struct WatchSummary {
 /// WRITE's `data`.
 #[derive(Serialize)]
 struct WriteSummary<'a> {
-    stats: &'a shared::proto::FileStats,
+    stats: &'a FileStats,
     rejected_lines: &'a [RejectedLine],
 }
 
@@ -433,8 +475,19 @@ fn reject_answers(
     }
 }
 
+/// The most lines, and bytes of them, a WRITE block sent as one request
+/// holds (a longer one goes line by line, well under the frame limit).
+const BLOCK_LINES: usize = 1024;
+const BLOCK_BYTES: usize = 256 * 1024;
+
 /// WRITE f n, its edit lines, ETIRW. One outcome for the whole block; a
 /// rejected edit line leaves the WRITE open and makes the outcome a failure.
+///
+/// A block whose lines are all here already (a script from a file, or from
+/// a program that wrote it out) goes to the server as one request: one
+/// round trip instead of one for WRITE, each line and ETIRW. One still
+/// arriving goes line by line as it comes (the lock is taken when its
+/// WRITE line is read), its edit lines without waiting for each answer.
 async fn write<R: AsyncBufRead + Unpin>(
     client: &mut Client,
     text: &str,
@@ -442,6 +495,84 @@ async fn write<R: AsyncBufRead + Unpin>(
     sentence: i64,
     lines: &mut ScriptLines<R>,
 ) -> io::Result<Outcome> {
+    // Each line read ahead, with whether it was valid UTF-8.
+    let mut ahead: Vec<(String, bool)> = Vec::new();
+    let mut bytes = 0;
+    while ahead.len() < BLOCK_LINES && bytes < BLOCK_BYTES {
+        match lines.ready_line()? {
+            Some(Some(line)) if is_etirw(&line) => {
+                return Ok(write_whole(client, text, file, sentence, ahead).await);
+            }
+            Some(Some(line)) => {
+                bytes += line.len();
+                ahead.push((line, lines.not_utf8()));
+            }
+            Some(None) | None => break,
+        }
+    }
+    write_line_by_line(client, text, file, sentence, ahead, lines).await
+}
+
+/// A whole WRITE block, `lines` up to its ETIRW, as one request.
+async fn write_whole(
+    client: &mut Client,
+    text: &str,
+    file: &str,
+    sentence: i64,
+    lines: Vec<(String, bool)>,
+) -> Outcome {
+    // Each line, with the edit it sent or why it was refused here.
+    let mut edits = Vec::new();
+    let mut sent: Vec<(String, Result<usize, WireError>)> = Vec::new();
+    for (line, not_utf8_line) in lines {
+        if matches!(parse_line(&line), Ok(Line::Nothing)) {
+            continue;
+        }
+        let parsed = match parse_edit(&line) {
+            _ if not_utf8_line => Err(not_utf8(&line)),
+            Ok((word_index, content)) => {
+                edits.push(EditLine {
+                    word_index,
+                    content,
+                });
+                Ok(edits.len() - 1)
+            }
+            Err(e) => Err(e),
+        };
+        sent.push((line, parsed));
+    }
+    let (stats, answers) = match client.write_block(file, sentence, edits).await {
+        Ok(written) => written,
+        Err(e) => return Outcome::failure(text, e),
+    };
+    let mut rejected = Vec::new();
+    let mut failure = None;
+    for (line, parsed) in sent {
+        let answer = match parsed {
+            Ok(i) => answers.get(i).cloned().unwrap_or_else(|| {
+                Err(WireError::internal("the server left this line unanswered"))
+            }),
+            Err(e) => Err(e),
+        };
+        reject_answers(&mut rejected, &mut failure, &[line], vec![answer]);
+    }
+    match failure {
+        Some(error) => Outcome::failure(text, error),
+        None => written(text, &stats, &rejected),
+    }
+}
+
+/// A WRITE block line by line: `ahead` (read already), then the rest of
+/// `lines` up to ETIRW.
+async fn write_line_by_line<R: AsyncBufRead + Unpin>(
+    client: &mut Client,
+    text: &str,
+    file: &str,
+    sentence: i64,
+    ahead: Vec<(String, bool)>,
+    lines: &mut ScriptLines<R>,
+) -> io::Result<Outcome> {
+    let mut ahead = ahead.into_iter();
     let mut failure = client.write_begin(file, sentence).await.err();
     let mut rejected = Vec::new();
     let mut ended = false;
@@ -449,7 +580,14 @@ async fn write<R: AsyncBufRead + Unpin>(
     // (in order) before ETIRW is sent, or before a line refused here is
     // recorded, so nothing is committed while one is unanswered.
     let mut sent: Vec<String> = Vec::new();
-    while let Some(line) = lines.next_line().await? {
+    loop {
+        let (line, not_utf8_line) = match ahead.next() {
+            Some(read) => read,
+            None => match lines.next_line().await? {
+                Some(line) => (line, lines.not_utf8()),
+                None => break,
+            },
+        };
         if is_etirw(&line) {
             ended = true;
             break;
@@ -458,7 +596,7 @@ async fn write<R: AsyncBufRead + Unpin>(
             continue;
         }
         let result = match parse_edit(&line) {
-            _ if lines.not_utf8() => Err(not_utf8(&line)),
+            _ if not_utf8_line => Err(not_utf8(&line)),
             Ok((index, content)) => client.write_edit_pipelined(index, &content).await,
             Err(e) => Err(e),
         };
@@ -497,14 +635,17 @@ async fn write<R: AsyncBufRead + Unpin>(
             WireError::bad_request("the script ended before ETIRW; the WRITE was abandoned"),
         ));
     }
-    let committed = client.write_commit().await;
-    let stats = match committed {
-        Ok(stats) => stats,
-        Err(e) => return Ok(Outcome::failure(text, e)),
-    };
+    match client.write_commit().await {
+        Ok(stats) => Ok(written(text, &stats, &rejected)),
+        Err(e) => Ok(Outcome::failure(text, e)),
+    }
+}
+
+/// A committed WRITE's outcome: a failure if any edit line was rejected.
+fn written(text: &str, stats: &FileStats, rejected: &[RejectedLine]) -> Outcome {
     let data = to_value(&WriteSummary {
-        stats: &stats,
-        rejected_lines: &rejected,
+        stats,
+        rejected_lines: rejected,
     });
     if let Some(first) = rejected.first() {
         let message = format!(
@@ -513,19 +654,53 @@ async fn write<R: AsyncBufRead + Unpin>(
             first.line,
             first.message
         );
-        return Ok(Outcome {
+        return Outcome {
             command: text.to_owned(),
             ok: false,
             code: Some(first.code),
             message,
             data,
             human: String::new(),
-        });
+        };
     }
-    Ok(Outcome::success(
+    Outcome::success(
         text,
         "Write Successful!",
         data,
         "Write Successful!".to_owned(),
-    ))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncWriteExt, BufReader};
+
+    /// What decides whether a WRITE block goes whole: a line is "ready"
+    /// only once it is all there, and a line still arriving is neither lost
+    /// nor split by asking.
+    #[tokio::test]
+    async fn a_line_is_ready_only_once_it_is_all_there() {
+        let (mut writer, reader) = tokio::io::duplex(64);
+        let mut lines = ScriptLines::new(BufReader::new(reader));
+        assert_eq!(lines.ready_line().unwrap(), None, "nothing written yet");
+        writer.write_all(b"WRITE a.txt 0\n0 hel").await.unwrap();
+        assert_eq!(
+            lines.ready_line().unwrap(),
+            Some(Some("WRITE a.txt 0".to_owned()))
+        );
+        assert_eq!(lines.ready_line().unwrap(), None, "half a line");
+        writer.write_all(b"lo \xff\r\nETIRW").await.unwrap();
+        assert_eq!(
+            lines.ready_line().unwrap(),
+            Some(Some("0 hello \u{fffd}".to_owned()))
+        );
+        assert!(lines.not_utf8());
+        assert_eq!(lines.ready_line().unwrap(), None, "no end of line yet");
+        drop(writer);
+        assert_eq!(lines.next_line().await.unwrap(), Some("ETIRW".to_owned()));
+        assert!(!lines.not_utf8());
+        assert_eq!(lines.next_line().await.unwrap(), None);
+        assert_eq!(lines.ready_line().unwrap(), Some(None));
+    }
 }

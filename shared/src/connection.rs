@@ -242,6 +242,24 @@ impl Connection {
         self.peer
     }
 
+    /// Whether the peer has closed this connection (or it broke), as far as
+    /// can be told without waiting: an idle connection whose peer went away
+    /// reads end-of-file. Checked before sending a request that must not be
+    /// sent twice, so that one is never written into a dead connection
+    /// (where it could neither arrive nor be known not to have).
+    pub fn peer_closed(&self) -> bool {
+        if !self.framed.read_buffer().is_empty() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let mut peeked = tokio::io::ReadBuf::new(&mut byte);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        matches!(
+            self.framed.get_ref().poll_peek(&mut cx, &mut peeked),
+            std::task::Poll::Ready(Ok(0) | Err(_))
+        )
+    }
+
     /// The largest frame this connection sends or accepts.
     pub fn max_frame(&self) -> usize {
         self.framed.codec().max_frame_length()
@@ -667,6 +685,11 @@ impl RpcClient {
         Ok(Self::new(
             Connection::connect_keyed(addr, role, name, DEFAULT_MAX_FRAME, key).await?,
         ))
+    }
+
+    /// See [`Connection::peer_closed`].
+    pub fn peer_closed(&self) -> bool {
+        self.conn.peer_closed()
     }
 
     /// Sends a request and returns its id; read the answers with [`RpcClient::next_reply`].

@@ -358,6 +358,15 @@ fn every_message_round_trips() {
         },
         SsRequest::WriteCommit,
         SsRequest::WriteAbort,
+        SsRequest::WriteBlock {
+            file: "a".into(),
+            sentence: 0,
+            ticket: ticket(),
+            edits: vec![EditLine {
+                word_index: 0,
+                content: "x y.".into(),
+            }],
+        },
         SsRequest::ReadCheckpoint {
             file: "a".into(),
             tag: "v1".into(),
@@ -488,6 +497,16 @@ fn every_message_round_trips() {
         SsReply::End,
         SsReply::WriteOpen { words: 3 },
         SsReply::Edited { words: 4 },
+        SsReply::BlockWritten {
+            stats: stats(),
+            answers: vec![
+                Ok(2),
+                Err(WireError::bad_request("index 9 is out of range")),
+            ],
+        },
+        SsReply::BlockNotBegun {
+            error: WireError::unauthorized("an expired ticket"),
+        },
         SsReply::Applied {
             stats: stats(),
             streamed: true,
@@ -585,7 +604,7 @@ fn golden_bytes() {
     // A client's handshake: {magic, version, role, name}.
     assert_eq!(
         hex(&rmp_serde::to_vec_named(&Hello::new(Role::Client, "alice")).unwrap()),
-        "84a56d61676963ce444f432ba776657273696f6e07a4726f6c65a6434c49454e54a46e616d65a5616c696365"
+        "84a56d61676963ce444f432ba776657273696f6e08a4726f6c65a6434c49454e54a46e616d65a5616c696365"
     );
     // A request: {id, body: {Create: {file}}}.
     let create = Request {

@@ -2,6 +2,8 @@
 //! its error paths.
 
 use harness::TestCluster;
+use shared::proto::EditLine;
+use shared::ErrorCode;
 
 const MOUSE: &str = "CREATE mouse.txt
 WRITE mouse.txt 0
@@ -194,17 +196,18 @@ UNDO a.txt
 }
 
 /// A WRITE block longer than the edit lines a console sends ahead of their
-/// answers: it neither stalls nor loses an answer, and its rejected lines
-/// come back in script order.
+/// answers, and than one it sends as a single request (so it goes line by
+/// line after the lines read ahead): it neither stalls nor loses an answer,
+/// and its rejected lines, read ahead or not, come back in script order.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_write_block_commits_every_line_and_reports_rejections_in_order() {
     let cluster = TestCluster::start(&["ss1"]).await;
     let mut script = String::from("CREATE long.txt\nWRITE long.txt 0\n");
     let mut words = 0;
-    for i in 0..300 {
+    for i in 0..1500 {
         match i {
             10 => script.push_str("9999 first_bad\n"),
-            250 => script.push_str("8888 second_bad\n"),
+            1250 => script.push_str("8888 second_bad\n"),
             _ => {
                 script.push_str(&format!("{words} w{i}\n"));
                 words += 1;
@@ -227,9 +230,57 @@ async fn a_long_write_block_commits_every_line_and_reports_rejections_in_order()
         run.stdout
     );
     let content = run.get(2)["data"]["content"].as_str().unwrap().to_owned();
-    assert_eq!(content.split_whitespace().count(), 298, "{content}");
+    assert_eq!(content.split_whitespace().count(), 1498, "{content}");
     assert!(content.starts_with("w0 w1 "), "{content}");
-    assert!(content.contains("w299"), "{content}");
+    assert!(content.contains("w1499"), "{content}");
+}
+
+/// A WRITE block sent as one request (what `console --batch` sends for a
+/// block it has whole) answers as its lines would one by one: each line's
+/// answer in order, a refused line changing nothing; and a block that cannot
+/// begin (its sentence locked, or out of range) changes nothing at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_block_in_one_request_answers_every_line_and_changes_nothing_if_it_cannot_begin() {
+    let cluster = TestCluster::start(&["ss1"]).await;
+    let mut alice = cluster.client("alice").await;
+    alice.create("block.txt").await.unwrap();
+    let line = |word_index, content: &str| EditLine {
+        word_index,
+        content: content.to_owned(),
+    };
+    let (stats, answers) = alice
+        .write_block(
+            "block.txt",
+            0,
+            vec![line(0, "Hello"), line(9, "far"), line(1, "world.")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(answers[0], Ok(1));
+    assert_eq!(
+        answers[1].as_ref().unwrap_err().code,
+        ErrorCode::InvalidIndex
+    );
+    assert_eq!(answers[2], Ok(2));
+    assert_eq!(stats.words, 2);
+
+    let mut holder = cluster.client("alice").await;
+    holder.write_begin("block.txt", 0).await.unwrap();
+    let locked = alice
+        .write_block("block.txt", 0, vec![line(0, "Never")])
+        .await
+        .unwrap_err();
+    assert_eq!(locked.code, ErrorCode::Locked, "{locked}");
+    holder.write_abort().await;
+    let beyond = alice
+        .write_block("block.txt", 7, vec![line(0, "Never.")])
+        .await
+        .unwrap_err();
+    assert_eq!(beyond.code, ErrorCode::InvalidIndex, "{beyond}");
+    assert_eq!(
+        alice.read("block.txt").await.unwrap(),
+        b"Hello world.".to_vec()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

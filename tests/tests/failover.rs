@@ -4,7 +4,7 @@
 use client::Client;
 use harness::{eventually, Options, TestCluster};
 use shared::connection::RpcClient;
-use shared::proto::{Op, PairState, Role, ServerState, SsReply, SsRequest};
+use shared::proto::{EditLine, Op, PairState, Role, ServerState, SsReply, SsRequest};
 use shared::ErrorCode;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -505,6 +505,51 @@ async fn a_write_after_create_uses_the_location_create_returned_and_asks_nm_agai
     client.write_begin("later.txt", 0).await.unwrap();
     client.write_edit(0, "After the failover.").await.unwrap();
     client.write_commit().await.unwrap();
+    assert_eq!(
+        client.read("later.txt").await.unwrap(),
+        b"After the failover.".to_vec()
+    );
+    assert_eq!(client.read("new.txt").await.unwrap(), b"First.".to_vec());
+}
+
+/// The same for a WRITE block sent as one request: the kept connection to
+/// the server CREATE pointed to is closed (the server was killed), so the
+/// block is never written into it, and goes, once, to the promoted backup.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_block_after_create_goes_once_to_where_nm_says_when_the_location_went_stale() {
+    let mut cluster = pair_cluster().await;
+    let mut client = cluster.client("alice").await;
+    client.create("new.txt").await.unwrap();
+    let edits = |text: &str| {
+        vec![EditLine {
+            word_index: 0,
+            content: text.to_owned(),
+        }]
+    };
+    let (_, answers) = client
+        .write_block("new.txt", 0, edits("First."))
+        .await
+        .unwrap();
+    assert_eq!(answers, [Ok(1)]);
+    client.create("later.txt").await.unwrap();
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+    cluster.kill_ss("ss1");
+    cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
+    eventually("the backup to serve", async || {
+        let status = cluster.try_status().await?;
+        status
+            .servers
+            .iter()
+            .any(|s| s.name == "ss1_backup" && s.serving)
+            .then_some(())
+    })
+    .await;
+    let (stats, answers) = client
+        .write_block("later.txt", 0, edits("After the failover."))
+        .await
+        .unwrap();
+    assert_eq!(answers, [Ok(3)]);
+    assert_eq!(stats.words, 3);
     assert_eq!(
         client.read("later.txt").await.unwrap(),
         b"After the failover.".to_vec()

@@ -57,8 +57,9 @@ pub const MAGIC: u32 = u32::from_be_bytes(*b"DOC+");
 /// 5: `Register` is one frame, the inventory pulled by nm afterwards; 6: a
 /// storage server's requests split by channel, see the table above; 7: a
 /// streamed change carries the checkpoints it made, a stream reports its
-/// position, and a large file's content follows `SsReply::Raw` unframed).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// position, and a large file's content follows `SsReply::Raw` unframed;
+/// 8: a client's `WriteBlock`).
+pub const PROTOCOL_VERSION: u32 = 8;
 /// Inventory entries per frame (inventories are paged to stay under the frame limit).
 pub const INVENTORY_PAGE: usize = 1000;
 

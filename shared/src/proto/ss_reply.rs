@@ -22,6 +22,18 @@ pub enum SsReply {
     Edited {
         words: u64,
     },
+    /// A `WriteBlock` committed: the file's stats after it, and each edit
+    /// line's answer in order (the working copy's word count, or why that
+    /// line was refused).
+    BlockWritten {
+        stats: FileStats,
+        answers: Vec<Result<u64, WireError>>,
+    },
+    /// A `WriteBlock` whose WRITE could not begin (a stale ticket, a
+    /// sentence locked or out of range, a server not serving): nothing changed.
+    BlockNotBegun {
+        error: WireError,
+    },
     /// A change was applied; the file's stats after it.
     Applied {
         stats: FileStats,

@@ -19,7 +19,10 @@ impl Server {
     ) -> Result<Result<(), WireError>, ConnectionError> {
         let user = session.hello.name.clone();
         // A commit keeps the role from changing until it is durable.
-        let mut change = if matches!(request, SsRequest::WriteCommit) {
+        let mut change = if matches!(
+            request,
+            SsRequest::WriteCommit | SsRequest::WriteBlock { .. }
+        ) {
             Some(self.link.role().change_guard().await)
         } else {
             None
@@ -34,6 +37,12 @@ impl Server {
                 self.link.role().check_writable()
             }
             SsRequest::WriteAbort => Ok(()),
+            SsRequest::WriteBlock { .. } => match self.link.role().check_writable() {
+                Err(error) => {
+                    return Self::answer(conn, id, Ok(SsReply::BlockNotBegun { error })).await
+                }
+                Ok(()) => Ok(()),
+            },
         };
         if let Err(e) = gate {
             if matches!(
@@ -107,44 +116,82 @@ impl Server {
             SsRequest::WriteCommit => match session.write.take() {
                 None => Err(no_open_write()),
                 Some(write) => {
-                    let file = write.file().to_owned();
-                    // On the stream and to nm as soon as it is durable here,
-                    // while this server still writes its files; and before
-                    // the role may change, so it goes out in the epoch it
-                    // was made in.
-                    let mut announced = None;
-                    let committed = tokio::task::block_in_place(|| {
-                        write.commit_announcing(|committed| {
-                            announced = Some(self.announce(&file, committed));
-                            if let Some(delay) = self.config.commit_apply_delay {
-                                std::thread::sleep(delay);
-                            }
+                    self.commit(write, &mut change)
+                        .await
+                        .map(|stats| SsReply::Applied {
+                            stats,
+                            streamed: false,
                         })
-                    });
-                    match committed {
-                        Ok(committed) => {
-                            let stats = committed.meta.stats.clone();
-                            tracing::info!(event = "ss_committed", file = %file, epoch = stats.epoch, version = stats.version, base = stats.base);
-                            let announced = announced.expect("a commit announces its change");
-                            // Committed: a role change may go ahead while nm confirms.
-                            drop(change.take());
-                            self.confirm(&file, &stats, announced).await.map(|()| {
-                                SsReply::Applied {
-                                    stats,
-                                    streamed: false,
-                                }
-                            })
-                        }
-                        Err(e) => Err(e),
-                    }
                 }
             },
+            SsRequest::WriteBlock {
+                file,
+                sentence,
+                ticket,
+                edits,
+            } => {
+                let begun = self
+                    .check_ticket(&ticket, &user, &file, Op::Write)
+                    .and_then(|()| {
+                        if session.write.is_some() {
+                            return Err(WireError::bad_request(
+                                "a WRITE is already open on this connection; end it with ETIRW",
+                            ));
+                        }
+                        let files = self.files.clone();
+                        tokio::task::block_in_place(|| files.begin_write(&file, sentence))
+                    });
+                match begun {
+                    Err(error) => Ok(SsReply::BlockNotBegun { error }),
+                    Ok(mut write) => {
+                        let answers = edits
+                            .into_iter()
+                            .map(|edit| {
+                                write
+                                    .edit(edit.word_index, &edit.content)
+                                    .map(|()| write.word_count())
+                            })
+                            .collect();
+                        self.commit(write, &mut change)
+                            .await
+                            .map(|stats| SsReply::BlockWritten { stats, answers })
+                    }
+                }
+            }
             SsRequest::WriteAbort => {
                 session.write = None;
                 Ok(SsReply::Done)
             }
         };
         Self::answer(conn, id, reply).await
+    }
+
+    /// ETIRW: the open WRITE committed, announced on the stream and to nm
+    /// as soon as it is durable here (while this server still writes its
+    /// files), before the role may change (`change`, held until then), so
+    /// it goes out in the epoch it was made in; then confirmed.
+    async fn commit(
+        &self,
+        write: crate::files::WriteSession,
+        change: &mut Option<tokio::sync::RwLockReadGuard<'_, ()>>,
+    ) -> Result<shared::proto::FileStats, WireError> {
+        let file = write.file().to_owned();
+        let mut announced = None;
+        let committed = tokio::task::block_in_place(|| {
+            write.commit_announcing(|committed| {
+                announced = Some(self.announce(&file, committed));
+                if let Some(delay) = self.config.commit_apply_delay {
+                    std::thread::sleep(delay);
+                }
+            })
+        })?;
+        let stats = committed.meta.stats.clone();
+        tracing::info!(event = "ss_committed", file = %file, epoch = stats.epoch, version = stats.version, base = stats.base);
+        let announced = announced.expect("a commit announces its change");
+        // Committed: a role change may go ahead while nm confirms.
+        drop(change.take());
+        self.confirm(&file, &stats, announced).await?;
+        Ok(stats)
     }
 
     /// STREAM: the words one by one, `--stream-delay` apart, then `End`.
@@ -198,6 +245,7 @@ pub(super) fn operation_name(request: &SsRequest) -> &'static str {
         SsRequest::WriteEdit { .. } => "WRITE_EDIT",
         SsRequest::WriteCommit => "ETIRW",
         SsRequest::WriteAbort => "WRITE_ABORT",
+        SsRequest::WriteBlock { .. } => "WRITE_BLOCK",
         SsRequest::ReadCheckpoint { .. } => "VIEWCHECKPOINT",
     }
 }
