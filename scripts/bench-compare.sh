@@ -10,23 +10,25 @@
 #   scripts/bench-compare.sh [small] [large] [writes]    (default: all three)
 #   ROUNDS=7 scripts/bench-compare.sh small
 #
-# FRESH_FS=1 (the default when run as root with losetup and mkfs.ext4):
-# every measured resync, ours or the reference, runs on a new, empty ext4
-# (no journal, as this machine's disk) made in a loop file on the same disk,
-# so no run is slowed by the inode allocator's memory of an earlier run's
-# deletions (see BENCHMARKS.md, "The machine"). FRESH_FS=0: the machine's
-# own file system, with a sync and a pause before each run.
+# Nothing a round writes is deleted before the end of the run: on this
+# machine's ext4 (no journal) deletions slow the creates that follow them
+# (BENCHMARKS.md, "The machine"), so each resync, ours or rsync's, writes
+# into new folders, and `ss-seed`'s time (printed each round) shows whether
+# the disk was in that state anyway. Run it some minutes after any mass
+# deletion (a test run). FRESH_FS=1: every resync runs on a new, empty ext4
+# in a loop file instead (scripts/fresh-fs.sh), immune to the allocator but
+# with dearer fsyncs (the loop device's flush is an fsync of its file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync >/dev/null; }
 cargo build --quiet --release --bins
 bin=target/release
 work=$(mktemp -d)
-fs="$work/fs" image="$work/fs.img" loop=""
+fs="$work/fs"
+. scripts/fresh-fs.sh
 cleanup() {
   kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true
-  if mountpoint -q "$fs" 2>/dev/null; then umount "$fs"; fi
-  [ -z "$loop" ] || losetup -d "$loop" 2>/dev/null || true
+  fresh_fs_done
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
@@ -63,19 +65,17 @@ CONF
 rsync --daemon --no-detach --config="$work/rsyncd.conf" --port=$port --address=127.0.0.1 &
 sleep 0.5
 
-rsync_time() { # src dir → the empty module folder; seconds. On a fresh
-  # file system the source is copied onto it first (as ours seeds the
-  # primary's folder there); otherwise the copy is removed afterwards, so
-  # every run, ours or rsync, starts from the same state.
+rsync_time() { # src dir → a new folder of the rsync module; seconds. On a
+  # fresh file system the source is copied onto it first (as ours seeds the
+  # primary's folder there).
   local src=$1 start end
   if [ "$fresh" = 1 ]; then
     cp -a "$src" "$fs/src"; src="$fs/src"; sync
   fi
   start=$(date +%s.%N)
-  rsync -a "$src/" "rsync://127.0.0.1:$port/dst/"
+  rsync -a "$src/" "rsync://127.0.0.1:$port/dst/$run/"
   sync
   end=$(date +%s.%N)
-  [ "$fresh" = 1 ] || rm -rf "$fs/dst"/*
   python3 -c "print($end - $start)"
 }
 
@@ -86,26 +86,20 @@ rsync_time() { # src dir → the empty module folder; seconds. On a fresh
 # back and let five seconds pass.
 settle() { sync; sleep "${SETTLE:-6}"; }
 
-fresh=${FRESH_FS:-}
-if [ -z "$fresh" ]; then
-  fresh=0
-  [ "$(id -u)" = 0 ] && command -v losetup >/dev/null && command -v mkfs.ext4 >/dev/null && fresh=1
-fi
-if [ "$fresh" = 1 ]; then
-  # Written out in full once, so no run pays for the loop file's own
-  # block allocation; direct I/O, so the page cache holds one copy.
-  dd if=/dev/zero of="$image" bs=16M count=$((${FS_GIB:-4} * 64)) conv=fsync status=none
-  loop=$(losetup --find --show --direct-io=on "$image")
-  echo "fresh file system per run: ext4 without a journal on $loop (${FS_GIB:-4} GiB)"
-fi
-# fresh_fs: a new, empty file system at $fs (or, with FRESH_FS=0, settle).
-fresh_fs() {
-  if [ "$fresh" != 1 ]; then settle; mkdir -p "$fs/dst"; return; fi
-  if mountpoint -q "$fs"; then umount "$fs"; fi
-  mkfs.ext4 -q -F -O ^has_journal -N 65536 -E lazy_itable_init=0,nodiscard "$loop"
-  mkdir -p "$fs"; mount "$loop" "$fs"; mkdir -p "$fs/dst"
-  sync; sleep 1
+FRESH_FS=${FRESH_FS:-0}
+fresh_fs_init "$work"
+fresh=$FRESH_FS
+run=0
+# keep_fs: where the next run writes (a new folder, or a fresh file system).
+next_fs() {
+  run=$((run + 1))
+  if [ "$fresh" = 1 ]; then fresh_fs "$fs"; else settle; fi
+  mkdir -p "$fs/runs/$run" "$fs/dst/$run"
 }
+
+# ours WORKLOAD: `console bench WORKLOAD --json` in this run's folder, kept
+# (deleted with everything else at the end).
+ours() { TMPDIR="$fs/runs/$run" "$bin/console" bench "$1" --keep-dir --json 2>&1 >&3 | { grep -v "^cluster folder (kept)" >&2 || true; }; } 3>&1
 
 stats() { # label, unit, values: min/median/max
   python3 - "$@" <<'PY'
@@ -123,13 +117,13 @@ for what in $only; do
   for _ in $(seq "$rounds"); do
     case $what in
       small)
-        fresh_fs; o=$(TMPDIR=$fs "$bin/console" bench resync-small --json | field seconds)
-        fresh_fs; t=$(rsync_time "$work/small") ;;
+        next_fs; o=$(ours resync-small | field seconds)
+        next_fs; t=$(rsync_time "$work/small") ;;
       large)
-        fresh_fs; j=$(TMPDIR=$fs "$bin/console" bench resync-large --json)
+        next_fs; j=$(ours resync-large)
         o=$(field mb_per_sec <<<"$j"); large_seconds+=("$(field seconds <<<"$j")")
-        fresh_fs; t=$(TMPDIR=$fs "$bin/console" bench raw-tcp --json | field mb_per_sec)
-        if [ "${RSYNC_LARGE:-1}" = 1 ]; then fresh_fs; large_rsync+=("$(rsync_time "$work/large")"); fi ;;
+        next_fs; t=$(ours raw-tcp | field mb_per_sec)
+        if [ "${RSYNC_LARGE:-1}" = 1 ]; then next_fs; large_rsync+=("$(rsync_time "$work/large")"); fi ;;
       writes)
         settle; o=$("$bin/console" bench create-write --clients 16 --duration 5s --json | field ops_per_sec)
         settle; t=$("$bin/console" bench disk-limit --duration 5s --json | field ops_per_sec) ;;
