@@ -542,7 +542,16 @@ impl Client {
             .block_at(location, file, sentence, edits.clone())
             .await?
         {
-            BlockTry::NotBegun(_) if !asked => {
+            // Only what a stale location looks like (its server gone or
+            // not serving, its ticket from an older epoch) is worth asking
+            // nm again; a locked sentence or a bad index would be the same.
+            BlockTry::NotBegun(e)
+                if !asked
+                    && matches!(
+                        e.code,
+                        shared::ErrorCode::Unavailable | shared::ErrorCode::Unauthorized
+                    ) =>
+            {
                 let location = self.locate(file, Op::Write).await?;
                 match self.block_at(location, file, sentence, edits).await? {
                     BlockTry::Written(stats, answers) => Ok((stats, answers)),
