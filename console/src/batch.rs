@@ -29,6 +29,8 @@ pub struct ScriptLines<R> {
     /// finished ([`ScriptLines::ready_line`]) loses nothing.
     buffer: Vec<u8>,
     not_utf8: bool,
+    /// The input ended (a terminal's end of input is not read twice).
+    ended: bool,
 }
 
 impl<R: AsyncBufRead + Unpin> ScriptLines<R> {
@@ -37,6 +39,7 @@ impl<R: AsyncBufRead + Unpin> ScriptLines<R> {
             input,
             buffer: Vec::new(),
             not_utf8: false,
+            ended: false,
         }
     }
 
@@ -55,6 +58,9 @@ impl<R: AsyncBufRead + Unpin> ScriptLines<R> {
     }
 
     fn poll_line(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<String>>> {
+        if self.ended {
+            return Poll::Ready(Ok(None));
+        }
         loop {
             let available = match Pin::new(&mut self.input).poll_fill_buf(cx) {
                 Poll::Ready(Ok(available)) => available,
@@ -62,6 +68,7 @@ impl<R: AsyncBufRead + Unpin> ScriptLines<R> {
                 Poll::Pending => return Poll::Pending,
             };
             if available.is_empty() {
+                self.ended = true;
                 if self.buffer.is_empty() {
                     return Poll::Ready(Ok(None));
                 }

@@ -251,13 +251,17 @@ impl Connection {
         if !self.framed.read_buffer().is_empty() {
             return false;
         }
-        let mut byte = [0u8; 1];
-        let mut peeked = tokio::io::ReadBuf::new(&mut byte);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        matches!(
-            self.framed.get_ref().poll_peek(&mut cx, &mut peeked),
-            std::task::Poll::Ready(Ok(0) | Err(_))
-        )
+        // Asked of the kernel (a non-blocking MSG_PEEK), not of the
+        // runtime's readiness, which may not have seen the FIN yet.
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(self.framed.get_ref()).peek(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ),
+        }
     }
 
     /// The largest frame this connection sends or accepts.

@@ -39,7 +39,9 @@ impl Server {
             SsRequest::WriteAbort => Ok(()),
             SsRequest::WriteBlock { .. } => match self.link.role().check_writable() {
                 Err(error) => {
-                    return Self::answer(conn, id, Ok(SsReply::BlockNotBegun { error })).await
+                    // Never hold up a role change while a reply is written.
+                    drop(change.take());
+                    return Self::answer(conn, id, Ok(SsReply::BlockNotBegun { error })).await;
                 }
                 Ok(()) => Ok(()),
             },
@@ -163,6 +165,9 @@ impl Server {
                 Ok(SsReply::Done)
             }
         };
+        // A block that never began still holds the guard: a client that
+        // does not read its replies must not hold up a role change.
+        drop(change);
         Self::answer(conn, id, reply).await
     }
 
