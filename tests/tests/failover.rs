@@ -490,6 +490,20 @@ async fn a_write_after_create_uses_the_location_create_returned_and_asks_nm_agai
     // acknowledges it: wait for the file itself (a loaded machine once took
     // more than 90 ms, and the promoted backup lacked it).
     cluster.wait_same_files("ss1", "ss1_backup").await;
+    fail_over_to_the_backup(&mut cluster).await;
+    // One attempt: the kept location fails, and the client asks nm again.
+    client.write_begin("later.txt", 0).await.unwrap();
+    client.write_edit(0, "After the failover.").await.unwrap();
+    client.write_commit().await.unwrap();
+    assert_eq!(
+        client.read("later.txt").await.unwrap(),
+        b"After the failover.".to_vec()
+    );
+    assert_eq!(client.read("new.txt").await.unwrap(), b"First.".to_vec());
+}
+
+/// kill -9 of ss1, then until ss1_backup serves in its place.
+async fn fail_over_to_the_backup(cluster: &mut TestCluster) {
     cluster.kill_ss("ss1");
     cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
     eventually("the backup to serve", async || {
@@ -501,15 +515,6 @@ async fn a_write_after_create_uses_the_location_create_returned_and_asks_nm_agai
             .then_some(())
     })
     .await;
-    // One attempt: the kept location fails, and the client asks nm again.
-    client.write_begin("later.txt", 0).await.unwrap();
-    client.write_edit(0, "After the failover.").await.unwrap();
-    client.write_commit().await.unwrap();
-    assert_eq!(
-        client.read("later.txt").await.unwrap(),
-        b"After the failover.".to_vec()
-    );
-    assert_eq!(client.read("new.txt").await.unwrap(), b"First.".to_vec());
 }
 
 /// The same for a WRITE block sent as one request: the kept connection to
@@ -533,17 +538,7 @@ async fn a_write_block_after_create_goes_once_to_where_nm_says_when_the_location
     assert_eq!(answers, [Ok(1)]);
     client.create("later.txt").await.unwrap();
     cluster.wait_same_files("ss1", "ss1_backup").await;
-    cluster.kill_ss("ss1");
-    cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
-    eventually("the backup to serve", async || {
-        let status = cluster.try_status().await?;
-        status
-            .servers
-            .iter()
-            .any(|s| s.name == "ss1_backup" && s.serving)
-            .then_some(())
-    })
-    .await;
+    fail_over_to_the_backup(&mut cluster).await;
     let (stats, answers) = client
         .write_block("later.txt", 0, edits("After the failover."))
         .await
