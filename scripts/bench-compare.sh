@@ -90,7 +90,7 @@ FRESH_FS=${FRESH_FS:-0}
 fresh_fs_init "$work"
 fresh=$FRESH_FS
 run=0
-# keep_fs: where the next run writes (a new folder, or a fresh file system).
+# next_fs: where the next run writes (a new folder, or a fresh file system).
 next_fs() {
   run=$((run + 1))
   if [ "$fresh" = 1 ]; then fresh_fs "$fs"; else settle; fi

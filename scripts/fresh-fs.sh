@@ -2,8 +2,8 @@
 # that no measured run is slowed by the inode allocator's memory of an
 # earlier run's deletions (BENCHMARKS.md, "The machine").
 #
-# FRESH_FS=1 (the default when run as root with losetup and mkfs.ext4):
-# `fresh_fs_init DIR` writes out a loop file of FS_GIB GiB (default 4) under
+# FRESH_FS=1 (as root, with losetup and mkfs.ext4; the scripts default to
+# 0): `fresh_fs_init DIR` writes out a loop file of FS_GIB GiB (default 4) under
 # DIR once; every `fresh_fs DIR/fs` then makes a new ext4 on it (no journal,
 # as this machine's disk; inode tables written in full, so no lazy
 # initialisation runs during a measurement) and mounts it there. The loop
@@ -15,13 +15,12 @@ fresh_fs_loop=""
 fresh_fs_mounted=""
 
 fresh_fs_init() {
-  if [ -z "${FRESH_FS:-}" ]; then
-    FRESH_FS=0
-    if [ "$(id -u)" = 0 ] && command -v losetup >/dev/null && command -v mkfs.ext4 >/dev/null; then
-      FRESH_FS=1
-    fi
-  fi
+  FRESH_FS=${FRESH_FS:-0}
   [ "$FRESH_FS" = 1 ] || return 0
+  if [ "$(id -u)" != 0 ] || ! command -v losetup >/dev/null || ! command -v mkfs.ext4 >/dev/null; then
+    echo "FRESH_FS=1 needs root, losetup and mkfs.ext4" >&2
+    return 1
+  fi
   local image="$1/fs.img"
   dd if=/dev/zero of="$image" bs=16M count=$((${FS_GIB:-4} * 64)) conv=fsync status=none
   fresh_fs_loop=$(losetup --find --show --direct-io=on "$image")
