@@ -655,12 +655,17 @@ mod tests {
         f.step(Input::Registered { side: Primary });
         let d = f.step(Input::Registered { side: Backup });
         assert_eq!(d, [Decision::StartCatchUp { round: 1 }]);
-        let d = f.step(Input::CatchUpDone { round: 1 });
+        caught_up_to_active(&mut f, 1);
+        f
+    }
+
+    /// Catch-up `round` ends: the standby is recorded in sync and the pair ACTIVE.
+    fn caught_up_to_active(f: &mut PairFsm, round: u64) {
+        let d = f.step(Input::CatchUpDone { round });
         let (seq, durable) = persist_of(&d).unwrap();
         assert!(durable.standby_in_sync);
         f.step(Input::Recorded { seq });
         assert_eq!(f.state(), PairState::Active);
-        f
     }
 
     #[test]
@@ -755,11 +760,7 @@ mod tests {
             behind: false,
         });
         assert_eq!(d, [Decision::StartCatchUp { round: 3 }]);
-        let d = f.step(Input::CatchUpDone { round: 3 });
-        let (seq, durable) = persist_of(&d).unwrap();
-        assert!(durable.standby_in_sync);
-        f.step(Input::Recorded { seq });
-        assert_eq!(f.state(), PairState::Active);
+        caught_up_to_active(&mut f, 3);
     }
 
     #[test]

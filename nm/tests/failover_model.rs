@@ -779,60 +779,61 @@ fn async_mode_with_unclean_promotion_reports_what_it_lacks() {
     check(Mode::Async, true);
 }
 
-#[test]
-fn a_promotion_without_the_in_sync_check_is_caught() {
-    let report = explore(Mode::Sync, true, Broken::Nothing, depth());
-    let (violation, path) = report
-        .violation
-        .expect("promoting a server that is not in sync must lose an acknowledged write");
+/// Explores a model with one rule broken: it must reach a state that breaks
+/// property (a). Prints `{label} caught in {mode} mode after N states`
+/// (`.ci/run` greps it).
+fn expect_caught(label: &str, mode: Mode, unclean: bool, broken: Broken, why: &str) {
+    let report = explore(mode, unclean, broken, depth());
+    let (violation, path) = report.violation.expect(why);
     println!(
-        "broken rule caught after {} states: {violation}\n after {path:?}",
+        "{label} caught in {mode:?} mode after {} states: {violation}\n after {path:?}",
         report.states
     );
     assert!(violation.starts_with("(a)"), "{violation}");
 }
 
 #[test]
+fn a_promotion_without_the_in_sync_check_is_caught() {
+    expect_caught(
+        "broken rule",
+        Mode::Sync,
+        true,
+        Broken::Nothing,
+        "promoting a server that is not in sync must lose an acknowledged write",
+    );
+}
+
+#[test]
 fn a_record_that_misses_a_write_is_caught() {
-    let report = explore(Mode::Async, false, Broken::Record, depth());
-    let (violation, path) = report.violation.expect(
+    expect_caught(
+        "broken record",
+        Mode::Async,
+        false,
+        Broken::Record,
         "a catch-up that trusts a record missing a write must leave it off an in-sync standby",
     );
-    println!(
-        "broken record caught after {} states: {violation}\n after {path:?}",
-        report.states
-    );
-    assert!(violation.starts_with("(a)"), "{violation}");
 }
 
 #[test]
 fn an_acknowledgement_before_durability_is_caught() {
     for mode in [Mode::Async, Mode::Sync] {
-        acknowledgement_before_durability_is_caught(mode);
+        expect_caught(
+            "broken stream",
+            mode,
+            false,
+            Broken::AckOnReceipt,
+            "a standby that acknowledges what it only received must leave an acknowledged write off an in-sync standby",
+        );
     }
-}
-
-fn acknowledgement_before_durability_is_caught(mode: Mode) {
-    let report = explore(mode, false, Broken::AckOnReceipt, depth());
-    let (violation, path) = report.violation.expect(
-        "a standby that acknowledges what it only received must leave an acknowledged write off an in-sync standby",
-    );
-    println!(
-        "broken stream caught in {mode:?} mode after {} states: {violation}\n after {path:?}",
-        report.states
-    );
-    assert!(violation.starts_with("(a)"), "{violation}");
 }
 
 #[test]
 fn a_standby_promoted_past_an_overdue_acknowledgement_is_caught() {
-    let report = explore(Mode::Async, false, Broken::IgnoresPosition, depth());
-    let (violation, path) = report.violation.expect(
+    expect_caught(
+        "ignored position",
+        Mode::Async,
+        false,
+        Broken::IgnoresPosition,
         "nm that ignores the stream's position must promote a standby without an overdue write",
     );
-    println!(
-        "ignored position caught after {} states: {violation}\n after {path:?}",
-        report.states
-    );
-    assert!(violation.starts_with("(a)"), "{violation}");
 }

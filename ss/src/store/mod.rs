@@ -898,17 +898,23 @@ mod tests {
         store
             .install_streamed("b", b"Streamed text.", &meta(2), &[], &mut || {
                 announced += 1;
-                let log = fs::read(dir.path().join("wal.log")).unwrap();
-                assert!(
-                    log.windows(14).any(|w| w == b"Streamed text."),
-                    "announced durable before its record is in the log"
-                );
+                assert_logged(dir.path(), b"Streamed text.");
                 assert_eq!(store.read_content("b").unwrap(), b"Old text.");
             })
             .unwrap();
         assert_eq!(announced, 1);
         assert_eq!(store.read_content("b").unwrap(), b"Streamed text.");
         assert_eq!(store.read_meta("b").unwrap().stats.version, 2);
+    }
+
+    /// An announcement comes once the change's record is in the log.
+    fn assert_logged(root: &Path, text: &[u8]) {
+        let log = fs::read(root.join("wal.log")).unwrap();
+        assert!(
+            log.windows(text.len()).any(|w| w == text),
+            "announced before its record {:?} is in the log",
+            String::from_utf8_lossy(text)
+        );
     }
 
     #[test]
@@ -919,11 +925,7 @@ mod tests {
         store
             .create_announcing("created-here", &meta(1), &mut || {
                 announced += 1;
-                let log = fs::read(dir.path().join("wal.log")).unwrap();
-                assert!(
-                    log.windows(12).any(|w| w == b"created-here"),
-                    "announced before its record is in the log"
-                );
+                assert_logged(dir.path(), b"created-here");
                 assert!(store.read_meta("created-here").is_err(), "in place already");
             })
             .unwrap();
@@ -935,11 +937,7 @@ mod tests {
         store
             .commit_announcing("created-here", b"Committed text.", &meta(3), &mut || {
                 announced += 1;
-                let log = fs::read(dir.path().join("wal.log")).unwrap();
-                assert!(
-                    log.windows(15).any(|w| w == b"Committed text."),
-                    "announced durable before its record is in the log"
-                );
+                assert_logged(dir.path(), b"Committed text.");
                 assert_eq!(store.read_content("created-here").unwrap(), b"Old text.");
             })
             .unwrap();
