@@ -14,7 +14,8 @@
 //!   `--lag-watch poll`, polled every 50 µs); 0 when it was there before the
 //!   answer.
 //! - `resync-small` / `resync-large`: a primary holding many small files, or
-//!   one large one, and an empty backup joining: the time until the pair is ACTIVE.
+//!   one large one, and an empty backup joining: the time from the backup's
+//!   start (nm knowing the primary's files) until the pair is ACTIVE.
 //! - `failover`: kill -9 of the primary, then READs through nm until one
 //!   succeeds on the promoted backup: the time from the kill to that READ.
 //! - `write-heavy` / `read-heavy`: WRITEs, or 90% READs, on existing files.
@@ -513,6 +514,15 @@ async fn seed_storage(
 async fn resync(cluster: &mut LocalCluster, count: usize, size: u64) -> Result<Report, BenchError> {
     seed_storage(cluster, "ss1", count, size, false).await?;
     cluster.start_ss("ss1").await?;
+    // The clock starts once nm knows the primary's files (as rsync's source
+    // is there before it starts): what is timed is the copy to the backup.
+    cluster
+        .wait_for("ss1's files to be known to nm", |s| {
+            s.servers
+                .iter()
+                .any(|server| server.name == "ss1" && server.files == count as u64)
+        })
+        .await?;
     let started = Instant::now();
     cluster.start_ss("ss1_backup").await?;
     cluster.wait_replicated("ss1").await?;

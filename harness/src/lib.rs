@@ -294,6 +294,11 @@ impl TestCluster {
         self.dir().join(format!("storage-{name}"))
     }
 
+    /// The process id of a running storage server.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.servers.get(name).map(Child::id)
+    }
+
     /// Starts (or restarts) a storage server and waits until nm has this
     /// new process ALIVE. Right after a kill, nm may not yet have processed
     /// the old process's closed connection and still list it ALIVE, so the

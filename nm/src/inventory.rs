@@ -169,7 +169,9 @@ impl Nm {
         let mut state = self.state();
         for (file, record) in adoptions.files {
             if written.is_ok() {
-                tracing::info!(event = "nm_file_adopted", server = pair, file = %file, owner = %record.owner);
+                // One line per file at debug only: a primary returning
+                // with many files would otherwise log each under the lock.
+                tracing::debug!(event = "nm_file_adopted", server = pair, file = %file, owner = %record.owner);
                 state.ns.insert(&file, record);
             } else {
                 state.ns.unreserve(&file);

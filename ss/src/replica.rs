@@ -107,6 +107,7 @@ async fn pull_pipelined(
     let mut in_flight = VecDeque::new();
     let mut arriving: Vec<Option<Arriving>> = items.iter().map(|_| None).collect();
     let mut ready: Vec<(usize, Copied, u64)> = Vec::new();
+    let mut installer = Installer::start(files);
     let mut next_item = 0;
     while next_item < items.len() || !in_flight.is_empty() {
         while next_item < items.len() && in_flight.len() < PULL_WINDOW {
@@ -142,7 +143,8 @@ async fn pull_pipelined(
         .await;
         match step {
             Err(PullError::Connection(broken)) => {
-                install_ready(files, &mut ready, outcomes);
+                installer.install(&mut ready).await;
+                installer.finish(outcomes).await;
                 return Err(broken);
             }
             Err(PullError::Item(e)) => {
@@ -172,10 +174,11 @@ async fn pull_pipelined(
         }
         let ready_bytes: u64 = ready.iter().map(|(_, _, bytes)| bytes).sum();
         if ready.len() >= INSTALL_BATCH || ready_bytes >= INSTALL_BATCH_BYTES {
-            install_ready(files, &mut ready, outcomes);
+            installer.install(&mut ready).await;
         }
     }
-    install_ready(files, &mut ready, outcomes);
+    installer.install(&mut ready).await;
+    installer.finish(outcomes).await;
     Ok(())
 }
 
@@ -255,29 +258,76 @@ async fn receive_step(
     }
 }
 
-/// Installs the copies waiting in `ready` and records their outcomes.
-fn install_ready(
-    files: &Arc<Files>,
-    ready: &mut Vec<(usize, Copied, u64)>,
-    outcomes: &mut [Option<Result<Pulled, WireError>>],
-) {
-    if ready.is_empty() {
-        return;
+/// Installs batches of copies on a blocking thread of its own, one after
+/// another in arrival order, so the next batch arrives while one is made
+/// durable (its `syncfs` and renames take as long as its transfer).
+struct Installer {
+    batches: Option<tokio::sync::mpsc::Sender<Vec<(usize, Copied, u64)>>>,
+    done: tokio::task::JoinHandle<Vec<(usize, Result<Pulled, WireError>)>>,
+}
+
+impl Installer {
+    fn start(files: &Arc<Files>) -> Self {
+        // One batch waits while one is installed: the temp files held open
+        // stay bounded.
+        let (batches, mut queued) = tokio::sync::mpsc::channel::<Vec<(usize, Copied, u64)>>(1);
+        let files = files.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut outcomes = Vec::new();
+            while let Some(batch) = queued.blocking_recv() {
+                let (places, copies): (Vec<(usize, Pulled)>, Vec<Copied>) = batch
+                    .into_iter()
+                    .map(|(index, copy, bytes)| {
+                        let pulled = Pulled {
+                            version: copy.meta.stats.version,
+                            epoch: copy.meta.stats.epoch,
+                            bytes,
+                        };
+                        ((index, pulled), copy)
+                    })
+                    .unzip();
+                let results = files.install_batch(copies);
+                outcomes.extend(
+                    places
+                        .into_iter()
+                        .zip(results)
+                        .map(|((index, pulled), result)| (index, result.map(|()| pulled))),
+                );
+            }
+            outcomes
+        });
+        Installer {
+            batches: Some(batches),
+            done,
+        }
     }
-    let (places, copies): (Vec<(usize, Pulled)>, Vec<Copied>) = ready
-        .drain(..)
-        .map(|(index, copy, bytes)| {
-            let pulled = Pulled {
-                version: copy.meta.stats.version,
-                epoch: copy.meta.stats.epoch,
-                bytes,
-            };
-            ((index, pulled), copy)
-        })
-        .unzip();
-    let results = tokio::task::block_in_place(|| files.install_batch(copies));
-    for ((index, pulled), result) in places.into_iter().zip(results) {
-        outcomes[index] = Some(result.map(|()| pulled));
+
+    /// Hands the copies waiting in `ready` over (waiting while the batch
+    /// before is still queued).
+    async fn install(&mut self, ready: &mut Vec<(usize, Copied, u64)>) {
+        if ready.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(ready);
+        if let Some(batches) = &self.batches {
+            // The thread ends only once this sender is dropped.
+            let _ = batches.send(batch).await;
+        }
+    }
+
+    /// Waits for every batch handed over and records their outcomes.
+    async fn finish(mut self, outcomes: &mut [Option<Result<Pulled, WireError>>]) {
+        drop(self.batches.take());
+        match (&mut self.done).await {
+            Ok(installed) => {
+                for (index, outcome) in installed {
+                    outcomes[index] = Some(outcome);
+                }
+            }
+            Err(e) => {
+                tracing::error!(event = "ss_install_failed", error = %e, "the installing thread failed; its files are reported not copied")
+            }
+        }
     }
 }
 

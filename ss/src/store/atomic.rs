@@ -1,8 +1,11 @@
 //! Atomic writes: a temp file is written, made durable (an fdatasync, or one
-//! `syncfs` for a batch) and renamed into place, and the directory is
-//! fsynced, so a crash leaves either the old file or the new one, never a
-//! torn one. Also the temp file a transfer fills, and the atomic exchange of
-//! two names.
+//! `syncfs` for a batch) and renamed into place (or, if it is an unnamed
+//! inode and the name is free, linked there: its only name), and the
+//! directory is fsynced, so a crash leaves either the old file or the new
+//! one, never a torn one. (An unnamed inode a crash catches before its link
+//! is not in any directory; on a file system without a journal it stays
+//! allocated until the next fsck.) Also the temp file a transfer fills, and
+//! the atomic exchange of two names.
 
 use super::*;
 
@@ -10,7 +13,9 @@ use super::*;
 /// installing it removes it, so an interrupted transfer leaves nothing behind.
 pub struct TempFile {
     pub(super) file: Option<File>,
-    pub(super) path: PathBuf,
+    /// Its name in `tmp/`; `None` while it has none (an unnamed inode whose
+    /// first name is its final one, see [`Store::place`]).
+    pub(super) path: Option<PathBuf>,
     /// Bytes written, and how many of them have been handed to writeback.
     pub(super) written: u64,
     pub(super) flushing_from: u64,
@@ -54,14 +59,67 @@ impl TempFile {
 
     /// What was written, read back from the file.
     pub(super) fn read_back(&self) -> io::Result<Vec<u8>> {
-        fs::read(&self.path)
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0; self.written as usize];
+        self.file
+            .as_ref()
+            .expect("open until installed")
+            .read_exact_at(&mut bytes, 0)?;
+        Ok(bytes)
     }
 
-    /// Closes the file, leaving it on disk for a rename; returns its path.
-    pub(super) fn close(mut self) -> PathBuf {
-        drop(self.file.take());
-        std::mem::take(&mut self.path)
+    /// Gives an unnamed temp file `target` as its first name, unless
+    /// something is there already; `Ok(false)` then, and it stays unnamed.
+    pub(super) fn link_if_absent(&mut self, target: &Path) -> io::Result<bool> {
+        let file = self.file.as_ref().expect("open until installed");
+        match link_unnamed(file, target) {
+            Ok(()) => {
+                drop(self.file.take());
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
     }
+
+    /// Closes the file, leaving it on disk for a rename; returns its path
+    /// (`name` is given to a file that has none).
+    pub(super) fn close(mut self, name: impl FnOnce() -> PathBuf) -> io::Result<PathBuf> {
+        let path = match self.path.take() {
+            Some(path) => path,
+            None => {
+                let path = name();
+                link_unnamed(self.file.as_ref().expect("open until installed"), &path)?;
+                path
+            }
+        };
+        drop(self.file.take());
+        Ok(path)
+    }
+}
+
+/// Gives the unnamed (`O_TMPFILE`) inode `file` the name `path`, through
+/// its `/proc/self/fd` link (`AT_EMPTY_PATH` would need a capability).
+/// Fails with `AlreadyExists` if `path` is taken: a link never replaces.
+pub(super) fn link_unnamed(file: &File, path: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsRawFd;
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    let to = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: both arguments are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// How many temp files make a batch worth one `syncfs` rather than an
@@ -71,8 +129,8 @@ const SYNCFS_FROM: usize = 4;
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if self.file.is_some() {
-            let _ = fs::remove_file(&self.path);
+        if let (Some(_), Some(path)) = (&self.file, &self.path) {
+            let _ = fs::remove_file(path);
         }
     }
 }
@@ -257,7 +315,12 @@ impl Store {
             Placed::Checkpoint(tag) => self.checkpoint_path(file, tag)?,
         };
         self.ensure_parent(&target)?;
-        self.replace(temp, &target, !matches!(what, Placed::Checkpoint(_)))?;
+        // An unnamed temp file for a name not yet taken gets it as its
+        // first name: one directory entry made, none removed.
+        let mut temp = temp;
+        if temp.path.is_some() || !temp.link_if_absent(&target)? {
+            self.replace(temp, &target, !matches!(what, Placed::Checkpoint(_)))?;
+        }
         dirs.insert(target.parent().expect("joined under the root").to_owned());
         Ok(())
     }

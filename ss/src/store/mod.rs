@@ -961,6 +961,37 @@ mod tests {
     }
 
     #[test]
+    fn a_new_files_temp_gets_its_final_name_as_its_first_and_an_existing_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        let tmp_names = || fs::read_dir(dir.path().join(TMP)).unwrap().count();
+        let mut temp = store.temp_file().unwrap();
+        assert!(temp.path.is_none(), "an unnamed inode");
+        temp.write_all(b"New.").unwrap();
+        store.sync_temps([&temp]).unwrap();
+        let mut dirs = BTreeSet::new();
+        store
+            .place(temp, "d/n", Placed::Content, &mut dirs)
+            .unwrap();
+        store.sync_dirs(&dirs).unwrap();
+        assert_eq!(store.read_content("d/n").unwrap(), b"New.");
+        assert_eq!(tmp_names(), 0, "never named in tmp/");
+        let dropped = {
+            let mut temp = store.temp_file().unwrap();
+            temp.write_all(b"Never placed.").unwrap();
+            temp
+        };
+        drop(dropped);
+        assert_eq!(tmp_names(), 0, "an unnamed temp leaves nothing");
+        let mut temp = store.temp_file().unwrap();
+        temp.write_all(b"Newer.").unwrap();
+        store
+            .place(temp, "d/n", Placed::Content, &mut dirs)
+            .unwrap();
+        assert_eq!(store.read_content("d/n").unwrap(), b"Newer.");
+    }
+
+    #[test]
     fn a_logged_install_into_a_reused_spare_logs_only_its_own_content() {
         let dir = tempfile::tempdir().unwrap();
         {
