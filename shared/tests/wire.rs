@@ -457,6 +457,12 @@ fn every_message_round_trips() {
             file: "a".into(),
             ticket: ticket(),
         },
+        PeerRequest::GetFiles {
+            items: vec![PullItem {
+                file: "a".into(),
+                ticket: ticket(),
+            }],
+        },
         PeerRequest::StreamOpen { epoch: 4 },
         PeerRequest::ReadCheckpoint {
             file: "a".into(),
@@ -518,6 +524,26 @@ fn every_message_round_trips() {
         SsReply::FileEnd {
             checksum: 7,
             size: 8,
+        },
+        SsReply::Files {
+            files: vec![
+                FileCopied {
+                    file: "a".into(),
+                    copy: Ok(FileCopy::Whole {
+                        meta: meta.clone(),
+                        content: ByteBuf::from(b"Hello.".to_vec()),
+                        checksum: 7,
+                    }),
+                },
+                FileCopied {
+                    file: "b".into(),
+                    copy: Ok(FileCopy::Large),
+                },
+                FileCopied {
+                    file: "c".into(),
+                    copy: Err(WireError::not_found("c")),
+                },
+            ],
         },
         SsReply::Pulled {
             results: vec![
@@ -604,7 +630,7 @@ fn golden_bytes() {
     // A client's handshake: {magic, version, role, name}.
     assert_eq!(
         hex(&rmp_serde::to_vec_named(&Hello::new(Role::Client, "alice")).unwrap()),
-        "84a56d61676963ce444f432ba776657273696f6e08a4726f6c65a6434c49454e54a46e616d65a5616c696365"
+        "84a56d61676963ce444f432ba776657273696f6e09a4726f6c65a6434c49454e54a46e616d65a5616c696365"
     );
     // A request: {id, body: {Create: {file}}}.
     let create = Request {

@@ -1,28 +1,32 @@
 //! Replication between the two servers of a pair.
 //!
 //! The backup pulls: nm sends it `PullFiles` naming the primary and a read
-//! ticket per file; the backup asks the primary for each file (`GetFile`:
-//! metadata, content in chunks, a CRC-32) and for the checkpoints it lacks,
-//! writes each into a temp file, verifies the checksum, and installs
-//! checkpoints, content and metadata atomically. The bytes cross the network
-//! once, primary to backup, chunk by chunk, never whole in memory; an
-//! interrupted transfer leaves the old file intact and its temp file is
-//! removed. nm owns the job and reports its events.
+//! ticket per file; the backup asks the primary for them in batches
+//! (`GetFiles`: small files come whole, several to a frame, with their
+//! metadata and a CRC-32; a large one is asked for again with `GetFile`:
+//! metadata, content in chunks or unframed, a CRC-32) and for the
+//! checkpoints it lacks, writes each into a temp file, verifies the
+//! checksum, and installs checkpoints, content and metadata atomically. The
+//! bytes cross the network once, primary to backup, never a large file
+//! whole in memory; an interrupted transfer leaves the old file intact and
+//! its temp file is removed. nm owns the job and reports its events.
 
 use crate::files::{Copied, Files};
 use crate::store::TempFile;
 use shared::connection::{ConnectionError, RpcClient};
-use shared::proto::{PeerRequest, PullItem, PullResult, Pulled, Role, SsReply};
+use shared::proto::{FileCopy, PeerRequest, PullItem, PullResult, Pulled, Role, SsReply};
 use shared::{ErrorCode, WireError};
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::Arc;
 
-/// Requests kept in flight on the connection to the primary, so that the
-/// round trip of one small file overlaps the transfer of the next.
-const PULL_WINDOW: usize = 32;
+/// Files asked for in one `GetFiles`, and how many of those are kept in
+/// flight, so that the primary reads the next batch while this one arrives.
+const FILES_PER_REQUEST: usize = 128;
+const FILES_REQUESTS_AHEAD: usize = 2;
 /// Copied files installed together under one durability step, and the bytes
 /// in temp files that end a batch early.
-const INSTALL_BATCH: usize = 512;
+const INSTALL_BATCH: usize = 256;
 const INSTALL_BATCH_BYTES: u64 = 64 << 20;
 /// The one buffer a large file's unframed content passes through.
 const RAW_BUFFER: usize = 1 << 20;
@@ -48,6 +52,12 @@ impl From<ConnectionError> for PullError {
 
 /// A request to the primary whose replies have not been read yet.
 enum InFlight {
+    Files { id: u64, indices: Range<usize> },
+    One(OneItem),
+}
+
+/// A request in flight for one item.
+enum OneItem {
     File { id: u64, index: usize },
     Checkpoint { id: u64, index: usize, tag: String },
 }
@@ -62,8 +72,8 @@ struct Arriving {
     bytes: u64,
 }
 
-/// Copies `items` from the primary at `from` over one connection, with up
-/// to [`PULL_WINDOW`] requests in flight, installing them in batches.
+/// Copies `items` from the primary at `from` over one connection, with
+/// [`FILES_REQUESTS_AHEAD`] batches in flight, installing them in batches.
 pub async fn pull_files(
     files: &Arc<Files>,
     me: &str,
@@ -110,67 +120,76 @@ async fn pull_pipelined(
     let mut installer = Installer::start(files);
     let mut next_item = 0;
     while next_item < items.len() || !in_flight.is_empty() {
-        while next_item < items.len() && in_flight.len() < PULL_WINDOW {
-            let item = &items[next_item];
+        while next_item < items.len()
+            && in_flight
+                .iter()
+                .filter(|r| matches!(r, InFlight::Files { .. }))
+                .count()
+                < FILES_REQUESTS_AHEAD
+        {
+            let end = (next_item + FILES_PER_REQUEST).min(items.len());
             let id = client
-                .send(PeerRequest::GetFile {
-                    file: item.file.clone(),
-                    ticket: item.ticket.clone(),
+                .send(PeerRequest::GetFiles {
+                    items: items[next_item..end].to_vec(),
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-            in_flight.push_back(InFlight::File {
+            for a in &mut arriving[next_item..end] {
+                *a = Some(Arriving::default());
+            }
+            in_flight.push_back(InFlight::Files {
                 id,
-                index: next_item,
+                indices: next_item..end,
             });
-            arriving[next_item] = Some(Arriving::default());
-            next_item += 1;
+            next_item = end;
         }
         let Some(head) = in_flight.pop_front() else {
             break;
         };
-        let index = match &head {
-            InFlight::File { index, .. } | InFlight::Checkpoint { index, .. } => *index,
+        let steps = match head {
+            InFlight::Files { id, indices } => {
+                receive_files(
+                    client,
+                    files,
+                    items,
+                    id,
+                    indices,
+                    &mut arriving,
+                    &mut in_flight,
+                )
+                .await
+            }
+            InFlight::One(head) => {
+                let (OneItem::File { index, .. } | OneItem::Checkpoint { index, .. }) = head;
+                let step = receive_step(
+                    client,
+                    files,
+                    &items[index],
+                    head,
+                    &mut arriving[index],
+                    &mut in_flight,
+                )
+                .await;
+                vec![(index, step)]
+            }
         };
-        let step = receive_step(
-            client,
-            files,
-            &items[index],
-            head,
-            &mut arriving[index],
-            &mut in_flight,
-        )
-        .await;
-        match step {
-            Err(PullError::Connection(broken)) => {
-                installer.install(&mut ready).await;
-                installer.finish(outcomes).await;
-                return Err(broken);
-            }
-            Err(PullError::Item(e)) => {
-                // Its temp files go; replies still due for it are read and dropped.
-                arriving[index] = None;
-                if outcomes[index].is_none() {
-                    outcomes[index] = Some(Err(e));
+        for (index, step) in steps {
+            match step {
+                Err(PullError::Connection(broken)) => {
+                    installer.install(&mut ready).await;
+                    installer.finish(outcomes).await;
+                    return Err(broken);
                 }
+                Err(PullError::Item(e)) => {
+                    // Its temp files go; replies still due for it are read and dropped.
+                    arriving[index] = None;
+                    if outcomes[index].is_none() {
+                        outcomes[index] = Some(Err(e));
+                    }
+                }
+                Ok(()) => {}
             }
-            Ok(()) => {}
-        }
-        let complete = arriving[index]
-            .as_ref()
-            .is_some_and(|a| a.content.is_some() && a.checkpoints_due == 0);
-        if complete && outcomes[index].is_none() {
-            let a = arriving[index].take().expect("complete");
-            ready.push((
-                index,
-                Copied {
-                    file: items[index].file.clone(),
-                    meta: a.meta.expect("header before content"),
-                    content: a.content.expect("complete"),
-                    checkpoints: a.checkpoints,
-                },
-                a.bytes,
-            ));
+            arrived(index, items, &mut arriving, outcomes, &mut ready);
         }
         let ready_bytes: u64 = ready.iter().map(|(_, _, bytes)| bytes).sum();
         if ready.len() >= INSTALL_BATCH || ready_bytes >= INSTALL_BATCH_BYTES {
@@ -182,17 +201,187 @@ async fn pull_pipelined(
     Ok(())
 }
 
-/// Reads the replies of the oldest request in flight.
+/// Moves item `index` to `ready` if all of it has arrived.
+fn arrived(
+    index: usize,
+    items: &[PullItem],
+    arriving: &mut [Option<Arriving>],
+    outcomes: &[Option<Result<Pulled, WireError>>],
+    ready: &mut Vec<(usize, Copied, u64)>,
+) {
+    let complete = arriving[index]
+        .as_ref()
+        .is_some_and(|a| a.content.is_some() && a.checkpoints_due == 0);
+    if complete && outcomes[index].is_none() {
+        let a = arriving[index].take().expect("complete");
+        ready.push((
+            index,
+            Copied {
+                file: items[index].file.clone(),
+                meta: a.meta.expect("header before content"),
+                content: a.content.expect("complete"),
+                checkpoints: a.checkpoints,
+            },
+            a.bytes,
+        ));
+    }
+}
+
+/// Reads the replies of a `GetFiles`: each whole file into a temp file
+/// (the checkpoints it names that are not here asked for), each large one
+/// asked for again with `GetFile`. Returns each item's step; a broken
+/// connection ends the list.
+async fn receive_files(
+    client: &mut RpcClient,
+    files: &Arc<Files>,
+    items: &[PullItem],
+    id: u64,
+    indices: Range<usize>,
+    arriving: &mut [Option<Arriving>],
+    in_flight: &mut VecDeque<InFlight>,
+) -> Vec<(usize, Result<(), PullError>)> {
+    let first = indices.start;
+    let mut due = indices;
+    let mut steps = Vec::new();
+    loop {
+        let copies = match next(client, id).await {
+            Ok(SsReply::Files { files }) => files,
+            Ok(SsReply::End) if due.is_empty() => return steps,
+            Ok(other) => {
+                steps.push((first, Err(unexpected(other))));
+                return steps;
+            }
+            // Refused as a whole: nothing more comes for it.
+            Err(PullError::Item(e)) => {
+                steps.extend(due.map(|index| (index, Err(PullError::Item(e.clone())))));
+                return steps;
+            }
+            Err(broken) => {
+                steps.push((first, Err(broken)));
+                return steps;
+            }
+        };
+        for copied in copies {
+            let Some(index) = due.next().filter(|&i| items[i].file == copied.file) else {
+                let broken = format!("a GetFiles reply out of step at {:?}", copied.file);
+                steps.push((first, Err(PullError::Connection(broken))));
+                return steps;
+            };
+            let step = match copied.copy {
+                Ok(FileCopy::Whole {
+                    meta,
+                    content,
+                    checksum,
+                }) => {
+                    let item = &items[index];
+                    arrive_whole(
+                        client, files, item, index, meta, &content, checksum, arriving, in_flight,
+                    )
+                    .await
+                }
+                Ok(FileCopy::Large) => client
+                    .send(PeerRequest::GetFile {
+                        file: items[index].file.clone(),
+                        ticket: items[index].ticket.clone(),
+                    })
+                    .await
+                    .map(|id| in_flight.push_back(InFlight::One(OneItem::File { id, index })))
+                    .map_err(PullError::from),
+                Err(e) => Err(PullError::Item(e)),
+            };
+            steps.push((index, step));
+        }
+    }
+}
+
+/// A small file that came whole: checked, into a temp file, and its
+/// missing checkpoints asked for.
+#[allow(clippy::too_many_arguments)]
+async fn arrive_whole(
+    client: &mut RpcClient,
+    files: &Arc<Files>,
+    item: &PullItem,
+    index: usize,
+    meta: shared::proto::FileMeta,
+    content: &[u8],
+    checksum: u32,
+    arriving: &mut [Option<Arriving>],
+    in_flight: &mut VecDeque<InFlight>,
+) -> Result<(), PullError> {
+    if crc32fast::hash(content) != checksum {
+        return Err(checksum_mismatch(&item.file));
+    }
+    let mut temp = files.temp_file()?;
+    temp.write_all(content).map_err(|e| {
+        PullError::Item(WireError::internal(format!(
+            "writing a copy of {:?}: {e}",
+            item.file
+        )))
+    })?;
+    let due = ask_checkpoints(client, files, item, index, &meta, in_flight).await?;
+    if let Some(a) = &mut arriving[index] {
+        a.meta = Some(meta);
+        a.content = Some(temp);
+        a.checkpoints_due = due;
+        a.bytes += content.len() as u64;
+    }
+    Ok(())
+}
+
+/// Asks for the checkpoints `meta` names that this server lacks; returns
+/// how many are due.
+async fn ask_checkpoints(
+    client: &mut RpcClient,
+    files: &Arc<Files>,
+    item: &PullItem,
+    index: usize,
+    meta: &shared::proto::FileMeta,
+    in_flight: &mut VecDeque<InFlight>,
+) -> Result<usize, PullError> {
+    let have = files.local_checkpoints(&item.file);
+    let mut due = 0;
+    for (tag, info) in &meta.checkpoints {
+        if have
+            .iter()
+            .any(|c| &c.tag == tag && c.created_ms == info.created_ms)
+        {
+            continue;
+        }
+        let id = client
+            .send(PeerRequest::ReadCheckpoint {
+                file: item.file.clone(),
+                tag: tag.clone(),
+                ticket: item.ticket.clone(),
+            })
+            .await?;
+        in_flight.push_back(InFlight::One(OneItem::Checkpoint {
+            id,
+            index,
+            tag: tag.clone(),
+        }));
+        due += 1;
+    }
+    Ok(due)
+}
+
+fn checksum_mismatch(file: &str) -> PullError {
+    PullError::Item(WireError::new(
+        ErrorCode::Internal,
+        format!("checksum mismatch copying {file:?}; the old copy is kept"),
+    ))
+}
+
+/// Reads the replies of the oldest request in flight, one for one item.
 async fn receive_step(
     client: &mut RpcClient,
     files: &Arc<Files>,
     item: &PullItem,
-    head: InFlight,
+    head: OneItem,
     arriving: &mut Option<Arriving>,
     in_flight: &mut VecDeque<InFlight>,
 ) -> Result<(), PullError> {
     match head {
-        InFlight::File { id, index } => {
+        OneItem::File { id, index } => {
             let meta = match next(client, id).await? {
                 SsReply::FileHeader { meta } => meta,
                 other => return Err(unexpected(other)),
@@ -204,39 +393,9 @@ async fn receive_step(
                     checksum: sent,
                     size,
                 } if sent == checksum && size == bytes => {}
-                _ => {
-                    return Err(PullError::Item(WireError::new(
-                        ErrorCode::Internal,
-                        format!(
-                            "checksum mismatch copying {:?}; the old copy is kept",
-                            item.file
-                        ),
-                    )))
-                }
+                _ => return Err(checksum_mismatch(&item.file)),
             }
-            let have = files.local_checkpoints(&item.file);
-            let mut due = 0;
-            for (tag, info) in &meta.checkpoints {
-                if have
-                    .iter()
-                    .any(|c| &c.tag == tag && c.created_ms == info.created_ms)
-                {
-                    continue;
-                }
-                let id = client
-                    .send(PeerRequest::ReadCheckpoint {
-                        file: item.file.clone(),
-                        tag: tag.clone(),
-                        ticket: item.ticket.clone(),
-                    })
-                    .await?;
-                in_flight.push_back(InFlight::Checkpoint {
-                    id,
-                    index,
-                    tag: tag.clone(),
-                });
-                due += 1;
-            }
+            let due = ask_checkpoints(client, files, item, index, &meta, in_flight).await?;
             if let Some(a) = arriving {
                 a.meta = Some(meta);
                 a.content = Some(content);
@@ -245,7 +404,7 @@ async fn receive_step(
             }
             Ok(())
         }
-        InFlight::Checkpoint { id, tag, .. } => {
+        OneItem::Checkpoint { id, tag, .. } => {
             let mut temp = files.temp_file().map_err(out_of_step)?;
             let (n, _, _) = receive_into(client, id, &mut temp).await?;
             if let Some(a) = arriving {

@@ -12,7 +12,7 @@
 
 use crate::files::Files;
 use shared::connection::{Connection, ConnectionError, TRANSFER_CHUNK_SIZE};
-use shared::proto::SsReply;
+use shared::proto::{FileCopy, SsReply};
 use shared::WireError;
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -50,6 +50,33 @@ pub async fn send_file(
     conn.reply(id, Ok(SsReply::FileEnd { checksum, size }))
         .await?;
     Ok(Ok(()))
+}
+
+/// A file's metadata and whole content for `GetFiles`, with the bytes they
+/// take, if together they fit in `budget` bytes; else [`FileCopy::Large`].
+pub fn read_whole(
+    files: &Files,
+    file: &str,
+    budget: usize,
+) -> Result<(FileCopy, usize), WireError> {
+    let (meta, mut handle) = files.snapshot(file)?;
+    let meta_size = rmp_serde::to_vec_named(&meta).map_or(usize::MAX, |m| m.len());
+    // A content is never changed in place: its length is fixed.
+    let len = handle.metadata().map_or(u64::MAX, |m| m.len());
+    if len.saturating_add(meta_size as u64) > budget as u64 {
+        return Ok((FileCopy::Large, 0));
+    }
+    let mut content = vec![0; len as usize];
+    let n = read_full(&mut handle, &mut content)
+        .map_err(|e| WireError::internal(format!("reading {file:?}: {e}")))?;
+    content.truncate(n);
+    let checksum = crc32fast::hash(&content);
+    let copy = FileCopy::Whole {
+        meta,
+        content: serde_bytes::ByteBuf::from(content),
+        checksum,
+    };
+    Ok((copy, n + meta_size))
 }
 
 /// Sends an open content as `Chunk` replies of `chunk_size` bytes (at most

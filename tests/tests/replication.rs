@@ -659,3 +659,98 @@ async fn changes_copied_by_jobs_are_not_compared_again_after_an_nm_restart() {
         "{detail}"
     );
 }
+
+/// A partner's batch copy (`GetFiles`) answers every file in the order
+/// asked: a small one whole with its checksum, a large one as `Large` (to
+/// be asked for alone), and one it cannot read with its own error, while
+/// the others go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_copy_answers_each_file_in_order_and_goes_on_past_one_it_cannot_read() {
+    use shared::proto::{FileCopy, Op, PeerRequest, PullItem, Role, SsReply};
+    let cluster = TestCluster::start(&["ss1"]).await;
+    let mut writer = cluster.client("alice").await;
+    writer.set_reply_timeout(Duration::from_secs(60));
+    for file in ["small.txt", "big.txt"] {
+        writer
+            .nm(shared::proto::NmRequest::Create { file: file.into() })
+            .await
+            .unwrap();
+    }
+    cluster
+        .console("alice", "WRITE small.txt 0\n0 Small.\nETIRW\n")
+        .all_ok();
+    writer.write_begin("big.txt", 0).await.unwrap();
+    writer
+        .write_edit(0, &"words ".repeat(100_000))
+        .await
+        .unwrap();
+    writer.write_commit().await.unwrap();
+
+    let key = shared::auth::ClusterKey::load(&cluster.key_file()).unwrap();
+    let epoch = cluster.status().await.pairs[0].epoch;
+    let ticket = |file: &str| {
+        let expires = shared::now_ms() + 60_000;
+        key.ticket_key()
+            .issue("ss1_backup", file, Op::Read, epoch, expires)
+    };
+    let item = |file: &str, ticket| PullItem {
+        file: file.into(),
+        ticket,
+    };
+    let items = vec![
+        item("small.txt", ticket("small.txt")),
+        item("missing.txt", ticket("missing.txt")),
+        item("big.txt", ticket("big.txt")),
+        // Someone else's ticket.
+        item("small.txt", ticket("big.txt")),
+        item("small.txt", ticket("small.txt")),
+    ];
+    let ss1 = cluster.ss_addr("ss1").await;
+    let mut partner = shared::connection::RpcClient::connect_keyed(
+        &ss1,
+        Role::StorageServer,
+        "ss1_backup",
+        Some(&key),
+    )
+    .await
+    .unwrap();
+    let id = partner.send(PeerRequest::GetFiles { items }).await.unwrap();
+    let mut copies = Vec::new();
+    loop {
+        match partner.next_reply::<SsReply>(id).await.unwrap().unwrap() {
+            SsReply::Files { files } => copies.extend(files),
+            SsReply::End => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let names: Vec<&str> = copies.iter().map(|c| c.file.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "small.txt",
+            "missing.txt",
+            "big.txt",
+            "small.txt",
+            "small.txt"
+        ]
+    );
+    for at in [0, 4] {
+        match &copies[at].copy {
+            Ok(FileCopy::Whole {
+                meta,
+                content,
+                checksum,
+            }) => {
+                assert_eq!(String::from_utf8_lossy(content).trim(), "Small.");
+                assert_eq!(*checksum, crc32fast::hash(content));
+                assert_eq!(meta.owner, "alice");
+            }
+            other => panic!("small.txt came as {other:?}"),
+        }
+    }
+    let missing = copies[1].copy.as_ref().unwrap_err();
+    assert_eq!(missing.code, shared::ErrorCode::NotFound, "{missing}");
+    assert!(matches!(copies[2].copy, Ok(FileCopy::Large)));
+    let refused = copies[3].copy.as_ref().unwrap_err();
+    assert_eq!(refused.code, shared::ErrorCode::Unauthorized, "{refused}");
+}

@@ -225,6 +225,27 @@ pub struct PullItem {
     pub ticket: Ticket,
 }
 
+/// One file of a `GetFiles`, as its partner sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileCopied {
+    pub file: String,
+    /// The copy, or why this file could not be read (its ticket refused,
+    /// the file gone): the other files go on.
+    pub copy: Result<FileCopy, WireError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileCopy {
+    /// The metadata and the whole content, with its CRC-32.
+    Whole {
+        meta: FileMeta,
+        content: serde_bytes::ByteBuf,
+        checksum: u32,
+    },
+    /// Too large to go whole in a frame: asked for with `GetFile`.
+    Large,
+}
+
 /// What happened to one [`PullItem`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullResult {

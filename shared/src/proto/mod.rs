@@ -59,7 +59,7 @@ pub const MAGIC: u32 = u32::from_be_bytes(*b"DOC+");
 /// streamed change carries the checkpoints it made, a stream reports its
 /// position, and a large file's content follows `SsReply::Raw` unframed;
 /// 8: a client's `WriteBlock`).
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 /// Inventory entries per frame (inventories are paged to stay under the frame limit).
 pub const INVENTORY_PAGE: usize = 1000;
 

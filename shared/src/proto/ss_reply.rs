@@ -60,6 +60,10 @@ pub enum SsReply {
         checksum: u32,
         size: u64,
     },
+    /// Some of `GetFiles`' files, in the order asked.
+    Files {
+        files: Vec<FileCopied>,
+    },
     Pulled {
         results: Vec<PullResult>,
     },

@@ -13,6 +13,12 @@ pub enum PeerRequest {
     /// content, answered with `FileHeader`, `Chunk`s and `FileEnd`. Needs a
     /// read ticket for the caller.
     GetFile { file: String, ticket: Ticket },
+    /// From a standby copying many files from its partner (a sync): the
+    /// files in order, several whole to a [`SsReply::Files`] reply, then
+    /// `End`. A file too large to go whole in a frame is answered
+    /// [`FileCopy::Large`], and the standby asks for it with `GetFile`.
+    /// Each item carries a read ticket for the caller.
+    GetFiles { items: Vec<PullItem> },
     /// A checkpoint's content, in `Chunk`s and a final `End` (a read
     /// ticket): a standby copies a file's checkpoints with it.
     ReadCheckpoint {

@@ -3,7 +3,7 @@
 
 use super::{Server, Session};
 use shared::connection::{Connection, ConnectionError};
-use shared::proto::{Op, PeerRequest, SsReply};
+use shared::proto::{FileCopied, Op, PeerRequest, PullItem, Reply, SsReply};
 use shared::WireError;
 
 impl Server {
@@ -31,6 +31,7 @@ impl Server {
                 )
                 .await;
             }
+            PeerRequest::GetFiles { items } => return self.send_files(conn, id, user, items).await,
             PeerRequest::ReadCheckpoint { file, tag, ticket } => {
                 if let Err(e) = self.check_ticket(&ticket, user, &file, Op::Read) {
                     return Ok(Err(e));
@@ -44,6 +45,51 @@ impl Server {
                 "StreamOpen is served by the connection loop",
             ))),
         }
+    }
+
+    /// Serves `GetFiles`: each file whole if it fits, several to a `Files`
+    /// reply (each frame at most half the connection's limit), in the order
+    /// asked; then `End`. A file that cannot be read is answered with its
+    /// error and the others go on.
+    async fn send_files(
+        &self,
+        conn: &mut Connection,
+        id: u64,
+        user: &str,
+        items: Vec<PullItem>,
+    ) -> Result<Result<(), WireError>, ConnectionError> {
+        let budget = conn.max_frame() / 4;
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let files = tokio::task::block_in_place(|| {
+                let (mut files, mut bytes) = (Vec::new(), 0);
+                while bytes < budget {
+                    let Some(PullItem { file, ticket }) = items.next() else {
+                        break;
+                    };
+                    let copy = self
+                        .check_ticket(&ticket, user, &file, Op::Read)
+                        .and_then(|()| crate::transfer::read_whole(&self.files, &file, budget));
+                    bytes += file.len()
+                        + match &copy {
+                            Ok((_, size)) => *size,
+                            Err(e) => e.message.len(),
+                        };
+                    files.push(FileCopied {
+                        file,
+                        copy: copy.map(|(copy, _)| copy),
+                    });
+                }
+                files
+            });
+            conn.feed(&Reply {
+                id,
+                result: Ok::<_, WireError>(SsReply::Files { files }),
+            })
+            .await?;
+        }
+        conn.reply(id, Ok(SsReply::End)).await?;
+        Ok(Ok(()))
     }
 
     /// `StreamOpen`: if the partner nm named opens it in this server's
@@ -82,6 +128,7 @@ impl Server {
 pub(super) fn operation_name(request: &PeerRequest) -> &'static str {
     match request {
         PeerRequest::GetFile { .. } => "GET_FILE_CONTENT",
+        PeerRequest::GetFiles { .. } => "GET_FILES",
         PeerRequest::ReadCheckpoint { .. } => "VIEWCHECKPOINT",
         PeerRequest::StreamOpen { .. } => "STREAM_OPEN",
     }

@@ -98,14 +98,43 @@ impl TempFile {
     }
 }
 
-/// Gives the unnamed (`O_TMPFILE`) inode `file` the name `path`, through
-/// its `/proc/self/fd` link (`AT_EMPTY_PATH` would need a capability).
-/// Fails with `AlreadyExists` if `path` is taken: a link never replaces.
+/// Gives the unnamed (`O_TMPFILE`) inode `file` the name `path`. Fails
+/// with `AlreadyExists` if `path` is taken: a link never replaces.
+///
+/// Straight from the descriptor (`AT_EMPTY_PATH`) where the kernel allows
+/// it (a process with `CAP_DAC_READ_SEARCH`), which saves a lookup through
+/// `/proc` that costs as much as the link itself; else through the
+/// descriptor's `/proc/self/fd` link.
 pub(super) fn link_unnamed(file: &File, path: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::io::AsRawFd;
-    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    use std::sync::atomic::AtomicBool;
+    static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
     let to = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    if !EMPTY_PATH_REFUSED.load(Ordering::Relaxed) {
+        // SAFETY: the descriptor is open; both strings are NUL-terminated
+        // and outlive the call.
+        let rc = unsafe {
+            libc::linkat(
+                file.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOENT | libc::EPERM | libc::EINVAL) => {
+                EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed)
+            }
+            _ => return Err(e),
+        }
+    }
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
     // SAFETY: both arguments are NUL-terminated strings that outlive the call.
     let rc = unsafe {
         libc::linkat(
@@ -242,6 +271,10 @@ impl Store {
 
     pub(super) fn ensure_parent(&self, target: &Path) -> io::Result<()> {
         let parent = target.parent().expect("joined under the root");
+        // The store's own folders are made when it opens and never removed.
+        if parent.parent() == Some(&self.root) {
+            return Ok(());
+        }
         if !parent.exists() {
             fs::create_dir_all(parent)?;
             if self.fsync {
