@@ -24,6 +24,9 @@ use std::sync::Arc;
 /// flight, so that the primary reads the next batch while this one arrives.
 const FILES_PER_REQUEST: usize = 128;
 const FILES_REQUESTS_AHEAD: usize = 2;
+/// What a `GetFiles` request may hold in names (each twice: the item's and
+/// its ticket's), far under a frame's limit however long the names.
+const REQUEST_NAME_BYTES: usize = 256 << 10;
 /// Copied files installed together under one durability step, and the bytes
 /// in temp files that end a batch early.
 const INSTALL_BATCH: usize = 256;
@@ -127,7 +130,7 @@ async fn pull_pipelined(
                 .count()
                 < FILES_REQUESTS_AHEAD
         {
-            let end = (next_item + FILES_PER_REQUEST).min(items.len());
+            let end = request_end(items, next_item);
             let id = client
                 .send(PeerRequest::GetFiles {
                     items: items[next_item..end].to_vec(),
@@ -199,6 +202,18 @@ async fn pull_pipelined(
     installer.install(&mut ready).await;
     installer.finish(outcomes).await;
     Ok(())
+}
+
+/// Where the `GetFiles` for the items from `start` ends: at most
+/// [`FILES_PER_REQUEST`] items and about [`REQUEST_NAME_BYTES`] of names.
+fn request_end(items: &[PullItem], start: usize) -> usize {
+    let mut end = start;
+    let mut bytes = 0;
+    while end < items.len() && end - start < FILES_PER_REQUEST && bytes < REQUEST_NAME_BYTES {
+        bytes += 2 * items[end].file.len();
+        end += 1;
+    }
+    end
 }
 
 /// Moves item `index` to `ready` if all of it has arrived.
@@ -538,4 +553,50 @@ fn out_of_step(e: WireError) -> PullError {
 
 fn unexpected(reply: SsReply) -> PullError {
     PullError::Connection(format!("unexpected reply during a transfer: {reply:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::connection::DEFAULT_MAX_FRAME;
+    use shared::proto::{Op, Request};
+
+    fn items(name_len: usize, count: usize) -> Vec<PullItem> {
+        let key = shared::auth::ClusterKey::new(vec![7; 64])
+            .unwrap()
+            .ticket_key();
+        (0..count)
+            .map(|i| {
+                let file = format!("{i:04}{}", "x".repeat(name_len - 4));
+                PullItem {
+                    ticket: key.issue("ss1_backup", &file, Op::Read, 1, 0),
+                    file,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_request_stays_far_under_a_frame_however_long_the_names() {
+        for (name_len, count) in [(8, 1000), (4096, 1000)] {
+            let items = items(name_len, count);
+            let mut start = 0;
+            while start < items.len() {
+                let end = request_end(&items, start);
+                assert!(end > start && end - start <= FILES_PER_REQUEST);
+                let request = Request {
+                    id: 1,
+                    body: PeerRequest::GetFiles {
+                        items: items[start..end].to_vec(),
+                    },
+                };
+                let size = rmp_serde::to_vec_named(&request).unwrap().len();
+                assert!(
+                    size < DEFAULT_MAX_FRAME / 2,
+                    "{size} bytes for names of {name_len}"
+                );
+                start = end;
+            }
+        }
+    }
 }

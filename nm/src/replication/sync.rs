@@ -12,8 +12,29 @@ use shared::proto::{JobStep, SsCommand, Tombstone, UnconfirmedLevel};
 use shared::{now_ms, ErrorCode, WireError};
 use std::collections::HashMap;
 
-/// Files per `PullFiles` request during a sync.
+/// Files per `PullFiles` request during a sync, and the bytes of names
+/// (each twice: the item's and its ticket's) that end one early, so that a
+/// request stays far under a frame's limit however long the names.
 const SYNC_BATCH: usize = 1024;
+const SYNC_BATCH_NAME_BYTES: usize = 256 << 10;
+
+/// `files` cut into `PullFiles` batches.
+fn sync_batches(files: &[String]) -> impl Iterator<Item = &[String]> {
+    let mut rest = files;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (mut end, mut bytes) = (0, 0);
+        while end < rest.len() && end < SYNC_BATCH && bytes < SYNC_BATCH_NAME_BYTES {
+            bytes += 2 * rest[end].len();
+            end += 1;
+        }
+        let (batch, after) = rest.split_at(end);
+        rest = after;
+        Some(batch)
+    })
+}
 
 /// What a sync compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +241,7 @@ impl Nm {
         }
         // The target's own changes first, so nothing it acknowledged is overwritten.
         let mut failed = Vec::new();
-        for batch in to_return.chunks(SYNC_BATCH) {
+        for batch in sync_batches(&to_return) {
             let (versions, _, failures) = self.pull(sides, batch.to_vec(), true).await?;
             outcome.returned += versions.len();
             failed.extend(failures);
@@ -237,7 +258,7 @@ impl Nm {
             ));
         }
         self.adopt_returned(sides, &target_files, &to_return);
-        for batch in to_pull.chunks(SYNC_BATCH) {
+        for batch in sync_batches(&to_pull) {
             let (versions, n, failures) = self.pull(sides, batch.to_vec(), false).await?;
             outcome.pulled += versions.len();
             outcome.bytes += n;
@@ -420,5 +441,26 @@ impl Nm {
             }
         }
         Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_batches_hold_every_file_once_and_stay_small_however_long_the_names() {
+        for name_len in [8, 4096] {
+            let files: Vec<String> = (0..3000)
+                .map(|i| format!("{i:04}{}", "x".repeat(name_len - 4)))
+                .collect();
+            let batches: Vec<&[String]> = sync_batches(&files).collect();
+            assert_eq!(batches.concat(), files);
+            for batch in batches {
+                let names: usize = batch.iter().map(|f| 2 * f.len()).sum();
+                assert!(batch.len() <= SYNC_BATCH);
+                assert!(names < SYNC_BATCH_NAME_BYTES + 2 * 4096, "{names}");
+            }
+        }
     }
 }
