@@ -732,13 +732,17 @@ pub fn run_script(mut command: Command, script: &str) -> Batch {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting console");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
+    // Written beside the reading: a script and its output both larger
+    // than a pipe would otherwise wait on each other for ever.
+    let mut stdin = child.stdin.take().expect("stdin");
+    let script = script.as_bytes().to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&script));
+    let output = child.wait_with_output().expect("console output");
+    writer
+        .join()
+        .expect("the script writer")
         .expect("writing the script");
-    Batch::from(child.wait_with_output().expect("console output"))
+    Batch::from(output)
 }
 
 /// What a `console --batch --json` run printed.

@@ -25,8 +25,9 @@ use std::sync::Arc;
 const FILES_PER_REQUEST: usize = 128;
 const FILES_REQUESTS_AHEAD: usize = 2;
 /// What a `GetFiles` request may hold in names (each twice: the item's and
-/// its ticket's), far under a frame's limit however long the names.
-const REQUEST_NAME_BYTES: usize = 256 << 10;
+/// its ticket's): with 128 tickets, a request stays under 64 KiB however
+/// long the names.
+const REQUEST_NAME_BYTES: usize = 16 << 10;
 /// Copied files installed together under one durability step, and the bytes
 /// in temp files that end a batch early.
 const INSTALL_BATCH: usize = 256;
@@ -131,12 +132,19 @@ async fn pull_pipelined(
                 < FILES_REQUESTS_AHEAD
         {
             let end = request_end(items, next_item);
-            let id = client
+            let sent = client
                 .send(PeerRequest::GetFiles {
                     items: items[next_item..end].to_vec(),
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await;
+            let id = match sent {
+                Ok(id) => id,
+                Err(broken) => {
+                    installer.install(&mut ready).await;
+                    installer.finish(outcomes).await;
+                    return Err(broken.to_string());
+                }
+            };
             for a in &mut arriving[next_item..end] {
                 *a = Some(Arriving::default());
             }
@@ -242,10 +250,12 @@ fn arrived(
     }
 }
 
-/// Reads the replies of a `GetFiles`: each whole file into a temp file
-/// (the checkpoints it names that are not here asked for), each large one
-/// asked for again with `GetFile`. Returns each item's step; a broken
-/// connection ends the list.
+/// Reads the replies of a `GetFiles`: each whole file into a temp file,
+/// then asks for what did not come whole (a large file's content, the
+/// checkpoints a file names that are not here) once the reply has ended,
+/// so that this side never writes many requests while the primary is
+/// still writing to it. Returns each item's step; a broken connection ends
+/// the list.
 async fn receive_files(
     client: &mut RpcClient,
     files: &Arc<Files>,
@@ -258,10 +268,11 @@ async fn receive_files(
     let first = indices.start;
     let mut due = indices;
     let mut steps = Vec::new();
+    let mut asks = Vec::new();
     loop {
         let copies = match next(client, id).await {
             Ok(SsReply::Files { files }) => files,
-            Ok(SsReply::End) if due.is_empty() => return steps,
+            Ok(SsReply::End) if due.is_empty() => break,
             Ok(other) => {
                 steps.push((first, Err(unexpected(other))));
                 return steps;
@@ -269,7 +280,7 @@ async fn receive_files(
             // Refused as a whole: nothing more comes for it.
             Err(PullError::Item(e)) => {
                 steps.extend(due.map(|index| (index, Err(PullError::Item(e.clone())))));
-                return steps;
+                break;
             }
             Err(broken) => {
                 steps.push((first, Err(broken)));
@@ -282,38 +293,39 @@ async fn receive_files(
                 steps.push((first, Err(PullError::Connection(broken))));
                 return steps;
             };
+            let item = &items[index];
             let step = match copied.copy {
                 Ok(FileCopy::Whole {
                     meta,
                     content,
                     checksum,
-                }) => {
-                    let item = &items[index];
-                    arrive_whole(
-                        client, files, item, index, meta, &content, checksum, arriving, in_flight,
-                    )
-                    .await
+                }) => arrive_whole(files, item, index, meta, &content, checksum, arriving)
+                    .map(|more| asks.extend(more)),
+                Ok(FileCopy::Large) => {
+                    asks.push(Ask {
+                        request: PeerRequest::GetFile {
+                            file: item.file.clone(),
+                            ticket: item.ticket.clone(),
+                        },
+                        index,
+                        tag: None,
+                    });
+                    Ok(())
                 }
-                Ok(FileCopy::Large) => client
-                    .send(PeerRequest::GetFile {
-                        file: items[index].file.clone(),
-                        ticket: items[index].ticket.clone(),
-                    })
-                    .await
-                    .map(|id| in_flight.push_back(InFlight::One(OneItem::File { id, index })))
-                    .map_err(PullError::from),
                 Err(e) => Err(PullError::Item(e)),
             };
             steps.push((index, step));
         }
     }
+    if let Err(e) = send_asks(client, asks, in_flight).await {
+        steps.push((first, Err(e.into())));
+    }
+    steps
 }
 
-/// A small file that came whole: checked, into a temp file, and its
-/// missing checkpoints asked for.
-#[allow(clippy::too_many_arguments)]
-async fn arrive_whole(
-    client: &mut RpcClient,
+/// A small file that came whole: checked and into a temp file; returns
+/// the checkpoints it names that are not here, to ask for.
+fn arrive_whole(
     files: &Arc<Files>,
     item: &PullItem,
     index: usize,
@@ -321,8 +333,7 @@ async fn arrive_whole(
     content: &[u8],
     checksum: u32,
     arriving: &mut [Option<Arriving>],
-    in_flight: &mut VecDeque<InFlight>,
-) -> Result<(), PullError> {
+) -> Result<Vec<Ask>, PullError> {
     if crc32fast::hash(content) != checksum {
         return Err(checksum_mismatch(&item.file));
     }
@@ -333,50 +344,70 @@ async fn arrive_whole(
             item.file
         )))
     })?;
-    let due = ask_checkpoints(client, files, item, index, &meta, in_flight).await?;
+    let asks = checkpoints_to_ask(files, item, index, &meta);
     if let Some(a) = &mut arriving[index] {
         a.meta = Some(meta);
         a.content = Some(temp);
-        a.checkpoints_due = due;
+        a.checkpoints_due = asks.len();
         a.bytes += content.len() as u64;
     }
-    Ok(())
+    Ok(asks)
 }
 
-/// Asks for the checkpoints `meta` names that this server lacks; returns
-/// how many are due.
-async fn ask_checkpoints(
-    client: &mut RpcClient,
+/// A request for one item, not sent yet.
+struct Ask {
+    request: PeerRequest,
+    index: usize,
+    /// `Some(tag)` for a checkpoint, `None` for a file's content.
+    tag: Option<String>,
+}
+
+/// The checkpoints `meta` names that this server lacks, to ask for.
+fn checkpoints_to_ask(
     files: &Arc<Files>,
     item: &PullItem,
     index: usize,
     meta: &shared::proto::FileMeta,
-    in_flight: &mut VecDeque<InFlight>,
-) -> Result<usize, PullError> {
+) -> Vec<Ask> {
     let have = files.local_checkpoints(&item.file);
-    let mut due = 0;
-    for (tag, info) in &meta.checkpoints {
-        if have
-            .iter()
-            .any(|c| &c.tag == tag && c.created_ms == info.created_ms)
-        {
-            continue;
-        }
-        let id = client
-            .send(PeerRequest::ReadCheckpoint {
+    meta.checkpoints
+        .iter()
+        .filter(|(tag, info)| {
+            !have
+                .iter()
+                .any(|c| &c.tag == *tag && c.created_ms == info.created_ms)
+        })
+        .map(|(tag, _)| Ask {
+            request: PeerRequest::ReadCheckpoint {
                 file: item.file.clone(),
                 tag: tag.clone(),
                 ticket: item.ticket.clone(),
-            })
-            .await?;
-        in_flight.push_back(InFlight::One(OneItem::Checkpoint {
-            id,
+            },
             index,
-            tag: tag.clone(),
+            tag: Some(tag.clone()),
+        })
+        .collect()
+}
+
+/// Sends `asks`, each to be read in turn after the requests in flight.
+async fn send_asks(
+    client: &mut RpcClient,
+    asks: Vec<Ask>,
+    in_flight: &mut VecDeque<InFlight>,
+) -> Result<(), ConnectionError> {
+    for Ask {
+        request,
+        index,
+        tag,
+    } in asks
+    {
+        let id = client.send(request).await?;
+        in_flight.push_back(InFlight::One(match tag {
+            Some(tag) => OneItem::Checkpoint { id, index, tag },
+            None => OneItem::File { id, index },
         }));
-        due += 1;
     }
-    Ok(due)
+    Ok(())
 }
 
 fn checksum_mismatch(file: &str) -> PullError {
@@ -410,13 +441,14 @@ async fn receive_step(
                 } if sent == checksum && size == bytes => {}
                 _ => return Err(checksum_mismatch(&item.file)),
             }
-            let due = ask_checkpoints(client, files, item, index, &meta, in_flight).await?;
+            let asks = checkpoints_to_ask(files, item, index, &meta);
             if let Some(a) = arriving {
                 a.meta = Some(meta);
                 a.content = Some(content);
-                a.checkpoints_due = due;
+                a.checkpoints_due = asks.len();
                 a.bytes += bytes;
             }
+            send_asks(client, asks, in_flight).await?;
             Ok(())
         }
         OneItem::Checkpoint { id, tag, .. } => {
@@ -434,10 +466,13 @@ async fn receive_step(
 
 /// Installs batches of copies on a blocking thread of its own, one after
 /// another in arrival order, so the next batch arrives while one is made
-/// durable (its `syncfs` and renames take as long as its transfer).
+/// durable (its `syncfs` and names take as long as its transfer). Each
+/// batch's outcomes come back as soon as it is installed, so a failure of
+/// the thread loses none that were.
 struct Installer {
     batches: Option<tokio::sync::mpsc::Sender<Vec<(usize, Copied, u64)>>>,
-    done: tokio::task::JoinHandle<Vec<(usize, Result<Pulled, WireError>)>>,
+    installed: tokio::sync::mpsc::UnboundedReceiver<Vec<(usize, Result<Pulled, WireError>)>>,
+    done: tokio::task::JoinHandle<()>,
 }
 
 impl Installer {
@@ -445,9 +480,9 @@ impl Installer {
         // One batch waits while one is installed: the temp files held open
         // stay bounded.
         let (batches, mut queued) = tokio::sync::mpsc::channel::<Vec<(usize, Copied, u64)>>(1);
+        let (report, installed) = tokio::sync::mpsc::unbounded_channel();
         let files = files.clone();
         let done = tokio::task::spawn_blocking(move || {
-            let mut outcomes = Vec::new();
             while let Some(batch) = queued.blocking_recv() {
                 let (places, copies): (Vec<(usize, Pulled)>, Vec<Copied>) = batch
                     .into_iter()
@@ -461,30 +496,32 @@ impl Installer {
                     })
                     .unzip();
                 let results = files.install_batch(copies);
-                outcomes.extend(
-                    places
-                        .into_iter()
-                        .zip(results)
-                        .map(|((index, pulled), result)| (index, result.map(|()| pulled))),
-                );
+                let outcomes = places
+                    .into_iter()
+                    .zip(results)
+                    .map(|((index, pulled), result)| (index, result.map(|()| pulled)))
+                    .collect();
+                if report.send(outcomes).is_err() {
+                    return;
+                }
             }
-            outcomes
         });
         Installer {
             batches: Some(batches),
+            installed,
             done,
         }
     }
 
     /// Hands the copies waiting in `ready` over (waiting while the batch
-    /// before is still queued).
+    /// before is still queued). If the thread has failed, they are dropped
+    /// (their temp files go) and reported not copied.
     async fn install(&mut self, ready: &mut Vec<(usize, Copied, u64)>) {
         if ready.is_empty() {
             return;
         }
         let batch = std::mem::take(ready);
         if let Some(batches) = &self.batches {
-            // The thread ends only once this sender is dropped.
             let _ = batches.send(batch).await;
         }
     }
@@ -492,15 +529,13 @@ impl Installer {
     /// Waits for every batch handed over and records their outcomes.
     async fn finish(mut self, outcomes: &mut [Option<Result<Pulled, WireError>>]) {
         drop(self.batches.take());
-        match (&mut self.done).await {
-            Ok(installed) => {
-                for (index, outcome) in installed {
-                    outcomes[index] = Some(outcome);
-                }
+        while let Some(installed) = self.installed.recv().await {
+            for (index, outcome) in installed {
+                outcomes[index] = Some(outcome);
             }
-            Err(e) => {
-                tracing::error!(event = "ss_install_failed", error = %e, "the installing thread failed; its files are reported not copied")
-            }
+        }
+        if let Err(e) = (&mut self.done).await {
+            tracing::error!(event = "ss_install_failed", error = %e, "the installing thread failed; the files of its last batch are reported not copied");
         }
     }
 }

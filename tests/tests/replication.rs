@@ -754,3 +754,41 @@ async fn a_batch_copy_answers_each_file_in_order_and_goes_on_past_one_it_cannot_
     let refused = copies[3].copy.as_ref().unwrap_err();
     assert_eq!(refused.code, shared::ErrorCode::Unauthorized, "{refused}");
 }
+
+/// Whatever the storage servers' frame limit, a sync completes: the batch
+/// copy's replies stay under both the server's limit and the default one
+/// its partner reads with, and a file too large to go whole is asked for
+/// alone. A 64 KiB limit with files of 14 and 28 KiB; a 4 MiB limit with
+/// two files of 600 KiB, which would go whole in one frame of 1.2 MiB if
+/// only the server's own limit counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_under_any_frame_limit_copies_everything() {
+    for (limit, words) in [("65536", [2_000, 4_000]), ("4194304", [86_000, 86_000])] {
+        let mut cluster = TestCluster::start_with(
+            &["ss1"],
+            Options {
+                ss_args: vec!["--max-frame", limit],
+                ..Options::default()
+            },
+        )
+        .await;
+        let mut script = String::new();
+        for i in 0..300 {
+            script.push_str(&format!(
+                "CREATE f{i}.txt\nWRITE f{i}.txt 0\n0 File {i} of a sync under a frame limit.\nETIRW\n"
+            ));
+        }
+        for (i, words) in words.into_iter().enumerate() {
+            let line = "seven. ".repeat(words);
+            script.push_str(&format!(
+                "CREATE big{i}.txt\nWRITE big{i}.txt 0\n0 {line}\nETIRW\n"
+            ));
+        }
+        cluster.console("alice", &script).all_ok();
+        cluster.start_ss("ss1_backup").await;
+        tokio::time::timeout(Duration::from_secs(60), cluster.wait_replicated())
+            .await
+            .unwrap_or_else(|_| panic!("the sync under a {limit}-byte frame limit completes"));
+        cluster.wait_same_files("ss1", "ss1_backup").await;
+    }
+}

@@ -5,8 +5,10 @@
 use super::*;
 
 impl Files {
+    /// A temp file for a copy from the partner: unnamed until placed (see
+    /// [`crate::store::Store::unnamed_temp_file`]).
     pub fn temp_file(&self) -> Result<TempFile, WireError> {
-        Ok(self.store.temp_file()?)
+        Ok(self.store.unnamed_temp_file()?)
     }
 
     /// Installs files copied from the primary, as one batch: every temp file
@@ -26,13 +28,17 @@ impl Files {
         if logged {
             return copies
                 .into_iter()
-                .map(|copy| self.place_copy(copy, None, &mut BTreeSet::new()))
+                .map(|copy| self.place_copy(copy, None, &mut Placements::default()))
                 .collect();
         }
         let mut staged: Vec<Result<(Copied, TempFile), WireError>> = copies
             .into_iter()
             .map(|copy| {
-                let meta = self.store.meta_temp(&copy.file, &copy.meta)?;
+                let meta = self.store.write_meta_into(
+                    self.store.unnamed_temp_file()?,
+                    &copy.file,
+                    &copy.meta,
+                )?;
                 Ok((copy, meta))
             })
             .collect();
@@ -45,7 +51,7 @@ impl Files {
             let e = WireError::from(e);
             return staged.iter().map(|_| Err(e.clone())).collect();
         }
-        let mut dirs = BTreeSet::new();
+        let mut dirs = Placements::default();
         let mut results: Vec<Result<(), WireError>> = staged
             .drain(..)
             .map(|staged| {
@@ -70,7 +76,7 @@ impl Files {
         &self,
         copy: Copied,
         meta_temp: Option<TempFile>,
-        dirs: &mut BTreeSet<PathBuf>,
+        dirs: &mut Placements,
     ) -> Result<(), WireError> {
         let Copied {
             file,
@@ -83,7 +89,7 @@ impl Files {
             // names them is in place: a crash between the two must not leave
             // metadata naming a checkpoint that is not there (a later copy
             // would take it as held and never fetch it).
-            let mut checkpoint_dirs = BTreeSet::new();
+            let mut checkpoint_dirs = Placements::default();
             for (tag, temp) in checkpoints {
                 store.place(temp, &file, Placed::Checkpoint(&tag), &mut checkpoint_dirs)?;
             }

@@ -16,13 +16,12 @@ mod sessions;
 pub use sessions::WriteSession;
 
 use crate::document::{count, insert_words, Document, SentenceId};
-use crate::store::{OpenContent, Placed, Store, StoreError, TempFile};
+use crate::store::{OpenContent, Placed, Placements, Store, StoreError, TempFile};
 use shared::proto::{
     AccessList, CheckpointInfo, FileMeta, FileStats, InventoryEntry, StreamedCheckpoint, Tombstone,
 };
 use shared::{now_ms, ErrorCode, WireError};
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 

@@ -2,7 +2,7 @@
 //! read ticket from nm), or opening its replication stream to this one.
 
 use super::{Server, Session};
-use shared::connection::{Connection, ConnectionError};
+use shared::connection::{Connection, ConnectionError, DEFAULT_MAX_FRAME};
 use shared::proto::{FileCopied, Op, PeerRequest, PullItem, Reply, SsReply};
 use shared::WireError;
 
@@ -58,23 +58,30 @@ impl Server {
         user: &str,
         items: Vec<PullItem>,
     ) -> Result<Result<(), WireError>, ConnectionError> {
-        let budget = conn.max_frame() / 4;
+        // A reply frame holds at most half of the smaller of this server's
+        // frame limit and the default one (what the partner accepts): a
+        // file goes whole if it fits in a quarter, and a frame is closed
+        // before a file that would take it past half.
+        let budget = conn.max_frame().min(DEFAULT_MAX_FRAME) / 4;
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
             let files = tokio::task::block_in_place(|| {
                 let (mut files, mut bytes) = (Vec::new(), 0);
-                while bytes < budget {
-                    let Some(PullItem { file, ticket }) = items.next() else {
-                        break;
-                    };
+                while let Some(PullItem { file, ticket }) = items.peek() {
                     let copy = self
-                        .check_ticket(&ticket, user, &file, Op::Read)
-                        .and_then(|()| crate::transfer::read_whole(&self.files, &file, budget));
-                    bytes += file.len()
+                        .check_ticket(ticket, user, file, Op::Read)
+                        .and_then(|()| crate::transfer::read_whole(&self.files, file, budget));
+                    let size = file.len()
                         + match &copy {
                             Ok((_, size)) => *size,
                             Err(e) => e.message.len(),
                         };
+                    if !files.is_empty() && bytes + size > 2 * budget {
+                        // Read again for the next frame.
+                        break;
+                    }
+                    bytes += size;
+                    let file = items.next().expect("peeked").file;
                     files.push(FileCopied {
                         file,
                         copy: copy.map(|(copy, _)| copy),

@@ -127,13 +127,24 @@ pub(super) fn link_unnamed(file: &File, path: &Path) -> io::Result<()> {
             return Ok(());
         }
         let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENOENT | libc::EPERM | libc::EINVAL) => {
-                EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed)
-            }
-            _ => return Err(e),
+        if !matches!(
+            e.raw_os_error(),
+            Some(libc::ENOENT | libc::EPERM | libc::EINVAL)
+        ) {
+            return Err(e);
         }
+        // ENOENT may also mean a missing folder: the flag is set only if
+        // the other way then works.
+        link_through_proc(file, &to)?;
+        EMPTY_PATH_REFUSED.store(true, Ordering::Relaxed);
+        return Ok(());
     }
+    link_through_proc(file, &to)
+}
+
+/// `linkat` of `file`'s `/proc/self/fd` link to `to`.
+fn link_through_proc(file: &File, to: &std::ffi::CStr) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
     let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
     // SAFETY: both arguments are NUL-terminated strings that outlive the call.
     let rc = unsafe {
@@ -170,6 +181,35 @@ impl Drop for TempFile {
 pub(super) enum Durable {
     Now,
     Later,
+}
+
+/// What placing temp files left to make durable: the folders they were
+/// named in, and whether one of them was an unnamed inode named only after
+/// its content was synced (its link count is on disk only once its inode
+/// is written again). See [`Store::sync_dirs`].
+#[derive(Debug, Default)]
+pub struct Placements {
+    dirs: BTreeSet<PathBuf>,
+    named_after_sync: bool,
+}
+
+impl Placements {
+    /// Whether [`Store::sync_dirs`] must `syncfs` (an unnamed inode was
+    /// named after its content was synced).
+    pub fn named_after_sync(&self) -> bool {
+        self.named_after_sync
+    }
+
+    /// How many folders were named in.
+    pub fn folders(&self) -> usize {
+        self.dirs.len()
+    }
+
+    /// Records that a name was made in `target`'s folder some other way.
+    pub(super) fn named_in(&mut self, target: &Path) {
+        self.dirs
+            .insert(target.parent().expect("joined under the root").to_owned());
+    }
 }
 
 /// What a temp file becomes when it is placed.
@@ -340,7 +380,7 @@ impl Store {
         temp: TempFile,
         file: &str,
         what: Placed<'_>,
-        dirs: &mut BTreeSet<PathBuf>,
+        placements: &mut Placements,
     ) -> Result<(), StoreError> {
         let target = match what {
             Placed::Content => self.content_path(file)?,
@@ -351,19 +391,27 @@ impl Store {
         // An unnamed temp file for a name not yet taken gets it as its
         // first name: one directory entry made, none removed.
         let mut temp = temp;
+        placements.named_after_sync |= temp.path.is_none();
         if temp.path.is_some() || !temp.link_if_absent(&target)? {
             self.replace(temp, &target, !matches!(what, Placed::Checkpoint(_)))?;
         }
-        dirs.insert(target.parent().expect("joined under the root").to_owned());
+        placements.named_in(&target);
         Ok(())
     }
 
-    /// Makes the renames of a batched install durable: one fsync per directory.
-    pub fn sync_dirs(&self, dirs: &BTreeSet<PathBuf>) -> Result<(), StoreError> {
-        if self.fsync {
-            for dir in dirs {
-                File::open(dir)?.sync_all()?;
-            }
+    /// Makes the names [`Store::place`] gave durable: one fsync per
+    /// directory, or, if an unnamed inode was named after its content was
+    /// synced, one `syncfs` (which also writes that inode, with its link).
+    pub fn sync_dirs(&self, placements: &Placements) -> Result<(), StoreError> {
+        if !self.fsync {
+            return Ok(());
+        }
+        if placements.named_after_sync {
+            syncfs(&self.root)?;
+            return Ok(());
+        }
+        for dir in &placements.dirs {
+            File::open(dir)?.sync_all()?;
         }
         Ok(())
     }

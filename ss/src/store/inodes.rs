@@ -171,48 +171,76 @@ impl Store {
         file
     }
 
-    /// A new temp file: a spare if there is one (emptied ahead, off the
-    /// request path: truncating one here would free its blocks, a discard
-    /// costing ~0.4 ms on this disk), else an unnamed inode made ahead. An
-    /// unnamed one is named only when it is placed: with its final name if
-    /// that is free (a new file: one directory entry made, instead of two
-    /// made and one removed), else in `tmp/` for the rename.
+    /// A new temp file, named in `tmp/` from the start: a spare if there is
+    /// one (emptied ahead, off the request path: truncating one here would
+    /// free its blocks, a discard costing ~0.4 ms on this disk), else an
+    /// inode made ahead, linked into `tmp/`. Named before anything is
+    /// written, so the fsync that makes its content durable also makes its
+    /// link count durable: a rename then moves a name that is already sound.
     pub fn temp_file(&self) -> Result<TempFile, StoreError> {
-        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let reused = spare.and_then(|path| {
-            match fs::OpenOptions::new()
+        if let Some(spare) = self.take_spare() {
+            return Ok(spare);
+        }
+        let path = self.temp_path();
+        let file = match self.take_unnamed() {
+            Some(file) if atomic::link_unnamed(&file, &path).is_ok() => file,
+            _ => fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .truncate(true)
-                .open(&path)
-            {
-                Ok(file) => Some((path, file)),
-                Err(_) => {
-                    let _ = fs::remove_file(&path);
-                    None
-                }
-            }
-        });
-        let recycled = reused.is_some();
-        let (path, file) = match reused {
-            Some((path, file)) => (Some(path), file),
-            None => match self.take_unnamed().map_or_else(|| self.make_unnamed(), Ok) {
-                Ok(file) => (None, file),
-                // No O_TMPFILE here: a named temp file.
-                Err(_) => {
-                    let path = self.temp_path();
-                    let file = File::create(&path)?;
-                    (Some(path), file)
-                }
-            },
+                .create_new(true)
+                .open(&path)?,
         };
-        Ok(TempFile {
+        Ok(self.new_temp(file, Some(path), false))
+    }
+
+    /// A new temp file that stays unnamed until [`Store::place`] names it,
+    /// with its final name if that is free (a new file: one directory entry
+    /// made, instead of two made and one removed); a spare if there is one
+    /// (named). Its link is made after its content was synced, so the
+    /// [`Placements`] of the `place` record it and [`Store::sync_dirs`]
+    /// makes it durable with one `syncfs` (an fsync of the directory would
+    /// not write the file's inode, whose link count would stay 0 on disk).
+    /// For batches, and for changes the write-ahead log makes durable.
+    pub fn unnamed_temp_file(&self) -> Result<TempFile, StoreError> {
+        if let Some(spare) = self.take_spare() {
+            return Ok(spare);
+        }
+        match self.take_unnamed().map_or_else(|| self.make_unnamed(), Ok) {
+            Ok(file) => Ok(self.new_temp(file, None, false)),
+            // No O_TMPFILE here.
+            Err(_) => self.temp_file(),
+        }
+    }
+
+    /// A spare, emptied ahead and reopened, if there is one.
+    fn take_spare(&self) -> Option<TempFile> {
+        let path = self
+            .spares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()?;
+        match fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+        {
+            Ok(file) => Some(self.new_temp(file, Some(path), true)),
+            Err(_) => {
+                let _ = fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    fn new_temp(&self, file: File, path: Option<PathBuf>, recycled: bool) -> TempFile {
+        TempFile {
             file: Some(file),
             path,
             written: 0,
             flushing_from: 0,
             early_writeback: self.fsync,
             recycled,
-        })
+        }
     }
 }

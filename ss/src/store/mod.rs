@@ -28,7 +28,7 @@ mod scan;
 mod tombstones;
 
 use atomic::{exchange, syncfs, Durable};
-pub use atomic::{Placed, TempFile};
+pub use atomic::{Placed, Placements, TempFile};
 pub use scan::Found;
 
 use crate::wal::{Wal, WalRecord, MAX_LOGGED_BYTES};
@@ -343,12 +343,18 @@ impl Store {
         meta: &FileMeta,
         durable: Durable,
     ) -> Result<(), StoreError> {
-        let content = self.temp_file()?;
-        let meta_temp = self.meta_temp(file, meta)?;
+        // Made durable by the log: unnamed temps, linked straight to their names.
+        let (content, meta_temp) = match durable {
+            Durable::Later => (
+                self.unnamed_temp_file()?,
+                self.write_meta_into(self.unnamed_temp_file()?, file, meta)?,
+            ),
+            Durable::Now => (self.temp_file()?, self.meta_temp(file, meta)?),
+        };
         if durable == Durable::Now {
             self.sync_temps_now([&meta_temp, &content])?;
         }
-        let mut dirs = BTreeSet::new();
+        let mut dirs = Placements::default();
         self.place(content, file, Placed::Content, &mut dirs)?;
         self.place(meta_temp, file, Placed::Meta, &mut dirs)?;
         if durable == Durable::Now {
@@ -427,10 +433,10 @@ impl Store {
         }
         // A hard link keeps the old content without copying it.
         fs::hard_link(&current, &undo)?;
-        let mut dirs = BTreeSet::new();
+        let mut dirs = Placements::default();
         self.place(content_temp, file, Placed::Content, &mut dirs)?;
         self.place(meta_temp, file, Placed::Meta, &mut dirs)?;
-        dirs.insert(undo.parent().expect("joined under the root").to_owned());
+        dirs.named_in(&undo);
         if durable == Durable::Now {
             self.sync_dirs(&dirs)?;
         }
@@ -461,7 +467,7 @@ impl Store {
             meta: meta.clone(),
         })?;
         let applied = self
-            .place(content, file, Placed::Content, &mut BTreeSet::new())
+            .place(content, file, Placed::Content, &mut Placements::default())
             .and_then(|()| self.write_meta_files(file, meta, Durable::Later));
         applied_or_abort(file, applied);
         drop(logged);
@@ -511,7 +517,7 @@ impl Store {
                 let logged = written.durable()?;
                 durable();
                 let applied = self
-                    .place(temp, file, Placed::Content, &mut BTreeSet::new())
+                    .place(temp, file, Placed::Content, &mut Placements::default())
                     .and_then(|()| self.write_meta_files(file, meta, Durable::Later));
                 applied_or_abort(file, applied);
                 drop(logged);
@@ -534,12 +540,12 @@ impl Store {
                 )?;
                 // The checkpoints' names are durable before the metadata
                 // that names them is in place.
-                let mut checkpoint_dirs = BTreeSet::new();
+                let mut checkpoint_dirs = Placements::default();
                 for (tag, temp) in saved {
                     self.place(temp, file, Placed::Checkpoint(tag), &mut checkpoint_dirs)?;
                 }
                 self.sync_dirs(&checkpoint_dirs)?;
-                let mut dirs = BTreeSet::new();
+                let mut dirs = Placements::default();
                 self.place(temp, file, Placed::Content, &mut dirs)?;
                 self.place(meta_temp, file, Placed::Meta, &mut dirs)?;
                 self.sync_dirs(&dirs)?;
@@ -650,10 +656,19 @@ impl Store {
     }
 
     /// A temp file holding a file's serialized metadata, not yet durable.
+    /// A temp file (named, see [`Store::temp_file`]) holding `file`'s metadata.
     pub fn meta_temp(&self, file: &str, meta: &FileMeta) -> Result<TempFile, StoreError> {
-        let bytes = encode(file, meta)?;
-        let mut temp = self.temp_file()?;
-        temp.write_all(&bytes)?;
+        self.write_meta_into(self.temp_file()?, file, meta)
+    }
+
+    /// `file`'s metadata, written into `temp`.
+    pub fn write_meta_into(
+        &self,
+        mut temp: TempFile,
+        file: &str,
+        meta: &FileMeta,
+    ) -> Result<TempFile, StoreError> {
+        temp.write_all(&encode(file, meta)?)?;
         Ok(temp)
     }
 
@@ -823,7 +838,7 @@ mod tests {
         store
             .sync_temps(temps.iter().flat_map(|(_, c, m)| [c, m]))
             .unwrap();
-        let mut dirs = BTreeSet::new();
+        let mut dirs = Placements::default();
         for (name, content, meta) in temps {
             store
                 .place(content, &name, Placed::Content, &mut dirs)
@@ -831,7 +846,7 @@ mod tests {
             store.place(meta, &name, Placed::Meta, &mut dirs).unwrap();
         }
         store.sync_dirs(&dirs).unwrap();
-        assert_eq!(dirs.len(), 2, "one fsync per directory: {dirs:?}");
+        assert_eq!(dirs.folders(), 2, "one fsync per directory: {dirs:?}");
         let inventory = store.inventory().unwrap();
         assert_eq!(inventory.len(), 10);
         assert_eq!(store.read_content("d/f7").unwrap(), b"Content 7.");
@@ -961,34 +976,51 @@ mod tests {
     }
 
     #[test]
-    fn a_new_files_temp_gets_its_final_name_as_its_first_and_an_existing_file_is_replaced() {
+    fn an_unnamed_temp_gets_its_final_name_as_its_first_and_its_link_is_made_durable_by_a_syncfs() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), true).unwrap();
         let tmp_names = || fs::read_dir(dir.path().join(TMP)).unwrap().count();
-        let mut temp = store.temp_file().unwrap();
+        let mut temp = store.unnamed_temp_file().unwrap();
         assert!(temp.path.is_none(), "an unnamed inode");
         temp.write_all(b"New.").unwrap();
         store.sync_temps([&temp]).unwrap();
-        let mut dirs = BTreeSet::new();
+        let mut dirs = Placements::default();
         store
             .place(temp, "d/n", Placed::Content, &mut dirs)
             .unwrap();
+        assert!(
+            dirs.named_after_sync(),
+            "its link count reaches the disk only with a syncfs"
+        );
         store.sync_dirs(&dirs).unwrap();
         assert_eq!(store.read_content("d/n").unwrap(), b"New.");
         assert_eq!(tmp_names(), 0, "never named in tmp/");
+        let mut named = store.temp_file().unwrap();
+        assert!(named.path.is_some(), "named from the start");
+        named.write_all(b"Named.").unwrap();
+        let mut named_dirs = Placements::default();
+        store
+            .place(named, "d/m", Placed::Content, &mut named_dirs)
+            .unwrap();
+        assert!(
+            !named_dirs.named_after_sync(),
+            "a directory fsync is enough"
+        );
         let dropped = {
-            let mut temp = store.temp_file().unwrap();
+            let mut temp = store.unnamed_temp_file().unwrap();
             temp.write_all(b"Never placed.").unwrap();
             temp
         };
         drop(dropped);
         assert_eq!(tmp_names(), 0, "an unnamed temp leaves nothing");
-        let mut temp = store.temp_file().unwrap();
+        let mut temp = store.unnamed_temp_file().unwrap();
         temp.write_all(b"Newer.").unwrap();
+        let mut dirs = Placements::default();
         store
             .place(temp, "d/n", Placed::Content, &mut dirs)
             .unwrap();
         assert_eq!(store.read_content("d/n").unwrap(), b"Newer.");
+        assert!(dirs.named_after_sync(), "named in tmp/ after its sync");
     }
 
     #[test]
