@@ -16,7 +16,8 @@
 //! those writes durable before any other kind of change, and a restart
 //! replays the log. Every other write goes to a temp file, is fsynced and renamed into place, and the
 //! directory is fsynced (for a batch of copies: one `syncfs` for all the temp
-//! files, then the renames, then one fsync per directory), so a crash leaves either the old or the new file,
+//! files, then the names, then another `syncfs`, which also writes the link
+//! counts of the unnamed inodes named only then), so a crash leaves either the old or the new file,
 //! never a torn one. A content file is never modified in place, only
 //! replaced, so UNDO levels and checkpoints are hard links to old contents. Names are validated by [`shared::names`] before they are
 //! joined under the storage folder, so nothing is ever written outside it.
