@@ -63,32 +63,45 @@ impl Server {
         // file goes whole if it fits in a quarter, and a frame is closed
         // before a file that would take it past half.
         let budget = conn.max_frame().min(DEFAULT_MAX_FRAME) / 4;
-        let mut items = items.into_iter().peekable();
-        while items.peek().is_some() {
+        let mut items = items.into_iter();
+        // A file read that did not fit in the frame before: the next one's first.
+        let mut carried: Option<(FileCopied, usize)> = None;
+        loop {
             let files = tokio::task::block_in_place(|| {
                 let (mut files, mut bytes) = (Vec::new(), 0);
-                while let Some(PullItem { file, ticket }) = items.peek() {
-                    let copy = self
-                        .check_ticket(ticket, user, file, Op::Read)
-                        .and_then(|()| crate::transfer::read_whole(&self.files, file, budget));
-                    let size = file.len()
-                        + match &copy {
-                            Ok((_, size)) => *size,
-                            Err(e) => e.message.len(),
-                        };
+                loop {
+                    let (copied, size) = match carried.take() {
+                        Some(read) => read,
+                        None => {
+                            let Some(PullItem { file, ticket }) = items.next() else {
+                                break;
+                            };
+                            let copy =
+                                self.check_ticket(&ticket, user, &file, Op::Read)
+                                    .and_then(|()| {
+                                        crate::transfer::read_whole(&self.files, &file, budget)
+                                    });
+                            let size = file.len()
+                                + match &copy {
+                                    Ok((_, size)) => *size,
+                                    Err(e) => e.message.len(),
+                                };
+                            let copy = copy.map(|(copy, _)| copy);
+                            (FileCopied { file, copy }, size)
+                        }
+                    };
                     if !files.is_empty() && bytes + size > 2 * budget {
-                        // Read again for the next frame.
+                        carried = Some((copied, size));
                         break;
                     }
                     bytes += size;
-                    let file = items.next().expect("peeked").file;
-                    files.push(FileCopied {
-                        file,
-                        copy: copy.map(|(copy, _)| copy),
-                    });
+                    files.push(copied);
                 }
                 files
             });
+            if files.is_empty() {
+                break;
+            }
             conn.feed(&Reply {
                 id,
                 result: Ok::<_, WireError>(SsReply::Files { files }),
