@@ -118,10 +118,27 @@ async fn pull_pipelined(
     items: &[PullItem],
     outcomes: &mut [Option<Result<Pulled, WireError>>],
 ) -> Result<(), String> {
+    let mut installer = Installer::start(files);
+    let mut ready = Vec::new();
+    // Whatever arrived whole is installed, even if the connection broke.
+    let copied = copy_all(client, files, items, outcomes, &mut installer, &mut ready).await;
+    installer.install(&mut ready).await;
+    installer.finish(outcomes).await;
+    copied
+}
+
+/// The requests and replies of [`pull_pipelined`]: copies that arrived
+/// whole go to `installer` in batches, the last batch is left in `ready`.
+async fn copy_all(
+    client: &mut RpcClient,
+    files: &Arc<Files>,
+    items: &[PullItem],
+    outcomes: &mut [Option<Result<Pulled, WireError>>],
+    installer: &mut Installer,
+    ready: &mut Vec<(usize, Copied, u64)>,
+) -> Result<(), String> {
     let mut in_flight = VecDeque::new();
     let mut arriving: Vec<Option<Arriving>> = items.iter().map(|_| None).collect();
-    let mut ready: Vec<(usize, Copied, u64)> = Vec::new();
-    let mut installer = Installer::start(files);
     let mut next_item = 0;
     while next_item < items.len() || !in_flight.is_empty() {
         while next_item < items.len()
@@ -132,19 +149,12 @@ async fn pull_pipelined(
                 < FILES_REQUESTS_AHEAD
         {
             let end = request_end(items, next_item);
-            let sent = client
+            let id = client
                 .send(PeerRequest::GetFiles {
                     items: items[next_item..end].to_vec(),
                 })
-                .await;
-            let id = match sent {
-                Ok(id) => id,
-                Err(broken) => {
-                    installer.install(&mut ready).await;
-                    installer.finish(outcomes).await;
-                    return Err(broken.to_string());
-                }
-            };
+                .await
+                .map_err(|e| e.to_string())?;
             for a in &mut arriving[next_item..end] {
                 *a = Some(Arriving::default());
             }
@@ -186,11 +196,7 @@ async fn pull_pipelined(
         };
         for (index, step) in steps {
             match step {
-                Err(PullError::Connection(broken)) => {
-                    installer.install(&mut ready).await;
-                    installer.finish(outcomes).await;
-                    return Err(broken);
-                }
+                Err(PullError::Connection(broken)) => return Err(broken),
                 Err(PullError::Item(e)) => {
                     // Its temp files go; replies still due for it are read and dropped.
                     arriving[index] = None;
@@ -200,15 +206,13 @@ async fn pull_pipelined(
                 }
                 Ok(()) => {}
             }
-            arrived(index, items, &mut arriving, outcomes, &mut ready);
+            arrived(index, items, &mut arriving, outcomes, ready);
         }
         let ready_bytes: u64 = ready.iter().map(|(_, _, bytes)| bytes).sum();
         if ready.len() >= INSTALL_BATCH || ready_bytes >= INSTALL_BATCH_BYTES {
-            installer.install(&mut ready).await;
+            installer.install(ready).await;
         }
     }
-    installer.install(&mut ready).await;
-    installer.finish(outcomes).await;
     Ok(())
 }
 
@@ -337,7 +341,7 @@ fn arrive_whole(
     if crc32fast::hash(content) != checksum {
         return Err(checksum_mismatch(&item.file));
     }
-    let mut temp = files.temp_file()?;
+    let mut temp = files.copy_temp_file()?;
     temp.write_all(content).map_err(|e| {
         PullError::Item(WireError::internal(format!(
             "writing a copy of {:?}: {e}",
@@ -432,7 +436,7 @@ async fn receive_step(
                 SsReply::FileHeader { meta } => meta,
                 other => return Err(unexpected(other)),
             };
-            let mut content = files.temp_file().map_err(out_of_step)?;
+            let mut content = files.copy_temp_file().map_err(out_of_step)?;
             let (bytes, checksum, end) = receive_into(client, id, &mut content).await?;
             match end {
                 SsReply::FileEnd {
@@ -452,7 +456,7 @@ async fn receive_step(
             Ok(())
         }
         OneItem::Checkpoint { id, tag, .. } => {
-            let mut temp = files.temp_file().map_err(out_of_step)?;
+            let mut temp = files.copy_temp_file().map_err(out_of_step)?;
             let (n, _, _) = receive_into(client, id, &mut temp).await?;
             if let Some(a) = arriving {
                 a.checkpoints.push((tag, temp));

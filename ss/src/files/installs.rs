@@ -7,7 +7,7 @@ use super::*;
 impl Files {
     /// A temp file for a copy from the partner: unnamed until placed (see
     /// [`crate::store::Store::unnamed_temp_file`]).
-    pub fn temp_file(&self) -> Result<TempFile, WireError> {
+    pub fn copy_temp_file(&self) -> Result<TempFile, WireError> {
         Ok(self.store.unnamed_temp_file()?)
     }
 

@@ -1,8 +1,9 @@
 //! Atomic writes: a temp file is written, made durable (an fdatasync, or one
 //! `syncfs` for a batch) and renamed into place (or, if it is an unnamed
 //! inode and the name is free, linked there: its only name), and the
-//! directory is fsynced, so a crash leaves either the old file or the new
-//! one, never a torn one. (An unnamed inode a crash catches before its link
+//! directory is fsynced (the whole file system, once, when an unnamed inode
+//! was named after its sync: see [`Placements`]), so a crash leaves either
+//! the old file or the new one, never a torn one. (An unnamed inode a crash catches before its link
 //! is not in any directory; on a file system without a journal it stays
 //! allocated until the next fsck.) Also the temp file a transfer fills, and
 //! the atomic exchange of two names.
@@ -377,7 +378,7 @@ impl Store {
     /// directory it went into is added to `dirs` for [`Store::sync_dirs`].
     pub fn place(
         &self,
-        temp: TempFile,
+        mut temp: TempFile,
         file: &str,
         what: Placed<'_>,
         placements: &mut Placements,
@@ -390,7 +391,6 @@ impl Store {
         self.ensure_parent(&target)?;
         // An unnamed temp file for a name not yet taken gets it as its
         // first name: one directory entry made, none removed.
-        let mut temp = temp;
         placements.named_after_sync |= temp.path.is_none();
         if temp.path.is_some() || !temp.link_if_absent(&target)? {
             self.replace(temp, &target, !matches!(what, Placed::Checkpoint(_)))?;

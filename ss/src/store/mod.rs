@@ -656,8 +656,8 @@ impl Store {
         Ok(())
     }
 
-    /// A temp file holding a file's serialized metadata, not yet durable.
-    /// A temp file (named, see [`Store::temp_file`]) holding `file`'s metadata.
+    /// A temp file (named, see [`Store::temp_file`]) holding `file`'s
+    /// metadata, not yet durable.
     pub fn meta_temp(&self, file: &str, meta: &FileMeta) -> Result<TempFile, StoreError> {
         self.write_meta_into(self.temp_file()?, file, meta)
     }
