@@ -792,3 +792,37 @@ async fn a_sync_under_any_frame_limit_copies_everything() {
         cluster.wait_same_files("ss1", "ss1_backup").await;
     }
 }
+
+/// A sync of more files than one `PullFiles` holds: nm keeps two batches in
+/// flight on the backup, and every file arrives whole, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_of_many_batches_in_flight_at_once_copies_every_file() {
+    let mut cluster = TestCluster::start(&[]).await;
+    let storage = cluster.storage("ss1");
+    let seeded = std::process::Command::new(harness::bin("ss-seed"))
+        .args(["--storage", storage.to_str().unwrap(), "--files", "3500"])
+        .args(["--size", "100"])
+        .output()
+        .expect("ss-seed runs");
+    assert!(seeded.status.success(), "{seeded:?}");
+    cluster.start_ss("ss1").await;
+    eventually("nm knows ss1's 3,500 files", async || {
+        let status = cluster.status().await;
+        status
+            .servers
+            .iter()
+            .any(|s| s.name == "ss1" && s.files == 3500)
+            .then_some(())
+    })
+    .await;
+    let events = cluster.watch_events();
+    watching(&cluster, &events).await;
+    cluster.start_ss("ss1_backup").await;
+    cluster.wait_replicated().await;
+    cluster.assert_same_files("ss1", "ss1_backup");
+    let copied = events.lock().unwrap().iter().any(|e| {
+        matches!(&e.kind, EventKind::Job { kind: JobKind::SyncPair, step: JobStep::Applied, detail: Some(detail), .. }
+            if detail.contains("copied 3500 files"))
+    });
+    assert!(copied, "the sync reports every file copied");
+}

@@ -8,26 +8,40 @@ use super::Sides;
 use crate::failover::Input;
 use crate::ss_client::SsClient;
 use crate::state::Nm;
+use futures::stream::{self, StreamExt};
 use shared::proto::{JobStep, SsCommand, Tombstone, UnconfirmedLevel};
 use shared::{now_ms, ErrorCode, WireError};
 use std::collections::HashMap;
 
-/// Files per `PullFiles` request during a sync, and the bytes of names
-/// (each twice: the item's and its ticket's) that end one early, so that a
-/// request stays far under a frame's limit however long the names.
+/// Files per `PullFiles` request during a sync, the bytes of names (each
+/// twice: the item's and its ticket's) and the bytes of content that end one
+/// early: a request stays far under a frame's limit however long the names,
+/// and a batch of large files is copied well within nm's timeout for an
+/// answer (`--ss-timeout`), even beside another batch.
 const SYNC_BATCH: usize = 1024;
 const SYNC_BATCH_NAME_BYTES: usize = 256 << 10;
+const SYNC_BATCH_CONTENT_BYTES: u64 = 256 << 20;
+/// `PullFiles` requests of one sync in flight at once.
+const PULLS_AT_ONCE: usize = 2;
 
-/// `files` cut into `PullFiles` batches.
-fn sync_batches(files: &[String]) -> impl Iterator<Item = &[String]> {
+/// `files` cut into `PullFiles` batches; `size` is each file's content length.
+fn sync_batches<'a>(
+    files: &'a [String],
+    size: impl Fn(&str) -> u64 + 'a,
+) -> impl Iterator<Item = &'a [String]> {
     let mut rest = files;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
-        let (mut end, mut bytes) = (0, 0);
-        while end < rest.len() && end < SYNC_BATCH && bytes < SYNC_BATCH_NAME_BYTES {
-            bytes += 2 * rest[end].len();
+        let (mut end, mut names, mut content) = (0, 0, 0);
+        while end < rest.len()
+            && end < SYNC_BATCH
+            && names < SYNC_BATCH_NAME_BYTES
+            && content < SYNC_BATCH_CONTENT_BYTES
+        {
+            names += 2 * rest[end].len();
+            content += size(&rest[end]);
             end += 1;
         }
         let (batch, after) = rest.split_at(end);
@@ -241,7 +255,12 @@ impl Nm {
         }
         // The target's own changes first, so nothing it acknowledged is overwritten.
         let mut failed = Vec::new();
-        for batch in sync_batches(&to_return) {
+        let target_size: HashMap<&str, u64> = target_files
+            .iter()
+            .map(|e| (e.file.as_str(), e.meta.stats.size))
+            .collect();
+        let returned_size = |file: &str| target_size.get(file).copied().unwrap_or(0);
+        for batch in sync_batches(&to_return, returned_size) {
             let (versions, _, failures) = self.pull(sides, batch.to_vec(), true).await?;
             outcome.returned += versions.len();
             failed.extend(failures);
@@ -258,8 +277,18 @@ impl Nm {
             ));
         }
         self.adopt_returned(sides, &target_files, &to_return);
-        for batch in sync_batches(&to_pull) {
-            let (versions, n, failures) = self.pull(sides, batch.to_vec(), false).await?;
+        // Two batches at once: each is a pipeline on the target (fetch,
+        // install on a thread, sync), so one's start and end, where that
+        // pipeline is half empty, overlap the other's middle.
+        let pulled_size = |file: &str| on_source.get(file).map_or(0, |stats| stats.size);
+        let batches: Vec<Vec<String>> = sync_batches(&to_pull, pulled_size)
+            .map(<[String]>::to_vec)
+            .collect();
+        let mut pulls = stream::iter(batches)
+            .map(|batch| self.pull(sides, batch, false))
+            .buffered(PULLS_AT_ONCE);
+        while let Some(pulled) = pulls.next().await {
+            let (versions, n, failures) = pulled?;
             outcome.pulled += versions.len();
             outcome.bytes += n;
             failed.extend(
@@ -454,13 +483,30 @@ mod tests {
             let files: Vec<String> = (0..3000)
                 .map(|i| format!("{i:04}{}", "x".repeat(name_len - 4)))
                 .collect();
-            let batches: Vec<&[String]> = sync_batches(&files).collect();
+            let batches: Vec<&[String]> = sync_batches(&files, |_| 4096).collect();
             assert_eq!(batches.concat(), files);
             for batch in batches {
                 let names: usize = batch.iter().map(|f| 2 * f.len()).sum();
                 assert!(batch.len() <= SYNC_BATCH);
                 assert!(names < SYNC_BATCH_NAME_BYTES + 2 * 4096, "{names}");
             }
+        }
+    }
+
+    #[test]
+    fn a_batch_of_large_files_ends_once_it_holds_enough_content() {
+        let files: Vec<String> = (0..100).map(|i| format!("f{i}")).collect();
+        let mib = 1 << 20;
+        let sizes = |file: &str| if file == "f7" { 1 << 30 } else { 100 * mib };
+        let batches: Vec<&[String]> = sync_batches(&files, sizes).collect();
+        assert_eq!(batches.concat(), files);
+        assert_eq!(batches[0].len(), 3, "300 MiB reaches the bound");
+        // A file larger than the bound goes with what came before it, then the batch ends.
+        assert_eq!(batches[2], &files[6..8]);
+        for batch in &batches {
+            let content: u64 = batch.iter().map(|f| sizes(f)).sum();
+            let last = sizes(batch.last().unwrap());
+            assert!(content - last < SYNC_BATCH_CONTENT_BYTES);
         }
     }
 }
