@@ -34,6 +34,13 @@ const INSTALL_BATCH: usize = 256;
 const INSTALL_BATCH_BYTES: u64 = 64 << 20;
 /// The one buffer a large file's unframed content passes through.
 const RAW_BUFFER: usize = 1 << 20;
+/// Requests for single items (a large file's content, a checkpoint) sent
+/// and not yet answered, in bytes. The primary answers one request at a
+/// time and reads the next only after, while this side sends and reads on
+/// one task: requests beyond what the sockets' buffers hold could block this
+/// side's send while the primary blocks on its reply, each waiting for the
+/// other. This stays far under any socket buffer.
+const ASKS_AHEAD_BYTES: usize = 32 << 10;
 
 /// Why a pull failed: the item alone (the connection stays in step), or the
 /// connection (and every item not yet finished).
@@ -56,8 +63,12 @@ impl From<ConnectionError> for PullError {
 
 /// A request to the primary whose replies have not been read yet.
 enum InFlight {
-    Files { id: u64, indices: Range<usize> },
-    One(OneItem),
+    Files {
+        id: u64,
+        indices: Range<usize>,
+    },
+    /// With the request's size, counted in [`Asks`].
+    One(OneItem, usize),
 }
 
 /// A request in flight for one item.
@@ -139,8 +150,14 @@ async fn copy_all(
 ) -> Result<(), String> {
     let mut in_flight = VecDeque::new();
     let mut arriving: Vec<Option<Arriving>> = items.iter().map(|_| None).collect();
+    let mut asks = Asks::default();
     let mut next_item = 0;
-    while next_item < items.len() || !in_flight.is_empty() {
+    while next_item < items.len() || !in_flight.is_empty() || asks.waiting() {
+        while let Some(ask) = asks.next_to_send() {
+            ask.send(client, &mut in_flight)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         while next_item < items.len()
             && in_flight
                 .iter()
@@ -169,18 +186,10 @@ async fn copy_all(
         };
         let steps = match head {
             InFlight::Files { id, indices } => {
-                receive_files(
-                    client,
-                    files,
-                    items,
-                    id,
-                    indices,
-                    &mut arriving,
-                    &mut in_flight,
-                )
-                .await
+                receive_files(client, files, items, id, indices, &mut arriving, &mut asks).await
             }
-            InFlight::One(head) => {
+            InFlight::One(head, bytes) => {
+                asks.answered(bytes);
                 let (OneItem::File { index, .. } | OneItem::Checkpoint { index, .. }) = head;
                 let step = receive_step(
                     client,
@@ -188,7 +197,7 @@ async fn copy_all(
                     &items[index],
                     head,
                     &mut arriving[index],
-                    &mut in_flight,
+                    &mut asks,
                 )
                 .await;
                 vec![(index, step)]
@@ -254,12 +263,10 @@ fn arrived(
     }
 }
 
-/// Reads the replies of a `GetFiles`: each whole file into a temp file,
-/// then asks for what did not come whole (a large file's content, the
-/// checkpoints a file names that are not here) once the reply has ended,
-/// so that this side never writes many requests while the primary is
-/// still writing to it. Returns each item's step; a broken connection ends
-/// the list.
+/// Reads the replies of a `GetFiles`: each whole file into a temp file;
+/// what did not come whole (a large file's content, the checkpoints a file
+/// names that are not here) goes to `asks`. Returns each item's step; a
+/// broken connection ends the list.
 async fn receive_files(
     client: &mut RpcClient,
     files: &Arc<Files>,
@@ -267,12 +274,11 @@ async fn receive_files(
     id: u64,
     indices: Range<usize>,
     arriving: &mut [Option<Arriving>],
-    in_flight: &mut VecDeque<InFlight>,
+    asks: &mut Asks,
 ) -> Vec<(usize, Result<(), PullError>)> {
     let first = indices.start;
     let mut due = indices;
     let mut steps = Vec::new();
-    let mut asks = Vec::new();
     loop {
         let copies = match next(client, id).await {
             Ok(SsReply::Files { files }) => files,
@@ -304,9 +310,9 @@ async fn receive_files(
                     content,
                     checksum,
                 }) => arrive_whole(files, item, index, meta, &content, checksum, arriving)
-                    .map(|more| asks.extend(more)),
+                    .map(|more| more.into_iter().for_each(|ask| asks.add(ask))),
                 Ok(FileCopy::Large) => {
-                    asks.push(Ask {
+                    asks.add(Ask {
                         request: PeerRequest::GetFile {
                             file: item.file.clone(),
                             ticket: item.ticket.clone(),
@@ -320,9 +326,6 @@ async fn receive_files(
             };
             steps.push((index, step));
         }
-    }
-    if let Err(e) = send_asks(client, asks, in_flight).await {
-        steps.push((first, Err(e.into())));
     }
     steps
 }
@@ -393,25 +396,70 @@ fn checkpoints_to_ask(
         .collect()
 }
 
-/// Sends `asks`, each to be read in turn after the requests in flight.
-async fn send_asks(
-    client: &mut RpcClient,
-    asks: Vec<Ask>,
-    in_flight: &mut VecDeque<InFlight>,
-) -> Result<(), ConnectionError> {
-    for Ask {
-        request,
-        index,
-        tag,
-    } in asks
-    {
+impl Ask {
+    /// About what the request takes on the wire (its names, its ticket).
+    fn bytes(&self) -> usize {
+        let names = match &self.request {
+            PeerRequest::GetFile { file, .. } => 2 * file.len(),
+            PeerRequest::ReadCheckpoint { file, tag, .. } => 2 * file.len() + tag.len(),
+            _ => 0,
+        };
+        names + 256
+    }
+
+    /// Sends it, to be read in turn after the requests in flight.
+    async fn send(
+        self,
+        client: &mut RpcClient,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<(), ConnectionError> {
+        let bytes = self.bytes();
+        let Ask {
+            request,
+            index,
+            tag,
+        } = self;
         let id = client.send(request).await?;
-        in_flight.push_back(InFlight::One(match tag {
+        let item = match tag {
             Some(tag) => OneItem::Checkpoint { id, index, tag },
             None => OneItem::File { id, index },
-        }));
+        };
+        in_flight.push_back(InFlight::One(item, bytes));
+        Ok(())
     }
-    Ok(())
+}
+
+/// Requests for single items waiting to go, and the bytes of those sent
+/// and not yet answered (at most [`ASKS_AHEAD_BYTES`], or one request).
+#[derive(Default)]
+struct Asks {
+    queue: VecDeque<Ask>,
+    unanswered: usize,
+}
+
+impl Asks {
+    fn add(&mut self, ask: Ask) {
+        self.queue.push_back(ask);
+    }
+
+    fn waiting(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// The next request to send, if the bound leaves room for it.
+    fn next_to_send(&mut self) -> Option<Ask> {
+        let bytes = self.queue.front()?.bytes();
+        if self.unanswered > 0 && self.unanswered + bytes > ASKS_AHEAD_BYTES {
+            return None;
+        }
+        self.unanswered += bytes;
+        self.queue.pop_front()
+    }
+
+    /// A request of `bytes` is being answered.
+    fn answered(&mut self, bytes: usize) {
+        self.unanswered -= bytes;
+    }
 }
 
 fn checksum_mismatch(file: &str) -> PullError {
@@ -428,7 +476,7 @@ async fn receive_step(
     item: &PullItem,
     head: OneItem,
     arriving: &mut Option<Arriving>,
-    in_flight: &mut VecDeque<InFlight>,
+    asks: &mut Asks,
 ) -> Result<(), PullError> {
     match head {
         OneItem::File { id, index } => {
@@ -445,14 +493,14 @@ async fn receive_step(
                 } if sent == checksum && size == bytes => {}
                 _ => return Err(checksum_mismatch(&item.file)),
             }
-            let asks = checkpoints_to_ask(files, item, index, &meta);
+            let more = checkpoints_to_ask(files, item, index, &meta);
             if let Some(a) = arriving {
                 a.meta = Some(meta);
                 a.content = Some(content);
-                a.checkpoints_due = asks.len();
+                a.checkpoints_due = more.len();
                 a.bytes += bytes;
             }
-            send_asks(client, asks, in_flight).await?;
+            more.into_iter().for_each(|ask| asks.add(ask));
             Ok(())
         }
         OneItem::Checkpoint { id, tag, .. } => {
@@ -613,6 +661,43 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn requests_for_single_items_go_out_only_as_far_ahead_as_the_bound() {
+        let mut asks = Asks::default();
+        for index in 0..1000 {
+            asks.add(Ask {
+                request: PeerRequest::ReadCheckpoint {
+                    file: format!("file-{index:04}"),
+                    tag: "v1".into(),
+                    ticket: items(8, 1)[0].ticket.clone(),
+                },
+                index,
+                tag: Some("v1".into()),
+            });
+        }
+        let mut sent = Vec::new();
+        while let Some(ask) = asks.next_to_send() {
+            sent.push(ask.bytes());
+        }
+        assert!(sent.len() > 1 && sent.len() < 1000, "{} sent", sent.len());
+        assert!(sent.iter().sum::<usize>() <= ASKS_AHEAD_BYTES);
+        // The oldest is being answered: room for about one more.
+        asks.answered(sent[0]);
+        assert!(asks.next_to_send().is_some());
+        assert!(asks.next_to_send().is_none());
+        // However large, one request always goes when none is unanswered.
+        let mut alone = Asks::default();
+        alone.add(Ask {
+            request: PeerRequest::GetFile {
+                file: "x".repeat(40_000),
+                ticket: items(8, 1)[0].ticket.clone(),
+            },
+            index: 0,
+            tag: None,
+        });
+        assert!(alone.next_to_send().is_some());
     }
 
     #[test]

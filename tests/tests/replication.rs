@@ -826,3 +826,41 @@ async fn a_sync_of_many_batches_in_flight_at_once_copies_every_file() {
     });
     assert!(copied, "the sync reports every file copied");
 }
+
+/// A sync of files with many checkpoints each, one of them too large to
+/// come whole: the requests for checkpoints go out a bounded amount ahead
+/// of their answers, and every checkpoint arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_of_files_with_many_checkpoints_copies_every_one() {
+    let mut cluster = TestCluster::start_with(
+        &["ss1"],
+        Options {
+            ss_args: vec!["--max-frame", "65536"],
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut script = String::new();
+    for i in 0..4 {
+        let words = if i == 0 { 4_000 } else { 3 };
+        let line = "seven. ".repeat(words);
+        script.push_str(&format!(
+            "CREATE c{i}.txt\nWRITE c{i}.txt 0\n0 {line}\nETIRW\n"
+        ));
+        for tag in 0..40 {
+            script.push_str(&format!(
+                "CHECKPOINT c{i}.txt tag-{tag:02}-of-a-file-with-many\n"
+            ));
+        }
+    }
+    cluster.console("alice", &script).all_ok();
+    cluster.start_ss("ss1_backup").await;
+    tokio::time::timeout(Duration::from_secs(60), cluster.wait_replicated())
+        .await
+        .expect("the sync completes");
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+    let checkpoints = std::fs::read_dir(cluster.storage("ss1_backup").join("checkpoints/c0.txt"))
+        .unwrap()
+        .count();
+    assert_eq!(checkpoints, 40);
+}
