@@ -820,6 +820,26 @@ async fn a_sync_of_many_batches_in_flight_at_once_copies_every_file() {
     cluster.start_ss("ss1_backup").await;
     cluster.wait_replicated().await;
     cluster.assert_same_files("ss1", "ss1_backup");
+    // The backup's log: each PULL_FILES with when it ended and how long it took.
+    let log = std::fs::read_to_string(cluster.dir().join("ss1_backup.log")).unwrap();
+    let mut pulls: Vec<(std::time::SystemTime, std::time::SystemTime)> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| v["operation"] == "PULL_FILES")
+        .map(|v| {
+            let end = humantime::parse_rfc3339(v["timestamp"].as_str().unwrap()).unwrap();
+            (
+                end - Duration::from_micros(v["micros"].as_u64().unwrap()),
+                end,
+            )
+        })
+        .collect();
+    pulls.sort();
+    assert_eq!(pulls.len(), 4, "3,500 files in batches of 1,024");
+    assert!(
+        pulls.windows(2).any(|w| w[1].0 < w[0].1),
+        "no two batches were in flight at once: {pulls:?}"
+    );
     let copied = events.lock().unwrap().iter().any(|e| {
         matches!(&e.kind, EventKind::Job { kind: JobKind::SyncPair, step: JobStep::Applied, detail: Some(detail), .. }
             if detail.contains("copied 3500 files"))

@@ -16,8 +16,9 @@ use std::collections::HashMap;
 /// Files per `PullFiles` request during a sync, the bytes of names (each
 /// twice: the item's and its ticket's) and the bytes of content that end one
 /// early: a request stays far under a frame's limit however long the names,
-/// and a batch of large files is copied well within nm's timeout for an
-/// answer (`--ss-timeout`), even beside another batch.
+/// and a batch of many large files takes the time of about 256 MiB, not of
+/// all of them (nm waits `--ss-timeout` for its answer; one file larger
+/// than that still goes whole in its batch).
 const SYNC_BATCH: usize = 1024;
 const SYNC_BATCH_NAME_BYTES: usize = 256 << 10;
 const SYNC_BATCH_CONTENT_BYTES: u64 = 256 << 20;
