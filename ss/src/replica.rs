@@ -14,7 +14,7 @@
 use crate::files::{Copied, Files};
 use crate::store::TempFile;
 use shared::connection::{ConnectionError, RpcClient};
-use shared::proto::{FileCopy, PeerRequest, PullItem, PullResult, Pulled, Role, SsReply};
+use shared::proto::{FileCopy, FileMeta, PeerRequest, PullItem, PullResult, Pulled, Role, SsReply};
 use shared::{ErrorCode, WireError};
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -86,11 +86,27 @@ enum OneItem {
 /// One item being copied: what has arrived so far.
 #[derive(Default)]
 struct Arriving {
-    meta: Option<shared::proto::FileMeta>,
+    meta: Option<FileMeta>,
     content: Option<TempFile>,
     checkpoints: Vec<(String, TempFile)>,
     checkpoints_due: usize,
     bytes: u64,
+}
+
+impl Arriving {
+    /// The file's metadata and content arrived (`bytes` of it); `checkpoints_due` more to come.
+    fn content_arrived(
+        &mut self,
+        meta: FileMeta,
+        content: TempFile,
+        checkpoints_due: usize,
+        bytes: u64,
+    ) {
+        self.meta = Some(meta);
+        self.content = Some(content);
+        self.checkpoints_due = checkpoints_due;
+        self.bytes += bytes;
+    }
 }
 
 /// Copies `items` from the primary at `from` over one connection, with
@@ -160,11 +176,6 @@ async fn copy_all(
     let mut next_item = 0;
     while next_item < items.len() || !in_flight.is_empty() || asks.waiting() {
         while let Some(ask) = asks.next_to_send() {
-            if arriving[ask.index].is_none() {
-                // Its item failed: nothing it would bring is wanted.
-                asks.answered(ask.bytes());
-                continue;
-            }
             ask.send(client, &mut in_flight)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -219,8 +230,10 @@ async fn copy_all(
             match step {
                 Err(PullError::Connection(broken)) => return Err(broken),
                 Err(PullError::Item(e)) => {
-                    // Its temp files go; replies still due for it are read and dropped.
+                    // Its temp files go; replies still due for it are read
+                    // and dropped, requests not yet sent are not sent.
                     arriving[index] = None;
+                    asks.forget(index);
                     if outcomes[index].is_none() {
                         outcomes[index] = Some(Err(e));
                     }
@@ -348,7 +361,7 @@ fn arrive_whole(
     files: &Arc<Files>,
     item: &PullItem,
     index: usize,
-    meta: shared::proto::FileMeta,
+    meta: FileMeta,
     content: &[u8],
     checksum: u32,
     arriving: &mut [Option<Arriving>],
@@ -365,10 +378,7 @@ fn arrive_whole(
     })?;
     let asks = checkpoints_to_ask(files, item, index, &meta);
     if let Some(a) = &mut arriving[index] {
-        a.meta = Some(meta);
-        a.content = Some(temp);
-        a.checkpoints_due = asks.len();
-        a.bytes += content.len() as u64;
+        a.content_arrived(meta, temp, asks.len(), content.len() as u64);
     }
     Ok(asks)
 }
@@ -386,7 +396,7 @@ fn checkpoints_to_ask(
     files: &Arc<Files>,
     item: &PullItem,
     index: usize,
-    meta: &shared::proto::FileMeta,
+    meta: &FileMeta,
 ) -> Vec<Ask> {
     let have = files.local_checkpoints(&item.file);
     meta.checkpoints
@@ -458,6 +468,11 @@ impl Asks {
         !self.queue.is_empty()
     }
 
+    /// Drops the requests not yet sent for item `index` (it failed).
+    fn forget(&mut self, index: usize) {
+        self.queue.retain(|ask| ask.index != index);
+    }
+
     /// The next request to send, if the bound leaves room for it.
     fn next_to_send(&mut self) -> Option<Ask> {
         let bytes = self.queue.front()?.bytes();
@@ -507,10 +522,7 @@ async fn receive_step(
             }
             let more = checkpoints_to_ask(files, item, index, &meta);
             if let Some(a) = arriving {
-                a.meta = Some(meta);
-                a.content = Some(content);
-                a.checkpoints_due = more.len();
-                a.bytes += bytes;
+                a.content_arrived(meta, content, more.len(), bytes);
             }
             more.into_iter().for_each(|ask| asks.add(ask));
             Ok(())

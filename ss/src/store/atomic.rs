@@ -197,12 +197,14 @@ pub struct Placements {
 impl Placements {
     /// Whether [`Store::sync_dirs`] must `syncfs` (an unnamed inode was
     /// named after its content was synced).
-    pub fn named_after_sync(&self) -> bool {
+    #[cfg(test)]
+    pub(super) fn named_after_sync(&self) -> bool {
         self.named_after_sync
     }
 
     /// How many folders were named in.
-    pub fn folders(&self) -> usize {
+    #[cfg(test)]
+    pub(super) fn folders(&self) -> usize {
         self.dirs.len()
     }
 
