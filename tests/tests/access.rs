@@ -199,8 +199,7 @@ async fn grants_and_requests_survive_restarts_of_nm_and_ss() {
         .unwrap();
     assert!(next > id, "request ids are never reused");
     // The storage server keeps the access list with the file.
-    let meta = std::fs::read(cluster.storage("ss1").join("meta/f.txt")).unwrap();
-    let meta: shared::proto::FileMeta = shared::connection::decode(&meta).unwrap();
+    let meta = harness::stored_meta(&cluster.storage("ss1"), "f.txt");
     assert_eq!(meta.acl.len(), 2);
     assert_eq!(
         codes(&cluster, "carol", "WRITE f.txt 1\n0 Carol.\nETIRW\n"),

@@ -10,7 +10,7 @@
 use clap::Parser;
 use color_eyre::eyre::{bail, Context, Result};
 use shared::proto::{FileMeta, FileStats};
-use ss::store::{Placed, Store, STORE_ID};
+use ss::store::{Store, STORE_ID};
 use std::path::PathBuf;
 
 /// Writes `--files` files named f000000, f000001, … of `--size` bytes each
@@ -83,7 +83,6 @@ fn seed(args: &Args) -> Result<()> {
             temp.write_all(&line[..n])?;
             left -= n as u64;
         }
-        store.place(temp, &name, Placed::Content, &mut Default::default())?;
         let meta = FileMeta {
             owner: args.owner.clone(),
             acl: Default::default(),
@@ -96,7 +95,8 @@ fn seed(args: &Args) -> Result<()> {
                 ..FileStats::default()
             },
         };
-        store.write_meta(&name, &meta)?;
+        let separate = store.attach_meta(&mut temp, &name, &meta)?;
+        store.place_with_meta(temp, separate, &name, &mut Default::default())?;
     }
     Ok(())
 }

@@ -4,6 +4,16 @@
 
 use super::*;
 
+/// How a copy goes into place.
+pub(super) enum Route {
+    /// Through the write-ahead log (given its metadata there).
+    Logged,
+    /// Made durable by its batch's sync, given its metadata already (with
+    /// the separate metadata temp file, if it has one), renamed into place
+    /// for the batch's directory fsyncs.
+    Batched(Option<TempFile>),
+}
+
 impl Files {
     /// A temp file for a copy from the partner: unnamed until placed (see
     /// [`crate::store::Store::unnamed_temp_file`]).
@@ -12,10 +22,11 @@ impl Files {
     }
 
     /// Installs files copied from the primary, as one batch: every temp file
-    /// (checkpoints, content, metadata) is made durable in one step, then each
-    /// file's new checkpoints, content and metadata (which names them) are
-    /// renamed into place, then the directories are fsynced once each. A crash
-    /// at any point leaves each file whole at its old or its new version.
+    /// (checkpoints, content given its metadata) is made durable in one
+    /// step, then each file's new checkpoints and content (whose metadata
+    /// names them) are renamed into place, then the directories are fsynced
+    /// once each. A crash at any point leaves each file whole at its old or
+    /// its new version.
     /// Returns one result per file, in order.
     pub fn install_batch(&self, copies: Vec<Copied>) -> Vec<Result<(), WireError>> {
         // A job's file or two, small and without new checkpoints: one
@@ -28,22 +39,21 @@ impl Files {
         if logged {
             return copies
                 .into_iter()
-                .map(|copy| self.place_copy(copy, None, &mut Placements::default()))
+                .map(|copy| self.place_copy(copy, Route::Logged, &mut Placements::default()))
                 .collect();
         }
-        let mut staged: Vec<Result<(Copied, TempFile), WireError>> = copies
+        let mut staged: Vec<Result<(Copied, Option<TempFile>), WireError>> = copies
             .into_iter()
-            .map(|copy| {
-                let meta = self.store.write_meta_into(
-                    self.store.unnamed_temp_file()?,
-                    &copy.file,
-                    &copy.meta,
-                )?;
-                Ok((copy, meta))
+            .map(|mut copy| {
+                let separate = self
+                    .store
+                    .attach_meta(&mut copy.content, &copy.file, &copy.meta)?;
+                Ok((copy, separate))
             })
             .collect();
-        let temps = staged.iter().flatten().flat_map(|(copy, meta)| {
-            std::iter::once(meta)
+        let temps = staged.iter().flatten().flat_map(|(copy, separate)| {
+            separate
+                .iter()
                 .chain(std::iter::once(&copy.content))
                 .chain(copy.checkpoints.iter().map(|(_, temp)| temp))
         });
@@ -55,8 +65,8 @@ impl Files {
         let mut results: Vec<Result<(), WireError>> = staged
             .drain(..)
             .map(|staged| {
-                let (copy, meta) = staged?;
-                self.place_copy(copy, Some(meta), &mut dirs)
+                let (copy, separate) = staged?;
+                self.place_copy(copy, Route::Batched(separate), &mut dirs)
             })
             .collect();
         if let Err(e) = self.store.sync_dirs(&dirs) {
@@ -69,13 +79,11 @@ impl Files {
     }
 
     /// Puts one copy in place, unless the local file is as new or holds
-    /// changes the copy lacks: with `meta_temp` (made durable by the batch),
-    /// renamed into place for the batch's directory fsyncs; without, through
-    /// the write-ahead log.
+    /// changes the copy lacks, by `route`.
     pub(super) fn place_copy(
         &self,
         copy: Copied,
-        meta_temp: Option<TempFile>,
+        route: Route,
         dirs: &mut Placements,
     ) -> Result<(), WireError> {
         let Copied {
@@ -99,12 +107,9 @@ impl Files {
                     store.remove_checkpoint(&file, stale)?;
                 }
             }
-            match meta_temp {
-                Some(meta_temp) => {
-                    store.place(content, &file, Placed::Content, dirs)?;
-                    store.place(meta_temp, &file, Placed::Meta, dirs)
-                }
-                None => store.install_logged(&file, content, meta),
+            match route {
+                Route::Batched(separate) => store.place_with_meta(content, separate, &file, dirs),
+                Route::Logged => store.install_logged(&file, content, meta),
             }
         })
     }

@@ -24,6 +24,9 @@ pub struct TempFile {
     pub(super) early_writeback: bool,
     /// A spare inode reused: even empty, its truncation must be made durable.
     pub(super) recycled: bool,
+    /// Given metadata as an attribute (see [`super::attrs`]): even empty,
+    /// its inode must be made durable.
+    pub(super) has_attr: bool,
 }
 
 /// A transfer starts the disk writing every this many bytes, so the disk
@@ -51,11 +54,21 @@ impl TempFile {
         self.written == 0
     }
 
+    /// Sets or removes (`None`) the metadata attribute.
+    pub(super) fn set_attr(&mut self, bytes: Option<&[u8]>) -> io::Result<()> {
+        super::attrs::set_attr(self.file.as_ref().expect("open until installed"), bytes)?;
+        self.has_attr = bytes.is_some();
+        Ok(())
+    }
+
+    /// Makes the content durable; and the inode, if it carries an attribute
+    /// (an fdatasync would not write an inode whose size did not change).
     pub(super) fn sync_data(&self) -> io::Result<()> {
-        self.file
-            .as_ref()
-            .expect("open until installed")
-            .sync_data()
+        let file = self.file.as_ref().expect("open until installed");
+        match self.has_attr {
+            true => file.sync_all(),
+            false => file.sync_data(),
+        }
     }
 
     /// What was written, read back from the file.
@@ -363,7 +376,7 @@ impl Store {
         // directory it is renamed into makes it durable.
         let temps: Vec<&TempFile> = temps
             .into_iter()
-            .filter(|t| t.written > 0 || t.recycled)
+            .filter(|t| t.written > 0 || t.recycled || t.has_attr)
             .collect();
         if temps.len() < SYNCFS_FROM {
             for temp in temps {

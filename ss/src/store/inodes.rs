@@ -77,10 +77,16 @@ impl Store {
         let displaced =
             std::mem::take(&mut *self.displaced.lock().unwrap_or_else(|p| p.into_inner()));
         for path in displaced {
+            // A spare loses its metadata attribute too: no inode carries one
+            // but as its own file's (see `attrs`).
             let emptied = fs::OpenOptions::new()
                 .write(true)
                 .truncate(true)
-                .open(&path);
+                .open(&path)
+                .and_then(|file| match self.attrs {
+                    true => attrs::set_attr(&file, None),
+                    false => Ok(()),
+                });
             let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
             if emptied.is_ok() && spares.len() < MAX_SPARES {
                 spares.push(path);
@@ -241,6 +247,7 @@ impl Store {
             flushing_from: 0,
             early_writeback: self.fsync,
             recycled,
+            has_attr: false,
         }
     }
 }

@@ -1,8 +1,11 @@
 //! The on-disk layout of a storage server, and the only code that writes it.
 //!
 //! ```text
-//! <storage>/files/<path>   the content
-//! <storage>/meta/<path>    owner, access list and stats (MessagePack)
+//! <storage>/files/<path>   the content, with owner, access list and stats in
+//!                          its extended attribute `user.meta` (see [`attrs`])
+//! <storage>/meta/<path>    the same (MessagePack) when a change of metadata
+//!                          alone came after the content's, or the metadata is
+//!                          too large for an attribute (see [`attrs`])
 //! <storage>/undo/<path>    the content before the last change (one level)
 //! <storage>/checkpoints/<path>/<tag>   named snapshots of the content
 //! <storage>/tombstones/<path>          deleted files not yet purged (version, time)
@@ -23,6 +26,7 @@
 //! joined under the storage folder, so nothing is ever written outside it.
 
 mod atomic;
+mod attrs;
 mod inodes;
 mod redo;
 mod scan;
@@ -30,7 +34,7 @@ mod tombstones;
 
 use atomic::{exchange, syncfs, Durable};
 pub use atomic::{Placed, Placements, TempFile};
-pub use scan::Found;
+pub use scan::{current_meta, Found};
 
 use crate::wal::{Wal, WalRecord, MAX_LOGGED_BYTES};
 use shared::names::validate_path;
@@ -71,6 +75,9 @@ pub struct Store {
     wal: Option<Wal>,
     /// This folder's identity (see [`Store::id`]).
     id: u64,
+    /// Whether the file system keeps extended attributes: if not, every
+    /// file's metadata is in `meta/` (see [`attrs`]).
+    attrs: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +171,7 @@ impl Store {
             readers: Arc::default(),
             wal: None,
             id: 0,
+            attrs: attrs::supported(&root.join(TMP))?,
         };
         store.id = store.load_or_create_id()?;
         if fsync {
@@ -181,6 +189,7 @@ impl Store {
             store.wal = Some(wal);
             store.barrier()?;
         }
+        store.remove_left_over_metadata()?;
         Ok(store)
     }
 
@@ -288,13 +297,63 @@ impl Store {
         self.write_atomically(&self.path_in(META, file)?, &bytes, true, durable)
     }
 
+    /// `file`'s current metadata, from its content's attribute or `meta/`
+    /// (see [`attrs`]).
     pub fn read_meta(&self, file: &str) -> Result<FileMeta, StoreError> {
-        decode_meta(file, &fs::read(self.path_in(META, file)?)?)
+        self.find(file)?
+            .map(|found| found.meta)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound).into())
     }
 
-    /// Creates an empty file and its metadata. With the log: logged, then
-    /// written without fsyncs. Without: both temp files are made durable,
-    /// renamed, and their directories fsynced.
+    /// As on a file system without extended attributes: every file's
+    /// metadata in `meta/`.
+    #[cfg(test)]
+    pub(crate) fn keeping_meta_apart(mut self) -> Self {
+        self.attrs = false;
+        self
+    }
+
+    /// Gives a content temp file `file`'s metadata: as its attribute; or,
+    /// when the metadata is too large for one or the file system keeps
+    /// none, as a separate metadata temp file, returned to be made durable
+    /// with it and placed beside it (the content's attribute then removed:
+    /// a reused inode must not keep one). See [`attrs`].
+    pub fn attach_meta(
+        &self,
+        content: &mut TempFile,
+        file: &str,
+        meta: &FileMeta,
+    ) -> Result<Option<TempFile>, StoreError> {
+        if self.attrs {
+            let bytes = attrs::encode_attr(file, meta)?;
+            if bytes.len() <= attrs::MAX_ATTR_BYTES {
+                content.set_attr(Some(&bytes))?;
+                return Ok(None);
+            }
+            content.set_attr(None)?;
+        }
+        Ok(Some(self.meta_temp(file, meta)?))
+    }
+
+    /// Places a content temp file given its metadata by
+    /// [`Store::attach_meta`], and its separate metadata temp if it has one.
+    pub fn place_with_meta(
+        &self,
+        content: TempFile,
+        separate: Option<TempFile>,
+        file: &str,
+        placements: &mut Placements,
+    ) -> Result<(), StoreError> {
+        self.place(content, file, Placed::Content, placements)?;
+        match separate {
+            Some(separate) => self.place(separate, file, Placed::Meta, placements),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates an empty file with its metadata. With the log: logged, then
+    /// written without fsyncs. Without: the temp file is made durable,
+    /// renamed, and its directory fsynced.
     pub fn create(&self, file: &str, meta: &FileMeta) -> Result<(), StoreError> {
         self.create_announcing(file, meta, &mut || {})
     }
@@ -344,32 +403,29 @@ impl Store {
         meta: &FileMeta,
         durable: Durable,
     ) -> Result<(), StoreError> {
-        // Made durable by the log: unnamed temps, linked straight to their names.
-        let (content, meta_temp) = match durable {
-            Durable::Later => (
-                self.unnamed_temp_file()?,
-                self.write_meta_into(self.unnamed_temp_file()?, file, meta)?,
-            ),
-            Durable::Now => (self.temp_file()?, self.meta_temp(file, meta)?),
+        // Made durable by the log: an unnamed temp, linked straight to its name.
+        let mut content = match durable {
+            Durable::Later => self.unnamed_temp_file()?,
+            Durable::Now => self.temp_file()?,
         };
+        let separate = self.attach_meta(&mut content, file, meta)?;
         if durable == Durable::Now {
-            self.sync_temps_now([&meta_temp, &content])?;
+            self.sync_temps_now(separate.iter().chain([&content]))?;
         }
         let mut dirs = Placements::default();
-        self.place(content, file, Placed::Content, &mut dirs)?;
-        self.place(meta_temp, file, Placed::Meta, &mut dirs)?;
+        self.place_with_meta(content, separate, file, &mut dirs)?;
         if durable == Durable::Now {
             self.sync_dirs(&dirs)?;
         }
         Ok(())
     }
 
-    /// Replaces the content, keeping the previous one for UNDO, then the
-    /// metadata. With the log (and a document under [`MAX_LOGGED_BYTES`]):
+    /// Replaces the content and its metadata, keeping the previous content
+    /// for UNDO. With the log (and a document under [`MAX_LOGGED_BYTES`]):
     /// the new and previous contents and the metadata are logged, then
-    /// written without fsyncs. Without: the new content and metadata are
-    /// made durable first; then the undo link, the content and the metadata
-    /// change names in that order, and the three directories are fsynced.
+    /// written without fsyncs. Without: the new content is made durable
+    /// first; then the undo link and the content change names in that
+    /// order, and the directories are fsynced.
     pub fn commit(&self, file: &str, content: &[u8], meta: &FileMeta) -> Result<(), StoreError> {
         self.commit_announcing(file, content, meta, &mut || {})
     }
@@ -419,9 +475,9 @@ impl Store {
         let undo = self.path_in(UNDO, file)?;
         let mut content_temp = self.temp_file()?;
         content_temp.write_all(content)?;
-        let meta_temp = self.meta_temp(file, meta)?;
+        let separate = self.attach_meta(&mut content_temp, file, meta)?;
         if durable == Durable::Now {
-            self.sync_temps_now([&meta_temp, &content_temp])?;
+            self.sync_temps_now(separate.iter().chain([&content_temp]))?;
         }
         self.ensure_parent(&undo)?;
         // The undo level before this one is no longer needed: its inode
@@ -435,8 +491,7 @@ impl Store {
         // A hard link keeps the old content without copying it.
         fs::hard_link(&current, &undo)?;
         let mut dirs = Placements::default();
-        self.place(content_temp, file, Placed::Content, &mut dirs)?;
-        self.place(meta_temp, file, Placed::Meta, &mut dirs)?;
+        self.place_with_meta(content_temp, separate, file, &mut dirs)?;
         dirs.named_in(&undo);
         if durable == Durable::Now {
             self.sync_dirs(&dirs)?;
@@ -455,7 +510,7 @@ impl Store {
     pub fn install_logged(
         &self,
         file: &str,
-        content: TempFile,
+        mut content: TempFile,
         meta: &FileMeta,
     ) -> Result<(), StoreError> {
         let wal = self
@@ -468,8 +523,10 @@ impl Store {
             meta: meta.clone(),
         })?;
         let applied = self
-            .place(content, file, Placed::Content, &mut Placements::default())
-            .and_then(|()| self.write_meta_files(file, meta, Durable::Later));
+            .attach_meta(&mut content, file, meta)
+            .and_then(|separate| {
+                self.place_with_meta(content, separate, file, &mut Placements::default())
+            });
         applied_or_abort(file, applied);
         drop(logged);
         self.checkpoint_if_due()
@@ -515,11 +572,11 @@ impl Store {
                 // as for every logged change.
                 let mut temp = self.temp_file()?;
                 temp.write_all(content)?;
+                let separate = self.attach_meta(&mut temp, file, meta)?;
                 let logged = written.durable()?;
                 durable();
-                let applied = self
-                    .place(temp, file, Placed::Content, &mut Placements::default())
-                    .and_then(|()| self.write_meta_files(file, meta, Durable::Later));
+                let applied =
+                    self.place_with_meta(temp, separate, file, &mut Placements::default());
                 applied_or_abort(file, applied);
                 drop(logged);
                 self.checkpoint_if_due()
@@ -533,10 +590,11 @@ impl Store {
                 }
                 let mut temp = self.temp_file()?;
                 temp.write_all(content)?;
-                let meta_temp = self.meta_temp(file, meta)?;
+                let separate = self.attach_meta(&mut temp, file, meta)?;
                 self.sync_temps(
-                    [&meta_temp, &temp]
-                        .into_iter()
+                    separate
+                        .iter()
+                        .chain([&temp])
                         .chain(saved.iter().map(|(_, t)| t)),
                 )?;
                 // The checkpoints' names are durable before the metadata
@@ -547,8 +605,7 @@ impl Store {
                 }
                 self.sync_dirs(&checkpoint_dirs)?;
                 let mut dirs = Placements::default();
-                self.place(temp, file, Placed::Content, &mut dirs)?;
-                self.place(meta_temp, file, Placed::Meta, &mut dirs)?;
+                self.place_with_meta(temp, separate, file, &mut dirs)?;
                 self.sync_dirs(&dirs)?;
                 durable();
                 Ok(())
@@ -572,7 +629,9 @@ impl Store {
         Ok(self.path_in(UNDO, file)?.exists())
     }
 
-    /// Puts the previous content back; the undo level is used up.
+    /// Puts the previous content back; the undo level is used up. Its
+    /// inode keeps the attribute of the version it was (see [`attrs`]):
+    /// the new metadata goes to `meta/`.
     pub fn undo(&self, file: &str, meta: &FileMeta) -> Result<(), StoreError> {
         self.barrier()?;
         let current = self.content_path(file)?;
@@ -581,7 +640,9 @@ impl Store {
         self.write_meta(file, meta)
     }
 
-    /// Removes a file's content, metadata, undo level and checkpoints.
+    /// Removes a file's metadata, content, undo level and checkpoints, in
+    /// that order: a crash between leaves content with an older attribute,
+    /// which the tombstone written before (at a newer stamp) removes at start-up.
     pub fn delete(&self, file: &str) -> Result<(), StoreError> {
         self.barrier()?;
         for area in [META, FILES, UNDO] {
@@ -630,27 +691,62 @@ impl Store {
         Ok(fs::read(self.checkpoint_path(file, tag)?)?)
     }
 
-    /// Renames a file and everything kept with it. The content is linked under
-    /// the new name first and the metadata moved next, so a crash in between
-    /// leaves the file whole under one of its names (and at worst an orphan
-    /// content file, which the inventory ignores).
+    /// Renames a file and everything kept with it, each step durable before
+    /// the next: the metadata under the new name (alone, an orphan the next
+    /// open removes), the content linked there (a hard link: a rename on
+    /// this journal-less ext4 could be half written, leaving neither name),
+    /// then the old names removed. A crash leaves the file whole under one
+    /// name or both, never neither.
     pub fn rename(&self, file: &str, to: &str, meta: &FileMeta) -> Result<(), StoreError> {
         self.barrier()?;
         let (from_content, to_content) = (self.content_path(file)?, self.content_path(to)?);
-        self.ensure_parent(&to_content)?;
-        fs::hard_link(&from_content, &to_content)?;
-        self.sync_parent(&to_content)?;
         self.write_meta(to, meta)?;
+        let linked = self
+            .ensure_parent(&to_content)
+            .and_then(|()| fs::hard_link(&from_content, &to_content));
+        if let Err(e) = linked {
+            // Not left to name whatever content may appear there later.
+            remove_if_present(&self.path_in(META, to)?)?;
+            return Err(e.into());
+        }
+        self.sync_parent(&to_content)?;
         let old_meta = self.path_in(META, file)?;
-        fs::remove_file(&old_meta)?;
+        remove_if_present(&old_meta)?;
         self.sync_parent(&old_meta)?;
         fs::remove_file(&from_content)?;
+        self.sync_parent(&from_content)?;
         for area in [UNDO, CHECKPOINTS] {
             let (from, target) = (self.path_in(area, file)?, self.path_in(area, to)?);
             if from.exists() {
                 self.ensure_parent(&target)?;
                 fs::rename(&from, &target)?;
                 self.sync_parent(&target)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes from `meta/` what no file's current metadata is (see
+    /// [`attrs`]): metadata older than its content's attribute, left by a
+    /// change of content after a change of metadata alone, and metadata
+    /// without content, left by a crash in a MOVE. Runs at open, before
+    /// anything is served: nothing else touches `meta/` meanwhile.
+    fn remove_left_over_metadata(&self) -> Result<(), StoreError> {
+        for name in scan::walk(&self.root.join(META))? {
+            let separate = self.path_in(META, &name)?;
+            let left_over = match attrs::read_attr(&self.content_path(&name)?) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+                Err(e) => return Err(e.into()),
+                Ok(None) => false,
+                Ok(Some(attr)) => {
+                    let attr = decode_meta(&name, &attr)?;
+                    let bytes = fs::read(&separate)?;
+                    attrs::is_stale(&decode_meta(&name, &bytes)?, Some(&attr))
+                }
+            };
+            if left_over {
+                tracing::debug!(event = "ss_meta_left_over", file = %name, "removed metadata no longer current");
+                remove_if_present(&separate)?;
             }
         }
         Ok(())
@@ -708,6 +804,8 @@ fn encode<T: serde::Serialize>(file: &str, value: &T) -> Result<Vec<u8>, StoreEr
     })
 }
 
+/// Metadata as `meta/` holds it (fields named) or an attribute does
+/// (positional, see [`attrs::encode_attr`]): MessagePack decodes either.
 fn decode_meta(file: &str, bytes: &[u8]) -> Result<FileMeta, StoreError> {
     rmp_serde::from_slice(bytes).map_err(|e| StoreError::Meta {
         file: file.to_owned(),
@@ -1057,9 +1155,10 @@ mod tests {
             store.create("d/a", &meta(1)).unwrap();
             store.commit("d/a", b"First.", &meta(2)).unwrap();
             store.commit("d/a", b"Second.", &meta(3)).unwrap();
-            // A crash before the writes reached the disk: torn or missing files.
+            // A crash before the writes reached the disk: torn or missing
+            // files, an inode without its attribute.
+            fs::remove_file(dir.path().join("files/d/a")).unwrap();
             fs::write(dir.path().join("files/d/a"), b"\0\0\0").unwrap();
-            fs::remove_file(dir.path().join("meta/d/a")).unwrap();
             fs::remove_file(dir.path().join("undo/d/a")).unwrap();
             assert!(fs::metadata(dir.path().join(WAL)).unwrap().len() > 0);
         }
@@ -1077,6 +1176,140 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path(), true).unwrap();
         assert!(store.inventory().unwrap().is_empty());
+    }
+
+    fn kept_apart(root: &Path, file: &str) -> bool {
+        root.join(META).join(file).exists()
+    }
+
+    fn has_attr(path: &Path) -> bool {
+        attrs::read_attr(path).unwrap().is_some()
+    }
+
+    #[test]
+    fn metadata_rides_on_the_content_and_goes_apart_for_a_change_of_metadata_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        store.create("d/f", &meta(1)).unwrap();
+        store.commit("d/f", b"One.", &meta(2)).unwrap();
+        assert!(has_attr(&dir.path().join("files/d/f")));
+        assert!(!kept_apart(dir.path(), "d/f"), "one file per document");
+        assert_eq!(store.read_meta("d/f").unwrap(), meta(2));
+
+        let mut granted = meta(3);
+        granted
+            .acl
+            .insert("bob".into(), shared::proto::Access::Read);
+        store.write_meta("d/f", &granted).unwrap();
+        assert!(kept_apart(dir.path(), "d/f"));
+        assert_eq!(store.read_meta("d/f").unwrap(), granted);
+
+        // The next change of content carries the metadata again; what is
+        // apart is left over, never current, and gone at the next open.
+        store.commit("d/f", b"Two.", &meta(4)).unwrap();
+        assert_eq!(store.read_meta("d/f").unwrap(), meta(4));
+        drop(store);
+        let store = Store::open(dir.path(), true).unwrap();
+        assert!(!kept_apart(dir.path(), "d/f"));
+        assert_eq!(
+            store.inventory().unwrap(),
+            vec![("d/f".to_owned(), meta(4))]
+        );
+    }
+
+    #[test]
+    fn an_undo_puts_back_content_under_metadata_newer_than_its_attribute() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        store.create("f", &meta(1)).unwrap();
+        store.commit("f", b"One.", &meta(2)).unwrap();
+        store.commit("f", b"Two.", &meta(3)).unwrap();
+        store.undo("f", &meta(4)).unwrap();
+        assert_eq!(store.read_content("f").unwrap(), b"One.");
+        assert_eq!(store.read_meta("f").unwrap(), meta(4));
+        drop(store);
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(store.read_meta("f").unwrap(), meta(4));
+    }
+
+    #[test]
+    fn a_spare_inode_loses_its_attribute_before_it_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        store.create("f", &meta(1)).unwrap();
+        for version in 2..5 {
+            store.commit("f", b"Text.", &meta(version)).unwrap();
+        }
+        store.empty_displaced_spares();
+        let spares = store.spares.lock().unwrap().clone();
+        assert!(!spares.is_empty(), "replaced contents became spares");
+        for spare in spares {
+            assert!(!has_attr(&spare), "{} kept an attribute", spare.display());
+        }
+    }
+
+    #[test]
+    fn a_move_keeps_the_metadata_and_one_cut_short_leaves_no_orphan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        store.create("a", &meta(1)).unwrap();
+        store.commit("a", b"Moved.", &meta(2)).unwrap();
+        store.rename("a", "b/c", &meta(3)).unwrap();
+        assert_eq!(
+            store.inventory().unwrap(),
+            vec![("b/c".to_owned(), meta(3))]
+        );
+        assert!(!dir.path().join("files/a").exists() && !kept_apart(dir.path(), "a"));
+        // A crash after a MOVE wrote the new name's metadata, before it
+        // linked the content: the metadata alone is removed at open.
+        store.write_meta("x", &meta(9)).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), true).unwrap();
+        assert!(!kept_apart(dir.path(), "x"));
+        assert_eq!(
+            store.inventory().unwrap(),
+            vec![("b/c".to_owned(), meta(3))]
+        );
+        store.create("x", &meta(1)).unwrap();
+        assert_eq!(
+            store.read_meta("x").unwrap(),
+            meta(1),
+            "nothing old shows through"
+        );
+    }
+
+    #[test]
+    fn metadata_too_large_for_an_attribute_or_a_file_system_without_them_keeps_it_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        let mut large = meta(2);
+        for user in 0..300 {
+            large
+                .acl
+                .insert(format!("user{user}"), shared::proto::Access::Write);
+        }
+        store.create("f", &meta(1)).unwrap();
+        store.commit("f", b"One.", &large).unwrap();
+        assert!(kept_apart(dir.path(), "f"));
+        assert!(
+            !has_attr(&dir.path().join("files/f")),
+            "no older attribute left to compare"
+        );
+        assert_eq!(store.read_meta("f").unwrap(), large);
+        drop(store);
+
+        // A folder written without attributes (or before them) reads the
+        // same, and a store that has them carries on from it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap().keeping_meta_apart();
+        store.create("f", &meta(1)).unwrap();
+        store.commit("f", b"One.", &meta(2)).unwrap();
+        assert!(!has_attr(&dir.path().join("files/f")));
+        drop(store);
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(store.inventory().unwrap(), vec![("f".to_owned(), meta(2))]);
+        store.commit("f", b"Two.", &meta(3)).unwrap();
+        assert_eq!(store.read_meta("f").unwrap(), meta(3));
     }
 
     #[test]

@@ -18,17 +18,27 @@ impl Store {
                 meta,
             } => {
                 self.write_atomically(&self.path_in(UNDO, file)?, previous, false, Durable::Later)?;
-                self.write_atomically(&self.content_path(file)?, content, false, Durable::Later)?;
-                self.write_meta_files(file, meta, Durable::Later)
+                self.rewrite_content(file, content, meta)
             }
             WalRecord::Install {
                 file,
                 content,
                 meta,
-            } => {
-                self.write_atomically(&self.content_path(file)?, content, false, Durable::Later)?;
-                self.write_meta_files(file, meta, Durable::Later)
-            }
+            } => self.rewrite_content(file, content, meta),
         }
+    }
+
+    /// Writes `file`'s content with its metadata, without fsyncs (the log
+    /// holds them).
+    fn rewrite_content(
+        &self,
+        file: &str,
+        content: &[u8],
+        meta: &FileMeta,
+    ) -> Result<(), StoreError> {
+        let mut temp = self.temp_file()?;
+        temp.write_all(content)?;
+        let separate = self.attach_meta(&mut temp, file, meta)?;
+        self.place_with_meta(temp, separate, file, &mut Placements::default())
     }
 }

@@ -1,12 +1,14 @@
-//! The scan: what the folder holds (files and their metadata), read at
-//! start-up and for inventories, with the content-newer-than-metadata check
-//! that finds a change a crash interrupted.
+//! The scan: what the folder holds (files and their current metadata, see
+//! [`super::attrs`]), read at start-up and for inventories, with the
+//! content-newer-than-metadata check that finds a change a crash
+//! interrupted where the metadata is kept apart.
 
 use super::*;
+use std::collections::HashSet;
 
 impl Store {
-    /// Every file with its metadata, found by walking `meta/`. A file whose
-    /// content is missing is skipped with a warning.
+    /// Every file with its metadata, found by walking `files/`. A content
+    /// without metadata is skipped with a warning.
     pub fn inventory(&self) -> Result<Vec<(String, FileMeta)>, StoreError> {
         Ok(self
             .scan()?
@@ -16,11 +18,13 @@ impl Store {
     }
 
     /// Every file with its metadata and whether its content is newer than
-    /// the metadata (a change a crash cut in between), sorted by name. One
-    /// stat of the content and one open of the metadata per file, spread
-    /// over the machine's cores: this is most of a server's start-up.
+    /// metadata kept apart (a change a crash cut in between), sorted by
+    /// name. One read of the content's attribute per file (and of `meta/`
+    /// for the few that have metadata there), spread over the machine's
+    /// cores: this is most of a server's start-up.
     pub fn scan(&self) -> Result<Vec<Found>, StoreError> {
-        let names = walk(&self.root.join(META))?;
+        let names = walk(&self.root.join(FILES))?;
+        let apart: HashSet<String> = walk(&self.root.join(META))?.into_iter().collect();
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, 8);
@@ -28,7 +32,7 @@ impl Store {
         let mut found = std::thread::scope(|scope| {
             let workers: Vec<_> = names
                 .chunks(per_thread)
-                .map(|chunk| scope.spawn(move || self.scan_some(chunk)))
+                .map(|chunk| scope.spawn(|| self.scan_some(chunk, &apart)))
                 .collect();
             let mut found = Vec::with_capacity(names.len());
             for worker in workers {
@@ -40,13 +44,17 @@ impl Store {
         Ok(found)
     }
 
-    pub(super) fn scan_some(&self, names: &[String]) -> Result<Vec<Found>, StoreError> {
+    fn scan_some(
+        &self,
+        names: &[String],
+        apart: &HashSet<String>,
+    ) -> Result<Vec<Found>, StoreError> {
         let mut found = Vec::with_capacity(names.len());
         for name in names {
-            match self.find(name)? {
+            match self.find_knowing(name, apart.contains(name))? {
                 Some(file) => found.push(file),
                 None => {
-                    tracing::warn!(event = "ss_inventory_orphan_meta", file = %name, "metadata without content; skipped")
+                    tracing::warn!(event = "ss_inventory_orphan_content", file = %name, "content without metadata; skipped")
                 }
             }
         }
@@ -54,30 +62,61 @@ impl Store {
     }
 
     /// One file as [`Store::scan`] would find it; `None` if its content or
-    /// its metadata is missing. Reads do not update access times
-    /// (`O_NOATIME`): a scan of a million files would otherwise dirty a
-    /// million inodes for the next `syncfs` to write.
+    /// its metadata is missing.
     pub fn find(&self, name: &str) -> Result<Option<Found>, StoreError> {
-        let content_modified = match fs::metadata(self.content_path(name)?) {
-            Ok(m) => m.modified()?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let mut meta_file = match open_without_atime(&self.path_in(META, name)?) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let stat = meta_file.metadata()?;
-        let mut bytes = Vec::with_capacity(stat.len() as usize + 1);
-        io::Read::read_to_end(&mut meta_file, &mut bytes)?;
-        let meta = decode_meta(name, &bytes)?;
-        Ok(Some(Found {
-            file: name.to_owned(),
-            meta,
-            content_newer: content_modified > stat.modified()?,
-        }))
+        self.find_knowing(name, true)
     }
+
+    /// [`Store::find`], looking in `meta/` only if `maybe_apart`.
+    fn find_knowing(&self, name: &str, maybe_apart: bool) -> Result<Option<Found>, StoreError> {
+        validate_path(name)?;
+        find_in(&self.root, name, maybe_apart)
+    }
+}
+
+/// `file`'s current metadata in the storage folder `root`, read without
+/// changing anything (for tests and tools that inspect a folder a server
+/// may be using); `None` if it has no content or no metadata.
+pub fn current_meta(root: &Path, file: &str) -> Result<Option<FileMeta>, StoreError> {
+    validate_path(file)?;
+    Ok(find_in(root, file, true)?.map(|found| found.meta))
+}
+
+/// Reads do not update access times (`O_NOATIME`): a scan of a million
+/// files would otherwise dirty a million inodes for the next `syncfs` to
+/// write. `name` is validated.
+fn find_in(root: &Path, name: &str, maybe_apart: bool) -> Result<Option<Found>, StoreError> {
+    let content = root.join(FILES).join(name);
+    let attr = match attrs::read_attr(&content) {
+        Ok(attr) => attr.map(|bytes| decode_meta(name, &bytes)).transpose()?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let apart = match maybe_apart {
+        true => match open_without_atime(&root.join(META).join(name)) {
+            Ok(mut meta_file) => {
+                let stat = meta_file.metadata()?;
+                let mut bytes = Vec::with_capacity(stat.len() as usize + 1);
+                io::Read::read_to_end(&mut meta_file, &mut bytes)?;
+                Some((decode_meta(name, &bytes)?, stat.modified()?))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        },
+        false => None,
+    };
+    // Content and metadata apart can be cut by a crash (content renamed
+    // into place, metadata not yet): only then can content be newer.
+    let content_newer = match (&attr, &apart) {
+        (None, Some((_, meta_modified))) => fs::metadata(&content)?.modified()? > *meta_modified,
+        _ => false,
+    };
+    let meta = attrs::current(attr, apart.map(|(meta, _)| meta));
+    Ok(meta.map(|meta| Found {
+        file: name.to_owned(),
+        meta,
+        content_newer,
+    }))
 }
 
 /// One file found by [`Store::scan`].
