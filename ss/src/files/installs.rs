@@ -181,14 +181,14 @@ impl Files {
         install: impl FnOnce(&Store, &FileMeta, &FileMeta) -> Result<(), StoreError>,
     ) -> Result<(), WireError> {
         shared::names::validate_path(file)?;
-        let entry = {
+        let (entry, new) = {
             let mut map = self.lock_map();
             match self.find(&mut map, file)? {
-                Some(entry) => entry,
+                Some(entry) => (entry, false),
                 None => {
                     let entry = new_entry(meta.clone());
                     map.entries.insert(file.to_owned(), entry.clone());
-                    entry
+                    (entry, true)
                 }
             }
         };
@@ -198,7 +198,9 @@ impl Files {
         // overtaken by a delete, changes nothing.
         let incoming = meta.stats.stamp();
         let deleted_at = self.store.tombstone(file)?.map_or((0, 0), |t| t.stamp());
-        let existed = self.store.content_path(file)?.exists();
+        // A file not found here has no content here (the map holds every
+        // file, or while it loads `find` looks on disk).
+        let existed = !new && self.store.content_path(file)?.exists();
         // A local version from an older epoch that the incoming one does not
         // descend from holds acknowledged changes the other side never saw:
         // it is not overwritten here; the pair's sync keeps it as a conflict copy.

@@ -41,7 +41,7 @@ use shared::names::validate_path;
 use shared::proto::{FileMeta, Tombstone};
 use shared::WireError;
 use std::collections::BTreeSet;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -78,6 +78,8 @@ pub struct Store {
     /// Whether the file system keeps extended attributes: if not, every
     /// file's metadata is in `meta/` (see [`attrs`]).
     attrs: bool,
+    /// The names that may have a tombstone (see [`Store::tombstone`]).
+    tombstoned: Mutex<HashSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +174,7 @@ impl Store {
             wal: None,
             id: 0,
             attrs: attrs::supported(&root.join(TMP))?,
+            tombstoned: Mutex::new(Store::tombstone_names(root)?),
         };
         store.id = store.load_or_create_id()?;
         if fsync {

@@ -4,7 +4,6 @@
 //! interrupted where the metadata is kept apart.
 
 use super::*;
-use std::collections::HashSet;
 
 impl Store {
     /// Every file with its metadata, found by walking `files/`. A content
