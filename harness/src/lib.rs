@@ -652,12 +652,56 @@ pub fn writers_by_epoch(dir: &Path, servers: &[&str]) -> BTreeMap<u64, BTreeSet<
     epochs
 }
 
-/// A file's current metadata in a storage folder (on its content's inode,
-/// or in `meta/`: the storage server's format, read by its own code).
+/// A file's current metadata in a storage folder, read here from the
+/// storage server's on-disk format rather than through its code (the
+/// harness checks the servers, so it shares none of their code): the
+/// content's extended attribute `user.meta`, unless `meta/<path>` has a
+/// stamp (epoch, version) at least as high. `Err` says what is wrong.
+pub fn current_meta(storage: &Path, file: &str) -> Result<FileMeta, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let content = storage.join("files").join(file);
+    let path = std::ffi::CString::new(content.as_os_str().as_bytes()).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    // SAFETY: both strings are NUL-terminated and `buf` has `buf.len()`
+    // writable bytes; all outlive the call.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"user.meta".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let attr = match n {
+        n if n >= 0 => Some(
+            shared::connection::decode::<FileMeta>(&buf[..n as usize])
+                .map_err(|e| format!("{file}: its attribute does not decode: {e}"))?,
+        ),
+        _ => match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::ENODATA) => None,
+            _ => return Err(format!("{file}: {}", std::io::Error::last_os_error())),
+        },
+    };
+    let apart = match std::fs::read(storage.join("meta").join(file)) {
+        Ok(bytes) => Some(
+            shared::connection::decode::<FileMeta>(&bytes)
+                .map_err(|e| format!("meta/{file} does not decode: {e}"))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("meta/{file}: {e}")),
+    };
+    let stamp = |m: &FileMeta| (m.stats.epoch, m.stats.version);
+    match (attr, apart) {
+        (Some(attr), Some(apart)) if stamp(&apart) < stamp(&attr) => Ok(attr),
+        (_, Some(apart)) => Ok(apart),
+        (Some(attr), None) => Ok(attr),
+        (None, None) => Err(format!("{file} has no metadata")),
+    }
+}
+
+/// [`current_meta`], which must be there.
 pub fn stored_meta(storage: &Path, file: &str) -> FileMeta {
-    ss::store::current_meta(storage, file)
-        .unwrap_or_else(|e| panic!("metadata of {file} in {}: {e}", storage.display()))
-        .unwrap_or_else(|| panic!("{file} in {} has no metadata", storage.display()))
+    current_meta(storage, file).unwrap_or_else(|e| panic!("in {}: {e}", storage.display()))
 }
 
 /// The first difference between two servers' storage folders, if any.
@@ -679,21 +723,23 @@ pub fn difference(a: &str, ra: &Path, b: &str, rb: &Path) -> Option<String> {
         }
     }
     for name in tree(&ra.join("files")).keys() {
-        // Read while the servers may still be changing it: missing is a difference.
-        let read = |root: &Path| ss::store::current_meta(root, name).ok().flatten();
-        let summary = |m: &Option<FileMeta>| {
-            m.as_ref().map(|m| {
-                (
-                    m.owner.clone(),
-                    m.acl.clone(),
-                    m.stats.version,
-                    m.stats.size,
-                    m.stats.words,
-                    m.checkpoints.clone(),
-                )
-            })
+        // Read while the servers may still be changing it: a file without
+        // readable metadata on either side is a difference.
+        let (x, y) = match (current_meta(ra, name), current_meta(rb, name)) {
+            (Ok(x), Ok(y)) => (x, y),
+            (Err(e), _) => return Some(format!("{a}: {e}")),
+            (_, Err(e)) => return Some(format!("{b}: {e}")),
         };
-        let (x, y) = (read(ra), read(rb));
+        let summary = |m: &FileMeta| {
+            (
+                m.owner.clone(),
+                m.acl.clone(),
+                m.stats.version,
+                m.stats.size,
+                m.stats.words,
+                m.checkpoints.clone(),
+            )
+        };
         if summary(&x) != summary(&y) {
             return Some(format!(
                 "metadata of {name} differs between {a} and {b}: {:?} vs {:?}",

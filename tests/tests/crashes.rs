@@ -1,16 +1,20 @@
 //! Crash consistency: a storage server killed (SIGKILL) at many points of
-//! WRITE commits and of incoming transfers comes back with no torn file, no
+//! WRITE commits, UNDOs, access-list changes and incoming transfers comes back with no torn file, no
 //! leftover temp file, metadata that agrees with the content, and a pair
 //! that converges.
 
 use harness::{stored_meta, tree, Options, TestCluster};
-use shared::proto::{FileMeta, PairState};
+use shared::proto::{Access, FileMeta, NmRequest, PairState};
 use std::path::Path;
 use std::time::Duration;
 
-/// Every file has metadata, and it agrees with its content.
+/// Every file has metadata, and it agrees with its content; no metadata is
+/// left without its content.
 fn assert_consistent(storage: &Path) {
     let files = tree(&storage.join("files"));
+    for name in tree(&storage.join("meta")).keys() {
+        assert!(files.contains_key(name), "meta/{name} without its content");
+    }
     for (name, content) in &files {
         let meta: FileMeta = stored_meta(storage, name);
         let text = String::from_utf8_lossy(content);
@@ -40,6 +44,11 @@ async fn kills_during_commits_and_transfers_leave_consistent_storage() {
     cluster
         .console("alice", "CREATE w.txt\nCREATE big.txt\n")
         .all_ok();
+    // Known to nm, so that access-list changes naming bob are made.
+    cluster.console("bob", "VIEW\n").all_ok();
+    cluster
+        .console("alice", "ADDACCESS -R w.txt bob\nREMACCESS w.txt bob\n")
+        .all_ok();
     let filler = "lorem ipsum dolor ".repeat(20_000);
     for round in 0..12u64 {
         // A writer commits as fast as it can while a large file replicates.
@@ -66,6 +75,25 @@ async fn kills_during_commits_and_transfers_leave_consistent_storage() {
                 if ok.is_err() {
                     client.write_abort().await;
                     return;
+                }
+                // Changes that touch metadata alone, or put back an older
+                // content, between the commits (refusals are fine here).
+                let file = "w.txt".to_owned();
+                let other = match i % 6 {
+                    0 => Some(NmRequest::Undo { file }),
+                    2 => Some(NmRequest::AddAccess {
+                        file,
+                        user: "bob".into(),
+                        access: Access::Read,
+                    }),
+                    4 => Some(NmRequest::RemAccess {
+                        file,
+                        user: "bob".into(),
+                    }),
+                    _ => None,
+                };
+                if let Some(request) = other {
+                    let _ = client.nm(request).await;
                 }
             }
         });

@@ -96,7 +96,9 @@ fn seed(args: &Args) -> Result<()> {
             },
         };
         let separate = store.attach_meta(&mut temp, &name, &meta)?;
-        store.place_with_meta(temp, separate, &name, &mut Default::default())?;
+        let mut placed = Default::default();
+        store.place_with_meta(temp, separate, &name, &mut placed)?;
+        store.sync_dirs(&mut placed)?;
     }
     Ok(())
 }

@@ -69,7 +69,7 @@ impl Files {
                 self.place_copy(copy, Route::Batched(separate), &mut dirs)
             })
             .collect();
-        if let Err(e) = self.store.sync_dirs(&dirs) {
+        if let Err(e) = self.store.sync_dirs(&mut dirs) {
             let e = WireError::from(e);
             for result in results.iter_mut().filter(|r| r.is_ok()) {
                 *result = Err(e.clone());
@@ -101,7 +101,7 @@ impl Files {
             for (tag, temp) in checkpoints {
                 store.place(temp, &file, Placed::Checkpoint(&tag), &mut checkpoint_dirs)?;
             }
-            store.sync_dirs(&checkpoint_dirs)?;
+            store.sync_dirs(&mut checkpoint_dirs)?;
             for stale in local.checkpoints.keys() {
                 if !meta.checkpoints.contains_key(stale) {
                     store.remove_checkpoint(&file, stale)?;

@@ -61,8 +61,8 @@ impl TempFile {
         Ok(())
     }
 
-    /// Makes the content durable; and the inode, if it carries an attribute
-    /// (an fdatasync would not write an inode whose size did not change).
+    /// Makes the content durable; with an fsync if the inode carries an
+    /// attribute (inode metadata, which an fdatasync need not write).
     pub(super) fn sync_data(&self) -> io::Result<()> {
         let file = self.file.as_ref().expect("open until installed");
         match self.has_attr {
@@ -205,6 +205,9 @@ pub(super) enum Durable {
 pub struct Placements {
     dirs: BTreeSet<PathBuf>,
     named_after_sync: bool,
+    /// Inodes the placed files displaced, under temp names, kept from reuse
+    /// until the names are durable (see [`Store::replace`]).
+    displaced: Vec<PathBuf>,
 }
 
 impl Placements {
@@ -219,6 +222,12 @@ impl Placements {
     #[cfg(test)]
     pub(super) fn folders(&self) -> usize {
         self.dirs.len()
+    }
+
+    /// Records an inode displaced some other way (under a temp name), to
+    /// become a spare once the names are durable.
+    pub(super) fn displaced(&mut self, path: PathBuf) {
+        self.displaced.push(path);
     }
 
     /// Records that a name was made in `target`'s folder some other way.
@@ -318,9 +327,12 @@ impl Store {
         if self.fsync && durable == Durable::Now {
             temp.sync_data()?;
         }
-        self.replace(temp, target, recycle)?;
+        let displaced = self.replace(temp, target, recycle)?;
         if durable == Durable::Now {
             self.sync_parent(target)?;
+        }
+        if let Some(displaced) = displaced {
+            self.keep_spare(displaced);
         }
         Ok(())
     }
@@ -408,7 +420,10 @@ impl Store {
         // first name: one directory entry made, none removed.
         placements.named_after_sync |= temp.path.is_none();
         if temp.path.is_some() || !temp.link_if_absent(&target)? {
-            self.replace(temp, &target, !matches!(what, Placed::Checkpoint(_)))?;
+            let recycle = !matches!(what, Placed::Checkpoint(_));
+            if let Some(displaced) = self.replace(temp, &target, recycle)? {
+                placements.displaced.push(displaced);
+            }
         }
         placements.named_in(&target);
         Ok(())
@@ -417,7 +432,40 @@ impl Store {
     /// Makes the names [`Store::place`] gave durable: one fsync per
     /// directory, or, if an unnamed inode was named after its content was
     /// synced, one `syncfs` (which also writes that inode, with its link).
-    pub fn sync_dirs(&self, placements: &Placements) -> Result<(), StoreError> {
+    /// Then the inodes they displaced become spares (dropped instead if the
+    /// sync failed).
+    pub fn sync_dirs(&self, placements: &mut Placements) -> Result<(), StoreError> {
+        let synced = self.sync_placed_dirs(placements);
+        for displaced in placements.displaced.drain(..) {
+            match synced {
+                Ok(()) => self.keep_spare(displaced),
+                Err(_) => {
+                    let _ = fs::remove_file(displaced);
+                }
+            }
+        }
+        synced
+    }
+
+    /// Finishes placing: with `Durable::Now`, [`Store::sync_dirs`]; with
+    /// `Durable::Later` (changes the write-ahead log holds, whose replay
+    /// places them again over whatever a crash left), the inodes they
+    /// displaced become spares at once.
+    pub(super) fn placed(
+        &self,
+        mut placements: Placements,
+        durable: Durable,
+    ) -> Result<(), StoreError> {
+        if durable == Durable::Now {
+            return self.sync_dirs(&mut placements);
+        }
+        for displaced in placements.displaced.drain(..) {
+            self.keep_spare(displaced);
+        }
+        Ok(())
+    }
+
+    fn sync_placed_dirs(&self, placements: &Placements) -> Result<(), StoreError> {
         if !self.fsync {
             return Ok(());
         }

@@ -27,29 +27,40 @@ impl Store {
     ///
     /// With `recycle`, an existing `target` is exchanged with the temp file
     /// (`renameat2(RENAME_EXCHANGE)`) and the inode that held the old
-    /// version, now under the temp name, becomes a spare for the next temp
-    /// file, unless another name still links it (an undo level, a
-    /// checkpoint) or a reader holds it open (see [`OpenContent`]): a READ
-    /// or a transfer must go on seeing the version it opened.
+    /// version, now under the temp name, is returned: once the exchange is
+    /// durable it becomes a spare for the next temp file (see
+    /// [`Store::keep_spare`]). Not before: reused while the old name may
+    /// still point to it on disk, a crash could leave that name on another
+    /// file's content and attribute.
     ///
     /// Why: a rename that replaces a file frees an inode and the next temp
     /// file allocates one; on this machine's ext4 (no journal) the inode
     /// allocator then scans every recently freed inode, which profiled at
     /// over half the CPU of a create-write run (`perf record -a -g`:
     /// `find_inode_bit` → `recently_deleted`).
-    pub(super) fn replace(&self, temp: TempFile, target: &Path, recycle: bool) -> io::Result<()> {
+    pub(super) fn replace(
+        &self,
+        temp: TempFile,
+        target: &Path,
+        recycle: bool,
+    ) -> io::Result<Option<PathBuf>> {
         let path = temp.close(|| self.temp_path())?;
         if recycle && exchange(&path, target).is_ok() {
-            self.keep_spare(path);
-            return Ok(());
+            return Ok(Some(path));
         }
         fs::rename(&path, target).inspect_err(|_| {
             let _ = fs::remove_file(&path);
-        })
+        })?;
+        Ok(None)
     }
 
     /// Keeps a displaced file (already under a temp name) for reuse, or
-    /// drops its name when another name still links its inode.
+    /// drops its name when another name still links its inode (an undo
+    /// level, a checkpoint) or a reader holds it open (see
+    /// [`OpenContent`]): a READ or a transfer must go on seeing the version
+    /// it opened. Only once the change that displaced it is durable, or in
+    /// the write-ahead log (whose replay renames again whatever a crash
+    /// undid).
     pub(super) fn keep_spare(&self, path: PathBuf) {
         use std::os::unix::fs::MetadataExt;
         let readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());

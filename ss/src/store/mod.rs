@@ -34,7 +34,7 @@ mod tombstones;
 
 use atomic::{exchange, syncfs, Durable};
 pub use atomic::{Placed, Placements, TempFile};
-pub use scan::{current_meta, Found};
+pub use scan::Found;
 
 use crate::wal::{Wal, WalRecord, MAX_LOGGED_BYTES};
 use shared::names::validate_path;
@@ -78,7 +78,9 @@ pub struct Store {
     /// Whether the file system keeps extended attributes: if not, every
     /// file's metadata is in `meta/` (see [`attrs`]).
     attrs: bool,
-    /// The names that may have a tombstone (see [`Store::tombstone`]).
+    /// The names that may have a tombstone: a superset of `tombstones/`,
+    /// changed under its lock together with the disk (see
+    /// [`Store::tombstone`]).
     tombstoned: Mutex<HashSet<String>>,
 }
 
@@ -338,8 +340,31 @@ impl Store {
         Ok(Some(self.meta_temp(file, meta)?))
     }
 
+    /// Before a content without an attribute replaces `file`'s, whose
+    /// current metadata only its attribute may hold: that metadata is
+    /// written to `meta/` (durably), so that a crash between the new
+    /// content's rename and its metadata's finds content newer than the
+    /// metadata apart, and repairs it (see `Files::admit`), as when every
+    /// file's metadata was apart. Rare: metadata over [`attrs::MAX_ATTR_BYTES`].
+    fn keep_current_meta_apart(&self, file: &str) -> Result<(), StoreError> {
+        let found = match scan::find_in(&self.root, file, true)? {
+            Some(found) => found,
+            None => return Ok(()),
+        };
+        let attr = match attrs::read_attr(&self.content_path(file)?)? {
+            Some(bytes) => decode_meta(file, &bytes)?,
+            None => return Ok(()),
+        };
+        if found.meta == attr {
+            let bytes = encode(file, &attr)?;
+            self.write_atomically(&self.path_in(META, file)?, &bytes, false, Durable::Now)?;
+        }
+        Ok(())
+    }
+
     /// Places a content temp file given its metadata by
     /// [`Store::attach_meta`], and its separate metadata temp if it has one.
+    /// Called under the file's lock (no other change of it meanwhile).
     pub fn place_with_meta(
         &self,
         content: TempFile,
@@ -347,6 +372,9 @@ impl Store {
         file: &str,
         placements: &mut Placements,
     ) -> Result<(), StoreError> {
+        if separate.is_some() && self.attrs {
+            self.keep_current_meta_apart(file)?;
+        }
         self.place(content, file, Placed::Content, placements)?;
         match separate {
             Some(separate) => self.place(separate, file, Placed::Meta, placements),
@@ -417,10 +445,7 @@ impl Store {
         }
         let mut dirs = Placements::default();
         self.place_with_meta(content, separate, file, &mut dirs)?;
-        if durable == Durable::Now {
-            self.sync_dirs(&dirs)?;
-        }
-        Ok(())
+        self.placed(dirs, durable)
     }
 
     /// Replaces the content and its metadata, keeping the previous content
@@ -485,21 +510,18 @@ impl Store {
         self.ensure_parent(&undo)?;
         // The undo level before this one is no longer needed: its inode
         // becomes a spare rather than being freed.
+        let mut dirs = Placements::default();
         let retired = self.temp_path();
         match fs::rename(&undo, &retired) {
-            Ok(()) => self.keep_spare(retired),
+            Ok(()) => dirs.displaced(retired),
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
             Err(_) => {}
         }
         // A hard link keeps the old content without copying it.
         fs::hard_link(&current, &undo)?;
-        let mut dirs = Placements::default();
         self.place_with_meta(content_temp, separate, file, &mut dirs)?;
         dirs.named_in(&undo);
-        if durable == Durable::Now {
-            self.sync_dirs(&dirs)?;
-        }
-        Ok(())
+        self.placed(dirs, durable)
     }
 
     /// Whether CREATEs, commits and small installs go through the write-ahead log.
@@ -528,7 +550,9 @@ impl Store {
         let applied = self
             .attach_meta(&mut content, file, meta)
             .and_then(|separate| {
-                self.place_with_meta(content, separate, file, &mut Placements::default())
+                let mut placed = Placements::default();
+                self.place_with_meta(content, separate, file, &mut placed)?;
+                self.placed(placed, Durable::Later)
             });
         applied_or_abort(file, applied);
         drop(logged);
@@ -578,8 +602,10 @@ impl Store {
                 let separate = self.attach_meta(&mut temp, file, meta)?;
                 let logged = written.durable()?;
                 durable();
-                let applied =
-                    self.place_with_meta(temp, separate, file, &mut Placements::default());
+                let mut placed = Placements::default();
+                let applied = self
+                    .place_with_meta(temp, separate, file, &mut placed)
+                    .and_then(|()| self.placed(placed, Durable::Later));
                 applied_or_abort(file, applied);
                 drop(logged);
                 self.checkpoint_if_due()
@@ -606,10 +632,10 @@ impl Store {
                 for (tag, temp) in saved {
                     self.place(temp, file, Placed::Checkpoint(tag), &mut checkpoint_dirs)?;
                 }
-                self.sync_dirs(&checkpoint_dirs)?;
+                self.sync_dirs(&mut checkpoint_dirs)?;
                 let mut dirs = Placements::default();
                 self.place_with_meta(temp, separate, file, &mut dirs)?;
-                self.sync_dirs(&dirs)?;
+                self.sync_dirs(&mut dirs)?;
                 durable();
                 Ok(())
             }
@@ -632,15 +658,32 @@ impl Store {
         Ok(self.path_in(UNDO, file)?.exists())
     }
 
-    /// Puts the previous content back; the undo level is used up. Its
-    /// inode keeps the attribute of the version it was (see [`attrs`]):
-    /// the new metadata goes to `meta/`.
+    /// Puts the previous content back; the undo level is used up. A copy of
+    /// it, given the new metadata and made durable, replaces the content,
+    /// and only then is the undo level removed: a crash leaves the content
+    /// before the UNDO or after it, each under its own metadata, never the
+    /// previous content under its old attribute (a stamp gone backwards,
+    /// which a later change would reuse for different content).
     pub fn undo(&self, file: &str, meta: &FileMeta) -> Result<(), StoreError> {
         self.barrier()?;
-        let current = self.content_path(file)?;
-        fs::rename(self.path_in(UNDO, file)?, &current)?;
-        self.sync_parent(&current)?;
-        self.write_meta(file, meta)
+        let undo = self.path_in(UNDO, file)?;
+        let mut previous = open_without_atime(&undo)?;
+        let mut temp = self.temp_file()?;
+        let mut chunk = vec![0; 1 << 20];
+        loop {
+            match io::Read::read(&mut previous, &mut chunk)? {
+                0 => break,
+                n => temp.write_all(&chunk[..n])?,
+            }
+        }
+        let separate = self.attach_meta(&mut temp, file, meta)?;
+        self.sync_temps_now(separate.iter().chain([&temp]))?;
+        let mut dirs = Placements::default();
+        self.place_with_meta(temp, separate, file, &mut dirs)?;
+        self.sync_dirs(&mut dirs)?;
+        fs::remove_file(&undo)?;
+        self.sync_parent(&undo)?;
+        Ok(())
     }
 
     /// Removes a file's metadata, content, undo level and checkpoints, in
@@ -947,7 +990,7 @@ mod tests {
                 .unwrap();
             store.place(meta, &name, Placed::Meta, &mut dirs).unwrap();
         }
-        store.sync_dirs(&dirs).unwrap();
+        store.sync_dirs(&mut dirs).unwrap();
         assert_eq!(dirs.folders(), 2, "one fsync per directory: {dirs:?}");
         let inventory = store.inventory().unwrap();
         assert_eq!(inventory.len(), 10);
@@ -1094,7 +1137,7 @@ mod tests {
             dirs.named_after_sync(),
             "its link count reaches the disk only with a syncfs"
         );
-        store.sync_dirs(&dirs).unwrap();
+        store.sync_dirs(&mut dirs).unwrap();
         assert_eq!(store.read_content("d/n").unwrap(), b"New.");
         assert_eq!(tmp_names(), 0, "never named in tmp/");
         let mut named = store.temp_file().unwrap();
@@ -1221,7 +1264,7 @@ mod tests {
     }
 
     #[test]
-    fn an_undo_puts_back_content_under_metadata_newer_than_its_attribute() {
+    fn an_undo_puts_back_a_copy_of_the_previous_content_with_the_new_metadata() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), true).unwrap();
         store.create("f", &meta(1)).unwrap();
@@ -1230,6 +1273,13 @@ mod tests {
         store.undo("f", &meta(4)).unwrap();
         assert_eq!(store.read_content("f").unwrap(), b"One.");
         assert_eq!(store.read_meta("f").unwrap(), meta(4));
+        assert!(!store.has_undo("f").unwrap());
+        // Never the previous content under its own, older attribute.
+        let attr = attrs::read_attr(&dir.path().join("files/f"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(decode_meta("f", &attr).unwrap(), meta(4));
+        assert!(!kept_apart(dir.path(), "f"));
         drop(store);
         let store = Store::open(dir.path(), true).unwrap();
         assert_eq!(store.read_meta("f").unwrap(), meta(4));
@@ -1249,6 +1299,55 @@ mod tests {
         for spare in spares {
             assert!(!has_attr(&spare), "{} kept an attribute", spare.display());
         }
+    }
+
+    #[test]
+    fn a_displaced_inode_becomes_a_spare_only_once_its_replacement_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        store.create("f", &meta(1)).unwrap();
+        let spares = || store.spares.lock().unwrap().len() + store.displaced.lock().unwrap().len();
+        assert_eq!(spares(), 0);
+        let mut temp = store.temp_file().unwrap();
+        temp.write_all(b"Replaced.").unwrap();
+        let mut dirs = Placements::default();
+        store.place(temp, "f", Placed::Content, &mut dirs).unwrap();
+        assert_eq!(spares(), 0, "the displaced inode waits");
+        store.sync_dirs(&mut dirs).unwrap();
+        assert_eq!(spares(), 1, "a spare once the name is durable");
+    }
+
+    #[test]
+    fn content_without_an_attribute_replaces_one_only_after_the_old_metadata_is_kept_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), false).unwrap();
+            store.create("f", &meta(1)).unwrap();
+            store.commit("f", b"One.", &meta(2)).unwrap();
+            assert!(!kept_apart(dir.path(), "f"));
+            // A change whose metadata is too large for an attribute, cut by
+            // a crash after its content's rename, before its metadata's.
+            store.keep_current_meta_apart("f").unwrap();
+            let mut temp = store.temp_file().unwrap();
+            temp.write_all(b"One. Two.").unwrap();
+            let mut dirs = Placements::default();
+            store.place(temp, "f", Placed::Content, &mut dirs).unwrap();
+            let content = File::options()
+                .write(true)
+                .open(dir.path().join("files/f"))
+                .unwrap();
+            let apart = fs::metadata(dir.path().join("meta/f"))
+                .unwrap()
+                .modified()
+                .unwrap();
+            content
+                .set_modified(apart + std::time::Duration::from_secs(1))
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), false).unwrap();
+        let found = store.find("f").unwrap().expect("the file is still there");
+        assert_eq!(found.meta, meta(2));
+        assert!(found.content_newer, "to be repaired at load");
     }
 
     #[test]

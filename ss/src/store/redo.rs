@@ -39,6 +39,8 @@ impl Store {
         let mut temp = self.temp_file()?;
         temp.write_all(content)?;
         let separate = self.attach_meta(&mut temp, file, meta)?;
-        self.place_with_meta(temp, separate, file, &mut Placements::default())
+        let mut placed = Placements::default();
+        self.place_with_meta(temp, separate, file, &mut placed)?;
+        self.placed(placed, Durable::Later)
     }
 }

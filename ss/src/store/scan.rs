@@ -73,18 +73,14 @@ impl Store {
     }
 }
 
-/// `file`'s current metadata in the storage folder `root`, read without
-/// changing anything (for tests and tools that inspect a folder a server
-/// may be using); `None` if it has no content or no metadata.
-pub fn current_meta(root: &Path, file: &str) -> Result<Option<FileMeta>, StoreError> {
-    validate_path(file)?;
-    Ok(find_in(root, file, true)?.map(|found| found.meta))
-}
-
 /// Reads do not update access times (`O_NOATIME`): a scan of a million
 /// files would otherwise dirty a million inodes for the next `syncfs` to
 /// write. `name` is validated.
-fn find_in(root: &Path, name: &str, maybe_apart: bool) -> Result<Option<Found>, StoreError> {
+pub(super) fn find_in(
+    root: &Path,
+    name: &str,
+    maybe_apart: bool,
+) -> Result<Option<Found>, StoreError> {
     let content = root.join(FILES).join(name);
     let attr = match attrs::read_attr(&content) {
         Ok(attr) => attr.map(|bytes| decode_meta(name, &bytes)).transpose()?,

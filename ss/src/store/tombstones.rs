@@ -8,14 +8,13 @@ use super::*;
 impl Store {
     pub fn write_tombstone(&self, tombstone: &Tombstone) -> Result<(), StoreError> {
         self.barrier()?;
-        self.may_have_tombstone(&tombstone.file, true);
         let bytes = encode(&tombstone.file, tombstone)?;
-        self.write_atomically(
-            &self.path_in(TOMBSTONES, &tombstone.file)?,
-            &bytes,
-            false,
-            Durable::Now,
-        )
+        let path = self.path_in(TOMBSTONES, &tombstone.file)?;
+        // The set is held across the write: a removal of the same name
+        // cannot interleave and leave a tombstone the set lacks.
+        let mut names = self.tombstoned.lock().unwrap_or_else(|p| p.into_inner());
+        names.insert(tombstone.file.clone());
+        self.write_atomically(&path, &bytes, false, Durable::Now)
     }
 
     /// The tombstone of one file, if it has one. Most files have none: the
@@ -39,19 +38,11 @@ impl Store {
 
     pub fn remove_tombstone(&self, file: &str) -> Result<(), StoreError> {
         self.barrier()?;
-        remove_if_present(&self.path_in(TOMBSTONES, file)?)?;
-        self.may_have_tombstone(file, false);
-        Ok(())
-    }
-
-    /// Keeps the names that may have a tombstone (a superset: a name is
-    /// added before its tombstone is written and removed after it is).
-    fn may_have_tombstone(&self, file: &str, may: bool) {
+        let path = self.path_in(TOMBSTONES, file)?;
         let mut names = self.tombstoned.lock().unwrap_or_else(|p| p.into_inner());
-        match may {
-            true => names.insert(file.to_owned()),
-            false => names.remove(file),
-        };
+        remove_if_present(&path)?;
+        names.remove(file);
+        Ok(())
     }
 
     /// The names of the tombstones on disk, for [`Store::tombstone`].
