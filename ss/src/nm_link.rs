@@ -157,11 +157,14 @@ impl NmLink {
         self.role.change(part, || self.update_stream_target()).await
     }
 
-    /// Takes the part a registration's answer gave.
-    fn set_role(&self, part: Part) -> Result<(), WireError> {
-        self.role.set(part)?;
-        self.update_stream_target();
-        Ok(())
+    /// Takes the part a registration's answer gave, unless a newer
+    /// `SetRole` came since `sets_before` (see [`PairRole::set_registered`]).
+    fn set_registered_role(&self, part: Part, sets_before: u64) -> Result<bool, WireError> {
+        let taken = self.role.set_registered(part, sets_before)?;
+        if taken {
+            self.update_stream_target();
+        }
+        Ok(taken)
     }
 
     /// The key that verifies client tickets, once registered.
@@ -449,14 +452,12 @@ async fn serve_link(
     link.role.renew_lease(Some(registered_at + lease));
     // nm sends `SetRole` only after answering, so one that arrived meanwhile
     // is newer, unless it names an older epoch (a stale one, from before).
-    let overtaken = link.role.sets() != roles_before;
-    if !overtaken || epoch > link.role.epoch() {
-        link.set_role(Part {
-            epoch,
-            serving,
-            writable,
-        })?;
-    } else {
+    let part = Part {
+        epoch,
+        serving,
+        writable,
+    };
+    if !link.set_registered_role(part, roles_before)? {
         tracing::info!(
             event = "ss_role_kept",
             epoch,

@@ -49,6 +49,11 @@ pub struct PairRole {
     lease_until: Mutex<Option<Instant>>,
     /// How many parts nm set by `SetRole` (see [`PairRole::sets`]).
     sets: AtomicU64,
+    /// Held while a part is set with its count, and while a registration's
+    /// part is weighed against them: a registration can never see a
+    /// `SetRole`'s part in place but not yet counted, and put its own,
+    /// older one over it.
+    setting: Mutex<()>,
 }
 
 impl PairRole {
@@ -94,10 +99,26 @@ impl PairRole {
     /// runs `then` before any change may start under it.
     pub async fn change(&self, part: Part, then: impl FnOnce()) -> Result<(), WireError> {
         let _alone = self.change.write().await;
-        self.set(part)?;
-        self.sets.fetch_add(1, Ordering::SeqCst);
+        {
+            let _setting = self.setting.lock().unwrap_or_else(|p| p.into_inner());
+            self.set(part)?;
+            self.sets.fetch_add(1, Ordering::SeqCst);
+        }
         then();
         Ok(())
+    }
+
+    /// Takes the part a registration's answer gave, unless a `SetRole` was
+    /// taken since `sets_before` (its [`PairRole::sets`] when the
+    /// registration was sent), which is newer unless it names an older
+    /// epoch. Whether it was taken.
+    pub fn set_registered(&self, part: Part, sets_before: u64) -> Result<bool, WireError> {
+        let _setting = self.setting.lock().unwrap_or_else(|p| p.into_inner());
+        if self.sets() != sets_before && part.epoch <= self.epoch() {
+            return Ok(false);
+        }
+        self.set(part)?;
+        Ok(true)
     }
 
     /// How many parts nm set by `SetRole`. nm sends one only after it has
@@ -201,6 +222,29 @@ mod tests {
         };
         assert!(role.set(huge).is_err());
         assert_eq!(role.part(), first);
+    }
+
+    #[tokio::test]
+    async fn a_registration_s_part_never_replaces_a_newer_set_role() {
+        let role = PairRole::default();
+        let registered = |epoch, serving| Part {
+            epoch,
+            serving,
+            writable: serving,
+        };
+        let before = role.sets();
+        role.change(registered(2, true), || {}).await.unwrap();
+        assert!(!role.set_registered(registered(0, false), before).unwrap());
+        assert_eq!(role.part(), registered(2, true));
+        assert!(
+            role.set_registered(registered(3, false), before).unwrap(),
+            "a newer epoch"
+        );
+        assert!(
+            role.set_registered(registered(1, true), role.sets())
+                .unwrap(),
+            "none since"
+        );
     }
 
     #[test]
