@@ -210,6 +210,16 @@ pub struct Placements {
     displaced: Vec<PathBuf>,
 }
 
+/// A change abandoned on an error before its names were synced: the inodes
+/// it displaced are not known to be free on disk, so they are not reused.
+impl Drop for Placements {
+    fn drop(&mut self) {
+        for displaced in self.displaced.drain(..) {
+            let _ = fs::remove_file(displaced);
+        }
+    }
+}
+
 impl Placements {
     /// Whether [`Store::sync_dirs`] must `syncfs` (an unnamed inode was
     /// named after its content was synced).
@@ -328,13 +338,19 @@ impl Store {
             temp.sync_data()?;
         }
         let displaced = self.replace(temp, target, recycle)?;
-        if durable == Durable::Now {
-            self.sync_parent(target)?;
-        }
+        let synced = match durable {
+            Durable::Now => self.sync_parent(target),
+            Durable::Later => Ok(()),
+        };
         if let Some(displaced) = displaced {
-            self.keep_spare(displaced);
+            match synced {
+                Ok(()) => self.keep_spare(displaced),
+                Err(_) => {
+                    let _ = fs::remove_file(displaced);
+                }
+            }
         }
-        Ok(())
+        Ok(synced?)
     }
 
     pub(super) fn ensure_parent(&self, target: &Path) -> io::Result<()> {

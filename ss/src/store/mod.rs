@@ -78,10 +78,11 @@ pub struct Store {
     /// Whether the file system keeps extended attributes: if not, every
     /// file's metadata is in `meta/` (see [`attrs`]).
     attrs: bool,
-    /// The names that may have a tombstone: a superset of `tombstones/`,
-    /// changed under its lock together with the disk (see
-    /// [`Store::tombstone`]).
+    /// The names that may have a tombstone: a superset of `tombstones/`
+    /// (see [`Store::tombstone`]).
     tombstoned: Mutex<HashSet<String>>,
+    /// Held by a tombstone's write or removal, disk and set together.
+    tombstone_writes: Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +178,7 @@ impl Store {
             id: 0,
             attrs: attrs::supported(&root.join(TMP))?,
             tombstoned: Mutex::new(Store::tombstone_names(root)?),
+            tombstone_writes: Mutex::new(()),
         };
         store.id = store.load_or_create_id()?;
         if fsync {
@@ -356,8 +358,19 @@ impl Store {
             None => return Ok(()),
         };
         if found.meta == attr {
-            let bytes = encode(file, &attr)?;
-            self.write_atomically(&self.path_in(META, file)?, &bytes, false, Durable::Now)?;
+            let target = self.path_in(META, file)?;
+            self.ensure_parent(&target)?;
+            let mut temp = self.temp_file()?;
+            temp.write_all(&encode(file, &attr)?)?;
+            // Dated at the epoch, older than any content: until the new
+            // metadata replaces it, the content placed next is newer.
+            let handle = temp.file.as_ref().expect("open until installed");
+            handle.set_modified(std::time::UNIX_EPOCH)?;
+            if self.fsync {
+                handle.sync_all()?;
+            }
+            self.replace(temp, &target, false)?;
+            self.sync_parent(&target)?;
         }
         Ok(())
     }
@@ -372,14 +385,27 @@ impl Store {
         file: &str,
         placements: &mut Placements,
     ) -> Result<(), StoreError> {
-        if separate.is_some() && self.attrs {
-            self.keep_current_meta_apart(file)?;
-        }
-        self.place(content, file, Placed::Content, placements)?;
+        self.place_content(content, separate.is_some(), file, placements)?;
         match separate {
             Some(separate) => self.place(separate, file, Placed::Meta, placements),
             None => Ok(()),
         }
+    }
+
+    /// [`Store::place_with_meta`]'s first step: the content, after keeping
+    /// the current metadata apart if the content's own goes to `meta/` next
+    /// (`apart`; see [`Store::keep_current_meta_apart`]).
+    fn place_content(
+        &self,
+        content: TempFile,
+        apart: bool,
+        file: &str,
+        placements: &mut Placements,
+    ) -> Result<(), StoreError> {
+        if apart && self.attrs {
+            self.keep_current_meta_apart(file)?;
+        }
+        self.place(content, file, Placed::Content, placements)
     }
 
     /// Creates an empty file with its metadata. With the log: logged, then
@@ -1326,22 +1352,20 @@ mod tests {
             store.commit("f", b"One.", &meta(2)).unwrap();
             assert!(!kept_apart(dir.path(), "f"));
             // A change whose metadata is too large for an attribute, cut by
-            // a crash after its content's rename, before its metadata's.
-            store.keep_current_meta_apart("f").unwrap();
+            // a crash after its content's rename, before its metadata's
+            // (its temp file, written last, is never placed).
+            let mut large = meta(3);
+            for user in 0..300 {
+                large
+                    .acl
+                    .insert(format!("user{user}"), shared::proto::Access::Write);
+            }
             let mut temp = store.temp_file().unwrap();
             temp.write_all(b"One. Two.").unwrap();
-            let mut dirs = Placements::default();
-            store.place(temp, "f", Placed::Content, &mut dirs).unwrap();
-            let content = File::options()
-                .write(true)
-                .open(dir.path().join("files/f"))
-                .unwrap();
-            let apart = fs::metadata(dir.path().join("meta/f"))
-                .unwrap()
-                .modified()
-                .unwrap();
-            content
-                .set_modified(apart + std::time::Duration::from_secs(1))
+            let separate = store.attach_meta(&mut temp, "f", &large).unwrap();
+            assert!(separate.is_some());
+            store
+                .place_content(temp, true, "f", &mut Placements::default())
                 .unwrap();
         }
         let store = Store::open(dir.path(), false).unwrap();

@@ -10,10 +10,17 @@ impl Store {
         self.barrier()?;
         let bytes = encode(&tombstone.file, tombstone)?;
         let path = self.path_in(TOMBSTONES, &tombstone.file)?;
-        // The set is held across the write: a removal of the same name
-        // cannot interleave and leave a tombstone the set lacks.
-        let mut names = self.tombstoned.lock().unwrap_or_else(|p| p.into_inner());
-        names.insert(tombstone.file.clone());
+        // Writes and removals take turns: a removal of the same name cannot
+        // interleave and leave a tombstone the set lacks. The set itself is
+        // held only briefly: `tombstone` never waits for a write's fsyncs.
+        let _turn = self
+            .tombstone_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.tombstoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tombstone.file.clone());
         self.write_atomically(&path, &bytes, false, Durable::Now)
     }
 
@@ -39,9 +46,15 @@ impl Store {
     pub fn remove_tombstone(&self, file: &str) -> Result<(), StoreError> {
         self.barrier()?;
         let path = self.path_in(TOMBSTONES, file)?;
-        let mut names = self.tombstoned.lock().unwrap_or_else(|p| p.into_inner());
+        let _turn = self
+            .tombstone_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         remove_if_present(&path)?;
-        names.remove(file);
+        self.tombstoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(file);
         Ok(())
     }
 
