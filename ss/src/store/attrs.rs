@@ -9,9 +9,9 @@
 //! left out) a document's metadata is some 50 bytes, which ext4 keeps inside
 //! the inode itself: no block of its own.
 //!
-//! A change of metadata alone (an access list, a checkpoint, an UNDO, a
-//! MOVE) never updates an attribute in place (on this journal-less ext4 a
-//! crash could tear it); it writes `meta/<path>` atomically instead, as
+//! A change of metadata alone (an access list, a checkpoint, a MOVE) never
+//! updates an attribute in place (on this journal-less ext4 a crash could
+//! tear it); it writes `meta/<path>` atomically instead, as
 //! does any metadata too large for an attribute, or a file system without
 //! them. Which of the two holds the current metadata follows from one
 //! invariant:
