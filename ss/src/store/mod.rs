@@ -349,16 +349,20 @@ impl Store {
     /// metadata apart, and repairs it (see `Files::admit`), as when every
     /// file's metadata was apart. Rare: metadata over [`attrs::MAX_ATTR_BYTES`].
     fn keep_current_meta_apart(&self, file: &str) -> Result<(), StoreError> {
-        let found = match scan::find_in(&self.root, file, true)? {
-            Some(found) => found,
-            None => return Ok(()),
+        let attr = match attrs::read_attr(&self.content_path(file)?) {
+            Ok(Some(bytes)) => decode_meta(file, &bytes)?,
+            Ok(None) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
         };
-        let attr = match attrs::read_attr(&self.content_path(file)?)? {
-            Some(bytes) => decode_meta(file, &bytes)?,
-            None => return Ok(()),
+        let target = self.path_in(META, file)?;
+        let apart = match fs::read(&target) {
+            Ok(bytes) => Some(decode_meta(file, &bytes)?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
         };
-        if found.meta == attr {
-            let target = self.path_in(META, file)?;
+        // Unless what is apart is current already.
+        if apart.is_none_or(|apart| attrs::is_stale(&apart, Some(&attr))) {
             self.ensure_parent(&target)?;
             let mut temp = self.temp_file()?;
             temp.write_all(&encode(file, &attr)?)?;
