@@ -14,6 +14,14 @@ pub(super) enum Route {
     Batched(Option<TempFile>),
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Run by an install of this thread between its lookup of the file's
+    /// entry and its lock of it: lets a test act in that window.
+    pub(super) static BETWEEN_LOOKUP_AND_LOCK: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
+        std::cell::RefCell::new(None);
+}
+
 impl Files {
     /// A temp file for a copy from the partner: unnamed until placed (see
     /// [`crate::store::Store::unnamed_temp_file`]).
@@ -181,26 +189,47 @@ impl Files {
         install: impl FnOnce(&Store, &FileMeta, &FileMeta) -> Result<(), StoreError>,
     ) -> Result<(), WireError> {
         shared::names::validate_path(file)?;
-        let (entry, new) = {
-            let mut map = self.lock_map();
-            match self.find(&mut map, file)? {
-                Some(entry) => (entry, false),
-                None => {
-                    let entry = new_entry(meta.clone());
-                    map.entries.insert(file.to_owned(), entry.clone());
-                    (entry, true)
+        loop {
+            let entry = {
+                let mut map = self.lock_map();
+                match self.find(&mut map, file)? {
+                    Some(entry) => entry,
+                    None => {
+                        let entry = new_entry(meta.clone());
+                        lock(&entry).unplaced = true;
+                        map.entries.insert(file.to_owned(), entry.clone());
+                        entry
+                    }
                 }
+            };
+            #[cfg(test)]
+            BETWEEN_LOOKUP_AND_LOCK.with(|hook| hook.borrow_mut().as_mut().map(|hook| hook()));
+            let e = lock(&entry);
+            if self.is_current(file, &entry, &e) {
+                return self.place_locked(file, meta, &entry, e, install);
             }
-        };
-        let mut e = lock(&entry);
+        }
+    }
+
+    /// [`Files::place_if_newer`] once `e`, the file's current entry, is held.
+    fn place_locked(
+        &self,
+        file: &str,
+        meta: FileMeta,
+        entry: &EntryRef,
+        mut e: MutexGuard<'_, Entry>,
+        install: impl FnOnce(&Store, &FileMeta, &FileMeta) -> Result<(), StoreError>,
+    ) -> Result<(), WireError> {
         refuse_while_written(&e, file, "a replica update")?;
         // Never go backwards: a slower transfer of an older version, or one
         // overtaken by a delete, changes nothing.
         let incoming = meta.stats.stamp();
         let deleted_at = self.store.tombstone(file)?.map_or((0, 0), |t| t.stamp());
-        // A file not found here has no content here (the map holds every
-        // file, or while it loads `find` looks on disk).
-        let existed = !new && self.store.content_path(file)?.exists();
+        // An entry made for an install no install has placed yet has no
+        // content here: the map holds every file (or while it loads `find`
+        // looks on disk), and two installs of a file new here meet on one
+        // entry, so the second one sees what the first placed.
+        let existed = !e.unplaced && self.store.content_path(file)?.exists();
         // A local version from an older epoch that the incoming one does not
         // descend from holds acknowledged changes the other side never saw:
         // it is not overwritten here; the pair's sync keeps it as a conflict copy.
@@ -222,22 +251,21 @@ impl Files {
         }
         if (existed && e.meta.stats.stamp() >= incoming) || deleted_at >= incoming {
             if !existed {
-                drop(e);
-                self.lock_map().remove(file);
+                self.forget_unwritten(file, entry, e);
             }
             return Ok(());
         }
         if let Err(error) = install(&self.store, &e.meta, &meta) {
             if !existed {
-                self.forget_unwritten(file, &entry, e);
+                self.forget_unwritten(file, entry, e);
             }
             return Err(error.into());
         }
+        e.meta = meta;
+        e.unplaced = false;
         if deleted_at > (0, 0) {
             self.store.remove_tombstone(file)?;
         }
-        e.meta = meta;
-        e.deleted = false;
         Ok(())
     }
 

@@ -33,6 +33,9 @@ struct Entry {
     locks: HashMap<SentenceId, u64>,
     /// Set when the file is deleted, for sessions still holding the entry.
     deleted: bool,
+    /// Set while the entry only stands for a copy being installed: no
+    /// content of it has been placed yet (see [`Files::place_if_newer`]).
+    unplaced: bool,
 }
 
 type EntryRef = Arc<Mutex<Entry>>;
@@ -44,6 +47,7 @@ fn new_entry(meta: FileMeta) -> EntryRef {
         doc: None,
         locks: HashMap::new(),
         deleted: false,
+        unplaced: false,
     }))
 }
 
@@ -226,7 +230,7 @@ impl Files {
             .into_iter()
             .filter_map(|(file, entry)| {
                 let e = lock(&entry);
-                (!e.deleted).then(|| InventoryEntry {
+                (!e.deleted && !e.unplaced).then(|| InventoryEntry {
                     file,
                     meta: e.meta.clone(),
                 })
@@ -374,25 +378,41 @@ impl Files {
         Ok(())
     }
 
+    /// Whether `entry`, locked as `e`, is still `file`'s. Between a lookup
+    /// and the lock of what it found, the file may have been deleted, moved
+    /// to another name, or dropped by an install that failed or found
+    /// nothing to do: a change of `file` then looks it up again.
+    fn is_current(&self, file: &str, entry: &EntryRef, e: &Entry) -> bool {
+        !e.deleted
+            && self
+                .lock_map()
+                .entries
+                .get(file)
+                .is_some_and(|found| Arc::ptr_eq(found, entry))
+    }
+
     /// A delete made on the primary, applied here at the primary's (epoch, version).
     /// A newer local copy is kept.
     pub fn apply_delete(&self, file: &str, stamp: (u64, u64)) -> Result<(), WireError> {
-        match self.entry(file) {
-            Ok(entry) => {
-                let mut e = lock(&entry);
-                if e.meta.stats.stamp() > stamp {
-                    return Ok(());
-                }
-                refuse_while_written(&e, file, "DELETE")?;
-                self.remove_with_tombstone(&mut e, file, stamp, 0)
+        loop {
+            let Ok(entry) = self.entry(file) else {
+                return Ok(self.store.write_tombstone(&Tombstone {
+                    file: file.to_owned(),
+                    version: stamp.1,
+                    epoch: stamp.0,
+                    deleted_ms: now_ms(),
+                    base: 0,
+                })?);
+            };
+            let mut e = lock(&entry);
+            if !self.is_current(file, &entry, &e) {
+                continue;
             }
-            Err(_) => Ok(self.store.write_tombstone(&Tombstone {
-                file: file.to_owned(),
-                version: stamp.1,
-                epoch: stamp.0,
-                deleted_ms: now_ms(),
-                base: 0,
-            })?),
+            if e.meta.stats.stamp() > stamp {
+                return Ok(());
+            }
+            refuse_while_written(&e, file, "DELETE")?;
+            return self.remove_with_tombstone(&mut e, file, stamp, 0);
         }
     }
 
@@ -824,6 +844,94 @@ mod tests {
         install(&reverted, &[]).unwrap();
         assert_eq!(standby.store.read_content("f").unwrap(), b"Version one.");
         assert_eq!(standby.store.read_meta("f").unwrap(), reverted.meta);
+    }
+
+    /// Runs `install` on a thread of its own, pausing it between its lookup
+    /// of the file's entry and its lock of it while `meanwhile` runs.
+    fn install_around(install: impl FnOnce() + Send, meanwhile: impl FnOnce()) {
+        let looked_up = Arc::new(std::sync::Barrier::new(2));
+        let go_on = Arc::new(std::sync::Barrier::new(2));
+        std::thread::scope(|s| {
+            let (paused, resumed) = (looked_up.clone(), go_on.clone());
+            s.spawn(move || {
+                let mut once = true;
+                installs::BETWEEN_LOOKUP_AND_LOCK.with(|hook| {
+                    *hook.borrow_mut() = Some(Box::new(move || {
+                        if std::mem::take(&mut once) {
+                            paused.wait();
+                            resumed.wait();
+                        }
+                    }))
+                });
+                install();
+            });
+            looked_up.wait();
+            meanwhile();
+            go_on.wait();
+        });
+    }
+
+    fn two_versions(primary: &Arc<Files>) -> (Committed, Committed) {
+        primary.create("f", "alice").unwrap();
+        let mut w = primary.begin_write("f", 0).unwrap();
+        w.edit(0, "Older.").unwrap();
+        let older = w.commit().unwrap();
+        let mut w = primary.begin_write("f", 1).unwrap();
+        w.edit(0, "Newer.").unwrap();
+        (older, w.commit().unwrap())
+    }
+
+    /// Two copies of a file new here installed at once (the stream applies
+    /// several changes in parallel, and a sync's pull runs beside it) end at
+    /// the newer one, even when the older one made the file's entry and the
+    /// newer one took its lock first.
+    #[test]
+    fn two_installs_of_a_file_new_here_at_once_keep_the_newer() {
+        let (_primary_dir, primary) = files();
+        let (older, newer) = two_versions(&primary);
+        let (_dir, standby) = files();
+        let install = |c: &Committed| {
+            standby
+                .install_streamed("f", c.meta.clone(), &c.content, &[], &mut || {})
+                .unwrap()
+        };
+        install_around(|| install(&older), || install(&newer));
+        assert_eq!(standby.store.read_content("f").unwrap(), newer.content);
+        let (held, _) = standby.inventory(None).unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].meta, newer.meta);
+    }
+
+    /// An install that found the file's entry just before the file was
+    /// moved away installs under the name it was given, and leaves the moved
+    /// file's metadata alone.
+    #[test]
+    fn an_install_overtaken_by_a_move_leaves_the_moved_file_alone() {
+        let (_primary_dir, primary) = files();
+        let (older, _) = two_versions(&primary);
+        // Newer than the tombstone the MOVE leaves here.
+        let mut w = primary.begin_write("f", 1).unwrap();
+        w.edit(0, "Newest.").unwrap();
+        let newer = w.commit().unwrap();
+        let (_dir, standby) = files();
+        standby
+            .install_streamed("f", older.meta.clone(), &older.content, &[], &mut || {})
+            .unwrap();
+        let mut moved = None;
+        install_around(
+            || {
+                standby
+                    .install_streamed("f", newer.meta.clone(), &newer.content, &[], &mut || {})
+                    .unwrap()
+            },
+            || moved = Some(standby.rename("f", "g").unwrap().0),
+        );
+        let (held, _) = standby.inventory(None).unwrap();
+        let meta_of = |file: &str| &held.iter().find(|h| h.file == file).unwrap().meta;
+        assert_eq!(meta_of("g").stats, moved.unwrap());
+        assert_eq!(standby.store.read_content("g").unwrap(), older.content);
+        assert_eq!(meta_of("f"), &newer.meta);
+        assert_eq!(standby.store.read_content("f").unwrap(), newer.content);
     }
 
     #[test]
