@@ -14,14 +14,6 @@ pub(super) enum Route {
     Batched(Option<TempFile>),
 }
 
-#[cfg(test)]
-thread_local! {
-    /// Run by an install of this thread between its lookup of the file's
-    /// entry and its lock of it: lets a test act in that window.
-    pub(super) static BETWEEN_LOOKUP_AND_LOCK: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
-        std::cell::RefCell::new(None);
-}
-
 impl Files {
     /// A temp file for a copy from the partner: unnamed until placed (see
     /// [`crate::store::Store::unnamed_temp_file`]).
@@ -202,8 +194,7 @@ impl Files {
                     }
                 }
             };
-            #[cfg(test)]
-            BETWEEN_LOOKUP_AND_LOCK.with(|hook| hook.borrow_mut().as_mut().map(|hook| hook()));
+            between_lookup_and_lock();
             let e = lock(&entry);
             if self.is_current(file, &entry, &e) {
                 return self.place_locked(file, meta, &entry, e, install);
@@ -280,7 +271,7 @@ impl Files {
     pub fn keep_conflict(&self, file: &str, to: &str) -> Result<FileStats, WireError> {
         shared::names::validate_path(to)?;
         let entry = self.entry(file)?;
-        let e = lock(&entry);
+        let e = self.lock_current(file, &entry)?;
         refuse_while_written(&e, file, "a conflict copy")?;
         let kept_version = (file.to_owned(), e.meta.stats.stamp());
         let mut map = self.lock_map();

@@ -51,6 +51,19 @@ fn new_entry(meta: FileMeta) -> EntryRef {
     }))
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Run by a change of this thread between its lookup of a file's entry
+    /// and its lock of it: lets a test act in that window.
+    static BETWEEN_LOOKUP_AND_LOCK: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
+        std::cell::RefCell::new(None);
+}
+
+fn between_lookup_and_lock() {
+    #[cfg(test)]
+    BETWEEN_LOOKUP_AND_LOCK.with(|hook| hook.borrow_mut().as_mut().map(|hook| hook()));
+}
+
 fn lock(entry: &EntryRef) -> MutexGuard<'_, Entry> {
     entry
         .lock()
@@ -205,6 +218,23 @@ impl Files {
             .ok_or_else(|| WireError::not_found(&format!("file {file:?}")))
     }
 
+    /// `entry`, found for `file`, locked if it is still `file`'s. A request
+    /// that looked the file up just before a DELETE or MOVE of it took the
+    /// lock comes after them: the file is not found.
+    fn lock_current<'a>(
+        &self,
+        file: &str,
+        entry: &'a EntryRef,
+    ) -> Result<MutexGuard<'a, Entry>, WireError> {
+        between_lookup_and_lock();
+        let e = lock(entry);
+        if self.is_current(file, entry, &e) {
+            Ok(e)
+        } else {
+            Err(WireError::not_found(&format!("file {file:?}")))
+        }
+    }
+
     /// What nm compares: the metadata of every file (once the start-up scan
     /// has finished), or of those of `only` held here, and every tombstone.
     pub fn inventory(
@@ -344,7 +374,7 @@ impl Files {
     /// base) the delete gave it, the rest of the stats zero.
     pub fn delete(&self, file: &str) -> Result<FileStats, WireError> {
         let entry = self.entry(file)?;
-        let mut e = lock(&entry);
+        let mut e = self.lock_current(file, &entry)?;
         refuse_while_written(&e, file, "DELETE")?;
         let mut stats = e.meta.stats.clone();
         stats.bump(self.epoch());
@@ -404,6 +434,7 @@ impl Files {
                     base: 0,
                 })?);
             };
+            between_lookup_and_lock();
             let mut e = lock(&entry);
             if !self.is_current(file, &entry, &e) {
                 continue;
@@ -427,7 +458,7 @@ impl Files {
     /// What a transfer sends: the metadata and an open content, consistent with each other.
     pub fn snapshot(&self, file: &str) -> Result<(FileMeta, OpenContent), WireError> {
         let entry = self.entry(file)?;
-        let e = lock(&entry);
+        let e = self.lock_current(file, &entry)?;
         Ok((e.meta.clone(), self.store.open_content(file)?))
     }
 
@@ -442,7 +473,7 @@ impl Files {
     /// (for the replication stream).
     pub fn undo(&self, file: &str) -> Result<Committed, WireError> {
         let entry = self.entry(file)?;
-        let mut e = lock(&entry);
+        let mut e = self.lock_current(file, &entry)?;
         refuse_while_written(&e, file, "UNDO")?;
         if !self.store.has_undo(file)? {
             return Err(WireError::new(
@@ -471,7 +502,7 @@ impl Files {
         acl: AccessList,
     ) -> Result<(FileStats, Option<Committed>), WireError> {
         let entry = self.entry(file)?;
-        let mut e = lock(&entry);
+        let mut e = self.lock_current(file, &entry)?;
         let mut meta = e.meta.clone();
         meta.acl = acl;
         meta.stats.bump(self.epoch());
@@ -498,7 +529,7 @@ impl Files {
         tag: &str,
     ) -> Result<(FileStats, Option<Committed>), WireError> {
         let entry = self.entry(file)?;
-        let mut e = lock(&entry);
+        let mut e = self.lock_current(file, &entry)?;
         if e.meta.checkpoints.contains_key(tag) {
             return Err(WireError::new(
                 ErrorCode::Exists,
@@ -530,7 +561,7 @@ impl Files {
 
     pub fn checkpoints(&self, file: &str) -> Result<Vec<CheckpointInfo>, WireError> {
         let entry = self.entry(file)?;
-        let e = lock(&entry);
+        let e = self.lock_current(file, &entry)?;
         Ok(e.meta.checkpoints.values().cloned().collect())
     }
 
@@ -547,7 +578,7 @@ impl Files {
     /// Opens a checkpoint's content for VIEWCHECKPOINT.
     pub fn open_checkpoint(&self, file: &str, tag: &str) -> Result<OpenContent, WireError> {
         let entry = self.entry(file)?;
-        let e = lock(&entry);
+        let e = self.lock_current(file, &entry)?;
         Self::known_checkpoint(&e, file, tag)?;
         Ok(self.store.open_checkpoint(file, tag)?)
     }
@@ -556,7 +587,7 @@ impl Files {
     /// undo. Returns the file as the change left it.
     pub fn revert(&self, file: &str, tag: &str) -> Result<Committed, WireError> {
         let entry = self.entry(file)?;
-        let mut e = lock(&entry);
+        let mut e = self.lock_current(file, &entry)?;
         refuse_while_written(&e, file, "REVERT")?;
         Self::known_checkpoint(&e, file, tag)?;
         let content = self.store.read_checkpoint(file, tag)?;
@@ -583,7 +614,7 @@ impl Files {
     ) -> Result<(FileStats, Option<Committed>), WireError> {
         shared::names::validate_path(to)?;
         let entry = self.entry(file)?;
-        let mut e = lock(&entry);
+        let mut e = self.lock_current(file, &entry)?;
         refuse_while_written(&e, file, "MOVE")?;
         let mut map = self.lock_map();
         if self.find(&mut map, to)?.is_some() {
@@ -624,7 +655,7 @@ impl Files {
     /// Opens the content for a READ or STREAM and records the access.
     pub fn open_for_read(&self, file: &str, user: &str) -> Result<OpenContent, WireError> {
         let entry = self.entry(file)?;
-        let mut e = lock(&entry);
+        let mut e = self.lock_current(file, &entry)?;
         let handle = self.store.open_content(file)?;
         e.meta.stats.accessed_ms = now_ms();
         e.meta.stats.accessed_by = Some(user.to_owned());
@@ -846,16 +877,16 @@ mod tests {
         assert_eq!(standby.store.read_meta("f").unwrap(), reverted.meta);
     }
 
-    /// Runs `install` on a thread of its own, pausing it between its lookup
+    /// Runs `change` on a thread of its own, pausing it between its lookup
     /// of the file's entry and its lock of it while `meanwhile` runs.
-    fn install_around(install: impl FnOnce() + Send, meanwhile: impl FnOnce()) {
+    fn pause_between_lookup_and_lock(change: impl FnOnce() + Send, meanwhile: impl FnOnce()) {
         let looked_up = Arc::new(std::sync::Barrier::new(2));
         let go_on = Arc::new(std::sync::Barrier::new(2));
         std::thread::scope(|s| {
             let (paused, resumed) = (looked_up.clone(), go_on.clone());
             s.spawn(move || {
                 let mut once = true;
-                installs::BETWEEN_LOOKUP_AND_LOCK.with(|hook| {
+                BETWEEN_LOOKUP_AND_LOCK.with(|hook| {
                     *hook.borrow_mut() = Some(Box::new(move || {
                         if std::mem::take(&mut once) {
                             paused.wait();
@@ -863,7 +894,7 @@ mod tests {
                         }
                     }))
                 });
-                install();
+                change();
             });
             looked_up.wait();
             meanwhile();
@@ -895,7 +926,7 @@ mod tests {
                 .install_streamed("f", c.meta.clone(), &c.content, &[], &mut || {})
                 .unwrap()
         };
-        install_around(|| install(&older), || install(&newer));
+        pause_between_lookup_and_lock(|| install(&older), || install(&newer));
         assert_eq!(standby.store.read_content("f").unwrap(), newer.content);
         let (held, _) = standby.inventory(None).unwrap();
         assert_eq!(held.len(), 1);
@@ -918,7 +949,7 @@ mod tests {
             .install_streamed("f", older.meta.clone(), &older.content, &[], &mut || {})
             .unwrap();
         let mut moved = None;
-        install_around(
+        pause_between_lookup_and_lock(
             || {
                 standby
                     .install_streamed("f", newer.meta.clone(), &newer.content, &[], &mut || {})
@@ -932,6 +963,29 @@ mod tests {
         assert_eq!(standby.store.read_content("g").unwrap(), older.content);
         assert_eq!(meta_of("f"), &newer.meta);
         assert_eq!(standby.store.read_content("f").unwrap(), newer.content);
+    }
+
+    /// A DELETE that looked the file up just before a MOVE of it took the
+    /// file's lock finds nothing under the old name, and leaves the moved
+    /// file alone (it used to mark the moved file's entry deleted).
+    #[test]
+    fn a_delete_overtaken_by_a_move_finds_nothing_and_leaves_the_moved_file_alone() {
+        let (_dir, files) = files();
+        files.create("f", "alice").unwrap();
+        let mut deleted = None;
+        pause_between_lookup_and_lock(
+            || deleted = Some(files.delete("f")),
+            || {
+                files.rename("f", "g").unwrap();
+            },
+        );
+        assert_eq!(deleted.unwrap().unwrap_err().code, ErrorCode::NotFound);
+        let (held, _) = files.inventory(None).unwrap();
+        assert_eq!(
+            held.iter().map(|h| h.file.as_str()).collect::<Vec<_>>(),
+            ["g"]
+        );
+        files.open_for_read("g", "alice").unwrap();
     }
 
     #[test]

@@ -11,7 +11,7 @@ impl Files {
         index: i64,
     ) -> Result<WriteSession, WireError> {
         let entry = self.entry(file)?;
-        let mut e = lock(&entry);
+        let mut e = self.lock_current(file, &entry)?;
         if e.doc.is_none() {
             let text = self.store.read_content(file)?;
             e.doc = Some(Document::parse(&String::from_utf8_lossy(&text)));
