@@ -182,18 +182,7 @@ impl Files {
     ) -> Result<(), WireError> {
         shared::names::validate_path(file)?;
         loop {
-            let entry = {
-                let mut map = self.lock_map();
-                match self.find(&mut map, file)? {
-                    Some(entry) => entry,
-                    None => {
-                        let entry = new_entry(meta.clone());
-                        lock(&entry).unplaced = true;
-                        map.entries.insert(file.to_owned(), entry.clone());
-                        entry
-                    }
-                }
-            };
+            let entry = self.entry_or_placeholder(file, || meta.clone())?;
             between_lookup_and_lock();
             let e = lock(&entry);
             if self.is_current(file, &entry, &e) {
@@ -215,7 +204,15 @@ impl Files {
         // Never go backwards: a slower transfer of an older version, or one
         // overtaken by a delete, changes nothing.
         let incoming = meta.stats.stamp();
-        let deleted_at = self.store.tombstone(file)?.map_or((0, 0), |t| t.stamp());
+        let deleted_at = match self.store.tombstone(file) {
+            Ok(tombstone) => tombstone.map_or((0, 0), |t| t.stamp()),
+            Err(error) => {
+                if e.unplaced {
+                    self.forget_unwritten(file, entry, e);
+                }
+                return Err(error.into());
+            }
+        };
         // An entry made for an install no install has placed yet has no
         // content here: the map holds every file (or while it loads `find`
         // looks on disk), and two installs of a file new here meet on one
@@ -246,7 +243,10 @@ impl Files {
             }
             return Ok(());
         }
-        if let Err(error) = install(&self.store, &e.meta, &meta) {
+        // A file new here is handed over with its own metadata as the local
+        // one (an entry made by another change holds that change's).
+        let local = if existed { &e.meta } else { &meta };
+        if let Err(error) = install(&self.store, local, &meta) {
             if !existed {
                 self.forget_unwritten(file, entry, e);
             }
@@ -278,7 +278,13 @@ impl Files {
         let stats = match self.find(&mut map, to)? {
             Some(kept) => {
                 drop(map);
-                lock(&kept).meta.stats.clone()
+                let kept = lock(&kept);
+                if kept.unplaced || kept.deleted {
+                    return Err(WireError::unavailable(format!(
+                        "{to:?}, the name for the conflict copy of {file:?}, is being changed: try again"
+                    )));
+                }
+                kept.meta.stats.clone()
             }
             None => {
                 let content = self.store.read_content(file)?;

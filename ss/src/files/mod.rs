@@ -40,6 +40,16 @@ struct Entry {
 
 type EntryRef = Arc<Mutex<Entry>>;
 
+/// An entry standing for a change of a file this server does not hold (an
+/// install, an applied delete) while it looks for a tombstone: the other
+/// changes of the name wait on its lock, and find nothing here until it
+/// places content.
+fn placeholder_entry(meta: FileMeta) -> EntryRef {
+    let entry = new_entry(meta);
+    lock(&entry).unplaced = true;
+    entry
+}
+
 /// An entry for a file with this metadata, nothing locked.
 fn new_entry(meta: FileMeta) -> EntryRef {
     Arc::new(Mutex::new(Entry {
@@ -218,9 +228,26 @@ impl Files {
             .ok_or_else(|| WireError::not_found(&format!("file {file:?}")))
     }
 
-    /// `entry`, found for `file`, locked if it is still `file`'s. A request
-    /// that looked the file up just before a DELETE or MOVE of it took the
-    /// lock comes after them: the file is not found.
+    /// `file`'s entry, or a [`placeholder_entry`] with `meta` put in the
+    /// map for it.
+    fn entry_or_placeholder(
+        &self,
+        file: &str,
+        meta: impl FnOnce() -> FileMeta,
+    ) -> Result<EntryRef, WireError> {
+        let mut map = self.lock_map();
+        if let Some(entry) = self.find(&mut map, file)? {
+            return Ok(entry);
+        }
+        let entry = placeholder_entry(meta());
+        map.entries.insert(file.to_owned(), entry.clone());
+        Ok(entry)
+    }
+
+    /// `entry`, found for `file`, locked if it is still `file`'s and holds
+    /// its content. A request that looked the file up just before a DELETE
+    /// or MOVE of it took the lock comes after them, and one that found a
+    /// copy still being installed comes before it: the file is not found.
     fn lock_current<'a>(
         &self,
         file: &str,
@@ -228,7 +255,7 @@ impl Files {
     ) -> Result<MutexGuard<'a, Entry>, WireError> {
         between_lookup_and_lock();
         let e = lock(entry);
-        if self.is_current(file, entry, &e) {
+        if self.is_current(file, entry, &e) && !e.unplaced {
             Ok(e)
         } else {
             Err(WireError::not_found(&format!("file {file:?}")))
@@ -424,20 +451,38 @@ impl Files {
     /// A delete made on the primary, applied here at the primary's (epoch, version).
     /// A newer local copy is kept.
     pub fn apply_delete(&self, file: &str, stamp: (u64, u64)) -> Result<(), WireError> {
+        shared::names::validate_path(file)?;
         loop {
-            let Ok(entry) = self.entry(file) else {
-                return Ok(self.store.write_tombstone(&Tombstone {
+            // Under the entry's lock even when the file is not here, so an
+            // install of an older copy beside it cannot slip past the
+            // tombstone.
+            let entry = self.entry_or_placeholder(file, || FileMeta {
+                owner: String::new(),
+                acl: AccessList::new(),
+                stats: FileStats {
+                    epoch: stamp.0,
+                    version: stamp.1,
+                    ..FileStats::default()
+                },
+                checkpoints: Default::default(),
+            })?;
+            between_lookup_and_lock();
+            let mut e = lock(&entry);
+            if !self.is_current(file, &entry, &e) {
+                continue;
+            }
+            if e.unplaced {
+                // Nothing here (an install that made this entry looks again
+                // once it is dropped, and finds the tombstone).
+                let written = self.store.write_tombstone(&Tombstone {
                     file: file.to_owned(),
                     version: stamp.1,
                     epoch: stamp.0,
                     deleted_ms: now_ms(),
                     base: 0,
-                })?);
-            };
-            between_lookup_and_lock();
-            let mut e = lock(&entry);
-            if !self.is_current(file, &entry, &e) {
-                continue;
+                });
+                self.forget_unwritten(file, &entry, e);
+                return Ok(written?);
             }
             if e.meta.stats.stamp() > stamp {
                 return Ok(());
@@ -880,25 +925,29 @@ mod tests {
     /// Runs `change` on a thread of its own, pausing it between its lookup
     /// of the file's entry and its lock of it while `meanwhile` runs.
     fn pause_between_lookup_and_lock(change: impl FnOnce() + Send, meanwhile: impl FnOnce()) {
-        let looked_up = Arc::new(std::sync::Barrier::new(2));
-        let go_on = Arc::new(std::sync::Barrier::new(2));
+        use std::sync::mpsc::{channel, Receiver, Sender};
+        let (paused, looked_up): (Sender<()>, Receiver<()>) = channel();
+        let (go_on, resumed): (Sender<()>, Receiver<()>) = channel();
         std::thread::scope(|s| {
-            let (paused, resumed) = (looked_up.clone(), go_on.clone());
             s.spawn(move || {
-                let mut once = true;
+                let mut once = Some((paused, resumed));
                 BETWEEN_LOOKUP_AND_LOCK.with(|hook| {
                     *hook.borrow_mut() = Some(Box::new(move || {
-                        if std::mem::take(&mut once) {
-                            paused.wait();
-                            resumed.wait();
+                        if let Some((paused, resumed)) = once.take() {
+                            let _ = paused.send(());
+                            let _ = resumed.recv_timeout(std::time::Duration::from_secs(10));
                         }
                     }))
                 });
                 change();
             });
-            looked_up.wait();
+            // Fails (rather than hangs) if the change never reaches the
+            // window.
+            looked_up
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("the change looked its file up");
             meanwhile();
-            go_on.wait();
+            let _ = go_on.send(());
         });
     }
 
@@ -986,6 +1035,86 @@ mod tests {
             ["g"]
         );
         files.open_for_read("g", "alice").unwrap();
+    }
+
+    /// A delete of a file this server lacks, applied beside an install of
+    /// an older copy, leaves the file deleted whichever goes first: the
+    /// delete used to write its tombstone under no lock, after the install
+    /// had looked for one.
+    #[test]
+    fn a_delete_of_a_file_not_here_and_an_older_install_beside_it_leave_it_deleted() {
+        let (_primary_dir, primary) = files();
+        let (older, _) = two_versions(&primary);
+        let deleted_at = primary.delete("f").unwrap();
+        let (_dir, standby) = files();
+        pause_between_lookup_and_lock(
+            || standby.apply_delete("f", deleted_at.stamp()).unwrap(),
+            || {
+                standby
+                    .install_streamed("f", older.meta.clone(), &older.content, &[], &mut || {})
+                    .unwrap()
+            },
+        );
+        assert!(standby.inventory(None).unwrap().0.is_empty());
+        assert!(!standby.store.content_path("f").unwrap().exists());
+        let tombstone = standby.store.tombstone("f").unwrap().unwrap();
+        assert_eq!(tombstone.stamp(), deleted_at.stamp());
+    }
+
+    /// Deletes applied out of order (the stream applies changes in
+    /// parallel) never move a tombstone back, so a copy between them stays
+    /// out.
+    #[test]
+    fn deletes_applied_out_of_order_keep_the_newer_tombstone() {
+        let (_primary_dir, primary) = files();
+        primary.create("f", "alice").unwrap();
+        let first = primary.delete("f").unwrap();
+        primary.create("f", "alice").unwrap();
+        let mut w = primary.begin_write("f", 0).unwrap();
+        w.edit(0, "Between.").unwrap();
+        let between = w.commit().unwrap();
+        let second = primary.delete("f").unwrap();
+        let (_dir, standby) = files();
+        standby.apply_delete("f", second.stamp()).unwrap();
+        standby.apply_delete("f", first.stamp()).unwrap();
+        assert_eq!(
+            standby.store.tombstone("f").unwrap().unwrap().stamp(),
+            second.stamp()
+        );
+        standby
+            .install_streamed("f", between.meta.clone(), &between.content, &[], &mut || {})
+            .unwrap();
+        assert!(standby.inventory(None).unwrap().0.is_empty());
+        assert!(!standby.store.content_path("f").unwrap().exists());
+    }
+
+    /// A request that finds the entry of a copy still being installed finds
+    /// no file: it used to write the access list of a file not here, in
+    /// `meta/`, where it outlived the install as the file's metadata.
+    #[test]
+    fn a_request_on_a_copy_still_being_installed_finds_no_file() {
+        let (_primary_dir, primary) = files();
+        let (_, newer) = two_versions(&primary);
+        let (standby_dir, standby) = files();
+        let mut refused = None;
+        pause_between_lookup_and_lock(
+            || {
+                standby
+                    .install_streamed("f", newer.meta.clone(), &newer.content, &[], &mut || {})
+                    .unwrap()
+            },
+            || {
+                let mut acl = AccessList::new();
+                acl.insert("bob".into(), shared::proto::Access::Read);
+                refused = Some(standby.set_acl("f", acl));
+            },
+        );
+        assert_eq!(refused.unwrap().unwrap_err().code, ErrorCode::NotFound);
+        let (held, _) = standby.inventory(None).unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].meta, newer.meta);
+        assert_eq!(standby.store.read_meta("f").unwrap(), newer.meta);
+        assert!(!standby_dir.path().join("meta/f").exists());
     }
 
     #[test]

@@ -6,17 +6,27 @@ use super::scan::walk;
 use super::*;
 
 impl Store {
+    /// Records `tombstone`, unless the name has a tombstone as new already:
+    /// deletes applied out of order never move it back.
     pub fn write_tombstone(&self, tombstone: &Tombstone) -> Result<(), StoreError> {
         self.barrier()?;
         let bytes = encode(&tombstone.file, tombstone)?;
         let path = self.path_in(TOMBSTONES, &tombstone.file)?;
         // Writes and removals take turns: a removal of the same name cannot
-        // interleave and leave a tombstone the set lacks. The set itself is
-        // held only briefly: `tombstone` never waits for a write's fsyncs.
+        // interleave and leave a tombstone the set lacks, nor a write
+        // replace a newer one between the comparison and the write. The set
+        // itself is held only briefly: `tombstone` never waits for a
+        // write's fsyncs.
         let _turn = self
             .tombstone_writes
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        if self
+            .tombstone(&tombstone.file)?
+            .is_some_and(|held| held.stamp() >= tombstone.stamp())
+        {
+            return Ok(());
+        }
         self.tombstoned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
