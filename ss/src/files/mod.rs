@@ -670,6 +670,15 @@ impl Files {
         }
         let mut meta = e.meta.clone();
         meta.stats.bump(self.epoch());
+        // The new name continues the version sequence of a delete of it, as
+        // a CREATE does, so the moved file is newer than that delete
+        // everywhere it is compared (the backup skipped it, and a restart
+        // here finished the delete).
+        if let Some(deleted) = self.store.tombstone(to)? {
+            if deleted.stamp() >= meta.stats.stamp() {
+                meta.stats.version = deleted.version + 1;
+            }
+        }
         self.store.rename(file, to, &meta)?;
         // The old name is gone: a tombstone tells the backup so.
         self.store.write_tombstone(&Tombstone {
@@ -1115,6 +1124,49 @@ mod tests {
         assert_eq!(held[0].meta, newer.meta);
         assert_eq!(standby.store.read_meta("f").unwrap(), newer.meta);
         assert!(!standby_dir.path().join("meta/f").exists());
+    }
+
+    /// A file moved onto a name deleted at a later version than its own is
+    /// newer than that delete: the backup installs it, and a restart here
+    /// keeps it (it used to finish the delete, removing the moved file).
+    #[test]
+    fn a_file_moved_onto_a_name_deleted_at_a_later_version_outlives_the_delete() {
+        let (dir, files) = files();
+        files.create("x", "alice").unwrap();
+        for i in 0..5 {
+            let mut w = files.begin_write("x", i).unwrap();
+            w.edit(0, "More.").unwrap();
+            w.commit().unwrap();
+        }
+        let deleted = files.delete("x").unwrap();
+        files.create("y", "alice").unwrap();
+        let (moved, committed) = files.rename("y", "x").unwrap();
+        assert!(
+            moved.stamp() > deleted.stamp(),
+            "{moved:?} after {deleted:?}"
+        );
+        let committed = committed.expect("a small file's MOVE is streamed");
+
+        let (_standby_dir, standby) = self::files();
+        standby.apply_delete("x", deleted.stamp()).unwrap();
+        standby
+            .install_streamed(
+                "x",
+                committed.meta.clone(),
+                &committed.content,
+                &[],
+                &mut || {},
+            )
+            .unwrap();
+        assert_eq!(standby.inventory(None).unwrap().0.len(), 1);
+
+        drop(files);
+        let reopened =
+            Files::load(Store::open(dir.path(), false).unwrap(), Arc::default()).unwrap();
+        let (held, _) = reopened.inventory(None).unwrap();
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert_eq!(held[0].file, "x");
+        assert_eq!(held[0].meta.stats.stamp(), moved.stamp());
     }
 
     #[test]
