@@ -62,6 +62,7 @@ impl Files {
             return staged.iter().map(|_| Err(e.clone())).collect();
         }
         let mut dirs = Placements::default();
+        self.batches_naming.fetch_add(1, Ordering::SeqCst);
         let mut results: Vec<Result<(), WireError>> = staged
             .drain(..)
             .map(|staged| {
@@ -69,7 +70,9 @@ impl Files {
                 self.place_copy(copy, Route::Batched(separate), &mut dirs)
             })
             .collect();
-        if let Err(e) = self.store.sync_dirs(&mut dirs) {
+        let named = self.store.sync_dirs(&mut dirs);
+        self.batches_naming.fetch_sub(1, Ordering::SeqCst);
+        if let Err(e) = named {
             let e = WireError::from(e);
             for result in results.iter_mut().filter(|r| r.is_ok()) {
                 *result = Err(e.clone());
@@ -240,8 +243,10 @@ impl Files {
         if (existed && e.meta.stats.stamp() >= incoming) || deleted_at >= incoming {
             if !existed {
                 self.forget_unwritten(file, entry, e);
+                // Tombstones are durable once written.
+                return Ok(());
             }
-            return Ok(());
+            return self.newer_is_durable();
         }
         // A file new here is handed over with its own metadata as the local
         // one (an entry made by another change holds that change's).

@@ -26,6 +26,7 @@ impl Files {
             loaded: Condvar::new(),
             next_session: AtomicU64::new(1),
             conflicts_kept: Mutex::new(HashSet::new()),
+            batches_naming: AtomicU64::new(0),
         }
     }
 

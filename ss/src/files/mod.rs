@@ -133,6 +133,10 @@ pub struct Files {
     /// Versions of files whose changes a conflict copy now holds (file,
     /// (epoch, version)): a replica install may replace exactly those.
     conflicts_kept: Mutex<HashSet<(String, (u64, u64))>>,
+    /// Batches of copies placed whose names are not durable yet (see
+    /// [`Files::install_batch`]): a change skipped as older than one of
+    /// them waits for them to be durable before it counts as durable.
+    batches_naming: AtomicU64,
 }
 
 /// The files in memory, and while the start-up scan runs, what it must not bring back.
@@ -435,6 +439,16 @@ impl Files {
         Ok(())
     }
 
+    /// Makes sure what made a change unnecessary here (a newer version in
+    /// place) is durable, before the change counts as durable: a version a
+    /// sync's batch placed is durable only once the batch's names are.
+    fn newer_is_durable(&self) -> Result<(), WireError> {
+        if self.batches_naming.load(Ordering::SeqCst) > 0 {
+            self.store.sync_everything()?;
+        }
+        Ok(())
+    }
+
     /// Whether `entry`, locked as `e`, is still `file`'s. Between a lookup
     /// and the lock of what it found, the file may have been deleted, moved
     /// to another name, or dropped by an install that failed or found
@@ -485,7 +499,7 @@ impl Files {
                 return Ok(written?);
             }
             if e.meta.stats.stamp() > stamp {
-                return Ok(());
+                return self.newer_is_durable();
             }
             refuse_while_written(&e, file, "DELETE")?;
             return self.remove_with_tombstone(&mut e, file, stamp, 0);
@@ -1167,6 +1181,35 @@ mod tests {
         assert_eq!(held.len(), 1, "{held:?}");
         assert_eq!(held[0].file, "x");
         assert_eq!(held[0].meta.stats.stamp(), moved.stamp());
+    }
+
+    /// A change found older than a version a sync's batch has placed but
+    /// not yet named durably is acknowledged only once the store is flushed:
+    /// a power loss before the batch's directory sync would otherwise take
+    /// the file back past a change the partner was told is durable here.
+    #[test]
+    fn a_change_skipped_as_older_than_a_batch_not_yet_named_durably_waits_for_a_flush() {
+        let (_primary_dir, primary) = files();
+        let (older, newer) = two_versions(&primary);
+        let dir = tempfile::tempdir().unwrap();
+        let standby = Files::load(Store::open(dir.path(), true).unwrap(), Arc::default()).unwrap();
+        let install = |c: &Committed| {
+            standby
+                .install_streamed("f", c.meta.clone(), &c.content, &[], &mut || {})
+                .unwrap()
+        };
+        install(&newer);
+        // As while a batch that placed `newer` has not synced its names.
+        standby.batches_naming.fetch_add(1, Ordering::SeqCst);
+        let flushes = crate::store::syncfs_calls();
+        install(&older);
+        standby.apply_delete("f", (0, 1)).unwrap();
+        assert_eq!(crate::store::syncfs_calls() - flushes, 2);
+        standby.batches_naming.fetch_sub(1, Ordering::SeqCst);
+        let flushes = crate::store::syncfs_calls();
+        install(&older);
+        assert_eq!(crate::store::syncfs_calls(), flushes, "no batch: no flush");
+        assert_eq!(standby.store.read_content("f").unwrap(), newer.content);
     }
 
     #[test]

@@ -302,10 +302,23 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
+#[cfg(test)]
+thread_local! {
+    static SYNCFS_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times this thread called [`syncfs`].
+#[cfg(test)]
+pub fn syncfs_calls() -> usize {
+    SYNCFS_CALLS.with(|calls| calls.get())
+}
+
 /// Flushes every dirty page and inode of the file system holding `dir`.
 #[cfg(target_os = "linux")]
 pub(super) fn syncfs(dir: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    #[cfg(test)]
+    SYNCFS_CALLS.with(|calls| calls.set(calls.get() + 1));
     let handle = File::open(dir)?;
     // SAFETY: syncfs only reads the descriptor, which `handle` keeps open.
     if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
@@ -442,6 +455,14 @@ impl Store {
             }
         }
         placements.named_in(&target);
+        Ok(())
+    }
+
+    /// Makes everything written to the store durable: one `syncfs`.
+    pub fn sync_everything(&self) -> Result<(), StoreError> {
+        if self.fsync {
+            syncfs(&self.root)?;
+        }
         Ok(())
     }
 

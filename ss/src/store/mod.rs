@@ -32,6 +32,8 @@ mod redo;
 mod scan;
 mod tombstones;
 
+#[cfg(test)]
+pub use atomic::syncfs_calls;
 use atomic::{exchange, syncfs, Durable};
 pub use atomic::{Placed, Placements, TempFile};
 pub use scan::Found;
