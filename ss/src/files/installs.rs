@@ -14,6 +14,16 @@ pub(super) enum Route {
     Batched(Option<TempFile>),
 }
 
+/// The checkpoints `local` names and `incoming` does not.
+fn stale_checkpoints(local: &FileMeta, incoming: &FileMeta) -> Vec<String> {
+    local
+        .checkpoints
+        .keys()
+        .filter(|tag| !incoming.checkpoints.contains_key(*tag))
+        .cloned()
+        .collect()
+}
+
 impl Files {
     /// A temp file for a copy from the partner: unnamed until placed (see
     /// [`crate::store::Store::unnamed_temp_file`]).
@@ -39,7 +49,12 @@ impl Files {
         if logged {
             return copies
                 .into_iter()
-                .map(|copy| self.place_copy(copy, Route::Logged, &mut Placements::default()))
+                .map(|copy| {
+                    let file = copy.file.clone();
+                    let stale = self.place_copy(copy, Route::Logged, &mut Placements::default())?;
+                    self.remove_stale_checkpoints(&file, &stale);
+                    Ok(())
+                })
                 .collect();
         }
         let mut staged: Vec<Result<(Copied, Option<TempFile>), WireError>> = copies
@@ -63,38 +78,73 @@ impl Files {
         }
         let mut dirs = Placements::default();
         self.batches_naming.fetch_add(1, Ordering::SeqCst);
-        let mut results: Vec<Result<(), WireError>> = staged
+        let mut placed: Vec<Result<(String, Vec<String>), WireError>> = staged
             .drain(..)
             .map(|staged| {
                 let (copy, separate) = staged?;
-                self.place_copy(copy, Route::Batched(separate), &mut dirs)
+                let file = copy.file.clone();
+                let stale = self.place_copy(copy, Route::Batched(separate), &mut dirs)?;
+                Ok((file, stale))
             })
             .collect();
         let named = self.store.sync_dirs(&mut dirs);
         self.batches_naming.fetch_sub(1, Ordering::SeqCst);
-        if let Err(e) = named {
-            let e = WireError::from(e);
-            for result in results.iter_mut().filter(|r| r.is_ok()) {
-                *result = Err(e.clone());
+        match named {
+            Ok(()) => {
+                for (file, stale) in placed.iter().flatten() {
+                    self.remove_stale_checkpoints(file, stale);
+                }
+            }
+            Err(e) => {
+                let e = WireError::from(e);
+                for result in placed.iter_mut().filter(|r| r.is_ok()) {
+                    *result = Err(e.clone());
+                }
             }
         }
-        results
+        placed.into_iter().map(|r| r.map(|_| ())).collect()
+    }
+
+    /// Removes the checkpoints of `file` that a copy made stale, once the
+    /// metadata that no longer names them is durable (removed before, a
+    /// crash could leave the old metadata naming a checkpoint that is gone,
+    /// which later copies would take as held). Unless a later change named
+    /// them again meanwhile; a failure leaves an unnamed file, which is
+    /// harmless, and is logged.
+    fn remove_stale_checkpoints(&self, file: &str, stale: &[String]) {
+        if stale.is_empty() {
+            return;
+        }
+        let Ok(entry) = self.entry(file) else {
+            return;
+        };
+        let e = lock(&entry);
+        for tag in stale {
+            if e.meta.checkpoints.contains_key(tag) {
+                continue;
+            }
+            if let Err(error) = self.store.remove_checkpoint(file, tag) {
+                tracing::warn!(event = "ss_stale_checkpoint_left", file, tag = %tag, error = %error, "a checkpoint the copy made stale could not be removed");
+            }
+        }
     }
 
     /// Puts one copy in place, unless the local file is as new or holds
-    /// changes the copy lacks, by `route`.
+    /// changes the copy lacks, by `route`. Returns the checkpoints the copy
+    /// made stale, to remove once it is durable.
     pub(super) fn place_copy(
         &self,
         copy: Copied,
         route: Route,
         dirs: &mut Placements,
-    ) -> Result<(), WireError> {
+    ) -> Result<Vec<String>, WireError> {
         let Copied {
             file,
             meta,
             content,
             checkpoints,
         } = copy;
+        let mut stale = Vec::new();
         self.place_if_newer(&file, meta, |store, local, meta| {
             // New checkpoints' names are durable before the metadata that
             // names them is in place: a crash between the two must not leave
@@ -105,16 +155,13 @@ impl Files {
                 store.place(temp, &file, Placed::Checkpoint(&tag), &mut checkpoint_dirs)?;
             }
             store.sync_dirs(&mut checkpoint_dirs)?;
-            for stale in local.checkpoints.keys() {
-                if !meta.checkpoints.contains_key(stale) {
-                    store.remove_checkpoint(&file, stale)?;
-                }
-            }
+            stale = stale_checkpoints(local, meta);
             match route {
                 Route::Batched(separate) => store.place_with_meta(content, separate, &file, dirs),
                 Route::Logged => store.install_logged(&file, content, meta),
             }
-        })
+        })?;
+        Ok(stale)
     }
 
     /// Installs a change that came on the replication stream, whole, under
@@ -161,16 +208,18 @@ impl Files {
                     .into());
                 }
             }
-            for stale in local.checkpoints.keys() {
-                if !meta.checkpoints.contains_key(stale) {
-                    store.remove_checkpoint(file, stale)?;
-                }
-            }
             let carried: Vec<(&str, &[u8])> = checkpoints
                 .iter()
                 .map(|c| (c.tag.as_str(), c.content.as_slice()))
                 .collect();
-            store.install_streamed(file, content, meta, &carried, durable)
+            store.install_streamed(file, content, meta, &carried, durable)?;
+            // Durable now (logged, or synced): still under the file's lock.
+            for tag in stale_checkpoints(local, meta) {
+                if let Err(error) = store.remove_checkpoint(file, &tag) {
+                    tracing::warn!(event = "ss_stale_checkpoint_left", file, tag = %tag, error = %error, "a checkpoint the change made stale could not be removed");
+                }
+            }
+            Ok(())
         })
     }
 

@@ -1212,6 +1212,73 @@ mod tests {
         assert_eq!(standby.store.read_content("f").unwrap(), newer.content);
     }
 
+    /// A copy of a file whose new metadata no longer names a checkpoint
+    /// (the name was deleted and created again) removes that checkpoint once
+    /// the copy is durable, on the stream and in a sync's batch alike.
+    #[test]
+    fn a_copy_that_drops_a_checkpoint_removes_it_once_in_place() {
+        let (_primary_dir, primary) = files();
+        primary.create("f", "alice").unwrap();
+        let mut w = primary.begin_write("f", 0).unwrap();
+        w.edit(0, "Kept.").unwrap();
+        w.commit().unwrap();
+        let (_, made) = primary.checkpoint("f", "v1").unwrap();
+        let made = made.unwrap();
+        primary.delete("f").unwrap();
+        primary.create("f", "alice").unwrap();
+        let mut w = primary.begin_write("f", 0).unwrap();
+        w.edit(0, "Anew.").unwrap();
+        let anew = w.commit().unwrap();
+        let carried = [StreamedCheckpoint {
+            tag: "v1".into(),
+            content: serde_bytes::ByteBuf::from(made.content.clone()),
+        }];
+        for batch in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let standby =
+                Files::load(Store::open(dir.path(), true).unwrap(), Arc::default()).unwrap();
+            standby
+                .install_streamed("f", made.meta.clone(), &made.content, &carried, &mut || {})
+                .unwrap();
+            assert!(standby
+                .store
+                .has_checkpoint("f", "v1", made.content.len() as u64)
+                .unwrap());
+            if batch {
+                let copies = (0..LOGGED_INSTALLS)
+                    .map(|i| {
+                        let file = if i == 0 {
+                            "f".to_owned()
+                        } else {
+                            format!("other{i}")
+                        };
+                        let mut content = standby.copy_temp_file().unwrap();
+                        content.write_all(&anew.content).unwrap();
+                        Copied {
+                            file,
+                            meta: anew.meta.clone(),
+                            content,
+                            checkpoints: Vec::new(),
+                        }
+                    })
+                    .collect();
+                assert!(standby.install_batch(copies).iter().all(Result::is_ok));
+            } else {
+                standby
+                    .install_streamed("f", anew.meta.clone(), &anew.content, &[], &mut || {})
+                    .unwrap();
+            }
+            assert_eq!(standby.store.read_content("f").unwrap(), anew.content);
+            assert!(
+                !standby
+                    .store
+                    .has_checkpoint("f", "v1", made.content.len() as u64)
+                    .unwrap(),
+                "batch: {batch}"
+            );
+        }
+    }
+
     #[test]
     fn checkpoints_revert_and_rename() {
         let (_dir, files) = files();
