@@ -14,6 +14,16 @@ pub(super) enum Route {
     Batched(Option<TempFile>),
 }
 
+/// What a copy older than the local file (so not installed) means.
+#[derive(Clone, Copy)]
+pub(super) enum Older {
+    /// Nothing: a sync's copy counts only once the whole sync is durable.
+    Skipped,
+    /// That the change is durable here (the stream acknowledges it): only
+    /// once the newer version is (see [`Files::newer_is_durable`]).
+    Acknowledged,
+}
+
 /// The checkpoints `local` names and `incoming` does not.
 fn stale_checkpoints(local: &FileMeta, incoming: &FileMeta) -> Vec<String> {
     local
@@ -145,7 +155,7 @@ impl Files {
             checkpoints,
         } = copy;
         let mut stale = Vec::new();
-        self.place_if_newer(&file, meta, |store, local, meta| {
+        self.place_if_newer(&file, meta, Older::Skipped, |store, local, meta| {
             // New checkpoints' names are durable before the metadata that
             // names them is in place: a crash between the two must not leave
             // metadata naming a checkpoint that is not there (a later copy
@@ -191,7 +201,7 @@ impl Files {
                 )));
             }
         }
-        self.place_if_newer(file, meta, |store, local, meta| {
+        self.place_if_newer(file, meta, Older::Acknowledged, |store, local, meta| {
             // A file new here is handed over with its own metadata as the
             // local one: none of its checkpoints is here unless carried.
             let new_here = local.stats.stamp() == meta.stats.stamp();
@@ -230,6 +240,7 @@ impl Files {
         &self,
         file: &str,
         meta: FileMeta,
+        older: Older,
         install: impl FnOnce(&Store, &FileMeta, &FileMeta) -> Result<(), StoreError>,
     ) -> Result<(), WireError> {
         shared::names::validate_path(file)?;
@@ -238,7 +249,7 @@ impl Files {
             between_lookup_and_lock();
             let e = lock(&entry);
             if self.is_current(file, &entry, &e) {
-                return self.place_locked(file, meta, &entry, e, install);
+                return self.place_locked(file, meta, older, &entry, e, install);
             }
         }
     }
@@ -248,6 +259,7 @@ impl Files {
         &self,
         file: &str,
         meta: FileMeta,
+        older: Older,
         entry: &EntryRef,
         mut e: MutexGuard<'_, Entry>,
         install: impl FnOnce(&Store, &FileMeta, &FileMeta) -> Result<(), StoreError>,
@@ -295,7 +307,10 @@ impl Files {
                 // Tombstones are durable once written.
                 return Ok(());
             }
-            return self.newer_is_durable();
+            return match older {
+                Older::Skipped => Ok(()),
+                Older::Acknowledged => self.newer_is_durable(),
+            };
         }
         // A file new here is handed over with its own metadata as the local
         // one (an entry made by another change holds that change's).
