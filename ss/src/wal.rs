@@ -29,6 +29,7 @@ use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use shared::connection::frame_codec;
 use shared::proto::FileMeta;
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::path::Path;
@@ -65,6 +66,17 @@ pub enum WalRecord {
     },
 }
 
+impl WalRecord {
+    /// The file the record changes.
+    pub fn file(&self) -> &str {
+        match self {
+            WalRecord::Create { file, .. }
+            | WalRecord::Commit { file, .. }
+            | WalRecord::Install { file, .. } => file,
+        }
+    }
+}
+
 /// A record as framed on disk: the CRC-32 of its MessagePack bytes, and the bytes.
 #[derive(Serialize, Deserialize)]
 struct Envelope {
@@ -85,6 +97,8 @@ struct Log {
     syncing: bool,
     /// A failed write or fdatasync poisons the log: nothing is acknowledged after it.
     failed: Option<String>,
+    /// The files the log holds a record of (see [`Wal::holds`]).
+    files: HashSet<String>,
 }
 
 /// The log of one storage folder.
@@ -134,6 +148,7 @@ impl Wal {
                 synced: 0,
                 syncing: false,
                 failed: None,
+                files: records.iter().map(|r| r.file().to_owned()).collect(),
             }),
             synced: Condvar::new(),
             applying: RwLock::new(()),
@@ -170,6 +185,9 @@ impl Wal {
         }
         log.size += frame.len() as u64;
         log.written += 1;
+        if !log.files.contains(record.file()) {
+            log.files.insert(record.file().to_owned());
+        }
         Ok(Written {
             wal: self,
             mine: log.written,
@@ -225,6 +243,12 @@ impl<'a> Written<'a> {
 }
 
 impl Wal {
+    /// Whether the log holds a record of `file`: its replay would rewrite
+    /// the file at that record's version.
+    pub fn holds(&self, file: &str) -> bool {
+        lock(&self.log).files.contains(file)
+    }
+
     /// Whether the log has grown past [`CHECKPOINT_BYTES`].
     pub fn wants_checkpoint(&self) -> bool {
         lock(&self.log).size >= CHECKPOINT_BYTES
@@ -258,6 +282,7 @@ impl Wal {
         log.file.seek(io::SeekFrom::Start(0))?;
         log.file.sync_all()?;
         log.size = 0;
+        log.files.clear();
         Ok(())
     }
 }

@@ -14,14 +14,17 @@ pub(super) enum Route {
     Batched(Option<TempFile>),
 }
 
-/// What a copy older than the local file (so not installed) means.
-#[derive(Clone, Copy)]
-pub(super) enum Older {
-    /// Nothing: a sync's copy counts only once the whole sync is durable.
-    Skipped,
-    /// That the change is durable here (the stream acknowledges it): only
-    /// once the newer version is (see [`Files::newer_is_durable`]).
-    Acknowledged,
+/// What became of a copy offered to [`Files::place_if_newer`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Outcome {
+    Installed,
+    /// Not installed: the local version is as new. That version may have
+    /// been placed by a sync's batch whose names are not durable yet (see
+    /// [`Files::newer_is_durable`]).
+    Older,
+    /// Not installed: the file was deleted later (tombstones are durable
+    /// once written).
+    Deleted,
 }
 
 /// The checkpoints `local` names and `incoming` does not.
@@ -61,8 +64,12 @@ impl Files {
                 .into_iter()
                 .map(|copy| {
                     let file = copy.file.clone();
-                    let stale = self.place_copy(copy, Route::Logged, &mut Placements::default())?;
+                    let (outcome, stale) =
+                        self.place_copy(copy, Route::Logged, &mut Placements::default())?;
                     self.remove_stale_checkpoints(&file, &stale);
+                    if outcome == Outcome::Older {
+                        self.newer_is_durable()?;
+                    }
                     Ok(())
                 })
                 .collect();
@@ -88,17 +95,34 @@ impl Files {
         }
         let mut dirs = Placements::default();
         self.batches_naming.fetch_add(1, Ordering::SeqCst);
+        let mut older = false;
         let mut placed: Vec<Result<(String, Vec<String>), WireError>> = staged
             .drain(..)
             .map(|staged| {
                 let (copy, separate) = staged?;
                 let file = copy.file.clone();
-                let stale = self.place_copy(copy, Route::Batched(separate), &mut dirs)?;
+                let (outcome, stale) =
+                    self.place_copy(copy, Route::Batched(separate), &mut dirs)?;
+                older |= outcome == Outcome::Older;
                 Ok((file, stale))
             })
             .collect();
-        let named = self.store.sync_dirs(&mut dirs);
-        self.batches_naming.fetch_sub(1, Ordering::SeqCst);
+        // Copies skipped as older count as here once what they were
+        // skipped for is durable: another batch's placing, maybe.
+        let named = self
+            .store
+            .sync_dirs(&mut dirs)
+            .map_err(WireError::from)
+            .and_then(|()| {
+                // Only once the names are durable; after a failure (or a panic
+                // above) the count stays up, and every change skipped as older
+                // than what this batch placed waits for a flush.
+                self.batches_naming.fetch_sub(1, Ordering::SeqCst);
+                if older {
+                    self.newer_is_durable()?;
+                }
+                Ok(())
+            });
         match named {
             Ok(()) => {
                 for (file, stale) in placed.iter().flatten() {
@@ -106,7 +130,6 @@ impl Files {
                 }
             }
             Err(e) => {
-                let e = WireError::from(e);
                 for result in placed.iter_mut().filter(|r| r.is_ok()) {
                     *result = Err(e.clone());
                 }
@@ -128,7 +151,10 @@ impl Files {
         let Ok(entry) = self.entry(file) else {
             return;
         };
-        let e = lock(&entry);
+        // Not if `file` was deleted, moved or copied anew since.
+        let Ok(e) = self.lock_current(file, &entry) else {
+            return;
+        };
         for tag in stale {
             if e.meta.checkpoints.contains_key(tag) {
                 continue;
@@ -141,13 +167,13 @@ impl Files {
 
     /// Puts one copy in place, unless the local file is as new or holds
     /// changes the copy lacks, by `route`. Returns the checkpoints the copy
-    /// made stale, to remove once it is durable.
+    /// made stale, to remove once it is durable, with what became of it.
     pub(super) fn place_copy(
         &self,
         copy: Copied,
         route: Route,
         dirs: &mut Placements,
-    ) -> Result<Vec<String>, WireError> {
+    ) -> Result<(Outcome, Vec<String>), WireError> {
         let Copied {
             file,
             meta,
@@ -155,7 +181,7 @@ impl Files {
             checkpoints,
         } = copy;
         let mut stale = Vec::new();
-        self.place_if_newer(&file, meta, Older::Skipped, |store, local, meta| {
+        let outcome = self.place_if_newer(&file, meta, |store, local, meta| {
             // New checkpoints' names are durable before the metadata that
             // names them is in place: a crash between the two must not leave
             // metadata naming a checkpoint that is not there (a later copy
@@ -167,11 +193,14 @@ impl Files {
             store.sync_dirs(&mut checkpoint_dirs)?;
             stale = stale_checkpoints(local, meta);
             match route {
-                Route::Batched(separate) => store.place_with_meta(content, separate, &file, dirs),
+                Route::Batched(separate) => {
+                    store.checkpoint_log_holding(&file)?;
+                    store.place_with_meta(content, separate, &file, dirs)
+                }
                 Route::Logged => store.install_logged(&file, content, meta),
             }
         })?;
-        Ok(stale)
+        Ok((outcome, stale))
     }
 
     /// Installs a change that came on the replication stream, whole, under
@@ -201,7 +230,7 @@ impl Files {
                 )));
             }
         }
-        self.place_if_newer(file, meta, Older::Acknowledged, |store, local, meta| {
+        let outcome = self.place_if_newer(file, meta, |store, local, meta| {
             // A file new here is handed over with its own metadata as the
             // local one: none of its checkpoints is here unless carried.
             let new_here = local.stats.stamp() == meta.stats.stamp();
@@ -230,7 +259,13 @@ impl Files {
                 }
             }
             Ok(())
-        })
+        })?;
+        // The standby acknowledges a change skipped as older: only once the
+        // version it was skipped for is durable.
+        if outcome == Outcome::Older {
+            self.newer_is_durable()?;
+        }
+        Ok(())
     }
 
     /// Calls `install` with the local and the incoming metadata, unless the
@@ -240,16 +275,15 @@ impl Files {
         &self,
         file: &str,
         meta: FileMeta,
-        older: Older,
         install: impl FnOnce(&Store, &FileMeta, &FileMeta) -> Result<(), StoreError>,
-    ) -> Result<(), WireError> {
+    ) -> Result<Outcome, WireError> {
         shared::names::validate_path(file)?;
         loop {
             let entry = self.entry_or_placeholder(file, || meta.clone())?;
             between_lookup_and_lock();
             let e = lock(&entry);
             if self.is_current(file, &entry, &e) {
-                return self.place_locked(file, meta, older, &entry, e, install);
+                return self.place_locked(file, meta, &entry, e, install);
             }
         }
     }
@@ -259,11 +293,10 @@ impl Files {
         &self,
         file: &str,
         meta: FileMeta,
-        older: Older,
         entry: &EntryRef,
         mut e: MutexGuard<'_, Entry>,
         install: impl FnOnce(&Store, &FileMeta, &FileMeta) -> Result<(), StoreError>,
-    ) -> Result<(), WireError> {
+    ) -> Result<Outcome, WireError> {
         refuse_while_written(&e, file, "a replica update")?;
         // Never go backwards: a slower transfer of an older version, or one
         // overtaken by a delete, changes nothing.
@@ -304,13 +337,9 @@ impl Files {
         if (existed && e.meta.stats.stamp() >= incoming) || deleted_at >= incoming {
             if !existed {
                 self.forget_unwritten(file, entry, e);
-                // Tombstones are durable once written.
-                return Ok(());
+                return Ok(Outcome::Deleted);
             }
-            return match older {
-                Older::Skipped => Ok(()),
-                Older::Acknowledged => self.newer_is_durable(),
-            };
+            return Ok(Outcome::Older);
         }
         // A file new here is handed over with its own metadata as the local
         // one (an entry made by another change holds that change's).
@@ -326,7 +355,7 @@ impl Files {
         if deleted_at > (0, 0) {
             self.store.remove_tombstone(file)?;
         }
-        Ok(())
+        Ok(Outcome::Installed)
     }
 
     /// Keeps this server's copy of `file` as `to` (a conflict copy found

@@ -692,6 +692,10 @@ impl Files {
             if deleted.stamp() >= meta.stats.stamp() {
                 meta.stats.version = deleted.version + 1;
             }
+            // What the name held up to its delete is no change this file
+            // lacks: a partner still holding it from an older epoch is not
+            // in conflict with it.
+            meta.stats.base = meta.stats.base.max(deleted.version);
         }
         self.store.rename(file, to, &meta)?;
         // The old name is gone: a tombstone tells the backup so.
@@ -1277,6 +1281,144 @@ mod tests {
                 "batch: {batch}"
             );
         }
+    }
+
+    /// A sync's copy placed after the stream logged an older change of the
+    /// same file (the batch checkpointed the log before that change came)
+    /// outlives the log's replay after a kill: the batch checkpoints the log
+    /// again before placing a file it holds a record of. The replay used to
+    /// take the file back to the logged, older version.
+    #[test]
+    fn a_sync_copy_placed_after_an_older_streamed_change_was_logged_outlives_the_replay() {
+        let (_primary_dir, primary) = files();
+        let (older, newer) = two_versions(&primary);
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let standby =
+                Files::load(Store::open(dir.path(), true).unwrap(), Arc::default()).unwrap();
+            let copies: Vec<Copied> = (0..LOGGED_INSTALLS)
+                .map(|i| {
+                    let file = if i == 0 {
+                        "f".to_owned()
+                    } else {
+                        format!("other{i}")
+                    };
+                    let mut content = standby.copy_temp_file().unwrap();
+                    content.write_all(&newer.content).unwrap();
+                    Copied {
+                        file,
+                        meta: newer.meta.clone(),
+                        content,
+                        checkpoints: Vec::new(),
+                    }
+                })
+                .collect();
+            pause_between_lookup_and_lock(
+                || assert!(standby.install_batch(copies).iter().all(Result::is_ok)),
+                || {
+                    standby
+                        .install_streamed("f", older.meta.clone(), &older.content, &[], &mut || {})
+                        .unwrap()
+                },
+            );
+            assert_eq!(standby.store.read_content("f").unwrap(), newer.content);
+            // Killed: dropped without a checkpoint of the log.
+        }
+        let reopened = Files::load(Store::open(dir.path(), true).unwrap(), Arc::default()).unwrap();
+        assert_eq!(reopened.store.read_content("f").unwrap(), newer.content);
+        assert_eq!(reopened.store.read_meta("f").unwrap(), newer.meta);
+    }
+
+    /// A checkpoint file the metadata does not name (left by a crash, or a
+    /// stale one not yet removed) does not stop a CHECKPOINT of that tag.
+    #[test]
+    fn a_checkpoint_over_a_leftover_file_of_its_tag_replaces_it() {
+        let (dir, files) = files();
+        files.create("f", "alice").unwrap();
+        let mut w = files.begin_write("f", 0).unwrap();
+        w.edit(0, "Now.").unwrap();
+        w.commit().unwrap();
+        let leftover = dir.path().join("checkpoints/f/t");
+        std::fs::create_dir_all(leftover.parent().unwrap()).unwrap();
+        std::fs::write(&leftover, b"Left over.").unwrap();
+        files.checkpoint("f", "t").unwrap();
+        assert_eq!(files.store.read_checkpoint("f", "t").unwrap(), b"Now.");
+    }
+
+    /// A file moved onto a name deleted in a later epoch than a partner's
+    /// copy of the old file is no conflict with that copy: the name's
+    /// history up to the delete is behind it, as for a CREATE.
+    #[test]
+    fn a_file_moved_onto_a_deleted_name_is_no_conflict_with_the_old_file_a_partner_holds() {
+        let primary_dir = tempfile::tempdir().unwrap();
+        let role = Arc::new(crate::role::PairRole::default());
+        let primary = Arc::new(
+            Files::load(
+                Store::open(primary_dir.path(), false).unwrap(),
+                role.clone(),
+            )
+            .unwrap(),
+        );
+        primary.create("x", "alice").unwrap();
+        let mut old = None;
+        for i in 0..3 {
+            let mut w = primary.begin_write("x", i).unwrap();
+            w.edit(0, "Old.").unwrap();
+            old = Some(w.commit().unwrap());
+        }
+        let old = old.unwrap();
+        let (_standby_dir, standby) = files();
+        standby
+            .install_streamed("x", old.meta.clone(), &old.content, &[], &mut || {})
+            .unwrap();
+        role.set(crate::role::Part {
+            epoch: 1,
+            serving: true,
+            writable: true,
+        })
+        .unwrap();
+        primary.delete("x").unwrap();
+        primary.create("y", "alice").unwrap();
+        let (_, moved) = primary.rename("y", "x").unwrap();
+        let moved = moved.unwrap();
+        // The standby has not applied the delete yet.
+        standby
+            .install_streamed("x", moved.meta.clone(), &moved.content, &[], &mut || {})
+            .unwrap();
+        assert_eq!(standby.store.read_meta("x").unwrap(), moved.meta);
+    }
+
+    /// A sync's batch counts as naming from its first placement until its
+    /// names are durable, so a change skipped meanwhile as older waits for
+    /// a flush; and not after.
+    #[test]
+    fn a_batch_counts_as_naming_from_its_first_placement_until_its_names_are_durable() {
+        let (_primary_dir, primary) = files();
+        let (older, newer) = two_versions(&primary);
+        let dir = tempfile::tempdir().unwrap();
+        let standby = Files::load(Store::open(dir.path(), true).unwrap(), Arc::default()).unwrap();
+        let copies: Vec<Copied> = (0..LOGGED_INSTALLS)
+            .map(|i| {
+                let mut content = standby.copy_temp_file().unwrap();
+                content.write_all(&newer.content).unwrap();
+                Copied {
+                    file: format!("f{i}"),
+                    meta: newer.meta.clone(),
+                    content,
+                    checkpoints: Vec::new(),
+                }
+            })
+            .collect();
+        pause_between_lookup_and_lock(
+            || assert!(standby.install_batch(copies).iter().all(Result::is_ok)),
+            || assert_eq!(standby.batches_naming.load(Ordering::SeqCst), 1),
+        );
+        assert_eq!(standby.batches_naming.load(Ordering::SeqCst), 0);
+        let flushes = crate::store::syncfs_calls();
+        standby
+            .install_streamed("f1", older.meta.clone(), &older.content, &[], &mut || {})
+            .unwrap();
+        assert_eq!(crate::store::syncfs_calls(), flushes);
     }
 
     #[test]

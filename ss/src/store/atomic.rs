@@ -458,6 +458,19 @@ impl Store {
         Ok(())
     }
 
+    /// Checkpoints the write-ahead log if it holds a record of `file`:
+    /// before a copy of `file` is placed outside the log (a sync's batch,
+    /// whose own checkpoint came before records the stream logged since),
+    /// so that the log's replay after a crash never takes `file` back to
+    /// the older, logged version. Called under `file`'s lock, which every
+    /// writer of its records holds.
+    pub fn checkpoint_log_holding(&self, file: &str) -> Result<(), StoreError> {
+        if self.wal.as_ref().is_some_and(|wal| wal.holds(file)) {
+            self.barrier()?;
+        }
+        Ok(())
+    }
+
     /// Makes everything written to the store durable: one `syncfs`.
     pub fn sync_everything(&self) -> Result<(), StoreError> {
         if self.fsync {

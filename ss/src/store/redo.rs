@@ -4,28 +4,8 @@
 use super::*;
 
 impl Store {
-    /// Applies a logged change again, rewriting every file it touches,
-    /// unless the file holds a newer version already.
-    ///
-    /// A newer version on disk is whole and was made durable after the
-    /// record: a copy a sync installed after the record was logged (a
-    /// sync's batch checkpoints the log before its first install, but the
-    /// stream's changes go on being logged beside it), whose temp files
-    /// were synced before they were named; or a later record's, which is
-    /// redone next anyway. Redoing the older record would take the file
-    /// back to a version its partner was told it has passed.
+    /// Applies a logged change again, rewriting every file it touches.
     pub(super) fn redo(&self, record: &WalRecord) -> Result<(), StoreError> {
-        let (file, meta) = match record {
-            WalRecord::Create { file, meta }
-            | WalRecord::Commit { file, meta, .. }
-            | WalRecord::Install { file, meta, .. } => (file, meta),
-        };
-        // Whatever a crash left unreadable is rewritten.
-        if let Ok(Some(found)) = self.find(file) {
-            if found.meta.stats.stamp() > meta.stats.stamp() {
-                return Ok(());
-            }
-        }
         match record {
             WalRecord::Create { file, meta } => {
                 remove_if_present(&self.path_in(UNDO, file)?)?;
