@@ -978,6 +978,32 @@ mod tests {
         });
     }
 
+    /// Files on a store that fsyncs (and so keeps a write-ahead log).
+    fn logged_files(dir: &std::path::Path) -> Files {
+        Files::load(Store::open(dir, true).unwrap(), Arc::default()).unwrap()
+    }
+
+    /// A batch large enough for [`Files::install_batch`] to place it
+    /// outside the log: `first`, then other files, each a copy of `change`.
+    fn batch_of(standby: &Files, first: &str, change: &Committed) -> Vec<Copied> {
+        (0..LOGGED_INSTALLS)
+            .map(|i| {
+                let mut content = standby.copy_temp_file().unwrap();
+                content.write_all(&change.content).unwrap();
+                Copied {
+                    file: if i == 0 {
+                        first.to_owned()
+                    } else {
+                        format!("other{i}")
+                    },
+                    meta: change.meta.clone(),
+                    content,
+                    checkpoints: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
     fn two_versions(primary: &Arc<Files>) -> (Committed, Committed) {
         primary.create("f", "alice").unwrap();
         let mut w = primary.begin_write("f", 0).unwrap();
@@ -1196,7 +1222,7 @@ mod tests {
         let (_primary_dir, primary) = files();
         let (older, newer) = two_versions(&primary);
         let dir = tempfile::tempdir().unwrap();
-        let standby = Files::load(Store::open(dir.path(), true).unwrap(), Arc::default()).unwrap();
+        let standby = logged_files(dir.path());
         let install = |c: &Committed| {
             standby
                 .install_streamed("f", c.meta.clone(), &c.content, &[], &mut || {})
@@ -1239,8 +1265,7 @@ mod tests {
         }];
         for batch in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            let standby =
-                Files::load(Store::open(dir.path(), true).unwrap(), Arc::default()).unwrap();
+            let standby = logged_files(dir.path());
             standby
                 .install_streamed("f", made.meta.clone(), &made.content, &carried, &mut || {})
                 .unwrap();
@@ -1249,23 +1274,7 @@ mod tests {
                 .has_checkpoint("f", "v1", made.content.len() as u64)
                 .unwrap());
             if batch {
-                let copies = (0..LOGGED_INSTALLS)
-                    .map(|i| {
-                        let file = if i == 0 {
-                            "f".to_owned()
-                        } else {
-                            format!("other{i}")
-                        };
-                        let mut content = standby.copy_temp_file().unwrap();
-                        content.write_all(&anew.content).unwrap();
-                        Copied {
-                            file,
-                            meta: anew.meta.clone(),
-                            content,
-                            checkpoints: Vec::new(),
-                        }
-                    })
-                    .collect();
+                let copies = batch_of(&standby, "f", &anew);
                 assert!(standby.install_batch(copies).iter().all(Result::is_ok));
             } else {
                 standby
@@ -1294,25 +1303,8 @@ mod tests {
         let (older, newer) = two_versions(&primary);
         let dir = tempfile::tempdir().unwrap();
         {
-            let standby =
-                Files::load(Store::open(dir.path(), true).unwrap(), Arc::default()).unwrap();
-            let copies: Vec<Copied> = (0..LOGGED_INSTALLS)
-                .map(|i| {
-                    let file = if i == 0 {
-                        "f".to_owned()
-                    } else {
-                        format!("other{i}")
-                    };
-                    let mut content = standby.copy_temp_file().unwrap();
-                    content.write_all(&newer.content).unwrap();
-                    Copied {
-                        file,
-                        meta: newer.meta.clone(),
-                        content,
-                        checkpoints: Vec::new(),
-                    }
-                })
-                .collect();
+            let standby = logged_files(dir.path());
+            let copies = batch_of(&standby, "f", &newer);
             pause_between_lookup_and_lock(
                 || assert!(standby.install_batch(copies).iter().all(Result::is_ok)),
                 || {
@@ -1324,7 +1316,7 @@ mod tests {
             assert_eq!(standby.store.read_content("f").unwrap(), newer.content);
             // Killed: dropped without a checkpoint of the log.
         }
-        let reopened = Files::load(Store::open(dir.path(), true).unwrap(), Arc::default()).unwrap();
+        let reopened = logged_files(dir.path());
         assert_eq!(reopened.store.read_content("f").unwrap(), newer.content);
         assert_eq!(reopened.store.read_meta("f").unwrap(), newer.meta);
     }
@@ -1396,19 +1388,8 @@ mod tests {
         let (_primary_dir, primary) = files();
         let (older, newer) = two_versions(&primary);
         let dir = tempfile::tempdir().unwrap();
-        let standby = Files::load(Store::open(dir.path(), true).unwrap(), Arc::default()).unwrap();
-        let copies: Vec<Copied> = (0..LOGGED_INSTALLS)
-            .map(|i| {
-                let mut content = standby.copy_temp_file().unwrap();
-                content.write_all(&newer.content).unwrap();
-                Copied {
-                    file: format!("f{i}"),
-                    meta: newer.meta.clone(),
-                    content,
-                    checkpoints: Vec::new(),
-                }
-            })
-            .collect();
+        let standby = logged_files(dir.path());
+        let copies = batch_of(&standby, "f1", &newer);
         pause_between_lookup_and_lock(
             || assert!(standby.install_batch(copies).iter().all(Result::is_ok)),
             || assert_eq!(standby.batches_naming.load(Ordering::SeqCst), 1),
