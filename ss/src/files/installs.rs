@@ -37,6 +37,20 @@ fn stale_checkpoints(local: &FileMeta, incoming: &FileMeta) -> Vec<String> {
         .collect()
 }
 
+/// Removes those of `tags` of `file`'s checkpoints that `current` (its
+/// metadata, durable) does not name; a failure leaves an unnamed file, which
+/// is logged (a later CHECKPOINT or copy of the tag replaces it).
+fn remove_checkpoints_not_named(store: &Store, file: &str, current: &FileMeta, tags: &[String]) {
+    for tag in tags
+        .iter()
+        .filter(|tag| !current.checkpoints.contains_key(*tag))
+    {
+        if let Err(error) = store.remove_checkpoint(file, tag) {
+            tracing::warn!(event = "ss_stale_checkpoint_left", file, tag = %tag, error = %error, "a checkpoint a copy made stale could not be removed");
+        }
+    }
+}
+
 impl Files {
     /// A temp file for a copy from the partner: unnamed until placed (see
     /// [`crate::store::Store::unnamed_temp_file`]).
@@ -141,9 +155,8 @@ impl Files {
     /// Removes the checkpoints of `file` that a copy made stale, once the
     /// metadata that no longer names them is durable (removed before, a
     /// crash could leave the old metadata naming a checkpoint that is gone,
-    /// which later copies would take as held). Unless a later change named
-    /// them again meanwhile; a failure leaves an unnamed file, which is
-    /// harmless, and is logged.
+    /// which later copies would take as held), from the file's current
+    /// entry, unless a later change named them again meanwhile.
     fn remove_stale_checkpoints(&self, file: &str, stale: &[String]) {
         if stale.is_empty() {
             return;
@@ -155,14 +168,7 @@ impl Files {
         let Ok(e) = self.lock_current(file, &entry) else {
             return;
         };
-        for tag in stale {
-            if e.meta.checkpoints.contains_key(tag) {
-                continue;
-            }
-            if let Err(error) = self.store.remove_checkpoint(file, tag) {
-                tracing::warn!(event = "ss_stale_checkpoint_left", file, tag = %tag, error = %error, "a checkpoint the copy made stale could not be removed");
-            }
-        }
+        remove_checkpoints_not_named(&self.store, file, &e.meta, stale);
     }
 
     /// Puts one copy in place, unless the local file is as new or holds
@@ -253,11 +259,7 @@ impl Files {
                 .collect();
             store.install_streamed(file, content, meta, &carried, durable)?;
             // Durable now (logged, or synced): still under the file's lock.
-            for tag in stale_checkpoints(local, meta) {
-                if let Err(error) = store.remove_checkpoint(file, &tag) {
-                    tracing::warn!(event = "ss_stale_checkpoint_left", file, tag = %tag, error = %error, "a checkpoint the change made stale could not be removed");
-                }
-            }
+            remove_checkpoints_not_named(store, file, meta, &stale_checkpoints(local, meta));
             Ok(())
         })?;
         // The standby acknowledges a change skipped as older: only once the
