@@ -62,6 +62,9 @@ const RETRY_START: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 /// Changes the standby applies at once (they share its log's fdatasync).
 const APPLYING: usize = 64;
+/// A stream that brought no change for this long is quiet: its next change
+/// is applied on the thread that read it (see [`apply_here`]).
+const QUIET: Duration = Duration::from_millis(10);
 
 /// A change waiting for the standby's acknowledgement.
 struct Unacked {
@@ -583,6 +586,7 @@ pub async fn follow(
         }
     });
     let applying = Arc::new(Semaphore::new(APPLYING));
+    let mut last_read: Option<Instant> = None;
     loop {
         let received = tokio::select! {
             received = reader.recv_request::<StreamRequest>() => received,
@@ -640,7 +644,9 @@ pub async fn follow(
         let replies = replies.clone();
         let peer_name = peer.clone();
         let id = request.id;
-        tokio::task::spawn_blocking(move || {
+        let here = apply_here(applying.available_permits(), last_read);
+        last_read = Some(Instant::now());
+        let work = move || {
             // No role change while it is applied: a server promoted meanwhile
             // takes nothing more from its old partner, and serves nothing
             // acknowledged before it is in place.
@@ -685,10 +691,31 @@ pub async fn follow(
                     std::process::abort();
                 }
             }
-        });
+        };
+        if here {
+            tokio::task::block_in_place(work);
+        } else {
+            tokio::task::spawn_blocking(work);
+        }
     }
     drop(replies);
     let _ = writer_task.await;
+}
+
+/// Whether a change just read is applied on the thread that read it rather
+/// than on a blocking thread of its own, given the permits left once it
+/// took its own and when the change before it was read.
+///
+/// Yes on a quiet stream: nothing else being applied and no change for
+/// [`QUIET`]. The change then goes straight to the log without waking
+/// another thread, which on an idle virtual CPU costs tens of microseconds
+/// of replication lag. Under load, no: the reading thread would stop
+/// reading while it applies (and while it is preempted), so the changes
+/// behind it could neither start nor share its fdatasync; measured, that
+/// doubled the lag's p99 at half the maximum write rate when any change
+/// found nothing else being applied was taken here.
+fn apply_here(permits_left: usize, last_read: Option<Instant>) -> bool {
+    permits_left == APPLYING - 1 && last_read.is_none_or(|at| at.elapsed() >= QUIET)
 }
 
 /// A change received on the stream.
@@ -717,5 +744,25 @@ fn apply(files: &Files, change: Applied, durable: &mut dyn FnMut()) -> Result<()
             checkpoints,
         } => files.install_streamed(&file, meta, &content, &checkpoints, durable),
         Applied::Delete { file, stamp } => files.apply_delete(&file, stamp),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_change_on_a_quiet_stream_is_applied_on_the_reading_thread() {
+        let long_ago = Instant::now().checked_sub(QUIET * 2);
+        assert!(apply_here(APPLYING - 1, None), "the first change");
+        assert!(apply_here(APPLYING - 1, long_ago), "after a quiet spell");
+        assert!(
+            !apply_here(APPLYING - 2, long_ago),
+            "another change is being applied: this one shares its fdatasync"
+        );
+        assert!(
+            !apply_here(APPLYING - 1, Some(Instant::now())),
+            "the change before it was just read: the stream is busy"
+        );
     }
 }
