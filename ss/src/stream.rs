@@ -62,9 +62,6 @@ const RETRY_START: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 /// Changes the standby applies at once (they share its log's fdatasync).
 const APPLYING: usize = 64;
-/// A change the reader waited this long for arrived on a quiet stream: it is
-/// applied on the thread that read it (see [`apply_here`]).
-const QUIET: Duration = Duration::from_millis(10);
 
 /// A change waiting for the standby's acknowledgement.
 struct Unacked {
@@ -587,12 +584,10 @@ pub async fn follow(
     });
     let applying = Arc::new(Semaphore::new(APPLYING));
     loop {
-        let waiting = Instant::now();
         let received = tokio::select! {
             received = reader.recv_request::<StreamRequest>() => received,
             () = dismissal.cancelled() => break,
         };
-        let waited = waiting.elapsed();
         let request = match received {
             Ok(Some(Incoming::Message(request))) => request,
             Ok(Some(Incoming::Malformed { id, error })) => {
@@ -645,10 +640,7 @@ pub async fn follow(
         let replies = replies.clone();
         let peer_name = peer.clone();
         let id = request.id;
-        let here = apply_delay.is_none()
-            && change.is_logged()
-            && apply_here(applying.available_permits(), waited);
-        let work = move || {
+        tokio::task::spawn_blocking(move || {
             // No role change while it is applied: a server promoted meanwhile
             // takes nothing more from its old partner, and serves nothing
             // acknowledged before it is in place.
@@ -693,35 +685,10 @@ pub async fn follow(
                     std::process::abort();
                 }
             }
-        };
-        if here {
-            tokio::task::block_in_place(work);
-        } else {
-            tokio::task::spawn_blocking(work);
-        }
+        });
     }
     drop(replies);
     let _ = writer_task.await;
-}
-
-/// Whether a change just read is applied on the thread that read it rather
-/// than on a blocking thread of its own, given the permits left once it
-/// took its own and how long the reader waited for it.
-///
-/// Yes on a quiet stream: nothing else being applied, and the reader waited
-/// at least [`QUIET`] for this change (so it did not wait in the socket
-/// behind one applied here). The change then goes to the log at once instead
-/// of waiting for a blocking thread to wake and take it, which on an idle
-/// virtual CPU costs tens of microseconds of replication lag
-/// (`block_in_place` still wakes a thread, to take over this one's other
-/// tasks, but the change does not wait for it). Under load, no: the reading
-/// thread stops reading while it applies (and while it is preempted), so
-/// the changes behind it could neither start nor share its fdatasync;
-/// measured, taking here every change that found nothing else being applied
-/// doubled the lag's p99 at half the maximum write rate. Only changes that
-/// go through the log are candidates (see [`Applied::is_logged`]).
-fn apply_here(permits_left: usize, waited: Duration) -> bool {
-    permits_left == APPLYING - 1 && waited >= QUIET
 }
 
 /// A change received on the stream.
@@ -738,17 +705,6 @@ enum Applied {
     },
 }
 
-impl Applied {
-    /// A put that goes through the write-ahead log (one fdatasync, no other
-    /// fsync): a delete, a change with checkpoints or a large file is
-    /// written with fsyncs of its own and is never applied on the reading
-    /// thread.
-    fn is_logged(&self) -> bool {
-        matches!(self, Applied::Put { content, checkpoints, .. }
-            if checkpoints.is_empty() && content.len() <= crate::wal::MAX_LOGGED_BYTES)
-    }
-}
-
 /// Installs one streamed change like a copy from the partner (a delete
 /// like nm's `ApplyDelete`: a newer local copy is kept). `durable` is called
 /// once a put is durable, before it is in place.
@@ -761,51 +717,5 @@ fn apply(files: &Files, change: Applied, durable: &mut dyn FnMut()) -> Result<()
             checkpoints,
         } => files.install_streamed(&file, meta, &content, &checkpoints, durable),
         Applied::Delete { file, stamp } => files.apply_delete(&file, stamp),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_change_on_a_quiet_stream_is_applied_on_the_reading_thread() {
-        assert!(apply_here(APPLYING - 1, QUIET * 2), "after a quiet spell");
-        assert!(
-            !apply_here(APPLYING - 2, QUIET * 2),
-            "another change is being applied: this one shares its fdatasync"
-        );
-        assert!(
-            !apply_here(APPLYING - 1, Duration::ZERO),
-            "it waited in the socket (behind a change applied here, however long that took): a backlog"
-        );
-    }
-
-    #[test]
-    fn only_a_logged_put_is_a_candidate() {
-        let put = |content: usize, checkpoints: usize| Applied::Put {
-            file: "a.txt".into(),
-            meta: FileMeta {
-                owner: "u".into(),
-                acl: Default::default(),
-                stats: FileStats::default(),
-                checkpoints: Default::default(),
-            },
-            content: vec![b'x'; content],
-            checkpoints: (0..checkpoints)
-                .map(|i| StreamedCheckpoint {
-                    tag: format!("t{i}"),
-                    content: serde_bytes::ByteBuf::new(),
-                })
-                .collect(),
-        };
-        assert!(put(100, 0).is_logged());
-        assert!(!put(100, 1).is_logged(), "checkpoints are fsynced apart");
-        assert!(!put(crate::wal::MAX_LOGGED_BYTES + 1, 0).is_logged());
-        let delete = Applied::Delete {
-            file: "a.txt".into(),
-            stamp: (1, 2),
-        };
-        assert!(!delete.is_logged(), "a tombstone is fsynced apart");
     }
 }
