@@ -626,15 +626,19 @@ struct Reading {
 impl Reading {
     /// Reads and applies changes until the stream ends. A change that is
     /// the only one being applied is applied on this thread (see
-    /// [`apply_here`]); the reading then goes on in a new task, on the
-    /// thread that takes over this one's other tasks, so that changes
-    /// arriving meanwhile are read and applied beside it at once.
+    /// [`apply_here`]); the reading then goes on in a new task, run by the
+    /// thread that takes over this one's other tasks (once it has started),
+    /// so that changes arriving meanwhile are read and applied beside it
+    /// rather than after it.
     fn run(mut self) -> futures::future::BoxFuture<'static, ()> {
         Box::pin(async move {
             loop {
+                // Dismissal first: once `follow` is dropped, the reading may
+                // be in a task nothing else tracks, and must take nothing more.
                 let received = tokio::select! {
-                    received = self.reader.recv_request::<StreamRequest>() => received,
+                    biased;
                     () = self.dismissal.cancelled() => return,
+                    received = self.reader.recv_request::<StreamRequest>() => received,
                 };
                 let request = match received {
                     Ok(Some(Incoming::Message(request))) => request,
@@ -684,8 +688,13 @@ impl Reading {
                 let Ok(permit) = self.applying.clone().acquire_owned().await else {
                     return;
                 };
+                if self.dismissal.is_cancelled() {
+                    return;
+                }
                 let here = self.apply_delay.is_none()
                     && change.is_logged()
+                    && tokio::runtime::Handle::current().runtime_flavor()
+                        == tokio::runtime::RuntimeFlavor::MultiThread
                     && apply_here(self.applying.available_permits());
                 let work = self.work(request.id, change, permit);
                 if here {
@@ -767,9 +776,10 @@ impl Reading {
 /// to wake and take it, which on an idle virtual CPU costs tens of
 /// microseconds of replication lag (`block_in_place` still wakes a thread,
 /// to take over this one's other tasks, but the change does not wait for
-/// it). The reading goes on on that other thread meanwhile, so a change
-/// arriving behind this one is read at once, goes to a thread of its own
-/// and shares the log's next fdatasync with the others: an earlier version
+/// it). The reading goes on on that other thread meanwhile (as soon as it
+/// has started), so a change arriving behind this one goes to a thread of
+/// its own and shares the log's next fdatasync with the others rather than
+/// waiting for this whole apply: an earlier version
 /// that stopped reading while it applied made each burst's followers wait
 /// for the whole apply, and was slower at half load. Only changes that go
 /// through the log are candidates (see [`Applied::is_logged`]).
@@ -792,8 +802,9 @@ enum Applied {
 }
 
 impl Applied {
-    /// A put that goes through the write-ahead log (one fdatasync, no other
-    /// fsync): a delete, a change with checkpoints or a large file is
+    /// A put that goes through the write-ahead log (usually one shared
+    /// fdatasync; now and then the log's checkpoint or a flush after a
+    /// skipped copy): a delete, a change with checkpoints or a large file is
     /// written with fsyncs of its own and is never applied on the reading
     /// thread.
     fn is_logged(&self) -> bool {
