@@ -33,7 +33,7 @@
 use crate::files::Files;
 use crate::nm_link::{NmLink, StreamTarget};
 use crate::unconfirmed::Unconfirmed;
-use shared::connection::{ConnReader, Connection, ConnectionError, Incoming};
+use shared::connection::{Connection, ConnectionError, Incoming};
 use shared::proto::{
     FileMeta, FileStats, PeerRequest, Reply, Request, Role, SsReply, StreamPosition, StreamRequest,
     StreamedChange, StreamedCheckpoint, STREAM_ACK_TIMEOUT_MS, STREAM_REPORT_IDLE_MS,
@@ -561,7 +561,7 @@ pub fn may_follow(link: &NmLink, peer_name: &str, epoch: u64) -> Result<(), Wire
 /// The standby's side: applies the changes of an open stream as they come,
 /// several at once, and acknowledges each once it is durable. Returns when
 /// the stream closes, or once this server's part changes (it was promoted,
-/// or the epoch moved on), after every change taken has been answered.
+/// or the epoch moved on).
 pub async fn follow(
     conn: Connection,
     files: Arc<Files>,
@@ -571,11 +571,9 @@ pub async fn follow(
     apply_delay: Option<Duration>,
 ) {
     // The daemon stopping ends the stream between changes; those being
-    // applied finish and are acknowledged first. So does this future being
-    // dropped, wherever the reading has moved.
-    let dismissal = conn.dismissal().child_token();
-    let _dismissed_if_dropped = dismissal.clone().drop_guard();
-    let (mut writer, reader) = conn.split();
+    // applied finish and are acknowledged first.
+    let dismissal = conn.dismissal();
+    let (mut writer, mut reader) = conn.split();
     let (replies, mut outgoing) = mpsc::unbounded_channel::<Reply<SsReply>>();
     let writer_task = tokio::spawn(async move {
         while let Some(reply) = outgoing.recv().await {
@@ -584,142 +582,65 @@ pub async fn follow(
             }
         }
     });
-    let (ended, reading_over) = oneshot::channel::<()>();
-    Reading {
-        reader,
-        dismissal,
-        files,
-        link,
-        epoch,
-        peer,
-        apply_delay,
-        replies,
-        applying: Arc::new(Semaphore::new(APPLYING)),
-        _ended: ended,
-    }
-    .run()
-    .await;
-    // The reading may have moved to another task (see `Reading::run`): it
-    // is over once its end of `ended` is dropped, and every change it took
-    // is answered once the writer has sent the last reply (each change
-    // being applied holds a sender of `replies`).
-    let _ = reading_over.await;
-    let _ = writer_task.await;
-}
-
-/// The standby's reading of a stream: whatever task holds it reads the
-/// stream's changes and hands each to be applied.
-struct Reading {
-    reader: ConnReader,
-    dismissal: CancellationToken,
-    files: Arc<Files>,
-    link: Arc<NmLink>,
-    epoch: u64,
-    peer: String,
-    apply_delay: Option<Duration>,
-    replies: mpsc::UnboundedSender<Reply<SsReply>>,
-    applying: Arc<Semaphore>,
-    /// Dropped with the reading, which [`follow`] waits for.
-    _ended: oneshot::Sender<()>,
-}
-
-impl Reading {
-    /// Reads and applies changes until the stream ends. A change that is
-    /// the only one being applied is applied on this thread (see
-    /// [`apply_here`]); the reading then goes on in a new task, run by the
-    /// thread that takes over this one's other tasks (once it has started),
-    /// so that changes arriving meanwhile are read and applied beside it
-    /// rather than after it.
-    fn run(mut self) -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(async move {
-            loop {
-                // Dismissal first: once `follow` is dropped, the reading may
-                // be in a task nothing else tracks, and must take nothing more.
-                let received = tokio::select! {
-                    biased;
-                    () = self.dismissal.cancelled() => return,
-                    received = self.reader.recv_request::<StreamRequest>() => received,
-                };
-                let request = match received {
-                    Ok(Some(Incoming::Message(request))) => request,
-                    Ok(Some(Incoming::Malformed { id, error })) => {
-                        tracing::warn!(event = "ss_stream_malformed", partner = %self.peer, error = %error);
-                        let error = WireError::bad_request(format!(
-                            "only StreamApply and StreamDelete are accepted on a replication stream: {error}"
-                        ));
-                        let _ = self.replies.send(Reply {
-                            id,
-                            result: Err(error),
-                        });
-                        return;
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::warn!(event = "ss_stream_error", partner = %self.peer, error = %e);
-                        return;
-                    }
-                };
-                let change = match request.body {
-                    StreamRequest::StreamApply {
-                        file,
-                        meta,
-                        content,
-                        checkpoints,
-                    } => Applied::Put {
-                        file,
-                        meta,
-                        content: content.into_vec(),
-                        checkpoints,
-                    },
-                    StreamRequest::StreamDelete {
-                        file,
-                        version,
-                        epoch,
-                    } => Applied::Delete {
-                        file,
-                        stamp: (epoch, version),
-                    },
-                };
-                let role = self.link.role();
-                if role.is_serving() || role.epoch() != self.epoch {
-                    tracing::info!(event = "ss_stream_ended", partner = %self.peer, "this server's part changed; the stream is closed");
-                    return;
-                }
-                let Ok(permit) = self.applying.clone().acquire_owned().await else {
-                    return;
-                };
-                if self.dismissal.is_cancelled() {
-                    return;
-                }
-                let here = self.apply_delay.is_none()
-                    && change.is_logged()
-                    && tokio::runtime::Handle::current().runtime_flavor()
-                        == tokio::runtime::RuntimeFlavor::MultiThread
-                    && apply_here(self.applying.available_permits());
-                let work = self.work(request.id, change, permit);
-                if here {
-                    tokio::spawn(self.run());
-                    tokio::task::block_in_place(work);
-                    return;
-                }
-                tokio::task::spawn_blocking(work);
+    let applying = Arc::new(Semaphore::new(APPLYING));
+    loop {
+        let received = tokio::select! {
+            received = reader.recv_request::<StreamRequest>() => received,
+            () = dismissal.cancelled() => break,
+        };
+        let request = match received {
+            Ok(Some(Incoming::Message(request))) => request,
+            Ok(Some(Incoming::Malformed { id, error })) => {
+                tracing::warn!(event = "ss_stream_malformed", partner = %peer, error = %error);
+                let error = WireError::bad_request(format!(
+                    "only StreamApply and StreamDelete are accepted on a replication stream: {error}"
+                ));
+                let _ = replies.send(Reply {
+                    id,
+                    result: Err(error),
+                });
+                break;
             }
-        })
-    }
-
-    /// Applies one change and answers it, on whatever thread runs it.
-    fn work(
-        &self,
-        id: u64,
-        change: Applied,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> impl FnOnce() + Send + 'static {
-        let files = self.files.clone();
-        let link = self.link.clone();
-        let replies = self.replies.clone();
-        let peer_name = self.peer.clone();
-        let (epoch, apply_delay) = (self.epoch, self.apply_delay);
-        move || {
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(event = "ss_stream_error", partner = %peer, error = %e);
+                break;
+            }
+        };
+        let change = match request.body {
+            StreamRequest::StreamApply {
+                file,
+                meta,
+                content,
+                checkpoints,
+            } => Applied::Put {
+                file,
+                meta,
+                content: content.into_vec(),
+                checkpoints,
+            },
+            StreamRequest::StreamDelete {
+                file,
+                version,
+                epoch,
+            } => Applied::Delete {
+                file,
+                stamp: (epoch, version),
+            },
+        };
+        if link.role().is_serving() || link.role().epoch() != epoch {
+            tracing::info!(event = "ss_stream_ended", partner = %peer, "this server's part changed; the stream is closed");
+            break;
+        }
+        let Ok(permit) = applying.clone().acquire_owned().await else {
+            break;
+        };
+        let files = files.clone();
+        let link = link.clone();
+        let replies = replies.clone();
+        let peer_name = peer.clone();
+        let id = request.id;
+        tokio::task::spawn_blocking(move || {
             // No role change while it is applied: a server promoted meanwhile
             // takes nothing more from its old partner, and serves nothing
             // acknowledged before it is in place.
@@ -764,27 +685,10 @@ impl Reading {
                     std::process::abort();
                 }
             }
-        }
+        });
     }
-}
-
-/// Whether a change just read is applied on the thread that read it rather
-/// than on a blocking thread of its own, given the permits left once it
-/// took its own: yes when it is the only change being applied.
-///
-/// It then goes to the log at once instead of waiting for a blocking thread
-/// to wake and take it, which on an idle virtual CPU costs tens of
-/// microseconds of replication lag (`block_in_place` still wakes a thread,
-/// to take over this one's other tasks, but the change does not wait for
-/// it). The reading goes on on that other thread meanwhile (as soon as it
-/// has started), so a change arriving behind this one goes to a thread of
-/// its own and shares the log's next fdatasync with the others rather than
-/// waiting for this whole apply: an earlier version
-/// that stopped reading while it applied made each burst's followers wait
-/// for the whole apply, and was slower at half load. Only changes that go
-/// through the log are candidates (see [`Applied::is_logged`]).
-fn apply_here(permits_left: usize) -> bool {
-    permits_left == APPLYING - 1
+    drop(replies);
+    let _ = writer_task.await;
 }
 
 /// A change received on the stream.
@@ -801,18 +705,6 @@ enum Applied {
     },
 }
 
-impl Applied {
-    /// A put that goes through the write-ahead log (usually one shared
-    /// fdatasync; now and then the log's checkpoint or a flush after a
-    /// skipped copy): a delete, a change with checkpoints or a large file is
-    /// written with fsyncs of its own and is never applied on the reading
-    /// thread.
-    fn is_logged(&self) -> bool {
-        matches!(self, Applied::Put { content, checkpoints, .. }
-            if checkpoints.is_empty() && content.len() <= crate::wal::MAX_LOGGED_BYTES)
-    }
-}
-
 /// Installs one streamed change like a copy from the partner (a delete
 /// like nm's `ApplyDelete`: a newer local copy is kept). `durable` is called
 /// once a put is durable, before it is in place.
@@ -825,47 +717,5 @@ fn apply(files: &Files, change: Applied, durable: &mut dyn FnMut()) -> Result<()
             checkpoints,
         } => files.install_streamed(&file, meta, &content, &checkpoints, durable),
         Applied::Delete { file, stamp } => files.apply_delete(&file, stamp),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_one_change_being_applied_is_applied_on_the_reading_thread() {
-        assert!(apply_here(APPLYING - 1));
-        assert!(
-            !apply_here(APPLYING - 2),
-            "another change is being applied: this one shares its fdatasync"
-        );
-    }
-
-    #[test]
-    fn only_a_logged_put_is_a_candidate() {
-        let put = |content: usize, checkpoints: usize| Applied::Put {
-            file: "a.txt".into(),
-            meta: FileMeta {
-                owner: "u".into(),
-                acl: Default::default(),
-                stats: FileStats::default(),
-                checkpoints: Default::default(),
-            },
-            content: vec![b'x'; content],
-            checkpoints: (0..checkpoints)
-                .map(|i| StreamedCheckpoint {
-                    tag: format!("t{i}"),
-                    content: serde_bytes::ByteBuf::new(),
-                })
-                .collect(),
-        };
-        assert!(put(100, 0).is_logged());
-        assert!(!put(100, 1).is_logged(), "checkpoints are fsynced apart");
-        assert!(!put(crate::wal::MAX_LOGGED_BYTES + 1, 0).is_logged());
-        let delete = Applied::Delete {
-            file: "a.txt".into(),
-            stamp: (1, 2),
-        };
-        assert!(!delete.is_logged(), "a tombstone is fsynced apart");
     }
 }
