@@ -751,14 +751,32 @@ fn explore(mode: Mode, unclean: bool, broken: Broken, depth: usize) -> Report {
     }
 }
 
+/// Prints a line of what the check explored, and appends it to the file
+/// `FAILOVER_MODEL_REPORT` names, if set: `.ci/run` shows what the test
+/// suite's own run explored instead of running the model a second time.
+fn report_line(line: &str) {
+    println!("{line}");
+    if let Some(path) = std::env::var_os("FAILOVER_MODEL_REPORT") {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("FAILOVER_MODEL_REPORT names a file that can be appended to");
+        // One write of the whole line: the checks run on parallel threads.
+        file.write_all(format!("{line}\n").as_bytes())
+            .expect("the model's report is written");
+    }
+}
+
 fn check(mode: Mode, unclean: bool) {
     let report = explore(mode, unclean, Broken::Nothing, depth());
-    println!(
+    report_line(&format!(
         "failover model, {mode:?} mode{}: {} states explored to depth {}",
         if unclean { ", unclean promotion" } else { "" },
         report.states,
         depth()
-    );
+    ));
     if let Some((v, path)) = report.violation {
         panic!("{v}\n after {path:?}");
     }
@@ -780,15 +798,16 @@ fn async_mode_with_unclean_promotion_reports_what_it_lacks() {
 }
 
 /// Explores a model with one rule broken: it must reach a state that breaks
-/// property (a). Prints `{label} caught in {mode} mode after N states`
-/// (`.ci/run` greps it).
+/// property (a). Reports `{label} caught in {mode} mode after N states`
+/// (see [`report_line`]).
 fn expect_caught(label: &str, mode: Mode, unclean: bool, broken: Broken, why: &str) {
     let report = explore(mode, unclean, broken, depth());
     let (violation, path) = report.violation.expect(why);
-    println!(
-        "{label} caught in {mode:?} mode after {} states: {violation}\n after {path:?}",
+    report_line(&format!(
+        "{label} caught in {mode:?} mode after {} states: {violation}",
         report.states
-    );
+    ));
+    println!(" after {path:?}");
     assert!(violation.starts_with("(a)"), "{violation}");
 }
 
