@@ -345,6 +345,10 @@ async fn human_output_and_exit_codes() {
     let no_nm = unreachable.console("alice", "LIST\n");
     assert_eq!(no_nm.code, Some(2), "connection errors exit with 2");
     assert!(no_nm.stderr.contains("cannot connect"));
+    // A script longer than a pipe holds: the console stops all the same,
+    // leaving the rest unread.
+    let long = unreachable.console("alice", &"LIST\n".repeat(50_000));
+    assert_eq!(long.code, Some(2), "{}", long.stderr);
 }
 
 /// A WRITE whose header does not parse skips its whole block: its edit
