@@ -11,7 +11,7 @@
 //! whole in memory; an interrupted transfer leaves the old file intact and
 //! its temp file is removed. nm owns the job and reports its events.
 
-use crate::files::{Copied, Files};
+use crate::files::{CopyContent, Copied, Files};
 use crate::store::TempFile;
 use shared::connection::{ConnectionError, RpcClient};
 use shared::proto::{FileCopy, FileMeta, PeerRequest, PullItem, PullResult, Pulled, Role, SsReply};
@@ -87,7 +87,7 @@ enum OneItem {
 #[derive(Default)]
 struct Arriving {
     meta: Option<FileMeta>,
-    content: Option<TempFile>,
+    content: Option<CopyContent>,
     checkpoints: Vec<(String, TempFile)>,
     checkpoints_due: usize,
     bytes: u64,
@@ -98,7 +98,7 @@ impl Arriving {
     fn content_arrived(
         &mut self,
         meta: FileMeta,
-        content: TempFile,
+        content: CopyContent,
         checkpoints_due: usize,
         bytes: u64,
     ) {
@@ -334,7 +334,7 @@ async fn receive_files(
                     meta,
                     content,
                     checksum,
-                }) => arrive_whole(files, item, index, meta, &content, checksum, arriving)
+                }) => arrive_whole(files, item, index, meta, content.into_vec(), checksum, arriving)
                     .map(|more| more.into_iter().for_each(|ask| asks.add(ask))),
                 Ok(FileCopy::Large) => {
                     asks.add(Ask {
@@ -355,30 +355,24 @@ async fn receive_files(
     steps
 }
 
-/// A small file that came whole: checked and into a temp file; returns
-/// the checkpoints it names that are not here, to ask for.
+/// A small file that came whole: checked and kept in memory until its batch
+/// is installed; returns the checkpoints it names that are not here, to ask for.
 fn arrive_whole(
     files: &Arc<Files>,
     item: &PullItem,
     index: usize,
     meta: FileMeta,
-    content: &[u8],
+    content: Vec<u8>,
     checksum: u32,
     arriving: &mut [Option<Arriving>],
 ) -> Result<Vec<Ask>, PullError> {
-    if crc32fast::hash(content) != checksum {
+    if crc32fast::hash(&content) != checksum {
         return Err(checksum_mismatch(&item.file));
     }
-    let mut temp = files.copy_temp_file()?;
-    temp.write_all(content).map_err(|e| {
-        PullError::Item(WireError::internal(format!(
-            "writing a copy of {:?}: {e}",
-            item.file
-        )))
-    })?;
     let asks = checkpoints_to_ask(files, item, index, &meta);
     if let Some(a) = &mut arriving[index] {
-        a.content_arrived(meta, temp, asks.len(), content.len() as u64);
+        let bytes = content.len() as u64;
+        a.content_arrived(meta, CopyContent::InMemory(content), asks.len(), bytes);
     }
     Ok(asks)
 }
@@ -522,7 +516,7 @@ async fn receive_step(
             }
             let more = checkpoints_to_ask(files, item, index, &meta);
             if let Some(a) = arriving {
-                a.content_arrived(meta, content, more.len(), bytes);
+                a.content_arrived(meta, content.into(), more.len(), bytes);
             }
             more.into_iter().for_each(|ask| asks.add(ask));
             Ok(())

@@ -165,15 +165,7 @@ impl Wal {
     /// Appends `record` without waiting for it to be durable: the caller
     /// may do other work meanwhile, then waits with [`Written::durable`].
     pub fn write(&self, record: &WalRecord) -> io::Result<Written<'_>> {
-        let body = rmp_serde::to_vec_named(record)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let envelope = rmp_serde::to_vec_named(&Envelope {
-            crc: crc32fast::hash(&body),
-            body,
-        })
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let mut frame = BytesMut::new();
-        frame_codec(MAX_FRAME).encode(bytes::Bytes::from(envelope), &mut frame)?;
+        let frame = encode_frame(record)?;
         let applying = self.applying.read().unwrap_or_else(|p| p.into_inner());
         let mut log = lock(&self.log);
         if let Some(failed) = &log.failed {
@@ -287,44 +279,79 @@ impl Wal {
     }
 }
 
+/// `record` as a frame on disk: length-delimited, a CRC-32 of its
+/// MessagePack bytes and the bytes (also the framing of `crate::store`'s packs).
+pub(crate) fn encode_frame<T: Serialize>(record: &T) -> io::Result<BytesMut> {
+    let body = rmp_serde::to_vec_named(record)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let envelope = rmp_serde::to_vec_named(&Envelope {
+        crc: crc32fast::hash(&body),
+        body,
+    })
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let mut frame = BytesMut::new();
+    frame_codec(MAX_FRAME).encode(bytes::Bytes::from(envelope), &mut frame)?;
+    Ok(frame)
+}
+
 /// Every whole, intact record of `bytes`, in order; decoding stops at the
 /// first frame that is torn or fails its checksum.
 fn decode_all(bytes: &[u8]) -> Vec<WalRecord> {
+    decode_frames(bytes, "write-ahead log")
+        .0
+        .into_iter()
+        .map(|(_, record)| record)
+        .collect()
+}
+
+/// Every whole, intact frame of `bytes` with where it lies, in order, and
+/// the length of that intact prefix: decoding stops at the first frame that
+/// is torn or fails its checksum (logged as damage to `what`).
+pub(crate) fn decode_frames<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> (Vec<(std::ops::Range<u64>, T)>, u64) {
     let mut buf = BytesMut::from(bytes);
     let mut codec = frame_codec(MAX_FRAME);
     let mut records = Vec::new();
+    let total = bytes.len() as u64;
     loop {
+        let start = total - buf.len() as u64;
         let frame = match codec.decode(&mut buf) {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(e) => {
-                tracing::warn!(event = "ss_wal_torn", error = %e, "write-ahead log ends in a damaged frame; cut off");
-                return records;
+                tracing::warn!(event = "ss_wal_torn", what, error = %e, "ends in a damaged frame; cut off");
+                return (records, start);
             }
         };
+        let end = total - buf.len() as u64;
         let record = rmp_serde::from_slice::<Envelope>(&frame)
             .ok()
             .filter(|envelope| crc32fast::hash(&envelope.body) == envelope.crc)
-            .and_then(|envelope| rmp_serde::from_slice::<WalRecord>(&envelope.body).ok());
+            .and_then(|envelope| rmp_serde::from_slice::<T>(&envelope.body).ok());
         match record {
-            Some(record) => records.push(record),
+            Some(record) => records.push((start..end, record)),
             None => {
                 tracing::warn!(
                     event = "ss_wal_torn",
-                    "write-ahead log record fails its checksum; the log is cut off there"
+                    what,
+                    "a record fails its checksum; cut off there"
                 );
-                return records;
+                return (records, start);
             }
         }
     }
     if !buf.is_empty() {
         tracing::warn!(
             event = "ss_wal_torn",
+            what,
             bytes = buf.len(),
             "incomplete last record (crash while writing); cut off"
         );
     }
-    records
+    let intact = total - buf.len() as u64;
+    (records, intact)
 }
 
 #[cfg(test)]

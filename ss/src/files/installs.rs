@@ -58,14 +58,162 @@ impl Files {
         Ok(self.store.unnamed_temp_file()?)
     }
 
-    /// Installs files copied from the primary, as one batch: every temp file
+    /// Installs files copied from the primary, as one batch. Small copies
+    /// that came whole, with no checkpoints, of files with no content of
+    /// their own here go into a pack ([`Files::install_packed`]); the rest
+    /// are files of their own ([`Files::install_loose`]).
+    /// Returns one result per file, in order.
+    pub fn install_batch(&self, copies: Vec<Copied>) -> Vec<Result<(), WireError>> {
+        let mut results: Vec<Option<Result<(), WireError>>> = Vec::new();
+        let (mut packed, mut loose) = (Vec::new(), Vec::new());
+        for (index, copy) in copies.into_iter().enumerate() {
+            results.push(None);
+            match self.packable(copy) {
+                Ok(Ok(copy)) => packed.push((index, copy)),
+                Ok(Err(copy)) => loose.push((index, copy)),
+                Err(e) => results[index] = Some(Err(e)),
+            }
+        }
+        // A job's file or two, loose, go through the log; so do copies too
+        // few to be worth a pack.
+        if packed.len() < LOGGED_INSTALLS && self.store.logs_changes() {
+            for (index, (file, meta, content)) in packed.drain(..) {
+                match self.temp_holding(&content) {
+                    Ok(content) => loose.push((
+                        index,
+                        LooseCopy {
+                            file,
+                            meta,
+                            content,
+                            checkpoints: Vec::new(),
+                        },
+                    )),
+                    Err(e) => results[index] = Some(Err(e)),
+                }
+            }
+            loose.sort_by_key(|(index, _)| *index);
+        }
+        let (indices, copies): (Vec<usize>, Vec<(String, FileMeta, Vec<u8>)>) =
+            packed.into_iter().unzip();
+        for (index, result) in indices.into_iter().zip(self.install_packed(copies)) {
+            results[index] = Some(result);
+        }
+        let (indices, copies): (Vec<usize>, Vec<LooseCopy>) = loose.into_iter().unzip();
+        for (index, result) in indices.into_iter().zip(self.install_loose(copies)) {
+            results[index] = Some(result);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every copy has a result"))
+            .collect()
+    }
+
+    /// `copy` as a pack takes it (`Ok(Ok)`) or as a file of its own.
+    #[allow(clippy::type_complexity)]
+    fn packable(
+        &self,
+        copy: Copied,
+    ) -> Result<Result<(String, FileMeta, Vec<u8>), LooseCopy>, WireError> {
+        let Copied {
+            file,
+            meta,
+            content,
+            checkpoints,
+        } = copy;
+        let content = match content {
+            CopyContent::InMemory(bytes)
+                if checkpoints.is_empty()
+                    && meta.checkpoints.is_empty()
+                    && bytes.len() as u64 <= crate::store::MAX_PACKED_BYTES
+                    && self.store.may_pack(&file)? =>
+            {
+                return Ok(Ok((file, meta, bytes)));
+            }
+            CopyContent::InMemory(bytes) => self.temp_holding(&bytes)?,
+            CopyContent::Temp(temp) => temp,
+        };
+        Ok(Err(LooseCopy {
+            file,
+            meta,
+            content,
+            checkpoints,
+        }))
+    }
+
+    /// A copy temp file holding `bytes`.
+    fn temp_holding(&self, bytes: &[u8]) -> Result<TempFile, WireError> {
+        let mut temp = self.copy_temp_file()?;
+        temp.write_all(bytes)
+            .map_err(|e| WireError::internal(format!("writing a copy: {e}")))?;
+        Ok(temp)
+    }
+
+    /// Installs copies through a pack: all of them written and made durable
+    /// in one step, then each adopted under its file's lock if newer than
+    /// what is here (as any copy), and the records not adopted dropped.
+    fn install_packed(
+        &self,
+        copies: Vec<(String, FileMeta, Vec<u8>)>,
+    ) -> Vec<Result<(), WireError>> {
+        if copies.is_empty() {
+            return Vec::new();
+        }
+        let batch: Vec<(&str, &FileMeta, &[u8])> = copies
+            .iter()
+            .map(|(file, meta, content)| (file.as_str(), meta, content.as_slice()))
+            .collect();
+        let records = match self.store.pack(&batch) {
+            Ok(records) => records,
+            Err(e) => {
+                let e = WireError::from(e);
+                return copies.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        let mut not_adopted = Vec::new();
+        let mut older = false;
+        let mut results: Vec<Result<(), WireError>> = copies
+            .into_iter()
+            .zip(records)
+            .map(|((file, meta, _), record)| {
+                let mut adopted = false;
+                let outcome = self.place_if_newer(&file, meta, |store, _, _| {
+                    store.adopt_packed(&file, record.clone())?;
+                    adopted = true;
+                    Ok(())
+                });
+                if !adopted {
+                    not_adopted.push(record);
+                }
+                older |= matches!(outcome, Ok(Outcome::Older));
+                outcome.map(|_| ())
+            })
+            .collect();
+        // Copies skipped as older count as here once what they were skipped
+        // for is durable.
+        let settled = self
+            .store
+            .discard_packed(&not_adopted)
+            .map_err(WireError::from)
+            .and_then(|()| if older { self.newer_is_durable() } else { Ok(()) });
+        if let Err(e) = settled {
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(e.clone());
+            }
+        }
+        results
+    }
+
+    /// Installs copies as files of their own, as one batch: every temp file
     /// (checkpoints, content given its metadata) is made durable in one
     /// step, then each file's new checkpoints and content (whose metadata
     /// names them) are renamed into place, then the directories are fsynced
     /// once each. A crash at any point leaves each file whole at its old or
     /// its new version.
     /// Returns one result per file, in order.
-    pub fn install_batch(&self, copies: Vec<Copied>) -> Vec<Result<(), WireError>> {
+    fn install_loose(&self, copies: Vec<LooseCopy>) -> Vec<Result<(), WireError>> {
+        if copies.is_empty() {
+            return Vec::new();
+        }
         // A job's file or two, small and without new checkpoints: one
         // write-ahead log record each is cheaper than fsyncing their files.
         let logged = self.store.logs_changes()
@@ -88,7 +236,7 @@ impl Files {
                 })
                 .collect();
         }
-        let mut staged: Vec<Result<(Copied, Option<TempFile>), WireError>> = copies
+        let mut staged: Vec<Result<(LooseCopy, Option<TempFile>), WireError>> = copies
             .into_iter()
             .map(|mut copy| {
                 let separate = self
@@ -176,11 +324,11 @@ impl Files {
     /// made stale, to remove once it is durable, with what became of it.
     pub(super) fn place_copy(
         &self,
-        copy: Copied,
+        copy: LooseCopy,
         route: Route,
         dirs: &mut Placements,
     ) -> Result<(Outcome, Vec<String>), WireError> {
-        let Copied {
+        let LooseCopy {
             file,
             meta,
             content,
@@ -316,7 +464,7 @@ impl Files {
         // content here: the map holds every file (or while it loads `find`
         // looks on disk), and two installs of a file new here meet on one
         // entry, so the second one sees what the first placed.
-        let existed = !e.unplaced && self.store.content_path(file)?.exists();
+        let existed = !e.unplaced && self.store.holds(file)?;
         // A local version from an older epoch that the incoming one does not
         // descend from holds acknowledged changes the other side never saw:
         // it is not overwritten here; the pair's sync keeps it as a conflict copy.

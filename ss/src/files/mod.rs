@@ -93,13 +93,47 @@ impl From<StoreError> for WireError {
     }
 }
 
-/// A file copied from the other server of the pair, in temp files, waiting
-/// for [`Files::install_batch`].
+/// A file copied from the other server of the pair, waiting for
+/// [`Files::install_batch`].
 pub struct Copied {
     pub file: String,
     pub meta: FileMeta,
-    pub content: TempFile,
+    pub content: CopyContent,
     pub checkpoints: Vec<(String, TempFile)>,
+}
+
+/// Where a copy's content waits: a small one that came whole in memory (it
+/// may go into a pack, see `crate::store`'s packs), a large one in a temp file.
+pub enum CopyContent {
+    InMemory(Vec<u8>),
+    Temp(TempFile),
+}
+
+impl CopyContent {
+    pub fn len(&self) -> u64 {
+        match self {
+            CopyContent::InMemory(bytes) => bytes.len() as u64,
+            CopyContent::Temp(temp) => temp.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<TempFile> for CopyContent {
+    fn from(temp: TempFile) -> Self {
+        CopyContent::Temp(temp)
+    }
+}
+
+/// A copy whose content is in a temp file, to be installed as a file of its own.
+pub(super) struct LooseCopy {
+    file: String,
+    meta: FileMeta,
+    content: TempFile,
+    checkpoints: Vec<(String, TempFile)>,
 }
 
 /// A file as a change left it: what the replication stream sends.
@@ -997,7 +1031,7 @@ mod tests {
                         format!("other{i}")
                     },
                     meta: change.meta.clone(),
-                    content,
+                    content: content.into(),
                     checkpoints: Vec::new(),
                 }
             })

@@ -434,6 +434,20 @@ impl Store {
     /// directory it went into is added to `dirs` for [`Store::sync_dirs`].
     pub fn place(
         &self,
+        temp: TempFile,
+        file: &str,
+        what: Placed<'_>,
+        placements: &mut Placements,
+    ) -> Result<(), StoreError> {
+        if !matches!(what, Placed::Checkpoint(_)) {
+            self.loosen(file)?;
+        }
+        self.place_unpacked(temp, file, what, placements)
+    }
+
+    /// [`Store::place`] for a file known not to be packed.
+    pub(super) fn place_unpacked(
+        &self,
         mut temp: TempFile,
         file: &str,
         what: Placed<'_>,

@@ -11,6 +11,8 @@
 //! <storage>/tombstones/<path>          deleted files not yet purged (version, time)
 //! <storage>/tmp/           temp files and spare inodes for reuse, emptied at start-up
 //! <storage>/wal.log        CREATEs and commits not yet checkpointed (see [`crate::wal`])
+//! <storage>/packs/         small files a sync copied in, many to a file, until
+//!                          first changed (see [`packs`])
 //! <storage>/store-id       this folder's identity, chosen at random when it is first opened
 //! ```
 //!
@@ -28,6 +30,7 @@
 mod atomic;
 mod attrs;
 mod inodes;
+mod packs;
 mod redo;
 mod scan;
 mod tombstones;
@@ -36,6 +39,7 @@ mod tombstones;
 pub use atomic::syncfs_calls;
 use atomic::{exchange, syncfs, Durable};
 pub use atomic::{Placed, Placements, TempFile};
+pub use packs::{Packed, MAX_PACKED_BYTES};
 pub use scan::Found;
 
 use crate::wal::{Wal, WalRecord, MAX_LOGGED_BYTES};
@@ -85,6 +89,8 @@ pub struct Store {
     tombstoned: Mutex<HashSet<String>>,
     /// Held by a tombstone's write or removal, disk and set together.
     tombstone_writes: Mutex<()>,
+    /// Files a sync copied in and nothing has changed since (see [`packs`]).
+    packs: packs::Packs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +110,7 @@ const TMP: &str = "tmp";
 const CHECKPOINTS: &str = "checkpoints";
 const TOMBSTONES: &str = "tombstones";
 const WAL: &str = "wal.log";
+const PACKS: &str = "packs";
 /// The file holding a storage folder's identity (see [`Store::id`]).
 pub const STORE_ID: &str = "store-id";
 
@@ -181,6 +188,7 @@ impl Store {
             attrs: attrs::supported(&root.join(TMP))?,
             tombstoned: Mutex::new(Store::tombstone_names(root)?),
             tombstone_writes: Mutex::new(()),
+            packs: packs::Packs::open(&root.join(PACKS), fsync)?,
         };
         store.id = store.load_or_create_id()?;
         if fsync {
@@ -198,6 +206,7 @@ impl Store {
             store.wal = Some(wal);
             store.barrier()?;
         }
+        store.drop_records_of_loose_files()?;
         store.remove_left_over_metadata()?;
         Ok(store)
     }
@@ -266,13 +275,121 @@ impl Store {
     }
 
     pub fn read_content(&self, file: &str) -> Result<Vec<u8>, StoreError> {
-        Ok(fs::read(self.content_path(file)?)?)
+        let path = self.content_path(file)?;
+        if let Some(packed) = self.packs.get(file) {
+            return Ok(self.packs.read(&packed)?);
+        }
+        Ok(fs::read(path)?)
     }
 
     /// Opens the content for reading; the handle keeps seeing this version
-    /// even if a commit replaces the file meanwhile.
+    /// even if a commit replaces the file meanwhile. A packed file's content
+    /// is handed over in an anonymous in-memory file.
     pub fn open_content(&self, file: &str) -> Result<OpenContent, StoreError> {
-        self.open_registered(&self.content_path(file)?)
+        let path = self.content_path(file)?;
+        if let Some(packed) = self.packs.get(file) {
+            return self.open_in_memory(&self.packs.read(&packed)?);
+        }
+        self.open_registered(&path)
+    }
+
+    /// Whether `file`'s content is here, packed or as a file of its own.
+    pub fn holds(&self, file: &str) -> Result<bool, StoreError> {
+        let path = self.content_path(file)?;
+        Ok(self.packs.get(file).is_some() || path.exists())
+    }
+
+    /// Writes `copies` (name, metadata, content) to a pack, durably, in
+    /// one step. They count for nothing until [`Store::adopt_packed`] (or
+    /// [`Store::discard_packed`] for those not adopted).
+    pub fn pack(&self, copies: &[(&str, &FileMeta, &[u8])]) -> Result<Vec<Packed>, StoreError> {
+        for (file, _, _) in copies {
+            validate_path(file)?;
+        }
+        Ok(self.packs.append(copies)?)
+    }
+
+    /// Whether a copy of `file` may go into a pack: it has no file of its
+    /// own and the write-ahead log holds no record of it (whose replay
+    /// would bring back an older version over the packed one).
+    pub fn may_pack(&self, file: &str) -> Result<bool, StoreError> {
+        let path = self.content_path(file)?;
+        Ok(!path.exists() && !self.wal.as_ref().is_some_and(|wal| wal.holds(file)))
+    }
+
+    /// Makes a packed copy `file`'s content (under its lock). Refused if
+    /// the file got content of its own since [`Store::may_pack`] said yes.
+    pub fn adopt_packed(&self, file: &str, packed: Packed) -> Result<(), StoreError> {
+        if !self.may_pack(file)? {
+            return Err(WireError::unavailable(format!(
+                "{file:?} changed while its copy was packed; copy it again"
+            ))
+            .into());
+        }
+        Ok(self.packs.adopt(file, packed)?)
+    }
+
+    /// Drops packed copies that were not adopted, durably.
+    pub fn discard_packed(&self, records: &[Packed]) -> Result<(), StoreError> {
+        Ok(self.packs.discard(records)?)
+    }
+
+    /// Writes a packed file out as a file of its own, durably, then drops
+    /// its record: before any change to it but a newer packed copy. Nothing
+    /// if it is not packed.
+    fn loosen(&self, file: &str) -> Result<(), StoreError> {
+        let Some(packed) = self.packs.get(file) else {
+            return Ok(());
+        };
+        let content = self.packs.read(&packed)?;
+        let mut temp = self.temp_file()?;
+        temp.write_all(&content)?;
+        let separate = self.attach_meta(&mut temp, file, &packed.meta)?;
+        self.sync_temps_now(separate.iter().chain([&temp]))?;
+        let mut dirs = Placements::default();
+        self.place_content_unpacked(temp, separate.is_some(), file, &mut dirs)?;
+        if let Some(separate) = separate {
+            self.place_unpacked(separate, file, Placed::Meta, &mut dirs)?;
+        }
+        self.sync_dirs(&mut dirs)?;
+        self.packs.drop_file(file)?;
+        tracing::debug!(event = "ss_loosened", file, "a packed file now has a file of its own");
+        Ok(())
+    }
+
+    /// At open: a loose file is newer than any record of its name (a
+    /// loosening that a crash cut short leaves both), so those are dropped.
+    fn drop_records_of_loose_files(&self) -> Result<(), StoreError> {
+        for (file, _) in self.packs.all() {
+            if self.content_path(&file)?.exists() {
+                self.packs.drop_file(&file)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An anonymous in-memory file holding `content`, open for reading from
+    /// its start.
+    fn open_in_memory(&self, content: &[u8]) -> Result<OpenContent, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::io::FromRawFd;
+        // SAFETY: the name is NUL-terminated; a descriptor returned is ours.
+        let fd = unsafe { libc::memfd_create(c"packed".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        // SAFETY: `fd` is a new descriptor owned by nothing else.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        file.write_all(content)?;
+        io::Seek::seek(&mut file, io::SeekFrom::Start(0))?;
+        let inode = file.metadata()?.ino();
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        *readers.entry(inode).or_default() += 1;
+        Ok(OpenContent {
+            file,
+            inode,
+            readers: self.readers.clone(),
+        })
     }
 
     /// Opens `path` and registers its inode as being read until the handle
@@ -293,6 +410,7 @@ impl Store {
 
     pub fn write_meta(&self, file: &str, meta: &FileMeta) -> Result<(), StoreError> {
         self.barrier()?;
+        self.loosen(file)?;
         self.write_meta_files(file, meta, Durable::Now)
     }
 
@@ -391,9 +509,10 @@ impl Store {
         file: &str,
         placements: &mut Placements,
     ) -> Result<(), StoreError> {
-        self.place_content(content, separate.is_some(), file, placements)?;
+        self.loosen(file)?;
+        self.place_content_unpacked(content, separate.is_some(), file, placements)?;
         match separate {
-            Some(separate) => self.place(separate, file, Placed::Meta, placements),
+            Some(separate) => self.place_unpacked(separate, file, Placed::Meta, placements),
             None => Ok(()),
         }
     }
@@ -401,7 +520,7 @@ impl Store {
     /// [`Store::place_with_meta`]'s first step: the content, after keeping
     /// the current metadata apart if the content's own goes to `meta/` next
     /// (`apart`; see [`Store::keep_current_meta_apart`]).
-    fn place_content(
+    fn place_content_unpacked(
         &self,
         content: TempFile,
         apart: bool,
@@ -411,7 +530,7 @@ impl Store {
         if apart && self.attrs {
             self.keep_current_meta_apart(file)?;
         }
-        self.place(content, file, Placed::Content, placements)
+        self.place_unpacked(content, file, Placed::Content, placements)
     }
 
     /// Creates an empty file with its metadata. With the log: logged, then
@@ -502,6 +621,7 @@ impl Store {
         durable: &mut dyn FnMut(),
     ) -> Result<(), StoreError> {
         let current = self.content_path(file)?;
+        self.loosen(file)?;
         if let Some(wal) = &self.wal {
             let size = fs::metadata(&current)?.len() as usize;
             if size + content.len() <= MAX_LOGGED_BYTES {
@@ -574,6 +694,7 @@ impl Store {
             .wal
             .as_ref()
             .expect("install_logged is called only when the store logs changes");
+        self.loosen(file)?;
         let logged = wal.append(&WalRecord::Install {
             file: file.to_owned(),
             content: content.read_back()?,
@@ -617,6 +738,7 @@ impl Store {
         checkpoints: &[(&str, &[u8])],
         durable: &mut dyn FnMut(),
     ) -> Result<(), StoreError> {
+        self.loosen(file)?;
         match &self.wal {
             Some(wal) if content.len() <= MAX_LOGGED_BYTES && checkpoints.is_empty() => {
                 let written = wal.write(&WalRecord::Install {
@@ -723,6 +845,8 @@ impl Store {
     /// which the tombstone written before (at a newer stamp) removes at start-up.
     pub fn delete(&self, file: &str) -> Result<(), StoreError> {
         self.barrier()?;
+        validate_path(file)?;
+        self.packs.drop_file(file)?;
         for area in [META, FILES, UNDO] {
             let path = self.path_in(area, file)?;
             match fs::remove_file(&path) {
@@ -745,6 +869,7 @@ impl Store {
     /// Snapshots the current content under `tag` (a hard link: contents are never modified in place).
     pub fn checkpoint(&self, file: &str, tag: &str, meta: &FileMeta) -> Result<(), StoreError> {
         self.barrier()?;
+        self.loosen(file)?;
         let target = self.checkpoint_path(file, tag)?;
         self.ensure_parent(&target)?;
         // The metadata does not name `tag` (the caller checked): whatever is
@@ -780,6 +905,7 @@ impl Store {
     /// name or both, never neither.
     pub fn rename(&self, file: &str, to: &str, meta: &FileMeta) -> Result<(), StoreError> {
         self.barrier()?;
+        self.loosen(file)?;
         let (from_content, to_content) = (self.content_path(file)?, self.content_path(to)?);
         self.write_meta(to, meta)?;
         let linked = self
@@ -1374,7 +1500,7 @@ mod tests {
             let separate = store.attach_meta(&mut temp, "f", &large).unwrap();
             assert!(separate.is_some());
             store
-                .place_content(temp, true, "f", &mut Placements::default())
+                .place_content_unpacked(temp, true, "f", &mut Placements::default())
                 .unwrap();
         }
         let store = Store::open(dir.path(), false).unwrap();

@@ -39,6 +39,12 @@ impl Store {
             }
             Ok::<_, StoreError>(found)
         })?;
+        // A packed file has no file of its own (see `Store::open`).
+        found.extend(self.packs.all().into_iter().map(|(file, meta)| Found {
+            file,
+            meta,
+            content_newer: false,
+        }));
         found.sort_by(|a, b| a.file.cmp(&b.file));
         Ok(found)
     }
@@ -69,7 +75,14 @@ impl Store {
     /// [`Store::find`], looking in `meta/` only if `maybe_apart`.
     fn find_knowing(&self, name: &str, maybe_apart: bool) -> Result<Option<Found>, StoreError> {
         validate_path(name)?;
-        find_in(&self.root, name, maybe_apart)
+        match find_in(&self.root, name, maybe_apart)? {
+            Some(found) => Ok(Some(found)),
+            None => Ok(self.packs.get(name).map(|packed| Found {
+                file: name.to_owned(),
+                meta: packed.meta,
+                content_newer: false,
+            })),
+        }
     }
 }
 

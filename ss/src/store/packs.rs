@@ -1,0 +1,384 @@
+//! Packed copies: small files a sync copied here, many to a file.
+//!
+//! ```text
+//! <storage>/packs/<n>        copied files (name, metadata, content), one
+//!                            CRC-checked frame each, appended a batch at a time
+//! <storage>/packs/dropped    the records that no longer count (pack, offset)
+//! ```
+//!
+//! Why: a sync of many small files to an empty backup is bound by the
+//! kernel's work for each file, not by the disk or the network: an inode, a
+//! directory entry, a data block and an attribute, and their writeback
+//! (BENCHMARKS.md, "Issue 15, session 17"). A pack costs one `write` and one
+//! `fdatasync` for a whole batch. A packed file is read from its pack. Any
+//! change to it other than a newer packed copy first writes it out as a file
+//! of its own, durably, and drops its record ([`Store::loosen`]): every
+//! other path of the store only ever sees loose files.
+//!
+//! What keeps this right across crashes:
+//! - a record is durable before the file counts as held here;
+//! - a pack is only written for names with no loose file and no record in
+//!   the write-ahead log (checked again under the file's lock when the copy
+//!   is adopted), so a loose file is always newer than any record of its
+//!   name: at open, a loose file wins and the records of its name are
+//!   dropped (a loosening that a crash cut short leaves both);
+//! - of several records of one name, the highest stamp wins;
+//! - a record is dropped only once nothing needs it: after its content is
+//!   durable as a loose file, or when the file is deleted, durably before
+//!   the delete returns;
+//! - a pack is never appended to after a restart, so a torn tail (a batch
+//!   never acknowledged) is simply cut off; the drop list's torn tail is
+//!   truncated before it is appended to.
+//!
+//! A pack whose records are all dropped is removed. One with a few live
+//! records left keeps its space until they go (no compaction yet).
+
+use super::*;
+use crate::wal::{decode_frames, encode_frame};
+use serde::{Deserialize, Serialize};
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+
+/// A pack takes batches until it holds this much; then a new one starts.
+const PACK_BYTES: u64 = 64 << 20;
+/// Largest content packed; larger copies are files of their own.
+pub const MAX_PACKED_BYTES: u64 = 1 << 20;
+const DROPPED: &str = "dropped";
+
+/// One packed file, as stored.
+#[derive(Serialize, Deserialize)]
+struct PackRecord {
+    file: String,
+    meta: FileMeta,
+    #[serde(with = "serde_bytes")]
+    content: Vec<u8>,
+}
+
+/// A record that no longer counts.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Dropped {
+    pack: u64,
+    at: u64,
+}
+
+/// Where a packed file's record lies, and its metadata.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    pack: u64,
+    at: u64,
+    len: u64,
+    pub meta: FileMeta,
+}
+
+impl Packed {
+    fn id(&self) -> Dropped {
+        Dropped {
+            pack: self.pack,
+            at: self.at,
+        }
+    }
+}
+
+struct Index {
+    /// The current record of every packed file.
+    files: HashMap<String, Packed>,
+    /// Per pack: its file, open for reading, and how many of its records
+    /// are not dropped (current, or written and not yet adopted).
+    packs: HashMap<u64, (Arc<File>, usize)>,
+}
+
+struct Writer {
+    /// The pack batches are appended to, its number and size.
+    current: Option<(u64, File, u64)>,
+    next: u64,
+    dropped: File,
+}
+
+/// The packs of one storage folder.
+pub(super) struct Packs {
+    dir: PathBuf,
+    fsync: bool,
+    index: Mutex<Index>,
+    writer: Mutex<Writer>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Packs {
+    /// Opens (creating) `dir`, reads every pack and the drop list, and keeps
+    /// the highest stamp of each name; records it supersedes are dropped.
+    pub(super) fn open(dir: &Path, fsync: bool) -> io::Result<Packs> {
+        fs::create_dir_all(dir)?;
+        let dropped_path = dir.join(DROPPED);
+        let mut dropped_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .append(true)
+            .open(&dropped_path)?;
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut dropped_file, &mut bytes)?;
+        let (markers, intact) = decode_frames::<Dropped>(&bytes, "the packs' drop list");
+        if intact < bytes.len() as u64 {
+            dropped_file.set_len(intact)?;
+        }
+        let dropped: HashSet<Dropped> = markers.into_iter().map(|(_, d)| d).collect();
+
+        let mut numbers: Vec<u64> = fs::read_dir(dir)?
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        numbers.sort_unstable();
+        let mut files: HashMap<String, Packed> = HashMap::new();
+        let mut packs = HashMap::new();
+        let mut superseded = Vec::new();
+        for &number in &numbers {
+            let handle = File::open(dir.join(number.to_string()))?;
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(&mut &handle, &mut bytes)?;
+            let (records, _) = decode_frames::<PackRecord>(&bytes, "a pack");
+            let mut live = 0;
+            for (range, record) in records {
+                let packed = Packed {
+                    pack: number,
+                    at: range.start,
+                    len: range.end - range.start,
+                    meta: record.meta,
+                };
+                if dropped.contains(&packed.id()) {
+                    continue;
+                }
+                live += 1;
+                match files.get(&record.file) {
+                    Some(held) if held.meta.stats.stamp() >= packed.meta.stats.stamp() => {
+                        superseded.push(packed)
+                    }
+                    _ => {
+                        if let Some(older) = files.insert(record.file, packed) {
+                            superseded.push(older);
+                        }
+                    }
+                }
+            }
+            packs.insert(number, (Arc::new(handle), live));
+        }
+        let packs = Packs {
+            dir: dir.to_owned(),
+            fsync,
+            index: Mutex::new(Index { files, packs }),
+            writer: Mutex::new(Writer {
+                current: None,
+                next: numbers.last().map_or(1, |n| n + 1),
+                dropped: dropped_file,
+            }),
+        };
+        packs.discard(&superseded)?;
+        packs.forget_markers_of_removed_packs(&dropped)?;
+        Ok(packs)
+    }
+
+    /// Removes the packs with no live record left, then rewrites the drop
+    /// list without the markers of packs that are gone, when it holds any.
+    fn forget_markers_of_removed_packs(&self, dropped: &HashSet<Dropped>) -> io::Result<()> {
+        let mut writer = lock(&self.writer);
+        let mut index = lock(&self.index);
+        let empty: Vec<u64> = index
+            .packs
+            .iter()
+            .filter(|(_, (_, live))| *live == 0)
+            .map(|(number, _)| *number)
+            .collect();
+        for number in &empty {
+            index.packs.remove(number);
+            remove_if_present(&self.dir.join(number.to_string()))?;
+        }
+        if !empty.is_empty() {
+            // Gone for good before their markers are.
+            self.sync_dir()?;
+        }
+        let kept: Vec<Dropped> = dropped
+            .iter()
+            .filter(|d| index.packs.contains_key(&d.pack))
+            .copied()
+            .collect();
+        if kept.len() == dropped.len() {
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        for marker in &kept {
+            bytes.extend_from_slice(&encode_frame(marker)?);
+        }
+        let temp = self.dir.join(format!("{DROPPED}.new"));
+        let mut file = File::create(&temp)?;
+        file.write_all(&bytes)?;
+        if self.fsync {
+            file.sync_all()?;
+        }
+        fs::rename(&temp, self.dir.join(DROPPED))?;
+        self.sync_dir()?;
+        writer.dropped = OpenOptions::new()
+            .append(true)
+            .open(self.dir.join(DROPPED))?;
+        Ok(())
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        if self.fsync {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Every packed file with its metadata.
+    pub(super) fn all(&self) -> Vec<(String, FileMeta)> {
+        lock(&self.index)
+            .files
+            .iter()
+            .map(|(file, packed)| (file.clone(), packed.meta.clone()))
+            .collect()
+    }
+
+    pub(super) fn get(&self, file: &str) -> Option<Packed> {
+        lock(&self.index).files.get(file).cloned()
+    }
+
+    /// The content of a packed file's record.
+    pub(super) fn read(&self, packed: &Packed) -> io::Result<Vec<u8>> {
+        let handle = lock(&self.index)
+            .packs
+            .get(&packed.pack)
+            .map(|(handle, _)| handle.clone())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let mut frame = vec![0; packed.len as usize];
+        handle.read_exact_at(&mut frame, packed.at)?;
+        let (mut records, _) = decode_frames::<PackRecord>(&frame, "a pack");
+        match records.pop() {
+            Some((_, record)) => Ok(record.content),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("pack {} has no intact record at {}", packed.pack, packed.at),
+            )),
+        }
+    }
+
+    /// Appends `batch` to the current pack and makes it durable (one write,
+    /// one fdatasync). The records count for nothing until adopted
+    /// ([`Packs::adopt`]) or dropped ([`Packs::discard`]).
+    pub(super) fn append(&self, batch: &[(&str, &FileMeta, &[u8])]) -> io::Result<Vec<Packed>> {
+        let mut frames = Vec::with_capacity(batch.len());
+        for (file, meta, content) in batch {
+            frames.push(encode_frame(&PackRecord {
+                file: (*file).to_owned(),
+                meta: (*meta).clone(),
+                content: content.to_vec(),
+            })?);
+        }
+        let mut writer = lock(&self.writer);
+        if writer.current.as_ref().is_none_or(|(_, _, size)| *size >= PACK_BYTES) {
+            let number = writer.next;
+            writer.next += 1;
+            let path = self.dir.join(number.to_string());
+            let file = OpenOptions::new()
+                .create_new(true)
+                .read(true)
+                .append(true)
+                .open(&path)?;
+            self.sync_dir()?;
+            lock(&self.index)
+                .packs
+                .insert(number, (Arc::new(File::open(&path)?), 0));
+            writer.current = Some((number, file, 0));
+        }
+        let (number, file, size) = writer.current.as_mut().expect("opened above");
+        let number = *number;
+        let mut bytes = Vec::with_capacity(frames.iter().map(|f| f.len()).sum());
+        let mut placed = Vec::with_capacity(frames.len());
+        for (frame, (_, meta, _)) in frames.iter().zip(batch) {
+            placed.push(Packed {
+                pack: number,
+                at: *size + bytes.len() as u64,
+                len: frame.len() as u64,
+                meta: (*meta).clone(),
+            });
+            bytes.extend_from_slice(frame);
+        }
+        let written = file
+            .write_all(&bytes)
+            .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
+            // Whatever part of the batch reached the disk is never
+            // acknowledged; no batch goes after it.
+            writer.current = None;
+            return Err(e);
+        }
+        *size += bytes.len() as u64;
+        if let Some((_, live)) = lock(&self.index).packs.get_mut(&number) {
+            *live += placed.len();
+        }
+        Ok(placed)
+    }
+
+    /// Makes `packed`, appended for `file`, its current record; the record
+    /// it replaces is dropped (not yet durably: of two records of a name,
+    /// the higher stamp wins at open).
+    pub(super) fn adopt(&self, file: &str, packed: Packed) -> io::Result<()> {
+        let replaced = lock(&self.index).files.insert(file.to_owned(), packed);
+        match replaced {
+            Some(older) => self.mark_dropped(&[older], false),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops records appended and not adopted, durably.
+    pub(super) fn discard(&self, records: &[Packed]) -> io::Result<()> {
+        self.mark_dropped(records, true)
+    }
+
+    /// Drops `file`'s record, durably, if it has one; whether it had.
+    pub(super) fn drop_file(&self, file: &str) -> io::Result<bool> {
+        let Some(packed) = lock(&self.index).files.remove(file) else {
+            return Ok(false);
+        };
+        if let Err(e) = self.mark_dropped(std::slice::from_ref(&packed), true) {
+            // Still current until its marker is known durable.
+            lock(&self.index).files.insert(file.to_owned(), packed);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Appends markers for `records` (durably if `durable`), then removes
+    /// every pack left without a live record, except the one appended to.
+    fn mark_dropped(&self, records: &[Packed], durable: bool) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        for record in records {
+            bytes.extend_from_slice(&encode_frame(&record.id())?);
+        }
+        let writer = lock(&self.writer);
+        let mut dropped = &writer.dropped;
+        dropped.write_all(&bytes)?;
+        if durable && self.fsync {
+            dropped.sync_data()?;
+        }
+        let current = writer.current.as_ref().map(|(number, _, _)| *number);
+        let mut index = lock(&self.index);
+        let mut empty = Vec::new();
+        for record in records {
+            if let Some((_, live)) = index.packs.get_mut(&record.pack) {
+                *live = live.saturating_sub(1);
+                if *live == 0 && Some(record.pack) != current {
+                    empty.push(record.pack);
+                }
+            }
+        }
+        for number in empty {
+            index.packs.remove(&number);
+            remove_if_present(&self.dir.join(number.to_string()))?;
+        }
+        Ok(())
+    }
+}
