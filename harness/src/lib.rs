@@ -18,6 +18,7 @@
 pub mod chaos;
 pub mod ha;
 pub mod local;
+pub mod packs;
 pub mod process;
 pub mod proxy;
 
@@ -660,6 +661,11 @@ pub fn writers_by_epoch(dir: &Path, servers: &[&str]) -> BTreeMap<u64, BTreeSet<
 pub fn current_meta(storage: &Path, file: &str) -> Result<FileMeta, String> {
     use std::os::unix::ffi::OsStrExt;
     let content = storage.join("files").join(file);
+    if !content.exists() {
+        if let Some((meta, _)) = packs::packed_files(storage).remove(file) {
+            return Ok(meta);
+        }
+    }
     let path = std::ffi::CString::new(content.as_os_str().as_bytes()).unwrap();
     let mut buf = vec![0u8; 64 << 10];
     // SAFETY: both strings are NUL-terminated and `buf` has `buf.len()`
@@ -707,8 +713,10 @@ pub fn stored_meta(storage: &Path, file: &str) -> FileMeta {
 /// The first difference between two servers' storage folders, if any.
 pub fn difference(a: &str, ra: &Path, b: &str, rb: &Path) -> Option<String> {
     for area in ["files", "checkpoints"] {
-        let fa = tree(&ra.join(area));
-        let fb = tree(&rb.join(area));
+        let (fa, fb) = match area {
+            "files" => (stored_files(ra), stored_files(rb)),
+            _ => (tree(&ra.join(area)), tree(&rb.join(area))),
+        };
         if fa.keys().ne(fb.keys()) {
             return Some(format!(
                 "{area}/ of {a} and {b} differ: {:?} vs {:?}",
@@ -722,7 +730,15 @@ pub fn difference(a: &str, ra: &Path, b: &str, rb: &Path) -> Option<String> {
             }
         }
     }
-    for name in tree(&ra.join("files")).keys() {
+    let packed = (packs::packed_files(ra), packs::packed_files(rb));
+    for name in stored_files(ra).keys() {
+        let current_meta = |storage: &Path, name: &str| {
+            let held = if storage == ra { &packed.0 } else { &packed.1 };
+            match held.get(name) {
+                Some((meta, _)) => Ok(meta.clone()),
+                None => current_meta(storage, name),
+            }
+        };
         // Read while the servers may still be changing it: a file without
         // readable metadata on either side is a difference.
         let (x, y) = match (current_meta(ra, name), current_meta(rb, name)) {
@@ -749,6 +765,26 @@ pub fn difference(a: &str, ra: &Path, b: &str, rb: &Path) -> Option<String> {
         }
     }
     None
+}
+
+/// Every file a storage folder holds, by name, with its content: files of
+/// their own (`files/`) and packed ones (see [`packs`]).
+pub fn stored_files(storage: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = tree(&storage.join("files"));
+    for (name, (_, content)) in packs::packed_files(storage) {
+        files.insert(name, content);
+    }
+    files
+}
+
+/// One file's content as a storage folder holds it (see [`stored_files`]).
+pub fn stored_content(storage: &Path, file: &str) -> Option<String> {
+    match std::fs::read(storage.join("files").join(file)) {
+        Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(_) => packs::packed_files(storage)
+            .remove(file)
+            .map(|(_, content)| String::from_utf8_lossy(&content).into_owned()),
+    }
 }
 
 /// Every regular file under `root`, by relative path, with its bytes.

@@ -11,7 +11,7 @@
 //! whole in memory; an interrupted transfer leaves the old file intact and
 //! its temp file is removed. nm owns the job and reports its events.
 
-use crate::files::{CopyContent, Copied, Files};
+use crate::files::{Copied, CopyContent, Files};
 use crate::store::TempFile;
 use shared::connection::{ConnectionError, RpcClient};
 use shared::proto::{FileCopy, FileMeta, PeerRequest, PullItem, PullResult, Pulled, Role, SsReply};
@@ -334,8 +334,16 @@ async fn receive_files(
                     meta,
                     content,
                     checksum,
-                }) => arrive_whole(files, item, index, meta, content.into_vec(), checksum, arriving)
-                    .map(|more| more.into_iter().for_each(|ask| asks.add(ask))),
+                }) => arrive_whole(
+                    files,
+                    item,
+                    index,
+                    meta,
+                    content.into_vec(),
+                    checksum,
+                    arriving,
+                )
+                .map(|more| more.into_iter().for_each(|ask| asks.add(ask))),
                 Ok(FileCopy::Large) => {
                     asks.add(Ask {
                         request: PeerRequest::GetFile {

@@ -3,7 +3,7 @@
 //! leftover temp file, metadata that agrees with the content, and a pair
 //! that converges.
 
-use harness::{stored_meta, tree, Options, TestCluster};
+use harness::{stored_files, stored_meta, tree, Options, TestCluster};
 use shared::proto::{Access, FileMeta, NmRequest, PairState};
 use std::path::Path;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use std::time::Duration;
 /// Every file has metadata, and it agrees with its content; no metadata is
 /// left without its content.
 fn assert_consistent(storage: &Path) {
-    let files = tree(&storage.join("files"));
+    let files = stored_files(storage);
     for name in tree(&storage.join("meta")).keys() {
         assert!(files.contains_key(name), "meta/{name} without its content");
     }

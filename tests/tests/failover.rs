@@ -136,13 +136,13 @@ async fn a_killed_primary_fails_over_and_catches_up_when_it_returns() {
     let ss1 = status.servers.iter().find(|s| s.name == "ss1").unwrap();
     assert!(ss1.serving, "the original primary serves again");
     cluster.wait_same_files("ss1", "ss1_backup").await;
-    let ss1_files = cluster.storage("ss1").join("files");
+    let ss1 = cluster.storage("ss1");
     assert_eq!(
-        std::fs::read_to_string(ss1_files.join("a.txt")).unwrap(),
+        harness::stored_content(&ss1, "a.txt").unwrap(),
         "Before the failure. Again."
     );
-    assert!(ss1_files.join("new.txt").exists());
-    assert!(!ss1_files.join("old.txt").exists());
+    assert!(harness::stored_content(&ss1, "new.txt").is_some());
+    assert!(harness::stored_content(&ss1, "old.txt").is_none());
     let after = cluster.console("alice", "READ a.txt\nWRITE a.txt 2\n0 After.\nETIRW\n");
     after.all_ok();
 }

@@ -198,7 +198,7 @@ async fn a_full_queue_becomes_one_sync_and_nothing_is_lost() {
     cluster.wait_replicated().await;
     cluster.wait_same_files("ss1", "ss1_backup").await;
     assert_eq!(
-        harness::tree(&cluster.storage("ss1_backup").join("files")).len(),
+        harness::stored_files(&cluster.storage("ss1_backup")).len(),
         30
     );
     let overflowed = events.lock().unwrap().iter().any(|e| {
@@ -610,7 +610,7 @@ async fn after_a_failover_and_hand_back_a_returning_backup_is_caught_up_on_what_
     cluster.wait_same_files("ss1", "ss1_backup").await;
     let status = cluster.status().await;
     assert!(status.servers.iter().any(|s| s.name == "ss1" && s.serving));
-    let f03 = std::fs::read_to_string(cluster.storage("ss1").join("files/f03")).unwrap();
+    let f03 = harness::stored_content(&cluster.storage("ss1"), "f03").unwrap();
     assert_eq!(f03, "File 3. On the backup.");
     // The hand-back left the pair level the other way round: the backup's
     // next return compares only what changed meanwhile.
@@ -883,4 +883,57 @@ async fn a_sync_of_files_with_many_checkpoints_copies_every_one() {
         .unwrap()
         .count();
     assert_eq!(checkpoints, 40);
+}
+
+/// A sync to an empty backup packs its small copies (no file of their
+/// own). Killed and restarted, the backup still holds them; promoted, it
+/// serves them, takes a WRITE and a DELETE of packed files, and killed and
+/// restarted again it serves what those changes left.
+#[tokio::test(flavor = "multi_thread")]
+async fn packed_copies_survive_kills_and_serve_every_change_after_a_failover() {
+    let mut cluster = TestCluster::start(&["ss1"]).await;
+    twenty_files(&cluster);
+    cluster.start_ss("ss1_backup").await;
+    cluster.wait_replicated().await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+    let backup = cluster.storage("ss1_backup");
+    assert!(
+        !backup.join("files/f07").exists() && harness::packs::packed_files(&backup).len() == 20,
+        "the sync's copies are packed"
+    );
+    cluster.kill_ss("ss1_backup");
+    cluster.start_ss("ss1_backup").await;
+    cluster.wait_replicated().await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+
+    cluster.kill_ss("ss1");
+    cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
+    let read = |cluster: &TestCluster, file: &str| {
+        let run = cluster.console("alice", &format!("READ {file}\n"));
+        run.get(0)["data"]["content"].as_str().map(str::to_owned)
+    };
+    let seven = eventually("a READ through the promoted backup", async || {
+        read(&cluster, "f07")
+    })
+    .await;
+    assert_eq!(seven, "File 7.");
+    let codes = cluster
+        .console(
+            "alice",
+            "WRITE f01 1\n0 Changed.\nETIRW\nDELETE f03\nCREATEFOLDER d\nMOVE f05 d\n",
+        )
+        .codes();
+    assert_eq!(codes, ["ok", "ok", "ok", "ok"]);
+
+    cluster.kill_ss("ss1_backup");
+    cluster.start_ss("ss1_backup").await;
+    let one = eventually("the restarted backup to serve", async || {
+        read(&cluster, "f01")
+    })
+    .await;
+    assert_eq!(one, "File 1. Changed.");
+    let run = cluster.console("alice", "READ f03\nREAD f05\nREAD d/f05\nREAD f19\n");
+    assert_eq!(run.codes(), ["E_NOT_FOUND", "E_NOT_FOUND", "ok", "ok"]);
+    assert_eq!(run.get(2)["data"]["content"], "File 5.");
+    assert_eq!(run.get(3)["data"]["content"], "File 19.");
 }

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// A copy that goes into a pack: name, metadata, content.
+type PackedCopy = (String, FileMeta, Vec<u8>);
+
 /// How a copy goes into place.
 pub(super) enum Route {
     /// Through the write-ahead log (given its metadata there).
@@ -93,8 +96,7 @@ impl Files {
             }
             loose.sort_by_key(|(index, _)| *index);
         }
-        let (indices, copies): (Vec<usize>, Vec<(String, FileMeta, Vec<u8>)>) =
-            packed.into_iter().unzip();
+        let (indices, copies): (Vec<usize>, Vec<PackedCopy>) = packed.into_iter().unzip();
         for (index, result) in indices.into_iter().zip(self.install_packed(copies)) {
             results[index] = Some(result);
         }
@@ -109,11 +111,7 @@ impl Files {
     }
 
     /// `copy` as a pack takes it (`Ok(Ok)`) or as a file of its own.
-    #[allow(clippy::type_complexity)]
-    fn packable(
-        &self,
-        copy: Copied,
-    ) -> Result<Result<(String, FileMeta, Vec<u8>), LooseCopy>, WireError> {
+    fn packable(&self, copy: Copied) -> Result<Result<PackedCopy, LooseCopy>, WireError> {
         let Copied {
             file,
             meta,
@@ -151,10 +149,7 @@ impl Files {
     /// Installs copies through a pack: all of them written and made durable
     /// in one step, then each adopted under its file's lock if newer than
     /// what is here (as any copy), and the records not adopted dropped.
-    fn install_packed(
-        &self,
-        copies: Vec<(String, FileMeta, Vec<u8>)>,
-    ) -> Vec<Result<(), WireError>> {
+    fn install_packed(&self, copies: Vec<PackedCopy>) -> Vec<Result<(), WireError>> {
         if copies.is_empty() {
             return Vec::new();
         }
@@ -194,7 +189,13 @@ impl Files {
             .store
             .discard_packed(&not_adopted)
             .map_err(WireError::from)
-            .and_then(|()| if older { self.newer_is_durable() } else { Ok(()) });
+            .and_then(|()| {
+                if older {
+                    self.newer_is_durable()
+                } else {
+                    Ok(())
+                }
+            });
         if let Err(e) = settled {
             for result in results.iter_mut().filter(|r| r.is_ok()) {
                 *result = Err(e.clone());

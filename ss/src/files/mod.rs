@@ -1480,4 +1480,79 @@ mod tests {
         files.delete("dir/g").unwrap();
         assert!(!_dir.path().join("checkpoints/dir/g").exists());
     }
+
+    /// Copies that came whole, as a sync's pull hands them over.
+    fn in_memory(copies: &[(&str, &Committed)]) -> Vec<Copied> {
+        copies
+            .iter()
+            .map(|(file, c)| Copied {
+                file: (*file).to_owned(),
+                meta: c.meta.clone(),
+                content: CopyContent::InMemory(c.content.clone()),
+                checkpoints: Vec::new(),
+            })
+            .collect()
+    }
+
+    /// A sync's small copies of files new here go into a pack: served from
+    /// it, never replaced by an older copy, written out by their first
+    /// change, and after a restart each file is as the last change left it.
+    #[test]
+    fn small_copies_go_into_a_pack_and_every_change_after_is_kept_across_a_restart() {
+        let (_primary_dir, primary) = files();
+        let (older, newer) = two_versions(&primary);
+        let dir = tempfile::tempdir().unwrap();
+        let standby = Arc::new(logged_files(dir.path()));
+        let batch = in_memory(&[
+            ("f", &newer),
+            ("p1", &older),
+            ("p2", &older),
+            ("p3", &older),
+        ]);
+        assert!(standby.install_batch(batch).iter().all(Result::is_ok));
+        assert!(!standby.store.content_path("f").unwrap().exists(), "packed");
+        assert_eq!(standby.store.read_content("f").unwrap(), newer.content);
+
+        // An older copy changes nothing; its record is dropped.
+        let batch = in_memory(&[
+            ("f", &older),
+            ("q1", &older),
+            ("q2", &older),
+            ("q3", &older),
+        ]);
+        assert!(standby.install_batch(batch).iter().all(Result::is_ok));
+        assert_eq!(standby.store.read_content("f").unwrap(), newer.content);
+
+        let mut w = standby.begin_write("p1", 1).unwrap();
+        w.edit(0, "Written.").unwrap();
+        let written = w.commit().unwrap();
+        assert!(
+            standby.store.content_path("p1").unwrap().exists(),
+            "loosened"
+        );
+        standby.delete("p2").unwrap();
+        drop(standby);
+
+        let standby = logged_files(dir.path());
+        let (held, _) = standby.inventory(None).unwrap();
+        let mut held: Vec<(String, u64)> = held
+            .into_iter()
+            .map(|h| (h.file, h.meta.stats.version))
+            .collect();
+        held.sort();
+        let v = |c: &Committed| c.meta.stats.version;
+        assert_eq!(
+            held,
+            [
+                ("f".into(), v(&newer)),
+                ("p1".into(), v(&written)),
+                ("p3".into(), v(&older)),
+                ("q1".into(), v(&older)),
+                ("q2".into(), v(&older)),
+                ("q3".into(), v(&older)),
+            ]
+        );
+        assert_eq!(standby.store.read_content("f").unwrap(), newer.content);
+        assert_eq!(standby.store.read_content("p1").unwrap(), written.content);
+    }
 }

@@ -353,7 +353,11 @@ impl Store {
         }
         self.sync_dirs(&mut dirs)?;
         self.packs.drop_file(file)?;
-        tracing::debug!(event = "ss_loosened", file, "a packed file now has a file of its own");
+        tracing::debug!(
+            event = "ss_loosened",
+            file,
+            "a packed file now has a file of its own"
+        );
         Ok(())
     }
 

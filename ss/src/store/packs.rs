@@ -92,6 +92,10 @@ struct Writer {
     current: Option<(u64, File, u64)>,
     next: u64,
     dropped: File,
+    /// A failed write to the drop list may have left a torn frame, after
+    /// which nothing appended would be read back: no record is dropped
+    /// after it (until a restart truncates the list there).
+    failed: Option<String>,
 }
 
 /// The packs of one storage folder.
@@ -171,6 +175,7 @@ impl Packs {
                 current: None,
                 next: numbers.last().map_or(1, |n| n + 1),
                 dropped: dropped_file,
+                failed: None,
             }),
         };
         packs.discard(&superseded)?;
@@ -275,7 +280,11 @@ impl Packs {
             })?);
         }
         let mut writer = lock(&self.writer);
-        if writer.current.as_ref().is_none_or(|(_, _, size)| *size >= PACK_BYTES) {
+        if writer
+            .current
+            .as_ref()
+            .is_none_or(|(_, _, size)| *size >= PACK_BYTES)
+        {
             let number = writer.next;
             writer.next += 1;
             let path = self.dir.join(number.to_string());
@@ -303,9 +312,9 @@ impl Packs {
             });
             bytes.extend_from_slice(frame);
         }
-        let written = file
-            .write_all(&bytes)
-            .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
+        let written =
+            file.write_all(&bytes)
+                .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
         if let Err(e) = written {
             // Whatever part of the batch reached the disk is never
             // acknowledged; no batch goes after it.
@@ -322,12 +331,16 @@ impl Packs {
     /// Makes `packed`, appended for `file`, its current record; the record
     /// it replaces is dropped (not yet durably: of two records of a name,
     /// the higher stamp wins at open).
+    /// Called under the file's lock, so nothing else changes its record meanwhile.
     pub(super) fn adopt(&self, file: &str, packed: Packed) -> io::Result<()> {
-        let replaced = lock(&self.index).files.insert(file.to_owned(), packed);
-        match replaced {
-            Some(older) => self.mark_dropped(&[older], false),
-            None => Ok(()),
+        let older = lock(&self.index).files.get(file).cloned();
+        if let Some(older) = older {
+            // Before the new record counts: a later drop of it, durable,
+            // must find this marker durable too (same list, written before).
+            self.mark_dropped(&[older], false)?;
         }
+        lock(&self.index).files.insert(file.to_owned(), packed);
+        Ok(())
     }
 
     /// Drops records appended and not adopted, durably.
@@ -358,11 +371,20 @@ impl Packs {
         for record in records {
             bytes.extend_from_slice(&encode_frame(&record.id())?);
         }
-        let writer = lock(&self.writer);
+        let mut writer = lock(&self.writer);
+        if let Some(failed) = &writer.failed {
+            return Err(io::Error::other(failed.clone()));
+        }
         let mut dropped = &writer.dropped;
-        dropped.write_all(&bytes)?;
-        if durable && self.fsync {
-            dropped.sync_data()?;
+        let written = dropped
+            .write_all(&bytes)
+            .and_then(|()| match durable && self.fsync {
+                true => dropped.sync_data(),
+                false => Ok(()),
+            });
+        if let Err(e) = written {
+            writer.failed = Some(format!("the packs' drop list failed: {e}"));
+            return Err(e);
         }
         let current = writer.current.as_ref().map(|(number, _, _)| *number);
         let mut index = lock(&self.index);
@@ -380,5 +402,228 @@ impl Packs {
             remove_if_present(&self.dir.join(number.to_string()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::proto::{AccessList, FileStats};
+
+    fn meta(version: u64) -> FileMeta {
+        FileMeta {
+            owner: "alice".into(),
+            acl: AccessList::new(),
+            checkpoints: Default::default(),
+            stats: FileStats {
+                version,
+                ..FileStats::default()
+            },
+        }
+    }
+
+    /// Packs and adopts `copies` (name, version, content) as a sync's batch does.
+    fn pack(store: &Store, copies: &[(&str, u64, &str)]) {
+        let metas: Vec<FileMeta> = copies.iter().map(|(_, v, _)| meta(*v)).collect();
+        let batch: Vec<(&str, &FileMeta, &[u8])> = copies
+            .iter()
+            .zip(&metas)
+            .map(|((file, _, content), meta)| (*file, meta, content.as_bytes()))
+            .collect();
+        for ((file, _, _), record) in copies.iter().zip(store.pack(&batch).unwrap()) {
+            assert!(store.may_pack(file).unwrap());
+            store.adopt_packed(file, record).unwrap();
+        }
+    }
+
+    fn names(store: &Store) -> Vec<(String, u64)> {
+        store
+            .inventory()
+            .unwrap()
+            .into_iter()
+            .map(|(file, meta)| (file, meta.stats.version))
+            .collect()
+    }
+
+    fn read(store: &Store, file: &str) -> String {
+        String::from_utf8(store.read_content(file).unwrap()).unwrap()
+    }
+
+    fn pack_files(dir: &Path) -> usize {
+        fs::read_dir(dir.join(PACKS))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != DROPPED)
+            .count()
+    }
+
+    #[test]
+    fn packed_files_are_read_listed_and_kept_across_a_restart_with_no_file_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            pack(&store, &[("a", 1, "Alpha."), ("d/b", 2, "Beta.")]);
+            assert_eq!(read(&store, "a"), "Alpha.");
+            assert!(store.holds("d/b").unwrap());
+            assert!(!store.content_path("a").unwrap().exists());
+            let mut opened = store.open_content("d/b").unwrap();
+            let mut text = String::new();
+            io::Read::read_to_string(&mut opened, &mut text).unwrap();
+            assert_eq!(text, "Beta.");
+            assert_eq!(opened.metadata().unwrap().len(), 5);
+        }
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(names(&store), [("a".into(), 1), ("d/b".into(), 2)]);
+        assert_eq!(read(&store, "d/b"), "Beta.");
+        assert_eq!(store.read_meta("a").unwrap(), meta(1));
+        assert_eq!(fs::read_dir(dir.path().join(FILES)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn every_change_writes_a_packed_file_out_first_and_nothing_packed_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            pack(
+                &store,
+                &[
+                    ("c", 1, "C."),
+                    ("m", 1, "M."),
+                    ("k", 1, "K."),
+                    ("x", 1, "X."),
+                    ("s", 1, "S."),
+                ],
+            );
+            store.commit("c", b"C two.", &meta(2)).unwrap();
+            assert_eq!(store.read_content_of_undo("c").unwrap(), b"C.");
+            store.rename("m", "m2", &meta(2)).unwrap();
+            store.checkpoint("k", "v1", &meta(2)).unwrap();
+            store.delete("x").unwrap();
+            store.write_meta("s", &meta(2)).unwrap();
+        }
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(
+            names(&store),
+            [
+                ("c".into(), 2),
+                ("k".into(), 2),
+                ("m2".into(), 2),
+                ("s".into(), 2)
+            ]
+        );
+        assert_eq!(read(&store, "c"), "C two.");
+        assert_eq!(read(&store, "m2"), "M.");
+        assert_eq!(store.read_checkpoint("k", "v1").unwrap(), b"K.");
+        assert_eq!(read(&store, "s"), "S.");
+        assert!(store.packs.all().is_empty());
+        assert_eq!(
+            pack_files(dir.path()),
+            0,
+            "a pack with no live record is removed"
+        );
+    }
+
+    #[test]
+    fn the_highest_stamp_wins_and_a_delete_brings_back_no_older_record() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            pack(&store, &[("f", 1, "One."), ("g", 1, "G.")]);
+            pack(&store, &[("f", 3, "Three."), ("h", 1, "H.")]);
+            assert_eq!(read(&store, "f"), "Three.");
+        }
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            assert_eq!(read(&store, "f"), "Three.");
+            store.delete("f").unwrap();
+        }
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(names(&store), [("g".into(), 1), ("h".into(), 1)]);
+    }
+
+    #[test]
+    fn records_not_adopted_count_for_nothing_and_a_torn_batch_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            pack(&store, &[("kept", 1, "Kept.")]);
+            let m = meta(1);
+            let records = store
+                .pack(&[("refused", &m, b"Refused.".as_slice())])
+                .unwrap();
+            store.discard_packed(&records).unwrap();
+            // A batch a crash cut: whole records, then half of one.
+            let torn = store
+                .pack(&[
+                    ("torn1", &m, b"T1.".as_slice()),
+                    ("torn2", &m, b"T2.".as_slice()),
+                ])
+                .unwrap();
+            let pack = dir.path().join(PACKS).join(torn[1].pack.to_string());
+            let cut = torn[1].at + torn[1].len / 2;
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&pack)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(
+            names(&store),
+            [("kept".into(), 1), ("torn1".into(), 1)],
+            "a record written whole is a version the primary held: harmless"
+        );
+        pack(&store, &[("after", 1, "After.")]);
+        drop(store);
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(read(&store, "after"), "After.");
+    }
+
+    #[test]
+    fn a_loose_file_wins_over_a_record_of_its_name_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            pack(&store, &[("f", 1, "Packed.")]);
+            // A loosening cut by a crash before its record was dropped.
+            store.create_files("f", &meta(1), Durable::Now).unwrap();
+            store
+                .commit_files("f", b"Loose.", &meta(1), Durable::Now)
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(read(&store, "f"), "Loose.");
+        assert!(store.packs.all().is_empty());
+        assert!(!store.may_pack("f").unwrap());
+        assert!(store
+            .adopt_packed(
+                "f",
+                store
+                    .pack(&[("f", &meta(2), b"x".as_slice())])
+                    .unwrap()
+                    .remove(0)
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn a_torn_drop_list_is_cut_before_it_is_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            pack(&store, &[("a", 1, "A."), ("b", 1, "B."), ("c", 1, "C.")]);
+            store.delete("a").unwrap();
+        }
+        let list = dir.path().join(PACKS).join(DROPPED);
+        let mut bytes = fs::read(&list).unwrap();
+        bytes.extend_from_slice(&[0, 0, 0]);
+        fs::write(&list, &bytes).unwrap();
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            assert_eq!(names(&store), [("b".into(), 1), ("c".into(), 1)]);
+            store.delete("b").unwrap();
+        }
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(names(&store), [("c".into(), 1)]);
     }
 }
