@@ -30,9 +30,9 @@ fn write(cluster: &TestCluster, file: &str, text: &str) {
         .all_ok();
 }
 
+/// What the backup holds of `file` (a file of its own, or packed by a sync).
 fn backup_content(cluster: &TestCluster, file: &str) -> String {
-    std::fs::read_to_string(cluster.storage("ss1_backup").join("files").join(file))
-        .unwrap_or_default()
+    harness::stored_content(&cluster.storage("ss1_backup"), file).unwrap_or_default()
 }
 
 /// Writes until one goes on the stream (the primary learns its partner with
@@ -508,9 +508,8 @@ async fn a_hung_backup_stalls_the_stream_and_nothing_is_lost() {
         let text = backup_content(&cluster, &format!("h{i}.txt"));
         assert!(text.contains(&format!("Hung {i}.")), "h{i}.txt: {text:?}");
     }
-    let probe = cluster.storage("ss1_backup").join("files/probe.txt");
     assert!(
-        !probe.exists(),
+        harness::stored_content(&cluster.storage("ss1_backup"), "probe.txt").is_none(),
         "the handed-back DELETE never reached the backup"
     );
 }
