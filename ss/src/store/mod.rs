@@ -207,6 +207,7 @@ impl Store {
             store.barrier()?;
         }
         store.drop_records_of_loose_files()?;
+        store.packs.compact()?;
         store.remove_left_over_metadata()?;
         Ok(store)
     }

@@ -30,8 +30,10 @@
 //!   never acknowledged) is simply cut off; the drop list's torn tail is
 //!   truncated before it is appended to.
 //!
-//! A pack whose records are all dropped is removed. One with a few live
-//! records left keeps its space until they go (no compaction yet).
+//! A pack whose records are all dropped is removed. At open, the live
+//! records of a pack more than half dead are packed again into a new pack
+//! and the old ones dropped ([`Packs::compact`]), so dead records never
+//! hold more than about as much space as live ones for long.
 
 use super::*;
 use crate::wal::{decode_frames, encode_frame};
@@ -44,6 +46,8 @@ const PACK_BYTES: u64 = 64 << 20;
 /// Largest content packed; larger copies are files of their own.
 pub const MAX_PACKED_BYTES: u64 = 1 << 20;
 const DROPPED: &str = "dropped";
+/// Records packed again together when a pack is compacted.
+const COMPACT_BATCH: usize = 1024;
 
 /// One packed file, as stored.
 #[derive(Serialize, Deserialize)]
@@ -154,8 +158,9 @@ impl Packs {
                     continue;
                 }
                 live += 1;
+                // Of equal stamps (the same version packed twice), the later.
                 match files.get(&record.file) {
-                    Some(held) if held.meta.stats.stamp() >= packed.meta.stats.stamp() => {
+                    Some(held) if held.meta.stats.stamp() > packed.meta.stats.stamp() => {
                         superseded.push(packed)
                     }
                     _ => {
@@ -340,6 +345,66 @@ impl Packs {
             self.mark_dropped(&[older], false)?;
         }
         lock(&self.index).files.insert(file.to_owned(), packed);
+        Ok(())
+    }
+
+    /// Packs the live records of every pack more than half dead again (a
+    /// copy, durable, then adopted in place of the old record), then drops
+    /// the old records durably: those packs go. A crash between leaves two
+    /// records of one stamp, of which the open keeps the later.
+    pub(super) fn compact(&self) -> io::Result<()> {
+        let moving: Vec<(String, Packed)> = {
+            let index = lock(&self.index);
+            let mut live_bytes: HashMap<u64, u64> = HashMap::new();
+            for packed in index.files.values() {
+                *live_bytes.entry(packed.pack).or_default() += packed.len;
+            }
+            let sparse: HashSet<u64> = index
+                .packs
+                .iter()
+                .filter(|(number, (handle, _))| {
+                    let size = handle.metadata().map_or(0, |m| m.len());
+                    live_bytes.get(number).copied().unwrap_or(0) * 2 < size
+                })
+                .map(|(number, _)| *number)
+                .collect();
+            index
+                .files
+                .iter()
+                .filter(|(_, packed)| sparse.contains(&packed.pack))
+                .map(|(file, packed)| (file.clone(), packed.clone()))
+                .collect()
+        };
+        if moving.is_empty() {
+            return Ok(());
+        }
+        for group in moving.chunks(COMPACT_BATCH) {
+            let contents = group
+                .iter()
+                .map(|(_, packed)| self.read(packed))
+                .collect::<io::Result<Vec<_>>>()?;
+            let batch: Vec<(&str, &FileMeta, &[u8])> = group
+                .iter()
+                .zip(&contents)
+                .map(|((file, packed), content)| (file.as_str(), &packed.meta, content.as_slice()))
+                .collect();
+            for ((file, _), record) in group.iter().zip(self.append(&batch)?) {
+                self.adopt(file, record)?;
+            }
+        }
+        self.sync_dropped()?;
+        tracing::info!(
+            event = "ss_packs_compacted",
+            files = moving.len(),
+            "packed files moved out of packs mostly dead"
+        );
+        Ok(())
+    }
+
+    fn sync_dropped(&self) -> io::Result<()> {
+        if self.fsync {
+            lock(&self.writer).dropped.sync_data()?;
+        }
         Ok(())
     }
 
@@ -625,5 +690,63 @@ mod tests {
         }
         let store = Store::open(dir.path(), true).unwrap();
         assert_eq!(names(&store), [("c".into(), 1)]);
+    }
+
+    #[test]
+    fn a_pack_mostly_dead_is_compacted_at_open_and_its_live_files_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first: Vec<(String, String)> = (0..10)
+            .map(|i| (format!("f{i}"), format!("First {i}.")))
+            .collect();
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            let batch: Vec<(&str, u64, &str)> = first
+                .iter()
+                .map(|(file, text)| (file.as_str(), 1, text.as_str()))
+                .collect();
+            pack(&store, &batch);
+        }
+        {
+            // Eight of the ten superseded: the first pack is mostly dead.
+            let store = Store::open(dir.path(), true).unwrap();
+            let newer: Vec<(&str, u64, &str)> = first[..8]
+                .iter()
+                .map(|(file, _)| (file.as_str(), 2, "Second."))
+                .collect();
+            pack(&store, &newer);
+            assert_eq!(pack_files(dir.path()), 2);
+        }
+        let packs_before: Vec<u64> = {
+            let store = Store::open(dir.path(), true).unwrap();
+            let mut numbers: Vec<u64> = store
+                .packs
+                .all()
+                .iter()
+                .map(|(f, _)| store.packs.get(f).unwrap().pack)
+                .collect();
+            numbers.sort();
+            numbers.dedup();
+            assert!(
+                !numbers.contains(&1),
+                "the first pack's live files moved: {numbers:?}"
+            );
+            assert_eq!(read(&store, "f9"), "First 9.");
+            assert_eq!(read(&store, "f0"), "Second.");
+            numbers
+        };
+        assert!(!dir.path().join(PACKS).join("1").exists());
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(names(&store).len(), 10);
+        assert_eq!(read(&store, "f8"), "First 8.");
+        assert_eq!(read(&store, "f3"), "Second.");
+        let mut numbers: Vec<u64> = store
+            .packs
+            .all()
+            .iter()
+            .map(|(f, _)| store.packs.get(f).unwrap().pack)
+            .collect();
+        numbers.sort();
+        numbers.dedup();
+        assert_eq!(numbers, packs_before, "nothing more to compact");
     }
 }
