@@ -4,8 +4,8 @@
 //! MessagePack envelope (a CRC-32 and the MessagePack bytes of a record:
 //! name, metadata, content); `packs/dropped` holds frames of (pack, offset)
 //! naming records that no longer count. Of a name's records, the highest
-//! stamp (epoch, version) counts; a file of its own under `files/` counts
-//! over any record.
+//! stamp (epoch, version) counts, the later of equal ones; a file of its
+//! own under `files/` counts over any record.
 
 use bytes::BytesMut;
 use serde::Deserialize;
@@ -87,7 +87,7 @@ pub fn packed_files(storage: &Path) -> BTreeMap<String, (FileMeta, Vec<u8>)> {
             let stamp = |m: &FileMeta| (m.stats.epoch, m.stats.version);
             let newer = files
                 .get(&record.file)
-                .is_none_or(|(held, _)| stamp(&record.meta) > stamp(held));
+                .is_none_or(|(held, _)| stamp(&record.meta) >= stamp(held));
             if newer {
                 files.insert(record.file, (record.meta, record.content));
             }

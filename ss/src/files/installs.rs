@@ -185,17 +185,12 @@ impl Files {
             .collect();
         // Copies skipped as older count as here once what they were skipped
         // for is durable.
-        let settled = self
-            .store
-            .discard_packed(&not_adopted)
-            .map_err(WireError::from)
-            .and_then(|()| {
-                if older {
-                    self.newer_is_durable()
-                } else {
-                    Ok(())
-                }
-            });
+        self.store.discard_packed(&not_adopted);
+        let settled = if older {
+            self.newer_is_durable()
+        } else {
+            Ok(())
+        };
         if let Err(e) = settled {
             for result in results.iter_mut().filter(|r| r.is_ok()) {
                 *result = Err(e.clone());

@@ -207,7 +207,10 @@ impl Store {
             store.barrier()?;
         }
         store.drop_records_of_loose_files()?;
-        store.packs.compact()?;
+        // Only space is at stake: a failure (a full disk) is no reason not to serve.
+        if let Err(e) = store.packs.compact() {
+            tracing::warn!(event = "ss_packs_compact_failed", error = %e, "packs mostly dead were left as they are");
+        }
         store.remove_left_over_metadata()?;
         Ok(store)
     }
@@ -330,9 +333,10 @@ impl Store {
         Ok(self.packs.adopt(file, packed)?)
     }
 
-    /// Drops packed copies that were not adopted, durably.
-    pub fn discard_packed(&self, records: &[Packed]) -> Result<(), StoreError> {
-        Ok(self.packs.discard(records)?)
+    /// Drops packed copies that were not adopted, durably (or the server
+    /// stops: see `packs::records_left_counting`).
+    pub fn discard_packed(&self, records: &[Packed]) {
+        self.packs.discard(records)
     }
 
     /// Writes a packed file out as a file of its own, durably, then drops
@@ -363,10 +367,13 @@ impl Store {
     }
 
     /// At open: a loose file is newer than any record of its name (a
-    /// loosening that a crash cut short leaves both), so those are dropped.
+    /// loosening that a crash cut short leaves both), so those are dropped;
+    /// unless the loose content has no metadata yet (a loosening whose
+    /// metadata goes apart, cut between its two names): the record stands,
+    /// and the next change writes the file out again.
     fn drop_records_of_loose_files(&self) -> Result<(), StoreError> {
         for (file, _) in self.packs.all() {
-            if self.content_path(&file)?.exists() {
+            if scan::find_in(&self.root, &file, true)?.is_some() {
                 self.packs.drop_file(&file)?;
             }
         }

@@ -46,8 +46,8 @@ const PACK_BYTES: u64 = 64 << 20;
 /// Largest content packed; larger copies are files of their own.
 pub const MAX_PACKED_BYTES: u64 = 1 << 20;
 const DROPPED: &str = "dropped";
-/// Records packed again together when a pack is compacted.
-const COMPACT_BATCH: usize = 1024;
+/// Bytes of records packed again together when a pack is compacted.
+const COMPACT_BATCH_BYTES: u64 = 8 << 20;
 
 /// One packed file, as stored.
 #[derive(Serialize, Deserialize)]
@@ -112,6 +112,18 @@ pub(super) struct Packs {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Records written and not adopted (refused as older or deleted, or of a
+/// batch whose write failed) could not be dropped. Left counting, they would
+/// come back at the next open, and once the tombstone that refused them is
+/// purged, a deleted file would return. Like a database that cannot write
+/// its log, the server stops here: at the restart, the tombstones are still
+/// there, and the open drops those records again.
+fn records_left_counting(e: &io::Error) -> ! {
+    tracing::error!(event = "ss_pack_drop_failed", error = %e, "records not adopted could not be dropped; stopping so that the restart drops them");
+    eprintln!("ss: records not adopted could not be dropped from a pack ({e}); stopping so that the restart drops them");
+    std::process::abort();
 }
 
 impl Packs {
@@ -183,14 +195,15 @@ impl Packs {
                 failed: None,
             }),
         };
-        packs.discard(&superseded)?;
-        packs.forget_markers_of_removed_packs(&dropped)?;
+        packs.mark_dropped(&superseded, true)?;
+        packs.forget_markers_of_removed_packs()?;
         Ok(packs)
     }
 
     /// Removes the packs with no live record left, then rewrites the drop
-    /// list without the markers of packs that are gone, when it holds any.
-    fn forget_markers_of_removed_packs(&self, dropped: &HashSet<Dropped>) -> io::Result<()> {
+    /// list (as it is on disk now, markers written since the open included)
+    /// without the markers of packs that are gone, when it holds any.
+    fn forget_markers_of_removed_packs(&self) -> io::Result<()> {
         let mut writer = lock(&self.writer);
         let mut index = lock(&self.index);
         let empty: Vec<u64> = index
@@ -207,6 +220,15 @@ impl Packs {
             // Gone for good before their markers are.
             self.sync_dir()?;
         }
+        if self.fsync {
+            writer.dropped.sync_data()?;
+        }
+        let on_disk = fs::read(self.dir.join(DROPPED))?;
+        let dropped: Vec<Dropped> = decode_frames::<Dropped>(&on_disk, "the packs' drop list")
+            .0
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
         let kept: Vec<Dropped> = dropped
             .iter()
             .filter(|d| index.packs.contains_key(&d.pack))
@@ -290,6 +312,13 @@ impl Packs {
             .as_ref()
             .is_none_or(|(_, _, size)| *size >= PACK_BYTES)
         {
+            if let Some((old, _, _)) = writer.current.take() {
+                let mut index = lock(&self.index);
+                if index.packs.get(&old).is_some_and(|(_, live)| *live == 0) {
+                    index.packs.remove(&old);
+                    remove_if_present(&self.dir.join(old.to_string()))?;
+                }
+            }
             let number = writer.next;
             writer.next += 1;
             let path = self.dir.join(number.to_string());
@@ -321,9 +350,13 @@ impl Packs {
             file.write_all(&bytes)
                 .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
         if let Err(e) = written {
-            // Whatever part of the batch reached the disk is never
-            // acknowledged; no batch goes after it.
+            // No batch goes after it. Whatever part of it reached the disk
+            // is not adopted, and must not count after a restart either.
             writer.current = None;
+            drop(writer);
+            if let Err(failed) = self.mark_dropped(&placed, true) {
+                records_left_counting(&failed);
+            }
             return Err(e);
         }
         *size += bytes.len() as u64;
@@ -378,7 +411,18 @@ impl Packs {
         if moving.is_empty() {
             return Ok(());
         }
-        for group in moving.chunks(COMPACT_BATCH) {
+        let mut groups = Vec::new();
+        let mut start = 0;
+        let mut bytes = 0;
+        for (i, (_, packed)) in moving.iter().enumerate() {
+            bytes += packed.len;
+            if bytes >= COMPACT_BATCH_BYTES || i + 1 == moving.len() {
+                groups.push(&moving[start..=i]);
+                start = i + 1;
+                bytes = 0;
+            }
+        }
+        for group in groups {
             let contents = group
                 .iter()
                 .map(|(_, packed)| self.read(packed))
@@ -408,9 +452,12 @@ impl Packs {
         Ok(())
     }
 
-    /// Drops records appended and not adopted, durably.
-    pub(super) fn discard(&self, records: &[Packed]) -> io::Result<()> {
-        self.mark_dropped(records, true)
+    /// Drops records appended and not adopted, durably. If that fails the
+    /// server stops (see [`records_left_counting`]).
+    pub(super) fn discard(&self, records: &[Packed]) {
+        if let Err(e) = self.mark_dropped(records, true) {
+            records_left_counting(&e);
+        }
     }
 
     /// Drops `file`'s record, durably, if it has one; whether it had.
@@ -615,7 +662,7 @@ mod tests {
             let records = store
                 .pack(&[("refused", &m, b"Refused.".as_slice())])
                 .unwrap();
-            store.discard_packed(&records).unwrap();
+            store.discard_packed(&records);
             // A batch a crash cut: whole records, then half of one.
             let torn = store
                 .pack(&[
@@ -748,5 +795,54 @@ mod tests {
         numbers.sort();
         numbers.dedup();
         assert_eq!(numbers, packs_before, "nothing more to compact");
+    }
+
+    /// The markers the open writes for superseded records survive the
+    /// rewrite of the drop list that the same open makes.
+    #[test]
+    fn markers_written_at_open_survive_its_rewrite_of_the_drop_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || Store::open(dir.path(), true).unwrap();
+        pack(&open(), &[("x", 1, "Old."), ("k", 1, "K.")]);
+        {
+            // A pack whose only record is dropped while it is current.
+            let store = open();
+            pack(&store, &[("w", 1, "W.")]);
+            store.delete("w").unwrap();
+        }
+        {
+            // A newer record of x, written and not adopted (a crash).
+            let store = open();
+            let m = meta(2);
+            store.pack(&[("x", &m, b"New.".as_slice())]).unwrap();
+        }
+        {
+            // The open drops x's old record and removes the empty pack.
+            let store = open();
+            assert_eq!(read(&store, "x"), "New.");
+            store.delete("x").unwrap();
+        }
+        assert_eq!(names(&open()), [("k".into(), 1)], "the old x came back");
+    }
+
+    /// A loosening whose metadata goes apart, cut between the content's
+    /// name and the metadata's, leaves content without metadata: the record
+    /// still counts.
+    #[test]
+    fn content_without_metadata_does_not_outrank_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            pack(&store, &[("f", 1, "Packed.")]);
+        }
+        fs::write(dir.path().join(FILES).join("f"), "Packed.").unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(names(&store), [("f".into(), 1)]);
+        assert_eq!(read(&store, "f"), "Packed.");
+        store.commit("f", b"Changed.", &meta(2)).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(names(&store), [("f".into(), 2)]);
+        assert_eq!(read(&store, "f"), "Changed.");
     }
 }

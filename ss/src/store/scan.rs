@@ -39,12 +39,20 @@ impl Store {
             }
             Ok::<_, StoreError>(found)
         })?;
-        // A packed file has no file of its own (see `Store::open`).
-        found.extend(self.packs.all().into_iter().map(|(file, meta)| Found {
-            file,
-            meta,
-            content_newer: false,
-        }));
+        // A packed file has no file of its own (see `Store::open`), but for
+        // content without metadata, which `find_knowing` gave its record's.
+        let loose: HashSet<String> = found.iter().map(|f| f.file.clone()).collect();
+        found.extend(
+            self.packs
+                .all()
+                .into_iter()
+                .filter(|(file, _)| !loose.contains(file))
+                .map(|(file, meta)| Found {
+                    file,
+                    meta,
+                    content_newer: false,
+                }),
+        );
         found.sort_by(|a, b| a.file.cmp(&b.file));
         Ok(found)
     }
