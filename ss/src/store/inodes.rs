@@ -121,17 +121,9 @@ impl Store {
     /// one that is never used vanishes when the process exits.
     pub fn keep_inodes_ready(&self) {
         // Idle time only: the requests this serves must not wait for it.
-        // SCHED_IDLE runs it only when nothing else wants the core (a sync
-        // into an empty backup keeps both cores busy while this thread
-        // would fill its pool); nice 19 where that policy is refused.
-        // SAFETY: calls on this thread's own id, with a parameter that
-        // outlives the call.
+        // SAFETY: setpriority on this thread's own id; no memory is involved.
         unsafe {
-            let param = libc::sched_param { sched_priority: 0 };
-            let tid = libc::gettid();
-            if libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) != 0 {
-                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
-            }
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
         }
         let mut unnamed_work = true;
         loop {

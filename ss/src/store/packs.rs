@@ -220,9 +220,6 @@ impl Packs {
             // Gone for good before their markers are.
             self.sync_dir()?;
         }
-        if self.fsync {
-            writer.dropped.sync_data()?;
-        }
         let on_disk = fs::read(self.dir.join(DROPPED))?;
         let dropped: Vec<Dropped> = decode_frames::<Dropped>(&on_disk, "the packs' drop list")
             .0
