@@ -20,20 +20,23 @@
 //! - a pack is only written for names with no loose file and no record in
 //!   the write-ahead log (checked again under the file's lock when the copy
 //!   is adopted), so a loose file is always newer than any record of its
-//!   name: at open, a loose file wins and the records of its name are
-//!   dropped (a loosening that a crash cut short leaves both);
-//! - of several records of one name, the highest stamp wins;
+//!   name: at open, a loose file with its metadata wins and the records of
+//!   its name are dropped (a loosening that a crash cut short leaves both);
+//! - of several records of one name, the highest stamp wins (of equal
+//!   stamps, the later: the same version packed twice);
 //! - a record is dropped only once nothing needs it: after its content is
 //!   durable as a loose file, or when the file is deleted, durably before
-//!   the delete returns;
+//!   the delete returns; records written and not adopted are dropped
+//!   durably before the batch returns, or the server stops
+//!   ([`records_left_counting`]);
 //! - a pack is never appended to after a restart, so a torn tail (a batch
 //!   never acknowledged) is simply cut off; the drop list's torn tail is
 //!   truncated before it is appended to.
 //!
 //! A pack whose records are all dropped is removed. At open, the live
 //! records of a pack more than half dead are packed again into a new pack
-//! and the old ones dropped ([`Packs::compact`]), so dead records never
-//! hold more than about as much space as live ones for long.
+//! and the old ones dropped ([`Packs::compact`]). A running server does not
+//! compact: dead records wait for the next open.
 
 use super::*;
 use crate::wal::{decode_frames, encode_frame};
