@@ -132,7 +132,9 @@ impl Store {
                 let unnamed = self
                     .unnamed_low
                     .wait_while(unnamed, |u| {
-                        (!unnamed_work || u.len() >= UNNAMED_LOW)
+                        (!unnamed_work
+                            || !self.unnamed_wanted.load(Ordering::Relaxed)
+                            || u.len() >= UNNAMED_LOW)
                             && self
                                 .displaced
                                 .lock()
@@ -181,6 +183,7 @@ impl Store {
     /// An inode made ahead, if one is ready.
     fn take_unnamed(&self) -> Option<File> {
         let mut unnamed = self.unnamed.lock().unwrap_or_else(|p| p.into_inner());
+        self.unnamed_wanted.store(true, Ordering::Relaxed);
         let file = unnamed.pop();
         if unnamed.len() < UNNAMED_LOW {
             self.unnamed_low.notify_one();

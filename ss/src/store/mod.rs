@@ -71,6 +71,12 @@ pub struct Store {
     unnamed: Mutex<Vec<File>>,
     /// Signalled when unnamed inodes run below [`UNNAMED_LOW`].
     unnamed_low: std::sync::Condvar,
+    /// Set once a temp file was taken after the open: only then are inodes
+    /// made ahead. A backup that only takes a sync's packed copies never
+    /// needs one, and on a disk whose allocator is slow (after mass
+    /// deletions) making 256 would take a core for a fifth of a second just
+    /// as the sync starts (BENCHMARKS.md, "Issue 15, session 18").
+    unnamed_wanted: std::sync::atomic::AtomicBool,
     /// Set by [`Store::close`]: the thread that makes inodes ahead returns.
     closing: std::sync::atomic::AtomicBool,
     /// Inodes open for reading (READ, STREAM, transfers), with how many
@@ -181,6 +187,7 @@ impl Store {
             displaced: Mutex::new(Vec::new()),
             unnamed: Mutex::new(Vec::new()),
             unnamed_low: std::sync::Condvar::new(),
+            unnamed_wanted: std::sync::atomic::AtomicBool::new(false),
             closing: std::sync::atomic::AtomicBool::new(false),
             readers: Arc::default(),
             wal: None,
@@ -212,6 +219,9 @@ impl Store {
             tracing::warn!(event = "ss_packs_compact_failed", error = %e, "packs mostly dead were left as they are");
         }
         store.remove_left_over_metadata()?;
+        // The open's own temp files (the identity, the log's replay) do
+        // not count as wanting inodes made ahead.
+        store.unnamed_wanted.store(false, Ordering::Relaxed);
         Ok(store)
     }
 
@@ -1094,6 +1104,10 @@ mod tests {
         let store = Arc::new(Store::open(dir.path(), true).unwrap());
         let background = store.clone();
         std::thread::spawn(move || background.keep_inodes_ready());
+        // Only once a temp file was taken after the open (the open's own,
+        // for the folder's identity, do not count) are inodes made ahead.
+        assert!(!store.unnamed_wanted.load(Ordering::Relaxed));
+        store.create("first", &meta(1)).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while unnamed(&store) < UNNAMED_READY {
             assert!(std::time::Instant::now() < deadline, "inodes never made");
