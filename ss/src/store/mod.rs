@@ -1061,7 +1061,8 @@ mod tests {
     use super::*;
     use shared::proto::{AccessList, FileStats};
 
-    fn meta(version: u64) -> FileMeta {
+    /// Metadata of alice's file at `version` (also for `packs`' tests).
+    pub(super) fn meta(version: u64) -> FileMeta {
         FileMeta {
             owner: "alice".into(),
             acl: AccessList::new(),

@@ -519,19 +519,20 @@ impl Packs {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::meta;
     use super::*;
-    use shared::proto::{AccessList, FileStats};
 
-    fn meta(version: u64) -> FileMeta {
-        FileMeta {
-            owner: "alice".into(),
-            acl: AccessList::new(),
-            checkpoints: Default::default(),
-            stats: FileStats {
-                version,
-                ..FileStats::default()
-            },
-        }
+    /// The packs holding a current record.
+    fn live_packs(store: &Store) -> Vec<u64> {
+        let mut numbers: Vec<u64> = store
+            .packs
+            .all()
+            .iter()
+            .map(|(file, _)| store.packs.get(file).unwrap().pack)
+            .collect();
+        numbers.sort();
+        numbers.dedup();
+        numbers
     }
 
     /// Packs and adopts `copies` (name, version, content) as a sync's batch does.
@@ -765,14 +766,7 @@ mod tests {
         }
         let packs_before: Vec<u64> = {
             let store = Store::open(dir.path(), true).unwrap();
-            let mut numbers: Vec<u64> = store
-                .packs
-                .all()
-                .iter()
-                .map(|(f, _)| store.packs.get(f).unwrap().pack)
-                .collect();
-            numbers.sort();
-            numbers.dedup();
+            let numbers = live_packs(&store);
             assert!(
                 !numbers.contains(&1),
                 "the first pack's live files moved: {numbers:?}"
@@ -786,15 +780,7 @@ mod tests {
         assert_eq!(names(&store).len(), 10);
         assert_eq!(read(&store, "f8"), "First 8.");
         assert_eq!(read(&store, "f3"), "Second.");
-        let mut numbers: Vec<u64> = store
-            .packs
-            .all()
-            .iter()
-            .map(|(f, _)| store.packs.get(f).unwrap().pack)
-            .collect();
-        numbers.sort();
-        numbers.dedup();
-        assert_eq!(numbers, packs_before, "nothing more to compact");
+        assert_eq!(live_packs(&store), packs_before, "nothing more to compact");
     }
 
     /// The markers the open writes for superseded records survive the
