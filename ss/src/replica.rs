@@ -5,11 +5,13 @@
 //! (`GetFiles`: small files come whole, several to a frame, with their
 //! metadata and a CRC-32; a large one is asked for again with `GetFile`:
 //! metadata, content in chunks or unframed, a CRC-32) and for the
-//! checkpoints it lacks, writes each into a temp file, verifies the
-//! checksum, and installs checkpoints, content and metadata atomically. The
-//! bytes cross the network once, primary to backup, never a large file
-//! whole in memory; an interrupted transfer leaves the old file intact and
-//! its temp file is removed. nm owns the job and reports its events.
+//! checkpoints it lacks, keeps a small file that came whole in memory and
+//! writes anything else into a temp file, verifies the checksum, and
+//! installs checkpoints, content and metadata atomically (a batch's small
+//! copies of files new here go into a pack: see `crate::store`). The bytes
+//! cross the network once, primary to backup, never a large file whole in
+//! memory; an interrupted transfer leaves the old file intact and its temp
+//! file is removed. nm owns the job and reports its events.
 
 use crate::files::{Copied, CopyContent, Files};
 use crate::store::TempFile;
