@@ -346,6 +346,11 @@ impl Packs {
             });
             bytes.extend_from_slice(frame);
         }
+        // Counted before the write: a failed batch's records are dropped
+        // below, and each drop takes one away.
+        if let Some((_, live)) = lock(&self.index).packs.get_mut(&number) {
+            *live += placed.len();
+        }
         let written =
             file.write_all(&bytes)
                 .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
@@ -360,9 +365,6 @@ impl Packs {
             return Err(e);
         }
         *size += bytes.len() as u64;
-        if let Some((_, live)) = lock(&self.index).packs.get_mut(&number) {
-            *live += placed.len();
-        }
         Ok(placed)
     }
 
@@ -830,5 +832,38 @@ mod tests {
         let store = Store::open(dir.path(), true).unwrap();
         assert_eq!(names(&store), [("f".into(), 2)]);
         assert_eq!(read(&store, "f"), "Changed.");
+    }
+
+    /// A batch whose write fails is dropped without taking the records
+    /// already adopted in its pack with it.
+    #[test]
+    fn a_failed_batch_leaves_the_files_already_in_its_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            pack(&store, &[("a", 1, "A."), ("b", 1, "B.")]);
+            {
+                // The disk refuses the next write.
+                let mut writer = lock(&store.packs.writer);
+                let (number, _, size) = writer.current.take().unwrap();
+                let path = dir.path().join(PACKS).join(number.to_string());
+                writer.current = Some((number, File::open(path).unwrap(), size));
+            }
+            let m = meta(1);
+            let batch = [
+                ("c", &m, b"C.".as_slice()),
+                ("d", &m, b"D.".as_slice()),
+                ("e", &m, b"E.".as_slice()),
+            ];
+            assert!(store.pack(&batch).is_err());
+            assert_eq!(read(&store, "a"), "A.");
+            pack(&store, &[("f", 1, "F.")]);
+        }
+        let store = Store::open(dir.path(), true).unwrap();
+        assert_eq!(
+            names(&store),
+            [("a".into(), 1), ("b".into(), 1), ("f".into(), 1)]
+        );
+        assert_eq!(read(&store, "b"), "B.");
     }
 }
