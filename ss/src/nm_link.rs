@@ -158,13 +158,19 @@ impl NmLink {
     }
 
     /// Takes the part a registration's answer gave, unless a newer
-    /// `SetRole` came since `sets_before` (see [`PairRole::set_registered`]).
-    fn set_registered_role(&self, part: Part, sets_before: u64) -> Result<bool, WireError> {
-        let taken = self.role.set_registered(part, sets_before)?;
-        if taken {
-            self.update_stream_target();
-        }
-        Ok(taken)
+    /// `SetRole` came since `sets_before`, then the lease (see
+    /// [`PairRole::set_registered`]).
+    async fn set_registered_role(
+        &self,
+        part: Part,
+        sets_before: u64,
+        lease_until: Instant,
+    ) -> Result<bool, WireError> {
+        self.role
+            .set_registered(part, sets_before, Some(lease_until), || {
+                self.update_stream_target()
+            })
+            .await
     }
 
     /// The key that verifies client tickets, once registered.
@@ -449,7 +455,6 @@ async fn serve_link(
         return Err(LinkError::Unexpected(Box::new(reply)));
     };
     let lease = Duration::from_millis(lease_ms);
-    link.role.renew_lease(Some(registered_at + lease));
     // nm sends `SetRole` only after answering, so one that arrived meanwhile
     // is newer, unless it names an older epoch (a stale one, from before).
     let part = Part {
@@ -457,7 +462,10 @@ async fn serve_link(
         serving,
         writable,
     };
-    if !link.set_registered_role(part, roles_before)? {
+    if !link
+        .set_registered_role(part, roles_before, registered_at + lease)
+        .await?
+    {
         tracing::info!(
             event = "ss_role_kept",
             epoch,

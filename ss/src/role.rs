@@ -111,14 +111,38 @@ impl PairRole {
     /// Takes the part a registration's answer gave, unless a `SetRole` was
     /// taken since `sets_before` (its [`PairRole::sets`] when the
     /// registration was sent), which is newer unless it names an older
-    /// epoch. Whether it was taken.
-    pub fn set_registered(&self, part: Part, sets_before: u64) -> Result<bool, WireError> {
-        let _setting = self.setting.lock().unwrap_or_else(|p| p.into_inner());
-        if self.sets() != sets_before && part.epoch <= self.epoch() {
-            return Ok(false);
+    /// epoch; runs `then` if it was taken; and only then renews the lease
+    /// to `lease_until`. Whether it was taken.
+    ///
+    /// As a `SetRole`, it waits until no change is in flight, and no change
+    /// starts before it is done: a change that passed its check under the
+    /// old part never reads the new epoch (a deposed server would stamp a
+    /// change with its successor's epoch, a stamp that successor may give
+    /// other content). The lease comes last, so a server whose lease ran out
+    /// while nm failed it over never accepts a change under its old part,
+    /// even for a moment.
+    pub async fn set_registered(
+        &self,
+        part: Part,
+        sets_before: u64,
+        lease_until: Option<Instant>,
+        then: impl FnOnce(),
+    ) -> Result<bool, WireError> {
+        let _alone = self.change.write().await;
+        let taken = {
+            let _setting = self.setting.lock().unwrap_or_else(|p| p.into_inner());
+            if self.sets() != sets_before && part.epoch <= self.epoch() {
+                false
+            } else {
+                self.set(part)?;
+                true
+            }
+        };
+        if taken {
+            then();
         }
-        self.set(part)?;
-        Ok(true)
+        self.renew_lease(lease_until);
+        Ok(taken)
     }
 
     /// How many parts nm set by `SetRole`. nm sends one only after it has
@@ -234,17 +258,64 @@ mod tests {
         };
         let before = role.sets();
         role.change(registered(2, true), || {}).await.unwrap();
-        assert!(!role.set_registered(registered(0, false), before).unwrap());
+        assert!(!role
+            .set_registered(registered(0, false), before, None, || {})
+            .await
+            .unwrap());
         assert_eq!(role.part(), registered(2, true));
         assert!(
-            role.set_registered(registered(3, false), before).unwrap(),
+            role.set_registered(registered(3, false), before, None, || {})
+                .await
+                .unwrap(),
             "a newer epoch"
         );
         assert!(
-            role.set_registered(registered(1, true), role.sets())
+            role.set_registered(registered(1, true), role.sets(), None, || {})
+                .await
                 .unwrap(),
             "none since"
         );
+    }
+
+    #[tokio::test]
+    async fn a_registration_waits_for_changes_in_flight_and_renews_the_lease_last() {
+        let role = PairRole::default();
+        let old = Part {
+            epoch: 1,
+            serving: true,
+            writable: true,
+        };
+        role.set(old).unwrap();
+        let deposed = Part {
+            epoch: 2,
+            serving: false,
+            writable: false,
+        };
+        let in_flight = role.change_guard().await;
+        let lease = Some(Instant::now() + std::time::Duration::from_secs(60));
+        let followed = std::cell::Cell::new(false);
+        let mut registering =
+            std::pin::pin!(role.set_registered(deposed, role.sets(), lease, || followed.set(true)));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            std::future::Future::poll(registering.as_mut(), &mut cx).is_pending(),
+            "a change is in flight"
+        );
+        assert_eq!(
+            role.part(),
+            old,
+            "the change keeps its part until it commits"
+        );
+        assert!(
+            role.check_writable().is_err(),
+            "and no lease was renewed under it"
+        );
+        drop(in_flight);
+        assert!(registering.await.unwrap());
+        assert!(followed.get());
+        assert_eq!(role.part(), deposed);
+        assert!(role.check_serving().is_err(), "renewed, but not serving");
+        assert!(role.lease_valid());
     }
 
     #[test]
