@@ -1276,6 +1276,37 @@ mod tests {
         assert_eq!(standby.store.read_content("f").unwrap(), newer.content);
     }
 
+    /// A failed `syncfs` is kept: a retry could succeed although what the
+    /// failed one should have written was dropped (see the store's
+    /// `FileSystemSync`). Until a restart, nothing that needs one is
+    /// accepted.
+    #[test]
+    fn a_failed_flush_fails_every_later_change_that_needs_one() {
+        let (_primary_dir, primary) = files();
+        let (older, newer) = two_versions(&primary);
+        let dir = tempfile::tempdir().unwrap();
+        let standby = logged_files(dir.path());
+        let install = |c: &Committed| {
+            standby.install_streamed("f", c.meta.clone(), &c.content, &[], &mut || {})
+        };
+        install(&newer).unwrap();
+        // As while a batch that placed `newer` has not synced its names.
+        standby.batches_naming.fetch_add(1, Ordering::SeqCst);
+        crate::store::fail_next_syncfs();
+        assert!(
+            install(&older).is_err(),
+            "the newer version is not known durable"
+        );
+        assert!(install(&older).is_err(), "nor after a retry");
+        assert!(standby.apply_delete("f", (0, 1)).is_err());
+        standby.batches_naming.fetch_sub(1, Ordering::SeqCst);
+        assert!(standby.store.sync_everything().is_err());
+        drop(standby);
+        let restarted = logged_files(dir.path());
+        restarted.store.sync_everything().unwrap();
+        assert_eq!(restarted.store.read_content("f").unwrap(), newer.content);
+    }
+
     /// A copy of a file whose new metadata no longer names a checkpoint
     /// (the name was deleted and created again) removes that checkpoint once
     /// the copy is durable, on the stream and in a sync's batch alike.

@@ -305,21 +305,71 @@ fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 #[cfg(test)]
 thread_local! {
     static SYNCFS_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static SYNCFS_FAILS_NEXT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// How many times this thread called [`syncfs`].
+/// How many times this thread called `syncfs`.
 #[cfg(test)]
 pub fn syncfs_calls() -> usize {
     SYNCFS_CALLS.with(|calls| calls.get())
 }
 
-/// Flushes every dirty page and inode of the file system holding `dir`.
+/// Makes this thread's next `syncfs` fail, as a writeback error would.
+#[cfg(test)]
+pub fn fail_next_syncfs() {
+    SYNCFS_FAILS_NEXT.with(|fails| fails.set(true));
+}
+
+/// `syncfs` of the store's file system, through one handle kept as long as
+/// the store, its first failure kept.
+///
+/// Linux reports a writeback error to `syncfs` once per open handle, and
+/// only an error that happened after the handle was opened. A handle opened
+/// for each call would miss every error of the background writeback
+/// between two calls; and after a reported failure, a retry may succeed
+/// although the pages that failed were dropped. So the handle lives as long
+/// as the store, the calls take turns (one that saw an error has kept it
+/// before the next looks), and once one failed every later one fails too:
+/// what was written before it may be lost, and only a restart (which
+/// replays the log and rescans the folder) trusts the disk again.
+pub(super) struct FileSystemSync {
+    handle: File,
+    failed: Mutex<Option<String>>,
+}
+
+impl FileSystemSync {
+    pub(super) fn open(dir: &Path) -> io::Result<Self> {
+        Ok(FileSystemSync {
+            handle: File::open(dir)?,
+            failed: Mutex::new(None),
+        })
+    }
+
+    /// Flushes every dirty page and inode of the file system.
+    pub(super) fn sync(&self) -> io::Result<()> {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(failure) = &*failed {
+            return Err(io::Error::other(failure.clone()));
+        }
+        syncfs(&self.handle).inspect_err(|e| {
+            tracing::error!(event = "ss_syncfs_failed", error = %e, "a syncfs failed: changes written before it may be lost; no change that needs one is accepted until a restart");
+            *failed = Some(format!(
+                "an earlier syncfs failed ({e}): what was written before it may be lost; restart the server"
+            ));
+        })
+    }
+}
+
 #[cfg(target_os = "linux")]
-pub(super) fn syncfs(dir: &Path) -> io::Result<()> {
+fn syncfs(handle: &File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     #[cfg(test)]
-    SYNCFS_CALLS.with(|calls| calls.set(calls.get() + 1));
-    let handle = File::open(dir)?;
+    {
+        SYNCFS_CALLS.with(|calls| calls.set(calls.get() + 1));
+        if SYNCFS_FAILS_NEXT.with(|fails| fails.replace(false)) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+    }
     // SAFETY: syncfs only reads the descriptor, which `handle` keeps open.
     if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
         return Err(io::Error::last_os_error());
@@ -328,7 +378,7 @@ pub(super) fn syncfs(dir: &Path) -> io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(super) fn syncfs(_dir: &Path) -> io::Result<()> {
+fn syncfs(_handle: &File) -> io::Result<()> {
     // No per-file-system flush here: flush everything.
     // SAFETY: sync takes no arguments and cannot fail.
     unsafe { libc::sync() };
@@ -425,7 +475,7 @@ impl Store {
             }
             return Ok(());
         }
-        syncfs(&self.root.join(TMP))?;
+        self.file_system.sync()?;
         Ok(())
     }
 
@@ -488,7 +538,7 @@ impl Store {
     /// Makes everything written to the store durable: one `syncfs`.
     pub fn sync_everything(&self) -> Result<(), StoreError> {
         if self.fsync {
-            syncfs(&self.root)?;
+            self.file_system.sync()?;
         }
         Ok(())
     }
@@ -534,7 +584,7 @@ impl Store {
             return Ok(());
         }
         if placements.named_after_sync {
-            syncfs(&self.root)?;
+            self.file_system.sync()?;
             return Ok(());
         }
         for dir in &placements.dirs {

@@ -35,9 +35,9 @@ mod redo;
 mod scan;
 mod tombstones;
 
+use atomic::{exchange, Durable, FileSystemSync};
 #[cfg(test)]
-pub use atomic::syncfs_calls;
-use atomic::{exchange, syncfs, Durable};
+pub use atomic::{fail_next_syncfs, syncfs_calls};
 pub use atomic::{Placed, Placements, TempFile};
 pub use packs::{Packed, MAX_PACKED_BYTES};
 pub use scan::Found;
@@ -97,6 +97,8 @@ pub struct Store {
     tombstone_writes: Mutex<()>,
     /// Files a sync copied in and nothing has changed since (see [`packs`]).
     packs: packs::Packs,
+    /// Every `syncfs` goes through it (see [`FileSystemSync`]).
+    file_system: FileSystemSync,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +198,7 @@ impl Store {
             tombstoned: Mutex::new(Store::tombstone_names(root)?),
             tombstone_writes: Mutex::new(()),
             packs: packs::Packs::open(&root.join(PACKS), fsync)?,
+            file_system: FileSystemSync::open(root)?,
         };
         store.id = store.load_or_create_id()?;
         if fsync {
@@ -274,7 +277,7 @@ impl Store {
 
     fn barrier(&self) -> Result<(), StoreError> {
         if let Some(wal) = &self.wal {
-            wal.checkpoint(|| syncfs(&self.root))?;
+            wal.checkpoint(|| self.file_system.sync())?;
         }
         Ok(())
     }
