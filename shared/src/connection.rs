@@ -16,7 +16,7 @@ use crate::error::{ErrorCode, WireError};
 use crate::proto::{
     Hello, HelloReply, Proof, Reply, Request, RequestId, Role, MAGIC, PROTOCOL_VERSION,
 };
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io;
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream, ToSocketAddrs};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::{Encoder, Framed, FramedParts, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 /// Largest frame any peer sends or accepts by default. File contents travel
@@ -186,15 +186,115 @@ impl ConnWriter {
     }
 }
 
+/// The sending half of a [`Connection`] split by
+/// [`Connection::split_direct`]: any thread may send on it without awaiting.
+///
+/// A message goes straight to the socket, on the sending thread, when no
+/// frame is queued before it and the socket takes it whole (a small frame
+/// on a connection whose peer keeps reading): no task has to wake up to
+/// write it. Otherwise it is queued, and [`DirectWriter::flush`] (awaited by
+/// one task of the connection's owner) writes the queue as the socket
+/// allows. Frames keep the order of the calls that sent them.
+pub struct DirectWriter {
+    socket: tokio::net::tcp::OwnedWriteHalf,
+    queue: std::sync::Mutex<WriteQueue>,
+    queued: tokio::sync::Notify,
+}
+
+struct WriteQueue {
+    codec: LengthDelimitedCodec,
+    /// Frames, or their ends, the socket has not taken yet.
+    pending: BytesMut,
+    /// Why the socket failed: nothing is written after it.
+    failed: Option<io::ErrorKind>,
+}
+
+impl DirectWriter {
+    /// Sends `message` as one frame, or queues it (see [`DirectWriter`]).
+    /// Never blocks; fails once the connection has.
+    pub fn send_now<T: Serialize>(&self, message: &T) -> Result<(), ConnectionError> {
+        let body = Bytes::from(encode(message)?);
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(kind) = queue.failed {
+            return Err(ConnectionError::Io(kind.into()));
+        }
+        let mut frame = BytesMut::new();
+        queue.codec.encode(body, &mut frame)?;
+        if queue.pending.is_empty() {
+            match self.socket.try_write(&frame) {
+                Ok(written) => frame.advance(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    queue.failed = Some(e.kind());
+                    return Err(e.into());
+                }
+            }
+            if frame.is_empty() {
+                return Ok(());
+            }
+        }
+        queue.pending.extend_from_slice(&frame);
+        drop(queue);
+        self.queued.notify_one();
+        Ok(())
+    }
+
+    /// Waits until a frame was queued since the last call.
+    pub async fn queued(&self) {
+        self.queued.notified().await;
+    }
+
+    /// Writes every queued frame, waiting for the socket as needed.
+    pub async fn flush(&self) -> Result<(), ConnectionError> {
+        loop {
+            {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(kind) = queue.failed {
+                    return Err(ConnectionError::Io(kind.into()));
+                }
+                if queue.pending.is_empty() {
+                    return Ok(());
+                }
+                match self.socket.try_write(&queue.pending) {
+                    Ok(written) => queue.pending.advance(written),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        queue.failed = Some(e.kind());
+                        return Err(e.into());
+                    }
+                }
+                if queue.pending.is_empty() {
+                    return Ok(());
+                }
+            }
+            self.socket.writable().await?;
+        }
+    }
+}
+
 /// The receiving half of a split [`Connection`].
 pub struct ConnReader {
-    stream: futures::stream::SplitStream<Framing>,
+    frames: ReadFrames,
+}
+
+enum ReadFrames {
+    /// From [`Connection::split`].
+    Split(futures::stream::SplitStream<Framing>),
+    /// From [`Connection::split_direct`].
+    Owned(Framed<tokio::net::tcp::OwnedReadHalf, LengthDelimitedCodec>),
 }
 
 impl ConnReader {
+    async fn next_frame(&mut self) -> Option<io::Result<BytesMut>> {
+        match &mut self.frames {
+            ReadFrames::Split(frames) => frames.next().await,
+            ReadFrames::Owned(frames) => frames.next().await,
+        }
+    }
+
     /// Receives one message; `Ok(None)` when the peer closed cleanly.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {
-        match self.stream.next().await {
+        match self.next_frame().await {
             None => Ok(None),
             Some(frame) => Ok(Some(decode(&frame?)?)),
         }
@@ -204,7 +304,7 @@ impl ConnReader {
     pub async fn recv_request<B: DeserializeOwned + Serialize>(
         &mut self,
     ) -> Result<Option<Incoming<Request<B>>>, ConnectionError> {
-        match self.stream.next().await {
+        match self.next_frame().await {
             None => Ok(None),
             Some(frame) => Ok(Some(decode_request(&frame?))),
         }
@@ -473,7 +573,48 @@ impl Connection {
     /// (replies may then go out in any order; their ids match them up).
     pub fn split(self) -> (ConnWriter, ConnReader) {
         let (sink, stream) = self.framed.split();
-        (ConnWriter { sink }, ConnReader { stream })
+        (
+            ConnWriter { sink },
+            ConnReader {
+                frames: ReadFrames::Split(stream),
+            },
+        )
+    }
+
+    /// Splits the connection so that any thread may send on it without
+    /// awaiting (see [`DirectWriter`]), while one task reads.
+    pub fn split_direct(self) -> (DirectWriter, ConnReader) {
+        let parts = self.framed.into_parts();
+        let (read, write) = parts.io.into_split();
+        // Frames already read stay first (and are decoded before the
+        // socket is read again).
+        let mut reading = FramedParts::new::<Bytes>(read, parts.codec.clone());
+        reading.read_buf = parts.read_buf;
+        let frames = Framed::from_parts(reading);
+        let writer = DirectWriter {
+            socket: write,
+            queue: std::sync::Mutex::new(WriteQueue {
+                codec: parts.codec,
+                pending: parts.write_buf,
+                failed: None,
+            }),
+            queued: tokio::sync::Notify::new(),
+        };
+        if !writer
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .is_empty()
+        {
+            writer.queued.notify_one();
+        }
+        (
+            writer,
+            ConnReader {
+                frames: ReadFrames::Owned(frames),
+            },
+        )
     }
 
     /// Receives a message that must arrive, or fails with `Closed`.

@@ -745,3 +745,73 @@ async fn raw_bytes_between_frames_arrive_whole_and_frames_resume_after_them() {
     assert_eq!(after, SsReply::End);
     sender.await.unwrap();
 }
+
+/// A direct writer's frames arrive whole and in the order they were sent,
+/// from several threads at once, including while the peer is not reading
+/// (its socket full: frames queue, and `flush` sends them once it reads);
+/// and frames read before the split are not lost to the reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_writer_keeps_frames_whole_and_in_order_while_the_peer_lags() {
+    use shared::connection::Connection;
+    use std::sync::{Arc, Mutex};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepting = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+    let mut near = Connection::new(
+        tokio::net::TcpStream::connect(address).await.unwrap(),
+        1 << 20,
+    )
+    .unwrap();
+    let mut far = Connection::new(accepting.await.unwrap(), 1 << 20).unwrap();
+    // Already in `near`'s read buffer when it is split.
+    far.send(&SsReply::Done).await.unwrap();
+    far.send(&SsReply::End).await.unwrap();
+    assert_eq!(near.expect::<SsReply>().await.unwrap(), SsReply::Done);
+    let (writer, mut reader) = near.split_direct();
+    assert_eq!(reader.recv::<SsReply>().await.unwrap(), Some(SsReply::End));
+    let writer = Arc::new(writer);
+    // Large enough that the socket fills long before `far` reads.
+    let word = "w".repeat(16 * 1024);
+    let sent = Arc::new(Mutex::new(0u64));
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let (writer, sent, word) = (writer.clone(), sent.clone(), word.clone());
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    // The number is taken and the frame sent under one lock,
+                    // as the stream does: the order on the wire is the order
+                    // of the numbers.
+                    let mut next = sent.lock().unwrap();
+                    *next += 1;
+                    let reply = Reply {
+                        id: *next,
+                        result: Ok::<_, WireError>(SsReply::Word { word: word.clone() }),
+                    };
+                    writer.send_now(&reply).unwrap();
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    let flushing = tokio::spawn({
+        let writer = writer.clone();
+        async move { writer.flush().await.unwrap() }
+    });
+    for expected in 1..=400u64 {
+        let reply: Reply<SsReply> = far.expect().await.unwrap();
+        assert_eq!(reply.id, expected);
+        assert_eq!(reply.result.unwrap(), SsReply::Word { word: word.clone() });
+    }
+    flushing.await.unwrap();
+    // Once the queue is empty, a frame goes straight out again.
+    writer
+        .send_now(&Reply {
+            id: 401,
+            result: Ok::<_, WireError>(SsReply::Done),
+        })
+        .unwrap();
+    let last: Reply<SsReply> = far.expect().await.unwrap();
+    assert_eq!(last.id, 401);
+}

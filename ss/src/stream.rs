@@ -29,11 +29,18 @@
 //!   refused there and handed to nm. A DELETE handed back goes to nm flagged
 //!   as one, so nm copies it as a delete even once the file has left its
 //!   namespace.
+//!
+//! How it stays short: a change is written to the stream's socket by the
+//! thread that committed it, as soon as it is durable, and the standby's
+//! acknowledgement by the thread that applied it
+//! ([`shared::connection::DirectWriter`]); no task has to wake up for
+//! either unless the socket is full. Each stream's task only reads, writes
+//! what the socket did not take, and reports positions to nm.
 
 use crate::files::Files;
 use crate::nm_link::{NmLink, StreamTarget};
 use crate::unconfirmed::Unconfirmed;
-use shared::connection::{Connection, ConnectionError, Incoming};
+use shared::connection::{Connection, ConnectionError, DirectWriter, Incoming};
 use shared::proto::{
     FileMeta, FileStats, PeerRequest, Reply, Request, Role, SsReply, StreamPosition, StreamRequest,
     StreamedChange, StreamedCheckpoint, STREAM_ACK_TIMEOUT_MS, STREAM_REPORT_IDLE_MS,
@@ -42,7 +49,7 @@ use shared::WireError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Changes sent and not yet acknowledged; past this a change goes through nm.
@@ -75,28 +82,11 @@ struct Unacked {
     waiter: Option<oneshot::Sender<bool>>,
 }
 
-/// A change on its way to the stream's writer.
-struct Outgoing {
-    seq: u64,
-    file: String,
-    change: Change,
-}
-
-enum Change {
-    /// The file as committed: metadata, content and the content of each
-    /// checkpoint the change made.
-    Put {
-        meta: FileMeta,
-        content: Vec<u8>,
-        checkpoints: Vec<StreamedCheckpoint>,
-    },
-    /// The file deleted at (epoch, version).
-    Delete { epoch: u64, version: u64 },
-}
-
 struct Open {
     epoch: u64,
-    sender: mpsc::UnboundedSender<Outgoing>,
+    /// The stream's connection: a change is written to it by the thread
+    /// that committed it, in the order of their sequence numbers.
+    writer: Arc<DirectWriter>,
 }
 
 #[derive(Default)]
@@ -155,9 +145,10 @@ impl Streamer {
             return Offered::NotSent;
         }
         // Copied only once the stream has room for it.
-        let change = || Change::Put {
+        let change = || StreamRequest::StreamApply {
+            file: file.to_owned(),
             meta: meta.clone(),
-            content: content.to_vec(),
+            content: serde_bytes::ByteBuf::from(content.to_vec()),
             checkpoints: checkpoints
                 .iter()
                 .map(|(tag, content)| StreamedCheckpoint {
@@ -171,9 +162,10 @@ impl Streamer {
 
     /// Sends a committed DELETE (its tombstone's stamp is `stats`).
     pub fn offer_delete(&self, file: &str, stats: &FileStats) -> Offered {
-        let change = || Change::Delete {
-            epoch: stats.epoch,
+        let change = || StreamRequest::StreamDelete {
+            file: file.to_owned(),
             version: stats.version,
+            epoch: stats.epoch,
         };
         self.send(file, stats, 0, change)
     }
@@ -183,7 +175,7 @@ impl Streamer {
         file: &str,
         stats: &FileStats,
         bytes: usize,
-        change: impl FnOnce() -> Change,
+        change: impl FnOnce() -> StreamRequest,
     ) -> Offered {
         let mut state = self.lock();
         let State {
@@ -203,14 +195,12 @@ impl Streamer {
         }
         *next_seq += 1;
         let seq = *next_seq;
-        let change = change();
-        let deleted = matches!(change, Change::Delete { .. });
-        let outgoing = Outgoing {
-            seq,
-            file: file.to_owned(),
-            change,
-        };
-        if open.sender.send(outgoing).is_err() {
+        let body = change();
+        let deleted = matches!(body, StreamRequest::StreamDelete { .. });
+        // Written here, under the lock, so the standby gets the changes in
+        // the order of their numbers, without waiting for the stream's
+        // task to wake up (it writes only what the socket did not take).
+        if open.writer.send_now(&Request { id: seq, body }).is_err() {
             return Offered::NotSent;
         }
         let (tx, rx) = oneshot::channel();
@@ -270,11 +260,9 @@ impl Streamer {
         }
     }
 
-    /// Opens the stream for `epoch`; returns the receiver of its changes.
-    fn open(&self, epoch: u64) -> mpsc::UnboundedReceiver<Outgoing> {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        self.lock().open = Some(Open { epoch, sender });
-        receiver
+    /// Opens the stream for `epoch`, on `writer`.
+    fn open(&self, epoch: u64, writer: Arc<DirectWriter>) {
+        self.lock().open = Some(Open { epoch, writer });
     }
 
     /// Closes the stream: every change not acknowledged goes to nm.
@@ -396,8 +384,9 @@ impl Streamer {
         let opened: Reply<SsReply> = conn.expect().await?;
         opened.result?;
         tracing::info!(event = "ss_stream_open", partner = %to.partner.name, address = %to.partner.address, epoch = to.epoch, "replication stream open");
-        let mut outgoing = self.open(to.epoch);
-        let (mut writer, mut reader) = conn.split();
+        let (writer, mut reader) = conn.split_direct();
+        let writer = Arc::new(writer);
+        self.open(to.epoch, writer.clone());
         let mut report = Report::new(to.epoch);
         let mut tick = tokio::time::interval(REPORT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -409,38 +398,19 @@ impl Streamer {
                         return Ok(());
                     }
                 }
-                change = outgoing.recv() => {
-                    let Some(change) = change else { return Ok(()) };
-                    let body = match change.change {
-                        Change::Put {
-                            meta,
-                            content,
-                            checkpoints,
-                        } => StreamRequest::StreamApply {
-                            file: change.file,
-                            meta,
-                            content: serde_bytes::ByteBuf::from(content),
-                            checkpoints,
-                        },
-                        Change::Delete { epoch, version } => StreamRequest::StreamDelete {
-                            file: change.file,
-                            version,
-                            epoch,
-                        },
-                    };
-                    let request = Request { id: change.seq, body };
+                () = writer.queued() => {
                     // A standby that stops reading (a stalled disk) must not
                     // hold this loop: its acknowledgements, the stall check
                     // and a new target are all waiting on it. nm goes on
                     // hearing the position meanwhile (the age of what the
                     // standby has not acknowledged is what tells it so).
-                    let send = writer.send(&request);
-                    tokio::pin!(send);
+                    let flush = writer.flush();
+                    tokio::pin!(flush);
                     let stuck = tokio::time::sleep(ACK_TIMEOUT);
                     tokio::pin!(stuck);
                     loop {
                         tokio::select! {
-                            sent = &mut send => break sent?,
+                            flushed = &mut flush => break flushed?,
                             _ = &mut stuck => return Err(StreamError::Stuck),
                             _ = tick.tick() => self.report(&mut report),
                         }
@@ -573,12 +543,20 @@ pub async fn follow(
     // The daemon stopping ends the stream between changes; those being
     // applied finish and are acknowledged first.
     let dismissal = conn.dismissal();
-    let (mut writer, mut reader) = conn.split();
-    let (replies, mut outgoing) = mpsc::unbounded_channel::<Reply<SsReply>>();
-    let writer_task = tokio::spawn(async move {
-        while let Some(reply) = outgoing.recv().await {
-            if writer.send(&reply).await.is_err() {
-                break;
+    // Each change is acknowledged by the thread that applied it, straight
+    // to the socket: no task has to wake up to send it (in sync mode the
+    // client waits for it). This task writes only what the socket did not
+    // take at once.
+    let (writer, mut reader) = conn.split_direct();
+    let writer = Arc::new(writer);
+    let flusher = tokio::spawn({
+        let writer = writer.clone();
+        async move {
+            loop {
+                writer.queued().await;
+                if writer.flush().await.is_err() {
+                    break;
+                }
             }
         }
     });
@@ -595,9 +573,9 @@ pub async fn follow(
                 let error = WireError::bad_request(format!(
                     "only StreamApply and StreamDelete are accepted on a replication stream: {error}"
                 ));
-                let _ = replies.send(Reply {
+                let _ = writer.send_now(&Reply {
                     id,
-                    result: Err(error),
+                    result: Err::<SsReply, _>(error),
                 });
                 break;
             }
@@ -637,7 +615,7 @@ pub async fn follow(
         };
         let files = files.clone();
         let link = link.clone();
-        let replies = replies.clone();
+        let writer = writer.clone();
         let peer_name = peer.clone();
         let id = request.id;
         tokio::task::spawn_blocking(move || {
@@ -651,9 +629,9 @@ pub async fn follow(
             let mut durable = || {
                 if !acknowledged {
                     acknowledged = true;
-                    let _ = replies.send(Reply {
+                    let _ = writer.send_now(&Reply {
                         id,
-                        result: Ok(SsReply::Done),
+                        result: Ok::<_, WireError>(SsReply::Done),
                     });
                     if let Some(delay) = apply_delay {
                         std::thread::sleep(delay);
@@ -667,13 +645,12 @@ pub async fn follow(
             } else {
                 apply(&files, change, &mut durable).map(|()| SsReply::Done)
             };
-            drop(permit);
             match result {
                 Ok(_) => durable(),
                 Err(error) if !acknowledged => {
-                    let _ = replies.send(Reply {
+                    let _ = writer.send_now(&Reply {
                         id,
-                        result: Err(error),
+                        result: Err::<SsReply, _>(error),
                     });
                 }
                 // Acknowledged as durable but not finished (a disk error
@@ -685,10 +662,13 @@ pub async fn follow(
                     std::process::abort();
                 }
             }
+            drop(permit);
         });
     }
-    drop(replies);
-    let _ = writer_task.await;
+    // Every change being applied is answered before the stream ends.
+    let _ = applying.acquire_many(APPLYING as u32).await;
+    let _ = writer.flush().await;
+    flusher.abort();
 }
 
 /// A change received on the stream.
