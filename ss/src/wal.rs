@@ -196,14 +196,6 @@ pub struct Written<'a> {
 }
 
 impl<'a> Written<'a> {
-    /// Whether another writer's fdatasync is running now. This record's
-    /// then waits for it to end and for one more, so the caller has time
-    /// for work of its own before [`Written::durable`]; with none running,
-    /// waiting at once starts this record's own at once.
-    pub fn behind_a_sync(&self) -> bool {
-        lock(&self.wal.log).syncing
-    }
-
     /// Returns once the record is durable, sharing the fdatasync with every
     /// writer that arrived meanwhile.
     pub fn durable(self) -> io::Result<Logged<'a>> {
@@ -379,22 +371,6 @@ mod tests {
                 stats: Default::default(),
             },
         }
-    }
-
-    #[test]
-    fn a_writer_is_behind_a_sync_only_while_another_one_runs() {
-        let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(&dir.path().join("wal.log")).unwrap();
-        let first = wal.write(&record(0)).unwrap();
-        assert!(!first.behind_a_sync(), "nobody syncs: lead at once");
-        lock(&wal.log).syncing = true;
-        assert!(first.behind_a_sync(), "another writer's fdatasync runs");
-        lock(&wal.log).syncing = false;
-        drop(first.durable().unwrap());
-        let second = wal.write(&record(1)).unwrap();
-        assert!(!second.behind_a_sync());
-        drop(second.durable().unwrap());
-        assert_eq!(Wal::open(&dir.path().join("wal.log")).unwrap().1.len(), 2);
     }
 
     #[test]

@@ -771,29 +771,19 @@ impl Store {
                     content: content.to_vec(),
                     meta: meta.clone(),
                 })?;
-                // The temp file is written while another writer's
-                // fdatasync runs, which this record waits for anyway. With
-                // none running, this record's own goes first, so the
-                // standby acknowledges sooner, and the temp file follows.
-                //
                 // A failure before the record is known durable is reported
                 // (the primary hands the change to nm): if the record becomes
                 // durable anyway, a replay installs a version the primary
                 // holds, which is harmless. After, a failure to apply aborts,
                 // as for every logged change.
-                let prepared = if written.behind_a_sync() {
-                    Some(self.streamed_temp(file, content, meta)?)
-                } else {
-                    None
-                };
+                let mut temp = self.temp_file()?;
+                temp.write_all(content)?;
+                let separate = self.attach_meta(&mut temp, file, meta)?;
                 let logged = written.durable()?;
                 durable();
                 let mut placed = Placements::default();
-                let applied = prepared
-                    .map_or_else(|| self.streamed_temp(file, content, meta), Ok)
-                    .and_then(|(temp, separate)| {
-                        self.place_with_meta(temp, separate, file, &mut placed)
-                    })
+                let applied = self
+                    .place_with_meta(temp, separate, file, &mut placed)
                     .and_then(|()| self.placed(placed, Durable::Later));
                 applied_or_abort(file, applied);
                 drop(logged);
@@ -829,20 +819,6 @@ impl Store {
                 Ok(())
             }
         }
-    }
-
-    /// A streamed change's content in a temp file, with its metadata
-    /// attached (or in the separate temp file it needs).
-    fn streamed_temp(
-        &self,
-        file: &str,
-        content: &[u8],
-        meta: &FileMeta,
-    ) -> Result<(TempFile, Option<TempFile>), StoreError> {
-        let mut temp = self.temp_file()?;
-        temp.write_all(content)?;
-        let separate = self.attach_meta(&mut temp, file, meta)?;
-        Ok((temp, separate))
     }
 
     fn checkpoint_if_due(&self) -> Result<(), StoreError> {
