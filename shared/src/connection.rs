@@ -226,6 +226,9 @@ impl DirectWriter {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     queue.failed = Some(e.kind());
+                    drop(queue);
+                    // The connection's task learns it from its next flush.
+                    self.queued.notify_one();
                     return Err(e.into());
                 }
             }

@@ -455,6 +455,15 @@ async fn serve_link(
         return Err(LinkError::Unexpected(Box::new(reply)));
     };
     let lease = Duration::from_millis(lease_ms);
+    // What a change reads once it may be accepted comes first: the lease,
+    // renewed last (in `set_registered_role`), lets changes in.
+    link.sync_replication
+        .store(sync_replication, Ordering::Relaxed);
+    link.set_partner(partner);
+    if link.cluster_key.is_none() {
+        *link.ticket_key.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(TicketKey::new(ticket_key));
+    }
     // nm sends `SetRole` only after answering, so one that arrived meanwhile
     // is newer, unless it names an older epoch (a stale one, from before).
     let part = Part {
@@ -471,13 +480,6 @@ async fn serve_link(
             epoch,
             "nm set a newer role while the registration was being answered; keeping it"
         );
-    }
-    link.sync_replication
-        .store(sync_replication, Ordering::Relaxed);
-    link.set_partner(partner);
-    if link.cluster_key.is_none() {
-        *link.ticket_key.write().unwrap_or_else(|p| p.into_inner()) =
-            Some(TicketKey::new(ticket_key));
     }
     link.connected.store(true, Ordering::Relaxed);
     tracing::info!(event = "ss_registered", nm = %reached, name = %config.username, address = %client_addr, files = files.len(), ms = registered_at.elapsed().as_millis() as u64, "registered with nm");

@@ -5,7 +5,8 @@
 //!
 //! The epoch and the two flags are one atomic word, so a reader never sees
 //! a new epoch with an old flag. A change holds [`PairRole::change_guard`] from
-//! its permission check to its commit; nm's `SetRole` takes it alone.
+//! its permission check to its commit; nm's `SetRole` and a registration's
+//! answer take it alone.
 
 use shared::WireError;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,8 +75,9 @@ impl PairRole {
     /// The largest epoch a part can carry (epochs count failovers).
     pub const MAX_EPOCH: u64 = (1 << 62) - 1;
 
-    /// Takes `part` (without waiting for changes in flight: at registration,
-    /// before any request is served under it). An epoch beyond
+    /// Takes `part`, without waiting for changes in flight: callers hold
+    /// the change lock alone ([`PairRole::change`],
+    /// [`PairRole::set_registered`]) or serve nothing yet. An epoch beyond
     /// [`PairRole::MAX_EPOCH`] is refused and changes nothing.
     pub fn set(&self, part: Part) -> Result<(), WireError> {
         if part.epoch > Self::MAX_EPOCH {
