@@ -221,16 +221,11 @@ impl DirectWriter {
         let mut frame = BytesMut::new();
         queue.codec.encode(body, &mut frame)?;
         if queue.pending.is_empty() {
-            match self.socket.try_write(&frame) {
-                Ok(written) => frame.advance(written),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    queue.failed = Some(e.kind());
-                    drop(queue);
-                    // The connection's task learns it from its next flush.
-                    self.queued.notify_one();
-                    return Err(e.into());
-                }
+            if let Err(e) = self.write_some(&mut frame, &mut queue.failed) {
+                drop(queue);
+                // The connection's task learns it from its next flush.
+                self.queued.notify_one();
+                return Err(e);
             }
             if frame.is_empty() {
                 return Ok(());
@@ -239,6 +234,24 @@ impl DirectWriter {
         queue.pending.extend_from_slice(&frame);
         drop(queue);
         self.queued.notify_one();
+        Ok(())
+    }
+
+    /// Writes what the socket takes of `bytes` now (nothing if it would
+    /// block) and drops it from them; a failure is kept in `failed`.
+    fn write_some(
+        &self,
+        bytes: &mut BytesMut,
+        failed: &mut Option<io::ErrorKind>,
+    ) -> Result<(), ConnectionError> {
+        match self.socket.try_write(bytes) {
+            Ok(written) => bytes.advance(written),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                *failed = Some(e.kind());
+                return Err(e.into());
+            }
+        }
         Ok(())
     }
 
@@ -258,14 +271,10 @@ impl DirectWriter {
                 if queue.pending.is_empty() {
                     return Ok(());
                 }
-                match self.socket.try_write(&queue.pending) {
-                    Ok(written) => queue.pending.advance(written),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
-                        queue.failed = Some(e.kind());
-                        return Err(e.into());
-                    }
-                }
+                let WriteQueue {
+                    pending, failed, ..
+                } = &mut *queue;
+                self.write_some(pending, failed)?;
                 if queue.pending.is_empty() {
                     return Ok(());
                 }
