@@ -257,12 +257,16 @@ impl Store {
     /// empties the log. Runs before any change that does not go through the
     /// log, so that replaying the log after a crash never undoes it.
     /// Stops cleanly: the write-ahead log is checkpointed (every logged
-    /// change written out and synced, the log emptied) and the spare inodes
+    /// change written out and synced, the log emptied and its file
+    /// truncated) and the spare inodes
     /// kept under temp names are removed. The store serves nothing more
     /// after it.
     pub fn close(&self) -> Result<(), StoreError> {
         self.stop_making_inodes();
         self.barrier()?;
+        if let Some(wal) = &self.wal {
+            wal.close()?;
+        }
         let mut spares =
             std::mem::take(&mut *self.spares.lock().unwrap_or_else(|p| p.into_inner()));
         spares.append(&mut self.displaced.lock().unwrap_or_else(|p| p.into_inner()));
@@ -1397,19 +1401,19 @@ mod tests {
             fs::remove_file(dir.path().join("files/d/a")).unwrap();
             fs::write(dir.path().join("files/d/a"), b"\0\0\0").unwrap();
             fs::remove_file(dir.path().join("undo/d/a")).unwrap();
-            assert!(fs::metadata(dir.path().join(WAL)).unwrap().len() > 0);
+            assert!(!store.wal.as_ref().unwrap().is_empty());
         }
         let store = Store::open(dir.path(), true).unwrap();
         assert_eq!(store.read_content("d/a").unwrap(), b"Second.");
         assert_eq!(store.read_content_of_undo("d/a").unwrap(), b"First.");
         assert_eq!(store.read_meta("d/a").unwrap().stats.version, 3);
-        assert_eq!(fs::metadata(dir.path().join(WAL)).unwrap().len(), 0);
+        assert!(store.wal.as_ref().unwrap().is_empty());
 
         // A change outside the log checkpoints it first, so a later replay
         // cannot bring back what the change removed.
         store.commit("d/a", b"Third.", &meta(4)).unwrap();
         store.delete("d/a").unwrap();
-        assert_eq!(fs::metadata(dir.path().join(WAL)).unwrap().len(), 0);
+        assert!(store.wal.as_ref().unwrap().is_empty());
         drop(store);
         let store = Store::open(dir.path(), true).unwrap();
         assert!(store.inventory().unwrap().is_empty());
