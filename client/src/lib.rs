@@ -6,7 +6,8 @@
 
 use shared::connection::{ConnectionError, RpcClient};
 use shared::proto::{
-    EditLine, Event, FileStats, Location, NmReply, NmRequest, Op, Role, SsReply, SsRequest,
+    ChangeMade, EditLine, Event, FileStats, Location, NmReply, NmRequest, Op, Role, SsReply,
+    SsRequest, MAX_CHANGES_AWAITED,
 };
 use shared::WireError;
 use std::collections::HashMap;
@@ -21,6 +22,12 @@ pub struct Client {
     servers: HashMap<String, RpcClient>,
     /// The server address of the open WRITE, if any.
     open_write: Option<String>,
+    /// The file of the open WRITE.
+    open_write_file: Option<String>,
+    /// Changes made on storage servers since the last request nm answered:
+    /// the next one waits for nm to have heard of them (read-your-writes;
+    /// see `NmRequest::AwaitChanges`).
+    changes_made: Vec<ChangeMade>,
     /// Edit lines of the open WRITE sent without waiting for their answers
     /// (their request ids, in order; see [`Client::write_edit_pipelined`]).
     unanswered_edits: Vec<u64>,
@@ -61,6 +68,8 @@ impl Client {
             nm: Some(nm),
             servers: HashMap::new(),
             open_write: None,
+            open_write_file: None,
+            changes_made: Vec::new(),
             unanswered_edits: Vec::new(),
             created: None,
             reply_timeout: REPLY_TIMEOUT,
@@ -112,7 +121,10 @@ impl Client {
             }
             let nm = self.nm.as_mut().expect("connected above");
             // A silent nm (partitioned away, hung) must not hold the client forever.
-            let call = tokio::time::timeout(NM_REPLY_TIMEOUT, nm.call(request.clone()));
+            let call = tokio::time::timeout(
+                NM_REPLY_TIMEOUT,
+                call_after(nm, &self.changes_made, request.clone()),
+            );
             let Ok(answer) = call.await else {
                 self.nm = None;
                 if attempt == 1 {
@@ -134,7 +146,10 @@ impl Client {
                         self.nm_address = leader;
                     }
                 }
-                Ok(reply) => return reply,
+                Ok(reply) => {
+                    self.changes_made.clear();
+                    return reply;
+                }
                 Err(e) => {
                     self.nm = None;
                     if attempt == 1 {
@@ -144,6 +159,21 @@ impl Client {
             }
         }
         unreachable!("the loop returns")
+    }
+
+    /// Remembers a change this client made on a storage server, for its
+    /// next request to nm.
+    fn made(&mut self, file: &str, stats: &FileStats) {
+        let change = ChangeMade {
+            file: file.to_owned(),
+            epoch: stats.epoch,
+            version: stats.version,
+        };
+        self.changes_made.retain(|c| c.file != file);
+        if self.changes_made.len() == MAX_CHANGES_AWAITED {
+            self.changes_made.remove(0);
+        }
+        self.changes_made.push(change);
     }
 
     pub async fn locate(&mut self, file: &str, op: Op) -> Result<Location, WireError> {
@@ -387,6 +417,7 @@ impl Client {
         {
             SsReply::WriteOpen { words } => {
                 self.open_write = Some(location.address);
+                self.open_write_file = Some(file.to_owned());
                 Ok(words)
             }
             other => Err(unexpected(other)),
@@ -592,7 +623,10 @@ impl Client {
             Err(e) => return Ok(BlockTry::NotBegun(e)),
         };
         match self.answer_of(&location.address, id).await? {
-            SsReply::BlockWritten { stats, answers } => Ok(BlockTry::Written(stats, answers)),
+            SsReply::BlockWritten { stats, answers } => {
+                self.made(file, &stats);
+                Ok(BlockTry::Written(stats, answers))
+            }
             SsReply::BlockNotBegun { error } => Ok(BlockTry::NotBegun(error)),
             other => Err(unexpected(other)),
         }
@@ -610,7 +644,12 @@ impl Client {
             .exchange(&address, SsRequest::WriteCommit, |_| Ok(()))
             .await?
         {
-            SsReply::Applied { stats, .. } => Ok(stats),
+            SsReply::Applied { stats, .. } => {
+                if let Some(file) = self.open_write_file.take() {
+                    self.made(&file, &stats);
+                }
+                Ok(stats)
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -624,6 +663,29 @@ impl Client {
                 .await;
         }
     }
+}
+
+/// One request to nm, preceded (pipelined, in one round trip) by an
+/// `AwaitChanges` for `changes` if there are any: nm answers the request
+/// once it has heard of them.
+async fn call_after(
+    nm: &mut RpcClient,
+    changes: &[ChangeMade],
+    request: NmRequest,
+) -> Result<Result<NmReply, WireError>, ConnectionError> {
+    if changes.is_empty() {
+        return nm.call(request).await;
+    }
+    let awaited = nm
+        .send(NmRequest::AwaitChanges {
+            changes: changes.to_vec(),
+        })
+        .await?;
+    let id = nm.send(request).await?;
+    // Its answer says nothing the request's does not (an nm that does not
+    // know it answers with an error, and the request is still served).
+    let _ = nm.next_reply::<NmReply>(awaited).await?;
+    nm.next_reply(id).await
 }
 
 /// What became of a WRITE block sent to one storage server.

@@ -14,8 +14,9 @@ use crate::ss_client::SsClient;
 use crate::state::{Nm, State};
 use shared::names::{base_name, validate_path, validate_tag};
 use shared::proto::{
-    Access, AccessList, AccessRequest, ClusterStatus, FileInfo, FileRow, FileStats, JobKind,
-    Location, NmReply, NmRequest, Op, PairState, SsCommand, SsReply,
+    Access, AccessList, AccessRequest, ChangeMade, ClusterStatus, FileInfo, FileRow, FileStats,
+    JobKind, Location, NmReply, NmRequest, Op, PairState, SsCommand, SsReply, CHANGES_AWAITED_FOR,
+    MAX_CHANGES_AWAITED,
 };
 use shared::{now_ms, ErrorCode, WireError};
 use std::sync::Arc;
@@ -126,6 +127,47 @@ impl Nm {
             NmRequest::Watch { .. } => Err(WireError::bad_request(
                 "WATCH takes a connection of its own",
             )),
+            NmRequest::AwaitChanges { changes } => self.await_changes(&changes).await,
+        }
+    }
+
+    /// `AwaitChanges`: `Done` once every change's notice has reached this
+    /// file's record (or the file is gone), or after [`CHANGES_AWAITED_FOR`]
+    /// (a notice lost with its server's connection; the record catches up
+    /// with the inventory at its return).
+    pub(crate) async fn await_changes(&self, changes: &[ChangeMade]) -> Result<NmReply, WireError> {
+        if changes.len() > MAX_CHANGES_AWAITED {
+            return Err(WireError::bad_request(format!(
+                "at most {MAX_CHANGES_AWAITED} changes may be awaited at once, not {}",
+                changes.len()
+            )));
+        }
+        let mut recorded = self.notices_recorded.subscribe();
+        let deadline = tokio::time::Instant::now() + CHANGES_AWAITED_FOR;
+        loop {
+            let known = {
+                let state = self.state();
+                changes.iter().all(|change| {
+                    state
+                        .ns
+                        .file(&change.file)
+                        .is_none_or(|record| record.stats.stamp() >= (change.epoch, change.version))
+                })
+            };
+            if known {
+                return Ok(NmReply::Done);
+            }
+            match tokio::time::timeout_at(deadline, recorded.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => {
+                    tracing::debug!(
+                        event = "nm_changes_not_heard",
+                        changes = changes.len(),
+                        "a client's own changes were not all heard of in time"
+                    );
+                    return Ok(NmReply::Done);
+                }
+            }
         }
     }
 

@@ -149,6 +149,14 @@ impl Nm {
                     .await;
                 return;
             }
+            // Not an operation of the user's: neither logged nor counted.
+            if let NmRequest::AwaitChanges { changes } = &request {
+                let result = self.await_changes(changes).await;
+                if conn.reply(id, result).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             let started = Instant::now();
             let summary = summarize(&request);
             let result = self.handle_client(&user, request).await;
@@ -291,5 +299,6 @@ fn summarize(request: &NmRequest) -> String {
         NmRequest::ListCheckpoints { file } => format!("LISTCHECKPOINTS {file}"),
         NmRequest::Exec { file } => format!("EXEC {file}"),
         NmRequest::Watch { .. } => "WATCH".into(),
+        NmRequest::AwaitChanges { changes } => format!("AWAIT_CHANGES {}", changes.len()),
     }
 }

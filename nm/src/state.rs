@@ -40,6 +40,9 @@ pub struct Nm {
     pub waiters: crate::replication::queue::Waiters,
     /// Woken whenever a pair's failover record becomes durable.
     pub failover_recorded: tokio::sync::Notify,
+    /// Counts the change notices that updated a file's record, for clients
+    /// awaiting their own changes (`NmRequest::AwaitChanges`).
+    pub notices_recorded: tokio::sync::watch::Sender<u64>,
     /// Storage servers part-way through registering.
     pub registering: crate::registry::InProgress,
     /// Pairs whose next sync must compare everything.
@@ -97,6 +100,7 @@ impl Nm {
             queue,
             waiters: Default::default(),
             failover_recorded: Default::default(),
+            notices_recorded: tokio::sync::watch::Sender::new(0),
             catch_up: Default::default(),
             registering: Default::default(),
             metrics,

@@ -471,6 +471,7 @@ impl Nm {
                             // after a later one's notice.
                             if stats.stamp() >= record.stats.stamp() {
                                 record.stats = stats;
+                                self.notices_recorded.send_modify(|n| *n += 1);
                             }
                         }
                         // A CREATE whose answer nm has not handled yet: the

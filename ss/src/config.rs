@@ -103,6 +103,11 @@ pub struct Config {
     #[arg(long, env = "SS_COMMIT_APPLY_DELAY", hide = true, value_parser = humantime::parse_duration)]
     pub commit_apply_delay: Option<Duration>,
 
+    /// Hold each change notice to nm this long before sending it (for tests
+    /// that show a write is answered without nm; never set in production).
+    #[arg(long, env = "SS_NOTICE_DELAY", hide = true, value_parser = humantime::parse_duration)]
+    pub notice_delay: Option<Duration>,
+
     /// Wait this long before the start-up scan (for tests that need a
     /// server serving while its scan has not finished; never set in production).
     #[arg(long, env = "SS_SCAN_DELAY", hide = true, value_parser = humantime::parse_duration)]

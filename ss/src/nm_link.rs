@@ -73,6 +73,8 @@ pub struct NmLink {
     partner: std::sync::Mutex<Option<Partner>>,
     /// Where this server streams its changes: its partner, while it serves.
     stream_target: watch::Sender<Option<StreamTarget>>,
+    /// Holds each change notice this long before it is queued (tests only).
+    notice_delay: Option<Duration>,
 }
 
 /// The replication stream's destination, and the epoch its changes carry.
@@ -84,7 +86,11 @@ pub struct StreamTarget {
 
 impl NmLink {
     /// With a cluster key, tickets are checked with the key derived from it.
-    pub fn new(role: Arc<PairRole>, key: Option<shared::auth::ClusterKey>) -> Arc<Self> {
+    pub fn new(
+        role: Arc<PairRole>,
+        key: Option<shared::auth::ClusterKey>,
+        notice_delay: Option<Duration>,
+    ) -> Arc<Self> {
         let (notices, receiver) = mpsc::channel(NOTICE_QUEUE);
         Arc::new(NmLink {
             ticket_key: RwLock::new(key.as_ref().map(|k| k.ticket_key())),
@@ -98,7 +104,15 @@ impl NmLink {
             handed_back_ready: tokio::sync::Notify::new(),
             partner: std::sync::Mutex::new(None),
             stream_target: watch::Sender::new(None),
+            notice_delay,
         })
+    }
+
+    /// Whether change notices are piling up unsent (nm slow or away): a
+    /// change then waits for its notice's answer, so the queue stays short
+    /// of full, where notices would be dropped.
+    pub fn notices_crowded(&self) -> bool {
+        self.notices.capacity() < NOTICE_QUEUE / 2
     }
 
     /// The server nm last named as this one's partner.
@@ -220,10 +234,19 @@ impl NmLink {
             };
         }
         let (tx, rx) = oneshot::channel();
-        let queued = self.notices.try_send(Notice {
+        let notice = Notice {
             request,
             delivered: Some(tx),
-        });
+        };
+        if let Some(delay) = self.notice_delay {
+            let notices = self.notices.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = notices.try_send(notice);
+            });
+            return ChangeNotice::Queued { sync, answer: rx };
+        }
+        let queued = self.notices.try_send(notice);
         if queued.is_err() {
             return ChangeNotice::Unsent {
                 sync,

@@ -5,7 +5,8 @@
 use client::Client;
 use harness::{eventually, Options, TestCluster};
 use shared::proto::{
-    Event, EventKind, JobStep, PairState, PeerRequest, Role, SsReply, StreamRequest,
+    EditLine, Event, EventKind, JobStep, NmReply, NmRequest, PairState, PeerRequest, Role, SsReply,
+    StreamRequest,
 };
 use std::sync::{Arc, Mutex};
 
@@ -599,5 +600,53 @@ async fn a_delete_the_stream_hands_back_reaches_the_backup_as_a_delete() {
     assert!(
         !failed,
         "the backup was declared failed: a sync, not the hand-back, carried the delete"
+    );
+}
+
+/// A streamed write is answered without waiting for nm (its notice is held
+/// 600 ms here), and the writer's next request to nm still sees it: INFO
+/// waits for the notice (read-your-writes), though nobody else's does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_write_is_answered_without_nm_and_the_writers_next_request_sees_it() {
+    const HELD: std::time::Duration = std::time::Duration::from_millis(600);
+    let options = Options {
+        ss_args: vec!["--notice-delay", "600ms"],
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let events = cluster.watch_events();
+    until_streaming(&cluster, &events).await;
+    let mut client = cluster.client("alice").await;
+    client.create("fresh.txt").await.unwrap();
+    let started = std::time::Instant::now();
+    let edits = vec![EditLine {
+        word_index: 0,
+        content: "One two three.".into(),
+    }];
+    let (stats, _) = client.write_block("fresh.txt", 0, edits).await.unwrap();
+    let answered_in = started.elapsed();
+    assert!(
+        answered_in < HELD,
+        "the write waited {answered_in:?} for nm, which holds its notice {HELD:?}"
+    );
+    assert_eq!(stats.words, 3);
+    let NmReply::Info { info } = client
+        .nm(NmRequest::Info {
+            file: "fresh.txt".into(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("INFO answers with the file's info");
+    };
+    assert_eq!(
+        (info.stats.words, info.stats.version),
+        (3, stats.version),
+        "INFO after the writer's own write shows it"
+    );
+    assert!(
+        started.elapsed() >= HELD,
+        "INFO was answered before nm could have heard of the write"
     );
 }

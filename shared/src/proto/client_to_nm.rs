@@ -3,6 +3,23 @@
 use super::*;
 use serde::{Deserialize, Serialize};
 
+/// The longest nm holds a client's requests for its own changes' notices
+/// (see [`NmRequest::AwaitChanges`]): as long as a storage server waited for
+/// nm's answer to a notice before it stopped waiting.
+pub const CHANGES_AWAITED_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The most changes one [`NmRequest::AwaitChanges`] may name.
+pub const MAX_CHANGES_AWAITED: usize = 1024;
+
+/// A change a client made on a storage server: its file and the stamp
+/// (epoch, version) the server answered with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeMade {
+    pub file: String,
+    pub epoch: u64,
+    pub version: u64,
+}
+
 /// Requests a client sends nm (the client → nm channel). A storage
 /// server's control connection speaks [`ControlRequest`] instead: the
 /// handshake's role fixes which of the two a connection's frames decode as,
@@ -83,6 +100,17 @@ pub enum NmRequest {
     },
     Exec {
         file: String,
+    },
+    /// Sent by a client ahead of its next request (pipelined: no round trip
+    /// of its own) when it has changed files on storage servers since its
+    /// last request to nm: answered `Done` once nm's record of each file is
+    /// at that stamp or newer (or the file is gone), or after at most
+    /// [`CHANGES_AWAITED_FOR`], so that what the client asks next sees its
+    /// own writes (read-your-writes). A storage server acknowledges a
+    /// streamed write without waiting for nm, which hears of it by a notice.
+    /// At most [`MAX_CHANGES_AWAITED`] changes.
+    AwaitChanges {
+        changes: Vec<ChangeMade>,
     },
     /// Subscribes this connection to cluster events: answered with a
     /// `Subscribed` and then an `Event` reply per event, all with this id.

@@ -113,7 +113,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         files = files.len(),
         "storage server ready"
     );
-    let link = NmLink::new(role, key.clone());
+    let link = NmLink::new(role, key.clone(), config.notice_delay);
     // The link to nm and the stream outlive the drain: a request finishing
     // during it still tells nm of its change and streams it. They stop
     // once no request runs.
@@ -380,9 +380,14 @@ impl Server {
         (offered, notice)
     }
 
-    /// Waits until nm has the announced change and, with synchronous
-    /// replication, until the standby has it: on the stream when it went
-    /// there (falling back to nm's copy if the stream could not deliver it).
+    /// Waits until the change is where the client's answer may say it is.
+    /// A change on the stream needs nothing of nm: in asynchronous mode it is
+    /// answered at once, in synchronous mode once the standby acknowledged
+    /// it (or nm's copy, if the stream could not deliver it, is confirmed).
+    /// nm hears of it by the notice, unawaited; a client's next request to
+    /// nm waits for that (`NmRequest::AwaitChanges`). A change that did not
+    /// go on the stream waits for nm's answer, which in synchronous mode
+    /// says whether the standby has it.
     async fn confirm(
         &self,
         file: &str,
@@ -392,14 +397,15 @@ impl Server {
         let crate::stream::Offered::Sent(acked) = offered else {
             return notice.answered().await;
         };
-        if !self.link.sync_replication() {
-            return notice.answered().await;
+        if self.link.notices_crowded() {
+            notice.answered().await?;
+        } else {
+            drop(notice);
         }
-        let (recorded, acked) = tokio::join!(
-            notice.answered(),
-            tokio::time::timeout(SYNC_STREAM_WAIT, acked)
-        );
-        recorded?;
+        if !self.link.sync_replication() {
+            return Ok(());
+        }
+        let acked = tokio::time::timeout(SYNC_STREAM_WAIT, acked).await;
         match acked {
             Ok(Ok(true)) => Ok(()),
             // Made under a role this server no longer has: nobody will
