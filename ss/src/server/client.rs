@@ -97,7 +97,7 @@ impl Server {
                     )));
                 }
                 let files = self.files.clone();
-                match tokio::task::block_in_place(|| files.begin_write(&file, sentence)) {
+                match self.inline(|| files.begin_write(&file, sentence)) {
                     Ok(write) => {
                         let words = write.word_count();
                         session.write = Some(write);
@@ -141,7 +141,7 @@ impl Server {
                             ));
                         }
                         let files = self.files.clone();
-                        tokio::task::block_in_place(|| files.begin_write(&file, sentence))
+                        self.inline(|| files.begin_write(&file, sentence))
                     });
                 match begun {
                     Err(error) => Ok(SsReply::BlockNotBegun { error }),
@@ -182,7 +182,7 @@ impl Server {
     ) -> Result<shared::proto::FileStats, WireError> {
         let file = write.file().to_owned();
         let mut announced = None;
-        let committed = tokio::task::block_in_place(|| {
+        let committed = self.inline(|| {
             write.commit_announcing(|committed| {
                 announced = Some(self.announce(&file, committed));
                 if let Some(delay) = self.config.commit_apply_delay {

@@ -80,7 +80,7 @@ impl Server {
                 // On the stream as soon as it is durable here.
                 let mut offered = None;
                 let created = validate_path(&file).and_then(|()| {
-                    tokio::task::block_in_place(|| {
+                    self.inline(|| {
                         self.files.create_announcing(&file, &owner, |meta| {
                             self.unconfirmed.changed(&file, meta.stats.stamp());
                             offered = Some(self.streamer.offer(&file, meta, &[], &[]));
