@@ -29,6 +29,10 @@ struct Entry {
     meta: FileMeta,
     /// Present while any sentence is locked.
     doc: Option<Document>,
+    /// The content on disk, kept with `doc` (only commits change the file
+    /// while a sentence is locked): a commit logs it as the undo level
+    /// without reading the file again.
+    on_disk: Option<Vec<u8>>,
     /// Locked sentence → the session holding it.
     locks: HashMap<SentenceId, u64>,
     /// Set when the file is deleted, for sessions still holding the entry.
@@ -55,6 +59,7 @@ fn new_entry(meta: FileMeta) -> EntryRef {
     Arc::new(Mutex::new(Entry {
         meta,
         doc: None,
+        on_disk: None,
         locks: HashMap::new(),
         deleted: false,
         unplaced: false,
@@ -853,6 +858,42 @@ mod tests {
         let stats = files.undo("f").unwrap().meta.stats;
         assert_eq!((stats.version, stats.size), (3, 0));
         assert_eq!(files.undo("f").unwrap_err().code, ErrorCode::NothingToUndo);
+    }
+
+    #[test]
+    fn a_commit_beside_another_writers_logs_what_the_file_held_as_its_undo_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let logged = |dir: &std::path::Path| {
+            let store = Store::open(dir, true).unwrap();
+            Arc::new(Files::load(store, Arc::default()).unwrap())
+        };
+        let files = logged(dir.path());
+        files.create("f", "alice").unwrap();
+        let mut w = files.begin_write("f", 0).unwrap();
+        w.edit(0, "One. Two.").unwrap();
+        w.commit().unwrap();
+        let mut first = files.begin_write("f", 0).unwrap();
+        let mut second = files.begin_write("f", 1).unwrap();
+        first.edit(1, "more").unwrap();
+        first.commit().unwrap();
+        second.edit(1, "again").unwrap();
+        second.commit().unwrap();
+        let read =
+            |files: &Files| String::from_utf8(files.store.read_content("f").unwrap()).unwrap();
+        let undo = |files: &Files| {
+            String::from_utf8(files.store.read_content_of_undo("f").unwrap()).unwrap()
+        };
+        assert_eq!(read(&files), "One. more Two. again");
+        assert_eq!(
+            undo(&files),
+            "One. more Two.",
+            "the first commit's result, not the file before it"
+        );
+        drop(files);
+        // Replayed from the log after a crash: the same undo level.
+        let files = logged(dir.path());
+        assert_eq!(undo(&files), "One. more Two.");
+        assert_eq!(files.undo("f").unwrap().content, b"One. more Two.");
     }
 
     #[test]

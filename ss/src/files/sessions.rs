@@ -15,6 +15,7 @@ impl Files {
         if e.doc.is_none() {
             let text = self.store.read_content(file)?;
             e.doc = Some(Document::parse(&String::from_utf8_lossy(&text)));
+            e.on_disk = Some(text);
         }
         let doc = e.doc.as_mut().expect("just parsed");
         let sentence = match doc.open(index) {
@@ -22,6 +23,7 @@ impl Files {
             Err(err) => {
                 if e.locks.is_empty() {
                     e.doc = None;
+                    e.on_disk = None;
                 }
                 return Err(err);
             }
@@ -97,7 +99,11 @@ impl WriteSession {
             return Err(WireError::not_found(&format!("file {:?}", self.file)));
         }
         let Entry {
-            doc, locks, meta, ..
+            doc,
+            locks,
+            meta,
+            on_disk,
+            ..
         } = &mut *e;
         let doc = doc.as_mut().expect("a locked file keeps its document");
         let before = doc.clone();
@@ -126,12 +132,14 @@ impl WriteSession {
             &self.file,
             &committed.content,
             &committed.meta,
+            on_disk.as_deref(),
             &mut announce,
         ) {
             *doc = before;
             return Err(err.into());
         }
         *meta = committed.meta.clone();
+        *on_disk = Some(committed.content.clone());
         self.release(&mut e);
         Ok(committed)
     }
@@ -147,6 +155,7 @@ impl WriteSession {
         }
         if e.locks.is_empty() {
             e.doc = None;
+            e.on_disk = None;
         }
     }
 }

@@ -635,29 +635,39 @@ impl Store {
     /// first; then the undo link and the content change names in that
     /// order, and the directories are fsynced.
     pub fn commit(&self, file: &str, content: &[u8], meta: &FileMeta) -> Result<(), StoreError> {
-        self.commit_announcing(file, content, meta, &mut || {})
+        self.commit_announcing(file, content, meta, None, &mut || {})
     }
 
     /// [`Store::commit`], calling `durable` as soon as the change is
     /// durable: with the log, before the files are written (a failure after
     /// that aborts, and the replay finishes the change), so the replication
     /// stream can carry it meanwhile; without, once everything is in place.
+    /// `on_disk`: the content the file has now, if the caller knows it (it
+    /// is logged as the undo level; otherwise it is read).
     pub fn commit_announcing(
         &self,
         file: &str,
         content: &[u8],
         meta: &FileMeta,
+        on_disk: Option<&[u8]>,
         durable: &mut dyn FnMut(),
     ) -> Result<(), StoreError> {
         let current = self.content_path(file)?;
         self.loosen(file)?;
         if let Some(wal) = &self.wal {
-            let size = fs::metadata(&current)?.len() as usize;
+            let size = match on_disk {
+                Some(previous) => previous.len(),
+                None => fs::metadata(&current)?.len() as usize,
+            };
             if size + content.len() <= MAX_LOGGED_BYTES {
+                let previous = match on_disk {
+                    Some(previous) => previous.to_vec(),
+                    None => fs::read(&current)?,
+                };
                 let logged = wal.append(&WalRecord::Commit {
                     file: file.to_owned(),
                     content: content.to_vec(),
-                    previous: fs::read(&current)?,
+                    previous,
                     meta: meta.clone(),
                 })?;
                 durable();
@@ -1290,11 +1300,17 @@ mod tests {
             .commit("created-here", b"Old text.", &meta(2))
             .unwrap();
         store
-            .commit_announcing("created-here", b"Committed text.", &meta(3), &mut || {
-                announced += 1;
-                assert_logged(dir.path(), b"Committed text.");
-                assert_eq!(store.read_content("created-here").unwrap(), b"Old text.");
-            })
+            .commit_announcing(
+                "created-here",
+                b"Committed text.",
+                &meta(3),
+                None,
+                &mut || {
+                    announced += 1;
+                    assert_logged(dir.path(), b"Committed text.");
+                    assert_eq!(store.read_content("created-here").unwrap(), b"Old text.");
+                },
+            )
             .unwrap();
         assert_eq!(announced, 2);
         assert_eq!(
@@ -1307,7 +1323,7 @@ mod tests {
         let store = Store::open(plain.path(), false).unwrap();
         store.create("p", &meta(1)).unwrap();
         store
-            .commit_announcing("p", b"In place.", &meta(2), &mut || {
+            .commit_announcing("p", b"In place.", &meta(2), None, &mut || {
                 announced += 1;
                 assert_eq!(store.read_content("p").unwrap(), b"In place.");
             })
