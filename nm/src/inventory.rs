@@ -132,6 +132,8 @@ impl Nm {
                 let adoptions = adopt_or_refresh(&mut state, &pair, page, &mut held);
                 (pair, adoptions)
             };
+            // Stats a lost notice would have brought may come this way.
+            self.notices_recorded.send_modify(|n| *n += 1);
             self.adopt(&pair, adoptions).await?;
         }
         drop(pages);

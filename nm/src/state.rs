@@ -40,8 +40,9 @@ pub struct Nm {
     pub waiters: crate::replication::queue::Waiters,
     /// Woken whenever a pair's failover record becomes durable.
     pub failover_recorded: tokio::sync::Notify,
-    /// Counts the change notices that updated a file's record, for clients
-    /// awaiting their own changes (`NmRequest::AwaitChanges`).
+    /// Counts the change notices (and inventory pages) that updated file
+    /// records, for clients awaiting their own changes
+    /// (`NmRequest::AwaitChanges`).
     pub notices_recorded: tokio::sync::watch::Sender<u64>,
     /// Storage servers part-way through registering.
     pub registering: crate::registry::InProgress,

@@ -178,7 +178,8 @@ impl Wal {
         file.read_to_end(&mut bytes)?;
         let (file, generation, records, size, stale_tail) = match read_header(&bytes) {
             Header::Valid(generation) => {
-                let (records, end) = decode_generation(&bytes[HEADER_BYTES as usize..], generation);
+                let body = bytes.get(HEADER_BYTES as usize..).unwrap_or_default();
+                let (records, end) = decode_generation(body, generation);
                 let size = HEADER_BYTES + end;
                 (file, generation, records, size, size < bytes.len() as u64)
             }

@@ -139,7 +139,10 @@ impl WriteSession {
             return Err(err.into());
         }
         *meta = committed.meta.clone();
-        *on_disk = Some(committed.content.clone());
+        // Kept only for the other sessions: this one's release drops it.
+        if locks.len() > 1 {
+            *on_disk = Some(committed.content.clone());
+        }
         self.release(&mut e);
         Ok(committed)
     }
