@@ -211,8 +211,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
 /// Runs the link to nm (registration, heartbeats, notices) on a thread
 /// and runtime of its own: a worker busy with a commit ([`Server::inline`])
-/// never delays a heartbeat, so the lease does not lapse behind a slow disk.
-/// The receiver hears when it has stopped.
+/// never delays a heartbeat. The heartbeats then show that this thread is
+/// alive, not that requests are served: a runtime wedged some other way
+/// keeps its lease (as a server whose disk hangs under `block_in_place`
+/// did before). The receiver hears when it has stopped.
 fn spawn_link(
     link: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
