@@ -122,8 +122,6 @@ struct Log {
     size: u64,
     /// The file's length (zeros, or older records, from `size` on).
     capacity: u64,
-    /// What every record's checksum covers besides its bytes (see the module doc).
-    generation: u64,
     /// Past `size` there may be records of this generation that a crash left
     /// unacknowledged (beyond a torn one): the next checkpoint starts a new
     /// generation even if the log is empty, so that a later record of the
@@ -143,11 +141,12 @@ struct Log {
 /// The log of one storage folder.
 pub struct Wal {
     log: Mutex<Log>,
-    /// The same file, fdatasynced outside the lock so writers can append meanwhile.
+    /// The same file, fdatasynced outside the lock so writers can write meanwhile.
     sync_handle: File,
     synced: Condvar,
-    /// [`Log::generation`], read by writers outside the lock (it changes only
-    /// under `applying`, held exclusively).
+    /// What every record's checksum covers besides its bytes (see the module
+    /// doc). It changes only under `applying`, held exclusively, so a writer
+    /// holding it shared reads it without the log's lock.
     generation: AtomicU64,
     /// Held (shared) by a writer from its append until its change is applied,
     /// and (exclusively) by a checkpoint, so a checkpoint never empties the
@@ -208,7 +207,6 @@ impl Wal {
                 file,
                 size,
                 capacity,
-                generation,
                 stale_tail,
                 written: 0,
                 synced: 0,
@@ -223,13 +221,13 @@ impl Wal {
         Ok((wal, records))
     }
 
-    /// Appends `record` and returns once it is durable, sharing the
+    /// Writes `record` and returns once it is durable, sharing the
     /// fdatasync with every writer that arrived meanwhile.
     pub fn append(&self, record: &WalRecord) -> io::Result<Logged<'_>> {
         self.write(record)?.durable()
     }
 
-    /// Appends `record` without waiting for it to be durable: the caller
+    /// Writes `record` without waiting for it to be durable: the caller
     /// may do other work meanwhile, then waits with [`Written::durable`].
     pub fn write(&self, record: &WalRecord) -> io::Result<Written<'_>> {
         let applying = self.applying.read().unwrap_or_else(|p| p.into_inner());
@@ -364,7 +362,7 @@ impl Wal {
             return Err(e);
         }
         let mut log = lock(&self.log);
-        let generation = log.generation.wrapping_add(1);
+        let generation = self.generation.load(Ordering::Relaxed).wrapping_add(1);
         let started = log
             .file
             .write_all_at(&header(generation), 0)
@@ -375,7 +373,6 @@ impl Wal {
             ));
             return Err(e);
         }
-        log.generation = generation;
         self.generation.store(generation, Ordering::Relaxed);
         log.size = HEADER_BYTES;
         log.stale_tail = false;

@@ -132,7 +132,9 @@ impl WriteSession {
             &self.file,
             &committed.content,
             &committed.meta,
-            on_disk.as_deref(),
+            // Taken, not copied: a commit that fails before its record
+            // leaves the file as it was, and the next one reads it.
+            on_disk.take(),
             &mut announce,
         ) {
             *doc = before;

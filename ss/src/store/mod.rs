@@ -642,26 +642,26 @@ impl Store {
     /// durable: with the log, before the files are written (a failure after
     /// that aborts, and the replay finishes the change), so the replication
     /// stream can carry it meanwhile; without, once everything is in place.
-    /// `on_disk`: the content the file has now, if the caller knows it (it
+    /// `on_disk`: the content the file has now, if the caller holds it (it
     /// is logged as the undo level; otherwise it is read).
     pub fn commit_announcing(
         &self,
         file: &str,
         content: &[u8],
         meta: &FileMeta,
-        on_disk: Option<&[u8]>,
+        on_disk: Option<Vec<u8>>,
         durable: &mut dyn FnMut(),
     ) -> Result<(), StoreError> {
         let current = self.content_path(file)?;
         self.loosen(file)?;
         if let Some(wal) = &self.wal {
-            let size = match on_disk {
+            let size = match &on_disk {
                 Some(previous) => previous.len(),
                 None => fs::metadata(&current)?.len() as usize,
             };
             if size + content.len() <= MAX_LOGGED_BYTES {
                 let previous = match on_disk {
-                    Some(previous) => previous.to_vec(),
+                    Some(previous) => previous,
                     None => fs::read(&current)?,
                 };
                 let logged = wal.append(&WalRecord::Commit {
