@@ -676,8 +676,9 @@ async fn call_after(
     if changes.is_empty() {
         return nm.call(request).await;
     }
+    // Both in one write: nm reads them together and answers both at once.
     let awaited = nm
-        .send(NmRequest::AwaitChanges {
+        .feed(NmRequest::AwaitChanges {
             changes: changes.to_vec(),
         })
         .await?;

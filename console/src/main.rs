@@ -7,13 +7,32 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use tokio::io::{AsyncBufRead, BufReader};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let _ = color_eyre::install();
     let args = Args::parse();
     if let Some(Sub::Bench { args }) = args.command {
         return bench(args);
     }
+    // A script's commands run one after the other on one thread: a
+    // runtime of one thread wakes no other to hand a reply over (the
+    // screen and the demo's cluster take the multi-threaded one).
+    let runtime = if args.batch.is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(e) => {
+            eprintln!("console: cannot start: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> ExitCode {
     if let Some(ip) = args.bind {
         shared::connection::set_source_ip(ip);
     }

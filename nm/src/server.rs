@@ -152,7 +152,9 @@ impl Nm {
             // Not an operation of the user's: neither logged nor counted.
             if let NmRequest::AwaitChanges { changes } = &request {
                 let result = self.await_changes(changes).await;
-                if conn.reply(id, result).await.is_err() {
+                // The client sends it with its next request: both answers
+                // go in one write.
+                if conn.reply_or_defer(id, result).await.is_err() {
                     break;
                 }
                 continue;
@@ -160,8 +162,15 @@ impl Nm {
             let started = Instant::now();
             let summary = summarize(&request);
             let result = self.handle_client(&user, request).await;
-            self.log_operation(&user, peer, &summary, &result, started);
-            if conn.reply(id, result).await.is_err() {
+            // Logged once answered: the log line is not on the client's path.
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) => e.code.as_str(),
+            };
+            let micros = started.elapsed().as_micros() as u64;
+            let sent = conn.reply(id, result).await;
+            self.log_operation(&user, peer, &summary, outcome, micros);
+            if sent.is_err() {
                 break;
             }
         }
@@ -228,14 +237,9 @@ impl Nm {
         user: &str,
         peer: SocketAddr,
         summary: &str,
-        result: &Result<NmReply, WireError>,
-        started: Instant,
+        outcome: &'static str,
+        micros: u64,
     ) {
-        let outcome = match result {
-            Ok(_) => "ok",
-            Err(e) => e.code.as_str(),
-        };
-        let micros = started.elapsed().as_micros() as u64;
         let operation = summary.split_whitespace().next().unwrap_or("-");
         self.metrics
             .requests

@@ -284,6 +284,14 @@ impl DirectWriter {
     }
 }
 
+/// Whether `buffered` starts with a whole frame (as [`frame_codec`] frames them).
+fn whole_frame_in(buffered: &[u8]) -> bool {
+    match buffered {
+        [a, b, c, d, body @ ..] => body.len() >= u32::from_be_bytes([*a, *b, *c, *d]) as usize,
+        _ => false,
+    }
+}
+
 /// The receiving half of a split [`Connection`].
 pub struct ConnReader {
     frames: ReadFrames,
@@ -301,6 +309,16 @@ impl ConnReader {
         match &mut self.frames {
             ReadFrames::Split(frames) => frames.next().await,
             ReadFrames::Owned(frames) => frames.next().await,
+        }
+    }
+
+    /// Whether the next message has arrived whole already (it is read
+    /// without waiting). Known only on a connection split by
+    /// [`Connection::split_direct`]; always `false` after [`Connection::split`].
+    pub fn message_waiting(&self) -> bool {
+        match &self.frames {
+            ReadFrames::Split(_) => false,
+            ReadFrames::Owned(frames) => whole_frame_in(frames.read_buffer()),
         }
     }
 
@@ -643,6 +661,58 @@ impl Connection {
         self.send(&Reply { id, result }).await
     }
 
+    /// Sends a reply from synchronous code, without waiting: as much of it
+    /// as the socket takes now is written, and the rest (if any) goes with
+    /// the next [`Connection::flush`] or send, in order. For an answer due
+    /// in the middle of work that runs on the request's own thread (a
+    /// commit answered once durable, before its files are in place).
+    pub fn reply_now<B: Serialize>(
+        &mut self,
+        id: u64,
+        result: Result<B, WireError>,
+    ) -> Result<(), ConnectionError> {
+        let body = Bytes::from(encode(&Reply { id, result })?);
+        let mut frame = BytesMut::new();
+        self.framed.codec_mut().encode(body, &mut frame)?;
+        // Behind whatever an earlier send left unwritten.
+        let mut pending = std::mem::take(self.framed.write_buffer_mut());
+        pending.extend_from_slice(&frame);
+        let mut result = Ok(());
+        while !pending.is_empty() {
+            match self.framed.get_ref().try_write(&pending) {
+                Ok(written) => pending.advance(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            }
+        }
+        *self.framed.write_buffer_mut() = pending;
+        result
+    }
+
+    /// Sends a reply, unless the next request has arrived whole already:
+    /// then the reply waits in the write buffer and goes out with that
+    /// request's, in one write (a client that pipelines a request behind
+    /// another is woken once for both).
+    pub async fn reply_or_defer<B: Serialize>(
+        &mut self,
+        id: u64,
+        result: Result<B, WireError>,
+    ) -> Result<(), ConnectionError> {
+        self.feed(&Reply { id, result }).await?;
+        if !self.request_waiting() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a whole frame is waiting in the read buffer.
+    fn request_waiting(&self) -> bool {
+        whole_frame_in(self.framed.read_buffer())
+    }
+
     /// Dials `addr` and introduces itself as `role` named `name` (a client).
     pub async fn connect(
         addr: impl ToSocketAddrs,
@@ -854,6 +924,15 @@ impl RpcClient {
         let id = self.next_id;
         self.next_id += 1;
         self.conn.send(&Request { id, body }).await?;
+        Ok(id)
+    }
+
+    /// As [`RpcClient::send`], without flushing: the request goes out with
+    /// the next one sent, in the same write.
+    pub async fn feed<Q: Serialize>(&mut self, body: Q) -> Result<u64, ConnectionError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.conn.feed(&Request { id, body }).await?;
         Ok(id)
     }
 

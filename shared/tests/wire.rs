@@ -815,3 +815,89 @@ async fn a_direct_writer_keeps_frames_whole_and_in_order_while_the_peer_lags() {
     let last: Reply<SsReply> = far.expect().await.unwrap();
     assert_eq!(last.id, 401);
 }
+
+async fn connected_pair() -> (
+    shared::connection::Connection,
+    shared::connection::Connection,
+) {
+    use shared::connection::Connection;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepting = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+    let near = Connection::new(
+        tokio::net::TcpStream::connect(address).await.unwrap(),
+        1 << 20,
+    )
+    .unwrap();
+    let far = Connection::new(accepting.await.unwrap(), 1 << 20).unwrap();
+    (near, far)
+}
+
+/// A reply sent from synchronous code goes out at once when the socket
+/// takes it; when the peer lags, what the socket did not take goes with the
+/// next flush, whole and in order with what follows.
+#[tokio::test]
+async fn a_reply_sent_now_keeps_its_place_when_the_socket_cannot_take_it_whole() {
+    let (mut near, mut far) = connected_pair().await;
+    near.reply_now(1, Ok::<_, WireError>(SsReply::Done))
+        .unwrap();
+    let first: Reply<SsReply> = far.expect().await.unwrap();
+    assert_eq!((first.id, first.result.unwrap()), (1, SsReply::Done));
+    // Far larger than the socket's buffers while `far` reads nothing.
+    let word = "w".repeat(64 * 1024);
+    for id in 2..=200u64 {
+        near.reply_now(id, Ok::<_, WireError>(SsReply::Word { word: word.clone() }))
+            .unwrap();
+    }
+    let reading = tokio::spawn(async move {
+        for id in 2..=201u64 {
+            let reply: Reply<SsReply> = far.expect().await.unwrap();
+            assert_eq!(reply.id, id);
+            if id <= 200 {
+                assert_eq!(reply.result.unwrap(), SsReply::Word { word: word.clone() });
+            }
+        }
+    });
+    near.reply(201, Ok::<_, WireError>(SsReply::End))
+        .await
+        .unwrap();
+    reading.await.unwrap();
+}
+
+/// A reply deferred because the next request has arrived goes out with that
+/// one's, in order; with nothing behind it, it goes out at once.
+#[tokio::test]
+async fn a_deferred_reply_goes_with_the_next_and_alone_when_nothing_follows() {
+    use shared::connection::{Incoming, RpcClient};
+    let (near, mut far) = connected_pair().await;
+    let mut client = RpcClient::new(near);
+    let first = client.feed(NmRequest::List).await.unwrap();
+    let second = client.send(NmRequest::List).await.unwrap();
+    for _ in 0..2 {
+        let Some(Incoming::Message(request)) = far.recv_request::<NmRequest>().await.unwrap()
+        else {
+            panic!("a request arrives")
+        };
+        far.reply_or_defer(request.id, Ok::<_, WireError>(NmReply::Done))
+            .await
+            .unwrap();
+    }
+    for id in [first, second] {
+        let answer = client.next_reply::<NmReply>(id).await.unwrap();
+        assert_eq!(answer.unwrap(), NmReply::Done);
+    }
+    let third = client.send(NmRequest::List).await.unwrap();
+    let Some(Incoming::Message(request)) = far.recv_request::<NmRequest>().await.unwrap() else {
+        panic!("a request arrives")
+    };
+    far.reply_or_defer(request.id, Ok::<_, WireError>(NmReply::Done))
+        .await
+        .unwrap();
+    let alone = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.next_reply::<NmReply>(third),
+    )
+    .await
+    .expect("a reply with nothing behind it is sent at once");
+    assert_eq!(alone.unwrap().unwrap(), NmReply::Done);
+}

@@ -650,3 +650,63 @@ async fn a_streamed_write_is_answered_without_nm_and_the_writers_next_request_se
         "INFO was answered before nm could have heard of the write"
     );
 }
+
+/// The window the early answer opens on the serving server in asynchronous
+/// mode: a WRITE that went on the stream is answered as soon as it is
+/// durable in the primary's log, before the primary puts it in place (held
+/// there by a test delay). The answer must mean what it says: with the
+/// primary killed inside the window, the promoted backup serves the write,
+/// and the primary comes back with it from its own log, level with the pair.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_asynchronous_write_answered_before_it_is_in_place_survives_its_primary_killed_there() {
+    const HELD: std::time::Duration = std::time::Duration::from_millis(1500);
+    let options = Options {
+        ss_args: vec!["--commit-apply-delay", "1500ms"],
+        fsync: true,
+        ..Options::default()
+    };
+    let mut cluster = TestCluster::start_with(&["ss1", "ss1_backup"], options).await;
+    cluster.wait_pair("ss1", PairState::Active).await;
+    let events = cluster.watch_events();
+    until_streaming(&cluster, &events).await;
+    let mut client = cluster.client("alice").await;
+    client.create("early.txt").await.unwrap();
+    let started = std::time::Instant::now();
+    let edits = vec![EditLine {
+        word_index: 0,
+        content: "Answered before it was in place.".into(),
+    }];
+    let (stats, _) = client.write_block("early.txt", 0, edits).await.unwrap();
+    let answered_in = started.elapsed();
+    assert!(
+        answered_in < HELD,
+        "the write was answered only after its files were in place ({answered_in:?})"
+    );
+    assert_eq!(stats.words, 6);
+    let on_primary =
+        std::fs::read_to_string(cluster.storage("ss1").join("files/early.txt")).unwrap_or_default();
+    assert!(
+        !on_primary.contains("Answered"),
+        "the primary had put it in place already: the window was missed"
+    );
+    cluster.kill_ss("ss1");
+    cluster.wait_pair("ss1", PairState::PrimaryFailed).await;
+    let run = cluster.console("alice", "READ early.txt\n");
+    run.all_ok();
+    assert!(
+        run.stdout.contains("Answered before it was in place."),
+        "the promoted backup lost an answered write: {}",
+        run.stdout
+    );
+    cluster.spawn_ss("ss1");
+    cluster.wait_pair("ss1", PairState::Active).await;
+    cluster.wait_same_files("ss1", "ss1_backup").await;
+    let status = cluster.status().await;
+    assert_eq!(status.pairs[0].conflict_copies, 0, "{:?}", status.pairs[0]);
+    let on_primary =
+        std::fs::read_to_string(cluster.storage("ss1").join("files/early.txt")).unwrap();
+    assert!(
+        on_primary.contains("Answered before it was in place."),
+        "{on_primary:?}"
+    );
+}
