@@ -661,37 +661,6 @@ impl Connection {
         self.send(&Reply { id, result }).await
     }
 
-    /// Sends a reply from synchronous code, without waiting: as much of it
-    /// as the socket takes now is written, and the rest (if any) goes with
-    /// the next [`Connection::flush`] or send, in order. For an answer due
-    /// in the middle of work that runs on the request's own thread (a
-    /// commit answered once durable, before its files are in place).
-    pub fn reply_now<B: Serialize>(
-        &mut self,
-        id: u64,
-        result: Result<B, WireError>,
-    ) -> Result<(), ConnectionError> {
-        let body = Bytes::from(encode(&Reply { id, result })?);
-        let mut frame = BytesMut::new();
-        self.framed.codec_mut().encode(body, &mut frame)?;
-        // Behind whatever an earlier send left unwritten.
-        let mut pending = std::mem::take(self.framed.write_buffer_mut());
-        pending.extend_from_slice(&frame);
-        let mut result = Ok(());
-        while !pending.is_empty() {
-            match self.framed.get_ref().try_write(&pending) {
-                Ok(written) => pending.advance(written),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    result = Err(e.into());
-                    break;
-                }
-            }
-        }
-        *self.framed.write_buffer_mut() = pending;
-        result
-    }
-
     /// Sends a reply, unless the next request has arrived whole already:
     /// then the reply waits in the write buffer and goes out with that
     /// request's, in one write (a client that pipelines a request behind

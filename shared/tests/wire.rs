@@ -833,37 +833,6 @@ async fn connected_pair() -> (
     (near, far)
 }
 
-/// A reply sent from synchronous code goes out at once when the socket
-/// takes it; when the peer lags, what the socket did not take goes with the
-/// next flush, whole and in order with what follows.
-#[tokio::test]
-async fn a_reply_sent_now_keeps_its_place_when_the_socket_cannot_take_it_whole() {
-    let (mut near, mut far) = connected_pair().await;
-    near.reply_now(1, Ok::<_, WireError>(SsReply::Done))
-        .unwrap();
-    let first: Reply<SsReply> = far.expect().await.unwrap();
-    assert_eq!((first.id, first.result.unwrap()), (1, SsReply::Done));
-    // Far larger than the socket's buffers while `far` reads nothing.
-    let word = "w".repeat(64 * 1024);
-    for id in 2..=200u64 {
-        near.reply_now(id, Ok::<_, WireError>(SsReply::Word { word: word.clone() }))
-            .unwrap();
-    }
-    let reading = tokio::spawn(async move {
-        for id in 2..=201u64 {
-            let reply: Reply<SsReply> = far.expect().await.unwrap();
-            assert_eq!(reply.id, id);
-            if id <= 200 {
-                assert_eq!(reply.result.unwrap(), SsReply::Word { word: word.clone() });
-            }
-        }
-    });
-    near.reply(201, Ok::<_, WireError>(SsReply::End))
-        .await
-        .unwrap();
-    reading.await.unwrap();
-}
-
 /// A reply deferred because the next request has arrived goes out with that
 /// one's, in order; with nothing behind it, it goes out at once.
 #[tokio::test]

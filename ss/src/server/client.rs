@@ -118,15 +118,12 @@ impl Server {
             SsRequest::WriteCommit => match session.write.take() {
                 None => Err(no_open_write()),
                 Some(write) => {
-                    let reply = |stats| SsReply::Applied {
-                        stats,
-                        streamed: false,
-                    };
-                    match self.commit(write, &mut change, conn, id, reply).await {
-                        Ok(Some(reply)) => Ok(reply),
-                        Ok(None) => return Ok(Ok(())),
-                        Err(e) => Err(e),
-                    }
+                    self.commit(write, &mut change)
+                        .await
+                        .map(|stats| SsReply::Applied {
+                            stats,
+                            streamed: false,
+                        })
                 }
             },
             SsRequest::WriteBlock {
@@ -157,12 +154,9 @@ impl Server {
                                     .map(|()| write.word_count())
                             })
                             .collect();
-                        let reply = |stats| SsReply::BlockWritten { stats, answers };
-                        match self.commit(write, &mut change, conn, id, reply).await {
-                            Ok(Some(reply)) => Ok(reply),
-                            Ok(None) => return Ok(Ok(())),
-                            Err(e) => Err(e),
-                        }
+                        self.commit(write, &mut change)
+                            .await
+                            .map(|stats| SsReply::BlockWritten { stats, answers })
                     }
                 }
             }
@@ -180,54 +174,29 @@ impl Server {
     /// ETIRW: the open WRITE committed, announced on the stream and to nm
     /// as soon as it is durable here (while this server still writes its
     /// files), before the role may change (`change`, held until then), so
-    /// it goes out in the epoch it was made in; then confirmed. Returns the
-    /// reply (`reply` made from the new stats) to send, or `None` if it was
-    /// sent already: in asynchronous mode a change that went on the stream
-    /// needs nothing more, so it is answered as soon as it is durable, from
-    /// the commit's own thread, before its files are put in place. The
-    /// file's lock, held until they are, keeps any request after the answer
-    /// from reading the old content, and a crash in between is finished by
-    /// the log's replay, as for the standby's acknowledgement.
+    /// it goes out in the epoch it was made in; then confirmed.
     async fn commit(
         &self,
         write: crate::files::WriteSession,
         change: &mut Option<tokio::sync::RwLockReadGuard<'_, ()>>,
-        conn: &mut Connection,
-        id: u64,
-        reply: impl FnOnce(shared::proto::FileStats) -> SsReply,
-    ) -> Result<Option<SsReply>, WireError> {
+    ) -> Result<shared::proto::FileStats, WireError> {
         let file = write.file().to_owned();
         let mut announced = None;
-        let mut reply = Some(reply);
-        let mut answered = false;
         let committed = self.inline(|| {
             write.commit_announcing(|committed| {
-                let (offered, notice) = self.announce(&file, committed);
-                let streamed = matches!(offered, crate::stream::Offered::Sent(_));
-                if streamed && !self.link.sync_replication() && !self.link.notices_crowded() {
-                    let make = reply.take().expect("a commit is answered once");
-                    let stats = committed.meta.stats.clone();
-                    // A broken connection is found by the loop's next read.
-                    let _ = conn.reply_now(id, Ok::<_, WireError>(make(stats)));
-                    answered = true;
-                }
-                announced = Some((offered, notice));
+                announced = Some(self.announce(&file, committed));
                 if let Some(delay) = self.config.commit_apply_delay {
                     std::thread::sleep(delay);
                 }
             })
         })?;
         let stats = committed.meta.stats.clone();
-        tracing::info!(event = "ss_committed", file = %file, epoch = stats.epoch, version = stats.version, base = stats.base, answered_early = answered);
+        tracing::info!(event = "ss_committed", file = %file, epoch = stats.epoch, version = stats.version, base = stats.base);
         let announced = announced.expect("a commit announces its change");
         // Committed: a role change may go ahead while nm confirms.
         drop(change.take());
-        if answered {
-            return Ok(None);
-        }
         self.confirm(&file, &stats, announced).await?;
-        let make = reply.take().expect("a commit is answered once");
-        Ok(Some(make(stats)))
+        Ok(stats)
     }
 
     /// STREAM: the words one by one, `--stream-delay` apart, then `End`.
