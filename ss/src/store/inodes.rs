@@ -71,10 +71,16 @@ impl Store {
         let mut displaced = self.displaced.lock().unwrap_or_else(|p| p.into_inner());
         if reusable && displaced.len() < MAX_SPARES {
             displaced.push(path);
+            // Emptied in batches: waking the inode thread for each one cost
+            // a standby a context switch per change it applied. Meanwhile
+            // new files take the unnamed inodes made ahead.
+            let batch_full = displaced.len() >= DISPLACED_BATCH;
             drop(displaced);
-            // Under the lock the inode thread waits with, so it cannot miss it.
-            let _unnamed = self.unnamed.lock().unwrap_or_else(|p| p.into_inner());
-            self.unnamed_low.notify_all();
+            if batch_full {
+                // Under the lock the inode thread waits with, so it cannot miss it.
+                let _unnamed = self.unnamed.lock().unwrap_or_else(|p| p.into_inner());
+                self.unnamed_low.notify_all();
+            }
         } else {
             drop(displaced);
             let _ = fs::remove_file(&path);

@@ -169,6 +169,9 @@ const MAX_SPARES: usize = 1024;
 const UNNAMED_LOW: usize = 64;
 const UNNAMED_READY: usize = 256;
 const SPARE_MAX_BYTES: u64 = 1 << 20;
+/// Displaced contents wait until there are this many before the inode
+/// thread is woken to empty them (see [`Store::keep_spare`]).
+const DISPLACED_BATCH: usize = 32;
 
 impl Store {
     /// Opens (creating if needed) a storage folder and removes leftover temp files.
@@ -1113,6 +1116,37 @@ mod tests {
 
     fn unnamed(store: &Store) -> usize {
         store.unnamed.lock().unwrap().len()
+    }
+
+    /// A standby's every applied change displaces the file's old content:
+    /// the inode thread is woken to empty them once a batch has gathered,
+    /// not for each, and then makes them all spares.
+    #[test]
+    fn displaced_contents_become_spares_a_batch_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), true).unwrap());
+        let background = store.clone();
+        let thread = std::thread::spawn(move || background.keep_inodes_ready());
+        for version in 1..=DISPLACED_BATCH as u64 + 1 {
+            let text = format!("Version {version}.");
+            store
+                .install_streamed("b", text.as_bytes(), &meta(version), &[], &mut || {})
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.spares.lock().unwrap().len() < DISPLACED_BATCH {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a full batch of displaced contents was never emptied: {} spares, {} waiting",
+                store.spares.lock().unwrap().len(),
+                store.displaced.lock().unwrap().len()
+            );
+            std::thread::yield_now();
+        }
+        let last = format!("Version {}.", DISPLACED_BATCH + 1);
+        assert_eq!(store.read_content("b").unwrap(), last.as_bytes());
+        store.stop_making_inodes();
+        thread.join().unwrap();
     }
 
     #[test]
