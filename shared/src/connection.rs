@@ -312,16 +312,6 @@ impl ConnReader {
         }
     }
 
-    /// Whether the next message has arrived whole already (it is read
-    /// without waiting). Known only on a connection split by
-    /// [`Connection::split_direct`]; always `false` after [`Connection::split`].
-    pub fn message_waiting(&self) -> bool {
-        match &self.frames {
-            ReadFrames::Split(_) => false,
-            ReadFrames::Owned(frames) => whole_frame_in(frames.read_buffer()),
-        }
-    }
-
     /// Receives one message; `Ok(None)` when the peer closed cleanly.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {
         match self.next_frame().await {

@@ -619,18 +619,6 @@ pub async fn follow(
             epoch,
             apply_delay,
         };
-        // A change alone (none being applied, none behind it yet) is
-        // applied on this task's thread: handing it to another thread and
-        // back cost two wake-ups per change. Changes that come together are
-        // applied side by side and share the log's fdatasync.
-        let alone = applying.available_permits() == APPLYING
-            && !reader.message_waiting()
-            && apply_delay.is_none();
-        if alone {
-            let role = link.role().change_guard().await;
-            applied.run(change, role);
-            continue;
-        }
         let Ok(permit) = applying.clone().acquire_owned().await else {
             break;
         };
