@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What one CREATE+WRITE pair costs each daemon, counted rather than timed
 # (a benchmark, not a test; see BENCHMARKS.md, session 21): syscalls,
-# context switches, futex calls and fdatasyncs of nm, the primary and the
-# backup (`perf stat -p` on each), and block requests of the whole disk
+# context switches, futex calls and fdatasyncs of the console session, nm,
+# the primary and the backup (`perf stat` on each), and block requests of the whole disk
 # (/proc/diskstats), over one `console --batch` session of N pairs (default
 # 2000) on a fresh nm + ss1 + ss1_backup. Counts barely depend on the
 # machine's speed, so they compare builds where pairs/s cannot.
@@ -52,7 +52,9 @@ count() { # build folder: one fresh cluster, one session, the counts per pair
   sleep 0.5
   local before after
   before=$(awk -v d="$disk" '$3 == d { print $4 + $8 }' /proc/diskstats)
-  "$bin/console" --nm "$nm" --user bench --batch "$dir/script.batch" >/dev/null
+  perf stat -x, -o "$home/perf.console" \
+    -e raw_syscalls:sys_enter,context-switches,syscalls:sys_enter_futex,syscalls:sys_enter_fdatasync \
+    "$bin/console" --nm "$nm" --user bench --batch "$dir/script.batch" >/dev/null
   after=$(awk -v d="$disk" '$3 == d { print $4 + $8 }' /proc/diskstats)
   kill -INT "${perfs[@]}"; wait "${perfs[@]}" 2>/dev/null || true
   kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
@@ -60,7 +62,7 @@ count() { # build folder: one fresh cluster, one session, the counts per pair
 import sys
 n, home, blocks, bin = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 print(f"{bin}: {n} pairs; block requests per pair {blocks / n:.2f}")
-for name in ["nm", "ss1", "ss1_backup"]:
+for name in ["console", "nm", "ss1", "ss1_backup"]:
     counts = {}
     for line in open(f"{home}/perf.{name}"):
         fields = line.strip().split(",")
