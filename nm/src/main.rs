@@ -3,10 +3,10 @@ use color_eyre::eyre::Result;
 
 /// nm runs on one thread. Its work per request is short (a lookup under the
 /// state's lock, a journal record handed to the journal's own thread), and
-/// with one thread a reply never waits for another thread to be woken: a
-/// CREATE+WRITE pair cost nm 6.3 context switches on two worker threads
-/// and 4.9 on one. The journal's fsyncs and the high-availability runtime
-/// have threads of their own.
+/// with one thread a reply never waits for another thread to be woken, and
+/// none is woken to steal a task: nm's context switches per CREATE+WRITE
+/// pair fell by about two (BENCHMARKS.md, session 22). The journal's fsyncs
+/// and the high-availability runtime have threads of their own.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     color_eyre::install()?;

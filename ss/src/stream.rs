@@ -610,24 +610,58 @@ pub async fn follow(
             tracing::info!(event = "ss_stream_ended", partner = %peer, "this server's part changed; the stream is closed");
             break;
         }
-        let applied = Applying {
-            files: files.clone(),
-            link: link.clone(),
-            writer: writer.clone(),
-            peer: peer.clone(),
-            id: request.id,
-            epoch,
-            apply_delay,
-        };
         let Ok(permit) = applying.clone().acquire_owned().await else {
             break;
         };
+        let files = files.clone();
+        let link = link.clone();
+        let writer = writer.clone();
+        let peer_name = peer.clone();
+        let id = request.id;
         tokio::task::spawn_blocking(move || {
             // No role change while it is applied: a server promoted meanwhile
             // takes nothing more from its old partner, and serves nothing
             // acknowledged before it is in place.
-            let role = applied.link.clone();
-            applied.run(change, role.role().change_guard_blocking());
+            let _role = link.role().change_guard_blocking();
+            let mut acknowledged = false;
+            // A change is acknowledged as soon as it is durable here, before
+            // it is put in place: in sync mode the client waits for this.
+            let mut durable = || {
+                if !acknowledged {
+                    acknowledged = true;
+                    let _ = writer.send_now(&Reply {
+                        id,
+                        result: Ok::<_, WireError>(SsReply::Done),
+                    });
+                    if let Some(delay) = apply_delay {
+                        std::thread::sleep(delay);
+                    }
+                }
+            };
+            let result = if link.role().is_serving() || link.role().epoch() != epoch {
+                Err(WireError::unavailable(
+                    "this server's part changed; the stream is over",
+                ))
+            } else {
+                apply(&files, change, &mut durable).map(|()| SsReply::Done)
+            };
+            match result {
+                Ok(_) => durable(),
+                Err(error) if !acknowledged => {
+                    let _ = writer.send_now(&Reply {
+                        id,
+                        result: Err::<SsReply, _>(error),
+                    });
+                }
+                // Acknowledged as durable but not finished (a disk error
+                // putting it in place): as for every logged change, the
+                // server stops rather than serve what contradicts its log;
+                // the restart's replay finishes it.
+                Err(error) => {
+                    tracing::error!(event = "ss_stream_apply_failed", partner = %peer_name, error = %error, "a change acknowledged as durable could not be finished; stopping so that the log's replay finishes it");
+                    std::process::abort();
+                }
+            }
             drop(permit);
         });
     }
@@ -635,72 +669,6 @@ pub async fn follow(
     let _ = applying.acquire_many(APPLYING as u32).await;
     let _ = writer.flush().await;
     flusher.abort();
-}
-
-/// One change to apply and acknowledge on the stream it came by.
-struct Applying {
-    files: Arc<Files>,
-    link: Arc<NmLink>,
-    writer: Arc<DirectWriter>,
-    peer: String,
-    id: u64,
-    epoch: u64,
-    apply_delay: Option<Duration>,
-}
-
-impl Applying {
-    /// Applies `change` while `_role` keeps this server's part from
-    /// changing, and acknowledges it as soon as it is durable here.
-    fn run(self, change: Applied, _role: tokio::sync::RwLockReadGuard<'_, ()>) {
-        let Applying {
-            files,
-            link,
-            writer,
-            peer,
-            id,
-            epoch,
-            apply_delay,
-        } = self;
-        let mut acknowledged = false;
-        // A change is acknowledged as soon as it is durable here, before
-        // it is put in place: in sync mode the client waits for this.
-        let mut durable = || {
-            if !acknowledged {
-                acknowledged = true;
-                let _ = writer.send_now(&Reply {
-                    id,
-                    result: Ok::<_, WireError>(SsReply::Done),
-                });
-                if let Some(delay) = apply_delay {
-                    std::thread::sleep(delay);
-                }
-            }
-        };
-        let result = if link.role().is_serving() || link.role().epoch() != epoch {
-            Err(WireError::unavailable(
-                "this server's part changed; the stream is over",
-            ))
-        } else {
-            apply(&files, change, &mut durable).map(|()| SsReply::Done)
-        };
-        match result {
-            Ok(_) => durable(),
-            Err(error) if !acknowledged => {
-                let _ = writer.send_now(&Reply {
-                    id,
-                    result: Err::<SsReply, _>(error),
-                });
-            }
-            // Acknowledged as durable but not finished (a disk error
-            // putting it in place): as for every logged change, the
-            // server stops rather than serve what contradicts its log;
-            // the restart's replay finishes it.
-            Err(error) => {
-                tracing::error!(event = "ss_stream_apply_failed", partner = %peer, error = %error, "a change acknowledged as durable could not be finished; stopping so that the log's replay finishes it");
-                std::process::abort();
-            }
-        }
-    }
 }
 
 /// A change received on the stream.
