@@ -1127,6 +1127,17 @@ mod tests {
         let store = Arc::new(Store::open(dir.path(), true).unwrap());
         let background = store.clone();
         let thread = std::thread::spawn(move || background.keep_inodes_ready());
+        // The thread idle first, its unnamed inodes made: nothing else
+        // wakes it below (the installs take far fewer than it keeps), so
+        // no spare is made, and taken by the next install, before the
+        // batch is full.
+        store.create("first", &meta(1)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while unnamed(&store) < UNNAMED_READY {
+            assert!(std::time::Instant::now() < deadline, "inodes never made");
+            std::thread::yield_now();
+        }
+        // The first install is new here; each later one displaces one.
         for version in 1..=DISPLACED_BATCH as u64 + 1 {
             let text = format!("Version {version}.");
             store
