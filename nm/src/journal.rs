@@ -1,8 +1,10 @@
-//! What nm remembers across restarts: a snapshot plus an append-only journal.
+//! What nm remembers across restarts: a snapshot plus a journal.
 //!
 //! ```text
 //! <data-dir>/snapshot.mp   users and files at the last compaction (MessagePack)
-//! <data-dir>/journal.log   records since then, in length-delimited frames
+//! <data-dir>/journal.log   a header page (magic), then the records since the
+//!                          snapshot in length-delimited frames, each a CRC-32
+//!                          of the record and the record; then zeros
 //! ```
 //!
 //! A change is acknowledged only once its record is fsynced. One writer
@@ -10,7 +12,21 @@
 //! previous fsync ran in one go (group commit), so many clients share one
 //! fsync. At start-up the journal is replayed onto the snapshot (a torn last
 //! record from a crash is cut off), and the two are compacted into a new
-//! snapshot.
+//! snapshot and a new, empty journal.
+//!
+//! **Written in place, never appended**, as the storage server's log
+//! (`ss/src/wal.rs`): the journal is grown with zeros a megabyte at a time
+//! ahead of its records, so the fdatasync that makes a record durable writes
+//! the record's block and flushes, and does not also write the inode for a
+//! new size. Replay stops at the first frame that is zeros, torn, or fails
+//! its checksum; the file is new at every start, so nothing but zeros ever
+//! lies beyond the last record written. A journal of the earlier, appended
+//! format (no header, no checksums) is replayed as it was. After a failed
+//! write or fsync the writer fails every later change: what it wrote may
+//! be torn, and records after a torn one would be cut off by the replay.
+//! An nm older than this format reads such a journal as torn at its first
+//! byte: downgrading nm after it stopped uncleanly loses the records since
+//! the last start.
 
 use crate::namespace::{FileRecord, Namespace};
 use crate::registry::PersistedPair;
@@ -20,7 +36,8 @@ use shared::connection::frame_codec;
 use shared::proto::{AccessList, AccessRequest};
 use shared::WireError;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Decoder, Encoder};
@@ -31,6 +48,13 @@ const JOURNAL: &str = "journal.log";
 const MAX_RECORD: usize = 16 << 20;
 /// Most records written under one fsync.
 const MAX_BATCH: usize = 4096;
+/// The first bytes of a journal of this format (the version is the last);
+/// an appended journal starts with a frame's length, never this.
+const MAGIC: [u8; 8] = *b"nm-jrnl\x02";
+/// The header's share of the file: records start on the next page.
+const HEADER_BYTES: u64 = 4096;
+/// The journal grows, in zeros, by this much ahead of its records.
+const GROW_BYTES: u64 = 1 << 20;
 
 /// One change to what nm remembers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -241,13 +265,14 @@ impl Journal {
             "namespace restored"
         );
         let file = OpenOptions::new()
-            .create(true)
-            .append(true)
+            .read(true)
+            .write(true)
             .open(&journal_path)?;
+        let writer = InPlace::new(file, fsync)?;
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("nm-journal".into())
-            .spawn(move || write_loop(file, rx, fsync))?;
+            .spawn(move || write_loop(writer, rx))?;
         Ok((Journal { tx }, ns))
     }
 
@@ -284,16 +309,71 @@ fn replay(path: &Path, ns: &mut Namespace) -> io::Result<usize> {
     let Ok(bytes) = fs::read(path) else {
         return Ok(0);
     };
-    let mut buf = BytesMut::from(&bytes[..]);
+    let (records, _) = if bytes.starts_with(&MAGIC) {
+        records_in_place(&bytes)
+    } else {
+        (records_appended(&bytes), 0)
+    };
+    let count = records.len();
+    for record in records {
+        record.apply(ns);
+    }
+    Ok(count)
+}
+
+/// The records of a journal of this format, and the offset where the next
+/// one goes: up to the first frame that is zeros, torn, or fails its CRC.
+fn records_in_place(bytes: &[u8]) -> (Vec<Record>, u64) {
+    let body = bytes.get(HEADER_BYTES as usize..).unwrap_or_default();
+    let mut buf = BytesMut::from(body);
     let mut codec = frame_codec(MAX_RECORD);
-    let mut count = 0;
+    let mut records = Vec::new();
+    let mut end = HEADER_BYTES;
+    loop {
+        let frame = match codec.decode(&mut buf) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(event = "nm_journal_torn", offset = end, error = %e, "journal ends in a damaged record (a crash while writing it); cut off");
+                break;
+            }
+        };
+        if frame.is_empty() {
+            // Zeros: the end of the records.
+            break;
+        }
+        let record = rmp_serde::from_slice::<Envelope>(&frame)
+            .ok()
+            .filter(|envelope| crc32fast::hash(&envelope.body) == envelope.crc)
+            .map(|envelope| rmp_serde::from_slice::<Record>(&envelope.body));
+        match record {
+            Some(Ok(record)) => records.push(record),
+            Some(Err(e)) => {
+                tracing::warn!(event = "nm_journal_bad_record", error = %e, "journal record skipped");
+            }
+            None => {
+                tracing::warn!(
+                    event = "nm_journal_torn",
+                    offset = end,
+                    "a journal record fails its checksum (a crash while writing it); cut off there"
+                );
+                break;
+            }
+        }
+        end = HEADER_BYTES + (body.len() - buf.len()) as u64;
+    }
+    (records, end)
+}
+
+/// The records of a journal of the earlier, appended format.
+fn records_appended(bytes: &[u8]) -> Vec<Record> {
+    let mut buf = BytesMut::from(bytes);
+    let mut codec = frame_codec(MAX_RECORD);
+    let mut records = Vec::new();
     loop {
         match codec.decode(&mut buf) {
             Ok(Some(frame)) => match rmp_serde::from_slice::<Record>(&frame) {
-                Ok(record) => {
-                    record.apply(ns);
-                    count += 1;
-                }
+                Ok(record) => records.push(record),
                 Err(e) => {
                     tracing::warn!(event = "nm_journal_bad_record", error = %e, "journal record skipped");
                 }
@@ -312,7 +392,7 @@ fn replay(path: &Path, ns: &mut Namespace) -> io::Result<usize> {
             "incomplete last record (crash while writing); cut off"
         );
     }
-    Ok(count)
+    records
 }
 
 /// Writes a snapshot of `ns` atomically and starts an empty journal.
@@ -343,6 +423,10 @@ fn compact(dir: &Path, ns: &Namespace, fsync: bool) -> io::Result<()> {
     }
     fs::rename(&temp, dir.join(SNAPSHOT))?;
     let journal = File::create(dir.join(JOURNAL))?;
+    let mut page = vec![0; HEADER_BYTES as usize];
+    page[..MAGIC.len()].copy_from_slice(&MAGIC);
+    journal.write_all_at(&page, 0)?;
+    grow(&journal, HEADER_BYTES, HEADER_BYTES + GROW_BYTES)?;
     if fsync {
         journal.sync_all()?;
         File::open(dir)?.sync_all()?;
@@ -350,8 +434,85 @@ fn compact(dir: &Path, ns: &Namespace, fsync: bool) -> io::Result<()> {
     Ok(())
 }
 
-fn write_loop(mut file: File, mut rx: mpsc::UnboundedReceiver<Pending>, fsync: bool) {
-    let mut codec = frame_codec(MAX_RECORD);
+/// Writes zeros from `from` up to `to`.
+fn grow(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let zeros = vec![0; 256 << 10];
+    let mut at = from;
+    while at < to {
+        let n = zeros.len().min((to - at) as usize);
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// The journal file as its writer sees it: records go at `end`, over the
+/// zeros that run up to `capacity`.
+struct InPlace {
+    file: File,
+    end: u64,
+    capacity: u64,
+    fsync: bool,
+    /// Set once a write or fsync failed: the tail may be torn.
+    failed: Option<String>,
+}
+
+impl InPlace {
+    /// Opens a journal [`compact`] has just started (header, then zeros).
+    fn new(mut file: File, fsync: bool) -> io::Result<InPlace> {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        if !bytes.starts_with(&MAGIC) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the journal has no header",
+            ));
+        }
+        let (_, end) = records_in_place(&bytes);
+        Ok(InPlace {
+            file,
+            end,
+            capacity: bytes.len() as u64,
+            fsync,
+            failed: None,
+        })
+    }
+
+    /// Writes `frames` after the last record and makes them durable.
+    fn commit(&mut self, frames: &[u8]) -> Result<(), String> {
+        if let Some(earlier) = &self.failed {
+            return Err(format!(
+                "an earlier journal write failed ({earlier}); restart nm"
+            ));
+        }
+        let result = self.write(frames);
+        if let Err(e) = &result {
+            tracing::error!(event = "nm_journal_failed", error = %e, "journal write failed; every later change fails until nm restarts");
+            self.failed = Some(e.to_string());
+        }
+        result.map_err(|e| e.to_string())
+    }
+
+    fn write(&mut self, frames: &[u8]) -> io::Result<()> {
+        let end = self.end + frames.len() as u64;
+        if end > self.capacity {
+            let mut to = self.capacity;
+            while to < end {
+                to += GROW_BYTES;
+            }
+            grow(&self.file, self.capacity, to)?;
+            self.capacity = to;
+        }
+        self.file.write_all_at(frames, self.end)?;
+        if self.fsync {
+            self.file.sync_data()?;
+        }
+        self.end = end;
+        Ok(())
+    }
+}
+
+fn write_loop(mut journal: InPlace, mut rx: mpsc::UnboundedReceiver<Pending>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -360,23 +521,8 @@ fn write_loop(mut file: File, mut rx: mpsc::UnboundedReceiver<Pending>, fsync: b
                 Err(_) => break,
             }
         }
-        let mut buf = BytesMut::new();
-        let mut result = Ok(());
-        for record in batch.iter().flat_map(|p| &p.records) {
-            match rmp_serde::to_vec_named(record) {
-                Ok(bytes) => {
-                    if let Err(e) = codec.encode(bytes::Bytes::from(bytes), &mut buf) {
-                        result = Err(e);
-                    }
-                }
-                Err(e) => result = Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
-            }
-        }
-        if result.is_ok() {
-            result = file
-                .write_all(&buf)
-                .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
-        }
+        let result = frames(batch.iter().flat_map(|p| &p.records))
+            .and_then(|frames| journal.commit(&frames));
         for pending in batch {
             let copy = match &result {
                 Ok(()) => Ok(()),
@@ -385,6 +531,34 @@ fn write_loop(mut file: File, mut rx: mpsc::UnboundedReceiver<Pending>, fsync: b
             let _ = pending.done.send(copy);
         }
     }
+}
+
+/// `records` as frames of this format: length-delimited, each a CRC-32 of
+/// the record's MessagePack bytes and the bytes.
+fn frames<'a>(records: impl Iterator<Item = &'a Record>) -> Result<BytesMut, String> {
+    let mut codec = frame_codec(MAX_RECORD);
+    let mut buf = BytesMut::new();
+    for record in records {
+        let body = rmp_serde::to_vec_named(record).map_err(|e| e.to_string())?;
+        let envelope = rmp_serde::to_vec_named(&Envelope {
+            crc: crc32fast::hash(&body),
+            body,
+        })
+        .map_err(|e| e.to_string())?;
+        codec
+            .encode(bytes::Bytes::from(envelope), &mut buf)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(buf)
+}
+
+/// A record as framed in the journal: the CRC-32 of its MessagePack bytes,
+/// and the bytes.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    crc: u32,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
 }
 
 #[cfg(test)]
@@ -423,20 +597,105 @@ mod tests {
                 .await
                 .unwrap();
         }
-        // A crash in the middle of a record leaves a partial frame.
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.path().join(JOURNAL))
-            .unwrap();
-        f.write_all(&[0, 0, 0, 50, 1, 2, 3]).unwrap();
+        // A crash in the middle of a record leaves a partial frame after
+        // the last whole one.
+        let path = dir.path().join(JOURNAL);
+        let (records, end) = records_in_place(&fs::read(&path).unwrap());
+        assert_eq!(records.len(), 4);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0, 0, 0, 50, 1, 2, 3], end).unwrap();
         drop(f);
         let (_, ns) = Journal::open(dir.path(), true).unwrap();
         assert!(ns.has_user("alice"));
         assert_eq!(ns.file("a.txt").unwrap().owner, "alice");
         assert!(ns.file("b.txt").is_none());
         // Compacted: the snapshot alone now carries everything.
-        assert_eq!(fs::metadata(dir.path().join(JOURNAL)).unwrap().len(), 0);
+        let bytes = fs::read(&path).unwrap();
+        assert!(bytes.starts_with(&MAGIC));
+        assert_eq!(records_in_place(&bytes), (vec![], HEADER_BYTES));
         let (_, ns) = Journal::open(dir.path(), true).unwrap();
         assert_eq!(ns.len(), 1);
+    }
+
+    fn created(file: &str) -> Record {
+        Record::FileCreated {
+            file: file.into(),
+            owner: "alice".into(),
+            server: "ss1".into(),
+            acl: AccessList::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_that_fails_its_checksum_ends_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL);
+        {
+            let (journal, _) = Journal::open(dir.path(), true).unwrap();
+            for file in ["a.txt", "b.txt", "c.txt"] {
+                journal.append(vec![created(file)]).await.unwrap();
+            }
+        }
+        // One bit of b.txt's record flipped, as a torn sector would leave it.
+        let mut bytes = fs::read(&path).unwrap();
+        let at = HEADER_BYTES as usize
+            + bytes[HEADER_BYTES as usize..]
+                .windows(5)
+                .position(|w| w == b"b.txt")
+                .unwrap();
+        bytes[at] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let (_, ns) = Journal::open(dir.path(), true).unwrap();
+        assert!(ns.file("a.txt").is_some());
+        assert!(ns.file("b.txt").is_none());
+        assert!(ns.file("c.txt").is_none(), "nothing after a damaged record");
+    }
+
+    #[tokio::test]
+    async fn a_journal_of_the_appended_format_is_replayed_and_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL);
+        let mut old = BytesMut::new();
+        for file in ["a.txt", "b.txt"] {
+            let bytes = rmp_serde::to_vec_named(&created(file)).unwrap();
+            frame_codec(MAX_RECORD)
+                .encode(bytes::Bytes::from(bytes), &mut old)
+                .unwrap();
+        }
+        fs::write(&path, &old).unwrap();
+        let (journal, ns) = Journal::open(dir.path(), true).unwrap();
+        assert!(ns.file("a.txt").is_some() && ns.file("b.txt").is_some());
+        assert!(fs::read(&path).unwrap().starts_with(&MAGIC));
+        journal.append(vec![created("c.txt")]).await.unwrap();
+        drop(journal);
+        let (_, ns) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(ns.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_journal_is_written_in_place_and_grows_a_megabyte_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL);
+        let (journal, _) = Journal::open(dir.path(), false).unwrap();
+        let length = || fs::metadata(&path).unwrap().len();
+        assert_eq!(length(), HEADER_BYTES + GROW_BYTES);
+        journal.append(vec![created("first.txt")]).await.unwrap();
+        assert_eq!(length(), HEADER_BYTES + GROW_BYTES, "written over zeros");
+        // About 1.5 MiB of records in three batches: the file grows twice.
+        let mut expected = 1;
+        for batch in 0..3 {
+            let records: Vec<Record> = (0..6000)
+                .map(|i| created(&format!("batch-{batch}/a-file-with-a-longish-name-{i}.txt")))
+                .collect();
+            expected += records.len();
+            journal.append(records).await.unwrap();
+        }
+        assert_eq!((length() - HEADER_BYTES) % GROW_BYTES, 0);
+        assert!(length() > HEADER_BYTES + GROW_BYTES);
+        drop(journal);
+        let (records, _) = records_in_place(&fs::read(&path).unwrap());
+        assert_eq!(records.len(), expected);
+        let (_, ns) = Journal::open(dir.path(), false).unwrap();
+        assert_eq!(ns.len(), expected);
     }
 }
