@@ -139,10 +139,14 @@ impl Nm {
                 });
                 break;
             }
+            let quiet = matches!(request, ControlRequest::FileChanged { quiet: true, .. });
             let (result, changed) = self.handle_server_message(name, request);
             match changed {
                 // On the stream: the standby has it, or the server hands it back.
                 Some(Changed { streamed: true, .. }) if result.is_ok() => {
+                    if quiet {
+                        continue;
+                    }
                     if replies.send(Reply { id, result }).is_err() {
                         break;
                     }
@@ -450,6 +454,7 @@ impl Nm {
                     stats,
                     streamed,
                     deleted: false,
+                    ..
                 } => {
                     let pair = state.ns.file(&file).map(|r| r.server.clone());
                     let from_active = pair.as_deref().is_some_and(|p| serves(&state, p, server));

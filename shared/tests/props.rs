@@ -66,7 +66,7 @@ proptest! {
             let back: Request<NmRequest> = decode(&encode(&r).unwrap()).unwrap();
             prop_assert_eq!(back, r);
         }
-        let notice = Request { id, body: ControlRequest::FileChanged { file: file.clone(), stats: FileStats { version, epoch, size: version / 2, ..FileStats::default() }, streamed: false, deleted: false } };
+        let notice = Request { id, body: ControlRequest::FileChanged { file: file.clone(), stats: FileStats { version, epoch, size: version / 2, ..FileStats::default() }, streamed: false, deleted: false, quiet: false } };
         let back: Request<ControlRequest> = decode(&encode(&notice).unwrap()).unwrap();
         prop_assert_eq!(back, notice);
         let ticket = Ticket { user: content.clone(), file: file.clone(), op: Op::Read, epoch, expires_ms: version, mac };

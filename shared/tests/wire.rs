@@ -148,18 +148,21 @@ fn every_message_round_trips() {
             stats: stats(),
             streamed: false,
             deleted: false,
+            quiet: false,
         },
         ControlRequest::FileChanged {
             file: "a".into(),
             stats: stats(),
             streamed: true,
             deleted: false,
+            quiet: true,
         },
         ControlRequest::FileChanged {
             file: "a".into(),
             stats: stats(),
             streamed: false,
             deleted: true,
+            quiet: false,
         },
         ControlRequest::Streamed {
             changes: vec![shared::proto::StreamedChange {

@@ -75,6 +75,10 @@ pub struct NmLink {
     stream_target: watch::Sender<Option<StreamTarget>>,
     /// Holds each change notice this long before it is queued (tests only).
     notice_delay: Option<Duration>,
+    /// Change notices nm had neither answered nor settled when it last
+    /// answered a heartbeat (a metric: one that keeps growing means nm is
+    /// not hearing of changes).
+    unsettled: std::sync::atomic::AtomicUsize,
 }
 
 /// The replication stream's destination, and the epoch its changes carry.
@@ -105,7 +109,13 @@ impl NmLink {
             partner: std::sync::Mutex::new(None),
             stream_target: watch::Sender::new(None),
             notice_delay,
+            unsettled: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// See the `unsettled` field.
+    pub fn unsettled_notices(&self) -> usize {
+        self.unsettled.load(Ordering::Relaxed)
     }
 
     /// Whether change notices are piling up unsent (nm slow or away): a
@@ -215,12 +225,17 @@ impl NmLink {
     /// [`NmLink::file_changed`] in two halves: the notice is queued now (it
     /// may go while the change is still being put in place here: nm's
     /// copies read the file under its lock), and its answer awaited later.
+    ///
+    /// A streamed change's notice is quiet (see `ControlRequest::FileChanged`)
+    /// unless notices are crowded, when writers wait for nm's answers.
     pub fn notify_changed(&self, file: &str, stats: &FileStats, streamed: bool) -> ChangeNotice {
+        let quiet = streamed && !self.notices_crowded();
         let request = ControlRequest::FileChanged {
             file: file.to_owned(),
             stats: stats.clone(),
             streamed,
             deleted: false,
+            quiet,
         };
         let sync = self.sync_replication.load(Ordering::Relaxed) && !streamed;
         if !self.connected.load(Ordering::Relaxed) {
@@ -236,7 +251,7 @@ impl NmLink {
         let (tx, rx) = oneshot::channel();
         let notice = Notice {
             request,
-            delivered: Some(tx),
+            delivered: (!quiet).then_some(tx),
         };
         if let Some(delay) = self.notice_delay {
             let notices = self.notices.clone();
@@ -244,14 +259,14 @@ impl NmLink {
                 tokio::time::sleep(delay).await;
                 let _ = notices.try_send(notice);
             });
-            return ChangeNotice::Queued { sync, answer: rx };
-        }
-        let queued = self.notices.try_send(notice);
-        if queued.is_err() {
+        } else if self.notices.try_send(notice).is_err() {
             return ChangeNotice::Unsent {
                 sync,
                 why: "too many notices pending",
             };
+        }
+        if quiet {
+            return ChangeNotice::Quiet;
         }
         ChangeNotice::Queued { sync, answer: rx }
     }
@@ -559,7 +574,7 @@ async fn serve_link(
                 pending.insert(id, Pending::Heartbeat(Instant::now()));
                 let unanswered: Vec<u64> = pending
                     .iter()
-                    .filter(|(_, p)| matches!(p, Pending::Notice { resend: Some(_), sent, .. } if sent.elapsed() > NOTICE_RESEND))
+                    .filter(|(_, p)| matches!(p, Pending::Notice { resend: Some(request), sent, .. } if !is_quiet(request) && sent.elapsed() > NOTICE_RESEND))
                     .map(|(id, _)| *id)
                     .collect();
                 for old in unanswered {
@@ -598,6 +613,11 @@ async fn serve_link(
                             link.set_partner(partner);
                         }
                         link.role.renew_lease(Some(sent + lease));
+                        // nm handled every message sent before this one.
+                        let answered = reply.id;
+                        pending.retain(|&id, p| !(id < answered && matches!(p, Pending::Notice { resend: Some(request), .. } if is_quiet(request))));
+                        let unsettled = pending.values().filter(|p| matches!(p, Pending::Notice { resend: Some(_), .. })).count();
+                        link.unsettled.store(unsettled, Ordering::Relaxed);
                     }
                     Some(Pending::Notice { delivered: Some(delivered), .. }) => {
                         let _ = delivered.send(reply.result.map(|_| ()));
@@ -623,6 +643,7 @@ async fn send_handed_back(
             stats,
             streamed: false,
             deleted,
+            quiet: false,
         };
         let id = *next_id;
         *next_id += 1;
@@ -704,8 +725,15 @@ enum Pending {
     },
 }
 
+/// Whether `request` is a notice nm answers only with an error.
+fn is_quiet(request: &ControlRequest) -> bool {
+    matches!(request, ControlRequest::FileChanged { quiet: true, .. })
+}
+
 /// A change notice on its way to nm (see [`NmLink::notify_changed`]).
 pub enum ChangeNotice {
+    /// Nobody waits for its answer: the next heartbeat's settles it.
+    Quiet,
     Queued {
         /// nm's answer says whether the backup has the change.
         sync: bool,
@@ -731,6 +759,7 @@ impl ChangeNotice {
             }
         };
         let (sync, answer) = match self {
+            ChangeNotice::Quiet => return Ok(()),
             ChangeNotice::Unsent { sync, why } => return unconfirmed(sync, why),
             ChangeNotice::Queued { sync, answer } => (sync, answer),
         };

@@ -118,6 +118,13 @@ async fn nm_and_ss_serve_their_metrics() {
         })
         .sum();
     assert_eq!(commits, 1.0, "{ss}");
+    // The changes' notices went to nm unanswered (streamed, quiet): the
+    // answers to the heartbeats after them settle them.
+    eventually("ss1's change notices settled", async || {
+        let ss = scrape(&ss_metrics).await?;
+        (sample(&ss, "docs_ss_nm_notices_unsettled") == Some(0.0)).then_some(())
+    })
+    .await;
 
     // A failover shows in the counters and the pair's state.
     cluster.kill_ss("ss1");

@@ -52,6 +52,11 @@ pub enum ControlRequest {
         /// from its namespace yet.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         deleted: bool,
+        /// No answer wanted unless it is an error: nm handles a server's
+        /// messages in order, so its answer to the next heartbeat says it
+        /// has this notice. Saves the server a wake-up per change.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        quiet: bool,
     },
     /// Changes the backup acknowledged on the replication stream, sent in
     /// batches: nm settles them in the pair's catch-up record and reports

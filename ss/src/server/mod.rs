@@ -142,10 +142,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     if let Some(addr) = &config.metrics_addr {
         let held = prometheus_client::metrics::gauge::Gauge::<i64>::default();
         registry.register("docs_ss_files", "Files this server holds", held.clone());
+        let unsettled = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        registry.register(
+            "docs_ss_nm_notices_unsettled",
+            "Change notices nm had not answered or settled at its last heartbeat answer",
+            unsettled.clone(),
+        );
         let counted = files.clone();
+        let watched = link.clone();
         let registry = Arc::new(std::sync::Mutex::new(registry));
         let bound = daemon::metrics::serve(addr, registry, move || {
             held.set(counted.len() as i64);
+            unsettled.set(watched.unsettled_notices() as i64);
         })
         .with_context(|| format!("serving metrics on {addr}"))?;
         tracing::info!(event = "ss_metrics", address = %bound, "metrics served");
