@@ -343,29 +343,41 @@ impl Nm {
         };
         // The server's create and nm's journal record are made durable at
         // the same time (two fsyncs in parallel, not one after the other).
+        // The server's request goes first (its path is the longer); the
+        // record is queued to the journal's writer next, and its answer
+        // awaited only after the server's, so a journal that finishes first
+        // does not wake this task for nothing.
         // If the server refuses, a second record takes the first back; if
         // the journal fails, the server's file is adopted at its next
         // registration, as after any crash between the two.
-        let (on_server, journalled) = tokio::join!(
-            async {
-                match client
-                    .call(SsCommand::CreateFile {
-                        file: file.to_owned(),
-                        owner: user.to_owned(),
-                    })
-                    .await?
-                {
-                    SsReply::Applied { stats, streamed } => Ok((stats, streamed)),
-                    other => Err(unexpected(&other)),
-                }
-            },
-            self.journal.append(vec![Record::FileCreated {
-                file: file.to_owned(),
-                owner: user.to_owned(),
-                server: server.clone(),
-                acl: AccessList::new(),
-            }])
-        );
+        let on_server = async {
+            match client
+                .call(SsCommand::CreateFile {
+                    file: file.to_owned(),
+                    owner: user.to_owned(),
+                })
+                .await?
+            {
+                SsReply::Applied { stats, streamed } => Ok((stats, streamed)),
+                other => Err(unexpected(&other)),
+            }
+        };
+        tokio::pin!(on_server);
+        let sent = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(on_server.as_mut(), cx))
+        })
+        .await;
+        let journalled = self.journal.submit(vec![Record::FileCreated {
+            file: file.to_owned(),
+            owner: user.to_owned(),
+            server: server.clone(),
+            acl: AccessList::new(),
+        }]);
+        let on_server = match sent {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => on_server.await,
+        };
+        let journalled = journalled.await;
         let created = match (on_server, journalled) {
             (Ok(created), Ok(())) => Ok(created),
             (Err(refused), Ok(())) => {

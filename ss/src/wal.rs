@@ -132,6 +132,8 @@ struct Log {
     synced: u64,
     /// Whether a writer is running the fdatasync for everyone.
     syncing: bool,
+    /// Writers waiting for that fdatasync (none: no wake-up to send).
+    waiting: usize,
     /// A failed write or fdatasync poisons the log: nothing is acknowledged after it.
     failed: Option<String>,
     /// The files the log holds a record of (see [`Wal::holds`]).
@@ -211,6 +213,7 @@ impl Wal {
                 written: 0,
                 synced: 0,
                 syncing: false,
+                waiting: 0,
                 failed: None,
                 files: records.iter().map(|r| r.file().to_owned()).collect(),
             }),
@@ -301,7 +304,9 @@ impl<'a> Written<'a> {
                 });
             }
             if log.syncing {
+                log.waiting += 1;
                 log = wal.synced.wait(log).unwrap_or_else(|p| p.into_inner());
+                log.waiting -= 1;
                 continue;
             }
             // Lead: sync everything written so far, for everyone.
@@ -315,7 +320,9 @@ impl<'a> Written<'a> {
                 Ok(()) => log.synced = log.synced.max(upto),
                 Err(e) => log.failed = Some(format!("the write-ahead log failed: {e}")),
             }
-            wal.synced.notify_all();
+            if log.waiting > 0 {
+                wal.synced.notify_all();
+            }
         }
     }
 }

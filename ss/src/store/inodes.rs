@@ -17,10 +17,11 @@ impl Store {
     }
 
     pub(super) fn temp_path(&self) -> PathBuf {
+        // The process id, asked once: each `getpid` is a system call.
+        static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let pid = PID.get_or_init(std::process::id);
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join(TMP)
-            .join(format!("{}-{n}.tmp", std::process::id()))
+        self.root.join(TMP).join(format!("{pid}-{n}.tmp"))
     }
 
     /// Puts a temp file in place of `target`, atomically.
