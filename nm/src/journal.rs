@@ -306,8 +306,17 @@ impl Journal {
 }
 
 fn replay(path: &Path, ns: &mut Namespace) -> io::Result<usize> {
-    let Ok(bytes) = fs::read(path) else {
-        return Ok(0);
+    // Only a missing journal is an empty one: any other error stops nm
+    // before the compaction that follows could discard what it holds.
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("reading {}: {e}", path.display()),
+            ))
+        }
     };
     let (records, _) = if bytes.starts_with(&MAGIC) {
         records_in_place(&bytes)
@@ -422,6 +431,12 @@ fn compact(dir: &Path, ns: &Namespace, fsync: bool) -> io::Result<()> {
         f.sync_all()?;
     }
     fs::rename(&temp, dir.join(SNAPSHOT))?;
+    // The new snapshot's name is durable before the journal it replaces
+    // is emptied: a crash between the two never leaves the old snapshot
+    // with an empty journal.
+    if fsync {
+        File::open(dir)?.sync_all()?;
+    }
     let journal = File::create(dir.join(JOURNAL))?;
     let mut page = vec![0; HEADER_BYTES as usize];
     page[..MAGIC.len()].copy_from_slice(&MAGIC);
@@ -697,5 +712,25 @@ mod tests {
         assert_eq!(records.len(), expected);
         let (_, ns) = Journal::open(dir.path(), false).unwrap();
         assert_eq!(ns.len(), expected);
+    }
+
+    #[tokio::test]
+    async fn a_journal_that_cannot_be_read_stops_nm_and_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (journal, _) = Journal::open(dir.path(), true).unwrap();
+            journal.append(vec![created("a.txt")]).await.unwrap();
+        }
+        // Unreadable (here: a folder in its place), not missing.
+        let path = dir.path().join(JOURNAL);
+        let kept = dir.path().join("kept.log");
+        fs::rename(&path, &kept).unwrap();
+        fs::create_dir(&path).unwrap();
+        let error = Journal::open(dir.path(), true).err().expect("an error");
+        assert!(error.to_string().contains("journal.log"), "{error}");
+        fs::remove_dir(&path).unwrap();
+        fs::rename(&kept, &path).unwrap();
+        let (_, ns) = Journal::open(dir.path(), true).unwrap();
+        assert!(ns.file("a.txt").is_some());
     }
 }

@@ -619,6 +619,13 @@ async fn serve_link(
                         let unsettled = pending.values().filter(|p| matches!(p, Pending::Notice { resend: Some(_), .. })).count();
                         link.unsettled.store(unsettled, Ordering::Relaxed);
                     }
+                    // A deposed leader answers so without handling it, and
+                    // closes: kept, the notice is carried to the next leader.
+                    Some(Pending::Notice { resend: Some(request), sent, delivered })
+                        if matches!(&reply.result, Err(e) if e.code == shared::ErrorCode::NotLeader) =>
+                    {
+                        pending.insert(reply.id, Pending::Notice { resend: Some(request), sent, delivered });
+                    }
                     Some(Pending::Notice { delivered: Some(delivered), .. }) => {
                         let _ = delivered.send(reply.result.map(|_| ()));
                     }
