@@ -32,6 +32,7 @@ use crate::namespace::{FileRecord, Namespace};
 use crate::registry::PersistedPair;
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
+use shared::checked_frames;
 use shared::connection::frame_codec;
 use shared::proto::{AccessList, AccessRequest};
 use shared::WireError;
@@ -40,7 +41,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 const SNAPSHOT: &str = "snapshot.mp";
 const JOURNAL: &str = "journal.log";
@@ -331,46 +332,30 @@ fn replay(path: &Path, ns: &mut Namespace) -> io::Result<usize> {
 }
 
 /// The records of a journal of this format, and the offset where the next
-/// one goes: up to the first frame that is zeros, torn, or fails its CRC.
+/// one goes: up to the first frame that is zeros, torn, or fails its CRC
+/// ([`shared::checked_frames`]). A record that passes its checksum but does
+/// not read (one a newer nm wrote) is skipped.
 fn records_in_place(bytes: &[u8]) -> (Vec<Record>, u64) {
     let body = bytes.get(HEADER_BYTES as usize..).unwrap_or_default();
-    let mut buf = BytesMut::from(body);
-    let mut codec = frame_codec(MAX_RECORD);
-    let mut records = Vec::new();
-    let mut end = HEADER_BYTES;
-    loop {
-        let frame = match codec.decode(&mut buf) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(event = "nm_journal_torn", offset = end, error = %e, "journal ends in a damaged record (a crash while writing it); cut off");
-                break;
-            }
-        };
-        if frame.is_empty() {
-            // Zeros: the end of the records.
-            break;
+    let decoded = checked_frames::decode_bodies(body, None, MAX_RECORD);
+    let end = HEADER_BYTES + decoded.intact;
+    match decoded.stop {
+        None | Some(checked_frames::Stop::Zeros) => {}
+        Some(stop) => {
+            tracing::warn!(event = "nm_journal_torn", offset = end, stop = ?stop, "journal ends in a damaged record (a crash while writing it); cut off");
         }
-        let record = rmp_serde::from_slice::<Envelope>(&frame)
-            .ok()
-            .filter(|envelope| crc32fast::hash(&envelope.body) == envelope.crc)
-            .map(|envelope| rmp_serde::from_slice::<Record>(&envelope.body));
-        match record {
-            Some(Ok(record)) => records.push(record),
-            Some(Err(e)) => {
-                tracing::warn!(event = "nm_journal_bad_record", error = %e, "journal record skipped");
-            }
-            None => {
-                tracing::warn!(
-                    event = "nm_journal_torn",
-                    offset = end,
-                    "a journal record fails its checksum (a crash while writing it); cut off there"
-                );
-                break;
-            }
-        }
-        end = HEADER_BYTES + (body.len() - buf.len()) as u64;
     }
+    let records = decoded
+        .records
+        .into_iter()
+        .filter_map(|(_, body)| {
+            rmp_serde::from_slice::<Record>(&body)
+                .inspect_err(|e| {
+                    tracing::warn!(event = "nm_journal_bad_record", error = %e, "journal record skipped");
+                })
+                .ok()
+        })
+        .collect();
     (records, end)
 }
 
@@ -441,22 +426,10 @@ fn compact(dir: &Path, ns: &Namespace, fsync: bool) -> io::Result<()> {
     let mut page = vec![0; HEADER_BYTES as usize];
     page[..MAGIC.len()].copy_from_slice(&MAGIC);
     journal.write_all_at(&page, 0)?;
-    grow(&journal, HEADER_BYTES, HEADER_BYTES + GROW_BYTES)?;
+    checked_frames::write_zeros(&journal, HEADER_BYTES, HEADER_BYTES + GROW_BYTES)?;
     if fsync {
         journal.sync_all()?;
         File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Writes zeros from `from` up to `to`.
-fn grow(file: &File, from: u64, to: u64) -> io::Result<()> {
-    let zeros = vec![0; 256 << 10];
-    let mut at = from;
-    while at < to {
-        let n = zeros.len().min((to - at) as usize);
-        file.write_all_at(&zeros[..n], at)?;
-        at += n as u64;
     }
     Ok(())
 }
@@ -515,7 +488,7 @@ impl InPlace {
             while to < end {
                 to += GROW_BYTES;
             }
-            grow(&self.file, self.capacity, to)?;
+            checked_frames::write_zeros(&self.file, self.capacity, to)?;
             self.capacity = to;
         }
         self.file.write_all_at(frames, self.end)?;
@@ -548,37 +521,20 @@ fn write_loop(mut journal: InPlace, mut rx: mpsc::UnboundedReceiver<Pending>) {
     }
 }
 
-/// `records` as frames of this format: length-delimited, each a CRC-32 of
-/// the record's MessagePack bytes and the bytes.
+/// `records` as frames of this format ([`shared::checked_frames`]).
 fn frames<'a>(records: impl Iterator<Item = &'a Record>) -> Result<BytesMut, String> {
-    let mut codec = frame_codec(MAX_RECORD);
     let mut buf = BytesMut::new();
     for record in records {
-        let body = rmp_serde::to_vec_named(record).map_err(|e| e.to_string())?;
-        let envelope = rmp_serde::to_vec_named(&Envelope {
-            crc: crc32fast::hash(&body),
-            body,
-        })
-        .map_err(|e| e.to_string())?;
-        codec
-            .encode(bytes::Bytes::from(envelope), &mut buf)
-            .map_err(|e| e.to_string())?;
+        let frame = checked_frames::encode(record, None, MAX_RECORD).map_err(|e| e.to_string())?;
+        buf.extend_from_slice(&frame);
     }
     Ok(buf)
-}
-
-/// A record as framed in the journal: the CRC-32 of its MessagePack bytes,
-/// and the bytes.
-#[derive(Serialize, Deserialize)]
-struct Envelope {
-    crc: u32,
-    #[serde(with = "serde_bytes")]
-    body: Vec<u8>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_util::codec::Encoder;
 
     #[tokio::test]
     async fn records_survive_a_restart_and_a_torn_tail_is_cut() {

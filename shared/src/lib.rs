@@ -9,12 +9,15 @@
 //! - [`names`]: file and user name rules, checked by every peer.
 //! - [`ticket`]: nm's signed permissions for direct READ, WRITE and STREAM.
 //! - [`leader`]: finding the leader among several nm addresses.
+//! - [`checked_frames`]: checksummed records on disk (ss's write-ahead log
+//!   and packs, nm's journal), cut at the first torn one.
 //!
 //! What the daemons run besides the protocol (the accept loop and its
 //! limits, the request loop's reading step, logging, the metrics endpoint,
 //! shutdown on signals) is in the `daemon` crate: the client links none of it.
 
 pub mod auth;
+pub mod checked_frames;
 pub mod connection;
 pub mod error;
 pub mod leader;

@@ -48,7 +48,7 @@
 
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
-use shared::connection::frame_codec;
+use shared::checked_frames;
 use shared::proto::FileMeta;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -57,7 +57,6 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
-use tokio_util::codec::{Decoder, Encoder};
 
 /// The log is checkpointed once it holds this much.
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
@@ -105,14 +104,6 @@ impl WalRecord {
             | WalRecord::Install { file, .. } => file,
         }
     }
-}
-
-/// A record as framed on disk: the CRC-32 of its MessagePack bytes, and the bytes.
-#[derive(Serialize, Deserialize)]
-struct Envelope {
-    crc: u32,
-    #[serde(with = "serde_bytes")]
-    body: Vec<u8>,
 }
 
 struct Log {
@@ -267,12 +258,8 @@ impl Log {
             return Ok(());
         }
         let target = end.div_ceil(GROW_BYTES) * GROW_BYTES;
-        let zeros = vec![0; 256 << 10];
-        while self.capacity < target {
-            let n = zeros.len().min((target - self.capacity) as usize);
-            self.file.write_all_at(&zeros[..n], self.capacity)?;
-            self.capacity += n as u64;
-        }
+        checked_frames::write_zeros(&self.file, self.capacity, target)?;
+        self.capacity = target;
         Ok(())
     }
 }
@@ -468,46 +455,31 @@ fn rewrite(path: &Path, generation: u64, records: &[WalRecord]) -> io::Result<(F
     Ok((file, bytes.len() as u64))
 }
 
-/// A record's checksum: of its bytes, and of the log's generation if it has one.
-fn checksum(generation: Option<u64>, body: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    if let Some(generation) = generation {
-        hasher.update(&generation.to_le_bytes());
-    }
-    hasher.update(body);
-    hasher.finalize()
-}
-
 /// `record` as a frame of the log in `generation`.
 fn encode_frame_of_generation(record: &WalRecord, generation: u64) -> io::Result<BytesMut> {
-    encode_checked_frame(record, Some(generation))
+    checked_frames::encode(record, Some(generation), MAX_FRAME)
 }
 
 /// This generation's records at the start of `bytes` (the log after its
 /// header), and where they end: at the first frame that is zeros, torn,
 /// or of another generation. Reaching it is the normal end of the log.
 fn decode_generation(bytes: &[u8], generation: u64) -> (Vec<WalRecord>, u64) {
-    let (frames, end) = decode_checked_frames(bytes, None, Some(generation));
-    (frames.into_iter().map(|(_, record)| record).collect(), end)
+    let decoded = checked_frames::decode(bytes, Some(generation), MAX_FRAME);
+    (
+        decoded
+            .records
+            .into_iter()
+            .map(|(_, record)| record)
+            .collect(),
+        decoded.intact,
+    )
 }
 
 /// `record` as a frame on disk: length-delimited, a CRC-32 of its
-/// MessagePack bytes and the bytes (also the framing of `crate::store`'s packs).
+/// MessagePack bytes and the bytes (also the framing of `crate::store`'s
+/// packs; see [`shared::checked_frames`]).
 pub(crate) fn encode_frame<T: Serialize>(record: &T) -> io::Result<BytesMut> {
-    encode_checked_frame(record, None)
-}
-
-fn encode_checked_frame<T: Serialize>(record: &T, generation: Option<u64>) -> io::Result<BytesMut> {
-    let body = rmp_serde::to_vec_named(record)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    let envelope = rmp_serde::to_vec_named(&Envelope {
-        crc: checksum(generation, &body),
-        body,
-    })
-    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    let mut frame = BytesMut::new();
-    frame_codec(MAX_FRAME).encode(bytes::Bytes::from(envelope), &mut frame)?;
-    Ok(frame)
+    checked_frames::encode(record, None, MAX_FRAME)
 }
 
 /// Every whole, intact record of `bytes`, in order; decoding stops at the
@@ -527,64 +499,29 @@ pub(crate) fn decode_frames<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     what: &str,
 ) -> (Vec<(std::ops::Range<u64>, T)>, u64) {
-    decode_checked_frames(bytes, Some(what), None)
-}
-
-/// [`decode_frames`], with checksums that cover `generation` if there is
-/// one, and without a warning where nothing says the end is damage
-/// (`what` is `None`).
-fn decode_checked_frames<T: serde::de::DeserializeOwned>(
-    bytes: &[u8],
-    what: Option<&str>,
-    generation: Option<u64>,
-) -> (Vec<(std::ops::Range<u64>, T)>, u64) {
-    let mut buf = BytesMut::from(bytes);
-    let mut codec = frame_codec(MAX_FRAME);
-    let mut records = Vec::new();
-    let total = bytes.len() as u64;
-    loop {
-        let start = total - buf.len() as u64;
-        let frame = match codec.decode(&mut buf) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(e) => {
-                if let Some(what) = what {
-                    tracing::warn!(event = "ss_wal_torn", what, error = %e, "ends in a damaged frame; cut off");
-                }
-                return (records, start);
-            }
-        };
-        let end = total - buf.len() as u64;
-        let record = rmp_serde::from_slice::<Envelope>(&frame)
-            .ok()
-            .filter(|envelope| checksum(generation, &envelope.body) == envelope.crc)
-            .and_then(|envelope| rmp_serde::from_slice::<T>(&envelope.body).ok());
-        match record {
-            Some(record) => records.push((start..end, record)),
-            None => {
-                if let Some(what) = what {
-                    tracing::warn!(
-                        event = "ss_wal_torn",
-                        what,
-                        "a record fails its checksum; cut off there"
-                    );
-                }
-                return (records, start);
-            }
+    let decoded = checked_frames::decode(bytes, None, MAX_FRAME);
+    match &decoded.stop {
+        None => {}
+        Some(checked_frames::Stop::Torn(error)) => {
+            tracing::warn!(event = "ss_wal_torn", what, error = %error, "ends in a damaged frame; cut off");
         }
-    }
-    if !buf.is_empty() {
-        if let Some(what) = what {
+        Some(checked_frames::Stop::Zeros | checked_frames::Stop::Checksum) => {
             tracing::warn!(
                 event = "ss_wal_torn",
                 what,
-                bytes = buf.len(),
+                "a record fails its checksum; cut off there"
+            );
+        }
+        Some(checked_frames::Stop::Incomplete(bytes)) => {
+            tracing::warn!(
+                event = "ss_wal_torn",
+                what,
+                bytes,
                 "incomplete last record (crash while writing); cut off"
             );
         }
     }
-    let intact = total - buf.len() as u64;
-    (records, intact)
+    (decoded.records, decoded.intact)
 }
 
 #[cfg(test)]
