@@ -240,18 +240,28 @@ impl Store {
     }
 
     /// A spare, emptied ahead and reopened, if there is one.
+    ///
+    /// Reopened without `O_TRUNC`: ext4 takes a file truncated to nothing
+    /// and then written for a replacement of its content, and starts its
+    /// writeback when it is closed (`auto_da_alloc`), allocating its blocks
+    /// and submitting the write on the closing thread. That cost a standby
+    /// about 0.1 ms between acknowledging a change and renaming it into
+    /// place. Empty already, the spare only needs to be seen empty.
     fn take_spare(&self) -> Option<TempFile> {
         let path = self
             .spares
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()?;
-        match fs::OpenOptions::new()
+        let opened = fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .truncate(true)
             .open(&path)
-        {
+            .and_then(|file| match file.metadata()?.len() {
+                0 => Ok(file),
+                _ => file.set_len(0).map(|()| file),
+            });
+        match opened {
             Ok(file) => Some(self.new_temp(file, Some(path), true)),
             Err(_) => {
                 let _ = fs::remove_file(&path);

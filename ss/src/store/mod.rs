@@ -1298,6 +1298,25 @@ mod tests {
     }
 
     #[test]
+    fn a_spare_found_not_empty_is_emptied_before_it_is_reused() {
+        for fsync in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), fsync).unwrap();
+            let spare = store.temp_path();
+            fs::write(&spare, "Leftover content, longer than the new one.").unwrap();
+            store.spares.lock().unwrap().push(spare);
+            store
+                .install_streamed("b", b"New.", &meta(1), &[], &mut || {})
+                .unwrap();
+            assert!(
+                store.spares.lock().unwrap().is_empty(),
+                "the spare was taken"
+            );
+            assert_eq!(store.read_content("b").unwrap(), b"New.");
+        }
+    }
+
+    #[test]
     fn a_streamed_install_is_durable_when_announced_and_in_place_when_it_returns() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), true).unwrap();
