@@ -63,8 +63,17 @@ impl TempFile {
 
     /// Makes the content durable; with an fsync if the inode carries an
     /// attribute (inode metadata, which an fdatasync need not write).
+    ///
+    /// A recycled inode left empty is truncated again first: its
+    /// truncation, done in the background, may have reached the inode
+    /// table only in memory, and before Linux 6.18 ext4 without a journal
+    /// writes the inode in an fdatasync only if it is dirty. Written
+    /// content changes the size, which dirties it anyway.
     pub(super) fn sync_data(&self) -> io::Result<()> {
         let file = self.file.as_ref().expect("open until installed");
+        if self.recycled && self.written == 0 {
+            file.set_len(0)?;
+        }
         match self.has_attr {
             true => file.sync_all(),
             false => file.sync_data(),

@@ -246,8 +246,13 @@ impl Store {
     /// writeback when it is closed (`auto_da_alloc`), allocating its blocks
     /// and submitting the write on the closing thread. That cost a standby
     /// about 0.1 ms between acknowledging a change and renaming it into
-    /// place. Empty already, the spare only needs to be seen empty.
+    /// place. The inode thread's own truncation marks the inode too, but it
+    /// closes its handle before the spare is listed, which clears the mark
+    /// at no cost (nothing is written after it). A spare is checked (one
+    /// `fstat`), not trusted: one that is not empty, or has another name,
+    /// is dropped, and the caller takes a new inode.
     fn take_spare(&self) -> Option<TempFile> {
+        use std::os::unix::fs::MetadataExt;
         let path = self
             .spares
             .lock()
@@ -257,12 +262,16 @@ impl Store {
             .read(true)
             .write(true)
             .open(&path)
-            .and_then(|file| match file.metadata()?.len() {
-                0 => Ok(file),
-                _ => file.set_len(0).map(|()| file),
-            });
+            .and_then(|file| Ok((file.metadata()?, file)));
         match opened {
-            Ok(file) => Some(self.new_temp(file, Some(path), true)),
+            Ok((seen, file)) if seen.len() == 0 && seen.nlink() == 1 => {
+                Some(self.new_temp(file, Some(path), true))
+            }
+            Ok((seen, _)) => {
+                tracing::warn!(event = "ss_spare_dropped", path = %path.display(), bytes = seen.len(), links = seen.nlink(), "a spare inode was not empty when taken; it was dropped");
+                let _ = fs::remove_file(&path);
+                None
+            }
             Err(_) => {
                 let _ = fs::remove_file(&path);
                 None

@@ -1297,22 +1297,53 @@ mod tests {
         }
     }
 
+    /// The spare's inode, by its name in `tmp/`, and listed for reuse.
+    fn listed_spare(store: &Store, content: &str) -> (PathBuf, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let spare = store.temp_path();
+        fs::write(&spare, content).unwrap();
+        let file = File::options().write(true).open(&spare).unwrap();
+        file.set_modified(std::time::UNIX_EPOCH).unwrap();
+        let inode = file.metadata().unwrap().ino();
+        store.spares.lock().unwrap().push(spare.clone());
+        (spare, inode)
+    }
+
     #[test]
-    fn a_spare_found_not_empty_is_emptied_before_it_is_reused() {
+    fn an_empty_spare_is_reused_as_it_is_and_one_not_empty_is_dropped() {
+        use std::os::unix::fs::MetadataExt;
         for fsync in [true, false] {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::open(dir.path(), fsync).unwrap();
-            let spare = store.temp_path();
-            fs::write(&spare, "Leftover content, longer than the new one.").unwrap();
-            store.spares.lock().unwrap().push(spare);
+            // Reopened without a truncation, which would set its mtime.
+            let (spare, inode) = listed_spare(&store, "");
+            let temp = store.temp_file().unwrap();
+            let seen = fs::metadata(&spare).unwrap();
+            assert_eq!(seen.ino(), inode, "the spare was taken");
+            assert_eq!(
+                seen.modified().unwrap(),
+                std::time::UNIX_EPOCH,
+                "truncated again"
+            );
+            drop(temp);
+            // Not empty: dropped, so it cannot lend its bytes.
+            let (spare, _) = listed_spare(&store, "Leftover content, longer than the new one.");
             store
                 .install_streamed("b", b"New.", &meta(1), &[], &mut || {})
                 .unwrap();
-            assert!(
-                store.spares.lock().unwrap().is_empty(),
-                "the spare was taken"
-            );
+            assert!(store.spares.lock().unwrap().is_empty());
+            assert!(!spare.exists(), "the spare was dropped");
             assert_eq!(store.read_content("b").unwrap(), b"New.");
+            // Another name links it: dropped, so that name never changes.
+            let (spare, _) = listed_spare(&store, "");
+            let other = dir.path().join("other-name");
+            fs::hard_link(&spare, &other).unwrap();
+            store
+                .install_streamed("c", b"Newer.", &meta(1), &[], &mut || {})
+                .unwrap();
+            assert!(!spare.exists(), "the spare was dropped");
+            assert_eq!(fs::read(&other).unwrap(), b"");
+            assert_eq!(store.read_content("c").unwrap(), b"Newer.");
         }
     }
 
