@@ -404,7 +404,10 @@ impl Store {
         durable: Durable,
     ) -> Result<(), StoreError> {
         self.ensure_parent(target)?;
-        let mut temp = self.temp_file()?;
+        let mut temp = match durable {
+            Durable::Now => self.fresh_temp_file()?,
+            Durable::Later => self.temp_file()?,
+        };
         temp.write_all(bytes)?;
         if self.fsync && durable == Durable::Now {
             temp.sync_data()?;

@@ -61,7 +61,9 @@ impl Store {
     /// [`OpenContent`]): a READ or a transfer must go on seeing the version
     /// it opened. Only once the change that displaced it is durable, or in
     /// the write-ahead log (whose replay renames again whatever a crash
-    /// undid).
+    /// undid); a spare of the second kind may still have its old name on
+    /// disk, so a write durable on its own never takes one (see
+    /// [`Store::fresh_temp_file`]).
     pub(super) fn keep_spare(&self, path: PathBuf) {
         use std::os::unix::fs::MetadataExt;
         let readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
@@ -208,6 +210,17 @@ impl Store {
         if let Some(spare) = self.take_spare() {
             return Ok(spare);
         }
+        self.fresh_temp_file()
+    }
+
+    /// A new temp file, as [`Store::temp_file`], on an inode no spare
+    /// lends: for a write made durable on its own (an fsync, a rename, the
+    /// folder's fsync) with no barrier before it. A spare displaced by a
+    /// logged change may have kept its old name on disk (the log's replay
+    /// renames it again); reused by a write that is durable at once, a
+    /// crash could leave that name and the new one on one inode that
+    /// counts a single link, which the replay's rename would then free.
+    pub(super) fn fresh_temp_file(&self) -> Result<TempFile, StoreError> {
         let path = self.temp_path();
         let file = match self.take_unnamed() {
             Some(file) if atomic::link_unnamed(&file, &path).is_ok() => file,

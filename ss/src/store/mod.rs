@@ -367,7 +367,8 @@ impl Store {
             return Ok(());
         };
         let content = self.packs.read(&packed)?;
-        let mut temp = self.temp_file()?;
+        // Durable on its own, with no barrier before it.
+        let mut temp = self.fresh_temp_file()?;
         temp.write_all(&content)?;
         let separate = self.attach_meta(&mut temp, file, &packed.meta)?;
         self.sync_temps_now(separate.iter().chain([&temp]))?;
@@ -516,7 +517,7 @@ impl Store {
         // Unless what is apart is current already.
         if apart.is_none_or(|apart| attrs::is_stale(&apart, Some(&attr))) {
             self.ensure_parent(&target)?;
-            let mut temp = self.temp_file()?;
+            let mut temp = self.fresh_temp_file()?;
             temp.write_all(&encode(file, &attr)?)?;
             // Dated at the epoch, older than any content: until the new
             // metadata replaces it, the content placed next is newer.
@@ -1345,6 +1346,29 @@ mod tests {
             assert_eq!(fs::read(&other).unwrap(), b"");
             assert_eq!(store.read_content("c").unwrap(), b"Newer.");
         }
+    }
+
+    #[test]
+    fn a_write_durable_on_its_own_never_takes_a_spare() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        let (spare, _) = listed_spare(&store, "");
+        let target = store.content_path("x").unwrap();
+        store
+            .write_atomically(&target, b"X.", false, Durable::Now)
+            .unwrap();
+        let packed = store.pack(&[("p", &meta(1), b"Packed.")]).unwrap();
+        store
+            .adopt_packed("p", packed.into_iter().next().unwrap())
+            .unwrap();
+        store.loosen("p").unwrap();
+        assert_eq!(*store.spares.lock().unwrap(), std::slice::from_ref(&spare));
+        assert_eq!(fs::read(&target).unwrap(), b"X.");
+        assert_eq!(store.read_content("p").unwrap(), b"Packed.");
+        // A logged change takes it.
+        store.create("q", &meta(1)).unwrap();
+        assert!(store.spares.lock().unwrap().is_empty());
+        assert!(!spare.exists());
     }
 
     #[test]
