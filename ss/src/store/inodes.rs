@@ -281,7 +281,7 @@ impl Store {
                 Some(self.new_temp(file, Some(path), true))
             }
             Ok((seen, _)) => {
-                tracing::warn!(event = "ss_spare_dropped", path = %path.display(), bytes = seen.len(), links = seen.nlink(), "a spare inode was not empty when taken; it was dropped");
+                tracing::warn!(event = "ss_spare_dropped", path = %path.display(), bytes = seen.len(), links = seen.nlink(), "a spare inode was not empty, or had another name, when taken; it was dropped");
                 let _ = fs::remove_file(&path);
                 None
             }
