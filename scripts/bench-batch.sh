@@ -85,6 +85,8 @@ session() {
   awk -v c="$count" -v s="$start" -v e="$end" 'BEGIN { printf "%.0f", c / (e - s) }'
 }
 
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+quiet=$(mktemp); python3 scripts/quiet.py mark "$quiet"
 bin_a=${BIN:-target/release}
 start_cluster a "$bin_a" "${ENV_A:-}"
 [ -z "${BIN_B:-}" ] || start_cluster b "$BIN_B" "${ENV_B:-}"
@@ -100,4 +102,5 @@ done
 median() { python3 -c "import statistics,sys; print(round(statistics.median(float(x) for x in sys.argv[1:])))" "$@"; }
 echo "$n $unit per session, $rounds rounds: median $(median "${rates_a[@]}") $unit/s (${rates_a[*]}) with $bin_a ${ENV_A:-}"
 [ -z "${BIN_B:-}" ] || echo "$n $unit per session, $rounds rounds: median $(median "${rates_b[@]}") $unit/s (${rates_b[*]}) with $BIN_B ${ENV_B:-}"
-echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 scripts/quiet.py report "$quiet"; rm -f "$quiet"

@@ -112,6 +112,7 @@ PY
 rounds=${ROUNDS:-5}
 only=${*:-small large writes}
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+quiet=$(mktemp); python3 scripts/quiet.py mark "$quiet"
 for what in $only; do
   ours=(); theirs=(); ratios=()
   for _ in $(seq "$rounds"); do
@@ -149,3 +150,4 @@ for what in $only; do
   esac
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 scripts/quiet.py report "$quiet"; rm -f "$quiet"

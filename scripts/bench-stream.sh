@@ -16,11 +16,23 @@
 #
 # Prints min/median/max of each figure and of the ratios, and the load
 # average before and after: figures taken with a load above ~1.4 on two
-# cores are not comparable.
+# cores are not comparable. The load during the run is mostly the run's own;
+# `scripts/quiet.py` then says what else ran (steal, older processes).
+#
+# Every run's cluster is kept, in one folder deleted at the end (as in
+# bench-compare.sh), and the script starts with `sync` and a pause (SETTLE
+# seconds, default 6). On this machine's disk (ext4 without a journal) a
+# run that deleted its cluster, thousands of files, slowed the inode
+# allocation of the next run's servers for its first half second, and the
+# half-load p99 with it (BENCHMARKS.md, session 25).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --release --bins
 console=target/release/console
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT INT TERM
+# bench WORKLOAD ARGS...: `console bench`, its cluster kept in the work folder.
+bench() { TMPDIR="$work" "$console" bench "$@" --keep-dir 2>&1 >&3 | { grep -v "^cluster folder (kept)" >&2 || true; }; } 3>&1
 rounds=${ROUNDS:-5}
 watch=${LAG_WATCH:-inotify}
 
@@ -29,7 +41,10 @@ for _ in $(seq 120); do
   awk '{ exit !($1 < 1.0) }' /proc/loadavg && break
   sleep 1
 done
+sync
+sleep "${SETTLE:-6}"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+quiet=$(mktemp); python3 scripts/quiet.py mark "$quiet"
 
 field() { # a path into the JSON report on stdin, e.g. replication_lag_ms.p50
   python3 -c "
@@ -53,20 +68,20 @@ add() { figures[$1]="${figures[$1]:-} $2"; }
 
 for ((r = 1; r <= rounds; r++)); do
   for stream in true false; do
-    idle=$($console bench repl-lag --clients 1 --rate 50 --duration 4s --replication-stream "$stream" --lag-watch "$watch" --json)
+    idle=$(bench repl-lag --clients 1 --rate 50 --duration 4s --replication-stream "$stream" --lag-watch "$watch" --json)
     add "lag_idle_p50_$stream" "$(field replication_lag_ms.p50 <<<"$idle")"
     add "lag_idle_p99_$stream" "$(field replication_lag_ms.p99 <<<"$idle")"
     add "lag_idle_max_$stream" "$(field replication_lag_ms.max <<<"$idle")"
-    max=$($console bench write-heavy --clients 4 --duration 3s --replication-stream "$stream" --json | field ops_per_sec)
+    max=$(bench write-heavy --clients 4 --duration 3s --replication-stream "$stream" --json | field ops_per_sec)
     half=$(python3 -c "print(max(1, int($max / 2)))")
     seconds=$(python3 -c "print(max(4, int(200 / $half) + 1))")
-    loaded=$($console bench repl-lag --clients 4 --rate "$half" --duration "${seconds}s" --replication-stream "$stream" --lag-watch "$watch" --json)
+    loaded=$(bench repl-lag --clients 4 --rate "$half" --duration "${seconds}s" --replication-stream "$stream" --lag-watch "$watch" --json)
     add "max_rate_$stream" "$max"
     add "lag_half_p50_$stream" "$(field replication_lag_ms.p50 <<<"$loaded")"
     add "lag_half_p99_$stream" "$(field replication_lag_ms.p99 <<<"$loaded")"
     add "lag_half_max_$stream" "$(field replication_lag_ms.max <<<"$loaded")"
     for mode in async sync; do
-      pairs=$($console bench create-write --clients 1 --duration 4s --replication "$mode" --replication-stream "$stream" --json | field ops_per_sec)
+      pairs=$(bench create-write --clients 1 --duration 4s --replication "$mode" --replication-stream "$stream" --json | field ops_per_sec)
       add "pairs_${mode}_$stream" "$pairs"
     done
   done
@@ -91,3 +106,4 @@ summary "CREATE+WRITE pairs/s with the stream, sync / async" ${figures[ratio_syn
 # shellcheck disable=SC2086
 summary "lag p50 at idle, stream / jobs" ${figures[ratio_lag_idle]}
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 scripts/quiet.py report "$quiet"; rm -f "$quiet"
