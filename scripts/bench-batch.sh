@@ -86,7 +86,7 @@ session() {
 }
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-quiet=$(mktemp); python3 scripts/quiet.py mark "$quiet"
+quiet="$dir/quiet.json"; python3 scripts/quiet.py mark "$quiet"
 bin_a=${BIN:-target/release}
 start_cluster a "$bin_a" "${ENV_A:-}"
 [ -z "${BIN_B:-}" ] || start_cluster b "$BIN_B" "${ENV_B:-}"
@@ -103,4 +103,4 @@ median() { python3 -c "import statistics,sys; print(round(statistics.median(floa
 echo "$n $unit per session, $rounds rounds: median $(median "${rates_a[@]}") $unit/s (${rates_a[*]}) with $bin_a ${ENV_A:-}"
 [ -z "${BIN_B:-}" ] || echo "$n $unit per session, $rounds rounds: median $(median "${rates_b[@]}") $unit/s (${rates_b[*]}) with $BIN_B ${ENV_B:-}"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 scripts/quiet.py report "$quiet"; rm -f "$quiet"
+python3 scripts/quiet.py report "$quiet" $$

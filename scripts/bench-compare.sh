@@ -80,10 +80,10 @@ rsync_time() { # src dir → a new folder of the rsync module; seconds. On a
 }
 
 # On this machine's file system (ext4 without a journal) the inode allocator
-# skips every inode freed in the last few seconds (longer while its inode
-# table block is still dirty), so the files one run deletes slow the next
-# run's creates by up to 40x. Before each measured run: write everything
-# back and let five seconds pass.
+# skips every inode freed in the last 60 s (360 s while its inode table
+# block is still dirty), so the files one run deletes slow the next run's
+# creates by up to 40x: this script deletes nothing until the end. Before
+# each measured run: write everything back and pause.
 settle() { sync; sleep "${SETTLE:-6}"; }
 
 FRESH_FS=${FRESH_FS:-0}
@@ -112,7 +112,7 @@ PY
 rounds=${ROUNDS:-5}
 only=${*:-small large writes}
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-quiet=$(mktemp); python3 scripts/quiet.py mark "$quiet"
+quiet="$work/quiet.json"; python3 scripts/quiet.py mark "$quiet"
 for what in $only; do
   ours=(); theirs=(); ratios=()
   for _ in $(seq "$rounds"); do
@@ -150,4 +150,4 @@ for what in $only; do
   esac
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 scripts/quiet.py report "$quiet"; rm -f "$quiet"
+python3 scripts/quiet.py report "$quiet" $$

@@ -21,18 +21,20 @@
 #
 # Every run's cluster is kept, in one folder deleted at the end (as in
 # bench-compare.sh), and the script starts with `sync` and a pause (SETTLE
-# seconds, default 6). On this machine's disk (ext4 without a journal) a
-# run that deleted its cluster, thousands of files, slowed the inode
-# allocation of the next run's servers for its first half second, and the
-# half-load p99 with it (BENCHMARKS.md, session 25).
+# seconds, default 65). On this machine's disk (ext4 without a journal) the
+# inode allocator skips, and reads, every inode freed in the last 60 s (360 s
+# while its inode-table block is dirty): a run that deleted its cluster,
+# thousands of files, slowed the next run's first half second, when new
+# servers still allocate inodes themselves (BENCHMARKS.md, session 25).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --release --bins
 console=target/release/console
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT INT TERM
+trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
 # bench WORKLOAD ARGS...: `console bench`, its cluster kept in the work folder.
-bench() { TMPDIR="$work" "$console" bench "$@" --keep-dir 2>&1 >&3 | { grep -v "^cluster folder (kept)" >&2 || true; }; } 3>&1
+bench() { TMPDIR="$work" "$console" bench "$@" --keep-dir 2>&1 >&3 3>&- | { grep -v "^cluster folder (kept)" >&2 || true; } 3>&-; } 3>&1
 rounds=${ROUNDS:-5}
 watch=${LAG_WATCH:-inotify}
 
@@ -42,9 +44,9 @@ for _ in $(seq 120); do
   sleep 1
 done
 sync
-sleep "${SETTLE:-6}"
+sleep "${SETTLE:-65}"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-quiet=$(mktemp); python3 scripts/quiet.py mark "$quiet"
+quiet="$work/quiet.json"; python3 scripts/quiet.py mark "$quiet"
 
 field() { # a path into the JSON report on stdin, e.g. replication_lag_ms.p50
   python3 -c "
@@ -106,4 +108,4 @@ summary "CREATE+WRITE pairs/s with the stream, sync / async" ${figures[ratio_syn
 # shellcheck disable=SC2086
 summary "lag p50 at idle, stream / jobs" ${figures[ratio_lag_idle]}
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 scripts/quiet.py report "$quiet"; rm -f "$quiet"
+python3 scripts/quiet.py report "$quiet" $$

@@ -6,14 +6,17 @@ cores. This says what the load average mixes up:
 
     quiet.py mark FILE     before the run: CPU counters of the machine and
                            of every process running now
-    quiet.py report FILE   after it: the share of CPU time the hypervisor
+    quiet.py report FILE PID
+                           after it: the share of CPU time the hypervisor
                            stole (another guest on the host), and the CPU
-                           time of the processes that ran before the
-                           benchmark started (anything but the benchmark,
-                           which starts its daemons afresh), the busiest named
+                           time of every process but the benchmark's (the
+                           benchmark script's PID and its descendants), the
+                           busiest named
 
-A benchmark's processes are those started after `mark`; kernel threads that
-did its writes count as "others" (usually a few milliseconds).
+Counted as others: processes that were running at `mark`, and processes
+started since that do not descend from PID. Kernel threads that did the
+benchmark's writes count as others. Processes that ended during the run are
+not seen, whoever they belonged to.
 """
 
 import json
@@ -33,8 +36,8 @@ def ticks_of_processes():
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        # utime and stime are fields 14 and 15 of stat(5); the start time, 22.
-        ticks[pid] = [name, int(fields[11]) + int(fields[12]), fields[19]]
+        # The parent is field 4 of stat(5); utime and stime, 14 and 15; the start time, 22.
+        ticks[pid] = [name, int(fields[11]) + int(fields[12]), fields[19], fields[1]]
     return ticks
 
 
@@ -47,6 +50,7 @@ def cpu_counters():
 
 def main():
     command, path = sys.argv[1], sys.argv[2]
+    root = sys.argv[3] if len(sys.argv) > 3 else None
     if command == "mark":
         with open(path, "w") as f:
             json.dump({"cpu": cpu_counters(), "processes": ticks_of_processes()}, f)
@@ -58,17 +62,31 @@ def main():
     hz = os.sysconf("SC_CLK_TCK")
     cores = os.cpu_count() or 1
     seconds = total / hz / cores
+    now = ticks_of_processes()
+
+    def descends_from_root(pid):
+        seen = set()
+        while pid in now and pid not in seen:
+            if pid == root:
+                return True
+            seen.add(pid)
+            pid = now[pid][3]
+        return False
+
     others = []
-    for pid, (name, ticks, started) in ticks_of_processes().items():
+    for pid, (name, ticks, started, _) in now.items():
         old = before["processes"].get(pid)
-        if old and old[2] == started and ticks > old[1]:
-            others.append((ticks - old[1], name))
+        if old and old[2] == started:
+            if ticks > old[1]:
+                others.append((ticks - old[1], name))
+        elif ticks > 0 and not descends_from_root(pid):
+            others.append((ticks, name))
     others.sort(reverse=True)
     used = sum(t for t, _ in others)
     busiest = ", ".join(f"{name} {t / hz:.2f} s" for t, name in others[:3]) or "none"
     print(
         f"machine over {seconds:.0f} s: steal {100 * cpu[7] / total:.1f} % of CPU time; "
-        f"processes older than the benchmark used {used / hz:.2f} s of CPU "
+        f"other processes used {used / hz:.2f} s of CPU "
         f"({100 * used / total:.1f} % of the machine; busiest: {busiest})"
     )
 
