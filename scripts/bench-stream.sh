@@ -17,7 +17,7 @@
 # Prints min/median/max of each figure and of the ratios, and the load
 # average before and after: figures taken with a load above ~1.4 on two
 # cores are not comparable. The load during the run is mostly the run's own;
-# `scripts/quiet.py` then says what else ran (steal, older processes).
+# `scripts/quiet.py` then says what else ran (steal, other processes).
 #
 # Every run's cluster is kept, in one folder deleted at the end (as in
 # bench-compare.sh), and the script starts with `sync` and a pause (SETTLE
