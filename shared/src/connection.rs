@@ -329,24 +329,6 @@ impl ConnReader {
             Some(frame) => Ok(Some(decode_request(&frame?))),
         }
     }
-
-    /// Whether nothing more has arrived: no byte buffered here or waiting in
-    /// the socket (asked of the kernel, a non-blocking `MSG_PEEK`). Always
-    /// `false` for a reader of [`Connection::split`], whose buffer is out of
-    /// reach: callers use it only to take a shortcut when it is `true`.
-    pub fn nothing_arrived(&self) -> bool {
-        let ReadFrames::Owned(frames) = &self.frames else {
-            return false;
-        };
-        if !frames.read_buffer().is_empty() {
-            return false;
-        }
-        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        matches!(
-            socket2::SockRef::from(frames.get_ref().as_ref()).peek(&mut byte),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock
-        )
-    }
 }
 
 struct HeldSlot {

@@ -610,41 +610,58 @@ pub async fn follow(
             tracing::info!(event = "ss_stream_ended", partner = %peer, "this server's part changed; the stream is closed");
             break;
         }
-        let applied = Applying {
-            files: files.clone(),
-            link: link.clone(),
-            writer: writer.clone(),
-            peer: peer.clone(),
-            id: request.id,
-            epoch,
-            apply_delay,
-        };
-        // A change that arrives alone (nothing applying, nothing more
-        // received) is applied on this task's own worker thread: handing it
-        // to a blocking thread costs a thread wake-up before its log write,
-        // on the path a client waits on in sync mode. Changes that arrive
-        // together still go to blocking threads, where they share the log's
-        // fdatasync; one arriving while this one is applied waits in the
-        // socket, then takes the same choice.
-        if applying.available_permits() == APPLYING
-            && apply_delay.is_none()
-            && reader.nothing_arrived()
-        {
-            let role = link.role().change_guard().await;
-            applied.run(change);
-            drop(role);
-            continue;
-        }
         let Ok(permit) = applying.clone().acquire_owned().await else {
             break;
         };
+        let files = files.clone();
+        let link = link.clone();
+        let writer = writer.clone();
+        let peer_name = peer.clone();
+        let id = request.id;
         tokio::task::spawn_blocking(move || {
             // No role change while it is applied: a server promoted meanwhile
             // takes nothing more from its old partner, and serves nothing
             // acknowledged before it is in place.
-            let role = applied.link.role().change_guard_blocking();
-            applied.run(change);
-            drop(role);
+            let _role = link.role().change_guard_blocking();
+            let mut acknowledged = false;
+            // A change is acknowledged as soon as it is durable here, before
+            // it is put in place: in sync mode the client waits for this.
+            let mut durable = || {
+                if !acknowledged {
+                    acknowledged = true;
+                    let _ = writer.send_now(&Reply {
+                        id,
+                        result: Ok::<_, WireError>(SsReply::Done),
+                    });
+                    if let Some(delay) = apply_delay {
+                        std::thread::sleep(delay);
+                    }
+                }
+            };
+            let result = if link.role().is_serving() || link.role().epoch() != epoch {
+                Err(WireError::unavailable(
+                    "this server's part changed; the stream is over",
+                ))
+            } else {
+                apply(&files, change, &mut durable).map(|()| SsReply::Done)
+            };
+            match result {
+                Ok(_) => durable(),
+                Err(error) if !acknowledged => {
+                    let _ = writer.send_now(&Reply {
+                        id,
+                        result: Err::<SsReply, _>(error),
+                    });
+                }
+                // Acknowledged as durable but not finished (a disk error
+                // putting it in place): as for every logged change, the
+                // server stops rather than serve what contradicts its log;
+                // the restart's replay finishes it.
+                Err(error) => {
+                    tracing::error!(event = "ss_stream_apply_failed", partner = %peer_name, error = %error, "a change acknowledged as durable could not be finished; stopping so that the log's replay finishes it");
+                    std::process::abort();
+                }
+            }
             drop(permit);
         });
     }
@@ -652,72 +669,6 @@ pub async fn follow(
     let _ = applying.acquire_many(APPLYING as u32).await;
     let _ = writer.flush().await;
     flusher.abort();
-}
-
-/// Where a received change is applied and acknowledged.
-struct Applying {
-    files: Arc<Files>,
-    link: Arc<NmLink>,
-    writer: Arc<DirectWriter>,
-    peer: String,
-    id: u64,
-    epoch: u64,
-    apply_delay: Option<Duration>,
-}
-
-impl Applying {
-    /// Applies `change` and acknowledges it once durable; the caller holds
-    /// the role's change guard.
-    fn run(&self, change: Applied) {
-        let Applying {
-            files,
-            link,
-            writer,
-            peer,
-            id,
-            epoch,
-            apply_delay,
-        } = self;
-        let mut acknowledged = false;
-        // A change is acknowledged as soon as it is durable here, before
-        // it is put in place: in sync mode the client waits for this.
-        let mut durable = || {
-            if !acknowledged {
-                acknowledged = true;
-                let _ = writer.send_now(&Reply {
-                    id: *id,
-                    result: Ok::<_, WireError>(SsReply::Done),
-                });
-                if let Some(delay) = apply_delay {
-                    std::thread::sleep(*delay);
-                }
-            }
-        };
-        let result = if link.role().is_serving() || link.role().epoch() != *epoch {
-            Err(WireError::unavailable(
-                "this server's part changed; the stream is over",
-            ))
-        } else {
-            apply(files, change, &mut durable)
-        };
-        match result {
-            Ok(()) => durable(),
-            Err(error) if !acknowledged => {
-                let _ = writer.send_now(&Reply {
-                    id: *id,
-                    result: Err::<SsReply, _>(error),
-                });
-            }
-            // Acknowledged as durable but not finished (a disk error
-            // putting it in place): as for every logged change, the
-            // server stops rather than serve what contradicts its log;
-            // the restart's replay finishes it.
-            Err(error) => {
-                tracing::error!(event = "ss_stream_apply_failed", partner = %peer, error = %error, "a change acknowledged as durable could not be finished; stopping so that the log's replay finishes it");
-                std::process::abort();
-            }
-        }
-    }
 }
 
 /// A change received on the stream.
