@@ -130,7 +130,12 @@ for what in $only; do
         settle; t=$("$bin/console" bench disk-limit --duration 5s --json | field ops_per_sec) ;;
     esac
     ours+=("$o"); theirs+=("$t"); ratios+=("$(python3 -c "print($o / $t)")")
-    echo "  $what round done: ours $o, reference $t (load $(cut -d' ' -f1 /proc/loadavg))"
+    extra=""
+    if [ "$what" = large ]; then
+      extra=", ours ${large_seconds[-1]} s"
+      [ ${#large_rsync[@]} -eq 0 ] || extra="$extra against rsync -a ${large_rsync[-1]} s"
+    fi
+    echo "  $what round done: ours $o, reference $t$extra (load $(cut -d' ' -f1 /proc/loadavg))"
   done
   case $what in
     small)
@@ -142,7 +147,14 @@ for what in $only; do
       stats "ours" MB/s "${ours[@]}"; stats "raw TCP + fsync" MB/s "${theirs[@]}"
       stats "throughput ratio ours/raw (target >= 0.7)" "" "${ratios[@]}"
       stats "ours, in seconds" s "${large_seconds[@]}"
-      [ ${#large_rsync[@]} -eq 0 ] || stats "rsync -a of the same file, seconds" s "${large_rsync[@]}" ;;
+      if [ ${#large_rsync[@]} -gt 0 ]; then
+        stats "rsync -a of the same file, seconds" s "${large_rsync[@]}"
+        python3 - "${large_seconds[*]}" "${large_rsync[*]}" <<'PY'
+import sys
+ours, theirs = ([float(v) for v in a.split()] for a in sys.argv[1:3])
+print(f"  ours faster than rsync -a in {sum(o < t for o, t in zip(ours, theirs))} of {len(ours)} rounds")
+PY
+      fi ;;
     writes)
       echo "create-write, 16 clients, against the disk's fsynced small writes"
       stats "ours" /s "${ours[@]}"; stats "disk-limit" /s "${theirs[@]}"
