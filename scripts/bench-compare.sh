@@ -3,7 +3,9 @@
 # rsync to an rsync daemon on 127.0.0.1 (same number and size of files, same
 # content), bulk transfer against a plain TCP copy plus fsync, and
 # create-write against the disk's own fsynced small-write rate.
-# Ours and the reference alternate, ROUNDS rounds (default 5); prints
+# Ours and the reference alternate, ROUNDS rounds (default 5), ours first in
+# odd rounds and last in even ones (raw TCP always between ours and rsync's
+# in the large rounds); prints
 # min/median/max of each, of the per-round ratios, and the load before and
 # after. A benchmark, not a test.
 #
@@ -113,21 +115,33 @@ rounds=${ROUNDS:-5}
 only=${*:-small large writes}
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 quiet="$work/quiet.json"; python3 scripts/quiet.py mark "$quiet"
+# One measured run each; ours set o, the references t.
+run_ours_small() { next_fs; o=$(ours resync-small | field seconds); }
+run_rsync_small() { next_fs; t=$(rsync_time "$work/small"); }
+run_ours_large() {
+  next_fs; local j; j=$(ours resync-large)
+  o=$(field mb_per_sec <<<"$j"); large_seconds+=("$(field seconds <<<"$j")")
+}
+run_raw_large() { next_fs; t=$(ours raw-tcp | field mb_per_sec); }
+run_rsync_large() {
+  if [ "${RSYNC_LARGE:-1}" = 1 ]; then next_fs; large_rsync+=("$(rsync_time "$work/large")"); fi
+}
+run_ours_writes() { settle; o=$("$bin/console" bench create-write --clients 16 --duration 5s --json | field ops_per_sec); }
+run_disk_writes() { settle; t=$("$bin/console" bench disk-limit --duration 5s --json | field ops_per_sec); }
+
 for what in $only; do
   ours=(); theirs=(); ratios=()
-  for _ in $(seq "$rounds"); do
+  for round in $(seq "$rounds"); do
+    # Odd rounds run ours first, even rounds the references first (ABBA):
+    # this disk's speed drifts by up to 4x from one minute to the next
+    # (BENCHMARKS.md, "Issue 15, session 28"), and a fixed order would hand
+    # that drift to one side. In the large rounds raw TCP always runs
+    # between ours and rsync's.
     case $what in
-      small)
-        next_fs; o=$(ours resync-small | field seconds)
-        next_fs; t=$(rsync_time "$work/small") ;;
-      large)
-        next_fs; j=$(ours resync-large)
-        o=$(field mb_per_sec <<<"$j"); large_seconds+=("$(field seconds <<<"$j")")
-        next_fs; t=$(ours raw-tcp | field mb_per_sec)
-        if [ "${RSYNC_LARGE:-1}" = 1 ]; then next_fs; large_rsync+=("$(rsync_time "$work/large")"); fi ;;
-      writes)
-        settle; o=$("$bin/console" bench create-write --clients 16 --duration 5s --json | field ops_per_sec)
-        settle; t=$("$bin/console" bench disk-limit --duration 5s --json | field ops_per_sec) ;;
+      small) if ((round % 2)); then run_ours_small; run_rsync_small; else run_rsync_small; run_ours_small; fi ;;
+      large) if ((round % 2)); then run_ours_large; run_raw_large; run_rsync_large
+             else run_rsync_large; run_raw_large; run_ours_large; fi ;;
+      writes) if ((round % 2)); then run_ours_writes; run_disk_writes; else run_disk_writes; run_ours_writes; fi ;;
     esac
     ours+=("$o"); theirs+=("$t"); ratios+=("$(python3 -c "print($o / $t)")")
     extra=""
