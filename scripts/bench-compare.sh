@@ -134,7 +134,7 @@ for what in $only; do
   for round in $(seq "$rounds"); do
     # Odd rounds run ours first, even rounds the references first (ABBA):
     # this disk's speed drifts by up to 4x from one minute to the next
-    # (BENCHMARKS.md, "Issue 15, session 28"), and a fixed order would hand
+    # (BENCHMARKS.md, "Issue 15, sessions 27–28"), and a fixed order would hand
     # that drift to one side. In the large rounds raw TCP always runs
     # between ours and rsync's.
     case $what in
