@@ -128,6 +128,8 @@ run_rsync_large() {
 }
 run_ours_writes() { settle; o=$("$bin/console" bench create-write --clients 16 --duration 5s --json | field ops_per_sec); }
 run_disk_writes() { settle; t=$("$bin/console" bench disk-limit --duration 5s --json | field ops_per_sec); }
+# in_turn A B: A then B in odd rounds, B then A in even ones.
+in_turn() { if ((round % 2)); then "$1"; "$2"; else "$2"; "$1"; fi; }
 
 for what in $only; do
   ours=(); theirs=(); ratios=()
@@ -138,10 +140,10 @@ for what in $only; do
     # that drift to one side. In the large rounds raw TCP always runs
     # between ours and rsync's.
     case $what in
-      small) if ((round % 2)); then run_ours_small; run_rsync_small; else run_rsync_small; run_ours_small; fi ;;
+      small) in_turn run_ours_small run_rsync_small ;;
       large) if ((round % 2)); then run_ours_large; run_raw_large; run_rsync_large
              else run_rsync_large; run_raw_large; run_ours_large; fi ;;
-      writes) if ((round % 2)); then run_ours_writes; run_disk_writes; else run_disk_writes; run_ours_writes; fi ;;
+      writes) in_turn run_ours_writes run_disk_writes ;;
     esac
     ours+=("$o"); theirs+=("$t"); ratios+=("$(python3 -c "print($o / $t)")")
     extra=""
